@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Sets up everything labelqa needs, idempotently: Debian packages (when run as root),
+# a virtualenv at .venv with torch 2.13.0 (CPU) and labelqa installed in editable mode.
+# Re-running after a successful run takes about a second.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+log() { printf '[bootstrap] %s\n' "$*" >&2; }
+
+# 1. Debian packages: the real DICOM peers and validators used by the demo and the tests.
+need_apt=()
+command -v storescu >/dev/null 2>&1 || need_apt+=(dcmtk)
+command -v dciodvfy >/dev/null 2>&1 || need_apt+=(dicom3tools)
+command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ] || need_apt+=(orthanc)
+ls /usr/share/orthanc/plugins*/libOrthancDicomWeb.so >/dev/null 2>&1 || need_apt+=(orthanc-dicomweb)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing Debian packages: ${need_apt[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >&2
+    apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >&2
+    # Debian starts Orthanc as a service listening on all interfaces; labelqa starts its own.
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet orthanc 2>/dev/null; then
+      systemctl stop orthanc || true
+    fi
+  else
+    log "not root: skipping Debian packages (${need_apt[*]}); tests that need them will be skipped"
+  fi
+fi
+
+# 2. Virtualenv with pinned CPU torch and the project.
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  log "creating .venv"
+  "$PY" -m venv .venv
+fi
+stamp_src=$(cat pyproject.toml deploy/bootstrap.sh | sha256sum | cut -d' ' -f1)
+if [ "$(cat .venv/.labelqa-stamp 2>/dev/null)" != "$stamp_src" ]; then
+  log "installing Python packages into .venv (first run takes a few minutes)"
+  .venv/bin/python -m pip install -q --upgrade pip >&2
+  # torch first, pinned, so nothing later pulls a multi-GB CUDA build.
+  .venv/bin/python -m pip install -q "torch==2.13.0" >&2
+  .venv/bin/python -m pip install -q -e ".[codecs,test]" >&2
+  echo "$stamp_src" > .venv/.labelqa-stamp
+fi
+log "ready: $ROOT/.venv/bin/labelqa"

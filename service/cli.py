@@ -1,0 +1,58 @@
+"""The `labelqa` command line.
+
+Each area registers its own subcommands from a module of its own (``service/cli_*.py``) so the
+entry point stays small; heavy imports (torch, highdicom) happen inside the commands.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from service import cli_annotations, cli_detector, cli_pipeline, cli_results, cli_store
+from service.settings import load_settings, settings_reference_markdown
+
+app = typer.Typer(
+    name="labelqa",
+    help="Find likely annotation errors in medical imaging data, inside your DICOM world.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Show the effective settings.", no_args_is_help=True)
+app.add_typer(config_app, name="config", help="Show the effective settings or their reference.")
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="labelqa.toml to read (default: ./labelqa.toml).")
+
+
+@config_app.command("show")
+def config_show(config: Path | None = ConfigOpt) -> None:
+    """Print the effective settings as JSON (secrets masked)."""
+    try:
+        s = load_settings(config)
+    except FileNotFoundError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(json.loads(s.model_dump_json()), indent=2))
+
+
+@config_app.command("reference")
+def config_reference() -> None:
+    """Print the configuration reference (every field, default, env variable) as Markdown."""
+    typer.echo(settings_reference_markdown(), nl=False)
+
+
+for _area in (cli_store, cli_annotations, cli_detector, cli_results, cli_pipeline):
+    _area.register(app)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="labelqa")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
