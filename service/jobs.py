@@ -1,0 +1,382 @@
+"""The audit job table: one row per audit of a study, durable across restarts.
+
+States: ``queued`` -> ``running`` -> ``done`` | ``failed`` | ``no_annotations``; a queued job that a
+newer one for the same study makes pointless becomes ``superseded``. A worker owns a running job
+through a lease (``lease_until``); a running job whose lease expired, or whose owner process on this
+host is gone, is re-queued on start (:meth:`JobStore.requeue_stale`). Claiming is a conditional
+UPDATE, so two workers (threads, processes or machines sharing the database) never run one job twice.
+
+The table lives on its own ``DeclarativeBase`` in the one database of the service
+(``settings.store.resolved_database_url()``, engine from :func:`dicom_io.db.make_engine`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine, Float, Integer, String, Text, exists, func, select, update
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, aliased, mapped_column
+
+QUEUED = "queued"
+RUNNING = "running"
+DONE = "done"
+FAILED = "failed"
+NO_ANNOTATIONS = "no_annotations"
+SUPERSEDED = "superseded"
+STATES = (QUEUED, RUNNING, DONE, FAILED, NO_ANNOTATIONS, SUPERSEDED)
+FINAL_STATES = (DONE, FAILED, NO_ANNOTATIONS, SUPERSEDED)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the service's own tables."""
+
+
+class AuditJobRow(Base):
+    """One audit of one study."""
+
+    __tablename__ = "audit_jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study_uid: Mapped[str] = mapped_column(String(64), index=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    trigger: Mapped[str] = mapped_column(String(32), default="stable")
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_until: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_instance_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    n_samples: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    n_flagged: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    superseded_by: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    result_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+@dataclass
+class Job:
+    """A plain copy of a job row (safe to pass between threads)."""
+
+    id: int
+    study_uid: str
+    state: str
+    trigger: str
+    reason: str | None
+    attempts: int
+    owner: str | None
+    lease_until: float | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    last_instance_at: float | None
+    n_samples: int | None
+    n_flagged: int | None
+    superseded_by: int | None
+    result: dict[str, Any] | None = field(default=None)
+
+    @property
+    def duration_s(self) -> float | None:
+        """Seconds the last run took (start to finish)."""
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return self.finished_at - self.started_at
+
+    @property
+    def wait_s(self) -> float | None:
+        """Seconds between queueing and the start of the last run."""
+        if self.started_at is None:
+            return None
+        return self.started_at - self.created_at
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready description without the full result."""
+        return {
+            "id": self.id,
+            "study_uid": self.study_uid,
+            "state": self.state,
+            "trigger": self.trigger,
+            "reason": self.reason,
+            "attempts": self.attempts,
+            "owner": self.owner,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "wait_s": self.wait_s,
+            "duration_s": self.duration_s,
+            "n_samples": self.n_samples,
+            "n_flagged": self.n_flagged,
+            "superseded_by": self.superseded_by,
+        }
+
+
+def _to_job(r: AuditJobRow, with_result: bool = True) -> Job:
+    result = json.loads(r.result_json) if (with_result and r.result_json) else None
+    return Job(
+        id=r.id, study_uid=r.study_uid, state=r.state, trigger=r.trigger, reason=r.reason, attempts=r.attempts,
+        owner=r.owner, lease_until=r.lease_until, created_at=r.created_at, started_at=r.started_at,
+        finished_at=r.finished_at, last_instance_at=r.last_instance_at, n_samples=r.n_samples,
+        n_flagged=r.n_flagged, superseded_by=r.superseded_by, result=result,
+    )
+
+
+def owner_id(worker: int | str = 0) -> str:
+    """An owner name for leases: host, process id and worker index."""
+    return f"{socket.gethostname()}:{os.getpid()}:{worker}"
+
+
+def _owner_process_gone(owner: str | None, startup: bool = False) -> bool:
+    """True when ``owner`` names a process on this host that no longer runs.
+
+    At ``startup`` a row owned by this very pid is a leftover of an earlier process that had our pid.
+    """
+    if not owner:
+        return True
+    parts = owner.split(":")
+    if len(parts) < 3 or parts[0] != socket.gethostname():
+        return False
+    try:
+        pid = int(parts[1])
+    except ValueError:
+        return False
+    if pid == os.getpid():
+        return startup
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class JobStore:
+    """Durable audit jobs in the service database."""
+
+    def __init__(self, engine: Engine, lease_s: float = 600.0, max_attempts: int = 3) -> None:
+        self.engine = engine
+        self.lease_s = lease_s
+        self.max_attempts = max_attempts
+        Base.metadata.create_all(engine)
+
+    # -- writing -------------------------------------------------------------------------------
+    def enqueue(self, study_uid: str, trigger: str = "stable", last_instance_at: float | None = None) -> Job:
+        """Queue an audit of ``study_uid``; an already queued job for it is reused (coalesced)."""
+        now = time.time()
+        with Session(self.engine) as s, s.begin():
+            row = s.scalars(
+                select(AuditJobRow).where(AuditJobRow.study_uid == study_uid, AuditJobRow.state == QUEUED)
+                .order_by(AuditJobRow.id)
+            ).first()
+            if row is not None:
+                if last_instance_at is not None:
+                    row.last_instance_at = max(row.last_instance_at or 0.0, last_instance_at)
+                if trigger not in row.trigger.split("+"):
+                    row.trigger = f"{row.trigger}+{trigger}"[:32]
+            else:
+                row = AuditJobRow(
+                    study_uid=study_uid, state=QUEUED, trigger=trigger, created_at=now, attempts=0,
+                    last_instance_at=last_instance_at,
+                )
+                s.add(row)
+            s.flush()
+            return _to_job(row)
+
+    def record(self, study_uid: str, state: str, reason: str, trigger: str = "stable") -> Job:
+        """Record a study that gets no audit (e.g. ``no_annotations``) as a finished job with a reason."""
+        if state not in FINAL_STATES:
+            raise ValueError(f"record() takes a final state, not {state!r}")
+        now = time.time()
+        with Session(self.engine) as s, s.begin():
+            row = AuditJobRow(
+                study_uid=study_uid, state=state, trigger=trigger, reason=reason, created_at=now,
+                started_at=now, finished_at=now, attempts=0, n_samples=0, n_flagged=0,
+            )
+            s.add(row)
+            s.flush()
+            return _to_job(row)
+
+    def claim(self, owner: str) -> Job | None:
+        """Take the oldest queued job whose study is not being audited by someone else, or None.
+
+        One conditional UPDATE per candidate (queued, and no running job of the same study), so
+        concurrent workers never run one job, nor two audits of one study, at the same time. Older
+        queued jobs of the claimed study are superseded: this run reads the study as it is now.
+        """
+        now = time.time()
+        other = aliased(AuditJobRow)
+        with Session(self.engine) as s:
+            busy = select(AuditJobRow.study_uid).where(AuditJobRow.state == RUNNING)
+            candidates = s.execute(
+                select(AuditJobRow.id, AuditJobRow.study_uid)
+                .where(AuditJobRow.state == QUEUED, AuditJobRow.study_uid.not_in(busy))
+                .order_by(AuditJobRow.id).limit(8)
+            ).all()
+        for job_id, study_uid in candidates:
+            with Session(self.engine) as s, s.begin():
+                study_busy = exists().where(other.study_uid == study_uid, other.state == RUNNING)
+                res = s.execute(
+                    update(AuditJobRow)
+                    .where(AuditJobRow.id == job_id, AuditJobRow.state == QUEUED, ~study_busy)
+                    .values(state=RUNNING, owner=owner, lease_until=now + self.lease_s, started_at=now,
+                            finished_at=None, attempts=AuditJobRow.attempts + 1)
+                    .execution_options(synchronize_session=False)
+                )
+                if res.rowcount != 1:
+                    continue
+                s.execute(
+                    update(AuditJobRow)
+                    .where(AuditJobRow.study_uid == study_uid, AuditJobRow.state == QUEUED)
+                    .values(state=SUPERSEDED, superseded_by=job_id, finished_at=now)
+                    .execution_options(synchronize_session=False)
+                )
+                row = s.get(AuditJobRow, job_id)
+                assert row is not None
+                return _to_job(row)
+        return None
+
+    def heartbeat(self, job_id: int, owner: str) -> bool:
+        """Extend the lease of a running job we own; False when we lost it."""
+        with Session(self.engine) as s, s.begin():
+            res = s.execute(
+                update(AuditJobRow)
+                .where(AuditJobRow.id == job_id, AuditJobRow.state == RUNNING, AuditJobRow.owner == owner)
+                .values(lease_until=time.time() + self.lease_s)
+            )
+            return res.rowcount == 1
+
+    def finish(
+        self,
+        job_id: int,
+        owner: str,
+        state: str,
+        *,
+        reason: str | None = None,
+        n_samples: int | None = None,
+        n_flagged: int | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> bool:
+        """Close a running job we own with a final state. Returns False when the lease was lost.
+
+        A ``done`` job marks the earlier ``done`` jobs of its study as superseded by it.
+        """
+        if state not in FINAL_STATES:
+            raise ValueError(f"finish() takes a final state, not {state!r}")
+        now = time.time()
+        with Session(self.engine) as s, s.begin():
+            res = s.execute(
+                update(AuditJobRow)
+                .where(AuditJobRow.id == job_id, AuditJobRow.state == RUNNING, AuditJobRow.owner == owner)
+                .values(state=state, reason=reason, finished_at=now, lease_until=None, n_samples=n_samples,
+                        n_flagged=n_flagged, result_json=json.dumps(result) if result is not None else None)
+            )
+            if res.rowcount != 1:
+                return False
+            if state in (DONE, NO_ANNOTATIONS):
+                study = s.scalar(select(AuditJobRow.study_uid).where(AuditJobRow.id == job_id))
+                s.execute(
+                    update(AuditJobRow)
+                    .where(AuditJobRow.study_uid == study, AuditJobRow.id != job_id,
+                           AuditJobRow.state.in_((DONE, NO_ANNOTATIONS)), AuditJobRow.superseded_by.is_(None))
+                    .values(superseded_by=job_id)
+                )
+            return True
+
+    def release(self, job_id: int, owner: str, reason: str) -> bool:
+        """Give a running job back to the queue (e.g. on shutdown), or fail it after too many attempts."""
+        with Session(self.engine) as s, s.begin():
+            row = s.get(AuditJobRow, job_id)
+            if row is None or row.state != RUNNING or row.owner != owner:
+                return False
+            if row.attempts >= self.max_attempts:
+                row.state, row.finished_at = FAILED, time.time()
+                row.reason = f"gave up after {row.attempts} attempts: {reason}"
+            else:
+                row.state, row.reason = QUEUED, reason
+            row.owner, row.lease_until = None, None
+            return True
+
+    def requeue_stale(self, now: float | None = None, *, startup: bool = False) -> list[int]:
+        """Re-queue running jobs whose lease expired or whose owner process on this host is gone.
+
+        Call it with ``startup=True`` once when the service starts (before its workers claim anything).
+        Jobs that already used up ``max_attempts`` become ``failed`` instead (a study that kills its
+        worker every time must not loop forever).
+        """
+        now = time.time() if now is None else now
+        changed: list[int] = []
+        with Session(self.engine) as s, s.begin():
+            for row in s.scalars(select(AuditJobRow).where(AuditJobRow.state == RUNNING)):
+                expired = row.lease_until is None or row.lease_until < now
+                if not (expired or _owner_process_gone(row.owner, startup)):
+                    continue
+                why = "lease expired" if expired else "owner process gone"
+                if row.attempts >= self.max_attempts:
+                    row.state, row.finished_at = FAILED, now
+                    row.reason = f"gave up after {row.attempts} attempts ({why})"
+                else:
+                    row.state, row.reason = QUEUED, f"re-queued: {why}"
+                row.owner, row.lease_until = None, None
+                changed.append(row.id)
+        return changed
+
+    def supersede_queued(self, study_uid: str, keep_id: int) -> int:
+        """Mark queued jobs of a study other than ``keep_id`` superseded; returns how many."""
+        with Session(self.engine) as s, s.begin():
+            res = s.execute(
+                update(AuditJobRow)
+                .where(AuditJobRow.study_uid == study_uid, AuditJobRow.state == QUEUED, AuditJobRow.id != keep_id)
+                .values(state=SUPERSEDED, superseded_by=keep_id, finished_at=time.time())
+            )
+            return res.rowcount
+
+    # -- reading -------------------------------------------------------------------------------
+    def get(self, job_id: int) -> Job | None:
+        with Session(self.engine) as s:
+            row = s.get(AuditJobRow, job_id)
+            return _to_job(row) if row is not None else None
+
+    def list(self, state: str | None = None, study_uid: str | None = None, limit: int = 100,
+             offset: int = 0) -> list[Job]:
+        """Jobs, newest first, without their full results."""
+        q = select(AuditJobRow).order_by(AuditJobRow.id.desc()).limit(limit).offset(offset)
+        if state:
+            q = q.where(AuditJobRow.state == state)
+        if study_uid:
+            q = q.where(AuditJobRow.study_uid == study_uid)
+        with Session(self.engine) as s:
+            return [_to_job(r, with_result=False) for r in s.scalars(q)]
+
+    def latest_for_study(self, study_uid: str, states: tuple[str, ...] | None = None) -> Job | None:
+        """The newest job of a study (optionally only in the given states), with its result."""
+        q = select(AuditJobRow).where(AuditJobRow.study_uid == study_uid).order_by(AuditJobRow.id.desc())
+        if states:
+            q = q.where(AuditJobRow.state.in_(states))
+        with Session(self.engine) as s:
+            row = s.scalars(q.limit(1)).first()
+            return _to_job(row) if row is not None else None
+
+    def counts(self) -> dict[str, int]:
+        """Number of jobs per state (every state present, zeros included)."""
+        out = dict.fromkeys(STATES, 0)
+        with Session(self.engine) as s:
+            for state, n in s.execute(select(AuditJobRow.state, func.count()).group_by(AuditJobRow.state)):
+                out[state] = n
+        return out
+
+    def pending(self) -> int:
+        """Jobs queued or running."""
+        c = self.counts()
+        return c[QUEUED] + c[RUNNING]
+
+
+def open_jobs(database_url: str, lease_s: float = 600.0) -> JobStore:
+    """The job store on the service database (engine from :func:`dicom_io.db.make_engine`)."""
+    from dicom_io.db import make_engine
+
+    return JobStore(make_engine(database_url), lease_s=lease_s)
