@@ -2,8 +2,44 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+
+def serve(
+    host: str | None = typer.Option(None, "--host", help="Address to bind (default 127.0.0.1)."),
+    port: int | None = typer.Option(None, "--port", help="DICOM port (default 11112)."),
+    ae_title: str | None = typer.Option(None, "--ae-title", help="Our AE title (default LABELQA)."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="Data directory (default ./labelqa-data)."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="labelqa.toml to read."),
+) -> None:
+    """Run the DICOM listener (C-ECHO, C-STORE) and the durable study store until SIGTERM."""
+    from pydantic import ValidationError
+
+    from service.app import configure_logging, run_service
+    from service.settings import load_settings
+
+    overrides = {"listener": {"host": host, "port": port, "ae_title": ae_title}, "store": {"data_dir": data_dir}}
+    try:
+        settings = load_settings(config, overrides)
+    except FileNotFoundError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    except ValidationError as e:
+        typer.echo(f"error: invalid settings:\n{e}", err=True)
+        raise typer.Exit(2) from None
+    configure_logging(settings.log_level)
+    try:
+        code = run_service(settings)
+    except OSError as e:
+        typer.echo(
+            f"error: cannot start the listener on {settings.listener.host}:{settings.listener.port}: {e}", err=True
+        )
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the top-level app."""
+    app.command("serve")(serve)

@@ -1,0 +1,712 @@
+"""The durable study store: received DICOM bytes on disk, indexed in a database.
+
+``StudyStore.put`` is the promise behind a C-STORE Success: the bytes are written to a temporary
+file next to their final place, fsync'd, atomically renamed to
+``<data_dir>/studies/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm``, the directory is fsync'd, and
+the patient/study/series/instance rows are committed; only then does ``put`` return. The file is
+the source of truth: ``reconcile`` (run at start-up) removes leftovers of interrupted writes
+(``*.tmp``), drops index rows whose file is gone and indexes files that have no row.
+
+A study becomes *stable* after ``stable_after_s`` seconds without a new instance; subscribers get a
+``StudyStable`` event from the store's timer thread. A late instance re-opens the study and it is
+emitted again (``reopened=True``). Study state is in the index, so a restart re-emits studies whose
+stable event was never delivered.
+
+Logs carry UIDs only, never patient names or IDs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from io import BytesIO
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+from sqlalchemy import (
+    Engine,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    delete,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from dicom_io.db import make_engine
+
+log = logging.getLogger("labelqa.store")
+
+UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_HEADER_TAGS = [
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "Modality",
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientName",
+    "StudyDate",
+    "AccessionNumber",
+    "StudyDescription",
+    "SeriesNumber",
+    "SeriesDescription",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# errors: what was wrong with a received instance (the listener maps them to DICOM statuses)
+
+
+class InvalidInstance(ValueError):
+    """A received instance cannot be stored; ``reason`` is a short machine-readable code."""
+
+    reason = "invalid"
+
+
+class UnreadableDataset(InvalidInstance):
+    """The bytes do not parse as a DICOM dataset."""
+
+    reason = "unreadable"
+
+
+class MissingUID(InvalidInstance):
+    """SOP Instance, SOP Class, Study or Series Instance UID is missing or malformed."""
+
+    reason = "missing_uid"
+
+
+class SOPClassMismatch(InvalidInstance):
+    """The dataset's SOP Class/Instance UID disagrees with what the C-STORE request announced."""
+
+    reason = "sop_class_mismatch"
+
+
+# --------------------------------------------------------------------------------------------
+# plain records handed to subscribers
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """One stored instance."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_uid: str
+    modality: str | None
+    path: Path
+
+
+@dataclass(frozen=True)
+class StudyStable:
+    """A study had no new instance for the quiet period; ``reopened`` when emitted before."""
+
+    study_uid: str
+    instances: list[InstanceRecord]
+    reopened: bool
+
+
+@dataclass(frozen=True)
+class PutResult:
+    """Outcome of ``StudyStore.put``: ``status`` is stored, duplicate or replaced."""
+
+    status: str
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    path: Path
+
+
+@dataclass
+class ReconcileReport:
+    """What start-up reconciliation found and did."""
+
+    tmp_removed: int = 0
+    rows_removed: int = 0
+    files_indexed: int = 0
+    files_unreadable: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------
+# index tables
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class PatientRow(Base):
+    __tablename__ = "patients"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    patient_key: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 of ID + issuer
+    patient_id: Mapped[str | None] = mapped_column(String(64))
+    issuer: Mapped[str | None] = mapped_column(String(64))
+    patient_name: Mapped[str | None] = mapped_column(String(324))
+
+
+class StudyRow(Base):
+    __tablename__ = "studies"
+    study_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    patient_pk: Mapped[int | None] = mapped_column(ForeignKey("patients.id"))
+    study_date: Mapped[str | None] = mapped_column(String(16))
+    accession_number: Mapped[str | None] = mapped_column(String(64))
+    description: Mapped[str | None] = mapped_column(String(64))
+    first_received: Mapped[float] = mapped_column(Float)
+    last_received: Mapped[float] = mapped_column(Float)
+    state: Mapped[str] = mapped_column(String(16), default="receiving")  # receiving | stable
+    stable_count: Mapped[int] = mapped_column(Integer, default=0)
+    stable_at: Mapped[float | None] = mapped_column(Float)
+
+
+class SeriesRow(Base):
+    __tablename__ = "series"
+    series_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    study_uid: Mapped[str] = mapped_column(ForeignKey("studies.study_uid"), index=True)
+    modality: Mapped[str | None] = mapped_column(String(16))
+    series_number: Mapped[str | None] = mapped_column(String(16))
+    description: Mapped[str | None] = mapped_column(String(64))
+
+
+class InstanceRow(Base):
+    __tablename__ = "instances"
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    series_uid: Mapped[str] = mapped_column(ForeignKey("series.series_uid"))
+    study_uid: Mapped[str] = mapped_column(String(64))
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    transfer_syntax_uid: Mapped[str | None] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)  # relative to data_dir
+    size: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    received_at: Mapped[float] = mapped_column(Float)
+    calling_ae: Mapped[str | None] = mapped_column(String(16))
+
+    __table_args__ = (Index("ix_instances_study", "study_uid"), Index("ix_instances_series", "series_uid"))
+
+
+class StoreEventRow(Base):
+    """Audit trail of what changed the store other than a plain new instance."""
+
+    __tablename__ = "store_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[float] = mapped_column(Float)
+    kind: Mapped[str] = mapped_column(String(32))  # replaced | stable | reconcile_* | tmp_removed
+    study_uid: Mapped[str | None] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[str | None] = mapped_column(Text)
+
+
+# --------------------------------------------------------------------------------------------
+# header parsing
+
+
+@dataclass(frozen=True)
+class _Header:
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    transfer_syntax_uid: str | None
+    modality: str | None
+    patient_id: str | None
+    issuer: str | None
+    patient_name: str | None
+    study_date: str | None
+    accession_number: str | None
+    study_description: str | None
+    series_number: str | None
+    series_description: str | None
+
+
+def _text(ds, name: str) -> str | None:
+    v = ds.get(name)
+    if v is None or v == "":
+        return None
+    return str(v).strip() or None
+
+
+def read_header(raw: bytes) -> _Header:
+    """Parse the identifying attributes of a Part 10 byte string without touching pixel data.
+
+    Raises UnreadableDataset or MissingUID.
+    """
+    try:
+        ds = dcmread(BytesIO(raw), stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+        values = {name: _text(ds, name) for name in _HEADER_TAGS}
+        ts = ds.file_meta.get("TransferSyntaxUID") if getattr(ds, "file_meta", None) is not None else None
+    except (InvalidDicomError, EOFError) as e:
+        raise UnreadableDataset(f"not a DICOM dataset: {e}") from None
+    except Exception as e:  # pydicom raises many kinds on corrupt input
+        raise UnreadableDataset(f"cannot parse dataset: {type(e).__name__}: {e}") from None
+    for name in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        v = values[name]
+        if not v:
+            raise MissingUID(f"{name} is missing")
+        if len(v) > 64 or not UID_RE.match(v):
+            raise MissingUID(f"{name} is not a valid UID")
+    return _Header(
+        sop_class_uid=values["SOPClassUID"],
+        sop_instance_uid=values["SOPInstanceUID"],
+        study_uid=values["StudyInstanceUID"],
+        series_uid=values["SeriesInstanceUID"],
+        transfer_syntax_uid=str(ts) if ts else None,
+        modality=values["Modality"],
+        patient_id=values["PatientID"],
+        issuer=values["IssuerOfPatientID"],
+        patient_name=values["PatientName"],
+        study_date=values["StudyDate"],
+        accession_number=values["AccessionNumber"],
+        study_description=values["StudyDescription"],
+        series_number=values["SeriesNumber"],
+        series_description=values["SeriesDescription"],
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# filesystem helpers
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _makedirs_durable(path: Path, stop: Path) -> None:
+    """Create ``path`` (and parents up to ``stop``) and fsync each parent that got a new entry."""
+    if path.is_dir():
+        return
+    missing: list[Path] = []
+    p = path
+    while not p.is_dir() and p != stop and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except FileExistsError:
+            continue
+        _fsync_dir(d.parent)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+class StudyStore:
+    """Durable on-disk study store with an SQL index and study-stability events."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        database_url: str | None = None,
+        stable_after_s: float = 5.0,
+        *,
+        engine: Engine | None = None,
+        reconcile: bool = True,
+    ) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.studies_dir = self.data_dir / "studies"
+        self.studies_dir.mkdir(parents=True, exist_ok=True)
+        self.stable_after_s = float(stable_after_s)
+        url = database_url or f"sqlite:///{self.data_dir / 'index.sqlite'}"
+        # NORMAL is enough for the index: the fsync'd files are the truth and reconcile() rebuilds
+        # rows a power cut may have lost (see dicom_io.db.make_engine).
+        self.engine = engine or make_engine(url, sqlite_synchronous="NORMAL")
+        Base.metadata.create_all(self.engine)
+        self._db_lock = threading.Lock()  # one writer at a time (SQLite); cheap for others too
+        self._sop_locks = [threading.Lock() for _ in range(64)]
+        self._known_series: set[str] = set()
+        self._known_studies: set[str] = set()
+        self._subscribers: list[Callable[[StudyStable], None]] = []
+        self._cv = threading.Condition()
+        self._deadlines: dict[str, float] = {}  # study uid -> monotonic time it becomes stable
+        self._timer: threading.Thread | None = None
+        self._stopping = False
+        if reconcile:
+            self.reconcile()
+        self._load_pending()
+
+    # ---------------------------------------------------------------- paths and queries
+
+    def study_dir(self, study_uid: str) -> Path:
+        """Directory holding a study's series folders."""
+        return self.studies_dir / study_uid
+
+    def study_files(self, study_uid: str) -> list[Path]:
+        """Files of the indexed instances of a study, sorted by path."""
+        with self.engine.connect() as c:
+            rows = c.execute(select(InstanceRow.path).where(InstanceRow.study_uid == study_uid)).scalars()
+            return sorted(self.data_dir / p for p in rows)
+
+    def studies(self) -> list[str]:
+        """Study Instance UIDs in the index."""
+        with self.engine.connect() as c:
+            return sorted(c.execute(select(StudyRow.study_uid)).scalars())
+
+    def instances(self, study_uid: str | None = None) -> list[InstanceRecord]:
+        """Indexed instances (of one study, or all)."""
+        q = select(
+            InstanceRow.sop_instance_uid,
+            InstanceRow.sop_class_uid,
+            InstanceRow.series_uid,
+            SeriesRow.modality,
+            InstanceRow.path,
+        ).join(SeriesRow, SeriesRow.series_uid == InstanceRow.series_uid)
+        if study_uid is not None:
+            q = q.where(InstanceRow.study_uid == study_uid)
+        with self.engine.connect() as c:
+            rows = c.execute(q.order_by(InstanceRow.series_uid, InstanceRow.sop_instance_uid)).all()
+        return [InstanceRecord(r[0], r[1], r[2], r[3], self.data_dir / r[4]) for r in rows]
+
+    def events(self, kind: str | None = None) -> list[dict]:
+        """Store events (replacements, stability, reconciliation) as dicts, oldest first."""
+        q = select(StoreEventRow).order_by(StoreEventRow.id)
+        if kind:
+            q = q.where(StoreEventRow.kind == kind)
+        with self.engine.connect() as c:
+            return [dict(r._mapping) for r in c.execute(q).all()]
+
+    # ---------------------------------------------------------------- writing
+
+    def _final_path(self, h: _Header) -> Path:
+        return self.studies_dir / h.study_uid / h.series_uid / f"{h.sop_instance_uid}.dcm"
+
+    def put(
+        self,
+        raw: bytes,
+        *,
+        expected_sop_class_uid: str | None = None,
+        expected_sop_instance_uid: str | None = None,
+        calling_ae: str | None = None,
+    ) -> PutResult:
+        """Store one instance given as DICOM Part 10 bytes; returns once it is durable and indexed.
+
+        Raises an ``InvalidInstance`` subclass when the bytes cannot be stored as sent, OSError /
+        SQLAlchemyError when the disk or the index fail (nothing is indexed then).
+        """
+        h = read_header(raw)
+        if expected_sop_class_uid and h.sop_class_uid != expected_sop_class_uid:
+            raise SOPClassMismatch(
+                f"dataset SOP Class {h.sop_class_uid} differs from the request's {expected_sop_class_uid}"
+            )
+        if expected_sop_instance_uid and h.sop_instance_uid != expected_sop_instance_uid:
+            raise SOPClassMismatch(
+                f"dataset SOP Instance {h.sop_instance_uid} differs from the request's {expected_sop_instance_uid}"
+            )
+        digest = hashlib.sha256(raw).hexdigest()
+        final = self._final_path(h)
+        rel = final.relative_to(self.data_dir).as_posix()
+        lock = self._sop_locks[hash(h.sop_instance_uid) % len(self._sop_locks)]
+        with lock:
+            with self.engine.connect() as c:
+                old = c.execute(
+                    select(InstanceRow.sha256, InstanceRow.path, InstanceRow.study_uid).where(
+                        InstanceRow.sop_instance_uid == h.sop_instance_uid
+                    )
+                ).first()
+            if old is not None and old.sha256 == digest and old.path == rel and final.is_file():
+                log.debug("duplicate sop=%s study=%s", h.sop_instance_uid, h.study_uid)
+                return PutResult("duplicate", h.sop_instance_uid, h.study_uid, h.series_uid, final)
+            self._write_file(final, raw)
+            status = "stored" if old is None else ("duplicate" if old.sha256 == digest else "replaced")
+            self._index(h, rel, len(raw), digest, calling_ae, old)
+            if old is not None and old.path != rel:
+                stale = self.data_dir / old.path
+                stale.unlink(missing_ok=True)
+        if status == "replaced":
+            log.info("replaced sop=%s study=%s (different bytes)", h.sop_instance_uid, h.study_uid)
+        if status != "duplicate":
+            self._touch_study(h.study_uid)
+        return PutResult(status, h.sop_instance_uid, h.study_uid, h.series_uid, final)
+
+    def _write_file(self, final: Path, raw: bytes) -> None:
+        _makedirs_durable(final.parent, self.studies_dir)
+        tmp = final.parent / f".{final.name}.{uuid.uuid4().hex[:12]}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        try:
+            view = memoryview(raw)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+
+    def _index(self, h: _Header, rel: str, size: int, digest: str, calling_ae: str | None, old) -> None:
+        now = time.time()
+        with self._db_lock, self.engine.begin() as c:
+            if h.study_uid not in self._known_studies:
+                exists = c.execute(select(StudyRow.study_uid).where(StudyRow.study_uid == h.study_uid)).first()
+                if exists is None:
+                    c.execute(
+                        insert(StudyRow).values(
+                            study_uid=h.study_uid,
+                            patient_pk=self._patient_pk(c, h),
+                            study_date=h.study_date,
+                            accession_number=h.accession_number,
+                            description=h.study_description,
+                            first_received=now,
+                            last_received=now,
+                            state="receiving",
+                            stable_count=0,
+                        )
+                    )
+            if h.series_uid not in self._known_series:
+                exists = c.execute(select(SeriesRow.series_uid).where(SeriesRow.series_uid == h.series_uid)).first()
+                if exists is None:
+                    c.execute(
+                        insert(SeriesRow).values(
+                            series_uid=h.series_uid,
+                            study_uid=h.study_uid,
+                            modality=h.modality,
+                            series_number=h.series_number,
+                            description=h.series_description,
+                        )
+                    )
+            values = dict(
+                series_uid=h.series_uid,
+                study_uid=h.study_uid,
+                sop_class_uid=h.sop_class_uid,
+                transfer_syntax_uid=h.transfer_syntax_uid,
+                path=rel,
+                size=size,
+                sha256=digest,
+                received_at=now,
+                calling_ae=calling_ae,
+            )
+            if old is None:
+                c.execute(insert(InstanceRow).values(sop_instance_uid=h.sop_instance_uid, **values))
+            else:
+                c.execute(
+                    update(InstanceRow).where(InstanceRow.sop_instance_uid == h.sop_instance_uid).values(**values)
+                )
+                if old.sha256 != digest:
+                    c.execute(
+                        insert(StoreEventRow).values(
+                            at=now,
+                            kind="replaced",
+                            study_uid=h.study_uid,
+                            sop_instance_uid=h.sop_instance_uid,
+                            detail=f"sha256 {old.sha256} -> {digest}; path {old.path} -> {rel}",
+                        )
+                    )
+            c.execute(
+                update(StudyRow).where(StudyRow.study_uid == h.study_uid).values(last_received=now, state="receiving")
+            )
+        self._known_studies.add(h.study_uid)
+        self._known_series.add(h.series_uid)
+
+    @staticmethod
+    def _patient_pk(c, h: _Header) -> int:
+        key = hashlib.sha256(f"{h.patient_id or ''}\x00{h.issuer or ''}".encode()).hexdigest()
+        pk = c.execute(select(PatientRow.id).where(PatientRow.patient_key == key)).scalar()
+        if pk is None:
+            pk = c.execute(
+                insert(PatientRow).values(
+                    patient_key=key, patient_id=h.patient_id, issuer=h.issuer, patient_name=h.patient_name
+                )
+            ).inserted_primary_key[0]
+        return pk
+
+    # ---------------------------------------------------------------- reconciliation
+
+    def reconcile(self) -> ReconcileReport:
+        """Make the index agree with the files: drop temp leftovers, stale rows; index orphan files."""
+        rep = ReconcileReport()
+        on_disk: dict[str, Path] = {}
+        for dirpath, _dirs, files in os.walk(self.studies_dir):
+            for name in files:
+                p = Path(dirpath) / name
+                if name.endswith(".tmp"):
+                    p.unlink(missing_ok=True)
+                    rep.tmp_removed += 1
+                elif name.endswith(".dcm"):
+                    on_disk[p.relative_to(self.data_dir).as_posix()] = p
+        with self.engine.connect() as c:
+            q = select(InstanceRow.sop_instance_uid, InstanceRow.path, InstanceRow.size)
+            rows = {r.path: r for r in c.execute(q)}
+        now = time.time()
+        stale = [r for path, r in rows.items() if path not in on_disk or on_disk[path].stat().st_size != r.size]
+        if stale:
+            with self._db_lock, self.engine.begin() as c:
+                for r in stale:
+                    c.execute(delete(InstanceRow).where(InstanceRow.sop_instance_uid == r.sop_instance_uid))
+                    c.execute(
+                        insert(StoreEventRow).values(
+                            at=now, kind="reconcile_row_removed", sop_instance_uid=r.sop_instance_uid, detail=r.path
+                        )
+                    )
+            rep.rows_removed = len(stale)
+        stale_paths = {r.path for r in stale}
+        for rel, p in sorted(on_disk.items()):
+            if rel in rows and rel not in stale_paths:
+                continue
+            raw = p.read_bytes()
+            try:
+                h = read_header(raw)
+            except InvalidInstance as e:
+                log.warning("reconcile: unreadable file %s left unindexed (%s)", rel, e.reason)
+                rep.files_unreadable.append(rel)
+                continue
+            if self._final_path(h) != p:
+                log.warning("reconcile: file %s is not where its UIDs say; left unindexed", rel)
+                rep.files_unreadable.append(rel)
+                continue
+            with self.engine.connect() as c:
+                old = c.execute(
+                    select(InstanceRow.sha256, InstanceRow.path, InstanceRow.study_uid).where(
+                        InstanceRow.sop_instance_uid == h.sop_instance_uid
+                    )
+                ).first()
+            self._index(h, rel, len(raw), hashlib.sha256(raw).hexdigest(), None, old)
+            with self._db_lock, self.engine.begin() as c:
+                c.execute(
+                    insert(StoreEventRow).values(
+                        at=now,
+                        kind="reconcile_file_indexed",
+                        study_uid=h.study_uid,
+                        sop_instance_uid=h.sop_instance_uid,
+                        detail=rel,
+                    )
+                )
+            rep.files_indexed += 1
+        if rep.tmp_removed or rep.rows_removed or rep.files_indexed or rep.files_unreadable:
+            log.info(
+                "reconcile: removed %d temp files, %d stale rows; indexed %d files; %d unreadable",
+                rep.tmp_removed,
+                rep.rows_removed,
+                rep.files_indexed,
+                len(rep.files_unreadable),
+            )
+        return rep
+
+    # ---------------------------------------------------------------- stability
+
+    def subscribe(self, callback: Callable[[StudyStable], None]) -> None:
+        """Call ``callback(StudyStable)`` (from the store's timer thread) whenever a study becomes stable.
+
+        Keep callbacks short (enqueue work); an exception is logged and does not stop other subscribers.
+        """
+        self._subscribers.append(callback)
+
+    def _touch_study(self, study_uid: str) -> None:
+        with self._cv:
+            self._deadlines[study_uid] = time.monotonic() + self.stable_after_s
+            self._cv.notify()
+
+    def _load_pending(self) -> None:
+        """Schedule studies the index says are still receiving (e.g. after a restart)."""
+        with self.engine.connect() as c:
+            rows = c.execute(select(StudyRow.study_uid, StudyRow.last_received).where(StudyRow.state == "receiving"))
+            now_wall, now_mono = time.time(), time.monotonic()
+            with self._cv:
+                for uid, last in rows:
+                    wait = max(0.0, last + self.stable_after_s - now_wall)
+                    self._deadlines.setdefault(uid, now_mono + wait)
+
+    def start(self) -> None:
+        """Start the stability timer thread (idempotent)."""
+        if self._timer is not None and self._timer.is_alive():
+            return
+        self._stopping = False
+        self._timer = threading.Thread(target=self._timer_loop, name="labelqa-stability", daemon=True)
+        self._timer.start()
+
+    def stop(self) -> None:
+        """Stop the timer thread; pending studies stay 'receiving' in the index for the next start."""
+        with self._cv:
+            self._stopping = True
+            self._cv.notify()
+        if self._timer is not None:
+            self._timer.join(timeout=10)
+            self._timer = None
+
+    def close(self) -> None:
+        """Stop the timer and release the database connections."""
+        self.stop()
+        self.engine.dispose()
+
+    def _timer_loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._stopping:
+                    now = time.monotonic()
+                    due = [uid for uid, t in self._deadlines.items() if t <= now]
+                    if due:
+                        for uid in due:
+                            del self._deadlines[uid]
+                        break
+                    nxt = min(self._deadlines.values(), default=None)
+                    self._cv.wait(timeout=None if nxt is None else max(0.0, nxt - now) + 0.005)
+                if self._stopping:
+                    return
+            for uid in due:
+                try:
+                    self._emit_stable(uid)
+                except Exception:
+                    log.exception("stability: could not emit study=%s", uid)
+
+    def _emit_stable(self, study_uid: str) -> None:
+        """Deliver a stable event, then mark the study stable (so a crash in between re-emits)."""
+        now = time.time()
+        with self.engine.connect() as c:
+            row = c.execute(
+                select(StudyRow.state, StudyRow.stable_count, StudyRow.last_received).where(
+                    StudyRow.study_uid == study_uid
+                )
+            ).first()
+        if row is None or row.state != "receiving":
+            return
+        instances = self.instances(study_uid)
+        event = StudyStable(study_uid, instances, reopened=row.stable_count > 0)
+        log.info("study stable study=%s instances=%d reopened=%s", study_uid, len(instances), event.reopened)
+        for cb in list(self._subscribers):
+            try:
+                cb(event)
+            except Exception:
+                log.exception("stability subscriber failed for study=%s", study_uid)
+        with self._db_lock, self.engine.begin() as c:
+            # only if no instance arrived meanwhile; otherwise the new deadline emits again
+            c.execute(
+                update(StudyRow)
+                .where(StudyRow.study_uid == study_uid, StudyRow.last_received == row.last_received)
+                .values(state="stable", stable_count=row.stable_count + 1, stable_at=now)
+            )
+            c.execute(
+                insert(StoreEventRow).values(
+                    at=now,
+                    kind="stable",
+                    study_uid=study_uid,
+                    detail=f"{len(instances)} instances; reopened={event.reopened}",
+                )
+            )
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no study is pending stability (for tests and the demo); True when idle."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            with self._cv:
+                if not self._deadlines:
+                    return True
+            time.sleep(0.05)
+        return False
