@@ -1,0 +1,253 @@
+"""The HTTP API: health, Prometheus metrics, audit jobs and per-study audit results.
+
+FastAPI app served by uvicorn on 127.0.0.1 by default. When ``[api] token`` is set, every endpoint
+except ``/health`` and the OpenAPI schema/docs needs ``Authorization: Bearer <token>``. The schema is
+at ``/openapi.json`` (interactive docs at ``/docs``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+
+from service.jobs import DONE, NO_ANNOTATIONS, STATES, Job, JobStore
+
+log = logging.getLogger("labelqa.api")
+
+UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
+_UID_RE = re.compile(UID_PATTERN)
+
+
+@dataclass
+class ApiContext:
+    """What the API reads from: the job table, and optional live parts of the service."""
+
+    jobs: JobStore
+    token: str | None = None
+    pipeline: Any = None  # service.pipeline.Pipeline: request_audit(), executor.status()
+    store: Any = None  # dicom_io.store.StudyStore
+    listener: Any = None  # dicom_io.scp.Listener
+    outbox: Any = None  # the results outbox
+    metrics: Any = None  # service.metrics.Metrics
+    version: str = "0"
+
+
+class JobSummary(BaseModel):
+    id: int
+    study_uid: str
+    state: str = Field(description=f"One of {', '.join(STATES)}.")
+    trigger: str
+    reason: str | None = None
+    attempts: int
+    owner: str | None = None
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    wait_s: float | None = None
+    duration_s: float | None = None
+    n_samples: int | None = None
+    n_flagged: int | None = None
+    superseded_by: int | None = None
+
+
+class JobList(BaseModel):
+    jobs: list[JobSummary]
+    counts: dict[str, int] = Field(description="Number of jobs per state.")
+
+
+class StudyAudit(BaseModel):
+    study_uid: str
+    state: str = Field(description="State of the newest job of the study.")
+    reason: str | None = None
+    job: JobSummary = Field(description="The newest job of the study.")
+    result_job_id: int | None = Field(None, description="The job whose results are shown (newest finished audit).")
+    bundle_hash: str | None = None
+    verdicts: list[dict[str, Any]] = Field(default_factory=list, description="One row per audited annotation.")
+    outputs: list[dict[str, Any]] = Field(default_factory=list, description="Result objects (SR, SC, KOS) written.")
+
+
+class Queued(BaseModel):
+    job: JobSummary
+
+
+class Health(BaseModel):
+    status: str = Field(description="ok when every present component is healthy, else degraded.")
+    listener: dict[str, Any]
+    database: dict[str, Any]
+    outbox: dict[str, Any]
+    model: dict[str, Any]
+    version: str
+
+
+def _summary(job: Job) -> JobSummary:
+    return JobSummary(**job.summary())
+
+
+def _listener_status(listener: Any) -> dict[str, Any]:
+    if listener is None:
+        return {"present": False}
+    running = getattr(listener, "running", None)
+    if callable(running):
+        running = running()
+    if running is None:
+        running = getattr(listener, "is_running", None)
+        running = running() if callable(running) else running
+    out: dict[str, Any] = {"present": True, "running": bool(running) if running is not None else True}
+    for k in ("port", "ae_title", "host"):
+        v = getattr(listener, k, None)
+        if isinstance(v, (str, int)):
+            out[k] = v
+    return out
+
+
+def outbox_counts(outbox: Any) -> dict[str, Any]:
+    """Pending and dead-lettered items of the outbox (by whatever counting it offers)."""
+    if outbox is None:
+        return {"present": False}
+    for name in ("counts", "stats"):
+        fn = getattr(outbox, name, None)
+        if callable(fn):
+            c = dict(fn())
+            return {"present": True, **c}
+    items = outbox.list()
+    states: dict[str, int] = {}
+    for it in items:
+        st = it.get("state") if isinstance(it, dict) else getattr(it, "state", "pending")
+        states[str(st)] = states.get(str(st), 0) + 1
+    return {"present": True, **states}
+
+
+def create_app(ctx: ApiContext) -> FastAPI:
+    """The FastAPI application over ``ctx``."""
+    app = FastAPI(
+        title="labelqa",
+        version=ctx.version,
+        description="Annotation quality audits of DICOM studies: health, metrics, jobs and results.",
+    )
+    bearer = HTTPBearer(auto_error=False, description="The token set in [api] token (when set).")
+
+    def auth(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if not ctx.token:
+            return
+        if creds is None or creds.scheme.lower() != "bearer" or not secrets.compare_digest(
+            creds.credentials.encode(), ctx.token.encode()
+        ):
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    protected = [Depends(auth)]
+
+    @app.get("/health", response_model=Health, summary="Liveness and readiness of every component")
+    def health(response: Response) -> Health:
+        db: dict[str, Any] = {"ok": True}
+        try:
+            db["jobs"] = ctx.jobs.counts()
+        except Exception as e:  # noqa: BLE001
+            db = {"ok": False, "error": type(e).__name__}
+        listener = _listener_status(ctx.listener)
+        try:
+            outbox = outbox_counts(ctx.outbox)
+        except Exception as e:  # noqa: BLE001
+            outbox = {"present": True, "error": type(e).__name__}
+        model: dict[str, Any] = {"present": False}
+        if ctx.pipeline is not None:
+            model = {"present": True, **ctx.pipeline.executor.status()}
+        ok = db["ok"] and listener.get("running", True) and "error" not in outbox
+        if model.get("present") and not model.get("models_loaded"):
+            ok = False
+        if not db["ok"]:
+            response.status_code = 503
+        return Health(status="ok" if ok else "degraded", listener=listener, database=db, outbox=outbox,
+                      model=model, version=ctx.version)
+
+    @app.get("/metrics", dependencies=protected, summary="Prometheus metrics",
+             response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+    def metrics() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        if ctx.metrics is None:
+            raise HTTPException(404, "metrics are not enabled")
+        return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/jobs", response_model=JobList, dependencies=protected, summary="Audit jobs, newest first")
+    def list_jobs(
+        state: str | None = Query(None, description=f"Only jobs in this state: {', '.join(STATES)}."),
+        study_uid: str | None = Query(None, max_length=64, pattern=UID_PATTERN),
+        limit: int = Query(100, ge=1, le=1000),
+        offset: int = Query(0, ge=0, le=10**9),
+    ) -> JobList:
+        if state is not None and state not in STATES:
+            raise HTTPException(422, f"unknown state {state!r}; use one of {', '.join(STATES)}")
+        jobs = ctx.jobs.list(state=state, study_uid=study_uid, limit=limit, offset=offset)
+        return JobList(jobs=[_summary(j) for j in jobs], counts=ctx.jobs.counts())
+
+    @app.get("/studies/{study_uid}/audit", response_model=StudyAudit, dependencies=protected,
+             summary="Verdicts and scores of the newest audit of a study",
+             responses={404: {"description": "No audit of this study is known."}})
+    def study_audit(study_uid: str = Path(..., max_length=64, pattern=UID_PATTERN)) -> StudyAudit:
+        latest = ctx.jobs.latest_for_study(study_uid)
+        if latest is None:
+            raise HTTPException(404, f"no audit of study {study_uid} is known")
+        result_job = ctx.jobs.latest_for_study(study_uid, (DONE, NO_ANNOTATIONS))
+        res = (result_job.result or {}) if result_job is not None else {}
+        return StudyAudit(
+            study_uid=study_uid, state=latest.state, reason=latest.reason, job=_summary(latest),
+            result_job_id=result_job.id if result_job is not None else None,
+            bundle_hash=res.get("bundle_hash"), verdicts=res.get("rows", []), outputs=res.get("outputs", []),
+        )
+
+    @app.post("/studies/{study_uid}/audit", response_model=Queued, status_code=202, dependencies=protected,
+              summary="Queue a new audit of a stored study",
+              responses={404: {"description": "The study is not in the store."},
+                         503: {"description": "The pipeline is not running."}})
+    def rerun(study_uid: str = Path(..., max_length=64, pattern=UID_PATTERN)) -> Queued:
+        if ctx.pipeline is None:
+            raise HTTPException(503, "the audit pipeline is not running in this process")
+        if ctx.store is not None and study_uid not in set(ctx.store.studies()):
+            raise HTTPException(404, f"study {study_uid} is not in the store")
+        job = ctx.pipeline.request_audit(study_uid, trigger="api")
+        return Queued(job=_summary(job))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:  # pragma: no cover - safety net
+        log.exception("API error on %s", request.url.path)
+        from fastapi.responses import JSONResponse
+
+        return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=500)
+
+    return app
+
+
+class ApiServer:
+    """uvicorn serving an app in a background thread (started and stopped with the service)."""
+
+    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 8787) -> None:
+        import uvicorn
+
+        self.host, self.port = host, port
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="labelqa-api", daemon=True)
+
+    def start(self, timeout: float = 10.0) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive():
+                raise RuntimeError(f"the HTTP API could not start on {self.host}:{self.port} (port in use?)")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the HTTP API did not start on {self.host}:{self.port} within {timeout} s")
+            time.sleep(0.02)
+        log.info("HTTP API on http://%s:%d (OpenAPI at /openapi.json)", self.host, self.port)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout)

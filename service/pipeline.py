@@ -1,0 +1,213 @@
+"""The audit pipeline: study stable -> audit job -> SR/SC/KOS -> outbox.
+
+On a "study stable" event from the store, a study that holds annotation objects (SEG, SR) gets an
+audit job in the job table; one without them is recorded as ``no_annotations`` with the reason.
+A worker of the executor (in-process by default) reads the study's files, runs
+:func:`service.audit.audit_study` (annotations -> bundle ensemble -> results), writes the result
+objects under ``<data_dir>/results/<study>/`` and puts them in the outbox. A late instance re-opens
+the study and the audit runs again; our own result objects coming back (a PACS that routes the
+whole study again) never trigger a new audit.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from service.executor import Executor, InProcessExecutor, Outcome, WorkerContext
+from service.jobs import DONE, NO_ANNOTATIONS, Job, JobStore
+from service.settings import Settings
+
+log = logging.getLogger("labelqa.pipeline")
+
+SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+SR_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.88.11",  # Basic Text SR
+    "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR
+    "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
+    "1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive 3D SR
+}
+ANNOTATION_SOP_CLASSES = SR_SOP_CLASSES | {SEG_SOP_CLASS}
+
+
+def is_annotation(sop_class_uid: str, modality: str | None = None) -> bool:
+    """Whether an instance may carry annotations we read (SEG or a structured report)."""
+    return sop_class_uid in ANNOTATION_SOP_CLASSES or (modality or "").upper() in {"SEG", "SR"}
+
+
+def verdict_rows(rows: Iterable[Any]) -> list[dict[str, Any]]:
+    """Verdict rows from :func:`service.audit.audit_study` as plain JSON-ready dicts."""
+    out = []
+    for r in rows:
+        if isinstance(r, dict):
+            d = dict(r)
+        elif hasattr(r, "model_dump"):
+            d = r.model_dump()
+        elif hasattr(r, "__dataclass_fields__"):
+            from dataclasses import asdict
+
+            d = asdict(r)
+        else:
+            d = dict(vars(r))
+        out.append({k: v for k, v in d.items() if _jsonable(v)})
+    return out
+
+
+def _jsonable(v: Any) -> bool:
+    return v is None or isinstance(v, (str, int, float, bool, list, dict))
+
+
+class Pipeline:
+    """Wires the store's stable events to audit jobs, the executor, the results and the outbox."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        jobs: JobStore,
+        *,
+        store: Any = None,
+        outbox: Any = None,
+        metrics: Any = None,
+        executor: Executor | None = None,
+    ) -> None:
+        self.settings = settings
+        self.jobs = jobs
+        self.store = store
+        self.outbox = outbox
+        self.metrics = metrics
+        self.results_dir = Path(settings.store.data_dir) / "results"
+        self.executor: Executor = executor or InProcessExecutor(
+            jobs, self.run_job, workers=settings.audit.workers, warmup=self.warmup,
+            on_finished=self._finished,
+        )
+        self._lock = threading.Lock()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        self.executor.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.executor.stop(timeout)
+
+    # -- events --------------------------------------------------------------------------------
+    def on_study_stable(self, event: Any) -> Job | None:
+        """Handle a ``StudyStable`` event: queue an audit, record why not, or ignore our own echo."""
+        study = event.study_uid
+        if self.metrics is not None:
+            self.metrics.studies_stable.inc()
+        own = self._own_outputs(study)
+        inputs = sorted(i.sop_instance_uid for i in event.instances if i.sop_instance_uid not in own)
+        if not any(is_annotation(i.sop_class_uid, i.modality) for i in event.instances
+                   if i.sop_instance_uid not in own):
+            job = self.jobs.record(study, NO_ANNOTATIONS, "the study holds no SEG or SR annotation object",
+                                   trigger="reopened" if event.reopened else "stable")
+            log.info("study %s: no annotation objects; nothing to audit", study)
+            return job
+        last = self.jobs.latest_for_study(study, (DONE, NO_ANNOTATIONS))
+        if last is not None and last.result and last.result.get("inputs") == inputs:
+            log.info("study %s: stable again with the same inputs (job %d); not re-audited", study, last.id)
+            return None
+        trigger = "reopened" if event.reopened else "stable"
+        last_at = time.time() - float(self.settings.store.stable_after_s)
+        job = self.jobs.enqueue(study, trigger=trigger, last_instance_at=last_at)
+        log.info("study %s: audit job %d queued (%s)", study, job.id, trigger)
+        self.executor.notify()
+        return job
+
+    def request_audit(self, study_uid: str, trigger: str = "api") -> Job:
+        """Queue a (re-)audit of a stored study on request."""
+        job = self.jobs.enqueue(study_uid, trigger=trigger)
+        self.executor.notify()
+        return job
+
+    def _own_outputs(self, study_uid: str) -> set[str]:
+        """SOP Instance UIDs of result objects we wrote for this study (any earlier job)."""
+        own: set[str] = set()
+        for j in self.jobs.list(study_uid=study_uid, limit=50):
+            full = self.jobs.get(j.id)
+            if full is not None and full.result:
+                own.update(o["sop_instance_uid"] for o in full.result.get("outputs", []))
+        return own
+
+    # -- the work ------------------------------------------------------------------------------
+    def load_bundle(self) -> Any:
+        """The model bundle named in the settings."""
+        if self.settings.audit.bundle is None:
+            raise RuntimeError("no model bundle configured: set [audit] bundle (made by `labelqa train`)")
+        from models.bundle import load_bundle
+
+        return load_bundle(Path(self.settings.audit.bundle))
+
+    def load_vocabulary(self, bundle: Any) -> Any:
+        """The label vocabulary: the configured file, the bundle's own file, or the bundle's class names."""
+        from dicom_io.vocabulary import Vocabulary, load_vocabulary
+
+        if self.settings.audit.vocabulary is not None:
+            return load_vocabulary(Path(self.settings.audit.vocabulary))
+        for name in ("vocabulary.toml", "configs/vocabulary.toml", "vocabulary.json", "configs/vocabulary.json"):
+            p = Path(self.settings.audit.bundle) / name
+            if p.is_file():
+                return load_vocabulary(p)
+        return Vocabulary.from_class_names(list(bundle.class_names))
+
+    def warmup(self, ctx: WorkerContext) -> None:
+        """Load the bundle and vocabulary once for this worker; they stay warm for every job."""
+        bundle = ctx.cached("bundle", self.load_bundle)
+        ctx.cached("vocabulary", lambda: self.load_vocabulary(bundle))
+
+    def run_job(self, job: Job, ctx: WorkerContext) -> Outcome:
+        """Audit one study: read, infer, write the result objects, enqueue them for delivery."""
+        from service.audit import audit_study
+
+        bundle = ctx.cached("bundle", self.load_bundle)
+        vocabulary = ctx.cached("vocabulary", lambda: self.load_vocabulary(bundle))
+        own = self._own_outputs(job.study_uid)
+        records = self.store.instances(job.study_uid) if self.store is not None else []
+        files = [Path(r.path) for r in records if r.sop_instance_uid not in own]
+        if not files:
+            return Outcome(state=NO_ANNOTATIONS, reason="the study has no stored instances", n_samples=0)
+        inputs = sorted(r.sop_instance_uid for r in records if r.sop_instance_uid not in own)
+        t0 = time.perf_counter()
+        datasets, rows = audit_study(files, bundle, vocabulary)
+        audit_s = time.perf_counter() - t0
+        rows = verdict_rows(rows)
+        if not rows:
+            return Outcome(
+                state=NO_ANNOTATIONS, n_samples=0, n_flagged=0,
+                reason="no annotation in the study could be read with the vocabulary",
+                result={"inputs": inputs, "rows": [], "outputs": []},
+            )
+        out_dir = self.results_dir / job.study_uid
+        out_dir.mkdir(parents=True, exist_ok=True)
+        outputs = []
+        paths = []
+        for ds in datasets:
+            p = out_dir / f"{ds.SOPInstanceUID}.dcm"
+            if not p.exists():
+                tmp = p.with_suffix(".tmp")
+                ds.save_as(tmp, enforce_file_format=True)
+                tmp.replace(p)
+            paths.append(p)
+            outputs.append({
+                "sop_instance_uid": str(ds.SOPInstanceUID), "sop_class_uid": str(ds.SOPClassUID),
+                "modality": str(getattr(ds, "Modality", "")), "path": str(p),
+            })
+        if self.outbox is not None and paths and self.settings.outbox.destinations:
+            self.outbox.enqueue(paths)
+        n_flagged = sum(1 for r in rows if r.get("verdict") == "suspected_label_error")
+        return Outcome(
+            state=DONE, n_samples=len(rows), n_flagged=n_flagged,
+            result={
+                "inputs": inputs, "rows": rows, "outputs": outputs, "audit_s": audit_s,
+                "bundle_hash": getattr(bundle, "content_hash", None),
+            },
+        )
+
+    def _finished(self, job: Job, outcome: Outcome) -> None:
+        if self.metrics is None:
+            return
+        self.metrics.observe_job(job)
