@@ -1,0 +1,86 @@
+"""labelqa's own coded concepts, in one private coding scheme.
+
+Coding Scheme Designator ``99LABELQA`` (private schemes start with ``99``, PS3.16 section 8.2),
+version ``1``, responsible organisation: the labelqa project. Every concept labelqa puts into a
+DICOM object that has no standard code is defined here, and only here; ``docs/conformance.md``
+lists them. Code values are short (SH, at most 16 characters) and never reused with another meaning.
+"""
+
+from __future__ import annotations
+
+from pydicom.sr.coding import Code
+
+SCHEME = "99LABELQA"
+"""Coding Scheme Designator of labelqa's private concepts."""
+
+SCHEME_VERSION = "1"
+SCHEME_NAME = "labelqa annotation quality audit concepts"
+SCHEME_RESPONSIBLE = "labelqa project"
+
+
+def _c(value: str, meaning: str) -> Code:
+    return Code(value, SCHEME, meaning)
+
+
+# Document and procedure.
+ANNOTATION_QUALITY_AUDIT = _c("LQA-0001", "Annotation quality audit")
+"""SR document title and the procedure reported (TID 1500 row 'Procedure reported')."""
+
+# Verdicts: the finding of each measurement group.
+SUSPECTED_ANNOTATION_ERROR = _c("LQA-0101", "Suspected annotation error")
+HARD_CASE = _c("LQA-0102", "Hard case")
+CONSISTENT_ANNOTATION = _c("LQA-0103", "Annotation consistent with model consensus")
+AUDIT_SUMMARY = _c("LQA-0104", "Annotation audit summary")
+"""Finding of the one per-study summary measurement group."""
+
+VERDICT_CODES: dict[str, Code] = {
+    "suspected_label_error": SUSPECTED_ANNOTATION_ERROR,
+    "hard_case": HARD_CASE,
+    "consistent": CONSISTENT_ANNOTATION,
+}
+"""Detector verdict string (models' SampleVerdict.verdict) -> coded finding."""
+
+# Qualitative evaluations (values are label codes from the vocabulary).
+GIVEN_LABEL = _c("LQA-0201", "Given label")
+CONSENSUS_LABEL = _c("LQA-0202", "Model consensus label")
+SYSTEMATIC_DISAGREEMENT = _c("LQA-0203", "Systematic disagreement (cohort finding)")
+
+# Numeric measurements, unit UCUM "1".
+SALIENCY_AGREEMENT = _c("LQA-0301", "Saliency agreement between ensemble members")
+P_GIVEN_LABEL = _c("LQA-0302", "Consensus probability of the given label")
+REANNOTATION_PRIORITY = _c("LQA-0303", "Re-annotation priority")
+N_MEMBERS_DISAGREEING = _c("LQA-0304", "Number of ensemble members disagreeing")
+N_MEMBERS = _c("LQA-0305", "Number of ensemble members")
+CONSENSUS_PROBABILITY = _c("LQA-0306", "Consensus probability of the consensus label")
+COUNT_SUSPECTED = _c("LQA-0311", "Number of suspected annotation errors")
+COUNT_HARD = _c("LQA-0312", "Number of hard cases")
+COUNT_CONSISTENT = _c("LQA-0313", "Number of consistent annotations")
+
+VERDICT_COUNT_CODES: dict[str, Code] = {
+    "suspected_label_error": COUNT_SUSPECTED,
+    "hard_case": COUNT_HARD,
+    "consistent": COUNT_CONSISTENT,
+}
+
+# References.
+ANNOTATION_OBJECT = _c("LQA-0401", "Audited annotation object")
+SALIENCY_HEATMAP = _c("LQA-0402", "Consensus saliency heatmap")
+
+UNIT_ONE = Code("1", "UCUM", "no units")
+"""UCUM unity: all scores are dimensionless."""
+
+QUALITY_ISSUE = Code("113010", "DCM", "Quality Issue")
+"""KOS document title (CID 7010). Never 113001 'Rejected for Quality Reasons' (an IOCM rejection)."""
+
+ALL_CODES: tuple[Code, ...] = tuple(
+    v for v in globals().values() if isinstance(v, Code) and v.scheme_designator == SCHEME
+)
+"""Every private concept, for the conformance statement and its test."""
+
+
+def label_code(value: str, meaning: str | None = None) -> Code:
+    """A private code for a class label that has no vocabulary code (value: 'LBL-' + 8 hex of its name)."""
+    import hashlib
+
+    digest = hashlib.sha256(value.encode()).hexdigest()[:8].upper()
+    return Code(f"LBL-{digest}", SCHEME, meaning or value)

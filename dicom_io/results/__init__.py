@@ -1,0 +1,223 @@
+"""Writing audit results as DICOM: TID 1500 QA report SR, heatmap Secondary Captures, Quality Issue KOS.
+
+``write_results`` takes plain records (``AuditedAnnotation``, ``AlgorithmInfo``) and the source and
+annotation datasets, and returns the result objects with deterministic UIDs (``uids.py``): the same
+inputs and bundle give the same UIDs, changed results give new ones. No torch here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.coding import Code
+
+from dicom_io import codes
+from dicom_io.results.uids import derived_uid, digest
+
+log = logging.getLogger(__name__)
+
+VERDICTS = ("suspected_label_error", "hard_case", "consistent")
+
+# Series numbers of our result series (high, to sort after the acquired series in viewers).
+SR_SERIES_NUMBER = 9901
+HEATMAP_SERIES_NUMBER = 9902
+KOS_SERIES_NUMBER = 9903
+
+
+def as_code(label: Any) -> Code:
+    """A pydicom ``Code`` for a label given as a Code, a CodedConcept-like object or a plain name."""
+    if isinstance(label, Code):
+        return label
+    for scheme_attr, value_attr, meaning_attr in (
+        ("scheme_designator", "value", "meaning"),
+        ("scheme", "value", "meaning"),
+    ):
+        if all(hasattr(label, a) for a in (scheme_attr, value_attr, meaning_attr)):
+            value, scheme, meaning = (str(getattr(label, a)) for a in (value_attr, scheme_attr, meaning_attr))
+            return Code(value, scheme, meaning)
+    if isinstance(label, str) and label:
+        return codes.label_code(label)
+    raise TypeError(f"cannot turn {label!r} into a coded concept (give a Code, a CodedConcept or a name)")
+
+
+@dataclass
+class AlgorithmInfo:
+    """What made the verdicts (TID 4019): bundle name, version, content hash and parameters (thresholds...)."""
+
+    name: str
+    version: str
+    bundle_hash: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AuditedAnnotation:
+    """One audited annotation: where it came from (provenance) and what the detector said about it.
+
+    ``frame`` is the 1-based frame number in a multi-frame source image (None for single-frame).
+    ``given_label``/``consensus_label``: vocabulary codes (Code or CodedConcept-like) or plain names.
+    """
+
+    study_uid: str
+    annotation_uid: str
+    annotation_sop_class_uid: str
+    source: str  # "seg" or "sr"
+    image_uid: str
+    given_label: Any
+    consensus_label: Any
+    verdict: str
+    agreement: float | None
+    p_given: float
+    priority: float
+    n_disagree: int
+    n_members: int
+    frame: int | None = None
+    segment_number: int | None = None
+    content_path: str | None = None
+    image_sop_class_uid: str | None = None
+    consensus_prob: float | None = None
+    heatmap: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"unknown verdict {self.verdict!r}; expected one of {VERDICTS}")
+        if self.source not in ("seg", "sr"):
+            raise ValueError(f"annotation source must be 'seg' or 'sr', got {self.source!r}")
+
+    def given_code(self) -> Code:
+        return as_code(self.given_label)
+
+    def consensus_code(self) -> Code:
+        return as_code(self.consensus_label)
+
+    def key(self) -> dict[str, Any]:
+        """What identifies the audited item and its result, for deterministic UIDs."""
+        return {
+            "annotation": [self.annotation_uid, self.segment_number, self.content_path],
+            "image": [self.image_uid, self.frame],
+            "labels": [str(self.given_code()), str(self.consensus_code())],
+            "verdict": self.verdict,
+            "scores": [_round(self.agreement), _round(self.p_given), _round(self.priority),
+                       self.n_disagree, self.n_members, _round(self.consensus_prob)],
+            "heatmap": None if self.heatmap is None else digest(np.round(np.asarray(self.heatmap, np.float32), 4)),
+        }
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(float(x), 6)
+
+
+def write_results(
+    source_images: Mapping[str, Dataset],
+    annotation_datasets: Mapping[str, Dataset],
+    audited: Sequence[AuditedAnnotation],
+    algorithm: AlgorithmInfo,
+    cohort_findings: Sequence[str] = (),
+    *,
+    heatmaps_for_hard_cases: bool = False,
+    manufacturer: str = "labelqa",
+) -> list[Dataset]:
+    """The result objects of one study: heatmap SCs, then the KOS (if anything is flagged), then the SR.
+
+    Heatmap SCs are made for suspected label errors with a heatmap (and for hard cases when asked).
+    Raises ValueError when a record refers to a source image or annotation that was not given, or when
+    the records span more than one study.
+    """
+    from dicom_io.results.heatmap import heatmap_sc
+    from dicom_io.results.kos import quality_issue_kos
+    from dicom_io.results.sr import qa_report_sr
+
+    if not audited:
+        raise ValueError("no audited annotations: nothing to report")
+    studies = {a.study_uid for a in audited}
+    if len(studies) != 1:
+        raise ValueError(f"write_results works on one study at a time, got {len(studies)}")
+    study_uid = studies.pop()
+    for a in audited:
+        if a.image_uid not in source_images:
+            raise ValueError(f"source image {a.image_uid} of annotation {a.annotation_uid} was not given")
+        if a.annotation_uid not in annotation_datasets:
+            raise ValueError(f"annotation object {a.annotation_uid} was not given")
+    run_key = digest(
+        study_uid, algorithm.bundle_hash, algorithm.name, algorithm.version, algorithm.parameters,
+        [a.key() for a in audited], list(cohort_findings), heatmaps_for_hard_cases,
+    )
+    heat_series = derived_uid(run_key, "series", "heatmap")
+    heatmaps: dict[int, Dataset] = {}
+    flagged_sources: list[Dataset] = []
+    for i, a in enumerate(audited):
+        wants = a.verdict == "suspected_label_error" or (heatmaps_for_hard_cases and a.verdict == "hard_case")
+        if a.verdict == "suspected_label_error":
+            flagged_sources.append(source_images[a.image_uid])
+        if not wants or a.heatmap is None:
+            continue
+        caption = f"{a.verdict.replace('_', ' ')}: given {a.given_code().meaning}, models {a.consensus_code().meaning}"
+        heatmaps[i] = heatmap_sc(
+            source_images[a.image_uid],
+            a.frame,
+            np.asarray(a.heatmap, dtype=np.float32),
+            caption=caption[:80],
+            series_instance_uid=heat_series,
+            series_number=HEATMAP_SERIES_NUMBER,
+            sop_instance_uid=derived_uid(run_key, "heatmap", i),
+            instance_number=len(heatmaps) + 1,
+            manufacturer=manufacturer,
+        )
+    out: list[Dataset] = list(heatmaps.values())
+    if flagged_sources:
+        flagged_heatmaps = [heatmaps[i] for i, a in enumerate(audited)
+                            if i in heatmaps and a.verdict == "suspected_label_error"]
+        n = len({ds.SOPInstanceUID for ds in flagged_sources})
+        out.append(
+            quality_issue_kos(
+                flagged_sources + flagged_heatmaps,
+                description=f"labelqa: {n} image(s) with suspected annotation errors, and their saliency heatmaps",
+                series_instance_uid=derived_uid(run_key, "series", "kos"),
+                series_number=KOS_SERIES_NUMBER,
+                sop_instance_uid=derived_uid(run_key, "kos"),
+                manufacturer=manufacturer,
+            )
+        )
+    used_sources = {a.image_uid: source_images[a.image_uid] for a in audited}
+    used_annotations = {a.annotation_uid: annotation_datasets[a.annotation_uid] for a in audited}
+    out.append(
+        qa_report_sr(
+            sources=used_sources,
+            annotations=used_annotations,
+            audited=audited,
+            heatmaps=heatmaps,
+            tracking_uids=[derived_uid(run_key, "tracking", i) for i in range(len(audited))],
+            summary_uid=derived_uid(run_key, "tracking", "summary"),
+            algorithm=algorithm,
+            cohort_findings=cohort_findings,
+            series_instance_uid=derived_uid(run_key, "series", "sr"),
+            series_number=SR_SERIES_NUMBER,
+            sop_instance_uid=derived_uid(run_key, "sr"),
+            device_uid=derived_uid("labelqa-device", algorithm.name, algorithm.bundle_hash),
+            manufacturer=manufacturer,
+        )
+    )
+    log.info("results for study %s: %d heatmap(s), %s KOS, 1 SR", study_uid, len(heatmaps),
+             "1" if flagged_sources else "no")
+    return out
+
+
+def save_results(datasets: Sequence[Dataset], out_dir: Path) -> list[Path]:
+    """Write result datasets as DICOM files ``<Modality>_<SOPInstanceUID>.dcm`` into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ds in datasets:
+        p = out_dir / f"{ds.Modality}_{ds.SOPInstanceUID}.dcm"
+        ds.save_as(p, enforce_file_format=True)
+        paths.append(p)
+    return paths
+
+
+__all__ = ["AlgorithmInfo", "AuditedAnnotation", "as_code", "save_results", "write_results", "VERDICTS"]

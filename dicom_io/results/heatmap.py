@@ -1,0 +1,150 @@
+"""Heatmap Secondary Capture: the consensus Grad-CAM over the windowed source frame.
+
+One RGB Secondary Capture Image (highdicom ``SCImage``, PS3.3 A.8.1) per flagged annotation: the
+source frame (windowed, grey) with the saliency map blended on top, a colour bar, and the burned-in
+line "NOT FOR DIAGNOSIS - annotation QA" (``BurnedInAnnotation`` YES). Same patient and study as the
+source, its own series; ``SourceImageSequence`` points at the source image and frame.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+NOT_FOR_DIAGNOSIS = "NOT FOR DIAGNOSIS - annotation QA"
+_BAR_W = 56
+_BAND_H = 30
+
+
+def source_frame_float(ds: Dataset, frame: int | None = None) -> np.ndarray:
+    """The (1-based) frame of a source image as float32 (H, W) in [0, 1], windowed for display.
+
+    Applies the Modality LUT/rescale, the first VOI window (or min/max when none) and inverts
+    MONOCHROME1; colour images are averaged to grey.
+    """
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    arr = ds.pixel_array
+    n_frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    if n_frames > 1:
+        index = (frame or 1) - 1
+        if not 0 <= index < n_frames:
+            raise ValueError(f"frame {frame} out of range 1..{n_frames} for image {ds.SOPInstanceUID}")
+        arr = arr[index]
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
+    if arr.ndim == 3:  # colour: (H, W, 3)
+        out = arr.astype(np.float32).mean(axis=-1)
+    else:
+        out = apply_modality_lut(arr, ds)
+        if "WindowCenter" in ds and "WindowWidth" in ds:
+            out = apply_voi_lut(out, ds, index=0, prefer_lut=False)
+        out = np.asarray(out, dtype=np.float32)
+    lo, hi = float(np.min(out)), float(np.max(out))
+    out = (out - lo) / (hi - lo) if hi > lo else np.zeros_like(out, dtype=np.float32)
+    if photometric == "MONOCHROME1":
+        out = 1.0 - out
+    return out.astype(np.float32)
+
+
+def render_overlay(base: np.ndarray, heat: np.ndarray, caption: str = "") -> np.ndarray:
+    """RGB uint8 picture: grey ``base`` with ``heat`` (both [0, 1]) blended, a colour bar and the warning line."""
+    import matplotlib
+    from PIL import Image, ImageDraw, ImageFont
+
+    cmap = matplotlib.colormaps["jet"]
+    h0, w0 = base.shape
+    scale = min(512 / max(h0, w0), max(1.0, 256 / max(h0, w0)))
+    h, w = max(1, round(h0 * scale)), max(1, round(w0 * scale))
+    grey = np.asarray(Image.fromarray((np.clip(base, 0, 1) * 255).astype(np.uint8)).resize((w, h), Image.BILINEAR))
+    heat_img = Image.fromarray(np.clip(heat, 0, 1).astype(np.float32), mode="F").resize((w, h), Image.BILINEAR)
+    hm = np.clip(np.asarray(heat_img, dtype=np.float32), 0, 1)
+    colour = cmap(hm)[..., :3]
+    alpha = (0.15 + 0.45 * hm)[..., None]
+    grey_rgb = np.repeat(grey[..., None].astype(np.float32) / 255.0, 3, axis=-1)
+    blended = (1 - alpha) * grey_rgb + alpha * colour
+
+    canvas = np.zeros((h + _BAND_H, w + _BAR_W, 3), dtype=np.float32)
+    canvas[_BAND_H:, :w] = blended
+    ramp = np.linspace(1.0, 0.0, h, dtype=np.float32)
+    canvas[_BAND_H:, w + 8 : w + 22] = cmap(ramp)[:, None, :3]
+    img = Image.fromarray((canvas * 255).round().astype(np.uint8), mode="RGB")
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    draw.text((4, 2), NOT_FOR_DIAGNOSIS, fill=(255, 255, 0), font=font)
+    if caption:
+        draw.text((4, 15), caption, fill=(255, 255, 255), font=font)
+    draw.text((w + 24, _BAND_H), "1.0", fill=(255, 255, 255), font=font)
+    draw.text((w + 24, _BAND_H + h - 12), "0.0", fill=(255, 255, 255), font=font)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def _orientation(source: Dataset) -> tuple[str, str]:
+    po = source.get("PatientOrientation")
+    if po is not None and len(po) == 2 and all(str(v) for v in po):
+        return (str(po[0]), str(po[1]))
+    iop = source.get("ImageOrientationPatient")
+    if iop is not None and len(iop) == 6:
+        letters = (("L", "R"), ("P", "A"), ("H", "F"))
+
+        def axis(vec: Any) -> str:
+            i = int(np.argmax(np.abs(vec)))
+            return letters[i][0] if vec[i] > 0 else letters[i][1]
+
+        return (axis([float(v) for v in iop[:3]]), axis([float(v) for v in iop[3:]]))
+    return ("L", "F")  # a projection radiograph's usual orientation; informational only
+
+
+def heatmap_sc(
+    source: Dataset,
+    frame: int | None,
+    heat: np.ndarray,
+    *,
+    caption: str,
+    series_instance_uid: str,
+    series_number: int,
+    sop_instance_uid: str,
+    instance_number: int,
+    manufacturer: str,
+    series_description: str = "labelqa saliency heatmaps (NOT FOR DIAGNOSIS)",
+) -> Dataset:
+    """The heatmap Secondary Capture of one annotation (``heat``: float (h, w) in [0, 1])."""
+    from highdicom.sc import SCImage
+
+    if heat.ndim != 2:
+        raise ValueError(f"heatmap must be 2-D, got shape {heat.shape}")
+    pixels = render_overlay(source_frame_float(source, frame), heat, caption)
+    sc = SCImage.from_ref_dataset(
+        ref_dataset=source,
+        pixel_array=pixels,
+        photometric_interpretation="RGB",
+        bits_allocated=8,
+        coordinate_system="PATIENT",
+        series_instance_uid=series_instance_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid,
+        instance_number=instance_number,
+        manufacturer=manufacturer,
+        patient_orientation=_orientation(source),
+    )
+    sc.BurnedInAnnotation = "YES"
+    sc.RecognizableVisualFeatures = "NO"
+    # General Series: Laterality is 2C on the body part; copy what the source says, else "unknown" (empty).
+    if source.get("BodyPartExamined"):
+        sc.BodyPartExamined = str(source.BodyPartExamined)
+    laterality = source.get("Laterality") or source.get("ImageLaterality")
+    if laterality in ("R", "L"):
+        sc.Laterality = str(laterality)
+    elif not source.get("BodyPartExamined"):
+        sc.Laterality = ""
+    sc.ImageType = ["DERIVED", "SECONDARY"]
+    sc.SeriesDescription = series_description
+    sc.DerivationDescription = "Consensus Grad-CAM saliency of the labelqa model ensemble over the source frame"
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = source.SOPClassUID
+    ref.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    if frame is not None and int(getattr(source, "NumberOfFrames", 1) or 1) > 1:
+        ref.ReferencedFrameNumber = int(frame)
+    sc.SourceImageSequence = [ref]
+    return sc

@@ -1,0 +1,314 @@
+"""Result objects (SR, heatmap SC, KOS): validity (dciodvfy, dsrdump), TID 1500 structure, round trip, UIDs."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.sr.coding import Code
+
+from dicom_io import codes
+from dicom_io.results import AlgorithmInfo, AuditedAnnotation, save_results, write_results
+from tests.conftest import have, requires_dciodvfy, requires_dcmtk
+
+NORMAL = Code("17621005", "SCT", "Normal")
+PNEUMONIA = Code("233604007", "SCT", "Pneumonia")
+ALGORITHM = AlgorithmInfo(
+    name="labelqa-ensemble",
+    version="0.1.0",
+    bundle_hash="sha256:" + "ab" * 32,
+    parameters={"agreement_threshold": 0.5, "members": "densenet121,resnet18,efficientnet-b0"},
+)
+
+
+def _blob(h: int, w: int, cy: float, cx: float) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (min(h, w) / 6) ** 2)).astype(np.float32)
+
+
+def make_study() -> tuple[dict, dict, list[AuditedAnnotation]]:
+    """A real CT image (pydicom test file) twice in one study, a SEG on one, an annotation SR on the other."""
+    import highdicom as hd
+    from pydicom.data import get_testdata_file
+    from pydicom.sr.codedict import codes as dcm
+
+    img_a = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    img_b = copy.deepcopy(img_a)
+    img_b.SOPInstanceUID = img_a.SOPInstanceUID + ".2"
+    img_b.InstanceNumber = 2
+    img_b.PixelData = np.ascontiguousarray(np.flipud(img_a.pixel_array)).tobytes()
+    mask = np.zeros((1, img_a.Rows, img_a.Columns), dtype=bool)
+    mask[0, 40:80, 30:70] = True
+    seg = hd.seg.Segmentation(
+        source_images=[img_a],
+        pixel_array=mask,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[
+            hd.seg.SegmentDescription(
+                segment_number=1,
+                segment_label="pneumonia",
+                segmented_property_category=dcm.SCT.MorphologicallyAbnormalStructure,
+                segmented_property_type=PNEUMONIA,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+            )
+        ],
+        series_instance_uid=hd.UID(),
+        series_number=50,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="annotator",
+        manufacturer_model_name="hand",
+        software_versions="1",
+        device_serial_number="1",
+    )
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="image label"),
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(dcm.DCM.Finding, NORMAL)],
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(img_b)],
+    )
+    ann_report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(),
+        procedure_reported=dcm.LN.CTUnspecifiedBodyRegion,
+        imaging_measurements=[group],
+    )
+    ann_sr = hd.sr.Comprehensive3DSR(
+        evidence=[img_b], content=ann_report[0], series_instance_uid=hd.UID(), series_number=51,
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="annotator",
+    )
+    sources = {img_a.SOPInstanceUID: img_a, img_b.SOPInstanceUID: img_b}
+    annotations = {seg.SOPInstanceUID: seg, ann_sr.SOPInstanceUID: ann_sr}
+    study = img_a.StudyInstanceUID
+    audited = [
+        AuditedAnnotation(
+            study_uid=study, annotation_uid=seg.SOPInstanceUID, annotation_sop_class_uid=seg.SOPClassUID,
+            source="seg", segment_number=1, image_uid=img_a.SOPInstanceUID, given_label=PNEUMONIA,
+            consensus_label=NORMAL, verdict="suspected_label_error", agreement=0.81, p_given=0.07,
+            priority=2.31, n_disagree=3, n_members=3, consensus_prob=0.93, heatmap=_blob(16, 16, 6, 9),
+        ),
+        AuditedAnnotation(
+            study_uid=study, annotation_uid=ann_sr.SOPInstanceUID, annotation_sop_class_uid=ann_sr.SOPClassUID,
+            source="sr", content_path="1.2", image_uid=img_b.SOPInstanceUID, given_label=NORMAL,
+            consensus_label=PNEUMONIA, verdict="hard_case", agreement=0.22, p_given=0.31, priority=0.9,
+            n_disagree=3, n_members=3, consensus_prob=0.69, heatmap=_blob(16, 16, 10, 4),
+        ),
+        AuditedAnnotation(
+            study_uid=study, annotation_uid=ann_sr.SOPInstanceUID, annotation_sop_class_uid=ann_sr.SOPClassUID,
+            source="sr", content_path="1.3", image_uid=img_a.SOPInstanceUID, given_label="normal",
+            consensus_label="normal", verdict="consistent", agreement=None, p_given=0.88, priority=0.05,
+            n_disagree=0, n_members=3,
+        ),
+    ]
+    return sources, annotations, audited
+
+
+COHORT = ["test/NORMAL: 34% of images called pneumonia by every member (cohort shift, not individual errors)"]
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory) -> tuple[list[pydicom.Dataset], list[Path], list[AuditedAnnotation]]:
+    sources, annotations, audited = make_study()
+    datasets = write_results(sources, annotations, audited, ALGORITHM, COHORT)
+    paths = save_results(datasets, tmp_path_factory.mktemp("results"))
+    return datasets, paths, audited
+
+
+def _by_modality(paths: list[Path], modality: str) -> list[Path]:
+    return [p for p in paths if p.name.startswith(modality + "_")]
+
+
+@requires_dciodvfy
+def test_every_result_object_passes_dciodvfy(written):
+    _, paths, _ = written
+    assert {p.name.split("_")[0] for p in paths} == {"SR", "OT", "KO"}
+    for p in paths:
+        r = subprocess.run(["dciodvfy", str(p)], capture_output=True, text=True)
+        errors = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("Error")]
+        assert errors == [], f"{p.name}: {errors}"
+
+
+@requires_dcmtk
+def test_sr_passes_dsrdump_verbose_without_errors(written):
+    _, paths, _ = written
+    (sr,) = _by_modality(paths, "SR")
+    r = subprocess.run(["dsrdump", "-v", str(sr)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("E:")] == []
+
+
+def _items(seq):
+    return [(it.ValueType, it.ConceptNameCodeSequence[0].CodeValue, it) for it in seq]
+
+
+def test_sr_has_the_required_tid1500_content(written):
+    datasets, _, audited = written
+    sr = next(ds for ds in datasets if ds.Modality == "SR")
+    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
+    assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+    assert sr.ConceptNameCodeSequence[0].CodeValue == codes.ANNOTATION_QUALITY_AUDIT.value
+    root = _items(sr.ContentSequence)
+    # language, observer context (device), procedure reported, image library, imaging measurements
+    assert any(vt == "CODE" and cv == "121049" for vt, cv, _ in root)  # Language of Content Item
+    assert any(vt == "CODE" and cv == "121005" and it.ConceptCodeSequence[0].CodeValue == "121007"
+               for vt, cv, it in root)  # Observer Type = Device
+    assert any(vt == "UIDREF" and cv == "121012" for vt, cv, _ in root)  # Device Observer UID
+    proc = [it for vt, cv, it in root if vt == "CODE" and cv == "121058"]
+    assert proc and proc[0].ConceptCodeSequence[0].CodeValue == codes.ANNOTATION_QUALITY_AUDIT.value
+    library = [it for vt, cv, it in root if vt == "CONTAINER" and cv == "111028"]
+    assert library, "Image Library missing"
+    lib_uids = {
+        img.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        for grp in library[0].ContentSequence for img in grp.ContentSequence if img.ValueType == "IMAGE"
+    }
+    assert {a.image_uid for a in audited} <= lib_uids
+    (measurements,) = [it for vt, cv, it in root if vt == "CONTAINER" and cv == "126010"]
+    groups = [it for it in measurements.ContentSequence if it.ConceptNameCodeSequence[0].CodeValue == "125007"]
+    assert len(groups) == len(audited) + 1  # one per annotation + the study summary
+    for g in groups:
+        names = {cv for _, cv, _ in _items(g.ContentSequence)}
+        assert {"112039", "112040", "121071", "111001", "111003"} <= names  # tracking id/UID, finding, algorithm
+        params = [it.TextValue for vt, cv, it in _items(g.ContentSequence) if cv == "111002"]
+        assert f"bundle_hash={ALGORITHM.bundle_hash}" in params
+    seg_group = groups[0]
+    segs = [it for vt, _, it in _items(seg_group.ContentSequence)
+            if vt == "IMAGE" and "ReferencedSegmentNumber" in it.ReferencedSOPSequence[0]]
+    assert segs and segs[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == audited[0].annotation_uid
+    sr_group = groups[1]
+    comps = [it for vt, _, it in _items(sr_group.ContentSequence) if vt == "COMPOSITE"]
+    assert comps and comps[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == audited[1].annotation_uid
+    # every referenced instance is listed as evidence
+    evidence = {ref.ReferencedSOPInstanceUID for st in sr.CurrentRequestedProcedureEvidenceSequence
+                for se in st.ReferencedSeriesSequence for ref in se.ReferencedSOPSequence}
+    assert {a.annotation_uid for a in audited} | {a.image_uid for a in audited} <= evidence
+
+
+def test_srread_round_trip_recovers_every_verdict_and_score(written):
+    import highdicom as hd
+
+    from dicom_io.results.sr import read_report
+
+    datasets, paths, audited = written
+    (sr_path,) = _by_modality(paths, "SR")
+    report = read_report(hd.sr.srread(sr_path))
+    assert report["title"] == "Annotation quality audit"
+    assert len(report["items"]) == len(audited)
+    heat_uids = {ds.SOPInstanceUID for ds in datasets if ds.Modality == "OT"}
+    for got, want in zip(report["items"], audited, strict=True):
+        assert got["verdict"] == want.verdict
+        assert got["given_label"] == want.given_code()
+        assert got["consensus_label"] == want.consensus_code()
+        m = got["measurements"]
+        assert m[codes.P_GIVEN_LABEL.meaning] == pytest.approx(want.p_given)
+        assert m[codes.REANNOTATION_PRIORITY.meaning] == pytest.approx(want.priority)
+        assert m[codes.N_MEMBERS_DISAGREEING.meaning] == want.n_disagree
+        assert m[codes.N_MEMBERS.meaning] == want.n_members
+        if want.agreement is None:
+            assert codes.SALIENCY_AGREEMENT.meaning not in m
+        else:
+            assert m[codes.SALIENCY_AGREEMENT.meaning] == pytest.approx(want.agreement)
+        assert got["source_image_uid"] == want.image_uid
+        assert got["annotation_uid"] == want.annotation_uid
+        assert got["segment_number"] == want.segment_number
+        if want.verdict == "suspected_label_error":
+            assert got["heatmap_uid"] in heat_uids
+    assert report["summary"] == {
+        codes.COUNT_SUSPECTED.meaning: 1.0, codes.COUNT_HARD.meaning: 1.0, codes.COUNT_CONSISTENT.meaning: 1.0
+    }
+    assert report["cohort_findings"] == COHORT
+
+
+def test_heatmap_sc_is_rgb_burned_in_same_study_own_series(written):
+    datasets, _, audited = written
+    scs = [ds for ds in datasets if ds.Modality == "OT"]
+    assert len(scs) == 1  # one suspected label error; hard cases only on request
+    sc = scs[0]
+    assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
+    assert sc.PhotometricInterpretation == "RGB" and sc.SamplesPerPixel == 3
+    assert sc.BurnedInAnnotation == "YES"
+    assert sc.StudyInstanceUID == audited[0].study_uid
+    assert sc.SeriesInstanceUID != next(ds for ds in datasets if ds.Modality == "SR").SeriesInstanceUID
+    assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == audited[0].image_uid
+    px = sc.pixel_array
+    assert px.shape[2] == 3 and px.std() > 0
+    # the warning band (yellow text) is burned into the top rows
+    band = px[:14]
+    assert ((band[..., 0] > 200) & (band[..., 1] > 200) & (band[..., 2] < 80)).sum() > 20
+
+
+def test_kos_title_is_quality_issue_and_never_a_rejection_note(written):
+    datasets, _, audited = written
+    (kos,) = [ds for ds in datasets if ds.Modality == "KO"]
+    title = kos.ConceptNameCodeSequence[0]
+    assert (title.CodeValue, title.CodingSchemeDesignator, title.CodeMeaning) == ("113010", "DCM", "Quality Issue")
+    assert title.CodeValue != "113001"
+    selected = {it.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for it in kos.ContentSequence
+                if it.ValueType == "IMAGE"}
+    flagged = {a.image_uid for a in audited if a.verdict == "suspected_label_error"}
+    heat = {ds.SOPInstanceUID for ds in datasets if ds.Modality == "OT"}
+    assert selected == flagged | heat
+
+
+def test_same_inputs_and_bundle_give_the_same_uids_changed_results_new_ones():
+    sources, annotations, audited = make_study()
+    first = [ds.SOPInstanceUID for ds in write_results(sources, annotations, audited, ALGORITHM, COHORT)]
+    again = [ds.SOPInstanceUID for ds in write_results(sources, annotations, audited, ALGORITHM, COHORT)]
+    assert first == again
+    audited[1].priority = 1.7
+    changed = [ds.SOPInstanceUID for ds in write_results(sources, annotations, audited, ALGORITHM, COHORT)]
+    assert not set(changed) & set(first)
+    other_bundle = AlgorithmInfo(ALGORITHM.name, ALGORITHM.version, "sha256:" + "cd" * 32, ALGORITHM.parameters)
+    rebundled = [ds.SOPInstanceUID for ds in write_results(sources, annotations, audited, other_bundle, COHORT)]
+    assert not set(rebundled) & set(changed)
+
+
+def test_bad_input_gives_clear_errors():
+    sources, annotations, audited = make_study()
+    with pytest.raises(ValueError, match="source image .* was not given"):
+        write_results({}, annotations, audited, ALGORITHM)
+    with pytest.raises(ValueError, match="annotation object .* was not given"):
+        write_results(sources, {}, audited, ALGORITHM)
+    with pytest.raises(ValueError, match="nothing to report"):
+        write_results(sources, annotations, [], ALGORITHM)
+    with pytest.raises(ValueError, match="unknown verdict"):
+        AuditedAnnotation(**{**audited[0].__dict__, "verdict": "maybe"})
+
+
+@pytest.mark.skipif(not have("dsr2html"), reason="dcmtk dsr2html not installed")
+def test_dsr2html_output_contains_each_verdict(written):
+    _, paths, _ = written
+    (sr,) = _by_modality(paths, "SR")
+    r = subprocess.run(["dsr2html", str(sr)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    for code in codes.VERDICT_CODES.values():
+        assert code.meaning in r.stdout
+
+
+def test_conformance_statement_lists_every_private_code(repo):
+    text = (repo / "docs" / "conformance.md").read_text()
+    assert codes.SCHEME in text
+    for code in codes.ALL_CODES:
+        assert f"`{code.value}`" in text and code.meaning in text, code
+
+
+def test_report_html_command_shows_every_verdict_and_the_heatmap(written, tmp_path):
+    from tests.conftest import labelqa_cmd, labelqa_env
+
+    _, paths, _ = written
+    (sr,) = _by_modality(paths, "SR")
+    out = tmp_path / "report.html"
+    r = subprocess.run([*labelqa_cmd(), "report", str(sr), "--html", str(out)], capture_output=True, text=True,
+                       env=labelqa_env(), timeout=120)
+    assert r.returncode == 0, r.stderr
+    text = out.read_text()
+    for code in codes.VERDICT_CODES.values():
+        assert code.meaning in text
+    assert text.count("data:image/png;base64,") == 1  # the one heatmap, inline
+    assert COHORT[0] in text
+    bad = tmp_path / "not.dcm"
+    bad.write_bytes(b"nope")
+    r = subprocess.run([*labelqa_cmd(), "report", str(bad), "--html", str(out)], capture_output=True, text=True,
+                       env=labelqa_env(), timeout=120)
+    assert r.returncode == 2 and "not a readable" in r.stderr
