@@ -159,7 +159,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
             outbox = {"present": True, "error": type(e).__name__}
         model: dict[str, Any] = {"present": False}
         if ctx.pipeline is not None:
-            model = {"present": True, **ctx.pipeline.executor.status()}
+            bundle = ctx.pipeline.settings.audit.bundle
+            model = {"present": True, "bundle": str(bundle) if bundle else None, **ctx.pipeline.executor.status()}
         ok = db["ok"] and listener.get("running", True) and "error" not in outbox
         if model.get("present") and not model.get("models_loaded"):
             ok = False

@@ -31,7 +31,9 @@ def serve(
         raise typer.Exit(2) from None
     configure_logging(settings.log_level)
     try:
-        code = run_service(settings)
+        from service.pipeline import service_components  # audit jobs, workers, outbox sender, HTTP API
+
+        code = run_service(settings, components=service_components(settings))
     except OSError as e:
         typer.echo(
             f"error: cannot start the listener on {settings.listener.host}:{settings.listener.port}: {e}", err=True

@@ -211,3 +211,116 @@ class Pipeline:
         if self.metrics is None:
             return
         self.metrics.observe_job(job)
+
+
+def _make_outbox(settings: Settings, engine: Any) -> Any:
+    """The results outbox (issue 6) on the service database, or None when it is not available."""
+    try:
+        from dicom_io.outbox import Outbox  # type: ignore[import-not-found]
+    except ImportError:
+        try:
+            from service.outbox import Outbox  # type: ignore[import-not-found]
+        except ImportError:
+            log.warning("no results outbox available: results are written locally only")
+            return None
+    return Outbox(engine, settings.outbox.destinations, settings=settings.outbox)
+
+
+class AuditService:
+    """Component for ``service.app.run_service``: job table, audit workers, outbox sender, HTTP API.
+
+    Built from the running ``Service`` (its settings and store); subscribes the pipeline to the
+    store's study-stable events. Without a configured model bundle, studies are still queued (and
+    survive restarts) but no worker runs until a bundle is configured.
+    """
+
+    def __init__(self, service: Any) -> None:
+        from dicom_io.db import make_engine
+
+        settings: Settings = service.settings
+        self.settings = settings
+        self.service = service
+        self.engine = make_engine(settings.store.resolved_database_url())
+        self.jobs = JobStore(self.engine, lease_s=settings.audit.job_lease_s)
+        self.outbox = _make_outbox(settings, self.engine)
+        self.metrics = _service_metrics(self.jobs, service.store, self.outbox)
+        self.pipeline = Pipeline(settings, self.jobs, store=service.store, outbox=self.outbox, metrics=self.metrics)
+        service.store.subscribe(self.pipeline.on_study_stable)
+        self._outbox_stop = threading.Event()
+        self._outbox_thread: threading.Thread | None = None
+        self.api = None
+        if settings.api.enabled:
+            from service.api import ApiContext, ApiServer, create_app
+
+            token = settings.api.token.get_secret_value() if settings.api.token else None
+            ctx = ApiContext(jobs=self.jobs, token=token, pipeline=self.pipeline, store=service.store,
+                             listener=service.listener, outbox=self.outbox, metrics=self.metrics,
+                             version=_version())
+            self.api = ApiServer(create_app(ctx), settings.api.host, settings.api.port)
+
+    def start(self) -> None:
+        if self.settings.audit.bundle is not None:
+            self.pipeline.start()
+        else:
+            log.warning("no model bundle configured ([audit] bundle): studies are queued but not audited")
+        if self.outbox is not None and self.settings.outbox.destinations:
+            self._outbox_thread = threading.Thread(
+                target=self.outbox.run_forever, args=(self._outbox_stop,), name="labelqa-outbox", daemon=True
+            )
+            self._outbox_thread.start()
+        if self.api is not None:
+            try:
+                self.api.start()
+            except RuntimeError as e:  # the DICOM listener must not go down because of the API
+                log.error("HTTP API not started: %s", e)
+                self.api = None
+
+    def stop(self) -> None:
+        if self.api is not None:
+            self.api.stop()
+        self._outbox_stop.set()
+        if self._outbox_thread is not None:
+            self._outbox_thread.join(30)
+        if self.settings.audit.bundle is not None:
+            self.pipeline.stop()
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("labelqa")
+    except Exception:  # noqa: BLE001
+        return "0"
+
+
+def _service_metrics(jobs: JobStore, store: Any, outbox: Any) -> Any:
+    from service.api import outbox_counts
+    from service.metrics import Metrics
+
+    def instances() -> float:
+        from sqlalchemy import func, select
+
+        from dicom_io.store import InstanceRow
+
+        with store.engine.connect() as c:
+            return float(c.execute(select(func.count()).select_from(InstanceRow)).scalar_one())
+
+    def depth() -> float:
+        c = outbox_counts(outbox)
+        return float(sum(v for k, v in c.items() if k in ("pending", "queued", "retrying", "sending")))
+
+    def failed() -> float:
+        c = outbox_counts(outbox)
+        return float(sum(v for k, v in c.items() if k in ("dead", "dead_letter", "failed")))
+
+    return Metrics(jobs, instances_received=instances, outbox_depth=depth if outbox is not None else None,
+                   outbox_failed=failed if outbox is not None else None)
+
+
+def service_components(settings: Settings) -> list[Any]:
+    """The components ``labelqa serve`` plugs into ``run_service``: the audit service."""
+    def build(service: Any) -> AuditService:  # a factory (a class would pass for a component itself)
+        return AuditService(service)
+
+    return [build]
