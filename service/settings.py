@@ -107,6 +107,10 @@ class OutboxSettings(BaseModel):
     backoff_base_s: float = Field(2.0, gt=0, description="First retry delay; doubles each attempt.")
     backoff_max_s: float = Field(300.0, gt=0, description="Longest retry delay.")
     poll_interval_s: float = Field(1.0, gt=0, description="How often the sender looks for due items.")
+    batch_size: int = Field(64, ge=1, description="Objects sent per association (or STOW-RS request).")
+    jitter: float = Field(0.25, ge=0, le=1, description="Retry delays vary randomly by +- this fraction.")
+    connect_timeout_s: float = Field(10.0, gt=0, description="TCP connect timeout towards a destination (seconds).")
+    dimse_timeout_s: float = Field(60.0, gt=0, description="Time to wait for a C-STORE response (seconds).")
 
 
 class ApiSettings(BaseModel):
