@@ -2,3 +2,5 @@
 
 No DICOM networking here: it sees arrays, labels and provenance records.
 """
+
+__version__ = "0.1.0"

@@ -1,9 +1,145 @@
-"""CLI commands of this area: train, audit (data set), evaluate."""
+"""CLI commands of this area: train (a model bundle), audit (a data set or DICOM folder), evaluate."""
 
 from __future__ import annotations
 
+import json
+import logging
+from pathlib import Path
+
 import typer
+
+DatasetOpt = typer.Option(..., "--dataset", help="Image folder (root/<class>/* or root/<split>/<class>/*), "
+                          "CSV (path,label) or npz (images/labels or MedMNIST-style).")
+ImageSizeOpt = typer.Option(64, "--image-size", min=16, help="Square input size in pixels (greyscale).")
+ArchsOpt = typer.Option("densenet121,resnet18,efficientnet-b0", "--archs",
+                        help="Comma-separated ensemble members (see models/ensemble.py ARCHITECTURES).")
+EpochsOpt = typer.Option(12, "--epochs", min=1, help="Maximum epochs per member (early stopping on a held-out 10%).")
+SeedOpt = typer.Option(0, "--seed", help="Seed for folds, noise, initialisation and augmentation.")
+DeviceOpt = typer.Option("auto", "--device", help="auto (cuda if present), cpu, cuda, cuda:N.")
+ModeOpt = typer.Option("crossfit", "--mode", help="crossfit (K folds, out-of-fold scores) or insample.")
+FoldsOpt = typer.Option(4, "--folds", min=2, help="Number of folds for crossfit.")
+BatchOpt = typer.Option(64, "--batch-size", min=2, help="Training batch size.")
+LrOpt = typer.Option(2e-3, "--lr", help="Peak learning rate (AdamW, one-cycle cosine schedule).")
+ThreadsOpt = typer.Option(0, "--threads", min=0, help="torch CPU threads (0 = torch default).")
+MaxOpt = typer.Option(None, "--max-samples", min=10, help="Class-stratified random subsample of this size.")
+
+
+def _setup(threads: int) -> None:
+    import torch
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def _fail(msg: str) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(2)
+
+
+def evaluate(
+    dataset: Path = DatasetOpt,
+    out: Path = typer.Option(..., "--out", help="Output directory (results.json, samples.csv, plots)."),
+    noise_rate: float = typer.Option(0.05, "--noise-rate", min=0.0, max=0.9, help="Fraction of labels flipped."),
+    noise_model: str = typer.Option("uniform", "--noise-model", help="uniform or asymmetric (c -> c+1)."),
+    seed: int = SeedOpt,
+    mode: str = ModeOpt,
+    folds: int = FoldsOpt,
+    image_size: int = ImageSizeOpt,
+    max_samples: int | None = MaxOpt,
+    archs: str = ArchsOpt,
+    epochs: int = EpochsOpt,
+    batch_size: int = BatchOpt,
+    lr: float = LrOpt,
+    device: str = DeviceOpt,
+    saliency_weight: float = typer.Option(0.0, "--saliency-weight", help="labelqa: weight of Grad-CAM agreement."),
+    threads: int = ThreadsOpt,
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Corrupt labels, fit the ensemble, score, compare with baselines; write DIR/results.json."""
+    _setup(threads)
+    from models.data import DatasetError
+    from models.detector import DetectorConfig
+    from models.evaluate import EvalSettings, run_evaluation, summary_table
+    from models.train import TrainConfig
+
+    try:
+        s = EvalSettings(dataset=str(dataset), noise_rate=noise_rate, noise_model=noise_model, seed=seed, mode=mode,
+                         folds=folds, image_size=image_size, max_samples=max_samples,
+                         archs=tuple(a.strip() for a in archs.split(",") if a.strip()), device=device,
+                         train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr),
+                         detector=DetectorConfig(saliency_weight=saliency_weight))
+        results = run_evaluation(s, out, progress=progress, plots=plots)
+    except (DatasetError, ValueError) as e:
+        _fail(str(e))
+    typer.echo(summary_table(results))
+    typer.echo(f"wrote {out / 'results.json'}")
+
+
+def train(
+    dataset: Path = DatasetOpt,
+    out: Path = typer.Option(..., "--out", help="Bundle directory to write."),
+    image_size: int = ImageSizeOpt,
+    archs: str = ArchsOpt,
+    epochs: int = EpochsOpt,
+    seed: int = SeedOpt,
+    device: str = DeviceOpt,
+    mode: str = ModeOpt,
+    folds: int = FoldsOpt,
+    batch_size: int = BatchOpt,
+    lr: float = LrOpt,
+    max_samples: int | None = MaxOpt,
+    threads: int = ThreadsOpt,
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Fit the ensemble on annotated data and write a self-describing model bundle."""
+    _setup(threads)
+    from models.bundle import train_bundle
+    from models.data import DatasetError
+    from models.train import TrainConfig
+
+    try:
+        path = train_bundle(dataset, out, image_size=image_size, archs=archs, seed=seed, device=device, mode=mode,
+                            folds=folds, train_cfg=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr),
+                            max_samples=max_samples, progress=progress)
+    except (DatasetError, ValueError) as e:
+        _fail(str(e))
+    typer.echo(f"wrote bundle {path}")
+
+
+def audit(
+    bundle: Path = typer.Option(..., "--bundle", help="Model bundle directory (from `labelqa train`)."),
+    out: Path = typer.Option(..., "--out", help="Output directory."),
+    dataset: Path | None = typer.Option(None, "--dataset", help="Image folder / CSV / npz to audit."),
+    dicom: Path | None = typer.Option(None, "--dicom", help="Folder of DICOM studies with annotations."),
+    vocabulary: Path | None = typer.Option(None, "--vocabulary", help="Label vocabulary (DICOM mode)."),
+    device: str = DeviceOpt,
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Inference batch size."),
+    threads: int = ThreadsOpt,
+) -> None:
+    """Score new data with a bundle: per-sample verdicts (its members never saw these samples)."""
+    _setup(threads)
+    if (dataset is None) == (dicom is None):
+        _fail("give exactly one of --dataset PATH or --dicom DIR")
+    if dicom is not None:
+        from service.audit import audit_dicom_dir  # issue 6: offline DICOM audit
+
+        kwargs = {"vocabulary": vocabulary} if vocabulary is not None else {}
+        audit_dicom_dir(bundle, dicom, out, **kwargs)
+        return
+    from models.bundle import BundleError, audit_dataset
+    from models.data import DatasetError
+
+    try:
+        summary = audit_dataset(bundle, dataset, out, device=device, batch_size=batch_size)
+    except (DatasetError, BundleError, ValueError) as e:
+        _fail(str(e))
+    typer.echo(json.dumps(summary, indent=2))
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the top-level app."""
+    app.command("train")(train)
+    app.command("audit")(audit)
+    app.command("evaluate")(evaluate)

@@ -1,0 +1,312 @@
+"""Self-describing model bundles (MONAI bundle layout) and auditing new data with them.
+
+Layout::
+
+    BUNDLE/configs/metadata.json   class vocabulary, input size, preprocessing, thresholds, members,
+                                   versions, content hash (sha256 over the member files + metadata)
+    BUNDLE/configs/inference.json  how to rebuild each member (architecture names)
+    BUNDLE/models/<arch>_fold<k>.pt  state dicts
+
+``labelqa train`` fits in crossfit mode by default: the thresholds come from out-of-fold predictions
+(as in ``labelqa evaluate``) and every fold model is kept; auditing new data averages each
+architecture's fold models (none of them saw the new samples) and takes Grad-CAM from its first fold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from models.detector import DetectorConfig, Scores, Thresholds, score_samples
+from models.ensemble import ARCHITECTURES, build_model
+
+BUNDLE_FORMAT = "labelqa-bundle/1"
+
+
+class BundleError(ValueError):
+    """The bundle directory is missing, incomplete or altered."""
+
+
+@dataclass
+class SampleVerdict:
+    """The detector's finding for one sample (see docs/INTERFACES.md)."""
+
+    index: int
+    given_label: str
+    consensus_label: str
+    consensus_prob: float
+    p_given: float
+    member_probs: dict[str, list[float]]
+    n_disagree: int
+    n_members: int
+    agreement: float | None
+    priority: float
+    score: float
+    verdict: str
+    heatmap: np.ndarray | None = None
+    member_heatmaps: dict[str, np.ndarray] | None = None
+
+    def to_row(self) -> dict:
+        """A JSON-able dict without the heatmaps."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("heatmap", "member_heatmaps")}
+
+
+@dataclass
+class _Member:
+    arch: str
+    fold: int
+    model: object
+    cam_layer: str
+    cam_size: int
+
+
+class Bundle:
+    """A loaded bundle: class vocabulary, input size, thresholds and the member models."""
+
+    def __init__(self, path: Path, meta: dict, members: list[_Member]):
+        self.path = path
+        self.meta = meta
+        self.members = members
+        self.class_names: list[str] = list(meta["class_names"])
+        self.image_size: int = int(meta["image_size"])
+        self.content_hash: str = meta["content_hash"]
+        self.version: str = meta["version"]
+        self.thresholds: dict = dict(meta["thresholds"])
+        self.detector = DetectorConfig(**meta["detector"])
+        self.archs: list[str] = list(dict.fromkeys(m.arch for m in members))
+
+    def _prepare(self, images: np.ndarray) -> np.ndarray:
+        from models.data import to_grey_square
+
+        images = np.asarray(images)
+        if images.ndim != 3:
+            raise ValueError(f"images must be (N, H, W), got shape {images.shape}")
+        if images.shape[1:] != (self.image_size, self.image_size):
+            images = np.stack([to_grey_square(im, self.image_size) for im in images]) if len(images) else \
+                np.zeros((0, self.image_size, self.image_size), np.float32)
+        return np.clip(images.astype(np.float32), 0.0, 1.0)
+
+    def predict(self, images: np.ndarray, *, batch_size: int = 64, device: str = "auto") -> dict[str, np.ndarray]:
+        """Per-architecture probabilities (mean over its fold models)."""
+        from models.train import predict_probs, resolve_device
+
+        dev = resolve_device(device)
+        images = self._prepare(images)
+        out = {}
+        for a in self.archs:
+            ps = [predict_probs(m.model.to(dev), images, batch_size=batch_size, device=dev)
+                  for m in self.members if m.arch == a]
+            out[a] = np.mean(ps, axis=0)
+        return out
+
+    def audit(self, images: np.ndarray, given: list[str], *, batch_size: int = 64, device: str = "auto",
+              progress: bool = False) -> list[SampleVerdict]:
+        """Verdicts for images (N, H, W) in [0, 1] with given labels (class names of the vocabulary)."""
+        sc, maps, cand = self.score(images, given, batch_size=batch_size, device=device)
+        pos = {int(i): j for j, i in enumerate(cand)}
+        out = []
+        for i in range(len(sc.given)):
+            mh = {a: maps[a][pos[i]] for a in self.archs} if i in pos else None
+            heat = None
+            if mh is not None:
+                from models.gradcam import normalise_maps
+
+                heat = normalise_maps(np.mean(list(mh.values()), axis=0)[None])[0]
+            ag = sc.agreement[i]
+            out.append(SampleVerdict(
+                index=i, given_label=self.class_names[sc.given[i]], consensus_label=self.class_names[sc.consensus[i]],
+                consensus_prob=float(sc.consensus_prob[i]), p_given=float(sc.p_given[i]),
+                member_probs={a: [float(v) for v in sc.member_probs[a][i]] for a in self.archs},
+                n_disagree=int(sc.n_disagree[i]), n_members=sc.n_members,
+                agreement=None if not np.isfinite(ag) else float(ag), priority=float(sc.priority[i]),
+                score=float(sc.score[i]), verdict=str(sc.verdict[i]), heatmap=heat, member_heatmaps=mh))
+        return out
+
+    def score(self, images: np.ndarray, given: list[str], *, batch_size: int = 64, device: str = "auto",
+              groups: list[str] | None = None) -> tuple[Scores, dict[str, np.ndarray], np.ndarray]:
+        """(Scores, candidate maps per arch, candidate indices) with the bundle's fixed thresholds."""
+        from models.detector import agreements
+        from models.gradcam import member_cams
+        from models.train import resolve_device
+
+        lookup = {c: i for i, c in enumerate(self.class_names)}
+        unknown = sorted({g for g in given if g not in lookup})
+        if unknown:
+            raise ValueError(f"labels {unknown} are not in the bundle's vocabulary {self.class_names}")
+        if len(given) != len(images):
+            raise ValueError(f"{len(images)} images but {len(given)} labels")
+        y = np.array([lookup[g] for g in given], dtype=np.int64)
+        images = self._prepare(images)
+        dev = resolve_device(device)
+        probs = self.predict(images, batch_size=batch_size, device=device)
+        th = Thresholds.from_dict(self.thresholds)
+        n = len(y)
+        nan = np.full(n, np.nan)
+        pre = score_samples(probs, y, nan, th, self.detector)
+        cand = pre.candidates
+        grid = max(m.cam_size for m in self.members)
+        maps = {}
+        for a in self.archs:
+            m = next(m for m in self.members if m.arch == a)
+            maps[a] = member_cams(m.model, m.cam_layer, images[cand], pre.consensus[cand], grid=grid,
+                                  batch_size=batch_size, device=dev)
+        ag, sp, iou = nan.copy(), nan.copy(), nan.copy()
+        if len(cand):
+            ag[cand], sp[cand], iou[cand] = agreements(maps, len(cand))
+        sc = score_samples(probs, y, ag, th, self.detector, spearman=sp, iou=iou, groups=groups)
+        return sc, maps, cand
+
+    def cohort_findings(self, images: np.ndarray, given: list[str], groups: list[str], **kw) -> list[dict]:
+        """Systematic disagreement per (group, given class) cell."""
+        sc, _, _ = self.score(images, given, groups=groups, **kw)
+        return [dict(c, given_class=self.class_names[c["given_class"]]) for c in sc.cohorts]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _content_hash(meta: dict) -> str:
+    body = {k: v for k, v in meta.items() if k != "content_hash"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def save_bundle(out: Path, fit, class_names: list[str], image_size: int, thresholds: Thresholds,
+                detector: DetectorConfig, train_cfg: dict, extra: dict | None = None) -> Path:
+    """Write a bundle directory for the members of ``fit``."""
+    import monai
+    import torch
+
+    out = Path(out)
+    (out / "configs").mkdir(parents=True, exist_ok=True)
+    (out / "models").mkdir(parents=True, exist_ok=True)
+    members = []
+    for m in fit.members:
+        f = out / "models" / f"{m.arch}_fold{m.fold}.pt"
+        torch.save(m.model.state_dict(), f)
+        members.append({"arch": m.arch, "fold": m.fold, "file": f"models/{f.name}", "sha256": _sha256(f),
+                        "cam_layer": m.cam_layer, "cam_size": m.cam_size,
+                        "description": ARCHITECTURES[m.arch].description})
+    from models import __version__
+
+    meta = {
+        "format": BUNDLE_FORMAT,
+        "version": __version__,
+        "name": "labelqa annotation-error detector",
+        "task": "label error detection for 2-D image classification annotations",
+        "monai_version": monai.__version__, "pytorch_version": torch.__version__, "numpy_version": np.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "class_names": list(class_names), "image_size": int(image_size),
+        "preprocessing": {"colour": "greyscale (mean of RGB)", "resize": f"bilinear to {image_size}x{image_size}",
+                          "intensity": "[0, 1] (8-bit / 255; DICOM: windowed frame)"},
+        "network_data_format": {
+            "inputs": {"image": {"type": "image", "num_channels": 1, "spatial_shape": [image_size, image_size],
+                                 "dtype": "float32", "value_range": [0, 1]}},
+            "outputs": {"pred": {"type": "probabilities", "num_channels": len(class_names),
+                                 "channel_def": dict(enumerate(class_names))}}},
+        "fit_mode": fit.mode, "members": members, "thresholds": thresholds.to_dict(),
+        "detector": detector.to_dict(), "train": train_cfg, **(extra or {}),
+    }
+    meta["content_hash"] = _content_hash(meta)
+    (out / "configs" / "metadata.json").write_text(json.dumps(meta, indent=2, default=str))
+    inference = {"members": [{"arch": m["arch"], "file": m["file"], "cam_layer": m["cam_layer"]} for m in members],
+                 "builder": "models.ensemble.build_model(ARCHITECTURES[arch], n_classes)"}
+    (out / "configs" / "inference.json").write_text(json.dumps(inference, indent=2))
+    return out
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Load and verify a bundle (file hashes and content hash)."""
+    import torch
+
+    path = Path(path)
+    meta_file = path / "configs" / "metadata.json"
+    if not meta_file.is_file():
+        raise BundleError(f"{path}: not a labelqa bundle (configs/metadata.json missing); make one with labelqa train")
+    meta = json.loads(meta_file.read_text())
+    if meta.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{path}: unsupported bundle format {meta.get('format')!r} (expected {BUNDLE_FORMAT})")
+    if _content_hash(meta) != meta.get("content_hash"):
+        raise BundleError(f"{path}: metadata.json was modified (content hash mismatch)")
+    members = []
+    for m in meta["members"]:
+        f = path / m["file"]
+        if not f.is_file():
+            raise BundleError(f"{path}: member file {m['file']} missing")
+        if _sha256(f) != m["sha256"]:
+            raise BundleError(f"{path}: member file {m['file']} does not match its recorded sha256")
+        if m["arch"] not in ARCHITECTURES:
+            raise BundleError(f"{path}: unknown architecture {m['arch']!r} (newer labelqa?)")
+        model = build_model(ARCHITECTURES[m["arch"]], len(meta["class_names"]))
+        model.load_state_dict(torch.load(f, map_location="cpu", weights_only=True))
+        model.eval()
+        members.append(_Member(m["arch"], int(m["fold"]), model, m["cam_layer"], int(m["cam_size"])))
+    return Bundle(path, meta, members)
+
+
+def train_bundle(dataset, out, *, image_size: int = 64, archs="densenet121,resnet18,efficientnet-b0", seed: int = 0,
+                 device: str = "auto", mode: str = "crossfit", folds: int = 4, train_cfg=None,
+                 detector: DetectorConfig | None = None, max_samples: int | None = None, progress: bool = False,
+                 data=None) -> Path:
+    """Fit on annotated data, learn thresholds from out-of-sample predictions, write a bundle."""
+    from models.data import load_dataset, stratified_subsample
+    from models.detector import score_fit
+    from models.ensemble import parse_archs
+    from models.train import TrainConfig, fit_ensemble, resolve_device
+
+    train_cfg = train_cfg or TrainConfig()
+    detector = detector or DetectorConfig()
+    dev = resolve_device(device)
+    if data is None:
+        data = load_dataset(dataset, image_size, progress=progress)
+    if max_samples and max_samples < len(data):
+        data = data.subset(stratified_subsample(data.labels, max_samples, seed))
+    fit = fit_ensemble(parse_archs(archs), data.images, data.labels, len(data.class_names), train_cfg, mode=mode,
+                       folds=folds, seed=seed, device=dev, progress=progress)
+    sc, th, _maps, _cand, _t = score_fit(fit, data.images, data.labels, detector, device=dev, seed=seed)
+    summary = {"n_training_samples": int(len(data)), "seed": seed, "dataset": str(dataset),
+               "training_flagged": int(sc.labelqa_flag.sum())}
+    return save_bundle(Path(out), fit, data.class_names, image_size, th, detector, train_cfg.to_dict(),
+                       {"training": summary})
+
+
+def audit_dataset(bundle_path, dataset, out, *, device: str = "auto", batch_size: int = 64) -> dict:
+    """Audit an image data set with a bundle: writes verdicts.csv and audit.json; returns the summary."""
+    import csv
+
+    from models.data import load_dataset
+
+    bundle = load_bundle(bundle_path)
+    data = load_dataset(dataset, bundle.image_size)
+    missing = sorted(set(data.class_names) - set(bundle.class_names))
+    if missing:
+        raise ValueError(f"data set classes {missing} are not in the bundle's vocabulary {bundle.class_names}")
+    given = [data.class_names[v] for v in data.labels]
+    sc, _maps, _cand = bundle.score(data.images, given, batch_size=batch_size, device=device, groups=data.groups)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "verdicts.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "group", "given", "consensus", "consensus_prob", "p_given", "n_disagree", "agreement",
+                    "priority", "score", "verdict"])
+        for i in np.argsort(-sc.score, kind="stable"):
+            ag = sc.agreement[i]
+            w.writerow([data.ids[i], data.groups[i], given[i], bundle.class_names[sc.consensus[i]],
+                        f"{sc.consensus_prob[i]:.4f}", f"{sc.p_given[i]:.4f}", int(sc.n_disagree[i]),
+                        "" if not np.isfinite(ag) else f"{ag:.4f}", f"{sc.priority[i]:.4f}", f"{sc.score[i]:.4f}",
+                        sc.verdict[i]])
+    counts = {v: int(np.sum(sc.verdict == v)) for v in ("suspected_label_error", "hard_case", "consistent")}
+    summary = {"bundle": str(bundle_path), "bundle_hash": bundle.content_hash, "dataset": str(dataset),
+               "n_samples": len(data), "verdicts": counts,
+               "cohort_findings": [dict(c, given_class=bundle.class_names[c["given_class"]]) for c in sc.cohorts]}
+    (out / "audit.json").write_text(json.dumps(summary, indent=2))
+    return summary

@@ -1,0 +1,275 @@
+"""Scores and verdicts: consensus, the paper's dual-consistency rule, ALC priority, labelqa's detector.
+
+Three rules live here, all computed from the same member probabilities and maps:
+
+- ``dual_consistency`` (the paper's rule, kept faithful): a sample is a suspected label error when
+  every member's prediction differs from the given label AND the members' Grad-CAM maps agree
+  (mean pairwise Pearson >= tau). tau is chosen without ground truth: a 2-component Gaussian mixture
+  on the agreement of the unanimous candidates (fallback: fixed 0.5 with < 10 candidates).
+- ``alc`` priority (active label cleaning, Bernhardt et al. 2022): ``CE(p, given)/log K -
+  max(0, H(p)/log K - 0.30)``.
+- ``labelqa``: score = 1 - p_w(given), p_w the quality-weighted member mean (members more than
+  ``weak_margin`` below the best member's agreement with the given labels are dropped, the others
+  weighted by accuracy above chance), plus ``saliency_weight`` x (agreement - 0.5) for candidates
+  (default weight 0: see the README diagnostic). The cut is fixed on out-of-sample predictions
+  without ground truth: flag the top n-hat, n-hat = the calibrated confident-joint count (per given
+  class: share of confidently counted samples whose most probable above-threshold class differs,
+  times the class size; thresholds = per-class mean self-confidence). In a batch
+  with subgroups, a (group, given class) cell whose unanimous-disagreement rate is systematic
+  (>= ``cohort_min_rate`` and >= ``cohort_ratio`` x the rest) becomes a cohort finding, and only the
+  background rate's share of its top-scored samples stays flagged individually.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+VERDICTS = ("suspected_label_error", "hard_case", "consistent")
+
+
+@dataclass
+class DetectorConfig:
+    """Detector constants. All are fixed before seeing any evaluated data set's noise ground truth."""
+
+    saliency_weight: float = 0.0
+    weak_margin: float = 0.10
+    alc_entropy_offset: float = 0.30
+    agreement_default: float = 0.5
+    cohort_min_size: int = 30
+    cohort_min_rate: float = 0.15
+    cohort_ratio: float = 3.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Thresholds:
+    """Everything learned (without ground truth) that turns scores into flags; stored in bundles."""
+
+    member_weights: dict[str, float]
+    class_thresholds: list[float]
+    score_cut: float
+    agreement_threshold: float
+    agreement_how: str
+    n_estimated_errors: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Thresholds:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+
+
+@dataclass
+class Scores:
+    """Per-sample arrays for N samples (M members, C classes)."""
+
+    given: np.ndarray
+    member_probs: dict[str, np.ndarray]
+    p_mean: np.ndarray
+    p_weighted: np.ndarray
+    consensus: np.ndarray
+    consensus_prob: np.ndarray
+    p_given: np.ndarray
+    n_disagree: np.ndarray
+    n_members: int
+    agreement: np.ndarray
+    spearman: np.ndarray
+    iou: np.ndarray
+    priority: np.ndarray
+    score: np.ndarray
+    verdict: np.ndarray
+    dual_flag: np.ndarray
+    labelqa_flag: np.ndarray
+    cohorts: list[dict] = field(default_factory=list)
+
+    @property
+    def candidates(self) -> np.ndarray:
+        """Samples for which Grad-CAM is computed: at least one member disagrees with the label."""
+        return np.flatnonzero(self.n_disagree > 0)
+
+    @property
+    def unanimous(self) -> np.ndarray:
+        return self.n_disagree == self.n_members
+
+
+def member_weights(probs: dict[str, np.ndarray], given: np.ndarray, weak_margin: float) -> dict[str, float]:
+    """Weights from each member's agreement with the (noisy) given labels; weak members get 0."""
+    n_classes = next(iter(probs.values())).shape[1]
+    acc = {a: float(np.mean(p.argmax(1) == given)) for a, p in probs.items()}
+    best = max(acc.values())
+    raw = {a: (max(v - 1.0 / n_classes, 1e-3) if v >= best - weak_margin else 0.0) for a, v in acc.items()}
+    tot = sum(raw.values())
+    return {a: v / tot for a, v in raw.items()}
+
+
+def weighted_mean(probs: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
+    out = sum(weights.get(a, 0.0) * p for a, p in probs.items())
+    return np.asarray(out / max(sum(weights.get(a, 0.0) for a in probs), 1e-12), dtype=np.float64)
+
+
+def alc_priority(p: np.ndarray, given: np.ndarray, offset: float = 0.30) -> np.ndarray:
+    """Active-label-cleaning priority ``CE(p, given) - max(0, H_norm(p) - offset)``, both / log K."""
+    k = p.shape[1]
+    pc = np.clip(p, 1e-7, 1.0)
+    ce = -np.log(pc[np.arange(len(p)), given]) / np.log(k)
+    h = -(pc * np.log(pc)).sum(1) / np.log(k)
+    return ce - np.maximum(0.0, h - offset)
+
+
+def class_thresholds(p: np.ndarray, given: np.ndarray) -> np.ndarray:
+    """Confident-learning per-class thresholds: mean probability of class j among samples labelled j."""
+    k = p.shape[1]
+    return np.array([p[given == j, j].mean() if np.any(given == j) else 1.0 for j in range(k)])
+
+
+def calibrated_count(p: np.ndarray, given: np.ndarray, thr: np.ndarray) -> int:
+    """Estimated number of label errors: per given class, the share of its confidently-counted samples
+    that fall off the diagonal of the confident joint, scaled to the class size (calibrated joint)."""
+    above = p >= thr[None, :] - 1e-12
+    masked = np.where(above, p, -1.0)
+    counted = above.any(1)
+    conf_class = masked.argmax(1)
+    total = 0.0
+    for y in np.unique(given):
+        row = (given == y) & counted
+        if row.sum() == 0:
+            continue
+        total += (given == y).sum() * float(np.mean(conf_class[row] != y))
+    return int(round(total))
+
+
+def fit_thresholds(probs: dict[str, np.ndarray], given: np.ndarray, agreement: np.ndarray, unanimous: np.ndarray,
+                   cfg: DetectorConfig, seed: int = 0) -> Thresholds:
+    """Learn member weights, class thresholds, the score cut and tau from out-of-sample predictions."""
+    from models.agreement import gmm_threshold
+
+    w = member_weights(probs, given, cfg.weak_margin)
+    pw = weighted_mean(probs, w)
+    thr = class_thresholds(pw, given)
+    n_hat = calibrated_count(pw, given, thr)
+    ag = agreement[unanimous & np.isfinite(agreement)]
+    tau, how = gmm_threshold(ag, default=cfg.agreement_default, seed=seed)
+    score = _labelqa_score(pw, given, agreement, cfg)
+    if n_hat <= 0:
+        cut = float("inf")
+    else:
+        cut = float(np.sort(score)[::-1][min(n_hat, len(score)) - 1])
+    return Thresholds({a: float(v) for a, v in w.items()}, [float(t) for t in thr], cut, float(tau), how, n_hat)
+
+
+def _labelqa_score(pw: np.ndarray, given: np.ndarray, agreement: np.ndarray, cfg: DetectorConfig) -> np.ndarray:
+    s = 1.0 - pw[np.arange(len(pw)), given]
+    if cfg.saliency_weight:
+        ag = np.where(np.isfinite(agreement), agreement, 0.5)
+        s = s + cfg.saliency_weight * (ag - 0.5)
+    return s
+
+
+def score_samples(probs: dict[str, np.ndarray], given: np.ndarray, agreement: np.ndarray, th: Thresholds,
+                  cfg: DetectorConfig, *, spearman: np.ndarray | None = None, iou: np.ndarray | None = None,
+                  groups: list[str] | None = None) -> Scores:
+    """Apply fixed thresholds to member probabilities (+ agreement, NaN where not computed)."""
+    archs = list(probs)
+    n = len(given)
+    given = np.asarray(given, dtype=np.int64)
+    p_mean = np.mean([probs[a] for a in archs], axis=0).astype(np.float64)
+    pw = weighted_mean(probs, th.member_weights)
+    consensus = p_mean.argmax(1)
+    n_dis = np.sum([probs[a].argmax(1) != given for a in archs], axis=0)
+    unanimous = n_dis == len(archs)
+    agreement = np.asarray(agreement, dtype=np.float64)
+    dual = unanimous & np.isfinite(agreement) & (agreement >= th.agreement_threshold)
+    score = _labelqa_score(pw, given, agreement, cfg)
+    flag = score >= th.score_cut
+    cohorts: list[dict] = []
+    if groups is not None and len(set(groups)) > 1:
+        flag, cohorts = _cohort_step(flag, score, unanimous, given, groups, cfg)
+    verdict = np.where(flag, VERDICTS[0], np.where(n_dis > 0, VERDICTS[1], VERDICTS[2]))
+    nan = np.full(n, np.nan)
+    return Scores(given, probs, p_mean, pw, consensus, p_mean[np.arange(n), consensus], p_mean[np.arange(n), given],
+                  n_dis, len(archs), agreement, nan if spearman is None else spearman, nan if iou is None else iou,
+                  alc_priority(p_mean, given, cfg.alc_entropy_offset), score, verdict, dual, flag, cohorts)
+
+
+def _cohort_step(flag: np.ndarray, score: np.ndarray, unanimous: np.ndarray, given: np.ndarray, groups: list[str],
+                 cfg: DetectorConfig) -> tuple[np.ndarray, list[dict]]:
+    """Detect (group, given class) cells with systematic disagreement; keep only their top background share."""
+    g = np.asarray(groups)
+    cells = {}
+    for grp in np.unique(g):
+        for c in np.unique(given):
+            idx = np.flatnonzero((g == grp) & (given == c))
+            if len(idx):
+                cells[(str(grp), int(c))] = idx
+    flag = flag.copy()
+    findings = []
+    for key, idx in cells.items():
+        if len(idx) < cfg.cohort_min_size:
+            continue
+        rest = np.setdiff1d(np.arange(len(given)), idx)
+        rate = float(unanimous[idx].mean())
+        rest_rate = float(unanimous[rest].mean()) if len(rest) else 0.0
+        if rate >= cfg.cohort_min_rate and rate >= cfg.cohort_ratio * max(rest_rate, 1e-6):
+            keep_n = int(np.ceil(rest_rate * len(idx)))
+            order = idx[np.argsort(-score[idx], kind="stable")]
+            before = int(flag[idx].sum())
+            flag[order[keep_n:]] = False
+            findings.append({"group": key[0], "given_class": key[1], "n": int(len(idx)),
+                             "unanimous_disagreement_rate": rate, "rest_rate": rest_rate,
+                             "flagged_before": before, "flagged_after": int(flag[idx].sum())})
+    return flag, findings
+
+
+def candidate_maps(fit, images: np.ndarray, scores_pre: Scores, cand: np.ndarray, *, device, batch_size: int = 64,
+                   ) -> tuple[dict[str, np.ndarray], int]:
+    """Grad-CAM maps (per arch, aligned with ``cand``) of the consensus class, from the member of each
+    sample's fold (crossfit: a member that never saw the sample). Returns (maps, grid)."""
+    from models.gradcam import member_cams
+
+    grid = max(m.cam_size for m in fit.members)
+    maps = {a: np.zeros((len(cand), grid, grid), dtype=np.float32) for a in fit.archs}
+    for a in fit.archs:
+        for k in np.unique(fit.fold[cand]):
+            sel = np.flatnonzero(fit.fold[cand] == k)
+            m = fit.member_for(a, int(k))
+            idx = cand[sel]
+            maps[a][sel] = member_cams(m.model, m.cam_layer, images[idx], scores_pre.consensus[idx], grid=grid,
+                                       batch_size=batch_size, device=device)
+    return maps, grid
+
+
+def agreements(maps: dict[str, np.ndarray], n_cand: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    from models.agreement import map_agreement
+
+    out = np.full((3, n_cand), np.nan)
+    archs = list(maps)
+    for i in range(n_cand):
+        r = map_agreement([maps[a][i] for a in archs])
+        out[:, i] = (r["pearson"], r["spearman"], r["iou_top20"])
+    return out[0], out[1], out[2]
+
+
+def score_fit(fit, images: np.ndarray, given: np.ndarray, cfg: DetectorConfig, *, device="cpu",
+              groups: list[str] | None = None, seed: int = 0, cam_batch_size: int = 64,
+              ) -> tuple[Scores, Thresholds, dict[str, np.ndarray], np.ndarray, float]:
+    """From a fit's out-of-sample probabilities: Grad-CAM for candidates only, agreement, thresholds
+    learned without ground truth, final scores. Returns (scores, thresholds, maps, candidates, cam seconds)."""
+    n = len(given)
+    nan = np.full(n, np.nan)
+    pre_th = Thresholds({a: 1.0 for a in fit.archs}, [1.0] * fit.probs[fit.archs[0]].shape[1], float("inf"), 0.5, "", 0)
+    pre = score_samples(fit.probs, given, nan, pre_th, cfg)
+    cand = pre.candidates
+    t0 = time.perf_counter()
+    maps, _grid = candidate_maps(fit, images, pre, cand, device=device, batch_size=cam_batch_size)
+    t_cam = time.perf_counter() - t0
+    ag, sp, iou = nan.copy(), nan.copy(), nan.copy()
+    ag[cand], sp[cand], iou[cand] = agreements(maps, len(cand))
+    th = fit_thresholds(fit.probs, given, ag, pre.unanimous, cfg, seed=seed)
+    sc = score_samples(fit.probs, given, ag, th, cfg, spearman=sp, iou=iou, groups=groups)
+    return sc, th, maps, cand, t_cam

@@ -1,0 +1,263 @@
+"""``labelqa evaluate``: corrupt labels (recording the truth), fit, score, compare with baselines.
+
+Writes ``results.json`` (schema in issue 5 / README), ``samples.csv`` and plots into an output dir.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from models.data import LabelledImages, load_dataset, stratified_subsample
+from models.detector import DetectorConfig, Scores, score_fit
+from models.ensemble import DEFAULT_ARCHS, parse_archs
+from models.train import TrainConfig, fit_ensemble, resolve_device
+
+log = logging.getLogger(__name__)
+
+METHODS = ("labelqa", "dual_consistency", "vote", "confidence", "cleanlab", "alc", "random")
+
+
+@dataclass
+class EvalSettings:
+    """All settings of one evaluation run (recorded in results.json)."""
+
+    dataset: str
+    noise_rate: float = 0.05
+    noise_model: str = "uniform"
+    seed: int = 0
+    mode: str = "crossfit"
+    folds: int = 4
+    image_size: int = 64
+    max_samples: int | None = None
+    archs: tuple[str, ...] = DEFAULT_ARCHS
+    device: str = "auto"
+    train: TrainConfig = field(default_factory=TrainConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    cam_batch_size: int = 64
+
+    def to_dict(self) -> dict:
+        return {"dataset": self.dataset, "noise_rate": self.noise_rate, "noise_model": self.noise_model,
+                "seed": self.seed, "mode": self.mode, "folds": self.folds, "image_size": self.image_size,
+                "max_samples": self.max_samples, "archs": list(self.archs), "device": self.device,
+                "train": self.train.to_dict(), "detector": self.detector.to_dict()}
+
+
+def corrupt_labels(labels: np.ndarray, n_classes: int, rate: float, model: str,
+                   seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(noisy labels, flipped mask). uniform: a random other class; asymmetric: class c -> c+1 mod K."""
+    if not 0 <= rate < 1:
+        raise ValueError(f"noise rate must be in [0, 1), got {rate}")
+    if model not in ("uniform", "asymmetric"):
+        raise ValueError(f"noise model must be uniform or asymmetric, not {model!r}")
+    rng = np.random.default_rng(seed + 1_000_003)
+    n_flip = int(round(rate * len(labels)))
+    idx = rng.choice(len(labels), size=n_flip, replace=False)
+    noisy = labels.copy()
+    if model == "uniform":
+        shift = rng.integers(1, n_classes, size=n_flip)
+        noisy[idx] = (labels[idx] + shift) % n_classes
+    else:
+        noisy[idx] = (labels[idx] + 1) % n_classes
+    flipped = np.zeros(len(labels), dtype=bool)
+    flipped[idx] = True
+    return noisy, flipped
+
+
+def _prf(flags: np.ndarray, truth: np.ndarray) -> dict:
+    tp = int(np.sum(flags & truth))
+    nf = int(flags.sum())
+    nt = int(truth.sum())
+    p = tp / nf if nf else 0.0
+    r = tp / nt if nt else 0.0
+    return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0, "n_flagged": nf,
+            "true_positives": tp}
+
+
+def _auprc(scores: np.ndarray, truth: np.ndarray) -> float | None:
+    from sklearn.metrics import average_precision_score
+
+    if truth.sum() == 0 or truth.all():
+        return None
+    return float(average_precision_score(truth, scores))
+
+
+def efficacy_curve(scores: np.ndarray, truth: np.ndarray, fractions: np.ndarray) -> list[float]:
+    """Fraction of flipped labels found after reviewing the top ``f`` of data ranked by ``scores``."""
+    order = np.argsort(-scores, kind="stable")
+    found = np.cumsum(truth[order])
+    out = []
+    for f in fractions:
+        k = int(round(f * len(scores)))
+        out.append(float(found[k - 1] / max(truth.sum(), 1)) if k > 0 else 0.0)
+    return out
+
+
+def run_evaluation(s: EvalSettings, out_dir: Path, *, progress: bool = False, plots: bool = True,
+                   data: LabelledImages | None = None) -> dict:
+    """The whole evaluation; returns the results dict (also written to ``out_dir/results.json``)."""
+    from models import baselines
+
+    t_start = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    specs = parse_archs(s.archs)
+    device = resolve_device(s.device)
+    if data is None:
+        data = load_dataset(s.dataset, s.image_size, progress=progress)
+    if s.max_samples and s.max_samples < len(data):
+        data = data.subset(stratified_subsample(data.labels, s.max_samples, s.seed))
+    n_classes = len(data.class_names)
+    truth_labels = data.labels
+    noisy, flipped = corrupt_labels(truth_labels, n_classes, s.noise_rate, s.noise_model, s.seed)
+
+    fit = fit_ensemble(specs, data.images, noisy, n_classes, s.train, mode=s.mode, folds=s.folds, seed=s.seed,
+                       device=device, progress=progress)
+
+    sc, th, maps, cand, t_cam = score_fit(fit, data.images, noisy, s.detector, device=device, groups=data.groups,
+                                          seed=s.seed, cam_batch_size=s.cam_batch_size)
+    ag, sp, iou = sc.agreement, sc.spearman, sc.iou
+
+    # Baselines on the same predictions.
+    conf_f, conf_s = baselines.confidence(sc.p_mean, noisy)
+    vote_f, vote_s = baselines.vote(fit.probs, sc.p_mean, noisy)
+    cl_f, cl_s, n_cl = baselines.cleanlab_issues(sc.p_mean, noisy)
+    alc_f = baselines.top_n(sc.priority, n_cl)
+    rnd_s = baselines.random_scores(len(noisy), s.seed)
+    rnd_f = baselines.top_n(rnd_s, n_cl)
+    dual_s = np.where(sc.unanimous, 1.0 + np.nan_to_num(ag, nan=0.0), 1.0 - sc.p_given)
+    methods = {
+        "labelqa": (sc.labelqa_flag, sc.score),
+        "dual_consistency": (sc.dual_flag, dual_s),
+        "vote": (vote_f, vote_s),
+        "confidence": (conf_f, conf_s),
+        "cleanlab": (cl_f, cl_s),
+        "alc": (alc_f, sc.priority),
+        "random": (rnd_f, rnd_s),
+    }
+    res_methods = {}
+    for name, (f, scr) in methods.items():
+        r = _prf(f, flipped)
+        r["auprc"] = _auprc(scr, flipped)
+        res_methods[name] = r
+    res_methods["labelqa"]["n_estimated_errors"] = th.n_estimated_errors
+    res_methods["alc"]["n"] = n_cl
+    res_methods["random"]["n"] = n_cl
+    n_true = int(flipped.sum())
+    oracle = _prf(baselines.top_n(1.0 - sc.p_given, n_true), flipped)
+
+    # Diagnostic: does saliency agreement separate flips among the unanimous candidates?
+    un = sc.unanimous & np.isfinite(ag)
+    diag = {"n_unanimous": int(sc.unanimous.sum()), "base_rate": float(flipped[un].mean()) if un.any() else None,
+            "auprc_pearson": _auprc(ag[un], flipped[un]) if un.any() else None,
+            "auprc_spearman": _auprc(sp[un], flipped[un]) if un.any() else None,
+            "auprc_iou_top20": _auprc(iou[un], flipped[un]) if un.any() else None,
+            "agreement_threshold": th.agreement_threshold, "agreement_threshold_how": th.agreement_how,
+            "mean_agreement_flipped": float(np.nanmean(ag[un & flipped])) if (un & flipped).any() else None,
+            "mean_agreement_clean": float(np.nanmean(ag[un & ~flipped])) if (un & ~flipped).any() else None}
+
+    fractions = np.round(np.linspace(0, 0.3, 31), 4)
+    efficacy = {"fraction_reviewed": fractions.tolist(),
+                "alc": efficacy_curve(sc.priority, flipped, fractions),
+                "labelqa": efficacy_curve(sc.score, flipped, fractions),
+                "random": efficacy_curve(rnd_s, flipped, fractions)}
+
+    member_acc = {a: float(np.mean(fit.probs[a].argmax(1) == truth_labels)) for a in fit.archs}
+    member_acc["ensemble_mean"] = float(np.mean(sc.p_mean.argmax(1) == truth_labels))
+    n_cand = len(cand)
+    per_sample_cam = t_cam / max(n_cand, 1)
+    timing = {"train": fit.timing["train"], "predict": fit.timing["predict"], "gradcam": t_cam,
+              "gradcam_candidates": n_cand,
+              "gradcam_saving": {"candidates_fraction": n_cand / len(noisy),
+                                 "estimated_all_samples_s": per_sample_cam * len(noisy),
+                                 "saved_s": per_sample_cam * (len(noisy) - n_cand)}}
+    import monai
+    import torch
+
+    results = {
+        "dataset": str(s.dataset), "dataset_name": Path(s.dataset).name, "n_samples": int(len(noisy)),
+        "n_classes": n_classes, "class_names": data.class_names, "noise_rate": s.noise_rate,
+        "noise_model": s.noise_model, "n_flipped": n_true, "settings": s.to_dict(),
+        "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else
+        platform.processor() or platform.machine(),
+        "versions": {"torch": torch.__version__, "monai": monai.__version__, "python": platform.python_version()},
+        "member_accuracy": member_acc,
+        "member_accuracy_noisy_labels": {a: float(np.mean(fit.probs[a].argmax(1) == noisy)) for a in fit.archs},
+        "members": [{"arch": m.arch, "fold": m.fold, "cam_layer": m.cam_layer, "cam_size": m.cam_size,
+                     "epochs_run": m.history.get("epochs_run"), "best_epoch": m.history.get("best_epoch"),
+                     "val_acc": m.history.get("val_acc", [])} for m in fit.members],
+        "methods": res_methods,
+        "oracle_top_n_true_count": oracle,
+        "thresholds": th.to_dict(),
+        "cohort_findings": sc.cohorts,
+        "saliency_diagnostic": diag,
+        "relabel_efficacy": efficacy,
+        "timing_s": timing,
+    }
+    _write_samples_csv(out_dir / "samples.csv", data, noisy, flipped, sc)
+    # Everything needed to re-score without re-fitting (see rescore()).
+    np.savez_compressed(out_dir / "predictions.npz", archs=np.array(fit.archs),
+                        probs=np.stack([fit.probs[a] for a in fit.archs]), fold=fit.fold, noisy=noisy,
+                        truth=truth_labels, flipped=flipped, agreement=ag, spearman=sp, iou=iou,
+                        groups=np.array(data.groups), ids=np.array(data.ids))
+    if plots:
+        from models.plots import write_plots
+
+        t0 = time.perf_counter()
+        write_plots(out_dir, methods, flipped, efficacy, data, sc, cand, maps)
+        timing["plots"] = time.perf_counter() - t0
+    timing["total"] = time.perf_counter() - t_start
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=_json_default))
+    return results
+
+
+def _json_default(o):
+    if isinstance(o, np.integer | np.floating):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(type(o))
+
+
+def _write_samples_csv(path: Path, data: LabelledImages, noisy: np.ndarray, flipped: np.ndarray, sc: Scores) -> None:
+    import csv
+
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "group", "given", "true", "flipped", "consensus", "p_given", "n_disagree", "agreement",
+                    "priority", "score", "verdict", "dual_flag"])
+        for i in range(len(noisy)):
+            w.writerow([data.ids[i], data.groups[i], data.class_names[noisy[i]], data.class_names[data.labels[i]],
+                        int(flipped[i]), data.class_names[sc.consensus[i]], f"{sc.p_given[i]:.4f}",
+                        int(sc.n_disagree[i]), "" if not np.isfinite(sc.agreement[i]) else f"{sc.agreement[i]:.4f}",
+                        f"{sc.priority[i]:.4f}", f"{sc.score[i]:.4f}", sc.verdict[i], int(sc.dual_flag[i])])
+
+
+def summary_table(results: dict) -> str:
+    """One screen: F1/precision/recall/AUPRC per method and the essentials."""
+    lines = [f"{results['dataset_name']}: n={results['n_samples']} classes={results['n_classes']} "
+             f"noise={results['noise_model']} {results['noise_rate']} flipped={results['n_flipped']} "
+             f"mode={results['settings']['mode']} size={results['settings']['image_size']} device={results['device']}",
+             "members (clean acc): " + ", ".join(f"{k}={v:.3f}" for k, v in results["member_accuracy"].items()),
+             f"{'method':<18}{'F1':>7}{'prec':>7}{'recall':>8}{'flagged':>9}{'AUPRC':>8}"]
+    for name, r in results["methods"].items():
+        ap = "-" if r.get("auprc") is None else f"{r['auprc']:.3f}"
+        lines.append(f"{name:<18}{r['f1']:>7.3f}{r['precision']:>7.3f}{r['recall']:>8.3f}{r['n_flagged']:>9}{ap:>8}")
+    o = results["oracle_top_n_true_count"]
+    lines.append(f"{'(oracle top-n)':<18}{o['f1']:>7.3f}{o['precision']:>7.3f}{o['recall']:>8.3f}{o['n_flagged']:>9}")
+    d = results["saliency_diagnostic"]
+    if d.get("auprc_pearson") is not None:
+        lines.append(f"saliency within {d['n_unanimous']} unanimous: AUPRC {d['auprc_pearson']:.3f} "
+                     f"vs base rate {d['base_rate']:.3f}")
+    for c in results["cohort_findings"]:
+        lines.append(f"cohort: group={c['group']} given={results['class_names'][c['given_class']]} n={c['n']} "
+                     f"unanimous-disagreement {c['unanimous_disagreement_rate']:.2f} vs {c['rest_rate']:.2f}")
+    t = results["timing_s"]
+    lines.append(f"timing: train {t['train']:.0f}s predict {t['predict']:.0f}s gradcam {t['gradcam']:.0f}s "
+                 f"({t['gradcam_candidates']} candidates) total {t['total']:.0f}s")
+    return "\n".join(lines)

@@ -1,0 +1,269 @@
+"""Training and fitting modes: one member, cross-fitting (out-of-fold) and in-sample fits.
+
+Training from scratch (no pretrained weights): MONAI augmentation (small affine, noise, contrast),
+AdamW with weight decay, label smoothing, cosine learning-rate schedule, early stopping on a held-out
+part of the training data, deterministic seeds; AMP and channels-last on CUDA.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.ensemble import MemberSpec, build_model, choose_cam_layer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters shared by every member."""
+
+    epochs: int = 12
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    val_fraction: float = 0.1
+    patience: int = 4
+    augment: bool = True
+    min_cam_cells: int = 7
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class FittedMember:
+    """A trained member: spec name, model, Grad-CAM layer, indices it trained on, its validation record."""
+
+    arch: str
+    model: nn.Module
+    cam_layer: str
+    cam_size: int
+    fold: int
+    train_idx: np.ndarray
+    history: dict = field(default_factory=dict)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' -> cuda if present else cpu; otherwise torch.device(device)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no CUDA GPU is available (use --device auto or cpu)")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy, torch (and MONAI's global state) for a reproducible fit."""
+    import random
+
+    from monai.utils import set_determinism
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    set_determinism(seed=seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _augmenter(image_size: int, seed: int) -> Callable[[np.ndarray], np.ndarray]:
+    from monai.transforms import Compose, RandAdjustContrast, RandAffine, RandGaussianNoise
+
+    tf = Compose([
+        RandAffine(prob=0.8, rotate_range=0.15, translate_range=(0.06 * image_size, 0.06 * image_size),
+                   scale_range=(0.1, 0.1), padding_mode="zeros"),
+        RandAdjustContrast(prob=0.3, gamma=(0.8, 1.25)),
+        RandGaussianNoise(prob=0.3, std=0.02),
+    ])
+    tf.set_random_state(seed=seed % (2**32))
+
+    def apply(batch: np.ndarray) -> np.ndarray:
+        out = np.empty_like(batch)
+        for i in range(len(batch)):
+            out[i] = np.asarray(tf(batch[i]), dtype=np.float32)
+        return out
+
+    return apply
+
+
+def _to_input(x: np.ndarray, device: torch.device) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    if t.ndim == 3:
+        t = t[:, None]
+    t = t.to(device, non_blocking=True)
+    if device.type == "cuda":
+        t = t.contiguous(memory_format=torch.channels_last)
+    return t
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return torch.autocast("cpu", enabled=False)
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, images: np.ndarray, *, batch_size: int = 128,
+                  device: torch.device | str = "cpu") -> np.ndarray:
+    """Softmax probabilities (N, C) of a model for images (N, H, W) in [0, 1]."""
+    device = torch.device(device) if isinstance(device, str) else device
+    model.eval()
+    out = []
+    for s in range(0, len(images), batch_size):
+        with _autocast(device):
+            logits = model(_to_input(images[s:s + batch_size], device))
+        out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+    if not out:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.concatenate(out).astype(np.float32)
+
+
+def train_member(spec: MemberSpec, images: np.ndarray, labels: np.ndarray, n_classes: int, cfg: TrainConfig, *,
+                 seed: int, device: torch.device, progress: bool = False, desc: str = "") -> tuple[nn.Module, dict]:
+    """Train one member from scratch; returns the best model (by held-out loss) and its history."""
+    seed_everything(seed)
+    rng = np.random.default_rng(seed)
+    n = len(images)
+    perm = rng.permutation(n)
+    n_val = int(round(cfg.val_fraction * n)) if cfg.val_fraction > 0 and n >= 20 else 0
+    val_idx, tr_idx = np.sort(perm[:n_val]), perm[n_val:]
+    model = build_model(spec, n_classes).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, int(np.ceil(len(tr_idx) / cfg.batch_size)))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
+                                                pct_start=0.15, anneal_strategy="cos")
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+    counts = np.bincount(labels[tr_idx], minlength=n_classes).astype(np.float64)
+    weight = torch.tensor(counts.sum() / np.maximum(counts, 1) / n_classes, dtype=torch.float32, device=device)
+    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+    augment = _augmenter(images.shape[-1], seed) if cfg.augment else None
+    best_state, best_loss, bad, hist = None, float("inf"), 0, {"val_loss": [], "val_acc": [], "train_loss": []}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.epochs * steps_per_epoch, desc=desc or spec.name, unit="step", leave=False)
+    for epoch in range(cfg.epochs):
+        model.train()
+        order = tr_idx[rng.permutation(len(tr_idx))]
+        tot = 0.0
+        for s in range(0, len(order), cfg.batch_size):
+            b = order[s:s + cfg.batch_size]
+            if len(b) < 2:
+                continue
+            xb = images[b][:, None]
+            if augment is not None:
+                xb = augment(xb)
+            x = _to_input(xb, device)
+            y = torch.from_numpy(labels[b]).to(device)
+            with _autocast(device):
+                loss = loss_fn(model(x).float(), y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            tot += float(loss.detach()) * len(b)
+            if bar is not None:
+                bar.update(1)
+        hist["train_loss"].append(tot / max(1, len(order)))
+        if n_val:
+            p = predict_probs(model, images[val_idx], device=device)
+            vl = float(-np.mean(np.log(np.clip(p[np.arange(n_val), labels[val_idx]], 1e-7, 1))))
+            hist["val_loss"].append(vl)
+            hist["val_acc"].append(float(np.mean(p.argmax(1) == labels[val_idx])))
+            if vl < best_loss - 1e-4:
+                best_loss, bad, best_state = vl, 0, copy.deepcopy(model.state_dict())
+                hist["best_epoch"] = epoch
+            else:
+                bad += 1
+                if bad >= cfg.patience:
+                    break
+    if bar is not None:
+        bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    hist["epochs_run"] = len(hist["train_loss"])
+    hist["val_idx_count"] = int(n_val)
+    model.eval()
+    return model.cpu() if device.type != "cpu" else model, hist
+
+
+def make_folds(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Stratified fold id (0..k-1) per sample."""
+    rng = np.random.default_rng(seed + 7919)
+    fold = np.empty(len(labels), dtype=np.int64)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        idx = idx[rng.permutation(len(idx))]
+        fold[idx] = np.arange(len(idx)) % k
+    return fold
+
+
+@dataclass
+class Fit:
+    """Everything the detector needs from fitting: per-member out-of-sample probabilities and models.
+
+    ``probs[m]`` is (N, C); for crossfit, sample i's row comes from ``members`` whose fold == fold[i]
+    (they never saw it). For insample, fold is all zeros and each arch has one member.
+    """
+
+    mode: str
+    archs: list[str]
+    probs: dict[str, np.ndarray]
+    members: list[FittedMember]
+    fold: np.ndarray
+    timing: dict[str, float]
+
+    def member_for(self, arch: str, fold: int) -> FittedMember:
+        for m in self.members:
+            if m.arch == arch and m.fold == fold:
+                return m
+        raise KeyError((arch, fold))
+
+
+def fit_ensemble(specs: list[MemberSpec], images: np.ndarray, labels: np.ndarray, n_classes: int, cfg: TrainConfig,
+                 *, mode: str = "crossfit", folds: int = 4, seed: int = 0, device: str | torch.device = "auto",
+                 progress: bool = False) -> Fit:
+    """Fit every member and return out-of-sample (crossfit) or in-sample probabilities."""
+    dev = resolve_device(device) if isinstance(device, str) else device
+    if mode not in ("crossfit", "insample"):
+        raise ValueError(f"mode must be crossfit or insample, not {mode!r}")
+    if mode == "crossfit" and folds < 2:
+        raise ValueError("crossfit needs at least 2 folds")
+    n = len(images)
+    fold = make_folds(labels, folds, seed) if mode == "crossfit" else np.zeros(n, dtype=np.int64)
+    n_folds = folds if mode == "crossfit" else 1
+    probs = {s.name: np.zeros((n, n_classes), dtype=np.float32) for s in specs}
+    members: list[FittedMember] = []
+    t_train = t_pred = 0.0
+    for mi, spec in enumerate(specs):
+        for k in range(n_folds):
+            tr = np.flatnonzero(fold != k) if mode == "crossfit" else np.arange(n)
+            te = np.flatnonzero(fold == k) if mode == "crossfit" else np.arange(n)
+            t0 = time.perf_counter()
+            model, hist = train_member(spec, images[tr], labels[tr], n_classes, cfg,
+                                       seed=seed * 1000 + mi * 100 + k, device=dev, progress=progress,
+                                       desc=f"{spec.name} fold {k + 1}/{n_folds}")
+            t1 = time.perf_counter()
+            model = model.to(dev)
+            probs[spec.name][te] = predict_probs(model, images[te], device=dev)
+            t_pred += time.perf_counter() - t1
+            t_train += t1 - t0
+            layer, size = choose_cam_layer(spec, model.cpu(), images.shape[-1], cfg.min_cam_cells)
+            members.append(FittedMember(spec.name, model.cpu(), layer, size, k, tr, hist))
+            log.info("%s fold %d: %d epochs, val acc %s, %.1fs", spec.name, k, hist["epochs_run"],
+                     hist["val_acc"][-1:] if hist["val_acc"] else "-", t1 - t0)
+    return Fit(mode, [s.name for s in specs], probs, members, fold, {"train": t_train, "predict": t_pred})
