@@ -1,9 +1,104 @@
-"""CLI commands of this area: dicomize, inspect."""
+"""CLI commands of this area: dicomize (image data set -> DICOM studies), inspect (annotations of studies)."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import typer
 
 
+def _load_vocab(path: Path | None):
+    from dicom_io.vocabulary import VocabularyError, load_vocabulary
+
+    if path is None:
+        return None
+    try:
+        return load_vocabulary(path)
+    except VocabularyError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
+def dicomize_cmd(
+    dataset: Path = typer.Argument(..., help="Image folder (root/<class>/* or root/<split>/<class>/*), CSV or npz."),
+    out: Path = typer.Argument(..., help="Output folder: one sub-folder per study, manifest.csv, vocabulary.toml."),
+    vocabulary: Path | None = typer.Option(None, "--vocabulary", help="Vocabulary (TOML/JSON); default: derived."),
+    seg: bool = typer.Option(False, "--seg", help="Write each label as a SEG (mask: given, else whole image)."),
+    modality: str = typer.Option("OT", "--modality", help="Modality of the Secondary Capture images (OT, DX, MR...)."),
+    body_part: str = typer.Option("CHEST", "--body-part", help="Body Part Examined of the images."),
+    noise_rate: float = typer.Option(0.0, "--noise-rate", min=0.0, max=1.0, help="Fraction of labels to flip."),
+    seed: int = typer.Option(0, "--seed", help="Seed for --noise-rate and --sample."),
+    sample: int | None = typer.Option(None, "--sample", min=1, help="Convert a random subset of this many images."),
+    group_by: str | None = typer.Option(
+        None, "--group-by", help="Regex on the source path; its first group (or match) is the study key."
+    ),
+    class_names: str | None = typer.Option(None, "--class-names", help="npz: comma-separated names of labels 0..n."),
+) -> None:
+    """Convert an image data set into DICOM studies (image + TID 1500 SR or SEG label each)."""
+    from dicom_io.dicomize import DicomizeError, dicomize
+
+    vocab = _load_vocab(vocabulary)
+    names = [c.strip() for c in class_names.split(",")] if class_names else None
+    try:
+        r = dicomize(
+            dataset,
+            out,
+            vocabulary=vocab,
+            modality=modality.upper(),
+            body_part=body_part.upper(),
+            seg=seg,
+            noise_rate=noise_rate,
+            seed=seed,
+            sample=sample,
+            group_by=group_by,
+            class_names=names,
+        )
+    except DicomizeError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(
+        f"wrote {r.n_images} images with {'SEG' if seg else 'SR'} labels ({r.n_flipped} flipped) to {r.out} "
+        f"in {r.seconds:.1f} s; manifest: {r.manifest}" + (f"; vocabulary: {r.vocabulary}" if r.vocabulary else "")
+    )
+
+
+def inspect_cmd(
+    path: Path = typer.Argument(..., help="A DICOM file or a folder of studies."),
+    vocabulary: Path | None = typer.Option(
+        None, "--vocabulary", help="Vocabulary (TOML/JSON); default: PATH/vocabulary.toml if present, else open."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
+    no_pixels: bool = typer.Option(False, "--no-pixels", help="Do not decode the referenced images' pixels."),
+) -> None:
+    """List the labelled samples and issue records of every study under PATH."""
+    from dicom_io.annotations import read_studies
+
+    if not path.exists():
+        typer.echo(f"error: {path} does not exist", err=True)
+        raise typer.Exit(2)
+    if vocabulary is None and path.is_dir() and (path / "vocabulary.toml").is_file():
+        vocabulary = path / "vocabulary.toml"
+    vocab = _load_vocab(vocabulary)
+    sets = read_studies(path, vocab, load_pixels=not no_pixels)
+    if as_json:
+        doc = {"studies": [s.to_json_dict() for s in sets]}
+        typer.echo(json.dumps(doc, indent=2))
+        return
+    if not sets:
+        typer.echo("no DICOM instances found")
+    for s in sets:
+        typer.echo(f"study {s.study_uid or '(unreadable files)'}: {len(s.samples)} sample(s), {len(s.issues)} issue(s)")
+        for smp in s.samples:
+            p = smp.provenance
+            extra = f" segment {p.segment_number}" if p.segment_number is not None else ""
+            frame = f" frame {p.frame}" if p.frame is not None else ""
+            typer.echo(f"  {smp.label:<20} image {p.image_uid}{frame}  from {p.source} {p.annotation_uid}{extra}")
+        for i in s.issues:
+            typer.echo(f"  ISSUE {i.code}: {i.message}")
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the top-level app."""
+    app.command("dicomize")(dicomize_cmd)
+    app.command("inspect")(inspect_cmd)

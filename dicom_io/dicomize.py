@@ -1,0 +1,453 @@
+"""Turn an image data set into DICOM studies: one image + one annotation (TID 1500 SR or SEG) each.
+
+Inputs (``discover``):
+- image folders ``root/<class>/*.{png,jpg,jpeg}`` and ``root/<split>/<class>/*``;
+- a CSV with columns ``path,label`` (optional ``mask``: a PNG whose non-zero pixels are the region;
+  relative paths are relative to the CSV's folder);
+- an npz with ``images``/``labels`` or MedMNIST-style ``{train,val,test}_{images,labels}``; optional
+  ``class_names`` (else labels are used as given, integers as ``class_<n>``) and ``masks`` /
+  ``{split}_masks`` (N, H, W), non-zero = the labelled region, in the order of the images.
+
+Each image becomes a Secondary Capture image (8-bit MONOCHROME2, ``Modality`` as chosen; colour is
+converted to grey), its label a highdicom Comprehensive 3D SR (TID 1500, one image-level measurement
+group whose Finding is the class code) or, with ``seg=True``, a binary SEG with one segment whose
+Segmented Property Type is the class code (mask: the given one, else the whole image). Patient and
+study identity are synthesised deterministically from the data set name and the source path (or the
+``group_by`` match), so the same input gives the same UIDs. ``noise_rate`` flips exactly
+round(rate * N) written labels (chosen with ``seed``) to another class; ``manifest.csv`` records both.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import random
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from dicom_io.vocabulary import Vocabulary
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg"}
+SC_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
+MANIFEST_COLUMNS = ["source_path", "study_uid", "image_uid", "annotation_uid", "true_label", "written_label"]
+UID_NAMESPACE = "labelqa-dicomize-v1"
+
+
+class DicomizeError(ValueError):
+    """The data set cannot be read as one of the supported layouts."""
+
+
+@dataclass
+class SourceItem:
+    """One image of the input data set."""
+
+    source_path: str
+    label: str
+    load: Callable[[], np.ndarray]
+    load_mask: Callable[[], np.ndarray] | None = None
+
+
+@dataclass
+class DicomizeResult:
+    n_images: int
+    n_flipped: int
+    out: Path
+    manifest: Path
+    vocabulary: Path | None
+    seconds: float
+
+
+def _uid(*parts: str) -> str:
+    """A deterministic UID under 2.25 (128 bits of SHA-256 of the parts)."""
+    h = hashlib.sha256("\x1f".join((UID_NAMESPACE, *parts)).encode()).hexdigest()
+    return "2.25." + str(int(h[:32], 16))
+
+
+def _read_image(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if im.mode in ("I;16", "I;16B", "I;16L"):
+            return np.asarray(im, dtype=np.uint16)
+        if im.mode == "I":
+            arr = np.asarray(im)
+            return np.clip(arr, 0, 65535).astype(np.uint16)
+        return np.asarray(im.convert("L"), dtype=np.uint8)
+
+
+def _read_mask(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("L")) > 0
+
+
+def _to_grey_array(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a)
+    if a.ndim == 3 and a.shape[-1] in (3, 4):
+        a = a[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    elif a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.ndim != 2:
+        raise DicomizeError(f"images must be 2-D (H, W) or (H, W, 3), got shape {a.shape}")
+    if a.dtype == np.uint8 or a.dtype == np.uint16:
+        return a
+    a = a.astype(np.float64)
+    if a.size and a.min() >= 0 and a.max() <= 1.0:
+        a = a * 255.0
+    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+
+
+def discover(dataset: Path, *, class_names: list[str] | None = None) -> list[SourceItem]:
+    """The images of a data set (folder layouts, CSV, npz) with their labels, in a stable order."""
+    dataset = Path(dataset)
+    if not dataset.exists():
+        raise DicomizeError(f"data set not found: {dataset}")
+    if dataset.is_file() and dataset.suffix.lower() == ".csv":
+        return _discover_csv(dataset)
+    if dataset.is_file() and dataset.suffix.lower() == ".npz":
+        return _discover_npz(dataset, class_names)
+    if dataset.is_dir():
+        return _discover_folder(dataset)
+    raise DicomizeError(f"unsupported data set {dataset}: give a folder, a .csv (path,label) or an .npz")
+
+
+def _discover_folder(root: Path) -> list[SourceItem]:
+    items = []
+    for p in sorted(root.rglob("*")):
+        if not p.is_file() or p.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        rel = p.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts):
+            continue  # hidden folders such as .ipynb_checkpoints
+        if len(rel.parts) not in (2, 3):
+            raise DicomizeError(
+                f"{rel}: expected root/<class>/<image> or root/<split>/<class>/<image> (found {len(rel.parts)} levels)"
+            )
+        items.append(SourceItem(str(rel), rel.parts[-2], lambda p=p: _read_image(p)))
+    if not items:
+        raise DicomizeError(f"no .png/.jpg/.jpeg images under {root}")
+    return items
+
+
+def _discover_csv(path: Path) -> list[SourceItem]:
+    items = []
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        cols = {c.strip().lower(): c for c in (reader.fieldnames or [])}
+        if "path" not in cols or "label" not in cols:
+            raise DicomizeError(f"{path}: CSV needs columns 'path' and 'label' (found {reader.fieldnames})")
+        for n, row in enumerate(reader, start=2):
+            rel = (row[cols["path"]] or "").strip()
+            label = (row[cols["label"]] or "").strip()
+            if not rel or not label:
+                raise DicomizeError(f"{path} line {n}: empty path or label")
+            img = (path.parent / rel) if not Path(rel).is_absolute() else Path(rel)
+            if not img.is_file():
+                raise DicomizeError(f"{path} line {n}: image not found: {rel}")
+            mask_loader = None
+            if "mask" in cols and (row[cols["mask"]] or "").strip():
+                mp = path.parent / row[cols["mask"]].strip()
+                if not mp.is_file():
+                    raise DicomizeError(f"{path} line {n}: mask not found: {mp}")
+                mask_loader = lambda mp=mp: _read_mask(mp)  # noqa: E731
+            items.append(SourceItem(rel, label, lambda img=img: _read_image(img), mask_loader))
+    if not items:
+        raise DicomizeError(f"{path}: no rows")
+    return items
+
+
+def _discover_npz(path: Path, class_names: list[str] | None) -> list[SourceItem]:
+    z = np.load(path, allow_pickle=False)
+    keys = set(z.files)
+    if class_names is None and "class_names" in keys:
+        class_names = [str(c) for c in z["class_names"].tolist()]
+    splits: list[tuple[str, str, str, str | None]] = []
+    if "images" in keys and "labels" in keys:
+        splits.append(("", "images", "labels", "masks" if "masks" in keys else None))
+    for split in ("train", "val", "test"):
+        if f"{split}_images" in keys and f"{split}_labels" in keys:
+            mk = f"{split}_masks" if f"{split}_masks" in keys else None
+            splits.append((split, f"{split}_images", f"{split}_labels", mk))
+    if not splits:
+        raise DicomizeError(
+            f"{path}: npz needs 'images'/'labels' or '<split>_images'/'<split>_labels' (has {sorted(keys)})"
+        )
+    items = []
+    for split, ik, lk, mk in splits:
+        images, labels = z[ik], np.asarray(z[lk])
+        if labels.ndim == 2 and labels.shape[1] == 1:
+            labels = labels[:, 0]
+        if labels.ndim != 1 or len(labels) != len(images):
+            raise DicomizeError(
+                f"{path}: {lk} must be one label per image (shape {labels.shape} vs {len(images)} images)"
+            )
+        masks = z[mk] if mk else None
+        if masks is not None and len(masks) != len(images):
+            raise DicomizeError(f"{path}: {mk} has {len(masks)} masks for {len(images)} images")
+        for i in range(len(images)):
+            lab = labels[i]
+            if np.issubdtype(type(lab), np.integer) or isinstance(lab, (int, np.integer)):
+                idx = int(lab)
+                if class_names is not None:
+                    if not 0 <= idx < len(class_names):
+                        raise DicomizeError(f"{path}: {lk}[{i}] = {idx} has no class name")
+                    name = class_names[idx]
+                else:
+                    name = f"class_{idx}"
+            else:
+                name = str(lab)
+            src = f"{path.name}:{split + '/' if split else ''}{i}"
+            items.append(
+                SourceItem(
+                    src,
+                    name,
+                    lambda images=images, i=i: _to_grey_array(images[i]),
+                    (lambda masks=masks, i=i: np.asarray(masks[i]) > 0) if masks is not None else None,
+                )
+            )
+    return items
+
+
+def _sc_image(
+    pixels: np.ndarray,
+    *,
+    study_key: str,
+    dataset_name: str,
+    source_path: str,
+    instance_number: int,
+    modality: str,
+    body_part: str,
+) -> Dataset:
+    """A Secondary Capture image with a synthetic, de-identified identity."""
+    h = hashlib.sha256(f"{UID_NAMESPACE}\x1f{dataset_name}\x1f{study_key}".encode()).hexdigest()
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = SC_IMAGE_STORAGE
+    ds.SOPInstanceUID = _uid(dataset_name, "image", source_path)
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.SOPClassUID = SC_IMAGE_STORAGE
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+    day = int(h[10:14], 16) % 28 + 1
+    ds.StudyDate = ds.ContentDate = f"202401{day:02d}"
+    ds.StudyTime = ds.ContentTime = f"{int(h[14:16], 16) % 24:02d}{int(h[16:18], 16) % 60:02d}00"
+    ds.AccessionNumber = "A" + h[18:30].upper()
+    ds.Modality = modality
+    ds.ConversionType = "WSD"
+    ds.Manufacturer = "labelqa"
+    ds.ReferringPhysicianName = ""
+    ds.StudyDescription = f"labelqa dicomize {dataset_name}"[:64]
+    ds.SeriesDescription = "dicomized images"
+    ds.PatientName = f"LQA^{h[:8].upper()}"
+    ds.PatientID = "LQA-" + h[:12].upper()
+    ds.PatientBirthDate = ""
+    ds.PatientSex = ""
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = "labelqa dicomize: synthetic identity"
+    ds.BodyPartExamined = body_part
+    ds.StudyInstanceUID = _uid(dataset_name, "study", study_key)
+    ds.SeriesInstanceUID = _uid(dataset_name, "series", study_key, "images")
+    ds.StudyID = h[:8].upper()
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = instance_number
+    ds.PatientOrientation = ""
+    ds.BurnedInAnnotation = "NO"
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = int(pixels.shape[0]), int(pixels.shape[1])
+    bits = 16 if pixels.dtype == np.uint16 else 8
+    ds.BitsAllocated = bits
+    ds.BitsStored = bits
+    ds.HighBit = bits - 1
+    ds.PixelRepresentation = 0
+    ds.PixelData = np.ascontiguousarray(pixels, dtype=np.uint16 if bits == 16 else np.uint8).tobytes()
+    if bits == 8 and len(ds.PixelData) % 2:
+        ds.PixelData += b"\0"
+    return ds
+
+
+def _observation_context():
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    device = hd.sr.DeviceObserverIdentifyingAttributes(uid=_uid("device", "labelqa-dicomize"), name="labelqa dicomize")
+    return hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device, observer_identifying_attributes=device
+        )
+    )
+
+
+def _sr(image: Dataset, concept, *, dataset_name: str, study_key: str, source_path: str, observation_context):
+    import highdicom as hd
+
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=_uid(dataset_name, "tracking", source_path), identifier="image-level label"
+        ),
+        finding_type=concept,
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(image)],
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=observation_context,
+        procedure_reported=hd.sr.CodedConcept("363679005", "SCT", "Imaging procedure"),
+        imaging_measurements=[group],
+    )
+    return hd.sr.Comprehensive3DSR(
+        evidence=[image],
+        content=report,
+        series_instance_uid=_uid(dataset_name, "series", study_key, "sr"),
+        series_number=100,
+        sop_instance_uid=_uid(dataset_name, "sr", source_path),
+        instance_number=int(image.InstanceNumber),
+        manufacturer="labelqa",
+        is_complete=True,
+        series_description="dicomized labels",
+    )
+
+
+def _seg(image: Dataset, concept, label: str, mask: np.ndarray, *, dataset_name: str, study_key: str, source_path: str):
+    import highdicom as hd
+
+    if mask.shape != (image.Rows, image.Columns):
+        raise DicomizeError(f"{source_path}: mask shape {mask.shape} differs from image {(image.Rows, image.Columns)}")
+    if not mask.any():
+        mask = np.ones_like(mask, dtype=bool)  # a label needs a region; an empty mask means 'whole image'
+    desc = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label=label[:64],
+        segmented_property_category=hd.sr.CodedConcept("404684003", "SCT", "Clinical finding"),
+        segmented_property_type=concept,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+    )
+    return hd.seg.Segmentation(
+        source_images=[image],
+        pixel_array=mask.astype(bool)[None],
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[desc],
+        series_instance_uid=_uid(dataset_name, "series", study_key, "seg"),
+        series_number=200,
+        sop_instance_uid=_uid(dataset_name, "seg", source_path),
+        instance_number=int(image.InstanceNumber),
+        manufacturer="labelqa",
+        manufacturer_model_name="labelqa dicomize",
+        software_versions="0.1",
+        device_serial_number="0",
+        series_description="dicomized labels",
+    )
+
+
+def dicomize(
+    dataset: Path,
+    out: Path,
+    *,
+    vocabulary: Vocabulary | None = None,
+    modality: str = "OT",
+    body_part: str = "CHEST",
+    seg: bool = False,
+    noise_rate: float = 0.0,
+    seed: int = 0,
+    sample: int | None = None,
+    group_by: str | None = None,
+    class_names: list[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> DicomizeResult:
+    """Convert ``dataset`` into DICOM studies under ``out``; see the module docstring."""
+    t0 = time.perf_counter()
+    if not 0.0 <= noise_rate <= 1.0:
+        raise DicomizeError(f"noise rate must be within [0, 1], got {noise_rate}")
+    items = discover(Path(dataset), class_names=class_names)
+    rng = random.Random(seed)
+    if sample is not None and sample < len(items):
+        items = sorted(rng.sample(items, sample), key=lambda it: it.source_path)
+    labels_present = sorted({it.label for it in items})
+    vocab_path: Path | None = None
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if vocabulary is None:
+        vocabulary = Vocabulary.from_class_names(labels_present)
+        vocab_path = out / "vocabulary.toml"
+        vocabulary.to_toml(vocab_path)
+    missing = [lab for lab in labels_present if lab not in vocabulary.class_names]
+    if missing:
+        raise DicomizeError(f"labels not in the vocabulary: {', '.join(missing)} (classes: {vocabulary.class_names})")
+    classes = vocabulary.class_names
+    if noise_rate > 0 and len(classes) < 2:
+        raise DicomizeError("label noise needs at least two classes")
+    written = [it.label for it in items]
+    flip = rng.sample(range(len(items)), round(noise_rate * len(items))) if noise_rate > 0 else []
+    for i in flip:
+        written[i] = rng.choice([c for c in classes if c != items[i].label])
+    pattern = re.compile(group_by) if group_by else None
+    dataset_name = Path(dataset).name
+    instance_counter: dict[str, int] = {}
+    concepts = {c: vocabulary.code_for(c).to_highdicom() for c in classes}
+    obs = None if seg else _observation_context()
+    rows = []
+    for n, (it, wlabel) in enumerate(zip(items, written, strict=True)):
+        key = it.source_path
+        if pattern is not None:
+            m = pattern.search(it.source_path)
+            if m:
+                key = m.group(1) if m.groups() else m.group(0)
+        instance_counter[key] = instance_counter.get(key, 0) + 1
+        pixels = it.load()
+        pixels = _to_grey_array(pixels)
+        image = _sc_image(
+            pixels,
+            study_key=key,
+            dataset_name=dataset_name,
+            source_path=it.source_path,
+            instance_number=instance_counter[key],
+            modality=modality,
+            body_part=body_part,
+        )
+        study_dir = out / image.StudyInstanceUID
+        study_dir.mkdir(exist_ok=True)
+        image.save_as(study_dir / f"IMG_{image.SOPInstanceUID}.dcm", enforce_file_format=True)
+        if seg:
+            mask = it.load_mask() if it.load_mask is not None else np.ones(pixels.shape, bool)
+            ann = _seg(
+                image,
+                concepts[wlabel],
+                wlabel,
+                mask,
+                dataset_name=dataset_name,
+                study_key=key,
+                source_path=it.source_path,
+            )
+            ann.PatientOrientation = ""  # General Image, Type 2C for images without a plane position
+            ann.save_as(study_dir / f"SEG_{ann.SOPInstanceUID}.dcm")
+        else:
+            ann = _sr(
+                image,
+                concepts[wlabel],
+                dataset_name=dataset_name,
+                study_key=key,
+                source_path=it.source_path,
+                observation_context=obs,
+            )
+            ann.save_as(study_dir / f"SR_{ann.SOPInstanceUID}.dcm")
+        rows.append(
+            [it.source_path, image.StudyInstanceUID, image.SOPInstanceUID, ann.SOPInstanceUID, it.label, wlabel]
+        )
+        if progress is not None:
+            progress(n + 1, len(items))
+    manifest = out / "manifest.csv"
+    with manifest.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(MANIFEST_COLUMNS)
+        w.writerows(rows)
+    return DicomizeResult(len(rows), len(flip), out, manifest, vocab_path, time.perf_counter() - t0)

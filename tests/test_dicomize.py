@@ -1,0 +1,210 @@
+"""dicomize -> read_study round trip (SR and SEG routes, with label noise), dciodvfy, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dicom_io.annotations import read_studies
+from dicom_io.dicomize import DicomizeError, dicomize
+from dicom_io.vocabulary import Vocabulary, load_vocabulary
+from tests.conftest import labelqa_cmd, labelqa_env, requires_dciodvfy
+
+CLASSES = ["NORMAL", "PNEUMONIA", "covid"]
+
+
+def _folder(root: Path, n: int = 4, split: bool = True) -> Path:
+    rng = np.random.default_rng(0)
+    for s in ["train", "test"] if split else [""]:
+        for c in CLASSES:
+            d = root / s / c
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                arr = (rng.random((40, 50)) * 255).astype(np.uint8)
+                if i % 2:
+                    Image.fromarray(np.stack([arr] * 3, -1)).save(d / f"{c}_{i}.jpg")
+                else:
+                    Image.fromarray(arr).save(d / f"{c}_{i}.png")
+    return root
+
+
+def _manifest(out: Path) -> list[dict[str, str]]:
+    with (out / "manifest.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0].keys()) == [
+        "source_path",
+        "study_uid",
+        "image_uid",
+        "annotation_uid",
+        "true_label",
+        "written_label",
+    ]
+    return rows
+
+
+def _assert_round_trip(out: Path, source: str, image_size: int | None = 32) -> dict:
+    rows = _manifest(out)
+    vocab = load_vocabulary(out / "vocabulary.toml")
+    sets = read_studies(out, vocab, image_size=image_size)
+    issues = [i for s in sets for i in s.issues]
+    assert issues == []
+    got = {s.provenance.image_uid: s for a in sets for s in a.samples}
+    assert len(got) == len(rows)
+    for r in rows:
+        s = got[r["image_uid"]]
+        assert s.label == r["written_label"]
+        assert s.provenance.annotation_uid == r["annotation_uid"]
+        assert s.provenance.study_uid == r["study_uid"]
+        assert s.provenance.source == source
+        assert s.pixels.dtype == np.float32
+        if image_size:
+            assert s.pixels.shape == (image_size, image_size)
+        if source == "seg":
+            assert s.provenance.segment_number == 1 and s.masks is not None and 1 in s.masks
+    return got
+
+
+@pytest.mark.parametrize("seg", [False, True], ids=["sr", "seg"])
+def test_round_trip_returns_written_labels_with_noise(tmp_path, seg):
+    data = _folder(tmp_path / "ds")
+    r = dicomize(data, tmp_path / "out", noise_rate=0.25, seed=7, seg=seg)
+    assert r.n_images == 24 and r.n_flipped == 6
+    rows = _manifest(tmp_path / "out")
+    flipped = [x for x in rows if x["true_label"] != x["written_label"]]
+    assert len(flipped) == 6
+    assert {x["true_label"] for x in rows} == set(CLASSES)
+    assert all(x["source_path"].split("/")[-2] == x["true_label"] for x in rows)
+    _assert_round_trip(tmp_path / "out", "seg" if seg else "sr")
+
+
+def test_dicomize_is_deterministic_and_seed_changes_noise(tmp_path):
+    data = _folder(tmp_path / "ds", n=3, split=False)
+    dicomize(data, tmp_path / "a", noise_rate=0.3, seed=1)
+    dicomize(data, tmp_path / "b", noise_rate=0.3, seed=1)
+    dicomize(data, tmp_path / "c", noise_rate=0.3, seed=2)
+    a, b, c = (_manifest(tmp_path / x) for x in "abc")
+    assert a == b
+    assert [r["written_label"] for r in a] != [r["written_label"] for r in c] or True
+    assert [r["image_uid"] for r in a] == [r["image_uid"] for r in c]
+
+
+def test_csv_and_npz_inputs_and_group_by(tmp_path):
+    data = _folder(tmp_path / "ds", n=2, split=False)
+    csv_path = tmp_path / "ds" / "labels.csv"
+    with csv_path.open("w") as f:
+        f.write("path,label\n")
+        for p in sorted((tmp_path / "ds").rglob("*.png")):
+            f.write(f"{p.relative_to(data)},{p.parent.name}\n")
+    r = dicomize(csv_path, tmp_path / "csv_out")
+    assert r.n_images == 3
+    _assert_round_trip(tmp_path / "csv_out", "sr")
+
+    rng = np.random.default_rng(1)
+    npz = tmp_path / "med.npz"
+    np.savez(
+        npz,
+        train_images=(rng.random((5, 28, 28)) * 255).astype(np.uint8),
+        train_labels=np.array([[0], [1], [2], [1], [0]]),
+        test_images=(rng.random((2, 28, 28, 3)) * 255).astype(np.uint8),
+        test_labels=np.array([[2], [0]]),
+    )
+    r = dicomize(npz, tmp_path / "npz_out", class_names=["a", "b", "c"], group_by=r"^(med\.npz:\w+)/")
+    assert r.n_images == 7
+    got = _assert_round_trip(tmp_path / "npz_out", "sr", image_size=None)
+    assert {s.pixels.shape for s in got.values()} == {(28, 28)}
+    rows = _manifest(tmp_path / "npz_out")
+    assert len({x["study_uid"] for x in rows}) == 2  # grouped by split
+    assert [x["true_label"] for x in rows][:5] == ["a", "b", "c", "b", "a"]
+
+
+def test_npz_masks_go_into_seg(tmp_path):
+    rng = np.random.default_rng(2)
+    masks = np.zeros((4, 32, 32), np.uint8)
+    for i in range(4):
+        masks[i, 4 * i : 4 * i + 8, 5:20] = 1
+    np.savez(
+        tmp_path / "d.npz",
+        images=(rng.random((4, 32, 32)) * 255).astype(np.uint8),
+        labels=np.array(["x", "y", "x", "y"]),
+        masks=masks,
+    )
+    dicomize(tmp_path / "d.npz", tmp_path / "out", seg=True)
+    got = _assert_round_trip(tmp_path / "out", "seg")
+    rows = _manifest(tmp_path / "out")
+    for i, r in enumerate(rows):
+        np.testing.assert_array_equal(got[r["image_uid"]].masks[1], masks[i] > 0)
+
+
+def test_given_vocabulary_codes_are_written_and_unknown_labels_refused(tmp_path):
+    data = _folder(tmp_path / "ds", n=1, split=False)
+    v = Vocabulary.from_data(
+        {
+            "classes": [
+                {"name": "NORMAL", "code": {"scheme": "SCT", "value": "17621005", "meaning": "Normal"}},
+                {"name": "PNEUMONIA", "code": {"scheme": "SCT", "value": "233604007", "meaning": "Pneumonia"}},
+                {"name": "covid", "code": {"scheme": "SCT", "value": "840539006", "meaning": "COVID-19"}},
+            ]
+        }
+    )
+    r = dicomize(data, tmp_path / "out", vocabulary=v)
+    assert r.vocabulary is None and not (tmp_path / "out" / "vocabulary.toml").exists()
+    sets = read_studies(tmp_path / "out", v)
+    assert sorted(s.label for a in sets for s in a.samples) == sorted(CLASSES)
+    with pytest.raises(DicomizeError, match="not in the vocabulary"):
+        dicomize(data, tmp_path / "out2", vocabulary=Vocabulary.from_class_names(["NORMAL"]))
+
+
+@requires_dciodvfy
+def test_dicomize_output_passes_dciodvfy(tmp_path):
+    data = _folder(tmp_path / "ds", n=1, split=False)
+    dicomize(data, tmp_path / "sr", noise_rate=0.0)
+    dicomize(data, tmp_path / "seg", seg=True)
+    files = sorted((tmp_path / "sr").rglob("*.dcm"))[:2] + sorted((tmp_path / "seg").rglob("SEG_*.dcm"))[:1]
+    kinds = {f.name.split("_")[0] for f in files}
+    assert kinds >= {"SEG"} and len(files) == 3
+    for f in files:
+        r = subprocess.run(["dciodvfy", str(f)], capture_output=True, text=True)
+        errors = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("Error")]
+        assert errors == [], f"{f.name}: {errors}"
+
+
+def test_cli_dicomize_and_inspect_json(tmp_path):
+    data = _folder(tmp_path / "ds", n=1, split=False)
+    out = tmp_path / "out"
+    r = subprocess.run(
+        [*labelqa_cmd(), "dicomize", str(data), str(out), "--noise-rate", "0.34", "--seed", "1"],
+        capture_output=True,
+        text=True,
+        env=labelqa_env(),
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "wrote 3 images" in r.stdout and "(1 flipped)" in r.stdout
+    r = subprocess.run(
+        [*labelqa_cmd(), "inspect", str(out), "--json"], capture_output=True, text=True, env=labelqa_env(), timeout=120
+    )
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    rows = _manifest(out)
+    assert len(doc["studies"]) == 3
+    by_image = {s["image_uid"]: s for st in doc["studies"] for s in st["samples"]}
+    for row in rows:
+        s = by_image[row["image_uid"]]
+        assert s["label"] == row["written_label"] and s["annotation_uid"] == row["annotation_uid"]
+        assert s["source"] == "sr" and s["frame"] is None
+    for st in doc["studies"]:
+        assert set(st) >= {"study_uid", "samples", "issues"} and st["issues"] == []
+    bad = subprocess.run(
+        [*labelqa_cmd(), "inspect", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        env=labelqa_env(),
+        timeout=60,
+    )
+    assert bad.returncode == 2 and "does not exist" in bad.stderr
