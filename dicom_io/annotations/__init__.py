@@ -135,6 +135,8 @@ class LabelRecord:
     segment_number: int | None = None
     observer: str | None = None
     masks: dict[int, np.ndarray] | None = None
+    via_segment: tuple[str, tuple[int, ...]] | None = None
+    """SR groups that reference a SEG segment (TID 1411) instead of images: resolved through that SEG."""
 
 
 @dataclass
@@ -251,6 +253,7 @@ def read_study(
         counts[str(inst.ds.get("StudyInstanceUID", ""))] += 1
     study_uid = max(counts, key=lambda k: counts[k])
     images: dict[str, _Instance] = {}
+    seg_headers: dict[str, Any] = {}
     records: list[LabelRecord] = []
     for inst in instances:
         ds = inst.ds
@@ -287,11 +290,55 @@ def read_study(
             log.warning("annotation %s could not be read: %s", uid, e)
             issues.append(IssueRecord(MALFORMED_ANNOTATION, f"cannot read annotation: {type(e).__name__}: {e}", uid))
             continue
+        if sop in SEG_SOP_CLASSES:
+            seg_headers[uid] = ds
         records.extend(recs)
         issues.extend(iss)
+    records = _resolve_segment_references(records, seg_headers, issues)
 
     samples = _attach(records, images, study_uid, vocabulary, issues, image_size, load_pixels)
     return AnnotationSet(study_uid, samples, issues)
+
+
+def _resolve_segment_references(
+    records: list[LabelRecord], seg_headers: dict[str, Any], issues: list[IssueRecord]
+) -> list[LabelRecord]:
+    """Replace SR records that name a SEG segment by one record per image frame that segment covers."""
+    from dataclasses import replace
+
+    from dicom_io.annotations.seg import segment_frames
+
+    out = []
+    for r in records:
+        if r.via_segment is None:
+            out.append(r)
+            continue
+        seg_uid, numbers = r.via_segment
+        header = seg_headers.get(seg_uid)
+        if header is None:
+            issues.append(
+                IssueRecord(
+                    MISSING_REFERENCE,
+                    f"content item {r.content_path}: label {r.label!r} refers to segment(s) {list(numbers)} of "
+                    f"segmentation {seg_uid}, which is not in the study",
+                    r.annotation_uid,
+                )
+            )
+            continue
+        frames = segment_frames(header)
+        targets = sorted({t for n in numbers for t in frames.get(n, [])}, key=lambda t: (t[0], t[1] or 0))
+        if not targets:
+            issues.append(
+                IssueRecord(
+                    NO_IMAGE_REFERENCE,
+                    f"content item {r.content_path}: segment(s) {list(numbers)} of {seg_uid} cover no referenced image",
+                    r.annotation_uid,
+                )
+            )
+            continue
+        for image_uid, frame in targets:
+            out.append(replace(r, image_uid=image_uid, frame=frame, segment_number=numbers[0], via_segment=None))
+    return out
 
 
 def _attach(

@@ -71,6 +71,98 @@ def _referenced_instances(ds: Any) -> list[str]:
     return uids
 
 
+RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+DEFLATED_IMAGE_FRAME = "1.2.840.10008.1.2.8.1"
+
+
+def _packbits(data: bytes) -> bytes:
+    """Decode one PackBits (DICOM RLE) segment."""
+    out = bytearray()
+    i, n = 0, len(data)
+    while i < n:
+        h = data[i]
+        i += 1
+        if h < 128:
+            out += data[i : i + h + 1]
+            i += h + 1
+        elif h > 128:
+            out += bytes(data[i : i + 1]) * (257 - h)
+            i += 1
+    return bytes(out)
+
+
+def _seg_pixels(ds: Any) -> np.ndarray:
+    """All SEG frames; 1-bit RLE and Deflated Image Frame Compression are decoded here when pydicom cannot."""
+    try:
+        return ds.pixel_array
+    except Exception:
+        ts = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
+        if int(ds.get("BitsAllocated", 0) or 0) != 1 or ts not in (RLE_LOSSLESS, DEFLATED_IMAGE_FRAME):
+            raise
+    import zlib
+
+    from pydicom.encaps import generate_frames
+
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    nframes = int(ds.get("NumberOfFrames", 1) or 1)
+    frames = []
+    for data in generate_frames(ds.PixelData, number_of_frames=nframes):
+        if ts == RLE_LOSSLESS:
+            if int.from_bytes(data[0:4], "little") != 1:
+                raise ValueError("1-bit RLE frame with more than one segment")
+            raw = _packbits(data[int.from_bytes(data[4:8], "little") :])
+        else:
+            raw = zlib.decompress(data, -15)
+        bits = np.unpackbits(np.frombuffer(raw, np.uint8), bitorder="little")
+        if bits.size < rows * cols:
+            raise ValueError(f"frame decodes to {bits.size} bits, {rows * cols} needed")
+        frames.append(bits[: rows * cols].reshape(rows, cols))
+    return np.stack(frames)
+
+
+def _frame_segment(ds: Any, i: int, nframes: int) -> int | None:
+    """The segment number of SEG frame ``i`` (0-based); TILED_FULL without per-frame groups: by frame order."""
+    sid = _fg(ds, i, "SegmentIdentificationSequence")
+    try:
+        return int(sid[0].ReferencedSegmentNumber)
+    except (TypeError, IndexError, AttributeError, ValueError):
+        pass
+    if (
+        str(ds.get("DimensionOrganizationType", "")).upper() == "TILED_FULL"
+        and "PerFrameFunctionalGroupsSequence" not in ds
+    ):
+        # PS3.3 C.7.6.17.3: TILED_FULL frames run over tiles, then focal planes, then segments.
+        numbers = sorted(int(s.SegmentNumber) for s in ds.get("SegmentSequence") or [] if "SegmentNumber" in s)
+        if numbers and nframes % len(numbers) == 0:
+            return numbers[i // (nframes // len(numbers))]
+    return None
+
+
+def segment_frames(ds: Any) -> dict[int, list[tuple[str, int | None]]]:
+    """Segment number -> source (image UID, frame) of the SEG frames of that segment (header only).
+
+    Label-map SEGs (no per-frame segment) map every segment to every referenced frame.
+    """
+    out: dict[int, list[tuple[str, int | None]]] = defaultdict(list)
+    nframes = int(ds.get("NumberOfFrames", 1) or 1)
+    labelmap = str(ds.get("SegmentationType", "")).upper() == "LABELMAP"
+    numbers = [int(s.SegmentNumber) for s in ds.get("SegmentSequence") or [] if "SegmentNumber" in s]
+    for i in range(nframes):
+        refs = _source_refs(ds, i)
+        if labelmap:
+            seg_numbers = numbers
+        else:
+            n = _frame_segment(ds, i, nframes)
+            if n is None:
+                continue
+            seg_numbers = [n]
+        for n in seg_numbers:
+            for ref in refs:
+                if ref not in out[n]:
+                    out[n].append(ref)
+    return dict(out)
+
+
 def _observer(ds: Any) -> str | None:
     name = ds.get("ContentCreatorName")
     return str(name) if name else None
@@ -110,7 +202,7 @@ def read_seg(path: Path | Any, vocabulary: Any | None) -> tuple[list[LabelRecord
 
     # Pixels.
     try:
-        arr = ds.pixel_array
+        arr = _seg_pixels(ds)
     except Exception as e:
         return [], [*issues, IssueRecord(UNREADABLE_PIXELS, f"SEG pixel data cannot be decoded: {e}", uid)]
     nframes = int(ds.get("NumberOfFrames", 1) or 1)
@@ -143,10 +235,8 @@ def read_seg(path: Path | Any, vocabulary: Any | None) -> tuple[list[LabelRecord
         if seg_type == "LABELMAP":
             present = {int(v): frame == v for v in np.unique(frame) if int(v) in segments and int(v) != 0}
         else:
-            sid = _fg(ds, i, "SegmentIdentificationSequence")
-            try:
-                n = int(sid[0].ReferencedSegmentNumber)
-            except (TypeError, IndexError, AttributeError, ValueError):
+            n = _frame_segment(ds, i, nframes)
+            if n is None:
                 unreferenced += 1
                 continue
             mask = frame >= threshold if seg_type == "FRACTIONAL" else frame > 0

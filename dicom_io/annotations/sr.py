@@ -138,6 +138,26 @@ def _image_refs(items: list[_Item]) -> list[tuple[str, list[int] | None]]:
     return refs
 
 
+def _segment_refs(items: list[_Item]) -> list[tuple[str, tuple[int, ...]]]:
+    """(SEG SOP Instance UID, segment numbers) of Referenced Segment IMAGE items (TID 1411)."""
+    refs = []
+    for it in _walk(items):
+        if it.value_type != "IMAGE":
+            continue
+        seq = it.ds.get("ReferencedSOPSequence")
+        if not seq or not str(seq[0].get("ReferencedSOPClassUID", "")).startswith("1.2.840.10008.5.1.4.1.1.66."):
+            continue
+        nums = seq[0].get("ReferencedSegmentNumber")
+        if nums in (None, "") or not seq[0].get("ReferencedSOPInstanceUID"):
+            continue
+        values = list(nums) if isinstance(nums, (MultiValue, list, tuple)) else [nums]
+        try:
+            refs.append((str(seq[0].ReferencedSOPInstanceUID), tuple(int(n) for n in values)))
+        except (TypeError, ValueError):
+            continue
+    return refs
+
+
 def _observer(ds: Any, root_items: list[_Item]) -> str | None:
     for it in root_items:
         if it.name and (it.name[0], it.name[1]) == ("DCM", "121008") and it.ds.get("PersonName"):
@@ -161,6 +181,8 @@ def _observer(ds: Any, root_items: list[_Item]) -> str | None:
 def _labels(group: _Item | None, items: list[_Item], vocabulary: Any | None) -> tuple[list[tuple[str, str]], list[str]]:
     """(label, content path) pairs resolved in ``items``, and descriptions of unknown finding codes."""
     resolved: list[tuple[str, str]] = []
+    findings: list[tuple[str, str]] = []
+    evaluations: list[tuple[str, str]] = []
     unknown: list[str] = []
     direct = {id(it) for it in items}
     for it in _walk(items):
@@ -176,13 +198,16 @@ def _labels(group: _Item | None, items: list[_Item], vocabulary: Any | None) -> 
         is_evaluation = id(it) in direct and group is not None
         if vocabulary is None:
             if is_finding or is_evaluation:
-                resolved.append((concept[2] or f"{concept[0]}:{concept[1]}", it.path))
+                (findings if is_finding else evaluations).append((concept[2] or f"{concept[0]}:{concept[1]}", it.path))
             continue
         label = vocabulary.lookup(concept[0], concept[1])
         if label is not None:
             resolved.append((label, it.path))
         elif is_finding or is_evaluation:
             unknown.append(f"{concept[0]} {concept[1]} {concept[2]!r}")
+    if vocabulary is None:
+        # Without a vocabulary the Finding is the label; evaluations only when there is no Finding.
+        resolved = findings or evaluations
     return resolved, unknown
 
 
@@ -234,6 +259,24 @@ def read_sr(ds: Any, vocabulary: Any | None) -> tuple[list[LabelRecord], list[Is
         if not refs and not tid1500:
             refs = [r for r in doc_refs if r[0] not in in_units] or doc_refs
         if not refs:
+            seg_refs = _segment_refs(items)
+            if seg_refs:
+                label_path = next(p for lab, p in resolved if lab == labels[0])
+                for seg_uid, numbers in seg_refs:
+                    records.append(
+                        LabelRecord(
+                            label=labels[0],
+                            annotation_uid=uid,
+                            annotation_sop_class_uid=sop,
+                            source="sr",
+                            image_uid="",
+                            frame=None,
+                            content_path=label_path,
+                            observer=observer,
+                            via_segment=(seg_uid, numbers),
+                        )
+                    )
+                continue
             issues.append(
                 IssueRecord(
                     NO_IMAGE_REFERENCE, f"{where}: label {labels[0]!r} names no image (or only 3-D coordinates)", uid
