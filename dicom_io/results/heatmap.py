@@ -19,33 +19,10 @@ _BAND_H = 30
 
 
 def source_frame_float(ds: Dataset, frame: int | None = None) -> np.ndarray:
-    """The (1-based) frame of a source image as float32 (H, W) in [0, 1], windowed for display.
+    """The (1-based) frame of a source image as float32 (H, W) in [0, 1], windowed as the models saw it."""
+    from dicom_io.pixels import frame_to_float
 
-    Applies the Modality LUT/rescale, the first VOI window (or min/max when none) and inverts
-    MONOCHROME1; colour images are averaged to grey.
-    """
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
-    arr = ds.pixel_array
-    n_frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    if n_frames > 1:
-        index = (frame or 1) - 1
-        if not 0 <= index < n_frames:
-            raise ValueError(f"frame {frame} out of range 1..{n_frames} for image {ds.SOPInstanceUID}")
-        arr = arr[index]
-    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
-    if arr.ndim == 3:  # colour: (H, W, 3)
-        out = arr.astype(np.float32).mean(axis=-1)
-    else:
-        out = apply_modality_lut(arr, ds)
-        if "WindowCenter" in ds and "WindowWidth" in ds:
-            out = apply_voi_lut(out, ds, index=0, prefer_lut=False)
-        out = np.asarray(out, dtype=np.float32)
-    lo, hi = float(np.min(out)), float(np.max(out))
-    out = (out - lo) / (hi - lo) if hi > lo else np.zeros_like(out, dtype=np.float32)
-    if photometric == "MONOCHROME1":
-        out = 1.0 - out
-    return out.astype(np.float32)
+    return frame_to_float(ds, frame)
 
 
 def render_overlay(base: np.ndarray, heat: np.ndarray, caption: str = "") -> np.ndarray:
