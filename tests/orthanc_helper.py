@@ -164,6 +164,13 @@ class Orthanc(Peer):
     def rest_get(self, path: str) -> Any:
         return self.rest("GET", path)
 
+    def download(self, path: str, dest: Path) -> Path:
+        """GET ``path`` (e.g. ``/instances/<id>/preview``, a PNG Orthanc renders) into the file ``dest``."""
+        r = self.ns.run(["curl", "-s", "-f", "-o", str(dest), self.url + path], timeout=60)
+        if r.returncode != 0:
+            raise RuntimeError(f"Orthanc GET {path} failed (curl rc {r.returncode}): {r.stderr}")
+        return Path(dest)
+
     def find_instances(self, study_uid: str) -> list[dict[str, Any]]:
         """Instances of the study as Orthanc has them (with MainDicomTags and parent series)."""
         return self.rest("POST", "/tools/find", {"Level": "Instance", "Query": {"StudyInstanceUID": study_uid},

@@ -8,6 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 
@@ -240,6 +241,16 @@ def test_orthanc_receives_results_by_c_store_and_stow_rs_in_the_audited_study(st
         assert {"SR", "OT", "KO", "CT"} <= modalities
         studies = orthanc.rest_get("/studies")
         assert len(studies) == 1  # everything landed in the audited study
+        # Orthanc's own renderer decodes and shows the heatmap SC (what its viewers display)
+        from PIL import Image
+
+        sc_path = next(p for p in results if p.name.startswith("OT_"))
+        sc = pydicom.dcmread(sc_path)
+        png = orthanc.download(f"/instances/{by_uid[sc.SOPInstanceUID]['ID']}/preview", tmp_path / "sc.png")
+        with Image.open(png) as im:
+            assert im.size == (sc.Columns, sc.Rows)
+            px = np.asarray(im)
+            assert im.mode == "RGB" and len(np.unique(px.reshape(-1, 3), axis=0)) > 50  # colour, not blank
     finally:
         orthanc.stop()
         ns.stop()
