@@ -163,8 +163,19 @@ class Vocabulary(BaseModel):
         return [c.name for c in self.classes]
 
     def lookup(self, scheme: str, value: str) -> str | None:
-        """The class name a code (scheme, value) means, or None."""
-        return self._index().get((str(scheme).strip().upper(), str(value).strip()))
+        """The class name a code (scheme, value) means, or None.
+
+        Legacy SNOMED-RT codes (SRT, as older tools write them) and SNOMED CT codes (SCT) match each
+        other through pydicom's SRT <-> SCT mapping.
+        """
+        scheme, value = str(scheme).strip().upper(), str(value).strip()
+        idx = self._index()
+        hit = idx.get((scheme, value))
+        if hit is None and scheme in ("SRT", "SCT", "SNM3"):
+            other = _snomed_equivalent(scheme, value)
+            if other is not None:
+                hit = idx.get(other)
+        return hit
 
     def lookup_label(self, text: str) -> str | None:
         """The class whose name equals ``text`` (case-insensitive), or None."""
@@ -234,6 +245,19 @@ class Vocabulary(BaseModel):
         if path is not None:
             Path(path).write_text(text)
         return text
+
+
+def _snomed_equivalent(scheme: str, value: str) -> tuple[str, str] | None:
+    """The SCT code of an SRT code, or the reverse (pydicom's SNOMED mapping table)."""
+    try:
+        from pydicom.sr._snomed_dict import mapping
+    except ImportError:  # pragma: no cover - private table moved
+        return None
+    if scheme in ("SRT", "SNM3"):
+        sct = mapping.get("SRT", {}).get(value)
+        return ("SCT", str(sct)) if sct else None
+    srt = mapping.get("SCT", {}).get(value)
+    return ("SRT", str(srt)) if srt else None
 
 
 def _q(s: str) -> str:

@@ -255,6 +255,12 @@ def read_study(
     images: dict[str, _Instance] = {}
     seg_headers: dict[str, Any] = {}
     records: list[LabelRecord] = []
+    series_images: dict[str, list[str]] = defaultdict(list)
+    for inst in instances:
+        sop = str(inst.ds.SOPClassUID)
+        if str(inst.ds.get("StudyInstanceUID", "")) == study_uid and sop not in SR_SOP_CLASSES and _is_image(inst.ds):
+            if int(inst.ds.get("NumberOfFrames", 1) or 1) == 1:
+                series_images[str(inst.ds.get("SeriesInstanceUID", ""))].append(str(inst.ds.SOPInstanceUID))
     for inst in instances:
         ds = inst.ds
         uid, sop = str(ds.SOPInstanceUID), str(ds.SOPClassUID)
@@ -276,7 +282,7 @@ def read_study(
             elif sop in SEG_SOP_CLASSES:
                 from dicom_io.annotations.seg import read_seg
 
-                recs, iss = read_seg(inst.path, vocabulary)
+                recs, iss = read_seg(inst.path, vocabulary, series_images=series_images)
             elif _is_image(ds):
                 images[uid] = inst
                 continue

@@ -168,8 +168,15 @@ def _observer(ds: Any) -> str | None:
     return str(name) if name else None
 
 
-def read_seg(path: Path | Any, vocabulary: Any | None) -> tuple[list[LabelRecord], list[IssueRecord]]:
-    """Label records (with masks) and issue records of one SEG file (or dataset)."""
+def read_seg(
+    path: Path | Any, vocabulary: Any | None, *, series_images: dict[str, list[str]] | None = None
+) -> tuple[list[LabelRecord], list[IssueRecord]]:
+    """Label records (with masks) and issue records of one SEG file (or dataset).
+
+    ``series_images`` (series UID -> single-frame image UIDs in the study): images of a series the SEG
+    references but that no SEG frame names (tools such as dcmqi omit empty slices from the SEG and
+    its references) count as referenced with no segment present.
+    """
     import pydicom
 
     ds = pydicom.dcmread(path) if isinstance(path, (str, Path)) else path
@@ -251,6 +258,11 @@ def read_seg(path: Path | Any, vocabulary: Any | None) -> tuple[list[LabelRecord
         )
 
     # Referenced images with no frame at all: "no segment present".
+    if series_images:
+        for series in ds.get("ReferencedSeriesSequence") or []:
+            for image_uid in series_images.get(str(series.get("SeriesInstanceUID", "")), []):
+                if image_uid not in referenced:
+                    referenced.append(image_uid)
     for ref_uid in referenced:
         if not any(k[0] == ref_uid for k in groups):
             groups[(ref_uid, None)] = {}
