@@ -1,9 +1,61 @@
-"""CLI commands of this area: demo (and the service wiring behind serve)."""
+"""CLI commands of this area: demo (the whole loop: data, bundle, service, C-STORE, results)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
 
+def demo(
+    data_dir: Path = typer.Option(Path("labelqa-demo"), "--data-dir", help="Where the demo keeps its data, "
+                                  "cached bundle and service state."),
+    studies: int = typer.Option(40, "--studies", min=4, help="DICOM studies to make and audit (one image each)."),
+    train_images: int = typer.Option(320, "--train-images", min=20, help="Synthetic images the bundle trains on."),
+    image_size: int = typer.Option(48, "--image-size", min=32, max=256, help="Image size in pixels."),
+    classes: int = typer.Option(2, "--classes", min=2, max=4, help="Number of shape classes."),
+    noise_rate: float = typer.Option(0.125, "--noise-rate", min=0.0, max=0.5, help="Fraction of labels flipped."),
+    epochs: int = typer.Option(5, "--epochs", min=1, help="Training epochs per ensemble member."),
+    archs: str = typer.Option("densenet-tiny,resnet-tiny,efficientnet-tiny", "--archs",
+                              help="Ensemble members (comma-separated MONAI architectures)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the data, the flips and the training."),
+    device: str = typer.Option("auto", "--device", help="torch device: auto (cuda if present), cpu, cuda."),
+    orthanc: bool = typer.Option(False, "--orthanc", help="Route through a local Orthanc (Debian package)."),
+    sender: str = typer.Option("auto", "--sender", help="C-STORE client: auto, storescu, pynetdicom."),
+    timeout: float = typer.Option(900.0, "--timeout", help="Give up waiting for results after this many seconds."),
+    keep_running: bool = typer.Option(False, "--keep-running", help="Keep the service (and Orthanc) up at the end."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of the table."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the service's log lines."),
+) -> None:
+    """Run the whole loop on embedded defaults: make annotated DICOM studies (some labels flipped), train a
+    small bundle, start the service, send the studies by C-STORE and show which labels it flags."""
+    import sys
+
+    from service.demo import DemoConfig, DemoError, _quiet_logging, render_text, report_json, run_demo
+
+    if sender not in ("auto", "storescu", "pynetdicom"):
+        typer.echo("error: --sender must be auto, storescu or pynetdicom", err=True)
+        raise typer.Exit(2)
+    _quiet_logging(verbose)
+    cfg = DemoConfig(data_dir=data_dir, studies=studies, train_images=train_images, image_size=image_size,
+                     classes=classes, noise_rate=noise_rate, epochs=epochs, archs=archs, seed=seed, device=device,
+                     orthanc=orthanc, sender=sender, timeout_s=timeout, keep_running=keep_running)
+
+    def echo(msg: str) -> None:
+        # Progress goes to stderr with --json so stdout stays one JSON document.
+        print(msg, file=sys.stderr if as_json else sys.stdout, flush=True)
+
+    try:
+        report = run_demo(cfg, echo=echo)
+    except DemoError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        typer.echo(report_json(report))
+    elif not keep_running:
+        typer.echo(render_text(report))
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the top-level app."""
+    app.command("demo")(demo)

@@ -12,6 +12,7 @@ whole study again) never trigger a new audit.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterable
@@ -40,25 +41,26 @@ def is_annotation(sop_class_uid: str, modality: str | None = None) -> bool:
 
 
 def verdict_rows(rows: Iterable[Any]) -> list[dict[str, Any]]:
-    """Verdict rows from :func:`service.audit.audit_study` as plain JSON-ready dicts."""
+    """Verdict rows from :func:`service.audit.audit_study` as plain JSON-ready dicts (NaN -> None)."""
     out = []
     for r in rows:
-        if isinstance(r, dict):
-            d = dict(r)
-        elif hasattr(r, "model_dump"):
-            d = r.model_dump()
-        elif hasattr(r, "__dataclass_fields__"):
-            from dataclasses import asdict
-
-            d = asdict(r)
-        else:
-            d = dict(vars(r))
-        out.append({k: v for k, v in d.items() if _jsonable(v)})
+        d = dict(r) if isinstance(r, dict) else dict(vars(r))
+        out.append({k: _plain(v) for k, v in d.items() if not k.startswith("_")})
     return out
 
 
-def _jsonable(v: Any) -> bool:
-    return v is None or isinstance(v, (str, int, float, bool, list, dict))
+def _plain(v: Any) -> Any:
+    if hasattr(v, "item") and callable(v.item) and getattr(v, "ndim", 1) == 0:
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if v is None or isinstance(v, (str, int, float, bool)):
+        return v
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    return str(v)
 
 
 class Pipeline:
@@ -144,20 +146,22 @@ class Pipeline:
 
     def load_vocabulary(self, bundle: Any) -> Any:
         """The label vocabulary: the configured file, the bundle's own file, or the bundle's class names."""
-        from dicom_io.vocabulary import Vocabulary, load_vocabulary
+        from service.audit import resolve_vocabulary
 
-        if self.settings.audit.vocabulary is not None:
-            return load_vocabulary(Path(self.settings.audit.vocabulary))
-        for name in ("vocabulary.toml", "configs/vocabulary.toml", "vocabulary.json", "configs/vocabulary.json"):
-            p = Path(self.settings.audit.bundle) / name
-            if p.is_file():
-                return load_vocabulary(p)
-        return Vocabulary.from_class_names(list(bundle.class_names))
+        return resolve_vocabulary(bundle, self.settings.audit.bundle, self.settings.audit.vocabulary)
 
     def warmup(self, ctx: WorkerContext) -> None:
         """Load the bundle and vocabulary once for this worker; they stay warm for every job."""
         bundle = ctx.cached("bundle", self.load_bundle)
         ctx.cached("vocabulary", lambda: self.load_vocabulary(bundle))
+        try:  # one tiny inference so the first study does not pay for lazy initialisation
+            import numpy as np
+
+            size = int(bundle.image_size)
+            bundle.audit(np.zeros((1, size, size), np.float32), [bundle.class_names[0]],
+                         batch_size=1, device=self.settings.audit.device)
+        except Exception as e:  # noqa: BLE001 - warming is an optimisation only
+            log.warning("model warm-up inference failed: %s", e)
 
     def run_job(self, job: Job, ctx: WorkerContext) -> Outcome:
         """Audit one study: read, infer, write the result objects, enqueue them for delivery."""
@@ -172,7 +176,9 @@ class Pipeline:
             return Outcome(state=NO_ANNOTATIONS, reason="the study has no stored instances", n_samples=0)
         inputs = sorted(r.sop_instance_uid for r in records if r.sop_instance_uid not in own)
         t0 = time.perf_counter()
-        datasets, rows = audit_study(files, bundle, vocabulary)
+        a = self.settings.audit
+        datasets, rows = audit_study(files, bundle, vocabulary, device=a.device, batch_size=a.batch_size,
+                                     heatmaps_for_hard_cases=a.heatmaps_for_hard_cases)
         audit_s = time.perf_counter() - t0
         rows = verdict_rows(rows)
         if not rows:

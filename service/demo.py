@@ -1,0 +1,578 @@
+"""`labelqa demo`: the whole loop on embedded defaults, with nothing from outside the project.
+
+1. Make a small annotated data set: synthetic images whose class is a visible shape in a known
+   place (``models.synthetic``), turned into DICOM studies with TID 1500 SR labels by
+   ``dicom_io.dicomize``; a fraction of the labels is deliberately flipped (recorded in its manifest).
+2. Train a small model bundle on separate, clean synthetic images (``models.bundle.train_bundle``);
+   cached under the data dir, keyed by the settings, so the next run starts at once.
+3. Start the service in this process (listener, store, audit workers, outbox, HTTP API) with a
+   local DICOM archive as the results' destination, or a local Orthanc (``--orthanc``) that
+   auto-routes the studies to labelqa through ``deploy/orthanc/labelqa-route.lua``.
+4. Send the studies with real C-STORE (dcmtk ``storescu`` with TCP_NODELAY, else pynetdicom),
+   wait for the audits and their delivery, and report each annotation: given vs consensus label,
+   verdict, agreement, and whether its label was planted wrong.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("labelqa.demo")
+
+REPO = Path(__file__).resolve().parents[1]
+SHAPE_NAMES = ("square", "disc", "bar", "cross")  # models.synthetic.shape_mask classes 0..3
+DEMO_ARCHS = "densenet-tiny,resnet-tiny,efficientnet-tiny"
+
+
+class DemoError(RuntimeError):
+    """The demo could not run; the message says what to do."""
+
+
+@dataclass
+class DemoConfig:
+    """Sizes and switches of one demo run (small enough for a few minutes on 2 CPU cores)."""
+
+    data_dir: Path = Path("labelqa-demo")
+    studies: int = 40
+    train_images: int = 320
+    image_size: int = 48
+    classes: int = 2
+    noise_rate: float = 0.125
+    epochs: int = 5
+    archs: str = DEMO_ARCHS
+    seed: int = 0
+    device: str = "auto"
+    orthanc: bool = False
+    sender: str = "auto"  # auto | storescu | pynetdicom
+    timeout_s: float = 900.0
+    keep_running: bool = False
+
+    def bundle_key(self) -> str:
+        """Cache key of the trained bundle: everything that changes it."""
+        parts = {"n": self.train_images, "size": self.image_size, "classes": self.classes, "epochs": self.epochs,
+                 "archs": self.archs, "seed": self.seed, "v": 1}
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
+
+
+@dataclass
+class DemoData:
+    studies_dir: Path
+    manifest: list[dict[str, str]]
+    vocabulary: Path
+    train_npz: Path
+    class_names: list[str]
+
+
+@dataclass
+class DemoReport:
+    """What the demo prints (``--json`` prints it as one document)."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    timings_s: dict[str, float] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+# -- data ------------------------------------------------------------------------------------------
+def _shapes_npz(path: Path, n: int, cfg: DemoConfig, seed: int) -> list[str]:
+    import numpy as np
+
+    from models.synthetic import make_shapes
+
+    data = make_shapes(n, n_classes=cfg.classes, size=cfg.image_size, seed=seed)
+    names = list(SHAPE_NAMES[: cfg.classes])
+    images = (np.clip(data.images, 0, 1) * 255).round().astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, images=images, labels=np.asarray(data.labels, dtype=np.int64),
+                        class_names=np.asarray(names))
+    return names
+
+
+def make_demo_data(cfg: DemoConfig, work: Path) -> DemoData:
+    """Training images (clean labels) and the DICOM studies to audit (some labels flipped)."""
+    from dicom_io.dicomize import dicomize
+
+    if not 2 <= cfg.classes <= len(SHAPE_NAMES):
+        raise DemoError(f"--classes must be between 2 and {len(SHAPE_NAMES)}")
+    train_npz = work / "data" / "train.npz"
+    names = _shapes_npz(train_npz, cfg.train_images, cfg, seed=cfg.seed)
+    audit_npz = work / "data" / "audit.npz"
+    _shapes_npz(audit_npz, cfg.studies, cfg, seed=cfg.seed + 1000)
+    studies_dir = work / "studies"
+    if studies_dir.exists():
+        shutil.rmtree(studies_dir)
+    res = dicomize(audit_npz, studies_dir, noise_rate=cfg.noise_rate, seed=cfg.seed, modality="OT")
+    with open(res.manifest, newline="") as f:
+        manifest = list(csv.DictReader(f))
+    vocab = res.vocabulary or studies_dir / "vocabulary.toml"
+    return DemoData(studies_dir, manifest, Path(vocab), train_npz, names)
+
+
+def train_demo_bundle(cfg: DemoConfig, data: DemoData, work: Path, echo=print) -> tuple[Path, bool]:
+    """The demo's bundle, trained once per settings (cached under the data dir); (path, was_cached)."""
+    bundle_dir = work / "bundles" / cfg.bundle_key()
+    if (bundle_dir / "configs" / "metadata.json").is_file():
+        return bundle_dir, True
+    from models.bundle import train_bundle
+    from models.train import TrainConfig
+
+    tmp = bundle_dir.with_name(bundle_dir.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    echo(f"training a {len(cfg.archs.split(','))}-member bundle on {cfg.train_images} synthetic images "
+         f"({cfg.image_size} px, {cfg.epochs} epochs; cached for the next run) ...")
+    path = train_bundle(data.train_npz, tmp, image_size=cfg.image_size, archs=cfg.archs, seed=cfg.seed,
+                        device=cfg.device, mode="insample", folds=3,
+                        train_cfg=TrainConfig(epochs=cfg.epochs, batch_size=64, patience=cfg.epochs),
+                        max_samples=None, progress=False)
+    Path(path).replace(bundle_dir) if Path(path) != bundle_dir else None
+    return bundle_dir, False
+
+
+# -- sending ---------------------------------------------------------------------------------------
+def dicom_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*.dcm") if p.is_file())
+
+
+def send_studies(root: Path, host: str, port: int, called_ae: str, calling_ae: str = "LABELQADEMO",
+                 sender: str = "auto") -> dict[str, Any]:
+    """C-STORE every DICOM file under ``root``: dcmtk storescu (TCP_NODELAY) when installed, else pynetdicom."""
+    files = dicom_files(root)
+    if not files:
+        raise DemoError(f"no DICOM files under {root}")
+    t0 = time.perf_counter()
+    use_dcmtk = sender == "storescu" or (sender == "auto" and shutil.which("storescu"))
+    if use_dcmtk:
+        env = dict(os.environ, TCP_NODELAY="1")
+        cmd = ["storescu", "-aet", calling_ae, "-aec", called_ae, "-R", "+sd", "+r", "+sp", "*.dcm", host, str(port),
+               str(root)]
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        if r.returncode != 0:
+            raise DemoError(f"storescu failed ({r.returncode}): {r.stderr.strip()[-500:]}")
+        return {"method": "dcmtk storescu", "files": len(files), "seconds": time.perf_counter() - t0}
+    from dicom_io.scu import file_info, store_files
+
+    infos = [file_info(p) for p in files]
+    outcomes = store_files(infos, host=host, port=port, called_ae=called_ae, calling_ae=calling_ae)
+    failed = [o for o in outcomes if not o.delivered]
+    if failed:
+        raise DemoError(f"{len(failed)} of {len(files)} files not stored: {failed[0]}")
+    return {"method": "pynetdicom", "files": len(files), "seconds": time.perf_counter() - t0}
+
+
+# -- a local Orthanc -------------------------------------------------------------------------------
+class LocalOrthanc:
+    """A throw-away Orthanc (Debian package) with labelqa's routing script, for the demo and tests.
+
+    Orthanc listens on all interfaces; this configuration refuses remote HTTP and only accepts
+    DICOM from the declared peers (labelqa and the demo sender on 127.0.0.1).
+    """
+
+    def __init__(self, work: Path, *, http_port: int, dicom_port: int, labelqa_port: int,
+                 labelqa_ae: str = "LABELQA", sender_ae: str = "LABELQADEMO", stable_age_s: int = 2,
+                 aet: str = "ORTHANC") -> None:
+        self.work = Path(work)
+        self.http_port, self.dicom_port, self.aet = http_port, dicom_port, aet
+        self.labelqa_port, self.labelqa_ae, self.sender_ae = labelqa_port, labelqa_ae, sender_ae
+        self.stable_age_s = stable_age_s
+        self.proc: subprocess.Popen | None = None
+        self.log_path = self.work / "orthanc.log"
+
+    @staticmethod
+    def binary() -> str | None:
+        return shutil.which("Orthanc") or ("/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def config(self) -> dict[str, Any]:
+        base = json.loads((REPO / "deploy" / "orthanc" / "orthanc.json").read_text())
+        lua = self.work / "labelqa-route.lua"
+        shutil.copy(REPO / "deploy" / "orthanc" / "labelqa-route.lua", lua)
+        storage = self.work / "db"
+        plugins = [p for p in ("/usr/share/orthanc/plugins",) if Path(p).is_dir()]
+        base.update({
+            "Name": "labelqa demo", "StorageDirectory": str(storage), "IndexDirectory": str(storage),
+            "DicomAet": self.aet, "DicomPort": self.dicom_port, "HttpPort": self.http_port,
+            "Plugins": plugins, "StableAge": self.stable_age_s, "LuaScripts": [str(lua)],
+            "DicomAlwaysAllowStore": False, "DicomCheckModalityHost": True,
+            "DicomModalities": {
+                "labelqa": {"AET": self.labelqa_ae, "Host": "127.0.0.1", "Port": self.labelqa_port,
+                            "AllowEcho": True, "AllowStore": True},
+                "sender": {"AET": self.sender_ae, "Host": "127.0.0.1", "Port": 104, "AllowEcho": True,
+                           "AllowStore": True},
+            },
+        })
+        return base
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        exe = self.binary()
+        if exe is None:
+            raise DemoError("Orthanc is not installed (Debian: apt-get install orthanc)")
+        self.work.mkdir(parents=True, exist_ok=True)
+        cfg_path = self.work / "orthanc.json"
+        cfg_path.write_text(json.dumps(self.config(), indent=2))
+        env = dict(os.environ, TCP_NODELAY="1")
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen([exe, str(cfg_path)], stdout=self._log, stderr=subprocess.STDOUT, env=env,
+                                     cwd=self.work)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise DemoError(f"Orthanc exited with {self.proc.returncode}; see {self.log_path}")
+            try:
+                self.get("/system")
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise DemoError(f"Orthanc did not answer within {timeout_s} s; see {self.log_path}")
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=10) as r:  # noqa: S310 - loopback URL
+            return json.loads(r.read())
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if getattr(self, "_log", None) is not None:
+            self._log.close()
+
+    def study_series(self, study_uid: str) -> list[dict[str, Any]]:
+        """Series (with MainDicomTags and Instances) of the study with this Study Instance UID."""
+        found = json.loads(self._post("/tools/lookup", study_uid))
+        ids = [f["ID"] for f in found if f.get("Type") == "Study"]
+        if not ids:
+            return []
+        return self.get(f"/studies/{ids[0]}/series")
+
+    def _post(self, path: str, body: str) -> bytes:
+        req = urllib.request.Request(self.url + path, data=body.encode(), method="POST")
+        with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310 - loopback URL
+            return r.read()
+
+
+# -- the run ---------------------------------------------------------------------------------------
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Archive:
+    """The demo's stand-in PACS: labelqa's own listener and store in a separate folder (127.0.0.1)."""
+
+    def __init__(self, root: Path, port: int, ae_title: str = "ARCHIVE") -> None:
+        from dicom_io.scp import Listener, ListenerConfig
+        from dicom_io.store import StudyStore
+        from service.settings import ListenerSettings
+
+        self.store = StudyStore(root, None, 3600.0)
+        self.listener = Listener(ListenerConfig.from_settings(
+            ListenerSettings(host="127.0.0.1", port=port, ae_title=ae_title, min_free_disk_mb=0)), self.store)
+        self.port, self.ae_title, self.root = port, ae_title, root
+
+    def start(self) -> None:
+        self.listener.start()
+
+    def stop(self) -> None:
+        self.listener.stop()
+        self.store.close()
+
+
+def run_demo(cfg: DemoConfig, echo=print) -> DemoReport:
+    """Run the demo end to end; returns the report (rows per annotation, summary, outputs, timings)."""
+    from service.app import Service
+    from service.jobs import DONE, FAILED, NO_ANNOTATIONS, JobStore
+    from service.pipeline import service_components
+    from service.settings import Destination, load_settings
+
+    t_start = time.perf_counter()
+    work = Path(cfg.data_dir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    report = DemoReport(settings={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()})
+
+    t0 = time.perf_counter()
+    data = make_demo_data(cfg, work)
+    n_planted = sum(1 for r in data.manifest if r["true_label"] != r["written_label"])
+    report.timings_s["make_data"] = time.perf_counter() - t0
+    echo(f"made {len(data.manifest)} DICOM studies (synthetic {cfg.image_size} px images of "
+         f"{', '.join(data.class_names)}; TID 1500 SR labels, {n_planted} flipped on purpose) in {data.studies_dir}")
+
+    t0 = time.perf_counter()
+    bundle, cached = train_demo_bundle(cfg, data, work, echo)
+    report.timings_s["train_bundle"] = time.perf_counter() - t0
+    echo(f"model bundle {'(cached) ' if cached else ''}{bundle}")
+
+    run_dir = work / "run"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # a fresh service state per run: every study is audited again
+    lq_port, api_port = _free_port(), _free_port()
+    archive: _Archive | None = None
+    orthanc: LocalOrthanc | None = None
+    if cfg.orthanc:
+        orthanc = LocalOrthanc(run_dir / "orthanc", http_port=_free_port(), dicom_port=_free_port(),
+                               labelqa_port=lq_port, stable_age_s=1)
+        dest = Destination(name="orthanc", kind="dicom", ae_title=orthanc.aet, host="127.0.0.1",
+                           port=orthanc.dicom_port)
+    else:
+        archive = _Archive(run_dir / "archive", _free_port())
+        dest = Destination(name="archive", kind="dicom", ae_title=archive.ae_title, host="127.0.0.1",
+                           port=archive.port)
+    settings = load_settings(None, {
+        "store": {"data_dir": run_dir / "labelqa", "stable_after_s": 1.0},
+        "listener": {"host": "127.0.0.1", "port": lq_port, "min_free_disk_mb": 0},
+        "audit": {"bundle": bundle, "vocabulary": data.vocabulary, "device": cfg.device},
+        "outbox": {"destinations": [dest.model_dump()], "backoff_base_s": 0.5, "poll_interval_s": 0.2},
+        "api": {"host": "127.0.0.1", "port": api_port},
+    })
+    svc = Service(settings)
+    for spec in service_components(settings):
+        svc.add(spec)
+    audit_service = svc.components[0]
+    study_uids = sorted({r["study_uid"] for r in data.manifest})
+    try:
+        if archive is not None:
+            archive.start()
+        if orthanc is not None:
+            orthanc.start()
+        svc.start()
+        echo(f"labelqa is listening on 127.0.0.1:{lq_port} (AE LABELQA); API http://127.0.0.1:{api_port}/docs")
+        t0 = time.perf_counter()
+        if orthanc is not None:
+            sent = send_studies(data.studies_dir, "127.0.0.1", orthanc.dicom_port, orthanc.aet, sender=cfg.sender)
+            echo(f"sent {sent['files']} files to Orthanc with {sent['method']} in {sent['seconds']:.1f} s; "
+                 "Orthanc routes annotated studies to labelqa")
+        else:
+            sent = send_studies(data.studies_dir, "127.0.0.1", lq_port, "LABELQA", sender=cfg.sender)
+            echo(f"sent {sent['files']} files to labelqa with {sent['method']} in {sent['seconds']:.1f} s")
+        report.timings_s["send"] = sent["seconds"]
+        report.outputs["sent"] = sent
+        jobs: JobStore = audit_service.jobs
+        _wait_for(lambda: _all_audited(jobs, study_uids, (DONE, NO_ANNOTATIONS, FAILED)), cfg.timeout_s,
+                  "audits", echo)
+        report.timings_s["audit"] = time.perf_counter() - t0
+        outbox = audit_service.outbox
+        if outbox is not None:
+            _wait_for(lambda: outbox.counts().get("pending", 0) == 0, cfg.timeout_s, "result delivery", echo)
+        report.timings_s["until_delivered"] = time.perf_counter() - t0
+        _collect(report, jobs, data, study_uids)
+        _html_reports(report, run_dir)
+        if orthanc is not None:
+            report.outputs["orthanc"] = _orthanc_outputs(orthanc, report)
+        elif archive is not None:
+            report.outputs["archive"] = {"ae_title": archive.ae_title, "port": archive.port,
+                                         "dir": str(archive.root / "studies"),
+                                         "instances": len(archive.store.instances())}
+        report.outputs["results_dir"] = str(Path(settings.store.data_dir) / "results")
+        report.outputs["api"] = f"http://127.0.0.1:{api_port}"
+        report.outputs["job_counts"] = jobs.counts()
+        if outbox is not None:
+            report.outputs["outbox"] = outbox.counts()
+        report.timings_s["total"] = time.perf_counter() - t_start
+        if cfg.keep_running:
+            echo(_render(report))
+            echo("the service keeps running; press Ctrl-C to stop")
+            try:
+                while True:
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                pass
+    finally:
+        svc.stop()
+        if orthanc is not None:
+            orthanc.stop()
+        if archive is not None:
+            archive.stop()
+    return report
+
+
+def _all_audited(jobs: Any, study_uids: list[str], final: tuple[str, ...]) -> bool:
+    for uid in study_uids:
+        j = jobs.latest_for_study(uid)
+        if j is None or j.state not in final:
+            return False
+    return True
+
+
+def _wait_for(cond, timeout_s: float, what: str, echo) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise DemoError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(0.25)
+
+
+def _collect(report: DemoReport, jobs: Any, data: DemoData, study_uids: list[str]) -> None:
+    from service.jobs import DONE
+
+    by_ann = {r["annotation_uid"]: r for r in data.manifest}
+    counts: dict[str, int] = {}
+    tp = fp = fn = 0
+    for uid in study_uids:
+        job = jobs.latest_for_study(uid)
+        result = (job.result or {}) if job is not None else {}
+        rows = result.get("rows", []) if job is not None and job.state == DONE else []
+        if job is None or job.state != DONE:
+            for m in (r for r in data.manifest if r["study_uid"] == uid):
+                report.rows.append({"study_uid": uid, "annotation_uid": m["annotation_uid"],
+                                    "given_label": m["written_label"], "consensus_label": None,
+                                    "verdict": job.state if job else "missing", "agreement": None,
+                                    "planted_error": m["true_label"] != m["written_label"],
+                                    "reason": job.reason if job else None})
+            continue
+        for row in rows:
+            ann = str(row.get("annotation_uid"))
+            m = by_ann.get(ann, {})
+            planted = bool(m) and m["true_label"] != m["written_label"]
+            verdict = str(row.get("verdict"))
+            counts[verdict] = counts.get(verdict, 0) + 1
+            flagged = verdict == "suspected_label_error"
+            tp += flagged and planted
+            fp += flagged and not planted
+            fn += (not flagged) and planted
+            report.rows.append({
+                "study_uid": uid, "annotation_uid": ann, "image_uid": row.get("image_uid"),
+                "given_label": row.get("given_label"), "consensus_label": row.get("consensus_label"),
+                "verdict": verdict, "agreement": row.get("agreement"), "priority": row.get("priority"),
+                "planted_error": planted, "true_label": m.get("true_label"),
+            })
+        report.outputs.setdefault("result_files", []).extend(result.get("outputs", []))
+    n_planted = sum(1 for r in report.rows if r["planted_error"])
+    report.summary = {
+        "studies": len(study_uids), "annotations": len(report.rows), "planted_errors": n_planted,
+        "verdicts": counts, "flagged_and_planted": tp, "flagged_not_planted": fp, "planted_not_flagged": fn,
+        "precision": tp / (tp + fp) if tp + fp else None, "recall": tp / (tp + fn) if tp + fn else None,
+    }
+
+
+def _html_reports(report: DemoReport, run_dir: Path) -> None:
+    """One HTML page per audited study (issue 6's renderer) and an index with the demo table."""
+    out = run_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    pages: dict[str, str] = {}
+    try:
+        from dicom_io.results.report_html import render_html
+    except ImportError:
+        render_html = None
+    srs = [o for o in report.outputs.get("result_files", []) if o.get("modality") == "SR"]
+    for o in srs:
+        if render_html is None:
+            break
+        p = Path(o["path"])
+        study = p.parent.name
+        try:
+            html = render_html(p, [p.parent])
+        except Exception as e:  # noqa: BLE001 - the index still lists the study
+            log.warning("cannot render %s: %s", p, e)
+            continue
+        page = out / f"{study}.html"
+        page.write_text(html, encoding="utf-8")
+        pages[study] = page.name
+    from html import escape
+
+    lines = ["<!doctype html><meta charset='utf-8'><title>labelqa demo</title>",
+             "<h1>labelqa demo: annotation audit</h1>", f"<p>{escape(_summary_line(report))}</p>",
+             "<table border=1 cellpadding=4><tr><th>study</th><th>given</th><th>consensus</th><th>verdict</th>"
+             "<th>agreement</th><th>planted error</th></tr>"]
+    for r in report.rows:
+        study = r["study_uid"]
+        link = f"<a href='{escape(pages[study])}'>{escape(study[-12:])}</a>" if study in pages else escape(study[-12:])
+        agr = "" if r.get("agreement") is None else f"{r['agreement']:.2f}"
+        lines.append(f"<tr><td>{link}</td><td>{escape(str(r['given_label']))}</td>"
+                     f"<td>{escape(str(r['consensus_label']))}</td><td>{escape(r['verdict'])}</td>"
+                     f"<td>{agr}</td><td>{'yes' if r['planted_error'] else ''}</td></tr>")
+    lines.append("</table>")
+    index = out / "index.html"
+    index.write_text("\n".join(lines), encoding="utf-8")
+    report.outputs["html_report"] = str(index)
+
+
+def _orthanc_outputs(orthanc: LocalOrthanc, report: DemoReport) -> dict[str, Any]:
+    n_sr = n_sc = n_kos = 0
+    for uid in {r["study_uid"] for r in report.rows}:
+        for s in orthanc.study_series(uid):
+            tags = s.get("MainDicomTags", {})
+            if tags.get("Manufacturer") != "labelqa":
+                continue
+            n = len(s.get("Instances", []))
+            mod = tags.get("Modality")
+            n_sr += n if mod == "SR" else 0
+            n_kos += n if mod == "KO" else 0
+            n_sc += n if mod not in ("SR", "KO") else 0
+    return {"url": f"{orthanc.url}/app/explorer.html", "sr": n_sr, "sc": n_sc, "kos": n_kos}
+
+
+def _summary_line(report: DemoReport) -> str:
+    s = report.summary
+    p = "n/a" if s.get("precision") is None else f"{s['precision']:.2f}"
+    r = "n/a" if s.get("recall") is None else f"{s['recall']:.2f}"
+    return (f"{s.get('annotations', 0)} annotations in {s.get('studies', 0)} studies; "
+            f"{s.get('planted_errors', 0)} planted label errors; flagged {s.get('flagged_and_planted', 0)} of them, "
+            f"{s.get('flagged_not_planted', 0)} false alarms (precision {p}, recall {r}); verdicts {s.get('verdicts')}")
+
+
+def _render(report: DemoReport) -> str:
+    """The table and where things went, as text."""
+    head = f"{'study':<14} {'annotation':<14} {'given':<8} {'consensus':<10} {'verdict':<22} {'agree':>6}  planted"
+    lines = [head, "-" * len(head)]
+    for r in sorted(report.rows, key=lambda r: (r["verdict"] != "suspected_label_error", not r["planted_error"],
+                                                r["study_uid"])):
+        agr = "" if r.get("agreement") is None else f"{r['agreement']:.2f}"
+        lines.append(f"...{r['study_uid'][-11:]:<11} ...{str(r['annotation_uid'])[-11:]:<11} "
+                     f"{str(r['given_label']):<8} {str(r['consensus_label']):<10} {r['verdict']:<22} {agr:>6}  "
+                     f"{'YES' if r['planted_error'] else ''}")
+    lines += ["", _summary_line(report)]
+    o = report.outputs
+    files = o.get("result_files", [])
+    kinds: dict[str, int] = {}
+    for f in files:
+        kinds[f.get("modality", "?")] = kinds.get(f.get("modality", "?"), 0) + 1
+    lines.append(f"result objects written: {kinds} under {o.get('results_dir')}")
+    if "archive" in o:
+        a = o["archive"]
+        lines.append(f"delivered by C-STORE to the local archive {a['ae_title']}@127.0.0.1:{a['port']} "
+                     f"({a['instances']} instances in {a['dir']})")
+    if "orthanc" in o:
+        a = o["orthanc"]
+        lines.append(f"in Orthanc: {a['sr']} SR, {a['sc']} heatmap SC, {a['kos']} KOS; see {a['url']}")
+    if "html_report" in o:
+        lines.append(f"HTML report: {o['html_report']}")
+    t = report.timings_s
+    lines.append("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in t.items()))
+    return "\n".join(lines)
+
+
+def render_text(report: DemoReport) -> str:
+    return _render(report)
+
+
+def report_json(report: DemoReport) -> str:
+    return json.dumps(asdict(report), indent=2, default=str)
+
+
+def _quiet_logging(verbose: bool) -> None:
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level)
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
