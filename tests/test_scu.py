@@ -79,3 +79,46 @@ def test_storescp_receives_sr_sc_kos_byte_equal(result_files, tmp_path):
     finally:
         scp.stop()
         ns.stop()
+
+
+def test_warning_statuses_count_as_delivered_and_failures_are_retried(result_files, tmp_path):
+    """A real pynetdicom SCP on loopback answers 0xB000, 0xB007 and 0xA700 (out of resources)."""
+    from pynetdicom import AE, evt
+
+    from dicom_io.db import make_engine
+    from dicom_io.outbox import DELIVERED, PENDING, Outbox, OutboxConfig
+    from dicom_io.scu import file_info
+
+    infos = {i.sop_instance_uid: i for i in (file_info(p) for p in result_files)}
+    uids = sorted(infos)
+    answers = dict(zip(uids, (0xB000, 0xB007, 0xA700), strict=True))
+    seen: list[str] = []
+    associations: list[int] = []
+
+    def on_store(event):
+        uid = str(event.request.AffectedSOPInstanceUID)
+        seen.append(uid)
+        return answers[uid]
+
+    ae = AE(ae_title="WARNSCP")
+    for sop_class, ts in presentation_contexts(list(infos.values())):
+        ae.add_supported_context(sop_class, ts)
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store),
+                                                       (evt.EVT_ESTABLISHED, lambda e: associations.append(1))])
+    try:
+        class Dest:
+            name, kind, ae_title, host, tls, url = "warn", "dicom", "WARNSCP", "127.0.0.1", False, None
+
+        Dest.port = port
+        box = Outbox(make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}"), [Dest], settings=OutboxConfig())
+        box.enqueue(result_files)
+        assert box.deliver_once("warn") == 2
+        rows = {r["sop_instance_uid"]: r for r in box.list()}
+        for uid, status in answers.items():
+            assert rows[uid]["last_status"] == status
+            assert rows[uid]["state"] == (PENDING if status == 0xA700 else DELIVERED)
+        assert "0xA700" in rows[uids[2]]["last_error"] and rows[uids[2]]["attempts"] == 1
+        assert sorted(seen) == uids and len(associations) == 1  # one association carried the whole batch
+    finally:
+        server.shutdown()
