@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
 
-from pydicom import dcmread
+from pydicom.datadict import tag_for_keyword
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_partial
 from sqlalchemy import (
     Engine,
     Float,
@@ -42,6 +43,7 @@ from sqlalchemy import (
     delete,
     insert,
     select,
+    text,
     update,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -209,6 +211,21 @@ class StoreEventRow(Base):
     detail: Mapped[str | None] = mapped_column(Text)
 
 
+# prepared statements of the hot path (plain SQL: no ORM overhead per instance)
+_SQL_LOOKUP = text("SELECT sha256, path, study_uid FROM instances WHERE sop_instance_uid = :sop")
+_SQL_STUDY_EXISTS = text("SELECT 1 FROM studies WHERE study_uid = :study")
+_SQL_SERIES_EXISTS = text("SELECT 1 FROM series WHERE series_uid = :series")
+_SQL_INSERT_INSTANCE = text(
+    "INSERT INTO instances (sop_instance_uid, series_uid, study_uid, sop_class_uid, transfer_syntax_uid, path,"
+    " size, sha256, received_at, calling_ae) VALUES (:sop, :series, :study, :cls, :ts, :path, :size, :sha, :now, :ae)"
+)
+_SQL_UPDATE_INSTANCE = text(
+    "UPDATE instances SET series_uid = :series, study_uid = :study, sop_class_uid = :cls, transfer_syntax_uid = :ts,"
+    " path = :path, size = :size, sha256 = :sha, received_at = :now, calling_ae = :ae WHERE sop_instance_uid = :sop"
+)
+_SQL_TOUCH_STUDY = text("UPDATE studies SET last_received = :now, state = 'receiving' WHERE study_uid = :study")
+
+
 # --------------------------------------------------------------------------------------------
 # header parsing
 
@@ -231,6 +248,15 @@ class _Header:
     series_description: str | None
 
 
+_HEADER_TAG_NUMBERS = [tag_for_keyword(k) for k in _HEADER_TAGS]
+_LAST_HEADER_TAG = max(_HEADER_TAG_NUMBERS)
+
+
+def _past_header(tag, _vr, _length) -> bool:
+    """Stop parsing after the last attribute the index needs (everything else is left unread)."""
+    return tag > _LAST_HEADER_TAG
+
+
 def _text(ds, name: str) -> str | None:
     v = ds.get(name)
     if v is None or v == "":
@@ -244,7 +270,7 @@ def read_header(raw: bytes) -> _Header:
     Raises UnreadableDataset or MissingUID.
     """
     try:
-        ds = dcmread(BytesIO(raw), stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+        ds = read_partial(BytesIO(raw), stop_when=_past_header, specific_tags=_HEADER_TAG_NUMBERS)
         values = {name: _text(ds, name) for name in _HEADER_TAGS}
         ts = ds.file_meta.get("TransferSyntaxUID") if getattr(ds, "file_meta", None) is not None else None
     except (InvalidDicomError, EOFError) as e:
@@ -329,6 +355,7 @@ class StudyStore:
         self.engine = engine or make_engine(url, sqlite_synchronous="NORMAL")
         Base.metadata.create_all(self.engine)
         self._db_lock = threading.Lock()  # one writer at a time (SQLite); cheap for others too
+        self._wconn = None
         self._sop_locks = [threading.Lock() for _ in range(64)]
         self._known_series: set[str] = set()
         self._known_studies: set[str] = set()
@@ -386,6 +413,20 @@ class StudyStore:
     def _final_path(self, h: _Header) -> Path:
         return self.studies_dir / h.study_uid / h.series_uid / f"{h.sop_instance_uid}.dcm"
 
+    def _writer(self):
+        """The one connection that writes the index (call with ``_db_lock`` held)."""
+        if self._wconn is None or self._wconn.closed:
+            self._wconn = self.engine.connect()
+        return self._wconn
+
+    def _lookup(self, sop_instance_uid: str):
+        with self._db_lock:
+            c = self._writer()
+            try:
+                return c.execute(_SQL_LOOKUP, {"sop": sop_instance_uid}).first()
+            finally:
+                c.rollback()
+
     def put(
         self,
         raw: bytes,
@@ -410,15 +451,10 @@ class StudyStore:
             )
         digest = hashlib.sha256(raw).hexdigest()
         final = self._final_path(h)
-        rel = final.relative_to(self.data_dir).as_posix()
+        rel = f"studies/{h.study_uid}/{h.series_uid}/{h.sop_instance_uid}.dcm"
         lock = self._sop_locks[hash(h.sop_instance_uid) % len(self._sop_locks)]
         with lock:
-            with self.engine.connect() as c:
-                old = c.execute(
-                    select(InstanceRow.sha256, InstanceRow.path, InstanceRow.study_uid).where(
-                        InstanceRow.sop_instance_uid == h.sop_instance_uid
-                    )
-                ).first()
+            old = self._lookup(h.sop_instance_uid)
             if old is not None and old.sha256 == digest and old.path == rel and final.is_file():
                 log.debug("duplicate sop=%s study=%s", h.sop_instance_uid, h.study_uid)
                 return PutResult("duplicate", h.sop_instance_uid, h.study_uid, h.series_uid, final)
@@ -426,8 +462,7 @@ class StudyStore:
             status = "stored" if old is None else ("duplicate" if old.sha256 == digest else "replaced")
             self._index(h, rel, len(raw), digest, calling_ae, old)
             if old is not None and old.path != rel:
-                stale = self.data_dir / old.path
-                stale.unlink(missing_ok=True)
+                (self.data_dir / old.path).unlink(missing_ok=True)
         if status == "replaced":
             log.info("replaced sop=%s study=%s (different bytes)", h.sop_instance_uid, h.study_uid)
         if status != "duplicate":
@@ -453,68 +488,70 @@ class StudyStore:
         _fsync_dir(final.parent)
 
     def _index(self, h: _Header, rel: str, size: int, digest: str, calling_ae: str | None, old) -> None:
+        """Insert/update the rows of one instance in one transaction."""
         now = time.time()
-        with self._db_lock, self.engine.begin() as c:
-            if h.study_uid not in self._known_studies:
-                exists = c.execute(select(StudyRow.study_uid).where(StudyRow.study_uid == h.study_uid)).first()
-                if exists is None:
-                    c.execute(
-                        insert(StudyRow).values(
-                            study_uid=h.study_uid,
-                            patient_pk=self._patient_pk(c, h),
-                            study_date=h.study_date,
-                            accession_number=h.accession_number,
-                            description=h.study_description,
-                            first_received=now,
-                            last_received=now,
-                            state="receiving",
-                            stable_count=0,
+        params = {
+            "sop": h.sop_instance_uid,
+            "series": h.series_uid,
+            "study": h.study_uid,
+            "cls": h.sop_class_uid,
+            "ts": h.transfer_syntax_uid,
+            "path": rel,
+            "size": size,
+            "sha": digest,
+            "now": now,
+            "ae": calling_ae,
+        }
+        with self._db_lock:
+            c = self._writer()
+            try:
+                if h.study_uid not in self._known_studies:
+                    if c.execute(_SQL_STUDY_EXISTS, {"study": h.study_uid}).first() is None:
+                        c.execute(
+                            insert(StudyRow).values(
+                                study_uid=h.study_uid,
+                                patient_pk=self._patient_pk(c, h),
+                                study_date=h.study_date,
+                                accession_number=h.accession_number,
+                                description=h.study_description,
+                                first_received=now,
+                                last_received=now,
+                                state="receiving",
+                                stable_count=0,
+                            )
                         )
-                    )
-            if h.series_uid not in self._known_series:
-                exists = c.execute(select(SeriesRow.series_uid).where(SeriesRow.series_uid == h.series_uid)).first()
-                if exists is None:
-                    c.execute(
-                        insert(SeriesRow).values(
-                            series_uid=h.series_uid,
-                            study_uid=h.study_uid,
-                            modality=h.modality,
-                            series_number=h.series_number,
-                            description=h.series_description,
+                if h.series_uid not in self._known_series:
+                    if c.execute(_SQL_SERIES_EXISTS, {"series": h.series_uid}).first() is None:
+                        c.execute(
+                            insert(SeriesRow).values(
+                                series_uid=h.series_uid,
+                                study_uid=h.study_uid,
+                                modality=h.modality,
+                                series_number=h.series_number,
+                                description=h.series_description,
+                            )
                         )
-                    )
-            values = dict(
-                series_uid=h.series_uid,
-                study_uid=h.study_uid,
-                sop_class_uid=h.sop_class_uid,
-                transfer_syntax_uid=h.transfer_syntax_uid,
-                path=rel,
-                size=size,
-                sha256=digest,
-                received_at=now,
-                calling_ae=calling_ae,
-            )
-            if old is None:
-                c.execute(insert(InstanceRow).values(sop_instance_uid=h.sop_instance_uid, **values))
-            else:
-                c.execute(
-                    update(InstanceRow).where(InstanceRow.sop_instance_uid == h.sop_instance_uid).values(**values)
-                )
-                if old.sha256 != digest:
-                    c.execute(
-                        insert(StoreEventRow).values(
-                            at=now,
-                            kind="replaced",
-                            study_uid=h.study_uid,
-                            sop_instance_uid=h.sop_instance_uid,
-                            detail=f"sha256 {old.sha256} -> {digest}; path {old.path} -> {rel}",
+                if old is None:
+                    c.execute(_SQL_INSERT_INSTANCE, params)
+                else:
+                    c.execute(_SQL_UPDATE_INSTANCE, params)
+                    if old.sha256 != digest:
+                        c.execute(
+                            insert(StoreEventRow).values(
+                                at=now,
+                                kind="replaced",
+                                study_uid=h.study_uid,
+                                sop_instance_uid=h.sop_instance_uid,
+                                detail=f"sha256 {old.sha256} -> {digest}; path {old.path} -> {rel}",
+                            )
                         )
-                    )
-            c.execute(
-                update(StudyRow).where(StudyRow.study_uid == h.study_uid).values(last_received=now, state="receiving")
-            )
-        self._known_studies.add(h.study_uid)
-        self._known_series.add(h.series_uid)
+                c.execute(_SQL_TOUCH_STUDY, params)
+                c.commit()
+            except BaseException:
+                c.rollback()
+                raise
+            self._known_studies.add(h.study_uid)
+            self._known_series.add(h.series_uid)
 
     @staticmethod
     def _patient_pk(c, h: _Header) -> int:
@@ -644,6 +681,10 @@ class StudyStore:
     def close(self) -> None:
         """Stop the timer and release the database connections."""
         self.stop()
+        with self._db_lock:
+            if self._wconn is not None:
+                self._wconn.close()
+                self._wconn = None
         self.engine.dispose()
 
     def _timer_loop(self) -> None:
