@@ -312,3 +312,40 @@ def test_report_html_command_shows_every_verdict_and_the_heatmap(written, tmp_pa
     r = subprocess.run([*labelqa_cmd(), "report", str(bad), "--html", str(out)], capture_output=True, text=True,
                        env=labelqa_env(), timeout=120)
     assert r.returncode == 2 and "not a readable" in r.stderr
+
+
+@requires_dciodvfy
+def test_multiframe_source_frame_is_referenced_everywhere(tmp_path):
+    """Frame 3 of a real Enhanced MR (pydicom test file) labelled by an SR: SC, SR and KOS point at frame 3."""
+    import highdicom as hd
+    from pydicom.data import get_testdata_file
+    from pydicom.sr.codedict import codes as dcm
+
+    from dicom_io.results.sr import read_report
+
+    mr = pydicom.dcmread(get_testdata_file("emri_small.dcm"))
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="frame label"),
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(dcm.DCM.Finding, PNEUMONIA)],
+        source_images=[hd.sr.SourceImageForMeasurementGroup(mr.SOPClassUID, mr.SOPInstanceUID, [3])],
+    )
+    report = hd.sr.MeasurementReport(observation_context=hd.sr.ObservationContext(),
+                                     procedure_reported=dcm.LN.CTUnspecifiedBodyRegion, imaging_measurements=[group])
+    ann = hd.sr.Comprehensive3DSR(evidence=[mr], content=report[0], series_instance_uid=hd.UID(), series_number=5,
+                                  sop_instance_uid=hd.UID(), instance_number=1, manufacturer="annotator")
+    item = AuditedAnnotation(
+        study_uid=mr.StudyInstanceUID, annotation_uid=ann.SOPInstanceUID, annotation_sop_class_uid=ann.SOPClassUID,
+        source="sr", content_path="1", image_uid=mr.SOPInstanceUID, frame=3, given_label=PNEUMONIA,
+        consensus_label=NORMAL, verdict="suspected_label_error", agreement=0.7, p_given=0.1, priority=1.5,
+        n_disagree=2, n_members=2, heatmap=_blob(8, 8, 2, 5),
+    )
+    datasets = write_results({mr.SOPInstanceUID: mr}, {ann.SOPInstanceUID: ann}, [item], ALGORITHM)
+    paths = save_results(datasets, tmp_path)
+    sc = next(ds for ds in datasets if ds.Modality == "OT")
+    assert sc.SourceImageSequence[0].ReferencedFrameNumber == 3
+    sr_path = next(p for p in paths if p.name.startswith("SR_"))
+    (got,) = read_report(pydicom.dcmread(sr_path))["items"]
+    assert got["frame"] == 3 and got["source_image_uid"] == mr.SOPInstanceUID
+    for p in paths:
+        r = subprocess.run(["dciodvfy", str(p)], capture_output=True, text=True)
+        assert [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("Error")] == [], p.name

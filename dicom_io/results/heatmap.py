@@ -62,6 +62,11 @@ def _orientation(source: Dataset) -> tuple[str, str]:
     if po is not None and len(po) == 2 and all(str(v) for v in po):
         return (str(po[0]), str(po[1]))
     iop = source.get("ImageOrientationPatient")
+    if iop is None:  # enhanced multi-frame images keep it in the shared functional groups
+        try:
+            iop = source.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient
+        except (AttributeError, IndexError):
+            iop = None
     if iop is not None and len(iop) == 6:
         letters = (("L", "R"), ("P", "A"), ("H", "F"))
 

@@ -153,6 +153,45 @@ def summary_group(audited: Sequence[AuditedAnnotation], cohort_findings: Sequenc
     return group
 
 
+_GEOMETRY = (
+    ("PixelMeasuresSequence", "PixelSpacing"),
+    ("PixelMeasuresSequence", "SliceThickness"),
+    ("PlaneOrientationSequence", "ImageOrientationPatient"),
+    ("PlanePositionSequence", "ImagePositionPatient"),
+)
+
+
+def _library_header(ds: Dataset) -> Dataset | None:
+    """The header highdicom's Image Library entry needs: an enhanced multi-frame image keeps its geometry
+    in functional groups, so copy it (from the shared groups, else the first frame's) to the top level.
+    None when a cross-sectional image has no geometry at all (it is then left out of the library)."""
+    if "SharedFunctionalGroupsSequence" not in ds and "PerFrameFunctionalGroupsSequence" not in ds:
+        return ds if _has_geometry(ds) else None
+    out = Dataset()
+    skip = {"PixelData", "FloatPixelData", "DoubleFloatPixelData", "PerFrameFunctionalGroupsSequence",
+            "SharedFunctionalGroupsSequence"}
+    for elem in ds:
+        if elem.keyword not in skip:
+            out.add(elem)
+    groups = [g for key in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence")
+              for g in (ds.get(key) or [])[:1]]
+    for seq, attr in _GEOMETRY:
+        if attr in out:
+            continue
+        for g in groups:
+            items = g.get(seq)
+            if items and attr in items[0]:
+                setattr(out, attr, items[0][attr].value)
+                break
+    return out if _has_geometry(out) else None
+
+
+def _has_geometry(ds: Dataset) -> bool:
+    if str(ds.get("Modality", "")) not in ("CT", "MR", "PT"):
+        return True
+    return all(a in ds for a in ("PixelSpacing", "ImageOrientationPatient", "ImagePositionPatient"))
+
+
 def qa_report_sr(
     *,
     sources: dict[str, Dataset],
@@ -194,7 +233,8 @@ def qa_report_sr(
             uid=device_uid, name=algorithm.name, manufacturer_name=manufacturer, model_name=algorithm.version
         ),
     )
-    library_images = list(sources.values()) + list(heatmaps.values())
+    library_images = [h for h in (_library_header(ds) for ds in sources.values()) if h is not None]
+    library_images += list(heatmaps.values())
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=codes.ANNOTATION_QUALITY_AUDIT,
@@ -202,7 +242,7 @@ def qa_report_sr(
         title=codes.ANNOTATION_QUALITY_AUDIT,
         referenced_images=library_images,
     )
-    evidence = library_images + list(annotations.values())
+    evidence = list(sources.values()) + list(heatmaps.values()) + list(annotations.values())
     sr = hd.sr.Comprehensive3DSR(
         evidence=evidence,
         content=report[0],
