@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg"}
 SC_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
+DX_PRESENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"
+MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+IMAGE_KINDS = {"sc": SC_IMAGE_STORAGE, "dx": DX_PRESENTATION_STORAGE, "mr": MR_IMAGE_STORAGE}
+"""``image_kind`` -> SOP Class: Secondary Capture, Digital X-Ray (For Presentation), MR Image."""
 MANIFEST_COLUMNS = ["source_path", "study_uid", "image_uid", "annotation_uid", "true_label", "written_label"]
 UID_NAMESPACE = "labelqa-dicomize-v1"
 
@@ -219,9 +223,10 @@ def _discover_npz(path: Path, class_names: list[str] | None) -> list[SourceItem]
     return items
 
 
-def _sc_image(
+def _image(
     pixels: np.ndarray,
     *,
+    kind: str,
     study_key: str,
     dataset_name: str,
     source_path: str,
@@ -229,23 +234,24 @@ def _sc_image(
     modality: str,
     body_part: str,
 ) -> Dataset:
-    """A Secondary Capture image with a synthetic, de-identified identity."""
+    """An SC, DX or MR image with a synthetic, de-identified identity."""
     h = hashlib.sha256(f"{UID_NAMESPACE}\x1f{dataset_name}\x1f{study_key}".encode()).hexdigest()
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = SC_IMAGE_STORAGE
+    ds.file_meta.MediaStorageSOPClassUID = IMAGE_KINDS[kind]
     ds.SOPInstanceUID = _uid(dataset_name, "image", source_path)
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.SpecificCharacterSet = "ISO_IR 192"
-    ds.SOPClassUID = SC_IMAGE_STORAGE
-    ds.ImageType = ["DERIVED", "SECONDARY"]
+    ds.SOPClassUID = IMAGE_KINDS[kind]
+    ds.ImageType = ["DERIVED", "SECONDARY"] if kind == "sc" else ["DERIVED", "PRIMARY"]
     day = int(h[10:14], 16) % 28 + 1
     ds.StudyDate = ds.ContentDate = f"202401{day:02d}"
     ds.StudyTime = ds.ContentTime = f"{int(h[14:16], 16) % 24:02d}{int(h[16:18], 16) % 60:02d}00"
     ds.AccessionNumber = "A" + h[18:30].upper()
-    ds.Modality = modality
-    ds.ConversionType = "WSD"
+    ds.Modality = {"sc": modality, "dx": "DX", "mr": "MR"}[kind]
+    if kind == "sc":
+        ds.ConversionType = "WSD"
     ds.Manufacturer = "labelqa"
     ds.ReferringPhysicianName = ""
     ds.StudyDescription = f"labelqa dicomize {dataset_name}"[:64]
@@ -257,6 +263,8 @@ def _sc_image(
     ds.PatientIdentityRemoved = "YES"
     ds.DeidentificationMethod = "labelqa dicomize: synthetic identity"
     ds.BodyPartExamined = body_part
+    if kind != "dx" and body_part.upper() in PAIRED_BODY_PARTS:
+        ds.Laterality = ""  # General Series, Type 2C for paired body parts: unknown
     ds.StudyInstanceUID = _uid(dataset_name, "study", study_key)
     ds.SeriesInstanceUID = _uid(dataset_name, "series", study_key, "images")
     ds.StudyID = h[:8].upper()
@@ -275,7 +283,78 @@ def _sc_image(
     ds.PixelData = np.ascontiguousarray(pixels, dtype=np.uint16 if bits == 16 else np.uint8).tobytes()
     if bits == 8 and len(ds.PixelData) % 2:
         ds.PixelData += b"\0"
+    if kind == "dx":
+        _dx_modules(ds, pixels)
+    elif kind == "mr":
+        _mr_modules(ds, pixels, dataset_name, study_key)
     return ds
+
+
+PAIRED_BODY_PARTS = {
+    "ARM", "LEG", "KNEE", "HAND", "FOOT", "BREAST", "EYE", "SHOULDER", "HIP", "ELBOW", "WRIST", "ANKLE", "EAR",
+    "KIDNEY", "LUNG", "FEMUR", "HUMERUS", "CLAVICLE", "TIBIA", "FIBULA", "RADIUS", "ULNA", "FINGER", "TOE", "THUMB",
+}  # fmt: skip
+BODY_PART_CODES = {
+    "CHEST": ("51185008", "SCT", "Chest"),
+    "HEAD": ("69536005", "SCT", "Head"),
+    "BRAIN": ("12738006", "SCT", "Brain"),
+    "ABDOMEN": ("818981001", "SCT", "Abdomen"),
+    "KNEE": ("72696002", "SCT", "Knee"),
+    "HAND": ("85562004", "SCT", "Hand"),
+}
+"""Body Part Examined -> Anatomic Region (CID 4031) for DX images."""
+
+
+def _dx_modules(ds: Dataset, pixels: np.ndarray) -> None:
+    """DX Series, DX Anatomy Imaged, DX Image, DX Detector, VOI LUT, Acquisition Context (PS3.3 A.26)."""
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.ImageLaterality = "U"
+    ds.PatientOrientation = ["L", "F"]  # as a PA chest radiograph is displayed
+    region = BODY_PART_CODES.get(str(ds.get("BodyPartExamined", "")).upper())
+    if region is None:
+        ds.AnatomicRegionSequence = []
+        if "BodyPartExamined" in ds:
+            del ds.BodyPartExamined  # an empty region sequence means 'unknown'
+    else:
+        item = Dataset()
+        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = region
+        ds.AnatomicRegionSequence = [item]
+    ds.PixelIntensityRelationship = "LIN"
+    ds.PixelIntensityRelationshipSign = 1
+    ds.RescaleIntercept = 0
+    ds.RescaleSlope = 1
+    ds.RescaleType = "US"
+    ds.PresentationLUTShape = "IDENTITY"
+    ds.LossyImageCompression = "00"
+    ds.DetectorType = ""
+    ds.ImagerPixelSpacing = [1, 1]
+    maxv = 65535 if pixels.dtype == np.uint16 else 255
+    ds.WindowCenter = (maxv + 1) // 2
+    ds.WindowWidth = maxv + 1
+    ds.AcquisitionContextSequence = []
+
+
+def _mr_modules(ds: Dataset, pixels: np.ndarray, dataset_name: str, study_key: str) -> None:
+    """MR Image, Image Plane and Frame of Reference modules (PS3.3 A.4); 16-bit pixels as MR requires."""
+    if ds.BitsAllocated != 16:
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+        ds.PixelData = np.ascontiguousarray(pixels, dtype=np.uint16).tobytes()
+    ds.ImageType = ["DERIVED", "PRIMARY", "OTHER"]
+    ds.PatientPosition = "HFS"
+    ds.ScanningSequence = "RM"
+    ds.SequenceVariant = "NONE"
+    ds.ScanOptions = ""
+    ds.MRAcquisitionType = "2D"
+    ds.EchoTime = ""
+    ds.EchoTrainLength = ""
+    ds.RepetitionTime = ""
+    ds.SliceThickness = 1
+    ds.PixelSpacing = [1, 1]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.ImagePositionPatient = [0, 0, 0]
+    ds.FrameOfReferenceUID = _uid(dataset_name, "frame-of-reference", study_key)
+    ds.PositionReferenceIndicator = ""
+    del ds.PatientOrientation
 
 
 def _observation_context():
@@ -355,6 +434,7 @@ def dicomize(
     *,
     vocabulary: Vocabulary | None = None,
     modality: str = "OT",
+    image_kind: str = "sc",
     body_part: str = "CHEST",
     seg: bool = False,
     noise_rate: float = 0.0,
@@ -366,6 +446,8 @@ def dicomize(
 ) -> DicomizeResult:
     """Convert ``dataset`` into DICOM studies under ``out``; see the module docstring."""
     t0 = time.perf_counter()
+    if image_kind not in IMAGE_KINDS:
+        raise DicomizeError(f"image kind must be one of {', '.join(IMAGE_KINDS)}, got {image_kind!r}")
     if not 0.0 <= noise_rate <= 1.0:
         raise DicomizeError(f"noise rate must be within [0, 1], got {noise_rate}")
     items = discover(Path(dataset), class_names=class_names)
@@ -405,8 +487,9 @@ def dicomize(
         instance_counter[key] = instance_counter.get(key, 0) + 1
         pixels = it.load()
         pixels = _to_grey_array(pixels)
-        image = _sc_image(
+        image = _image(
             pixels,
+            kind=image_kind,
             study_key=key,
             dataset_name=dataset_name,
             source_path=it.source_path,

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image
 
@@ -161,17 +162,22 @@ def test_given_vocabulary_codes_are_written_and_unknown_labels_refused(tmp_path)
 
 
 @requires_dciodvfy
-def test_dicomize_output_passes_dciodvfy(tmp_path):
+@pytest.mark.parametrize("kind", ["sc", "dx", "mr"])
+def test_dicomize_output_passes_dciodvfy_and_round_trips(tmp_path, kind):
     data = _folder(tmp_path / "ds", n=1, split=False)
-    dicomize(data, tmp_path / "sr", noise_rate=0.0)
-    dicomize(data, tmp_path / "seg", seg=True)
-    files = sorted((tmp_path / "sr").rglob("*.dcm"))[:2] + sorted((tmp_path / "seg").rglob("SEG_*.dcm"))[:1]
-    kinds = {f.name.split("_")[0] for f in files}
-    assert kinds >= {"SEG"} and len(files) == 3
+    dicomize(data, tmp_path / "sr", image_kind=kind, sample=1)
+    dicomize(data, tmp_path / "seg", image_kind=kind, seg=True, sample=1, body_part="LEG")
+    files = sorted((tmp_path / "sr").rglob("*.dcm")) + sorted((tmp_path / "seg").rglob("*.dcm"))
+    assert sorted(f.name.split("_")[0] for f in files) == ["IMG", "IMG", "SEG", "SR"]
     for f in files:
         r = subprocess.run(["dciodvfy", str(f)], capture_output=True, text=True)
         errors = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("Error")]
-        assert errors == [], f"{f.name}: {errors}"
+        assert errors == [], f"{kind} {f.name}: {errors}"
+    for route in ("sr", "seg"):
+        _assert_round_trip(tmp_path / route, route)
+    sop = {"sc": "1.2.840.10008.5.1.4.1.1.7", "dx": "1.2.840.10008.5.1.4.1.1.1.1", "mr": "1.2.840.10008.5.1.4.1.1.4"}
+    img = next((tmp_path / "sr").rglob("IMG_*.dcm"))
+    assert pydicom.dcmread(img, stop_before_pixels=True).SOPClassUID == sop[kind]
 
 
 def test_cli_dicomize_and_inspect_json(tmp_path):
