@@ -21,9 +21,11 @@ import hashlib
 import logging
 import os
 import re
+import struct
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -269,6 +271,7 @@ def read_header(raw: bytes) -> _Header:
 
     Raises UnreadableDataset or MissingUID.
     """
+    check_structure(raw)
     try:
         ds = read_partial(BytesIO(raw), stop_when=_past_header, specific_tags=_HEADER_TAG_NUMBERS)
         values = {name: _text(ds, name) for name in _HEADER_TAGS}
@@ -299,6 +302,110 @@ def read_header(raw: bytes) -> _Header:
         series_number=values["SeriesNumber"],
         series_description=values["SeriesDescription"],
     )
+
+
+# --------------------------------------------------------------------------------------------
+# structure check: pydicom reads truncated data without complaint, so walk the element chain
+# (top level, and nested undefined-length items) and require it to end exactly at the end of file.
+
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+_UNDEFINED = 0xFFFFFFFF
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+_IMPLICIT_LE = "1.2.840.10008.1.2"
+_EXPLICIT_BE = "1.2.840.10008.1.2.2"
+
+
+class _Broken(Exception):
+    pass
+
+
+def _walk(b: bytes, pos: int, implicit: bool, big: bool, in_item: bool, meta: bool = False) -> int:
+    """Return the offset after the dataset starting at ``pos``; raise _Broken if it is malformed."""
+    n = len(b)
+    tag_fmt, u16, u32 = (">HH", ">H", ">L") if big else ("<HH", "<H", "<L")
+    while pos < n:
+        if pos + 8 > n:
+            raise _Broken(f"truncated element header at byte {pos}")
+        grp, el = struct.unpack_from("<HH" if meta else tag_fmt, b, pos)
+        if meta and grp != 0x0002:
+            return pos
+        if grp == 0xFFFE:
+            if in_item and el == 0xE00D:
+                return pos + 8
+            raise _Broken(f"unexpected delimiter (FFFE,{el:04X}) at byte {pos}")
+        if implicit and not meta:
+            (length,) = struct.unpack_from(u32, b, pos + 4)
+            pos += 8
+        else:
+            vr = b[pos + 4 : pos + 6]
+            if vr in _LONG_VRS:
+                if pos + 12 > n:
+                    raise _Broken(f"truncated element header at byte {pos}")
+                (length,) = struct.unpack_from("<L" if meta else u32, b, pos + 8)
+                pos += 12
+            elif len(vr) == 2 and 65 <= vr[0] <= 90 and 65 <= vr[1] <= 90:
+                (length,) = struct.unpack_from("<H" if meta else u16, b, pos + 6)
+                pos += 8
+            else:
+                raise _Broken(f"invalid VR {vr!r} at byte {pos}")
+        if length == _UNDEFINED:
+            # the items of an undefined-length UN are implicit VR little endian (PS3.5 6.2.2)
+            un = not (implicit and not meta) and vr == b"UN"
+            pos = _walk_items(b, pos, implicit or un, big and not un)
+        else:
+            pos += length
+            if pos > n:
+                raise _Broken(f"element ({grp:04X},{el:04X}) runs past the end of the data")
+    if in_item:
+        raise _Broken("item without delimiter at the end of the data")
+    return pos
+
+
+def _walk_items(b: bytes, pos: int, implicit: bool, big: bool) -> int:
+    n = len(b)
+    tag_fmt, u32 = (">HH", ">L") if big else ("<HH", "<L")
+    while True:
+        if pos + 8 > n:
+            raise _Broken("sequence without delimiter at the end of the data")
+        grp, el = struct.unpack_from(tag_fmt, b, pos)
+        (length,) = struct.unpack_from(u32, b, pos + 4)
+        pos += 8
+        if (grp, el) == (0xFFFE, 0xE0DD):
+            return pos
+        if (grp, el) != (0xFFFE, 0xE000):
+            raise _Broken(f"expected an item tag at byte {pos - 8}, found ({grp:04X},{el:04X})")
+        if length == _UNDEFINED:
+            pos = _walk(b, pos, implicit, big, in_item=True)
+        else:
+            pos += length
+            if pos > n:
+                raise _Broken("item runs past the end of the data")
+
+
+def check_structure(raw: bytes) -> None:
+    """Raise UnreadableDataset unless ``raw`` (Part 10) is a complete, well-formed element chain."""
+    if len(raw) < 144 or raw[128:132] != b"DICM":
+        raise UnreadableDataset("no DICOM preamble/prefix")
+    try:
+        start = _walk(raw, 132, implicit=False, big=False, in_item=False, meta=True)
+        ts_pos = raw.find(b"\x02\x00\x10\x00UI", 132, start)
+        if ts_pos < 0:
+            raise _Broken("file meta has no Transfer Syntax UID")
+        (ts_len,) = struct.unpack_from("<H", raw, ts_pos + 6)
+        ts = raw[ts_pos + 8 : ts_pos + 8 + ts_len].rstrip(b"\x00 ").decode("ascii", "replace")
+        body, offset = raw, start
+        if ts == _DEFLATED:
+            try:
+                body, offset = zlib.decompress(raw[start:], -15), 0
+            except zlib.error as e:
+                raise _Broken(f"deflated data does not inflate: {e}") from None
+        end = _walk(body, offset, implicit=ts == _IMPLICIT_LE, big=ts == _EXPLICIT_BE, in_item=False)
+        if end == offset:
+            raise _Broken("empty dataset")
+    except _Broken as e:
+        raise UnreadableDataset(f"malformed dataset: {e}") from None
+    except struct.error as e:  # pragma: no cover - guarded by the length checks above
+        raise UnreadableDataset(f"malformed dataset: {e}") from None
 
 
 # --------------------------------------------------------------------------------------------
