@@ -76,6 +76,17 @@ def _efficientnet_b0(n: int) -> nn.Module:
     return EfficientNetBN("efficientnet-b0", pretrained=False, spatial_dims=2, in_channels=1, num_classes=n)
 
 
+_B0_BLOCKS = ["r1_k3_s11_e1_i32_o16_se0.25", "r2_k3_s22_e6_i16_o24_se0.25", "r2_k5_s22_e6_i24_o40_se0.25",
+              "r3_k3_s22_e6_i40_o80_se0.25", "r3_k5_s11_e6_i80_o112_se0.25", "r4_k5_s22_e6_i112_o192_se0.25",
+              "r1_k3_s11_e6_i192_o320_se0.25"]
+
+
+def _efficientnet_small(n: int) -> nn.Module:
+    from monai.networks.nets import EfficientNet
+    return EfficientNet(_B0_BLOCKS, spatial_dims=2, in_channels=1, num_classes=n, width_coefficient=0.5,
+                        depth_coefficient=0.5, image_size=64, dropout_rate=0.2)
+
+
 def _efficientnet_tiny(n: int) -> nn.Module:
     from monai.networks.nets import EfficientNet
 
@@ -103,6 +114,8 @@ ARCHITECTURES: dict[str, MemberSpec] = {
         MemberSpec("resnet-tiny", "resnet", _resnet_tiny, _RES_LAYERS, "MONAI ResNet basic [1,1,1,1], width 8 (tests)"),
         MemberSpec("efficientnet-b0", "efficientnet", _efficientnet_b0, _EFF_LAYERS,
                    "MONAI EfficientNetBN b0, BatchNorm momentum 0.1"),
+        MemberSpec("efficientnet-small", "efficientnet", _efficientnet_small, _EFF_LAYERS,
+                   "MONAI EfficientNet, b0 blocks at width 0.5 and depth 0.5, BatchNorm momentum 0.1"),
         MemberSpec("efficientnet-tiny", "efficientnet", _efficientnet_tiny, ("_conv_head", "_blocks.2", "_blocks.1"),
                    "MONAI EfficientNet, 4 stages, width 0.5 (tests)"),
     ]
