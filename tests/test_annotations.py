@@ -419,3 +419,12 @@ def test_shared_classification_sample_round_trip(tmp_path, name, seg):
     assert all(got[x["image_uid"]].label == x["written_label"] for x in rows)
     assert sum(x["true_label"] != x["written_label"] for x in rows) == 20
     assert all(s.pixels.shape == (64, 64) and 0 <= s.pixels.min() <= s.pixels.max() <= 1 for s in got.values())
+
+
+def test_labelqa_result_srs_are_not_read_as_annotations(study, tmp_path):
+    f = study["files"]["cat"]
+    ds = pydicom.dcmread(f["sr"])
+    ds.ConceptNameCodeSequence = _code_item("99LABELQA", "LQA-0001", "Annotation quality audit")
+    ds.save_as(tmp_path / "result.dcm")
+    a = read_study([tmp_path / "result.dcm", f["image"]], study["vocab"])
+    assert a.samples == [] and a.issues == []

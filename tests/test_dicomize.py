@@ -204,8 +204,9 @@ def test_cli_dicomize_and_inspect_json(tmp_path):
         s = by_image[row["image_uid"]]
         assert s["label"] == row["written_label"] and s["annotation_uid"] == row["annotation_uid"]
         assert s["source"] == "sr" and s["frame"] is None
+        assert set(s) == {"label", "image_uid", "frame", "annotation_uid", "source"}
     for st in doc["studies"]:
-        assert set(st) >= {"study_uid", "samples", "issues"} and st["issues"] == []
+        assert set(st) == {"study_uid", "samples", "issues"} and st["issues"] == []
     bad = subprocess.run(
         [*labelqa_cmd(), "inspect", str(tmp_path / "nope")],
         capture_output=True,

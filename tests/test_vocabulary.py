@@ -42,6 +42,18 @@ def test_vocabulary_toml_resolves_codes_aliases_and_segment_types(tmp_path):
         v.code_for("nope")
 
 
+def test_legacy_srt_codes_match_sct_classes():
+    v = Vocabulary.from_data(
+        {"classes": [{"name": "liver", "code": {"scheme": "SCT", "value": "10200004", "meaning": "Liver"}}]}
+    )
+    assert v.lookup("SRT", "T-62000") == "liver"  # dcmqi and older tools write SNOMED-RT
+    w = Vocabulary.from_data(
+        {"classes": [{"name": "cord", "code": {"scheme": "SRT", "value": "T-A7010", "meaning": "Spinal cord"}}]}
+    )
+    assert w.lookup("SCT", "2748008") == "cord"
+    assert w.lookup("SCT", "10200004") is None
+
+
 def test_vocabulary_json_and_toml_round_trip(tmp_path):
     v = load_vocabulary(_write(tmp_path / "v.toml", TOML))
     v.to_json(tmp_path / "v.json")

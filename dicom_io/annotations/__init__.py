@@ -109,15 +109,10 @@ class AnnotationSet:
                     "frame": s.provenance.frame,
                     "annotation_uid": s.provenance.annotation_uid,
                     "source": s.provenance.source,
-                    "segment_number": s.provenance.segment_number,
-                    "content_path": s.provenance.content_path,
                 }
                 for s in self.samples
             ],
-            "issues": [
-                {"code": i.code, "message": i.message, "annotation_uid": i.annotation_uid, "image_uid": i.image_uid}
-                for i in self.issues
-            ],
+            "issues": [{"code": i.code, "message": i.message, "annotation_uid": i.annotation_uid} for i in self.issues],
         }
 
 
@@ -217,10 +212,13 @@ def read_studies(
     load_pixels: bool = True,
 ) -> list[AnnotationSet]:
     """``read_study`` for every study found under ``paths`` (unreadable files: a study_uid None set)."""
-    groups, issues = group_by_study(paths)
+    issues: list[IssueRecord] = []
+    groups: dict[str, list[_Instance]] = defaultdict(list)
+    for inst in _read_headers(_iter_files(paths), issues):
+        groups[str(inst.ds.get("StudyInstanceUID", ""))].append(inst)
     sets = [
-        read_study(files, vocabulary, image_size=image_size, load_pixels=load_pixels)
-        for _, files in sorted(groups.items())
+        _read_instances(insts, [], vocabulary, image_size=image_size, load_pixels=load_pixels)
+        for _, insts in sorted(groups.items())
     ]
     if issues:
         sets.append(AnnotationSet(study_uid=None, issues=issues))
@@ -246,6 +244,17 @@ def read_study(
         instances = _read_headers(_iter_files(paths), issues)
     except Exception as e:  # never let a study stop on us
         return AnnotationSet(None, [], [IssueRecord(UNREADABLE_FILE, f"cannot list the study files: {e}")])
+    return _read_instances(instances, issues, vocabulary, image_size=image_size, load_pixels=load_pixels)
+
+
+def _read_instances(
+    instances: list[_Instance],
+    issues: list[IssueRecord],
+    vocabulary: Any | None,
+    *,
+    image_size: int | None,
+    load_pixels: bool,
+) -> AnnotationSet:
     if not instances:
         return AnnotationSet(None, [], issues)
     counts: dict[str, int] = defaultdict(int)
