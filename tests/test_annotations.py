@@ -428,3 +428,58 @@ def test_labelqa_result_srs_are_not_read_as_annotations(study, tmp_path):
     ds.save_as(tmp_path / "result.dcm")
     a = read_study([tmp_path / "result.dcm", f["image"]], study["vocab"])
     assert a.samples == [] and a.issues == []
+
+
+_SEG_MUTATIONS = ["drop_pffg", "drop_segment", "renumber", "truncate_pixels", "fractional", "labelmap", "drop_refs"]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(st.sampled_from(_SEG_MUTATIONS), min_size=1, max_size=3, unique=True))
+def test_randomly_broken_segs_never_raise(seg_study, tmp_path_factory, ops):
+    ds = pydicom.dcmread(seg_study["seg"])
+    for op in ops:
+        if op == "drop_pffg" and "PerFrameFunctionalGroupsSequence" in ds:
+            del ds.PerFrameFunctionalGroupsSequence
+        elif op == "drop_segment":
+            ds.SegmentSequence = Sequence([])
+        elif op == "renumber" and ds.SegmentSequence:
+            ds.SegmentSequence[0].SegmentNumber = 7
+        elif op == "truncate_pixels":
+            ds.PixelData = ds.PixelData[: len(ds.PixelData) // 3]
+        elif op == "fractional":
+            ds.SegmentationType = "FRACTIONAL"
+        elif op == "labelmap":
+            ds.SegmentationType = "LABELMAP"
+        elif op == "drop_refs":
+            for fg in ds.get("PerFrameFunctionalGroupsSequence") or []:
+                if "DerivationImageSequence" in fg:
+                    del fg.DerivationImageSequence
+    d = tmp_path_factory.mktemp("brokenseg")
+    ds.save_as(d / "seg.dcm")
+    shutil.copy(seg_study["image"], d / "img.dcm")
+    a = read_study(d, seg_study["vocab"])  # must not raise
+    assert all(i.code in ISSUE_CODES and i.message for i in a.issues)
+    assert len(a.samples) + len(a.issues) >= 1
+    for s in a.samples:
+        assert s.label in seg_study["vocab"].class_names and s.provenance.source == "seg"
+
+
+@pytest.fixture(scope="module")
+def seg_study(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("segds")
+    rng = np.random.default_rng(3)
+    masks = np.zeros((2, 20, 20), np.uint8)
+    masks[:, 5:12, 4:15] = 1
+    np.savez(
+        root / "d.npz",
+        images=(rng.random((2, 20, 20)) * 255).astype(np.uint8),
+        labels=np.array(["x", "y"]),
+        masks=masks,
+    )
+    dicomize(root / "d.npz", root / "out", seg=True)
+    study_dir = next(p for p in (root / "out").iterdir() if p.is_dir())
+    return {
+        "seg": next(study_dir.glob("SEG_*.dcm")),
+        "image": next(study_dir.glob("IMG_*.dcm")),
+        "vocab": load_vocabulary(root / "out" / "vocabulary.toml"),
+    }

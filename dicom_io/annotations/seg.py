@@ -300,8 +300,14 @@ def read_seg(
         masks = None if whole_image == image_uid and frame is None else {n: m.astype(bool) for n, m in present.items()}
         records.append(LabelRecord(cls, uid, sop, "seg", image_uid, frame, None, best, observer, masks))
     for n in sorted(unknown_present):
-        desc = segments[n][0] if n in segments else f"segment {n}"
-        issues.append(IssueRecord(UNKNOWN_CODE, f"{desc} is not in the vocabulary", uid))
+        if n not in segments:
+            issues.append(
+                IssueRecord(
+                    MALFORMED_ANNOTATION, f"frames use segment {n}, which the Segment Sequence does not describe", uid
+                )
+            )
+        else:
+            issues.append(IssueRecord(UNKNOWN_CODE, f"{segments[n][0]} is not in the vocabulary", uid))
     if empty_without_class:
         issues.append(
             IssueRecord(
