@@ -194,3 +194,38 @@ def test_dicomscope_basic_text_srs_have_no_coded_finding():
         a = read_study([p], None, load_pixels=False)
         assert a.samples == [], p.name
         assert set(_codes(a)) <= {"no_label", "unsupported_sop_class"}, (p.name, a.issues)
+
+
+@pytest.mark.parametrize(
+    "rel",
+    [
+        "highdicom_test_files/sr_document.dcm",
+        "highdicom_test_files/sr_document_with_multiple_groups.dcm",
+        "dcmqi_data/data/sr-example/sr.dcm",
+        "generated_here/sr_tid1500_dcmqi_made.dcm",
+    ],
+)
+def test_sr_walker_agrees_with_highdicom_measurement_report(rel):
+    """Our content-tree walker finds the same measurement groups and Findings as highdicom's TID 1500 parser."""
+    import highdicom as hd
+
+    from dicom_io.annotations.sr import FINDING, MEASUREMENT_GROUP, _labels, _tree, _walk
+
+    path = DICOM / rel
+    _need(path)
+    report = hd.sr.srread(path).content
+    groups = [
+        *report.get_image_measurement_groups(),
+        *report.get_planar_roi_measurement_groups(),
+        *report.get_volumetric_roi_measurement_groups(),
+    ]
+    expected = sorted(g.finding_type.meaning for g in groups if g.finding_type is not None)
+    ds = pydicom.dcmread(path)
+    ours = [it for it in _walk(_tree(ds, "1")) if it.value_type == "CONTAINER" and it.name[:2] == MEASUREMENT_GROUP]
+    assert len(ours) == len(groups)
+    found = []
+    for g in ours:
+        for it in g.children:
+            if it.value_type == "CODE" and it.name[:2] == FINDING:
+                found.append(_labels(g, [it], None)[0][0][0])
+    assert sorted(found) == expected
