@@ -195,15 +195,6 @@ def _read_headers(files: list[Path], issues: list[IssueRecord]) -> list[_Instanc
     return out
 
 
-def group_by_study(paths: Iterable[Path] | Path | str) -> tuple[dict[str, list[Path]], list[IssueRecord]]:
-    """Files under ``paths`` grouped by Study Instance UID, and issue records for unreadable files."""
-    issues: list[IssueRecord] = []
-    groups: dict[str, list[Path]] = defaultdict(list)
-    for inst in _read_headers(_iter_files(paths), issues):
-        groups[str(inst.ds.get("StudyInstanceUID", ""))].append(inst.path)
-    return dict(groups), issues
-
-
 def read_studies(
     paths: Iterable[Path] | Path | str,
     vocabulary: Any | None,

@@ -39,7 +39,7 @@ FINDING_NAMES = {FINDING, ("SCT", "246464006"), ("SRT", "G-D701"), ("DCM", "1210
 
 STRUCTURAL_NAMES = {
     ("SCT", "363698007"),  # Finding Site
-    ("SRT", "G-C0E3"),
+    ("SRT", "G-C0E3"),  # (legacy SNOMED-RT codes of the same concepts follow each)
     ("SCT", "272741003"),  # Laterality
     ("SRT", "G-C171"),
     ("SCT", "106233006"),  # Topographical modifier
@@ -53,16 +53,13 @@ STRUCTURAL_NAMES = {
     ("DCM", "121058"),  # Procedure reported
     ("DCM", "121005"),  # Observer Type
     ("DCM", "121024"),  # Subject Class
-    ("DCM", "111050"),  # Algorithm?
     ("DCM", "126100"),  # Real World Value Map used for measurement
-    ("SCT", "121052008"),  # Image laterality? (not a label)
     ("DCM", "111027"),  # Image Laterality
     ("DCM", "111031"),  # Image View
     ("DCM", "111032"),  # Image View Modifier
     ("DCM", "112700"),  # Patient Orientation (row)
-    ("DCM", "112701"),
+    ("DCM", "112701"),  # Patient Orientation (column)
     ("DCM", "111028"),  # Image Library
-    ("DCM", "126074"),  # Frame of Reference?
     ("DCM", "121232"),  # Source series for segmentation
 }
 OWN_RESULT_TITLE = ("99LABELQA", "LQA-0001")
@@ -301,6 +298,3 @@ def read_sr(ds: Any, vocabulary: Any | None) -> tuple[list[LabelRecord], list[Is
     if not records and not issues:
         issues.append(IssueRecord(NO_LABEL, "SR holds no coded finding labelqa can use", uid))
     return records, issues
-
-
-__all__ = ["read_sr", "MALFORMED_ANNOTATION"]
