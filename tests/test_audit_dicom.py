@@ -16,14 +16,16 @@ SIZE = 32
 
 @pytest.fixture(scope="module")
 def audited(tmp_path_factory):
-    """A tiny bundle trained on synthetic shapes, 24 of them dicomized (SR labels, 25% flipped), audited."""
+    """A tiny bundle trained on noisy synthetic shapes; 24 clean ones dicomized (SR labels, 25% flipped), audited."""
     from models.synthetic import make_shapes
 
     tmp = tmp_path_factory.mktemp("audit_dicom")
     data = make_shapes(120, n_classes=2, size=SIZE, seed=11)
     npz = tmp / "shapes.npz"
-    np.savez(npz, images=(data.images * 255).astype(np.uint8), labels=data.labels,
-             class_names=np.array(["disc", "bar"]))
+    noisy = data.labels.copy()
+    flip = np.random.default_rng(0).choice(len(noisy), 18, replace=False)  # 15% label noise: the bundle
+    noisy[flip] = 1 - noisy[flip]  # learns a finite flagging threshold only from data with errors
+    np.savez(npz, images=(data.images * 255).astype(np.uint8), labels=noisy, class_names=np.array(["disc", "bar"]))
     env = labelqa_env(LABELQA_CACHE_DIR=str(tmp / "cache"))
     r = subprocess.run([*labelqa_cmd(), "train", "--dataset", str(npz), "--out", str(tmp / "bundle"), "--mode",
                         "insample", "--image-size", str(SIZE), "--archs", "densenet-tiny,resnet-tiny", "--epochs", "3",
