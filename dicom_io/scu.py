@@ -89,11 +89,13 @@ def store_files(
     acse_timeout_s: float = 30.0,
     dimse_timeout_s: float = 60.0,
     tls: bool = False,
+    tcp_nodelay: bool = True,
 ) -> list[StoreOutcome]:
     """Send ``files`` over one association; one outcome per file, in order.
 
     Raises AssociationError when no association could be made (nothing was sent). If the association
     breaks mid-batch, the files not confirmed get ``delivered=False`` with the reason.
+    ``tcp_nodelay=False`` exists only to measure what TCP_NODELAY is worth (benchmarks/).
     """
     from pynetdicom import AE, _config
 
@@ -117,7 +119,7 @@ def store_files(
         raise AssociationError(f"association to {called_ae}@{host}:{port} {why}")
     try:
         sock = getattr(getattr(assoc.dul, "socket", None), "socket", None)
-        if sock is not None:
+        if sock is not None and tcp_nodelay:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         accepted = {(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in assoc.accepted_contexts}
         out: list[StoreOutcome] = []
