@@ -74,8 +74,11 @@ def inspect_cmd(
     no_pixels: bool = typer.Option(False, "--no-pixels", help="Do not decode the referenced images' pixels."),
 ) -> None:
     """List the labelled samples and issue records of every study under PATH."""
+    import warnings
+
     from dicom_io.annotations import read_studies
 
+    warnings.filterwarnings("ignore", module="pydicom")  # odd values in foreign files: issues say what matters
     if not path.exists():
         typer.echo(f"error: {path} does not exist", err=True)
         raise typer.Exit(2)

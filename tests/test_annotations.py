@@ -91,6 +91,7 @@ def test_unreadable_pixels_unreadable_file_and_unsupported_class(study, tmp_path
     img.PixelData = img.PixelData[:10]
     img.save_as(tmp_path / "img.dcm")
     (tmp_path / "junk.dcm").write_bytes(b"not dicom at all" * 10)
+    (tmp_path / "notes.txt").write_text("not DICOM, not named like DICOM: skipped without an issue")
     kos = Dataset()
     kos.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.59"  # Key Object Selection
     kos.SOPInstanceUID = "2.25.99"

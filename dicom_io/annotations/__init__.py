@@ -10,6 +10,7 @@ Whatever cannot become a sample is an ``IssueRecord``; no exception escapes ``re
 from __future__ import annotations
 
 import logging
+import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -174,20 +175,36 @@ def _is_image(ds: Any) -> bool:
     return "Rows" in ds and "Columns" in ds
 
 
+_UID_NAME = re.compile(r"^[0-9.]+$")
+
+
+def _looks_like_dicom(p: Path) -> bool:
+    """A DICM preamble, or a name that promises DICOM (.dcm/.dicom, or a bare UID as stores name files)."""
+    try:
+        with p.open("rb") as f:
+            head = f.read(132)
+    except OSError:
+        return True  # let the reader report it
+    if head[128:132] == b"DICM":
+        return True
+    return p.suffix.lower() in (".dcm", ".dicom") or bool(_UID_NAME.match(p.name))
+
+
 def _read_headers(files: list[Path], issues: list[IssueRecord]) -> list[_Instance]:
+    """Headers of the DICOM files; other files (no preamble, no DICOM-like name) are skipped silently."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     out = []
     for p in files:
-        if p.name in ("DICOMDIR",) or p.suffix.lower() in (".csv", ".toml", ".json", ".txt", ".md", ".npz"):
+        if p.name == "DICOMDIR" or not _looks_like_dicom(p):
             continue
         try:
-            ds = pydicom.dcmread(p, stop_before_pixels=True)
-            _ = ds.SOPInstanceUID, ds.SOPClassUID
-        except (InvalidDicomError, AttributeError, OSError, ValueError, TypeError, EOFError) as e:
-            issues.append(IssueRecord(UNREADABLE_FILE, f"{p.name}: not a readable DICOM instance ({e})"))
-            continue
+            try:
+                ds = pydicom.dcmread(p, stop_before_pixels=True)
+            except InvalidDicomError:  # no preamble / file meta (older writers): read the data set as is
+                ds = pydicom.dcmread(p, stop_before_pixels=True, force=True)
+            _ = str(ds.SOPInstanceUID), str(ds.SOPClassUID)
         except Exception as e:  # pydicom raises assorted errors on damaged files
             issues.append(IssueRecord(UNREADABLE_FILE, f"{p.name}: not a readable DICOM instance ({e})"))
             continue
