@@ -283,6 +283,9 @@ def _image(
     ds.PixelData = np.ascontiguousarray(pixels, dtype=np.uint16 if bits == 16 else np.uint8).tobytes()
     if bits == 8 and len(ds.PixelData) % 2:
         ds.PixelData += b"\0"
+    # VOI window over the full stored range: a reader gets value / max back, as the source file had it.
+    ds.WindowCenter = (2**bits) // 2
+    ds.WindowWidth = 2**bits
     if kind == "dx":
         _dx_modules(ds, pixels)
     elif kind == "mr":
@@ -328,9 +331,6 @@ def _dx_modules(ds: Dataset, pixels: np.ndarray) -> None:
     ds.LossyImageCompression = "00"
     ds.DetectorType = ""
     ds.ImagerPixelSpacing = [1, 1]
-    maxv = 65535 if pixels.dtype == np.uint16 else 255
-    ds.WindowCenter = (maxv + 1) // 2
-    ds.WindowWidth = maxv + 1
     ds.AcquisitionContextSequence = []
 
 

@@ -122,6 +122,10 @@ def test_csv_and_npz_inputs_and_group_by(tmp_path):
     rows = _manifest(tmp_path / "npz_out")
     assert len({x["study_uid"] for x in rows}) == 2  # grouped by split
     assert [x["true_label"] for x in rows][:5] == ["a", "b", "c", "b", "a"]
+    # The VOI window covers the stored range: the pixels read back are the source values / 255.
+    train = np.load(npz)["train_images"]
+    for i, row in enumerate(rows[:5]):
+        np.testing.assert_allclose(got[row["image_uid"]].pixels, train[i] / 255.0, atol=1e-6)
 
 
 def test_npz_masks_go_into_seg(tmp_path):
