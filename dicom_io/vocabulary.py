@@ -200,14 +200,15 @@ class Vocabulary(BaseModel):
         from dicom_io.codes import label_code
 
         entries = []
-        for name in names:
-            code = label_code(name, name[:64])
-            concept = CodedConcept(scheme=code.scheme_designator, value=code.value, meaning=code.meaning)
-            entries.append(ClassEntry(name=name, code=concept))
         try:
+            for name in names:
+                code = label_code(name, name[:64])
+                concept = CodedConcept(scheme=code.scheme_designator, value=code.value, meaning=code.meaning)
+                entries.append(ClassEntry(name=name, code=concept))
             return cls(classes=entries, seg=SegMapping(absent_class=absent_class))
         except ValidationError as e:
-            raise VocabularyError(_format_errors(e, "class names")) from None
+            where = f"class name {names[len(entries)]!r}" if len(entries) < len(names) else "class names"
+            raise VocabularyError(_format_errors(e, where)) from None
 
     @classmethod
     def from_data(cls, data: dict[str, Any], source: str = "vocabulary") -> Vocabulary:

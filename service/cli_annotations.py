@@ -38,6 +38,7 @@ def dicomize_cmd(
 ) -> None:
     """Convert an image data set into DICOM studies (image + TID 1500 SR or SEG label each)."""
     from dicom_io.dicomize import DicomizeError, dicomize
+    from dicom_io.vocabulary import VocabularyError
 
     vocab = _load_vocab(vocabulary)
     names = [c.strip() for c in class_names.split(",")] if class_names else None
@@ -56,7 +57,7 @@ def dicomize_cmd(
             group_by=group_by,
             class_names=names,
         )
-    except DicomizeError as e:
+    except (DicomizeError, VocabularyError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     typer.echo(

@@ -161,3 +161,10 @@ def test_loader_accepts_or_raises_vocabulary_error_only(tmp_path, doc):
         assert v.lookup(c.code.scheme, c.code.value) == c.name
     v.to_toml(tmp_path / "rt.toml")
     assert load_vocabulary(tmp_path / "rt.toml") == v
+
+
+def test_from_class_names_refuses_unusable_names_naming_them():
+    with pytest.raises(VocabularyError, match=r"class name 'a\\\\b'"):
+        Vocabulary.from_class_names(["ok", "a\\b"])
+    with pytest.raises(VocabularyError, match="duplicate class name"):
+        Vocabulary.from_class_names(["Cat", "cat"])
