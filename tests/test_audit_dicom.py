@@ -9,7 +9,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from tests.conftest import labelqa_cmd, labelqa_env, requires_dciodvfy
+from tests.conftest import labelqa_cmd, labelqa_env, requires_dciodvfy, requires_dcmtk
 
 SIZE = 32
 
@@ -79,11 +79,15 @@ def test_audit_dicom_writes_one_valid_sr_per_study_and_kos_sc_for_flags(audited)
 
 
 @requires_dciodvfy
-def test_audit_dicom_outputs_pass_dciodvfy(audited):
+@requires_dcmtk
+def test_audit_dicom_outputs_pass_dciodvfy_and_dsrdump(audited):
     for p in sorted((audited / "out" / "dicom").glob("*.dcm")):
         r = subprocess.run(["dciodvfy", str(p)], capture_output=True, text=True)
         errors = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("Error")]
         assert errors == [], f"{p.name}: {errors}"
+        if p.name.startswith("SR_"):
+            r = subprocess.run(["dsrdump", "-v", str(p)], capture_output=True, text=True)
+            assert r.returncode == 0 and not [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("E:")]
 
 
 def test_audit_dicom_again_gives_the_same_uids(audited, tmp_path):

@@ -109,6 +109,20 @@ class AuditedAnnotation:
         }
 
 
+def _clean_header(ds: Dataset) -> Dataset:
+    """A shallow copy without header values that real files carry but highdicom rejects (an empty
+    SpecificCharacterSet means the default repertoire); the given dataset is left as it is."""
+    if "SpecificCharacterSet" not in ds or ds.SpecificCharacterSet:
+        return ds
+    out = Dataset()
+    for elem in ds:
+        if elem.keyword != "SpecificCharacterSet":
+            out.add(elem)
+    if hasattr(ds, "file_meta"):
+        out.file_meta = ds.file_meta
+    return out
+
+
 def _round(x: float | None) -> float | None:
     return None if x is None else round(float(x), 6)
 
@@ -144,6 +158,8 @@ def write_results(
             raise ValueError(f"source image {a.image_uid} of annotation {a.annotation_uid} was not given")
         if a.annotation_uid not in annotation_datasets:
             raise ValueError(f"annotation object {a.annotation_uid} was not given")
+    source_images = {uid: _clean_header(ds) for uid, ds in source_images.items()}
+    annotation_datasets = {uid: _clean_header(ds) for uid, ds in annotation_datasets.items()}
     run_key = digest(
         study_uid, algorithm.bundle_hash, algorithm.name, algorithm.version, algorithm.parameters,
         [a.key() for a in audited], list(cohort_findings), heatmaps_for_hard_cases,
