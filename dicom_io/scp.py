@@ -114,8 +114,8 @@ def make_ssl_context(cfg: ListenerConfig) -> ssl.SSLContext | None:
 def _status(code: int, comment: str | None = None) -> Dataset:
     ds = Dataset()
     ds.Status = code
-    if comment:
-        ds.ErrorComment = comment[:64]
+    if comment:  # LO: no backslash (value separator), at most 64 characters
+        ds.ErrorComment = comment.replace("\\", "/")[:64]
     return ds
 
 
@@ -186,10 +186,12 @@ class Listener:
         server, self._server = self._server, None
         server.shutdown()  # stops accepting; running association threads continue
         end = time.monotonic() + (self.cfg.shutdown_grace_s if grace_s is None else grace_s)
-        while time.monotonic() < end and server.active_associations:
+        # connections that never completed association negotiation are not worth waiting for
+        while time.monotonic() < end and any(a.is_established for a in server.active_associations):
             time.sleep(0.05)
         for assoc in server.active_associations:
-            log.warning("shutdown: aborting association from %s", assoc.requestor.ae_title)
+            if assoc.is_established:
+                log.warning("shutdown: aborting association from %s", assoc.requestor.ae_title)
             assoc.abort()
         self.ae.shutdown()
         log.info("listener stopped")
