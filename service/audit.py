@@ -20,7 +20,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-OWN_SERIES_NUMBERS = (9901, 9902, 9903)
+OWN_SERIES_NUMBERS = (9901, 9902, 9903, 9904)
 LABEL_NOT_IN_BUNDLE = "label_not_in_bundle"
 
 
@@ -85,8 +85,7 @@ def _headers(files: Iterable[Path]) -> dict[str, Path]:
 
 
 def _is_own_output(ds: Any) -> bool:
-    return (str(ds.get("Manufacturer", "")) == "labelqa" and str(ds.get("Modality", "")) in ("SR", "KO", "OT")
-            and ds.get("SeriesNumber") in OWN_SERIES_NUMBERS)
+    return str(ds.get("Manufacturer", "")) == "labelqa" and ds.get("SeriesNumber") in OWN_SERIES_NUMBERS
 
 
 def _code(vocabulary: Any, name: str) -> Any:
@@ -97,7 +96,7 @@ def _code(vocabulary: Any, name: str) -> Any:
 
 
 def _audit_sets(sets: Sequence[Any], by_uid: dict[str, Path], bundle: Any, vocabulary: Any, *, device: str,
-                batch_size: int, heatmaps_for_hard_cases: bool) -> list[StudyAudit]:
+                batch_size: int, heatmaps_for_hard_cases: bool, parametric_maps: bool = False) -> list[StudyAudit]:
     """Run the bundle once over every sample of every set, then write each study's results."""
     import pydicom
 
@@ -166,7 +165,7 @@ def _audit_sets(sets: Sequence[Any], by_uid: dict[str, Path], bundle: Any, vocab
         labels = {v.given_label for _, v in pairs}
         findings = [text for (grp, cls), text in cohort.items() if grp in observers and cls in labels]
         sa.datasets = write_results(sources, annotations, audited, algorithm, findings,
-                                    heatmaps_for_hard_cases=heatmaps_for_hard_cases)
+                                    heatmaps_for_hard_cases=heatmaps_for_hard_cases, parametric_maps=parametric_maps)
     return out
 
 
@@ -201,7 +200,8 @@ def _cohort_text(bundle: Any, images: np.ndarray, given: list[str], groups: list
 
 
 def audit_study(files: Iterable[Path], bundle: Any, vocabulary: Any, *, device: str = "auto", batch_size: int = 64,
-                heatmaps_for_hard_cases: bool = False) -> tuple[list[Any], list[dict[str, Any]]]:
+                heatmaps_for_hard_cases: bool = False, parametric_maps: bool = False
+                ) -> tuple[list[Any], list[dict[str, Any]]]:
     """Audit one study's files: (result datasets SR/SC/KOS, verdict rows). No annotations: ([], [])."""
     from dicom_io.annotations import read_study
 
@@ -209,7 +209,7 @@ def audit_study(files: Iterable[Path], bundle: Any, vocabulary: Any, *, device: 
     by_uid = _headers(files)
     aset = read_study([by_uid[u] for u in by_uid], vocabulary, image_size=int(bundle.image_size))
     (sa,) = _audit_sets([aset], by_uid, bundle, vocabulary, device=device, batch_size=batch_size,
-                        heatmaps_for_hard_cases=heatmaps_for_hard_cases)
+                        heatmaps_for_hard_cases=heatmaps_for_hard_cases, parametric_maps=parametric_maps)
     for issue in sa.issues:
         log.info("study %s: %s (%s)", sa.study_uid, issue.get("code"), issue.get("message"))
     return sa.datasets, sa.rows
@@ -217,7 +217,7 @@ def audit_study(files: Iterable[Path], bundle: Any, vocabulary: Any, *, device: 
 
 def audit_dicom_dir(bundle_path: Path | str, dicom_dir: Path | str, out_dir: Path | str, *,
                     vocabulary: Path | str | None = None, device: str = "auto", batch_size: int = 64,
-                    heatmaps_for_hard_cases: bool = False) -> dict[str, Any]:
+                    heatmaps_for_hard_cases: bool = False, parametric_maps: bool = False) -> dict[str, Any]:
     """Audit every study under ``dicom_dir`` offline: ``out_dir/dicom/*.dcm`` + ``out_dir/verdicts.json``.
 
     Returns the summary written into verdicts.json (without the per-annotation items).
@@ -235,7 +235,7 @@ def audit_dicom_dir(bundle_path: Path | str, dicom_dir: Path | str, out_dir: Pat
     by_uid = _headers(p for p in sorted(dicom_dir.rglob("*")) if p.is_file())
     sets = read_studies(list(by_uid.values()), vocab, image_size=int(bundle.image_size))
     audits = _audit_sets(sets, by_uid, bundle, vocab, device=device, batch_size=batch_size,
-                         heatmaps_for_hard_cases=heatmaps_for_hard_cases)
+                         heatmaps_for_hard_cases=heatmaps_for_hard_cases, parametric_maps=parametric_maps)
     written: list[str] = []
     for sa in audits:
         written += [str(p.relative_to(out_dir)) for p in save_results(sa.datasets, out_dir / "dicom")]

@@ -244,7 +244,7 @@ def test_orthanc_receives_results_by_c_store_and_stow_rs_in_the_audited_study(st
         # Orthanc's own renderer decodes and shows the heatmap SC (what its viewers display)
         from PIL import Image
 
-        sc_path = next(p for p in results if p.name.startswith("OT_"))
+        sc_path = next(p for p in results if p.name.startswith("SC_"))
         sc = pydicom.dcmread(sc_path)
         png = orthanc.download(f"/instances/{by_uid[sc.SOPInstanceUID]['ID']}/preview", tmp_path / "sc.png")
         with Image.open(png) as im:

@@ -123,7 +123,7 @@ def _by_modality(paths: list[Path], modality: str) -> list[Path]:
 @requires_dciodvfy
 def test_every_result_object_passes_dciodvfy(written):
     _, paths, _ = written
-    assert {p.name.split("_")[0] for p in paths} == {"SR", "OT", "KO"}
+    assert {p.name.split("_")[0] for p in paths} == {"SR", "SC", "KO"}
     for p in paths:
         r = subprocess.run(["dciodvfy", str(p)], capture_output=True, text=True)
         errors = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("Error")]
@@ -349,3 +349,25 @@ def test_multiframe_source_frame_is_referenced_everywhere(tmp_path):
     for p in paths:
         r = subprocess.run(["dciodvfy", str(p)], capture_output=True, text=True)
         assert [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("Error")] == [], p.name
+
+
+@requires_dciodvfy
+def test_parametric_map_of_raw_saliency_is_optional_valid_and_keeps_other_uids(tmp_path):
+    sources, annotations, audited = make_study()
+    plain = write_results(sources, annotations, audited, ALGORITHM, COHORT)
+    with_pm = write_results(sources, annotations, audited, ALGORITHM, COHORT, parametric_maps=True)
+    pms = [ds for ds in with_pm if ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.30"]
+    assert len(pms) == 1 and not [ds for ds in plain if ds.SOPClassUID == pms[0].SOPClassUID]
+    assert [ds.SOPInstanceUID for ds in with_pm if ds is not pms[0]] == [ds.SOPInstanceUID for ds in plain]
+    pm = pms[0]
+    assert pm.StudyInstanceUID == audited[0].study_uid and pm.FrameOfReferenceUID == sources[
+        audited[0].image_uid].FrameOfReferenceUID
+    values = pm.pixel_array
+    assert values.shape == (sources[audited[0].image_uid].Rows, sources[audited[0].image_uid].Columns)
+    assert 0.0 <= values.min() and values.max() <= 1.0
+    # the peak sits where the heatmap peaks (blob centre (6, 9) on a 16x16 grid)
+    peak = np.unravel_index(np.argmax(values), values.shape)
+    assert abs(peak[0] / values.shape[0] - 6.5 / 16) < 0.08 and abs(peak[1] / values.shape[1] - 9.5 / 16) < 0.08
+    (path,) = [p for p in save_results(with_pm, tmp_path) if p.name.startswith("PM_")]
+    r = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    assert [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("Error")] == []

@@ -28,6 +28,7 @@ VERDICTS = ("suspected_label_error", "hard_case", "consistent")
 SR_SERIES_NUMBER = 9901
 HEATMAP_SERIES_NUMBER = 9902
 KOS_SERIES_NUMBER = 9903
+PMAP_SERIES_NUMBER = 9904
 
 
 def as_code(label: Any) -> Code:
@@ -135,11 +136,14 @@ def write_results(
     cohort_findings: Sequence[str] = (),
     *,
     heatmaps_for_hard_cases: bool = False,
+    parametric_maps: bool = False,
     manufacturer: str = "labelqa",
 ) -> list[Dataset]:
     """The result objects of one study: heatmap SCs, then the KOS (if anything is flagged), then the SR.
 
-    Heatmap SCs are made for suspected label errors with a heatmap (and for hard cases when asked).
+    Heatmap SCs are made for suspected label errors with a heatmap (and for hard cases when asked);
+    ``parametric_maps`` adds a Parametric Map of the raw saliency beside each SC where the source
+    allows one (it has a Frame of Reference), after the SCs.
     Raises ValueError when a record refers to a source image or annotation that was not given, or when
     the records span more than one study.
     """
@@ -163,7 +167,7 @@ def write_results(
     run_key = digest(
         study_uid, algorithm.bundle_hash, algorithm.name, algorithm.version, algorithm.parameters,
         [a.key() for a in audited], list(cohort_findings), heatmaps_for_hard_cases,
-    )
+    )  # parametric_maps is left out on purpose: adding maps keeps the SR/SC/KOS UIDs
     heat_series = derived_uid(run_key, "series", "heatmap")
     heatmaps: dict[int, Dataset] = {}
     flagged_sources: list[Dataset] = []
@@ -186,6 +190,20 @@ def write_results(
             manufacturer=manufacturer,
         )
     out: list[Dataset] = list(heatmaps.values())
+    if parametric_maps:
+        from dicom_io.results.pmap import saliency_map
+
+        pm_series = derived_uid(run_key, "series", "pmap")
+        for i in heatmaps:
+            a = audited[i]
+            pm = saliency_map(
+                source_images[a.image_uid], np.asarray(a.heatmap, dtype=np.float32),
+                series_instance_uid=pm_series, series_number=PMAP_SERIES_NUMBER,
+                sop_instance_uid=derived_uid(run_key, "pmap", i), instance_number=i + 1,
+                manufacturer=manufacturer, software_version=algorithm.version,
+            )
+            if pm is not None:
+                out.append(pm)
     if flagged_sources:
         flagged_heatmaps = [heatmaps[i] for i, a in enumerate(audited)
                             if i in heatmaps and a.verdict == "suspected_label_error"]
@@ -224,13 +242,24 @@ def write_results(
     return out
 
 
+_KINDS = {"1.2.840.10008.5.1.4.1.1.7": "SC", "1.2.840.10008.5.1.4.1.1.30": "PM"}
+
+
+def file_kind(ds: Dataset) -> str:
+    """Short file-name prefix of a result object: SR, KO, SC or PM (else its Modality)."""
+    return _KINDS.get(str(ds.SOPClassUID), str(ds.get("Modality", "XX")))
+
+
 def save_results(datasets: Sequence[Dataset], out_dir: Path) -> list[Path]:
-    """Write result datasets as DICOM files ``<Modality>_<SOPInstanceUID>.dcm`` into ``out_dir``."""
+    """Write result datasets as DICOM files ``<kind>_<SOPInstanceUID>.dcm`` into ``out_dir``.
+
+    kind: SR (QA report), KO (Quality Issue KOS), SC (heatmap Secondary Capture), PM (Parametric Map).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for ds in datasets:
-        p = out_dir / f"{ds.Modality}_{ds.SOPInstanceUID}.dcm"
+        p = out_dir / f"{file_kind(ds)}_{ds.SOPInstanceUID}.dcm"
         ds.save_as(p, enforce_file_format=True)
         paths.append(p)
     return paths
