@@ -371,3 +371,18 @@ def test_parametric_map_of_raw_saliency_is_optional_valid_and_keeps_other_uids(t
     (path,) = [p for p in save_results(with_pm, tmp_path) if p.name.startswith("PM_")]
     r = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
     assert [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("Error")] == []
+
+
+@requires_dcmtk
+def test_dcmtk_renders_the_heatmap_sc_as_we_drew_it(written, tmp_path):
+    """An independent decoder (dcmtk dcm2pnm, what dcmtk-based viewers use) shows the same RGB pixels."""
+    from PIL import Image
+
+    _, paths, _ = written
+    (sc_path,) = [p for p in paths if p.name.startswith("SC_")]
+    out = tmp_path / "sc.png"
+    r = subprocess.run(["dcm2pnm", "+on", str(sc_path), str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    with Image.open(out) as im:
+        rendered = np.asarray(im.convert("RGB"))
+    assert np.array_equal(rendered, pydicom.dcmread(sc_path).pixel_array)
