@@ -7,8 +7,8 @@ paper's numbers beside them, the commands). Plots and per-sample files stay in `
 
 Example (the CPU run committed here)::
 
-    .venv/bin/python benchmarks/detector.py --max-samples 2000 --image-size 64 --epochs 8 --folds 3 \
-        --archs densenet-small,resnet10,efficientnet-b0 --seeds 0 1 2
+    nice -n 5 .venv/bin/python benchmarks/detector.py --max-samples 600 --image-size 32 --epochs 6 --folds 3 \
+        --batch-size 32 --archs densenet-small,resnet10,efficientnet-small --seeds 0 1 2 --threads 1
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ PAPER_F1 = {"xray": 0.96, "mri": 0.93}
 
 
 def settings_tag(a: argparse.Namespace) -> str:
-    tag = f"{a.mode}{a.folds if a.mode == 'crossfit' else ''}-s{a.image_size}-n{a.max_samples or 'all'}-e{a.epochs}"
+    tag = f"{a.mode}{a.folds if a.mode == 'crossfit' else ''}-s{a.image_size}-n{a.max_samples or 'all'}"
+    tag += f"-e{a.epochs}-b{a.batch_size}"
     return f"{tag}-{a.noise_model}{int(round(a.noise_rate * 100))}"
 
 
@@ -68,6 +69,7 @@ def main() -> int:
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--folds", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--mode", default="crossfit")
     ap.add_argument("--archs", default="densenet-small,resnet10,efficientnet-b0")
     ap.add_argument("--noise-rate", type=float, default=0.05)
@@ -91,7 +93,8 @@ def main() -> int:
             cmd = [sys.executable, "-m", "service", "evaluate", "--dataset", str(DATA / name), "--out", str(out),
                    "--noise-rate", str(a.noise_rate), "--noise-model", a.noise_model, "--seed", str(seed),
                    "--mode", a.mode, "--folds", str(a.folds), "--image-size", str(a.image_size),
-                   "--max-samples", str(a.max_samples), "--epochs", str(a.epochs), "--archs", a.archs,
+                   "--max-samples", str(a.max_samples), "--epochs", str(a.epochs), "--batch-size", str(a.batch_size),
+                   "--archs", a.archs,
                    "--device", a.device, "--threads", str(a.threads), "--no-progress"]
             shown = "labelqa " + shlex.join(cmd[3:])
             commands.append(shown)
