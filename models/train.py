@@ -195,10 +195,33 @@ def train_member(spec: MemberSpec, images: np.ndarray, labels: np.ndarray, n_cla
         bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
+    recalibrate_batchnorm(model, images[tr_idx], cfg.batch_size, device)
     hist["epochs_run"] = len(hist["train_loss"])
     hist["val_idx_count"] = int(n_val)
     model.eval()
     return model.cpu() if device.type != "cpu" else model, hist
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, images: np.ndarray, batch_size: int, device: torch.device) -> None:
+    """Re-estimate BatchNorm running statistics for the final weights (cumulative average over the
+    un-augmented training images). With few hundred steps the exponential running averages lag the
+    weights and eval-mode predictions degrade (worst for EfficientNet)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns or len(images) < 2:
+        return
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    for s in range(0, len(images), batch_size):
+        if len(images[s:s + batch_size]) >= 2:
+            with _autocast(device):
+                model(_to_input(images[s:s + batch_size], device))
+    for m, mom in zip(bns, saved, strict=True):
+        m.momentum = mom
+    model.eval()
 
 
 def make_folds(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
