@@ -219,3 +219,46 @@ def test_cli_dicomize_and_inspect_json(tmp_path):
         timeout=60,
     )
     assert bad.returncode == 2 and "does not exist" in bad.stderr
+
+
+def test_sr_copies_equal_what_highdicom_builds_and_output_is_byte_identical(tmp_path):
+    from dicom_io import dicomize as dz
+
+    vocab = Vocabulary.from_class_names(["a", "b"])
+    concept = vocab.code_for("a").to_highdicom()
+    obs = dz._observation_context()
+    factory = dz._SRFactory(obs, "ds")
+    rng = np.random.default_rng(5)
+    for i in range(3):
+        img = dz._image(
+            (rng.random((12, 10)) * 255).astype(np.uint8),
+            kind="dx",
+            study_key=f"s{i}",
+            dataset_name="ds",
+            source_path=f"p{i}",
+            instance_number=i + 1,
+            modality="OT",
+            body_part="CHEST",
+        )
+        made = factory.make(img, "a", concept, study_key=f"s{i}", source_path=f"p{i}")
+        direct = dz._sr(
+            img, concept, dataset_name="ds", study_key=f"s{i}", source_path=f"p{i}", observation_context=obs
+        )
+        assert _bytes(made) == _bytes(direct)
+    data = _folder(tmp_path / "ds", n=2, split=False)
+    dicomize(data, tmp_path / "a", noise_rate=0.5, seed=3)
+    dicomize(data, tmp_path / "b", noise_rate=0.5, seed=3)
+    dicomize(data, tmp_path / "a" / "seg", noise_rate=0.5, seed=3, seg=True)
+    dicomize(data, tmp_path / "b" / "seg", noise_rate=0.5, seed=3, seg=True)
+    fa = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.dcm"))
+    assert fa == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*.dcm"))
+    for rel in fa:
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+
+
+def _bytes(ds) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    return buf.getvalue()
