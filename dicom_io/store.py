@@ -28,12 +28,10 @@ import uuid
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from io import BytesIO
 from pathlib import Path
 
+from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import tag_for_keyword
-from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_partial
 from sqlalchemy import (
     Engine,
     Float,
@@ -250,57 +248,66 @@ class _Header:
     series_description: str | None
 
 
-_HEADER_TAG_NUMBERS = [tag_for_keyword(k) for k in _HEADER_TAGS]
-_LAST_HEADER_TAG = max(_HEADER_TAG_NUMBERS)
+_HEADER_TAG_MAP = {k: tag_for_keyword(k) for k in _HEADER_TAGS}
+_TS_TAG = 0x00020010
+_CHARSET_TAG = 0x00080005
+_WANTED = frozenset({*_HEADER_TAG_MAP.values(), _TS_TAG, _CHARSET_TAG})
+_TEXT_KEYWORDS = {
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "StudyDescription",
+    "SeriesDescription",
+    "AccessionNumber",
+}
 
 
-def _past_header(tag, _vr, _length) -> bool:
-    """Stop parsing after the last attribute the index needs (everything else is left unread)."""
-    return tag > _LAST_HEADER_TAG
-
-
-def _text(ds, name: str) -> str | None:
-    v = ds.get(name)
-    if v is None or v == "":
+def _decode(value: bytes | None, charsets: list[str], text: bool) -> str | None:
+    if not value:
         return None
-    return str(v).strip() or None
+    v = value.rstrip(b"\x00 ").lstrip(b" ")
+    if not v:
+        return None
+    if v.isascii() and b"\x1b" not in v:  # no ISO 2022 escape sequences: plain ASCII
+        return v.decode("ascii")
+    if not text:
+        return v.decode("ascii", "replace")
+    try:
+        return decode_bytes(v, convert_encodings(charsets or ["ISO_IR 6"]), {0x5E, 0x3D, 9, 10, 12, 13}).strip() or None
+    except Exception:  # unknown character set: keep something readable
+        return v.decode("latin-1")
 
 
 def read_header(raw: bytes) -> _Header:
-    """Parse the identifying attributes of a Part 10 byte string without touching pixel data.
+    """The identifying attributes of a Part 10 byte string, from one pass over its elements.
 
+    The pass also checks the structure (truncation, bad VRs); pixel data is never decoded.
     Raises UnreadableDataset or MissingUID.
     """
-    check_structure(raw)
-    try:
-        ds = read_partial(BytesIO(raw), stop_when=_past_header, specific_tags=_HEADER_TAG_NUMBERS)
-        values = {name: _text(ds, name) for name in _HEADER_TAGS}
-        ts = ds.file_meta.get("TransferSyntaxUID") if getattr(ds, "file_meta", None) is not None else None
-    except (InvalidDicomError, EOFError) as e:
-        raise UnreadableDataset(f"not a DICOM dataset: {e}") from None
-    except Exception as e:  # pydicom raises many kinds on corrupt input
-        raise UnreadableDataset(f"cannot parse dataset: {type(e).__name__}: {e}") from None
+    values = _scan(raw)
+    charsets = [c for c in (_decode(values.get(_CHARSET_TAG), [], False) or "").split("\\") if c]
+    v = {name: _decode(values.get(tag), charsets, name in _TEXT_KEYWORDS) for name, tag in _HEADER_TAG_MAP.items()}
     for name in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
-        v = values[name]
-        if not v:
+        uid = v[name]
+        if not uid:
             raise MissingUID(f"{name} is missing")
-        if len(v) > 64 or not UID_RE.match(v):
+        if len(uid) > 64 or not UID_RE.match(uid):
             raise MissingUID(f"{name} is not a valid UID")
     return _Header(
-        sop_class_uid=values["SOPClassUID"],
-        sop_instance_uid=values["SOPInstanceUID"],
-        study_uid=values["StudyInstanceUID"],
-        series_uid=values["SeriesInstanceUID"],
-        transfer_syntax_uid=str(ts) if ts else None,
-        modality=values["Modality"],
-        patient_id=values["PatientID"],
-        issuer=values["IssuerOfPatientID"],
-        patient_name=values["PatientName"],
-        study_date=values["StudyDate"],
-        accession_number=values["AccessionNumber"],
-        study_description=values["StudyDescription"],
-        series_number=values["SeriesNumber"],
-        series_description=values["SeriesDescription"],
+        sop_class_uid=v["SOPClassUID"],
+        sop_instance_uid=v["SOPInstanceUID"],
+        study_uid=v["StudyInstanceUID"],
+        series_uid=v["SeriesInstanceUID"],
+        transfer_syntax_uid=_decode(values.get(_TS_TAG), [], False),
+        modality=v["Modality"],
+        patient_id=v["PatientID"],
+        issuer=v["IssuerOfPatientID"],
+        patient_name=v["PatientName"],
+        study_date=v["StudyDate"],
+        accession_number=v["AccessionNumber"],
+        study_description=v["StudyDescription"],
+        series_number=v["SeriesNumber"],
+        series_description=v["SeriesDescription"],
     )
 
 
@@ -319,8 +326,13 @@ class _Broken(Exception):
     pass
 
 
-def _walk(b: bytes, pos: int, implicit: bool, big: bool, in_item: bool, meta: bool = False) -> int:
-    """Return the offset after the dataset starting at ``pos``; raise _Broken if it is malformed."""
+def _walk(
+    b: bytes, pos: int, implicit: bool, big: bool, in_item: bool, meta: bool = False, want: dict | None = None
+) -> int:
+    """Return the offset after the dataset starting at ``pos``; raise _Broken if it is malformed.
+
+    With ``want`` (a dict), the raw values of the top-level elements listed in ``_WANTED`` are put in it.
+    """
     n = len(b)
     tag_fmt, u16, u32 = (">HH", ">H", ">L") if big else ("<HH", "<H", "<L")
     while pos < n:
@@ -348,6 +360,8 @@ def _walk(b: bytes, pos: int, implicit: bool, big: bool, in_item: bool, meta: bo
                 pos += 8
             else:
                 raise _Broken(f"invalid VR {vr!r} at byte {pos}")
+        if want is not None and length != _UNDEFINED and (grp << 16 | el) in _WANTED:
+            want[grp << 16 | el] = b[pos : pos + length]
         if length == _UNDEFINED:
             # the items of an undefined-length UN are implicit VR little endian (PS3.5 6.2.2)
             un = not (implicit and not meta) and vr == b"UN"
@@ -382,30 +396,38 @@ def _walk_items(b: bytes, pos: int, implicit: bool, big: bool) -> int:
                 raise _Broken("item runs past the end of the data")
 
 
-def check_structure(raw: bytes) -> None:
-    """Raise UnreadableDataset unless ``raw`` (Part 10) is a complete, well-formed element chain."""
+def _scan(raw: bytes) -> dict[int, bytes]:
+    """Check that ``raw`` (Part 10) is a complete, well-formed element chain; return the wanted values.
+
+    Raises UnreadableDataset.
+    """
     if len(raw) < 144 or raw[128:132] != b"DICM":
         raise UnreadableDataset("no DICOM preamble/prefix")
+    values: dict[int, bytes] = {}
     try:
-        start = _walk(raw, 132, implicit=False, big=False, in_item=False, meta=True)
-        ts_pos = raw.find(b"\x02\x00\x10\x00UI", 132, start)
-        if ts_pos < 0:
+        start = _walk(raw, 132, implicit=False, big=False, in_item=False, meta=True, want=values)
+        ts = values.get(_TS_TAG, b"").rstrip(b"\x00 ").decode("ascii", "replace")
+        if not ts:
             raise _Broken("file meta has no Transfer Syntax UID")
-        (ts_len,) = struct.unpack_from("<H", raw, ts_pos + 6)
-        ts = raw[ts_pos + 8 : ts_pos + 8 + ts_len].rstrip(b"\x00 ").decode("ascii", "replace")
         body, offset = raw, start
         if ts == _DEFLATED:
             try:
                 body, offset = zlib.decompress(raw[start:], -15), 0
             except zlib.error as e:
                 raise _Broken(f"deflated data does not inflate: {e}") from None
-        end = _walk(body, offset, implicit=ts == _IMPLICIT_LE, big=ts == _EXPLICIT_BE, in_item=False)
+        end = _walk(body, offset, implicit=ts == _IMPLICIT_LE, big=ts == _EXPLICIT_BE, in_item=False, want=values)
         if end == offset:
             raise _Broken("empty dataset")
     except _Broken as e:
         raise UnreadableDataset(f"malformed dataset: {e}") from None
     except struct.error as e:  # pragma: no cover - guarded by the length checks above
         raise UnreadableDataset(f"malformed dataset: {e}") from None
+    return values
+
+
+def check_structure(raw: bytes) -> None:
+    """Raise UnreadableDataset unless ``raw`` (Part 10) is a complete, well-formed element chain."""
+    _scan(raw)
 
 
 # --------------------------------------------------------------------------------------------
@@ -755,8 +777,10 @@ class StudyStore:
 
     def _touch_study(self, study_uid: str) -> None:
         with self._cv:
+            new = study_uid not in self._deadlines
             self._deadlines[study_uid] = time.monotonic() + self.stable_after_s
-            self._cv.notify()
+            if new:  # a later deadline for a pending study needs no wake-up: the timer re-checks
+                self._cv.notify()
 
     def _load_pending(self) -> None:
         """Schedule studies the index says are still receiving (e.g. after a restart)."""

@@ -231,3 +231,16 @@ def test_failing_subscriber_does_not_stop_others(store):
     assert store.wait_idle(5)
     time.sleep(0.1)
     assert got == [study]
+
+
+def test_header_read_decodes_character_sets_like_pydicom():
+    from pydicom.data import get_charset_files
+
+    from dicom_io.store import read_header
+
+    for name in ("chrH31.dcm", "chrRuss.dcm", "chrGerm.dcm", "chrI2.dcm"):
+        path = Path(get_charset_files(name)[0])
+        h = read_header(path.read_bytes())
+        ds = pydicom.dcmread(path)
+        assert h.patient_name == str(ds.PatientName), name
+        assert (h.study_uid, h.sop_instance_uid) == (ds.StudyInstanceUID, ds.SOPInstanceUID)
