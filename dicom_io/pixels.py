@@ -197,7 +197,7 @@ def pixel_spacing(ds: Dataset, frame: int | None = None) -> tuple[float, float]:
 def resample(
     arr: np.ndarray, size: int | tuple[int, int], spacing: tuple[float, float] = (1.0, 1.0)
 ) -> tuple[np.ndarray, tuple[float, float]]:
-    """Resample a (H, W) image to ``size`` with SimpleITK (linear, Gaussian anti-aliasing when shrinking).
+    """Resample a (H, W) image to ``size`` with SimpleITK (linear; bin averaging first when shrinking >= 2x).
 
     Returns the float32 array and its (row, column) spacing in the same units as ``spacing``.
     """
@@ -214,26 +214,23 @@ def resample(
         return np.ascontiguousarray(arr, dtype=np.float32), (float(spacing[0]), float(spacing[1]))
     img = sitk.GetImageFromArray(np.ascontiguousarray(arr, dtype=np.float32))
     img.SetSpacing((float(spacing[1]), float(spacing[0])))  # SimpleITK is (x, y) = (column, row)
-    shrink = (h / out_h, w / out_w)
-    if max(shrink) > 1.0:
-        xy = zip((shrink[1], shrink[0]), (spacing[1], spacing[0]), strict=True)
-        sigma = [max(0.0, (s - 1.0) / 2.0) * sp for s, sp in xy]
-        if max(sigma) > 0:
-            img = sitk.SmoothingRecursiveGaussian(img, [max(s, 1e-6) for s in sigma])
+    # Extent of the input: output pixel centres sit half an output pixel inside its edges.
+    origin = (
+        -spacing[1] / 2.0 + new_spacing[1] / 2.0,
+        -spacing[0] / 2.0 + new_spacing[0] / 2.0,
+    )
+    factors = [max(1, int(w // out_w)), max(1, int(h // out_h))]
+    if max(factors) > 1:
+        # Anti-aliasing: average bins of whole input pixels first (BinShrink is ~50x faster than a
+        # Gaussian on large images), then interpolate linearly to the exact grid.
+        img = sitk.BinShrink(img, factors)
     res = sitk.ResampleImageFilter()
     res.SetSize((out_w, out_h))
     res.SetOutputSpacing((new_spacing[1], new_spacing[0]))
-    # Keep the image extent: the first output pixel centre sits half an output pixel inside the edge.
-    origin = img.GetOrigin()
-    res.SetOutputOrigin(
-        (
-            origin[0] - spacing[1] / 2.0 + new_spacing[1] / 2.0,
-            origin[1] - spacing[0] / 2.0 + new_spacing[0] / 2.0,
-        )
-    )
+    res.SetOutputOrigin(origin)
     res.SetOutputDirection(img.GetDirection())
     res.SetInterpolator(sitk.sitkLinear)
-    res.SetDefaultPixelValue(0.0)
+    res.SetUseNearestNeighborExtrapolator(True)
     out = sitk.GetArrayFromImage(res.Execute(img)).astype(np.float32)
     if not math.isfinite(float(out.sum())):
         out = np.nan_to_num(out)
