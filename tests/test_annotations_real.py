@@ -229,3 +229,39 @@ def test_sr_walker_agrees_with_highdicom_measurement_report(rel):
             if it.value_type == "CODE" and it.name[:2] == FINDING:
                 found.append(_labels(g, [it], None)[0][0][0])
     assert sorted(found) == expected
+
+
+@pytest.mark.parametrize(
+    "rel",
+    [
+        "generated_here/liver_dcmqi_made.dcm",
+        "highdicom_test_files/seg_image_ct_binary.dcm",
+        "highdicom_test_files/seg_image_ct_true_fractional.dcm",
+        "highdicom_test_files/seg_image_ct_binary_fractional.dcm",
+    ],
+)
+def test_seg_masks_agree_with_highdicom(rel):
+    """Per source image and segment, our masks equal highdicom's get_pixels_by_source_instance."""
+    import highdicom as hd
+
+    from dicom_io.annotations.seg import read_seg
+
+    path = DICOM / rel
+    _need(path)
+    seg = hd.seg.segread(path)
+    uids = [u[2] for u in seg.get_source_image_uids()]
+    theirs = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, skip_overlap_checks=True)
+    records, _ = read_seg(path, None)
+    by_image = {r.image_uid: r for r in records if r.masks is not None}
+    numbers = list(seg.segment_numbers)
+    threshold = 0.5 if seg.SegmentationType == "FRACTIONAL" else 0  # highdicom rescales fractions to [0, 1]
+    compared = 0
+    for i, uid in enumerate(uids):
+        if uid not in by_image:
+            assert not (theirs[i] > threshold).any()  # no sample here: nothing there either
+            continue
+        for j, n in enumerate(numbers):
+            ours = by_image[uid].masks.get(n, np.zeros(theirs.shape[1:3], bool))
+            np.testing.assert_array_equal(ours, theirs[i, :, :, j] > threshold)
+            compared += 1
+    assert compared >= 1
