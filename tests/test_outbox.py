@@ -206,7 +206,10 @@ def test_kill_9_during_delivery_then_restart_loses_nothing(study_files, tmp_path
         got = _received_uids(scp)
         assert set(got) == want  # nothing lost
         dupes = len(got) - len(set(got))
-        assert dupes <= 10  # at most the batch in flight at the kill was sent again
+        # every re-send is explained: the batch in flight at the kill (10), or a failed attempt that the
+        # outbox recorded (e.g. a response timeout on a loaded machine) and retried
+        retried = sum(r["attempts"] - 1 for r in box.list())
+        assert dupes <= 10 + retried, (dupes, retried)
         assert box.counts() == {PENDING: 0, DELIVERED: len(files), DEAD: 0}
         print(f"killed after {at_kill} of {len(files)} received; re-sent after restart: {dupes}")
     finally:
