@@ -125,8 +125,8 @@ def audit(
     if dicom is not None:
         from service.audit import audit_dicom_dir  # issue 6: offline DICOM audit
 
-        kwargs = {"vocabulary": vocabulary} if vocabulary is not None else {}
-        audit_dicom_dir(bundle, dicom, out, **kwargs)
+        summary = audit_dicom_dir(bundle, dicom, out, vocabulary=vocabulary, device=device, batch_size=batch_size)
+        typer.echo(json.dumps(summary, indent=2, default=str))
         return
     from models.bundle import BundleError, audit_dataset
     from models.data import DatasetError
