@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -223,7 +224,12 @@ _MUTATIONS = [
 ]
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=int(os.environ.get("LQA_HYPOTHESIS_EXAMPLES", 40)),
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(ops=st.lists(st.tuples(st.sampled_from(_MUTATIONS), st.integers(0, 1000)), min_size=1, max_size=4))
 def test_randomly_broken_srs_never_raise(study, tmp_path_factory, ops):
     f = study["files"]["dog"]
@@ -434,7 +440,12 @@ def test_labelqa_result_srs_are_not_read_as_annotations(study, tmp_path):
 _SEG_MUTATIONS = ["drop_pffg", "drop_segment", "renumber", "truncate_pixels", "fractional", "labelmap", "drop_refs"]
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=int(os.environ.get("LQA_HYPOTHESIS_EXAMPLES", 25)),
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(ops=st.lists(st.sampled_from(_SEG_MUTATIONS), min_size=1, max_size=3, unique=True))
 def test_randomly_broken_segs_never_raise(seg_study, tmp_path_factory, ops):
     ds = pydicom.dcmread(seg_study["seg"])

@@ -146,7 +146,9 @@ _doc = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(doc=_doc | _json_values)
 def test_loader_accepts_or_raises_vocabulary_error_only(tmp_path, doc):
     p = tmp_path / "v.json"
