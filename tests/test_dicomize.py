@@ -262,3 +262,20 @@ def _bytes(ds) -> bytes:
     buf = io.BytesIO()
     ds.save_as(buf)
     return buf.getvalue()
+
+
+def test_csv_mask_column_goes_into_seg(tmp_path):
+    rng = np.random.default_rng(4)
+    rows = []
+    for i, label in enumerate(["a", "b"]):
+        Image.fromarray((rng.random((30, 20)) * 255).astype(np.uint8)).save(tmp_path / f"img{i}.png")
+        m = np.zeros((30, 20), np.uint8)
+        m[3 + i : 9 + i, 2:12] = 255
+        Image.fromarray(m).save(tmp_path / f"mask{i}.png")
+        rows.append(f"img{i}.png,{label},mask{i}.png")
+    (tmp_path / "d.csv").write_text("path,label,mask\n" + "\n".join(rows) + "\n")
+    dicomize(tmp_path / "d.csv", tmp_path / "out", seg=True)
+    got = _assert_round_trip(tmp_path / "out", "seg", image_size=None)
+    for i, r in enumerate(_manifest(tmp_path / "out")):
+        expected = np.asarray(Image.open(tmp_path / f"mask{i}.png")) > 0
+        np.testing.assert_array_equal(got[r["image_uid"]].masks[1], expected)
