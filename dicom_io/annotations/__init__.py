@@ -263,6 +263,26 @@ def _read_instances(
     image_size: int | None,
     load_pixels: bool,
 ) -> AnnotationSet:
+    try:
+        return _read_instances_unguarded(instances, issues, vocabulary, image_size=image_size, load_pixels=load_pixels)
+    except Exception as e:  # a bug or an input nobody foresaw: say so, do not stop the caller
+        log.exception("reading a study failed")
+        study = str(instances[0].ds.get("StudyInstanceUID", "")) if instances else None
+        return AnnotationSet(
+            study or None,
+            [],
+            [*issues, IssueRecord(MALFORMED_ANNOTATION, f"study could not be read: {type(e).__name__}: {e}")],
+        )
+
+
+def _read_instances_unguarded(
+    instances: list[_Instance],
+    issues: list[IssueRecord],
+    vocabulary: Any | None,
+    *,
+    image_size: int | None,
+    load_pixels: bool,
+) -> AnnotationSet:
     if not instances:
         return AnnotationSet(None, [], issues)
     counts: dict[str, int] = defaultdict(int)
@@ -317,7 +337,11 @@ def _read_instances(
             seg_headers[uid] = ds
         records.extend(recs)
         issues.extend(iss)
-    records = _resolve_segment_references(records, seg_headers, issues)
+    try:
+        records = _resolve_segment_references(records, seg_headers, issues)
+    except Exception as e:  # a SEG header too broken to map segments to frames
+        issues.append(IssueRecord(MALFORMED_ANNOTATION, f"SR -> SEG segment references unusable: {e}"))
+        records = [r for r in records if r.via_segment is None]
 
     samples = _attach(records, images, study_uid, vocabulary, issues, image_size, load_pixels)
     return AnnotationSet(study_uid, samples, issues)
