@@ -222,7 +222,11 @@ def read_studies(
     """``read_study`` for every study found under ``paths`` (unreadable files: a study_uid None set)."""
     issues: list[IssueRecord] = []
     groups: dict[str, list[_Instance]] = defaultdict(list)
-    for inst in _read_headers(_iter_files(paths), issues):
+    try:
+        instances = _read_headers(_iter_files(paths), issues)
+    except Exception as e:  # e.g. a folder we may not list
+        return [AnnotationSet(None, [], [*issues, IssueRecord(UNREADABLE_FILE, f"cannot list the files: {e}")])]
+    for inst in instances:
         groups[str(inst.ds.get("StudyInstanceUID", ""))].append(inst)
     sets = [
         _read_instances(insts, [], vocabulary, image_size=image_size, load_pixels=load_pixels)
