@@ -35,6 +35,10 @@ class DetectorConfig:
     """Detector constants. All are fixed before seeing any evaluated data set's noise ground truth."""
 
     saliency_weight: float = 0.0
+    count: str = "calibrated"
+    only_if_consensus_disagrees: bool = True
+    weighting: bool = True
+    cohorts: bool = True
     weak_margin: float = 0.10
     alc_entropy_offset: float = 0.30
     agreement_default: float = 0.5
@@ -98,11 +102,14 @@ class Scores:
         return self.n_disagree == self.n_members
 
 
-def member_weights(probs: dict[str, np.ndarray], given: np.ndarray, weak_margin: float) -> dict[str, float]:
+def member_weights(probs: dict[str, np.ndarray], given: np.ndarray, weak_margin: float,
+                   weighting: bool = True) -> dict[str, float]:
     """Weights from each member's agreement with the (noisy) given labels; weak members get 0."""
     n_classes = next(iter(probs.values())).shape[1]
     acc = {a: float(np.mean(p.argmax(1) == given)) for a, p in probs.items()}
     best = max(acc.values())
+    if not weighting:
+        return {a: 1.0 / len(acc) for a in acc}
     raw = {a: (max(v - 1.0 / n_classes, 1e-3) if v >= best - weak_margin else 0.0) for a, v in acc.items()}
     tot = sum(raw.values())
     return {a: v / tot for a, v in raw.items()}
@@ -128,7 +135,7 @@ def class_thresholds(p: np.ndarray, given: np.ndarray) -> np.ndarray:
     return np.array([p[given == j, j].mean() if np.any(given == j) else 1.0 for j in range(k)])
 
 
-def calibrated_count(p: np.ndarray, given: np.ndarray, thr: np.ndarray) -> int:
+def calibrated_count(p: np.ndarray, given: np.ndarray, thr: np.ndarray, calibrated: bool = True) -> int:
     """Estimated number of label errors: per given class, the share of its confidently-counted samples
     that fall off the diagonal of the confident joint, scaled to the class size (calibrated joint)."""
     above = p >= thr[None, :] - 1e-12
@@ -140,7 +147,8 @@ def calibrated_count(p: np.ndarray, given: np.ndarray, thr: np.ndarray) -> int:
         row = (given == y) & counted
         if row.sum() == 0:
             continue
-        total += (given == y).sum() * float(np.mean(conf_class[row] != y))
+        off = float(np.sum(conf_class[row] != y))
+        total += (given == y).sum() * off / row.sum() if calibrated else off
     return int(round(total))
 
 
@@ -149,10 +157,10 @@ def fit_thresholds(probs: dict[str, np.ndarray], given: np.ndarray, agreement: n
     """Learn member weights, class thresholds, the score cut and tau from out-of-sample predictions."""
     from models.agreement import gmm_threshold
 
-    w = member_weights(probs, given, cfg.weak_margin)
+    w = member_weights(probs, given, cfg.weak_margin, cfg.weighting)
     pw = weighted_mean(probs, w)
     thr = class_thresholds(pw, given)
-    n_hat = calibrated_count(pw, given, thr)
+    n_hat = calibrated_count(pw, given, thr, calibrated=cfg.count == "calibrated")
     ag = agreement[unanimous & np.isfinite(agreement)]
     tau, how = gmm_threshold(ag, default=cfg.agreement_default, seed=seed)
     score = _labelqa_score(pw, given, agreement, cfg)
@@ -187,8 +195,10 @@ def score_samples(probs: dict[str, np.ndarray], given: np.ndarray, agreement: np
     dual = unanimous & np.isfinite(agreement) & (agreement >= th.agreement_threshold)
     score = _labelqa_score(pw, given, agreement, cfg)
     flag = score >= th.score_cut
+    if cfg.only_if_consensus_disagrees:
+        flag &= pw.argmax(1) != given
     cohorts: list[dict] = []
-    if groups is not None and len(set(groups)) > 1:
+    if cfg.cohorts and groups is not None and len(set(groups)) > 1:
         flag, cohorts = _cohort_step(flag, score, unanimous, given, groups, cfg)
     verdict = np.where(flag, VERDICTS[0], np.where(n_dis > 0, VERDICTS[1], VERDICTS[2]))
     nan = np.full(n, np.nan)

@@ -99,36 +99,17 @@ def efficacy_curve(scores: np.ndarray, truth: np.ndarray, fractions: np.ndarray)
     return out
 
 
-def run_evaluation(s: EvalSettings, out_dir: Path, *, progress: bool = False, plots: bool = True,
-                   data: LabelledImages | None = None) -> dict:
-    """The whole evaluation; returns the results dict (also written to ``out_dir/results.json``)."""
+def compare_methods(probs: dict[str, np.ndarray], noisy: np.ndarray, flipped: np.ndarray, sc: Scores, th,
+                    seed: int) -> dict:
+    """Every method and baseline on the same member probabilities; metrics against the planted flips."""
     from models import baselines
 
-    t_start = time.perf_counter()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    specs = parse_archs(s.archs)
-    device = resolve_device(s.device)
-    if data is None:
-        data = load_dataset(s.dataset, s.image_size, progress=progress)
-    if s.max_samples and s.max_samples < len(data):
-        data = data.subset(stratified_subsample(data.labels, s.max_samples, s.seed))
-    n_classes = len(data.class_names)
-    truth_labels = data.labels
-    noisy, flipped = corrupt_labels(truth_labels, n_classes, s.noise_rate, s.noise_model, s.seed)
-
-    fit = fit_ensemble(specs, data.images, noisy, n_classes, s.train, mode=s.mode, folds=s.folds, seed=s.seed,
-                       device=device, progress=progress)
-
-    sc, th, maps, cand, t_cam = score_fit(fit, data.images, noisy, s.detector, device=device, groups=data.groups,
-                                          seed=s.seed, cam_batch_size=s.cam_batch_size)
     ag, sp, iou = sc.agreement, sc.spearman, sc.iou
-
-    # Baselines on the same predictions.
     conf_f, conf_s = baselines.confidence(sc.p_mean, noisy)
-    vote_f, vote_s = baselines.vote(fit.probs, sc.p_mean, noisy)
+    vote_f, vote_s = baselines.vote(probs, sc.p_mean, noisy)
     cl_f, cl_s, n_cl = baselines.cleanlab_issues(sc.p_mean, noisy)
     alc_f = baselines.top_n(sc.priority, n_cl)
-    rnd_s = baselines.random_scores(len(noisy), s.seed)
+    rnd_s = baselines.random_scores(len(noisy), seed)
     rnd_f = baselines.top_n(rnd_s, n_cl)
     dual_s = np.where(sc.unanimous, 1.0 + np.nan_to_num(ag, nan=0.0), 1.0 - sc.p_given)
     methods = {
@@ -166,6 +147,56 @@ def run_evaluation(s: EvalSettings, out_dir: Path, *, progress: bool = False, pl
                 "alc": efficacy_curve(sc.priority, flipped, fractions),
                 "labelqa": efficacy_curve(sc.score, flipped, fractions),
                 "random": efficacy_curve(rnd_s, flipped, fractions)}
+
+    return {"flags_scores": methods, "methods": res_methods, "oracle": oracle, "diagnostic": diag,
+            "efficacy": efficacy}
+
+
+def rescore(predictions: Path, cfg: DetectorConfig, seed: int = 0) -> dict:
+    """Re-run the detector and baselines on a saved ``predictions.npz`` (no re-fitting): for choosing
+    detector constants on one data set and applying them unchanged to another."""
+    from models.detector import fit_thresholds, score_samples
+
+    z = np.load(predictions, allow_pickle=False)
+    probs = {str(a): z["probs"][i] for i, a in enumerate(z["archs"])}
+    noisy, flipped = z["noisy"], z["flipped"].astype(bool)
+    n_dis = np.sum([p.argmax(1) != noisy for p in probs.values()], axis=0)
+    th = fit_thresholds(probs, noisy, z["agreement"], n_dis == len(probs), cfg, seed=seed)
+    sc = score_samples(probs, noisy, z["agreement"], th, cfg, spearman=z["spearman"], iou=z["iou"],
+                       groups=[str(g) for g in z["groups"]])
+    out = compare_methods(probs, noisy, flipped, sc, th, seed)
+    out.pop("flags_scores")
+    out["cohort_findings"] = sc.cohorts
+    out["thresholds"] = th.to_dict()
+    return out
+
+
+def run_evaluation(s: EvalSettings, out_dir: Path, *, progress: bool = False, plots: bool = True,
+                   data: LabelledImages | None = None) -> dict:
+    """The whole evaluation; returns the results dict (also written to ``out_dir/results.json``)."""
+    t_start = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    specs = parse_archs(s.archs)
+    device = resolve_device(s.device)
+    if data is None:
+        data = load_dataset(s.dataset, s.image_size, progress=progress)
+    if s.max_samples and s.max_samples < len(data):
+        data = data.subset(stratified_subsample(data.labels, s.max_samples, s.seed))
+    n_classes = len(data.class_names)
+    truth_labels = data.labels
+    noisy, flipped = corrupt_labels(truth_labels, n_classes, s.noise_rate, s.noise_model, s.seed)
+
+    fit = fit_ensemble(specs, data.images, noisy, n_classes, s.train, mode=s.mode, folds=s.folds, seed=s.seed,
+                       device=device, progress=progress)
+
+    sc, th, maps, cand, t_cam = score_fit(fit, data.images, noisy, s.detector, device=device, groups=data.groups,
+                                          seed=s.seed, cam_batch_size=s.cam_batch_size)
+    ag, sp, iou = sc.agreement, sc.spearman, sc.iou
+
+    cmp = compare_methods(fit.probs, noisy, flipped, sc, th, s.seed)
+    methods, res_methods, oracle, diag, efficacy = (cmp["flags_scores"], cmp["methods"], cmp["oracle"],
+                                                     cmp["diagnostic"], cmp["efficacy"])
+    n_true = int(flipped.sum())
 
     member_acc = {a: float(np.mean(fit.probs[a].argmax(1) == truth_labels)) for a in fit.archs}
     member_acc["ensemble_mean"] = float(np.mean(sc.p_mean.argmax(1) == truth_labels))
