@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -177,6 +178,10 @@ def test_dicomize_output_passes_dciodvfy_and_round_trips(tmp_path, kind):
         r = subprocess.run(["dciodvfy", str(f)], capture_output=True, text=True)
         errors = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("Error")]
         assert errors == [], f"{kind} {f.name}: {errors}"
+    if shutil.which("dsrdump"):  # dcmtk checks SR relationship constraints dciodvfy does not
+        sr = next((tmp_path / "sr").rglob("SR_*.dcm"))
+        r = subprocess.run(["dsrdump", "-v", str(sr)], capture_output=True, text=True)
+        assert r.returncode == 0 and not [ln for ln in (r.stdout + r.stderr).splitlines() if ln[:2] in ("E:", "F:")]
     for route in ("sr", "seg"):
         _assert_round_trip(tmp_path / route, route)
     sop = {"sc": "1.2.840.10008.5.1.4.1.1.7", "dx": "1.2.840.10008.5.1.4.1.1.1.1", "mr": "1.2.840.10008.5.1.4.1.1.4"}
