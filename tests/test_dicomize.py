@@ -284,3 +284,28 @@ def test_csv_mask_column_goes_into_seg(tmp_path):
     for i, r in enumerate(_manifest(tmp_path / "out")):
         expected = np.asarray(Image.open(tmp_path / f"mask{i}.png")) > 0
         np.testing.assert_array_equal(got[r["image_uid"]].masks[1], expected)
+
+
+def test_dicomize_sr_holds_the_tid1500_items(tmp_path):
+    from dicom_io.annotations.sr import _tree, _walk
+
+    data = _folder(tmp_path / "ds", n=1, split=False)
+    dicomize(data, tmp_path / "out", sample=1)
+    ds = pydicom.dcmread(next((tmp_path / "out").rglob("SR_*.dcm")))
+    assert ds.ConceptNameCodeSequence[0].CodeValue == "126000"  # Imaging Measurement Report
+    assert ds.CompletionFlag == "COMPLETE" and ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"
+    names = {(it.name[0], it.name[1]) for it in _walk(_tree(ds, "1")) if it.name}
+    required = {
+        ("DCM", "121049"),  # Language of Content Item and Descendants
+        ("DCM", "121005"),  # Observer Type
+        ("DCM", "121058"),  # Procedure reported
+        ("DCM", "126010"),  # Imaging Measurements
+        ("DCM", "125007"),  # Measurement Group
+        ("DCM", "112039"),  # Tracking Identifier
+        ("DCM", "112040"),  # Tracking Unique Identifier
+        ("DCM", "121071"),  # Finding
+    }
+    assert required <= names
+    img = [it for it in _walk(_tree(ds, "1")) if it.value_type == "IMAGE"]
+    row = _manifest(tmp_path / "out")[0]
+    assert [it.ds.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for it in img] == [row["image_uid"]]
