@@ -50,6 +50,7 @@ class DemoConfig:
     classes: int = 2
     noise_rate: float = 0.125
     epochs: int = 5
+    batch_size: int = 16
     archs: str = DEMO_ARCHS
     seed: int = 0
     device: str = "auto"
@@ -61,7 +62,7 @@ class DemoConfig:
     def bundle_key(self) -> str:
         """Cache key of the trained bundle: everything that changes it."""
         parts = {"n": self.train_images, "size": self.image_size, "classes": self.classes, "epochs": self.epochs,
-                 "archs": self.archs, "seed": self.seed, "v": 1}
+                 "archs": self.archs, "seed": self.seed, "noise": self.noise_rate, "batch": self.batch_size, "v": 2}
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -86,7 +87,8 @@ class DemoReport:
 
 
 # -- data ------------------------------------------------------------------------------------------
-def _shapes_npz(path: Path, n: int, cfg: DemoConfig, seed: int) -> list[str]:
+def _shapes_npz(path: Path, n: int, cfg: DemoConfig, seed: int, noise_rate: float = 0.0) -> list[str]:
+    """Synthetic shape images as an npz data set; ``noise_rate`` of the labels flipped to another class."""
     import numpy as np
 
     from models.synthetic import make_shapes
@@ -94,9 +96,13 @@ def _shapes_npz(path: Path, n: int, cfg: DemoConfig, seed: int) -> list[str]:
     data = make_shapes(n, n_classes=cfg.classes, size=cfg.image_size, seed=seed)
     names = list(SHAPE_NAMES[: cfg.classes])
     images = (np.clip(data.images, 0, 1) * 255).round().astype(np.uint8)
+    labels = np.asarray(data.labels, dtype=np.int64).copy()
+    if noise_rate > 0:
+        rng = np.random.default_rng(seed + 1)
+        flip = rng.choice(n, round(noise_rate * n), replace=False)
+        labels[flip] = (labels[flip] + rng.integers(1, cfg.classes, len(flip))) % cfg.classes
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, images=images, labels=np.asarray(data.labels, dtype=np.int64),
-                        class_names=np.asarray(names))
+    np.savez_compressed(path, images=images, labels=labels, class_names=np.asarray(names))
     return names
 
 
@@ -107,7 +113,9 @@ def make_demo_data(cfg: DemoConfig, work: Path) -> DemoData:
     if not 2 <= cfg.classes <= len(SHAPE_NAMES):
         raise DemoError(f"--classes must be between 2 and {len(SHAPE_NAMES)}")
     train_npz = work / "data" / "train.npz"
-    names = _shapes_npz(train_npz, cfg.train_images, cfg, seed=cfg.seed)
+    # The bundle learns from annotated data with its own label errors, as a hospital's would be: the
+    # detector sets its cut from the error rate it estimates there (without knowing which are wrong).
+    names = _shapes_npz(train_npz, cfg.train_images, cfg, seed=cfg.seed, noise_rate=cfg.noise_rate)
     audit_npz = work / "data" / "audit.npz"
     _shapes_npz(audit_npz, cfg.studies, cfg, seed=cfg.seed + 1000)
     studies_dir = work / "studies"
@@ -131,13 +139,12 @@ def train_demo_bundle(cfg: DemoConfig, data: DemoData, work: Path, echo=print) -
     tmp = bundle_dir.with_name(bundle_dir.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
-    echo(f"training a {len(cfg.archs.split(','))}-member bundle on {cfg.train_images} synthetic images "
-         f"({cfg.image_size} px, {cfg.epochs} epochs; cached for the next run) ...")
+    echo(f"training a {len(cfg.archs.split(','))}-member bundle on {cfg.train_images} annotated synthetic images "
+         f"({cfg.image_size} px, {cfg.epochs} epochs, labels with the same error rate; cached for the next run) ...")
+    train_cfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=3e-3, patience=cfg.epochs)
     path = train_bundle(data.train_npz, tmp, image_size=cfg.image_size, archs=cfg.archs, seed=cfg.seed,
-                        device=cfg.device, mode="insample", folds=3,
-                        train_cfg=TrainConfig(epochs=cfg.epochs, batch_size=64, patience=cfg.epochs),
-                        max_samples=None, progress=False)
-    Path(path).replace(bundle_dir) if Path(path) != bundle_dir else None
+                        device=cfg.device, mode="insample", folds=3, train_cfg=train_cfg, progress=False)
+    Path(path).replace(bundle_dir)
     return bundle_dir, False
 
 
