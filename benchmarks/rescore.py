@@ -1,0 +1,65 @@
+"""Re-score saved benchmark predictions with labelqa's current detector constants (no re-fitting).
+
+Each ``labelqa evaluate`` run saves ``predictions.npz`` (out-of-fold member probabilities, agreement,
+planted flips). This script re-runs the detector and every baseline on them with the
+``DetectorConfig`` defaults of this checkout and writes ``<results stem>-rescored.json`` next to the
+original results plus ``<settings>-rescored-summary.json``. The constants are chosen on one data
+set's runs (X-ray seed 0) and applied unchanged to the others; the JSON records which.
+
+    .venv/bin/python benchmarks/rescore.py benchmarks/results/*-seed?.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from models.detector import DetectorConfig
+from models.evaluate import rescore
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("results", nargs="+", type=Path, help="results JSON files written by benchmarks/detector.py")
+    ap.add_argument("--tuned-on", default="chest_xray_pneumonia_kermany_224 seed 0",
+                    help="Which run the constants were chosen on (recorded).")
+    a = ap.parse_args()
+    cfg = DetectorConfig()
+    rows: dict[str, list[dict]] = {}
+    for f in a.results:
+        r = json.loads(f.read_text())
+        argv = shlex.split(r["command"])
+        preds = Path(argv[argv.index("--out") + 1]) / "predictions.npz"
+        if not preds.is_file():
+            print(f"skip {f.name}: {preds} not found")
+            continue
+        res = rescore(preds, cfg, seed=r["settings"]["seed"])
+        out = {"source": f.name, "dataset_name": r["dataset_name"], "seed": r["settings"]["seed"],
+               "n_samples": r["n_samples"], "n_flipped": r["n_flipped"], "device": r["device"],
+               "detector": cfg.to_dict(), "tuned_on": a.tuned_on,
+               "command": "benchmarks/rescore.py " + " ".join(str(x) for x in sys.argv[1:]), **res}
+        dest = f.with_name(f.stem + "-rescored.json")
+        dest.write_text(json.dumps(out, indent=2))
+        rows.setdefault(r["dataset_name"], []).append(out)
+        print(dest.name, {k: round(v["f1"], 3) for k, v in res["methods"].items()})
+    summary = {}
+    for ds, runs in rows.items():
+        summary[ds] = {"n_runs": len(runs), "seeds": [x["seed"] for x in runs],
+                       "f1": {m: {"mean": float(np.mean([x["methods"][m]["f1"] for x in runs])),
+                                  "sd": float(np.std([x["methods"][m]["f1"] for x in runs]))}
+                              for m in runs[0]["methods"]},
+                       "oracle_top_n_f1": float(np.mean([x["oracle"]["f1"] for x in runs]))}
+    if a.results:
+        tag = a.results[0].stem.split("-seed")[0].split("224-")[-1]
+        (a.results[0].parent / f"{tag}-rescored-summary.json").write_text(json.dumps(
+            {"detector": cfg.to_dict(), "tuned_on": a.tuned_on, "datasets": summary}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
