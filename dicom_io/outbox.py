@@ -97,7 +97,9 @@ def dicom_sender(cfg: OutboxConfig) -> Sender:
     def send(dest: Any, files: Sequence[FileInfo]) -> list[StoreOutcome]:
         return store_files(
             files, host=dest.host, port=int(dest.port), called_ae=dest.ae_title, calling_ae=cfg.calling_ae_title,
-            connect_timeout_s=cfg.connect_timeout_s, dimse_timeout_s=cfg.dimse_timeout_s, tls=bool(dest.tls),
+            connect_timeout_s=cfg.connect_timeout_s, dimse_timeout_s=cfg.dimse_timeout_s,
+            tls=bool(getattr(dest, "tls", False)), tls_ca=getattr(dest, "tls_ca", None),
+            tls_cert=getattr(dest, "tls_cert", None), tls_key=getattr(dest, "tls_key", None),
         )
 
     return send

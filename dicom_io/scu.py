@@ -78,6 +78,15 @@ def presentation_contexts(files: Sequence[FileInfo]) -> list[tuple[str, str]]:
     return list(seen)
 
 
+def tls_context(ca: str | Path | None = None, cert: str | Path | None = None,
+                key: str | Path | None = None) -> ssl.SSLContext:
+    """Client TLS context: verify the server against ``ca`` (default: system CAs), optional client cert."""
+    ctx = ssl.create_default_context(cafile=str(ca) if ca else None)
+    if cert:
+        ctx.load_cert_chain(str(cert), str(key) if key else None)
+    return ctx
+
+
 def store_files(
     files: Sequence[FileInfo],
     *,
@@ -89,13 +98,18 @@ def store_files(
     acse_timeout_s: float = 30.0,
     dimse_timeout_s: float = 60.0,
     tls: bool = False,
+    tls_ca: str | Path | None = None,
+    tls_cert: str | Path | None = None,
+    tls_key: str | Path | None = None,
     tcp_nodelay: bool = True,
 ) -> list[StoreOutcome]:
     """Send ``files`` over one association; one outcome per file, in order.
 
     Raises AssociationError when no association could be made (nothing was sent). If the association
     breaks mid-batch, the files not confirmed get ``delivered=False`` with the reason.
-    ``tcp_nodelay=False`` exists only to measure what TCP_NODELAY is worth (benchmarks/).
+    ``tls``: DICOM TLS, verifying the peer's certificate for ``host`` against ``tls_ca`` (default: the
+    system CAs), presenting ``tls_cert``/``tls_key`` when given. ``tcp_nodelay=False`` exists only to
+    measure what TCP_NODELAY is worth (benchmarks/).
     """
     from pynetdicom import AE, _config
 
@@ -112,8 +126,11 @@ def store_files(
     ae.network_timeout = max(dimse_timeout_s, acse_timeout_s)
     for sop_class, ts in contexts:
         ae.add_requested_context(sop_class, [ts])
-    tls_args = (ssl.create_default_context(), host) if tls else None
-    assoc = ae.associate(host, port, ae_title=called_ae, tls_args=tls_args)
+    tls_args = (tls_context(tls_ca, tls_cert, tls_key), host) if tls else None
+    try:
+        assoc = ae.associate(host, port, ae_title=called_ae, tls_args=tls_args)
+    except (OSError, ssl.SSLError) as e:
+        raise AssociationError(f"association to {called_ae}@{host}:{port} failed: {e}") from e
     if not assoc.is_established:
         why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "failed"
         raise AssociationError(f"association to {called_ae}@{host}:{port} {why}")

@@ -94,6 +94,9 @@ class Destination(BaseModel):
     port: int | None = Field(None, description="Port of a DICOM destination.")
     url: str | None = Field(None, description="STOW-RS base URL of a DICOMweb destination.")
     tls: bool = Field(False, description="Use DICOM TLS towards this destination.")
+    tls_ca: Path | None = Field(None, description="PEM CA bundle that signs the destination's certificate.")
+    tls_cert: Path | None = Field(None, description="PEM client certificate we present (mutual TLS).")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert.")
 
 
 class OutboxSettings(BaseModel):

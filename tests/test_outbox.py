@@ -192,17 +192,22 @@ def test_kill_9_during_delivery_then_restart_loses_nothing(study_files, tmp_path
     box.enqueue(files)
     cfg = _toml(tmp_path / "labelqa.toml", tmp_path, dests, batch_size=10, poll_interval_s=0.2)
     scp = start_storescp(ns, tmp_path / "rx", port)
-    cmd = [*labelqa_cmd(), "outbox", "send", "--timeout", "90", "--config", str(cfg)]
+    cmd = [*labelqa_cmd(), "outbox", "send", "--timeout", "200", "--config", str(cfg)]
     try:
         sender = ns.popen(cmd, env=labelqa_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait(lambda: len(scp.received()) >= 30, 60, "the first deliveries")
+        _wait(lambda: len(scp.received()) >= 30, 180, "the first deliveries")
         os.kill(sender.pid, signal.SIGKILL)
         sender.wait()
         at_kill = len(scp.received())
         assert at_kill < len(files), "delivery finished before the kill; the test needs more objects"
         assert box.counts()[PENDING] > 0
-        r = ns.run(cmd, env=labelqa_env(), timeout=120)
-        assert r.returncode == 0, r.stdout + r.stderr
+        restart = ns.popen(cmd, env=labelqa_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            out, _ = restart.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            restart.kill()
+            out, _ = restart.communicate()
+        assert restart.returncode == 0, f"{out[-3000:]}\nstorescp:\n{scp.log()[-2000:]}"
         got = _received_uids(scp)
         assert set(got) == want  # nothing lost
         dupes = len(got) - len(set(got))

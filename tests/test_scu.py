@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -10,7 +12,7 @@ import pytest
 
 from dicom_io.results import save_results, write_results
 from dicom_io.scu import presentation_contexts
-from tests.conftest import can_unshare_net, free_port, labelqa_env, requires_dcmtk
+from tests.conftest import can_unshare_net, free_port, have, labelqa_env, requires_dcmtk
 from tests.orthanc_helper import NetNamespace, start_storescp
 from tests.test_results import ALGORITHM, COHORT, make_study
 
@@ -67,8 +69,6 @@ def test_storescp_receives_sr_sc_kos_byte_equal(result_files, tmp_path):
         """)
         r = ns.run([sys.executable, "-c", script], env=labelqa_env(), timeout=120)
         assert r.returncode == 0, r.stderr
-        import json
-
         outcomes = json.loads(r.stdout.strip().splitlines()[-1])
         assert all(delivered and status == 0 for _, delivered, status, _ in outcomes), outcomes
         received = scp.received()
@@ -122,3 +122,64 @@ def test_warning_statuses_count_as_delivered_and_failures_are_retried(result_fil
         assert sorted(seen) == uids and len(associations) == 1  # one association carried the whole batch
     finally:
         server.shutdown()
+
+
+def _pki(d: Path) -> dict[str, Path]:
+    """A throw-away CA, a server certificate for IP 127.0.0.1 and a client certificate (openssl CLI)."""
+    d.mkdir(parents=True, exist_ok=True)
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+        "-subj", "/CN=labelqa test CA")
+    for name, ext in (("server", "subjectAltName=IP:127.0.0.1"), ("client", "extendedKeyUsage=clientAuth")):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+            "-subj", f"/CN=labelqa test {name}")
+        (d / f"{name}.ext").write_text(ext + "\n")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext")
+    return {k: d / k for k in ("ca.crt", "server.key", "server.crt", "client.key", "client.crt")}
+
+
+@requires_dcmtk
+@needs_netns
+@pytest.mark.skipif(not have("openssl"), reason="openssl not installed")
+def test_dicom_tls_to_storescp_with_mutual_authentication(result_files, tmp_path):
+    pki = _pki(tmp_path / "pki")
+    ns = NetNamespace()
+    port = free_port()
+    rx = tmp_path / "rx"
+    rx.mkdir()
+    log = open(tmp_path / "storescp.log", "w")  # noqa: SIM115
+    scp = ns.popen(["storescp", "-aet", "STORESCP", "-od", str(rx), "+B", "+uf", "-pm", "+xa", "-dhl",
+                    "+tls", str(pki["server.key"]), str(pki["server.crt"]), "+cf", str(pki["ca.crt"]), "-rc",
+                    str(port)], stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    try:
+        ns.wait_port(port)
+        script = textwrap.dedent(f"""
+            import json
+            from pathlib import Path
+            from dicom_io.scu import AssociationError, file_info, store_files
+            files = [file_info(Path(p)) for p in {[str(p) for p in result_files]!r}]
+            kw = dict(host="127.0.0.1", port={port}, called_ae="STORESCP", tls=True)
+            try:
+                store_files(files, **kw)  # system CAs do not know our CA: refused
+                untrusted = "sent"
+            except AssociationError as e:
+                untrusted = "refused"
+            out = store_files(files, tls_ca={str(pki["ca.crt"])!r}, tls_cert={str(pki["client.crt"])!r},
+                              tls_key={str(pki["client.key"])!r}, **kw)
+            print(json.dumps({{"untrusted": untrusted, "ok": [o.delivered for o in out]}}))
+        """)
+        r = ns.run([sys.executable, "-c", script], env=labelqa_env(), timeout=120)
+        assert r.returncode == 0, r.stderr[-3000:]
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+        assert res["untrusted"] == "refused"
+        assert res["ok"] == [True] * len(result_files)
+        assert {dataset_bytes(p) for p in rx.iterdir()} == {dataset_bytes(p) for p in result_files}
+    finally:
+        scp.terminate()
+        scp.wait(10)
+        ns.stop()
