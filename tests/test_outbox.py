@@ -262,3 +262,15 @@ def test_orthanc_receives_results_by_c_store_and_stow_rs_in_the_audited_study(st
     finally:
         orthanc.stop()
         ns.stop()
+
+
+def test_a_file_removed_before_sending_is_an_error_not_a_crash(study_files, tmp_path):
+    _, results, _ = study_files
+    copy = tmp_path / "gone.dcm"
+    copy.write_bytes(results[0].read_bytes())
+    box = _outbox(tmp_path, [Dest("x", free_port())], max_attempts=1)
+    box.enqueue([copy])
+    copy.unlink()
+    assert box.deliver_once("x") == 0
+    (row,) = box.list()
+    assert row["state"] == DEAD and row["last_error"].startswith("file missing")
