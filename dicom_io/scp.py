@@ -79,6 +79,7 @@ class ListenerConfig:
     tls_require_client_cert: bool = False
     min_free_disk_mb: int = 512
     shutdown_grace_s: float = 10.0
+    poll_interval_s: float = 0.0002
 
     @classmethod
     def from_settings(cls, s: Any) -> ListenerConfig:
@@ -89,6 +90,35 @@ class ListenerConfig:
                 v = getattr(s, name)
                 kw[name] = tuple(v) if isinstance(v, list) else v
         return cls(**kw)
+
+
+class _ShortSleepTime:
+    """Stand-in for the ``time`` module inside ``pynetdicom.association``: caps its reactor's sleep."""
+
+    def __init__(self, cap: float) -> None:
+        self.cap = cap
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(min(seconds, self.cap))
+
+
+def shorten_reactor_sleep(interval_s: float) -> None:
+    """pynetdicom's association and DUL loops poll with a 1 ms sleep; a C-STORE waits for several.
+
+    Capping the association loop's sleep (and the DUL's ``_run_loop_delay``, set per association)
+    at ``interval_s`` cuts that latency; the cost is more wake-ups while an association is open.
+    Process-wide (it also speeds up our outgoing associations). No-op if pynetdicom changes shape.
+    """
+    import pynetdicom.association as pa
+
+    current = getattr(pa, "time", None)
+    if isinstance(current, _ShortSleepTime):
+        current.cap = interval_s
+    elif current is time:
+        pa.time = _ShortSleepTime(interval_s)
 
 
 def storage_sop_classes() -> list[str]:
@@ -159,6 +189,7 @@ class Listener:
 
     def start(self) -> None:
         """Bind and serve in background threads."""
+        shorten_reactor_sleep(self.cfg.poll_interval_s)
         handlers = [
             (evt.EVT_CONN_OPEN, self._on_conn_open),
             (evt.EVT_REQUESTED, self._on_requested),
@@ -198,12 +229,13 @@ class Listener:
 
     # ---------------------------------------------------------------- event handlers
 
-    @staticmethod
-    def _on_conn_open(event: evt.Event) -> None:
+    def _on_conn_open(self, event: evt.Event) -> None:
         try:
             event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except (OSError, AttributeError) as e:  # pragma: no cover - platform specific
             log.debug("could not set TCP_NODELAY: %s", e)
+        if hasattr(event.assoc.dul, "_run_loop_delay"):
+            event.assoc.dul._run_loop_delay = self.cfg.poll_interval_s
 
     def _reject(self, event: evt.Event, rsd: tuple[int, int, int], why: str) -> None:
         assoc = event.assoc

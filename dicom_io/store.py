@@ -138,6 +138,7 @@ class ReconcileReport:
     """What start-up reconciliation found and did."""
 
     tmp_removed: int = 0
+    tmp_recovered: int = 0
     rows_removed: int = 0
     files_indexed: int = 0
     files_unreadable: list[str] = field(default_factory=list)
@@ -210,6 +211,8 @@ class StoreEventRow(Base):
     sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
     detail: Mapped[str | None] = mapped_column(Text)
 
+
+_TMP_RE = re.compile(r"^\.(?P<final>.+\.dcm)\.(?P<size>[0-9]+)\.(?P<sha>[0-9a-f]{32})\.[0-9a-f]+\.tmp$")
 
 # prepared statements of the hot path (plain SQL: no ORM overhead per instance)
 _SQL_LOOKUP = text("SELECT sha256, path, study_uid FROM instances WHERE sop_instance_uid = :sop")
@@ -473,11 +476,13 @@ class StudyStore:
         *,
         engine: Engine | None = None,
         reconcile: bool = True,
+        fsync_directory: bool = True,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.studies_dir = self.data_dir / "studies"
         self.studies_dir.mkdir(parents=True, exist_ok=True)
         self.stable_after_s = float(stable_after_s)
+        self.fsync_directory = fsync_directory
         url = database_url or f"sqlite:///{self.data_dir / 'index.sqlite'}"
         # NORMAL is enough for the index: the fsync'd files are the truth and reconcile() rebuilds
         # rows a power cut may have lost (see dicom_io.db.make_engine).
@@ -587,7 +592,7 @@ class StudyStore:
             if old is not None and old.sha256 == digest and old.path == rel and final.is_file():
                 log.debug("duplicate sop=%s study=%s", h.sop_instance_uid, h.study_uid)
                 return PutResult("duplicate", h.sop_instance_uid, h.study_uid, h.series_uid, final)
-            self._write_file(final, raw)
+            self._write_file(final, raw, digest)
             status = "stored" if old is None else ("duplicate" if old.sha256 == digest else "replaced")
             self._index(h, rel, len(raw), digest, calling_ae, old)
             if old is not None and old.path != rel:
@@ -598,9 +603,15 @@ class StudyStore:
             self._touch_study(h.study_uid)
         return PutResult(status, h.sop_instance_uid, h.study_uid, h.series_uid, final)
 
-    def _write_file(self, final: Path, raw: bytes) -> None:
+    def _write_file(self, final: Path, raw: bytes, digest: str) -> None:
+        """Temp file (named with its size and hash) -> fsync -> atomic rename -> fsync of the directory.
+
+        The name lets start-up recovery tell a complete, fsync'd temp file (rolled forward) from a
+        partial one (removed), so an instance acknowledged just before a power cut is never lost,
+        even when ``fsync_directory`` is off and the rename itself did not reach the disk.
+        """
         _makedirs_durable(final.parent, self.studies_dir)
-        tmp = final.parent / f".{final.name}.{uuid.uuid4().hex[:12]}.tmp"
+        tmp = final.parent / f".{final.name}.{len(raw)}.{digest[:32]}.{uuid.uuid4().hex[:8]}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
             view = memoryview(raw)
@@ -614,7 +625,21 @@ class StudyStore:
             raise
         os.close(fd)
         os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        if self.fsync_directory:
+            _fsync_dir(final.parent)
+
+    def _recover_tmp(self, tmp: Path) -> Path | None:
+        """Roll a complete temp file forward to its final name; None (and removed) when it is partial."""
+        m = _TMP_RE.match(tmp.name)
+        if m:
+            raw = tmp.read_bytes()
+            if len(raw) == int(m["size"]) and hashlib.sha256(raw).hexdigest().startswith(m["sha"]):
+                final = tmp.parent / m["final"]
+                os.replace(tmp, final)
+                _fsync_dir(final.parent)
+                return final
+        tmp.unlink(missing_ok=True)
+        return None
 
     def _index(self, h: _Header, rel: str, size: int, digest: str, calling_ae: str | None, old) -> None:
         """Insert/update the rows of one instance in one transaction."""
@@ -700,12 +725,18 @@ class StudyStore:
         """Make the index agree with the files: drop temp leftovers, stale rows; index orphan files."""
         rep = ReconcileReport()
         on_disk: dict[str, Path] = {}
+        rolled: set[str] = set()
         for dirpath, _dirs, files in os.walk(self.studies_dir):
-            for name in files:
+            for name in sorted(files, key=lambda n: not n.endswith(".tmp")):  # temp files first
                 p = Path(dirpath) / name
                 if name.endswith(".tmp"):
-                    p.unlink(missing_ok=True)
-                    rep.tmp_removed += 1
+                    final = self._recover_tmp(p)
+                    if final is None:
+                        rep.tmp_removed += 1
+                        continue
+                    rep.tmp_recovered += 1
+                    rolled.add(final.relative_to(self.data_dir).as_posix())
+                    on_disk[final.relative_to(self.data_dir).as_posix()] = final
                 elif name.endswith(".dcm"):
                     on_disk[p.relative_to(self.data_dir).as_posix()] = p
         with self.engine.connect() as c:
@@ -725,7 +756,7 @@ class StudyStore:
             rep.rows_removed = len(stale)
         stale_paths = {r.path for r in stale}
         for rel, p in sorted(on_disk.items()):
-            if rel in rows and rel not in stale_paths:
+            if rel in rows and rel not in stale_paths and rel not in rolled:
                 continue
             raw = p.read_bytes()
             try:
@@ -756,9 +787,11 @@ class StudyStore:
                     )
                 )
             rep.files_indexed += 1
-        if rep.tmp_removed or rep.rows_removed or rep.files_indexed or rep.files_unreadable:
+        if rep.tmp_removed or rep.tmp_recovered or rep.rows_removed or rep.files_indexed or rep.files_unreadable:
             log.info(
-                "reconcile: removed %d temp files, %d stale rows; indexed %d files; %d unreadable",
+                "reconcile: %d complete temp files rolled forward, removed %d partial ones and %d stale rows; "
+                "indexed %d files; %d unreadable",
+                rep.tmp_recovered,
                 rep.tmp_removed,
                 rep.rows_removed,
                 rep.files_indexed,

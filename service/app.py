@@ -75,6 +75,7 @@ class Service:
             settings.store.data_dir,
             settings.store.resolved_database_url(),
             settings.store.stable_after_s,
+            fsync_directory=settings.store.fsync_directory,
         )
         self.listener = Listener(ListenerConfig.from_settings(settings.listener), self.store)
         self.components: list[Component] = []

@@ -50,6 +50,12 @@ class ListenerSettings(BaseModel):
     min_free_disk_mb: int = Field(
         512, ge=0, description="Refuse new associations when the data dir has less free space (MiB)."
     )
+    shutdown_grace_s: float = Field(
+        10.0, ge=0, description="On SIGTERM, running associations get this long to finish before being aborted."
+    )
+    poll_interval_s: float = Field(
+        0.0002, gt=0, le=0.001, description="Polling interval of pynetdicom's loops while an association is open."
+    )
 
 
 class StoreSettings(BaseModel):
@@ -61,6 +67,11 @@ class StoreSettings(BaseModel):
     )
     stable_after_s: float = Field(
         5.0, gt=0, description="A study is stable after this many seconds without a new instance."
+    )
+    fsync_directory: bool = Field(
+        True,
+        description="fsync the series directory after each rename (strict POSIX durability); off: one journal "
+        "commit per instance, relies on ext4/xfs persisting a new file's name with its fsync + start-up roll-forward.",
     )
 
     def resolved_database_url(self) -> str:

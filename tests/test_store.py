@@ -244,3 +244,28 @@ def test_header_read_decodes_character_sets_like_pydicom():
         ds = pydicom.dcmread(path)
         assert h.patient_name == str(ds.PatientName), name
         assert (h.study_uid, h.sop_instance_uid) == (ds.StudyInstanceUID, ds.SOPInstanceUID)
+
+
+def test_reconcile_rolls_complete_temp_files_forward_and_drops_partial_ones(tmp_path):
+    data = tmp_path / "data"
+    s = StudyStore(data, fsync_directory=False)
+    study = generate_uid()
+    first = s.put(ct_copy(study))
+    s.close()
+    # a power cut after fsync(temp) but before the rename reached the disk: the temp file is complete
+    raw = ct_copy(study, series=str(pydicom.dcmread(first.path, stop_before_pixels=True).SeriesInstanceUID))
+    h = pydicom.dcmread(io.BytesIO(raw), stop_before_pixels=True)
+    digest = hashlib.sha256(raw).hexdigest()
+    complete = first.path.parent / f".{h.SOPInstanceUID}.dcm.{len(raw)}.{digest[:32]}.0a1b2c3d.tmp"
+    complete.write_bytes(raw)
+    partial_raw = ct_copy(study)
+    partial = first.path.parent / f".{generate_uid()}.dcm.{len(partial_raw)}.{'0' * 32}.0a1b2c3d.tmp"
+    partial.write_bytes(partial_raw[: len(partial_raw) // 2])
+    s2 = StudyStore(data)
+    try:
+        assert {r.sop_instance_uid for r in s2.instances()} == {first.sop_instance_uid, h.SOPInstanceUID}
+        recovered = first.path.parent / f"{h.SOPInstanceUID}.dcm"
+        assert recovered.read_bytes() == raw
+        assert not list(data.rglob("*.tmp"))
+    finally:
+        s2.close()
