@@ -96,7 +96,8 @@ def _code(vocabulary: Any, name: str) -> Any:
 
 
 def _audit_sets(sets: Sequence[Any], by_uid: dict[str, Path], bundle: Any, vocabulary: Any, *, device: str,
-                batch_size: int, heatmaps_for_hard_cases: bool, parametric_maps: bool = False) -> list[StudyAudit]:
+                batch_size: int, heatmaps_for_hard_cases: bool, parametric_maps: bool = False,
+                member_panels: bool = False) -> list[StudyAudit]:
     """Run the bundle once over every sample of every set, then write each study's results."""
     import pydicom
 
@@ -145,6 +146,7 @@ def _audit_sets(sets: Sequence[Any], by_uid: dict[str, Path], bundle: Any, vocab
                 consensus_label=_code(vocabulary, v.consensus_label), verdict=v.verdict, agreement=v.agreement,
                 p_given=v.p_given, priority=v.priority, n_disagree=v.n_disagree, n_members=v.n_members,
                 consensus_prob=v.consensus_prob, heatmap=v.heatmap,
+                member_heatmaps=getattr(v, "member_heatmaps", None),
             ))
             sa.rows.append({
                 "study_uid": pv.study_uid, "annotation_uid": pv.annotation_uid, "source": pv.source,
@@ -165,7 +167,8 @@ def _audit_sets(sets: Sequence[Any], by_uid: dict[str, Path], bundle: Any, vocab
         labels = {v.given_label for _, v in pairs}
         findings = [text for (grp, cls), text in cohort.items() if grp in observers and cls in labels]
         sa.datasets = write_results(sources, annotations, audited, algorithm, findings,
-                                    heatmaps_for_hard_cases=heatmaps_for_hard_cases, parametric_maps=parametric_maps)
+                                    heatmaps_for_hard_cases=heatmaps_for_hard_cases, parametric_maps=parametric_maps,
+                                    member_panels=member_panels)
     return out
 
 
@@ -200,7 +203,7 @@ def _cohort_text(bundle: Any, images: np.ndarray, given: list[str], groups: list
 
 
 def audit_study(files: Iterable[Path], bundle: Any, vocabulary: Any, *, device: str = "auto", batch_size: int = 64,
-                heatmaps_for_hard_cases: bool = False, parametric_maps: bool = False
+                heatmaps_for_hard_cases: bool = False, parametric_maps: bool = False, member_panels: bool = False
                 ) -> tuple[list[Any], list[dict[str, Any]]]:
     """Audit one study's files: (result datasets SR/SC/KOS, verdict rows). No annotations: ([], [])."""
     from dicom_io.annotations import read_study
@@ -209,7 +212,8 @@ def audit_study(files: Iterable[Path], bundle: Any, vocabulary: Any, *, device: 
     by_uid = _headers(files)
     aset = read_study([by_uid[u] for u in by_uid], vocabulary, image_size=int(bundle.image_size))
     (sa,) = _audit_sets([aset], by_uid, bundle, vocabulary, device=device, batch_size=batch_size,
-                        heatmaps_for_hard_cases=heatmaps_for_hard_cases, parametric_maps=parametric_maps)
+                        heatmaps_for_hard_cases=heatmaps_for_hard_cases, parametric_maps=parametric_maps,
+                        member_panels=member_panels)
     for issue in sa.issues:
         log.info("study %s: %s (%s)", sa.study_uid, issue.get("code"), issue.get("message"))
     return sa.datasets, sa.rows
@@ -217,7 +221,8 @@ def audit_study(files: Iterable[Path], bundle: Any, vocabulary: Any, *, device: 
 
 def audit_dicom_dir(bundle_path: Path | str, dicom_dir: Path | str, out_dir: Path | str, *,
                     vocabulary: Path | str | None = None, device: str = "auto", batch_size: int = 64,
-                    heatmaps_for_hard_cases: bool = False, parametric_maps: bool = False) -> dict[str, Any]:
+                    heatmaps_for_hard_cases: bool = False, parametric_maps: bool = False,
+                    member_panels: bool = False) -> dict[str, Any]:
     """Audit every study under ``dicom_dir`` offline: ``out_dir/dicom/*.dcm`` + ``out_dir/verdicts.json``.
 
     Returns the summary written into verdicts.json (without the per-annotation items).
@@ -235,7 +240,8 @@ def audit_dicom_dir(bundle_path: Path | str, dicom_dir: Path | str, out_dir: Pat
     by_uid = _headers(p for p in sorted(dicom_dir.rglob("*")) if p.is_file())
     sets = read_studies(list(by_uid.values()), vocab, image_size=int(bundle.image_size))
     audits = _audit_sets(sets, by_uid, bundle, vocab, device=device, batch_size=batch_size,
-                         heatmaps_for_hard_cases=heatmaps_for_hard_cases, parametric_maps=parametric_maps)
+                         heatmaps_for_hard_cases=heatmaps_for_hard_cases, parametric_maps=parametric_maps,
+                        member_panels=member_panels)
     written: list[str] = []
     for sa in audits:
         written += [str(p.relative_to(out_dir)) for p in save_results(sa.datasets, out_dir / "dicom")]

@@ -386,3 +386,19 @@ def test_dcmtk_renders_the_heatmap_sc_as_we_drew_it(written, tmp_path):
     with Image.open(out) as im:
         rendered = np.asarray(im.convert("RGB"))
     assert np.array_equal(rendered, pydicom.dcmread(sc_path).pixel_array)
+
+
+@requires_dciodvfy
+def test_member_panel_sc_shows_every_member_beside_the_consensus(tmp_path):
+    sources, annotations, audited = make_study()
+    audited[0].member_heatmaps = {"densenet121": _blob(16, 16, 6, 9), "resnet18": _blob(16, 16, 5, 10) * 3.0}
+    plain = write_results(sources, annotations, audited, ALGORITHM, COHORT)
+    with_panel = write_results(sources, annotations, audited, ALGORITHM, COHORT, member_panels=True)
+    extra = [ds for ds in with_panel if ds.SOPInstanceUID not in {d.SOPInstanceUID for d in plain}]
+    assert len(extra) == 1 and len(with_panel) == len(plain) + 1
+    panel, single = extra[0], next(ds for ds in plain if ds.Modality == "OT")
+    assert panel.SeriesInstanceUID == single.SeriesInstanceUID and panel.BurnedInAnnotation == "YES"
+    assert panel.Rows == single.Rows and panel.Columns == 3 * single.Columns  # consensus + 2 members
+    (path,) = save_results([panel], tmp_path)
+    r = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    assert [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("Error")] == []

@@ -84,6 +84,7 @@ class AuditedAnnotation:
     image_sop_class_uid: str | None = None
     consensus_prob: float | None = None
     heatmap: np.ndarray | None = None
+    member_heatmaps: dict[str, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
@@ -137,13 +138,15 @@ def write_results(
     *,
     heatmaps_for_hard_cases: bool = False,
     parametric_maps: bool = False,
+    member_panels: bool = False,
     manufacturer: str = "labelqa",
 ) -> list[Dataset]:
     """The result objects of one study: heatmap SCs, then the KOS (if anything is flagged), then the SR.
 
     Heatmap SCs are made for suspected label errors with a heatmap (and for hard cases when asked);
     ``parametric_maps`` adds a Parametric Map of the raw saliency beside each SC where the source
-    allows one (it has a Frame of Reference), after the SCs.
+    allows one (it has a Frame of Reference), after the SCs. ``member_panels`` adds, beside each heatmap
+    SC, one SC showing every ensemble member's map (when the records carry ``member_heatmaps``).
     Raises ValueError when a record refers to a source image or annotation that was not given, or when
     the records span more than one study.
     """
@@ -190,6 +193,18 @@ def write_results(
             manufacturer=manufacturer,
         )
     out: list[Dataset] = list(heatmaps.values())
+    if member_panels:
+        for i in list(heatmaps):
+            a = audited[i]
+            if not a.member_heatmaps:
+                continue
+            members = {k: np.asarray(v, dtype=np.float32) for k, v in sorted(a.member_heatmaps.items())}
+            out.append(heatmap_sc(
+                source_images[a.image_uid], a.frame, np.asarray(a.heatmap, dtype=np.float32), caption="",
+                series_instance_uid=heat_series, series_number=HEATMAP_SERIES_NUMBER,
+                sop_instance_uid=derived_uid(run_key, "members", i, digest(*members.values())),
+                instance_number=1000 + i, manufacturer=manufacturer, members=members,
+            ))
     if parametric_maps:
         from dicom_io.results.pmap import saliency_map
 

@@ -57,6 +57,22 @@ def render_overlay(base: np.ndarray, heat: np.ndarray, caption: str = "") -> np.
     return np.asarray(img, dtype=np.uint8)
 
 
+def _unit(a: np.ndarray) -> np.ndarray:
+    """Min-max scale a map to [0, 1] if it is not already in that range."""
+    lo, hi = float(np.min(a)), float(np.max(a))
+    if lo >= 0.0 and hi <= 1.0:
+        return a
+    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+
+
+def render_panel(base: np.ndarray, maps: dict[str, np.ndarray], caption: str = "") -> np.ndarray:
+    """Several saliency maps over the same frame side by side (e.g. consensus, then each ensemble member)."""
+    tiles = [render_overlay(base, heat, f"{name}: {caption}" if caption else name) for name, heat in maps.items()]
+    h = max(t.shape[0] for t in tiles)
+    tiles = [np.pad(t, ((0, h - t.shape[0]), (0, 0), (0, 0))) for t in tiles]
+    return np.concatenate(tiles, axis=1)
+
+
 def _orientation(source: Dataset) -> tuple[str, str]:
     po = source.get("PatientOrientation")
     if po is not None and len(po) == 2 and all(str(v) for v in po):
@@ -90,13 +106,22 @@ def heatmap_sc(
     instance_number: int,
     manufacturer: str,
     series_description: str = "labelqa saliency heatmaps (NOT FOR DIAGNOSIS)",
+    members: dict[str, np.ndarray] | None = None,
 ) -> Dataset:
-    """The heatmap Secondary Capture of one annotation (``heat``: float (h, w) in [0, 1])."""
+    """The heatmap Secondary Capture of one annotation (``heat``: float (h, w) in [0, 1]).
+
+    With ``members`` (name -> map), the picture is a panel: the consensus map, then each member's.
+    """
     from highdicom.sc import SCImage
 
     if heat.ndim != 2:
         raise ValueError(f"heatmap must be 2-D, got shape {heat.shape}")
-    pixels = render_overlay(source_frame_float(source, frame), heat, caption)
+    base = source_frame_float(source, frame)
+    if members:
+        maps = {"consensus": heat, **{str(k): _unit(np.asarray(v, dtype=np.float32)) for k, v in members.items()}}
+        pixels = render_panel(base, maps)
+    else:
+        pixels = render_overlay(base, heat, caption)
     sc = SCImage.from_ref_dataset(
         ref_dataset=source,
         pixel_array=pixels,
