@@ -519,8 +519,8 @@ def _orthanc_outputs(orthanc: LocalOrthanc, report: DemoReport) -> dict[str, Any
     for uid in {r["study_uid"] for r in report.rows}:
         for s in orthanc.study_series(uid):
             tags = s.get("MainDicomTags", {})
-            if tags.get("Manufacturer") != "labelqa":
-                continue
+            if tags.get("Manufacturer") != "labelqa" or not 9901 <= int(tags.get("SeriesNumber") or 0) <= 9909:
+                continue  # not one of labelqa's result series
             n = len(s.get("Instances", []))
             mod = tags.get("Modality")
             n_sr += n if mod == "SR" else 0

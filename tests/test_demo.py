@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
-from tests.conftest import REPO, labelqa_cmd, labelqa_env
+import pytest
+
+from tests.conftest import REPO, labelqa_cmd, labelqa_env, requires_dcmtk
+from tests.pipeline_fixtures import small_demo  # noqa: F401 - session fixture
 
 
 def test_configuration_reference_is_up_to_date():
@@ -23,3 +27,37 @@ def test_orthanc_example_routes_to_labelqa_with_the_lua_script():
     assert any(p.endswith("labelqa-route.lua") for p in cfg["LuaScripts"])
     lua = (REPO / "deploy" / "orthanc" / "labelqa-route.lua").read_text()
     assert "function OnStableStudy" in lua and "/modalities/" in lua and "'labelqa'" in lua
+
+
+@pytest.mark.slow
+@requires_dcmtk
+def test_demo_table_matches_the_planted_errors(small_demo):  # noqa: F811
+    cfg = small_demo.cfg
+    args = ["demo", "--json", "--data-dir", str(small_demo.work), "--studies", str(cfg.studies),
+            "--train-images", str(cfg.train_images), "--image-size", str(cfg.image_size), "--classes",
+            str(cfg.classes), "--noise-rate", str(cfg.noise_rate), "--epochs", str(cfg.epochs), "--seed",
+            str(cfg.seed), "--device", "cpu", "--timeout", "300"]
+    r = subprocess.run([*labelqa_cmd(), *args], capture_output=True, text=True, env=labelqa_env(), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "(cached)" in r.stderr, "the bundle trained by the fixture is reused"
+    report = json.loads(r.stdout)
+    rows = report["rows"]
+    truth = {m["annotation_uid"]: m for m in small_demo.data.manifest}
+    assert len(rows) == cfg.studies == len(truth)
+    for row in rows:
+        m = truth[row["annotation_uid"]]
+        assert row["planted_error"] == (m["true_label"] != m["written_label"])
+        assert row["given_label"] == m["written_label"]
+        if row["planted_error"]:
+            # Every model sees the shape: the consensus is the true class, so the label is questioned.
+            assert row["consensus_label"] == m["true_label"] and row["verdict"] != "consistent", row
+        else:
+            assert row["verdict"] != "suspected_label_error", f"false alarm: {row}"
+    flagged = [row for row in rows if row["verdict"] == "suspected_label_error"]
+    assert flagged, "at least one planted error is flagged"
+    s = report["summary"]
+    assert s["planted_errors"] == sum(row["planted_error"] for row in rows) >= 1
+    assert s["flagged_not_planted"] == 0 and s["flagged_and_planted"] == len(flagged)
+    out = report["outputs"]
+    assert out["archive"]["instances"] >= cfg.studies  # one SR per study at least, delivered by C-STORE
+    assert Path(out["html_report"]).is_file()

@@ -5,8 +5,9 @@
 -- modality "labelqa" (declared in DicomModalities). labelqa audits the annotations and stores its
 -- results (QA report SR, heatmap Secondary Captures, "Quality Issue" KOS) back into the same study.
 --
--- Results coming back make the study stable again; they are recognised by Manufacturer "labelqa"
--- and never routed again, and a study is only re-routed when its other series changed.
+-- Results coming back make the study stable again; they are recognised (Manufacturer "labelqa",
+-- Series Number 9901-9909) and never routed again, and a study is only re-routed when its other
+-- series changed.
 -- (Lua SendToModality(studyId, ...) fails for a study in Orthanc 1.10.1: the REST route works.)
 
 local LABELQA_MODALITY = 'labelqa'
@@ -14,9 +15,11 @@ local LABELQA_MANUFACTURER = 'labelqa'
 
 local routed = {}  -- study id -> fingerprint of the series last routed (lost on restart: harmless)
 
+-- labelqa's result series: Manufacturer "labelqa" and Series Number 9901-9909 (SR, heatmaps, KOS, ...).
 local function isOurs(series)
   local tags = series['MainDicomTags'] or {}
-  return tags['Manufacturer'] == LABELQA_MANUFACTURER
+  local number = tonumber(tags['SeriesNumber'] or '')
+  return tags['Manufacturer'] == LABELQA_MANUFACTURER and number ~= nil and number >= 9901 and number <= 9909
 end
 
 function OnStableStudy(studyId, tags, metadata)
@@ -42,12 +45,12 @@ function OnStableStudy(studyId, tags, metadata)
   if routed[studyId] == fingerprint then
     return  -- only labelqa's own results changed the study
   end
-  local request = { Resources = resources, Synchronous = false, Priority = 0 }
-  local ok, err = pcall(RestApiPost, '/modalities/' .. LABELQA_MODALITY .. '/store', DumpJson(request, true))
-  if ok then
+  local request = { Resources = resources, Synchronous = false }
+  local ok, answer = pcall(RestApiPost, '/modalities/' .. LABELQA_MODALITY .. '/store', DumpJson(request, true))
+  if ok and answer ~= nil then
     routed[studyId] = fingerprint
-    print('labelqa: routed study ' .. studyId .. ' (' .. #resources .. ' series) to ' .. LABELQA_MODALITY)
+    print('labelqa: study ' .. studyId .. ' (' .. #resources .. ' series) queued for sending to ' .. LABELQA_MODALITY)
   else
-    print('labelqa: could not route study ' .. studyId .. ': ' .. tostring(err))
+    print('labelqa: could not route study ' .. studyId .. ' (see the error above); it is routed again when it changes')
   end
 end
