@@ -560,3 +560,59 @@ def test_shutdown_lets_running_association_finish(listener_factory, tmp_path):
     assert out["r"].returncode == 0, out["r"].stdout + out["r"].stderr
     assert len(store.instances()) == 60
     assert echoscu(lst.port).returncode != 0  # no longer listening
+
+
+@pytest.mark.skipif(not __import__("shutil").which("openssl"), reason="openssl not installed")
+def test_tls_listener_accepts_tls_peer_and_refuses_plain(listener_factory, tmp_path):
+    import ssl
+
+    from pynetdicom import AE
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    lst, store = listener_factory(tls_cert=cert, tls_key=key)
+    client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+    client.check_hostname = False
+    ae = AE(ae_title="TLSSCU")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1")
+    assoc = ae.associate("127.0.0.1", lst.port, ae_title="LABELQA", tls_args=(client, None))
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0
+    ds = pydicom.dcmread(CT)
+    ds.SOPInstanceUID = generate_uid()
+    assert assoc.send_c_store(ds).Status == 0
+    assoc.release()
+    assert [r.sop_instance_uid for r in store.instances()] == [ds.SOPInstanceUID]
+    assert echoscu(lst.port).returncode != 0  # a plain-TCP peer gets nowhere
+
+
+def test_logs_carry_uids_not_patient_data(server, tmp_path):
+    files = make_ct_series(tmp_path / "phi", 1)
+    ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+    _send_raw(server.port, [("1.2.840.10008.5.1.4.1.1.4", str(ds.SOPInstanceUID), b"junk")], tmp_path)  # refused
+    assert storescu(server.port, files).returncode == 0
+    log = server.log()
+    assert "association accepted" in log and str(ds.SOPInstanceUID) in log
+    for phi in (str(ds.PatientName), str(ds.PatientID), "CompressedSamples", "Lestrade", "Yamada"):
+        assert phi not in log
