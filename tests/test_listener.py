@@ -58,11 +58,12 @@ class Serve:
         self.log_path = workdir / f"serve-{self.port}.log"
         self.env = labelqa_env(LABELQA_API__ENABLED="false", **env)
         self.proc: subprocess.Popen | None = None
+        self.start_args: list[str] = []
 
     def start(self) -> Serve:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
-        cmd = [*labelqa_cmd(), "serve", "--port", str(self.port), "--data-dir", str(self.data)]
+        cmd = [*labelqa_cmd(), "serve", "--port", str(self.port), "--data-dir", str(self.data), *self.start_args]
         self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -616,3 +617,16 @@ def test_logs_carry_uids_not_patient_data(server, tmp_path):
     assert "association accepted" in log and str(ds.SOPInstanceUID) in log
     for phi in (str(ds.PatientName), str(ds.PatientID), "CompressedSamples", "Lestrade", "Yamada"):
         assert phi not in log
+
+
+def test_serve_reads_config_file_and_flags_override(tmp_path):
+    cfg = tmp_path / "site.toml"
+    cfg.write_text('[listener]\nae_title = "FROMTOML"\nport = 1\n[store]\nstable_after_s = 1.0\n')
+    srv = Serve(tmp_path)
+    srv.start_args = ["--config", str(cfg)]
+    srv.start()
+    try:
+        assert echoscu(srv.port, aec="FROMTOML").returncode == 0  # AE title from the file, port from the flag
+        assert echoscu(srv.port, aec="LABELQA").returncode != 0
+    finally:
+        assert srv.stop() == 0
