@@ -72,6 +72,7 @@ class Serve:
             if "listening on" in self.log()[offset:]:  # logged once the socket is bound and listening
                 return self
             time.sleep(0.1)
+        self.close()
         raise AssertionError(f"labelqa serve did not start:\n{self.log()}")
 
     def log(self) -> str:
@@ -87,6 +88,12 @@ class Serve:
             self.proc.kill()
             self.proc.wait()
             raise
+
+    def close(self) -> None:
+        """Kill the process if it still runs (cleanup after a failed test)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
     def rows(self) -> dict[str, tuple[str, str, int]]:
         """sop uid -> (path, sha256, size) from the index."""
@@ -443,36 +450,42 @@ def test_unknown_calling_or_called_ae_is_rejected(server, tmp_path):
 def test_kill9_mid_transfer_restart_resend_is_complete_and_consistent(tmp_path):
     files = make_ct_series(tmp_path / "study", 300)
     srv = Serve(tmp_path).start()
-    sender = subprocess.Popen(
-        ["storescu", "-aec", "LABELQA", "127.0.0.1", str(srv.port), "+sd", "+r", str(tmp_path / "study")],
-        env=DCMTK_ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 120
-    while len(srv.rows()) < 40 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    srv.stop(signal.SIGKILL)
-    sender.wait(timeout=120)
-    before = srv.rows()
-    assert 40 <= len(before) < 300, "the kill did not land mid-transfer"
-    # nothing half-written is indexed: every row's file is complete
-    for _uid, (path, sha, size) in before.items():
-        data = (srv.data / path).read_bytes()
-        assert len(data) == size and hashlib.sha256(data).hexdigest() == sha
-    srv.start()  # restart: leftovers cleaned, index reconciled
-    assert not list(srv.data.rglob("*.tmp"))
-    # re-send everything as raw file bytes (dcmtk re-encodes pydicom's files slightly, so use
-    # pynetdicom to compare byte for byte): instances stored before the kill are matched/replaced
-    assert set(_send_files_raw(srv.port, files)) == {0x0000}
-    rows = srv.rows()
-    assert rc_ok(srv)
-    assert set(rows) == {sop_uid(f) for f in files}
-    on_disk = sorted(srv.data.rglob("*.dcm"))
-    assert len(on_disk) == 300
-    for f in files:
-        stored = srv.data / rows[sop_uid(f)][0]
-        assert dataset_bytes(stored) == dataset_bytes(f)
+    sender = None
+    try:
+        sender = subprocess.Popen(
+            ["storescu", "-aec", "LABELQA", "127.0.0.1", str(srv.port), "+sd", "+r", str(tmp_path / "study")],
+            env=DCMTK_ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 120
+        while len(srv.rows()) < 40 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        srv.stop(signal.SIGKILL)
+        sender.wait(timeout=120)
+        before = srv.rows()
+        assert 40 <= len(before) < 300, "the kill did not land mid-transfer"
+        # nothing half-written is indexed: every row's file is complete
+        for _uid, (path, sha, size) in before.items():
+            data = (srv.data / path).read_bytes()
+            assert len(data) == size and hashlib.sha256(data).hexdigest() == sha
+        srv.start()  # restart: leftovers cleaned, index reconciled
+        assert not list(srv.data.rglob("*.tmp"))
+        # re-send everything as raw file bytes (dcmtk re-encodes pydicom's files slightly, so use
+        # pynetdicom to compare byte for byte): instances stored before the kill are matched/replaced
+        assert set(_send_files_raw(srv.port, files)) == {0x0000}
+        rows = srv.rows()
+        assert rc_ok(srv)
+        assert set(rows) == {sop_uid(f) for f in files}
+        on_disk = sorted(srv.data.rglob("*.dcm"))
+        assert len(on_disk) == 300
+        for f in files:
+            stored = srv.data / rows[sop_uid(f)][0]
+            assert dataset_bytes(stored) == dataset_bytes(f)
+    finally:
+        srv.close()
+        if sender is not None and sender.poll() is None:
+            sender.kill()
 
 
 def rc_ok(srv: Serve) -> bool:
@@ -628,5 +641,6 @@ def test_serve_reads_config_file_and_flags_override(tmp_path):
     try:
         assert echoscu(srv.port, aec="FROMTOML").returncode == 0  # AE title from the file, port from the flag
         assert echoscu(srv.port, aec="LABELQA").returncode != 0
-    finally:
         assert srv.stop() == 0
+    finally:
+        srv.close()
