@@ -255,8 +255,8 @@ def audit_dicom_dir(bundle_path: Path | str, dicom_dir: Path | str, out_dir: Pat
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "verdicts.json").write_text(json.dumps({**summary, "items": items}, indent=2, default=_json))
-    print(json.dumps({k: v for k, v in summary.items() if k not in ("objects", "issues")} |
-                     {"objects": len(written), "issues": len(summary["issues"]), "out": str(out_dir)}, indent=2))
+    log.info("audited %d annotation(s) of %d study(ies): %s; %d object(s) in %s", len(items), summary["studies"],
+             counts, len(written), out_dir / "dicom")
     return summary
 
 
