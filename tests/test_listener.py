@@ -644,3 +644,23 @@ def test_serve_reads_config_file_and_flags_override(tmp_path):
         assert srv.stop() == 0
     finally:
         srv.close()
+
+
+def test_max_associations_limit_refuses_extra_peer(listener_factory):
+    from pynetdicom import AE
+
+    lst, _ = listener_factory(max_associations=1)
+    ae = AE(ae_title="HOLDER")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    held = ae.associate("127.0.0.1", lst.port, ae_title="LABELQA")
+    assert held.is_established
+    try:
+        r = echoscu(lst.port)
+        assert r.returncode != 0
+        assert "Local Limit Exceeded" in r.stdout + r.stderr
+    finally:
+        held.release()
+    deadline = time.monotonic() + 10
+    while echoscu(lst.port).returncode != 0:  # the slot frees once the held association ends
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
