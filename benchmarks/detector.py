@@ -65,7 +65,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--max-samples", type=int, default=2000)
+    ap.add_argument("--max-samples", type=int, default=2000, help="0 = the whole data set")
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--folds", type=int, default=3)
@@ -93,8 +93,8 @@ def main() -> int:
             cmd = [sys.executable, "-m", "service", "evaluate", "--dataset", str(DATA / name), "--out", str(out),
                    "--noise-rate", str(a.noise_rate), "--noise-model", a.noise_model, "--seed", str(seed),
                    "--mode", a.mode, "--folds", str(a.folds), "--image-size", str(a.image_size),
-                   "--max-samples", str(a.max_samples), "--epochs", str(a.epochs), "--batch-size", str(a.batch_size),
-                   "--archs", a.archs,
+                   *(["--max-samples", str(a.max_samples)] if a.max_samples else []), "--epochs", str(a.epochs),
+                   "--batch-size", str(a.batch_size), "--archs", a.archs,
                    "--device", a.device, "--threads", str(a.threads), "--no-progress"]
             shown = "labelqa " + shlex.join(cmd[3:])
             commands.append(shown)
