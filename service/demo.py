@@ -561,7 +561,8 @@ def _render(report: DemoReport) -> str:
                      f"({a['instances']} instances in {a['dir']})")
     if "orthanc" in o:
         a = o["orthanc"]
-        lines.append(f"in Orthanc: {a['sr']} SR, {a['sc']} heatmap SC, {a['kos']} KOS; see {a['url']}")
+        lines.append(f"in Orthanc: {a['sr']} SR, {a['sc']} heatmap SC, {a['kos']} KOS; see {a['url']}"
+                     + ("" if report.settings.get("keep_running") else " (run with --keep-running to browse it)"))
     if "html_report" in o:
         lines.append(f"HTML report: {o['html_report']}")
     t = report.timings_s
