@@ -101,6 +101,8 @@ def _listener_status(listener: Any) -> dict[str, Any]:
     if running is None:
         running = getattr(listener, "is_running", None)
         running = running() if callable(running) else running
+    if running is None and hasattr(listener, "_server"):
+        running = listener._server is not None  # dicom_io.scp.Listener: set while serving
     out: dict[str, Any] = {"present": True, "running": bool(running) if running is not None else True}
     for k in ("port", "ae_title", "host"):
         v = getattr(listener, k, None)

@@ -6,12 +6,16 @@ settings) and reused by every test that imports the ``small_demo`` fixture.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from service.demo import DemoConfig, DemoData, make_demo_data, train_demo_bundle
+from tests.conftest import REPO
 
 # Small enough for CI on 2 cores, large enough that the ensemble learns the shapes.
 SMALL = dict(studies=12, train_images=160, image_size=32, classes=2, noise_rate=0.2, epochs=6, seed=0)
@@ -27,14 +31,38 @@ class SmallDemo:
     bundle: Path
 
 
+def _source_key(cfg: DemoConfig) -> str:
+    """The trained bundle depends on the settings and on the training/data code: hash them all."""
+    h = hashlib.sha256(cfg.bundle_key().encode())
+    for p in sorted((REPO / "models").glob("*.py")) + [REPO / "service" / "demo.py", REPO / "dicom_io" / "dicomize.py"]:
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def small_demo_for(root: Path) -> SmallDemo:
-    """Make (once per process) the small data set and train its bundle under ``root``."""
+    """Make (once per process) the small data set and train its bundle under ``root``.
+
+    The trained bundle is also kept in ``$LABELQA_TEST_CACHE`` (default ``~/.cache/labelqa-tests``),
+    keyed by the settings and the source of the code that trains it, so later sessions skip training.
+    """
     key = str(root)
     if key not in _CACHE:
         work = root / "demo"
         cfg = DemoConfig(data_dir=work, device="cpu", **SMALL)
         data = make_demo_data(cfg, work)
-        bundle, _ = train_demo_bundle(cfg, data, work, echo=lambda _m: None)
+        cache = Path(os.environ.get("LABELQA_TEST_CACHE", Path.home() / ".cache" / "labelqa-tests"))
+        cached = cache / f"small-bundle-{_source_key(cfg)}"
+        target = work / "bundles" / cfg.bundle_key()
+        if (cached / "configs" / "metadata.json").is_file() and not target.exists():
+            shutil.copytree(cached, target)
+        bundle, was_cached = train_demo_bundle(cfg, data, work, echo=lambda _m: None)
+        if not was_cached:
+            try:
+                tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
+                shutil.copytree(bundle, tmp)
+                tmp.replace(cached)
+            except OSError:
+                pass  # a cache we cannot write only costs time
         _CACHE[key] = SmallDemo(work, cfg, data, bundle)
     return _CACHE[key]
 

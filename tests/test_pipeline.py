@@ -138,6 +138,10 @@ def test_late_instance_reruns_and_own_results_do_not(small_demo, tmp_path):  # n
         ct_study = str(pydicom.dcmread(ct, stop_before_pixels=True).StudyInstanceUID)
         j = _wait(lambda: jobs.latest_for_study(ct_study), 30, "no-annotation record")
         assert j.state == NO_ANNOTATIONS and "no SEG or SR" in j.reason
+        health = httpx.get(f"http://127.0.0.1:{s.api.port}/health", timeout=10).json()
+        assert health["status"] == "ok", health
+        assert health["listener"]["running"] is True and health["model"]["models_loaded"] is True
+        assert health["outbox"]["present"] is True
         metrics = httpx.get(f"http://127.0.0.1:{s.api.port}/metrics", timeout=10).text
         assert 'labelqa_jobs{state="no_annotations"} 1.0' in metrics
         assert "labelqa_audit_duration_seconds_count 3.0" in metrics
