@@ -27,8 +27,8 @@ def demo(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of the table."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the service's log lines."),
 ) -> None:
-    """Run the whole loop on embedded defaults: make annotated DICOM studies (some labels flipped), train a
-    small bundle, start the service, send the studies by C-STORE and show which labels it flags."""
+    """Run the whole loop on embedded defaults: annotated DICOM studies (some labels flipped), a small bundle,
+    the service, C-STORE, and the labels it flags."""
     import sys
 
     from service.demo import DemoConfig, DemoError, _quiet_logging, render_text, report_json, run_demo
