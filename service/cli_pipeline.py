@@ -27,8 +27,7 @@ def demo(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of the table."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the service's log lines."),
 ) -> None:
-    """Run the whole loop on embedded defaults: annotated DICOM studies (some labels flipped), a small bundle,
-    the service, C-STORE, and the labels it flags."""
+    """Run the whole loop on embedded defaults: annotated studies, a small bundle, the service, flagged labels."""
     import sys
 
     from service.demo import DemoConfig, DemoError, _quiet_logging, render_text, report_json, run_demo
