@@ -3,8 +3,9 @@
 1. Make a small annotated data set: synthetic images whose class is a visible shape in a known
    place (``models.synthetic``), turned into DICOM studies with TID 1500 SR labels by
    ``dicom_io.dicomize``; a fraction of the labels is deliberately flipped (recorded in its manifest).
-2. Train a small model bundle on separate, clean synthetic images (``models.bundle.train_bundle``);
-   cached under the data dir, keyed by the settings, so the next run starts at once.
+2. Train a small model bundle on separate synthetic images with the same kind of label errors
+   (``models.bundle.train_bundle``, 3-fold crossfit so the score cut is learned on out-of-fold
+   predictions); cached under the data dir, keyed by the settings, so the next run starts at once.
 3. Start the service in this process (listener, store, audit workers, outbox, HTTP API) with a
    local DICOM archive as the results' destination, or a local Orthanc (``--orthanc``) that
    auto-routes the studies to labelqa through ``deploy/orthanc/labelqa-route.lua``.
@@ -143,7 +144,7 @@ def train_demo_bundle(cfg: DemoConfig, data: DemoData, work: Path, echo=print) -
          f"({cfg.image_size} px, {cfg.epochs} epochs, labels with the same error rate; cached for the next run) ...")
     train_cfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=3e-3, patience=cfg.epochs)
     path = train_bundle(data.train_npz, tmp, image_size=cfg.image_size, archs=cfg.archs, seed=cfg.seed,
-                        device=cfg.device, mode="insample", folds=3, train_cfg=train_cfg, progress=False)
+                        device=cfg.device, mode="crossfit", folds=3, train_cfg=train_cfg, progress=False)
     Path(path).replace(bundle_dir)
     return bundle_dir, False
 

@@ -49,12 +49,12 @@ def test_demo_table_matches_the_planted_errors(small_demo):  # noqa: F811
         assert row["planted_error"] == (m["true_label"] != m["written_label"])
         assert row["given_label"] == m["written_label"]
         if row["planted_error"]:
-            # Every model sees the shape: the consensus is the true class, so the label is questioned.
-            assert row["consensus_label"] == m["true_label"] and row["verdict"] != "consistent", row
+            # Every model sees the shape: the consensus is the true class, and the crossfit-calibrated cut flags it.
+            assert row["consensus_label"] == m["true_label"] and row["verdict"] == "suspected_label_error", row
         else:
             assert row["verdict"] != "suspected_label_error", f"false alarm: {row}"
     flagged = [row for row in rows if row["verdict"] == "suspected_label_error"]
-    assert flagged, "at least one planted error is flagged"
+    assert len(flagged) == sum(row["planted_error"] for row in rows), "every planted error is flagged"
     s = report["summary"]
     assert s["planted_errors"] == sum(row["planted_error"] for row in rows) >= 1
     assert s["flagged_not_planted"] == 0 and s["flagged_and_planted"] == len(flagged)
