@@ -14,7 +14,7 @@ def serve(
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Data directory (default ./labelqa-data)."),
     config: Path | None = typer.Option(None, "--config", "-c", help="labelqa.toml to read."),
 ) -> None:
-    """Run the DICOM listener (C-ECHO, C-STORE) and the durable study store until SIGTERM."""
+    """Run the service until SIGTERM: DICOM listener + durable store, audit workers, outbox, HTTP API."""
     from pydantic import ValidationError
 
     from service.app import configure_logging, run_service
