@@ -476,7 +476,7 @@ class StudyStore:
         *,
         engine: Engine | None = None,
         reconcile: bool = True,
-        fsync_directory: bool = False,
+        fsync_directory: bool = True,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.studies_dir = self.data_dir / "studies"

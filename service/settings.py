@@ -69,7 +69,7 @@ class StoreSettings(BaseModel):
         5.0, gt=0, description="A study is stable after this many seconds without a new instance."
     )
     fsync_directory: bool = Field(
-        False,
+        True,
         description="fsync the series directory after each rename (strict POSIX durability); off: one journal "
         "commit per instance, relies on ext4/xfs persisting a new file's name with its fsync + start-up roll-forward.",
     )
