@@ -22,7 +22,16 @@ import pytest
 from dicom_io.db import make_engine
 from dicom_io.results.sr import read_report
 from service.jobs import DONE, JobStore
-from tests.conftest import REPO, can_unshare_net, free_port, labelqa_cmd, labelqa_env, requires_dcmtk, requires_orthanc
+from tests.conftest import (
+    REPO,
+    can_unshare_net,
+    free_port,
+    labelqa_cmd,
+    labelqa_env,
+    requires_dcmtk,
+    requires_orthanc,
+    wait_for,
+)
 from tests.pipeline_fixtures import small_demo  # noqa: F401 - session fixture
 
 pytestmark = [
@@ -34,14 +43,7 @@ LUA = REPO / "deploy" / "orthanc" / "labelqa-route.lua"
 
 
 def _wait(cond, timeout: float, what: str, step: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(step)
+    return wait_for(cond, timeout, what, step)
 
 
 def _copy_studies(small, uids: list[str], dest: Path) -> Path:

@@ -26,21 +26,14 @@ from service.demo import _Archive, send_studies
 from service.jobs import DONE, NO_ANNOTATIONS, RUNNING, JobStore
 from service.pipeline import service_components
 from service.settings import load_settings
-from tests.conftest import free_port, labelqa_cmd, labelqa_env
+from tests.conftest import free_port, labelqa_cmd, labelqa_env, wait_for
 from tests.pipeline_fixtures import small_demo  # noqa: F401 - session fixture
 
 pytestmark = pytest.mark.slow
 
 
 def _wait(cond, timeout: float, what: str, step: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(step)
+    return wait_for(cond, timeout, what, step)
 
 
 def _settings(tmp: Path, bundle: Path, vocabulary: Path, archive_port: int, **extra):
