@@ -79,6 +79,9 @@ def main() -> int:
     ap.add_argument("--work-dir", type=Path, default=Path.home() / ".cache" / "labelqa" / "bench-runs")
     ap.add_argument("--results-dir", type=Path, default=REPO / "benchmarks" / "results")
     ap.add_argument("--summary-only", action="store_true", help="Only rebuild the summary from existing JSON.")
+    ap.add_argument("--runner", choices=["labelqa", "models"], default="labelqa",
+                    help="labelqa: `python -m service evaluate`; models: `python -m models.evaluate` (same flags, "
+                         "no DICOM stack needed: for a bare GPU machine)")
     a = ap.parse_args()
     tag = settings_tag(a)
     a.results_dir.mkdir(parents=True, exist_ok=True)
@@ -90,13 +93,14 @@ def main() -> int:
             name = DATASETS[ds]
             dest = a.results_dir / f"{name}-{tag}-seed{seed}.json"
             out = a.work_dir / f"{name}-{tag}-seed{seed}"
-            cmd = [sys.executable, "-m", "service", "evaluate", "--dataset", str(DATA / name), "--out", str(out),
+            entry = ["-m", "service", "evaluate"] if a.runner == "labelqa" else ["-m", "models.evaluate"]
+            cmd = [sys.executable, *entry, "--dataset", str(DATA / name), "--out", str(out),
                    "--noise-rate", str(a.noise_rate), "--noise-model", a.noise_model, "--seed", str(seed),
                    "--mode", a.mode, "--folds", str(a.folds), "--image-size", str(a.image_size),
                    *(["--max-samples", str(a.max_samples)] if a.max_samples else []), "--epochs", str(a.epochs),
                    "--batch-size", str(a.batch_size), "--archs", a.archs,
                    "--device", a.device, "--threads", str(a.threads), "--no-progress"]
-            shown = "labelqa " + shlex.join(cmd[3:])
+            shown = ("labelqa " if a.runner == "labelqa" else "python -m models.evaluate ") + shlex.join(cmd[3:])
             commands.append(shown)
             if a.summary_only:
                 if dest.is_file():

@@ -235,7 +235,9 @@ def run_evaluation(s: EvalSettings, out_dir: Path, *, progress: bool = False, pl
     np.savez_compressed(out_dir / "predictions.npz", archs=np.array(fit.archs),
                         probs=np.stack([fit.probs[a] for a in fit.archs]), fold=fit.fold, noisy=noisy,
                         truth=truth_labels, flipped=flipped, agreement=ag, spearman=sp, iou=iou,
-                        groups=np.array(data.groups), ids=np.array(data.ids))
+                        groups=np.array(data.groups), ids=np.array(data.ids), candidates=cand,
+                        maps=np.stack([maps[a] for a in fit.archs]).astype(np.float16) if len(cand) else
+                        np.zeros((len(fit.archs), 0, 1, 1), dtype=np.float16))
     if plots:
         from models.plots import write_plots
 
@@ -292,3 +294,48 @@ def summary_table(results: dict) -> str:
     lines.append(f"timing: train {t['train']:.0f}s predict {t['predict']:.0f}s gradcam {t['gradcam']:.0f}s "
                  f"({t['gradcam_candidates']} candidates) total {t['total']:.0f}s")
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m models.evaluate``: the flags of ``labelqa evaluate`` without the service package (for a
+    bare GPU machine that has torch, MONAI and cleanlab but not the DICOM stack)."""
+    import argparse
+
+    from models.train import TrainConfig
+
+    ap = argparse.ArgumentParser(prog="python -m models.evaluate", description=main.__doc__)
+    ap.add_argument("--dataset", required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--noise-rate", type=float, default=0.05)
+    ap.add_argument("--noise-model", default="uniform")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--mode", default="crossfit")
+    ap.add_argument("--folds", type=int, default=4)
+    ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--max-samples", type=int, default=None)
+    ap.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    ap.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    ap.add_argument("--lr", type=float, default=TrainConfig.lr)
+    ap.add_argument("--archs", default=",".join(DEFAULT_ARCHS))
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--no-plots", action="store_true")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+    s = EvalSettings(dataset=a.dataset, noise_rate=a.noise_rate, noise_model=a.noise_model, seed=a.seed, mode=a.mode,
+                     folds=a.folds, image_size=a.image_size, max_samples=a.max_samples,
+                     archs=tuple(x.strip() for x in a.archs.split(",") if x.strip()), device=a.device,
+                     train=TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr))
+    results = run_evaluation(s, a.out, progress=not a.no_progress, plots=not a.no_plots)
+    print(summary_table(results))
+    print(f"wrote {a.out / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -3,6 +3,11 @@
 Training from scratch (no pretrained weights): MONAI augmentation (small affine, noise, contrast),
 AdamW with weight decay, label smoothing, cosine learning-rate schedule, early stopping on a held-out
 part of the training data, deterministic seeds; AMP and channels-last on CUDA.
+
+On CUDA the images live on the GPU for the whole fit and augmentation runs batched there
+(:func:`batch_augment`: the same transform family as the per-sample MONAI pipeline used on the CPU,
+in one ``grid_sample`` per batch), cuDNN picks its fastest kernels (``cudnn.benchmark``) and
+deterministic algorithms are not forced: GPU fits are seeded but not bit-reproducible. CPU fits are.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ class TrainConfig:
     patience: int = 4
     augment: bool = True
     min_cam_cells: int = 7
+    batched_augment: bool | None = None  # None: on CUDA (data on the device, batch_augment); else per sample
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,8 +69,9 @@ def resolve_device(device: str = "auto") -> torch.device:
     return dev
 
 
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy, torch (and MONAI's global state) for a reproducible fit."""
+def seed_everything(seed: int, *, deterministic: bool = True) -> None:
+    """Seed python, numpy, torch (and MONAI's global state). ``deterministic`` forces deterministic
+    algorithms (bit-reproducible on the CPU); off, cuDNN may pick its fastest (non-deterministic) kernels."""
     import random
 
     from monai.utils import set_determinism
@@ -72,8 +79,11 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
-    set_determinism(seed=seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    set_determinism(seed=seed, use_deterministic_algorithms=deterministic)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    if not deterministic:
+        torch.backends.cudnn.deterministic = False
+        torch.backends.cudnn.benchmark = True
 
 
 def _augmenter(image_size: int, seed: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -96,7 +106,50 @@ def _augmenter(image_size: int, seed: int) -> Callable[[np.ndarray], np.ndarray]
     return apply
 
 
-def _to_input(x: np.ndarray, device: torch.device) -> torch.Tensor:
+def batch_augment(x: torch.Tensor, gen: torch.Generator, *, p_affine: float = 0.8, rotate: float = 0.15,
+                  translate: float = 0.06, scale: float = 0.1, p_contrast: float = 0.3,
+                  gamma: tuple[float, float] = (0.8, 1.25), p_noise: float = 0.3, noise_std: float = 0.02,
+                  ) -> torch.Tensor:
+    """Random affine (rotation +-``rotate`` rad, translation +-``translate`` of the size, zoom
+    1+-``scale``, zero padding), contrast gamma and Gaussian noise for a whole batch (B, 1, H, W) on its
+    own device: the transforms of the per-sample MONAI pipeline (``RandAffine``, ``RandAdjustContrast``,
+    ``RandGaussianNoise``, same ranges and probabilities) in one ``grid_sample`` call per batch."""
+    import torch.nn.functional as F
+
+    b, dev = x.shape[0], x.device
+
+    def uni(lo: float, hi: float) -> torch.Tensor:
+        return torch.rand(b, device=dev, generator=gen) * (hi - lo) + lo
+
+    def coin(p: float) -> torch.Tensor:
+        return torch.rand(b, device=dev, generator=gen) < p
+
+    x = x.float()
+    on = coin(p_affine)
+    ang = torch.where(on, uni(-rotate, rotate), 0.0)
+    zoom = torch.where(on, uni(1 - scale, 1 + scale), 1.0)
+    tx = torch.where(on, uni(-2 * translate, 2 * translate), 0.0)  # normalised coordinates span 2
+    ty = torch.where(on, uni(-2 * translate, 2 * translate), 0.0)
+    cos, sin = torch.cos(ang) / zoom, torch.sin(ang) / zoom
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    g = torch.where(coin(p_contrast), uni(*gamma), 1.0).view(b, 1, 1, 1)
+    lo = x.amin(dim=(1, 2, 3), keepdim=True)
+    span = x.amax(dim=(1, 2, 3), keepdim=True) - lo
+    x = ((x - lo) / (span + 1e-7)).clamp_min(0) ** g * span + lo
+    std = torch.where(coin(p_noise), uni(0.0, noise_std), 0.0).view(b, 1, 1, 1)
+    return x + std * torch.randn(x.shape, device=dev, generator=gen)
+
+
+def _to_input(x: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        t = x.to(device, non_blocking=True).float()
+        if t.ndim == 3:
+            t = t[:, None]
+        if device.type == "cuda":
+            t = t.contiguous(memory_format=torch.channels_last)
+        return t
     t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     if t.ndim == 3:
         t = t[:, None]
@@ -113,9 +166,9 @@ def _autocast(device: torch.device):
 
 
 @torch.no_grad()
-def predict_probs(model: nn.Module, images: np.ndarray, *, batch_size: int = 128,
+def predict_probs(model: nn.Module, images: np.ndarray | torch.Tensor, *, batch_size: int = 128,
                   device: torch.device | str = "cpu") -> np.ndarray:
-    """Softmax probabilities (N, C) of a model for images (N, H, W) in [0, 1]."""
+    """Softmax probabilities (N, C) of a model for images (N, H, W) in [0, 1] (array or tensor)."""
     device = torch.device(device) if isinstance(device, str) else device
     model.eval()
     out = []
@@ -131,7 +184,8 @@ def predict_probs(model: nn.Module, images: np.ndarray, *, batch_size: int = 128
 def train_member(spec: MemberSpec, images: np.ndarray, labels: np.ndarray, n_classes: int, cfg: TrainConfig, *,
                  seed: int, device: torch.device, progress: bool = False, desc: str = "") -> tuple[nn.Module, dict]:
     """Train one member from scratch; returns the best model (by held-out loss) and its history."""
-    seed_everything(seed)
+    on_gpu = device.type == "cuda"
+    seed_everything(seed, deterministic=not on_gpu)
     rng = np.random.default_rng(seed)
     n = len(images)
     perm = rng.permutation(n)
@@ -148,7 +202,16 @@ def train_member(spec: MemberSpec, images: np.ndarray, labels: np.ndarray, n_cla
     counts = np.bincount(labels[tr_idx], minlength=n_classes).astype(np.float64)
     weight = torch.tensor(counts.sum() / np.maximum(counts, 1) / n_classes, dtype=torch.float32, device=device)
     loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
-    augment = _augmenter(images.shape[-1], seed) if cfg.augment else None
+    batched = on_gpu if cfg.batched_augment is None else cfg.batched_augment
+    if batched:  # the whole training set on the device (half precision on the GPU), batched augmentation
+        gpu_images = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(
+            device, torch.float16 if on_gpu else torch.float32)
+        gen = torch.Generator(device=device)
+        gen.manual_seed(seed)
+        augment = None
+    else:
+        gpu_images, gen = None, None
+        augment = _augmenter(images.shape[-1], seed) if cfg.augment else None
     best_state, best_loss, bad, hist = None, float("inf"), 0, {"val_loss": [], "val_acc": [], "train_loss": []}
     bar = None
     if progress:
@@ -163,10 +226,14 @@ def train_member(spec: MemberSpec, images: np.ndarray, labels: np.ndarray, n_cla
             b = order[s:s + cfg.batch_size]
             if len(b) < 2:
                 continue
-            xb = images[b][:, None]
-            if augment is not None:
-                xb = augment(xb)
-            x = _to_input(xb, device)
+            if gpu_images is not None:
+                xg = gpu_images[torch.from_numpy(b).to(device)][:, None].float()
+                x = _to_input(batch_augment(xg, gen) if cfg.augment else xg, device)
+            else:
+                xb = images[b][:, None]
+                if augment is not None:
+                    xb = augment(xb)
+                x = _to_input(xb, device)
             y = torch.from_numpy(labels[b]).to(device)
             with _autocast(device):
                 loss = loss_fn(model(x).float(), y)
@@ -180,7 +247,8 @@ def train_member(spec: MemberSpec, images: np.ndarray, labels: np.ndarray, n_cla
                 bar.update(1)
         hist["train_loss"].append(tot / max(1, len(order)))
         if n_val:
-            p = predict_probs(model, images[val_idx], device=device)
+            val_x = gpu_images[torch.from_numpy(val_idx).to(device)] if gpu_images is not None else images[val_idx]
+            p = predict_probs(model, val_x, device=device)
             vl = float(-np.mean(np.log(np.clip(p[np.arange(n_val), labels[val_idx]], 1e-7, 1))))
             hist["val_loss"].append(vl)
             hist["val_acc"].append(float(np.mean(p.argmax(1) == labels[val_idx])))
@@ -195,7 +263,9 @@ def train_member(spec: MemberSpec, images: np.ndarray, labels: np.ndarray, n_cla
         bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
-    recalibrate_batchnorm(model, images[tr_idx], cfg.batch_size, device)
+    recalibrate_batchnorm(model, gpu_images[torch.from_numpy(np.sort(tr_idx)).to(device)]
+                          if gpu_images is not None else images[tr_idx], cfg.batch_size, device)
+    del gpu_images
     hist["epochs_run"] = len(hist["train_loss"])
     hist["val_idx_count"] = int(n_val)
     model.eval()
@@ -203,7 +273,8 @@ def train_member(spec: MemberSpec, images: np.ndarray, labels: np.ndarray, n_cla
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, images: np.ndarray, batch_size: int, device: torch.device) -> None:
+def recalibrate_batchnorm(model: nn.Module, images: np.ndarray | torch.Tensor, batch_size: int,
+                          device: torch.device) -> None:
     """Re-estimate BatchNorm running statistics for the final weights (cumulative average over the
     un-augmented training images). With few hundred steps the exponential running averages lag the
     weights and eval-mode predictions degrade (worst for EfficientNet)."""
