@@ -188,12 +188,19 @@ def run_evaluation(s: EvalSettings, out_dir: Path, *, progress: bool = False, pl
 
     fit = fit_ensemble(specs, data.images, noisy, n_classes, s.train, mode=s.mode, folds=s.folds, seed=s.seed,
                        device=device, progress=progress)
+    # The expensive part is done: keep the probabilities even if a later step fails or is stopped.
+    np.savez_compressed(out_dir / "probabilities.npz", archs=np.array(fit.archs),
+                        probs=np.stack([fit.probs[a] for a in fit.archs]), fold=fit.fold, noisy=noisy,
+                        truth=truth_labels, flipped=flipped, groups=np.array(data.groups), ids=np.array(data.ids))
+    log.info("fit done in %.0fs; scoring", time.perf_counter() - t_start)
 
     sc, th, maps, cand, t_cam = score_fit(fit, data.images, noisy, s.detector, device=device, groups=data.groups,
                                           seed=s.seed, cam_batch_size=s.cam_batch_size)
     ag, sp, iou = sc.agreement, sc.spearman, sc.iou
 
+    log.info("Grad-CAM for %d candidates: %.1fs", len(cand), t_cam)
     cmp = compare_methods(fit.probs, noisy, flipped, sc, th, s.seed)
+    log.info("methods compared")
     methods, res_methods, oracle, diag, efficacy = (cmp["flags_scores"], cmp["methods"], cmp["oracle"],
                                                      cmp["diagnostic"], cmp["efficacy"])
     n_true = int(flipped.sum())
@@ -244,6 +251,7 @@ def run_evaluation(s: EvalSettings, out_dir: Path, *, progress: bool = False, pl
         t0 = time.perf_counter()
         write_plots(out_dir, methods, flipped, efficacy, data, sc, cand, maps)
         timing["plots"] = time.perf_counter() - t0
+        log.info("plots: %.1fs", timing["plots"])
     timing["total"] = time.perf_counter() - t_start
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=_json_default))
     return results
