@@ -8,14 +8,21 @@ Three rules live here, all computed from the same member probabilities and maps:
   on the agreement of the unanimous candidates (fallback: fixed 0.5 with < 10 candidates).
 - ``alc`` priority (active label cleaning, Bernhardt et al. 2022): ``CE(p, given)/log K -
   max(0, H(p)/log K - 0.30)``.
-- ``labelqa``: score = 1 - p_w(given), p_w the quality-weighted member mean (members more than
-  ``weak_margin`` below the best member's agreement with the given labels are dropped, the others
-  weighted by accuracy above chance), plus ``saliency_weight`` x (agreement - 0.5) for candidates
-  (default weight 0: see the README diagnostic). The cut is fixed on out-of-sample predictions
-  without ground truth: flag the top n-hat among samples whose weighted consensus disagrees with the
-  label; n-hat = the confident-joint off-diagonal count (samples whose most probable class above its
-  per-class threshold, the mean self-confidence, differs from the label; ``count="calibrated"``
-  rescales each row to the class size, which over-counts with weak members). In a batch
+- ``labelqa``: members more than ``weak_margin`` below the best member's agreement with the given
+  labels are dropped, the others weighted by accuracy above chance (p_w: the weighted mean). The cut
+  comes from **simulated flips on out-of-sample predictions** (``cut="simulated_flips"``): a
+  sample's out-of-fold probabilities do not depend on its own label, so relabelling the samples of
+  every other class as class y shows how the suspicion ``s = 1 - p_w(y)`` of a sample wrongly
+  labelled y is distributed, for these members on this data, without re-fitting and without ground
+  truth. Per given class y, the observed suspicion is a mixture of clean and wrong labels; the
+  number of wrong ones is estimated from the upper tail (min over cuts with at least
+  ``tail_floor`` of the simulated errors above them of #observed / P(simulated error above)), the
+  local precision of each sample from the least concave majorant of estimated true positives vs
+  flagged count, and the flags are the top samples by local precision across classes, as many as
+  maximise the estimated F1. That becomes one suspicion cut per class (stored in bundles), and the
+  ranking score is the estimated local precision. ``saliency_weight`` x (agreement - 0.5) can be
+  added to the ranking (default 0: see the README diagnostic). ``cut="confident_joint"`` keeps the
+  earlier rule (top n-hat by 1 - p_w(given), n-hat = confident-joint off-diagonal count). In a batch
   with subgroups, a (group, given class) cell whose unanimous-disagreement rate is systematic
   (>= ``cohort_min_rate`` and >= ``cohort_ratio`` x the rest) becomes a cohort finding, and only the
   background rate's share of its top-scored samples stays flagged individually.
@@ -36,7 +43,11 @@ class DetectorConfig:
     """Detector constants. All are fixed before seeing any evaluated data set's noise ground truth."""
 
     saliency_weight: float = 0.0
-    count: str = "raw"  # chosen on X-ray seed 0 (benchmarks/rescore.py), applied unchanged elsewhere
+    cut: str = "simulated_flips"  # or "confident_joint" (the earlier rule)
+    # Share of simulated wrong labels that must lie above a cut used to count errors: chosen on the
+    # X-ray runs (0.2..0.6 tried, benchmarks/rescore.py), applied unchanged to MRI and later runs.
+    tail_floor: float = 0.3
+    count: str = "raw"  # cut="confident_joint" only: raw or calibrated confident-joint count
     only_if_consensus_disagrees: bool = True
     weighting: bool = True
     cohorts: bool = True
@@ -61,13 +72,18 @@ class Thresholds:
     agreement_threshold: float
     agreement_how: str
     n_estimated_errors: int
+    # cut="simulated_flips": suspicion (1 - p_w(given)) cut per given class (inf: none flagged) and the
+    # estimated local precision as a step function per class: [[suspicion from, precision], ...] (desc).
+    class_score_cuts: list[float] = field(default_factory=list)
+    precision_steps: list[list[list[float]]] = field(default_factory=list)
+    estimated_errors_per_class: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> Thresholds:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
 @dataclass
@@ -164,16 +180,110 @@ def fit_thresholds(probs: dict[str, np.ndarray], given: np.ndarray, agreement: n
     n_hat = calibrated_count(pw, given, thr, calibrated=cfg.count == "calibrated")
     ag = agreement[unanimous & np.isfinite(agreement)]
     tau, how = gmm_threshold(ag, default=cfg.agreement_default, seed=seed)
+    weights = {a: float(v) for a, v in w.items()}
+    if cfg.cut == "simulated_flips":
+        sim = simulated_flip_cut(pw, given, cfg.tail_floor, only_if_consensus_disagrees=cfg.only_if_consensus_disagrees)
+        return Thresholds(weights, [float(t) for t in thr], float("nan"), float(tau), how,
+                          int(round(sum(sim["errors_per_class"]))), sim["class_cuts"], sim["steps"],
+                          sim["errors_per_class"])
+    if cfg.cut != "confident_joint":
+        raise ValueError(f"cut must be simulated_flips or confident_joint, not {cfg.cut!r}")
     score = _labelqa_score(pw, given, agreement, cfg)
     if n_hat <= 0:
         cut = float("inf")
     else:
         cut = float(np.sort(score)[::-1][min(n_hat, len(score)) - 1])
-    return Thresholds({a: float(v) for a, v in w.items()}, [float(t) for t in thr], cut, float(tau), how, n_hat)
+    return Thresholds(weights, [float(t) for t in thr], cut, float(tau), how, n_hat)
 
 
-def _labelqa_score(pw: np.ndarray, given: np.ndarray, agreement: np.ndarray, cfg: DetectorConfig) -> np.ndarray:
-    s = 1.0 - pw[np.arange(len(pw)), given]
+def _concave_majorant_slopes(tp: np.ndarray) -> np.ndarray:
+    """Per-step slopes of the least concave majorant of the points (k, tp[k-1]), k = 1..n, and (0, 0)."""
+    hull: list[tuple[int, float]] = [(0, 0.0)]
+    for x, y in enumerate(tp, start=1):
+        while len(hull) >= 2:
+            (x1, y1), (x2, y2) = hull[-2], hull[-1]
+            if (y2 - y1) * (x - x1) <= (y - y1) * (x2 - x1):
+                hull.pop()
+            else:
+                break
+        hull.append((x, float(y)))
+    slopes = np.empty(len(tp))
+    for (x1, y1), (x2, y2) in zip(hull[:-1], hull[1:], strict=True):
+        slopes[x1:x2] = (y2 - y1) / (x2 - x1)
+    return np.clip(slopes, 0.0, 1.0)
+
+
+def simulated_flip_cut(pw: np.ndarray, given: np.ndarray, tail_floor: float = 0.3, *,
+                       only_if_consensus_disagrees: bool = True) -> dict:
+    """labelqa's cut from simulated flips on out-of-sample probabilities (module docstring); no ground truth.
+
+    Returns ``flags``, ``precision`` (estimated local precision per sample), ``class_cuts`` (suspicion
+    cut per given class; inf = none), ``steps`` (per class: [[suspicion from, precision], ...], highest
+    first) and ``errors_per_class`` (estimated wrong labels per given class)."""
+    n, k = pw.shape
+    given = np.asarray(given, dtype=np.int64)
+    susp = 1.0 - pw[np.arange(n), given]
+    prec = np.zeros(n)
+    steps: list[list[list[float]]] = []
+    errors: list[float] = []
+    for c in range(k):
+        idx = np.flatnonzero(given == c)
+        others = 1.0 - pw[given != c, c]  # every other class's samples, relabelled c
+        if len(idx) == 0 or len(others) == 0:
+            steps.append([])
+            errors.append(0.0)
+            continue
+        order = idx[np.argsort(-susp[idx], kind="stable")]
+        s_sorted = susp[order]
+        sim = np.sort(others)
+        p_sim_above = 1.0 - np.searchsorted(sim, s_sorted, side="left") / len(sim)
+        rank = np.arange(1, len(idx) + 1)
+        ok = p_sim_above >= tail_floor
+        n_err = float(np.min(rank[ok] / p_sim_above[ok])) if ok.any() else 0.0
+        n_err = min(n_err, float(len(idx)))
+        tp = np.minimum(n_err * p_sim_above, rank)
+        slopes = _concave_majorant_slopes(tp)
+        prec[order] = slopes
+        errors.append(n_err)
+        st: list[list[float]] = []
+        for sv, q in zip(s_sorted, slopes, strict=True):
+            if not st or q < st[-1][1] - 1e-12:
+                st.append([float(sv), float(q)])
+            else:
+                st[-1][0] = float(sv)
+        steps.append(st)
+    allowed = pw.argmax(1) != given if only_if_consensus_disagrees else np.ones(n, dtype=bool)
+    rank_score = np.where(allowed, prec, -1.0) + 1e-9 * susp
+    order = np.argsort(-rank_score, kind="stable")
+    est_tp = np.cumsum(np.where(allowed[order], prec[order], 0.0))
+    total = max(sum(errors), 1e-12)
+    f1 = 2 * est_tp / (np.arange(1, n + 1) + total)
+    n_flag = int(np.argmax(f1)) + 1 if sum(errors) > 0 and n else 0
+    flags = np.zeros(n, dtype=bool)
+    flags[order[:n_flag]] = True
+    flags &= allowed & (prec > 0)
+    cuts = [float(susp[flags & (given == c)].min()) if np.any(flags & (given == c)) else float("inf")
+            for c in range(k)]
+    return {"flags": flags, "precision": prec, "class_cuts": cuts, "steps": steps, "errors_per_class": errors}
+
+
+def precision_from_steps(susp: np.ndarray, given: np.ndarray, steps: list[list[list[float]]]) -> np.ndarray:
+    """Estimated local precision of new samples from the stored per-class step functions."""
+    out = np.zeros(len(susp))
+    for c, st in enumerate(steps):
+        idx = np.flatnonzero(given == c)
+        if not len(idx) or not st:
+            continue
+        froms = np.array([x[0] for x in st])  # descending
+        vals = np.array([x[1] for x in st])
+        pos = np.searchsorted(-froms, -susp[idx], side="left")  # first step whose start <= suspicion
+        out[idx] = vals[np.minimum(pos, len(vals) - 1)]
+    return out
+
+
+def _labelqa_score(pw: np.ndarray, given: np.ndarray, agreement: np.ndarray, cfg: DetectorConfig,
+                   base: np.ndarray | None = None) -> np.ndarray:
+    s = 1.0 - pw[np.arange(len(pw)), given] if base is None else base
     if cfg.saliency_weight:
         ag = np.where(np.isfinite(agreement), agreement, 0.5)
         s = s + cfg.saliency_weight * (ag - 0.5)
@@ -194,8 +304,15 @@ def score_samples(probs: dict[str, np.ndarray], given: np.ndarray, agreement: np
     unanimous = n_dis == len(archs)
     agreement = np.asarray(agreement, dtype=np.float64)
     dual = unanimous & np.isfinite(agreement) & (agreement >= th.agreement_threshold)
-    score = _labelqa_score(pw, given, agreement, cfg)
-    flag = score >= th.score_cut
+    if th.class_score_cuts:  # cut="simulated_flips"
+        susp = 1.0 - pw[np.arange(n), given]
+        cuts = np.asarray(th.class_score_cuts, dtype=np.float64)
+        flag = susp >= cuts[np.clip(given, 0, len(cuts) - 1)]
+        score = _labelqa_score(pw, given, agreement, cfg, base=precision_from_steps(susp, given, th.precision_steps)
+                               + 1e-6 * susp)
+    else:
+        score = _labelqa_score(pw, given, agreement, cfg)
+        flag = score >= th.score_cut
     if cfg.only_if_consensus_disagrees:
         flag &= pw.argmax(1) != given
     cohorts: list[dict] = []

@@ -57,6 +57,8 @@ def algorithm_info(bundle: Any) -> Any:
     params: dict[str, Any] = {"image_size": getattr(bundle, "image_size", None),
                               "classes": ",".join(getattr(bundle, "class_names", []))}
     for k, v in sorted((getattr(bundle, "thresholds", None) or {}).items()):
+        if k == "precision_steps":  # the ranking's step functions: in the bundle, too long for the SR
+            continue
         params[f"threshold.{k}"] = json.dumps(v, separators=(",", ":")) if isinstance(v, (dict, list)) else v
     archs = getattr(bundle, "archs", None)
     if archs:
