@@ -1,10 +1,12 @@
 """Re-score saved benchmark predictions with labelqa's current detector constants (no re-fitting).
 
 Each ``labelqa evaluate`` run saves ``predictions.npz`` (out-of-fold member probabilities, agreement,
-planted flips). This script re-runs the detector and every baseline on them with the
-``DetectorConfig`` defaults of this checkout and writes ``<results stem>-rescored.json`` next to the
-original results plus ``<settings>-rescored-summary.json``. The constants are chosen on one data
-set's runs (X-ray seed 0) and applied unchanged to the others; the JSON records which.
+planted flips); copies are committed as ``benchmarks/results/predictions/<results stem>.npz`` (read
+first; else the run's ``--out`` directory). This script re-runs the detector and every baseline on
+them with the ``DetectorConfig`` defaults of this checkout (plus the earlier confident-joint cut as
+``labelqa_confident_joint``) and writes ``<results stem>-rescored.json`` next to the original results
+plus ``<settings>-rescored-summary.json``. The detector's one tuned constant (``tail_floor``) was
+chosen on the X-ray runs and applied unchanged to the others; the JSON records which.
 
     .venv/bin/python benchmarks/rescore.py benchmarks/results/*-seed?.json
 """
@@ -26,7 +28,8 @@ from models.evaluate import rescore
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("results", nargs="+", type=Path, help="results JSON files written by benchmarks/detector.py")
-    ap.add_argument("--tuned-on", default="chest_xray_pneumonia_kermany_224 seed 0",
+    ap.add_argument("--tuned-on", default="tail_floor=0.3 chosen on the X-ray runs (32 px seeds 0-2, 224 px seed 0; "
+                                          "0.2-0.6 tried); MRI and later runs not used",
                     help="Which run the constants were chosen on (recorded).")
     a = ap.parse_args()
     cfg = DetectorConfig()
@@ -34,11 +37,15 @@ def main() -> int:
     for f in a.results:
         r = json.loads(f.read_text())
         argv = shlex.split(r["command"])
-        preds = Path(argv[argv.index("--out") + 1]) / "predictions.npz"
+        preds = f.parent / "predictions" / f"{f.stem}.npz"
+        if not preds.is_file():
+            preds = Path(argv[argv.index("--out") + 1]) / "predictions.npz"
         if not preds.is_file():
             print(f"skip {f.name}: {preds} not found")
             continue
         res = rescore(preds, cfg, seed=r["settings"]["seed"])
+        old = rescore(preds, DetectorConfig(cut="confident_joint"), seed=r["settings"]["seed"])
+        res["methods"]["labelqa_confident_joint"] = old["methods"]["labelqa"]
         out = {"source": f.name, "dataset_name": r["dataset_name"], "seed": r["settings"]["seed"],
                "n_samples": r["n_samples"], "n_flipped": r["n_flipped"], "device": r["device"],
                "detector": cfg.to_dict(), "tuned_on": a.tuned_on,
