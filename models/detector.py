@@ -22,7 +22,8 @@ Three rules live here, all computed from the same member probabilities and maps:
   maximise the estimated F1. That becomes one suspicion cut per class (stored in bundles), and the
   ranking score is the estimated local precision. ``saliency_weight`` x (agreement - 0.5) can be
   added to the ranking (default 0: see the README diagnostic). ``cut="confident_joint"`` keeps the
-  earlier rule (top n-hat by 1 - p_w(given), n-hat = confident-joint off-diagonal count). In a batch
+  earlier rule (top n-hat by 1 - p_w(given), n-hat = confident-joint off-diagonal count); it is also
+  used when a given class has fewer than ``min_class_size`` samples (too few for the tail). In a batch
   with subgroups, a (group, given class) cell whose unanimous-disagreement rate is systematic
   (>= ``cohort_min_rate`` and >= ``cohort_ratio`` x the rest) becomes a cohort finding, and only the
   background rate's share of its top-scored samples stays flagged individually.
@@ -47,6 +48,10 @@ class DetectorConfig:
     # Share of simulated wrong labels that must lie above a cut used to count errors: chosen on the
     # X-ray runs (0.2..0.6 tried, benchmarks/rescore.py), applied unchanged to MRI and later runs.
     tail_floor: float = 0.3
+    # Below this many samples in a given class the per-class estimate is too noisy (a 160-image demo
+    # bundle missed a planted error with it); the confident-joint cut is used instead. The real-data
+    # runs that validated simulated_flips had >= 140 samples per class.
+    min_class_size: int = 100
     count: str = "raw"  # cut="confident_joint" only: raw or calibrated confident-joint count
     only_if_consensus_disagrees: bool = True
     weighting: bool = True
@@ -77,6 +82,7 @@ class Thresholds:
     class_score_cuts: list[float] = field(default_factory=list)
     precision_steps: list[list[list[float]]] = field(default_factory=list)
     estimated_errors_per_class: list[float] = field(default_factory=list)
+    cut: str = "confident_joint"  # the rule that made the cut (simulated_flips falls back on small classes)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -181,13 +187,14 @@ def fit_thresholds(probs: dict[str, np.ndarray], given: np.ndarray, agreement: n
     ag = agreement[unanimous & np.isfinite(agreement)]
     tau, how = gmm_threshold(ag, default=cfg.agreement_default, seed=seed)
     weights = {a: float(v) for a, v in w.items()}
-    if cfg.cut == "simulated_flips":
+    if cfg.cut not in ("simulated_flips", "confident_joint"):
+        raise ValueError(f"cut must be simulated_flips or confident_joint, not {cfg.cut!r}")
+    smallest = int(np.bincount(given, minlength=pw.shape[1]).min())
+    if cfg.cut == "simulated_flips" and smallest >= cfg.min_class_size:
         sim = simulated_flip_cut(pw, given, cfg.tail_floor, only_if_consensus_disagrees=cfg.only_if_consensus_disagrees)
         return Thresholds(weights, [float(t) for t in thr], float("nan"), float(tau), how,
                           int(round(sum(sim["errors_per_class"]))), sim["class_cuts"], sim["steps"],
-                          sim["errors_per_class"])
-    if cfg.cut != "confident_joint":
-        raise ValueError(f"cut must be simulated_flips or confident_joint, not {cfg.cut!r}")
+                          sim["errors_per_class"], "simulated_flips")
     score = _labelqa_score(pw, given, agreement, cfg)
     if n_hat <= 0:
         cut = float("inf")

@@ -63,7 +63,7 @@ class DemoConfig:
     def bundle_key(self) -> str:
         """Cache key of the trained bundle: everything that changes it."""
         parts = {"n": self.train_images, "size": self.image_size, "classes": self.classes, "epochs": self.epochs,
-                 "archs": self.archs, "seed": self.seed, "noise": self.noise_rate, "batch": self.batch_size, "v": 2}
+                 "archs": self.archs, "seed": self.seed, "noise": self.noise_rate, "batch": self.batch_size, "v": 3}
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -18,7 +18,7 @@ from service.demo import DemoConfig, DemoData, make_demo_data, train_demo_bundle
 from tests.conftest import REPO
 
 # Small enough for CI on 2 cores, large enough that the ensemble learns the shapes.
-SMALL = dict(studies=12, train_images=160, image_size=32, classes=2, noise_rate=0.2, epochs=6, seed=0)
+SMALL = dict(studies=12, train_images=160, image_size=32, classes=2, noise_rate=0.2, epochs=8, seed=0)
 
 _CACHE: dict[str, SmallDemo] = {}
 

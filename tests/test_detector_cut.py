@@ -62,7 +62,7 @@ def test_stored_thresholds_reproduce_the_flags_and_ranking():
     cfg = DetectorConfig()
     nan = np.full(len(given), np.nan)
     th = fit_thresholds(probs, given, nan, np.zeros(len(given), dtype=bool), cfg)
-    assert th.class_score_cuts and len(th.precision_steps) == 3
+    assert th.cut == "simulated_flips" and th.class_score_cuts and len(th.precision_steps) == 3
     sc = score_samples(probs, given, nan, th, cfg)
     pw = sc.p_weighted
     direct = simulated_flip_cut(pw, given, cfg.tail_floor)
@@ -76,6 +76,16 @@ def test_stored_thresholds_reproduce_the_flags_and_ranking():
 
     again = Thresholds.from_dict(json.loads(json.dumps(th.to_dict())))
     assert np.array_equal(score_samples(probs, given, nan, again, cfg).labelqa_flag, sc.labelqa_flag)
+
+
+def test_small_classes_fall_back_to_the_confident_joint_cut():
+    probs, given, _ = _members(150, 2, 3, 0.1, seed=2)
+    nan = np.full(len(given), np.nan)
+    th = fit_thresholds(probs, given, nan, np.zeros(len(given), dtype=bool), DetectorConfig())
+    assert th.cut == "confident_joint" and not th.class_score_cuts and np.isfinite(th.score_cut)
+    big = fit_thresholds(*_members(1000, 2, 3, 0.1, seed=2)[:2], np.full(1000, np.nan), np.zeros(1000, dtype=bool),
+                         DetectorConfig())
+    assert big.cut == "simulated_flips"
 
 
 def test_batch_augment_identity_and_determinism():
