@@ -48,6 +48,10 @@ class DetectorConfig:
     # Share of simulated wrong labels that must lie above a cut used to count errors: chosen on the
     # X-ray runs (0.2..0.6 tried, benchmarks/rescore.py), applied unchanged to MRI and later runs.
     tail_floor: float = 0.3
+    # Pseudo-count of the confident-joint weighting of simulated error sources (None: uniform). Added
+    # after relabelling saved MRI runs with c -> c+1 flips (benchmarks/noise_posthoc.py) broke the
+    # uniform simulation (224 px F1 0.78 vs cleanlab 0.90); 0.5/2/5/20 tried on all saved runs.
+    source_prior: float | None = 5.0
     # Below this many samples in a given class the per-class estimate is too noisy (a 160-image demo
     # bundle missed a planted error with it); the confident-joint cut is used instead. The real-data
     # runs that validated simulated_flips had >= 140 samples per class.
@@ -191,7 +195,8 @@ def fit_thresholds(probs: dict[str, np.ndarray], given: np.ndarray, agreement: n
         raise ValueError(f"cut must be simulated_flips or confident_joint, not {cfg.cut!r}")
     smallest = int(np.bincount(given, minlength=pw.shape[1]).min())
     if cfg.cut == "simulated_flips" and smallest >= cfg.min_class_size:
-        sim = simulated_flip_cut(pw, given, cfg.tail_floor, only_if_consensus_disagrees=cfg.only_if_consensus_disagrees)
+        sim = simulated_flip_cut(pw, given, cfg.tail_floor, only_if_consensus_disagrees=cfg.only_if_consensus_disagrees,
+                                 source_prior=cfg.source_prior)
         return Thresholds(weights, [float(t) for t in thr], float("nan"), float(tau), how,
                           int(round(sum(sim["errors_per_class"]))), sim["class_cuts"], sim["steps"],
                           sim["errors_per_class"], "simulated_flips")
@@ -221,29 +226,49 @@ def _concave_majorant_slopes(tp: np.ndarray) -> np.ndarray:
 
 
 def simulated_flip_cut(pw: np.ndarray, given: np.ndarray, tail_floor: float = 0.3, *,
-                       only_if_consensus_disagrees: bool = True) -> dict:
+                       only_if_consensus_disagrees: bool = True, source_prior: float | None = 5.0) -> dict:
     """labelqa's cut from simulated flips on out-of-sample probabilities (module docstring); no ground truth.
 
     Returns ``flags``, ``precision`` (estimated local precision per sample), ``class_cuts`` (suspicion
     cut per given class; inf = none), ``steps`` (per class: [[suspicion from, precision], ...], highest
-    first) and ``errors_per_class`` (estimated wrong labels per given class)."""
+    first) and ``errors_per_class`` (estimated wrong labels per given class).
+
+    ``source_prior``: the simulated errors labelled y are drawn from the other classes in proportion
+    to the confident joint's count of (given y, predicted c) plus this pseudo-count, so a noise that
+    is not uniform over classes (e.g. c -> c+1) is simulated from the classes it comes from
+    (``None``: every other-class sample counts the same)."""
     n, k = pw.shape
     given = np.asarray(given, dtype=np.int64)
     susp = 1.0 - pw[np.arange(n), given]
+    n_per_class = np.bincount(given, minlength=k)
+    joint = np.zeros((k, k))
+    if source_prior is not None:
+        thr = class_thresholds(pw, given)
+        above = pw >= thr[None, :] - 1e-12
+        conf = np.where(above, pw, -1.0).argmax(1)
+        np.add.at(joint, (given[above.any(1)], conf[above.any(1)]), 1.0)
     prec = np.zeros(n)
     steps: list[list[list[float]]] = []
     errors: list[float] = []
     for c in range(k):
         idx = np.flatnonzero(given == c)
-        others = 1.0 - pw[given != c, c]  # every other class's samples, relabelled c
+        other = given != c
+        others = 1.0 - pw[other, c]  # every other class's samples, relabelled c
         if len(idx) == 0 or len(others) == 0:
             steps.append([])
             errors.append(0.0)
             continue
         order = idx[np.argsort(-susp[idx], kind="stable")]
         s_sorted = susp[order]
-        sim = np.sort(others)
-        p_sim_above = 1.0 - np.searchsorted(sim, s_sorted, side="left") / len(sim)
+        if source_prior is None:
+            w = np.ones(len(others))
+        else:
+            src = given[other]
+            w = (joint[c, src] + source_prior) / np.maximum(n_per_class[src], 1)
+        o = np.argsort(others, kind="stable")
+        sim = others[o]
+        w_above = np.concatenate([np.cumsum(w[o][::-1])[::-1], [0.0]]) / w.sum()  # weight of sim >= sim[j]
+        p_sim_above = w_above[np.searchsorted(sim, s_sorted, side="left")]
         rank = np.arange(1, len(idx) + 1)
         ok = p_sim_above >= tail_floor
         n_err = float(np.min(rank[ok] / p_sim_above[ok])) if ok.any() else 0.0
