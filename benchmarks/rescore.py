@@ -62,7 +62,8 @@ def main() -> int:
                               for m in runs[0]["methods"]},
                        "oracle_top_n_f1": float(np.mean([x["oracle"]["f1"] for x in runs]))}
     if a.results:
-        tag = a.results[0].stem.split("-seed")[0].split("224-")[-1]
+        tag = a.results[0].stem.split("-seed")[0].split("-", 1)[1]  # data set names have no '-'
+
         (a.results[0].parent / f"{tag}-rescored-summary.json").write_text(json.dumps(
             {"detector": cfg.to_dict(), "tuned_on": a.tuned_on, "datasets": summary}, indent=2))
     return 0
