@@ -67,6 +67,12 @@ class DetectorConfig:
     cohort_min_rate: float = 0.15
     cohort_ratio: float = 3.0
 
+    def __post_init__(self) -> None:
+        if self.cut not in ("simulated_flips", "confident_joint"):
+            raise ValueError(f"cut must be simulated_flips or confident_joint, not {self.cut!r}")
+        if self.count not in ("raw", "calibrated"):
+            raise ValueError(f"count must be raw or calibrated, not {self.count!r}")
+
     def to_dict(self) -> dict:
         return asdict(self)
 

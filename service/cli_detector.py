@@ -37,6 +37,10 @@ def _fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
+CutOpt = typer.Option("simulated_flips", "--cut",
+                      help="labelqa's cut: simulated_flips (default) or confident_joint (the earlier rule).")
+
+
 def evaluate(
     dataset: Path = DatasetOpt,
     out: Path = typer.Option(..., "--out", help="Output directory (results.json, samples.csv, plots)."),
@@ -53,6 +57,7 @@ def evaluate(
     lr: float = LrOpt,
     device: str = DeviceOpt,
     saliency_weight: float = typer.Option(0.0, "--saliency-weight", help="labelqa: weight of Grad-CAM agreement."),
+    cut: str = CutOpt,
     threads: int = ThreadsOpt,
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
@@ -69,7 +74,7 @@ def evaluate(
                          folds=folds, image_size=image_size, max_samples=max_samples,
                          archs=tuple(a.strip() for a in archs.split(",") if a.strip()), device=device,
                          train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr),
-                         detector=DetectorConfig(saliency_weight=saliency_weight))
+                         detector=DetectorConfig(saliency_weight=saliency_weight, cut=cut))
         results = run_evaluation(s, out, progress=progress, plots=plots)
     except (DatasetError, ValueError) as e:
         _fail(str(e))
@@ -90,6 +95,7 @@ def train(
     batch_size: int = BatchOpt,
     lr: float = LrOpt,
     max_samples: int | None = MaxOpt,
+    cut: str = CutOpt,
     threads: int = ThreadsOpt,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
@@ -97,12 +103,13 @@ def train(
     _setup(threads)
     from models.bundle import train_bundle
     from models.data import DatasetError
+    from models.detector import DetectorConfig
     from models.train import TrainConfig
 
     try:
         path = train_bundle(dataset, out, image_size=image_size, archs=archs, seed=seed, device=device, mode=mode,
                             folds=folds, train_cfg=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr),
-                            max_samples=max_samples, progress=progress)
+                            detector=DetectorConfig(cut=cut), max_samples=max_samples, progress=progress)
     except (DatasetError, ValueError) as e:
         _fail(str(e))
     typer.echo(f"wrote bundle {path}")
