@@ -5,8 +5,8 @@ planted flips); copies are committed as ``benchmarks/results/predictions/<result
 first; else the run's ``--out`` directory). This script re-runs the detector and every baseline on
 them with the ``DetectorConfig`` defaults of this checkout (plus the earlier confident-joint cut as
 ``labelqa_confident_joint``) and writes ``<results stem>-rescored.json`` next to the original results
-plus ``<settings>-rescored-summary.json``. The detector's one tuned constant (``tail_floor``) was
-chosen on the X-ray runs and applied unchanged to the others; the JSON records which.
+plus ``<settings>-rescored-summary.json``. Which runs informed which detector constant is recorded in
+each JSON (``tuned_on``).
 
     .venv/bin/python benchmarks/rescore.py benchmarks/results/*-seed?.json
 """
@@ -28,8 +28,10 @@ from models.evaluate import rescore
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("results", nargs="+", type=Path, help="results JSON files written by benchmarks/detector.py")
-    ap.add_argument("--tuned-on", default="tail_floor=0.3 chosen on the X-ray runs (32 px seeds 0-2, 224 px seed 0; "
-                                          "0.2-0.6 tried); MRI and later runs not used",
+    ap.add_argument("--tuned-on", default="tail_floor=0.3 chosen on the X-ray runs (32 px seeds 0-2, 224 px seed 0); "
+                                          "source_prior=5 after the post-hoc asymmetric MRI test (noise_posthoc.py); "
+                                          "tail_min_count=5 after digits seed 0; the 64 px e10 runs and digits seed 1 "
+                                          "were not used for any choice (models/detector.py DetectorConfig)",
                     help="Which run the constants were chosen on (recorded).")
     a = ap.parse_args()
     cfg = DetectorConfig()
