@@ -289,6 +289,9 @@ def summary_table(results: dict) -> str:
     for name, r in results["methods"].items():
         ap = "-" if r.get("auprc") is None else f"{r['auprc']:.3f}"
         lines.append(f"{name:<18}{r['f1']:>7.3f}{r['precision']:>7.3f}{r['recall']:>8.3f}{r['n_flagged']:>9}{ap:>8}")
+    th = results.get("thresholds", {})
+    if th.get("cut"):
+        lines.append(f"labelqa cut: {th['cut']}, estimated label errors {th.get('n_estimated_errors')}")
     o = results["oracle_top_n_true_count"]
     lines.append(f"{'(oracle top-n)':<18}{o['f1']:>7.3f}{o['precision']:>7.3f}{o['recall']:>8.3f}{o['n_flagged']:>9}")
     d = results["saliency_diagnostic"]
