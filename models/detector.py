@@ -176,13 +176,17 @@ def class_thresholds(p: np.ndarray, given: np.ndarray) -> np.ndarray:
     return np.array([p[given == j, j].mean() if np.any(given == j) else 1.0 for j in range(k)])
 
 
+def confident_classes(p: np.ndarray, thr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Confident-joint membership: (counted, class) — a sample is counted when some class reaches its
+    per-class threshold, and its class is the most probable of those."""
+    above = p >= thr[None, :] - 1e-12
+    return above.any(1), np.where(above, p, -1.0).argmax(1)
+
+
 def calibrated_count(p: np.ndarray, given: np.ndarray, thr: np.ndarray, calibrated: bool = True) -> int:
     """Estimated number of label errors: per given class, the share of its confidently-counted samples
     that fall off the diagonal of the confident joint, scaled to the class size (calibrated joint)."""
-    above = p >= thr[None, :] - 1e-12
-    masked = np.where(above, p, -1.0)
-    counted = above.any(1)
-    conf_class = masked.argmax(1)
+    counted, conf_class = confident_classes(p, thr)
     total = 0.0
     for y in np.unique(given):
         row = (given == y) & counted
@@ -201,19 +205,17 @@ def fit_thresholds(probs: dict[str, np.ndarray], given: np.ndarray, agreement: n
     w = member_weights(probs, given, cfg.weak_margin, cfg.weighting)
     pw = weighted_mean(probs, w)
     thr = class_thresholds(pw, given)
-    n_hat = calibrated_count(pw, given, thr, calibrated=cfg.count == "calibrated")
     ag = agreement[unanimous & np.isfinite(agreement)]
     tau, how = gmm_threshold(ag, default=cfg.agreement_default, seed=seed)
     weights = {a: float(v) for a, v in w.items()}
-    if cfg.cut not in ("simulated_flips", "confident_joint"):
-        raise ValueError(f"cut must be simulated_flips or confident_joint, not {cfg.cut!r}")
     smallest = int(np.bincount(given, minlength=pw.shape[1]).min())
     if cfg.cut == "simulated_flips" and smallest >= cfg.min_class_size:
         sim = simulated_flip_cut(pw, given, cfg.tail_floor, only_if_consensus_disagrees=cfg.only_if_consensus_disagrees,
-                                 source_prior=cfg.source_prior, tail_min_count=cfg.tail_min_count)
+                                 source_prior=cfg.source_prior, tail_min_count=cfg.tail_min_count, thr=thr)
         return Thresholds(weights, [float(t) for t in thr], float("nan"), float(tau), how,
                           int(round(sum(sim["errors_per_class"]))), sim["class_cuts"], sim["steps"],
                           sim["errors_per_class"], "simulated_flips")
+    n_hat = calibrated_count(pw, given, thr, calibrated=cfg.count == "calibrated")
     score = _labelqa_score(pw, given, agreement, cfg)
     if n_hat <= 0:
         cut = float("inf")
@@ -241,7 +243,7 @@ def _concave_majorant_slopes(tp: np.ndarray) -> np.ndarray:
 
 def simulated_flip_cut(pw: np.ndarray, given: np.ndarray, tail_floor: float = 0.3, *,
                        only_if_consensus_disagrees: bool = True, source_prior: float | None = 5.0,
-                       tail_min_count: int = 5) -> dict:
+                       tail_min_count: int = 5, thr: np.ndarray | None = None) -> dict:
     """labelqa's cut from simulated flips on out-of-sample probabilities (module docstring); no ground truth.
 
     Returns ``flags``, ``precision`` (estimated local precision per sample), ``class_cuts`` (suspicion
@@ -251,17 +253,16 @@ def simulated_flip_cut(pw: np.ndarray, given: np.ndarray, tail_floor: float = 0.
     ``source_prior``: the simulated errors labelled y are drawn from the other classes in proportion
     to the confident joint's count of (given y, predicted c) plus this pseudo-count, so a noise that
     is not uniform over classes (e.g. c -> c+1) is simulated from the classes it comes from
-    (``None``: every other-class sample counts the same)."""
+    (``None``: every other-class sample counts the same). ``thr``: the per-class thresholds of the
+    confident joint, if already computed."""
     n, k = pw.shape
     given = np.asarray(given, dtype=np.int64)
     susp = 1.0 - pw[np.arange(n), given]
     n_per_class = np.bincount(given, minlength=k)
     joint = np.zeros((k, k))
     if source_prior is not None:
-        thr = class_thresholds(pw, given)
-        above = pw >= thr[None, :] - 1e-12
-        conf = np.where(above, pw, -1.0).argmax(1)
-        np.add.at(joint, (given[above.any(1)], conf[above.any(1)]), 1.0)
+        counted, conf = confident_classes(pw, class_thresholds(pw, given) if thr is None else thr)
+        np.add.at(joint, (given[counted], conf[counted]), 1.0)
     prec = np.zeros(n)
     steps: list[list[list[float]]] = []
     errors: list[float] = []

@@ -155,15 +155,23 @@ def compare_methods(probs: dict[str, np.ndarray], noisy: np.ndarray, flipped: np
 def rescore(predictions: Path, cfg: DetectorConfig, seed: int = 0) -> dict:
     """Re-run the detector and baselines on a saved ``predictions.npz`` (no re-fitting): for choosing
     detector constants on one data set and applying them unchanged to another."""
-    from models.detector import fit_thresholds, score_samples
-
     z = np.load(predictions, allow_pickle=False)
     probs = {str(a): z["probs"][i] for i, a in enumerate(z["archs"])}
-    noisy, flipped = z["noisy"], z["flipped"].astype(bool)
+    return rescore_labels(probs, z["noisy"], z["flipped"].astype(bool), cfg, seed, agreement=z["agreement"],
+                          spearman=z["spearman"], iou=z["iou"], groups=[str(g) for g in z["groups"]])
+
+
+def rescore_labels(probs: dict[str, np.ndarray], noisy: np.ndarray, flipped: np.ndarray, cfg: DetectorConfig,
+                   seed: int = 0, *, agreement: np.ndarray | None = None, spearman: np.ndarray | None = None,
+                   iou: np.ndarray | None = None, groups: list[str] | None = None) -> dict:
+    """The detector and every baseline on given out-of-sample probabilities and (given, planted) labels."""
+    from models.detector import fit_thresholds, score_samples
+
+    if agreement is None:
+        agreement = np.full(len(noisy), np.nan)
     n_dis = np.sum([p.argmax(1) != noisy for p in probs.values()], axis=0)
-    th = fit_thresholds(probs, noisy, z["agreement"], n_dis == len(probs), cfg, seed=seed)
-    sc = score_samples(probs, noisy, z["agreement"], th, cfg, spearman=z["spearman"], iou=z["iou"],
-                       groups=[str(g) for g in z["groups"]])
+    th = fit_thresholds(probs, noisy, agreement, n_dis == len(probs), cfg, seed=seed)
+    sc = score_samples(probs, noisy, agreement, th, cfg, spearman=spearman, iou=iou, groups=groups)
     out = compare_methods(probs, noisy, flipped, sc, th, seed)
     out.pop("flags_scores")
     out["cohort_findings"] = sc.cohorts
@@ -189,9 +197,7 @@ def run_evaluation(s: EvalSettings, out_dir: Path, *, progress: bool = False, pl
     fit = fit_ensemble(specs, data.images, noisy, n_classes, s.train, mode=s.mode, folds=s.folds, seed=s.seed,
                        device=device, progress=progress)
     # The expensive part is done: keep the probabilities even if a later step fails or is stopped.
-    np.savez_compressed(out_dir / "probabilities.npz", archs=np.array(fit.archs),
-                        probs=np.stack([fit.probs[a] for a in fit.archs]), fold=fit.fold, noisy=noisy,
-                        truth=truth_labels, flipped=flipped, groups=np.array(data.groups), ids=np.array(data.ids))
+    _save_predictions(out_dir / "probabilities.npz", fit, data, noisy, flipped)
     log.info("fit done in %.0fs; scoring", time.perf_counter() - t_start)
 
     sc, th, maps, cand, t_cam = score_fit(fit, data.images, noisy, s.detector, device=device, groups=data.groups,
@@ -239,12 +245,9 @@ def run_evaluation(s: EvalSettings, out_dir: Path, *, progress: bool = False, pl
     }
     _write_samples_csv(out_dir / "samples.csv", data, noisy, flipped, sc)
     # Everything needed to re-score without re-fitting (see rescore()).
-    np.savez_compressed(out_dir / "predictions.npz", archs=np.array(fit.archs),
-                        probs=np.stack([fit.probs[a] for a in fit.archs]), fold=fit.fold, noisy=noisy,
-                        truth=truth_labels, flipped=flipped, agreement=ag, spearman=sp, iou=iou,
-                        groups=np.array(data.groups), ids=np.array(data.ids), candidates=cand,
-                        maps=np.stack([maps[a] for a in fit.archs]).astype(np.float16) if len(cand) else
-                        np.zeros((len(fit.archs), 0, 1, 1), dtype=np.float16))
+    _save_predictions(out_dir / "predictions.npz", fit, data, noisy, flipped, agreement=ag, spearman=sp, iou=iou,
+                      candidates=cand, maps=np.stack([maps[a] for a in fit.archs]).astype(np.float16) if len(cand)
+                      else np.zeros((len(fit.archs), 0, 1, 1), dtype=np.float16))
     if plots:
         from models.plots import write_plots
 
@@ -255,6 +258,13 @@ def run_evaluation(s: EvalSettings, out_dir: Path, *, progress: bool = False, pl
     timing["total"] = time.perf_counter() - t_start
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=_json_default))
     return results
+
+
+def _save_predictions(path: Path, fit, data: LabelledImages, noisy: np.ndarray, flipped: np.ndarray,
+                      **extra: np.ndarray) -> None:
+    np.savez_compressed(path, archs=np.array(fit.archs), probs=np.stack([fit.probs[a] for a in fit.archs]),
+                        fold=fit.fold, noisy=noisy, truth=data.labels, flipped=flipped, groups=np.array(data.groups),
+                        ids=np.array(data.ids), **extra)
 
 
 def _json_default(o):

@@ -207,13 +207,13 @@ def train_member(spec: MemberSpec, images: np.ndarray, labels: np.ndarray, n_cla
     weight = torch.tensor(counts.sum() / np.maximum(counts, 1) / n_classes, dtype=torch.float32, device=device)
     loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
     if cfg.batched_augment:  # training set on the device (half precision on a GPU), batched augmentation
-        gpu_images = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(
+        dev_images = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(
             device, torch.float16 if on_gpu else torch.float32)
         gen = torch.Generator(device=device)
         gen.manual_seed(seed)
         augment = None
     else:
-        gpu_images, gen = None, None
+        dev_images, gen = None, None
         augment = _augmenter(images.shape[-1], seed) if cfg.augment else None
     best_state, best_loss, bad, hist = None, float("inf"), 0, {"val_loss": [], "val_acc": [], "train_loss": []}
     bar = None
@@ -229,8 +229,8 @@ def train_member(spec: MemberSpec, images: np.ndarray, labels: np.ndarray, n_cla
             b = order[s:s + cfg.batch_size]
             if len(b) < 2:
                 continue
-            if gpu_images is not None:
-                xg = gpu_images[torch.from_numpy(b).to(device)][:, None].float()
+            if dev_images is not None:
+                xg = dev_images[torch.from_numpy(b).to(device)][:, None].float()
                 x = _to_input(batch_augment(xg, gen) if cfg.augment else xg, device)
             else:
                 xb = images[b][:, None]
@@ -250,7 +250,7 @@ def train_member(spec: MemberSpec, images: np.ndarray, labels: np.ndarray, n_cla
                 bar.update(1)
         hist["train_loss"].append(tot / max(1, len(order)))
         if n_val:
-            val_x = gpu_images[torch.from_numpy(val_idx).to(device)] if gpu_images is not None else images[val_idx]
+            val_x = dev_images[torch.from_numpy(val_idx).to(device)] if dev_images is not None else images[val_idx]
             p = predict_probs(model, val_x, device=device)
             vl = float(-np.mean(np.log(np.clip(p[np.arange(n_val), labels[val_idx]], 1e-7, 1))))
             hist["val_loss"].append(vl)
@@ -266,9 +266,9 @@ def train_member(spec: MemberSpec, images: np.ndarray, labels: np.ndarray, n_cla
         bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
-    recalibrate_batchnorm(model, gpu_images[torch.from_numpy(np.sort(tr_idx)).to(device)]
-                          if gpu_images is not None else images[tr_idx], cfg.batch_size, device)
-    del gpu_images
+    recalibrate_batchnorm(model, dev_images[torch.from_numpy(np.sort(tr_idx)).to(device)]
+                          if dev_images is not None else images[tr_idx], cfg.batch_size, device)
+    del dev_images
     hist["epochs_run"] = len(hist["train_loss"])
     hist["val_idx_count"] = int(n_val)
     model.eval()
