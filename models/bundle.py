@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.detector import DetectorConfig, Scores, Thresholds, score_samples
+from models.detector import CUT_FROM, DetectorConfig, Scores, Thresholds, batch_cut_ok, refit_cut, score_samples
 from models.ensemble import ARCHITECTURES, build_model
 
 BUNDLE_FORMAT = "labelqa-bundle/1"
@@ -128,8 +128,15 @@ class Bundle:
         return out
 
     def score(self, images: np.ndarray, given: list[str], *, batch_size: int = 64, device: str = "auto",
-              groups: list[str] | None = None) -> tuple[Scores, dict[str, np.ndarray], np.ndarray]:
-        """(Scores, candidate maps per arch, candidate indices) with the bundle's fixed thresholds."""
+              groups: list[str] | None = None, cut_from: str = "bundle"
+              ) -> tuple[Scores, dict[str, np.ndarray], np.ndarray]:
+        """(Scores, candidate maps per arch, candidate indices).
+
+        ``cut_from``: ``bundle`` applies the cut learned on the training data; ``batch`` re-estimates
+        the simulated-flips cut on this batch (its members never saw it, so the simulation's premise
+        holds; needs every class with >= ``min_class_size`` labels, else ValueError); ``auto`` does
+        so when the batch is large enough and uses the bundle's cut otherwise.
+        ``Scores.cut_source`` and ``Scores.n_estimated_errors`` say which was used."""
         from models.detector import agreements
         from models.gradcam import member_cams
         from models.train import resolve_device
@@ -141,10 +148,23 @@ class Bundle:
         if len(given) != len(images):
             raise ValueError(f"{len(images)} images but {len(given)} labels")
         y = np.array([lookup[g] for g in given], dtype=np.int64)
+        if cut_from not in CUT_FROM:
+            raise ValueError(f"cut_from must be one of {CUT_FROM}, not {cut_from!r}")
+        th = Thresholds.from_dict(self.thresholds)
+        source = "bundle"
+        if cut_from != "bundle":
+            if batch_cut_ok(y, len(self.class_names), self.detector):
+                source = "batch"
+            elif cut_from == "batch":
+                counts = np.bincount(y, minlength=len(self.class_names)).tolist()
+                raise ValueError(f"the batch is too small to re-estimate the cut: every class needs "
+                                 f">= {self.detector.min_class_size} labels (counts {counts} for "
+                                 f"{self.class_names}); use --cut-from bundle or auto")
         images = self._prepare(images)
         dev = resolve_device(device)
         probs = self.predict(images, batch_size=batch_size, device=device)
-        th = Thresholds.from_dict(self.thresholds)
+        if source == "batch":
+            th = refit_cut(th, probs, y, self.detector)
         n = len(y)
         nan = np.full(n, np.nan)
         pre = score_samples(probs, y, nan, th, self.detector)
@@ -159,6 +179,7 @@ class Bundle:
         if len(cand):
             ag[cand], sp[cand], iou[cand] = agreements(maps, len(cand))
         sc = score_samples(probs, y, ag, th, self.detector, spearman=sp, iou=iou, groups=groups)
+        sc.cut_source, sc.n_estimated_errors = source, int(th.n_estimated_errors)
         return sc, maps, cand
 
     def cohort_findings(self, images: np.ndarray, given: list[str], groups: list[str], **kw) -> list[dict]:
@@ -279,8 +300,12 @@ def train_bundle(dataset, out, *, image_size: int = 64, archs="densenet121,resne
                        {"training": summary})
 
 
-def audit_dataset(bundle_path, dataset, out, *, device: str = "auto", batch_size: int = 64) -> dict:
-    """Audit an image data set with a bundle: writes verdicts.csv and audit.json; returns the summary."""
+def audit_dataset(bundle_path, dataset, out, *, device: str = "auto", batch_size: int = 64,
+                  cut_from: str = "auto") -> dict:
+    """Audit an image data set with a bundle: writes verdicts.csv and audit.json; returns the summary.
+
+    ``cut_from`` (``Bundle.score``): by default a data set large enough (every class >= the detector's
+    ``min_class_size``) gets its own error count and cut (benchmarks/batch_cut.py)."""
     import csv
 
     from models.data import load_dataset
@@ -291,7 +316,8 @@ def audit_dataset(bundle_path, dataset, out, *, device: str = "auto", batch_size
     if missing:
         raise ValueError(f"data set classes {missing} are not in the bundle's vocabulary {bundle.class_names}")
     given = [data.class_names[v] for v in data.labels]
-    sc, _maps, _cand = bundle.score(data.images, given, batch_size=batch_size, device=device, groups=data.groups)
+    sc, _maps, _cand = bundle.score(data.images, given, batch_size=batch_size, device=device, groups=data.groups,
+                                    cut_from=cut_from)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "verdicts.csv", "w", newline="") as f:
@@ -307,6 +333,7 @@ def audit_dataset(bundle_path, dataset, out, *, device: str = "auto", batch_size
     counts = {v: int(np.sum(sc.verdict == v)) for v in ("suspected_label_error", "hard_case", "consistent")}
     summary = {"bundle": str(bundle_path), "bundle_hash": bundle.content_hash, "dataset": str(dataset),
                "n_samples": len(data), "verdicts": counts,
+               "cut": {"source": sc.cut_source, "requested": cut_from, "n_estimated_errors": sc.n_estimated_errors},
                "cohort_findings": [dict(c, given_class=bundle.class_names[c["given_class"]]) for c in sc.cohorts]}
     (out / "audit.json").write_text(json.dumps(summary, indent=2))
     return summary

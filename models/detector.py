@@ -132,6 +132,8 @@ class Scores:
     dual_flag: np.ndarray
     labelqa_flag: np.ndarray
     cohorts: list[dict] = field(default_factory=list)
+    cut_source: str = "fit"  # where the cut came from: fit (these data), bundle, or batch (re-estimated)
+    n_estimated_errors: int | None = None
 
     @property
     def candidates(self) -> np.ndarray:
@@ -222,6 +224,33 @@ def fit_thresholds(probs: dict[str, np.ndarray], given: np.ndarray, agreement: n
     else:
         cut = float(np.sort(score)[::-1][min(n_hat, len(score)) - 1])
     return Thresholds(weights, [float(t) for t in thr], cut, float(tau), how, n_hat)
+
+
+CUT_FROM = ("auto", "bundle", "batch")
+
+
+def batch_cut_ok(given: np.ndarray, n_classes: int, cfg: DetectorConfig) -> bool:
+    """Whether a batch is large enough to re-estimate the simulated-flips cut on it: every class of the
+    vocabulary present with at least ``min_class_size`` given labels (an absent class could not be
+    simulated as an error source, a small one gives a noisy tail)."""
+    counts = np.bincount(np.asarray(given, dtype=np.int64), minlength=n_classes)
+    return cfg.cut == "simulated_flips" and len(counts) == n_classes and int(counts.min()) >= cfg.min_class_size
+
+
+def refit_cut(th: Thresholds, probs: dict[str, np.ndarray], given: np.ndarray, cfg: DetectorConfig) -> Thresholds:
+    """The simulated-flips cut re-estimated on a batch scored by members that never saw it (a bundle
+    auditing new data): member weights and tau stay the bundle's; the error count, the confident joint,
+    per-class suspicion cuts and precision steps come from the batch, so a batch whose error rate
+    differs from the training data's gets its own count. Call only when ``batch_cut_ok``."""
+    from dataclasses import replace
+
+    pw = weighted_mean(probs, th.member_weights)
+    sim = simulated_flip_cut(pw, given, cfg.tail_floor, only_if_consensus_disagrees=cfg.only_if_consensus_disagrees,
+                             source_prior=cfg.source_prior, tail_min_count=cfg.tail_min_count,
+                             thr=class_thresholds(pw, given))
+    return replace(th, score_cut=float("nan"), n_estimated_errors=int(round(sum(sim["errors_per_class"]))),
+                   class_score_cuts=sim["class_cuts"], precision_steps=sim["steps"],
+                   estimated_errors_per_class=sim["errors_per_class"], cut="simulated_flips")
 
 
 def _concave_majorant_slopes(tp: np.ndarray) -> np.ndarray:

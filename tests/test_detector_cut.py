@@ -103,3 +103,29 @@ def test_batch_augment_identity_and_determinism():
     moved = batch_augment(sq.repeat(8, 1, 1, 1), torch.Generator().manual_seed(1), p_contrast=0.0, p_noise=0.0)
     assert (moved.sum(dim=(1, 2, 3)) > 0.6 * 36).all()
     assert ((moved - sq).abs().sum(dim=(1, 2, 3)) > 1.0).sum() >= 4  # p_affine 0.8: most samples changed
+
+
+def test_batch_cut_follows_the_error_rate_of_an_audited_batch():
+    """A bundle fitted where 5% of labels were wrong audits a batch where 20% are: the cut re-estimated on
+    the batch (its members never saw it) counts the batch's errors; the stored cut keeps the old count."""
+    from models.detector import batch_cut_ok, refit_cut
+
+    probs, given, flipped = _members(3000, 3, 3, 0.05, seed=11)
+    cfg = DetectorConfig()
+    n_dis = np.sum([p.argmax(1) != given for p in probs.values()], axis=0)
+    th = fit_thresholds(probs, given, np.full(len(given), np.nan), n_dis == 3, cfg)
+    b_probs, b_given, b_flipped = _members(1500, 3, 3, 0.20, seed=12)
+    nan = np.full(len(b_given), np.nan)
+    assert batch_cut_ok(b_given, 3, cfg)
+    stored = score_samples(b_probs, b_given, nan, th, cfg).labelqa_flag
+    th_b = refit_cut(th, b_probs, b_given, cfg)
+    batch = score_samples(b_probs, b_given, nan, th_b, cfg).labelqa_flag
+    assert th_b.member_weights == th.member_weights and th_b.agreement_threshold == th.agreement_threshold
+    assert 0.7 * b_flipped.sum() <= th_b.n_estimated_errors <= 1.4 * b_flipped.sum(), th_b.n_estimated_errors
+    assert th.n_estimated_errors < 0.5 * th_b.n_estimated_errors
+    assert (batch & b_flipped).sum() > (stored & b_flipped).sum()
+    assert _f1(batch, b_flipped) >= 0.8 and _f1(batch, b_flipped) > _f1(stored, b_flipped)
+    # Too small, or a class missing: no re-estimation.
+    assert not batch_cut_ok(b_given[:150], 3, cfg)
+    assert not batch_cut_ok(np.where(b_given == 2, 1, b_given), 3, cfg)
+    assert not batch_cut_ok(b_given, 3, DetectorConfig(cut="confident_joint"))

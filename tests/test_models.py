@@ -154,6 +154,22 @@ def test_bundle_round_trip_gives_the_same_verdicts_as_evaluate_internals(trained
     assert v0.heatmap is not None and v0.heatmap.shape == (8, 8) and set(v0.member_heatmaps) == set(fit.archs)
     with pytest.raises(ValueError, match="vocabulary"):
         b.audit(data.images[:2], ["class0", "nope"], device="cpu")
+    # 80 samples per class: too few to re-estimate the cut on the batch; auto keeps the bundle's.
+    sc_auto, _, _ = b.score(data.images, [data.class_names[g] for g in given], device="cpu", cut_from="auto")
+    assert sc_auto.cut_source == "bundle" and list(sc_auto.verdict) == list(sc.verdict)
+    with pytest.raises(ValueError, match="too small to re-estimate"):
+        b.score(data.images, [data.class_names[g] for g in given], device="cpu", cut_from="batch")
+    # A new batch of 400 (200 per class) with 20% wrong labels: auto re-estimates the count on it.
+    new = make_shapes(400, n_classes=2, size=SIZE, seed=21)
+    wrong = np.zeros(400, dtype=bool)
+    wrong[np.random.default_rng(1).choice(400, 80, replace=False)] = True
+    new_given = [data.class_names[1 - g if w else g] for g, w in zip(new.labels, wrong, strict=True)]
+    sc_b, _, _ = b.score(new.images, new_given, device="cpu", cut_from="auto")
+    sc_s, _, _ = b.score(new.images, new_given, device="cpu", cut_from="bundle")
+    assert sc_b.cut_source == "batch" and sc_s.cut_source == "bundle"
+    assert 0.7 * 80 <= sc_b.n_estimated_errors <= 1.4 * 80, sc_b.n_estimated_errors
+    hits = int((sc_b.labelqa_flag & wrong).sum())
+    assert hits >= 0.8 * 80 and hits >= 0.9 * sc_b.labelqa_flag.sum(), (hits, sc_b.labelqa_flag.sum())
     meta = path / "configs" / "metadata.json"
     meta.write_text(meta.read_text().replace('"image_size": 32', '"image_size": 33'))
     with pytest.raises(BundleError, match="modified"):
@@ -246,6 +262,11 @@ def test_cli_train_audit_evaluate_on_an_npz(tmp_path):
     summary = json.loads((tmp_path / "a" / "audit.json").read_text())
     assert sum(summary["verdicts"].values()) == 60
     assert (tmp_path / "a" / "verdicts.csv").read_text().count("\n") == 61
+    assert summary["cut"]["requested"] == "auto" and summary["cut"]["source"] == "bundle"  # 30 per class: too few
+    r = subprocess.run(labelqa_cmd() + ["audit", "--bundle", str(tmp_path / "b"), "--dataset", str(npz), "--out",
+                                        str(tmp_path / "a2"), "--device", "cpu", "--cut-from", "batch"],
+                       env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and "too small to re-estimate" in r.stderr, r.stderr[-2000:]
     r = subprocess.run(labelqa_cmd() + ["audit", "--bundle", str(tmp_path / "b"), "--out", str(tmp_path / "x")],
                        env=env, capture_output=True, text=True)
     assert r.returncode == 2 and "exactly one of --dataset" in r.stderr
