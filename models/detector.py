@@ -17,7 +17,8 @@ Three rules live here, all computed from the same member probabilities and maps:
   truth. Per given class y, the observed suspicion is a mixture of clean and wrong labels; the
   number of wrong ones is estimated from the upper tail (min over cuts with at least
   ``tail_floor`` of the simulated errors and ``tail_min_count`` samples above them of
-  #observed / P(simulated error above)), the
+  #observed / P(simulated error above), each ratio discounted by ``count_z`` binomial standard
+  deviations so that chance dips in sparse tails do not pull the minimum down), the
   local precision of each sample from the least concave majorant of estimated true positives vs
   flagged count, and the flags are the top samples by local precision across classes, as many as
   maximise the estimated F1. That becomes one suspicion cut per class (stored in bundles), and the
@@ -60,6 +61,11 @@ class DetectorConfig:
     # the ten MRI/X-ray runs saved then 0.682 / 0.682 / 0.681 / 0.680 / 0.668. The price is a floor:
     # on labels with no errors about this many flags per class (15 of 2000 generated, 3 classes at 5).
     tail_min_count: int = 5
+    # Binomial discount of chance dips in that minimum (``_tail_count``): 0 / 0.5 / 1 / 1.5 compared on
+    # 8 after-the-fact re-labellings (5% uniform) of each of the 19 saved crossfit runs, paired F1
+    # difference vs 0: +0.006 +- 0.002 / +0.002 +- 0.003 / -0.003 +- 0.003 (third session); the digits
+    # seeds 3-5 and the 3-class Kermany runs were made after this choice and informed nothing.
+    count_z: float = 0.5
     # Below this many samples in a given class the per-class estimate is too noisy (a 160-image demo
     # bundle missed a planted error with it); the confident-joint cut is used instead. The real-data
     # runs that validated simulated_flips had >= 140 samples per class.
@@ -213,7 +219,8 @@ def fit_thresholds(probs: dict[str, np.ndarray], given: np.ndarray, agreement: n
     smallest = int(np.bincount(given, minlength=pw.shape[1]).min())
     if cfg.cut == "simulated_flips" and smallest >= cfg.min_class_size:
         sim = simulated_flip_cut(pw, given, cfg.tail_floor, only_if_consensus_disagrees=cfg.only_if_consensus_disagrees,
-                                 source_prior=cfg.source_prior, tail_min_count=cfg.tail_min_count, thr=thr)
+                                 source_prior=cfg.source_prior, tail_min_count=cfg.tail_min_count, thr=thr,
+                                 count_z=cfg.count_z)
         return Thresholds(weights, [float(t) for t in thr], float("nan"), float(tau), how,
                           int(round(sum(sim["errors_per_class"]))), sim["class_cuts"], sim["steps"],
                           sim["errors_per_class"], "simulated_flips")
@@ -247,7 +254,7 @@ def refit_cut(th: Thresholds, probs: dict[str, np.ndarray], given: np.ndarray, c
     pw = weighted_mean(probs, th.member_weights)
     sim = simulated_flip_cut(pw, given, cfg.tail_floor, only_if_consensus_disagrees=cfg.only_if_consensus_disagrees,
                              source_prior=cfg.source_prior, tail_min_count=cfg.tail_min_count,
-                             thr=class_thresholds(pw, given))
+                             thr=class_thresholds(pw, given), count_z=cfg.count_z)
     return replace(th, score_cut=float("nan"), n_estimated_errors=int(round(sum(sim["errors_per_class"]))),
                    class_score_cuts=sim["class_cuts"], precision_steps=sim["steps"],
                    estimated_errors_per_class=sim["errors_per_class"], cut="simulated_flips")
@@ -270,9 +277,19 @@ def _concave_majorant_slopes(tp: np.ndarray) -> np.ndarray:
     return np.clip(slopes, 0.0, 1.0)
 
 
+def _tail_count(observed: np.ndarray, p_above: np.ndarray, z: float) -> float:
+    """Wrong labels implied by the upper tail: min over cuts of the n for which ``observed`` lies z
+    binomial standard deviations below its mean n*p (z = 0: observed / p). Clean samples above a cut
+    only add to ``observed``, so every cut gives an upper bound; the minimum over many cuts is pulled
+    low by chance dips where few samples lie above, and z > 0 discounts those dips most where p is small."""
+    b = z * np.sqrt(np.clip(p_above * (1.0 - p_above), 0.0, None))
+    u = (b + np.sqrt(b * b + 4.0 * p_above * observed)) / (2.0 * p_above)  # u = sqrt(n): n*p - b*u = observed
+    return float(np.min(u * u))
+
+
 def simulated_flip_cut(pw: np.ndarray, given: np.ndarray, tail_floor: float = 0.3, *,
                        only_if_consensus_disagrees: bool = True, source_prior: float | None = 5.0,
-                       tail_min_count: int = 5, thr: np.ndarray | None = None) -> dict:
+                       tail_min_count: int = 5, thr: np.ndarray | None = None, count_z: float = 0.5) -> dict:
     """labelqa's cut from simulated flips on out-of-sample probabilities (module docstring); no ground truth.
 
     Returns ``flags``, ``precision`` (estimated local precision per sample), ``class_cuts`` (suspicion
@@ -316,7 +333,7 @@ def simulated_flip_cut(pw: np.ndarray, given: np.ndarray, tail_floor: float = 0.
         p_sim_above = w_above[np.searchsorted(sim, s_sorted, side="left")]
         rank = np.arange(1, len(idx) + 1)
         ok = (p_sim_above >= tail_floor) & (rank >= tail_min_count)
-        n_err = float(np.min(rank[ok] / p_sim_above[ok])) if ok.any() else 0.0
+        n_err = _tail_count(rank[ok], p_sim_above[ok], count_z) if ok.any() else 0.0
         n_err = min(n_err, float(len(idx)))
         tp = np.minimum(n_err * p_sim_above, rank)
         slopes = _concave_majorant_slopes(tp)
