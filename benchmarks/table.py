@@ -17,16 +17,17 @@ import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # (column title, results-file glob, paper's F1 for that modality)
+_X, _M, _X3 = "chest_xray_pneumonia_kermany_224", "brain_tumor_mri_4class_224", "kermany_xray_3class"
 COLUMNS = [
-    ("X-ray 224 px, all 5840, H100", "chest_xray_pneumonia_kermany_224-crossfit3-s224-nall-e15-b64-uniform5-seed?", 0.96),
-    ("MRI 224 px, all 7019, H100", "brain_tumor_mri_4class_224-crossfit3-s224-nall-e15-b64-uniform5-seed?", 0.93),
-    ("X-ray 64 px, 2000, CPU", "chest_xray_pneumonia_kermany_224-crossfit3-s64-n2000-e10-b32-uniform5-seed?", 0.96),
-    ("MRI 64 px, 2000, CPU", "brain_tumor_mri_4class_224-crossfit3-s64-n2000-e10-b32-uniform5-seed?", 0.93),
-    ("X-ray 3-class 64 px, 2000, CPU, held out", "kermany_xray_3class-crossfit3-s64-n2000-e10-b32-uniform5-seed?", None),
-    ("MRI 32 px, all 7019, CPU, held out", "brain_tumor_mri_4class_224-crossfit3-s32-nall-e10-b32-uniform5-seed?", 0.93),
+    ("X-ray 224 px, all 5840, H100", f"{_X}-crossfit3-s224-nall-e15-b64-uniform5-seed?", 0.96),
+    ("MRI 224 px, all 7019, H100", f"{_M}-crossfit3-s224-nall-e15-b64-uniform5-seed?", 0.93),
+    ("X-ray 64 px, 2000, CPU", f"{_X}-crossfit3-s64-n2000-e10-b32-uniform5-seed?", 0.96),
+    ("MRI 64 px, 2000, CPU", f"{_M}-crossfit3-s64-n2000-e10-b32-uniform5-seed?", 0.93),
+    ("X-ray 3-class 64 px, 2000, CPU, held out", f"{_X3}-crossfit3-s64-n2000-e10-b32-uniform5-seed?", None),
+    ("MRI 32 px, all 7019, CPU, held out", f"{_M}-crossfit3-s32-nall-e10-b32-uniform5-seed?", 0.93),
     ("digits 32 px, 10 classes, not medical", "sklearn_digits-crossfit3-s32-nall-e10-b32-uniform5-seed?", None),
-    ("X-ray 32 px, 600", "chest_xray_pneumonia_kermany_224-crossfit3-s32-n600-e6-b32-uniform5-seed?", 0.96),
-    ("MRI 32 px, 600", "brain_tumor_mri_4class_224-crossfit3-s32-n600-e6-b32-uniform5-seed?", 0.93),
+    ("X-ray 32 px, 600", f"{_X}-crossfit3-s32-n600-e6-b32-uniform5-seed?", 0.96),
+    ("MRI 32 px, 600", f"{_M}-crossfit3-s32-n600-e6-b32-uniform5-seed?", 0.93),
 ]
 ROWS = [("**labelqa**", "labelqa"), ("labelqa without the count discount (count_z = 0)", "labelqa_count_z0"),
         ("labelqa, earlier confident-joint cut", "labelqa_confident_joint"),

@@ -123,18 +123,21 @@ def audit(
     vocabulary: Path | None = typer.Option(None, "--vocabulary", help="Label vocabulary (DICOM mode)."),
     device: str = DeviceOpt,
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Inference batch size."),
-    cut_from: str = typer.Option("auto", "--cut-from",
-                                 help="--dataset only: auto (re-estimate the error count and cut on the data set "
-                                      "when every class has >= min_class_size (100) labels, else the bundle's), bundle, batch. "
-                                      "DICOM audits use the bundle's cut (the SR records it)."),
+    cut_from: str | None = typer.Option(
+        None, "--cut-from",
+        help="--dataset only: auto (the default: re-estimate the error count and cut on the data set when every "
+             "class has >= min_class_size (100) labels, else the bundle's), bundle, or batch. DICOM audits "
+             "always use the bundle's cut, the one their SR records."),
     threads: int = ThreadsOpt,
 ) -> None:
     """Score new data with a bundle: per-sample verdicts (its members never saw these samples)."""
     _setup(threads)
     if (dataset is None) == (dicom is None):
         _fail("give exactly one of --dataset PATH or --dicom DIR")
-    if cut_from not in ("auto", "bundle", "batch"):
+    if cut_from not in (None, "auto", "bundle", "batch"):
         _fail(f"--cut-from must be auto, bundle or batch, not {cut_from!r}")
+    if dicom is not None and cut_from not in (None, "bundle"):
+        _fail("--cut-from applies to --dataset audits; DICOM audits use the bundle's cut (recorded in the SR)")
     if dicom is not None:
         from service.audit import audit_dicom_dir  # issue 6: offline DICOM audit
 
@@ -145,7 +148,8 @@ def audit(
     from models.data import DatasetError
 
     try:
-        summary = audit_dataset(bundle, dataset, out, device=device, batch_size=batch_size, cut_from=cut_from)
+        summary = audit_dataset(bundle, dataset, out, device=device, batch_size=batch_size,
+                                cut_from=cut_from or "auto")
     except (DatasetError, BundleError, ValueError) as e:
         _fail(str(e))
     typer.echo(json.dumps(summary, indent=2))

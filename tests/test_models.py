@@ -267,6 +267,10 @@ def test_cli_train_audit_evaluate_on_an_npz(tmp_path):
                                         str(tmp_path / "a2"), "--device", "cpu", "--cut-from", "batch"],
                        env=env, capture_output=True, text=True)
     assert r.returncode == 2 and "too small to re-estimate" in r.stderr, r.stderr[-2000:]
+    r = subprocess.run(labelqa_cmd() + ["audit", "--bundle", str(tmp_path / "b"), "--dicom", str(tmp_path),
+                                        "--out", str(tmp_path / "a3"), "--cut-from", "batch"],
+                       env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and "DICOM audits use the bundle's cut" in r.stderr, r.stderr[-2000:]
     r = subprocess.run(labelqa_cmd() + ["audit", "--bundle", str(tmp_path / "b"), "--out", str(tmp_path / "x")],
                        env=env, capture_output=True, text=True)
     assert r.returncode == 2 and "exactly one of --dataset" in r.stderr
