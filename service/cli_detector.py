@@ -134,8 +134,10 @@ def audit(
     _setup(threads)
     if (dataset is None) == (dicom is None):
         _fail("give exactly one of --dataset PATH or --dicom DIR")
-    if cut_from not in (None, "auto", "bundle", "batch"):
-        _fail(f"--cut-from must be auto, bundle or batch, not {cut_from!r}")
+    from models.detector import CUT_FROM
+
+    if cut_from is not None and cut_from not in CUT_FROM:
+        _fail(f"--cut-from must be one of {', '.join(CUT_FROM)}, not {cut_from!r}")
     if dicom is not None and cut_from not in (None, "bundle"):
         _fail("--cut-from applies to --dataset audits; DICOM audits use the bundle's cut (recorded in the SR)")
     if dicom is not None:
