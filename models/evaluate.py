@@ -264,7 +264,7 @@ def _save_predictions(path: Path, fit, data: LabelledImages, noisy: np.ndarray, 
                       **extra: np.ndarray) -> None:
     np.savez_compressed(path, archs=np.array(fit.archs), probs=np.stack([fit.probs[a] for a in fit.archs]),
                         fold=fit.fold, noisy=noisy, truth=data.labels, flipped=flipped, groups=np.array(data.groups),
-                        ids=np.array(data.ids), **extra)
+                        ids=np.array(data.ids), train_margin=fit.train_margins().astype(np.float32), **extra)
 
 
 def _json_default(o):

@@ -60,6 +60,10 @@ class FittedMember:
     fold: int
     train_idx: np.ndarray
     history: dict = field(default_factory=dict)
+    # Mean training-time margin (logit of the given label minus the largest other logit, on the
+    # augmented training batches, over all epochs run) per sample of train_idx; NaN for the held-out
+    # early-stopping part. The area-under-the-margin signal of Pleiss et al. 2020.
+    train_margin: np.ndarray | None = None
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -216,6 +220,7 @@ def train_member(spec: MemberSpec, images: np.ndarray, labels: np.ndarray, n_cla
         dev_images, gen = None, None
         augment = _augmenter(images.shape[-1], seed) if cfg.augment else None
     best_state, best_loss, bad, hist = None, float("inf"), 0, {"val_loss": [], "val_acc": [], "train_loss": []}
+    margin_sum, margin_n = np.zeros(n), np.zeros(n)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -239,7 +244,14 @@ def train_member(spec: MemberSpec, images: np.ndarray, labels: np.ndarray, n_cla
                 x = _to_input(xb, device)
             y = torch.from_numpy(labels[b]).to(device)
             with _autocast(device):
-                loss = loss_fn(model(x).float(), y)
+                logits = model(x).float()
+                loss = loss_fn(logits, y)
+            lg = logits.detach().cpu().numpy().astype(np.float64)  # training-time margin, in numpy: no effect on the fit
+            yb = labels[b]
+            given = lg[np.arange(len(b)), yb]
+            lg[np.arange(len(b)), yb] = -np.inf
+            margin_sum[b] += given - lg.max(1)
+            margin_n[b] += 1
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
@@ -271,6 +283,8 @@ def train_member(spec: MemberSpec, images: np.ndarray, labels: np.ndarray, n_cla
     del dev_images
     hist["epochs_run"] = len(hist["train_loss"])
     hist["val_idx_count"] = int(n_val)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        hist["train_margin"] = np.where(margin_n > 0, margin_sum / margin_n, np.nan)
     model.eval()
     return model.cpu() if device.type != "cpu" else model, hist
 
@@ -330,6 +344,22 @@ class Fit:
                 return m
         raise KeyError((arch, fold))
 
+    def train_margins(self) -> np.ndarray:
+        """(archs, N): per architecture, the mean training-time margin of each sample over the members
+        that trained on it (NaN where none did, or a member did not record it)."""
+        n = len(self.fold)
+        out = np.full((len(self.archs), n), np.nan)
+        for ai, arch in enumerate(self.archs):
+            tot, cnt = np.zeros(n), np.zeros(n)
+            for m in self.members:
+                if m.arch != arch or m.train_margin is None:
+                    continue
+                ok = np.isfinite(m.train_margin)
+                tot[m.train_idx[ok]] += m.train_margin[ok]
+                cnt[m.train_idx[ok]] += 1
+            out[ai] = np.where(cnt > 0, tot / np.maximum(cnt, 1), np.nan)
+        return out
+
 
 def fit_ensemble(specs: list[MemberSpec], images: np.ndarray, labels: np.ndarray, n_classes: int, cfg: TrainConfig,
                  *, mode: str = "crossfit", folds: int = 4, seed: int = 0, device: str | torch.device = "auto",
@@ -360,7 +390,8 @@ def fit_ensemble(specs: list[MemberSpec], images: np.ndarray, labels: np.ndarray
             t_pred += time.perf_counter() - t1
             t_train += t1 - t0
             layer, size = choose_cam_layer(spec, model.cpu(), images.shape[-1], cfg.min_cam_cells)
-            members.append(FittedMember(spec.name, model.cpu(), layer, size, k, tr, hist))
+            margin = hist.pop("train_margin", None)
+            members.append(FittedMember(spec.name, model.cpu(), layer, size, k, tr, hist, margin))
             log.info("%s fold %d: %d epochs, val acc %s, %.1fs", spec.name, k, hist["epochs_run"],
                      hist["val_acc"][-1:] if hist["val_acc"] else "-", t1 - t0)
     return Fit(mode, [s.name for s in specs], probs, members, fold, {"train": t_train, "predict": t_pred})

@@ -72,6 +72,18 @@ def test_results_json_schema(evaluated):
     assert 0 < on_disk["timing_s"]["gradcam_candidates"] < on_disk["n_samples"]
 
 
+def test_training_margins_are_saved_and_lower_for_planted_errors(evaluated):
+    """predictions.npz keeps each sample's training-time margin (area under the margin) per architecture:
+    a sample trained with a wrong label sits below the right labels of its class."""
+    _, out = evaluated
+    z = np.load(out / "predictions.npz")
+    tm, flipped = z["train_margin"], z["flipped"].astype(bool)
+    assert tm.shape == (len(TINY), len(flipped))
+    assert np.isfinite(tm).mean() > 0.8  # NaN only where a sample sat in every member's early-stopping part
+    m = np.nanmean(tm, axis=0)
+    assert np.nanmean(m[flipped]) < np.nanmean(m[~flipped]) - 0.5
+
+
 def test_crossfit_never_scores_a_sample_with_a_member_that_trained_on_it():
     data = make_shapes(45, n_classes=2, size=SIZE, seed=1)
     fit = fit_ensemble(parse_archs(TINY[:2]), data.images, data.labels, 2,
