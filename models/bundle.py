@@ -277,8 +277,13 @@ def load_bundle(path: str | Path) -> Bundle:
 def train_bundle(dataset, out, *, image_size: int = 64, archs="densenet121,resnet18,efficientnet-b0", seed: int = 0,
                  device: str = "auto", mode: str = "crossfit", folds: int = 4, train_cfg=None,
                  detector: DetectorConfig | None = None, max_samples: int | None = None, progress: bool = False,
-                 data=None) -> Path:
-    """Fit on annotated data, learn thresholds from out-of-sample predictions, write a bundle."""
+                 data=None, verdicts_out=None) -> Path:
+    """Fit on annotated data, learn thresholds from out-of-sample predictions, write a bundle.
+
+    ``verdicts_out``: also write the training data's own audit there (``verdicts.csv`` + ``audit.json``,
+    the format of :func:`audit_dataset`): with crossfit every label is judged by members that never saw
+    it, which is how a data set's existing annotations are checked. It is kept out of the bundle, whose
+    files may be shared: sample ids are file names, which can carry identifiers."""
     from models.data import load_dataset, stratified_subsample
     from models.detector import score_fit
     from models.ensemble import parse_archs
@@ -293,11 +298,44 @@ def train_bundle(dataset, out, *, image_size: int = 64, archs="densenet121,resne
         data = data.subset(stratified_subsample(data.labels, max_samples, seed))
     fit = fit_ensemble(parse_archs(archs), data.images, data.labels, len(data.class_names), train_cfg, mode=mode,
                        folds=folds, seed=seed, device=dev, progress=progress)
-    sc, th, _maps, _cand, _t = score_fit(fit, data.images, data.labels, detector, device=dev, seed=seed)
+    sc, th, _maps, _cand, _t = score_fit(fit, data.images, data.labels, detector, device=dev, seed=seed,
+                                         groups=data.groups)
     summary = {"n_training_samples": int(len(data)), "seed": seed, "dataset": str(dataset),
                "training_flagged": int(sc.labelqa_flag.sum())}
-    return save_bundle(Path(out), fit, data.class_names, image_size, th, detector, train_cfg.to_dict(),
+    path = save_bundle(Path(out), fit, data.class_names, image_size, th, detector, train_cfg.to_dict(),
                        {"training": summary})
+    if verdicts_out is not None:
+        note = ("out-of-fold: every label judged by members that never saw it" if mode == "crossfit" else
+                "in-sample: the members trained on these labels, so errors they memorised are missed "
+                "(use crossfit to audit a data set)")
+        write_verdicts(Path(verdicts_out), data, list(data.class_names), sc,
+                       {"bundle": str(path), "dataset": str(dataset), "mode": mode, "scores": note,
+                        "cut": {"source": "fit", "n_estimated_errors": int(th.n_estimated_errors)}})
+    return path
+
+
+def write_verdicts(out: Path, data, class_names: list[str], sc, extra: dict) -> dict:
+    """``out/verdicts.csv`` (one row per sample, most suspicious first) and ``out/audit.json`` (counts,
+    cohort findings, ``extra``); returns the summary."""
+    import csv
+
+    out.mkdir(parents=True, exist_ok=True)
+    given = [class_names[v] for v in sc.given]
+    with open(out / "verdicts.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "group", "given", "consensus", "consensus_prob", "p_given", "n_disagree", "agreement",
+                    "priority", "score", "verdict"])
+        for i in np.argsort(-sc.score, kind="stable"):
+            ag = sc.agreement[i]
+            w.writerow([data.ids[i], data.groups[i], given[i], class_names[sc.consensus[i]],
+                        f"{sc.consensus_prob[i]:.4f}", f"{sc.p_given[i]:.4f}", int(sc.n_disagree[i]),
+                        "" if not np.isfinite(ag) else f"{ag:.4f}", f"{sc.priority[i]:.4f}", f"{sc.score[i]:.4f}",
+                        sc.verdict[i]])
+    counts = {v: int(np.sum(sc.verdict == v)) for v in ("suspected_label_error", "hard_case", "consistent")}
+    summary = {**extra, "n_samples": len(sc.given), "verdicts": counts,
+               "cohort_findings": [dict(c, given_class=class_names[c["given_class"]]) for c in sc.cohorts]}
+    (out / "audit.json").write_text(json.dumps(summary, indent=2))
+    return summary
 
 
 def audit_dataset(bundle_path, dataset, out, *, device: str = "auto", batch_size: int = 64,
@@ -306,8 +344,6 @@ def audit_dataset(bundle_path, dataset, out, *, device: str = "auto", batch_size
 
     ``cut_from`` (``Bundle.score``): by default a data set large enough (every class >= the detector's
     ``min_class_size``) gets its own error count and cut (benchmarks/batch_cut.py)."""
-    import csv
-
     from models.data import load_dataset
 
     bundle = load_bundle(bundle_path)
@@ -318,22 +354,7 @@ def audit_dataset(bundle_path, dataset, out, *, device: str = "auto", batch_size
     given = [data.class_names[v] for v in data.labels]
     sc, _maps, _cand = bundle.score(data.images, given, batch_size=batch_size, device=device, groups=data.groups,
                                     cut_from=cut_from)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "verdicts.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "group", "given", "consensus", "consensus_prob", "p_given", "n_disagree", "agreement",
-                    "priority", "score", "verdict"])
-        for i in np.argsort(-sc.score, kind="stable"):
-            ag = sc.agreement[i]
-            w.writerow([data.ids[i], data.groups[i], given[i], bundle.class_names[sc.consensus[i]],
-                        f"{sc.consensus_prob[i]:.4f}", f"{sc.p_given[i]:.4f}", int(sc.n_disagree[i]),
-                        "" if not np.isfinite(ag) else f"{ag:.4f}", f"{sc.priority[i]:.4f}", f"{sc.score[i]:.4f}",
-                        sc.verdict[i]])
-    counts = {v: int(np.sum(sc.verdict == v)) for v in ("suspected_label_error", "hard_case", "consistent")}
-    summary = {"bundle": str(bundle_path), "bundle_hash": bundle.content_hash, "dataset": str(dataset),
-               "n_samples": len(data), "verdicts": counts,
-               "cut": {"source": sc.cut_source, "requested": cut_from, "n_estimated_errors": sc.n_estimated_errors},
-               "cohort_findings": [dict(c, given_class=bundle.class_names[c["given_class"]]) for c in sc.cohorts]}
-    (out / "audit.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    return write_verdicts(Path(out), data, list(bundle.class_names), sc,
+                          {"bundle": str(bundle_path), "bundle_hash": bundle.content_hash, "dataset": str(dataset),
+                           "cut": {"source": sc.cut_source, "requested": cut_from,
+                                   "n_estimated_errors": sc.n_estimated_errors}})

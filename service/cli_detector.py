@@ -96,6 +96,10 @@ def train(
     lr: float = LrOpt,
     max_samples: int | None = MaxOpt,
     cut: str = CutOpt,
+    verdicts: Path | None = typer.Option(
+        None, "--verdicts",
+        help="Also audit the training labels themselves: write DIR/verdicts.csv and DIR/audit.json (with crossfit "
+             "each label is judged by members that never saw it). Kept outside the bundle: ids are file names."),
     threads: int = ThreadsOpt,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
@@ -109,10 +113,14 @@ def train(
     try:
         path = train_bundle(dataset, out, image_size=image_size, archs=archs, seed=seed, device=device, mode=mode,
                             folds=folds, train_cfg=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr),
-                            detector=DetectorConfig(cut=cut), max_samples=max_samples, progress=progress)
+                            detector=DetectorConfig(cut=cut), max_samples=max_samples, progress=progress,
+                            verdicts_out=verdicts)
     except (DatasetError, ValueError) as e:
         _fail(str(e))
     typer.echo(f"wrote bundle {path}")
+    if verdicts is not None:
+        summary = json.loads((verdicts / "audit.json").read_text())
+        typer.echo(f"training labels: {summary['verdicts']} -> {verdicts / 'verdicts.csv'}")
 
 
 def audit(

@@ -253,6 +253,32 @@ def test_agreement_priority_and_threshold():
     assert gmm_threshold(vals[:3])[0] == 0.5
 
 
+def test_train_audits_its_own_labels_out_of_fold(tmp_path):
+    """`labelqa train --verdicts DIR`: the data scientist's check of an existing data set — every label judged
+    by crossfit members that never saw it; the planted wrong labels come first and are flagged."""
+    import csv
+
+    from models.bundle import load_bundle, train_bundle
+    from models.data import LabelledImages
+
+    data = make_shapes(160, n_classes=2, size=SIZE, seed=11)
+    noisy, flipped = corrupt_labels(data.labels, 2, 0.1, "uniform", seed=1)
+    ds = LabelledImages(data.images, noisy, list(data.class_names), list(data.groups), [f"img{i:03d}" for i in range(160)])
+    path = train_bundle(None, tmp_path / "b", image_size=SIZE, archs="resnet-tiny,densenet-tiny", device="cpu",
+                        mode="crossfit", folds=2, train_cfg=TrainConfig(epochs=5, batch_size=16, lr=3e-3), data=ds,
+                        verdicts_out=tmp_path / "tv")
+    summary = json.loads((tmp_path / "tv" / "audit.json").read_text())
+    assert summary["mode"] == "crossfit" and summary["n_samples"] == 160 and summary["bundle"] == str(path)
+    rows = list(csv.DictReader(open(tmp_path / "tv" / "verdicts.csv")))
+    assert len(rows) == 160 and [float(r["score"]) for r in rows] == sorted((float(r["score"]) for r in rows),
+                                                                            reverse=True)
+    flagged = {int(r["id"][3:]) for r in rows if r["verdict"] == "suspected_label_error"}
+    truth = set(np.flatnonzero(flipped).tolist())
+    assert summary["verdicts"]["suspected_label_error"] == len(flagged)
+    assert len(flagged & truth) >= 0.6 * len(truth) and len(flagged & truth) >= 0.8 * len(flagged), (flagged, truth)
+    assert load_bundle(path).class_names == list(data.class_names)
+
+
 def test_cli_train_audit_evaluate_on_an_npz(tmp_path):
     data = make_shapes(60, n_classes=2, size=SIZE, seed=7)
     npz = tmp_path / "shapes.npz"
@@ -265,8 +291,13 @@ def test_cli_train_audit_evaluate_on_an_npz(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "labelqa" in r.stdout and (tmp_path / "ev" / "results.json").is_file()
     r = subprocess.run(labelqa_cmd() + ["train", "--dataset", str(npz), "--out", str(tmp_path / "b"), "--mode",
-                                        "insample", *common], env=env, capture_output=True, text=True)
+                                        "insample", "--verdicts", str(tmp_path / "tv"), *common],
+                       env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
+    assert "training labels:" in r.stdout
+    tv = json.loads((tmp_path / "tv" / "audit.json").read_text())
+    assert tv["mode"] == "insample" and "in-sample" in tv["scores"] and sum(tv["verdicts"].values()) == 60
+    assert not list((tmp_path / "b").rglob("verdicts.csv"))  # the training audit stays outside the bundle
     r = subprocess.run(labelqa_cmd() + ["audit", "--bundle", str(tmp_path / "b"), "--dataset", str(npz), "--out",
                                         str(tmp_path / "a"), "--device", "cpu"],
                        env=env, capture_output=True, text=True)
