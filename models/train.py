@@ -220,7 +220,9 @@ def train_member(spec: MemberSpec, images: np.ndarray, labels: np.ndarray, n_cla
         dev_images, gen = None, None
         augment = _augmenter(images.shape[-1], seed) if cfg.augment else None
     best_state, best_loss, bad, hist = None, float("inf"), 0, {"val_loss": [], "val_acc": [], "train_loss": []}
-    margin_sum, margin_n = np.zeros(n), np.zeros(n)
+    # Training-time margins accumulate on the fit's device and are copied to the host once, at the end.
+    margin_sum = torch.zeros(n, dtype=torch.float64, device=device)
+    margin_n = torch.zeros(n, dtype=torch.float64, device=device)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -246,12 +248,12 @@ def train_member(spec: MemberSpec, images: np.ndarray, labels: np.ndarray, n_cla
             with _autocast(device):
                 logits = model(x).float()
                 loss = loss_fn(logits, y)
-            lg = logits.detach().cpu().numpy().astype(np.float64)  # training-time margin, in numpy: no effect on the fit
-            yb = labels[b]
-            given = lg[np.arange(len(b)), yb]
-            lg[np.arange(len(b)), yb] = -np.inf
-            margin_sum[b] += given - lg.max(1)
-            margin_n[b] += 1
+            with torch.no_grad():  # training-time margin: reads the logits, no effect on the fit
+                lg = logits.detach().double()
+                given = lg.gather(1, y[:, None])[:, 0]
+                bt = torch.from_numpy(b).to(device)
+                margin_sum[bt] += given - lg.scatter(1, y[:, None], float("-inf")).amax(1)
+                margin_n[bt] += 1
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
@@ -283,8 +285,8 @@ def train_member(spec: MemberSpec, images: np.ndarray, labels: np.ndarray, n_cla
     del dev_images
     hist["epochs_run"] = len(hist["train_loss"])
     hist["val_idx_count"] = int(n_val)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        hist["train_margin"] = np.where(margin_n > 0, margin_sum / margin_n, np.nan)
+    m_sum, m_n = margin_sum.cpu().numpy(), margin_n.cpu().numpy()
+    hist["train_margin"] = np.where(m_n > 0, m_sum / np.maximum(m_n, 1), np.nan)
     model.eval()
     return model.cpu() if device.type != "cpu" else model, hist
 
