@@ -365,14 +365,20 @@ class Fit:
 
 def fit_ensemble(specs: list[MemberSpec], images: np.ndarray, labels: np.ndarray, n_classes: int, cfg: TrainConfig,
                  *, mode: str = "crossfit", folds: int = 4, seed: int = 0, device: str | torch.device = "auto",
-                 progress: bool = False) -> Fit:
-    """Fit every member and return out-of-sample (crossfit) or in-sample probabilities."""
+                 progress: bool = False, exclude: np.ndarray | None = None) -> Fit:
+    """Fit every member and return out-of-sample (crossfit) or in-sample probabilities.
+
+    ``exclude``: boolean mask of samples no member trains on (e.g. the suspected errors of a first
+    fit, for a second fit on cleaner labels); they are still scored, and the folds are unchanged."""
     dev = resolve_device(device) if isinstance(device, str) else device
     if mode not in ("crossfit", "insample"):
         raise ValueError(f"mode must be crossfit or insample, not {mode!r}")
     if mode == "crossfit" and folds < 2:
         raise ValueError("crossfit needs at least 2 folds")
     n = len(images)
+    if exclude is not None and (len(exclude) != n or np.asarray(exclude).dtype != bool):
+        raise ValueError("exclude must be a boolean mask with one entry per image")
+    keep = np.ones(n, dtype=bool) if exclude is None else ~np.asarray(exclude)
     fold = make_folds(labels, folds, seed) if mode == "crossfit" else np.zeros(n, dtype=np.int64)
     n_folds = folds if mode == "crossfit" else 1
     probs = {s.name: np.zeros((n, n_classes), dtype=np.float32) for s in specs}
@@ -380,7 +386,7 @@ def fit_ensemble(specs: list[MemberSpec], images: np.ndarray, labels: np.ndarray
     t_train = t_pred = 0.0
     for mi, spec in enumerate(specs):
         for k in range(n_folds):
-            tr = np.flatnonzero(fold != k) if mode == "crossfit" else np.arange(n)
+            tr = np.flatnonzero((fold != k) & keep) if mode == "crossfit" else np.flatnonzero(keep)
             te = np.flatnonzero(fold == k) if mode == "crossfit" else np.arange(n)
             t0 = time.perf_counter()
             model, hist = train_member(spec, images[tr], labels[tr], n_classes, cfg,

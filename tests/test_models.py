@@ -96,6 +96,23 @@ def test_crossfit_never_scores_a_sample_with_a_member_that_trained_on_it():
     assert sorted({m.fold for m in fit.members}) == [0, 1, 2]
 
 
+def test_crossfit_excluded_samples_are_scored_but_never_trained_on():
+    data = make_shapes(45, n_classes=2, size=SIZE, seed=1)
+    exclude = np.zeros(45, dtype=bool)
+    exclude[[0, 7, 20, 33, 44]] = True
+    fit = fit_ensemble(parse_archs(TINY[:2]), data.images, data.labels, 2,
+                       TrainConfig(epochs=1, batch_size=16, augment=False), mode="crossfit", folds=3, seed=0,
+                       device="cpu", exclude=exclude)
+    assert len(fit.members) == 6
+    for m in fit.members:
+        assert not exclude[m.train_idx].any()
+        assert len(m.train_idx) == int(np.sum((fit.fold != m.fold) & ~exclude))
+    np.testing.assert_allclose(fit.probs[TINY[0]][exclude].sum(1), 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="boolean mask"):
+        fit_ensemble(parse_archs(TINY[:2]), data.images, data.labels, 2, TrainConfig(epochs=1), folds=3,
+                     device="cpu", exclude=np.zeros(44, dtype=bool))
+
+
 def test_fit_is_deterministic_for_a_seed():
     data = make_shapes(32, n_classes=2, size=SIZE, seed=2)
     runs = [fit_ensemble(parse_archs(TINY[:2]), data.images, data.labels, 2, TrainConfig(epochs=1, batch_size=16),
