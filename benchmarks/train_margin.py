@@ -9,8 +9,9 @@ that *did* see it, next to labelqa's suspicion ``s = 1 - p_w(given)`` from membe
 For each saved run that has it, this reports, within each given class (labelqa cuts per class), the
 average precision of ``s``, of ``-margin`` and of ``1 - p_w(given) * sigmoid(margin)``, and the F1
 when labelqa's own per-class flag counts (simulated-flips cut, before the cohort step) are kept but
-the samples are chosen by each score (the count cannot come from the margin: flips cannot be simulated for a signal that depends on the label
-a member trained with). Writes ``benchmarks/results/train-margin.json``.
+the samples are chosen by each score (the count cannot come from the margin: flips cannot be
+simulated for a signal that depends on the label a member trained with).
+Writes ``benchmarks/results/train-margin.json``.
 
     .venv/bin/python benchmarks/train_margin.py benchmarks/results/predictions/*.npz
 """
