@@ -6,8 +6,15 @@ images and noisy labels, flag with this checkout's detector on the saved first-f
 refit every member in crossfit with the same folds and seeds but **without training on the flagged
 samples** (they are still scored, out of fold, like every sample), and score every method on the
 second fit's probabilities. No ground truth is used to choose what is excluded. Writes
-``benchmarks/results/<stem>-refit.json`` (first vs second fit, every method) and the second fit's
-predictions as ``predictions/<stem>-refit.npz``.
+``benchmarks/results/<stem>-refit.json`` (first vs second fit, every method but ``dual_consistency``,
+which needs Grad-CAM maps that are not recomputed here) and the second fit's predictions as
+``predictions/refit/<stem>.npz`` (a subfolder, so the ``predictions/*.npz`` globs of the other
+scripts do not pick them up).
+
+``--control random``: the same refit but excluding as many samples drawn at random (seeded) instead of
+the flagged ones — a second fit differs from the first in every batch, so this separates "trained on
+cleaner labels" from "another fit" (and from regression to the mean on a run chosen for failing).
+Writes ``<stem>-refit-random.json`` and ``predictions/refit/<stem>-random.npz``.
 
 Caveat for reading it: the baselines' second-fit numbers also profit from labelqa's first-round flags
 (the members were trained without them); the first-fit numbers are the like-for-like comparison.
@@ -46,7 +53,7 @@ def _dataset(path: str, work_dir: Path) -> Path:
     return p
 
 
-def refit_one(results: Path, work_dir: Path) -> dict:
+def refit_one(results: Path, work_dir: Path, control: str = "flags") -> dict:
     d = json.loads(results.read_text())
     st = d["settings"]
     z = np.load(RESULTS / "predictions" / f"{results.stem}.npz", allow_pickle=False)
@@ -67,21 +74,28 @@ def refit_one(results: Path, work_dir: Path) -> dict:
     unanimous = np.sum([p.argmax(1) != noisy for p in probs1.values()], axis=0) == len(archs)
     th = fit_thresholds(probs1, noisy, nan, unanimous, cfg, seed=st["seed"])
     exclude = score_samples(probs1, noisy, nan, th, cfg, groups=groups).labelqa_flag
+    if control == "random":
+        rnd = np.zeros(len(noisy), dtype=bool)
+        rnd[np.random.default_rng(st["seed"] + 77).choice(len(noisy), int(exclude.sum()), replace=False)] = True
+        exclude = rnd
     t0 = time.perf_counter()
     fit = fit_ensemble(parse_archs(archs), data.images, noisy, k, TrainConfig(**st["train"]), mode="crossfit",
                        folds=st["folds"], seed=st["seed"], device="cpu", exclude=exclude)
     t_fit = time.perf_counter() - t0
     if not np.array_equal(fit.fold, z["fold"]):
         raise SystemExit(f"{results.name}: folds differ from the saved run's")
-    np.savez_compressed(RESULTS / "predictions" / f"{results.stem}-refit.npz", archs=np.array(archs),
+    (RESULTS / "predictions" / "refit").mkdir(exist_ok=True)
+    suffix = "" if control == "flags" else f"-{control}"
+    np.savez_compressed(RESULTS / "predictions" / "refit" / f"{results.stem}{suffix}.npz", archs=np.array(archs),
                         probs=np.stack([fit.probs[a] for a in archs]), fold=fit.fold, noisy=noisy, truth=data.labels,
                         flipped=flipped, groups=np.array(groups), ids=np.array(data.ids), excluded=exclude)
-    out = {"source": results.name, "excluded": int(exclude.sum()), "excluded_flipped": int((exclude & flipped).sum()),
+    out = {"source": results.name, "control": control, "excluded": int(exclude.sum()),
+           "excluded_flipped": int((exclude & flipped).sum()),
            "n_flipped": int(flipped.sum()), "fit_s": round(t_fit, 1)}
     for tag, probs in (("first_fit", probs1), ("second_fit", fit.probs)):
         r = rescore_labels(probs, noisy, flipped, cfg, seed=st["seed"], groups=groups)
         out[tag] = {"methods": {m: {x: v[x] for x in ("precision", "recall", "f1", "n_flagged")}
-                                for m, v in r["methods"].items()},
+                                for m, v in r["methods"].items() if m != "dual_consistency"},
                     "estimated_errors": r["thresholds"]["n_estimated_errors"],
                     "member_accuracy_clean": {a: float(np.mean(p.argmax(1) == data.labels)) for a, p in probs.items()}}
     return out
@@ -91,6 +105,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("results", nargs="+", type=Path, help="results JSON files written by benchmarks/detector.py")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--control", choices=["flags", "random"], default="flags",
+                    help="exclude labelqa's first-fit flags (default) or as many random samples")
     ap.add_argument("--work-dir", type=Path, default=Path.home() / ".cache" / "labelqa" / "bench-runs")
     a = ap.parse_args()
     if a.threads:
@@ -98,9 +114,9 @@ def main() -> int:
 
         torch.set_num_threads(a.threads)
     for path in a.results:
-        out = refit_one(path, a.work_dir)
+        out = refit_one(path, a.work_dir, a.control)
         out["command"] = " ".join(shlex.quote(x) for x in [".venv/bin/python", "benchmarks/refit.py", *sys.argv[1:]])
-        dest = RESULTS / f"{path.stem}-refit.json"
+        dest = RESULTS / f"{path.stem}-refit{'' if a.control == 'flags' else '-' + a.control}.json"
         dest.write_text(json.dumps(out, indent=1) + "\n")
         f1 = {t: out[t]["methods"] for t in ("first_fit", "second_fit")}
         print(f"{path.stem}: excluded {out['excluded']} ({out['excluded_flipped']} flipped of {out['n_flipped']})")
