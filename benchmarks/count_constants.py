@@ -40,11 +40,12 @@ def design_runs() -> list[Path]:
     return runs + sorted(PRED.glob("sklearn_digits-*-seed[012].npz"))
 
 
-def load(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, list[str]]:
+def load(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, list[str] | None]:
+    """(member probabilities, noisy labels, true labels, planted-flip mask, groups) of a saved run."""
     z = np.load(path, allow_pickle=False)
     probs = {str(a): z["probs"][i] for i, a in enumerate(z["archs"])}
     groups = [str(g) for g in z["groups"]] if "groups" in z.files else None
-    return probs, z["noisy"], z["truth"], groups
+    return probs, z["noisy"], z["truth"], z["flipped"].astype(bool), groups
 
 
 def main() -> int:
@@ -59,9 +60,7 @@ def main() -> int:
     names = list(variants)
     runs = []
     for path in a.runs:
-        z = np.load(path, allow_pickle=False)
-        probs, noisy, _truth, groups = load(path)
-        flipped = z["flipped"].astype(bool)
+        probs, noisy, _truth, flipped, groups = load(path)
         f1, best = {}, None
         for name, cfg in variants.items():
             m = rescore_labels(probs, noisy, flipped, cfg, groups=groups)["methods"]
@@ -72,7 +71,7 @@ def main() -> int:
               flush=True)
     rel = {n: [] for n in names}
     for path in design_runs():
-        probs, _noisy, truth, groups = load(path)
+        probs, _noisy, truth, _flipped, groups = load(path)
         k = next(iter(probs.values())).shape[1]
         for model in ("uniform", "asymmetric") if k >= 3 else ("uniform",):
             for r in range(a.relabel):

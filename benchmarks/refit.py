@@ -53,6 +53,11 @@ def _dataset(path: str, work_dir: Path) -> Path:
     return p
 
 
+def _suffix(control: str) -> str:
+    """File-name suffix of a run's outputs: none for the flags, ``-random`` for the control."""
+    return "" if control == "flags" else f"-{control}"
+
+
 def refit_one(results: Path, work_dir: Path, control: str = "flags") -> dict:
     d = json.loads(results.read_text())
     st = d["settings"]
@@ -84,9 +89,9 @@ def refit_one(results: Path, work_dir: Path, control: str = "flags") -> dict:
     t_fit = time.perf_counter() - t0
     if not np.array_equal(fit.fold, z["fold"]):
         raise SystemExit(f"{results.name}: folds differ from the saved run's")
-    (RESULTS / "predictions" / "refit").mkdir(exist_ok=True)
-    suffix = "" if control == "flags" else f"-{control}"
-    np.savez_compressed(RESULTS / "predictions" / "refit" / f"{results.stem}{suffix}.npz", archs=np.array(archs),
+    pred_dir = RESULTS / "predictions" / "refit"
+    pred_dir.mkdir(exist_ok=True)
+    np.savez_compressed(pred_dir / f"{results.stem}{_suffix(control)}.npz", archs=np.array(archs),
                         probs=np.stack([fit.probs[a] for a in archs]), fold=fit.fold, noisy=noisy, truth=data.labels,
                         flipped=flipped, groups=np.array(groups), ids=np.array(data.ids), excluded=exclude)
     out = {"source": results.name, "control": control, "excluded": int(exclude.sum()),
@@ -116,7 +121,7 @@ def main() -> int:
     for path in a.results:
         out = refit_one(path, a.work_dir, a.control)
         out["command"] = " ".join(shlex.quote(x) for x in [".venv/bin/python", "benchmarks/refit.py", *sys.argv[1:]])
-        dest = RESULTS / f"{path.stem}-refit{'' if a.control == 'flags' else '-' + a.control}.json"
+        dest = RESULTS / f"{path.stem}-refit{_suffix(a.control)}.json"
         dest.write_text(json.dumps(out, indent=1) + "\n")
         f1 = {t: out[t]["methods"] for t in ("first_fit", "second_fit")}
         print(f"{path.stem}: excluded {out['excluded']} ({out['excluded_flipped']} flipped of {out['n_flipped']})")
