@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from models.detector import DetectorConfig
-from models.evaluate import corrupt_labels, rescore_labels
+from models.evaluate import corrupt_labels, member_probs, rescore_labels
 
 PRED = Path(__file__).resolve().parent / "results" / "predictions"
 # The runs that informed the count's constants (tail_floor, source_prior, tail_min_count, count_z).
@@ -43,7 +43,7 @@ def design_runs() -> list[Path]:
 def load(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, list[str] | None]:
     """(member probabilities, noisy labels, true labels, planted-flip mask, groups) of a saved run."""
     z = np.load(path, allow_pickle=False)
-    probs = {str(a): z["probs"][i] for i, a in enumerate(z["archs"])}
+    probs = member_probs(z)
     groups = [str(g) for g in z["groups"]] if "groups" in z.files else None
     return probs, z["noisy"], z["truth"], z["flipped"].astype(bool), groups
 

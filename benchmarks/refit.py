@@ -37,7 +37,7 @@ import numpy as np
 from models.data import load_dataset, stratified_subsample
 from models.detector import DetectorConfig, fit_thresholds, score_samples
 from models.ensemble import parse_archs
-from models.evaluate import corrupt_labels, rescore_labels
+from models.evaluate import corrupt_labels, member_probs, rescore_labels
 from models.train import TrainConfig, fit_ensemble
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -72,7 +72,7 @@ def refit_one(results: Path, work_dir: Path, control: str = "flags") -> dict:
     if not np.array_equal(noisy, z["noisy"]):
         raise SystemExit(f"{results.name}: the re-drawn noisy labels differ from the saved run's")
     archs = [str(a) for a in z["archs"]]
-    probs1 = {a: z["probs"][i] for i, a in enumerate(archs)}
+    probs1 = member_probs(z)
     groups = [str(g) for g in z["groups"]]
     cfg = DetectorConfig()
     nan = np.full(len(noisy), np.nan)

@@ -12,15 +12,12 @@ the control where it ran, and the rule of ``results/second-fit-prereg.md`` appli
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from models.detector import DetectorConfig  # noqa: E402
-from models.evaluate import rescore_labels  # noqa: E402
+from models.detector import DetectorConfig
+from models.evaluate import member_probs, rescore_labels
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TAG = "crossfit3-s64-n2000-e10-b32"
@@ -38,7 +35,8 @@ def _best_other(methods: dict) -> tuple[str, float]:
 def _mean_of_fits(stem: str) -> dict:
     z1 = np.load(RESULTS / "predictions" / f"{stem}.npz")
     z2 = np.load(RESULTS / "predictions" / "refit" / f"{stem}.npz")
-    probs = {str(a): (z1["probs"][i] + z2["probs"][i]) / 2 for i, a in enumerate(z1["archs"])}
+    second = member_probs(z2)
+    probs = {a: (p + second[a]) / 2 for a, p in member_probs(z1).items()}
     r = rescore_labels(probs, z1["noisy"], z1["flipped"].astype(bool), DetectorConfig(),
                        seed=int(stem.rsplit("seed", 1)[1]), groups=[str(g) for g in z1["groups"]])
     return {m: round(r["methods"][m]["f1"], 4) for m in ("labelqa", "cleanlab")}

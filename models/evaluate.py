@@ -152,11 +152,16 @@ def compare_methods(probs: dict[str, np.ndarray], noisy: np.ndarray, flipped: np
             "efficacy": efficacy}
 
 
+def member_probs(z) -> dict[str, np.ndarray]:
+    """Per-architecture probabilities from a loaded ``predictions.npz`` (``archs`` + stacked ``probs``)."""
+    return {str(a): z["probs"][i] for i, a in enumerate(z["archs"])}
+
+
 def rescore(predictions: Path, cfg: DetectorConfig, seed: int = 0) -> dict:
     """Re-run the detector and baselines on a saved ``predictions.npz`` (no re-fitting): for choosing
     detector constants on one data set and applying them unchanged to another."""
     z = np.load(predictions, allow_pickle=False)
-    probs = {str(a): z["probs"][i] for i, a in enumerate(z["archs"])}
+    probs = member_probs(z)
     return rescore_labels(probs, z["noisy"], z["flipped"].astype(bool), cfg, seed, agreement=z["agreement"],
                           spearman=z["spearman"], iou=z["iou"], groups=[str(g) for g in z["groups"]])
 
