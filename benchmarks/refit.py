@@ -16,6 +16,11 @@ the flagged ones — a second fit differs from the first in every batch, so this
 cleaner labels" from "another fit" (and from regression to the mean on a run chosen for failing).
 Writes ``<stem>-refit-random.json`` and ``predictions/refit/<stem>-random.npz``.
 
+``--control seed``: excludes nothing; a second fit with another seed (``seed + 500``: other folds, other
+initialisations, other batches) on the same noisy labels. With it, ``mean_of_fits`` scores every method on the
+member-wise mean of the two fits' probabilities (each architecture averaged over two seeds): the fair control for
+"average the first and the second fit". Writes ``<stem>-refit-seed.json`` and ``predictions/refit/<stem>-seed.npz``.
+
 Caveat for reading it: the baselines' second-fit numbers also profit from labelqa's first-round flags
 (the members were trained without them); the first-fit numbers are the like-for-like comparison.
 
@@ -41,6 +46,7 @@ from models.evaluate import corrupt_labels, member_probs, rescore_labels
 from models.train import TrainConfig, fit_ensemble
 
 RESULTS = Path(__file__).resolve().parent / "results"
+SEED_OFFSET = 500  # --control seed: the second fit's seed is the run's seed + this
 
 
 def _dataset(path: str, work_dir: Path) -> Path:
@@ -79,25 +85,32 @@ def refit_one(results: Path, work_dir: Path, control: str = "flags") -> dict:
     unanimous = np.sum([p.argmax(1) != noisy for p in probs1.values()], axis=0) == len(archs)
     th = fit_thresholds(probs1, noisy, nan, unanimous, cfg, seed=st["seed"])
     exclude = score_samples(probs1, noisy, nan, th, cfg, groups=groups).labelqa_flag
-    if control == "random":
+    seed = st["seed"]
+    if control == "seed":
+        exclude = np.zeros(len(noisy), dtype=bool)
+        seed = st["seed"] + SEED_OFFSET
+    elif control == "random":
         rnd = np.zeros(len(noisy), dtype=bool)
         rnd[np.random.default_rng(st["seed"] + 77).choice(len(noisy), int(exclude.sum()), replace=False)] = True
         exclude = rnd
     t0 = time.perf_counter()
     fit = fit_ensemble(parse_archs(archs), data.images, noisy, k, TrainConfig(**st["train"]), mode="crossfit",
-                       folds=st["folds"], seed=st["seed"], device="cpu", exclude=exclude)
+                       folds=st["folds"], seed=seed, device="cpu", exclude=exclude)
     t_fit = time.perf_counter() - t0
-    if not np.array_equal(fit.fold, z["fold"]):
+    if control != "seed" and not np.array_equal(fit.fold, z["fold"]):
         raise SystemExit(f"{results.name}: folds differ from the saved run's")
     pred_dir = RESULTS / "predictions" / "refit"
     pred_dir.mkdir(exist_ok=True)
     np.savez_compressed(pred_dir / f"{results.stem}{_suffix(control)}.npz", archs=np.array(archs),
                         probs=np.stack([fit.probs[a] for a in archs]), fold=fit.fold, noisy=noisy, truth=data.labels,
                         flipped=flipped, groups=np.array(groups), ids=np.array(data.ids), excluded=exclude)
-    out = {"source": results.name, "control": control, "excluded": int(exclude.sum()),
+    out = {"source": results.name, "control": control, "fit_seed": seed, "excluded": int(exclude.sum()),
            "excluded_flipped": int((exclude & flipped).sum()),
            "n_flipped": int(flipped.sum()), "fit_s": round(t_fit, 1)}
-    for tag, probs in (("first_fit", probs1), ("second_fit", fit.probs)):
+    fits = [("first_fit", probs1), ("second_fit", fit.probs)]
+    if control == "seed":
+        fits.append(("mean_of_fits", {a: (probs1[a] + fit.probs[a]) / 2 for a in archs}))
+    for tag, probs in fits:
         r = rescore_labels(probs, noisy, flipped, cfg, seed=st["seed"], groups=groups)
         out[tag] = {"methods": {m: {x: v[x] for x in ("precision", "recall", "f1", "n_flagged")}
                                 for m, v in r["methods"].items() if m != "dual_consistency"},
@@ -110,8 +123,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("results", nargs="+", type=Path, help="results JSON files written by benchmarks/detector.py")
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--control", choices=["flags", "random"], default="flags",
-                    help="exclude labelqa's first-fit flags (default) or as many random samples")
+    ap.add_argument("--control", choices=["flags", "random", "seed"], default="flags",
+                    help="exclude labelqa's first-fit flags (default), as many random samples, or nothing with "
+                         "another seed (seed)")
     ap.add_argument("--work-dir", type=Path, default=Path.home() / ".cache" / "labelqa" / "bench-runs")
     a = ap.parse_args()
     if a.threads:
@@ -125,8 +139,10 @@ def main() -> int:
         dest.write_text(json.dumps(out, indent=1) + "\n")
         f1 = {t: out[t]["methods"] for t in ("first_fit", "second_fit")}
         print(f"{path.stem}: excluded {out['excluded']} ({out['excluded_flipped']} flipped of {out['n_flipped']})")
+        mean = out.get("mean_of_fits", {}).get("methods")
         for m in f1["first_fit"]:
-            print(f"  {m:18s} {f1['first_fit'][m]['f1']:.3f} -> {f1['second_fit'][m]['f1']:.3f}")
+            extra = f" (mean of fits {mean[m]['f1']:.3f})" if mean else ""
+            print(f"  {m:18s} {f1['first_fit'][m]['f1']:.3f} -> {f1['second_fit'][m]['f1']:.3f}{extra}")
     return 0
 
 
