@@ -280,7 +280,8 @@ def test_train_audits_its_own_labels_out_of_fold(tmp_path):
 
     data = make_shapes(160, n_classes=2, size=SIZE, seed=11)
     noisy, flipped = corrupt_labels(data.labels, 2, 0.1, "uniform", seed=1)
-    ds = LabelledImages(data.images, noisy, list(data.class_names), list(data.groups), [f"img{i:03d}" for i in range(160)])
+    ds = LabelledImages(data.images, noisy, list(data.class_names), list(data.groups),
+                        [f"img{i:03d}" for i in range(160)])
     path = train_bundle(None, tmp_path / "b", image_size=SIZE, archs="resnet-tiny,densenet-tiny", device="cpu",
                         mode="crossfit", folds=2, train_cfg=TrainConfig(epochs=5, batch_size=16, lr=3e-3), data=ds,
                         verdicts_out=tmp_path / "tv")
