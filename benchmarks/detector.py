@@ -84,7 +84,8 @@ def kermany_3class_csv(work_dir: Path) -> Path:
 def settings_tag(a: argparse.Namespace) -> str:
     tag = f"{a.mode}{a.folds if a.mode == 'crossfit' else ''}-s{a.image_size}-n{a.max_samples or 'all'}"
     tag += f"-e{a.epochs}-b{a.batch_size}"
-    return f"{tag}-{a.noise_model}{int(round(a.noise_rate * 100))}"
+    tag = f"{tag}-{a.noise_model}{int(round(a.noise_rate * 100))}"
+    return tag + (f"-r{a.repeats}" if getattr(a, "repeats", 1) > 1 else "")
 
 
 def summarise(files: list[Path]) -> dict:
@@ -126,6 +127,7 @@ def main() -> int:
     ap.add_argument("--noise-rate", type=float, default=0.05)
     ap.add_argument("--noise-model", default="uniform")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--repeats", type=int, default=1, help="seeds per architecture, averaged (tag -rN when > 1)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work-dir", type=Path, default=Path.home() / ".cache" / "labelqa" / "bench-runs")
     ap.add_argument("--results-dir", type=Path, default=REPO / "benchmarks" / "results")
@@ -150,7 +152,8 @@ def main() -> int:
                    "--mode", a.mode, "--folds", str(a.folds), "--image-size", str(a.image_size),
                    *(["--max-samples", str(a.max_samples)] if a.max_samples else []), "--epochs", str(a.epochs),
                    "--batch-size", str(a.batch_size), "--archs", a.archs,
-                   "--device", a.device, "--threads", str(a.threads), "--no-progress"]
+                   "--device", a.device, "--threads", str(a.threads), "--no-progress",
+                   *(["--repeats", str(a.repeats)] if a.repeats > 1 else [])]
             shown = ("labelqa " if a.runner == "labelqa" else "python -m models.evaluate ") + shlex.join(cmd[3:])
             commands.append(shown)
             if a.summary_only:

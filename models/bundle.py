@@ -92,7 +92,7 @@ class Bundle:
         return np.clip(images.astype(np.float32), 0.0, 1.0)
 
     def predict(self, images: np.ndarray, *, batch_size: int = 64, device: str = "auto") -> dict[str, np.ndarray]:
-        """Per-architecture probabilities (mean over its fold models)."""
+        """Per-architecture probabilities (mean over its fold models, and its seeds with ``repeats``)."""
         from models.train import predict_probs, resolve_device
 
         dev = resolve_device(device)
@@ -212,9 +212,11 @@ def save_bundle(out: Path, fit, class_names: list[str], image_size: int, thresho
     (out / "models").mkdir(parents=True, exist_ok=True)
     members = []
     for m in fit.members:
-        f = out / "models" / f"{m.arch}_fold{m.fold}.pt"
+        seed_part = f"_seed{m.repeat}" if m.repeat else ""  # repeat 0 keeps the names of bundles made before repeats
+        f = out / "models" / f"{m.arch}{seed_part}_fold{m.fold}.pt"
         torch.save(m.model.state_dict(), f)
-        members.append({"arch": m.arch, "fold": m.fold, "file": f"models/{f.name}", "sha256": _sha256(f),
+        members.append({"arch": m.arch, "fold": m.fold, "repeat": m.repeat, "file": f"models/{f.name}",
+                        "sha256": _sha256(f),
                         "cam_layer": m.cam_layer, "cam_size": m.cam_size,
                         "description": ARCHITECTURES[m.arch].description})
     from models import __version__
@@ -277,7 +279,7 @@ def load_bundle(path: str | Path) -> Bundle:
 def train_bundle(dataset, out, *, image_size: int = 64, archs="densenet121,resnet18,efficientnet-b0", seed: int = 0,
                  device: str = "auto", mode: str = "crossfit", folds: int = 4, train_cfg=None,
                  detector: DetectorConfig | None = None, max_samples: int | None = None, progress: bool = False,
-                 data=None, verdicts_out=None) -> Path:
+                 data=None, verdicts_out=None, repeats: int = 1) -> Path:
     """Fit on annotated data, learn thresholds from out-of-sample predictions, write a bundle.
 
     ``verdicts_out``: also write the training data's own audit there (``verdicts.csv`` + ``audit.json``,
@@ -297,10 +299,10 @@ def train_bundle(dataset, out, *, image_size: int = 64, archs="densenet121,resne
     if max_samples and max_samples < len(data):
         data = data.subset(stratified_subsample(data.labels, max_samples, seed))
     fit = fit_ensemble(parse_archs(archs), data.images, data.labels, len(data.class_names), train_cfg, mode=mode,
-                       folds=folds, seed=seed, device=dev, progress=progress)
+                       folds=folds, seed=seed, device=dev, progress=progress, repeats=repeats)
     sc, th, _maps, _cand, _t = score_fit(fit, data.images, data.labels, detector, device=dev, seed=seed,
                                          groups=data.groups)
-    summary = {"n_training_samples": int(len(data)), "seed": seed, "dataset": str(dataset),
+    summary = {"n_training_samples": int(len(data)), "seed": seed, "repeats": repeats, "dataset": str(dataset),
                "training_flagged": int(sc.labelqa_flag.sum())}
     path = save_bundle(Path(out), fit, data.class_names, image_size, th, detector, train_cfg.to_dict(),
                        {"training": summary})

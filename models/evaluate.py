@@ -41,12 +41,13 @@ class EvalSettings:
     train: TrainConfig = field(default_factory=TrainConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     cam_batch_size: int = 64
+    repeats: int = 1  # seeds per architecture, probabilities averaged (repeats x the training)
 
     def to_dict(self) -> dict:
         return {"dataset": self.dataset, "noise_rate": self.noise_rate, "noise_model": self.noise_model,
                 "seed": self.seed, "mode": self.mode, "folds": self.folds, "image_size": self.image_size,
                 "max_samples": self.max_samples, "archs": list(self.archs), "device": self.device,
-                "train": self.train.to_dict(), "detector": self.detector.to_dict()}
+                "train": self.train.to_dict(), "detector": self.detector.to_dict(), "repeats": self.repeats}
 
 
 def corrupt_labels(labels: np.ndarray, n_classes: int, rate: float, model: str,
@@ -200,7 +201,7 @@ def run_evaluation(s: EvalSettings, out_dir: Path, *, progress: bool = False, pl
     noisy, flipped = corrupt_labels(truth_labels, n_classes, s.noise_rate, s.noise_model, s.seed)
 
     fit = fit_ensemble(specs, data.images, noisy, n_classes, s.train, mode=s.mode, folds=s.folds, seed=s.seed,
-                       device=device, progress=progress)
+                       device=device, progress=progress, repeats=s.repeats)
     # The expensive part is done: keep the probabilities even if a later step fails or is stopped.
     _save_predictions(out_dir / "probabilities.npz", fit, data, noisy, flipped)
     log.info("fit done in %.0fs; scoring", time.perf_counter() - t_start)
@@ -237,9 +238,10 @@ def run_evaluation(s: EvalSettings, out_dir: Path, *, progress: bool = False, pl
         "versions": {"torch": torch.__version__, "monai": monai.__version__, "python": platform.python_version()},
         "member_accuracy": member_acc,
         "member_accuracy_noisy_labels": {a: float(np.mean(fit.probs[a].argmax(1) == noisy)) for a in fit.archs},
-        "members": [{"arch": m.arch, "fold": m.fold, "cam_layer": m.cam_layer, "cam_size": m.cam_size,
-                     "epochs_run": m.history.get("epochs_run"), "best_epoch": m.history.get("best_epoch"),
-                     "val_acc": m.history.get("val_acc", [])} for m in fit.members],
+        "members": [{"arch": m.arch, "fold": m.fold, "repeat": m.repeat, "cam_layer": m.cam_layer,
+                     "cam_size": m.cam_size, "epochs_run": m.history.get("epochs_run"),
+                     "best_epoch": m.history.get("best_epoch"), "val_acc": m.history.get("val_acc", [])}
+                    for m in fit.members],
         "methods": res_methods,
         "oracle_top_n_true_count": oracle,
         "thresholds": th.to_dict(),
@@ -347,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--repeats", type=int, default=1, help="seeds per architecture, probabilities averaged")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if a.threads:
@@ -356,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     s = EvalSettings(dataset=a.dataset, noise_rate=a.noise_rate, noise_model=a.noise_model, seed=a.seed, mode=a.mode,
                      folds=a.folds, image_size=a.image_size, max_samples=a.max_samples,
                      archs=tuple(x.strip() for x in a.archs.split(",") if x.strip()), device=a.device,
-                     train=TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr))
+                     train=TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr), repeats=a.repeats)
     results = run_evaluation(s, a.out, progress=not a.no_progress, plots=not a.no_plots)
     print(summary_table(results))
     print(f"wrote {a.out / 'results.json'}")

@@ -29,6 +29,10 @@ from models.ensemble import MemberSpec, build_model, choose_cam_layer
 
 log = logging.getLogger(__name__)
 
+# fit_ensemble(repeats=N): repeat r is fitted with seed + REPEAT_SEED_STEP * r (benchmarks/refit.py --control seed
+# fits the same second seed, so its measurements describe repeats=2 exactly).
+REPEAT_SEED_STEP = 500
+
 
 @dataclass
 class TrainConfig:
@@ -64,6 +68,7 @@ class FittedMember:
     # augmented training batches, over all epochs run) per sample of train_idx; NaN for the held-out
     # early-stopping part. The area-under-the-margin signal of Pleiss et al. 2020.
     train_margin: np.ndarray | None = None
+    repeat: int = 0  # which of the ``repeats`` seeds of its architecture (0 = the first, whose folds are Fit.fold)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -331,6 +336,9 @@ class Fit:
 
     ``probs[m]`` is (N, C); for crossfit, sample i's row comes from ``members`` whose fold == fold[i]
     (they never saw it). For insample, fold is all zeros and each arch has one member.
+    With ``repeats`` > 1 each architecture is fitted once per seed (repeat r: seed + REPEAT_SEED_STEP * r, its own
+    folds) and ``probs`` is the mean over the repeats; ``fold`` and ``member_for`` refer to repeat 0, and
+    ``repeat_folds[r]`` holds repeat r's folds.
     """
 
     mode: str
@@ -339,10 +347,11 @@ class Fit:
     members: list[FittedMember]
     fold: np.ndarray
     timing: dict[str, float]
+    repeat_folds: list[np.ndarray] = field(default_factory=list)
 
     def member_for(self, arch: str, fold: int) -> FittedMember:
         for m in self.members:
-            if m.arch == arch and m.fold == fold:
+            if m.arch == arch and m.fold == fold and m.repeat == 0:
                 return m
         raise KeyError((arch, fold))
 
@@ -365,11 +374,31 @@ class Fit:
 
 def fit_ensemble(specs: list[MemberSpec], images: np.ndarray, labels: np.ndarray, n_classes: int, cfg: TrainConfig,
                  *, mode: str = "crossfit", folds: int = 4, seed: int = 0, device: str | torch.device = "auto",
-                 progress: bool = False, exclude: np.ndarray | None = None) -> Fit:
+                 progress: bool = False, exclude: np.ndarray | None = None, repeats: int = 1) -> Fit:
     """Fit every member and return out-of-sample (crossfit) or in-sample probabilities.
 
     ``exclude``: boolean mask of samples no member trains on (e.g. the suspected errors of a first
-    fit, for a second fit on cleaner labels); they are still scored, and the folds are unchanged."""
+    fit, for a second fit on cleaner labels); they are still scored, and the folds are unchanged.
+    ``repeats``: fit each architecture with this many seeds (``seed``, ``seed + REPEAT_SEED_STEP``, ...: other
+    folds, initialisations and batches) and average their probabilities — less fit-to-fit noise for
+    ``repeats`` times the training (``benchmarks/results/seed-average-summary.json`` measures it)."""
+    if repeats < 1:
+        raise ValueError("repeats must be at least 1")
+    fits = [_fit_once(specs, images, labels, n_classes, cfg, mode=mode, folds=folds,
+                      seed=seed + REPEAT_SEED_STEP * r, device=device, progress=progress, exclude=exclude, repeat=r)
+            for r in range(repeats)]
+    if repeats == 1:
+        return fits[0]
+    first = fits[0]
+    probs = {a: np.mean([f.probs[a] for f in fits], axis=0).astype(np.float32) for a in first.archs}
+    timing = {k: sum(f.timing[k] for f in fits) for k in first.timing}
+    return Fit(mode, first.archs, probs, [m for f in fits for m in f.members], first.fold, timing,
+               [f.fold for f in fits])
+
+
+def _fit_once(specs: list[MemberSpec], images: np.ndarray, labels: np.ndarray, n_classes: int, cfg: TrainConfig,
+              *, mode: str, folds: int, seed: int, device: str | torch.device, progress: bool,
+              exclude: np.ndarray | None, repeat: int) -> Fit:
     dev = resolve_device(device) if isinstance(device, str) else device
     if mode not in ("crossfit", "insample"):
         raise ValueError(f"mode must be crossfit or insample, not {mode!r}")
@@ -391,7 +420,8 @@ def fit_ensemble(specs: list[MemberSpec], images: np.ndarray, labels: np.ndarray
             t0 = time.perf_counter()
             model, hist = train_member(spec, images[tr], labels[tr], n_classes, cfg,
                                        seed=seed * 1000 + mi * 100 + k, device=dev, progress=progress,
-                                       desc=f"{spec.name} fold {k + 1}/{n_folds}")
+                                       desc=f"{spec.name} fold {k + 1}/{n_folds}"
+                                       + (f" seed {repeat + 1}" if repeat else ""))
             t1 = time.perf_counter()
             model = model.to(dev)
             probs[spec.name][te] = predict_probs(model, images[te], device=dev)
@@ -399,7 +429,8 @@ def fit_ensemble(specs: list[MemberSpec], images: np.ndarray, labels: np.ndarray
             t_train += t1 - t0
             layer, size = choose_cam_layer(spec, model.cpu(), images.shape[-1], cfg.min_cam_cells)
             margin = hist.pop("train_margin", None)
-            members.append(FittedMember(spec.name, model.cpu(), layer, size, k, tr, hist, margin))
-            log.info("%s fold %d: %d epochs, val acc %s, %.1fs", spec.name, k, hist["epochs_run"],
+            members.append(FittedMember(spec.name, model.cpu(), layer, size, k, tr, hist, margin, repeat))
+            log.info("%s fold %d%s: %d epochs, val acc %s, %.1fs", spec.name, k,
+                     f" seed {repeat + 1}" if repeat else "", hist["epochs_run"],
                      hist["val_acc"][-1:] if hist["val_acc"] else "-", t1 - t0)
-    return Fit(mode, [s.name for s in specs], probs, members, fold, {"train": t_train, "predict": t_pred})
+    return Fit(mode, [s.name for s in specs], probs, members, fold, {"train": t_train, "predict": t_pred}, [fold])

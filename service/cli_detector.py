@@ -37,6 +37,10 @@ def _fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
+RepeatsOpt = typer.Option(
+    1, "--repeats", min=1,
+    help="Seeds per architecture (other folds and initialisations), probabilities averaged: less fit-to-fit noise "
+         "for N times the training (benchmarks/results/seed-average-summary.json).")
 CutOpt = typer.Option("simulated_flips", "--cut",
                       help="labelqa's cut: simulated_flips (default) or confident_joint (the earlier rule).")
 
@@ -58,6 +62,7 @@ def evaluate(
     device: str = DeviceOpt,
     saliency_weight: float = typer.Option(0.0, "--saliency-weight", help="labelqa: weight of Grad-CAM agreement."),
     cut: str = CutOpt,
+    repeats: int = RepeatsOpt,
     threads: int = ThreadsOpt,
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
@@ -74,7 +79,7 @@ def evaluate(
                          folds=folds, image_size=image_size, max_samples=max_samples,
                          archs=tuple(a.strip() for a in archs.split(",") if a.strip()), device=device,
                          train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr),
-                         detector=DetectorConfig(saliency_weight=saliency_weight, cut=cut))
+                         detector=DetectorConfig(saliency_weight=saliency_weight, cut=cut), repeats=repeats)
         results = run_evaluation(s, out, progress=progress, plots=plots)
     except (DatasetError, ValueError) as e:
         _fail(str(e))
@@ -96,6 +101,7 @@ def train(
     lr: float = LrOpt,
     max_samples: int | None = MaxOpt,
     cut: str = CutOpt,
+    repeats: int = RepeatsOpt,
     verdicts: Path | None = typer.Option(
         None, "--verdicts",
         help="Also audit the training labels themselves: write DIR/verdicts.csv and DIR/audit.json (with crossfit "
@@ -114,7 +120,7 @@ def train(
         path = train_bundle(dataset, out, image_size=image_size, archs=archs, seed=seed, device=device, mode=mode,
                             folds=folds, train_cfg=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr),
                             detector=DetectorConfig(cut=cut), max_samples=max_samples, progress=progress,
-                            verdicts_out=verdicts)
+                            verdicts_out=verdicts, repeats=repeats)
     except (DatasetError, ValueError) as e:
         _fail(str(e))
     typer.echo(f"wrote bundle {path}")

@@ -113,6 +113,31 @@ def test_crossfit_excluded_samples_are_scored_but_never_trained_on():
                      device="cpu", exclude=np.zeros(44, dtype=bool))
 
 
+def test_repeats_average_seeds_each_out_of_fold_and_round_trip_through_a_bundle(tmp_path):
+    from models.bundle import load_bundle, save_bundle
+    from models.train import REPEAT_SEED_STEP
+
+    data = make_shapes(45, n_classes=2, size=SIZE, seed=1)
+    specs, cfg = parse_archs(TINY[:2]), TrainConfig(epochs=1, batch_size=16, augment=False)
+    fit = fit_ensemble(specs, data.images, data.labels, 2, cfg, mode="crossfit", folds=3, seed=0, device="cpu",
+                       repeats=2)
+    assert len(fit.members) == 12 and sorted({m.repeat for m in fit.members}) == [0, 1]
+    assert len(fit.repeat_folds) == 2 and not np.array_equal(*fit.repeat_folds)
+    np.testing.assert_array_equal(fit.fold, fit.repeat_folds[0])
+    for m in fit.members:  # every repeat keeps the crossfit guarantee with its own folds
+        assert len(np.intersect1d(np.flatnonzero(fit.repeat_folds[m.repeat] == m.fold), m.train_idx)) == 0
+        assert fit.member_for(m.arch, m.fold).repeat == 0
+    singles = [fit_ensemble(specs, data.images, data.labels, 2, cfg, mode="crossfit", folds=3,
+                            seed=s, device="cpu") for s in (0, REPEAT_SEED_STEP)]
+    for a in TINY[:2]:
+        np.testing.assert_allclose(fit.probs[a], (singles[0].probs[a] + singles[1].probs[a]) / 2, atol=1e-6)
+    _, th, _, _, _ = score_fit(fit, data.images, data.labels, DetectorConfig(), device="cpu")
+    b = load_bundle(save_bundle(tmp_path / "b", fit, data.class_names, SIZE, th, DetectorConfig(), {}))
+    assert len(b.members) == 12 and len({m["file"] for m in b.meta["members"]}) == 12
+    with pytest.raises(ValueError, match="repeats"):
+        fit_ensemble(specs, data.images, data.labels, 2, cfg, folds=3, device="cpu", repeats=0)
+
+
 def test_fit_is_deterministic_for_a_seed():
     data = make_shapes(32, n_classes=2, size=SIZE, seed=2)
     runs = [fit_ensemble(parse_archs(TINY[:2]), data.images, data.labels, 2, TrainConfig(epochs=1, batch_size=16),
