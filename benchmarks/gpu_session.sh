@@ -23,10 +23,11 @@ fi
 export PYTHONUNBUFFERED=1 LABELQA_SHARED_DATA=$PWD/.gpudata LABELQA_CACHE_DIR=/tmp/labelqa-cache
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, monai, cleanlab; print('torch', torch.__version__, 'monai', monai.__version__, 'cleanlab', cleanlab.__version__, 'cuda', torch.cuda.is_available())" || exit 1
-# SIZE, MAXN, EPOCHS, ARCHS, DEVICE override the defaults (a small CPU rehearsal of the script).
+# SIZE, MAXN, EPOCHS, ARCHS, DEVICE override the defaults (a small CPU rehearsal of the script); REPEATS=2 fits
+# each architecture with two seeds and averages them (results tagged -r2).
 common=(--datasets "$ds" --max-samples "${MAXN:-0}" --image-size "${SIZE:-224}" --epochs "${EPOCHS:-15}" --folds 3
         --batch-size 64 --archs "${ARCHS:-densenet121,resnet18,efficientnet-b0}" --device "${DEVICE:-cuda}" --threads 4
-        --runner models
+        --runner models --repeats "${REPEATS:-1}"
         --work-dir /tmp/work --results-dir "$out/results")
 left() { echo $(( budget - ($(date +%s) - start) )); }
 t0=$(date +%s)
