@@ -421,7 +421,7 @@ def _fit_once(specs: list[MemberSpec], images: np.ndarray, labels: np.ndarray, n
             model, hist = train_member(spec, images[tr], labels[tr], n_classes, cfg,
                                        seed=seed * 1000 + mi * 100 + k, device=dev, progress=progress,
                                        desc=f"{spec.name} fold {k + 1}/{n_folds}"
-                                       + (f" seed {repeat + 1}" if repeat else ""))
+                                       + (f" repeat {repeat}" if repeat else ""))
             t1 = time.perf_counter()
             model = model.to(dev)
             probs[spec.name][te] = predict_probs(model, images[te], device=dev)
@@ -431,6 +431,6 @@ def _fit_once(specs: list[MemberSpec], images: np.ndarray, labels: np.ndarray, n
             margin = hist.pop("train_margin", None)
             members.append(FittedMember(spec.name, model.cpu(), layer, size, k, tr, hist, margin, repeat))
             log.info("%s fold %d%s: %d epochs, val acc %s, %.1fs", spec.name, k,
-                     f" seed {repeat + 1}" if repeat else "", hist["epochs_run"],
+                     f" repeat {repeat}" if repeat else "", hist["epochs_run"],
                      hist["val_acc"][-1:] if hist["val_acc"] else "-", t1 - t0)
     return Fit(mode, [s.name for s in specs], probs, members, fold, {"train": t_train, "predict": t_pred}, [fold])
