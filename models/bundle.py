@@ -212,8 +212,8 @@ def save_bundle(out: Path, fit, class_names: list[str], image_size: int, thresho
     (out / "models").mkdir(parents=True, exist_ok=True)
     members = []
     for m in fit.members:
-        seed_part = f"_repeat{m.repeat}" if m.repeat else ""  # repeat 0 keeps the names of bundles made before repeats
-        f = out / "models" / f"{m.arch}{seed_part}_fold{m.fold}.pt"
+        repeat_part = f"_repeat{m.repeat}" if m.repeat else ""  # repeat 0: the names bundles had before repeats
+        f = out / "models" / f"{m.arch}{repeat_part}_fold{m.fold}.pt"
         torch.save(m.model.state_dict(), f)
         members.append({"arch": m.arch, "fold": m.fold, "repeat": m.repeat, "file": f"models/{f.name}",
                         "sha256": _sha256(f),

@@ -399,6 +399,7 @@ def fit_ensemble(specs: list[MemberSpec], images: np.ndarray, labels: np.ndarray
 def _fit_once(specs: list[MemberSpec], images: np.ndarray, labels: np.ndarray, n_classes: int, cfg: TrainConfig,
               *, mode: str, folds: int, seed: int, device: str | torch.device, progress: bool,
               exclude: np.ndarray | None, repeat: int) -> Fit:
+    """One fit of every member with one seed (``repeat`` is recorded on the members)."""
     dev = resolve_device(device) if isinstance(device, str) else device
     if mode not in ("crossfit", "insample"):
         raise ValueError(f"mode must be crossfit or insample, not {mode!r}")
