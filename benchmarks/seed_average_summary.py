@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from refit_summary import PREREGISTERED, TAG, _best_other
+from refit_summary import PREREGISTERED, TAG, _best_other, paired_rule
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -44,9 +44,7 @@ def main() -> int:
     rows = [r for r in map(run_row, PREREGISTERED) if r]
     f1 = {t: np.array([r["labelqa_f1"][t] for r in rows]) for t in ("first_fit", "second_fit", "mean_of_fits")}
     diff = f1["mean_of_fits"] - f1["first_fit"]
-    rule = {"runs": len(rows), "mean_of_fits_at_least_first": int((diff >= 0).sum()),
-            "mean_paired_diff": round(float(diff.mean()), 4) if len(rows) else None,
-            "passes": bool(len(rows) == 10 and (diff >= 0).sum() >= 7 and diff.mean() >= 0.02)}
+    rule = paired_rule(diff, "mean_of_fits_at_least_first")
     if rows:
         singles = (f1["first_fit"] + f1["second_fit"]) / 2
         rule["reported"] = {
