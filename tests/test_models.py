@@ -138,6 +138,27 @@ def test_repeats_average_seeds_each_out_of_fold_and_round_trip_through_a_bundle(
         fit_ensemble(specs, data.images, data.labels, 2, cfg, folds=3, device="cpu", repeats=0)
 
 
+def test_predict_probs_tta_averages_the_fixed_views():
+    """benchmarks/tta.py's test-time augmentation (rejected as a default, kept for the benchmark)."""
+    from models.train import TTA_VIEWS, tta_view
+
+    data = make_shapes(45, n_classes=2, size=SIZE, seed=1)
+    fit = fit_ensemble(parse_archs(TINY[:2]), data.images, data.labels, 2,
+                       TrainConfig(epochs=1, batch_size=16, augment=False), mode="insample", seed=0, device="cpu")
+    model = fit.members[0].model.eval()
+    x = torch.from_numpy(data.images[:10])[:, None]
+    with torch.no_grad():
+        by_hand = np.mean([torch.softmax(model(tta_view(x, v)), 1).numpy() for v in TTA_VIEWS[:3]], axis=0)
+    np.testing.assert_allclose(predict_probs(model, data.images[:10], tta=3), by_hand, atol=1e-5)
+    plain = predict_probs(model, data.images[:10])
+    np.testing.assert_allclose(predict_probs(model, data.images[:10], tta=1), plain, atol=1e-6)
+    assert np.abs(by_hand - plain).max() > 1e-4  # the views are not the identity
+    shifted = tta_view(x, TTA_VIEWS[1])  # a 3% shift moves the image, it does not blank or rescale it
+    assert shifted.shape == x.shape and abs(float(shifted.mean() - x.mean())) < 0.05 * float(x.mean())
+    with pytest.raises(ValueError, match="tta"):
+        predict_probs(model, data.images[:2], tta=len(TTA_VIEWS) + 1)
+
+
 def test_fit_is_deterministic_for_a_seed():
     data = make_shapes(32, n_classes=2, size=SIZE, seed=2)
     runs = [fit_ensemble(parse_archs(TINY[:2]), data.images, data.labels, 2, TrainConfig(epochs=1, batch_size=16),
