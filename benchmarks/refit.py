@@ -111,12 +111,20 @@ def refit_one(results: Path, work_dir: Path, control: str = "flags") -> dict:
     if control == "seed":
         fits.append(("mean_of_fits", {a: (probs1[a] + fit.probs[a]) / 2 for a in archs}))
     for tag, probs in fits:
-        r = rescore_labels(probs, noisy, flipped, cfg, seed=st["seed"], groups=groups)
-        out[tag] = {"methods": {m: {x: v[x] for x in ("precision", "recall", "f1", "n_flagged")}
-                                for m, v in r["methods"].items() if m != "dual_consistency"},
-                    "estimated_errors": r["thresholds"]["n_estimated_errors"],
-                    "member_accuracy_clean": {a: float(np.mean(p.argmax(1) == data.labels)) for a, p in probs.items()}}
+        out[tag], _ = scored(probs, noisy, flipped, data.labels, cfg, st["seed"], groups)
     return out
+
+
+def scored(probs: dict[str, np.ndarray], noisy: np.ndarray, flipped: np.ndarray, truth: np.ndarray,
+           cfg: DetectorConfig, seed: int, groups: list[str]) -> tuple[dict, dict]:
+    """Every method but ``dual_consistency`` (no Grad-CAM maps in these re-fits) on given probabilities: the
+    record these benchmarks keep per fit (precision, recall, F1, n flagged; the estimated error count; member
+    accuracy on the clean labels), and ``rescore_labels``' whole result."""
+    r = rescore_labels(probs, noisy, flipped, cfg, seed=seed, groups=groups)
+    return {"methods": {m: {x: v[x] for x in ("precision", "recall", "f1", "n_flagged")}
+                        for m, v in r["methods"].items() if m != "dual_consistency"},
+            "estimated_errors": r["thresholds"]["n_estimated_errors"],
+            "member_accuracy_clean": {a: float(np.mean(p.argmax(1) == truth)) for a, p in probs.items()}}, r
 
 
 def main() -> int:

@@ -28,11 +28,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from detector import DATASETS, dataset_path, settings_tag  # noqa: E402
+from refit import scored  # noqa: E402
 
 from models.data import load_dataset, stratified_subsample  # noqa: E402
 from models.detector import DetectorConfig  # noqa: E402
 from models.ensemble import parse_archs  # noqa: E402
-from models.evaluate import corrupt_labels, rescore_labels  # noqa: E402
+from models.evaluate import corrupt_labels  # noqa: E402
 from models.train import TTA_VIEWS, TrainConfig, fit_ensemble, predict_probs  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -66,12 +67,8 @@ def run_one(a: argparse.Namespace, ds: str, seed: int) -> dict:
            "train": cfg.to_dict(), "fit_s": round(t_fit, 1), "plain_predict_s": round(fit.timing["predict"], 1),
            "tta_predict_s": round(t_tta, 1)}
     for tag, probs in (("plain", fit.probs), ("tta", probs_tta)):
-        r = rescore_labels(probs, noisy, flipped, DetectorConfig(), seed=seed, groups=data.groups)
-        out[tag] = {"methods": {m: {x: v[x] for x in ("precision", "recall", "f1", "n_flagged")}
-                                for m, v in r["methods"].items() if m != "dual_consistency"},
-                    "estimated_errors": r["thresholds"]["n_estimated_errors"],
-                    "cohort_findings": len(r["cohort_findings"]),
-                    "member_accuracy_clean": {m: float(np.mean(p.argmax(1) == data.labels)) for m, p in probs.items()}}
+        out[tag], r = scored(probs, noisy, flipped, data.labels, DetectorConfig(), seed, data.groups)
+        out[tag]["cohort_findings"] = len(r["cohort_findings"])
     pred_dir = RESULTS / "predictions" / "tta"
     pred_dir.mkdir(parents=True, exist_ok=True)
     archs = list(fit.archs)
