@@ -43,10 +43,10 @@ from models.data import load_dataset, stratified_subsample
 from models.detector import DetectorConfig, fit_thresholds, score_samples
 from models.ensemble import parse_archs
 from models.evaluate import corrupt_labels, member_probs, rescore_labels
-from models.train import TrainConfig, fit_ensemble
+from models.train import REPEAT_SEED_STEP, TrainConfig, fit_ensemble
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SEED_OFFSET = 500  # --control seed: the second fit's seed is the run's seed + this
+SEED_OFFSET = REPEAT_SEED_STEP  # --control seed: the second fit is fit_ensemble(repeats=2)'s second repeat
 
 
 def _dataset(path: str, work_dir: Path) -> Path:
