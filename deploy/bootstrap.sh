@@ -14,6 +14,11 @@ command -v storescu >/dev/null 2>&1 || need_apt+=(dcmtk)
 command -v dciodvfy >/dev/null 2>&1 || need_apt+=(dicom3tools)
 command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ] || need_apt+=(orthanc)
 ls /usr/share/orthanc/plugins*/libOrthancDicomWeb.so >/dev/null 2>&1 || need_apt+=(orthanc-dicomweb)
+# Browser tests of the review workbench: Debian's Chromium and its driver (nothing downloads a browser).
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
+# The shared index: PostgreSQL 15 (tests start their own server with initdb + pg_ctl in a temp dir).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     log "installing Debian packages: ${need_apt[*]}"
@@ -41,7 +46,7 @@ if [ "$(cat .venv/.labelqa-stamp 2>/dev/null)" != "$stamp_src" ]; then
   .venv/bin/python -m pip install -q --upgrade pip >&2
   # torch first, pinned, so nothing later pulls a multi-GB CUDA build.
   .venv/bin/python -m pip install -q "torch==2.13.0" >&2
-  .venv/bin/python -m pip install -q -e ".[codecs,test]" >&2
+  .venv/bin/python -m pip install -q -e ".[codecs,cluster,test]" >&2
   echo "$stamp_src" > .venv/.labelqa-stamp
 fi
 log "ready: $ROOT/.venv/bin/labelqa"

@@ -32,13 +32,18 @@ HARD_CASE = _c("LQA-0102", "Hard case")
 CONSISTENT_ANNOTATION = _c("LQA-0103", "Annotation consistent with model consensus")
 AUDIT_SUMMARY = _c("LQA-0104", "Annotation audit summary")
 """Finding of the one per-study summary measurement group."""
+SUSPECTED_MASK_ERROR = _c("LQA-0105", "Suspected segmentation mask error")
 
 VERDICT_CODES: dict[str, Code] = {
     "suspected_label_error": SUSPECTED_ANNOTATION_ERROR,
+    "suspected_mask_error": SUSPECTED_MASK_ERROR,
     "hard_case": HARD_CASE,
     "consistent": CONSISTENT_ANNOTATION,
 }
-"""Detector verdict string (models' SampleVerdict.verdict) -> coded finding."""
+"""Verdict (the values of ``models.verdict.Verdict``; a test keeps the two in step) -> coded finding."""
+
+FLAGGED_VERDICTS: frozenset[str] = frozenset({"suspected_label_error", "suspected_mask_error"})
+"""The verdicts that flag an annotation (heatmaps, KOS selection): ``models.verdict.FLAGGED``."""
 
 # Qualitative evaluations (values are label codes from the vocabulary).
 GIVEN_LABEL = _c("LQA-0201", "Given label")
@@ -55,9 +60,11 @@ CONSENSUS_PROBABILITY = _c("LQA-0306", "Consensus probability of the consensus l
 COUNT_SUSPECTED = _c("LQA-0311", "Number of suspected annotation errors")
 COUNT_HARD = _c("LQA-0312", "Number of hard cases")
 COUNT_CONSISTENT = _c("LQA-0313", "Number of consistent annotations")
+COUNT_SUSPECTED_MASK = _c("LQA-0314", "Number of suspected segmentation mask errors")
 
 VERDICT_COUNT_CODES: dict[str, Code] = {
     "suspected_label_error": COUNT_SUSPECTED,
+    "suspected_mask_error": COUNT_SUSPECTED_MASK,
     "hard_case": COUNT_HARD,
     "consistent": COUNT_CONSISTENT,
 }

@@ -67,6 +67,7 @@ _HEADER_TAGS = [
     "StudyDescription",
     "SeriesNumber",
     "SeriesDescription",
+    "Manufacturer",
 ]
 
 
@@ -111,6 +112,8 @@ class InstanceRecord:
     series_uid: str
     modality: str | None
     path: Path
+    series_number: str | None = None
+    manufacturer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,7 @@ class SeriesRow(Base):
     modality: Mapped[str | None] = mapped_column(String(16))
     series_number: Mapped[str | None] = mapped_column(String(16))
     description: Mapped[str | None] = mapped_column(String(64))
+    manufacturer: Mapped[str | None] = mapped_column(String(64))
 
 
 class InstanceRow(Base):
@@ -249,6 +253,7 @@ class _Header:
     study_description: str | None
     series_number: str | None
     series_description: str | None
+    manufacturer: str | None = None
 
 
 _HEADER_TAG_MAP = {k: tag_for_keyword(k) for k in _HEADER_TAGS}
@@ -262,6 +267,7 @@ _TEXT_KEYWORDS = {
     "StudyDescription",
     "SeriesDescription",
     "AccessionNumber",
+    "Manufacturer",
 }
 
 
@@ -311,6 +317,7 @@ def read_header(raw: bytes) -> _Header:
         study_description=v["StudyDescription"],
         series_number=v["SeriesNumber"],
         series_description=v["SeriesDescription"],
+        manufacturer=v["Manufacturer"],
     )
 
 
@@ -527,12 +534,14 @@ class StudyStore:
             InstanceRow.series_uid,
             SeriesRow.modality,
             InstanceRow.path,
+            SeriesRow.series_number,
+            SeriesRow.manufacturer,
         ).join(SeriesRow, SeriesRow.series_uid == InstanceRow.series_uid)
         if study_uid is not None:
             q = q.where(InstanceRow.study_uid == study_uid)
         with self.engine.connect() as c:
             rows = c.execute(q.order_by(InstanceRow.series_uid, InstanceRow.sop_instance_uid)).all()
-        return [InstanceRecord(r[0], r[1], r[2], r[3], self.data_dir / r[4]) for r in rows]
+        return [InstanceRecord(r[0], r[1], r[2], r[3], self.data_dir / r[4], r[5], r[6]) for r in rows]
 
     def events(self, kind: str | None = None) -> list[dict]:
         """Store events (replacements, stability, reconciliation) as dicts, oldest first."""
@@ -683,6 +692,7 @@ class StudyStore:
                                 modality=h.modality,
                                 series_number=h.series_number,
                                 description=h.series_description,
+                                manufacturer=h.manufacturer,
                             )
                         )
                 if old is None:

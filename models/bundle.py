@@ -22,7 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
-from models.detector import CUT_FROM, DetectorConfig, Scores, Thresholds, batch_cut_ok, refit_cut, score_samples
+from models.detector import (
+    CUT_FROM,
+    VERDICTS,
+    DetectorConfig,
+    Scores,
+    Thresholds,
+    batch_cut_ok,
+    refit_cut,
+    score_samples,
+)
 from models.ensemble import ARCHITECTURES, build_model
 
 BUNDLE_FORMAT = "labelqa-bundle/1"
@@ -80,16 +89,20 @@ class Bundle:
         self.detector = DetectorConfig(**meta["detector"])
         self.archs: list[str] = list(dict.fromkeys(m.arch for m in members))
 
-    def _prepare(self, images: np.ndarray) -> np.ndarray:
-        from models.data import to_grey_square
+    def prepare_frame(self, image: np.ndarray) -> np.ndarray:
+        """One image (any size, grey or colour) -> this bundle's model input (``models.preprocess``)."""
+        from models.preprocess import to_model_input
 
-        images = np.asarray(images)
-        if images.ndim != 3:
+        return to_model_input(image, self.image_size)
+
+    def _prepare(self, images: np.ndarray | list[np.ndarray]) -> np.ndarray:
+        if isinstance(images, np.ndarray) and images.ndim == 3 and images.shape[1:] == (self.image_size,) * 2:
+            return np.clip(images.astype(np.float32), 0.0, 1.0)
+        if isinstance(images, np.ndarray) and images.ndim not in (3, 4):
             raise ValueError(f"images must be (N, H, W), got shape {images.shape}")
-        if images.shape[1:] != (self.image_size, self.image_size):
-            images = np.stack([to_grey_square(im, self.image_size) for im in images]) if len(images) else \
-                np.zeros((0, self.image_size, self.image_size), np.float32)
-        return np.clip(images.astype(np.float32), 0.0, 1.0)
+        if not len(images):
+            return np.zeros((0, self.image_size, self.image_size), np.float32)
+        return np.stack([self.prepare_frame(im) for im in images])
 
     def predict(self, images: np.ndarray, *, batch_size: int = 64, device: str = "auto") -> dict[str, np.ndarray]:
         """Per-architecture probabilities (mean over its fold models, and its seeds with ``repeats``)."""
@@ -333,7 +346,7 @@ def write_verdicts(out: Path, data, class_names: list[str], sc, extra: dict) -> 
                         f"{sc.consensus_prob[i]:.4f}", f"{sc.p_given[i]:.4f}", int(sc.n_disagree[i]),
                         "" if not np.isfinite(ag) else f"{ag:.4f}", f"{sc.priority[i]:.4f}", f"{sc.score[i]:.4f}",
                         sc.verdict[i]])
-    counts = {v: int(np.sum(sc.verdict == v)) for v in ("suspected_label_error", "hard_case", "consistent")}
+    counts = {str(v): int(np.sum(sc.verdict == v)) for v in VERDICTS}
     summary = {**extra, "n_samples": len(sc.given), "verdicts": counts,
                "cohort_findings": [dict(c, given_class=class_names[c["given_class"]]) for c in sc.cohorts]}
     (out / "audit.json").write_text(json.dumps(summary, indent=2))

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from models.preprocess import to_model_input
+
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif"}
@@ -59,32 +61,21 @@ class LabelledImages:
         )
 
 
-def to_grey_square(img: np.ndarray, size: int) -> np.ndarray:
-    """An (H, W) or (H, W, C) array of any dtype -> (size, size) float32 in [0, 1] (bilinear)."""
-    from PIL import Image
-
-    a = np.asarray(img)
-    if a.ndim == 3:
-        a = a[..., :3].astype(np.float32).mean(axis=-1) if a.shape[-1] >= 3 else a[..., 0]
-    a = a.astype(np.float32)
-    lo, hi = float(a.min()), float(a.max())
-    if a.dtype != np.uint8 and (lo < 0 or hi > 1):
-        a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
-    elif hi > 1:
-        a = a / 255.0
-    if a.shape != (size, size):
-        a = np.asarray(Image.fromarray(a, mode="F").resize((size, size), Image.BILINEAR))
-    return np.clip(a, 0.0, 1.0).astype(np.float32)
-
-
-def _read_image(path: Path, size: int) -> np.ndarray:
+def read_image_file(path: Path) -> np.ndarray:
+    """An image file as (H, W) grey pixels at full resolution: uint8 (Pillow "L", BT.601 luma), or uint16
+    for 16-bit greyscale files. The one image-file reader of training, ``dicomize`` and the demo."""
     from PIL import Image
 
     with Image.open(path) as im:
-        im = im.convert("L")
-        if im.size != (size, size):
-            im = im.resize((size, size), Image.BILINEAR)
-        return np.asarray(im, dtype=np.float32) / 255.0
+        if im.mode in ("I;16", "I;16B", "I;16L"):
+            return np.asarray(im, dtype=np.uint16)
+        if im.mode == "I":
+            return np.clip(np.asarray(im), 0, 65535).astype(np.uint16)
+        return np.asarray(im.convert("L"), dtype=np.uint8)
+
+
+def _read_image(path: Path, size: int) -> np.ndarray:
+    return to_model_input(read_image_file(path), size)
 
 
 def _images_in(d: Path) -> list[Path]:
@@ -159,7 +150,7 @@ def _load_npz(path: Path, size: int) -> LabelledImages:
     for split, x, y in parts:
         y = np.asarray(y).reshape(len(y), -1)[:, 0]
         for i in range(len(x)):
-            imgs.append(to_grey_square(x[i], size))
+            imgs.append(to_model_input(x[i], size))
         labels.extend(y.tolist())
         groups.extend([split] * len(y))
     names = [str(c) for c in sorted(set(labels))]
@@ -171,7 +162,7 @@ def _load_npz(path: Path, size: int) -> LabelledImages:
 
 
 def _cache_key(path: Path, size: int) -> str:
-    h = hashlib.sha256(f"{path.resolve()}|{size}|v1".encode())
+    h = hashlib.sha256(f"{path.resolve()}|{size}|v2".encode())  # v2: models.preprocess (float resize, BT.601)
     st = path.stat()
     h.update(f"{st.st_mtime_ns}|{st.st_size}".encode())
     if path.is_dir():

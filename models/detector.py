@@ -38,7 +38,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-VERDICTS = ("suspected_label_error", "hard_case", "consistent")
+from models.verdict import Verdict
+
+VERDICTS = (Verdict.SUSPECTED_LABEL_ERROR, Verdict.HARD_CASE, Verdict.CONSISTENT)
+"""The verdicts of the label detector, in the order flagged / hard / consistent."""
 
 
 @dataclass
@@ -414,7 +417,8 @@ def score_samples(probs: dict[str, np.ndarray], given: np.ndarray, agreement: np
     cohorts: list[dict] = []
     if cfg.cohorts and groups is not None and len(set(groups)) > 1:
         flag, cohorts = _cohort_step(flag, score, unanimous, given, groups, cfg)
-    verdict = np.where(flag, VERDICTS[0], np.where(n_dis > 0, VERDICTS[1], VERDICTS[2]))
+    verdict = np.where(flag, str(Verdict.SUSPECTED_LABEL_ERROR),
+                       np.where(n_dis > 0, str(Verdict.HARD_CASE), str(Verdict.CONSISTENT)))
     nan = np.full(n, np.nan)
     return Scores(given, probs, p_mean, pw, consensus, p_mean[np.arange(n), consensus], p_mean[np.arange(n), given],
                   n_dis, len(archs), agreement, nan if spearman is None else spearman, nan if iou is None else iou,

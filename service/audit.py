@@ -18,9 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from models.detector import VERDICTS as LABEL_VERDICTS
+from models.verdict import Verdict
+
 log = logging.getLogger(__name__)
 
-OWN_SERIES_NUMBERS = (9901, 9902, 9903, 9904)
 LABEL_NOT_IN_BUNDLE = "label_not_in_bundle"
 
 
@@ -72,6 +74,8 @@ def _headers(files: Iterable[Path]) -> dict[str, Path]:
     """SOP Instance UID -> path for the readable DICOM files (our own result objects left out)."""
     import pydicom
 
+    from dicom_io.results.series import is_own_output_dataset
+
     out: dict[str, Path] = {}
     for p in files:
         try:
@@ -79,15 +83,11 @@ def _headers(files: Iterable[Path]) -> dict[str, Path]:
                                  specific_tags=["SOPInstanceUID", "Manufacturer", "SeriesNumber", "Modality"])
         except Exception:  # noqa: BLE001 - read_study reports unreadable files as issues
             continue
-        if _is_own_output(ds):
+        if is_own_output_dataset(ds):
             continue
         if "SOPInstanceUID" in ds:
             out[str(ds.SOPInstanceUID)] = Path(p)
     return out
-
-
-def _is_own_output(ds: Any) -> bool:
-    return str(ds.get("Manufacturer", "")) == "labelqa" and ds.get("SeriesNumber") in OWN_SERIES_NUMBERS
 
 
 def _code(vocabulary: Any, name: str) -> Any:
@@ -120,9 +120,7 @@ def _audit_sets(sets: Sequence[Any], by_uid: dict[str, Path], bundle: Any, vocab
             todo.append((sa, s))
     if not todo:
         return out
-    size = int(bundle.image_size)
-    images = np.stack([np.asarray(s.pixels, dtype=np.float32) if s.pixels.shape == (size, size)
-                       else _square(s.pixels, size) for _, s in todo])
+    images = np.stack([bundle.prepare_frame(s.pixels) for _, s in todo])
     given = [s.label for _, s in todo]
     t0 = time.perf_counter()
     verdicts = bundle.audit(images, given, batch_size=batch_size, device=device)
@@ -174,12 +172,6 @@ def _audit_sets(sets: Sequence[Any], by_uid: dict[str, Path], bundle: Any, vocab
     return out
 
 
-def _square(arr: np.ndarray, size: int) -> np.ndarray:
-    from dicom_io.pixels import resample
-
-    return resample(np.asarray(arr, dtype=np.float32), size)[0]
-
-
 def _cohort_text(bundle: Any, images: np.ndarray, given: list[str], groups: list[str], **kw: Any
                  ) -> dict[tuple[str, str], str]:
     """Systematic-disagreement findings per (annotator, given class), as one sentence each.
@@ -212,7 +204,7 @@ def audit_study(files: Iterable[Path], bundle: Any, vocabulary: Any, *, device: 
 
     files = [Path(f) for f in files]
     by_uid = _headers(files)
-    aset = read_study([by_uid[u] for u in by_uid], vocabulary, image_size=int(bundle.image_size))
+    aset = read_study([by_uid[u] for u in by_uid], vocabulary, pixel_transform=bundle.prepare_frame)
     (sa,) = _audit_sets([aset], by_uid, bundle, vocabulary, device=device, batch_size=batch_size,
                         heatmaps_for_hard_cases=heatmaps_for_hard_cases, parametric_maps=parametric_maps,
                         member_panels=member_panels)
@@ -240,7 +232,7 @@ def audit_dicom_dir(bundle_path: Path | str, dicom_dir: Path | str, out_dir: Pat
     bundle = load_bundle(bundle_path)
     vocab = resolve_vocabulary(bundle, Path(bundle_path), vocabulary)
     by_uid = _headers(p for p in sorted(dicom_dir.rglob("*")) if p.is_file())
-    sets = read_studies(list(by_uid.values()), vocab, image_size=int(bundle.image_size))
+    sets = read_studies(list(by_uid.values()), vocab, pixel_transform=bundle.prepare_frame)
     audits = _audit_sets(sets, by_uid, bundle, vocab, device=device, batch_size=batch_size,
                          heatmaps_for_hard_cases=heatmaps_for_hard_cases, parametric_maps=parametric_maps,
                         member_panels=member_panels)
@@ -248,7 +240,7 @@ def audit_dicom_dir(bundle_path: Path | str, dicom_dir: Path | str, out_dir: Pat
     for sa in audits:
         written += [str(p.relative_to(out_dir)) for p in save_results(sa.datasets, out_dir / "dicom")]
     items = [r for sa in audits for r in sa.rows]
-    counts = {v: sum(r["verdict"] == v for r in items) for v in ("suspected_label_error", "hard_case", "consistent")}
+    counts = {str(v): n for v in Verdict if (n := sum(r["verdict"] == v for r in items)) or v in LABEL_VERDICTS}
     summary = {
         "bundle": {"path": str(bundle_path), "content_hash": bundle.content_hash, "version": bundle.version},
         "studies": sum(1 for sa in audits if sa.study_uid), "annotations": len(items), "verdicts": counts,

@@ -29,6 +29,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dicom_io.results.series import is_own_output
+from models.verdict import FLAGGED
+
 log = logging.getLogger("labelqa.demo")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -454,7 +457,7 @@ def _collect(report: DemoReport, jobs: Any, data: DemoData, study_uids: list[str
             planted = bool(m) and m["true_label"] != m["written_label"]
             verdict = str(row.get("verdict"))
             counts[verdict] = counts.get(verdict, 0) + 1
-            flagged = verdict == "suspected_label_error"
+            flagged = verdict in FLAGGED
             tp += flagged and planted
             fp += flagged and not planted
             fn += (not flagged) and planted
@@ -520,7 +523,7 @@ def _orthanc_outputs(orthanc: LocalOrthanc, report: DemoReport) -> dict[str, Any
     for uid in {r["study_uid"] for r in report.rows}:
         for s in orthanc.study_series(uid):
             tags = s.get("MainDicomTags", {})
-            if tags.get("Manufacturer") != "labelqa" or not 9901 <= int(tags.get("SeriesNumber") or 0) <= 9909:
+            if not is_own_output(tags.get("Manufacturer"), tags.get("SeriesNumber")):
                 continue  # not one of labelqa's result series
             n = len(s.get("Instances", []))
             mod = tags.get("Modality")
@@ -543,7 +546,7 @@ def _render(report: DemoReport) -> str:
     """The table and where things went, as text."""
     head = f"{'study':<14} {'annotation':<14} {'given':<8} {'consensus':<10} {'verdict':<22} {'agree':>6}  planted"
     lines = [head, "-" * len(head)]
-    for r in sorted(report.rows, key=lambda r: (r["verdict"] != "suspected_label_error", not r["planted_error"],
+    for r in sorted(report.rows, key=lambda r: (r["verdict"] not in FLAGGED, not r["planted_error"],
                                                 r["study_uid"])):
         agr = "" if r.get("agreement") is None else f"{r['agreement']:.2f}"
         lines.append(f"...{r['study_uid'][-11:]:<11} ...{str(r['annotation_uid'])[-11:]:<11} "

@@ -19,26 +19,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from dicom_io.results.series import is_own_output
+from dicom_io.sop import is_annotation
+from models.verdict import FLAGGED
 from service.executor import Executor, InProcessExecutor, Outcome, WorkerContext
 from service.jobs import DONE, NO_ANNOTATIONS, Job, JobStore
 from service.settings import Settings
 
 log = logging.getLogger("labelqa.pipeline")
-
-SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
-SR_SOP_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.88.11",  # Basic Text SR
-    "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR
-    "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
-    "1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive 3D SR
-}
-ANNOTATION_SOP_CLASSES = SR_SOP_CLASSES | {SEG_SOP_CLASS}
-
-
-def is_annotation(sop_class_uid: str, modality: str | None = None) -> bool:
-    """Whether an instance may carry annotations we read (SEG or a structured report)."""
-    return sop_class_uid in ANNOTATION_SOP_CLASSES or (modality or "").upper() in {"SEG", "SR"}
-
 
 def verdict_rows(rows: Iterable[Any]) -> list[dict[str, Any]]:
     """Verdict rows from :func:`service.audit.audit_study` as plain JSON-ready dicts (NaN -> None)."""
@@ -101,10 +89,9 @@ class Pipeline:
         study = event.study_uid
         if self.metrics is not None:
             self.metrics.studies_stable.inc()
-        own = self._own_outputs(study)
-        inputs = sorted(i.sop_instance_uid for i in event.instances if i.sop_instance_uid not in own)
-        if not any(is_annotation(i.sop_class_uid, i.modality) for i in event.instances
-                   if i.sop_instance_uid not in own):
+        theirs = [i for i in event.instances if not is_own_output(i.manufacturer, i.series_number)]
+        inputs = sorted(i.sop_instance_uid for i in theirs)
+        if not any(is_annotation(i.sop_class_uid, i.modality) for i in theirs):
             job = self.jobs.record(study, NO_ANNOTATIONS, "the study holds no SEG or SR annotation object",
                                    trigger="reopened" if event.reopened else "stable")
             log.info("study %s: no annotation objects; nothing to audit", study)
@@ -125,15 +112,6 @@ class Pipeline:
         job = self.jobs.enqueue(study_uid, trigger=trigger)
         self.executor.notify()
         return job
-
-    def _own_outputs(self, study_uid: str) -> set[str]:
-        """SOP Instance UIDs of result objects we wrote for this study (any earlier job)."""
-        own: set[str] = set()
-        for j in self.jobs.list(study_uid=study_uid, limit=50):
-            full = self.jobs.get(j.id)
-            if full is not None and full.result:
-                own.update(o["sop_instance_uid"] for o in full.result.get("outputs", []))
-        return own
 
     # -- the work ------------------------------------------------------------------------------
     def load_bundle(self) -> Any:
@@ -169,12 +147,12 @@ class Pipeline:
 
         bundle = ctx.cached("bundle", self.load_bundle)
         vocabulary = ctx.cached("vocabulary", lambda: self.load_vocabulary(bundle))
-        own = self._own_outputs(job.study_uid)
         records = self.store.instances(job.study_uid) if self.store is not None else []
-        files = [Path(r.path) for r in records if r.sop_instance_uid not in own]
+        theirs = [r for r in records if not is_own_output(r.manufacturer, r.series_number)]
+        files = [Path(r.path) for r in theirs]
         if not files:
             return Outcome(state=NO_ANNOTATIONS, reason="the study has no stored instances", n_samples=0)
-        inputs = sorted(r.sop_instance_uid for r in records if r.sop_instance_uid not in own)
+        inputs = sorted(r.sop_instance_uid for r in theirs)
         t0 = time.perf_counter()
         a = self.settings.audit
         datasets, rows = audit_study(files, bundle, vocabulary, device=a.device, batch_size=a.batch_size,
@@ -204,7 +182,7 @@ class Pipeline:
             })
         if self.outbox is not None and paths and self.settings.outbox.destinations:
             self.outbox.enqueue(paths)
-        n_flagged = sum(1 for r in rows if r.get("verdict") == "suspected_label_error")
+        n_flagged = sum(1 for r in rows if r.get("verdict") in FLAGGED)
         return Outcome(
             state=DONE, n_samples=len(rows), n_flagged=n_flagged,
             result={

@@ -12,12 +12,14 @@ from __future__ import annotations
 import logging
 import re
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
+from dicom_io.sop import SEG_STORAGE, SR_STORAGE, is_non_image
 
 log = logging.getLogger(__name__)
 
@@ -141,18 +143,8 @@ class _Instance:
     ds: Any  # header-only pydicom Dataset (SEG/SR read in full)
 
 
-SR_SOP_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.88.11": "Basic Text SR",
-    "1.2.840.10008.5.1.4.1.1.88.22": "Enhanced SR",
-    "1.2.840.10008.5.1.4.1.1.88.33": "Comprehensive SR",
-    "1.2.840.10008.5.1.4.1.1.88.34": "Comprehensive 3D SR",
-    "1.2.840.10008.5.1.4.1.1.88.35": "Extensible SR",
-}
-SEG_SOP_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.66.4": "Segmentation",
-    "1.2.840.10008.5.1.4.1.1.66.7": "Label Map Segmentation",
-}
-_NON_IMAGE_PREFIXES = ("1.2.840.10008.5.1.4.1.1.88.", "1.2.840.10008.5.1.4.1.1.11.", "1.2.840.10008.5.1.4.1.1.66.")
+SR_SOP_CLASSES = SR_STORAGE
+SEG_SOP_CLASSES = SEG_STORAGE
 
 
 def _iter_files(paths: Iterable[Path] | Path | str) -> list[Path]:
@@ -169,8 +161,7 @@ def _iter_files(paths: Iterable[Path] | Path | str) -> list[Path]:
 
 
 def _is_image(ds: Any) -> bool:
-    sop = str(ds.get("SOPClassUID", ""))
-    if sop.startswith(_NON_IMAGE_PREFIXES):
+    if is_non_image(str(ds.get("SOPClassUID", ""))):
         return False
     return "Rows" in ds and "Columns" in ds
 
@@ -218,6 +209,7 @@ def read_studies(
     *,
     image_size: int | None = None,
     load_pixels: bool = True,
+    pixel_transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> list[AnnotationSet]:
     """``read_study`` for every study found under ``paths`` (unreadable files: a study_uid None set)."""
     issues: list[IssueRecord] = []
@@ -229,7 +221,8 @@ def read_studies(
     for inst in instances:
         groups[str(inst.ds.get("StudyInstanceUID", ""))].append(inst)
     sets = [
-        _read_instances(insts, [], vocabulary, image_size=image_size, load_pixels=load_pixels)
+        _read_instances(insts, [], vocabulary, image_size=image_size, load_pixels=load_pixels,
+                        pixel_transform=pixel_transform)
         for _, insts in sorted(groups.items())
     ]
     if issues:
@@ -243,20 +236,24 @@ def read_study(
     *,
     image_size: int | None = None,
     load_pixels: bool = True,
+    pixel_transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> AnnotationSet:
     """Labelled samples and issue records of one study (files or folders).
 
     ``vocabulary`` None resolves every finding to its code meaning (segment label for SEG): useful to
     look at foreign data; with a vocabulary, codes not in it are ``unknown_code`` issues.
-    ``image_size`` resamples the pixels to (size, size). ``load_pixels`` False leaves ``pixels`` empty
-    (shape (0, 0)) and skips decoding (for listing only).
+    ``image_size`` resamples the pixels to (size, size) with SimpleITK (for looking at them);
+    ``pixel_transform`` is applied to each frame's float [0, 1] pixels instead (a model bundle's
+    ``prepare_frame``: the same resize path as training). ``load_pixels`` False leaves ``pixels``
+    empty (shape (0, 0)) and skips decoding (for listing only).
     """
     issues: list[IssueRecord] = []
     try:
         instances = _read_headers(_iter_files(paths), issues)
     except Exception as e:  # never let a study stop on us
         return AnnotationSet(None, [], [IssueRecord(UNREADABLE_FILE, f"cannot list the study files: {e}")])
-    return _read_instances(instances, issues, vocabulary, image_size=image_size, load_pixels=load_pixels)
+    return _read_instances(instances, issues, vocabulary, image_size=image_size, load_pixels=load_pixels,
+                           pixel_transform=pixel_transform)
 
 
 def _read_instances(
@@ -266,9 +263,11 @@ def _read_instances(
     *,
     image_size: int | None,
     load_pixels: bool,
+    pixel_transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> AnnotationSet:
     try:
-        return _read_instances_unguarded(instances, issues, vocabulary, image_size=image_size, load_pixels=load_pixels)
+        return _read_instances_unguarded(instances, issues, vocabulary, image_size=image_size, load_pixels=load_pixels,
+                                         pixel_transform=pixel_transform)
     except Exception as e:  # a bug or an input nobody foresaw: say so, do not stop the caller
         log.exception("reading a study failed")
         study = str(instances[0].ds.get("StudyInstanceUID", "")) if instances else None
@@ -286,6 +285,7 @@ def _read_instances_unguarded(
     *,
     image_size: int | None,
     load_pixels: bool,
+    pixel_transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> AnnotationSet:
     if not instances:
         return AnnotationSet(None, [], issues)
@@ -347,7 +347,7 @@ def _read_instances_unguarded(
         issues.append(IssueRecord(MALFORMED_ANNOTATION, f"SR -> SEG segment references unusable: {e}"))
         records = [r for r in records if r.via_segment is None]
 
-    samples = _attach(records, images, study_uid, vocabulary, issues, image_size, load_pixels)
+    samples = _attach(records, images, study_uid, vocabulary, issues, image_size, load_pixels, pixel_transform)
     return AnnotationSet(study_uid, samples, issues)
 
 
@@ -400,6 +400,7 @@ def _attach(
     issues: list[IssueRecord],
     image_size: int | None,
     load_pixels: bool,
+    pixel_transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> list[Sample]:
     from dicom_io import pixels as px
 
@@ -443,7 +444,9 @@ def _attach(
                     import pydicom
 
                     ds = full[image_uid] = pydicom.dcmread(inst.path)
-                arr, spacing = px.load_frame(ds, frame, image_size)
+                arr, spacing = px.load_frame(ds, frame, None if pixel_transform is not None else image_size)
+                if pixel_transform is not None:
+                    arr = pixel_transform(arr)
             except Exception as e:
                 issues.append(
                     IssueRecord(

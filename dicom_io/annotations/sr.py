@@ -31,6 +31,7 @@ from dicom_io.annotations import (
     IssueRecord,
     LabelRecord,
 )
+from dicom_io.sop import SEG_STORAGE, is_non_image
 
 MEASUREMENT_GROUP = ("DCM", "125007")
 FINDING = ("DCM", "121071")
@@ -63,7 +64,6 @@ STRUCTURAL_NAMES = {
     ("DCM", "121232"),  # Source series for segmentation
 }
 OWN_RESULT_TITLE = ("99LABELQA", "LQA-0001")
-NON_IMAGE_SOP_PREFIXES = ("1.2.840.10008.5.1.4.1.1.66.", "1.2.840.10008.5.1.4.1.1.88.", "1.2.840.10008.5.1.4.1.1.11.")
 
 
 def _code_of(seq: Any) -> tuple[str, str, str] | None:
@@ -119,7 +119,7 @@ def _image_refs(items: list[_Item]) -> list[tuple[str, list[int] | None]]:
         uid = ref.get("ReferencedSOPInstanceUID")
         if not uid:
             continue
-        if str(ref.get("ReferencedSOPClassUID", "")).startswith(NON_IMAGE_SOP_PREFIXES):
+        if is_non_image(str(ref.get("ReferencedSOPClassUID", ""))):
             continue  # a SEG (Referenced Segment) or another document, not an image
         frames = ref.get("ReferencedFrameNumber")
         flist: list[int] | None = None
@@ -142,7 +142,7 @@ def _segment_refs(items: list[_Item]) -> list[tuple[str, tuple[int, ...]]]:
         if it.value_type != "IMAGE":
             continue
         seq = it.ds.get("ReferencedSOPSequence")
-        if not seq or not str(seq[0].get("ReferencedSOPClassUID", "")).startswith("1.2.840.10008.5.1.4.1.1.66."):
+        if not seq or str(seq[0].get("ReferencedSOPClassUID", "")) not in SEG_STORAGE:
             continue
         nums = seq[0].get("ReferencedSegmentNumber")
         if nums in (None, "") or not seq[0].get("ReferencedSOPInstanceUID"):

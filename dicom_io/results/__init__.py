@@ -18,17 +18,19 @@ from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
 from dicom_io import codes
+from dicom_io.results.series import (
+    HEATMAP_SERIES_NUMBER,
+    KOS_SERIES_NUMBER,
+    MANUFACTURER,
+    PMAP_SERIES_NUMBER,
+    SR_SERIES_NUMBER,
+)
 from dicom_io.results.uids import derived_uid, digest
 
 log = logging.getLogger(__name__)
 
-VERDICTS = ("suspected_label_error", "hard_case", "consistent")
-
-# Series numbers of our result series (high, to sort after the acquired series in viewers).
-SR_SERIES_NUMBER = 9901
-HEATMAP_SERIES_NUMBER = 9902
-KOS_SERIES_NUMBER = 9903
-PMAP_SERIES_NUMBER = 9904
+VERDICTS = tuple(codes.VERDICT_CODES)
+"""The verdict values a result record may carry (``models.verdict.Verdict``'s values)."""
 
 
 def as_code(label: Any) -> Code:
@@ -139,7 +141,7 @@ def write_results(
     heatmaps_for_hard_cases: bool = False,
     parametric_maps: bool = False,
     member_panels: bool = False,
-    manufacturer: str = "labelqa",
+    manufacturer: str = MANUFACTURER,
 ) -> list[Dataset]:
     """The result objects of one study: heatmap SCs, then the KOS (if anything is flagged), then the SR.
 
@@ -175,8 +177,9 @@ def write_results(
     heatmaps: dict[int, Dataset] = {}
     flagged_sources: list[Dataset] = []
     for i, a in enumerate(audited):
-        wants = a.verdict == "suspected_label_error" or (heatmaps_for_hard_cases and a.verdict == "hard_case")
-        if a.verdict == "suspected_label_error":
+        flagged = a.verdict in codes.FLAGGED_VERDICTS
+        wants = flagged or (heatmaps_for_hard_cases and a.verdict == "hard_case")
+        if flagged:
             flagged_sources.append(source_images[a.image_uid])
         if not wants or a.heatmap is None:
             continue
@@ -221,7 +224,7 @@ def write_results(
                 out.append(pm)
     if flagged_sources:
         flagged_heatmaps = [heatmaps[i] for i, a in enumerate(audited)
-                            if i in heatmaps and a.verdict == "suspected_label_error"]
+                            if i in heatmaps and a.verdict in codes.FLAGGED_VERDICTS]
         n = len({ds.SOPInstanceUID for ds in flagged_sources})
         out.append(
             quality_issue_kos(

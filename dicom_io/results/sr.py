@@ -136,6 +136,8 @@ def summary_group(audited: Sequence[AuditedAnnotation], cohort_findings: Sequenc
     counts = {v: 0 for v in codes.VERDICT_CODES}
     for a in audited:
         counts[a.verdict] += 1
+    if not counts["suspected_mask_error"]:
+        del counts["suspected_mask_error"]  # no mask audited or none flagged: a zero here would only confuse
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid, identifier="labelqa study summary"),
         finding_type=codes.AUDIT_SUMMARY,

@@ -1,0 +1,53 @@
+"""labelqa's result series: their numbers, and the one rule that recognises our own outputs.
+
+Every object labelqa writes into a study (QA report, heatmaps, KOS, parametric maps, suggested
+corrections, overlays) carries ``Manufacturer`` "labelqa" and a series number from the reserved
+block 9901-9909 (high, so viewers sort them after the acquired series). A PACS that routes the whole
+study back to us must not trigger a new audit with them, nor have them audited as annotations:
+:func:`is_own_output` is the test, used by the pipeline, the offline audit and the demo.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "MANUFACTURER",
+    "SR_SERIES_NUMBER",
+    "HEATMAP_SERIES_NUMBER",
+    "KOS_SERIES_NUMBER",
+    "PMAP_SERIES_NUMBER",
+    "SUGGESTION_SEG_SERIES_NUMBER",
+    "OVERLAY_SERIES_NUMBER",
+    "OWN_SERIES_NUMBERS",
+    "is_own_output",
+    "is_own_output_dataset",
+]
+
+MANUFACTURER = "labelqa"
+"""Manufacturer (0008,0070) of every object labelqa writes."""
+
+SR_SERIES_NUMBER = 9901
+HEATMAP_SERIES_NUMBER = 9902
+KOS_SERIES_NUMBER = 9903
+PMAP_SERIES_NUMBER = 9904
+SUGGESTION_SEG_SERIES_NUMBER = 9905
+OVERLAY_SERIES_NUMBER = 9906
+
+OWN_SERIES_NUMBERS = range(9901, 9910)
+"""The reserved block of result series numbers (9901-9909)."""
+
+
+def is_own_output(manufacturer: Any, series_number: Any) -> bool:
+    """Whether an instance with this Manufacturer and Series Number is one of labelqa's result objects."""
+    if str(manufacturer or "").strip() != MANUFACTURER:
+        return False
+    try:
+        return int(str(series_number).strip()) in OWN_SERIES_NUMBERS
+    except (TypeError, ValueError):
+        return False
+
+
+def is_own_output_dataset(ds: Any) -> bool:
+    """:func:`is_own_output` on a pydicom dataset (header only is enough)."""
+    return is_own_output(ds.get("Manufacturer", ""), ds.get("SeriesNumber"))
