@@ -36,7 +36,8 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.sop_class import _STORAGE_CLASSES, Verification
 
-from dicom_io.store import InvalidInstance, MissingUID, SOPClassMismatch, StudyStore, UnreadableDataset
+from dicom_io.part10 import InvalidInstance, MissingUID, SOPClassMismatch, UnreadableDataset
+from dicom_io.store import StudyStore
 
 log = logging.getLogger("labelqa.scp")
 

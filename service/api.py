@@ -64,7 +64,7 @@ class JobList(BaseModel):
     counts: dict[str, int] = Field(description="Number of jobs per state.")
 
 
-class StudyAudit(BaseModel):
+class StudyAuditResponse(BaseModel):
     study_uid: str
     state: str = Field(description="State of the newest job of the study.")
     reason: str | None = None
@@ -192,16 +192,16 @@ def create_app(ctx: ApiContext) -> FastAPI:
         jobs = ctx.jobs.list(state=state, study_uid=study_uid, limit=limit, offset=offset)
         return JobList(jobs=[_summary(j) for j in jobs], counts=ctx.jobs.counts())
 
-    @app.get("/studies/{study_uid}/audit", response_model=StudyAudit, dependencies=protected,
+    @app.get("/studies/{study_uid}/audit", response_model=StudyAuditResponse, dependencies=protected,
              summary="Verdicts and scores of the newest audit of a study",
              responses={404: {"description": "No audit of this study is known."}})
-    def study_audit(study_uid: str = Path(..., max_length=64, pattern=UID_PATTERN)) -> StudyAudit:
+    def study_audit(study_uid: str = Path(..., max_length=64, pattern=UID_PATTERN)) -> StudyAuditResponse:
         latest = ctx.jobs.latest_for_study(study_uid)
         if latest is None:
             raise HTTPException(404, f"no audit of study {study_uid} is known")
         result_job = ctx.jobs.latest_for_study(study_uid, (DONE, NO_ANNOTATIONS))
         res = (result_job.result or {}) if result_job is not None else {}
-        return StudyAudit(
+        return StudyAuditResponse(
             study_uid=study_uid, state=latest.state, reason=latest.reason, job=_summary(latest),
             result_job_id=result_job.id if result_job is not None else None,
             bundle_hash=res.get("bundle_hash"), verdicts=res.get("rows", []), outputs=res.get("outputs", []),

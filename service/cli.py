@@ -1,6 +1,7 @@
 """The `labelqa` command line.
 
-Each area registers its own subcommands from a module of its own (``service/cli_*.py``) so the
+Each command group registers itself from a module named after it (``service/cli_<command>.py``:
+serve, dicom (dicomize, inspect), models (train, audit, evaluate), report, outbox, demo) so the
 entry point stays small; heavy imports (torch, highdicom) happen inside the commands.
 """
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from service import cli_annotations, cli_detector, cli_pipeline, cli_results, cli_store
+from service import cli_demo, cli_dicom, cli_models, cli_outbox, cli_report, cli_serve
 from service.settings import load_settings, settings_reference_markdown
 
 app = typer.Typer(
@@ -45,7 +46,7 @@ def config_reference() -> None:
     typer.echo(settings_reference_markdown(), nl=False)
 
 
-for _area in (cli_store, cli_annotations, cli_detector, cli_results, cli_pipeline):
+for _area in (cli_serve, cli_dicom, cli_models, cli_report, cli_outbox, cli_demo):
     _area.register(app)
 
 

@@ -312,9 +312,9 @@ class _Archive:
 
 def run_demo(cfg: DemoConfig, echo=print) -> DemoReport:
     """Run the demo end to end; returns the report (rows per annotation, summary, outputs, timings)."""
-    from service.app import Service
     from service.jobs import DONE, FAILED, NO_ANNOTATIONS, JobStore
     from service.pipeline import service_components
+    from service.process import Service
     from service.settings import Destination, load_settings
 
     t_start = time.perf_counter()

@@ -211,7 +211,7 @@ def _make_outbox(settings: Settings, engine: Any) -> Any:
 
 
 class AuditService:
-    """Component for ``service.app.run_service``: job table, audit workers, outbox sender, HTTP API.
+    """Component for ``service.process.run_service``: job table, audit workers, outbox sender, HTTP API.
 
     Built from the running ``Service`` (its settings and store); subscribes the pipeline to the
     store's study-stable events. Without a configured model bundle, studies are still queued (and

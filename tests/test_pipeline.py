@@ -21,10 +21,10 @@ from pydicom.data import get_testdata_file
 
 from dicom_io.db import make_engine
 from dicom_io.dicomize import dicomize
-from service.app import Service
 from service.demo import _Archive, send_studies
 from service.jobs import DONE, NO_ANNOTATIONS, RUNNING, JobStore
 from service.pipeline import service_components
+from service.process import Service
 from service.settings import load_settings
 from tests.conftest import free_port, labelqa_cmd, labelqa_env, wait_for
 from tests.pipeline_fixtures import small_demo  # noqa: F401 - session fixture

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from dicom_io.annotations import (
+from dicom_io.annotations.records import (
     CONFLICTING_LABELS,
     MALFORMED_ANNOTATION,
     NO_IMAGE_REFERENCE,

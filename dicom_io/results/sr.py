@@ -27,7 +27,7 @@ from pydicom.sr.coding import Code
 from dicom_io import codes
 
 if TYPE_CHECKING:
-    from dicom_io.results import AlgorithmInfo, AuditedAnnotation
+    from dicom_io.results.records import AlgorithmInfo, AuditedAnnotation
 
 SERIES_DESCRIPTION = "labelqa annotation QA report"
 

@@ -1,4 +1,4 @@
-"""Service wiring: the study store, the DICOM listener and pluggable components, run until a signal.
+"""The service process: the study store, the DICOM listener and pluggable components, run until a signal.
 
 ``run_service`` is what ``labelqa serve`` runs. Other parts (HTTP API, audit pipeline, outbox
 sender) plug in as *components*: objects with ``start()`` and ``stop()``, or factories

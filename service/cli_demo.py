@@ -1,4 +1,4 @@
-"""CLI commands of this area: demo (the whole loop: data, bundle, service, C-STORE, results)."""
+"""`labelqa demo`: the whole loop on embedded defaults (data, bundle, service, C-STORE, results)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""CLI commands of this area: serve (DICOM listener + store)."""
+"""`labelqa serve`: the service process (DICOM listener + store, audit workers, outbox, HTTP API)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def serve(
     """Run the service until SIGTERM: DICOM listener + durable store, audit workers, outbox, HTTP API."""
     from pydantic import ValidationError
 
-    from service.app import configure_logging, run_service
+    from service.process import configure_logging, run_service
     from service.settings import load_settings
 
     overrides = {"listener": {"host": host, "port": port, "ae_title": ae_title}, "store": {"data_dir": data_dir}}

@@ -1,4 +1,4 @@
-"""CLI commands of this area: dicomize (image data set -> DICOM studies), inspect (annotations of studies)."""
+"""`labelqa dicomize` (image data set -> DICOM studies) and `labelqa inspect` (what labelqa reads from studies)."""
 
 from __future__ import annotations
 

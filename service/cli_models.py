@@ -1,4 +1,4 @@
-"""CLI commands of this area: train (a model bundle), audit (a data set or DICOM folder), evaluate."""
+"""`labelqa train | audit | evaluate`: the model commands (bundle, audit of a data set or DICOM folder, benchmark)."""
 
 from __future__ import annotations
 

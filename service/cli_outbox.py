@@ -1,4 +1,4 @@
-"""CLI commands of this area: report, outbox list|retry|send."""
+"""`labelqa outbox list|retry|enqueue|send`: the durable results outbox."""
 
 from __future__ import annotations
 
@@ -7,30 +7,6 @@ from pathlib import Path
 import typer
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="labelqa.toml to read (default: ./labelqa.toml).")
-
-
-def report(
-    sr: Path = typer.Argument(..., help="A labelqa QA report SR (.dcm)."),
-    html_out: Path = typer.Option(..., "--html", help="Write the HTML report here."),
-    heatmaps: list[Path] = typer.Option(
-        [], "--heatmaps", help="Folders holding the heatmap SCs (default: the SR's own folder)."
-    ),
-) -> None:
-    """Render a QA report SR as HTML for QA officers (verdicts, scores, heatmaps inline, dsr2html)."""
-    from dicom_io.results.report_html import render_html
-
-    if not sr.is_file():
-        typer.echo(f"error: {sr} is not a file", err=True)
-        raise typer.Exit(2)
-    try:
-        text = render_html(sr, heatmaps)
-    except Exception as e:  # noqa: BLE001 - report what was wrong with the input
-        typer.echo(f"error: {sr} is not a readable labelqa QA report SR ({type(e).__name__}: {e})", err=True)
-        raise typer.Exit(2) from None
-    html_out.parent.mkdir(parents=True, exist_ok=True)
-    html_out.write_text(text, encoding="utf-8")
-    typer.echo(str(html_out))
-
 
 outbox_app = typer.Typer(help="The durable results outbox: list, retry, enqueue, send.", no_args_is_help=True)
 
@@ -121,6 +97,5 @@ def outbox_send(
 
 
 def register(app: typer.Typer) -> None:
-    """Add this area's commands to the top-level app."""
-    app.command("report")(report)
+    """Add the outbox command group to the top-level app."""
     app.add_typer(outbox_app, name="outbox", help="The durable results outbox: list, retry, enqueue, send.")

@@ -1,0 +1,276 @@
+"""Part 10 bytes without pydicom: the identifying header of a received instance and a structure check.
+
+The listener writes the bytes it received (never a re-encoded copy), so it needs what identifies an
+instance (UIDs, patient/study/series attributes for the index) straight from the byte string, in one
+pass over its elements. The same pass checks the structure: pydicom reads truncated data without
+complaint, so the element chain (top level and nested undefined-length items) must end exactly at
+the end of the file. Pixel data is never decoded. Deflated Explicit VR Little Endian is inflated first.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import zlib
+from dataclasses import dataclass
+
+from pydicom.charset import convert_encodings, decode_bytes
+from pydicom.datadict import tag_for_keyword
+
+__all__ = [
+    "UID_RE", "InvalidInstance", "UnreadableDataset", "MissingUID", "SOPClassMismatch", "Header", "read_header",
+    "check_structure",
+]
+
+UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_HEADER_TAGS = [
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "Modality",
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientName",
+    "StudyDate",
+    "AccessionNumber",
+    "StudyDescription",
+    "SeriesNumber",
+    "SeriesDescription",
+    "Manufacturer",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# errors: what was wrong with a received instance (the listener maps them to DICOM statuses)
+
+
+class InvalidInstance(ValueError):
+    """A received instance cannot be stored; ``reason`` is a short machine-readable code."""
+
+    reason = "invalid"
+
+
+class UnreadableDataset(InvalidInstance):
+    """The bytes do not parse as a DICOM dataset."""
+
+    reason = "unreadable"
+
+
+class MissingUID(InvalidInstance):
+    """SOP Instance, SOP Class, Study or Series Instance UID is missing or malformed."""
+
+    reason = "missing_uid"
+
+
+class SOPClassMismatch(InvalidInstance):
+    """The dataset's SOP Class/Instance UID disagrees with what the C-STORE request announced."""
+
+    reason = "sop_class_mismatch"
+
+
+# --------------------------------------------------------------------------------------------
+# header parsing
+
+
+@dataclass(frozen=True)
+class Header:
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    transfer_syntax_uid: str | None
+    modality: str | None
+    patient_id: str | None
+    issuer: str | None
+    patient_name: str | None
+    study_date: str | None
+    accession_number: str | None
+    study_description: str | None
+    series_number: str | None
+    series_description: str | None
+    manufacturer: str | None = None
+
+
+_HEADER_TAG_MAP = {k: tag_for_keyword(k) for k in _HEADER_TAGS}
+_TS_TAG = 0x00020010
+_CHARSET_TAG = 0x00080005
+_WANTED = frozenset({*_HEADER_TAG_MAP.values(), _TS_TAG, _CHARSET_TAG})
+_TEXT_KEYWORDS = {
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "StudyDescription",
+    "SeriesDescription",
+    "AccessionNumber",
+    "Manufacturer",
+}
+
+
+def _decode(value: bytes | None, charsets: list[str], text: bool) -> str | None:
+    if not value:
+        return None
+    v = value.rstrip(b"\x00 ").lstrip(b" ")
+    if not v:
+        return None
+    if v.isascii() and b"\x1b" not in v:  # no ISO 2022 escape sequences: plain ASCII
+        return v.decode("ascii")
+    if not text:
+        return v.decode("ascii", "replace")
+    try:
+        return decode_bytes(v, convert_encodings(charsets or ["ISO_IR 6"]), {0x5E, 0x3D, 9, 10, 12, 13}).strip() or None
+    except Exception:  # unknown character set: keep something readable
+        return v.decode("latin-1")
+
+
+def read_header(raw: bytes) -> Header:
+    """The identifying attributes of a Part 10 byte string, from one pass over its elements.
+
+    The pass also checks the structure (truncation, bad VRs); pixel data is never decoded.
+    Raises UnreadableDataset or MissingUID.
+    """
+    values = _scan(raw)
+    charsets = [c for c in (_decode(values.get(_CHARSET_TAG), [], False) or "").split("\\") if c]
+    v = {name: _decode(values.get(tag), charsets, name in _TEXT_KEYWORDS) for name, tag in _HEADER_TAG_MAP.items()}
+    for name in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        uid = v[name]
+        if not uid:
+            raise MissingUID(f"{name} is missing")
+        if len(uid) > 64 or not UID_RE.match(uid):
+            raise MissingUID(f"{name} is not a valid UID")
+    return Header(
+        sop_class_uid=v["SOPClassUID"],
+        sop_instance_uid=v["SOPInstanceUID"],
+        study_uid=v["StudyInstanceUID"],
+        series_uid=v["SeriesInstanceUID"],
+        transfer_syntax_uid=_decode(values.get(_TS_TAG), [], False),
+        modality=v["Modality"],
+        patient_id=v["PatientID"],
+        issuer=v["IssuerOfPatientID"],
+        patient_name=v["PatientName"],
+        study_date=v["StudyDate"],
+        accession_number=v["AccessionNumber"],
+        study_description=v["StudyDescription"],
+        series_number=v["SeriesNumber"],
+        series_description=v["SeriesDescription"],
+        manufacturer=v["Manufacturer"],
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# structure check: pydicom reads truncated data without complaint, so walk the element chain
+# (top level, and nested undefined-length items) and require it to end exactly at the end of file.
+
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+_UNDEFINED = 0xFFFFFFFF
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+_IMPLICIT_LE = "1.2.840.10008.1.2"
+_EXPLICIT_BE = "1.2.840.10008.1.2.2"
+
+
+class _Broken(Exception):
+    pass
+
+
+def _walk(
+    b: bytes, pos: int, implicit: bool, big: bool, in_item: bool, meta: bool = False, want: dict | None = None
+) -> int:
+    """Return the offset after the dataset starting at ``pos``; raise _Broken if it is malformed.
+
+    With ``want`` (a dict), the raw values of the top-level elements listed in ``_WANTED`` are put in it.
+    """
+    n = len(b)
+    tag_fmt, u16, u32 = (">HH", ">H", ">L") if big else ("<HH", "<H", "<L")
+    while pos < n:
+        if pos + 8 > n:
+            raise _Broken(f"truncated element header at byte {pos}")
+        grp, el = struct.unpack_from("<HH" if meta else tag_fmt, b, pos)
+        if meta and grp != 0x0002:
+            return pos
+        if grp == 0xFFFE:
+            if in_item and el == 0xE00D:
+                return pos + 8
+            raise _Broken(f"unexpected delimiter (FFFE,{el:04X}) at byte {pos}")
+        if implicit and not meta:
+            (length,) = struct.unpack_from(u32, b, pos + 4)
+            pos += 8
+        else:
+            vr = b[pos + 4 : pos + 6]
+            if vr in _LONG_VRS:
+                if pos + 12 > n:
+                    raise _Broken(f"truncated element header at byte {pos}")
+                (length,) = struct.unpack_from("<L" if meta else u32, b, pos + 8)
+                pos += 12
+            elif len(vr) == 2 and 65 <= vr[0] <= 90 and 65 <= vr[1] <= 90:
+                (length,) = struct.unpack_from("<H" if meta else u16, b, pos + 6)
+                pos += 8
+            else:
+                raise _Broken(f"invalid VR {vr!r} at byte {pos}")
+        if want is not None and length != _UNDEFINED and (grp << 16 | el) in _WANTED:
+            want[grp << 16 | el] = b[pos : pos + length]
+        if length == _UNDEFINED:
+            # the items of an undefined-length UN are implicit VR little endian (PS3.5 6.2.2)
+            un = not (implicit and not meta) and vr == b"UN"
+            pos = _walk_items(b, pos, implicit or un, big and not un)
+        else:
+            pos += length
+            if pos > n:
+                raise _Broken(f"element ({grp:04X},{el:04X}) runs past the end of the data")
+    if in_item:
+        raise _Broken("item without delimiter at the end of the data")
+    return pos
+
+
+def _walk_items(b: bytes, pos: int, implicit: bool, big: bool) -> int:
+    n = len(b)
+    tag_fmt, u32 = (">HH", ">L") if big else ("<HH", "<L")
+    while True:
+        if pos + 8 > n:
+            raise _Broken("sequence without delimiter at the end of the data")
+        grp, el = struct.unpack_from(tag_fmt, b, pos)
+        (length,) = struct.unpack_from(u32, b, pos + 4)
+        pos += 8
+        if (grp, el) == (0xFFFE, 0xE0DD):
+            return pos
+        if (grp, el) != (0xFFFE, 0xE000):
+            raise _Broken(f"expected an item tag at byte {pos - 8}, found ({grp:04X},{el:04X})")
+        if length == _UNDEFINED:
+            pos = _walk(b, pos, implicit, big, in_item=True)
+        else:
+            pos += length
+            if pos > n:
+                raise _Broken("item runs past the end of the data")
+
+
+def _scan(raw: bytes) -> dict[int, bytes]:
+    """Check that ``raw`` (Part 10) is a complete, well-formed element chain; return the wanted values.
+
+    Raises UnreadableDataset.
+    """
+    if len(raw) < 144 or raw[128:132] != b"DICM":
+        raise UnreadableDataset("no DICOM preamble/prefix")
+    values: dict[int, bytes] = {}
+    try:
+        start = _walk(raw, 132, implicit=False, big=False, in_item=False, meta=True, want=values)
+        ts = values.get(_TS_TAG, b"").rstrip(b"\x00 ").decode("ascii", "replace")
+        if not ts:
+            raise _Broken("file meta has no Transfer Syntax UID")
+        body, offset = raw, start
+        if ts == _DEFLATED:
+            try:
+                body, offset = zlib.decompress(raw[start:], -15), 0
+            except zlib.error as e:
+                raise _Broken(f"deflated data does not inflate: {e}") from None
+        end = _walk(body, offset, implicit=ts == _IMPLICIT_LE, big=ts == _EXPLICIT_BE, in_item=False, want=values)
+        if end == offset:
+            raise _Broken("empty dataset")
+    except _Broken as e:
+        raise UnreadableDataset(f"malformed dataset: {e}") from None
+    except struct.error as e:  # pragma: no cover - guarded by the length checks above
+        raise UnreadableDataset(f"malformed dataset: {e}") from None
+    return values
+
+
+def check_structure(raw: bytes) -> None:
+    """Raise UnreadableDataset unless ``raw`` (Part 10) is a complete, well-formed element chain."""
+    _scan(raw)

@@ -1,0 +1,197 @@
+"""Writing one study's audit results as DICOM: TID 1500 QA report SR, heatmap Secondary Captures, Quality Issue KOS.
+
+``write_results`` takes plain records (``AuditedAnnotation``, ``AlgorithmInfo``) and the source and
+annotation datasets, and returns the result objects with deterministic UIDs (``uids.py``): the same
+inputs and bundle give the same UIDs, changed results give new ones. No torch here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from pydicom import uid
+from pydicom.dataset import Dataset
+
+from dicom_io import codes
+from dicom_io.results.records import AlgorithmInfo, AuditedAnnotation
+from dicom_io.results.series import (
+    HEATMAP_SERIES_NUMBER,
+    KOS_SERIES_NUMBER,
+    MANUFACTURER,
+    PMAP_SERIES_NUMBER,
+    SR_SERIES_NUMBER,
+)
+from dicom_io.results.uids import derived_uid, digest
+
+__all__ = ["write_results", "save_results", "file_kind"]
+
+log = logging.getLogger("dicom_io.results")
+
+
+def _clean_header(ds: Dataset) -> Dataset:
+    """A shallow copy without header values that real files carry but highdicom rejects (an empty
+    SpecificCharacterSet means the default repertoire); the given dataset is left as it is."""
+    if "SpecificCharacterSet" not in ds or ds.SpecificCharacterSet:
+        return ds
+    out = Dataset()
+    for elem in ds:
+        if elem.keyword != "SpecificCharacterSet":
+            out.add(elem)
+    if hasattr(ds, "file_meta"):
+        out.file_meta = ds.file_meta
+    return out
+
+
+def write_results(
+    source_images: Mapping[str, Dataset],
+    annotation_datasets: Mapping[str, Dataset],
+    audited: Sequence[AuditedAnnotation],
+    algorithm: AlgorithmInfo,
+    cohort_findings: Sequence[str] = (),
+    *,
+    heatmaps_for_hard_cases: bool = False,
+    parametric_maps: bool = False,
+    member_panels: bool = False,
+    manufacturer: str = MANUFACTURER,
+) -> list[Dataset]:
+    """The result objects of one study: heatmap SCs, then the KOS (if anything is flagged), then the SR.
+
+    Heatmap SCs are made for suspected label errors with a heatmap (and for hard cases when asked);
+    ``parametric_maps`` adds a Parametric Map of the raw saliency beside each SC where the source
+    allows one (it has a Frame of Reference), after the SCs. ``member_panels`` adds, beside each heatmap
+    SC, one SC showing every ensemble member's map (when the records carry ``member_heatmaps``).
+    Raises ValueError when a record refers to a source image or annotation that was not given, or when
+    the records span more than one study.
+    """
+    from dicom_io.results.heatmap import heatmap_sc
+    from dicom_io.results.kos import quality_issue_kos
+    from dicom_io.results.sr import qa_report_sr
+
+    if not audited:
+        raise ValueError("no audited annotations: nothing to report")
+    studies = {a.study_uid for a in audited}
+    if len(studies) != 1:
+        raise ValueError(f"write_results works on one study at a time, got {len(studies)}")
+    study_uid = studies.pop()
+    for a in audited:
+        if a.image_uid not in source_images:
+            raise ValueError(f"source image {a.image_uid} of annotation {a.annotation_uid} was not given")
+        if a.annotation_uid not in annotation_datasets:
+            raise ValueError(f"annotation object {a.annotation_uid} was not given")
+    source_images = {uid: _clean_header(ds) for uid, ds in source_images.items()}
+    annotation_datasets = {uid: _clean_header(ds) for uid, ds in annotation_datasets.items()}
+    run_key = digest(
+        study_uid, algorithm.bundle_hash, algorithm.name, algorithm.version, algorithm.parameters,
+        [a.key() for a in audited], list(cohort_findings), heatmaps_for_hard_cases,
+    )  # parametric_maps is left out on purpose: adding maps keeps the SR/SC/KOS UIDs
+    heat_series = derived_uid(run_key, "series", "heatmap")
+    heatmaps: dict[int, Dataset] = {}
+    flagged_sources: list[Dataset] = []
+    for i, a in enumerate(audited):
+        flagged = a.verdict in codes.FLAGGED_VERDICTS
+        wants = flagged or (heatmaps_for_hard_cases and a.verdict == "hard_case")
+        if flagged:
+            flagged_sources.append(source_images[a.image_uid])
+        if not wants or a.heatmap is None:
+            continue
+        caption = f"{a.verdict.replace('_', ' ')}: given {a.given_code().meaning}, models {a.consensus_code().meaning}"
+        heatmaps[i] = heatmap_sc(
+            source_images[a.image_uid],
+            a.frame,
+            np.asarray(a.heatmap, dtype=np.float32),
+            caption=caption[:80],
+            series_instance_uid=heat_series,
+            series_number=HEATMAP_SERIES_NUMBER,
+            sop_instance_uid=derived_uid(run_key, "heatmap", i),
+            instance_number=len(heatmaps) + 1,
+            manufacturer=manufacturer,
+        )
+    out: list[Dataset] = list(heatmaps.values())
+    if member_panels:
+        for i in list(heatmaps):
+            a = audited[i]
+            if not a.member_heatmaps:
+                continue
+            members = {k: np.asarray(v, dtype=np.float32) for k, v in sorted(a.member_heatmaps.items())}
+            out.append(heatmap_sc(
+                source_images[a.image_uid], a.frame, np.asarray(a.heatmap, dtype=np.float32), caption="",
+                series_instance_uid=heat_series, series_number=HEATMAP_SERIES_NUMBER,
+                sop_instance_uid=derived_uid(run_key, "members", i, digest(*members.values())),
+                instance_number=1000 + i, manufacturer=manufacturer, members=members,
+            ))
+    if parametric_maps:
+        from dicom_io.results.pmap import saliency_map
+
+        pm_series = derived_uid(run_key, "series", "pmap")
+        for i in heatmaps:
+            a = audited[i]
+            pm = saliency_map(
+                source_images[a.image_uid], np.asarray(a.heatmap, dtype=np.float32),
+                series_instance_uid=pm_series, series_number=PMAP_SERIES_NUMBER,
+                sop_instance_uid=derived_uid(run_key, "pmap", i), instance_number=i + 1,
+                manufacturer=manufacturer, software_version=algorithm.version,
+            )
+            if pm is not None:
+                out.append(pm)
+    if flagged_sources:
+        flagged_heatmaps = [heatmaps[i] for i, a in enumerate(audited)
+                            if i in heatmaps and a.verdict in codes.FLAGGED_VERDICTS]
+        n = len({ds.SOPInstanceUID for ds in flagged_sources})
+        out.append(
+            quality_issue_kos(
+                flagged_sources + flagged_heatmaps,
+                description=f"labelqa: {n} image(s) with suspected annotation errors, and their saliency heatmaps",
+                series_instance_uid=derived_uid(run_key, "series", "kos"),
+                series_number=KOS_SERIES_NUMBER,
+                sop_instance_uid=derived_uid(run_key, "kos"),
+                manufacturer=manufacturer,
+            )
+        )
+    used_sources = {a.image_uid: source_images[a.image_uid] for a in audited}
+    used_annotations = {a.annotation_uid: annotation_datasets[a.annotation_uid] for a in audited}
+    out.append(
+        qa_report_sr(
+            sources=used_sources,
+            annotations=used_annotations,
+            audited=audited,
+            heatmaps=heatmaps,
+            tracking_uids=[derived_uid(run_key, "tracking", i) for i in range(len(audited))],
+            summary_uid=derived_uid(run_key, "tracking", "summary"),
+            algorithm=algorithm,
+            cohort_findings=cohort_findings,
+            series_instance_uid=derived_uid(run_key, "series", "sr"),
+            series_number=SR_SERIES_NUMBER,
+            sop_instance_uid=derived_uid(run_key, "sr"),
+            device_uid=derived_uid("labelqa-device", algorithm.name, algorithm.bundle_hash),
+            manufacturer=manufacturer,
+        )
+    )
+    log.info("results for study %s: %d heatmap(s), %s KOS, 1 SR", study_uid, len(heatmaps),
+             "1" if flagged_sources else "no")
+    return out
+
+
+_KINDS = {uid.SecondaryCaptureImageStorage: "SC", uid.ParametricMapStorage: "PM"}
+
+
+def file_kind(ds: Dataset) -> str:
+    """Short file-name prefix of a result object: SR, KO, SC or PM (else its Modality)."""
+    return _KINDS.get(str(ds.SOPClassUID), str(ds.get("Modality", "XX")))
+
+
+def save_results(datasets: Sequence[Dataset], out_dir: Path) -> list[Path]:
+    """Write result datasets as DICOM files ``<kind>_<SOPInstanceUID>.dcm`` into ``out_dir``.
+
+    kind: SR (QA report), KO (Quality Issue KOS), SC (heatmap Secondary Capture), PM (Parametric Map).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ds in datasets:
+        p = out_dir / f"{file_kind(ds)}_{ds.SOPInstanceUID}.dcm"
+        ds.save_as(p, enforce_file_format=True)
+        paths.append(p)
+    return paths
