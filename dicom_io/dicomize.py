@@ -1,20 +1,14 @@
-"""Turn an image data set into DICOM studies: one image + one annotation (TID 1500 SR or SEG) each.
+"""Write image data sets as DICOM studies: one image + one annotation (TID 1500 SR or SEG) each.
 
-Inputs (``discover``):
-- image folders ``root/<class>/*.{png,jpg,jpeg}`` and ``root/<split>/<class>/*``;
-- a CSV with columns ``path,label`` (optional ``mask``: a PNG whose non-zero pixels are the region;
-  relative paths are relative to the CSV's folder);
-- an npz with ``images``/``labels`` or MedMNIST-style ``{train,val,test}_{images,labels}``; optional
-  ``class_names`` (else labels are used as given, integers as ``class_<n>``) and ``masks`` /
-  ``{split}_masks`` (N, H, W), non-zero = the labelled region, in the order of the images.
-
-Each image becomes a Secondary Capture image (8-bit MONOCHROME2, ``Modality`` as chosen; colour is
-converted to grey), its label a highdicom Comprehensive 3D SR (TID 1500, one image-level measurement
-group whose Finding is the class code) or, with ``seg=True``, a binary SEG with one segment whose
-Segmented Property Type is the class code (mask: the given one, else the whole image). Patient and
-study identity are synthesised deterministically from the data set name and the source path (or the
-``group_by`` match), so the same input gives the same UIDs. ``noise_rate`` flips exactly
-round(rate * N) written labels (chosen with ``seed``) to another class; ``manifest.csv`` records both.
+:func:`write_studies` takes items that are already read (``service.dicomize`` reads the data set with
+``models.data.scan_dataset`` and plants label errors with ``models.corruption``): pixels as grey
+uint8/uint16, the true and the written label, optionally a mask. Each image becomes a Secondary
+Capture image (MONOCHROME2, ``Modality`` as chosen), a Digital X-Ray or an MR image; its label a
+highdicom Comprehensive 3D SR (TID 1500, one image-level measurement group whose Finding is the
+class code) or, with ``seg=True``, a binary SEG with one segment whose Segmented Property Type is the
+class code (mask: the given one, else the whole image). Patient and study identity are synthesised
+deterministically from the data set name and the source path (or the ``group_by`` match), so the
+same input gives the same UIDs; ``manifest.csv`` records the true and the written label.
 """
 
 from __future__ import annotations
@@ -23,10 +17,9 @@ import csv
 import hashlib
 import io
 import logging
-import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +32,6 @@ from dicom_io.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg"}
 SC_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
 DX_PRESENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
@@ -54,11 +46,16 @@ class DicomizeError(ValueError):
 
 
 @dataclass
-class SourceItem:
-    """One image of the input data set."""
+class StudyItem:
+    """One image to write as a study (or into one): its pixels, its true and its written label, its mask.
+
+    ``load()`` gives (H, W) uint8 or uint16 grey pixels (``models.preprocess.to_stored_grey`` makes them);
+    ``load_mask()`` a bool (H, W) region for SEG annotations (None: the whole image).
+    """
 
     source_path: str
-    label: str
+    true_label: str
+    written_label: str
     load: Callable[[], np.ndarray]
     load_mask: Callable[[], np.ndarray] | None = None
 
@@ -77,152 +74,6 @@ def _uid(*parts: str) -> str:
     """A deterministic UID under 2.25 (128 bits of SHA-256 of the parts)."""
     h = hashlib.sha256("\x1f".join((UID_NAMESPACE, *parts)).encode()).hexdigest()
     return "2.25." + str(int(h[:32], 16))
-
-
-def _read_image(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        if im.mode in ("I;16", "I;16B", "I;16L"):
-            return np.asarray(im, dtype=np.uint16)
-        if im.mode == "I":
-            arr = np.asarray(im)
-            return np.clip(arr, 0, 65535).astype(np.uint16)
-        return np.asarray(im.convert("L"), dtype=np.uint8)
-
-
-def _read_mask(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im.convert("L")) > 0
-
-
-def _to_grey_array(a: np.ndarray) -> np.ndarray:
-    a = np.asarray(a)
-    if a.ndim == 3 and a.shape[-1] in (3, 4):
-        a = a[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-    elif a.ndim == 3 and a.shape[-1] == 1:
-        a = a[..., 0]
-    if a.ndim != 2:
-        raise DicomizeError(f"images must be 2-D (H, W) or (H, W, 3), got shape {a.shape}")
-    if a.dtype == np.uint8 or a.dtype == np.uint16:
-        return a
-    a = a.astype(np.float64)
-    if a.size and a.min() >= 0 and a.max() <= 1.0:
-        a = a * 255.0
-    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
-
-
-def discover(dataset: Path, *, class_names: list[str] | None = None) -> list[SourceItem]:
-    """The images of a data set (folder layouts, CSV, npz) with their labels, in a stable order."""
-    dataset = Path(dataset)
-    if not dataset.exists():
-        raise DicomizeError(f"data set not found: {dataset}")
-    if dataset.is_file() and dataset.suffix.lower() == ".csv":
-        return _discover_csv(dataset)
-    if dataset.is_file() and dataset.suffix.lower() == ".npz":
-        return _discover_npz(dataset, class_names)
-    if dataset.is_dir():
-        return _discover_folder(dataset)
-    raise DicomizeError(f"unsupported data set {dataset}: give a folder, a .csv (path,label) or an .npz")
-
-
-def _discover_folder(root: Path) -> list[SourceItem]:
-    items = []
-    for p in sorted(root.rglob("*")):
-        if not p.is_file() or p.suffix.lower() not in IMAGE_EXTENSIONS:
-            continue
-        rel = p.relative_to(root)
-        if any(part.startswith(".") for part in rel.parts):
-            continue  # hidden folders such as .ipynb_checkpoints
-        if len(rel.parts) not in (2, 3):
-            raise DicomizeError(
-                f"{rel}: expected root/<class>/<image> or root/<split>/<class>/<image> (found {len(rel.parts)} levels)"
-            )
-        items.append(SourceItem(str(rel), rel.parts[-2], lambda p=p: _read_image(p)))
-    if not items:
-        raise DicomizeError(f"no .png/.jpg/.jpeg images under {root}")
-    return items
-
-
-def _discover_csv(path: Path) -> list[SourceItem]:
-    items = []
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        cols = {c.strip().lower(): c for c in (reader.fieldnames or [])}
-        if "path" not in cols or "label" not in cols:
-            raise DicomizeError(f"{path}: CSV needs columns 'path' and 'label' (found {reader.fieldnames})")
-        for n, row in enumerate(reader, start=2):
-            rel = (row[cols["path"]] or "").strip()
-            label = (row[cols["label"]] or "").strip()
-            if not rel or not label:
-                raise DicomizeError(f"{path} line {n}: empty path or label")
-            img = (path.parent / rel) if not Path(rel).is_absolute() else Path(rel)
-            if not img.is_file():
-                raise DicomizeError(f"{path} line {n}: image not found: {rel}")
-            mask_loader = None
-            if "mask" in cols and (row[cols["mask"]] or "").strip():
-                mp = path.parent / row[cols["mask"]].strip()
-                if not mp.is_file():
-                    raise DicomizeError(f"{path} line {n}: mask not found: {mp}")
-                mask_loader = lambda mp=mp: _read_mask(mp)  # noqa: E731
-            items.append(SourceItem(rel, label, lambda img=img: _read_image(img), mask_loader))
-    if not items:
-        raise DicomizeError(f"{path}: no rows")
-    return items
-
-
-def _discover_npz(path: Path, class_names: list[str] | None) -> list[SourceItem]:
-    z = np.load(path, allow_pickle=False)
-    keys = set(z.files)
-    if class_names is None and "class_names" in keys:
-        class_names = [str(c) for c in z["class_names"].tolist()]
-    splits: list[tuple[str, str, str, str | None]] = []
-    if "images" in keys and "labels" in keys:
-        splits.append(("", "images", "labels", "masks" if "masks" in keys else None))
-    for split in ("train", "val", "test"):
-        if f"{split}_images" in keys and f"{split}_labels" in keys:
-            mk = f"{split}_masks" if f"{split}_masks" in keys else None
-            splits.append((split, f"{split}_images", f"{split}_labels", mk))
-    if not splits:
-        raise DicomizeError(
-            f"{path}: npz needs 'images'/'labels' or '<split>_images'/'<split>_labels' (has {sorted(keys)})"
-        )
-    items = []
-    for split, ik, lk, mk in splits:
-        images, labels = z[ik], np.asarray(z[lk])
-        if labels.ndim == 2 and labels.shape[1] == 1:
-            labels = labels[:, 0]
-        if labels.ndim != 1 or len(labels) != len(images):
-            raise DicomizeError(
-                f"{path}: {lk} must be one label per image (shape {labels.shape} vs {len(images)} images)"
-            )
-        masks = z[mk] if mk else None
-        if masks is not None and len(masks) != len(images):
-            raise DicomizeError(f"{path}: {mk} has {len(masks)} masks for {len(images)} images")
-        for i in range(len(images)):
-            lab = labels[i]
-            if np.issubdtype(type(lab), np.integer) or isinstance(lab, (int, np.integer)):
-                idx = int(lab)
-                if class_names is not None:
-                    if not 0 <= idx < len(class_names):
-                        raise DicomizeError(f"{path}: {lk}[{i}] = {idx} has no class name")
-                    name = class_names[idx]
-                else:
-                    name = f"class_{idx}"
-            else:
-                name = str(lab)
-            src = f"{path.name}:{split + '/' if split else ''}{i}"
-            items.append(
-                SourceItem(
-                    src,
-                    name,
-                    lambda images=images, i=i: _to_grey_array(images[i]),
-                    (lambda masks=masks, i=i: np.asarray(masks[i]) > 0) if masks is not None else None,
-                )
-            )
-    return items
 
 
 def _image(
@@ -525,65 +376,51 @@ def _seg(image: Dataset, concept, label: str, mask: np.ndarray, *, dataset_name:
     )
 
 
-def dicomize(
-    dataset: Path,
+def write_studies(
+    items: Sequence[StudyItem],
     out: Path,
     *,
-    vocabulary: Vocabulary | None = None,
+    vocabulary: Vocabulary,
+    dataset_name: str,
     modality: str = "OT",
     image_kind: str = "sc",
     body_part: str = "CHEST",
     seg: bool = False,
-    noise_rate: float = 0.0,
-    seed: int = 0,
-    sample: int | None = None,
     group_by: str | None = None,
-    class_names: list[str] | None = None,
+    vocabulary_path: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> DicomizeResult:
-    """Convert ``dataset`` into DICOM studies under ``out``; see the module docstring."""
+    """Write ``items`` as DICOM studies under ``out`` (one folder per study) and ``out/manifest.csv``.
+
+    Each item becomes an image (SC / DX / MR) and one annotation: a TID 1500 SR labelling the image
+    with ``written_label``, or with ``seg`` a binary SEG whose one segment is the item's mask. Identity
+    and UIDs are synthetic and deterministic (``dataset_name`` + source path, or the ``group_by`` match,
+    which groups images into one study). Raises DicomizeError for an unknown kind or label.
+    """
     t0 = time.perf_counter()
     if image_kind not in IMAGE_KINDS:
         raise DicomizeError(f"image kind must be one of {', '.join(IMAGE_KINDS)}, got {image_kind!r}")
-    if not 0.0 <= noise_rate <= 1.0:
-        raise DicomizeError(f"noise rate must be within [0, 1], got {noise_rate}")
-    items = discover(Path(dataset), class_names=class_names)
-    rng = random.Random(seed)
-    if sample is not None and sample < len(items):
-        items = sorted(rng.sample(items, sample), key=lambda it: it.source_path)
-    labels_present = sorted({it.label for it in items})
-    vocab_path: Path | None = None
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if vocabulary is None:
-        vocabulary = Vocabulary.from_class_names(labels_present)
-        vocab_path = out / "vocabulary.toml"
-        vocabulary.to_toml(vocab_path)
-    missing = [lab for lab in labels_present if lab not in vocabulary.class_names]
+    missing = sorted({it.written_label for it in items} - set(vocabulary.class_names))
     if missing:
         raise DicomizeError(f"labels not in the vocabulary: {', '.join(missing)} (classes: {vocabulary.class_names})")
-    classes = vocabulary.class_names
-    if noise_rate > 0 and len(classes) < 2:
-        raise DicomizeError("label noise needs at least two classes")
-    written = [it.label for it in items]
-    flip = rng.sample(range(len(items)), round(noise_rate * len(items))) if noise_rate > 0 else []
-    for i in flip:
-        written[i] = rng.choice([c for c in classes if c != items[i].label])
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     pattern = re.compile(group_by) if group_by else None
-    dataset_name = Path(dataset).name
     instance_counter: dict[str, int] = {}
-    concepts = {c: vocabulary.code_for(c).to_highdicom() for c in classes}
+    concepts = {c: vocabulary.code_for(c).to_highdicom() for c in vocabulary.class_names}
     srs = None if seg else _SRFactory(_observation_context(), dataset_name)
     rows = []
-    for n, (it, wlabel) in enumerate(zip(items, written, strict=True)):
+    for n, it in enumerate(items):
         key = it.source_path
         if pattern is not None:
             m = pattern.search(it.source_path)
             if m:
                 key = m.group(1) if m.groups() else m.group(0)
         instance_counter[key] = instance_counter.get(key, 0) + 1
-        pixels = it.load()
-        pixels = _to_grey_array(pixels)
+        pixels = np.asarray(it.load())
+        if pixels.ndim != 2 or pixels.dtype not in (np.uint8, np.uint16):
+            raise DicomizeError(f"{it.source_path}: pixels must be (H, W) uint8 or uint16, got {pixels.dtype} "
+                                f"{pixels.shape}")
         image = _image(
             pixels,
             kind=image_kind,
@@ -597,13 +434,14 @@ def dicomize(
         study_dir = out / image.StudyInstanceUID
         study_dir.mkdir(exist_ok=True)
         image.save_as(study_dir / f"IMG_{image.SOPInstanceUID}.dcm", enforce_file_format=True)
+        wlabel = it.written_label
         if seg:
             mask = it.load_mask() if it.load_mask is not None else np.ones(pixels.shape, bool)
             ann = _seg(
                 image,
                 concepts[wlabel],
                 wlabel,
-                mask,
+                np.asarray(mask, dtype=bool),
                 dataset_name=dataset_name,
                 study_key=key,
                 source_path=it.source_path,
@@ -613,10 +451,11 @@ def dicomize(
             _deterministic_dimension_uid(ann)
             ann.save_as(study_dir / f"SEG_{ann.SOPInstanceUID}.dcm")
         else:
+            assert srs is not None
             ann = srs.make(image, wlabel, concepts[wlabel], study_key=key, source_path=it.source_path)
             ann.save_as(study_dir / f"SR_{ann.SOPInstanceUID}.dcm")
         rows.append(
-            [it.source_path, image.StudyInstanceUID, image.SOPInstanceUID, ann.SOPInstanceUID, it.label, wlabel]
+            [it.source_path, image.StudyInstanceUID, image.SOPInstanceUID, ann.SOPInstanceUID, it.true_label, wlabel]
         )
         if progress is not None:
             progress(n + 1, len(items))
@@ -625,4 +464,5 @@ def dicomize(
         w = csv.writer(f)
         w.writerow(MANIFEST_COLUMNS)
         w.writerows(rows)
-    return DicomizeResult(len(rows), len(flip), out, manifest, vocab_path, time.perf_counter() - t0)
+    n_flipped = sum(1 for r in rows if r[4] != r[5])
+    return DicomizeResult(len(rows), n_flipped, out, manifest, vocabulary_path, time.perf_counter() - t0)

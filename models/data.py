@@ -1,4 +1,7 @@
-"""One loader for labelled 2-D image data sets: image folders, CSV, npz / MedMNIST.
+"""The one reader of labelled 2-D image data sets: image folders, CSV, npz / MedMNIST.
+
+:func:`scan_dataset` lists a data set's images (labels, subgroups, lazy loaders, optional masks):
+``labelqa dicomize``, ``labelqa train|evaluate`` and the demo all read data sets through it.
 
 Every source becomes a :class:`LabelledImages`: greyscale float32 images in [0, 1] resized to a
 square size, integer labels, the class vocabulary and a *group* per sample (the split folder such as
@@ -14,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,10 +78,6 @@ def read_image_file(path: Path) -> np.ndarray:
         return np.asarray(im.convert("L"), dtype=np.uint8)
 
 
-def _read_image(path: Path, size: int) -> np.ndarray:
-    return to_model_input(read_image_file(path), size)
-
-
 def _images_in(d: Path) -> list[Path]:
     return sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
                   and not p.name.startswith("."))
@@ -87,78 +87,154 @@ def _subdirs(d: Path) -> list[Path]:
     return sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _scan_folders(root: Path) -> tuple[list[Path], list[str], list[str]]:
-    """(paths, class names, groups) for ``root/<class>/*`` or ``root/<split>/<class>/*``."""
+@dataclass
+class DatasetItem:
+    """One image of a data set, not yet decoded: where it came from, its label, its subgroup, loaders.
+
+    ``load()`` gives the pixels as stored (any dtype, grey or colour, full resolution); ``load_mask()``
+    (when the data set has masks) a bool (H, W) region, non-zero = inside.
+    """
+
+    source_path: str
+    label: str
+    group: str
+    load: Callable[[], np.ndarray]
+    load_mask: Callable[[], np.ndarray] | None = None
+
+
+def _read_mask_file(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("L")) > 0
+
+
+def _scan_folders(root: Path) -> list[DatasetItem]:
+    """``root/<class>/*`` or ``root/<split>/<class>/*`` (a chain of single sub-folders is descended first)."""
     while not _images_in(root) and len(_subdirs(root)) == 1:
         root = _subdirs(root)[0]
     subs = _subdirs(root)
     if not subs:
         raise DatasetError(f"{root}: no class folders (expected root/<class>/* or root/<split>/<class>/*)")
-    paths: list[Path] = []
-    classes: list[str] = []
-    groups: list[str] = []
+    items: list[DatasetItem] = []
+
+    def add(p: Path, cls: str, group: str) -> None:
+        items.append(DatasetItem(str(p.relative_to(root)), cls, group, lambda p=p: read_image_file(p)))
+
     if any(_images_in(s) for s in subs):  # root/<class>/*
         for s in subs:
             for p in _images_in(s):
-                paths.append(p)
-                classes.append(s.name)
-                groups.append("all")
+                add(p, s.name, "all")
     else:  # root/<split>/<class>/*
         for split in subs:
             for s in _subdirs(split):
                 for p in _images_in(s):
-                    paths.append(p)
-                    classes.append(s.name)
-                    groups.append(split.name)
-    if not paths:
+                    add(p, s.name, split.name)
+    if not items:
         raise DatasetError(f"{root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in class folders")
-    return paths, classes, groups
+    return items
 
 
-def _scan_csv(path: Path) -> tuple[list[Path], list[str], list[str]]:
-    paths: list[Path] = []
-    classes: list[str] = []
-    groups: list[str] = []
+def _scan_csv(path: Path) -> list[DatasetItem]:
+    """A CSV with ``path,label`` (optional ``group`` and ``mask``; relative paths from the CSV's folder)."""
+    items: list[DatasetItem] = []
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        cols = {c.lower(): c for c in (reader.fieldnames or [])}
+        cols = {c.strip().lower(): c for c in (reader.fieldnames or [])}
         if "path" not in cols or "label" not in cols:
             raise DatasetError(f"{path}: CSV needs columns 'path' and 'label' (found {reader.fieldnames})")
-        for row in reader:
-            p = Path(row[cols["path"]])
-            paths.append(p if p.is_absolute() else path.parent / p)
-            classes.append(str(row[cols["label"]]))
-            groups.append(str(row.get(cols.get("group", ""), "") or "all"))
-    if not paths:
+        for n, row in enumerate(reader, start=2):
+            rel = (row[cols["path"]] or "").strip()
+            label = (row[cols["label"]] or "").strip()
+            if not rel or not label:
+                raise DatasetError(f"{path} line {n}: empty path or label")
+            img = Path(rel) if Path(rel).is_absolute() else path.parent / rel
+            if not img.is_file():
+                raise DatasetError(f"{path} line {n}: image not found: {rel}")
+            mask_loader = None
+            if "mask" in cols and (row[cols["mask"]] or "").strip():
+                mp = path.parent / row[cols["mask"]].strip()
+                if not mp.is_file():
+                    raise DatasetError(f"{path} line {n}: mask not found: {mp}")
+                mask_loader = lambda mp=mp: _read_mask_file(mp)  # noqa: E731
+            group = str(row.get(cols.get("group", ""), "") or "all").strip() or "all"
+            items.append(DatasetItem(rel, label, group, lambda img=img: read_image_file(img), mask_loader))
+    if not items:
         raise DatasetError(f"{path}: CSV has no rows")
-    return paths, classes, groups
+    return items
 
 
-def _load_npz(path: Path, size: int) -> LabelledImages:
+def _npz_class_names(z, class_names: list[str] | None) -> list[str] | None:
+    if class_names is None and "class_names" in z.files:
+        class_names = [str(c) for c in z["class_names"].tolist()]
+    return class_names
+
+
+def _scan_npz(path: Path, class_names: list[str] | None) -> list[DatasetItem]:
+    """``images``/``labels`` or MedMNIST ``{train,val,test}_{images,labels}``; optional ``class_names`` and
+    ``masks`` / ``{split}_masks`` (N, H, W), non-zero = region. Integer labels without names become
+    ``class_<n>``."""
     z = np.load(path, allow_pickle=False)
     keys = set(z.files)
-    parts: list[tuple[str, np.ndarray, np.ndarray]] = []
+    class_names = _npz_class_names(z, class_names)
+    splits: list[tuple[str, str, str, str | None]] = []
     if {"images", "labels"} <= keys:
-        parts.append(("all", z["images"], z["labels"]))
-    else:
-        for split in ("train", "val", "test"):
-            if f"{split}_images" in keys and f"{split}_labels" in keys:
-                parts.append((split, z[f"{split}_images"], z[f"{split}_labels"]))
-    if not parts:
-        raise DatasetError(f"{path}: npz needs 'images'/'labels' or MedMNIST '{{train,val,test}}_{{images,labels}}'")
-    imgs, labels, groups = [], [], []
-    for split, x, y in parts:
-        y = np.asarray(y).reshape(len(y), -1)[:, 0]
-        for i in range(len(x)):
-            imgs.append(to_model_input(x[i], size))
-        labels.extend(y.tolist())
-        groups.extend([split] * len(y))
-    names = [str(c) for c in sorted(set(labels))]
-    lookup = {c: i for i, c in enumerate(sorted(set(labels)))}
-    if "class_names" in keys and len(z["class_names"]) == len(names):
-        names = [str(c) for c in z["class_names"]]
-    return LabelledImages(np.stack(imgs), np.array([lookup[v] for v in labels], dtype=np.int64), names, groups,
-                          [f"{g}/{i}" for i, g in enumerate(groups)])
+        splits.append(("", "images", "labels", "masks" if "masks" in keys else None))
+    for split in ("train", "val", "test"):
+        if f"{split}_images" in keys and f"{split}_labels" in keys:
+            splits.append((split, f"{split}_images", f"{split}_labels",
+                           f"{split}_masks" if f"{split}_masks" in keys else None))
+    if not splits:
+        raise DatasetError(f"{path}: npz needs 'images'/'labels' or MedMNIST '{{train,val,test}}_{{images,labels}}' "
+                           f"(has {sorted(keys)})")
+    items: list[DatasetItem] = []
+    for split, ik, lk, mk in splits:
+        images, labels = z[ik], np.asarray(z[lk])
+        if labels.ndim == 2 and labels.shape[1] == 1:
+            labels = labels[:, 0]
+        if labels.ndim != 1 or len(labels) != len(images):
+            raise DatasetError(
+                f"{path}: {lk} must be one label per image (shape {labels.shape} vs {len(images)} images)")
+        masks = z[mk] if mk else None
+        if masks is not None and len(masks) != len(images):
+            raise DatasetError(f"{path}: {mk} has {len(masks)} masks for {len(images)} images")
+        for i in range(len(images)):
+            lab = labels[i]
+            if isinstance(lab, (int, np.integer)):
+                idx = int(lab)
+                if class_names is not None:
+                    if not 0 <= idx < len(class_names):
+                        raise DatasetError(f"{path}: {lk}[{i}] = {idx} has no class name")
+                    name = class_names[idx]
+                else:
+                    name = f"class_{idx}"
+            else:
+                name = str(lab)
+            items.append(DatasetItem(
+                f"{path.name}:{split + '/' if split else ''}{i}", name, split or "all",
+                lambda images=images, i=i: np.asarray(images[i]),
+                (lambda masks=masks, i=i: np.asarray(masks[i]) > 0) if masks is not None else None,
+            ))
+    return items
+
+
+def scan_dataset(path: str | Path, *, class_names: list[str] | None = None) -> list[DatasetItem]:
+    """The images of a labelled data set, in a stable order, not yet decoded: the one data-set reader.
+
+    Layouts: image folders ``root/<class>/*`` and ``root/<split>/<class>/*``; a CSV ``path,label``
+    (optional ``group``, ``mask``); an npz (``images``/``labels`` or MedMNIST-style splits, optional
+    ``class_names`` and masks). ``class_names`` names integer npz labels. Raises DatasetError.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"data set not found: {path}")
+    if path.is_file() and path.suffix.lower() == ".npz":
+        return _scan_npz(path, class_names)
+    if path.is_file() and path.suffix.lower() == ".csv":
+        return _scan_csv(path)
+    if path.is_dir():
+        return _scan_folders(path)
+    raise DatasetError(f"{path}: expected an image folder, a .csv (path,label) or a .npz file")
 
 
 def _cache_key(path: Path, size: int) -> str:
@@ -187,37 +263,26 @@ def load_dataset(path: str | Path, image_size: int = 64, *, cache_dir: Path | No
             z = np.load(cache_file, allow_pickle=False)
             meta = json.loads(str(z["meta"]))
             return LabelledImages(z["images"], z["labels"], meta["class_names"], meta["groups"], meta["ids"])
+    items = scan_dataset(path)
+    names = sorted({it.label for it in items})
     if path.is_file() and path.suffix.lower() == ".npz":
-        data = _load_npz(path, image_size)
-    else:
-        if path.is_file() and path.suffix.lower() == ".csv":
-            paths, classes, groups = _scan_csv(path)
-            base = path.parent
-        elif path.is_dir():
-            paths, classes, groups = _scan_folders(path)
-            base = path
-        else:
-            raise DatasetError(f"{path}: expected an image folder, a .csv (path,label) or a .npz file")
-        names = sorted(set(classes))
-        lookup = {c: i for i, c in enumerate(names)}
-        imgs = np.empty((len(paths), image_size, image_size), dtype=np.float32)
-        it = range(len(paths))
-        if progress:
-            from tqdm import tqdm
+        given = _npz_class_names(np.load(path, allow_pickle=False), None)
+        if given is not None and set(names) <= set(given):
+            names = [c for c in given if c in set(names)]  # the npz's own class order
+    lookup = {c: i for i, c in enumerate(names)}
+    imgs = np.empty((len(items), image_size, image_size), dtype=np.float32)
+    it = range(len(items))
+    if progress:
+        from tqdm import tqdm
 
-            it = tqdm(it, desc="decode", unit="img")
-        for i in it:
-            try:
-                imgs[i] = _read_image(paths[i], image_size)
-            except (OSError, ValueError) as e:
-                raise DatasetError(f"cannot read image {paths[i]}: {e}") from e
-        ids = []
-        for p in paths:
-            try:
-                ids.append(str(p.relative_to(base)))
-            except ValueError:
-                ids.append(str(p))
-        data = LabelledImages(imgs, np.array([lookup[c] for c in classes], dtype=np.int64), names, groups, ids)
+        it = tqdm(it, desc="decode", unit="img")
+    for i in it:
+        try:
+            imgs[i] = to_model_input(items[i].load(), image_size)
+        except (OSError, ValueError) as e:
+            raise DatasetError(f"cannot read image {items[i].source_path}: {e}") from e
+    data = LabelledImages(imgs, np.array([lookup[x.label] for x in items], dtype=np.int64), names,
+                          [x.group for x in items], [x.source_path for x in items])
     if len(data.class_names) < 2:
         raise DatasetError(f"{path}: needs at least 2 classes, found {data.class_names}")
     if cache_file is not None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models.corruption import corrupt_labels
 from models.data import LabelledImages, load_dataset, stratified_subsample
 from models.detector import DetectorConfig, Scores, score_fit
 from models.ensemble import DEFAULT_ARCHS, parse_archs
@@ -48,27 +49,6 @@ class EvalSettings:
                 "seed": self.seed, "mode": self.mode, "folds": self.folds, "image_size": self.image_size,
                 "max_samples": self.max_samples, "archs": list(self.archs), "device": self.device,
                 "train": self.train.to_dict(), "detector": self.detector.to_dict(), "repeats": self.repeats}
-
-
-def corrupt_labels(labels: np.ndarray, n_classes: int, rate: float, model: str,
-                   seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(noisy labels, flipped mask). uniform: a random other class; asymmetric: class c -> c+1 mod K."""
-    if not 0 <= rate < 1:
-        raise ValueError(f"noise rate must be in [0, 1), got {rate}")
-    if model not in ("uniform", "asymmetric"):
-        raise ValueError(f"noise model must be uniform or asymmetric, not {model!r}")
-    rng = np.random.default_rng(seed + 1_000_003)
-    n_flip = int(round(rate * len(labels)))
-    idx = rng.choice(len(labels), size=n_flip, replace=False)
-    noisy = labels.copy()
-    if model == "uniform":
-        shift = rng.integers(1, n_classes, size=n_flip)
-        noisy[idx] = (labels[idx] + shift) % n_classes
-    else:
-        noisy[idx] = (labels[idx] + 1) % n_classes
-    flipped = np.zeros(len(labels), dtype=bool)
-    flipped[idx] = True
-    return noisy, flipped
 
 
 def _prf(flags: np.ndarray, truth: np.ndarray) -> dict:

@@ -4,8 +4,9 @@ Training (``models.data``), bundle inference on arrays and DICOM audits (``servi
 this as the pixel transform to ``dicom_io.annotations.read_study``) all go through
 :func:`to_model_input`, so a DICOM frame and the same image read from a file give the same model
 input (``tests`` check it). Colour becomes grey with the ITU-R BT.601 luma weights (as Pillow's
-``convert("L")`` and the DICOM reader do); resizing is Pillow's bilinear filter on float32 pixels,
-which widens its support when shrinking (anti-aliased), with no rounding to 8 bits in between.
+``convert("L")`` and the DICOM reader do), stored as ``dicomize`` stores it (:func:`to_stored_grey`);
+resizing is Pillow's bilinear filter on float32 pixels, which widens its support when shrinking
+(anti-aliased), with no rounding to 8 bits in between.
 Masks are resized by area: a target pixel is inside when at least half of it was.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["LUMA", "to_grey", "resize_image", "resize_mask", "to_model_input", "size_hw"]
+__all__ = ["LUMA", "to_stored_grey", "to_grey", "resize_image", "resize_mask", "to_model_input", "size_hw"]
 
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 """ITU-R BT.601 luma weights (R, G, B)."""
@@ -27,31 +28,46 @@ def size_hw(size: int | tuple[int, int]) -> tuple[int, int]:
     return int(h), int(w)
 
 
-def to_grey(img: np.ndarray) -> np.ndarray:
-    """An (H, W) or (H, W, C) array of any dtype -> (H, W) float32 in [0, 1].
+def to_stored_grey(img: np.ndarray) -> np.ndarray:
+    """An (H, W) or (H, W, C) array of any dtype -> (H, W) uint8 or uint16 grey pixels, as ``dicomize`` stores them.
 
-    uint8 / uint16 are scaled by their full range; floats already in [0, 1] are kept; other floats
-    and integers are min-max scaled. RGB(A) -> luma (BT.601); one channel -> itself.
+    uint8 / uint16 grey stay as they are; RGB(A) -> BT.601 luma, rounded, in the source's bit depth;
+    floats in [0, 1] -> 8 bits (x * 255, rounded); any other range (e.g. CT numbers) -> min-max to
+    16 bits. :func:`to_grey` is this divided by the full range, so a dicomized image read back
+    (window over the stored range) equals what training sees.
     """
     a = np.asarray(img)
-    if a.ndim == 3:
-        if a.shape[-1] >= 3:
-            a = a[..., :3].astype(np.float32) @ LUMA if a.dtype != np.float32 else a[..., :3] @ LUMA
-        elif a.shape[-1] in (1, 2):
-            a = a[..., 0]
+    if a.ndim == 3 and a.shape[-1] in (1, 2):
+        a = a[..., 0]
+    if a.ndim == 3 and a.shape[-1] >= 3:
+        depth = np.uint16 if a.dtype == np.uint16 else np.uint8
+        luma = a[..., :3].astype(np.float64) @ LUMA.astype(np.float64)
+        if a.dtype not in (np.uint8, np.uint16):
+            return to_stored_grey(luma)
+        return np.clip(np.rint(luma), 0, np.iinfo(depth).max).astype(depth)
     if a.ndim != 2:
         raise ValueError(f"an image must be (H, W) or (H, W, C), got shape {np.asarray(img).shape}")
-    src = np.asarray(img).dtype
-    if src == np.uint8:
-        out = a.astype(np.float32) / 255.0
-    elif src == np.uint16:
-        out = a.astype(np.float32) / 65535.0
-    else:
-        out = a.astype(np.float32)
-        lo, hi = float(np.nanmin(out)) if out.size else 0.0, float(np.nanmax(out)) if out.size else 0.0
-        if lo < 0.0 or hi > 1.0:
-            out = (out - lo) / (hi - lo) if hi > lo else np.zeros_like(out)
-    return np.clip(np.nan_to_num(out), 0.0, 1.0).astype(np.float32)
+    if a.dtype in (np.uint8, np.uint16):
+        return a
+    f = np.nan_to_num(a.astype(np.float64))
+    lo, hi = (float(f.min()), float(f.max())) if f.size else (0.0, 0.0)
+    if a.dtype == np.bool_ or (lo >= 0.0 and hi <= 1.0):
+        return np.clip(np.rint(f * 255.0), 0, 255).astype(np.uint8)
+    if hi <= lo:
+        return np.zeros(f.shape, np.uint16)
+    return np.clip(np.rint((f - lo) / (hi - lo) * 65535.0), 0, 65535).astype(np.uint16)
+
+
+def to_grey(img: np.ndarray) -> np.ndarray:
+    """An (H, W) or (H, W, C) array of any dtype -> (H, W) float32 in [0, 1]: :func:`to_stored_grey` / full range.
+
+    float32 arrays already in [0, 1] (e.g. DICOM frames from ``dicom_io.pixels``) are taken as they are.
+    """
+    a = np.asarray(img)
+    if a.dtype == np.float32 and a.ndim == 2 and a.size and float(np.nanmin(a)) >= 0.0 and float(np.nanmax(a)) <= 1.0:
+        return np.nan_to_num(a)
+    g = to_stored_grey(a)
+    return g.astype(np.float32) / np.float32(np.iinfo(g.dtype).max)
 
 
 def resize_image(img: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:

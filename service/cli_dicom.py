@@ -28,7 +28,7 @@ def dicomize_cmd(
     image_kind: str = typer.Option("sc", "--image-kind", help="sc (Secondary Capture), dx (DX X-ray) or mr (MR)."),
     modality: str = typer.Option("OT", "--modality", help="Modality of Secondary Capture images (OT, DX, MR...)."),
     body_part: str = typer.Option("CHEST", "--body-part", help="Body Part Examined of the images."),
-    noise_rate: float = typer.Option(0.0, "--noise-rate", min=0.0, max=1.0, help="Fraction of labels to flip."),
+    noise_rate: float = typer.Option(0.0, "--noise-rate", help="Fraction of labels to flip, in [0, 1)."),
     seed: int = typer.Option(0, "--seed", help="Seed for --noise-rate and --sample."),
     sample: int | None = typer.Option(None, "--sample", min=1, help="Convert a random subset of this many images."),
     group_by: str | None = typer.Option(
@@ -37,11 +37,19 @@ def dicomize_cmd(
     class_names: str | None = typer.Option(None, "--class-names", help="npz: comma-separated names of labels 0..n."),
 ) -> None:
     """Convert an image data set into DICOM studies (image + TID 1500 SR or SEG label each)."""
-    from dicom_io.dicomize import DicomizeError, dicomize
     from dicom_io.vocabulary import VocabularyError
+    from service.dicomize import DicomizeError, dicomize
 
     vocab = _load_vocab(vocabulary)
     names = [c.strip() for c in class_names.split(",")] if class_names else None
+    from tqdm import tqdm
+
+    bar = tqdm(desc="dicomize", unit="img", disable=None)  # disable=None: no bar when not on a terminal
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
     try:
         r = dicomize(
             dataset,
@@ -56,10 +64,13 @@ def dicomize_cmd(
             sample=sample,
             group_by=group_by,
             class_names=names,
+            progress=progress,
         )
     except (DicomizeError, VocabularyError) as e:
+        bar.close()
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
+    bar.close()
     typer.echo(
         f"wrote {r.n_images} images with {'SEG' if seg else 'SR'} labels ({r.n_flipped} flipped) to {r.out} "
         f"in {r.seconds:.1f} s; manifest: {r.manifest}" + (f"; vocabulary: {r.vocabulary}" if r.vocabulary else "")

@@ -48,7 +48,7 @@ CutOpt = typer.Option("simulated_flips", "--cut",
 def evaluate(
     dataset: Path = DatasetOpt,
     out: Path = typer.Option(..., "--out", help="Output directory (results.json, samples.csv, plots)."),
-    noise_rate: float = typer.Option(0.05, "--noise-rate", min=0.0, max=0.9, help="Fraction of labels flipped."),
+    noise_rate: float = typer.Option(0.05, "--noise-rate", help="Fraction of labels flipped, in [0, 1)."),
     noise_model: str = typer.Option("uniform", "--noise-model", help="uniform or asymmetric (c -> c+1)."),
     seed: int = SeedOpt,
     mode: str = ModeOpt,

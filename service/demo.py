@@ -95,16 +95,13 @@ def _shapes_npz(path: Path, n: int, cfg: DemoConfig, seed: int, noise_rate: floa
     """Synthetic shape images as an npz data set; ``noise_rate`` of the labels flipped to another class."""
     import numpy as np
 
+    from models.corruption import corrupt_labels
     from models.synthetic import make_shapes
 
     data = make_shapes(n, n_classes=cfg.classes, size=cfg.image_size, seed=seed)
     names = list(SHAPE_NAMES[: cfg.classes])
     images = (np.clip(data.images, 0, 1) * 255).round().astype(np.uint8)
-    labels = np.asarray(data.labels, dtype=np.int64).copy()
-    if noise_rate > 0:
-        rng = np.random.default_rng(seed + 1)
-        flip = rng.choice(n, round(noise_rate * n), replace=False)
-        labels[flip] = (labels[flip] + rng.integers(1, cfg.classes, len(flip))) % cfg.classes
+    labels, _ = corrupt_labels(np.asarray(data.labels, dtype=np.int64), cfg.classes, noise_rate, "uniform", seed + 1)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, images=images, labels=labels, class_names=np.asarray(names))
     return names
@@ -112,10 +109,15 @@ def _shapes_npz(path: Path, n: int, cfg: DemoConfig, seed: int, noise_rate: floa
 
 def make_demo_data(cfg: DemoConfig, work: Path) -> DemoData:
     """Training images (clean labels) and the DICOM studies to audit (some labels flipped)."""
-    from dicom_io.dicomize import dicomize
+    from models.corruption import check_noise_rate
+    from service.dicomize import dicomize
 
     if not 2 <= cfg.classes <= len(SHAPE_NAMES):
         raise DemoError(f"--classes must be between 2 and {len(SHAPE_NAMES)}")
+    try:
+        check_noise_rate(cfg.noise_rate)
+    except ValueError as e:
+        raise DemoError(f"--noise-rate: {e}") from None
     train_npz = work / "data" / "train.npz"
     # The bundle learns from annotated data with its own label errors, as a hospital's would be: the
     # detector sets its cut from the error rate it estimates there (without knowing which are wrong).

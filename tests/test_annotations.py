@@ -22,8 +22,8 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from dicom_io.annotations import ISSUE_CODES, read_studies, read_study
-from dicom_io.dicomize import dicomize
 from dicom_io.vocabulary import Vocabulary, load_vocabulary
+from service.dicomize import dicomize
 from tests.conftest import SHARED_DATA
 
 CT_SMALL = Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"

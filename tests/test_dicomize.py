@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from dicom_io.annotations import read_studies
-from dicom_io.dicomize import DicomizeError, dicomize
 from dicom_io.vocabulary import Vocabulary, load_vocabulary
+from service.dicomize import DicomizeError, dicomize
 from tests.conftest import labelqa_cmd, labelqa_env, requires_dciodvfy
 
 CLASSES = ["NORMAL", "PNEUMONIA", "covid"]

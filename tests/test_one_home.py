@@ -38,8 +38,8 @@ def test_own_output_rule(manufacturer, series, own):
 def test_a_dicom_read_frame_and_the_same_file_read_for_training_give_the_same_model_input(tmp_path):
     """The train/serve skew check: training reads the PNG, the audit reads the dicomized image."""
     from dicom_io.annotations import read_study
-    from dicom_io.dicomize import dicomize
     from models.data import load_dataset
+    from service.dicomize import dicomize
 
     rng = np.random.default_rng(0)
     for cls in ("a", "b"):

@@ -20,8 +20,8 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from dicom_io.db import make_engine
-from dicom_io.dicomize import dicomize
 from service.demo import _Archive, send_studies
+from service.dicomize import dicomize
 from service.jobs import DONE, NO_ANNOTATIONS, RUNNING, JobStore
 from service.pipeline import service_components
 from service.process import Service

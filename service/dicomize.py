@@ -1,0 +1,88 @@
+"""``labelqa dicomize``: a research data set -> DICOM studies, with planted label errors on request.
+
+Composes the layers: ``models.data.scan_dataset`` reads the data set (the same reader training uses),
+``models.corruption.corrupt_labels`` plants the label errors (the same model ``labelqa evaluate``
+uses) and ``dicom_io.dicomize.write_studies`` writes images + SR/SEG annotations + ``manifest.csv``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from dicom_io.dicomize import DicomizeError, DicomizeResult, StudyItem, write_studies
+from dicom_io.vocabulary import Vocabulary
+
+__all__ = ["dicomize", "DicomizeError", "DicomizeResult"]
+
+
+def dicomize(
+    dataset: Path,
+    out: Path,
+    *,
+    vocabulary: Vocabulary | None = None,
+    modality: str = "OT",
+    image_kind: str = "sc",
+    body_part: str = "CHEST",
+    seg: bool = False,
+    noise_rate: float = 0.0,
+    seed: int = 0,
+    sample: int | None = None,
+    group_by: str | None = None,
+    class_names: list[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> DicomizeResult:
+    """Convert ``dataset`` (image folders, CSV or npz: ``models.data.scan_dataset``) into DICOM studies.
+
+    Parameters
+    ----------
+    dataset, out : the data set, and the folder that receives one sub-folder per study + manifest.csv.
+    vocabulary : class codes; default: derived from the class names (written to ``out/vocabulary.toml``).
+    seg : write each label as a binary SEG (the item's mask, else the whole image) instead of an SR.
+    noise_rate, seed : flip exactly round(rate * N) written labels to another vocabulary class
+        (``models.corruption.corrupt_labels``, uniform), recorded in the manifest.
+    sample : a random subset of this many images (seeded).
+    group_by : a regular expression on the source path; its first group is the study key.
+
+    Raises
+    ------
+    DicomizeError
+        The data set cannot be read, a label is not in the vocabulary, or a setting is out of range.
+    """
+    from models.corruption import corrupt_labels
+    from models.data import DatasetError, scan_dataset
+    from models.preprocess import to_stored_grey
+
+    try:
+        items = scan_dataset(Path(dataset), class_names=class_names)
+    except DatasetError as e:
+        raise DicomizeError(str(e)) from None
+    if sample is not None and sample < len(items):
+        items = sorted(random.Random(seed).sample(items, sample), key=lambda it: it.source_path)
+    labels_present = sorted({it.label for it in items})
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    vocab_path = None
+    if vocabulary is None:
+        vocabulary = Vocabulary.from_class_names(labels_present)
+        vocab_path = out / "vocabulary.toml"
+        vocabulary.to_toml(vocab_path)
+    classes = list(vocabulary.class_names)
+    missing = [lab for lab in labels_present if lab not in classes]
+    if missing:
+        raise DicomizeError(f"labels not in the vocabulary: {', '.join(missing)} (classes: {classes})")
+    truth = np.array([classes.index(it.label) for it in items], dtype=np.int64)
+    try:
+        written, _ = corrupt_labels(truth, len(classes), noise_rate, "uniform", seed)
+    except ValueError as e:
+        raise DicomizeError(str(e)) from None
+    study_items = [
+        StudyItem(it.source_path, it.label, classes[int(w)], lambda it=it: to_stored_grey(it.load()), it.load_mask)
+        for it, w in zip(items, written, strict=True)
+    ]
+    return write_studies(study_items, out, vocabulary=vocabulary, dataset_name=Path(dataset).name,
+                         modality=modality, image_kind=image_kind, body_part=body_part, seg=seg,
+                         group_by=group_by, vocabulary_path=vocab_path, progress=progress)
