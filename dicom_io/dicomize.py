@@ -25,17 +25,18 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom import uid
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from dicom_io.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
 
-SC_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
-DX_PRESENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"
-MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
-IMAGE_KINDS = {"sc": SC_IMAGE_STORAGE, "dx": DX_PRESENTATION_STORAGE, "mr": MR_IMAGE_STORAGE}
+SC_IMAGE_STORAGE = uid.SecondaryCaptureImageStorage
+DX_PRESENTATION_STORAGE = uid.DigitalXRayImageStorageForPresentation
+MR_IMAGE_STORAGE = uid.MRImageStorage
+IMAGE_KINDS: dict[str, UID] = {"sc": SC_IMAGE_STORAGE, "dx": DX_PRESENTATION_STORAGE, "mr": MR_IMAGE_STORAGE}
 """``image_kind`` -> SOP Class: Secondary Capture, Digital X-Ray (For Presentation), MR Image."""
 MANIFEST_COLUMNS = ["source_path", "study_uid", "image_uid", "annotation_uid", "true_label", "written_label"]
 UID_NAMESPACE = "labelqa-dicomize-v1"
@@ -70,10 +71,10 @@ class DicomizeResult:
     seconds: float
 
 
-def _uid(*parts: str) -> str:
+def _uid(*parts: str) -> UID:
     """A deterministic UID under 2.25 (128 bits of SHA-256 of the parts)."""
     h = hashlib.sha256("\x1f".join((UID_NAMESPACE, *parts)).encode()).hexdigest()
-    return "2.25." + str(int(h[:32], 16))
+    return UID("2.25." + str(int(h[:32], 16)))
 
 
 def _image(

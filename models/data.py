@@ -19,6 +19,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -119,7 +120,7 @@ def _scan_folders(root: Path) -> list[DatasetItem]:
     items: list[DatasetItem] = []
 
     def add(p: Path, cls: str, group: str) -> None:
-        items.append(DatasetItem(str(p.relative_to(root)), cls, group, lambda p=p: read_image_file(p)))
+        items.append(DatasetItem(str(p.relative_to(root)), cls, group, partial(read_image_file, p)))
 
     if any(_images_in(s) for s in subs):  # root/<class>/*
         for s in subs:
@@ -151,17 +152,25 @@ def _scan_csv(path: Path) -> list[DatasetItem]:
             img = Path(rel) if Path(rel).is_absolute() else path.parent / rel
             if not img.is_file():
                 raise DatasetError(f"{path} line {n}: image not found: {rel}")
-            mask_loader = None
+            mask_loader: Callable[[], np.ndarray] | None = None
             if "mask" in cols and (row[cols["mask"]] or "").strip():
                 mp = path.parent / row[cols["mask"]].strip()
                 if not mp.is_file():
                     raise DatasetError(f"{path} line {n}: mask not found: {mp}")
-                mask_loader = lambda mp=mp: _read_mask_file(mp)  # noqa: E731
+                mask_loader = partial(_read_mask_file, mp)
             group = str(row.get(cols.get("group", ""), "") or "all").strip() or "all"
-            items.append(DatasetItem(rel, label, group, lambda img=img: read_image_file(img), mask_loader))
+            items.append(DatasetItem(rel, label, group, partial(read_image_file, img), mask_loader))
     if not items:
         raise DatasetError(f"{path}: CSV has no rows")
     return items
+
+
+def _npz_image(images: np.ndarray, i: int) -> np.ndarray:
+    return np.asarray(images[i])
+
+
+def _npz_mask(masks: np.ndarray, i: int) -> np.ndarray:
+    return np.asarray(masks[i]) > 0
 
 
 def _npz_class_names(z, class_names: list[str] | None) -> list[str] | None:
@@ -212,8 +221,8 @@ def _scan_npz(path: Path, class_names: list[str] | None) -> list[DatasetItem]:
                 name = str(lab)
             items.append(DatasetItem(
                 f"{path.name}:{split + '/' if split else ''}{i}", name, split or "all",
-                lambda images=images, i=i: np.asarray(images[i]),
-                (lambda masks=masks, i=i: np.asarray(masks[i]) > 0) if masks is not None else None,
+                partial(_npz_image, images, i),
+                partial(_npz_mask, masks, i) if masks is not None else None,
             ))
     return items
 

@@ -192,8 +192,8 @@ def class_thresholds(p: np.ndarray, given: np.ndarray) -> np.ndarray:
 def confident_classes(p: np.ndarray, thr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Confident-joint membership: (counted, class) — a sample is counted when some class reaches its
     per-class threshold, and its class is the most probable of those."""
-    above = p >= thr[None, :] - 1e-12
-    return above.any(1), np.where(above, p, -1.0).argmax(1)
+    above = np.asarray(p >= thr[None, :] - 1e-12)
+    return np.asarray(above.any(1)), np.asarray(np.where(above, p, -1.0).argmax(1))
 
 
 def calibrated_count(p: np.ndarray, given: np.ndarray, thr: np.ndarray, calibrated: bool = True) -> int:

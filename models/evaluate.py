@@ -11,6 +11,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -249,9 +250,10 @@ def run_evaluation(s: EvalSettings, out_dir: Path, *, progress: bool = False, pl
 
 def _save_predictions(path: Path, fit, data: LabelledImages, noisy: np.ndarray, flipped: np.ndarray,
                       **extra: np.ndarray) -> None:
-    np.savez_compressed(path, archs=np.array(fit.archs), probs=np.stack([fit.probs[a] for a in fit.archs]),
+    arrays: dict[str, Any] = dict(extra)
+    np.savez_compressed(path, **arrays, archs=np.array(fit.archs), probs=np.stack([fit.probs[a] for a in fit.archs]),
                         fold=fit.fold, noisy=noisy, truth=data.labels, flipped=flipped, groups=np.array(data.groups),
-                        ids=np.array(data.ids), train_margin=fit.train_margins().astype(np.float32), **extra)
+                        ids=np.array(data.ids), train_margin=fit.train_margins().astype(np.float32))
 
 
 def _json_default(o):

@@ -80,7 +80,7 @@ def resize_image(img: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
         raise ValueError(f"resize_image expects a 2-D array, got shape {a.shape}")
     if a.shape == (h, w):
         return a
-    return np.asarray(Image.fromarray(a, mode="F").resize((w, h), Image.BILINEAR), dtype=np.float32)
+    return np.asarray(Image.fromarray(a, mode="F").resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32)
 
 
 def resize_mask(mask: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:

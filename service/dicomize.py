@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,12 @@ from dicom_io.dicomize import DicomizeError, DicomizeResult, StudyItem, write_st
 from dicom_io.vocabulary import Vocabulary
 
 __all__ = ["dicomize", "DicomizeError", "DicomizeResult"]
+
+
+def _stored(load: Callable[[], np.ndarray]) -> np.ndarray:
+    from models.preprocess import to_stored_grey
+
+    return to_stored_grey(load())
 
 
 def dicomize(
@@ -54,8 +61,6 @@ def dicomize(
     """
     from models.corruption import corrupt_labels
     from models.data import DatasetError, scan_dataset
-    from models.preprocess import to_stored_grey
-
     try:
         items = scan_dataset(Path(dataset), class_names=class_names)
     except DatasetError as e:
@@ -80,7 +85,7 @@ def dicomize(
     except ValueError as e:
         raise DicomizeError(str(e)) from None
     study_items = [
-        StudyItem(it.source_path, it.label, classes[int(w)], lambda it=it: to_stored_grey(it.load()), it.load_mask)
+        StudyItem(it.source_path, it.label, classes[int(w)], partial(_stored, it.load), it.load_mask)
         for it, w in zip(items, written, strict=True)
     ]
     return write_studies(study_items, out, vocabulary=vocabulary, dataset_name=Path(dataset).name,
