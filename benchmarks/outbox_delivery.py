@@ -25,7 +25,7 @@ import json, sys, time
 from pathlib import Path
 import dicom_io.scu as scu
 from dicom_io.db import make_engine
-from dicom_io.outbox import Outbox, OutboxConfig
+from dicom_io.outbox import Outbox, OutboxSettings
 files, port, batch, nodelay, db = json.loads(sys.argv[1])
 if not nodelay:  # measure what TCP_NODELAY on our socket is worth
     import functools
@@ -34,7 +34,7 @@ if not nodelay:  # measure what TCP_NODELAY on our socket is worth
 class D:
     name, kind, ae_title, host, tls, url = "scp", "dicom", "STORESCP", "127.0.0.1", False, None
 D.port = port
-box = Outbox(make_engine(f"sqlite:///{db}"), [D], settings=OutboxConfig(batch_size=batch, poll_interval_s=0.05))
+box = Outbox(make_engine(f"sqlite:///{db}"), [D], settings=OutboxSettings(batch_size=batch, poll_interval_s=0.05))
 box.enqueue([Path(f) for f in files])
 t0 = time.perf_counter()
 counts = box.run_until_idle(600)

@@ -17,10 +17,10 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import BaseModel, Field
 from pydicom.dataset import Dataset
 from sqlalchemy import Engine, Float, Integer, String, Text, UniqueConstraint, func, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -58,30 +58,39 @@ class OutboxItem(Base):
     delivered_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
-@dataclass
-class OutboxConfig:
-    """Retry policy and sending parameters (mirrors ``service.settings.OutboxSettings``)."""
+class Destination(BaseModel):
+    """A place results are delivered to: a DICOM C-STORE SCP or a DICOMweb STOW-RS endpoint."""
 
-    calling_ae_title: str = "LABELQA"
-    max_attempts: int = 10
-    backoff_base_s: float = 2.0
-    backoff_max_s: float = 300.0
-    poll_interval_s: float = 1.0
-    batch_size: int = 64
-    jitter: float = 0.25
-    connect_timeout_s: float = 10.0
-    dimse_timeout_s: float = 60.0
-
-    @classmethod
-    def from_settings(cls, settings: Any) -> OutboxConfig:
-        """Take the fields this class knows from a settings object (others are ignored)."""
-        if settings is None:
-            return cls()
-        names = cls.__dataclass_fields__
-        return cls(**{k: getattr(settings, k) for k in names if getattr(settings, k, None) is not None})
+    name: str = Field(description="Short unique name, used in logs and `labelqa outbox`.")
+    kind: Literal["dicom", "dicomweb"] = Field("dicom", description="dicom (C-STORE) or dicomweb (STOW-RS).")
+    ae_title: str | None = Field(None, description="Called AE title of a DICOM destination.")
+    host: str | None = Field(None, description="Host of a DICOM destination.")
+    port: int | None = Field(None, description="Port of a DICOM destination.")
+    url: str | None = Field(None, description="STOW-RS base URL of a DICOMweb destination.")
+    tls: bool = Field(False, description="Use DICOM TLS towards this destination.")
+    tls_ca: Path | None = Field(None, description="PEM CA bundle that signs the destination's certificate.")
+    tls_cert: Path | None = Field(None, description="PEM client certificate we present (mutual TLS).")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert.")
 
 
-def backoff_delay(attempts: int, cfg: OutboxConfig, rng: random.Random | None = None) -> float:
+class OutboxSettings(BaseModel):
+    """Durable delivery of results; ``service.settings`` composes it as ``[outbox]``."""
+
+    destinations: list[Destination] = Field(
+        default_factory=list, description="Where results are sent; empty: kept locally only."
+    )
+    calling_ae_title: str = Field("LABELQA", max_length=16, description="Our AE title when we send.")
+    max_attempts: int = Field(10, ge=1, description="Attempts before an item is dead-lettered.")
+    backoff_base_s: float = Field(2.0, gt=0, description="First retry delay; doubles each attempt.")
+    backoff_max_s: float = Field(300.0, gt=0, description="Longest retry delay.")
+    poll_interval_s: float = Field(1.0, gt=0, description="How often the sender looks for due items.")
+    batch_size: int = Field(64, ge=1, description="Objects sent per association (or STOW-RS request).")
+    jitter: float = Field(0.25, ge=0, le=1, description="Retry delays vary randomly by +- this fraction.")
+    connect_timeout_s: float = Field(10.0, gt=0, description="TCP connect timeout towards a destination (seconds).")
+    dimse_timeout_s: float = Field(60.0, gt=0, description="Time to wait for a C-STORE response (seconds).")
+
+
+def backoff_delay(attempts: int, cfg: OutboxSettings, rng: random.Random | None = None) -> float:
     """Delay before the next attempt after ``attempts`` failures: base * 2^(n-1), capped, +-jitter."""
     base = min(cfg.backoff_max_s, cfg.backoff_base_s * (2 ** max(0, attempts - 1)))
     r = (rng or random).uniform(-cfg.jitter, cfg.jitter)
@@ -91,7 +100,7 @@ def backoff_delay(attempts: int, cfg: OutboxConfig, rng: random.Random | None = 
 Sender = Callable[[Any, Sequence[FileInfo]], list[StoreOutcome]]
 
 
-def dicom_sender(cfg: OutboxConfig) -> Sender:
+def dicom_sender(cfg: OutboxSettings) -> Sender:
     """Send a batch to a DICOM destination over one association (``dicom_io.scu``)."""
 
     def send(dest: Any, files: Sequence[FileInfo]) -> list[StoreOutcome]:
@@ -105,7 +114,7 @@ def dicom_sender(cfg: OutboxConfig) -> Sender:
     return send
 
 
-def dicomweb_sender(cfg: OutboxConfig) -> Sender:
+def dicomweb_sender(cfg: OutboxSettings) -> Sender:
     """Send a batch to a DICOMweb destination with one STOW-RS request (dicomweb-client)."""
 
     def send(dest: Any, files: Sequence[FileInfo]) -> list[StoreOutcome]:
@@ -147,14 +156,14 @@ class Outbox:
         engine: Engine,
         destinations: Iterable[Any],
         *,
-        settings: Any = None,
+        settings: OutboxSettings | None = None,
         spool_dir: Path | None = None,
         senders: dict[str, Sender] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.engine = engine
         self.destinations = {d.name: d for d in destinations}
-        self.cfg = settings if isinstance(settings, OutboxConfig) else OutboxConfig.from_settings(settings)
+        self.cfg = settings if settings is not None else OutboxSettings()
         self.spool_dir = Path(spool_dir) if spool_dir is not None else None
         self.senders = senders or {"dicom": dicom_sender(self.cfg), "dicomweb": dicomweb_sender(self.cfg)}
         self.clock = clock

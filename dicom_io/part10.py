@@ -18,7 +18,7 @@ from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import tag_for_keyword
 
 __all__ = [
-    "UID_RE", "InvalidInstance", "UnreadableDataset", "MissingUID", "SOPClassMismatch", "Header", "read_header",
+    "UID_RE", "InvalidInstance", "UnreadableDataset", "MissingUID", "TooLarge", "SOPClassMismatch", "Header", "read_header",
     "check_structure",
 ]
 
@@ -63,6 +63,12 @@ class MissingUID(InvalidInstance):
     reason = "missing_uid"
 
 
+class TooLarge(InvalidInstance):
+    """The dataset would exceed a size limit once decoded (e.g. a deflated dataset that inflates too far)."""
+
+    reason = "too_large"
+
+
 class SOPClassMismatch(InvalidInstance):
     """The dataset's SOP Class/Instance UID disagrees with what the C-STORE request announced."""
 
@@ -90,6 +96,8 @@ class Header:
     series_number: str | None
     series_description: str | None
     manufacturer: str | None = None
+    nonconforming: tuple[str, ...] = ()
+    """What is stored although it does not conform (e.g. a UID that is not a valid UID string)."""
 
 
 _HEADER_TAG_MAP = {k: tag_for_keyword(k) for k in _HEADER_TAGS}
@@ -123,21 +131,33 @@ def _decode(value: bytes | None, charsets: list[str], text: bool) -> str | None:
         return v.decode("latin-1")
 
 
-def read_header(raw: bytes) -> Header:
+MAX_INFLATED_BYTES = 1 << 30
+MAX_NESTING = 64
+_INDEXABLE_UID = re.compile(r"^[\x21-\x7e]{1,64}$")  # printable ASCII, no spaces, fits the index
+
+
+def read_header(raw: bytes, *, max_inflated_bytes: int = MAX_INFLATED_BYTES) -> Header:
     """The identifying attributes of a Part 10 byte string, from one pass over its elements.
 
-    The pass also checks the structure (truncation, bad VRs); pixel data is never decoded.
-    Raises UnreadableDataset or MissingUID.
+    The pass also checks the structure (truncation, bad VRs, sequences nested deeper than
+    ``MAX_NESTING``); pixel data is never decoded. A UID that is present but not a valid UID string
+    (letters, leading zeros, a trailing dot) is kept and listed in ``Header.nonconforming``, as a
+    PACS stores such instances; only a missing UID, or one that cannot be indexed (longer than 64
+    characters, spaces or control characters), is refused. Raises UnreadableDataset, MissingUID or
+    TooLarge (a deflated dataset that inflates beyond ``max_inflated_bytes``).
     """
-    values = _scan(raw)
+    values = _scan(raw, max_inflated_bytes)
     charsets = [c for c in (_decode(values.get(_CHARSET_TAG), [], False) or "").split("\\") if c]
     v = {name: _decode(values.get(tag), charsets, name in _TEXT_KEYWORDS) for name, tag in _HEADER_TAG_MAP.items()}
+    nonconforming = []
     for name in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
         uid = v[name]
         if not uid:
             raise MissingUID(f"{name} is missing")
-        if len(uid) > 64 or not UID_RE.match(uid):
-            raise MissingUID(f"{name} is not a valid UID")
+        if not UID_RE.match(uid) or len(uid) > 64:
+            if not _INDEXABLE_UID.match(uid):
+                raise MissingUID(f"{name} is not a valid UID and cannot be indexed")
+            nonconforming.append(f"{name} is not a valid UID string")
     return Header(
         sop_class_uid=v["SOPClassUID"],
         sop_instance_uid=v["SOPInstanceUID"],
@@ -154,7 +174,17 @@ def read_header(raw: bytes) -> Header:
         series_number=v["SeriesNumber"],
         series_description=v["SeriesDescription"],
         manufacturer=v["Manufacturer"],
+        nonconforming=tuple(nonconforming),
     )
+
+
+def path_component(uid: str) -> str:
+    """A UID as a file or directory name: itself when valid, else a stable hash-derived name."""
+    if UID_RE.match(uid):
+        return uid
+    import hashlib
+
+    return "x" + hashlib.sha256(uid.encode()).hexdigest()[:40]
 
 
 # --------------------------------------------------------------------------------------------
@@ -173,7 +203,8 @@ class _Broken(Exception):
 
 
 def _walk(
-    b: bytes, pos: int, implicit: bool, big: bool, in_item: bool, meta: bool = False, want: dict | None = None
+    b: bytes, pos: int, implicit: bool, big: bool, in_item: bool, meta: bool = False, want: dict | None = None,
+    depth: int = 0,
 ) -> int:
     """Return the offset after the dataset starting at ``pos``; raise _Broken if it is malformed.
 
@@ -211,7 +242,9 @@ def _walk(
         if length == _UNDEFINED:
             # the items of an undefined-length UN are implicit VR little endian (PS3.5 6.2.2)
             un = not (implicit and not meta) and vr == b"UN"
-            pos = _walk_items(b, pos, implicit or un, big and not un)
+            if depth >= MAX_NESTING:
+                raise _Broken(f"sequences nested deeper than {MAX_NESTING} levels")
+            pos = _walk_items(b, pos, implicit or un, big and not un, depth + 1)
         else:
             pos += length
             if pos > n:
@@ -221,7 +254,7 @@ def _walk(
     return pos
 
 
-def _walk_items(b: bytes, pos: int, implicit: bool, big: bool) -> int:
+def _walk_items(b: bytes, pos: int, implicit: bool, big: bool, depth: int) -> int:
     n = len(b)
     tag_fmt, u32 = (">HH", ">L") if big else ("<HH", "<L")
     while True:
@@ -235,17 +268,29 @@ def _walk_items(b: bytes, pos: int, implicit: bool, big: bool) -> int:
         if (grp, el) != (0xFFFE, 0xE000):
             raise _Broken(f"expected an item tag at byte {pos - 8}, found ({grp:04X},{el:04X})")
         if length == _UNDEFINED:
-            pos = _walk(b, pos, implicit, big, in_item=True)
+            pos = _walk(b, pos, implicit, big, in_item=True, depth=depth)
         else:
             pos += length
             if pos > n:
                 raise _Broken("item runs past the end of the data")
 
 
-def _scan(raw: bytes) -> dict[int, bytes]:
+def _inflate(data: bytes, limit: int) -> bytes:
+    """Raw-deflate ``data``, refusing (TooLarge) before more than ``limit`` bytes are held in memory."""
+    d = zlib.decompressobj(-15)
+    try:
+        out = d.decompress(data, limit + 1)
+    except zlib.error as e:
+        raise _Broken(f"deflated data does not inflate: {e}") from None
+    if len(out) > limit or d.unconsumed_tail:
+        raise TooLarge(f"deflated dataset inflates beyond {limit // 2**20} MiB (max_inflated_mb)")
+    return out
+
+
+def _scan(raw: bytes, max_inflated_bytes: int = MAX_INFLATED_BYTES) -> dict[int, bytes]:
     """Check that ``raw`` (Part 10) is a complete, well-formed element chain; return the wanted values.
 
-    Raises UnreadableDataset.
+    Raises UnreadableDataset or TooLarge.
     """
     if len(raw) < 144 or raw[128:132] != b"DICM":
         raise UnreadableDataset("no DICOM preamble/prefix")
@@ -257,10 +302,7 @@ def _scan(raw: bytes) -> dict[int, bytes]:
             raise _Broken("file meta has no Transfer Syntax UID")
         body, offset = raw, start
         if ts == _DEFLATED:
-            try:
-                body, offset = zlib.decompress(raw[start:], -15), 0
-            except zlib.error as e:
-                raise _Broken(f"deflated data does not inflate: {e}") from None
+            body, offset = _inflate(raw[start:], max_inflated_bytes), 0
         end = _walk(body, offset, implicit=ts == _IMPLICIT_LE, big=ts == _EXPLICIT_BE, in_item=False, want=values)
         if end == offset:
             raise _Broken("empty dataset")
@@ -268,9 +310,11 @@ def _scan(raw: bytes) -> dict[int, bytes]:
         raise UnreadableDataset(f"malformed dataset: {e}") from None
     except struct.error as e:  # pragma: no cover - guarded by the length checks above
         raise UnreadableDataset(f"malformed dataset: {e}") from None
+    except RecursionError:  # pragma: no cover - MAX_NESTING stops the walk long before
+        raise UnreadableDataset("malformed dataset: nested too deeply") from None
     return values
 
 
-def check_structure(raw: bytes) -> None:
+def check_structure(raw: bytes, *, max_inflated_bytes: int = MAX_INFLATED_BYTES) -> None:
     """Raise UnreadableDataset unless ``raw`` (Part 10) is a complete, well-formed element chain."""
-    _scan(raw)
+    _scan(raw, max_inflated_bytes)

@@ -9,34 +9,42 @@ Statuses (PS3.4 Annex B.2.3):
 | status  | meaning                                                                      |
 |---------|------------------------------------------------------------------------------|
 | 0x0000  | stored (or an identical copy was already stored)                             |
-| 0xA700  | out of resources: the disk or the index failed; nothing was indexed          |
+| 0xA700  | out of resources: disk or index failed, disk below the watermark, or a deflated |
+|         | dataset inflates beyond max_inflated_mb; nothing was indexed                 |
 | 0xA900  | the dataset's SOP Class/Instance UID disagrees with the request              |
 | 0xC000  | cannot understand: the bytes do not parse as a DICOM dataset                 |
-| 0xC001  | cannot understand: SOP Class/Instance, Study or Series Instance UID missing  |
+| 0xC001  | cannot understand: a UID missing or unindexable, or the request lacks one     |
 | 0xC002  | cannot understand: the listener failed unexpectedly (logged with a trace)    |
 
 Associations are refused (A-ASSOCIATE-RJ) for an unknown called AE title, a calling AE title or
-host outside the allow-lists, too many simultaneous associations, a data dir below the free-space
-watermark, and while shutting down. Every accepted socket gets TCP_NODELAY.
+host outside the allow-lists, too many simultaneous associations, and while shutting down. Below the
+free-space watermark C-ECHO still succeeds and C-STORE answers 0xA700. A C-STORE request whose
+command lacks a required field is answered 0xC001 at once (pynetdicom alone would leave the peer
+waiting for its timeout). Every accepted socket gets TCP_NODELAY; a TLS handshake runs in the
+connection's own thread with a timeout, so an idle socket cannot block the accept loop.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import shutil
 import socket
 import ssl
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, Field
 from pydicom.dataset import Dataset
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
+from pydicom.uid import UID_dictionary
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt, register_uid
+from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import _STORAGE_CLASSES, Verification
+from pynetdicom.transport import ThreadedAssociationServer
 
-from dicom_io.part10 import InvalidInstance, MissingUID, SOPClassMismatch, UnreadableDataset
+from dicom_io.part10 import InvalidInstance, MissingUID, SOPClassMismatch, TooLarge, UnreadableDataset
 from dicom_io.store import StudyStore
 
 log = logging.getLogger("labelqa.scp")
@@ -56,41 +64,68 @@ _RJ_NO_REASON = (0x01, 0x01, 0x01)
 _RJ_CALLING_AE = (0x01, 0x01, 0x03)
 _RJ_CALLED_AE = (0x01, 0x01, 0x07)
 _RJ_CONGESTION = (0x02, 0x03, 0x01)
-_RJ_LOCAL_LIMIT = (0x02, 0x03, 0x02)
 
 
-@dataclass(frozen=True)
-class ListenerConfig:
-    """The listener's settings (the fields of ``service.settings.ListenerSettings``)."""
+class ListenerSettings(BaseModel):
+    """The DICOM listener (C-ECHO / C-STORE SCP); ``service.settings`` composes it as ``[listener]``."""
 
-    host: str = "127.0.0.1"
-    port: int = 11112
-    ae_title: str = "LABELQA"
-    require_called_ae: bool = True
-    allowed_calling_aes: tuple[str, ...] = ()
-    allowed_hosts: tuple[str, ...] = ()
-    max_associations: int = 10
-    max_pdu: int = 262144
-    acse_timeout_s: float = 30.0
-    dimse_timeout_s: float = 60.0
-    network_timeout_s: float = 120.0
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_ca: Path | None = None
-    tls_require_client_cert: bool = False
-    min_free_disk_mb: int = 512
-    shutdown_grace_s: float = 10.0
-    poll_interval_s: float = 0.0002
+    host: str = Field("127.0.0.1", description="Address to bind; 0.0.0.0 exposes it to the network.")
+    port: int = Field(11112, ge=0, le=65535, description="TCP port of the DICOM listener (0: any free port).")
+    ae_title: str = Field("LABELQA", max_length=16, description="Our AE title; calls to others are rejected.")
+    require_called_ae: bool = Field(True, description="Reject associations whose called AE title is not ours.")
+    allowed_calling_aes: list[str] = Field(
+        default_factory=list, description="If not empty, only these calling AE titles may associate."
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list, description="If not empty, only peers from these IP addresses may associate."
+    )
+    max_associations: int = Field(10, ge=1, description="Simultaneous associations accepted.")
+    max_pdu: int = Field(262144, ge=0, description="Maximum PDU size we receive (bytes, 0 = unlimited).")
+    acse_timeout_s: float = Field(30.0, gt=0, description="Association negotiation timeout (seconds).")
+    dimse_timeout_s: float = Field(60.0, gt=0, description="DIMSE message timeout (seconds).")
+    network_timeout_s: float = Field(120.0, gt=0, description="Idle network timeout (seconds).")
+    accept_unknown_sop_classes: bool = Field(
+        False,
+        description="Also accept private or unknown SOP classes as storage (every public storage SOP class, "
+        "retired ones included, is always accepted).",
+    )
+    tls_cert: Path | None = Field(None, description="PEM certificate: enables DICOM TLS when set.")
+    tls_key: Path | None = Field(None, description="PEM private key for tls_cert.")
+    tls_ca: Path | None = Field(None, description="PEM CA bundle used to verify client certificates.")
+    tls_require_client_cert: bool = Field(False, description="With TLS, require a client certificate.")
+    tls_handshake_timeout_s: float = Field(
+        10.0, gt=0, description="A TLS peer must finish its handshake within this time (per connection)."
+    )
+    min_free_disk_mb: int = Field(
+        512, ge=0, description="Below this much free space in the data dir (MiB), C-STORE answers 0xA700 "
+        "(C-ECHO still succeeds, so monitors see the node up but full).",
+    )
+    shutdown_grace_s: float = Field(
+        10.0, ge=0, description="On SIGTERM, running associations get this long to finish before being aborted."
+    )
+    poll_interval_s: float = Field(
+        0.0002, gt=0, le=0.001, description="Polling interval of pynetdicom's loops while an association is open."
+    )
 
-    @classmethod
-    def from_settings(cls, s: Any) -> ListenerConfig:
-        """Build from a pydantic ``ListenerSettings`` (or anything with the same attributes)."""
-        kw = {}
-        for name in cls.__dataclass_fields__:
-            if hasattr(s, name):
-                v = getattr(s, name)
-                kw[name] = tuple(v) if isinstance(v, list) else v
-        return cls(**kw)
+    @property
+    def exposed(self) -> bool:
+        """Bound to something other than loopback."""
+        if self.host == "localhost":
+            return False
+        try:
+            return not ipaddress.ip_address(self.host).is_loopback
+        except ValueError:  # a host name
+            return True
+
+
+def exposure_warning(cfg: ListenerSettings) -> str | None:
+    """What to warn about when the listener is reachable from the network with no allow-list."""
+    if cfg.exposed and not cfg.allowed_calling_aes and not cfg.allowed_hosts:
+        return (
+            f"listening on {cfg.host} with no allowed_calling_aes and no allowed_hosts: any peer on the network "
+            "that knows the AE title can store studies here"
+        )
+    return None
 
 
 class _ShortSleepTime:
@@ -123,11 +158,52 @@ def shorten_reactor_sleep(interval_s: float) -> None:
 
 
 def storage_sop_classes() -> list[str]:
-    """Every storage SOP class UID pynetdicom knows (images, SEG, all SR kinds, KOS, SC, ...)."""
-    return sorted(set(_STORAGE_CLASSES.values()))
+    """Every storage SOP class UID pynetdicom or pydicom knows, retired and trial ones included.
+
+    A PACS stores a retired class (e.g. the retired Ultrasound Image Storage still sent by old
+    modalities) like any other; so do we.
+    """
+    known = set(_STORAGE_CLASSES.values())
+    for uid, (name, kind, _info, _retired, keyword) in UID_dictionary.items():
+        if kind == "SOP Class" and "Storage" in name and "Commitment" not in name and uid not in known:
+            # pynetdicom serves only the classes it has registered: add the rest to its storage service
+            register_uid(uid, keyword or "Storage_" + uid.replace(".", "_"), StorageServiceClass)
+            known.add(uid)
+    return sorted(known)
 
 
-def make_ssl_context(cfg: ListenerConfig) -> ssl.SSLContext | None:
+class _Server(ThreadedAssociationServer):
+    """pynetdicom's threaded server with the TLS handshake moved off the accept thread.
+
+    pynetdicom wraps each accepted socket in TLS inside ``get_request`` (the accept loop), so one
+    peer that connects and never sends a ClientHello blocks every new association. Here the accept
+    loop only wraps the socket; each connection's own thread runs the handshake, with a timeout.
+    """
+
+    handshake_timeout_s: float = 10.0
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        assert self.socket is not None
+        client, address = self.socket.accept()
+        if self.ssl_context:
+            client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+        return client, address
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket):
+            previous = request.gettimeout()
+            try:
+                request.settimeout(self.handshake_timeout_s)
+                request.do_handshake()
+                request.settimeout(previous)
+            except (OSError, ssl.SSLError) as e:
+                log.warning("TLS handshake with %s failed: %s", client_address[0] if client_address else "?", e)
+                self.shutdown_request(request)
+                return
+        super().process_request_thread(request, client_address)
+
+
+def make_ssl_context(cfg: ListenerSettings) -> ssl.SSLContext | None:
     """Server-side TLS context from the certificate settings; None when TLS is off."""
     if not cfg.tls_cert:
         return None
@@ -162,10 +238,12 @@ class _AssocStats:
 class Listener:
     """C-ECHO / C-STORE SCP writing into a ``StudyStore``; ``start()`` returns once it listens."""
 
-    def __init__(self, config: ListenerConfig | Any, store: StudyStore) -> None:
-        self.cfg = config if isinstance(config, ListenerConfig) else ListenerConfig.from_settings(config)
+    def __init__(self, config: ListenerSettings, store: StudyStore) -> None:
+        self.cfg = config
         self.store = store
-        self._server = None
+        self._server: _Server | None = None
+        self._low_disk_checked = 0.0
+        self._low_disk: str | None = None
         self._draining = threading.Event()
         self._stats: dict[int, _AssocStats] = {}
         self._stats_lock = threading.Lock()
@@ -200,12 +278,22 @@ class Listener:
             (evt.EVT_RELEASED, self._on_closed),
             (evt.EVT_ABORTED, self._on_closed),
         ]
-        self._server = self.ae.start_server(
+        if self.cfg.accept_unknown_sop_classes:
+            _config.UNRESTRICTED_STORAGE_SERVICE = True  # process-wide; affects only the SCP side
+        handlers.append((evt.EVT_DIMSE_RECV, self._on_dimse_recv))
+        server = self.ae.make_server(
             (self.cfg.host, self.cfg.port),
-            block=False,
             evt_handlers=handlers,
             ssl_context=make_ssl_context(self.cfg),
+            server_class=_Server,
         )
+        server.handshake_timeout_s = self.cfg.tls_handshake_timeout_s
+        threading.Thread(target=server.serve_forever, name="labelqa-scp-accept", daemon=True).start()
+        self.ae._servers.append(server)
+        self._server = server
+        warning = exposure_warning(self.cfg)
+        if warning:
+            log.warning(warning)
         log.info(
             "listening on %s:%d as %s (tls=%s)", self.cfg.host, self.port, self.cfg.ae_title, bool(self.cfg.tls_cert)
         )
@@ -262,15 +350,53 @@ class Listener:
             return self._reject(event, _RJ_CALLING_AE, "calling AE not in allowed_calling_aes")
         if cfg.allowed_hosts and host not in cfg.allowed_hosts:
             return self._reject(event, _RJ_NO_REASON, f"host {host} not in allowed_hosts")
-        if cfg.min_free_disk_mb:
-            free_mb = shutil.disk_usage(self.store.data_dir).free / 2**20
-            if free_mb < cfg.min_free_disk_mb:
-                return self._reject(
-                    event,
-                    _RJ_LOCAL_LIMIT,
-                    f"only {free_mb:.0f} MiB free in {self.store.data_dir} (< min_free_disk_mb={cfg.min_free_disk_mb})",
-                )
         return None
+
+    def low_disk(self) -> str | None:
+        """Why the data dir is too full to store (checked at most every 0.5 s), or None."""
+        if not self.cfg.min_free_disk_mb:
+            return None
+        now = time.monotonic()
+        if now - self._low_disk_checked > 0.5:
+            free_mb = shutil.disk_usage(self.store.data_dir).free / 2**20
+            self._low_disk = (
+                f"only {free_mb:.0f} MiB free (< min_free_disk_mb={self.cfg.min_free_disk_mb})"
+                if free_mb < self.cfg.min_free_disk_mb
+                else None
+            )
+            self._low_disk_checked = now
+        return self._low_disk
+
+    def _on_dimse_recv(self, event: evt.Event) -> None:
+        """Answer a C-STORE request that pynetdicom would drop silently (the peer would wait for its timeout).
+
+        pynetdicom ignores a request whose command lacks a required field (e.g. an empty Affected SOP
+        Instance UID): no response, the peer waits for its DIMSE timeout. We answer at once with a
+        failure status and log why; the association stays usable.
+        """
+        msg = event.message
+        cmd = getattr(msg, "command_set", None)
+        if cmd is None or cmd.get("CommandField") != 0x0001:  # C-STORE-RQ
+            return
+        missing = [k for k in ("MessageID", "AffectedSOPClassUID", "AffectedSOPInstanceUID") if not cmd.get(k)]
+        if not missing:
+            return
+        from pynetdicom.dimse_primitives import C_STORE
+
+        rsp = C_STORE()
+        rsp.MessageIDBeingRespondedTo = int(cmd.get("MessageID") or 0)
+        if cmd.get("AffectedSOPClassUID"):
+            rsp.AffectedSOPClassUID = cmd.AffectedSOPClassUID
+        rsp.Status = STATUS_MISSING_UID
+        rsp.ErrorComment = f"C-STORE request without {', '.join(missing)}"[:64]
+        log.warning(
+            "C-STORE refused from %s: the request command has no %s; answered 0x%04X",
+            event.assoc.requestor.address, ", ".join(missing), STATUS_MISSING_UID,
+        )
+        st = self._stats.get(id(event.assoc))
+        if st:
+            st.failed += 1
+        event.assoc.dimse.send_msg(rsp, msg.context_id)
 
     def _on_accepted(self, event: evt.Event) -> None:
         a = event.assoc
@@ -304,6 +430,12 @@ class Listener:
         req = event.request
         sop_uid = str(req.AffectedSOPInstanceUID or "")
         st = self._stats.get(id(event.assoc))
+        full = self.low_disk()
+        if full:
+            log.warning("C-STORE refused sop=%s status=0x%04X: %s", sop_uid, STATUS_OUT_OF_RESOURCES, full)
+            if st:
+                st.failed += 1
+            return _status(STATUS_OUT_OF_RESOURCES, full)
         try:
             raw = event.encoded_dataset(include_meta=True)
             res = self.store.put(
@@ -317,6 +449,7 @@ class Listener:
                 UnreadableDataset: STATUS_UNREADABLE,
                 MissingUID: STATUS_MISSING_UID,
                 SOPClassMismatch: STATUS_SOP_CLASS_MISMATCH,
+                TooLarge: STATUS_OUT_OF_RESOURCES,
             }.get(type(e), STATUS_UNREADABLE)
             log.warning("C-STORE refused sop=%s status=0x%04X reason=%s: %s", sop_uid, code, e.reason, e)
             if st:

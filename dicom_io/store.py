@@ -17,6 +17,7 @@ Logs carry UIDs only, never patient names or IDs.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -28,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import BaseModel, Field
 from sqlalchemy import (
     Engine,
     Float,
@@ -51,8 +53,10 @@ from dicom_io.part10 import (  # noqa: F401 - re-exported: the listener maps the
     InvalidInstance,
     MissingUID,
     SOPClassMismatch,
+    TooLarge,
     UnreadableDataset,
     check_structure,
+    path_component,
     read_header,
 )
 
@@ -170,7 +174,7 @@ class StoreEventRow(Base):
     __tablename__ = "store_events"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     at: Mapped[float] = mapped_column(Float)
-    kind: Mapped[str] = mapped_column(String(32))  # replaced | stable | reconcile_* | tmp_removed
+    kind: Mapped[str] = mapped_column(String(32))  # replaced | nonconforming | stable | reconcile_* | tmp_removed
     study_uid: Mapped[str | None] = mapped_column(String(64))
     sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
     detail: Mapped[str | None] = mapped_column(Text)
@@ -225,6 +229,34 @@ def _makedirs_durable(path: Path, stop: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+class StoreSettings(BaseModel):
+    """The durable study store and its index; ``service.settings`` composes it as ``[store]``."""
+
+    data_dir: Path = Field(Path("labelqa-data"), description="Where studies, the index and results live.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL of the index; default: SQLite file index.sqlite in data_dir."
+    )
+    stable_after_s: float = Field(
+        5.0, gt=0, description="A study is stable after this many seconds without a new instance."
+    )
+    fsync_directory: bool = Field(
+        True,
+        description="fsync the series directory after each rename (strict POSIX durability); off: one journal "
+        "commit per instance, relies on ext4/xfs persisting a new file's name with its fsync + start-up roll-forward.",
+    )
+
+    max_inflated_mb: int = Field(
+        1024, ge=1, description="A Deflated Explicit VR instance that inflates beyond this (MiB) is refused "
+        "with 0xA700 before it is held in memory.",
+    )
+
+    def resolved_database_url(self) -> str:
+        """The index URL, defaulting to a SQLite file in the data dir."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'index.sqlite').resolve()}"
+
+
 class StudyStore:
     """Durable on-disk study store with an SQL index and study-stability events."""
 
@@ -237,8 +269,10 @@ class StudyStore:
         engine: Engine | None = None,
         reconcile: bool = True,
         fsync_directory: bool = True,
+        max_inflated_mb: int = 1024,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
+        self.max_inflated_bytes = int(max_inflated_mb) * 2**20
         self.studies_dir = self.data_dir / "studies"
         self.studies_dir.mkdir(parents=True, exist_ok=True)
         self.stable_after_s = float(stable_after_s)
@@ -306,8 +340,15 @@ class StudyStore:
 
     # ---------------------------------------------------------------- writing
 
+    @staticmethod
+    def _rel_path(h: Header) -> str:
+        return (
+            f"studies/{path_component(h.study_uid)}/{path_component(h.series_uid)}/"
+            f"{path_component(h.sop_instance_uid)}.dcm"
+        )
+
     def _final_path(self, h: Header) -> Path:
-        return self.studies_dir / h.study_uid / h.series_uid / f"{h.sop_instance_uid}.dcm"
+        return self.data_dir / self._rel_path(h)
 
     def _writer(self):
         """The one connection that writes the index (call with ``_db_lock`` held)."""
@@ -336,18 +377,21 @@ class StudyStore:
         Raises an ``InvalidInstance`` subclass when the bytes cannot be stored as sent, OSError /
         SQLAlchemyError when the disk or the index fail (nothing is indexed then).
         """
-        h = read_header(raw)
+        h = read_header(raw, max_inflated_bytes=self.max_inflated_bytes)
         if expected_sop_class_uid and h.sop_class_uid != expected_sop_class_uid:
             raise SOPClassMismatch(
                 f"dataset SOP Class {h.sop_class_uid} differs from the request's {expected_sop_class_uid}"
             )
         if expected_sop_instance_uid and h.sop_instance_uid != expected_sop_instance_uid:
-            raise SOPClassMismatch(
-                f"dataset SOP Instance {h.sop_instance_uid} differs from the request's {expected_sop_instance_uid}"
-            )
+            # a PACS stores it under the dataset's own UID (the file meta of some real files disagrees
+            # with the dataset); so do we, and record it
+            h = dataclasses.replace(h, nonconforming=(
+                *h.nonconforming,
+                f"the request's Affected SOP Instance UID {expected_sop_instance_uid} differs from the dataset's",
+            ))
         digest = hashlib.sha256(raw).hexdigest()
         final = self._final_path(h)
-        rel = f"studies/{h.study_uid}/{h.series_uid}/{h.sop_instance_uid}.dcm"
+        rel = self._rel_path(h)
         lock = self._sop_locks[hash(h.sop_instance_uid) % len(self._sop_locks)]
         with lock:
             old = self._lookup(h.sop_instance_uid)
@@ -462,6 +506,16 @@ class StudyStore:
                                 detail=f"sha256 {old.sha256} -> {digest}; path {old.path} -> {rel}",
                             )
                         )
+                if h.nonconforming and (old is None or old.sha256 != digest):
+                    c.execute(
+                        insert(StoreEventRow).values(
+                            at=now,
+                            kind="nonconforming",
+                            study_uid=h.study_uid,
+                            sop_instance_uid=h.sop_instance_uid,
+                            detail="; ".join(h.nonconforming),
+                        )
+                    )
                 c.execute(_SQL_TOUCH_STUDY, params)
                 c.commit()
             except BaseException:

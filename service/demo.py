@@ -295,13 +295,12 @@ class _Archive:
     """The demo's stand-in PACS: labelqa's own listener and store in a separate folder (127.0.0.1)."""
 
     def __init__(self, root: Path, port: int, ae_title: str = "ARCHIVE") -> None:
-        from dicom_io.scp import Listener, ListenerConfig
+        from dicom_io.scp import Listener, ListenerSettings
         from dicom_io.store import StudyStore
-        from service.settings import ListenerSettings
 
         self.store = StudyStore(root, None, 3600.0)
-        self.listener = Listener(ListenerConfig.from_settings(
-            ListenerSettings(host="127.0.0.1", port=port, ae_title=ae_title, min_free_disk_mb=0)), self.store)
+        self.listener = Listener(
+            ListenerSettings(host="127.0.0.1", port=port, ae_title=ae_title, min_free_disk_mb=0), self.store)
         self.port, self.ae_title, self.root = port, ae_title, root
 
     def start(self) -> None:

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol, runtime_checkable
 
-from dicom_io.scp import Listener, ListenerConfig
+from dicom_io.scp import Listener
 from dicom_io.store import StudyStable, StudyStore
 from service.settings import Settings
 
@@ -76,8 +76,9 @@ class Service:
             settings.store.resolved_database_url(),
             settings.store.stable_after_s,
             fsync_directory=settings.store.fsync_directory,
+            max_inflated_mb=settings.store.max_inflated_mb,
         )
-        self.listener = Listener(ListenerConfig.from_settings(settings.listener), self.store)
+        self.listener = Listener(settings.listener, self.store)
         self.components: list[Component] = []
         self._started: list[Component] = []
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -22,63 +22,14 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from dicom_io.outbox import Destination, OutboxSettings
+from dicom_io.scp import ListenerSettings
+from dicom_io.store import StoreSettings
+
+__all__ = ["ListenerSettings", "StoreSettings", "AuditSettings", "Destination", "OutboxSettings", "ApiSettings",
+           "Settings", "load_settings", "settings_reference_markdown"]
+
 DEFAULT_CONFIG_FILE = Path("labelqa.toml")
-
-
-class ListenerSettings(BaseModel):
-    """The DICOM listener (C-ECHO / C-STORE SCP)."""
-
-    host: str = Field("127.0.0.1", description="Address to bind; 0.0.0.0 exposes it to the network.")
-    port: int = Field(11112, ge=1, le=65535, description="TCP port of the DICOM listener.")
-    ae_title: str = Field("LABELQA", max_length=16, description="Our AE title; calls to others are rejected.")
-    require_called_ae: bool = Field(True, description="Reject associations whose called AE title is not ours.")
-    allowed_calling_aes: list[str] = Field(
-        default_factory=list, description="If not empty, only these calling AE titles may associate."
-    )
-    allowed_hosts: list[str] = Field(
-        default_factory=list, description="If not empty, only peers from these IP addresses may associate."
-    )
-    max_associations: int = Field(10, ge=1, description="Simultaneous associations accepted.")
-    max_pdu: int = Field(262144, ge=0, description="Maximum PDU size we receive (bytes, 0 = unlimited).")
-    acse_timeout_s: float = Field(30.0, gt=0, description="Association negotiation timeout (seconds).")
-    dimse_timeout_s: float = Field(60.0, gt=0, description="DIMSE message timeout (seconds).")
-    network_timeout_s: float = Field(120.0, gt=0, description="Idle network timeout (seconds).")
-    tls_cert: Path | None = Field(None, description="PEM certificate: enables DICOM TLS when set.")
-    tls_key: Path | None = Field(None, description="PEM private key for tls_cert.")
-    tls_ca: Path | None = Field(None, description="PEM CA bundle used to verify client certificates.")
-    tls_require_client_cert: bool = Field(False, description="With TLS, require a client certificate.")
-    min_free_disk_mb: int = Field(
-        512, ge=0, description="Refuse new associations when the data dir has less free space (MiB)."
-    )
-    shutdown_grace_s: float = Field(
-        10.0, ge=0, description="On SIGTERM, running associations get this long to finish before being aborted."
-    )
-    poll_interval_s: float = Field(
-        0.0002, gt=0, le=0.001, description="Polling interval of pynetdicom's loops while an association is open."
-    )
-
-
-class StoreSettings(BaseModel):
-    """The durable study store and its index."""
-
-    data_dir: Path = Field(Path("labelqa-data"), description="Where studies, the index and results live.")
-    database_url: str | None = Field(
-        None, description="SQLAlchemy URL of the index; default: SQLite file index.sqlite in data_dir."
-    )
-    stable_after_s: float = Field(
-        5.0, gt=0, description="A study is stable after this many seconds without a new instance."
-    )
-    fsync_directory: bool = Field(
-        True,
-        description="fsync the series directory after each rename (strict POSIX durability); off: one journal "
-        "commit per instance, relies on ext4/xfs persisting a new file's name with its fsync + start-up roll-forward.",
-    )
-
-    def resolved_database_url(self) -> str:
-        """The index URL, defaulting to a SQLite file in the data dir."""
-        if self.database_url:
-            return self.database_url
-        return f"sqlite:///{(self.data_dir / 'index.sqlite').resolve()}"
 
 
 class AuditSettings(BaseModel):
@@ -93,38 +44,6 @@ class AuditSettings(BaseModel):
     workers: int = Field(1, ge=1, description="In-process audit workers.")
     job_lease_s: float = Field(600.0, gt=0, description="A running job whose lease expired is re-queued.")
     heatmaps_for_hard_cases: bool = Field(False, description="Also write heatmap SCs for hard cases.")
-
-
-class Destination(BaseModel):
-    """A place results are delivered to: a DICOM C-STORE SCP or a DICOMweb STOW-RS endpoint."""
-
-    name: str = Field(description="Short unique name, used in logs and `labelqa outbox`.")
-    kind: Literal["dicom", "dicomweb"] = Field("dicom", description="dicom (C-STORE) or dicomweb (STOW-RS).")
-    ae_title: str | None = Field(None, description="Called AE title of a DICOM destination.")
-    host: str | None = Field(None, description="Host of a DICOM destination.")
-    port: int | None = Field(None, description="Port of a DICOM destination.")
-    url: str | None = Field(None, description="STOW-RS base URL of a DICOMweb destination.")
-    tls: bool = Field(False, description="Use DICOM TLS towards this destination.")
-    tls_ca: Path | None = Field(None, description="PEM CA bundle that signs the destination's certificate.")
-    tls_cert: Path | None = Field(None, description="PEM client certificate we present (mutual TLS).")
-    tls_key: Path | None = Field(None, description="PEM private key of tls_cert.")
-
-
-class OutboxSettings(BaseModel):
-    """Durable delivery of results."""
-
-    destinations: list[Destination] = Field(
-        default_factory=list, description="Where results are sent; empty: kept locally only."
-    )
-    calling_ae_title: str = Field("LABELQA", max_length=16, description="Our AE title when we send.")
-    max_attempts: int = Field(10, ge=1, description="Attempts before an item is dead-lettered.")
-    backoff_base_s: float = Field(2.0, gt=0, description="First retry delay; doubles each attempt.")
-    backoff_max_s: float = Field(300.0, gt=0, description="Longest retry delay.")
-    poll_interval_s: float = Field(1.0, gt=0, description="How often the sender looks for due items.")
-    batch_size: int = Field(64, ge=1, description="Objects sent per association (or STOW-RS request).")
-    jitter: float = Field(0.25, ge=0, le=1, description="Retry delays vary randomly by +- this fraction.")
-    connect_timeout_s: float = Field(10.0, gt=0, description="TCP connect timeout towards a destination (seconds).")
-    dimse_timeout_s: float = Field(60.0, gt=0, description="Time to wait for a C-STORE response (seconds).")
 
 
 class ApiSettings(BaseModel):

@@ -18,7 +18,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from dicom_io.scp import Listener, ListenerConfig, storage_sop_classes
+from dicom_io.scp import Listener, ListenerSettings, storage_sop_classes
 from dicom_io.store import UID_RE, StudyStable, StudyStore, check_structure
 from tests.conftest import free_port, labelqa_cmd, labelqa_env, requires_dcmtk
 
@@ -503,7 +503,7 @@ def listener_factory(tmp_path):
 
     def make(stable_after_s: float = 5.0, **cfg) -> tuple[Listener, StudyStore]:
         store = StudyStore(tmp_path / f"data{len(made)}", stable_after_s=stable_after_s)
-        lst = Listener(ListenerConfig(port=free_port(), **cfg), store)
+        lst = Listener(ListenerSettings(port=free_port(), **cfg), store)
         store.start()
         lst.start()
         made.append((lst, store))
@@ -533,15 +533,17 @@ def test_stability_two_bursts_one_event_late_instance_reopens(listener_factory, 
     assert [(len(e.instances), e.reopened) for e in got] == [(5, False), (6, True)]
 
 
-def test_host_allow_list_disk_watermark_and_tcp_nodelay(listener_factory, caplog):
+def test_host_allow_list_disk_watermark_and_tcp_nodelay(listener_factory, caplog, tmp_path):
     from pynetdicom import evt
 
     lst, _ = listener_factory(allowed_hosts=("10.9.9.9",))
     assert echoscu(lst.port).returncode != 0
-    lst2, _ = listener_factory(min_free_disk_mb=10**9)
-    r = echoscu(lst2.port)
-    assert r.returncode != 0
-    assert "Local Limit Exceeded" in r.stdout + r.stderr
+    # below the free-space watermark the node answers C-ECHO (it is up) and refuses C-STORE with 0xA700
+    lst2, store2 = listener_factory(min_free_disk_mb=10**9)
+    assert echoscu(lst2.port).returncode == 0
+    files = make_ct_series(tmp_path / "full", 1)
+    assert set(_send_files_raw(lst2.port, files)) == {0xA700}
+    assert store2.instances() == []
     lst3, _ = listener_factory()
     seen: list[int] = []
 

@@ -13,7 +13,7 @@ import pydicom
 import pytest
 
 from dicom_io.db import make_engine
-from dicom_io.outbox import DEAD, DELIVERED, PENDING, Outbox, OutboxConfig, backoff_delay
+from dicom_io.outbox import DEAD, DELIVERED, PENDING, Outbox, OutboxSettings, backoff_delay
 from dicom_io.results import save_results, write_results
 from tests.conftest import can_unshare_net, free_port, labelqa_cmd, labelqa_env, requires_dcmtk, requires_orthanc
 from tests.orthanc_helper import NetNamespace, start_orthanc, start_storescp
@@ -57,7 +57,7 @@ def _toml(path: Path, data_dir: Path, dests: list[Dest], **outbox: object) -> Pa
 
 def _outbox(data_dir: Path, dests: list[Dest], **cfg: object) -> Outbox:
     engine = make_engine(f"sqlite:///{data_dir / 'index.sqlite'}")
-    return Outbox(engine, dests, settings=OutboxConfig(**cfg), spool_dir=data_dir / "outbox")
+    return Outbox(engine, dests, settings=OutboxSettings(**cfg), spool_dir=data_dir / "outbox")
 
 
 def _uids(paths: list[Path]) -> list[str]:
@@ -65,7 +65,7 @@ def _uids(paths: list[Path]) -> list[str]:
 
 
 def test_backoff_grows_exponentially_with_bounded_jitter():
-    cfg = OutboxConfig(backoff_base_s=2, backoff_max_s=60, jitter=0.25)
+    cfg = OutboxSettings(backoff_base_s=2, backoff_max_s=60, jitter=0.25)
     for n, base in [(1, 2), (2, 4), (3, 8), (6, 60), (20, 60)]:
         delays = [backoff_delay(n, cfg) for _ in range(200)]
         assert min(delays) >= base * 0.75 - 1e-9 and max(delays) <= base * 1.25 + 1e-9

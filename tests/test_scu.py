@@ -86,7 +86,7 @@ def test_warning_statuses_count_as_delivered_and_failures_are_retried(result_fil
     from pynetdicom import AE, evt
 
     from dicom_io.db import make_engine
-    from dicom_io.outbox import DELIVERED, PENDING, Outbox, OutboxConfig
+    from dicom_io.outbox import DELIVERED, PENDING, Outbox, OutboxSettings
     from dicom_io.scu import file_info
 
     infos = {i.sop_instance_uid: i for i in (file_info(p) for p in result_files)}
@@ -111,7 +111,7 @@ def test_warning_statuses_count_as_delivered_and_failures_are_retried(result_fil
             name, kind, ae_title, host, tls, url = "warn", "dicom", "WARNSCP", "127.0.0.1", False, None
 
         Dest.port = port
-        box = Outbox(make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}"), [Dest], settings=OutboxConfig())
+        box = Outbox(make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}"), [Dest], settings=OutboxSettings())
         box.enqueue(result_files)
         assert box.deliver_once("warn") == 2
         rows = {r["sop_instance_uid"]: r for r in box.list()}

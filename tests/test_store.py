@@ -115,10 +115,12 @@ def test_bad_inputs_raise_typed_errors_and_store_nothing(store):
         store.put(buf.getvalue())
     with pytest.raises(SOPClassMismatch):
         store.put(raw, expected_sop_class_uid="1.2.840.10008.5.1.4.1.1.4")  # MR, but the dataset is CT
-    with pytest.raises(SOPClassMismatch):
-        store.put(raw, expected_sop_instance_uid="1.2.3.4")
     assert store.instances() == []
     assert not list(store.data_dir.rglob("*.dcm"))
+    # a request that names another instance UID than the dataset: stored under the dataset's, recorded
+    res = store.put(raw, expected_sop_instance_uid="1.2.3.4")
+    assert res.status == "stored" and res.sop_instance_uid == pydicom.dcmread(CT).SOPInstanceUID
+    assert [e["sop_instance_uid"] for e in store.events("nonconforming")] == [res.sop_instance_uid]
 
 
 def test_reconcile_cleans_tmp_drops_missing_rows_and_indexes_orphans(tmp_path):
