@@ -12,7 +12,8 @@ Two kinds of evidence, reported apart:
 For every variant: labelqa's F1 per run, the paired difference from the first variant (mean and
 standard error over the re-labellings), and for each run the best other method's F1. Writes JSON.
 
-    .venv/bin/python benchmarks/experiments/count_constants.py --out benchmarks/experiments/results/count-constants.json \\
+    .venv/bin/python benchmarks/experiments/count_constants.py \\
+        --out benchmarks/experiments/results/count-constants.json \\
         --variants '{"current": {}, "count_z=1": {"count_z": 1.0}}' \\
         --runs benchmarks/results/predictions/*asymmetric5*.npz benchmarks/results/predictions/*uniform10*.npz
 """

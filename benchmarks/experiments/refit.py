@@ -143,7 +143,8 @@ def main() -> int:
         torch.set_num_threads(a.threads)
     for path in a.results:
         out = refit_one(path, a.work_dir, a.control)
-        out["command"] = " ".join(shlex.quote(x) for x in [".venv/bin/python", "benchmarks/experiments/refit.py", *sys.argv[1:]])
+        argv = [".venv/bin/python", "benchmarks/experiments/refit.py", *sys.argv[1:]]
+        out["command"] = " ".join(shlex.quote(x) for x in argv)
         dest = RESULTS / f"{path.stem}-refit{_suffix(a.control)}.json"
         dest.write_text(json.dumps(out, indent=1) + "\n")
         f1 = {t: out[t]["methods"] for t in ("first_fit", "second_fit")}

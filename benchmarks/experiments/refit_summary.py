@@ -1,4 +1,5 @@
-"""Summary of the second-fit runs (``benchmarks/experiments/refit.py``) and the pre-registered rule they were tested with.
+"""Summary of the second-fit runs (``benchmarks/experiments/refit.py``) and the pre-registered rule they were
+tested with.
 
 Reads every ``results/<stem>-refit.json`` (and ``-refit-random.json``, the random-exclusion control) and writes
 ``results/second-fit-summary.json``: per run, labelqa and the best other method on the first and the second fit,

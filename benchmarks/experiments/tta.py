@@ -1,8 +1,9 @@
 """Test-time augmentation: do the same members, averaged over fixed small views of each image, find more flips?
 
-Research benchmark (issue 5, eighth session; decision rule in ``benchmarks/experiments/results/tta-prereg.md``, committed
-before any run). Averaging two seeds per architecture helped (+0.031, ``seed-average-summary.json``) because one
-fit of light members is noisy; test-time augmentation is a cheaper variance reduction (no extra training: each
+Research benchmark (issue 5, eighth session; decision rule in
+``benchmarks/experiments/results/tta-prereg.md``, committed before any run). Averaging two seeds per
+architecture helped (+0.031, ``seed-average-summary.json``) because one fit of light members is noisy;
+test-time augmentation is a cheaper variance reduction (no extra training: each
 member predicts ``TTA_VIEWS`` — the identity, four 3% shifts, two 0.08 rad rotations, two 7% zooms — and its
 probabilities are averaged). The comparison is paired: **one fit**, its out-of-fold probabilities computed once
 plain and once with test-time augmentation, every method scored on each. Fit-to-fit noise, which swamped the

@@ -1,5 +1,6 @@
-"""Summary of ``benchmarks/experiments/tta.py``: plain vs test-time-augmented probabilities of the same fits, and the rule of
-``benchmarks/experiments/results/tta-prereg.md`` applied to labelqa's F1. Writes ``benchmarks/experiments/results/tta-summary.json``.
+"""Summary of ``benchmarks/experiments/tta.py``: plain vs test-time-augmented probabilities of the same fits, and
+the rule of ``benchmarks/experiments/results/tta-prereg.md`` applied to labelqa's F1. Writes
+``benchmarks/experiments/results/tta-summary.json``.
 
     .venv/bin/python benchmarks/experiments/tta_summary.py
 """
