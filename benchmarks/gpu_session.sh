@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine (README, "Benchmarks: labelqa vs the baselines"): the detector benchmark at full
+# One call on a lent GPU machine (docs/detector.md, "Reproducing the tables"): the detector benchmark at full
 # resolution on a whole data set -- 224 px, default members densenet121,resnet18,efficientnet-b0,
 # crossfit K=3, 5% uniform flips. Seed 0 runs alone first; the remaining seeds then run side by side
 # on the same GPU if the time left allows (each run is killed at the budget so the call still returns).

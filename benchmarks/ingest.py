@@ -120,7 +120,7 @@ class Labelqa(Receiver):
 
 
 class LabelqaNoDirSync(Labelqa):
-    """labelqa with [store] fsync_directory = false (one journal commit per instance, see README)."""
+    """labelqa with [store] fsync_directory = false (one journal commit per instance, see docs/architecture.md)."""
 
     name = "labelqa_fsync_directory_off"
     extra_env = {"LABELQA_STORE__FSYNC_DIRECTORY": "false"}

@@ -1,8 +1,9 @@
 """Re-score saved benchmark predictions with labelqa's current detector constants (no re-fitting).
 
 Each ``labelqa evaluate`` run saves ``predictions.npz`` (out-of-fold member probabilities, agreement,
-planted flips); copies are committed as ``benchmarks/results/predictions/<results stem>.npz`` (read
-first; else the run's ``--out`` directory). This script re-runs the detector and every baseline on
+planted flips); copies are read from ``benchmarks/results/predictions/<results stem>.npz`` first
+(the committed runs' copies: ``git checkout 8bfbb68 -- benchmarks/results/predictions``), else from the
+run's ``--out`` directory. This script re-runs the detector and every baseline on
 them with the ``DetectorConfig`` defaults of this checkout (plus the earlier confident-joint cut as
 ``labelqa_confident_joint``) and writes ``<results stem>-rescored.json`` next to the original results
 plus ``<settings>-rescored-summary.json``. Which runs informed which detector constant is recorded in

@@ -1,4 +1,4 @@
-"""The README's detector table, from the committed ``*-rescored.json`` files (no numbers typed by hand).
+"""The detector table of docs/detector.md, from the committed ``*-rescored.json`` files (no numbers typed by hand).
 
 Each column is one setting (a results-file pattern); each row a method's mean F1 ± sd over the seeds
 found; then the ground-truth ceiling, the members' clean accuracy and, per run, labelqa against the

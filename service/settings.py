@@ -5,7 +5,7 @@ directory, or the path given by ``--config`` / ``LABELQA_CONFIG``), ``LABELQA_*`
 variables (nested fields with ``__``, e.g. ``LABELQA_LISTENER__PORT=11113``), then CLI flags.
 
 Each section belongs to one part of the service; every field carries a one-line description, which
-``labelqa config show`` and the generated configuration reference (``deploy/CONFIGURATION.md``) use.
+``labelqa config show`` and the generated configuration reference (``docs/configuration.md``) use.
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ def test_configuration_reference_is_up_to_date():
     r = subprocess.run([*labelqa_cmd(), "config", "reference"], capture_output=True, text=True, env=labelqa_env(),
                        timeout=120)
     assert r.returncode == 0, r.stderr
-    committed = (REPO / "deploy" / "CONFIGURATION.md").read_text()
-    assert committed == r.stdout, "regenerate: labelqa config reference > deploy/CONFIGURATION.md"
+    committed = (REPO / "docs" / "configuration.md").read_text()
+    assert committed == r.stdout, "regenerate: labelqa config reference > docs/configuration.md"
 
 
 def test_orthanc_example_routes_to_labelqa_with_the_lua_script():
