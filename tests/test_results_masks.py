@@ -378,3 +378,14 @@ def test_dicomized_sc_study_round_trip_without_given_masks(tmp_path):
     back = hd.seg.segread(next((tmp_path / "out").glob("SEG_*.dcm")))
     px = back.get_pixels_by_source_instance([m.image_uid], segment_numbers=[1], ignore_spatial_locations=True)
     assert np.array_equal(px[0, ..., 0] > 0, shifted)
+
+
+def test_mask_kinds_and_verdicts_match_models_verdict():
+    """dicom_io keeps its own copy of the names (no models import there); this keeps the two in step."""
+    from dicom_io.results import MASK_ERROR_KINDS, MASK_VERDICTS
+
+    verdict = pytest.importorskip("models.verdict")
+    assert set(MASK_VERDICTS) <= {v.value for v in verdict.Verdict}
+    if not hasattr(verdict, "MaskErrorKind"):
+        pytest.skip("models.verdict.MaskErrorKind not there yet")
+    assert set(MASK_ERROR_KINDS) == {k.value for k in verdict.MaskErrorKind}

@@ -198,11 +198,12 @@ def test_fractional_threshold_follows_the_vocabulary(tmp_path):
         assert int(_by(a)[(cts[0].SOPInstanceUID, "liver")].given_mask.sum()) == area
 
 
-def test_multi_frame_source_gives_one_sample_per_frame_and_class(tmp_path):
+@pytest.mark.parametrize("seg_type", ["BINARY", "LABELMAP"])
+def test_multi_frame_source_gives_one_sample_per_frame_and_class(tmp_path, seg_type):
     cts = _ct_series(3)
     enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(cts, hd.UID(), 10, hd.UID(), 1)
     truth = _blobs((128, 128), 3, seed=2)
-    seg = _seg([enhanced], np.stack([truth == 1, truth == 2], -1))
+    seg = _seg([enhanced], truth if seg_type == "LABELMAP" else np.stack([truth == 1, truth == 2], -1), seg_type)
     a = read_study(_write(tmp_path, enhanced, seg), VOCAB, masks=True)
     assert _mask_issues(a) == []
     got = _by(a, frames=True)
@@ -215,6 +216,7 @@ def test_multi_frame_source_gives_one_sample_per_frame_and_class(tmp_path):
             expected = ref.get_pixels_by_source_frame(enhanced.SOPInstanceUID, [f], segment_numbers=[k])[0, ..., 0]
             assert np.array_equal(m.given_mask, expected > 0), (f, name)
             assert m.pixels.shape == (128, 128)
+    assert got[(enhanced.SOPInstanceUID, 1, "liver")].pixels is got[(enhanced.SOPInstanceUID, 1, "spleen")].pixels
     # the enhanced image's frames are the CT slices in order of position
     assert {int(got[(enhanced.SOPInstanceUID, f, "liver")].given_mask.sum()) for f in (1, 2, 3)} == {
         int((t == 1).sum()) for t in truth}

@@ -519,6 +519,7 @@ def _attach_masks(
             prev.segment_numbers = tuple(sorted(set(prev.segment_numbers) | set(rec.segment_numbers)))
             prev.seg_frames = tuple(sorted(set(prev.seg_frames) | set(rec.seg_frames)))
     out: list[MaskSample] = []
+    frames: dict[tuple[str, int | None], tuple[np.ndarray, tuple[float, float]]] = {}  # decoded once per frame
     for rec in merged.values():
         inst = images[rec.image_uid]
         hdr = inst.ds
@@ -527,13 +528,15 @@ def _attach_masks(
         arr = np.zeros((0, 0), np.float32)
         if load_pixels:
             try:
-                ds = full.get(rec.image_uid)
-                if ds is None:
-                    import pydicom
+                if (rec.image_uid, rec.frame) not in frames:
+                    ds = full.get(rec.image_uid)
+                    if ds is None:
+                        import pydicom
 
-                    ds = full[rec.image_uid] = pydicom.dcmread(inst.path)
-                arr = px.frame_to_float(ds, rec.frame)
-                spacing = px.pixel_spacing(ds, rec.frame)
+                        ds = full[rec.image_uid] = pydicom.dcmread(inst.path)
+                    frames[(rec.image_uid, rec.frame)] = (px.frame_to_float(ds, rec.frame),
+                                                          px.pixel_spacing(ds, rec.frame))
+                arr, spacing = frames[(rec.image_uid, rec.frame)]  # the classes of a frame share its pixels
                 shape = (int(arr.shape[0]), int(arr.shape[1]))
             except Exception as e:  # decoders raise many types
                 issue(UNREADABLE_PIXELS, f"pixels of image {rec.image_uid} unusable: {e}", rec)

@@ -96,7 +96,8 @@ class MaskSample:
     """One (source image frame, class) of a SEG: the source pixels and the given mask on the SOURCE grid.
 
     ``pixels``: float32 (rows, columns) in [0, 1] of the source frame at its native grid (the pixel
-    path of the label samples, without resizing), empty (0, 0) when pixels were not loaded.
+    path of the label samples, without resizing), empty (0, 0) when pixels were not loaded; the
+    samples of one frame share one array (do not modify it in place).
     ``given_mask``: bool (rows, columns) on the source frame's grid (a SEG on another grid covering the
     same extent is resampled, nearest neighbour); all False when the SEG has no pixel of the class in
     this frame (an empty mask can be an error too). ``spacing``: (row, column) Pixel Spacing in mm of
