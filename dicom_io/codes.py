@@ -49,6 +49,26 @@ FLAGGED_VERDICTS: frozenset[str] = frozenset({"suspected_label_error", "suspecte
 GIVEN_LABEL = _c("LQA-0201", "Given label")
 CONSENSUS_LABEL = _c("LQA-0202", "Model consensus label")
 SYSTEMATIC_DISAGREEMENT = _c("LQA-0203", "Systematic disagreement (cohort finding)")
+MASK_ERROR_KIND = _c("LQA-0204", "Segmentation mask error kind")
+DISAGREEMENT_REGION = _c("LQA-0205", "Region of disagreement with the model consensus")
+
+# Mask error kinds (values of LQA-0204; the values of ``models.verdict.MaskErrorKind``).
+MISSING_STRUCTURE = _c("LQA-0501", "Missing structure")
+SPURIOUS_STRUCTURE = _c("LQA-0502", "Spurious structure")
+BOUNDARY_TOO_TIGHT = _c("LQA-0503", "Boundary too tight")
+BOUNDARY_TOO_LOOSE = _c("LQA-0504", "Boundary too loose")
+SHIFTED_MASK = _c("LQA-0505", "Shifted mask")
+WRONG_SEGMENT_TYPE = _c("LQA-0506", "Wrong segment type")
+
+MASK_ERROR_KIND_CODES: dict[str, Code] = {
+    "missing_structure": MISSING_STRUCTURE,
+    "spurious_structure": SPURIOUS_STRUCTURE,
+    "boundary_too_tight": BOUNDARY_TOO_TIGHT,
+    "boundary_too_loose": BOUNDARY_TOO_LOOSE,
+    "shifted": SHIFTED_MASK,
+    "wrong_segment_type": WRONG_SEGMENT_TYPE,
+}
+"""Mask error kind -> coded value of LQA-0204 (and of each region's kind)."""
 
 # Numeric measurements, unit UCUM "1".
 SALIENCY_AGREEMENT = _c("LQA-0301", "Saliency agreement between ensemble members")
@@ -57,6 +77,12 @@ REANNOTATION_PRIORITY = _c("LQA-0303", "Re-annotation priority")
 N_MEMBERS_DISAGREEING = _c("LQA-0304", "Number of ensemble members disagreeing")
 N_MEMBERS = _c("LQA-0305", "Number of ensemble members")
 CONSENSUS_PROBABILITY = _c("LQA-0306", "Consensus probability of the consensus label")
+DICE_TO_CONSENSUS = _c("LQA-0307", "Dice coefficient of the given mask to the model consensus")
+HD95_TO_CONSENSUS = _c("LQA-0308", "95th percentile Hausdorff distance to the model consensus")
+MASK_AGREEMENT = _c("LQA-0309", "Mask agreement between ensemble members")
+MASK_ERROR_SCORE = _c("LQA-0310", "Segmentation mask error score")
+N_DISAGREEMENT_REGIONS = _c("LQA-0320", "Number of regions of disagreement")
+DISAGREEMENT_AREA = _c("LQA-0321", "Area of disagreement with the model consensus")
 COUNT_SUSPECTED = _c("LQA-0311", "Number of suspected annotation errors")
 COUNT_HARD = _c("LQA-0312", "Number of hard cases")
 COUNT_CONSISTENT = _c("LQA-0313", "Number of consistent annotations")
@@ -72,9 +98,12 @@ VERDICT_COUNT_CODES: dict[str, Code] = {
 # References.
 ANNOTATION_OBJECT = _c("LQA-0401", "Audited annotation object")
 SALIENCY_HEATMAP = _c("LQA-0402", "Consensus saliency heatmap")
+SUGGESTED_CORRECTION = _c("LQA-0403", "Suggested mask correction (model consensus)")
 
 UNIT_ONE = Code("1", "UCUM", "no units")
 """UCUM unity: all scores are dimensionless."""
+UNIT_MM = Code("mm", "UCUM", "millimeter")
+UNIT_MM2 = Code("mm2", "UCUM", "square millimeter")
 
 QUALITY_ISSUE = Code("113010", "DCM", "Quality Issue")
 """KOS document title (CID 7010). Never 113001 'Rejected for Quality Reasons' (an IOCM rejection)."""

@@ -6,7 +6,10 @@ uint8/uint16, the true and the written label, optionally a mask. Each image beco
 Capture image (MONOCHROME2, ``Modality`` as chosen), a Digital X-Ray or an MR image; its label a
 highdicom Comprehensive 3D SR (TID 1500, one image-level measurement group whose Finding is the
 class code) or, with ``seg=True``, a binary SEG with one segment whose Segmented Property Type is the
-class code (mask: the given one, else the whole image). Patient and study identity are synthesised
+class code (mask: the given one, else the whole image). An item with an integer ``mask`` (0 =
+background, k = its k-th class) gets a binary SEG with one segment per class instead (Segment Label =
+class name, Segmented Property Type = the vocabulary's code for it), and the manifest gets the columns
+``mask_classes`` and ``mask_corruption``. Patient and study identity are synthesised
 deterministically from the data set name and the source path (or the ``group_by`` match), so the
 same input gives the same UIDs; ``manifest.csv`` records the true and the written label.
 """
@@ -22,6 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -39,6 +43,9 @@ MR_IMAGE_STORAGE = uid.MRImageStorage
 IMAGE_KINDS: dict[str, UID] = {"sc": SC_IMAGE_STORAGE, "dx": DX_PRESENTATION_STORAGE, "mr": MR_IMAGE_STORAGE}
 """``image_kind`` -> SOP Class: Secondary Capture, Digital X-Ray (For Presentation), MR Image."""
 MANIFEST_COLUMNS = ["source_path", "study_uid", "image_uid", "annotation_uid", "true_label", "written_label"]
+MASK_MANIFEST_COLUMNS = ["mask_classes", "mask_corruption"]
+"""Added to the manifest when any item has a ``mask``: its classes (";"-joined, segment k = class k) and
+the planted corruption (empty: none)."""
 UID_NAMESPACE = "labelqa-dicomize-v1"
 
 
@@ -51,7 +58,12 @@ class StudyItem:
     """One image to write as a study (or into one): its pixels, its true and its written label, its mask.
 
     ``load()`` gives (H, W) uint8 or uint16 grey pixels (``models.preprocess.to_stored_grey`` makes them);
-    ``load_mask()`` a bool (H, W) region for SEG annotations (None: the whole image).
+    ``load_mask()`` a bool (H, W) region for class-label SEG annotations (None: the whole image).
+
+    ``mask`` (an array or a loader of one): an integer (H, W) segmentation, 0 = background, k = the class
+    ``mask_classes[k - 1]``; the item's annotation is then a binary SEG with one segment per class
+    (segment k, Segment Label = class name), whatever ``seg`` says. ``mask_corruption`` says what was
+    planted in this mask (e.g. "eroded"; empty: the mask as drawn); it goes into the manifest.
     """
 
     source_path: str
@@ -59,6 +71,16 @@ class StudyItem:
     written_label: str
     load: Callable[[], np.ndarray]
     load_mask: Callable[[], np.ndarray] | None = None
+    mask: np.ndarray | Callable[[], np.ndarray] | None = None
+    mask_classes: Sequence[str] | None = None
+    mask_corruption: str = ""
+
+    def label_mask(self) -> np.ndarray | None:
+        """The integer segmentation ``mask`` (loaded when it is a loader), or None."""
+        if self.mask is None:
+            return None
+        m = self.mask() if callable(self.mask) else self.mask
+        return np.asarray(m)
 
 
 @dataclass
@@ -209,6 +231,11 @@ def _mr_modules(ds: Dataset, pixels: np.ndarray, dataset_name: str, study_key: s
     ds.FrameOfReferenceUID = _uid(dataset_name, "frame-of-reference", study_key)
     ds.PositionReferenceIndicator = ""
     del ds.PatientOrientation
+
+
+def _has_plane(image: Dataset) -> bool:
+    """Whether the image has a plane position (MR here): then its SEG takes the geometry, not Patient Orientation."""
+    return "ImagePositionPatient" in image
 
 
 def _observation_context():
@@ -377,6 +404,69 @@ def _seg(image: Dataset, concept, label: str, mask: np.ndarray, *, dataset_name:
     )
 
 
+def _segment_concepts(vocabulary: Vocabulary, name: str) -> Any:
+    """Segmented Property Type of class ``name``: its first segment property type, else its code, else
+    a local label code (99LABELQA) when the vocabulary does not know it."""
+    import highdicom as hd
+
+    for c in vocabulary.classes:
+        if c.name == name:
+            return (c.segment_property_types[0] if c.segment_property_types else c.code).to_highdicom()
+    from dicom_io.codes import label_code
+
+    code = label_code(name, name[:64])
+    return hd.sr.CodedConcept(code.value, code.scheme_designator, code.meaning)
+
+
+def _mask_seg(
+    image: Dataset,
+    mask: np.ndarray,
+    classes: Sequence[str],
+    vocabulary: Vocabulary,
+    *,
+    dataset_name: str,
+    study_key: str,
+    source_path: str,
+) -> Dataset:
+    """A binary SEG of an integer mask (0 = background, k = ``classes[k - 1]``): one segment per class."""
+    import highdicom as hd
+
+    if mask.shape != (image.Rows, image.Columns):
+        raise DicomizeError(f"{source_path}: mask shape {mask.shape} differs from image {(image.Rows, image.Columns)}")
+    if not np.issubdtype(mask.dtype, np.integer) and mask.dtype != bool:
+        raise DicomizeError(f"{source_path}: the mask must hold integers 0..{len(classes)}, got {mask.dtype}")
+    values = np.unique(mask)
+    if values.min() < 0 or values.max() > len(classes):
+        raise DicomizeError(f"{source_path}: mask values {values.tolist()} outside 0..{len(classes)} "
+                            f"(classes: {list(classes)})")
+    descs = [
+        hd.seg.SegmentDescription(
+            segment_number=k,
+            segment_label=name[:64],
+            segmented_property_category=hd.sr.CodedConcept("404684003", "SCT", "Clinical finding"),
+            segmented_property_type=_segment_concepts(vocabulary, name),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+        )
+        for k, name in enumerate(classes, start=1)
+    ]
+    pixels = np.stack([mask == k for k in range(1, len(classes) + 1)], axis=-1)[None]
+    return hd.seg.Segmentation(
+        source_images=[image],
+        pixel_array=pixels,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descs,
+        series_instance_uid=_uid(dataset_name, "series", study_key, "seg"),
+        series_number=200,
+        sop_instance_uid=_uid(dataset_name, "seg", source_path),
+        instance_number=int(image.InstanceNumber),
+        manufacturer="labelqa",
+        manufacturer_model_name="labelqa dicomize",
+        software_versions="0.1",
+        device_serial_number="0",
+        series_description="dicomized masks",
+    )
+
+
 def write_studies(
     items: Sequence[StudyItem],
     out: Path,
@@ -436,7 +526,20 @@ def write_studies(
         study_dir.mkdir(exist_ok=True)
         image.save_as(study_dir / f"IMG_{image.SOPInstanceUID}.dcm", enforce_file_format=True)
         wlabel = it.written_label
-        if seg:
+        label_mask = it.label_mask()
+        if label_mask is not None:
+            classes = list(it.mask_classes or [])
+            if not classes:
+                raise DicomizeError(f"{it.source_path}: a mask needs its class names (mask_classes)")
+            ann = _mask_seg(image, label_mask, classes, vocabulary, dataset_name=dataset_name, study_key=key,
+                            source_path=it.source_path)
+            ann.PatientOrientation = ""  # General Image, Type 2C for images without a plane position
+            if _has_plane(image):
+                del ann.PatientOrientation
+            _deterministic_times(ann, image)
+            _deterministic_dimension_uid(ann)
+            ann.save_as(study_dir / f"SEG_{ann.SOPInstanceUID}.dcm")
+        elif seg:
             mask = it.load_mask() if it.load_mask is not None else np.ones(pixels.shape, bool)
             ann = _seg(
                 image,
@@ -456,14 +559,16 @@ def write_studies(
             ann = srs.make(image, wlabel, concepts[wlabel], study_key=key, source_path=it.source_path)
             ann.save_as(study_dir / f"SR_{ann.SOPInstanceUID}.dcm")
         rows.append(
-            [it.source_path, image.StudyInstanceUID, image.SOPInstanceUID, ann.SOPInstanceUID, it.true_label, wlabel]
+            [it.source_path, image.StudyInstanceUID, image.SOPInstanceUID, ann.SOPInstanceUID, it.true_label, wlabel,
+             ";".join(it.mask_classes or []) if label_mask is not None else "", it.mask_corruption]
         )
         if progress is not None:
             progress(n + 1, len(items))
     manifest = out / "manifest.csv"
     with manifest.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(MANIFEST_COLUMNS)
-        w.writerows(rows)
+        with_masks = any(it.mask is not None for it in items)
+        w.writerow(MANIFEST_COLUMNS + (MASK_MANIFEST_COLUMNS if with_masks else []))
+        w.writerows(r if with_masks else r[: len(MANIFEST_COLUMNS)] for r in rows)
     n_flipped = sum(1 for r in rows if r[4] != r[5])
     return DicomizeResult(len(rows), n_flipped, out, manifest, vocabulary_path, time.perf_counter() - t0)

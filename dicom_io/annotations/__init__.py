@@ -3,7 +3,8 @@
 ``read_study(paths, vocabulary)`` reads every file of one study, finds the annotation objects (SR:
 TID 1500 measurement reports and Basic/Enhanced/Comprehensive text SRs; SEG: binary, fractional,
 label-map), resolves their coded findings / segments to class names through the vocabulary, and
-returns one ``Sample`` per annotated image frame (its pixels, the given label, where it came from).
+returns one ``Sample`` per annotated image frame (its pixels, the given label, where it came from);
+with ``masks=True`` also one ``MaskSample`` per (SEG-referenced source frame, class) with the given mask.
 Whatever cannot become a sample is an ``IssueRecord``; no exception escapes ``read_study``.
 """
 
@@ -24,6 +25,8 @@ from dicom_io.annotations.records import (
     IssueCode,
     IssueRecord,
     LabelRecord,
+    MaskProvenance,
+    MaskSample,
     Provenance,
     Sample,
 )
@@ -32,5 +35,5 @@ __all__ = [
     "read_study", "read_studies", "SR_SOP_CLASSES", "SEG_SOP_CLASSES", "IssueCode", "ISSUE_CODES", "Provenance",
     "Sample", "IssueRecord", "AnnotationSet", "LabelRecord", "UNREADABLE_FILE", "UNSUPPORTED_SOP_CLASS",
     "UNKNOWN_CODE", "NO_LABEL", "MISSING_REFERENCE", "NO_IMAGE_REFERENCE", "UNREADABLE_PIXELS", "CONFLICTING_LABELS",
-    "MALFORMED_ANNOTATION", "OTHER_STUDY",
+    "MALFORMED_ANNOTATION", "OTHER_STUDY", "MaskSample", "MaskProvenance",
 ]

@@ -4,7 +4,10 @@
 TID 1500 measurement reports and Basic/Enhanced/Comprehensive text SRs; SEG: binary, fractional,
 label-map), resolves their coded findings / segments to class names through the vocabulary, and
 returns one ``Sample`` per annotated image frame (its pixels, the given label, where it came from).
+With ``masks=True`` it also returns one ``MaskSample`` per (SEG-referenced source frame, class): the
+source pixels at their native grid and the given mask on that grid (``AnnotationSet.mask_samples``).
 Whatever cannot become a sample is an ``IssueRecord``; no exception escapes ``read_study``.
+labelqa's own result objects (``dicom_io.results.series.is_own_output``) are not annotations: skipped.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,9 @@ from dicom_io.annotations.records import (
     AnnotationSet,
     IssueRecord,
     LabelRecord,
+    MaskProvenance,
+    MaskRecord,
+    MaskSample,
     Provenance,
     Sample,
 )
@@ -114,6 +120,8 @@ def read_studies(
     image_size: int | None = None,
     load_pixels: bool = True,
     pixel_transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    masks: bool = False,
+    mask_classes: Sequence[str] | None = None,
 ) -> list[AnnotationSet]:
     """``read_study`` for every study found under ``paths`` (unreadable files: a study_uid None set)."""
     issues: list[IssueRecord] = []
@@ -126,7 +134,7 @@ def read_studies(
         groups[str(inst.ds.get("StudyInstanceUID", ""))].append(inst)
     sets = [
         _read_instances(insts, [], vocabulary, image_size=image_size, load_pixels=load_pixels,
-                        pixel_transform=pixel_transform)
+                        pixel_transform=pixel_transform, masks=masks, mask_classes=mask_classes)
         for _, insts in sorted(groups.items())
     ]
     if issues:
@@ -141,6 +149,8 @@ def read_study(
     image_size: int | None = None,
     load_pixels: bool = True,
     pixel_transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    masks: bool = False,
+    mask_classes: Sequence[str] | None = None,
 ) -> AnnotationSet:
     """Labelled samples and issue records of one study (files or folders).
 
@@ -150,6 +160,12 @@ def read_study(
     ``pixel_transform`` is applied to each frame's float [0, 1] pixels instead (a model bundle's
     ``prepare_frame``: the same resize path as training). ``load_pixels`` False leaves ``pixels``
     empty (shape (0, 0)) and skips decoding (for listing only).
+
+    ``masks`` adds ``mask_samples``: per SEG, per referenced source image frame, per expected class
+    (``mask_classes``, else the vocabulary's classes but ``seg.absent_class``), a ``MaskSample`` with
+    the native-grid source pixels (``image_size``/``pixel_transform`` do not apply: models resize
+    image and mask together) and the given mask on the source grid (empty when the class has no pixel
+    there). The class-label ``samples`` are read as without it.
     """
     issues: list[IssueRecord] = []
     try:
@@ -157,7 +173,7 @@ def read_study(
     except Exception as e:  # never let a study stop on us
         return AnnotationSet(None, [], [IssueRecord(UNREADABLE_FILE, f"cannot list the study files: {e}")])
     return _read_instances(instances, issues, vocabulary, image_size=image_size, load_pixels=load_pixels,
-                           pixel_transform=pixel_transform)
+                           pixel_transform=pixel_transform, masks=masks, mask_classes=mask_classes)
 
 
 def _read_instances(
@@ -168,10 +184,12 @@ def _read_instances(
     image_size: int | None,
     load_pixels: bool,
     pixel_transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    masks: bool = False,
+    mask_classes: Sequence[str] | None = None,
 ) -> AnnotationSet:
     try:
         return _read_instances_unguarded(instances, issues, vocabulary, image_size=image_size, load_pixels=load_pixels,
-                                         pixel_transform=pixel_transform)
+                                         pixel_transform=pixel_transform, masks=masks, mask_classes=mask_classes)
     except Exception as e:  # a bug or an input nobody foresaw: say so, do not stop the caller
         log.exception("reading a study failed")
         study = str(instances[0].ds.get("StudyInstanceUID", "")) if instances else None
@@ -190,6 +208,8 @@ def _read_instances_unguarded(
     image_size: int | None,
     load_pixels: bool,
     pixel_transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    masks: bool = False,
+    mask_classes: Sequence[str] | None = None,
 ) -> AnnotationSet:
     if not instances:
         return AnnotationSet(None, [], issues)
@@ -200,6 +220,7 @@ def _read_instances_unguarded(
     images: dict[str, _Instance] = {}
     seg_headers: dict[str, Any] = {}
     records: list[LabelRecord] = []
+    mask_records: list[MaskRecord] = []
     series_images: dict[str, list[str]] = defaultdict(list)
     for inst in instances:
         sop = str(inst.ds.SOPClassUID)
@@ -225,9 +246,21 @@ def _read_instances_unguarded(
 
                 recs, iss = read_sr(ds, vocabulary)
             elif sop in SEG_SOP_CLASSES:
-                from dicom_io.annotations.seg import read_seg
+                from dicom_io.annotations.seg import read_seg, read_seg_masks
+                from dicom_io.results.series import is_own_output_dataset
 
-                recs, iss = read_seg(inst.path, vocabulary, series_images=series_images)
+                if is_own_output_dataset(ds):
+                    continue  # labelqa's suggested-correction SEG: a result, not an annotation
+                import pydicom
+
+                full_seg = pydicom.dcmread(inst.path)
+                recs, iss = read_seg(full_seg, vocabulary, series_images=series_images)
+                if masks:
+                    mrecs, miss = read_seg_masks(full_seg, vocabulary, series_images=series_images,
+                                                 classes=None if mask_classes is None else list(mask_classes))
+                    mask_records.extend(mrecs)
+                    seen = {(i.code, i.message, i.annotation_uid) for i in iss}
+                    iss = [*iss, *(i for i in miss if (i.code, i.message, i.annotation_uid) not in seen)]
             elif _is_image(ds):
                 images[uid] = inst
                 continue
@@ -251,8 +284,11 @@ def _read_instances_unguarded(
         issues.append(IssueRecord(MALFORMED_ANNOTATION, f"SR -> SEG segment references unusable: {e}"))
         records = [r for r in records if r.via_segment is None]
 
-    samples = _attach(records, images, study_uid, vocabulary, issues, image_size, load_pixels, pixel_transform)
-    return AnnotationSet(study_uid, samples, issues)
+    full: dict[str, Any] = {}
+    samples = _attach(records, images, study_uid, vocabulary, issues, image_size, load_pixels, pixel_transform,
+                      full)
+    mask_samples = _attach_masks(mask_records, images, study_uid, issues, load_pixels, full) if masks else []
+    return AnnotationSet(study_uid, samples, issues, mask_samples)
 
 
 def _resolve_segment_references(
@@ -305,6 +341,7 @@ def _attach(
     image_size: int | None,
     load_pixels: bool,
     pixel_transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    full: dict[str, Any] | None = None,
 ) -> list[Sample]:
     from dicom_io import pixels as px
 
@@ -312,7 +349,7 @@ def _attach(
     by_key: dict[tuple[str, int | None], list[LabelRecord]] = defaultdict(list)
     for r in records:
         by_key[(r.image_uid, r.frame)].append(r)
-    full: dict[str, Any] = {}
+    full = {} if full is None else full
     samples: list[Sample] = []
     for (image_uid, frame), recs in by_key.items():
         labels = sorted({r.label for r in recs})
@@ -374,3 +411,156 @@ def _attach(
         )
         samples.append(Sample(rec.label, arr, prov, rec.masks, spacing))
     return samples
+
+
+def _to_source_grid(
+    mask: np.ndarray,
+    shape: tuple[int, int],
+    seg_spacing: tuple[float, float] | None,
+    spacing: tuple[float, float],
+    offset: tuple[int, int] | None,
+) -> np.ndarray | None:
+    """A SEG-grid mask on the source grid ``shape`` (None when it cannot be placed there).
+
+    Same Pixel Spacing: the SEG grid is placed at ``offset`` (source row, column of the SEG's first
+    pixel, from the plane positions; (0, 0) when unknown), cropped or padded. Another spacing covering
+    the same extent (within 2 %), or a SEG that says no spacing: nearest-neighbour resampling.
+    """
+    same_spacing = seg_spacing is not None and all(
+        abs(seg_spacing[k] - spacing[k]) <= 1e-3 * max(spacing[k], 1e-9) for k in (0, 1))
+    if mask.shape == shape and (offset in (None, (0, 0)) or not same_spacing):
+        return mask
+    if same_spacing:
+        r0, c0 = offset or (0, 0)
+        out = np.zeros(shape, bool)
+        rs, cs = max(0, r0), max(0, c0)
+        re, ce = min(shape[0], r0 + mask.shape[0]), min(shape[1], c0 + mask.shape[1])
+        if re > rs and ce > cs:
+            out[rs:re, cs:ce] = mask[rs - r0 : re - r0, cs - c0 : ce - c0]
+        return out
+    if seg_spacing is not None:
+        for k in (0, 1):
+            a, b = mask.shape[k] * seg_spacing[k], shape[k] * spacing[k]
+            if abs(a - b) > 0.02 * max(a, b):
+                return None
+    rows = np.minimum(((np.arange(shape[0]) + 0.5) * mask.shape[0] / shape[0]).astype(int), mask.shape[0] - 1)
+    cols = np.minimum(((np.arange(shape[1]) + 0.5) * mask.shape[1] / shape[1]).astype(int), mask.shape[1] - 1)
+    return np.ascontiguousarray(mask[np.ix_(rows, cols)])
+
+
+def _grid_offset(
+    hdr: Any, frame: int | None, seg_position: tuple[float, float, float] | None, spacing: tuple[float, float]
+) -> tuple[int, int] | None:
+    """(row, column) of the SEG frame's first pixel on the source frame, from both Image Positions and the
+    source's orientation; None when either position is unknown or the offset is not a whole pixel."""
+    from dicom_io.pixels import _fg_item
+
+    if seg_position is None:
+        return None
+    index = 0 if frame is None else frame - 1
+    pp, po = _fg_item(hdr, index, "PlanePositionSequence"), _fg_item(hdr, index, "PlaneOrientationSequence")
+    try:
+        pos = np.asarray((pp or hdr).ImagePositionPatient, float)
+        iop = np.asarray((po or hdr).ImageOrientationPatient, float)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if pos.shape != (3,) or iop.shape != (6,):
+        return None
+    d = np.asarray(seg_position, float) - pos
+    col, row = float(d @ iop[:3]) / spacing[1], float(d @ iop[3:]) / spacing[0]
+    if abs(col - round(col)) > 0.1 or abs(row - round(row)) > 0.1:
+        return None
+    return round(row), round(col)
+
+
+def _attach_masks(
+    records: list[MaskRecord],
+    images: dict[str, _Instance],
+    study_uid: str,
+    issues: list[IssueRecord],
+    load_pixels: bool,
+    full: dict[str, Any],
+) -> list[MaskSample]:
+    """Mask records + their source frames -> mask samples on the source grid (one per frame and class)."""
+    from dicom_io import pixels as px
+
+    said = {(i.code, i.annotation_uid, i.image_uid) for i in issues}
+
+    def issue(code: str, message: str, rec: MaskRecord) -> None:
+        if (code, rec.annotation_uid, rec.image_uid) not in said:
+            said.add((code, rec.annotation_uid, rec.image_uid))
+            issues.append(IssueRecord(code, message, rec.annotation_uid, rec.image_uid))
+
+    # Normalise frames (a single-frame source named as frame 1 is frame None) and unite duplicates.
+    merged: dict[tuple[str, str, int | None, str], MaskRecord] = {}
+    for rec in records:
+        inst = images.get(rec.image_uid)
+        if inst is None:
+            issue(MISSING_REFERENCE, f"segmentation refers to image {rec.image_uid} which is not in the study", rec)
+            continue
+        nframes = px.n_frames(inst.ds)
+        frame = rec.frame
+        if nframes == 1 and frame == 1:
+            frame = None
+        if nframes > 1 and frame is None:
+            issue(NO_IMAGE_REFERENCE, f"segmentation names multi-frame image {rec.image_uid} without a frame "
+                  "number: no mask sample", rec)
+            continue
+        if frame is not None and not 1 <= frame <= nframes:
+            issue(MALFORMED_ANNOTATION, f"segmentation names frame {frame} of image {rec.image_uid}, which has "
+                  f"{nframes} frame(s)", rec)
+            continue
+        key = (rec.annotation_uid, rec.image_uid, frame, rec.class_name)
+        prev = merged.get(key)
+        if prev is None:
+            merged[key] = MaskRecord(**{**rec.__dict__, "frame": frame})
+        elif prev.mask.shape == rec.mask.shape:
+            prev.mask = prev.mask | rec.mask
+            prev.segment_numbers = tuple(sorted(set(prev.segment_numbers) | set(rec.segment_numbers)))
+            prev.seg_frames = tuple(sorted(set(prev.seg_frames) | set(rec.seg_frames)))
+    out: list[MaskSample] = []
+    frames: dict[tuple[str, int | None], tuple[np.ndarray, tuple[float, float]]] = {}  # decoded once per frame
+    for rec in merged.values():
+        inst = images[rec.image_uid]
+        hdr = inst.ds
+        shape = (int(hdr.Rows), int(hdr.Columns))
+        spacing = px.pixel_spacing(hdr, rec.frame)
+        arr = np.zeros((0, 0), np.float32)
+        if load_pixels:
+            try:
+                if (rec.image_uid, rec.frame) not in frames:
+                    ds = full.get(rec.image_uid)
+                    if ds is None:
+                        import pydicom
+
+                        ds = full[rec.image_uid] = pydicom.dcmread(inst.path)
+                    frames[(rec.image_uid, rec.frame)] = (px.frame_to_float(ds, rec.frame),
+                                                          px.pixel_spacing(ds, rec.frame))
+                arr, spacing = frames[(rec.image_uid, rec.frame)]  # the classes of a frame share its pixels
+                shape = (int(arr.shape[0]), int(arr.shape[1]))
+            except Exception as e:  # decoders raise many types
+                issue(UNREADABLE_PIXELS, f"pixels of image {rec.image_uid} unusable: {e}", rec)
+                continue
+        mask = _to_source_grid(rec.mask.astype(bool), shape, rec.seg_spacing, spacing,
+                               _grid_offset(hdr, rec.frame, rec.seg_position, spacing))
+        if mask is None:
+            issue(MALFORMED_ANNOTATION, f"SEG grid {rec.mask.shape} (spacing {rec.seg_spacing}) does not cover "
+                  f"image {rec.image_uid} ({shape}, spacing {spacing}): no mask sample", rec)
+            continue
+        prov = MaskProvenance(
+            study_uid=study_uid,
+            annotation_uid=rec.annotation_uid,
+            annotation_sop_class_uid=rec.annotation_sop_class_uid,
+            source="seg",
+            content_path=None,
+            segment_number=rec.main_segment,
+            image_uid=rec.image_uid,
+            image_sop_class_uid=str(hdr.get("SOPClassUID", "")) or None,
+            frame=rec.frame,
+            observer=rec.observer,
+            series_uid_of_image=str(hdr.get("SeriesInstanceUID", "")) or None,
+            segment_numbers=rec.segment_numbers,
+            seg_frames=rec.seg_frames,
+        )
+        out.append(MaskSample(rec.class_name, arr, mask, spacing, prov))
+    return out

@@ -31,11 +31,12 @@ from dicom_io.annotations.records import (
     UNREADABLE_PIXELS,
     IssueRecord,
     LabelRecord,
+    MaskRecord,
 )
 from dicom_io.annotations.sr import _code_of
 
 
-def _fg(ds: Any, i: int, name: str) -> Any | None:
+def _fg(ds: Any, i: int, name: str) -> Any:
     pffg = ds.get("PerFrameFunctionalGroupsSequence")
     if pffg is not None and len(pffg) > i and name in pffg[i]:
         return pffg[i].get(name)
@@ -168,26 +169,10 @@ def _observer(ds: Any) -> str | None:
     return str(name) if name else None
 
 
-def read_seg(
-    path: Path | Any, vocabulary: Any | None, *, series_images: dict[str, list[str]] | None = None
-) -> tuple[list[LabelRecord], list[IssueRecord]]:
-    """Label records (with masks) and issue records of one SEG file (or dataset).
-
-    ``series_images`` (series UID -> single-frame image UIDs in the study): images of a series the SEG
-    references but that no SEG frame names (tools such as dcmqi omit empty slices from the SEG and
-    its references) count as referenced with no segment present.
-    """
-    import pydicom
-
-    ds = pydicom.dcmread(path) if isinstance(path, (str, Path)) else path
-    uid, sop = str(ds.SOPInstanceUID), str(ds.SOPClassUID)
-    issues: list[IssueRecord] = []
-    seg_type = str(ds.get("SegmentationType", "BINARY")).upper()
-    if not ds.get("SegmentSequence"):
-        return [], [IssueRecord(MALFORMED_ANNOTATION, "SEG has no Segment Sequence", uid)]
-
-    # Segments -> classes.
-    segments: dict[int, tuple[str, str | None]] = {}  # number -> (description, class)
+def _segment_classes(ds: Any, vocabulary: Any | None, issues: list[IssueRecord]) -> dict[int, tuple[str, str | None]]:
+    """Segment number -> (description for messages, class name or None) of the Segment Sequence."""
+    uid = str(ds.SOPInstanceUID)
+    segments: dict[int, tuple[str, str | None]] = {}
     for item in ds.SegmentSequence:
         try:
             n = int(item.SegmentNumber)
@@ -206,6 +191,28 @@ def read_seg(
                 cls = vocabulary.lookup_label(label)
         desc = f"segment {n} {label!r}" + (f" ({ptype[0]} {ptype[1]} {ptype[2]!r})" if ptype else "")
         segments[n] = (desc, cls)
+    return segments
+
+
+def read_seg(
+    path: Path | Any, vocabulary: Any | None, *, series_images: dict[str, list[str]] | None = None
+) -> tuple[list[LabelRecord], list[IssueRecord]]:
+    """Label records (with masks) and issue records of one SEG file (or dataset).
+
+    ``series_images`` (series UID -> single-frame image UIDs in the study): images of a series the SEG
+    references but that no SEG frame names (tools such as dcmqi omit empty slices from the SEG and
+    its references) count as referenced with no segment present.
+    """
+    import pydicom
+
+    ds = pydicom.dcmread(path) if isinstance(path, (str, Path)) else path
+    uid, sop = str(ds.SOPInstanceUID), str(ds.SOPClassUID)
+    issues: list[IssueRecord] = []
+    seg_type = str(ds.get("SegmentationType", "BINARY")).upper()
+    if not ds.get("SegmentSequence"):
+        return [], [IssueRecord(MALFORMED_ANNOTATION, "SEG has no Segment Sequence", uid)]
+
+    segments = _segment_classes(ds, vocabulary, issues)
 
     # Pixels.
     try:
@@ -272,7 +279,7 @@ def read_seg(
     unknown_present: set[int] = set()
     empty_without_class = 0
     for (image_uid, frame), present in groups.items():
-        classes = {segments[n][1] for n in present if segments.get(n, ("", None))[1] is not None}
+        classes = {c for n in present if (c := segments.get(n, ("", None))[1]) is not None}
         unknown_present.update(n for n in present if segments.get(n, ("", None))[1] is None)
         if not present:
             absent = vocabulary.seg.absent_class if vocabulary is not None else None
@@ -317,4 +324,156 @@ def read_seg(
                 uid,
             )
         )
+    return records, issues
+
+
+def seg_pixel_spacing(ds: Any) -> tuple[float, float] | None:
+    """(row, column) Pixel Spacing of the SEG frames (shared, else first per-frame Pixel Measures), or None."""
+    pm = _fg(ds, 0, "PixelMeasuresSequence")
+    try:
+        v = pm[0].PixelSpacing if pm else ds.get("PixelSpacing")
+        if v is not None and len(v) == 2 and float(v[0]) > 0 and float(v[1]) > 0:
+            return float(v[0]), float(v[1])
+    except (AttributeError, IndexError, TypeError, ValueError):
+        pass
+    return None
+
+
+def _frame_position(ds: Any, i: int) -> tuple[float, float, float] | None:
+    """Image Position (Patient) of SEG frame ``i`` (0-based), or None."""
+    pp = _fg(ds, i, "PlanePositionSequence")
+    try:
+        v = pp[0].ImagePositionPatient
+        return float(v[0]), float(v[1]), float(v[2])
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
+
+
+def _frame_masks(
+    ds: Any, arr: np.ndarray, i: int, seg_type: str, threshold: float, segments: dict[int, Any]
+) -> dict[int, np.ndarray] | None:
+    """Segment number -> bool mask of SEG frame ``i`` (0-based); empty masks kept (the segment is named
+    there); None when the frame names no segment (binary/fractional without Segment Identification)."""
+    frame = arr[i]
+    if seg_type == "LABELMAP":
+        return {n: frame == n for n in segments if n != 0}
+    n = _frame_segment(ds, i, arr.shape[0])
+    if n is None:
+        return None
+    return {n: (frame >= threshold) if seg_type == "FRACTIONAL" else (frame > 0)}
+
+
+def read_seg_masks(
+    path: Path | Any,
+    vocabulary: Any | None,
+    *,
+    series_images: dict[str, list[str]] | None = None,
+    classes: list[str] | tuple[str, ...] | None = None,
+) -> tuple[list[MaskRecord], list[IssueRecord]]:
+    """Masks of one SEG per (source image frame, class), on the SEG grid, and issue records.
+
+    Every source frame the SEG refers to (per-frame Derivation Image references, the Referenced Series
+    instances and, with ``series_images``, the other single-frame images of a referenced series) gets
+    one record per expected class: ``classes`` when given, else the vocabulary's classes except
+    ``seg.absent_class``, else (no vocabulary) the classes of this SEG's segments; without ``classes``,
+    classes present in a frame but not expected (e.g. the absent class) are added. A class with no
+    pixel in a frame gets an all-False mask. Segments of the same class are united; FRACTIONAL pixels
+    count from ``seg.min_fraction`` of the Maximum Fractional Value on; LABELMAP pixel values are
+    segment numbers. Never raises for a broken SEG.
+    """
+    import pydicom
+
+    ds = pydicom.dcmread(path) if isinstance(path, (str, Path)) else path
+    uid, sop = str(ds.SOPInstanceUID), str(ds.SOPClassUID)
+    issues: list[IssueRecord] = []
+    seg_type = str(ds.get("SegmentationType", "BINARY")).upper()
+    if not ds.get("SegmentSequence"):
+        return [], [IssueRecord(MALFORMED_ANNOTATION, "SEG has no Segment Sequence", uid)]
+    segments = _segment_classes(ds, vocabulary, issues)
+    try:
+        arr = _seg_pixels(ds)
+    except Exception as e:  # decoders raise many types
+        return [], [*issues, IssueRecord(UNREADABLE_PIXELS, f"SEG pixel data cannot be decoded: {e}", uid)]
+    nframes = int(ds.get("NumberOfFrames", 1) or 1)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3 or arr.shape[0] != nframes:
+        return [], [*issues, IssueRecord(MALFORMED_ANNOTATION, f"{arr.shape} decoded, {nframes} frame(s) declared",
+                                         uid)]
+    threshold = 0.0
+    if seg_type == "FRACTIONAL":
+        maxv = float(ds.get("MaximumFractionalValue", 255) or 255)
+        threshold = (vocabulary.seg.min_fraction if vocabulary is not None else 0.5) * maxv
+    grid = (int(arr.shape[1]), int(arr.shape[2]))
+
+    # (image uid, frame) -> class -> [mask, segment numbers, SEG frame numbers (1-based)]
+    groups: dict[tuple[str, int | None], dict[str, list[Any]]] = {}
+    unreferenced = 0
+    unknown: set[int] = set()
+    for i in range(nframes):
+        refs = _source_refs(ds, i)
+        present = _frame_masks(ds, arr, i, seg_type, threshold, segments)
+        if not refs or present is None:
+            unreferenced += 1
+            continue
+        for ref in refs:
+            g = groups.setdefault(ref, {})
+            for n, m in present.items():
+                cls = segments.get(n, ("", None))[1]
+                if cls is None:
+                    if m.any():
+                        unknown.add(n)
+                    continue
+                entry = g.setdefault(cls, [np.zeros(grid, bool), [], []])
+                entry[0] = entry[0] | m
+                if n not in entry[1]:
+                    entry[1].append(n)
+                if m.any() or seg_type != "LABELMAP":
+                    entry[2].append(i + 1)
+    if unreferenced:
+        issues.append(IssueRecord(
+            NO_IMAGE_REFERENCE, f"{unreferenced} SEG frame(s) name no source image frame or segment: no masks read "
+            "from them", uid))
+    for n in sorted(unknown):  # the same words as read_seg's: read_study says each once
+        if n in segments:
+            issues.append(IssueRecord(UNKNOWN_CODE, f"{segments[n][0]} is not in the vocabulary", uid))
+        else:
+            issues.append(IssueRecord(
+                MALFORMED_ANNOTATION, f"frames use segment {n}, which the Segment Sequence does not describe", uid))
+
+    referenced = _referenced_instances(ds)
+    if series_images:
+        for series in ds.get("ReferencedSeriesSequence") or []:
+            for image_uid in series_images.get(str(series.get("SeriesInstanceUID", "")), []):
+                if image_uid not in referenced:
+                    referenced.append(image_uid)
+    for ref_uid in referenced:
+        if not any(k[0] == ref_uid for k in groups):
+            groups[(ref_uid, None)] = {}
+
+    seg_classes = [c for _, c in segments.values() if c is not None]
+    if classes is not None:
+        expected = list(classes)
+    elif vocabulary is not None:
+        absent = vocabulary.seg.absent_class
+        expected = [c for c in vocabulary.class_names if c != absent]
+    else:
+        expected = list(dict.fromkeys(seg_classes))
+    of_class = {c: sorted(n for n, (_, k) in segments.items() if k == c) for c in set(seg_classes)}
+    observer, spacing = _observer(ds), seg_pixel_spacing(ds)
+    records: list[MaskRecord] = []
+    for (image_uid, frame), g in groups.items():
+        for cls in [*expected, *(c for c in g if c not in expected and classes is None)]:
+            mask, numbers, seg_frames = g.get(cls) or (np.zeros(grid, bool), of_class.get(cls, []), [])
+            numbers = sorted(numbers)
+            areas = {n: 0 for n in numbers}
+            if len(numbers) > 1:  # the main segment: the largest area in this frame
+                for j in seg_frames:
+                    for n, m in (_frame_masks(ds, arr, j - 1, seg_type, threshold, segments) or {}).items():
+                        if n in areas:
+                            areas[n] += int(m.sum())
+            main = max(numbers, key=lambda n: (areas[n], -n)) if numbers else None
+            records.append(MaskRecord(cls, uid, sop, image_uid, frame, mask, tuple(numbers),
+                                      tuple(sorted(set(seg_frames))), main, observer, spacing,
+                                      _frame_position(ds, min(seg_frames) - 1) if seg_frames else None))
     return records, issues

@@ -5,7 +5,16 @@ annotation datasets, and returns the result objects with deterministic UIDs (``u
 inputs and bundle give the same UIDs, changed results give new ones. No torch here.
 """
 
-from dicom_io.results.records import VERDICTS, AlgorithmInfo, AuditedAnnotation, as_code
+from dicom_io.results.records import (
+    MASK_ERROR_KINDS,
+    MASK_VERDICTS,
+    VERDICTS,
+    AlgorithmInfo,
+    AuditedAnnotation,
+    AuditedMask,
+    as_code,
+)
 from dicom_io.results.write import file_kind, save_results, write_results
 
-__all__ = ["AlgorithmInfo", "AuditedAnnotation", "as_code", "file_kind", "save_results", "write_results", "VERDICTS"]
+__all__ = ["AlgorithmInfo", "AuditedAnnotation", "AuditedMask", "as_code", "file_kind", "save_results",
+           "write_results", "VERDICTS", "MASK_VERDICTS", "MASK_ERROR_KINDS"]

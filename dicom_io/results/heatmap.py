@@ -30,12 +30,14 @@ def render_overlay(base: np.ndarray, heat: np.ndarray, caption: str = "") -> np.
     import matplotlib
     from PIL import Image, ImageDraw, ImageFont
 
+    bilinear = Image.Resampling.BILINEAR
+
     cmap = matplotlib.colormaps["jet"]
     h0, w0 = base.shape
     scale = min(512 / max(h0, w0), max(1.0, 256 / max(h0, w0)))
     h, w = max(1, round(h0 * scale)), max(1, round(w0 * scale))
-    grey = np.asarray(Image.fromarray((np.clip(base, 0, 1) * 255).astype(np.uint8)).resize((w, h), Image.BILINEAR))
-    heat_img = Image.fromarray(np.clip(heat, 0, 1).astype(np.float32), mode="F").resize((w, h), Image.BILINEAR)
+    grey = np.asarray(Image.fromarray((np.clip(base, 0, 1) * 255).astype(np.uint8)).resize((w, h), bilinear))
+    heat_img = Image.fromarray(np.clip(heat, 0, 1).astype(np.float32), mode="F").resize((w, h), bilinear)
     hm = np.clip(np.asarray(heat_img, dtype=np.float32), 0, 1)
     colour = cmap(hm)[..., :3]
     alpha = (0.15 + 0.45 * hm)[..., None]
@@ -112,8 +114,6 @@ def heatmap_sc(
 
     With ``members`` (name -> map), the picture is a panel: the consensus map, then each member's.
     """
-    from highdicom.sc import SCImage
-
     if heat.ndim != 2:
         raise ValueError(f"heatmap must be 2-D, got shape {heat.shape}")
     base = source_frame_float(source, frame)
@@ -122,6 +122,31 @@ def heatmap_sc(
         pixels = render_panel(base, maps)
     else:
         pixels = render_overlay(base, heat, caption)
+    return secondary_capture(
+        source, frame, pixels, series_instance_uid=series_instance_uid, series_number=series_number,
+        sop_instance_uid=sop_instance_uid, instance_number=instance_number, manufacturer=manufacturer,
+        series_description=series_description,
+        derivation_description="Consensus Grad-CAM saliency of the labelqa model ensemble over the source frame",
+    )
+
+
+def secondary_capture(
+    source: Dataset,
+    frame: int | None,
+    pixels: np.ndarray,
+    *,
+    series_instance_uid: str,
+    series_number: int,
+    sop_instance_uid: str,
+    instance_number: int,
+    manufacturer: str,
+    series_description: str,
+    derivation_description: str,
+) -> Dataset:
+    """An RGB Secondary Capture of ``pixels`` (uint8 (h, w, 3), burned-in text) derived from ``source``'s frame:
+    same patient and study, Source Image Sequence -> the source (and frame), body part/laterality copied."""
+    from highdicom.sc import SCImage
+
     sc = SCImage.from_ref_dataset(
         ref_dataset=source,
         pixel_array=pixels,
@@ -147,7 +172,7 @@ def heatmap_sc(
         sc.Laterality = ""
     sc.ImageType = ["DERIVED", "SECONDARY"]
     sc.SeriesDescription = series_description
-    sc.DerivationDescription = "Consensus Grad-CAM saliency of the labelqa model ensemble over the source frame"
+    sc.DerivationDescription = derivation_description
     ref = Dataset()
     ref.ReferencedSOPClassUID = source.SOPClassUID
     ref.ReferencedSOPInstanceUID = source.SOPInstanceUID

@@ -1,12 +1,15 @@
 """Key Object Selection (TID 2010) titled 113010 "Quality Issue": the flagged images and their heatmaps.
 
+Flagged frames of a multi-frame image are named (``Referenced Frame Number`` of its IMAGE item); mask
+overlays and suggested-correction SEGs are selected beside the images they are about.
+
 Never 113001 "Rejected for Quality Reasons": that title makes a KOS an IHE IOCM rejection note, and
 PACS such as dcm4chee then hide the referenced instances.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from pydicom.dataset import Dataset
 
@@ -23,8 +26,12 @@ def quality_issue_kos(
     series_number: int,
     sop_instance_uid: str,
     manufacturer: str,
+    frames: Mapping[str, Sequence[int]] | None = None,
 ) -> Dataset:
-    """A KOS selecting ``selected`` (flagged source images and their heatmap SCs) as a Quality Issue."""
+    """A KOS selecting ``selected`` (flagged source images and their heatmap SCs) as a Quality Issue.
+
+    ``frames``: SOP Instance UID -> the flagged (1-based) frames of that multi-frame image.
+    """
     import highdicom as hd
 
     if not selected:
@@ -33,6 +40,13 @@ def quality_issue_kos(
     content = hd.ko.KeyObjectSelection(
         document_title=codes.QUALITY_ISSUE, referenced_objects=unique, description=description[:1024]
     )
+    for item in content[0].ContentSequence if frames else []:
+        if frames is None or item.ValueType != "IMAGE":
+            continue
+        ref = item.ReferencedSOPSequence[0]
+        wanted = sorted({int(f) for f in frames.get(str(ref.ReferencedSOPInstanceUID), [])})
+        if wanted:
+            ref.ReferencedFrameNumber = wanted if len(wanted) > 1 else wanted[0]
     kos = hd.ko.KeyObjectSelectionDocument(
         evidence=unique,
         content=content,

@@ -11,10 +11,21 @@ from pydicom.sr.coding import Code
 from dicom_io import codes
 from dicom_io.results.uids import digest
 
-__all__ = ["VERDICTS", "as_code", "AlgorithmInfo", "AuditedAnnotation"]
+__all__ = ["VERDICTS", "MASK_VERDICTS", "MASK_ERROR_KINDS", "REGION_KEYS", "as_code", "AlgorithmInfo",
+           "AuditedAnnotation", "AuditedMask"]
 
 VERDICTS = tuple(codes.VERDICT_CODES)
 """The verdict values a result record may carry (``models.verdict.Verdict``'s values)."""
+
+MASK_VERDICTS = ("suspected_mask_error", "hard_case", "consistent")
+"""The verdicts of an audited mask."""
+
+MASK_ERROR_KINDS = tuple(codes.MASK_ERROR_KIND_CODES)
+"""Mask error kinds (``models.verdict.MaskErrorKind``'s values)."""
+
+REGION_KEYS = ("kind", "area_px", "area_mm2", "bbox")
+"""Keys of a region dict: kind (a mask error kind), area in pixels and mm2, bbox (r0, c0, r1, c1),
+rows r0..r1-1 and columns c0..c1-1 of the source frame (exclusive ends, as numpy slices)."""
 
 
 def as_code(label: Any) -> Code:
@@ -99,3 +110,97 @@ class AuditedAnnotation:
 
 def _round(x: float | None) -> float | None:
     return None if x is None else round(float(x), 6)
+
+
+@dataclass
+class AuditedMask:
+    """One audited mask (a SEG's class on one source frame): its provenance and the detector's word on it.
+
+    Provenance as the mask sample had it (``dicom_io.annotations.MaskSample``; :meth:`from_sample`):
+    the SEG (``annotation_uid``), its ``segment_number`` (the main one; None when the SEG has no segment
+    of the class), all ``segment_numbers`` and the SEG frame numbers, the source image and its 1-based
+    ``frame`` (None: single-frame). ``verdict``: one of :data:`MASK_VERDICTS`; ``kind``: one of
+    :data:`MASK_ERROR_KINDS` or None. ``dice``/``hd95_mm``: the given mask against the consensus;
+    ``agreement``: between the ensemble members; ``score``: the detector's mask error score.
+    ``consensus``/``given``: bool (rows, columns) masks on the source frame's grid (``given`` None:
+    read from the SEG); ``regions``: dicts with :data:`REGION_KEYS`. ``class_code``: the vocabulary's
+    code of the class (a Code or CodedConcept-like), default a local label code of ``class_name``.
+    """
+
+    study_uid: str
+    annotation_uid: str
+    annotation_sop_class_uid: str
+    image_uid: str
+    class_name: str
+    verdict: str
+    kind: str | None
+    dice: float | None
+    hd95_mm: float | None
+    agreement: float | None
+    priority: float
+    score: float | None = None
+    frame: int | None = None
+    segment_number: int | None = None
+    segment_numbers: tuple[int, ...] = ()
+    seg_frames: tuple[int, ...] = ()
+    image_sop_class_uid: str | None = None
+    class_code: Any = None
+    consensus: np.ndarray | None = None
+    given: np.ndarray | None = None
+    regions: list[dict[str, Any]] = field(default_factory=list)
+    spacing: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.verdict not in MASK_VERDICTS:
+            raise ValueError(f"unknown mask verdict {self.verdict!r}; expected one of {MASK_VERDICTS}")
+        if self.kind is not None and self.kind not in MASK_ERROR_KINDS:
+            raise ValueError(f"unknown mask error kind {self.kind!r}; expected one of {MASK_ERROR_KINDS}")
+        for r in self.regions:
+            missing = [k for k in REGION_KEYS if k not in r]
+            if missing or (r["kind"] is not None and r["kind"] not in MASK_ERROR_KINDS):
+                raise ValueError(f"region {r!r}: needs {REGION_KEYS} with a known kind")
+        for name in ("consensus", "given"):
+            m = getattr(self, name)
+            if m is not None:
+                m = np.asarray(m)
+                if m.ndim != 2:
+                    raise ValueError(f"{name} mask must be 2-D (rows, columns), got shape {m.shape}")
+                setattr(self, name, m.astype(bool))
+        if self.consensus is not None and self.given is not None and self.consensus.shape != self.given.shape:
+            raise ValueError(f"consensus {self.consensus.shape} and given {self.given.shape} masks differ in shape")
+        if self.segment_number is None and self.segment_numbers:
+            self.segment_number = self.segment_numbers[0]
+
+    @classmethod
+    def from_sample(cls, sample: Any, **detector: Any) -> AuditedMask:
+        """From a ``dicom_io.annotations.MaskSample`` and the detector's fields (verdict, kind, dice...)."""
+        p = sample.provenance
+        fields = {
+            "study_uid": p.study_uid, "annotation_uid": p.annotation_uid,
+            "annotation_sop_class_uid": p.annotation_sop_class_uid, "image_uid": p.image_uid,
+            "class_name": sample.class_name, "frame": p.frame, "segment_number": p.segment_number,
+            "segment_numbers": tuple(p.segment_numbers), "seg_frames": tuple(p.seg_frames),
+            "image_sop_class_uid": p.image_sop_class_uid, "given": sample.given_mask, "spacing": sample.spacing,
+        }
+        return cls(**{**fields, **detector})
+
+    def class_concept(self) -> Code:
+        return as_code(self.class_code if self.class_code is not None else self.class_name)
+
+    @property
+    def flagged(self) -> bool:
+        return self.verdict in codes.FLAGGED_VERDICTS
+
+    def key(self) -> dict[str, Any]:
+        """What identifies the audited mask and its result, for deterministic UIDs."""
+        return {
+            "annotation": [self.annotation_uid, self.segment_number, list(self.segment_numbers)],
+            "image": [self.image_uid, self.frame],
+            "class": [self.class_name, str(self.class_concept())],
+            "verdict": [self.verdict, self.kind],
+            "scores": [_round(self.dice), _round(self.hd95_mm), _round(self.agreement), _round(self.priority),
+                       _round(self.score)],
+            "consensus": None if self.consensus is None else [list(self.consensus.shape),
+                                                               digest(np.packbits(self.consensus))],
+            "regions": [[r["kind"], int(r["area_px"]), [int(v) for v in r["bbox"]]] for r in self.regions],
+        }

@@ -1,8 +1,9 @@
-"""A QA officer's HTML rendering of a labelqa QA report SR, heatmaps inline.
+"""A QA officer's HTML rendering of a labelqa QA report SR, heatmaps and mask overlays inline.
 
 Our own summary (counts, cohort findings, a table ranked by re-annotation priority with each
-heatmap Secondary Capture inline as PNG), followed by dcmtk ``dsr2html``'s full rendering of the SR
-when dcmtk is installed.
+heatmap Secondary Capture inline as PNG; audited masks in a second table with their verdict, kind,
+Dice/HD95 to the consensus, regions and the mask overlay SC inline), followed by dcmtk
+``dsr2html``'s full rendering of the SR when dcmtk is installed.
 """
 
 from __future__ import annotations
@@ -63,6 +64,49 @@ def _fmt(x: float | None, nd: int = 3) -> str:
     return "" if x is None else (f"{x:.{nd}f}" if x != int(x) else str(int(x)))
 
 
+def _mask_table(masks: list[dict], files: dict[str, Path]) -> list[str]:
+    """The audited-masks table: highest priority first, the overlay SC inline."""
+    from dicom_io import codes
+
+    e = html.escape
+    m_dice, m_hd, m_agree, m_pri = (codes.DICE_TO_CONSENSUS.meaning, codes.HD95_TO_CONSENSUS.meaning,
+                                    codes.MASK_AGREEMENT.meaning, codes.REANNOTATION_PRIORITY.meaning)
+    parts = [
+        "<h2>Audited segmentation masks (highest re-annotation priority first)</h2>"
+        "<p>Overlay: green = given mask, magenta = model consensus, red = missing from the given mask, "
+        "blue = given but not in the consensus; numbered boxes are the regions.</p>"
+        "<table><tr><th>#</th><th>verdict</th><th>class</th><th>kind</th><th>Dice to consensus</th>"
+        "<th>HD95 (mm)</th><th>agreement</th><th>priority</th><th>regions</th><th>image / segmentation</th>"
+        "<th>overlay</th></tr>"
+    ]
+    for it in sorted(masks, key=lambda it: -it["measurements"].get(m_pri, 0.0)):
+        m = it["measurements"]
+        pic = ""
+        if it["overlay_uid"] in files:
+            uri = _png_data_uri(pydicom.dcmread(files[it["overlay_uid"]]))
+            pic = f"<img alt='mask overlay' width='320' src='{uri}'>"
+        elif it["overlay_uid"]:
+            pic = f"(overlay {e(it['overlay_uid'])} not found)"
+        where = f"image <code>{e(str(it['source_image_uid']))}</code>"
+        if it.get("frame"):
+            where += f" frame {it['frame']}"
+        where += f"<br>segmentation <code>{e(str(it['annotation_uid']))}</code>"
+        if it["segment_number"]:
+            where += f" segment {it['segment_number']}"
+        if it.get("suggestion_uid"):
+            where += f"<br>suggested correction <code>{e(str(it['suggestion_uid']))}</code>"
+        cls = it["class_label"].meaning if it["class_label"] else ""
+        regions = "<br>".join(e(r) for r in it["regions"])
+        parts.append(
+            f"<tr class='{e(str(it['verdict']))}'><td>{e(it['tracking_id'])}</td><td>{e(str(it['verdict_code']))}</td>"
+            f"<td>{e(cls)}</td><td>{e(str(it['kind'] or '').replace('_', ' '))}</td><td>{_fmt(m.get(m_dice))}</td>"
+            f"<td>{_fmt(m.get(m_hd), 1)}</td><td>{_fmt(m.get(m_agree))}</td><td>{_fmt(m.get(m_pri))}</td>"
+            f"<td>{regions}</td><td>{where}</td><td>{pic}</td></tr>"
+        )
+    parts.append("</table>")
+    return parts
+
+
 def render_html(sr_path: Path, heatmap_dirs: Iterable[Path] = ()) -> str:
     """The HTML report of the SR at ``sr_path``; heatmaps are looked up next to it and in ``heatmap_dirs``."""
     from dicom_io import codes
@@ -70,6 +114,7 @@ def render_html(sr_path: Path, heatmap_dirs: Iterable[Path] = ()) -> str:
     ds = pydicom.dcmread(sr_path)
     report = read_report(ds)
     want = {it["heatmap_uid"] for it in report["items"] if it["heatmap_uid"]}
+    want |= {it["overlay_uid"] for it in report.get("masks", []) if it["overlay_uid"]}
     heat_files = find_instances(want, [Path(sr_path).parent, *heatmap_dirs]) if want else {}
     e = html.escape
     parts = [
@@ -77,7 +122,8 @@ def render_html(sr_path: Path, heatmap_dirs: Iterable[Path] = ()) -> str:
         f"<title>{e(report['title'])}</title>",
         "<style>body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}"
         "td,th{border:1px solid #bbb;padding:4px 8px;vertical-align:top}"
-        ".suspected_label_error{background:#fdd}.hard_case{background:#ffd}.consistent{background:#efe}"
+        ".suspected_label_error{background:#fdd}.suspected_mask_error{background:#fdd}.hard_case{background:#ffd}"
+        ".consistent{background:#efe}"
         ".warn{color:#a00;font-weight:bold}</style></head><body>",
         f"<h1>{e(report['title'])}</h1>",
         "<p class='warn'>NOT FOR DIAGNOSIS - annotation quality assurance only.</p>",
@@ -124,6 +170,8 @@ def render_html(sr_path: Path, heatmap_dirs: Iterable[Path] = ()) -> str:
             f"<td>{_fmt(m.get(m_pri))}</td><td>{n_dis} / {n_all}</td><td>{where}</td><td>{heat}</td></tr>"
         )
     parts.append("</table>")
+    if report.get("masks"):
+        parts += _mask_table(report["masks"], heat_files)
     full = dsr2html(Path(sr_path))
     if full is not None:
         parts.append("<h2>Full structured report (dcmtk dsr2html)</h2><details open><summary>SR content</summary>")

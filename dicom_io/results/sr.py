@@ -12,14 +12,25 @@ annotation:
 Each group carries a tracking identifier + UID, the verdict as ``Finding`` (99LABELQA), the given and
 consensus labels as qualitative evaluations, the scores as TID 300 measurements (UCUM "1") and the
 algorithm identification (TID 4019: name, version, bundle hash, thresholds). The saliency agreement
-measurement names the heatmap Secondary Capture as its ``Source of Measurement``. One more TID 1501
-group summarises the study: counts per verdict and each systematic-disagreement (cohort) finding once.
+measurement names the heatmap Secondary Capture as its ``Source of Measurement``.
+
+Audited masks (``AuditedMask``) get one TID 1411 group each: ``ReferencedSegment`` = the SEG and its
+segment number (no SEG frame numbers: PS3.3 10.4 allows a Referenced Segment Number only without a
+Referenced Frame Number), with the source image (and frame) as the segment's source
+(a class the SEG has no segment for: TID 1501 with the source image and a COMPOSITE reference to the
+SEG); the verdict as ``Finding``, the class and the mask error kind as qualitative evaluations, Dice
+and HD95 (mm) to the consensus, inter-model agreement, priority, score, the number and area of the
+disagreement regions (the Dice names the overlay SC as its ``Source of Measurement``), one TEXT item
+per region, and a COMPOSITE reference to the suggested-correction SEG.
+
+One more TID 1501 group summarises the study: counts per verdict (with the suspected mask error
+count whenever masks were audited) and each systematic-disagreement (cohort) finding once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
@@ -27,7 +38,7 @@ from pydicom.sr.coding import Code
 from dicom_io import codes
 
 if TYPE_CHECKING:
-    from dicom_io.results.records import AlgorithmInfo, AuditedAnnotation
+    from dicom_io.results.records import AlgorithmInfo, AuditedAnnotation, AuditedMask
 
 SERIES_DESCRIPTION = "labelqa annotation QA report"
 
@@ -41,11 +52,11 @@ def algorithm_identification(algorithm: AlgorithmInfo):  # -> highdicom.sr.Algor
     return hd.sr.AlgorithmIdentification(name=algorithm.name, version=algorithm.version, parameters=params)
 
 
-def _measurement(name, value: float, referenced_images=None):
+def _measurement(name, value: float, referenced_images=None, unit=codes.UNIT_ONE):
     import highdicom as hd
 
     return hd.sr.Measurement(
-        name=name, value=float(value), unit=codes.UNIT_ONE, referenced_images=referenced_images or None
+        name=name, value=float(value), unit=unit, referenced_images=referenced_images or None
     )
 
 
@@ -128,16 +139,94 @@ def measurement_group(
     return group
 
 
+def region_text(i: int, r: dict) -> str:
+    """One line per disagreement region: number, kind, area, bounding box (rows r0..r1-1, columns c0..c1-1)."""
+    r0, c0, r1, c1 = (int(v) for v in r["bbox"])
+    kind = str(r["kind"] or "disagreement").replace("_", " ")
+    mm2 = f", {float(r['area_mm2']):.1f} mm2" if r.get("area_mm2") is not None else ""
+    return f"region {i}: {kind}, {int(r['area_px'])} px{mm2}, rows {r0}-{r1 - 1}, columns {c0}-{c1 - 1}"
+
+
+def mask_group(
+    item: AuditedMask,
+    source: Dataset,
+    annotation: Dataset,
+    overlay: Dataset | None,
+    suggestion: tuple[Dataset, int] | None,
+    tracking_uid: str,
+    tracking_id: str,
+    algorithm_id,
+):
+    """The measurement group of one audited mask (TID 1411 on its SEG segment, else TID 1501)."""
+    import math
+
+    import highdicom as hd
+
+    multi = int(getattr(source, "NumberOfFrames", 1) or 1) > 1
+    frames = [int(item.frame)] if (multi and item.frame is not None) else None
+    overlay_ref = None
+    if overlay is not None:
+        overlay_ref = [hd.sr.SourceImageForMeasurement(overlay.SOPClassUID, overlay.SOPInstanceUID)]
+    measurements = []
+    if item.dice is not None and math.isfinite(item.dice):
+        measurements.append(_measurement(codes.DICE_TO_CONSENSUS, item.dice, overlay_ref))
+        overlay_ref = None
+    if item.hd95_mm is not None and math.isfinite(item.hd95_mm):
+        measurements.append(_measurement(codes.HD95_TO_CONSENSUS, item.hd95_mm, unit=codes.UNIT_MM))
+    if item.agreement is not None and math.isfinite(item.agreement):
+        measurements.append(_measurement(codes.MASK_AGREEMENT, item.agreement))
+    measurements.append(_measurement(codes.REANNOTATION_PRIORITY, item.priority, overlay_ref))
+    if item.score is not None and math.isfinite(item.score):
+        measurements.append(_measurement(codes.MASK_ERROR_SCORE, item.score))
+    measurements.append(_measurement(codes.N_DISAGREEMENT_REGIONS, len(item.regions)))
+    areas = [float(r["area_mm2"]) for r in item.regions if r.get("area_mm2") is not None]
+    if item.regions and len(areas) == len(item.regions):
+        measurements.append(_measurement(codes.DISAGREEMENT_AREA, sum(areas), unit=codes.UNIT_MM2))
+    qualitative = [hd.sr.QualitativeEvaluation(codes.GIVEN_LABEL, item.class_concept())]
+    if item.kind is not None:
+        qualitative.append(hd.sr.QualitativeEvaluation(codes.MASK_ERROR_KIND, codes.MASK_ERROR_KIND_CODES[item.kind]))
+    tracking = hd.sr.TrackingIdentifier(uid=tracking_uid, identifier=tracking_id)
+    finding = codes.VERDICT_CODES[item.verdict]
+    group: hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations | hd.sr.MeasurementsAndQualitativeEvaluations
+    if item.segment_number is not None:
+        segment = hd.sr.ReferencedSegment(
+            sop_class_uid=annotation.SOPClassUID,
+            sop_instance_uid=annotation.SOPInstanceUID,
+            segment_number=int(item.segment_number),  # no SEG frame numbers: PS3.3 10.4 forbids both
+            source_images=[hd.sr.SourceImageForSegmentation(source.SOPClassUID, source.SOPInstanceUID, frames)],
+        )
+        group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking, referenced_segment=segment, finding_type=finding,
+            algorithm_id=algorithm_id, measurements=measurements, qualitative_evaluations=qualitative,
+        )
+    else:  # the SEG has no segment of this class: the group names the image and the SEG
+        group = hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking, finding_type=finding, algorithm_id=algorithm_id,
+            measurements=measurements, qualitative_evaluations=qualitative,
+            source_images=[hd.sr.SourceImageForMeasurementGroup(source.SOPClassUID, source.SOPInstanceUID, frames)],
+        )
+        group[0].ContentSequence.append(_composite(codes.ANNOTATION_OBJECT, annotation))
+    for i, r in enumerate(item.regions, start=1):
+        group[0].ContentSequence.append(hd.sr.TextContentItem(
+            name=codes.DISAGREEMENT_REGION, value=region_text(i, r)[:1024],
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+    if suggestion is not None:
+        group[0].ContentSequence.append(_composite(codes.SUGGESTED_CORRECTION, suggestion[0]))
+    return group
+
+
 def summary_group(audited: Sequence[AuditedAnnotation], cohort_findings: Sequence[str], tracking_uid: str,
-                  algorithm_id):
+                  algorithm_id, masks: Sequence[AuditedMask] = ()):
     """TID 1501 group for the whole study: counts per verdict and the cohort findings, stated once."""
     import highdicom as hd
 
     counts = {v: 0 for v in codes.VERDICT_CODES}
-    for a in audited:
-        counts[a.verdict] += 1
-    if not counts["suspected_mask_error"]:
-        del counts["suspected_mask_error"]  # no mask audited or none flagged: a zero here would only confuse
+    for verdict in [a.verdict for a in audited] + [m.verdict for m in masks]:
+        counts[verdict] += 1
+    if not audited:
+        del counts["suspected_label_error"]  # only masks audited
+    if not counts["suspected_mask_error"] and not masks:
+        del counts["suspected_mask_error"]  # no mask audited: a zero here would only confuse
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid, identifier="labelqa study summary"),
         finding_type=codes.AUDIT_SUMMARY,
@@ -209,11 +298,18 @@ def qa_report_sr(
     sop_instance_uid: str,
     device_uid: str,
     manufacturer: str,
+    masks: Sequence[AuditedMask] = (),
+    mask_tracking_uids: Sequence[str] = (),
+    overlays: dict[int, Dataset] | None = None,
+    suggestions: dict[int, tuple[Dataset, int]] | None = None,
 ) -> Dataset:
-    """The Comprehensive 3D SR (TID 1500) for one study's audited annotations."""
+    """The Comprehensive 3D SR (TID 1500) for one study's audited annotations (and masks: ``overlays`` and
+    ``suggestions`` by index into ``masks``)."""
     import highdicom as hd
     from pydicom.sr.codedict import codes as dcm
 
+    overlays = overlays or {}
+    suggestions = suggestions or {}
     algorithm_id = algorithm_identification(algorithm)
     groups = []
     for i, item in enumerate(audited):
@@ -228,7 +324,20 @@ def qa_report_sr(
                 algorithm_id,
             )
         )
-    groups.append(summary_group(audited, cohort_findings, summary_uid, algorithm_id))
+    for i, m in enumerate(masks):
+        groups.append(
+            mask_group(
+                m,
+                sources[m.image_uid],
+                annotations[m.annotation_uid],
+                overlays.get(i),
+                suggestions.get(i),
+                mask_tracking_uids[i],
+                f"mask {i + 1}",
+                algorithm_id,
+            )
+        )
+    groups.append(summary_group(audited, cohort_findings, summary_uid, algorithm_id, masks))
     observer = hd.sr.ObserverContext(
         observer_type=dcm.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -236,7 +345,7 @@ def qa_report_sr(
         ),
     )
     library_images = [h for h in (_library_header(ds) for ds in sources.values()) if h is not None]
-    library_images += list(heatmaps.values())
+    library_images += list(heatmaps.values()) + list(overlays.values())
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=codes.ANNOTATION_QUALITY_AUDIT,
@@ -244,7 +353,9 @@ def qa_report_sr(
         title=codes.ANNOTATION_QUALITY_AUDIT,
         referenced_images=library_images,
     )
-    evidence = list(sources.values()) + list(heatmaps.values()) + list(annotations.values())
+    suggestion_segs = list({ds.SOPInstanceUID: ds for ds, _ in suggestions.values()}.values())
+    evidence = (list(sources.values()) + list(heatmaps.values()) + list(overlays.values())
+                + list(annotations.values()) + suggestion_segs)
     sr = hd.sr.Comprehensive3DSR(
         evidence=evidence,
         content=report[0],
@@ -264,14 +375,18 @@ def read_report(ds: Dataset) -> dict:
 
     Returns ``{"title", "items": [{tracking_uid, tracking_id, verdict, verdict_code, given_label,
     consensus_label, measurements: {meaning: value}, source_image_uid, annotation_uid, segment_number,
-    heatmap_uid}], "summary": {meaning: value}, "cohort_findings": [str]}``.
+    heatmap_uid}], "masks": [{tracking_uid, tracking_id, verdict, verdict_code, class_label, kind,
+    measurements, source_image_uid, frame, annotation_uid, segment_number, overlay_uid,
+    suggestion_uid, regions: [str]}], "summary": {meaning: value}, "cohort_findings": [str]}``.
     """
     import highdicom as hd
 
-    sr = hd.sr.Comprehensive3DSR.from_dataset(ds, copy=False) if not isinstance(ds, hd.sr.Comprehensive3DSR) else ds
-    content = sr.content
+    # an SR highdicom just built keeps a plain content sequence: parse a copy to get the template view
+    sr = hd.sr.Comprehensive3DSR.from_dataset(ds, copy=isinstance(ds, hd.sr.Comprehensive3DSR))
+    content: Any = sr.content  # a MeasurementReport (highdicom types it as its base, ContentSequence)
     meaning_to_verdict = {c.value: v for v, c in codes.VERDICT_CODES.items()}
     items: list[dict] = []
+    mask_items: list[dict] = []
     summary: dict = {}
     cohort: list[str] = []
     groups = list(content.get_volumetric_roi_measurement_groups()) + list(content.get_image_measurement_groups())
@@ -286,6 +401,9 @@ def read_report(ds: Dataset) -> dict:
             continue
         qual = {q.name.value: Code(q.value.value, q.value.scheme_designator, q.value.meaning)
                 for q in g.get_qualitative_evaluations()}
+        if codes.N_DISAGREEMENT_REGIONS.meaning in measurements:
+            mask_items.append(_read_mask_group(g, finding, measurements, qual, meaning_to_verdict))
+            continue
         heatmap_uid = None
         for m in g.get_measurements():
             for ref in m.referenced_images:
@@ -319,8 +437,59 @@ def read_report(ds: Dataset) -> dict:
                 item["annotation_uid"] = it.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
         items.append(item)
     items.sort(key=lambda it: _tracking_order(it["tracking_id"]))
+    mask_items.sort(key=lambda it: _tracking_order(it["tracking_id"]))
     title = sr.ConceptNameCodeSequence[0].CodeMeaning
-    return {"title": title, "items": items, "summary": summary, "cohort_findings": cohort}
+    return {"title": title, "items": items, "masks": mask_items, "summary": summary, "cohort_findings": cohort}
+
+
+def _read_mask_group(g, finding, measurements: dict, qual: dict, meaning_to_verdict: dict) -> dict:
+    kinds = {c.value: k for k, c in codes.MASK_ERROR_KIND_CODES.items()}
+    kind_code = qual.get(codes.MASK_ERROR_KIND.value)
+    overlay_uid = None
+    for m in g.get_measurements():
+        for ref in m.referenced_images:
+            overlay_uid = ref.referenced_sop_instance_uid
+    item: dict = {
+        "tracking_uid": g.tracking_uid,
+        "tracking_id": g.tracking_identifier,
+        "verdict": meaning_to_verdict.get(finding.value) if finding is not None else None,
+        "verdict_code": finding.meaning if finding is not None else None,
+        "class_label": qual.get(codes.GIVEN_LABEL.value),
+        "kind": kinds.get(kind_code.value) if kind_code is not None else None,
+        "measurements": measurements,
+        "source_image_uid": None,
+        "frame": None,
+        "annotation_uid": None,
+        "segment_number": None,
+        "overlay_uid": overlay_uid,
+        "suggestion_uid": None,
+        "regions": [],
+    }
+    for it in g[0].ContentSequence:
+        name = it.ConceptNameCodeSequence[0].CodeValue
+        if it.ValueType == "IMAGE":
+            ref = it.ReferencedSOPSequence[0]
+            if "ReferencedSegmentNumber" in ref:
+                item["annotation_uid"] = ref.ReferencedSOPInstanceUID
+                item["segment_number"] = int(ref.ReferencedSegmentNumber)
+                for sub in it.get("ContentSequence") or []:  # the segment's source image
+                    if sub.ValueType == "IMAGE":
+                        _source_of(item, sub.ReferencedSOPSequence[0])
+            else:
+                _source_of(item, ref)
+        elif it.ValueType == "COMPOSITE" and name == codes.ANNOTATION_OBJECT.value:
+            item["annotation_uid"] = it.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        elif it.ValueType == "COMPOSITE" and name == codes.SUGGESTED_CORRECTION.value:
+            item["suggestion_uid"] = it.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        elif it.ValueType == "TEXT" and name == codes.DISAGREEMENT_REGION.value:
+            item["regions"].append(str(it.TextValue))
+    return item
+
+
+def _source_of(item: dict, ref) -> None:
+    item["source_image_uid"] = ref.ReferencedSOPInstanceUID
+    if "ReferencedFrameNumber" in ref:
+        item["frame"] = int(ref.ReferencedFrameNumber)
 
 
 def _tracking_order(tracking_id: str) -> tuple[int, str]:

@@ -1,5 +1,9 @@
 """Writing one study's audit results as DICOM: TID 1500 QA report SR, heatmap Secondary Captures, Quality Issue KOS.
 
+With audited masks (``AuditedMask``): a mask overlay Secondary Capture per flagged mask, suggested-correction
+SEGs (the consensus of the flagged masks), the flagged source frames in the KOS and one group per mask
+in the SR.
+
 ``write_results`` takes plain records (``AuditedAnnotation``, ``AlgorithmInfo``) and the source and
 annotation datasets, and returns the result objects with deterministic UIDs (``uids.py``): the same
 inputs and bundle give the same UIDs, changed results give new ones. No torch here.
@@ -16,13 +20,15 @@ from pydicom import uid
 from pydicom.dataset import Dataset
 
 from dicom_io import codes
-from dicom_io.results.records import AlgorithmInfo, AuditedAnnotation
+from dicom_io.results.records import AlgorithmInfo, AuditedAnnotation, AuditedMask
 from dicom_io.results.series import (
     HEATMAP_SERIES_NUMBER,
     KOS_SERIES_NUMBER,
     MANUFACTURER,
+    OVERLAY_SERIES_NUMBER,
     PMAP_SERIES_NUMBER,
     SR_SERIES_NUMBER,
+    SUGGESTION_SEG_SERIES_NUMBER,
 )
 from dicom_io.results.uids import derived_uid, digest
 
@@ -56,8 +62,15 @@ def write_results(
     parametric_maps: bool = False,
     member_panels: bool = False,
     manufacturer: str = MANUFACTURER,
+    masks: Sequence[AuditedMask] = (),
 ) -> list[Dataset]:
-    """The result objects of one study: heatmap SCs, then the KOS (if anything is flagged), then the SR.
+    """The result objects of one study: heatmap SCs, mask overlay SCs, suggested-correction SEGs, then the
+    KOS (if anything is flagged), then the SR.
+
+    ``masks``: audited masks (``audited`` may then be empty). Each flagged one (suspected mask error)
+    gets an overlay SC (given outline, consensus outline, disagreement in colour) when its given and
+    consensus masks are known (``given`` None: read from its SEG), and its consensus goes into a
+    suggested-correction SEG; its source frame is selected in the KOS.
 
     Heatmap SCs are made for suspected label errors with a heatmap (and for hard cases when asked);
     ``parametric_maps`` adds a Parametric Map of the raw saliency beside each SC where the source
@@ -70,13 +83,14 @@ def write_results(
     from dicom_io.results.kos import quality_issue_kos
     from dicom_io.results.sr import qa_report_sr
 
-    if not audited:
+    if not audited and not masks:
         raise ValueError("no audited annotations: nothing to report")
-    studies = {a.study_uid for a in audited}
+    every: list[AuditedAnnotation | AuditedMask] = [*audited, *masks]
+    studies = {a.study_uid for a in every}
     if len(studies) != 1:
         raise ValueError(f"write_results works on one study at a time, got {len(studies)}")
     study_uid = studies.pop()
-    for a in audited:
+    for a in every:
         if a.image_uid not in source_images:
             raise ValueError(f"source image {a.image_uid} of annotation {a.annotation_uid} was not given")
         if a.annotation_uid not in annotation_datasets:
@@ -86,6 +100,7 @@ def write_results(
     run_key = digest(
         study_uid, algorithm.bundle_hash, algorithm.name, algorithm.version, algorithm.parameters,
         [a.key() for a in audited], list(cohort_findings), heatmaps_for_hard_cases,
+        *([[m.key() for m in masks]] if masks else []),
     )  # parametric_maps is left out on purpose: adding maps keeps the SR/SC/KOS UIDs
     heat_series = derived_uid(run_key, "series", "heatmap")
     heatmaps: dict[int, Dataset] = {}
@@ -136,22 +151,39 @@ def write_results(
             )
             if pm is not None:
                 out.append(pm)
+    overlays, suggestions, suggestion_segs = _mask_objects(
+        source_images, annotation_datasets, masks, algorithm, run_key, manufacturer)
+    out += list(overlays.values()) + suggestion_segs
+    flagged_frames: dict[str, list[int]] = {}
+    for a in audited:
+        if a.verdict in codes.FLAGGED_VERDICTS and a.frame is not None:
+            flagged_frames.setdefault(a.image_uid, []).append(int(a.frame))
+    flagged_masks = [m for m in masks if m.flagged]
+    for m in flagged_masks:
+        flagged_sources.append(source_images[m.image_uid])
+        if m.frame is not None:
+            flagged_frames.setdefault(m.image_uid, []).append(int(m.frame))
     if flagged_sources:
         flagged_heatmaps = [heatmaps[i] for i, a in enumerate(audited)
                             if i in heatmaps and a.verdict in codes.FLAGGED_VERDICTS]
         n = len({ds.SOPInstanceUID for ds in flagged_sources})
+        description = f"labelqa: {n} image(s) with suspected annotation errors, and their saliency heatmaps"
+        if flagged_masks:
+            description = (f"labelqa: {n} image(s) with suspected annotation errors ({len(flagged_masks)} "
+                           "suspected mask error(s)), their heatmaps, mask overlays and suggested corrections")
         out.append(
             quality_issue_kos(
-                flagged_sources + flagged_heatmaps,
-                description=f"labelqa: {n} image(s) with suspected annotation errors, and their saliency heatmaps",
+                flagged_sources + flagged_heatmaps + list(overlays.values()) + suggestion_segs,
+                description=description,
                 series_instance_uid=derived_uid(run_key, "series", "kos"),
                 series_number=KOS_SERIES_NUMBER,
                 sop_instance_uid=derived_uid(run_key, "kos"),
                 manufacturer=manufacturer,
+                frames=flagged_frames,
             )
         )
-    used_sources = {a.image_uid: source_images[a.image_uid] for a in audited}
-    used_annotations = {a.annotation_uid: annotation_datasets[a.annotation_uid] for a in audited}
+    used_sources = {a.image_uid: source_images[a.image_uid] for a in every}
+    used_annotations = {a.annotation_uid: annotation_datasets[a.annotation_uid] for a in every}
     out.append(
         qa_report_sr(
             sources=used_sources,
@@ -167,25 +199,92 @@ def write_results(
             sop_instance_uid=derived_uid(run_key, "sr"),
             device_uid=derived_uid("labelqa-device", algorithm.name, algorithm.bundle_hash),
             manufacturer=manufacturer,
+            masks=masks,
+            mask_tracking_uids=[derived_uid(run_key, "tracking", "mask", i) for i in range(len(masks))],
+            overlays=overlays,
+            suggestions=suggestions,
         )
     )
-    log.info("results for study %s: %d heatmap(s), %s KOS, 1 SR", study_uid, len(heatmaps),
-             "1" if flagged_sources else "no")
+    log.info("results for study %s: %d heatmap(s), %d mask overlay(s), %d suggested SEG(s), %s KOS, 1 SR",
+             study_uid, len(heatmaps), len(overlays), len(suggestion_segs), "1" if flagged_sources else "no")
     return out
 
 
-_KINDS = {uid.SecondaryCaptureImageStorage: "SC", uid.ParametricMapStorage: "PM"}
+def _given_from_seg(seg: Dataset, m: AuditedMask, shape: tuple[int, int]) -> np.ndarray | None:
+    """The given mask of ``m`` read back from its SEG (its segment numbers on its source frame), or None."""
+    from dicom_io.annotations.seg import read_seg_masks
+
+    try:
+        records, _ = read_seg_masks(seg, None)
+    except Exception:  # a SEG we cannot read again: no overlay rather than no results
+        return None
+    wanted = set(m.segment_numbers) or ({m.segment_number} if m.segment_number is not None else set())
+    out = np.zeros(shape, bool)
+    for r in records:
+        frame = None if r.frame == 1 and m.frame is None else r.frame
+        if r.image_uid == m.image_uid and frame == m.frame and set(r.segment_numbers) & wanted:
+            if r.mask.shape != shape:
+                return None
+            out |= r.mask
+    return out
+
+
+def _mask_objects(
+    sources: Mapping[str, Dataset],
+    annotations: Mapping[str, Dataset],
+    masks: Sequence[AuditedMask],
+    algorithm: AlgorithmInfo,
+    run_key: str,
+    manufacturer: str,
+) -> tuple[dict[int, Dataset], dict[int, tuple[Dataset, int]], list[Dataset]]:
+    """Overlay SCs (by mask index), suggestion (SEG, segment number) by mask index, and the suggestion SEGs."""
+    from dicom_io.results.overlay import mask_overlay_sc
+    from dicom_io.results.seg_out import suggested_segs
+
+    flagged = [i for i, m in enumerate(masks) if m.flagged]
+    overlays: dict[int, Dataset] = {}
+    series = derived_uid(run_key, "series", "overlay")
+    for i in flagged:
+        m = masks[i]
+        if m.consensus is None:
+            continue
+        src = sources[m.image_uid]
+        shape = (int(src.Rows), int(src.Columns))
+        given = m.given if m.given is not None else _given_from_seg(annotations[m.annotation_uid], m, shape)
+        if given is None or given.shape != shape or m.consensus.shape != shape:
+            log.warning("no overlay for mask %d of %s: masks not on the source grid %s", i, m.annotation_uid, shape)
+            continue
+        dice = "" if m.dice is None else f", Dice {m.dice:.2f}"
+        caption = f"{m.class_name}: {(m.kind or m.verdict).replace('_', ' ')}{dice}"
+        overlays[i] = mask_overlay_sc(
+            src, m.frame, given, m.consensus, caption=caption[:80], regions=m.regions,
+            series_instance_uid=series, series_number=OVERLAY_SERIES_NUMBER,
+            sop_instance_uid=derived_uid(run_key, "overlay", i), instance_number=len(overlays) + 1,
+            manufacturer=manufacturer,
+        )
+    segs, where = suggested_segs(
+        sources, annotations, [masks[i] for i in flagged], algorithm=algorithm, run_key=run_key,
+        series_number=SUGGESTION_SEG_SERIES_NUMBER, manufacturer=manufacturer,
+    )
+    suggestions = {flagged[j]: v for j, v in where.items()}
+    return overlays, suggestions, segs
+
+
+_KINDS: dict[str, str] = {
+    uid.SecondaryCaptureImageStorage: "SC", uid.ParametricMapStorage: "PM", uid.SegmentationStorage: "SEG",
+}
 
 
 def file_kind(ds: Dataset) -> str:
-    """Short file-name prefix of a result object: SR, KO, SC or PM (else its Modality)."""
+    """Short file-name prefix of a result object: SR, KO, SC, PM or SEG (else its Modality)."""
     return _KINDS.get(str(ds.SOPClassUID), str(ds.get("Modality", "XX")))
 
 
 def save_results(datasets: Sequence[Dataset], out_dir: Path) -> list[Path]:
     """Write result datasets as DICOM files ``<kind>_<SOPInstanceUID>.dcm`` into ``out_dir``.
 
-    kind: SR (QA report), KO (Quality Issue KOS), SC (heatmap Secondary Capture), PM (Parametric Map).
+    kind: SR (QA report), KO (Quality Issue KOS), SC (heatmap or mask overlay Secondary Capture), PM
+    (Parametric Map), SEG (suggested-correction segmentation).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

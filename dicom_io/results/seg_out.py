@@ -1,0 +1,155 @@
+"""Suggested-correction SEG: the model consensus masks of flagged masks, as a Segmentation a viewer overlays.
+
+One binary SEG (highdicom) per source series (single-frame images with a Frame of Reference), else
+per source image (a multi-frame image, or an image without a Frame of Reference: highdicom takes only
+one frame then), derived from the same source images as the audited SEG (Derivation Image Sequence,
+Referenced Series Sequence), one segment per class: Segment Label "SUGGESTION <class>", the original
+segment's property category and type (else "Clinical finding" and the class code), algorithm type
+AUTOMATIC with the labelqa bundle as algorithm. Content Label "SUGGESTION", Content Description and
+Series Description say it is a suggestion, not for diagnosis; series number 9905, Manufacturer
+"labelqa" (so ``is_own_output`` keeps it from being audited as an annotation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from dicom_io.results.uids import derived_uid
+
+if TYPE_CHECKING:
+    from dicom_io.results.records import AlgorithmInfo, AuditedMask
+
+SERIES_DESCRIPTION = "labelqa SUGGESTED mask corrections (not for diagnosis)"
+CONTENT_LABEL = "SUGGESTION"
+CONTENT_DESCRIPTION = "SUGGESTION - NOT FOR DIAGNOSIS: labelqa model consensus"
+
+
+def _n_frames(ds: Dataset) -> int:
+    return int(ds.get("NumberOfFrames", 1) or 1)
+
+
+def _group_key(ds: Dataset) -> str:
+    if _n_frames(ds) == 1 and "FrameOfReferenceUID" in ds:
+        return f"series:{ds.SeriesInstanceUID}"
+    return f"image:{ds.SOPInstanceUID}"
+
+
+def _original_segment(annotation: Dataset | None, number: int | None) -> Dataset | None:
+    if annotation is None or number is None:
+        return None
+    for item in annotation.get("SegmentSequence") or []:
+        if int(item.get("SegmentNumber", -1)) == int(number):
+            return item
+    return None
+
+
+def _concept(seq: Any) -> Any:
+    import highdicom as hd
+
+    try:
+        c = seq[0]
+        return hd.sr.CodedConcept(str(c.CodeValue), str(c.CodingSchemeDesignator), str(c.CodeMeaning))
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
+
+
+def suggested_segs(
+    sources: Mapping[str, Dataset],
+    annotations: Mapping[str, Dataset],
+    masks: Sequence[AuditedMask],
+    *,
+    algorithm: AlgorithmInfo,
+    run_key: str,
+    series_number: int,
+    manufacturer: str,
+) -> tuple[list[Dataset], dict[int, tuple[Dataset, int]]]:
+    """The suggestion SEGs for ``masks`` (those with a consensus) and, per index into ``masks``, the SEG
+    and segment number holding its consensus. Raises ValueError when a consensus is not on its
+    source frame's grid."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes as dcm
+
+    groups: dict[str, list[int]] = {}
+    for i, m in enumerate(masks):
+        if m.consensus is None:
+            continue
+        src = sources[m.image_uid]
+        if m.consensus.shape != (int(src.Rows), int(src.Columns)):
+            raise ValueError(f"consensus mask {m.consensus.shape} of image {m.image_uid} is not on its grid "
+                             f"{(int(src.Rows), int(src.Columns))}")
+        groups.setdefault(_group_key(src), []).append(i)
+    series_uid = derived_uid(run_key, "series", "suggestion-seg")
+    algorithm_id = hd.AlgorithmIdentificationSequence(
+        name=algorithm.name[:64], family=dcm.DCM.ArtificialIntelligence, version=algorithm.version[:64])
+    out: list[Dataset] = []
+    where: dict[int, tuple[Dataset, int]] = {}
+    for n, (key, idx) in enumerate(sorted(groups.items())):
+        images = sorted({masks[i].image_uid for i in idx},
+                        key=lambda u: (int(sources[u].get("InstanceNumber", 0) or 0), u))
+        srcs = [sources[u] for u in images]
+        offset, o = {}, 0
+        for ds in srcs:
+            offset[str(ds.SOPInstanceUID)] = o
+            o += _n_frames(ds)
+        classes: list[str] = []
+        for i in idx:
+            if masks[i].class_name not in classes:
+                classes.append(masks[i].class_name)
+        rows, cols = int(srcs[0].Rows), int(srcs[0].Columns)
+        pixels = np.zeros((o, rows, cols, len(classes)), bool)
+        descs = []
+        for k, cls in enumerate(classes, start=1):
+            first = next(masks[i] for i in idx if masks[i].class_name == cls)
+            orig = _original_segment(annotations.get(first.annotation_uid), first.segment_number)
+            category = _concept(orig.get("SegmentedPropertyCategoryCodeSequence")) if orig is not None else None
+            ptype = _concept(orig.get("SegmentedPropertyTypeCodeSequence")) if orig is not None else None
+            code = first.class_concept()
+            descs.append(hd.seg.SegmentDescription(
+                segment_number=k,
+                segment_label=f"SUGGESTION {cls}"[:64],
+                segmented_property_category=category or hd.sr.CodedConcept("404684003", "SCT", "Clinical finding"),
+                segmented_property_type=ptype or hd.sr.CodedConcept(code.value, code.scheme_designator, code.meaning),
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=algorithm_id,
+            ))
+        for i in idx:
+            m = masks[i]
+            assert m.consensus is not None
+            f = offset[m.image_uid] + (0 if m.frame is None else int(m.frame) - 1)
+            k = classes.index(m.class_name)
+            pixels[f, :, :, k] |= m.consensus
+        seg_uid = derived_uid(run_key, "suggestion-seg", key)
+        seg = hd.seg.Segmentation(
+            source_images=srcs,
+            pixel_array=pixels,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descs,
+            series_instance_uid=series_uid,
+            series_number=series_number,
+            sop_instance_uid=seg_uid,
+            instance_number=n + 1,
+            manufacturer=manufacturer,
+            manufacturer_model_name=algorithm.name[:64],
+            software_versions=algorithm.version[:64],
+            device_serial_number=algorithm.bundle_hash.split(":")[-1][:16] or "0",
+            content_label=CONTENT_LABEL,
+            content_description=CONTENT_DESCRIPTION,
+            series_description=SERIES_DESCRIPTION,
+            omit_empty_frames=bool(pixels.any()),
+        )
+        for item in list(seg.get("DimensionOrganizationSequence") or []) + list(seg.get("DimensionIndexSequence")
+                                                                                or []):
+            if "DimensionOrganizationUID" in item:
+                item.DimensionOrganizationUID = derived_uid(seg_uid, "dimension-organization")
+        if "ImageOrientationPatient" not in srcs[0] and "SharedFunctionalGroupsSequence" not in srcs[0]:
+            seg.PatientOrientation = ""  # General Image, Type 2C for images without a plane orientation
+        if srcs[0].get("BodyPartExamined"):
+            seg.BodyPartExamined = str(srcs[0].BodyPartExamined)
+        out.append(seg)
+        for i in idx:
+            where[i] = (seg, classes.index(masks[i].class_name) + 1)
+    return out, where
