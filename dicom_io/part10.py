@@ -18,8 +18,8 @@ from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import tag_for_keyword
 
 __all__ = [
-    "UID_RE", "InvalidInstance", "UnreadableDataset", "MissingUID", "TooLarge", "SOPClassMismatch", "Header", "read_header",
-    "check_structure",
+    "UID_RE", "InvalidInstance", "UnreadableDataset", "MissingUID", "TooLarge", "SOPClassMismatch", "Header",
+    "read_header", "check_structure", "path_component", "MAX_INFLATED_BYTES", "MAX_NESTING",
 ]
 
 UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")

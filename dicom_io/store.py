@@ -229,6 +229,28 @@ def _makedirs_durable(path: Path, stop: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+class DataDirLocked(RuntimeError):
+    """Another process (or store) holds the data directory."""
+
+
+def _lock_data_dir(data_dir: Path) -> int:
+    """Take the exclusive lock ``data_dir/.lock`` (flock; released when the process dies), or raise."""
+    import fcntl
+
+    fd = os.open(data_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise DataDirLocked(
+            f"data dir {data_dir} is in use by {holder}; one labelqa service per data dir"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
+    return fd
+
+
 class StoreSettings(BaseModel):
     """The durable study store and its index; ``service.settings`` composes it as ``[store]``."""
 
@@ -273,6 +295,8 @@ class StudyStore:
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.max_inflated_bytes = int(max_inflated_mb) * 2**20
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = _lock_data_dir(self.data_dir)  # before anything touches the directory
         self.studies_dir = self.data_dir / "studies"
         self.studies_dir.mkdir(parents=True, exist_ok=True)
         self.stable_after_s = float(stable_after_s)
@@ -290,6 +314,10 @@ class StudyStore:
         self._subscribers: list[Callable[[StudyStable], None]] = []
         self._cv = threading.Condition()
         self._deadlines: dict[str, float] = {}  # study uid -> monotonic time it becomes stable
+        self._emit_failures: dict[str, int] = {}  # study uid -> failed deliveries of its stable event
+        self.retry_base_s, self.retry_max_s = 1.0, 60.0
+        self.last_error: str | None = None
+        """Why the store is degraded (a stable event that could not be handled), or None."""
         self._timer: threading.Thread | None = None
         self._stopping = False
         if reconcile:
@@ -667,6 +695,9 @@ class StudyStore:
                 self._wconn.close()
                 self._wconn = None
         self.engine.dispose()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = None
 
     def _timer_loop(self) -> None:
         while True:
@@ -685,8 +716,11 @@ class StudyStore:
             for uid in due:
                 try:
                     self._emit_stable(uid)
-                except Exception:
-                    log.exception("stability: could not emit study=%s", uid)
+                except Exception as e:  # e.g. the index locked by another writer: try again later
+                    self.last_error = f"could not mark a study complete ({type(e).__name__}); retrying"
+                    log.exception("stability: could not emit study=%s; retry in %.0f s", uid, self.retry_max_s / 4)
+                    with self._cv:
+                        self._deadlines.setdefault(uid, time.monotonic() + self.retry_max_s / 4)
 
     def _emit_stable(self, study_uid: str) -> None:
         """Deliver a stable event, then mark the study stable (so a crash in between re-emits)."""
@@ -705,8 +739,22 @@ class StudyStore:
         for cb in list(self._subscribers):
             try:
                 cb(event)
-            except Exception:
-                log.exception("stability subscriber failed for study=%s", study_uid)
+            except Exception as e:
+                # not marked stable: the event is delivered again (with backoff, and after a restart)
+                # until every subscriber took it; subscribers are idempotent (the job queue coalesces)
+                n = self._emit_failures.get(study_uid, 0) + 1
+                self._emit_failures[study_uid] = n
+                delay = min(self.retry_max_s, self.retry_base_s * 2 ** (n - 1))
+                self.last_error = f"study-complete handling failed ({type(e).__name__}: {e}); retrying"
+                log.exception("stability subscriber failed for study=%s (attempt %d); retry in %.0f s",
+                              study_uid, n, delay)
+                with self._cv:
+                    self._deadlines[study_uid] = time.monotonic() + delay
+                    self._cv.notify()
+                return
+        self._emit_failures.pop(study_uid, None)
+        if not self._emit_failures:
+            self.last_error = None
         with self._db_lock, self.engine.begin() as c:
             # only if no instance arrived meanwhile; otherwise the new deadline emits again
             c.execute(
@@ -722,6 +770,11 @@ class StudyStore:
                     detail=f"{len(instances)} instances; reopened={event.reopened}",
                 )
             )
+
+    def stable_studies(self) -> list[str]:
+        """The studies marked stable (complete)."""
+        with self.engine.connect() as c:
+            return [r[0] for r in c.execute(select(StudyRow.study_uid).where(StudyRow.state == "stable"))]
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no study is pending stability (for tests and the demo); True when idle."""

@@ -301,8 +301,10 @@ def train_bundle(dataset, out, *, image_size: int = 64, archs="densenet121,resne
     files may be shared: sample ids are file names, which can carry identifiers."""
     from models.data import load_dataset, stratified_subsample
     from models.detector import score_fit
-    from models.ensemble import parse_archs
+    from models.ensemble import check_input_size, parse_archs
     from models.train import TrainConfig, fit_ensemble, resolve_device
+
+    check_input_size(parse_archs(archs), image_size)  # before any data is read
 
     train_cfg = train_cfg or TrainConfig()
     detector = detector or DetectorConfig()

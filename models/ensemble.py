@@ -29,6 +29,8 @@ class MemberSpec:
     build: Callable[[int], nn.Module]
     cam_layers: tuple[str, ...]
     description: str
+    min_size: int = 1
+    """The smallest square input side (pixels) the network runs on (checked by a test)."""
 
 
 def _densenet121(n: int) -> nn.Module:
@@ -103,21 +105,22 @@ _EFF_LAYERS = ("_conv_head", "_blocks.4", "_blocks.2", "_blocks.1")
 ARCHITECTURES: dict[str, MemberSpec] = {
     s.name: s
     for s in [
-        MemberSpec("densenet121", "densenet", _densenet121, _DENSE_LAYERS, "MONAI DenseNet121"),
+        MemberSpec("densenet121", "densenet", _densenet121, _DENSE_LAYERS, "MONAI DenseNet121", min_size=29),
         MemberSpec("densenet-small", "densenet", _densenet_small, _DENSE_LAYERS,
-                   "MONAI DenseNet, 32 init features, growth 16, blocks (4, 8, 12, 8)"),
+                   "MONAI DenseNet, 32 init features, growth 16, blocks (4, 8, 12, 8)", min_size=29),
         MemberSpec("densenet-tiny", "densenet", _densenet_tiny,
                    ("features.denseblock3", "features.denseblock2", "features.denseblock1"),
-                   "MONAI DenseNet, 8 features, blocks (2, 2, 2) (tests)"),
-        MemberSpec("resnet18", "resnet", _resnet18, _RES_LAYERS, "MONAI resnet18, stride-2 stem"),
-        MemberSpec("resnet10", "resnet", _resnet10, _RES_LAYERS, "MONAI resnet10, stride-2 stem"),
-        MemberSpec("resnet-tiny", "resnet", _resnet_tiny, _RES_LAYERS, "MONAI ResNet basic [1,1,1,1], width 8 (tests)"),
+                   "MONAI DenseNet, 8 features, blocks (2, 2, 2) (tests)", min_size=13),
+        MemberSpec("resnet18", "resnet", _resnet18, _RES_LAYERS, "MONAI resnet18, stride-2 stem", min_size=2),
+        MemberSpec("resnet10", "resnet", _resnet10, _RES_LAYERS, "MONAI resnet10, stride-2 stem", min_size=2),
+        MemberSpec("resnet-tiny", "resnet", _resnet_tiny, _RES_LAYERS, "MONAI ResNet basic [1,1,1,1], width 8 (tests)",
+                   min_size=2),
         MemberSpec("efficientnet-b0", "efficientnet", _efficientnet_b0, _EFF_LAYERS,
-                   "MONAI EfficientNetBN b0, BatchNorm momentum 0.1"),
+                   "MONAI EfficientNetBN b0, BatchNorm momentum 0.1", min_size=32),
         MemberSpec("efficientnet-small", "efficientnet", _efficientnet_small, _EFF_LAYERS,
-                   "MONAI EfficientNet, b0 blocks at width 0.5 and depth 0.5, BatchNorm momentum 0.1"),
+                   "MONAI EfficientNet, b0 blocks at width 0.5 and depth 0.5, BatchNorm momentum 0.1", min_size=32),
         MemberSpec("efficientnet-tiny", "efficientnet", _efficientnet_tiny, ("_conv_head", "_blocks.2", "_blocks.1"),
-                   "MONAI EfficientNet, 4 stages, width 0.5 (tests)"),
+                   "MONAI EfficientNet, 4 stages, width 0.5 (tests)", min_size=16),
     ]
 }
 
@@ -136,6 +139,19 @@ def parse_archs(archs: str | list[str] | tuple[str, ...]) -> list[MemberSpec]:
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate architectures in {names}")
     return [ARCHITECTURES[a] for a in names]
+
+
+def check_input_size(specs: list[MemberSpec], image_size: int) -> None:
+    """Refuse, with one line naming the minimum, an input size some member cannot run on."""
+    too_small = {s.name: s.min_size for s in specs if s.min_size > image_size}
+    if too_small:
+        need = max(too_small.values())
+        fits = sorted(n for n, s in ARCHITECTURES.items() if s.min_size <= image_size)
+        names = ", ".join(f"{n} (needs {m} px)" for n, m in too_small.items())
+        raise ValueError(
+            f"--image-size {image_size} is too small for {names}: use --image-size {need} or more (smaller images "
+            f"are upsampled), or members that run at {image_size} px: {', '.join(fits) or 'none'}"
+        )
 
 
 def build_model(spec: MemberSpec, n_classes: int) -> nn.Module:

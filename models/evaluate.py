@@ -18,7 +18,7 @@ import numpy as np
 from models.corruption import corrupt_labels
 from models.data import LabelledImages, load_dataset, stratified_subsample
 from models.detector import DetectorConfig, Scores, score_fit
-from models.ensemble import DEFAULT_ARCHS, parse_archs
+from models.ensemble import DEFAULT_ARCHS, check_input_size, parse_archs
 from models.train import TrainConfig, fit_ensemble, resolve_device
 
 log = logging.getLogger(__name__)
@@ -172,6 +172,7 @@ def run_evaluation(s: EvalSettings, out_dir: Path, *, progress: bool = False, pl
     t_start = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     specs = parse_archs(s.archs)
+    check_input_size(specs, s.image_size)
     device = resolve_device(s.device)
     if data is None:
         data = load_dataset(s.dataset, s.image_size, progress=progress)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.ensemble import MemberSpec, build_model, choose_cam_layer
+from models.ensemble import MemberSpec, build_model, check_input_size, choose_cam_layer
 
 log = logging.getLogger(__name__)
 
@@ -415,6 +415,7 @@ def fit_ensemble(specs: list[MemberSpec], images: np.ndarray, labels: np.ndarray
     ``repeats`` times the training (``benchmarks/results/seed-average-summary.json`` measures it)."""
     if repeats < 1:
         raise ValueError("repeats must be at least 1")
+    check_input_size(specs, int(min(images.shape[-2:])))
     fits = [_fit_once(specs, images, labels, n_classes, cfg, mode=mode, folds=folds,
                       seed=seed + REPEAT_SEED_STEP * r, device=device, progress=progress, exclude=exclude, repeat=r)
             for r in range(repeats)]

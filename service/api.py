@@ -86,6 +86,7 @@ class Health(BaseModel):
     outbox: dict[str, Any]
     model: dict[str, Any]
     version: str
+    reasons: list[str] = Field(default_factory=list, description="Why the status is degraded (empty when ok).")
 
 
 def _summary(job: Job) -> JobSummary:
@@ -163,13 +164,30 @@ def create_app(ctx: ApiContext) -> FastAPI:
         if ctx.pipeline is not None:
             bundle = ctx.pipeline.settings.audit.bundle
             model = {"present": True, "bundle": str(bundle) if bundle else None, **ctx.pipeline.executor.status()}
-        ok = db["ok"] and listener.get("running", True) and "error" not in outbox
+        reasons: list[str] = []
+        if not db["ok"]:
+            reasons.append(f"index database unreachable ({db['error']})")
+        if not listener.get("running", True):
+            reasons.append("DICOM listener not running")
+        low_disk = getattr(ctx.listener, "low_disk", None)
+        full = low_disk() if callable(low_disk) else None
+        if full:
+            listener["low_disk"] = full
+            reasons.append(f"data dir nearly full: {full}; C-STORE refused with 0xA700")
+        store_error = getattr(ctx.store, "last_error", None)
+        if isinstance(store_error, str):
+            reasons.append(store_error)
+        if "error" in outbox:
+            reasons.append(f"outbox unreadable ({outbox['error']})")
+        dead = outbox.get("dead") or 0
+        if isinstance(dead, int) and dead > 0:
+            reasons.append(f"{dead} outbox item(s) dead-lettered (see `labelqa outbox list --state dead`)")
         if model.get("present") and not model.get("models_loaded"):
-            ok = False
+            reasons.append("model bundle not loaded")
         if not db["ok"]:
             response.status_code = 503
-        return Health(status="ok" if ok else "degraded", listener=listener, database=db, outbox=outbox,
-                      model=model, version=ctx.version)
+        return Health(status="degraded" if reasons else "ok", listener=listener, database=db, outbox=outbox,
+                      model=model, version=ctx.version, reasons=reasons)
 
     @app.get("/metrics", dependencies=protected, summary="Prometheus metrics",
              response_class=Response, responses={200: {"content": {"text/plain": {}}}})

@@ -30,10 +30,15 @@ def serve(
         typer.echo(f"error: invalid settings:\n{e}", err=True)
         raise typer.Exit(2) from None
     configure_logging(settings.log_level)
+    from dicom_io.store import DataDirLocked
+
     try:
         from service.pipeline import service_components  # audit jobs, workers, outbox sender, HTTP API
 
         code = run_service(settings, components=service_components(settings))
+    except DataDirLocked as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
     except OSError as e:
         typer.echo(
             f"error: cannot start the listener on {settings.listener.host}:{settings.listener.port}: {e}", err=True

@@ -352,6 +352,11 @@ class JobStore:
         with Session(self.engine) as s:
             return [_to_job(r, with_result=False) for r in s.scalars(q)]
 
+    def studies_with_jobs(self) -> set[str]:
+        """Every study that has a job (any state) in the table."""
+        with Session(self.engine) as s:
+            return set(s.scalars(select(AuditJobRow.study_uid).distinct()))
+
     def latest_for_study(self, study_uid: str, states: tuple[str, ...] | None = None) -> Job | None:
         """The newest job of a study (optionally only in the given states), with its result."""
         q = select(AuditJobRow).where(AuditJobRow.study_uid == study_uid).order_by(AuditJobRow.id.desc())

@@ -78,7 +78,25 @@ class Pipeline:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
+        self.reconcile()
         self.executor.start()
+
+    def reconcile(self) -> int:
+        """Queue the studies that are complete (stable) but have no job at all; returns how many.
+
+        A study marked complete whose job could not be recorded (an older version, a restored index)
+        would otherwise never be audited.
+        """
+        if self.store is None or not hasattr(self.store, "stable_studies"):
+            return 0
+        missing = sorted(set(self.store.stable_studies()) - self.jobs.studies_with_jobs())
+        for uid in missing:
+            from dicom_io.store import StudyStable
+
+            self.on_study_stable(StudyStable(uid, self.store.instances(uid), reopened=False))
+        if missing:
+            log.info("start-up: %d complete studies had no audit job; handled now", len(missing))
+        return len(missing)
 
     def stop(self, timeout: float = 30.0) -> None:
         self.executor.stop(timeout)

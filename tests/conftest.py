@@ -82,3 +82,25 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture
+def listener_factory(tmp_path):
+    """Make a started listener + store on a free port (``make(stable_after_s, **ListenerSettings fields)``)."""
+    from dicom_io.scp import Listener, ListenerSettings
+    from dicom_io.store import StudyStore
+
+    made: list[tuple[Listener, StudyStore]] = []
+
+    def make(stable_after_s: float = 5.0, **cfg) -> tuple[Listener, StudyStore]:
+        store = StudyStore(tmp_path / f"data{len(made)}", stable_after_s=stable_after_s)
+        lst = Listener(ListenerSettings(port=free_port(), **cfg), store)
+        store.start()
+        lst.start()
+        made.append((lst, store))
+        return lst, store
+
+    yield make
+    for lst, store in made:
+        lst.stop(grace_s=2)
+        store.close()

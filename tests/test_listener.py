@@ -18,8 +18,8 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from dicom_io.scp import Listener, ListenerSettings, storage_sop_classes
-from dicom_io.store import UID_RE, StudyStable, StudyStore, check_structure
+from dicom_io.scp import storage_sop_classes
+from dicom_io.store import UID_RE, StudyStable, check_structure
 from tests.conftest import free_port, labelqa_cmd, labelqa_env, requires_dcmtk
 
 pytestmark = [requires_dcmtk, pytest.mark.dcmtk]
@@ -495,24 +495,6 @@ def rc_ok(srv: Serve) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ in-process
-
-
-@pytest.fixture
-def listener_factory(tmp_path):
-    made: list[tuple[Listener, StudyStore]] = []
-
-    def make(stable_after_s: float = 5.0, **cfg) -> tuple[Listener, StudyStore]:
-        store = StudyStore(tmp_path / f"data{len(made)}", stable_after_s=stable_after_s)
-        lst = Listener(ListenerSettings(port=free_port(), **cfg), store)
-        store.start()
-        lst.start()
-        made.append((lst, store))
-        return lst, store
-
-    yield make
-    for lst, store in made:
-        lst.stop(grace_s=2)
-        store.close()
 
 
 def test_stability_two_bursts_one_event_late_instance_reopens(listener_factory, tmp_path):
