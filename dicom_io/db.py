@@ -1,8 +1,11 @@
 """The one way to open the index database: an SQLAlchemy engine tuned for concurrent use.
 
 SQLite (the default, a file in the data dir) gets write-ahead logging, a 30 s busy timeout and
-foreign keys on every connection; any other URL (e.g. ``postgresql+psycopg://...``) is passed
-through unchanged. Each part declares its own tables and calls ``metadata.create_all(engine)``.
+foreign keys on every connection; PostgreSQL (``postgresql+psycopg://user@host/db``, or a unix
+socket: ``postgresql+psycopg://user@/db?host=/run/postgresql``) gets pre-pinged pooled connections.
+Code that must differ between the two asks :func:`is_postgresql` (row locks with ``SKIP LOCKED``)
+or uses :func:`insert_ignore` (``INSERT ... ON CONFLICT DO NOTHING``, both dialects).
+Each part declares its own tables and calls ``metadata.create_all(engine)``.
 """
 
 from __future__ import annotations
@@ -10,7 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from sqlalchemy import Engine, create_engine, event
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Table, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
 
 SqliteSync = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 
@@ -31,6 +38,8 @@ def make_engine(url: str, *, sqlite_synchronous: SqliteSync = "FULL") -> Engine:
         path = url.split("///", 1)[1] if "///" in url else ""
         if path and path != ":memory:" and not path.startswith("file:"):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+    elif url.startswith("postgresql"):
+        kwargs.update(pool_pre_ping=True, pool_size=10, max_overflow=20)
     engine = create_engine(url, **kwargs)
     if is_sqlite:
 
@@ -44,3 +53,21 @@ def make_engine(url: str, *, sqlite_synchronous: SqliteSync = "FULL") -> Engine:
             cur.close()
 
     return engine
+
+
+def is_postgresql(bind: Engine | Connection | Session) -> bool:
+    """Whether ``bind`` talks to PostgreSQL (else SQLite: one writer at a time, no row locks)."""
+    b = bind.get_bind() if isinstance(bind, Session) else bind
+    return b.dialect.name == "postgresql"
+
+
+def insert_ignore(bind: Engine | Connection | Session, table: Any) -> Any:
+    """``INSERT ... ON CONFLICT DO NOTHING`` into ``table`` (a Table or mapped class) on either dialect.
+
+    Two gateways on one database may create the same patient, study or series row at once; the
+    second insert then does nothing instead of failing.
+    """
+    t: Table = getattr(table, "__table__", table)
+    b = bind.get_bind() if isinstance(bind, Session) else bind
+    dialect = postgresql if b.dialect.name == "postgresql" else sqlite
+    return dialect.insert(t).on_conflict_do_nothing()

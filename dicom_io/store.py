@@ -44,7 +44,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from dicom_io.db import make_engine
+from dicom_io.db import insert_ignore, make_engine
 from dicom_io.part10 import (  # noqa: F401 - re-exported: the listener maps these errors to statuses
     UID_RE,
     Header,
@@ -424,7 +424,7 @@ class StudyStore:
                 if h.study_uid not in self._known_studies:
                     if c.execute(_SQL_STUDY_EXISTS, {"study": h.study_uid}).first() is None:
                         c.execute(
-                            insert(StudyRow).values(
+                            insert_ignore(c, StudyRow).values(
                                 study_uid=h.study_uid,
                                 patient_pk=self._patient_pk(c, h),
                                 study_date=h.study_date,
@@ -439,7 +439,7 @@ class StudyStore:
                 if h.series_uid not in self._known_series:
                     if c.execute(_SQL_SERIES_EXISTS, {"series": h.series_uid}).first() is None:
                         c.execute(
-                            insert(SeriesRow).values(
+                            insert_ignore(c, SeriesRow).values(
                                 series_uid=h.series_uid,
                                 study_uid=h.study_uid,
                                 modality=h.modality,
@@ -473,13 +473,12 @@ class StudyStore:
     @staticmethod
     def _patient_pk(c, h: Header) -> int:
         key = hashlib.sha256(f"{h.patient_id or ''}\x00{h.issuer or ''}".encode()).hexdigest()
-        pk = c.execute(select(PatientRow.id).where(PatientRow.patient_key == key)).scalar()
-        if pk is None:
-            pk = c.execute(
-                insert(PatientRow).values(
-                    patient_key=key, patient_id=h.patient_id, issuer=h.issuer, patient_name=h.patient_name
-                )
-            ).inserted_primary_key[0]
+        q = select(PatientRow.id).where(PatientRow.patient_key == key)
+        pk = c.execute(q).scalar()
+        if pk is None:  # another gateway on the same database may insert it at the same moment
+            c.execute(insert_ignore(c, PatientRow).values(
+                patient_key=key, patient_id=h.patient_id, issuer=h.issuer, patient_name=h.patient_name))
+            pk = c.execute(q).scalar_one()
         return pk
 
     # ---------------------------------------------------------------- reconciliation

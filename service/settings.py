@@ -63,7 +63,8 @@ class StoreSettings(BaseModel):
 
     data_dir: Path = Field(Path("labelqa-data"), description="Where studies, the index and results live.")
     database_url: str | None = Field(
-        None, description="SQLAlchemy URL of the index; default: SQLite file index.sqlite in data_dir."
+        None, description="SQLAlchemy URL of the index, jobs and outbox: default SQLite file index.sqlite in "
+        "data_dir; postgresql+psycopg://user:password@host/db for several processes or gateways (they share data_dir)."
     )
     stable_after_s: float = Field(
         5.0, gt=0, description="A study is stable after this many seconds without a new instance."

@@ -82,3 +82,7 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+# A real PostgreSQL (initdb + pg_ctl in a temp dir) and the sqlite/postgresql parametrised `db_url`.
+from tests.pg_fixture import db_url, pg_server, pg_url  # noqa: E402, F401 - fixtures

@@ -1,4 +1,7 @@
-"""The durable study store on its own: durable writes, duplicates, replacements, reconciliation, stability."""
+"""The durable study store on its own: durable writes, duplicates, replacements, reconciliation, stability.
+
+Every test that uses the index runs twice: on SQLite and on a real PostgreSQL (``db_url``).
+"""
 
 from __future__ import annotations
 
@@ -43,8 +46,8 @@ def ct_copy(study: str | None = None, series: str | None = None, **attrs) -> byt
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = StudyStore(tmp_path / "data", stable_after_s=0.4)
+def store(tmp_path, db_url):
+    s = StudyStore(tmp_path / "data", db_url, stable_after_s=0.4)
     yield s
     s.close()
 
@@ -121,9 +124,9 @@ def test_bad_inputs_raise_typed_errors_and_store_nothing(store):
     assert not list(store.data_dir.rglob("*.dcm"))
 
 
-def test_reconcile_cleans_tmp_drops_missing_rows_and_indexes_orphans(tmp_path):
+def test_reconcile_cleans_tmp_drops_missing_rows_and_indexes_orphans(tmp_path, db_url):
     data = tmp_path / "data"
-    s = StudyStore(data)
+    s = StudyStore(data, db_url)
     study = generate_uid()
     kept, gone = s.put(ct_copy(study)), s.put(ct_copy(study))
     s.close()
@@ -135,7 +138,7 @@ def test_reconcile_cleans_tmp_drops_missing_rows_and_indexes_orphans(tmp_path):
     orphan = data / "studies" / study / h.SeriesInstanceUID / f"{h.SOPInstanceUID}.dcm"
     orphan.write_bytes(orphan_raw)
 
-    s2 = StudyStore(data)
+    s2 = StudyStore(data, db_url)
     try:
         uids = {r.sop_instance_uid for r in s2.instances()}
         assert uids == {kept.sop_instance_uid, h.SOPInstanceUID}
@@ -190,13 +193,13 @@ def test_stability_two_bursts_one_event_and_late_instance_reopens(store):
     assert [(len(e.instances), e.reopened) for e in got] == [(5, False), (6, True)]
 
 
-def test_restart_re_emits_studies_never_emitted(tmp_path):
+def test_restart_re_emits_studies_never_emitted(tmp_path, db_url):
     data = tmp_path / "data"
-    s = StudyStore(data, stable_after_s=30)  # stops long before the study becomes stable
+    s = StudyStore(data, db_url, stable_after_s=30)  # stops long before the study becomes stable
     study = generate_uid()
     s.put(ct_copy(study))
     s.close()
-    s2 = StudyStore(data, stable_after_s=0.3)
+    s2 = StudyStore(data, db_url, stable_after_s=0.3)
     got: list[StudyStable] = []
     s2.subscribe(got.append)
     s2.start()
@@ -206,7 +209,7 @@ def test_restart_re_emits_studies_never_emitted(tmp_path):
         assert [(e.study_uid, len(e.instances)) for e in got] == [(study, 1)]
     finally:
         s2.close()
-    s3 = StudyStore(data, stable_after_s=0.3)  # already emitted: nothing again
+    s3 = StudyStore(data, db_url, stable_after_s=0.3)  # already emitted: nothing again
     got3: list[StudyStable] = []
     s3.subscribe(got3.append)
     s3.start()
@@ -246,9 +249,9 @@ def test_header_read_decodes_character_sets_like_pydicom():
         assert (h.study_uid, h.sop_instance_uid) == (ds.StudyInstanceUID, ds.SOPInstanceUID)
 
 
-def test_reconcile_rolls_complete_temp_files_forward_and_drops_partial_ones(tmp_path):
+def test_reconcile_rolls_complete_temp_files_forward_and_drops_partial_ones(tmp_path, db_url):
     data = tmp_path / "data"
-    s = StudyStore(data, fsync_directory=False)
+    s = StudyStore(data, db_url, fsync_directory=False)
     study = generate_uid()
     first = s.put(ct_copy(study))
     s.close()
@@ -261,7 +264,7 @@ def test_reconcile_rolls_complete_temp_files_forward_and_drops_partial_ones(tmp_
     partial_raw = ct_copy(study)
     partial = first.path.parent / f".{generate_uid()}.dcm.{len(partial_raw)}.{'0' * 32}.0a1b2c3d.tmp"
     partial.write_bytes(partial_raw[: len(partial_raw) // 2])
-    s2 = StudyStore(data)
+    s2 = StudyStore(data, db_url)
     try:
         assert {r.sop_instance_uid for r in s2.instances()} == {first.sop_instance_uid, h.SOPInstanceUID}
         recovered = first.path.parent / f"{h.SOPInstanceUID}.dcm"
