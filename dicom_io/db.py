@@ -5,21 +5,41 @@ foreign keys on every connection; PostgreSQL (``postgresql+psycopg://user@host/d
 socket: ``postgresql+psycopg://user@/db?host=/run/postgresql``) gets pre-pinged pooled connections.
 Code that must differ between the two asks :func:`is_postgresql` (row locks with ``SKIP LOCKED``)
 or uses :func:`insert_ignore` (``INSERT ... ON CONFLICT DO NOTHING``, both dialects).
-Each part declares its own tables and calls ``metadata.create_all(engine)``.
+
+Every table of the service database is declared on the one :class:`Base` (store index, jobs,
+outbox, review decisions), so one metadata describes the whole schema. The service applies its
+Alembic migrations (``service/migrations``) at start-up; :func:`ensure_schema` leaves a database
+that carries them alone and only creates missing tables where no migration ever ran (this layer
+used on its own, e.g. a test's store or the demo's stand-in archive).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from typing import Any
-
-from sqlalchemy import Connection, Engine, Table, create_engine, event
+from sqlalchemy import Connection, Engine, Table, create_engine, event, inspect
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import DeclarativeBase, Session
 
 SqliteSync = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
+
+MIGRATIONS_TABLE = "alembic_version"
+
+
+class Base(DeclarativeBase):
+    """The declarative base of every table of the service database (one metadata, one migration history)."""
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Create missing tables of :class:`Base` unless the database is managed by migrations.
+
+    A database with Alembic's version table got its schema from ``labelqa db upgrade`` (which the
+    service runs at start-up): nothing is created behind the migrations' back.
+    """
+    if inspect(engine).has_table(MIGRATIONS_TABLE):
+        return
+    Base.metadata.create_all(engine)
 
 
 def make_engine(url: str, *, sqlite_synchronous: SqliteSync = "FULL") -> Engine:

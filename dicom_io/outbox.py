@@ -28,18 +28,14 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from sqlalchemy import Engine, Float, Integer, String, Text, UniqueConstraint, func, select, update
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from dicom_io.db import is_postgresql
+from dicom_io.db import Base, ensure_schema, is_postgresql
 from dicom_io.scu import AssociationError, FileInfo, StoreOutcome, file_info, store_files
 
 log = logging.getLogger(__name__)
 
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
-
-
-class Base(DeclarativeBase):
-    pass
 
 
 class OutboxItem(Base):
@@ -165,7 +161,7 @@ class Outbox:
         self.senders = senders or {"dicom": dicom_sender(self.cfg), "dicomweb": dicomweb_sender(self.cfg)}
         self.clock = clock
         self._rng = random.Random()
-        Base.metadata.create_all(engine)
+        ensure_schema(engine)
 
     # ---- enqueue -------------------------------------------------------------------------------
     def _spool(self, ds: Dataset) -> Path:

@@ -42,9 +42,9 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column
 
-from dicom_io.db import insert_ignore, make_engine
+from dicom_io.db import Base, ensure_schema, insert_ignore, make_engine
 from dicom_io.part10 import (  # noqa: F401 - re-exported: the listener maps these errors to statuses
     UID_RE,
     Header,
@@ -108,11 +108,7 @@ class ReconcileReport:
 
 
 # --------------------------------------------------------------------------------------------
-# index tables
-
-
-class Base(DeclarativeBase):
-    pass
+# index tables (on the service database's one Base)
 
 
 class PatientRow(Base):
@@ -247,7 +243,7 @@ class StudyStore:
         # NORMAL is enough for the index: the fsync'd files are the truth and reconcile() rebuilds
         # rows a power cut may have lost (see dicom_io.db.make_engine).
         self.engine = engine or make_engine(url, sqlite_synchronous="NORMAL")
-        Base.metadata.create_all(self.engine)
+        ensure_schema(self.engine)
         self._db_lock = threading.Lock()  # one writer at a time (SQLite); cheap for others too
         self._wconn = None
         self._sop_locks = [threading.Lock() for _ in range(64)]

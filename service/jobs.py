@@ -8,7 +8,7 @@ UPDATE on SQLite and ``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL, and a 
 allows one running job per study, so two workers (threads, processes or gateways on one database)
 never run one job, nor two audits of one study, at the same time.
 
-The table lives on its own ``DeclarativeBase`` in the one database of the service
+The table is declared on the one ``dicom_io.db.Base`` of the service database
 (``settings.store.resolved_database_url()``, engine from :func:`dicom_io.db.make_engine`).
 """
 
@@ -23,9 +23,9 @@ from typing import Any
 
 from sqlalchemy import Engine, Float, Index, Integer, String, Text, exists, func, select, text, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, aliased, mapped_column
+from sqlalchemy.orm import Mapped, Session, aliased, mapped_column
 
-from dicom_io.db import is_postgresql
+from dicom_io.db import Base, ensure_schema, is_postgresql
 
 QUEUED = "queued"
 RUNNING = "running"
@@ -35,10 +35,6 @@ NO_ANNOTATIONS = "no_annotations"
 SUPERSEDED = "superseded"
 STATES = (QUEUED, RUNNING, DONE, FAILED, NO_ANNOTATIONS, SUPERSEDED)
 FINAL_STATES = (DONE, FAILED, NO_ANNOTATIONS, SUPERSEDED)
-
-
-class Base(DeclarativeBase):
-    """Declarative base of the service's own tables."""
 
 
 class AuditJobRow(Base):
@@ -172,7 +168,7 @@ class JobStore:
         self.engine = engine
         self.lease_s = lease_s
         self.max_attempts = max_attempts
-        Base.metadata.create_all(engine)
+        ensure_schema(engine)
 
     # -- writing -------------------------------------------------------------------------------
     def enqueue(self, study_uid: str, trigger: str = "stable", last_instance_at: float | None = None) -> Job:
