@@ -1,18 +1,45 @@
 """The one way to open the index database: an SQLAlchemy engine tuned for concurrent use.
 
 SQLite (the default, a file in the data dir) gets write-ahead logging, a 30 s busy timeout and
-foreign keys on every connection; any other URL (e.g. ``postgresql+psycopg://...``) is passed
-through unchanged. Each part declares its own tables and calls ``metadata.create_all(engine)``.
+foreign keys on every connection; PostgreSQL (``postgresql+psycopg://user@host/db``, or a unix
+socket: ``postgresql+psycopg://user@/db?host=/run/postgresql``) gets pre-pinged pooled connections.
+Code that must differ between the two asks :func:`is_postgresql` (row locks with ``SKIP LOCKED``)
+or uses :func:`insert_ignore` (``INSERT ... ON CONFLICT DO NOTHING``, both dialects).
+
+Every table of the service database is declared on the one :class:`Base` (store index, jobs,
+outbox, review decisions), so one metadata describes the whole schema. The service applies its
+Alembic migrations (``service/migrations``) at start-up; :func:`ensure_schema` leaves a database
+that carries them alone and only creates missing tables where no migration ever ran (this layer
+used on its own, e.g. a test's store or the demo's stand-in archive).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, Table, create_engine, event, inspect
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import DeclarativeBase, Session
 
 SqliteSync = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
+
+MIGRATIONS_TABLE = "alembic_version"
+
+
+class Base(DeclarativeBase):
+    """The declarative base of every table of the service database (one metadata, one migration history)."""
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Create missing tables of :class:`Base` unless the database is managed by migrations.
+
+    A database with Alembic's version table got its schema from ``labelqa db upgrade`` (which the
+    service runs at start-up): nothing is created behind the migrations' back.
+    """
+    if inspect(engine).has_table(MIGRATIONS_TABLE):
+        return
+    Base.metadata.create_all(engine)
 
 
 def make_engine(url: str, *, sqlite_synchronous: SqliteSync = "FULL") -> Engine:
@@ -31,6 +58,8 @@ def make_engine(url: str, *, sqlite_synchronous: SqliteSync = "FULL") -> Engine:
         path = url.split("///", 1)[1] if "///" in url else ""
         if path and path != ":memory:" and not path.startswith("file:"):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+    elif url.startswith("postgresql"):
+        kwargs.update(pool_pre_ping=True, pool_size=10, max_overflow=20)
     engine = create_engine(url, **kwargs)
     if is_sqlite:
 
@@ -44,3 +73,21 @@ def make_engine(url: str, *, sqlite_synchronous: SqliteSync = "FULL") -> Engine:
             cur.close()
 
     return engine
+
+
+def is_postgresql(bind: Engine | Connection | Session) -> bool:
+    """Whether ``bind`` talks to PostgreSQL (else SQLite: one writer at a time, no row locks)."""
+    b = bind.get_bind() if isinstance(bind, Session) else bind
+    return b.dialect.name == "postgresql"
+
+
+def insert_ignore(bind: Engine | Connection | Session, table: Any) -> Any:
+    """``INSERT ... ON CONFLICT DO NOTHING`` into ``table`` (a Table or mapped class) on either dialect.
+
+    Two gateways on one database may create the same patient, study or series row at once; the
+    second insert then does nothing instead of failing.
+    """
+    t: Table = getattr(table, "__table__", table)
+    b = bind.get_bind() if isinstance(bind, Session) else bind
+    dialect = postgresql if b.dialect.name == "postgresql" else sqlite
+    return dialect.insert(t).on_conflict_do_nothing()

@@ -7,6 +7,11 @@ and jitter; after ``max_attempts`` a row is ``dead`` with its last error, visibl
 ``labelqa outbox list`` and re-queued by ``labelqa outbox retry``. Every destination is served by its
 own worker thread, so a destination that is down never delays the others. A restart resumes the
 pending rows (delivery is at-least-once: re-sending the same SOP Instance UID is harmless).
+
+On PostgreSQL several gateways may serve one outbox: a batch is taken with
+``SELECT ... FOR UPDATE SKIP LOCKED`` and its row locks are held until the outcome is recorded, so
+two senders never send the same row at once (a sender that dies releases its locks with its
+connection; the rows are then sent again, at-least-once as above). SQLite keeps one sender.
 """
 
 from __future__ import annotations
@@ -23,17 +28,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 from pydicom.dataset import Dataset
 from sqlalchemy import Engine, Float, Integer, String, Text, UniqueConstraint, func, select, update
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from dicom_io.db import Base, ensure_schema, is_postgresql
 from dicom_io.scu import AssociationError, FileInfo, StoreOutcome, file_info, store_files
 
 log = logging.getLogger(__name__)
 
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
-
-
-class Base(DeclarativeBase):
-    pass
 
 
 class OutboxItem(Base):
@@ -168,7 +170,7 @@ class Outbox:
         self.senders = senders or {"dicom": dicom_sender(self.cfg), "dicomweb": dicomweb_sender(self.cfg)}
         self.clock = clock
         self._rng = random.Random()
-        Base.metadata.create_all(engine)
+        ensure_schema(engine)
 
     # ---- enqueue -------------------------------------------------------------------------------
     def _spool(self, ds: Dataset) -> Path:
@@ -249,15 +251,16 @@ class Outbox:
             return int(c.execute(q).rowcount or 0)
 
     # ---- delivery ------------------------------------------------------------------------------
-    def _due(self, name: str, limit: int) -> list[OutboxItem]:
+    def _due(self, s: Session, name: str, limit: int, *, lock: bool = False) -> Sequence[OutboxItem]:
+        """Due rows of ``name``; ``lock``: row-locked for this transaction, skipping rows others hold."""
         now = self.clock()
-        with Session(self.engine, expire_on_commit=False) as s:
-            return list(s.scalars(
-                select(OutboxItem)
-                .where(OutboxItem.destination == name, OutboxItem.state == PENDING, OutboxItem.next_attempt_at <= now)
-                .order_by(OutboxItem.next_attempt_at, OutboxItem.id)
-                .limit(limit)
-            ))
+        q = (select(OutboxItem)
+             .where(OutboxItem.destination == name, OutboxItem.state == PENDING, OutboxItem.next_attempt_at <= now)
+             .order_by(OutboxItem.next_attempt_at, OutboxItem.id)
+             .limit(limit))
+        if lock:
+            q = q.with_for_update(skip_locked=True)
+        return s.scalars(q).all()
 
     def _next_due_in(self, name: str) -> float | None:
         with Session(self.engine) as s:
@@ -281,11 +284,23 @@ class Outbox:
 
     def deliver_once(self, name: str) -> int:
         """Send one batch of due rows to destination ``name``; returns how many were delivered."""
-        dest = self.destinations[name]
-        rows = self._due(name, self.cfg.batch_size)
+        if is_postgresql(self.engine):
+            # The batch's row locks are held while sending: no other gateway takes these rows.
+            with Session(self.engine, expire_on_commit=False) as s, s.begin():
+                rows = self._due(s, name, self.cfg.batch_size, lock=True)
+                return self._send_batch(name, rows, s) if rows else 0
+        with Session(self.engine, expire_on_commit=False) as s:
+            rows = self._due(s, name, self.cfg.batch_size)
         if not rows:
             return 0
+        with Session(self.engine) as s, s.begin():
+            return self._send_batch(name, rows, s)
+
+    def _send_batch(self, name: str, rows: Sequence[OutboxItem], s: Session) -> int:
+        """Send ``rows`` to ``name`` and record each outcome in ``s`` (an open transaction)."""
+        dest = self.destinations[name]
         sender = self.senders[getattr(dest, "kind", "dicom")]
+        prior_attempts = max(r.attempts for r in rows)
         files, missing = [], []
         for r in rows:
             if Path(r.path).is_file():
@@ -302,29 +317,34 @@ class Outbox:
         now = self.clock()
         by_uid = {r.sop_instance_uid: r for r in rows}
         delivered = 0
-        with Session(self.engine) as s, s.begin():
-            for r in missing:
-                self._failed(s, r.id, f"file missing: {r.path}", None, now)
-            if batch_error is not None:
-                # the destination is unreachable: back off this batch and rest the whole destination
-                for f in files:
-                    self._failed(s, by_uid[f.sop_instance_uid].id, batch_error, None, now)
-                rest = now + backoff_delay(max(r.attempts for r in rows) + 1, self.cfg, self._rng)
-                s.execute(update(OutboxItem).where(
-                    OutboxItem.destination == name, OutboxItem.state == PENDING, OutboxItem.next_attempt_at < rest
-                ).values(next_attempt_at=rest))
-                log.warning("outbox: destination %s unavailable (%s); next try in %.1f s", name, batch_error,
-                            rest - now)
-            for o in outcomes:
-                row_id = by_uid[o.sop_instance_uid].id
-                if o.delivered:
-                    row = s.get(OutboxItem, row_id)
-                    row.state, row.delivered_at, row.updated_at = DELIVERED, now, now
-                    row.last_status, row.last_error = o.status, None
-                    row.attempts += 1
-                    delivered += 1
-                else:
-                    self._failed(s, row_id, o.error or "not delivered", o.status, now)
+        for r in missing:
+            self._failed(s, r.id, f"file missing: {r.path}", None, now)
+        if batch_error is not None:
+            # the destination is unreachable: back off this batch and rest the whole destination
+            for f in files:
+                self._failed(s, by_uid[f.sop_instance_uid].id, batch_error, None, now)
+            rest = now + backoff_delay(prior_attempts + 1, self.cfg, self._rng)
+            rested = select(OutboxItem.id).where(
+                OutboxItem.destination == name, OutboxItem.state == PENDING, OutboxItem.next_attempt_at < rest)
+            if is_postgresql(s):  # leave rows another gateway is sending alone
+                rested = rested.with_for_update(skip_locked=True)
+            ids = list(s.scalars(rested))
+            if ids:
+                s.execute(update(OutboxItem).where(OutboxItem.id.in_(ids)).values(next_attempt_at=rest)
+                          .execution_options(synchronize_session=False))
+            log.warning("outbox: destination %s unavailable (%s); next try in %.1f s", name, batch_error,
+                        rest - now)
+        for o in outcomes:
+            row_id = by_uid[o.sop_instance_uid].id
+            if o.delivered:
+                row = s.get(OutboxItem, row_id)
+                assert row is not None
+                row.state, row.delivered_at, row.updated_at = DELIVERED, now, now
+                row.last_status, row.last_error = o.status, None
+                row.attempts += 1
+                delivered += 1
+            else:
+                self._failed(s, row_id, o.error or "not delivered", o.status, now)
         if delivered:
             log.info("outbox: %d object(s) delivered to %s", delivered, name)
         return delivered

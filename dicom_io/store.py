@@ -44,9 +44,9 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column
 
-from dicom_io.db import make_engine
+from dicom_io.db import Base, ensure_schema, insert_ignore, make_engine
 from dicom_io.part10 import (  # noqa: F401 - re-exported: the listener maps these errors to statuses
     UID_RE,
     Header,
@@ -112,11 +112,7 @@ class ReconcileReport:
 
 
 # --------------------------------------------------------------------------------------------
-# index tables
-
-
-class Base(DeclarativeBase):
-    pass
+# index tables (on the service database's one Base)
 
 
 class PatientRow(Base):
@@ -256,7 +252,8 @@ class StoreSettings(BaseModel):
 
     data_dir: Path = Field(Path("labelqa-data"), description="Where studies, the index and results live.")
     database_url: str | None = Field(
-        None, description="SQLAlchemy URL of the index; default: SQLite file index.sqlite in data_dir."
+        None, description="SQLAlchemy URL of the index, jobs and outbox: default SQLite file index.sqlite in "
+        "data_dir; postgresql+psycopg://user:password@host/db for several processes or gateways (they share data_dir)."
     )
     stable_after_s: float = Field(
         5.0, gt=0, description="A study is stable after this many seconds without a new instance."
@@ -305,7 +302,7 @@ class StudyStore:
         # NORMAL is enough for the index: the fsync'd files are the truth and reconcile() rebuilds
         # rows a power cut may have lost (see dicom_io.db.make_engine).
         self.engine = engine or make_engine(url, sqlite_synchronous="NORMAL")
-        Base.metadata.create_all(self.engine)
+        ensure_schema(self.engine)
         self._db_lock = threading.Lock()  # one writer at a time (SQLite); cheap for others too
         self._wconn = None
         self._sop_locks = [threading.Lock() for _ in range(64)]
@@ -315,6 +312,7 @@ class StudyStore:
         self._cv = threading.Condition()
         self._deadlines: dict[str, float] = {}  # study uid -> monotonic time it becomes stable
         self._emit_failures: dict[str, int] = {}  # study uid -> failed deliveries of its stable event
+        self._owed: dict[str, set[int]] = {}  # study uid -> subscribers (by index) that still owe handling
         self.retry_base_s, self.retry_max_s = 1.0, 60.0
         self.last_error: str | None = None
         """Why the store is degraded (a stable event that could not be handled), or None."""
@@ -496,7 +494,7 @@ class StudyStore:
                 if h.study_uid not in self._known_studies:
                     if c.execute(_SQL_STUDY_EXISTS, {"study": h.study_uid}).first() is None:
                         c.execute(
-                            insert(StudyRow).values(
+                            insert_ignore(c, StudyRow).values(
                                 study_uid=h.study_uid,
                                 patient_pk=self._patient_pk(c, h),
                                 study_date=h.study_date,
@@ -511,7 +509,7 @@ class StudyStore:
                 if h.series_uid not in self._known_series:
                     if c.execute(_SQL_SERIES_EXISTS, {"series": h.series_uid}).first() is None:
                         c.execute(
-                            insert(SeriesRow).values(
+                            insert_ignore(c, SeriesRow).values(
                                 series_uid=h.series_uid,
                                 study_uid=h.study_uid,
                                 modality=h.modality,
@@ -555,13 +553,12 @@ class StudyStore:
     @staticmethod
     def _patient_pk(c, h: Header) -> int:
         key = hashlib.sha256(f"{h.patient_id or ''}\x00{h.issuer or ''}".encode()).hexdigest()
-        pk = c.execute(select(PatientRow.id).where(PatientRow.patient_key == key)).scalar()
-        if pk is None:
-            pk = c.execute(
-                insert(PatientRow).values(
-                    patient_key=key, patient_id=h.patient_id, issuer=h.issuer, patient_name=h.patient_name
-                )
-            ).inserted_primary_key[0]
+        q = select(PatientRow.id).where(PatientRow.patient_key == key)
+        pk = c.execute(q).scalar()
+        if pk is None:  # another gateway on the same database may insert it at the same moment
+            c.execute(insert_ignore(c, PatientRow).values(
+                patient_key=key, patient_id=h.patient_id, issuer=h.issuer, patient_name=h.patient_name))
+            pk = c.execute(q).scalar_one()
         return pk
 
     # ---------------------------------------------------------------- reconciliation
@@ -736,22 +733,32 @@ class StudyStore:
         instances = self.instances(study_uid)
         event = StudyStable(study_uid, instances, reopened=row.stable_count > 0)
         log.info("study stable study=%s instances=%d reopened=%s", study_uid, len(instances), event.reopened)
-        for cb in list(self._subscribers):
+        subscribers = list(self._subscribers)
+        owed = self._owed.get(study_uid) or set(range(len(subscribers)))
+        failed: set[int] = set()
+        for i in sorted(owed):
+            if i >= len(subscribers):
+                continue
             try:
-                cb(event)
+                subscribers[i](event)
             except Exception as e:
-                # not marked stable: the event is delivered again (with backoff, and after a restart)
-                # until every subscriber took it; subscribers are idempotent (the job queue coalesces)
-                n = self._emit_failures.get(study_uid, 0) + 1
-                self._emit_failures[study_uid] = n
-                delay = min(self.retry_max_s, self.retry_base_s * 2 ** (n - 1))
+                failed.add(i)
                 self.last_error = f"study-complete handling failed ({type(e).__name__}: {e}); retrying"
-                log.exception("stability subscriber failed for study=%s (attempt %d); retry in %.0f s",
-                              study_uid, n, delay)
-                with self._cv:
-                    self._deadlines[study_uid] = time.monotonic() + delay
-                    self._cv.notify()
-                return
+                log.exception("stability subscriber failed for study=%s", study_uid)
+        if failed:
+            # not marked stable: the event goes again to the subscribers that failed (with backoff, and
+            # to every subscriber after a restart) until each took it; subscribers are idempotent
+            self._owed[study_uid] = failed
+            n = self._emit_failures.get(study_uid, 0) + 1
+            self._emit_failures[study_uid] = n
+            delay = min(self.retry_max_s, self.retry_base_s * 2 ** (n - 1))
+            log.warning("study=%s: %d subscriber(s) failed (attempt %d); retry in %.0f s", study_uid, len(failed),
+                        n, delay)
+            with self._cv:
+                self._deadlines[study_uid] = time.monotonic() + delay
+                self._cv.notify()
+            return
+        self._owed.pop(study_uid, None)
         self._emit_failures.pop(study_uid, None)
         if not self._emit_failures:
             self.last_error = None

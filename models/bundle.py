@@ -292,13 +292,14 @@ def load_bundle(path: str | Path) -> Bundle:
 def train_bundle(dataset, out, *, image_size: int = 64, archs="densenet121,resnet18,efficientnet-b0", seed: int = 0,
                  device: str = "auto", mode: str = "crossfit", folds: int = 4, train_cfg=None,
                  detector: DetectorConfig | None = None, max_samples: int | None = None, progress: bool = False,
-                 data=None, verdicts_out=None, repeats: int = 1) -> Path:
+                 data=None, verdicts_out=None, repeats: int = 1, map_fn=None) -> Path:
     """Fit on annotated data, learn thresholds from out-of-sample predictions, write a bundle.
 
     ``verdicts_out``: also write the training data's own audit there (``verdicts.csv`` + ``audit.json``,
     the format of :func:`audit_dataset`): with crossfit every label is judged by members that never saw
     it, which is how a data set's existing annotations are checked. It is kept out of the bundle, whose
-    files may be shared: sample ids are file names, which can carry identifiers."""
+    files may be shared: sample ids are file names, which can carry identifiers.
+    ``map_fn``: where the member fits run (``models.train.fit_ensemble``; e.g. Ray tasks)."""
     from models.data import load_dataset, stratified_subsample
     from models.detector import score_fit
     from models.ensemble import check_input_size, parse_archs
@@ -314,7 +315,8 @@ def train_bundle(dataset, out, *, image_size: int = 64, archs="densenet121,resne
     if max_samples and max_samples < len(data):
         data = data.subset(stratified_subsample(data.labels, max_samples, seed))
     fit = fit_ensemble(parse_archs(archs), data.images, data.labels, len(data.class_names), train_cfg, mode=mode,
-                       folds=folds, seed=seed, device=dev, progress=progress, repeats=repeats)
+                       folds=folds, seed=seed, device=dev if map_fn is None else device, progress=progress,
+                       repeats=repeats, map_fn=map_fn)
     sc, th, _maps, _cand, _t = score_fit(fit, data.images, data.labels, detector, device=dev, seed=seed,
                                          groups=data.groups)
     summary = {"n_training_samples": int(len(data)), "seed": seed, "repeats": repeats, "dataset": str(dataset),

@@ -167,8 +167,10 @@ def rescore_labels(probs: dict[str, np.ndarray], noisy: np.ndarray, flipped: np.
 
 
 def run_evaluation(s: EvalSettings, out_dir: Path, *, progress: bool = False, plots: bool = True,
-                   data: LabelledImages | None = None) -> dict:
-    """The whole evaluation; returns the results dict (also written to ``out_dir/results.json``)."""
+                   data: LabelledImages | None = None, map_fn=None) -> dict:
+    """The whole evaluation; returns the results dict (also written to ``out_dir/results.json``).
+
+    ``map_fn``: where the member fits run (``models.train.fit_ensemble``; e.g. Ray tasks)."""
     t_start = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     specs = parse_archs(s.archs)
@@ -183,7 +185,8 @@ def run_evaluation(s: EvalSettings, out_dir: Path, *, progress: bool = False, pl
     noisy, flipped = corrupt_labels(truth_labels, n_classes, s.noise_rate, s.noise_model, s.seed)
 
     fit = fit_ensemble(specs, data.images, noisy, n_classes, s.train, mode=s.mode, folds=s.folds, seed=s.seed,
-                       device=device, progress=progress, repeats=s.repeats)
+                       device=device if map_fn is None else s.device, progress=progress, repeats=s.repeats,
+                       map_fn=map_fn)
     # The expensive part is done: keep the probabilities even if a later step fails or is stopped.
     _save_predictions(out_dir / "probabilities.npz", fit, data, noisy, flipped)
     log.info("fit done in %.0fs; scoring", time.perf_counter() - t_start)

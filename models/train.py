@@ -16,10 +16,12 @@ resnet18 fold stopped after 6 of 15 epochs at 0.45 accuracy).
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -403,21 +405,46 @@ class Fit:
         return out
 
 
+@dataclass(frozen=True)
+class FitTask:
+    """One member fit of the cross-fit loop: which architecture (index into the specs), fold and seed."""
+
+    member: int
+    fold: int
+    seed: int
+
+
+MapFn = Callable[[Callable[[FitTask], Any], Sequence[FitTask]], list[Any]]
+"""``map_fn(fn, tasks) -> [fn(t) for t in tasks]`` in order, run anywhere (default: here, one after another;
+``service.executor_ray.ray_map``: one Ray task per fit). ``fn`` is picklable and holds the training data."""
+
+
+def local_map(fn: Callable[[FitTask], Any], tasks: Sequence[FitTask]) -> list[Any]:
+    """The default ``map_fn``: the builtin map, in this process."""
+    return list(map(fn, tasks))
+
+
 def fit_ensemble(specs: list[MemberSpec], images: np.ndarray, labels: np.ndarray, n_classes: int, cfg: TrainConfig,
                  *, mode: str = "crossfit", folds: int = 4, seed: int = 0, device: str | torch.device = "auto",
-                 progress: bool = False, exclude: np.ndarray | None = None, repeats: int = 1) -> Fit:
+                 progress: bool = False, exclude: np.ndarray | None = None, repeats: int = 1,
+                 map_fn: MapFn | None = None) -> Fit:
     """Fit every member and return out-of-sample (crossfit) or in-sample probabilities.
 
     ``exclude``: boolean mask of samples no member trains on (e.g. the suspected errors of a first
     fit, for a second fit on cleaner labels); they are still scored, and the folds are unchanged.
     ``repeats``: fit each architecture with this many seeds (``seed``, ``seed + REPEAT_SEED_STEP``, ...: other
     folds, initialisations and batches) and average their probabilities — less fit-to-fit noise for
-    ``repeats`` times the training (``benchmarks/results/seed-average-summary.json`` measures it)."""
+    ``repeats`` times the training (``benchmarks/results/seed-average-summary.json`` measures it).
+    ``map_fn``: runs the member fits (folds x members) of each repeat (:data:`MapFn`; default
+    :func:`local_map`); each fit is a pure function of its seed and data, so where it runs changes
+    nothing but the time (bit-equal on CPUs with the same thread count). ``device`` is resolved where
+    the fit runs."""
     if repeats < 1:
         raise ValueError("repeats must be at least 1")
     check_input_size(specs, int(min(images.shape[-2:])))
     fits = [_fit_once(specs, images, labels, n_classes, cfg, mode=mode, folds=folds,
-                      seed=seed + REPEAT_SEED_STEP * r, device=device, progress=progress, exclude=exclude, repeat=r)
+                      seed=seed + REPEAT_SEED_STEP * r, device=device, progress=progress, exclude=exclude, repeat=r,
+                      map_fn=map_fn)
             for r in range(repeats)]
     if repeats == 1:
         return fits[0]
@@ -430,9 +457,8 @@ def fit_ensemble(specs: list[MemberSpec], images: np.ndarray, labels: np.ndarray
 
 def _fit_once(specs: list[MemberSpec], images: np.ndarray, labels: np.ndarray, n_classes: int, cfg: TrainConfig,
               *, mode: str, folds: int, seed: int, device: str | torch.device, progress: bool,
-              exclude: np.ndarray | None, repeat: int) -> Fit:
+              exclude: np.ndarray | None, repeat: int, map_fn: MapFn | None = None) -> Fit:
     """One fit of every member with one seed (``repeat`` is recorded on the members)."""
-    dev = resolve_device(device) if isinstance(device, str) else device
     if mode not in ("crossfit", "insample"):
         raise ValueError(f"mode must be crossfit or insample, not {mode!r}")
     if mode == "crossfit" and folds < 2:
@@ -440,30 +466,47 @@ def _fit_once(specs: list[MemberSpec], images: np.ndarray, labels: np.ndarray, n
     n = len(images)
     if exclude is not None and (len(exclude) != n or np.asarray(exclude).dtype != bool):
         raise ValueError("exclude must be a boolean mask with one entry per image")
+    if map_fn is None:  # resolved here once (and a bad device fails before any work); else where the fits run
+        device = resolve_device(device) if isinstance(device, str) else device
     keep = np.ones(n, dtype=bool) if exclude is None else ~np.asarray(exclude)
     fold = make_folds(labels, folds, seed) if mode == "crossfit" else np.zeros(n, dtype=np.int64)
     n_folds = folds if mode == "crossfit" else 1
+    tasks = [FitTask(mi, k, seed * 1000 + mi * 100 + k) for mi in range(len(specs)) for k in range(n_folds)]
+    fit_one = functools.partial(_fit_member, specs=specs, images=images, labels=labels, n_classes=n_classes, cfg=cfg,
+                                fold=fold, keep=keep, crossfit=mode == "crossfit", n_folds=n_folds, device=device,
+                                progress=progress and map_fn is None, repeat=repeat)
+    done = (map_fn or local_map)(fit_one, tasks)
     probs = {s.name: np.zeros((n, n_classes), dtype=np.float32) for s in specs}
     members: list[FittedMember] = []
     t_train = t_pred = 0.0
-    for mi, spec in enumerate(specs):
-        for k in range(n_folds):
-            tr = np.flatnonzero((fold != k) & keep) if mode == "crossfit" else np.flatnonzero(keep)
-            te = np.flatnonzero(fold == k) if mode == "crossfit" else np.arange(n)
-            t0 = time.perf_counter()
-            model, hist = train_member(spec, images[tr], labels[tr], n_classes, cfg,
-                                       seed=seed * 1000 + mi * 100 + k, device=dev, progress=progress,
-                                       desc=f"{spec.name} fold {k + 1}/{n_folds}"
-                                       + (f" repeat {repeat}" if repeat else ""))
-            t1 = time.perf_counter()
-            model = model.to(dev)
-            probs[spec.name][te] = predict_probs(model, images[te], device=dev)
-            t_pred += time.perf_counter() - t1
-            t_train += t1 - t0
-            layer, size = choose_cam_layer(spec, model.cpu(), images.shape[-1], cfg.min_cam_cells)
-            margin = hist.pop("train_margin", None)
-            members.append(FittedMember(spec.name, model.cpu(), layer, size, k, tr, hist, margin, repeat))
-            log.info("%s fold %d%s: %d epochs, val acc %s, %.1fs", spec.name, k,
-                     f" repeat {repeat}" if repeat else "", hist["epochs_run"],
-                     hist["val_acc"][-1:] if hist["val_acc"] else "-", t1 - t0)
+    for task, (member, te, p, dt_train, dt_pred) in zip(tasks, done, strict=True):
+        probs[specs[task.member].name][te] = p
+        members.append(member)
+        t_train += dt_train
+        t_pred += dt_pred
     return Fit(mode, [s.name for s in specs], probs, members, fold, {"train": t_train, "predict": t_pred}, [fold])
+
+
+def _fit_member(task: FitTask, *, specs: list[MemberSpec], images: np.ndarray, labels: np.ndarray, n_classes: int,
+                cfg: TrainConfig, fold: np.ndarray, keep: np.ndarray, crossfit: bool, n_folds: int,
+                device: str | torch.device, progress: bool, repeat: int
+                ) -> tuple[FittedMember, np.ndarray, np.ndarray, float, float]:
+    """Train one member on the other folds, predict its own: (member, fold indices, probs, train s, predict s)."""
+    dev = resolve_device(device) if isinstance(device, str) else device
+    spec, k = specs[task.member], task.fold
+    tr = np.flatnonzero((fold != k) & keep) if crossfit else np.flatnonzero(keep)
+    te = np.flatnonzero(fold == k) if crossfit else np.arange(len(images))
+    t0 = time.perf_counter()
+    model, hist = train_member(spec, images[tr], labels[tr], n_classes, cfg, seed=task.seed, device=dev,
+                               progress=progress,
+                               desc=f"{spec.name} fold {k + 1}/{n_folds}" + (f" repeat {repeat}" if repeat else ""))
+    t1 = time.perf_counter()
+    model = model.to(dev)
+    p = predict_probs(model, images[te], device=dev)
+    t_pred = time.perf_counter() - t1
+    layer, size = choose_cam_layer(spec, model.cpu(), images.shape[-1], cfg.min_cam_cells)
+    margin = hist.pop("train_margin", None)
+    member = FittedMember(spec.name, model.cpu(), layer, size, k, tr, hist, margin, repeat)
+    log.info("%s fold %d%s: %d epochs, val acc %s, %.1fs", spec.name, k, f" repeat {repeat}" if repeat else "",
+             hist["epochs_run"], hist["val_acc"][-1:] if hist["val_acc"] else "-", t1 - t0)
+    return member, te, p, t1 - t0, t_pred

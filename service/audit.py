@@ -3,6 +3,13 @@
 ``audit_study`` is used by the service pipeline (one stable study) and ``audit_dicom_dir`` by the
 offline ``labelqa audit --bundle B --dicom DIR --out OUT``, which needs no network: it writes the
 result objects to ``OUT/dicom/`` and the verdicts to ``OUT/verdicts.json``.
+
+An audit is three steps with typed records between them, so the middle one can run elsewhere (a
+Ray worker holding the bundle, :mod:`service.executor_ray`): :func:`read_study_input` (files ->
+:class:`StudyInput`, on the gateway), :func:`infer` (:class:`InferenceBatch` of arrays ->
+:class:`InferenceResult`, wherever the models are), :func:`write_study_results` (-> result
+datasets and verdict rows, on the gateway). The read and write steps need the bundle's description
+only (class names, input size, version, thresholds), not its weights.
 """
 
 from __future__ import annotations
@@ -10,8 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +40,41 @@ class StudyAudit:
     datasets: list[Any] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
     issues: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class StudyInput:
+    """The read step's output for one study: samples to judge (labels the bundle knows) and their files."""
+
+    study_uid: str | None
+    by_uid: dict[str, Path]  # SOP Instance UID -> file, for the write step
+    samples: list[Any] = field(default_factory=list)  # dicom_io.annotations Sample
+    issues: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class InferenceBatch:
+    """What the model step needs: arrays and labels only (it travels through Ray's object store)."""
+
+    images: np.ndarray  # (N, H, W) float32 in [0, 1], the bundle's input size
+    given: list[str]  # given label (class name) per image
+    groups: list[str]  # annotator per image (cohort findings need more than one)
+
+    def __len__(self) -> int:
+        return len(self.given)
+
+
+@dataclass
+class InferenceResult:
+    """The model step's output: a verdict per image of the batch, in order, and cohort findings."""
+
+    verdicts: list[Any]  # models.bundle.SampleVerdict (scores, Grad-CAM heatmaps)
+    cohort: dict[tuple[str, str], str] = field(default_factory=dict)  # (annotator, class) -> finding
+    seconds: float = 0.0
+    worker: dict[str, Any] | None = None  # where it ran, when not in this process (node id, pid)
+
+
+InferFn = Callable[[InferenceBatch], InferenceResult]
 
 
 def resolve_vocabulary(bundle: Any, bundle_path: Path | None = None, vocabulary: Any = None) -> Any:
@@ -97,42 +138,71 @@ def _code(vocabulary: Any, name: str) -> Any:
         return name
 
 
-def _audit_sets(sets: Sequence[Any], by_uid: dict[str, Path], bundle: Any, vocabulary: Any, *, device: str,
-                batch_size: int, heatmaps_for_hard_cases: bool, parametric_maps: bool = False,
-                member_panels: bool = False) -> list[StudyAudit]:
-    """Run the bundle once over every sample of every set, then write each study's results."""
+def _study_input(aset: Any, by_uid: dict[str, Path], classes: set[str]) -> StudyInput:
+    """Split a read study's samples into those the bundle can judge and issues for the others."""
+    si = StudyInput(aset.study_uid, by_uid, issues=[i.to_dict() for i in aset.issues])
+    for s in aset.samples:
+        if s.label not in classes:
+            si.issues.append({"code": LABEL_NOT_IN_BUNDLE, "annotation_uid": s.provenance.annotation_uid,
+                              "image_uid": s.provenance.image_uid,
+                              "message": f"label {s.label!r} is not a class of the bundle ({sorted(classes)})"})
+            continue
+        si.samples.append(s)
+    return si
+
+
+def read_study_input(files: Iterable[Path], bundle: Any, vocabulary: Any) -> StudyInput:
+    """Read step: one study's files -> the samples to audit (``bundle``: class names and ``prepare_frame``)."""
+    from dicom_io.annotations import read_study
+
+    by_uid = _headers(Path(f) for f in files)
+    aset = read_study([by_uid[u] for u in by_uid], vocabulary, pixel_transform=bundle.prepare_frame)
+    return _study_input(aset, by_uid, set(bundle.class_names))
+
+
+def make_batch(inputs: Sequence[StudyInput], bundle: Any) -> InferenceBatch:
+    """The samples of ``inputs`` (in order) as one batch of model inputs."""
+    samples = [s for si in inputs for s in si.samples]
+    size = int(bundle.image_size)
+    images = (np.stack([bundle.prepare_frame(s.pixels) for s in samples]) if samples
+              else np.zeros((0, size, size), np.float32))
+    return InferenceBatch(images, [s.label for s in samples],
+                          [s.provenance.observer or "unknown observer" for s in samples])
+
+
+def infer(bundle: Any, batch: InferenceBatch, *, device: str = "auto", batch_size: int = 64) -> InferenceResult:
+    """Model step: the loaded bundle's verdicts (and cohort findings) for a batch."""
+    t0 = time.perf_counter()
+    verdicts = bundle.audit(batch.images, batch.given, batch_size=batch_size, device=device)
+    log.info("audited %d annotation(s) in %.1f s", len(batch), time.perf_counter() - t0)
+    cohort = _cohort_text(bundle, batch.images, batch.given, batch.groups, batch_size=batch_size, device=device)
+    return InferenceResult(list(verdicts), cohort, time.perf_counter() - t0)
+
+
+def write_study_results(inputs: Sequence[StudyInput], result: InferenceResult | None, bundle: Any, vocabulary: Any,
+                        *, heatmaps_for_hard_cases: bool = False, parametric_maps: bool = False,
+                        member_panels: bool = False) -> list[StudyAudit]:
+    """Write step: each study's result datasets (SR/SC/KOS) and verdict rows from the batch's verdicts.
+
+    ``result`` holds one verdict per sample of ``inputs`` in order (None when there were no samples).
+    """
     import pydicom
 
     from dicom_io.results import AuditedAnnotation, write_results
 
-    classes = set(bundle.class_names)
-    out: list[StudyAudit] = []
-    todo: list[tuple[StudyAudit, Any]] = []
-    for aset in sets:
-        sa = StudyAudit(aset.study_uid, issues=[i.to_dict() for i in aset.issues])
-        out.append(sa)
-        for s in aset.samples:
-            if s.label not in classes:
-                sa.issues.append({"code": LABEL_NOT_IN_BUNDLE, "annotation_uid": s.provenance.annotation_uid,
-                                  "image_uid": s.provenance.image_uid,
-                                  "message": f"label {s.label!r} is not a class of the bundle ({sorted(classes)})"})
-                continue
-            todo.append((sa, s))
-    if not todo:
+    out = [StudyAudit(si.study_uid, issues=list(si.issues)) for si in inputs]
+    n = sum(len(si.samples) for si in inputs)
+    if n == 0:
         return out
-    images = np.stack([bundle.prepare_frame(s.pixels) for _, s in todo])
-    given = [s.label for _, s in todo]
-    t0 = time.perf_counter()
-    verdicts = bundle.audit(images, given, batch_size=batch_size, device=device)
-    log.info("audited %d annotation(s) in %.1f s", len(todo), time.perf_counter() - t0)
-    cohort = _cohort_text(bundle, images, given, [s.provenance.observer or "unknown observer" for _, s in todo],
-                          batch_size=batch_size, device=device)
-    per_study: dict[int, list[tuple[Any, Any]]] = defaultdict(list)
-    for (sa, s), v in zip(todo, verdicts, strict=True):
-        per_study[id(sa)].append((s, v))
+    if result is None or len(result.verdicts) != n:
+        got = 0 if result is None else len(result.verdicts)
+        raise ValueError(f"the model step returned {got} verdicts for {n} samples")
     algorithm = algorithm_info(bundle)
-    for sa in out:
-        pairs = per_study.get(id(sa), [])
+    cohort = result.cohort
+    start = 0
+    for si, sa in zip(inputs, out, strict=True):
+        pairs = list(zip(si.samples, result.verdicts[start:start + len(si.samples)], strict=True))
+        start += len(si.samples)
         if not pairs:
             continue
         audited = []
@@ -157,10 +227,10 @@ def _audit_sets(sets: Sequence[Any], by_uid: dict[str, Path], bundle: Any, vocab
                 "priority": v.priority, "score": v.score,
             })
         needed = {a.image_uid for a in audited} | {a.annotation_uid for a in audited}
-        missing = sorted(u for u in needed if u not in by_uid)
+        missing = sorted(u for u in needed if u not in si.by_uid)
         if missing:
             raise ValueError(f"study {sa.study_uid}: files of {missing} not found among the inputs")
-        loaded = {u: pydicom.dcmread(by_uid[u]) for u in needed}
+        loaded = {u: pydicom.dcmread(si.by_uid[u]) for u in needed}
         sources = {a.image_uid: loaded[a.image_uid] for a in audited}
         annotations = {a.annotation_uid: loaded[a.annotation_uid] for a in audited}
         observers = {s.provenance.observer or "unknown observer" for s, _ in pairs}
@@ -170,6 +240,27 @@ def _audit_sets(sets: Sequence[Any], by_uid: dict[str, Path], bundle: Any, vocab
                                     heatmaps_for_hard_cases=heatmaps_for_hard_cases, parametric_maps=parametric_maps,
                                     member_panels=member_panels)
     return out
+
+
+def _audit_sets(sets: Sequence[Any], by_uid: dict[str, Path], bundle: Any, vocabulary: Any, *, device: str,
+                batch_size: int, heatmaps_for_hard_cases: bool, parametric_maps: bool = False,
+                member_panels: bool = False) -> list[StudyAudit]:
+    """Run the bundle once over every sample of every set, then write each study's results."""
+    classes = set(bundle.class_names)
+    return _infer_and_write([_study_input(aset, by_uid, classes) for aset in sets], bundle, vocabulary, None,
+                            device=device, batch_size=batch_size, heatmaps_for_hard_cases=heatmaps_for_hard_cases,
+                            parametric_maps=parametric_maps, member_panels=member_panels)
+
+
+def _infer_and_write(inputs: list[StudyInput], bundle: Any, vocabulary: Any, infer_fn: InferFn | None, *,
+                     device: str, batch_size: int, **write: bool) -> list[StudyAudit]:
+    """Infer once over every sample of ``inputs`` (here, or with ``infer_fn``), then write each study."""
+    batch = make_batch(inputs, bundle)
+    result = None
+    if len(batch):
+        result = infer_fn(batch) if infer_fn is not None else infer(bundle, batch, device=device,
+                                                                     batch_size=batch_size)
+    return write_study_results(inputs, result, bundle, vocabulary, **write)
 
 
 def _cohort_text(bundle: Any, images: np.ndarray, given: list[str], groups: list[str], **kw: Any
@@ -197,17 +288,15 @@ def _cohort_text(bundle: Any, images: np.ndarray, given: list[str], groups: list
 
 
 def audit_study(files: Iterable[Path], bundle: Any, vocabulary: Any, *, device: str = "auto", batch_size: int = 64,
-                heatmaps_for_hard_cases: bool = False, parametric_maps: bool = False, member_panels: bool = False
-                ) -> tuple[list[Any], list[dict[str, Any]]]:
-    """Audit one study's files: (result datasets SR/SC/KOS, verdict rows). No annotations: ([], [])."""
-    from dicom_io.annotations import read_study
+                heatmaps_for_hard_cases: bool = False, parametric_maps: bool = False, member_panels: bool = False,
+                infer_fn: InferFn | None = None) -> tuple[list[Any], list[dict[str, Any]]]:
+    """Audit one study's files: (result datasets SR/SC/KOS, verdict rows). No annotations: ([], []).
 
-    files = [Path(f) for f in files]
-    by_uid = _headers(files)
-    aset = read_study([by_uid[u] for u in by_uid], vocabulary, pixel_transform=bundle.prepare_frame)
-    (sa,) = _audit_sets([aset], by_uid, bundle, vocabulary, device=device, batch_size=batch_size,
-                        heatmaps_for_hard_cases=heatmaps_for_hard_cases, parametric_maps=parametric_maps,
-                        member_panels=member_panels)
+    ``infer_fn`` runs the model step elsewhere (default: ``infer`` with ``bundle`` here).
+    """
+    (sa,) = _infer_and_write([read_study_input(files, bundle, vocabulary)], bundle, vocabulary, infer_fn,
+                             device=device, batch_size=batch_size, heatmaps_for_hard_cases=heatmaps_for_hard_cases,
+                             parametric_maps=parametric_maps, member_panels=member_panels)
     for issue in sa.issues:
         log.info("study %s: %s (%s)", sa.study_uid, issue.get("code"), issue.get("message"))
     return sa.datasets, sa.rows

@@ -1,7 +1,7 @@
 """The `labelqa` command line.
 
 Each command group registers itself from a module named after it (``service/cli_<command>.py``:
-serve, dicom (dicomize, inspect), models (train, audit, evaluate), report, outbox, demo) so the
+serve, dicom (dicomize, inspect), models (train, audit, evaluate), report, outbox, db, demo) so the
 entry point stays small; heavy imports (torch, highdicom) happen inside the commands.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from service import cli_demo, cli_dicom, cli_models, cli_outbox, cli_report, cli_serve
+from service import cli_db, cli_demo, cli_dicom, cli_models, cli_outbox, cli_report, cli_serve
 from service.settings import load_settings, settings_reference_markdown
 
 app = typer.Typer(
@@ -46,7 +46,7 @@ def config_reference() -> None:
     typer.echo(settings_reference_markdown(), nl=False)
 
 
-for _area in (cli_serve, cli_dicom, cli_models, cli_report, cli_outbox, cli_demo):
+for _area in (cli_serve, cli_dicom, cli_models, cli_report, cli_outbox, cli_db, cli_demo):
     _area.register(app)
 
 

@@ -24,6 +24,13 @@ def demo(
     sender: str = typer.Option("auto", "--sender", help="C-STORE client: auto, storescu, pynetdicom."),
     timeout: float = typer.Option(900.0, "--timeout", help="Give up waiting for results after this many seconds."),
     keep_running: bool = typer.Option(False, "--keep-running", help="Keep the service (and Orthanc) up at the end."),
+    database_url: str | None = typer.Option(
+        None, "--database-url", help="Index, jobs and outbox in this database (e.g. postgresql+psycopg://...): one "
+        "for the demo alone; its earlier demo jobs are deleted. Default: SQLite in the data dir."),
+    executor: str = typer.Option("inprocess", "--executor", help="inprocess (default) or ray (model steps on Ray "
+                                 "actors)."),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="HOST:PORT of a running Ray head for "
+                                           "--executor ray (default: a local Ray instance)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of the table."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the service's log lines."),
 ) -> None:
@@ -35,10 +42,17 @@ def demo(
     if sender not in ("auto", "storescu", "pynetdicom"):
         typer.echo("error: --sender must be auto, storescu or pynetdicom", err=True)
         raise typer.Exit(2)
+    if executor not in ("inprocess", "ray"):
+        typer.echo("error: --executor must be inprocess or ray", err=True)
+        raise typer.Exit(2)
+    if ray_address and executor != "ray":
+        typer.echo("error: --ray-address needs --executor ray", err=True)
+        raise typer.Exit(2)
     _quiet_logging(verbose)
     cfg = DemoConfig(data_dir=data_dir, studies=studies, train_images=train_images, image_size=image_size,
                      classes=classes, noise_rate=noise_rate, epochs=epochs, archs=archs, seed=seed, device=device,
-                     orthanc=orthanc, sender=sender, timeout_s=timeout, keep_running=keep_running)
+                     orthanc=orthanc, sender=sender, timeout_s=timeout, keep_running=keep_running,
+                     database_url=database_url, executor=executor, ray_address=ray_address)
 
     def echo(msg: str) -> None:
         # Progress goes to stderr with --json so stdout stays one JSON document.

@@ -41,8 +41,25 @@ RepeatsOpt = typer.Option(
     1, "--repeats", min=1,
     help="Seeds per architecture (other folds and initialisations), probabilities averaged: less fit-to-fit noise "
          "for N times the training (benchmarks/results/seed-average-summary.json).")
+RayOpt = typer.Option(
+    None, "--ray", metavar="ADDRESS",
+    help="Run the cross-fit fits as Ray tasks on this cluster (HOST:PORT of the head, ray://..., or auto), one GPU "
+         "each when the cluster has GPUs; default: here, one after another.")
 CutOpt = typer.Option("simulated_flips", "--cut",
                       help="labelqa's cut: simulated_flips (default) or confident_joint (the earlier rule).")
+
+
+def _ray_map(address: str | None, progress: bool):
+    """The fits' map function for ``--ray ADDRESS`` (None: the builtin one, in this process)."""
+    if address is None:
+        return None
+    from service.executor_ray import ray_map
+
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        _fail("--ray needs Ray: pip install 'labelqa[cluster]'")
+    return ray_map(address, progress=progress)
 
 
 def evaluate(
@@ -66,6 +83,7 @@ def evaluate(
     threads: int = ThreadsOpt,
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    ray: str | None = RayOpt,
 ) -> None:
     """Corrupt labels, fit the ensemble, score, compare with baselines; write DIR/results.json."""
     _setup(threads)
@@ -80,8 +98,8 @@ def evaluate(
                          archs=tuple(a.strip() for a in archs.split(",") if a.strip()), device=device,
                          train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr),
                          detector=DetectorConfig(saliency_weight=saliency_weight, cut=cut), repeats=repeats)
-        results = run_evaluation(s, out, progress=progress, plots=plots)
-    except (DatasetError, ValueError) as e:
+        results = run_evaluation(s, out, progress=progress, plots=plots, map_fn=_ray_map(ray, progress))
+    except (DatasetError, ValueError) as e:  # RayUnavailable is a ValueError
         _fail(str(e))
     typer.echo(summary_table(results))
     typer.echo(f"wrote {out / 'results.json'}")
@@ -108,6 +126,7 @@ def train(
              "each label is judged by members that never saw it). Kept outside the bundle: ids are file names."),
     threads: int = ThreadsOpt,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    ray: str | None = RayOpt,
 ) -> None:
     """Fit the ensemble on annotated data and write a self-describing model bundle."""
     _setup(threads)
@@ -120,8 +139,8 @@ def train(
         path = train_bundle(dataset, out, image_size=image_size, archs=archs, seed=seed, device=device, mode=mode,
                             folds=folds, train_cfg=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr),
                             detector=DetectorConfig(cut=cut), max_samples=max_samples, progress=progress,
-                            verdicts_out=verdicts, repeats=repeats)
-    except (DatasetError, ValueError) as e:
+                            verdicts_out=verdicts, repeats=repeats, map_fn=_ray_map(ray, progress))
+    except (DatasetError, ValueError) as e:  # RayUnavailable is a ValueError
         _fail(str(e))
     typer.echo(f"wrote bundle {path}")
     if verdicts is not None:

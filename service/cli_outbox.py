@@ -21,7 +21,10 @@ def _outbox(config: Path | None):
     except FileNotFoundError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
+    from service.migrations import upgrade
+
     engine = make_engine(s.store.resolved_database_url())
+    upgrade(engine)
     return Outbox(engine, s.outbox.destinations, settings=s.outbox, spool_dir=s.store.data_dir / "outbox"), s
 
 

@@ -62,6 +62,9 @@ class DemoConfig:
     sender: str = "auto"  # auto | storescu | pynetdicom
     timeout_s: float = 900.0
     keep_running: bool = False
+    database_url: str | None = None  # an existing (e.g. PostgreSQL) database; default: SQLite in the run dir
+    executor: str = "inprocess"  # inprocess | ray
+    ray_address: str | None = None  # HOST:PORT of a Ray head; None with executor "ray": a local Ray
 
     def bundle_key(self) -> str:
         """Cache key of the trained bundle: everything that changes it."""
@@ -88,6 +91,7 @@ class DemoReport:
     outputs: dict[str, Any] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    executor: dict[str, Any] = field(default_factory=dict)  # kind, nodes, jobs_by_node
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -350,8 +354,14 @@ def run_demo(cfg: DemoConfig, echo=print) -> DemoReport:
         archive = _Archive(run_dir / "archive", _free_port())
         dest = Destination(name="archive", kind="dicom", ae_title=archive.ae_title, host="127.0.0.1",
                            port=archive.port)
+    if cfg.executor not in ("inprocess", "ray"):
+        raise DemoError(f"--executor must be inprocess or ray, not {cfg.executor!r}")
+    study_uids = sorted({r["study_uid"] for r in data.manifest})
+    if cfg.database_url:
+        _forget_demo_jobs(cfg.database_url, study_uids)
     settings = load_settings(None, {
-        "store": {"data_dir": run_dir / "labelqa", "stable_after_s": 1.0},
+        "store": {"data_dir": run_dir / "labelqa", "stable_after_s": 1.0, "database_url": cfg.database_url},
+        "executor": {"kind": cfg.executor, "address": cfg.ray_address},
         "listener": {"host": "127.0.0.1", "port": lq_port, "min_free_disk_mb": 0},
         "audit": {"bundle": bundle, "vocabulary": data.vocabulary, "device": cfg.device},
         "outbox": {"destinations": [dest.model_dump()], "backoff_base_s": 0.5, "poll_interval_s": 0.2},
@@ -361,13 +371,15 @@ def run_demo(cfg: DemoConfig, echo=print) -> DemoReport:
     for spec in service_components(settings):
         svc.add(spec)
     audit_service = svc.components[0]
-    study_uids = sorted({r["study_uid"] for r in data.manifest})
     try:
         if archive is not None:
             archive.start()
         if orthanc is not None:
             orthanc.start()
-        svc.start()
+        try:
+            svc.start()
+        except ValueError as e:  # e.g. service.executor_ray.RayUnavailable: the cluster cannot be used
+            raise DemoError(str(e)) from None
         echo(f"labelqa is listening on 127.0.0.1:{lq_port} (AE LABELQA); API http://127.0.0.1:{api_port}/docs")
         t0 = time.perf_counter()
         if orthanc is not None:
@@ -398,6 +410,7 @@ def run_demo(cfg: DemoConfig, echo=print) -> DemoReport:
         report.outputs["results_dir"] = str(Path(settings.store.data_dir) / "results")
         report.outputs["api"] = f"http://127.0.0.1:{api_port}"
         report.outputs["job_counts"] = jobs.counts()
+        report.executor = _executor_report(audit_service.pipeline.executor, jobs, study_uids)
         if outbox is not None:
             report.outputs["outbox"] = outbox.counts()
         report.timings_s["total"] = time.perf_counter() - t_start
@@ -416,6 +429,44 @@ def run_demo(cfg: DemoConfig, echo=print) -> DemoReport:
         if archive is not None:
             archive.stop()
     return report
+
+
+def _forget_demo_jobs(database_url: str, study_uids: list[str]) -> None:
+    """Delete the audit jobs of the demo's own studies (same UIDs every run) from an existing database,
+    so this run audits them again; nothing else in that database is touched."""
+    from sqlalchemy import delete
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from dicom_io.db import make_engine
+    from service.jobs import AuditJobRow
+    from service.migrations import upgrade
+
+    engine = make_engine(database_url)
+    try:
+        upgrade(engine)
+        with engine.begin() as c:
+            c.execute(delete(AuditJobRow).where(AuditJobRow.study_uid.in_(study_uids)))
+    except SQLAlchemyError as e:
+        raise DemoError(f"cannot use the database {database_url.split('@')[-1]}: {e}") from None
+    finally:
+        engine.dispose()
+
+
+def _executor_report(executor: Any, jobs: Any, study_uids: list[str]) -> dict[str, Any]:
+    """Which executor ran the audits, on how many nodes, and how many audits each node ran."""
+    import socket
+
+    status = executor.status()
+    kind = "ray" if status.get("kind") == "ray" else "inprocess"
+    by_node: dict[str, int] = {}
+    for uid in study_uids:
+        job = jobs.latest_for_study(uid)
+        if job is None or job.state != "done" or not job.result:
+            continue
+        node = (job.result.get("worker") or {}).get("node_id") or socket.gethostname()
+        by_node[node] = by_node.get(node, 0) + 1
+    nodes = int(status.get("nodes") or 1) if kind == "ray" else 1
+    return {"kind": kind, "nodes": nodes, "jobs_by_node": by_node, "address": status.get("address")}
 
 
 def _all_audited(jobs: Any, study_uids: list[str], final: tuple[str, ...]) -> bool:
@@ -570,6 +621,10 @@ def _render(report: DemoReport) -> str:
                      + ("" if report.settings.get("keep_running") else " (run with --keep-running to browse it)"))
     if "html_report" in o:
         lines.append(f"HTML report: {o['html_report']}")
+    ex = report.executor
+    if ex.get("kind") == "ray":
+        lines.append(f"executor: Ray at {ex.get('address') or 'a local instance'}, {ex.get('nodes')} node(s); "
+                     f"audits per node: {ex.get('jobs_by_node')}")
     t = report.timings_s
     lines.append("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in t.items()))
     return "\n".join(lines)

@@ -3,8 +3,9 @@
 :class:`Executor` is the interface: the service queues jobs in the database (:mod:`service.jobs`)
 and calls :meth:`Executor.notify`; an executor claims jobs with a lease, runs the job function and
 records the outcome. :class:`InProcessExecutor` is the embedded default (a pool of worker threads in
-the service process, each with its own warm models); a distributed engine implements the same
-interface with workers elsewhere claiming from the same table.
+the service process, each with its own warm models); :class:`service.executor_ray.RayExecutor` keeps
+the same claim loop and sends the model step to Ray actors (the job table stays the truth). A job
+function that raises :class:`JobRetry` (e.g. its remote worker died) hands the job back to the queue.
 """
 
 from __future__ import annotations
@@ -50,8 +51,16 @@ class WorkerContext:
 JobFunction = Callable[[Job, WorkerContext], Outcome]
 
 
+class JobRetry(Exception):
+    """Raised by a job function when the job should run again (another attempt), not fail.
+
+    The job goes back to the queue (``JobStore.release``: failed after ``max_attempts``); nothing
+    of the interrupted attempt is recorded.
+    """
+
+
 class Executor(Protocol):
-    """Runs queued audit jobs. Implementations: :class:`InProcessExecutor` (default)."""
+    """Runs queued audit jobs. Implementations: :class:`InProcessExecutor` (default), ``RayExecutor``."""
 
     def start(self) -> None:
         """Start the workers (they pick up queued jobs, including those left by a previous run)."""
@@ -180,16 +189,24 @@ class InProcessExecutor:
         beat = threading.Thread(target=self._heartbeat, args=(job.id, ctx.owner, stop_beat), daemon=True)
         beat.start()
         log.info("job %d: audit of study %s started (attempt %d)", job.id, job.study_uid, job.attempts)
+        retry: str | None = None
         try:
             outcome = self.fn(job, ctx)
             if outcome.state not in FINAL_STATES:
                 outcome = Outcome(state=FAILED, reason=f"job function returned state {outcome.state!r}")
+        except JobRetry as e:
+            retry = str(e) or "retry"
         except Exception as e:  # noqa: BLE001 - one bad study must not stop the worker
             log.exception("job %d: audit of study %s failed", job.id, job.study_uid)
             outcome = Outcome(state=FAILED, reason=f"{type(e).__name__}: {e}")
         finally:
             stop_beat.set()
             beat.join()
+        if retry is not None:
+            self.jobs.release(job.id, ctx.owner, retry)
+            self._busy[ctx.index] = None
+            log.warning("job %d: handed back to the queue (%s)", job.id, retry)
+            return
         ok = self.jobs.finish(
             job.id, ctx.owner, outcome.state, reason=outcome.reason, n_samples=outcome.n_samples,
             n_flagged=outcome.n_flagged, result=outcome.result,

@@ -4,9 +4,11 @@ States: ``queued`` -> ``running`` -> ``done`` | ``failed`` | ``no_annotations``;
 newer one for the same study makes pointless becomes ``superseded``. A worker owns a running job
 through a lease (``lease_until``); a running job whose lease expired, or whose owner process on this
 host is gone, is re-queued on start (:meth:`JobStore.requeue_stale`). Claiming is a conditional
-UPDATE, so two workers (threads, processes or machines sharing the database) never run one job twice.
+UPDATE on SQLite and ``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL, and a partial unique index
+allows one running job per study, so two workers (threads, processes or gateways on one database)
+never run one job, nor two audits of one study, at the same time.
 
-The table lives on its own ``DeclarativeBase`` in the one database of the service
+The table is declared on the one ``dicom_io.db.Base`` of the service database
 (``settings.store.resolved_database_url()``, engine from :func:`dicom_io.db.make_engine`).
 """
 
@@ -19,8 +21,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, Float, Integer, String, Text, exists, func, select, update
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, aliased, mapped_column
+from sqlalchemy import Engine, Float, Index, Integer, String, Text, exists, func, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Mapped, Session, aliased, mapped_column
+
+from dicom_io.db import Base, ensure_schema, is_postgresql
 
 QUEUED = "queued"
 RUNNING = "running"
@@ -32,14 +37,15 @@ STATES = (QUEUED, RUNNING, DONE, FAILED, NO_ANNOTATIONS, SUPERSEDED)
 FINAL_STATES = (DONE, FAILED, NO_ANNOTATIONS, SUPERSEDED)
 
 
-class Base(DeclarativeBase):
-    """Declarative base of the service's own tables."""
-
-
 class AuditJobRow(Base):
     """One audit of one study."""
 
     __tablename__ = "audit_jobs"
+    __table_args__ = (
+        # at most one running audit per study, enforced by the database (several gateways, one table)
+        Index("uq_audit_jobs_running_study", "study_uid", unique=True,
+              sqlite_where=text("state = 'running'"), postgresql_where=text("state = 'running'")),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     study_uid: Mapped[str] = mapped_column(String(64), index=True)
@@ -162,7 +168,7 @@ class JobStore:
         self.engine = engine
         self.lease_s = lease_s
         self.max_attempts = max_attempts
-        Base.metadata.create_all(engine)
+        ensure_schema(engine)
 
     # -- writing -------------------------------------------------------------------------------
     def enqueue(self, study_uid: str, trigger: str = "stable", last_instance_at: float | None = None) -> Job:
@@ -204,10 +210,14 @@ class JobStore:
     def claim(self, owner: str) -> Job | None:
         """Take the oldest queued job whose study is not being audited by someone else, or None.
 
-        One conditional UPDATE per candidate (queued, and no running job of the same study), so
-        concurrent workers never run one job, nor two audits of one study, at the same time. Older
-        queued jobs of the claimed study are superseded: this run reads the study as it is now.
+        Older queued jobs of the claimed study are superseded: this run reads the study as it is now.
+        SQLite: one conditional UPDATE per candidate (queued, and no running job of the same study).
+        PostgreSQL: ``SELECT ... FOR UPDATE SKIP LOCKED``, so concurrent gateways pass over each
+        other's candidates instead of waiting; the unique index on running jobs settles a race for
+        two queued jobs of one study.
         """
+        if is_postgresql(self.engine):
+            return self._claim_skip_locked(owner)
         now = time.time()
         other = aliased(AuditJobRow)
         with Session(self.engine) as s:
@@ -218,26 +228,70 @@ class JobStore:
                 .order_by(AuditJobRow.id).limit(8)
             ).all()
         for job_id, study_uid in candidates:
-            with Session(self.engine) as s, s.begin():
-                study_busy = exists().where(other.study_uid == study_uid, other.state == RUNNING)
-                res = s.execute(
-                    update(AuditJobRow)
-                    .where(AuditJobRow.id == job_id, AuditJobRow.state == QUEUED, ~study_busy)
-                    .values(state=RUNNING, owner=owner, lease_until=now + self.lease_s, started_at=now,
-                            finished_at=None, attempts=AuditJobRow.attempts + 1)
-                    .execution_options(synchronize_session=False)
-                )
-                if res.rowcount != 1:
-                    continue
-                s.execute(
-                    update(AuditJobRow)
-                    .where(AuditJobRow.study_uid == study_uid, AuditJobRow.state == QUEUED)
-                    .values(state=SUPERSEDED, superseded_by=job_id, finished_at=now)
-                    .execution_options(synchronize_session=False)
-                )
-                row = s.get(AuditJobRow, job_id)
-                assert row is not None
-                return _to_job(row)
+            try:
+                with Session(self.engine) as s, s.begin():
+                    study_busy = exists().where(other.study_uid == study_uid, other.state == RUNNING)
+                    res = s.execute(
+                        update(AuditJobRow)
+                        .where(AuditJobRow.id == job_id, AuditJobRow.state == QUEUED, ~study_busy)
+                        .values(self._running_values(owner, now))
+                        .execution_options(synchronize_session=False)
+                    )
+                    if res.rowcount != 1:
+                        continue
+                    s.execute(
+                        update(AuditJobRow)
+                        .where(AuditJobRow.study_uid == study_uid, AuditJobRow.state == QUEUED)
+                        .values(state=SUPERSEDED, superseded_by=job_id, finished_at=now)
+                        .execution_options(synchronize_session=False)
+                    )
+                    row = s.get(AuditJobRow, job_id)
+                    assert row is not None
+                    return _to_job(row)
+            except IntegrityError:  # the study got a running job meanwhile
+                continue
+        return None
+
+    def _running_values(self, owner: str, now: float) -> dict[str, Any]:
+        return {"state": RUNNING, "owner": owner, "lease_until": now + self.lease_s, "started_at": now,
+                "finished_at": None, "attempts": AuditJobRow.attempts + 1}
+
+    def _claim_skip_locked(self, owner: str) -> Job | None:
+        """PostgreSQL claim: lock the oldest free candidate row, skipping rows other claimers hold."""
+        tried: list[int] = []
+        for _ in range(8):
+            now = time.time()
+            try:
+                with Session(self.engine) as s, s.begin():
+                    busy = select(AuditJobRow.study_uid).where(AuditJobRow.state == RUNNING)
+                    q = (select(AuditJobRow.id, AuditJobRow.study_uid)
+                         .where(AuditJobRow.state == QUEUED, AuditJobRow.study_uid.not_in(busy))
+                         .order_by(AuditJobRow.id).limit(1).with_for_update(skip_locked=True))
+                    if tried:
+                        q = q.where(AuditJobRow.id.not_in(tried))
+                    cand = s.execute(q).first()
+                    if cand is None:
+                        return None
+                    job_id, study_uid = cand
+                    tried.append(job_id)
+                    s.execute(update(AuditJobRow).where(AuditJobRow.id == job_id)
+                              .values(self._running_values(owner, now))
+                              .execution_options(synchronize_session=False))
+                    others = s.scalars(
+                        select(AuditJobRow.id)
+                        .where(AuditJobRow.study_uid == study_uid, AuditJobRow.state == QUEUED,
+                               AuditJobRow.id != job_id)
+                        .with_for_update(skip_locked=True)
+                    ).all()
+                    if others:
+                        s.execute(update(AuditJobRow).where(AuditJobRow.id.in_(others))
+                                  .values(state=SUPERSEDED, superseded_by=job_id, finished_at=now)
+                                  .execution_options(synchronize_session=False))
+                    row = s.get(AuditJobRow, job_id)
+                    assert row is not None
+                    return _to_job(row)
+            except IntegrityError:  # another gateway started an audit of this study first
+                continue
         return None
 
     def heartbeat(self, job_id: int, owner: str) -> bool:
@@ -310,19 +364,29 @@ class JobStore:
         """
         now = time.time() if now is None else now
         changed: list[int] = []
-        with Session(self.engine) as s, s.begin():
-            for row in s.scalars(select(AuditJobRow).where(AuditJobRow.state == RUNNING)):
-                expired = row.lease_until is None or row.lease_until < now
-                if not (expired or _owner_process_gone(row.owner, startup)):
-                    continue
-                why = "lease expired" if expired else "owner process gone"
-                if row.attempts >= self.max_attempts:
-                    row.state, row.finished_at = FAILED, now
-                    row.reason = f"gave up after {row.attempts} attempts ({why})"
-                else:
-                    row.state, row.reason = QUEUED, f"re-queued: {why}"
-                row.owner, row.lease_until = None, None
-                changed.append(row.id)
+        with Session(self.engine) as s:
+            rows = s.execute(select(AuditJobRow.id, AuditJobRow.owner, AuditJobRow.lease_until,
+                                    AuditJobRow.attempts).where(AuditJobRow.state == RUNNING)).all()
+        for job_id, owner, lease_until, attempts in rows:
+            expired = lease_until is None or lease_until < now
+            if not (expired or _owner_process_gone(owner, startup)):
+                continue
+            why = "lease expired" if expired else "owner process gone"
+            if attempts >= self.max_attempts:
+                values: dict[str, Any] = {"state": FAILED, "finished_at": now,
+                                          "reason": f"gave up after {attempts} attempts ({why})"}
+            else:
+                values = {"state": QUEUED, "reason": f"re-queued: {why}"}
+            # Only if nobody touched the job since we read it (its owner may finish or renew it now).
+            same = [AuditJobRow.id == job_id, AuditJobRow.state == RUNNING, AuditJobRow.attempts == attempts,
+                    AuditJobRow.owner.is_(None) if owner is None else AuditJobRow.owner == owner,
+                    AuditJobRow.lease_until.is_(None) if lease_until is None
+                    else AuditJobRow.lease_until == lease_until]
+            with Session(self.engine) as s, s.begin():
+                res = s.execute(update(AuditJobRow).where(*same)
+                                .values(owner=None, lease_until=None, **values))
+                if res.rowcount == 1:
+                    changed.append(job_id)
         return changed
 
     def supersede_queued(self, study_uid: str, keep_id: int) -> int:

@@ -4,7 +4,8 @@ On a "study stable" event from the store, a study that holds annotation objects 
 audit job in the job table; one without them is recorded as ``no_annotations`` with the reason.
 A worker of the executor (in-process by default) reads the study's files, runs
 :func:`service.audit.audit_study` (annotations -> bundle ensemble -> results), writes the result
-objects under ``<data_dir>/results/<study>/`` and puts them in the outbox. A late instance re-opens
+objects under ``<data_dir>/results/<study>/`` and puts them in the outbox; with ``[executor] kind =
+"ray"`` only the model step runs on a Ray actor (:mod:`service.executor_ray`). A late instance re-opens
 the study and the audit runs again; our own result objects coming back (a PACS that routes the
 whole study again) never trigger a new audit.
 """
@@ -17,7 +18,7 @@ import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dicom_io.results.series import is_own_output
 from dicom_io.sop import is_annotation
@@ -25,6 +26,9 @@ from models.verdict import FLAGGED
 from service.executor import Executor, InProcessExecutor, Outcome, WorkerContext
 from service.jobs import DONE, NO_ANNOTATIONS, Job, JobStore
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.audit import InferFn
 
 log = logging.getLogger("labelqa.pipeline")
 
@@ -70,6 +74,10 @@ class Pipeline:
         self.outbox = outbox
         self.metrics = metrics
         self.results_dir = Path(settings.store.data_dir) / "results"
+        if executor is None and settings.executor.kind == "ray":
+            from service.executor_ray import RayExecutor
+
+            executor = RayExecutor(jobs, self, settings.executor)
         self.executor: Executor = executor or InProcessExecutor(
             jobs, self.run_job, workers=settings.audit.workers, warmup=self.warmup,
             on_finished=self._finished,
@@ -160,11 +168,17 @@ class Pipeline:
             log.warning("model warm-up inference failed: %s", e)
 
     def run_job(self, job: Job, ctx: WorkerContext) -> Outcome:
-        """Audit one study: read, infer, write the result objects, enqueue them for delivery."""
-        from service.audit import audit_study
-
+        """Audit one study here: read, infer with this worker's warm bundle, write, enqueue for delivery."""
         bundle = ctx.cached("bundle", self.load_bundle)
         vocabulary = ctx.cached("vocabulary", lambda: self.load_vocabulary(bundle))
+        return self.audit_job(job, bundle, vocabulary)
+
+    def audit_job(self, job: Job, bundle: Any, vocabulary: Any, infer_fn: InferFn | None = None) -> Outcome:
+        """Audit one study: read its files, infer (here, or ``infer_fn``: a remote worker), write the
+        result objects and enqueue them for delivery. ``bundle`` needs to be loaded only when
+        ``infer_fn`` is None; the read and write steps use its description."""
+        from service.audit import audit_study
+
         records = self.store.instances(job.study_uid) if self.store is not None else []
         theirs = [r for r in records if not is_own_output(r.manufacturer, r.series_number)]
         files = [Path(r.path) for r in theirs]
@@ -174,7 +188,7 @@ class Pipeline:
         t0 = time.perf_counter()
         a = self.settings.audit
         datasets, rows = audit_study(files, bundle, vocabulary, device=a.device, batch_size=a.batch_size,
-                                     heatmaps_for_hard_cases=a.heatmaps_for_hard_cases)
+                                     heatmaps_for_hard_cases=a.heatmaps_for_hard_cases, infer_fn=infer_fn)
         audit_s = time.perf_counter() - t0
         rows = verdict_rows(rows)
         if not rows:

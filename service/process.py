@@ -70,7 +70,10 @@ class Service:
     """The store, the listener and the plugged-in components of one labelqa process."""
 
     def __init__(self, settings: Settings) -> None:
+        from service.migrations import upgrade
+
         self.settings = settings
+        upgrade(settings.store.resolved_database_url())  # the schema first (Alembic), then its users
         self.store = StudyStore(
             settings.store.data_dir,
             settings.store.resolved_database_url(),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -46,6 +46,33 @@ class AuditSettings(BaseModel):
     heatmaps_for_hard_cases: bool = Field(False, description="Also write heatmap SCs for hard cases.")
 
 
+class ExecutorSettings(BaseModel):
+    """Who runs the audit jobs: worker threads in this process, or actors on a Ray cluster."""
+
+    kind: Literal["inprocess", "ray"] = Field(
+        "inprocess", description="inprocess (embedded default) or ray (the model step on Ray actors)."
+    )
+    address: str | None = Field(
+        None, description="Ray cluster: HOST:PORT of the head (GCS), ray://HOST:10001 (Ray Client) or auto; "
+        "unset: a local Ray instance on this machine."
+    )
+    actors: int = Field(
+        0, ge=0, description="Audit actors (each keeps the bundle warm); 0: one per GPU or per unit of resources."
+    )
+    num_gpus: float | None = Field(
+        None, ge=0, description="GPUs per actor; unset: 1 when the cluster has GPUs, else 0 (CPU actors)."
+    )
+    num_cpus: float = Field(1.0, ge=0, description="CPUs per actor (Ray scheduling).")
+    resources: dict[str, float] = Field(
+        default_factory=dict, description='Custom Ray resources per actor, e.g. {labelqa_gpu = 1} to pin audits '
+        "to nodes started with --resources '{\"labelqa_gpu\": 1}'."
+    )
+    namespace: str = Field("labelqa", description="Ray namespace of the service's actors.")
+    start_timeout_s: float = Field(
+        300.0, gt=0, description="Wait this long at start-up for the first actor to load the bundle."
+    )
+
+
 class ApiSettings(BaseModel):
     """The HTTP API (health, metrics, jobs, audit results)."""
 
@@ -66,6 +93,7 @@ class Settings(BaseSettings):
     listener: ListenerSettings = Field(default_factory=ListenerSettings, description="DICOM listener.")
     store: StoreSettings = Field(default_factory=StoreSettings, description="Study store and index.")
     audit: AuditSettings = Field(default_factory=AuditSettings, description="Audit jobs.")
+    executor: ExecutorSettings = Field(default_factory=ExecutorSettings, description="Where audits run.")
     outbox: OutboxSettings = Field(default_factory=OutboxSettings, description="Result delivery.")
     api: ApiSettings = Field(default_factory=ApiSettings, description="HTTP API.")
 

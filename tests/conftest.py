@@ -104,3 +104,7 @@ def listener_factory(tmp_path):
     for lst, store in made:
         lst.stop(grace_s=2)
         store.close()
+
+
+# A real PostgreSQL (initdb + pg_ctl in a temp dir) and the sqlite/postgresql parametrised `db_url`.
+from tests.pg_fixture import db_url, pg_server, pg_url  # noqa: E402, F401 - fixtures

@@ -15,8 +15,9 @@ from service.jobs import DONE, FAILED, QUEUED, RUNNING, SUPERSEDED, JobStore, ow
 
 
 @pytest.fixture
-def url(tmp_path):
-    return f"sqlite:///{tmp_path / 'index.sqlite'}"
+def url(db_url):
+    """The job table's database: SQLite and a real PostgreSQL (the same tests on both)."""
+    return db_url
 
 
 def test_enqueue_coalesces_queued_jobs_of_a_study(url):

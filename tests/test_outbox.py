@@ -1,4 +1,8 @@
-"""Durable outbox: rows before the first attempt, backoff, dead letters, retry; real peers for delivery."""
+"""Durable outbox: rows before the first attempt, backoff, dead letters, retry; real peers for delivery.
+
+Every test with an outbox runs on SQLite and on a real PostgreSQL (``db_url``, over its unix socket,
+so a sender inside a private network namespace reaches it too).
+"""
 
 from __future__ import annotations
 
@@ -42,8 +46,8 @@ def study_files(tmp_path_factory) -> tuple[list[Path], list[Path], str]:
     return src, results, audited[0].study_uid
 
 
-def _toml(path: Path, data_dir: Path, dests: list[Dest], **outbox: object) -> Path:
-    lines = ["[store]", f'data_dir = "{data_dir}"', "", "[outbox]"]
+def _toml(path: Path, data_dir: Path, dests: list[Dest], db_url: str, **outbox: object) -> Path:
+    lines = ["[store]", f'data_dir = "{data_dir}"', f'database_url = "{db_url}"', "", "[outbox]"]
     lines += [f"{k} = {v!r}" if not isinstance(v, bool) else f"{k} = {str(v).lower()}" for k, v in outbox.items()]
     for d in dests:
         lines += ["", "[[outbox.destinations]]", f'name = "{d.name}"', f'kind = "{d.kind}"']
@@ -55,8 +59,8 @@ def _toml(path: Path, data_dir: Path, dests: list[Dest], **outbox: object) -> Pa
     return path
 
 
-def _outbox(data_dir: Path, dests: list[Dest], **cfg: object) -> Outbox:
-    engine = make_engine(f"sqlite:///{data_dir / 'index.sqlite'}")
+def _outbox(data_dir: Path, dests: list[Dest], db_url: str, **cfg: object) -> Outbox:
+    engine = make_engine(db_url)
     return Outbox(engine, dests, settings=OutboxSettings(**cfg), spool_dir=data_dir / "outbox")
 
 
@@ -72,10 +76,10 @@ def test_backoff_grows_exponentially_with_bounded_jitter():
         assert max(delays) - min(delays) > 0  # jitter present
 
 
-def test_rows_exist_before_first_attempt_and_dead_letter_after_max_attempts(study_files, tmp_path):
+def test_rows_exist_before_first_attempt_and_dead_letter_after_max_attempts(study_files, tmp_path, db_url):
     _, results, _ = study_files
     closed = free_port()  # nothing listens here: connection refused, a real failure
-    box = _outbox(tmp_path, [Dest("down", closed)], max_attempts=3, backoff_base_s=0.01, backoff_max_s=0.02,
+    box = _outbox(tmp_path, [Dest("down", closed)], db_url, max_attempts=3, backoff_base_s=0.01, backoff_max_s=0.02,
                   connect_timeout_s=2)
     ids = box.enqueue(results)
     rows = box.list()
@@ -91,7 +95,7 @@ def test_rows_exist_before_first_attempt_and_dead_letter_after_max_attempts(stud
     assert {r["state"] for r in rows} == {DEAD}
     assert all(r["attempts"] == 3 and "association" in (r["last_error"] or "") for r in rows)
     # dead letters stay visible on the CLI, and retry re-queues them
-    cfg = _toml(tmp_path / "labelqa.toml", tmp_path, [Dest("down", closed)])
+    cfg = _toml(tmp_path / "labelqa.toml", tmp_path, [Dest("down", closed)], db_url)
     out = subprocess.run([*labelqa_cmd(), "outbox", "list", "--config", str(cfg)], capture_output=True, text=True,
                          env=labelqa_env(), timeout=120)
     assert out.returncode == 0, out.stderr
@@ -102,8 +106,8 @@ def test_rows_exist_before_first_attempt_and_dead_letter_after_max_attempts(stud
     assert {(r["state"], r["attempts"]) for r in box.list()} == {(PENDING, 0)}
 
 
-def test_enqueue_rejects_unknown_destination_and_non_dicom(tmp_path):
-    box = _outbox(tmp_path, [Dest("a", 104)])
+def test_enqueue_rejects_unknown_destination_and_non_dicom(tmp_path, db_url):
+    box = _outbox(tmp_path, [Dest("a", 104)], db_url)
     with pytest.raises(ValueError, match="unknown destination"):
         box.enqueue([], destination="b")
     bad = tmp_path / "bad.dcm"
@@ -128,15 +132,15 @@ def _wait(cond, timeout: float, what: str) -> float:
 
 @requires_dcmtk
 @needs_netns
-def test_down_destination_is_delivered_once_when_up_and_never_blocks_the_other(study_files, tmp_path):
+def test_down_destination_is_delivered_once_when_up_and_never_blocks_the_other(study_files, tmp_path, db_url):
     _, results, _ = study_files
     want = sorted(_uids(results))
     ns = NetNamespace()
     port_a, port_b = free_port(), free_port()
     dests = [Dest("a", port_a), Dest("b", port_b)]
-    box = _outbox(tmp_path, dests)
+    box = _outbox(tmp_path, dests, db_url)
     box.enqueue(results)
-    cfg = _toml(tmp_path / "labelqa.toml", tmp_path, dests, backoff_base_s=0.3, backoff_max_s=1.0,
+    cfg = _toml(tmp_path / "labelqa.toml", tmp_path, dests, db_url, backoff_base_s=0.3, backoff_max_s=1.0,
                 max_attempts=100, poll_interval_s=0.2, connect_timeout_s=2.0)
     scp_b = start_storescp(ns, tmp_path / "rx_b", port_b)
     scp_a = None
@@ -180,7 +184,7 @@ def _many_copies(src: Path, out_dir: Path, n: int) -> list[Path]:
 
 @requires_dcmtk
 @needs_netns
-def test_kill_9_during_delivery_then_restart_loses_nothing(study_files, tmp_path):
+def test_kill_9_during_delivery_then_restart_loses_nothing(study_files, tmp_path, db_url):
     _, results, _ = study_files
     sr = next(p for p in results if p.name.startswith("SR_"))
     files = _many_copies(sr, tmp_path / "many", 400)
@@ -188,9 +192,9 @@ def test_kill_9_during_delivery_then_restart_loses_nothing(study_files, tmp_path
     ns = NetNamespace()
     port = free_port()
     dests = [Dest("pacs", port)]
-    box = _outbox(tmp_path, dests)
+    box = _outbox(tmp_path, dests, db_url)
     box.enqueue(files)
-    cfg = _toml(tmp_path / "labelqa.toml", tmp_path, dests, batch_size=10, poll_interval_s=0.2)
+    cfg = _toml(tmp_path / "labelqa.toml", tmp_path, dests, db_url, batch_size=10, poll_interval_s=0.2)
     scp = start_storescp(ns, tmp_path / "rx", port)
     cmd = [*labelqa_cmd(), "outbox", "send", "--timeout", "200", "--config", str(cfg)]
     try:
@@ -224,7 +228,7 @@ def test_kill_9_during_delivery_then_restart_loses_nothing(study_files, tmp_path
 
 @requires_orthanc
 @needs_netns
-def test_orthanc_receives_results_by_c_store_and_stow_rs_in_the_audited_study(study_files, tmp_path):
+def test_orthanc_receives_results_by_c_store_and_stow_rs_in_the_audited_study(study_files, tmp_path, db_url):
     src, results, study_uid = study_files
     ns = NetNamespace()
     dicom_port, http_port = free_port(), free_port()
@@ -232,10 +236,10 @@ def test_orthanc_receives_results_by_c_store_and_stow_rs_in_the_audited_study(st
     try:
         pacs = Dest("pacs", dicom_port, ae_title="ORTHANC")
         web = Dest("web", 0, kind="dicomweb", url=f"{orthanc.url}/dicom-web")
-        box = _outbox(tmp_path, [pacs, web])
+        box = _outbox(tmp_path, [pacs, web], db_url)
         box.enqueue(src + results, destination="pacs")
         box.enqueue(results, destination="web")
-        cfg = _toml(tmp_path / "labelqa.toml", tmp_path, [pacs, web], poll_interval_s=0.2)
+        cfg = _toml(tmp_path / "labelqa.toml", tmp_path, [pacs, web], db_url, poll_interval_s=0.2)
         r = ns.run([*labelqa_cmd(), "outbox", "send", "--timeout", "60", "--config", str(cfg)],
                    env=labelqa_env(), timeout=120)
         assert r.returncode == 0, r.stdout + r.stderr
@@ -264,13 +268,50 @@ def test_orthanc_receives_results_by_c_store_and_stow_rs_in_the_audited_study(st
         ns.stop()
 
 
-def test_a_file_removed_before_sending_is_an_error_not_a_crash(study_files, tmp_path):
+def test_a_file_removed_before_sending_is_an_error_not_a_crash(study_files, tmp_path, db_url):
     _, results, _ = study_files
     copy = tmp_path / "gone.dcm"
     copy.write_bytes(results[0].read_bytes())
-    box = _outbox(tmp_path, [Dest("x", free_port())], max_attempts=1)
+    box = _outbox(tmp_path, [Dest("x", free_port())], db_url, max_attempts=1)
     box.enqueue([copy])
     copy.unlink()
     assert box.deliver_once("x") == 0
     (row,) = box.list()
     assert row["state"] == DEAD and row["last_error"].startswith("file missing")
+
+
+def test_two_gateways_on_one_database_never_send_a_row_twice(study_files, tmp_path, db_url):
+    """Two outboxes (two gateways) on one PostgreSQL, sending at once: every row sent exactly once."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite serves one sender (one gateway); several gateways need PostgreSQL")
+    import threading
+
+    _, results, _ = study_files
+    sr = next(p for p in results if p.name.startswith("SR_"))
+    files = _many_copies(sr, tmp_path / "many", 120)
+    sent: list[str] = []
+    lock = threading.Lock()
+
+    def record(dest, batch):  # stands in for the peer: confirms each object, slowly
+        from dicom_io.scu import StoreOutcome
+
+        time.sleep(0.02)
+        with lock:
+            sent.extend(f.sop_instance_uid for f in batch)
+        return [StoreOutcome(f.sop_instance_uid, True, 0) for f in batch]
+
+    boxes = [Outbox(make_engine(db_url), [Dest("pacs", 104)], settings=OutboxSettings(batch_size=7),
+                    senders={"dicom": record}) for _ in range(2)]
+    boxes[0].enqueue(files)
+
+    def drain(box: Outbox) -> None:
+        while box.counts()[PENDING]:
+            box.deliver_once("pacs")
+
+    threads = [threading.Thread(target=drain, args=(b,)) for b in boxes for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sorted(sent) == sorted(_uids(files)), "each object sent exactly once"
+    assert boxes[1].counts() == {PENDING: 0, DELIVERED: len(files), DEAD: 0}

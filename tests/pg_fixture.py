@@ -1,0 +1,166 @@
+"""A real PostgreSQL for tests: ``initdb`` + ``pg_ctl`` in a temporary directory, stopped by its PID.
+
+The server (Debian's ``postgresql`` package, any version under ``/usr/lib/postgresql``) runs as the
+``postgres`` user (``initdb`` refuses root; ``runuser -u postgres --`` when we are root), listens on a
+unix socket in its own directory (reachable from a private network namespace too: it is a file) and
+on 127.0.0.1 at a free port. One server per test session; every test gets a fresh database.
+
+Fixtures: ``pg_server`` (session: the running server), ``pg_url`` (a new, empty database as a
+``postgresql+psycopg://`` URL), ``db_url`` (parametrised: the same test on SQLite and on PostgreSQL).
+Without PostgreSQL binaries the PostgreSQL cases are skipped, the SQLite ones still run.
+"""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now (conftest imports this module, so not from there)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pg_bindir() -> Path | None:
+    """The newest ``/usr/lib/postgresql/<v>/bin`` with initdb and pg_ctl (or the ones on PATH), else None."""
+    dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda d: int(Path(d).parent.name)
+                  if Path(d).parent.name.isdigit() else 0)
+    for d in reversed(dirs):
+        if (Path(d) / "initdb").is_file() and (Path(d) / "pg_ctl").is_file():
+            return Path(d)
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb and shutil.which("pg_ctl") else None
+
+
+def _as_postgres() -> list[str]:
+    """Command prefix that runs a PostgreSQL binary as a non-root user."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("runuser") is None:
+        pytest.skip("running as root without runuser: cannot start PostgreSQL as user postgres")
+    return ["runuser", "-u", "postgres", "--"]
+
+
+@dataclass
+class PgServer:
+    """A running throw-away PostgreSQL server."""
+
+    root: Path
+    socket_dir: Path
+    port: int
+    pid: int
+    bindir: Path
+    _n = itertools.count()
+
+    def url(self, database: str = "postgres") -> str:
+        """SQLAlchemy URL of ``database`` over the unix socket."""
+        return f"postgresql+psycopg://postgres@/{database}?host={self.socket_dir}&port={self.port}"
+
+    def psql(self, sql: str, database: str = "postgres") -> None:
+        import psycopg
+
+        with psycopg.connect(host=str(self.socket_dir), port=self.port, user="postgres", dbname=database,
+                             autocommit=True) as c:
+            c.execute(sql.encode())  # test-only literal SQL (a database name we made)
+
+    def new_database(self) -> str:
+        name = f"t{os.getpid()}_{next(self._n)}"
+        self.psql(f'CREATE DATABASE "{name}"')
+        return name
+
+    def drop_database(self, name: str) -> None:
+        self.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Fast shutdown (SIGINT) of this server's postmaster, by its PID; SIGKILL if it hangs."""
+        try:
+            os.kill(self.pid, signal.SIGINT)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        os.kill(self.pid, signal.SIGKILL)
+
+
+def start_pg_server(root: Path | None = None, max_connections: int = 200) -> PgServer:
+    """initdb + pg_ctl start in ``root`` (default: a new temp dir); raises RuntimeError when it fails."""
+    bindir = pg_bindir()
+    if bindir is None:
+        raise RuntimeError("PostgreSQL binaries (initdb, pg_ctl) not found")
+    root = Path(root or tempfile.mkdtemp(prefix="labelqa-pg-"))
+    root.mkdir(parents=True, exist_ok=True)
+    data, sock = root / "data", root / "sock"
+    sock.mkdir(exist_ok=True)
+    prefix = _as_postgres()
+    if prefix:
+        shutil.chown(root, "postgres", "postgres")
+        shutil.chown(sock, "postgres", "postgres")
+    r = subprocess.run([*prefix, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+                        "--encoding=UTF8", "--no-sync"], capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        raise RuntimeError(f"initdb failed: {r.stderr.strip()[-800:]}")
+    port = free_port()
+    opts = (f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={sock} "
+            f"-c max_connections={max_connections} -c fsync=off -c synchronous_commit=off "
+            "-c full_page_writes=off -c shared_buffers=64MB")
+    log = root / "postgres.log"
+    r = subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(log), "-w",
+                        "-t", "120", "start"], capture_output=True, text=True, timeout=180)
+    if r.returncode != 0:
+        tail = log.read_text(errors="replace")[-800:] if log.exists() else ""
+        raise RuntimeError(f"pg_ctl start failed: {r.stderr.strip()[-400:]} {tail}")
+    pid = int((data / "postmaster.pid").read_text().splitlines()[0])
+    return PgServer(root, sock, port, pid, bindir)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    if pg_bindir() is None:
+        pytest.skip("PostgreSQL not installed (initdb/pg_ctl not found)")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.skip("psycopg not installed (pip install 'psycopg[binary]')")
+    server = start_pg_server()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.root, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> Iterator[str]:
+    """A fresh, empty database on the session's PostgreSQL."""
+    name = pg_server.new_database()
+    try:
+        yield pg_server.url(name)
+    finally:
+        pg_server.drop_database(name)  # FORCE: engines of the test may still hold connections
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The index database of one test: a SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'index.sqlite'}"
+    return request.getfixturevalue("pg_url")

@@ -1,0 +1,180 @@
+"""Two gateways on one PostgreSQL: two ``labelqa serve`` processes (own listener, shared data dir and
+database), each receiving its own studies by C-STORE at the same time.
+
+Asserted: every instance stored once (index rows == files == sent), every study audited exactly once
+(one finished job per study, by either gateway: the job table is shared), both gateways audited,
+nothing failed, every result object delivered exactly once (outbox rows: delivered at the first
+attempt, each SR in the archive once).
+
+Size: ``LABELQA_GATEWAY_INSTANCES`` instances per listener (default 240: 24 studies of 5 annotated
+images; the issue's 1,000 per listener, 50 studies of 10 images, takes several minutes on 2 cores:
+``LABELQA_GATEWAY_INSTANCES=1000``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.demo import _Archive
+from service.jobs import DONE, FAILED, JobStore
+from tests.conftest import free_port, have, labelqa_cmd, labelqa_env, wait_for
+from tests.pipeline_fixtures import small_demo  # noqa: F401 - session fixture
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not have("storescu"), reason="dcmtk not installed")]
+
+INSTANCES = int(os.environ.get("LABELQA_GATEWAY_INSTANCES", "240"))
+
+
+def _studies(root: Path, n_studies: int, per_study: int, names: list[str]) -> Path:
+    """``n_studies`` DICOM studies of ``per_study`` annotated synthetic images (image + SR each)."""
+    from models.synthetic import make_shapes
+    from service.dicomize import dicomize
+
+    data = make_shapes(n_studies * per_study, n_classes=len(names), size=32, seed=21)
+    src = root / "png"
+    for i, (img, lab) in enumerate(zip(data.images, data.labels, strict=True)):
+        d = src / names[int(lab)]
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).save(d / f"s{i // per_study:03d}_i{i}.png")
+    out = root / "dicom"
+    dicomize(src, out, noise_rate=0.1, seed=3, group_by=r"(s\d+)_", modality="OT")
+    return out
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), 0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_two_gateways_on_one_postgresql_store_once_and_audit_each_study_once(small_demo, pg_url,  # noqa: F811
+                                                                            tmp_path):
+    from sqlalchemy import func, select
+
+    from dicom_io.db import make_engine
+    from dicom_io.outbox import OutboxItem
+    from dicom_io.store import InstanceRow
+
+    per_study = 10 if INSTANCES >= 1000 else 5
+    n_studies = max(1, INSTANCES // (2 * per_study))
+    dicom = _studies(tmp_path / "data", 2 * n_studies, per_study, list(small_demo.data.class_names))
+    folders = sorted(p for p in dicom.iterdir() if p.is_dir())
+    assert len(folders) == 2 * n_studies
+    halves = [tmp_path / "send0", tmp_path / "send1"]
+    for i, f in enumerate(folders):
+        dest = halves[i % 2] / f.name
+        dest.parent.mkdir(exist_ok=True)
+        f.rename(dest)
+    sent = [len(list(h.rglob("*.dcm"))) for h in halves]
+    assert sent == [n_studies * 2 * per_study] * 2
+
+    archive = _Archive(tmp_path / "archive", free_port())
+    archive.start()
+    data_dir = tmp_path / "shared-data"  # one data dir on shared storage, as several gateways need
+    gateways = []
+    for g in range(2):
+        port, api = free_port(), free_port()
+        cfg = tmp_path / f"gateway{g}.toml"
+        cfg.write_text(
+            f'[store]\ndata_dir = "{data_dir}"\ndatabase_url = "{pg_url}"\nstable_after_s = 1.0\n'
+            f'[listener]\nport = {port}\nmin_free_disk_mb = 0\nmax_associations = 4\n'
+            f'[audit]\nbundle = "{small_demo.bundle}"\nvocabulary = "{small_demo.data.vocabulary}"\n'
+            'device = "cpu"\n'
+            f'[api]\nport = {api}\n'
+            '[outbox]\nbackoff_base_s = 0.2\npoll_interval_s = 0.2\n'
+            f'[[outbox.destinations]]\nname = "archive"\nae_title = "ARCHIVE"\nhost = "127.0.0.1"\n'
+            f'port = {archive.port}\n')
+        log = open(tmp_path / f"gateway{g}.log", "wb")  # noqa: SIM115 - closed after Popen
+        proc = subprocess.Popen([*labelqa_cmd(), "serve", "--config", str(cfg)], stdout=log, stderr=subprocess.STDOUT,
+                                env=labelqa_env(OMP_NUM_THREADS="1"), start_new_session=True)
+        log.close()
+        gateways.append((proc, port))
+    engine = make_engine(pg_url)
+    jobs = JobStore(engine)
+    try:
+        for proc, port in gateways:
+            wait_for(lambda p=port, pr=proc: _listening(p) or pr.poll() is not None, 180, "listener")
+            assert proc.poll() is None, (tmp_path / "gateway0.log").read_text()[-3000:]
+        seconds: list[float] = [0.0, 0.0]
+        results: list[subprocess.CompletedProcess | None] = [None, None]
+
+        def send(i: int) -> None:
+            t0 = time.perf_counter()
+            results[i] = subprocess.run(
+                ["storescu", "-aec", "LABELQA", "-R", "+sd", "+r", "+sp", "*.dcm", "127.0.0.1",
+                 str(gateways[i][1]), str(halves[i])], capture_output=True, text=True,
+                env=labelqa_env(), timeout=900)
+            seconds[i] = time.perf_counter() - t0
+
+        t_send = time.perf_counter()
+        senders = [threading.Thread(target=send, args=(i,)) for i in range(2)]
+        for t in senders:
+            t.start()
+        for t in senders:
+            t.join()
+        for r in results:
+            assert r is not None and r.returncode == 0, r and r.stderr[-2000:]
+        print(f"ingest: {sent[0]} + {sent[1]} instances in {seconds[0]:.1f} s / {seconds[1]:.1f} s "
+              f"({sum(sent) / max(seconds):.0f} instances/s together)")
+        with engine.connect() as c:
+            n_rows = c.execute(select(func.count()).select_from(InstanceRow)).scalar_one()
+        assert n_rows == sum(sent), "every instance indexed once"
+        assert len(list((data_dir / "studies").rglob("*.dcm"))) == sum(sent)
+
+        studies = sorted(f.name for f in folders)
+        from service.jobs import NO_ANNOTATIONS
+
+        def all_final() -> bool:
+            c = jobs.counts()
+            return c["queued"] == 0 and c["running"] == 0 and c[DONE] + c[FAILED] + c[NO_ANNOTATIONS] >= len(studies)
+
+        wait_for(all_final, 1800, "every study audited", step=0.5)
+        t_audit = time.perf_counter() - t_send
+        done = [j for j in jobs.list(limit=100000) if j.state == DONE]
+        assert jobs.counts()[FAILED] == 0
+        by_study: dict[str, int] = {}
+        for j in done:
+            by_study[j.study_uid] = by_study.get(j.study_uid, 0) + 1
+        assert len(by_study) == len(studies) and set(by_study.values()) == {1}, "each study audited exactly once"
+        pids = {p.pid for p, _ in gateways}
+        owners = {int(j.owner.split(":")[1]) for j in done if j.owner}
+        per_gateway = {pid: sum(1 for j in done if j.owner and int(j.owner.split(":")[1]) == pid) for pid in pids}
+        print(f"audited {len(done)} studies in {t_audit:.1f} s from the first instance; per gateway {per_gateway}")
+        assert owners == pids, "both gateways audited"
+
+        def delivered() -> bool:
+            with engine.connect() as c:
+                rows = c.execute(select(OutboxItem.state, func.count()).group_by(OutboxItem.state)).all()
+            return dict(rows).get("pending", 0) == 0 and sum(n for _, n in rows) > 0
+
+        wait_for(delivered, 300, "results delivered", step=0.5)
+        with engine.connect() as c:
+            rows = c.execute(select(OutboxItem.state, OutboxItem.attempts)).all()
+        assert {(s, a) for s, a in rows} == {("delivered", 1)}, "each result object sent once"
+        srs = [r for r in archive.store.instances() if r.modality == "SR"]
+        assert sorted(r.path.parent.parent.name for r in srs) == sorted(by_study), "one SR per study in the archive"
+    finally:
+        for proc, _ in gateways:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc, _ in gateways:
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        archive.stop()
+        engine.dispose()

@@ -1,0 +1,216 @@
+"""The GPU node, for real: ``labelqa serve`` on PostgreSQL with its model step on a two-worker Ray cluster.
+
+A head node (the gateway's driver node, no audit resources) and two worker nodes offering a custom
+``labelqa_gpu`` resource, all ``ray start`` processes on 127.0.0.1 inside a private network
+namespace (Ray binds all interfaces), with ``labelqa serve`` (``executor.kind = "ray"``), a dcmtk
+``storescp`` as the results' destination and the sender in the same namespace; the index, jobs and
+outbox on a real PostgreSQL (unix socket). Asserted:
+
+- every study is audited on a worker node (never on the head, which has no ``labelqa_gpu``);
+- ``kill -9`` of a worker node's raylet (and the rest of that node) while it runs a model step:
+  the job runs again on the other worker; every study ends with exactly one finished audit, one
+  result set on disk and one SR delivered;
+- the cross-fit fits of ``fit_ensemble`` as Ray tasks on the worker nodes give the same member
+  weights as the local run with the same seeds (CPU, one thread).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from service.jobs import DONE, RUNNING, JobStore
+from tests.conftest import can_unshare_net, free_port, have, labelqa_cmd, wait_for
+from tests.pipeline_fixtures import small_demo  # noqa: F401 - session fixture
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not can_unshare_net(), reason="needs a private network namespace (unshare -n)"),
+    pytest.mark.skipif(not have("storescp"), reason="dcmtk not installed"),
+]
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture
+def cluster():
+    from tests.orthanc_helper import NetNamespace
+    from tests.ray_cluster import RayCluster, ray_env
+
+    ns = NetNamespace()
+    c = RayCluster(ns, ray_env())
+    try:
+        c.start_head(num_cpus=1)
+        a = c.add_worker("worker-a", {"labelqa_gpu": 1})
+        b = c.add_worker("worker-b", {"labelqa_gpu": 1})
+        alive = c.alive_node_ids({c.nodes[0].node_id, a.node_id, b.node_id})
+        assert alive == {n.node_id for n in c.nodes}, alive
+        yield c
+    finally:
+        c.stop()
+        ns.stop()
+
+
+def _health(c, api_port: int) -> dict:
+    code = ("import json, urllib.request; print(urllib.request.urlopen("
+            f"'http://127.0.0.1:{api_port}/health', timeout=5).read().decode())")
+    r = c.ns.run([sys.executable, "-c", code], timeout=30)
+    return json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else {}
+
+
+def test_serve_audits_on_worker_nodes_and_a_killed_node_loses_nothing(cluster, small_demo, pg_url,  # noqa: F811
+                                                                     tmp_path):
+    from tests.orthanc_helper import start_storescp
+    from tests.ray_cluster import ray_env
+
+    c = cluster
+    head, a, b = c.nodes
+    data_dir = tmp_path / "labelqa"
+    dicom_port, api_port, scp_port = free_port(), free_port(), free_port()
+    scp = start_storescp(c.ns, tmp_path / "rx", scp_port)
+    cfg = tmp_path / "labelqa.toml"
+    cfg.write_text(
+        f'[store]\ndata_dir = "{data_dir}"\ndatabase_url = "{pg_url}"\nstable_after_s = 0.5\n'
+        f'[listener]\nport = {dicom_port}\nmin_free_disk_mb = 0\n'
+        f'[audit]\nbundle = "{small_demo.bundle}"\nvocabulary = "{small_demo.data.vocabulary}"\ndevice = "cpu"\n'
+        'job_lease_s = 30\n'
+        f'[executor]\nkind = "ray"\naddress = "{c.address}"\nnum_cpus = 0\nresources = {{labelqa_gpu = 1}}\n'
+        f'[api]\nport = {api_port}\n'
+        '[outbox]\nbackoff_base_s = 0.2\npoll_interval_s = 0.1\n'
+        f'[[outbox.destinations]]\nname = "pacs"\nae_title = "STORESCP"\nhost = "127.0.0.1"\nport = {scp_port}\n'
+    )
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as fh:
+        serve = subprocess.Popen(c.ns.cmd([*labelqa_cmd(), "serve", "--config", str(cfg)]), stdout=fh,
+                                 stderr=subprocess.STDOUT, env=ray_env(), start_new_session=True)
+    studies = sorted({r["study_uid"] for r in small_demo.data.manifest})
+    jobs = JobStore(_engine(pg_url))
+    try:
+        wait_for(lambda: _health(c, api_port).get("model", {}).get("actors_ready") == 2 or serve.poll() is not None,
+                 300, "two audit actors ready")
+        assert serve.poll() is None, log_path.read_text()[-3000:]
+        health = _health(c, api_port)
+        assert set(health["model"]["actor_nodes"]) == {a.node_id, b.node_id}
+        send = c.ns.run(["storescu", "-aec", "LABELQA", "-R", "+sd", "+r", "+sp", "*.dcm", "127.0.0.1", str(dicom_port),
+                         str(small_demo.data.studies_dir)], env=ray_env(), timeout=300)
+        assert send.returncode == 0, send.stderr[-2000:]
+
+        # kill worker A while it runs a model step (after it finished one, so both nodes have audited)
+        def busy_on_a():
+            h = _health(c, api_port).get("model", {})
+            return h.get("jobs_by_node", {}).get(a.node_id, 0) >= 1 and a.node_id in h.get("in_flight", {}).values()
+
+        wait_for(busy_on_a, 240, "a model step in flight on worker A", step=0.02)
+        raylet = a.raylet_pid()
+        assert raylet is not None
+        import os
+
+        os.kill(raylet, signal.SIGKILL)
+        a.kill()  # the rest of the node goes with its machine
+        killed_at = time.monotonic()
+
+        wait_for(lambda: all((j := jobs.latest_for_study(u)) and j.state == DONE for u in studies), 600,
+                 "every study audited")
+        print(f"all audited {time.monotonic() - killed_at:.1f} s after the kill")
+        finished = [j for u in studies for j in jobs.list(study_uid=u) if j.state == DONE]
+        assert sorted(j.study_uid for j in finished) == studies, "exactly one finished audit per study"
+        nodes = {}
+        retried = []
+        for j in finished:
+            full = jobs.get(j.id)
+            nodes[j.study_uid] = full.result["worker"]["node_id"]
+            if full.attempts > 1:
+                retried.append(full)
+        assert set(nodes.values()) == {a.node_id, b.node_id}, "audited on both worker nodes, never the head"
+        assert retried, "the job in flight on the killed node ran again"
+        assert all(nodes[j.study_uid] == b.node_id for j in retried), "re-run elsewhere"
+        assert all(j.state != RUNNING for j in jobs.list())
+        # one result set per study on disk, one SR per study delivered
+        for u in studies:
+            on_disk = sorted(p.name for p in (data_dir / "results" / u).glob("*.dcm"))
+            done = next(j for j in finished if j.study_uid == u)
+            assert on_disk == sorted(Path(o["path"]).name for o in jobs.get(done.id).result["outputs"])
+        wait_for(lambda: _delivered_srs(scp) >= len(studies), 120, "SRs delivered")
+        srs = _delivered_sr_uids(scp)
+        assert len(srs) == len(set(srs)) == len(studies), "one SR per study, delivered once"
+        h = _health(c, api_port)["model"]
+        print("jobs by node:", h["jobs_by_node"], "retried:", [(j.id, j.reason) for j in retried])
+    finally:
+        if serve.poll() is None:
+            serve.send_signal(signal.SIGTERM)
+            try:
+                serve.wait(60)
+            except subprocess.TimeoutExpired:
+                serve.kill()
+                serve.wait()
+        scp.stop()
+        print(log_path.read_text()[-4000:])
+
+
+def _engine(url: str):
+    from dicom_io.db import make_engine
+
+    return make_engine(url)
+
+
+def _delivered_sr_uids(scp) -> list[str]:
+    import pydicom
+
+    out = []
+    for p in scp.received():
+        ds = pydicom.dcmread(p, stop_before_pixels=True)
+        if ds.Modality == "SR":
+            out.append(str(ds.SOPInstanceUID))
+    return out
+
+
+def _delivered_srs(scp) -> int:
+    return len(_delivered_sr_uids(scp))
+
+
+def test_crossfit_fits_as_ray_tasks_match_the_local_fits(cluster, tmp_path):
+    """fit_ensemble(map_fn=ray_map(...)) on the worker nodes: the same member weights as a local run."""
+    code = r'''
+import hashlib, io, json, sys
+import numpy as np, torch
+torch.set_num_threads(1)
+from models.ensemble import parse_archs
+from models.synthetic import make_shapes
+from models.train import TrainConfig, fit_ensemble
+from service.executor_ray import ray_map
+
+data = make_shapes(60, n_classes=2, size=32, seed=3)
+cfg = TrainConfig(epochs=2, batch_size=16, patience=2)
+
+def digests(fit):
+    out = []
+    for m in fit.members:
+        buf = io.BytesIO()
+        torch.save(m.model.state_dict(), buf)
+        out.append([m.arch, m.fold, hashlib.sha256(buf.getvalue()).hexdigest()])
+    return out
+
+args = (parse_archs("resnet-tiny,densenet-tiny"), data.images, data.labels, 2, cfg)
+local = fit_ensemble(*args, mode="crossfit", folds=2, seed=5, device="cpu")
+on_ray = ray_map(sys.argv[1], num_cpus=0, resources={"labelqa_gpu": 1})
+remote = fit_ensemble(*args, mode="crossfit", folds=2, seed=5, device="cpu", map_fn=on_ray)
+print(json.dumps({"local": digests(local), "remote": digests(remote),
+                  "probs_equal": all(np.array_equal(local.probs[a], remote.probs[a]) for a in local.archs),
+                  "nodes": on_ray.nodes}))
+'''
+    from tests.ray_cluster import ray_env
+
+    script = tmp_path / "fit.py"
+    script.write_text(code)
+    r = cluster.ns.run([sys.executable, str(script), cluster.address], env=ray_env(), timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["local"] == got["remote"], "same seeds, same weights"
+    assert got["probs_equal"]
+    workers = {n.node_id for n in cluster.nodes[1:]}
+    assert got["nodes"] and set(got["nodes"]) <= workers, "the fits ran on the worker nodes"
