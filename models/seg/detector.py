@@ -9,8 +9,11 @@ give:
 - ``dual_consistency``, the paper's rule transposed: every member's Dice < ``dual_dice`` and the
   members' masks agree (pairwise Dice >= tau, tau from a 2-component mixture on the agreement of
   those units, as the label detector's Grad-CAM rule);
-- labelqa's **suspicion** ``s = 1 - softDice(mean probability, given mask)`` (smoothed by a few
-  pixels so empty-vs-near-empty is not an error), turned into a verdict by a cut learned **without
+- labelqa's **suspicion**: how much the consensus mask disagrees with the given one, in units of
+  how much the members disagree with each other: ``s = (1 - Dice_s(consensus, given)) /
+  (1 - probability-map agreement + eps)`` (``Dice_s`` smoothed by a few pixels so that empty vs
+  near-empty is no error). A mask is suspicious when the models fail it the same way, not where they
+  are unsure (docs/segmentation.md). It becomes a verdict by a cut learned **without
   ground truth**: every unit's consensus mask is corrupted by each planted-error operation of
   ``models.seg.corruption`` and scored against the same probabilities, which shows how the suspicion
   of a wrong mask is distributed for these members on these images. As in the label detector
@@ -50,7 +53,9 @@ class SegDetectorConfig:
     threshold: float = 0.5
     """Probability above which a pixel is inside a member's (or the consensus) mask."""
     smooth: float = 0.005
-    """Soft-Dice smoothing, as a share of the image's pixels (at least one pixel)."""
+    """Dice smoothing, as a share of the image's pixels (at least one pixel)."""
+    eps: float = 0.05
+    """Floor added to the members' disagreement in the suspicion's denominator."""
     dual_dice: float = 0.5
     """The paper's rule: a member "disagrees" with a mask when their Dice is below this."""
     tail_floor: float = 0.3
@@ -132,9 +137,9 @@ class MaskVerdict:
     score: float
     """Estimated probability that the mask is wrong (local precision of the learned cut)."""
     suspicion: float
-    """1 - soft Dice of the mean probability map with the given mask."""
+    """(1 - Dice of consensus and given mask) / (the members' disagreement + eps)."""
     priority: float
-    """Re-annotation priority: suspicion x probability-map agreement (wrong, and the members agree)."""
+    """Re-annotation priority: (1 - Dice with the consensus) x the members' agreement (wrong, and they agree)."""
     cut: float
     dice_members: dict[str, float]
     hd95_members: dict[str, float]
@@ -240,11 +245,16 @@ class SegUnits:
     cls: np.ndarray
     """0-based class channel."""
     suspicion: np.ndarray
+    """(1 - mask_dice) / (member_disagreement + eps)."""
+    mask_dice: np.ndarray
+    """Smoothed Dice of the consensus mask with the given mask."""
+    member_disagreement: np.ndarray
+    """1 - mean pairwise probability-map Dice of the members."""
     dice_members: np.ndarray
     """(members, U)."""
     dice_consensus: np.ndarray
     dice_mean_prob: np.ndarray
-    """Soft Dice of the mean probability map with the given mask (1 - suspicion)."""
+    """Soft Dice of the mean probability map with the given mask."""
     agreement_dice: np.ndarray
     agreement_prob: np.ndarray
     given: np.ndarray
@@ -270,11 +280,14 @@ def unit_scores(probs: np.ndarray, given: np.ndarray, cfg: SegDetectorConfig | N
     ag_d = np.mean([_hard_dice(member_masks[a], member_masks[b]) for a, b in combinations(range(m), 2)], axis=0) \
         if m > 1 else np.ones((n, k))
     sd = soft_dice(pbar, g, sm)
+    md = soft_dice(cons, g, sm).reshape(-1)
+    dis = 1.0 - _prob_agreement(probs, sm).reshape(-1)
     return SegUnits(
-        image=np.repeat(np.arange(n), k), cls=np.tile(np.arange(k), n), suspicion=(1.0 - sd).reshape(-1),
+        image=np.repeat(np.arange(n), k), cls=np.tile(np.arange(k), n), suspicion=(1.0 - md) / (dis + cfg.eps),
+        mask_dice=md, member_disagreement=dis,
         dice_members=np.stack([_hard_dice(member_masks[j], g).reshape(-1) for j in range(m)]),
         dice_consensus=_hard_dice(cons, g).reshape(-1), dice_mean_prob=sd.reshape(-1),
-        agreement_dice=np.asarray(ag_d).reshape(-1), agreement_prob=_prob_agreement(probs, sm).reshape(-1),
+        agreement_dice=np.asarray(ag_d).reshape(-1), agreement_prob=1.0 - dis,
         given=g.reshape(n * k, h, w), consensus=cons.reshape(n * k, h, w), prob=pbar.reshape(n * k, h, w))
 
 
@@ -305,7 +318,8 @@ def _simulated_suspicion(units: SegUnits, n_classes: int, cfg: SegDetectorConfig
         for wm in sims:
             if np.any(wm != src_all[u]):
                 idx_out.append(u)
-                s_out.append(1.0 - float(soft_dice(units.prob[u], wm, sm)))
+                s_out.append((1.0 - float(soft_dice(units.consensus[u], wm, sm)))
+                             / (units.member_disagreement[u] + cfg.eps))
     return np.asarray(idx_out, np.int64), np.asarray(s_out, np.float64)
 
 
@@ -483,7 +497,8 @@ def score_masks(oof_probs: np.ndarray, given_masks: np.ndarray, spacing: tuple[f
         i, c = int(units.image[u]), int(units.cls[u])
         s = float(units.suspicion[u])
         if flagged[u]:
-            verdict = (Verdict.SUSPECTED_MASK_ERROR if 1.0 - units.agreement_prob[u] < s else Verdict.HARD_CASE)
+            wrong = 1.0 - units.mask_dice[u]  # the models disagree with the mask more than with each other?
+            verdict = Verdict.SUSPECTED_MASK_ERROR if units.member_disagreement[u] < wrong else Verdict.HARD_CASE
         else:
             verdict = Verdict.CONSISTENT
         oc = og = None
@@ -495,7 +510,8 @@ def score_masks(oof_probs: np.ndarray, given_masks: np.ndarray, spacing: tuple[f
         out.append(MaskVerdict(
             index=i, class_index=c + 1, class_name=names[c], verdict=verdict,
             kind=kind if verdict != Verdict.CONSISTENT else None,
-            score=float(score[u]) + 1e-6 * s, suspicion=s, priority=s * float(units.agreement_prob[u]),
+            score=float(score[u]) + 1e-6 * min(s, 100.0), suspicion=s,
+            priority=(1.0 - float(units.mask_dice[u])) * float(units.agreement_prob[u]),
             cut=float(cuts[u]),
             dice_members={a: float(units.dice_members[j, u]) for j, a in enumerate(arch_names)},
             hd95_members={a: float(hd_m[j][u]) for j, a in enumerate(arch_names)},

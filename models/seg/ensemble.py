@@ -38,7 +38,7 @@ def _unet(k: int, ch: tuple[int, ...]) -> nn.Module:
     from monai.networks.nets import UNet
 
     return UNet(spatial_dims=2, in_channels=1, out_channels=k, channels=ch, strides=(2,) * (len(ch) - 1),
-                num_res_units=1)
+                num_res_units=1, norm="batch")  # batch norm: instance norm learnt boxes at Dice 0.29 vs 0.75 in 96 steps
 
 
 def _segresnet(k: int, f: int) -> nn.Module:
@@ -65,13 +65,13 @@ def _spec(name: str, family: str, fn: Callable[[int], nn.Module], description: s
 
 
 SEG_ARCHITECTURES: dict[str, SegMemberSpec] = {s.name: s for s in [
-    _spec("unet-tiny", "unet", lambda k: _unet(k, (8, 16, 32, 64)), "MONAI UNet, residual units, 8-64 channels"),
+    _spec("unet-tiny", "unet", lambda k: _unet(k, (8, 16, 32, 64)), "MONAI UNet, residual units, batch norm, 8-64 channels"),
     _spec("segresnet-tiny", "segresnet", lambda k: _segresnet(k, 8), "MONAI SegResNet, 8 initial filters, one block per level"),
     _spec("attentionunet-tiny", "attentionunet", lambda k: _attention(k, (8, 16, 32, 64)),
           "MONAI AttentionUnet, attention gates, 8-64 channels"),
     _spec("basicunet-tiny", "basicunet", lambda k: _basic(k, (8, 8, 16, 32, 64, 8)),
           "MONAI BasicUNet, four levels, 8-64 features"),
-    _spec("unet", "unet", lambda k: _unet(k, (16, 32, 64, 128, 256)), "MONAI UNet, residual units, 16-256 channels"),
+    _spec("unet", "unet", lambda k: _unet(k, (16, 32, 64, 128, 256)), "MONAI UNet, residual units, batch norm, 16-256 channels"),
     _spec("segresnet", "segresnet", lambda k: _segresnet(k, 16), "MONAI SegResNet, 16 initial filters, one block per level"),
     _spec("attentionunet", "attentionunet", lambda k: _attention(k, (16, 32, 64, 128, 256)),
           "MONAI AttentionUnet, 16-256 channels"),

@@ -5,7 +5,7 @@ Every (member, fold) fit is one :class:`SegFitTask`, a picklable record run by :
 runner, e.g. Ray, can map them elsewhere) and assembles the out-of-fold maps: with K folds every
 mask is predicted by members that never saw it, nor (with ``groups``) any image of its group.
 Training: Dice + BCE on one sigmoid channel per class, AdamW with a cosine schedule, random flips,
-90-degree turns (square grids) and a contrast gamma, applied alike to image and mask; seeded, so a
+90-degree turns (square grids) and a mild contrast gamma (0.9-1.1), applied alike to image and mask; seeded, so a
 CPU fit is reproducible.
 """
 
@@ -110,7 +110,7 @@ def _augment(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[to
     if x.shape[-1] == x.shape[-2]:
         turn = torch.rand(b, generator=gen) < 0.5
         x[turn], y[turn] = x[turn].transpose(-1, -2), y[turn].transpose(-1, -2)
-    gamma = torch.exp((torch.rand(b, 1, 1, 1, generator=gen) - 0.5) * 0.4)
+    gamma = torch.exp((torch.rand(b, 1, 1, 1, generator=gen) - 0.5) * 0.2)  # mild: intensity can carry the class
     return x.clamp(0, 1) ** gamma, y
 
 
