@@ -10,7 +10,7 @@ erode           boundary_too_tight      erode one class (smallest disc radius re
 dilate          boundary_too_loose      dilate one class into background (>= 30% more area)
 shift           shifted                 move one class by 8-15% of the image size
 drop_component  missing_structure       delete one connected component (larger ones likelier)
-add_blob        spurious_structure      paint an ellipse of a class where there was background
+add_blob        spurious_structure      paint an ellipse (r 10-16% of the size, >= 30% of the class) on background
 wrong_class     wrong_segment_type      relabel one component as another class (K >= 2 only)
 ==============  ======================  =====================================================
 
@@ -110,9 +110,9 @@ def _components(b: np.ndarray) -> tuple[np.ndarray, int]:
     return lab, int(n)
 
 
-def _ellipse(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+def _ellipse(shape: tuple[int, int], rng: np.random.Generator, area: int = 0) -> np.ndarray:
     h, w = shape
-    r = rng.uniform(0.07, 0.13) * min(h, w)
+    r = min(max(rng.uniform(0.1, 0.16) * min(h, w), np.sqrt(MIN_CHANGE * area / np.pi)), 0.2 * min(h, w))
     ry, rx = max(r * rng.uniform(0.7, 1.3), 1.5), max(r * rng.uniform(0.7, 1.3), 1.5)
     cy, cx = rng.uniform(ry, h - ry), rng.uniform(rx, w - rx)
     yy, xx = np.mgrid[:h, :w]
@@ -126,11 +126,12 @@ def _apply(mask: np.ndarray, op: str, rng: np.random.Generator, n_classes: int) 
         from scipy.ndimage import binary_dilation
 
         near = binary_dilation(mask > 0, structure=_disc(2))
-        blob = _ellipse(mask.shape, rng)
+        area = int((mask == cls).sum())
+        blob = _ellipse(mask.shape, rng, area)
         for _ in range(40):
             if not np.any(blob & near):
                 break
-            blob = _ellipse(mask.shape, rng)
+            blob = _ellipse(mask.shape, rng, area)
         out[blob & (mask == 0)] = cls
         return out, cls
     cls = int(rng.choice(_present(mask)))

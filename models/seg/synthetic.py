@@ -59,9 +59,9 @@ def make_shape_masks(n: int, size: int = 64, seed: int = 0, n_classes: int = 2) 
                     lab[m] = cls
                     break
         img = bg.copy()
-        img[lab == 1] += rng.uniform(0.4, 0.5)
+        img[lab == 1] += rng.uniform(0.52, 0.6)
         stripes = 0.05 * np.sin(xx * 1.3 + rng.uniform(0, 6))
-        img[lab == 2] += rng.uniform(0.17, 0.22) + stripes[lab == 2]
+        img[lab == 2] += rng.uniform(0.27, 0.32) + stripes[lab == 2]
         img += rng.normal(0.0, 0.04, img.shape)
         images[i] = np.clip(img, 0.0, 1.0)
         masks[i] = lab
