@@ -143,3 +143,74 @@ def test_channels_and_spacing_units(planted):
         for ra, rb in zip(va.regions, vb.regions, strict=True):
             assert rb.area_mm2 == pytest.approx(ra.area_px * 0.25)
     assert isinstance(MaskErrorKind("shifted"), MaskErrorKind)
+
+
+def test_bundle_round_trip_audits_on_the_native_grid(tmp_path):
+    from models.bundle import load_bundle
+    from models.preprocess import resize_mask
+    from models.seg.bundle import SegBundle, train_seg_bundle
+    from models.seg.data import load_segmentation_dataset
+    from models.seg.synthetic import write_shape_dataset
+
+    d = write_shape_dataset(tmp_path / "data", 16, 48, seed=2)
+    data = load_segmentation_dataset(tmp_path / "data", 32)
+    assert data.class_names == ["disc", "box"] and data.images.shape == (16, 32, 32)
+    path = train_seg_bundle(tmp_path / "data", tmp_path / "bundle", image_size=32, folds=2, epochs=2,
+                            archs="unet-tiny,segresnet-tiny", progress=False)
+    b = load_bundle(path)
+    assert isinstance(b, SegBundle) and b.meta["task"] == "segmentation" and b.image_size == 32
+    images = [d.images[i] for i in range(3)]
+    given = [{"disc": d.masks[i] == 1, "box": d.masks[i] == 2} for i in range(3)]
+    given[1] = {"disc": d.masks[1] == 1}  # a class left out is an empty mask
+    out = b.audit(images, given, spacings=[(0.5, 0.5), None, None])
+    assert [len(vs) for vs in out] == [2, 2, 2]
+    for i, vs in enumerate(out):
+        for v in vs:
+            assert v.index == i and v.consensus.shape == (48, 48) and v.prob.shape == (48, 48)
+            assert all(0 <= r.bbox[0] < r.bbox[2] <= 48 and 0 <= r.bbox[1] < r.bbox[3] <= 48 for r in v.regions)
+    assert out[0][0].distance_unit == "mm" and out[1][0].distance_unit == "px"
+    assert out[1][1].given_area_px == 0
+    # the bundle's members are the fitted ones: model-grid predictions reproduce after reloading
+    p1 = b.predict(data.images[:2], device="cpu")
+    p2 = load_bundle(path).predict(data.images[:2], device="cpu")
+    assert np.array_equal(p1, p2)
+    assert resize_mask(out[0][0].consensus, 32).shape == (32, 32)
+    with pytest.raises(ValueError, match="vocabulary"):
+        b.audit(images[:1], [{"lesion": d.masks[0] > 0}])
+    (path / "configs" / "metadata.json").write_text((path / "configs" / "metadata.json").read_text().replace(
+        '"image_size": 32', '"image_size": 33'))
+    from models.bundle import BundleError
+
+    with pytest.raises(BundleError, match="modified"):
+        load_bundle(path)
+
+
+def test_cli_train_audit_evaluate_segmentation(tmp_path):
+    from typer.testing import CliRunner
+
+    from models.seg.synthetic import write_shape_dataset
+    from service.cli import app
+
+    write_shape_dataset(tmp_path / "data", 12, 32, seed=4)
+    r = CliRunner().invoke(app, ["train", "--task", "segmentation", "--dataset", str(tmp_path / "data"), "--out",
+                                 str(tmp_path / "b"), "--image-size", "32", "--epochs", "1", "--folds", "2",
+                                 "--archs", "unet-tiny,segresnet-tiny", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["audit", "--bundle", str(tmp_path / "b"), "--dataset", str(tmp_path / "data"),
+                                 "--out", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "a" / "audit.json").read_text())
+    assert summary["task"] == "segmentation" and summary["n_masks"] == 24
+    assert len((tmp_path / "a" / "verdicts.csv").read_text().splitlines()) == 25
+    r = CliRunner().invoke(app, ["evaluate", "--task", "segmentation", "--dataset", str(tmp_path / "data"), "--out",
+                                 str(tmp_path / "e"), "--image-size", "32", "--epochs", "1", "--folds", "2",
+                                 "--noise-rate", "0.25", "--archs", "unet-tiny,segresnet-tiny", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "e" / "results.json").read_text())
+    assert res["task"] == "segmentation" and len(res["corruptions"]) == 3
+    for name in ("labelqa", "dual_consistency", "cleanlab_softmin", "single_model_dice", "mean_prob_dice", "random"):
+        assert {"f1", "auprc", "precision", "recall", "per_kind"} <= set(res["methods"][name])
+    assert {"labelqa", "cleanlab"} <= set(res["pixel"]) and "efficacy" in res
+    r = CliRunner().invoke(app, ["evaluate", "--task", "segmentation", "--dataset", str(tmp_path / "nope"),
+                                 "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "images/ and masks/" in r.output

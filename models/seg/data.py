@@ -19,7 +19,7 @@ import numpy as np
 from models.data import IMAGE_SUFFIXES, DatasetError, read_image_file
 from models.preprocess import resize_image, size_hw, to_grey, to_model_input
 
-__all__ = ["SegDataset", "load_segmentation_dataset", "read_label_map", "resize_label_map", "load_retina",
+__all__ = ["SegDataset", "load_segmentation_dataset", "read_segmentation_items", "read_label_map", "resize_label_map", "load_retina",
            "tile_dataset", "RETINA_SETS", "default_data_root"]
 
 
@@ -64,10 +64,13 @@ def default_data_root() -> Path:
 
 
 def read_label_map(path: Path) -> np.ndarray:
-    """A mask file as an int64 (H, W) label map: {0, 255} (or any two values 0 and v) -> {0, 1}; else values as classes."""
+    """A mask file as an int64 (H, W) label map: two values (0/255, 0/1, or a palette's 3/253) -> {0, 1}, the
+    brighter being the class; one value v > 0 -> all ones; otherwise the values are the classes."""
     raw = read_image_file(path).astype(np.int64)
     vals = np.unique(raw)
-    if len(vals) <= 2 and vals.max(initial=0) > 0:
+    if len(vals) == 2:
+        return (raw == vals[1]).astype(np.int64)
+    if len(vals) == 1:
         return (raw > 0).astype(np.int64)
     return raw
 
@@ -102,13 +105,8 @@ def _by_stem(d: Path) -> dict[str, Path]:
     return out
 
 
-def load_segmentation_dataset(path: str | Path, image_size: int | None = None) -> SegDataset:
-    """Read ``DIR/images`` + ``DIR/masks`` (same stems) onto one grid.
-
-    Parameters
-    ----------
-    path : the data set folder.
-    image_size : square model grid; ``None`` keeps the native size, which all images must then share.
+def read_segmentation_items(path: str | Path) -> tuple[list[tuple[str, np.ndarray, np.ndarray]], list[str]]:
+    """``DIR/images`` + ``DIR/masks`` at native size: ([(stem, grey float32 image, int64 label map)], class names).
 
     Raises
     ------
@@ -129,7 +127,7 @@ def load_segmentation_dataset(path: str | Path, image_size: int | None = None) -
         raise DatasetError(f"{root}/images: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     names_file = root / "classes.txt"
     names = [ln.strip() for ln in names_file.read_text().splitlines() if ln.strip()] if names_file.is_file() else None
-    out_i, out_m = [], []
+    items = []
     for s in stems:
         try:
             im, lab = to_grey(read_image_file(imgs[s])), read_label_map(masks[s])
@@ -137,19 +135,38 @@ def load_segmentation_dataset(path: str | Path, image_size: int | None = None) -
             raise DatasetError(f"cannot read {s}: {e}") from e
         if im.shape != lab.shape:
             raise DatasetError(f"{s}: image {im.shape} and mask {lab.shape} differ in size")
-        out_i.append(im)
-        out_m.append(lab)
-    k = max(int(m.max(initial=0)) for m in out_m)
+        items.append((s, im, lab))
+    k = max(int(lab.max(initial=0)) for _s, _im, lab in items)
     if names is not None and len(names) < k:
         raise DatasetError(f"{names_file}: {len(names)} names for mask values up to {k}")
-    class_names = names or (["foreground"] if k <= 1 else [f"class_{c}" for c in range(1, k + 1)])
+    return items, names or (["foreground"] if k <= 1 else [f"class_{c}" for c in range(1, k + 1)])
+
+
+def load_segmentation_dataset(path: str | Path, image_size: int | None = None) -> SegDataset:
+    """Read ``DIR/images`` + ``DIR/masks`` (same stems) onto one grid.
+
+    Parameters
+    ----------
+    path : the data set folder (``classes.txt`` optional: the names of classes 1..K, one a line).
+    image_size : square model grid; ``None`` keeps the native size, which all images must then share.
+
+    Raises
+    ------
+    DatasetError
+        Missing folders, unmatched stems, image/mask size mismatch, unreadable files, mixed sizes
+        without ``image_size``.
+    """
+    items, class_names = read_segmentation_items(path)
+    out_i = [im for _s, im, _lab in items]
+    out_m = [lab for _s, _im, lab in items]
     if image_size is not None:
         out_i = [to_model_input(im, image_size) for im in out_i]
         out_m = [resize_label_map(m, image_size, len(class_names)) for m in out_m]
     shapes = {im.shape for im in out_i}
     if len(shapes) > 1:
-        raise DatasetError(f"{root}: images have different sizes {sorted(shapes)[:4]}; give an image size (--image-size)")
-    return SegDataset(np.stack(out_i).astype(np.float32), np.stack(out_m).astype(np.int64), class_names, stems)
+        raise DatasetError(f"{path}: images have different sizes {sorted(shapes)[:4]}; give an image size (--image-size)")
+    return SegDataset(np.stack(out_i).astype(np.float32), np.stack(out_m).astype(np.int64), class_names,
+                      [s for s, _im, _lab in items])
 
 
 RETINA_SETS = {"drive": "retina_vessel_drive_2observers/DRIVE", "chase": "retina_vessel_chasedb1_2observers/CHASEDB1"}

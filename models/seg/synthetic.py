@@ -10,7 +10,7 @@ import numpy as np
 
 from models.seg.data import SegDataset
 
-__all__ = ["make_shape_masks", "SHAPE_CLASSES"]
+__all__ = ["make_shape_masks", "write_shape_dataset", "SHAPE_CLASSES"]
 
 SHAPE_CLASSES = ("disc", "box")
 
@@ -66,3 +66,21 @@ def make_shape_masks(n: int, size: int = 64, seed: int = 0, n_classes: int = 2) 
         images[i] = np.clip(img, 0.0, 1.0)
         masks[i] = lab
     return SegDataset(images, masks, list(SHAPE_CLASSES[:n_classes]), [f"shape{i:04d}" for i in range(n)])
+
+
+def write_shape_dataset(out, n: int, size: int = 64, seed: int = 0, n_classes: int = 2):
+    """Write :func:`make_shape_masks` as a segmentation data set folder: ``out/images/*.png`` (8-bit grey),
+    ``out/masks/*.png`` (label values 1..K) and ``out/classes.txt``; returns the data set."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    d = make_shape_masks(n, size, seed, n_classes)
+    root = Path(out)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    for stem, img, m in zip(d.stems, d.images, d.masks, strict=True):
+        Image.fromarray(np.rint(img * 255).astype(np.uint8)).save(root / "images" / f"{stem}.png")
+        Image.fromarray(m.astype(np.uint8)).save(root / "masks" / f"{stem}.png")
+    (root / "classes.txt").write_text("\n".join(d.class_names) + "\n")
+    return d
