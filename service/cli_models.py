@@ -83,7 +83,8 @@ def evaluate(
     """Corrupt labels (or masks), fit the ensemble, score, compare with baselines; write DIR/results.json."""
     _setup(threads)
     if task == "segmentation":
-        _evaluate_seg(dataset, out, noise_rate, seed, folds, image_size, archs, epochs, batch_size, lr, device, progress)
+        _evaluate_seg(dataset, out, noise_rate, seed, folds, image_size, archs, epochs, batch_size, lr, device,
+                      progress)
         return
     if task != "labels":
         _fail(f"--task must be labels or segmentation, not {task!r}")

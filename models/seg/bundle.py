@@ -261,7 +261,8 @@ def audit_seg_dataset(bundle_path: str | Path, dataset: str | Path, out: str | P
     for (stem, _im, _lab), vs in zip(items, verdicts, strict=True):
         for v in vs:
             if v.flagged and v.consensus is not None:
-                Image.fromarray(v.consensus.astype(np.uint8) * 255).save(out / "consensus" / f"{stem}_{v.class_name}.png")
+                png = out / "consensus" / f"{stem}_{v.class_name}.png"
+                Image.fromarray(v.consensus.astype(np.uint8) * 255).save(png)
     return write_seg_verdicts(out, verdicts, [s for s, _im, _lab in items],
                               {"bundle": str(bundle_path), "bundle_hash": bundle.content_hash, "dataset": str(dataset),
                                "grid": "native"})

@@ -19,7 +19,8 @@ import numpy as np
 from models.data import IMAGE_SUFFIXES, DatasetError, read_image_file
 from models.preprocess import resize_image, size_hw, to_grey, to_model_input
 
-__all__ = ["SegDataset", "load_segmentation_dataset", "read_segmentation_items", "read_label_map", "resize_label_map", "load_retina",
+__all__ = ["SegDataset", "load_segmentation_dataset", "read_segmentation_items", "read_label_map", "resize_label_map",
+           "load_retina",
            "tile_dataset", "RETINA_SETS", "default_data_root"]
 
 
@@ -164,7 +165,8 @@ def load_segmentation_dataset(path: str | Path, image_size: int | None = None) -
         out_m = [resize_label_map(m, image_size, len(class_names)) for m in out_m]
     shapes = {im.shape for im in out_i}
     if len(shapes) > 1:
-        raise DatasetError(f"{path}: images have different sizes {sorted(shapes)[:4]}; give an image size (--image-size)")
+        raise DatasetError(f"{path}: images have different sizes {sorted(shapes)[:4]}; "
+                           "give an image size (--image-size)")
     return SegDataset(np.stack(out_i).astype(np.float32), np.stack(out_m).astype(np.int64), class_names,
                       [s for s, _im, _lab in items])
 

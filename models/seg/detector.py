@@ -451,8 +451,8 @@ def mask_regions(given: np.ndarray, consensus: np.ndarray, *, other_consensus: n
     if not regions:
         return [], None
     by_kind: dict[MaskErrorKind, int] = {}
-    for r in regions:
-        by_kind[r.kind] = by_kind.get(r.kind, 0) + r.area_px
+    for reg in regions:
+        by_kind[reg.kind] = by_kind.get(reg.kind, 0) + reg.area_px
     return regions[:cfg.max_regions], max(by_kind, key=lambda kk: by_kind[kk])
 
 
@@ -501,10 +501,11 @@ def score_masks(oof_probs: np.ndarray, given_masks: np.ndarray, spacing: tuple[f
             verdict = Verdict.SUSPECTED_MASK_ERROR if units.member_disagreement[u] < wrong else Verdict.HARD_CASE
         else:
             verdict = Verdict.CONSISTENT
-        oc = og = None
+        oc: np.ndarray | None = None
+        og: np.ndarray | None = None
         if k > 1:
             rest = [j for j in range(k) if j != c]
-            oc, og = cons_img[i, rest].any(0), given_img[i, rest].any(0)
+            oc, og = np.asarray(cons_img[i, rest].any(0)), np.asarray(given_img[i, rest].any(0))
         regions, kind = mask_regions(units.given[u], units.consensus[u], other_consensus=oc, other_given=og,
                                      spacing=spacing, cfg=cfg)
         out.append(MaskVerdict(

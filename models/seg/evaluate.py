@@ -189,7 +189,8 @@ def evaluate_segmentation(data: SegDataset, s: SegEvalSettings, out_dir: Path | 
             w.writerow(["id", "class", "corrupted", "planted_kind", "verdict", "kind", "score", "dice_consensus",
                         "agreement_prob", "dual_consistency"])
             for u, v in enumerate(verdicts):
-                w.writerow([data.stems[v.index], v.class_name, int(truth[u]), kind_of.get(v.index, "") if truth[u] else "",
+                planted = kind_of.get(v.index, "") if truth[u] else ""
+                w.writerow([data.stems[v.index], v.class_name, int(truth[u]), planted,
                             str(v.verdict), v.kind or "", f"{v.score:.5f}", f"{v.dice_consensus:.4f}",
                             f"{v.agreement_prob:.4f}", int(v.dual_consistency)])
     return results, verdicts, fit, noisy
