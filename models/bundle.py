@@ -271,6 +271,10 @@ def load_bundle(path: str | Path) -> Bundle:
     meta = json.loads(meta_file.read_text())
     if meta.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{path}: unsupported bundle format {meta.get('format')!r} (expected {BUNDLE_FORMAT})")
+    if meta.get("task") == "segmentation":  # segmenters: models.seg.bundle (callers branch on .meta["task"])
+        from models.seg.bundle import load_seg_bundle
+
+        return load_seg_bundle(path)  # type: ignore[return-value]
     if _content_hash(meta) != meta.get("content_hash"):
         raise BundleError(f"{path}: metadata.json was modified (content hash mismatch)")
     members = []

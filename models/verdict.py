@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["Verdict", "FLAGGED"]
+__all__ = ["Verdict", "FLAGGED", "MaskErrorKind"]
 
 
 class Verdict(StrEnum):
@@ -31,3 +31,20 @@ class Verdict(StrEnum):
 
 FLAGGED = frozenset({Verdict.SUSPECTED_LABEL_ERROR, Verdict.SUSPECTED_MASK_ERROR})
 """The verdicts that flag an annotation for review."""
+
+
+class MaskErrorKind(StrEnum):
+    """How a mask (or one region of it) differs from what the segmenters agree on."""
+
+    MISSING_STRUCTURE = "missing_structure"
+    """A structure the segmenters find is absent from the mask (a component dropped)."""
+    SPURIOUS_STRUCTURE = "spurious_structure"
+    """The mask carries a structure the segmenters do not find (a false blob)."""
+    BOUNDARY_TOO_TIGHT = "boundary_too_tight"
+    """The mask's outline lies inside the structure (under-segmented, eroded)."""
+    BOUNDARY_TOO_LOOSE = "boundary_too_loose"
+    """The mask's outline lies outside the structure (over-segmented, dilated)."""
+    SHIFTED = "shifted"
+    """The mask has the right shape but sits displaced from the structure."""
+    WRONG_SEGMENT_TYPE = "wrong_segment_type"
+    """The mask outlines a structure of another class (drawn on the wrong segment)."""

@@ -45,6 +45,18 @@ RayOpt = typer.Option(
     None, "--ray", metavar="ADDRESS",
     help="Run the cross-fit fits as Ray tasks on this cluster (HOST:PORT of the head, ray://..., or auto), one GPU "
          "each when the cluster has GPUs; default: here, one after another.")
+TaskOpt = typer.Option("labels", "--task", help="labels (class labels) or segmentation (DIR/images + DIR/masks).")
+SEG_DEFAULT_SIZE, SEG_DEFAULT_EPOCHS = 64, 20
+
+
+def _seg_defaults(archs: str, image_size: int, epochs: int) -> tuple[tuple[str, ...], int, int]:
+    """--task segmentation: the label defaults of --archs/--image-size/--epochs become the segmenters' own."""
+    from models.seg.ensemble import DEFAULT_SEG_ARCHS
+
+    names = DEFAULT_SEG_ARCHS if archs == ArchsOpt.default else tuple(a.strip() for a in archs.split(",") if a.strip())
+    return names, image_size, SEG_DEFAULT_EPOCHS if epochs == EpochsOpt.default else epochs
+
+
 CutOpt = typer.Option("simulated_flips", "--cut",
                       help="labelqa's cut: simulated_flips (default) or confident_joint (the earlier rule).")
 
@@ -84,9 +96,16 @@ def evaluate(
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     ray: str | None = RayOpt,
+    task: str = TaskOpt,
 ) -> None:
-    """Corrupt labels, fit the ensemble, score, compare with baselines; write DIR/results.json."""
+    """Corrupt labels (or masks), fit the ensemble, score, compare with baselines; write DIR/results.json."""
     _setup(threads)
+    if task == "segmentation":
+        _evaluate_seg(dataset, out, noise_rate, seed, folds, image_size, archs, epochs, batch_size, lr, device,
+                      progress)
+        return
+    if task != "labels":
+        _fail(f"--task must be labels or segmentation, not {task!r}")
     from models.data import DatasetError
     from models.detector import DetectorConfig
     from models.evaluate import EvalSettings, run_evaluation, summary_table
@@ -102,6 +121,27 @@ def evaluate(
     except (DatasetError, ValueError) as e:  # RayUnavailable is a ValueError
         _fail(str(e))
     typer.echo(summary_table(results))
+    typer.echo(f"wrote {out / 'results.json'}")
+
+
+def _evaluate_seg(dataset: Path, out: Path, noise_rate: float, seed: int, folds: int, image_size: int, archs: str,
+                  epochs: int, batch_size: int, lr: float, device: str, progress: bool) -> None:
+    from models.data import DatasetError
+    from models.seg.detector import SegDetectorConfig
+    from models.seg.evaluate import SegEvalSettings, run_seg_evaluation, seg_summary_table
+    from models.seg.train import SegTrainConfig
+
+    names, size, ep = _seg_defaults(archs, image_size, epochs)
+    try:
+        s = SegEvalSettings(dataset=str(dataset), noise_rate=noise_rate, seed=seed, image_size=size, folds=folds,
+                            archs=names, epochs=ep, device=device,
+                            train=SegTrainConfig(epochs=ep, batch_size=min(batch_size, 16), lr=lr if lr != LrOpt.default
+                                                 else SegTrainConfig().lr),
+                            detector=SegDetectorConfig(seed=seed))
+        results = run_seg_evaluation(s, out, progress=progress)
+    except (DatasetError, ValueError) as e:
+        _fail(str(e))
+    typer.echo(seg_summary_table(results))
     typer.echo(f"wrote {out / 'results.json'}")
 
 
@@ -127,9 +167,26 @@ def train(
     threads: int = ThreadsOpt,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     ray: str | None = RayOpt,
+    task: str = TaskOpt,
 ) -> None:
-    """Fit the ensemble on annotated data and write a self-describing model bundle."""
+    """Fit the ensemble on annotated data (labels, or masks with --task segmentation) and write a model bundle."""
     _setup(threads)
+    if task == "segmentation":
+        from models.data import DatasetError
+        from models.seg.bundle import train_seg_bundle
+        from models.seg.train import SegTrainConfig
+
+        names, size, ep = _seg_defaults(archs, image_size, epochs)
+        try:
+            path = train_seg_bundle(dataset, out, image_size=size, archs=names, folds=folds, epochs=ep, seed=seed,
+                                    mode=mode, device=device, progress=progress, verdicts_out=verdicts,
+                                    cfg=SegTrainConfig(epochs=ep, batch_size=min(batch_size, 16)))
+        except (DatasetError, ValueError) as e:
+            _fail(str(e))
+        typer.echo(f"wrote bundle {path}")
+        return
+    if task != "labels":
+        _fail(f"--task must be labels or segmentation, not {task!r}")
     from models.bundle import train_bundle
     from models.data import DatasetError
     from models.detector import DetectorConfig
@@ -182,12 +239,30 @@ def audit(
     from models.bundle import BundleError, audit_dataset
     from models.data import DatasetError
 
+    if _bundle_task(bundle) == "segmentation":
+        from models.seg.bundle import audit_seg_dataset
+
+        try:
+            summary = audit_seg_dataset(bundle, dataset, out, device=device)  # type: ignore[arg-type]
+        except (DatasetError, BundleError, ValueError) as e:
+            _fail(str(e))
+        typer.echo(json.dumps(summary, indent=2))
+        return
     try:
         summary = audit_dataset(bundle, dataset, out, device=device, batch_size=batch_size,
                                 cut_from=cut_from or "auto")
     except (DatasetError, BundleError, ValueError) as e:
         _fail(str(e))
     typer.echo(json.dumps(summary, indent=2))
+
+
+def _bundle_task(bundle: Path) -> str:
+    """``segmentation`` for a segmentation bundle, else ``labels`` (errors are left to the loader)."""
+    try:
+        meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    except (OSError, ValueError):
+        return "labels"
+    return "segmentation" if isinstance(meta, dict) and meta.get("task") == "segmentation" else "labels"
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,268 @@
+"""Segmentation bundles: the fitted segmenters, their cut and classes on disk; audits on the native grid.
+
+Same layout and checks as label bundles (``models.bundle``: ``configs/metadata.json`` with a
+content hash, ``models/<arch>_fold<k>.pt`` with their sha256), with ``"task": "segmentation"`` in
+the metadata, so ``models.bundle.load_bundle`` hands such a bundle to :func:`load_seg_bundle`.
+With crossfit (the default) the cut comes from out-of-fold probabilities and every fold model is
+kept; new images get each architecture's mean over its folds. :meth:`SegBundle.audit` takes
+images and masks at their native size: the image goes to the model grid through
+``models.preprocess``, the probabilities come back to the native grid (bilinear), and the masks are
+scored there, so regions, areas and distances are in the image's own pixels (or mm).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from models.bundle import BUNDLE_FORMAT, BundleError, _content_hash, _sha256
+from models.seg.detector import MaskVerdict, SegDetectorConfig, SegThresholds, learn_seg_cut, score_masks
+from models.seg.ensemble import DEFAULT_SEG_ARCHS, SEG_ARCHITECTURES, build_segmenter
+from models.seg.train import SegTrainConfig
+
+__all__ = ["SEG_TASK", "SegBundle", "train_seg_bundle", "load_seg_bundle", "audit_seg_dataset", "write_seg_verdicts"]
+
+SEG_TASK = "segmentation"
+
+
+@dataclass
+class _SegMember:
+    arch: str
+    fold: int
+    model: object
+
+
+class SegBundle:
+    """A loaded segmentation bundle: classes, model grid, the learned cut and the member models."""
+
+    def __init__(self, path: Path, meta: dict, members: list[_SegMember]):
+        self.path = path
+        self.meta = meta
+        self.members = members
+        self.class_names: list[str] = list(meta["class_names"])
+        self.image_size: int = int(meta["image_size"])
+        self.thresholds = SegThresholds.from_dict(meta["thresholds"])
+        self.detector = SegDetectorConfig(**meta["detector"])
+        self.content_hash: str = meta["content_hash"]
+        self.archs: list[str] = list(dict.fromkeys(m.arch for m in members))
+
+    def predict(self, images: np.ndarray, *, device: str = "auto", batch_size: int = 32) -> np.ndarray:
+        """(archs, N, K, S, S) probabilities for model-grid images (N, S, S): each arch's mean over its folds."""
+        from models.seg.train import predict_seg_probs
+        from models.train import resolve_device
+
+        dev = resolve_device(device)
+        out = []
+        for a in self.archs:
+            ps = [predict_seg_probs(m.model, images, batch_size=batch_size, device=dev)  # type: ignore[arg-type]
+                  for m in self.members if m.arch == a]
+            out.append(np.mean(ps, axis=0))
+        return np.stack(out).astype(np.float32)
+
+    def audit(self, images: list[np.ndarray], given: list[dict[str, np.ndarray]],
+              spacings: list[tuple[float, float] | None] | None = None, *, device: str = "auto",
+              keep_arrays: bool = True) -> list[list[MaskVerdict]]:
+        """Verdicts per image and class (the bundle's class order) on each image's native grid.
+
+        Parameters
+        ----------
+        images : native-size images (grey or colour, any dtype; ``models.preprocess.to_grey`` rules).
+        given : per image, class name -> bool mask of the image's size; a class left out is an empty
+            mask (an empty mask can be the error).
+        spacings : per image (row, col) mm per pixel, or None.
+
+        Raises
+        ------
+        ValueError
+            Unknown class names, a mask whose size differs from its image, unequal list lengths.
+        """
+        from models.preprocess import resize_image, to_grey, to_model_input
+
+        if len(images) != len(given):
+            raise ValueError(f"{len(images)} images but {len(given)} mask sets")
+        spacings = spacings if spacings is not None else [None] * len(images)
+        if len(spacings) != len(images):
+            raise ValueError(f"{len(images)} images but {len(spacings)} spacings")
+        k = len(self.class_names)
+        grids = []
+        for i, (img, g) in enumerate(zip(images, given, strict=True)):
+            unknown = sorted(set(g) - set(self.class_names))
+            if unknown:
+                raise ValueError(f"image {i}: classes {unknown} are not in the bundle's vocabulary {self.class_names}")
+            shape = to_grey(img).shape
+            for name, m in g.items():
+                if np.asarray(m).shape != shape:
+                    raise ValueError(f"image {i}: mask {name!r} is {np.asarray(m).shape}, the image {shape}")
+            grids.append(to_model_input(img, self.image_size))
+        if not images:
+            return []
+        probs = self.predict(np.stack(grids), device=device)
+        out = []
+        for i, img in enumerate(images):
+            h, w = to_grey(img).shape
+            native = np.stack([[np.clip(resize_image(probs[a, i, c], (h, w)), 0.0, 1.0) for c in range(k)]
+                               for a in range(len(self.archs))])[:, None]
+            ch = np.stack([np.asarray(given[i].get(c, np.zeros((h, w), bool)), bool) for c in self.class_names])[None]
+            vs = score_masks(native, ch, spacings[i], class_names=self.class_names, archs=self.archs,
+                             thresholds=self.thresholds, cfg=self.detector, keep_arrays=keep_arrays)
+            for v in vs:
+                v.index = i
+            out.append(vs)
+        return out
+
+
+def load_seg_bundle(path: str | Path) -> SegBundle:
+    """Load and verify a segmentation bundle (member file hashes and the metadata's content hash)."""
+    import torch
+
+    path = Path(path)
+    meta_file = path / "configs" / "metadata.json"
+    if not meta_file.is_file():
+        raise BundleError(f"{path}: not a labelqa bundle (configs/metadata.json missing)")
+    meta = json.loads(meta_file.read_text())
+    if meta.get("format") != BUNDLE_FORMAT or meta.get("task") != SEG_TASK:
+        raise BundleError(f"{path}: not a labelqa segmentation bundle (format {meta.get('format')!r}, "
+                          f"task {meta.get('task')!r})")
+    if _content_hash(meta) != meta.get("content_hash"):
+        raise BundleError(f"{path}: metadata.json was modified (content hash mismatch)")
+    members = []
+    for m in meta["members"]:
+        f = path / m["file"]
+        if not f.is_file():
+            raise BundleError(f"{path}: member file {m['file']} missing")
+        if _sha256(f) != m["sha256"]:
+            raise BundleError(f"{path}: member file {m['file']} does not match its recorded sha256")
+        if m["arch"] not in SEG_ARCHITECTURES:
+            raise BundleError(f"{path}: unknown segmenter {m['arch']!r} (newer labelqa?)")
+        net = build_segmenter(m["arch"], len(meta["class_names"]))
+        net.load_state_dict(torch.load(f, map_location="cpu", weights_only=True))
+        members.append(_SegMember(m["arch"], int(m["fold"]), net.eval()))
+    return SegBundle(path, meta, members)
+
+
+def train_seg_bundle(dataset_dir: str | Path | None, out: str | Path, *, image_size: int = 64,
+                     archs: str | tuple[str, ...] = DEFAULT_SEG_ARCHS, folds: int = 4, epochs: int = 20,
+                     seed: int = 0, mode: str = "crossfit", device: str = "auto", cfg: SegTrainConfig | None = None,
+                     detector: SegDetectorConfig | None = None, data=None, map_fn=None, progress: bool = True,
+                     verdicts_out: str | Path | None = None) -> Path:
+    """Fit the segmenters on ``DIR/images`` + ``DIR/masks`` (or ``data``, a ``SegDataset``), learn the cut from
+    their out-of-fold probabilities, write a bundle at ``out``. ``verdicts_out``: also write the training
+    masks' own audit there (out-of-fold with crossfit), kept outside the bundle (stems can carry identifiers)."""
+    import monai
+    import torch
+
+    from models import __version__
+    from models.seg.data import load_segmentation_dataset
+    from models.seg.ensemble import parse_seg_archs
+    from models.seg.train import fit_segmenters
+
+    detector = detector or SegDetectorConfig(seed=seed)
+    if data is None:
+        if dataset_dir is None:
+            raise ValueError("give a data set folder or data")
+        data = load_segmentation_dataset(dataset_dir, image_size)
+    if data.images.shape[1:] != (image_size, image_size):
+        raise ValueError(f"data are {data.images.shape[1:]}, the bundle grid is {image_size}")
+    names = parse_seg_archs(archs)
+    groups = [s.split("@")[0] for s in data.stems]
+    fit = fit_segmenters(data.images, data.masks, n_classes=data.n_classes, archs=names, folds=folds, epochs=epochs,
+                         cfg=cfg, mode=mode, seed=seed, groups=groups if len(set(groups)) >= folds else None,
+                         device=device, map_fn=map_fn, progress=progress)
+    th = learn_seg_cut(fit.probs, data.masks, detector)
+    out = Path(out)
+    (out / "configs").mkdir(parents=True, exist_ok=True)
+    (out / "models").mkdir(parents=True, exist_ok=True)
+    members = []
+    for mem in fit.members:
+        f = out / "models" / f"{mem.arch}_fold{mem.fold}.pt"
+        torch.save(mem.state_dict, f)
+        members.append({"arch": mem.arch, "fold": mem.fold, "file": f"models/{f.name}", "sha256": _sha256(f),
+                        "description": SEG_ARCHITECTURES[mem.arch].description})
+    meta = {
+        "format": BUNDLE_FORMAT, "task": SEG_TASK, "version": __version__,
+        "name": "labelqa segmentation-mask error detector",
+        "monai_version": monai.__version__, "pytorch_version": torch.__version__, "numpy_version": np.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "class_names": list(data.class_names), "image_size": int(image_size),
+        "preprocessing": {"colour": "greyscale (BT.601 luma)", "resize": f"bilinear to {image_size}x{image_size}",
+                          "intensity": "[0, 1]", "masks": "by area (models.seg.data.resize_label_map)"},
+        "network_data_format": {
+            "inputs": {"image": {"type": "image", "num_channels": 1, "spatial_shape": [image_size, image_size],
+                                 "dtype": "float32", "value_range": [0, 1]}},
+            "outputs": {"pred": {"type": "probabilities", "activation": "sigmoid per class (multi-label)",
+                                 "num_channels": data.n_classes, "channel_def": dict(enumerate(data.class_names))}}},
+        "fit_mode": mode, "folds": fit.n_folds, "members": members, "thresholds": th.to_dict(),
+        "detector": detector.to_dict(), "train": fit.cfg.to_dict(),
+        "training": {"n_images": len(data), "seed": seed, "dataset": str(dataset_dir) if dataset_dir else None},
+    }
+    meta["content_hash"] = _content_hash(meta)
+    (out / "configs" / "metadata.json").write_text(json.dumps(meta, indent=2, default=str))
+    (out / "configs" / "inference.json").write_text(json.dumps(
+        {"members": [{"arch": m["arch"], "file": m["file"]} for m in members],
+         "builder": "models.seg.ensemble.build_segmenter(arch, n_classes)"}, indent=2))
+    if verdicts_out is not None:
+        vs = score_masks(fit.probs, data.masks, data.spacing, class_names=data.class_names, archs=names,
+                         thresholds=th, cfg=detector, keep_arrays=False)
+        write_seg_verdicts(Path(verdicts_out), [[v for v in vs if v.index == i] for i in range(len(data))],
+                           data.stems, {"bundle": str(out), "mode": mode,
+                                        "scores": "out-of-fold" if mode == "crossfit" else "in-sample"})
+    return out
+
+
+def write_seg_verdicts(out: Path, verdicts: list[list[MaskVerdict]], stems: list[str], extra: dict) -> dict:
+    """``out/verdicts.csv`` (one row per image and class, highest score first), ``out/verdicts.jsonl`` (every
+    number and region) and ``out/audit.json`` (counts); returns the summary."""
+    import csv
+
+    from models.seg.detector import SEG_VERDICTS
+
+    out.mkdir(parents=True, exist_ok=True)
+    flat = [(stems[i], v) for i, vs in enumerate(verdicts) for v in vs]
+    flat.sort(key=lambda sv: -sv[1].score)
+    with open(out / "verdicts.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "class", "verdict", "kind", "score", "priority", "dice_consensus", "hd95_consensus",
+                    "agreement_prob", "dual_consistency", "n_regions"])
+        for stem, v in flat:
+            w.writerow([stem, v.class_name, str(v.verdict), v.kind or "", f"{v.score:.4f}", f"{v.priority:.4f}",
+                        f"{v.dice_consensus:.4f}", f"{v.hd95_consensus:.2f}", f"{v.agreement_prob:.4f}",
+                        int(v.dual_consistency), len(v.regions)])
+    with open(out / "verdicts.jsonl", "w") as f:
+        for stem, v in flat:
+            f.write(json.dumps({"id": stem, **v.to_row()}) + "\n")
+    counts = {str(s): sum(1 for _st, v in flat if v.verdict == s) for s in SEG_VERDICTS}
+    summary = {**extra, "task": SEG_TASK, "n_images": len(verdicts), "n_masks": len(flat), "verdicts": counts}
+    (out / "audit.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def audit_seg_dataset(bundle_path: str | Path, dataset: str | Path, out: str | Path, *, device: str = "auto") -> dict:
+    """Audit ``DIR/images`` + ``DIR/masks`` with a segmentation bundle on each image's native grid;
+    writes verdicts.csv / verdicts.jsonl / audit.json and the consensus of every flagged mask as
+    ``consensus/<id>_<class>.png`` (a suggested correction)."""
+    from PIL import Image
+
+    from models.seg.data import read_segmentation_items
+
+    bundle = load_seg_bundle(bundle_path)
+    items, names = read_segmentation_items(dataset)
+    if len(names) > len(bundle.class_names):
+        raise ValueError(f"the data set has {len(names)} classes, the bundle {len(bundle.class_names)} "
+                         f"({bundle.class_names})")
+    given = [{bundle.class_names[c - 1]: lab == c for c in range(1, len(bundle.class_names) + 1)}
+             for _s, _im, lab in items]
+    verdicts = bundle.audit([im for _s, im, _lab in items], given, device=device)
+    out = Path(out)
+    (out / "consensus").mkdir(parents=True, exist_ok=True)
+    for (stem, _im, _lab), vs in zip(items, verdicts, strict=True):
+        for v in vs:
+            if v.flagged and v.consensus is not None:
+                png = out / "consensus" / f"{stem}_{v.class_name}.png"
+                Image.fromarray(v.consensus.astype(np.uint8) * 255).save(png)
+    return write_seg_verdicts(out, verdicts, [s for s, _im, _lab in items],
+                              {"bundle": str(bundle_path), "bundle_hash": bundle.content_hash, "dataset": str(dataset),
+                               "grid": "native"})

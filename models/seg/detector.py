@@ -1,0 +1,525 @@
+"""Verdicts for masks: overlap, surface distance and agreement per (image, class), labelqa's cut, regions.
+
+For every (image, class) unit the members' probability maps (out-of-fold: no member saw the mask)
+give:
+
+- per member and for the consensus (mean probability > 0.5): Dice, HD95 and normalised surface
+  Dice with the given mask (``monai.metrics``; mm when a pixel spacing is given);
+- inter-member agreement: mean pairwise Dice of the members' masks and of their probability maps;
+- ``dual_consistency``, the paper's rule transposed: every member's Dice < ``dual_dice`` and the
+  members' masks agree (pairwise Dice >= tau, tau from a 2-component mixture on the agreement of
+  those units, as the label detector's Grad-CAM rule);
+- labelqa's **suspicion**: how much the consensus mask disagrees with the given one, in units of
+  how much the members disagree with each other: ``s = (1 - Dice_s(consensus, given)) /
+  (1 - probability-map agreement + eps)`` (``Dice_s`` smoothed by a few pixels so that empty vs
+  near-empty is no error). A mask is suspicious when the models fail it the same way, not where they
+  are unsure (docs/segmentation.md). It becomes a verdict by a cut learned **without
+  ground truth**: every unit's consensus mask is corrupted by each planted-error operation of
+  ``models.seg.corruption`` and scored against the same probabilities, which shows how the suspicion
+  of a wrong mask is distributed for these members on these images. As in the label detector
+  (``models.detector.simulated_flip_cut``), the number of wrong masks per class comes from the
+  upper tail (min over cuts of #observed above / P(simulated above)), each unit's local precision
+  from the least concave majorant, and the flags maximise the estimated F1.
+  A flagged unit is a ``suspected_mask_error`` when the members disagree with each other less than
+  with the mask (1 - probability-map agreement < s), else a ``hard_case``;
+- the **regions**: connected components of consensus-vs-given difference, each with a
+  :class:`~models.verdict.MaskErrorKind` (a whole structure missing or spurious, a boundary too
+  tight or too loose, a shift found by cross-correlation, another class's structure), its area,
+  bounding box and centroid; the mask-level kind is the kind covering most area.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from itertools import combinations
+
+import numpy as np
+
+from models.detector import _concave_majorant_slopes, _tail_count, precision_from_steps
+from models.seg.corruption import CORRUPTIONS, _apply, applicable
+from models.seg.train import to_channels
+from models.verdict import MaskErrorKind, Verdict
+
+__all__ = ["SegDetectorConfig", "SegThresholds", "MaskRegion", "MaskVerdict", "SegUnits", "score_masks",
+           "learn_seg_cut", "unit_scores", "mask_regions", "SEG_VERDICTS"]
+
+SEG_VERDICTS = (Verdict.SUSPECTED_MASK_ERROR, Verdict.HARD_CASE, Verdict.CONSISTENT)
+
+
+@dataclass
+class SegDetectorConfig:
+    """Detector constants, fixed before any evaluated data set's corruption records are seen."""
+
+    threshold: float = 0.5
+    """Probability above which a pixel is inside a member's (or the consensus) mask."""
+    smooth: float = 0.005
+    """Dice smoothing, as a share of the image's pixels (at least one pixel)."""
+    eps: float = 0.05
+    """Floor added to the members' disagreement in the suspicion's denominator."""
+    dual_dice: float = 0.5
+    """The paper's rule: a member "disagrees" with a mask when their Dice is below this."""
+    tail_floor: float = 0.3
+    tail_min_count: int = 5
+    count_z: float = 0.5
+    simulate_from: str = "consensus"
+    """What the simulated wrong masks corrupt: ``consensus`` (the members' own mask) or ``given``."""
+    nsd_tolerance_px: float = 1.0
+    """Normalised-surface-Dice tolerance in pixels (times the mean spacing when a spacing is given)."""
+    min_region_px: int = 4
+    """Difference components smaller than this are boundary noise, not regions."""
+    max_regions: int = 10
+    max_shift: float = 0.2
+    """Shift search range as a share of the image size."""
+    shift_gain: float = 0.2
+    """A shift explains a mask when shifting it raises its Dice with the consensus by at least this."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.simulate_from not in ("consensus", "given"):
+            raise ValueError(f"simulate_from must be consensus or given, not {self.simulate_from!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SegThresholds:
+    """What was learned (without ground truth) to turn suspicions into verdicts; stored in bundles."""
+
+    class_cuts: list[float]
+    """Suspicion cut per class (inf: nothing flagged)."""
+    precision_steps: list[list[list[float]]]
+    """Per class: [[suspicion from, estimated local precision], ...], highest suspicion first."""
+    estimated_errors_per_class: list[float]
+    dual_agreement: float
+    dual_how: str
+    n_units: int = 0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["class_cuts"] = [None if not np.isfinite(c) else float(c) for c in self.class_cuts]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SegThresholds:
+        d = dict(d)
+        d["class_cuts"] = [float("inf") if c is None else float(c) for c in d["class_cuts"]]
+        return cls(**d)
+
+
+@dataclass
+class MaskRegion:
+    """One connected region where the consensus and the given mask differ."""
+
+    kind: MaskErrorKind
+    area_px: int
+    area_mm2: float | None
+    bbox: tuple[int, int, int, int]
+    """(row0, col0, row1, col1), end exclusive, on the scored grid."""
+    centroid: tuple[float, float]
+    """(row, col)."""
+
+    def to_row(self) -> dict:
+        return {"kind": str(self.kind), "area_px": self.area_px, "area_mm2": self.area_mm2,
+                "bbox": list(self.bbox), "centroid": [round(c, 2) for c in self.centroid]}
+
+
+@dataclass
+class MaskVerdict:
+    """The detector's finding for one (image, class): see the module docstring."""
+
+    index: int
+    class_index: int
+    """1..K (the label-map value)."""
+    class_name: str
+    verdict: Verdict
+    kind: MaskErrorKind | None
+    score: float
+    """Estimated probability that the mask is wrong (local precision of the learned cut)."""
+    suspicion: float
+    """(1 - Dice of consensus and given mask) / (the members' disagreement + eps)."""
+    priority: float
+    """Re-annotation priority: (1 - Dice with the consensus) x the members' agreement (wrong, and they agree)."""
+    cut: float
+    dice_members: dict[str, float]
+    hd95_members: dict[str, float]
+    nsd_members: dict[str, float]
+    dice_consensus: float
+    hd95_consensus: float
+    nsd_consensus: float
+    agreement_dice: float
+    agreement_prob: float
+    dual_consistency: bool
+    given_area_px: int
+    consensus_area_px: int
+    distance_unit: str
+    regions: list[MaskRegion] = field(default_factory=list)
+    consensus: np.ndarray | None = None
+    """The consensus mask (bool, scored grid): a plausible correction."""
+    prob: np.ndarray | None = None
+    """The mean probability map (float32, scored grid)."""
+
+    @property
+    def flagged(self) -> bool:
+        return self.verdict.flagged
+
+    def to_row(self) -> dict:
+        """A JSON-able dict without the arrays."""
+        d = {k: v for k, v in self.__dict__.items() if k not in ("consensus", "prob", "regions")}
+        d["verdict"] = str(self.verdict)
+        d["kind"] = None if self.kind is None else str(self.kind)
+        d["regions"] = [r.to_row() for r in self.regions]
+        for k, v in list(d.items()):
+            if isinstance(v, float):
+                d[k] = None if not np.isfinite(v) else round(v, 5)
+            elif isinstance(v, dict):
+                d[k] = {a: (None if not np.isfinite(x) else round(float(x), 5)) for a, x in v.items()}
+        return d
+
+
+def _smooth_px(shape: tuple[int, ...], cfg: SegDetectorConfig) -> float:
+    return max(1.0, cfg.smooth * float(np.prod(shape[-2:])))
+
+
+def soft_dice(p: np.ndarray, g: np.ndarray, smooth: float) -> np.ndarray:
+    """Soft Dice over the last two axes: (2 sum(p g) + smooth) / (sum p + sum g + smooth)."""
+    p, g = p.astype(np.float64), g.astype(np.float64)
+    inter = (p * g).sum(axis=(-1, -2))
+    return (2 * inter + smooth) / (p.sum(axis=(-1, -2)) + g.sum(axis=(-1, -2)) + smooth)
+
+
+def _prob_agreement(p: np.ndarray, smooth: float) -> np.ndarray:
+    """Mean pairwise probability-map Dice 2 sum(pa pb) / (sum pa^2 + sum pb^2) over members (axis 0)."""
+    vals = []
+    for a, b in combinations(range(len(p)), 2):
+        pa, pb = p[a].astype(np.float64), p[b].astype(np.float64)
+        vals.append((2 * (pa * pb).sum(axis=(-1, -2)) + smooth)
+                    / ((pa * pa).sum(axis=(-1, -2)) + (pb * pb).sum(axis=(-1, -2)) + smooth))
+    return np.mean(vals, axis=0) if vals else np.ones(p.shape[1:-2])
+
+
+def _hard_dice(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Dice over the last two axes of bool masks; both empty -> 1."""
+    inter = (a & b).sum(axis=(-1, -2)).astype(np.float64)
+    tot = a.sum(axis=(-1, -2)) + b.sum(axis=(-1, -2))
+    return np.where(tot > 0, 2 * inter / np.maximum(tot, 1), 1.0)
+
+
+def _surface_metrics(pred: np.ndarray, given: np.ndarray, spacing: tuple[float, float] | None,
+                     cfg: SegDetectorConfig) -> tuple[np.ndarray, np.ndarray]:
+    """HD95 and normalised surface Dice (monai.metrics) of bool (U, H, W) pairs; empty cases made finite:
+    both empty -> (0, 1), one empty -> (image diagonal, 0)."""
+    import torch
+    from monai.metrics import compute_hausdorff_distance, compute_surface_dice
+
+    u, h, w = pred.shape
+    sy, sx = spacing or (1.0, 1.0)
+    diag = float(np.hypot(h * sy, w * sx))
+    hd = np.zeros(u)
+    nsd = np.ones(u)
+    pe, ge = pred.reshape(u, -1).any(1), given.reshape(u, -1).any(1)
+    one = pe ^ ge
+    hd[one], nsd[one] = diag, 0.0
+    both = np.flatnonzero(pe & ge)
+    if len(both):
+        yp = torch.from_numpy(pred[both][:, None].astype(np.float32))
+        yg = torch.from_numpy(given[both][:, None].astype(np.float32))
+        sp = None if spacing is None else [float(sy), float(sx)]
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            hd[both] = compute_hausdorff_distance(yp, yg, include_background=True, percentile=95,
+                                                  spacing=sp).numpy()[:, 0]
+            tol = cfg.nsd_tolerance_px * (float(np.mean([sy, sx])) if spacing else 1.0)
+            nsd[both] = compute_surface_dice(yp, yg, class_thresholds=[tol], include_background=True,
+                                             spacing=sp).numpy()[:, 0]
+    return np.nan_to_num(hd, nan=diag, posinf=diag), np.nan_to_num(nsd, nan=0.0)
+
+
+@dataclass
+class SegUnits:
+    """Every unit's numbers as arrays (U = N x K units, image-major): what verdicts and benchmarks use."""
+
+    image: np.ndarray
+    cls: np.ndarray
+    """0-based class channel."""
+    suspicion: np.ndarray
+    """(1 - mask_dice) / (member_disagreement + eps)."""
+    mask_dice: np.ndarray
+    """Smoothed Dice of the consensus mask with the given mask."""
+    member_disagreement: np.ndarray
+    """1 - mean pairwise probability-map Dice of the members."""
+    dice_members: np.ndarray
+    """(members, U)."""
+    dice_consensus: np.ndarray
+    dice_mean_prob: np.ndarray
+    """Soft Dice of the mean probability map with the given mask."""
+    agreement_dice: np.ndarray
+    agreement_prob: np.ndarray
+    given: np.ndarray
+    """(U, H, W) bool."""
+    consensus: np.ndarray
+    prob: np.ndarray
+
+
+def unit_scores(probs: np.ndarray, given: np.ndarray, cfg: SegDetectorConfig | None = None) -> SegUnits:
+    """The per-unit overlap and agreement numbers (no surface distances) for probs (M, N, K, H, W)."""
+    cfg = cfg or SegDetectorConfig()
+    probs = np.asarray(probs, np.float32)
+    if probs.ndim != 5:
+        raise ValueError(f"probabilities must be (members, N, K, H, W), got {probs.shape}")
+    m, n, k, h, w = probs.shape
+    g = to_channels(given, k)
+    if g.shape != (n, k, h, w):
+        raise ValueError(f"given masks {g.shape} do not match the probabilities {(n, k, h, w)}")
+    sm = _smooth_px((h, w), cfg)
+    pbar = probs.mean(axis=0)
+    cons = pbar > cfg.threshold
+    member_masks = probs > cfg.threshold
+    ag_d = np.mean([_hard_dice(member_masks[a], member_masks[b]) for a, b in combinations(range(m), 2)], axis=0) \
+        if m > 1 else np.ones((n, k))
+    sd = soft_dice(pbar, g, sm)
+    md = soft_dice(cons, g, sm).reshape(-1)
+    dis = 1.0 - _prob_agreement(probs, sm).reshape(-1)
+    return SegUnits(
+        image=np.repeat(np.arange(n), k), cls=np.tile(np.arange(k), n), suspicion=(1.0 - md) / (dis + cfg.eps),
+        mask_dice=md, member_disagreement=dis,
+        dice_members=np.stack([_hard_dice(member_masks[j], g).reshape(-1) for j in range(m)]),
+        dice_consensus=_hard_dice(cons, g).reshape(-1), dice_mean_prob=sd.reshape(-1),
+        agreement_dice=np.asarray(ag_d).reshape(-1), agreement_prob=1.0 - dis,
+        given=g.reshape(n * k, h, w), consensus=cons.reshape(n * k, h, w), prob=pbar.reshape(n * k, h, w))
+
+
+def _simulated_suspicion(units: SegUnits, n_classes: int, cfg: SegDetectorConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(unit index, suspicion) of every simulated wrong mask: each unit's consensus (or given) mask
+    corrupted by each applicable operation and scored against the same mean probabilities."""
+    rng = np.random.default_rng(cfg.seed + 3_000_017)
+    sm = _smooth_px(units.prob.shape, cfg)
+    src_all = units.consensus if cfg.simulate_from == "consensus" else units.given
+    idx_out, s_out = [], []
+    by_image: dict[int, list[int]] = {}
+    for u, i in enumerate(units.image):
+        by_image.setdefault(int(i), []).append(u)
+    for u in range(len(units.image)):
+        src = src_all[u].astype(np.int64)
+        sims = []
+        for op in CORRUPTIONS:
+            if op == "wrong_class":
+                others = [v for v in by_image[int(units.image[u])] if v != u and src_all[v].any()]
+                if n_classes < 2 or not others:
+                    continue
+                other = src_all[others[int(rng.integers(len(others)))]] & ~src_all[u]
+                if not other.any():
+                    continue
+                sims.append(src_all[u] | other)
+            elif applicable(src, op, 1):
+                sims.append(_apply(src, op, rng, 1)[0] > 0)
+        for wm in sims:
+            if np.any(wm != src_all[u]):
+                idx_out.append(u)
+                s_out.append((1.0 - float(soft_dice(units.consensus[u], wm, sm)))
+                             / (units.member_disagreement[u] + cfg.eps))
+    return np.asarray(idx_out, np.int64), np.asarray(s_out, np.float64)
+
+
+def learn_seg_cut(probs: np.ndarray, given: np.ndarray, cfg: SegDetectorConfig | None = None,
+                  units: SegUnits | None = None) -> SegThresholds:
+    """labelqa's per-class suspicion cut from simulated corruptions of out-of-fold predictions (no ground truth).
+
+    Parameters
+    ----------
+    probs : (members, N, K, H, W) out-of-fold sigmoid probabilities.
+    given : the given masks, (N, H, W) label maps or (N, K, H, W) channels.
+    """
+    from models.agreement import gmm_threshold
+
+    cfg = cfg or SegDetectorConfig()
+    k = int(np.asarray(probs).shape[2])
+    units = units or unit_scores(probs, given, cfg)
+    sim_u, sim_s = _simulated_suspicion(units, k, cfg)
+    sim_cls = units.cls[sim_u] if len(sim_u) else np.zeros(0, np.int64)
+    # each unit's simulations weigh 1 in total, so structure-rich units do not dominate
+    per_unit = np.bincount(sim_u, minlength=len(units.cls)).astype(np.float64)
+    sim_w = 1.0 / np.maximum(per_unit[sim_u], 1.0) if len(sim_u) else np.zeros(0)
+    n = len(units.cls)
+    prec = np.zeros(n)
+    steps: list[list[list[float]]] = []
+    errors: list[float] = []
+    for c in range(k):
+        idx = np.flatnonzero(units.cls == c)
+        sel = sim_cls == c
+        if not len(idx) or not sel.any():
+            steps.append([])
+            errors.append(0.0)
+            continue
+        order = idx[np.argsort(-units.suspicion[idx], kind="stable")]
+        s_sorted = units.suspicion[order]
+        o = np.argsort(sim_s[sel], kind="stable")
+        sim, w = sim_s[sel][o], sim_w[sel][o]
+        w_above = np.concatenate([np.cumsum(w[::-1])[::-1], [0.0]]) / w.sum()
+        p_above = w_above[np.searchsorted(sim, s_sorted, side="left")]
+        rank = np.arange(1, len(idx) + 1)
+        ok = (p_above >= cfg.tail_floor) & (rank >= cfg.tail_min_count)
+        n_err = min(_tail_count(rank[ok], p_above[ok], cfg.count_z) if ok.any() else 0.0, float(len(idx)))
+        slopes = _concave_majorant_slopes(np.minimum(n_err * p_above, rank))
+        prec[order] = slopes
+        errors.append(n_err)
+        st: list[list[float]] = []
+        for sv, q in zip(s_sorted, slopes, strict=True):
+            if not st or q < st[-1][1] - 1e-12:
+                st.append([float(sv), float(q)])
+            else:
+                st[-1][0] = float(sv)
+        steps.append(st)
+    order = np.argsort(-(prec + 1e-9 * units.suspicion), kind="stable")
+    est_tp = np.cumsum(prec[order])
+    total = sum(errors)
+    n_flag = int(np.argmax(2 * est_tp / (np.arange(1, n + 1) + max(total, 1e-12)))) + 1 if total > 0 and n else 0
+    flags = np.zeros(n, bool)
+    flags[order[:n_flag]] = True
+    flags &= prec > 0
+    cuts = [float(units.suspicion[flags & (units.cls == c)].min()) if np.any(flags & (units.cls == c))
+            else float("inf") for c in range(k)]
+    unanimous = np.all(units.dice_members < cfg.dual_dice, axis=0)
+    tau, how = gmm_threshold(units.agreement_dice[unanimous], default=0.5, seed=cfg.seed)
+    return SegThresholds(cuts, steps, [float(e) for e in errors], float(tau), how, n)
+
+
+def _shift_gain(g: np.ndarray, c: np.ndarray, cfg: SegDetectorConfig) -> tuple[float, tuple[int, int]]:
+    """Best Dice gain of shifting ``g`` onto ``c`` (integer shifts up to max_shift x size; FFT correlation)."""
+    from scipy.signal import fftconvolve
+
+    h, w = g.shape
+    r = max(2, int(round(cfg.max_shift * min(h, w))))
+    corr = fftconvolve(c.astype(np.float64), g[::-1, ::-1].astype(np.float64), mode="full")
+    cy, cx = h - 1, w - 1  # zero shift
+    win = corr[cy - r:cy + r + 1, cx - r:cx + r + 1]
+    dy, dx = np.unravel_index(int(np.argmax(win)), win.shape)
+    best = float(win[dy, dx])
+    tot = float(g.sum() + c.sum())
+    d0 = 2 * float((g & c).sum()) / tot if tot else 1.0
+    return (2 * best / tot if tot else 1.0) - d0, (int(dy) - r, int(dx) - r)
+
+
+def mask_regions(given: np.ndarray, consensus: np.ndarray, *, other_consensus: np.ndarray | None = None,
+                 other_given: np.ndarray | None = None, spacing: tuple[float, float] | None = None,
+                 cfg: SegDetectorConfig | None = None) -> tuple[list[MaskRegion], MaskErrorKind | None]:
+    """Regions where ``consensus`` and ``given`` (bool (H, W), one class) differ, typed; and the mask-level kind.
+
+    ``other_consensus`` / ``other_given``: the union of the other classes' consensus / given masks
+    (a difference inside them is another class's structure: ``wrong_segment_type``)."""
+    from scipy.ndimage import label
+
+    cfg = cfg or SegDetectorConfig()
+    g, c = given.astype(bool), consensus.astype(bool)
+    eight = np.ones((3, 3), bool)
+    missing, extra = c & ~g, g & ~c
+    shifted = False
+    if g.sum() >= cfg.min_region_px and c.sum() >= cfg.min_region_px and _hard_dice(g, c) < 0.8:
+        gain, (dy, dx) = _shift_gain(g, c, cfg)
+        shifted = gain >= cfg.shift_gain and max(abs(dy), abs(dx)) >= 2
+    c_lab, _ = label(c, structure=eight)
+    g_lab, _ = label(g, structure=eight)
+    regions: list[MaskRegion] = []
+    sy, sx = spacing or (1.0, 1.0)
+    for diff, is_missing in ((missing, True), (extra, False)):
+        lab, n = label(diff, structure=eight)
+        for r in range(1, n + 1):
+            px = lab == r
+            area = int(px.sum())
+            if area < cfg.min_region_px:
+                continue
+            other = other_given if is_missing else other_consensus
+            if shifted:
+                kind = MaskErrorKind.SHIFTED
+            elif other is not None and np.sum(px & other) >= 0.5 * area:
+                kind = MaskErrorKind.WRONG_SEGMENT_TYPE
+            elif is_missing:
+                comps = np.unique(c_lab[px])
+                kind = (MaskErrorKind.BOUNDARY_TOO_TIGHT if np.any(g & np.isin(c_lab, comps[comps > 0]))
+                        else MaskErrorKind.MISSING_STRUCTURE)
+            else:
+                comps = np.unique(g_lab[px])
+                kind = (MaskErrorKind.BOUNDARY_TOO_LOOSE if np.any(c & np.isin(g_lab, comps[comps > 0]))
+                        else MaskErrorKind.SPURIOUS_STRUCTURE)
+            ys, xs = np.nonzero(px)
+            regions.append(MaskRegion(kind, area, float(area * sy * sx) if spacing else None,
+                                      (int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1),
+                                      (float(ys.mean()), float(xs.mean()))))
+    regions.sort(key=lambda r: -r.area_px)
+    if not regions:
+        return [], None
+    by_kind: dict[MaskErrorKind, int] = {}
+    for reg in regions:
+        by_kind[reg.kind] = by_kind.get(reg.kind, 0) + reg.area_px
+    return regions[:cfg.max_regions], max(by_kind, key=lambda kk: by_kind[kk])
+
+
+def score_masks(oof_probs: np.ndarray, given_masks: np.ndarray, spacing: tuple[float, float] | None = None, *,
+                class_names: list[str] | None = None, archs: list[str] | tuple[str, ...] | None = None,
+                thresholds: SegThresholds | None = None, cfg: SegDetectorConfig | None = None,
+                keep_arrays: bool = True) -> list[MaskVerdict]:
+    """One :class:`MaskVerdict` per (image, class), image-major.
+
+    Parameters
+    ----------
+    oof_probs : (members, N, K, H, W) sigmoid probabilities (out-of-fold for a data set's own masks).
+    given_masks : (N, H, W) label maps (0 background, 1..K) or (N, K, H, W) bool channels.
+    spacing : (row, col) pixel spacing in mm: HD95 in mm, areas in mm2.
+    thresholds : a learned cut (a bundle's); ``None`` learns it here from these probabilities.
+    keep_arrays : attach the consensus mask and mean probability map to each verdict.
+    """
+    cfg = cfg or SegDetectorConfig()
+    probs = np.asarray(oof_probs, np.float32)
+    m, n, k = probs.shape[:3]
+    names = list(class_names) if class_names is not None else [f"class_{c}" for c in range(1, k + 1)]
+    arch_names = list(archs) if archs is not None else [f"member{j}" for j in range(m)]
+    if len(names) != k or len(arch_names) != m:
+        raise ValueError(f"{len(names)} class names for {k} classes / {len(arch_names)} names for {m} members")
+    units = unit_scores(probs, given_masks, cfg)
+    th = thresholds or learn_seg_cut(probs, given_masks, cfg, units)
+    if len(th.class_cuts) != k:
+        raise ValueError(f"the cut has {len(th.class_cuts)} classes, the probabilities {k}")
+    score = precision_from_steps(units.suspicion, units.cls, th.precision_steps)
+    cuts = np.array(th.class_cuts)[units.cls]
+    flagged = units.suspicion >= cuts
+    member_masks = (probs > cfg.threshold).reshape(m, n * k, *probs.shape[3:])
+    unit_mm = "mm" if spacing else "px"
+    hd_m, nsd_m = zip(*[_surface_metrics(member_masks[j], units.given, spacing, cfg) for j in range(m)], strict=True)
+    hd_c, nsd_c = _surface_metrics(units.consensus, units.given, spacing, cfg)
+    unanimous = np.all(units.dice_members < cfg.dual_dice, axis=0)
+    dual = unanimous & (units.agreement_dice >= th.dual_agreement)
+    cons_img = units.consensus.reshape(n, k, *units.consensus.shape[1:])
+    given_img = units.given.reshape(n, k, *units.given.shape[1:])
+    out = []
+    for u in range(n * k):
+        i, c = int(units.image[u]), int(units.cls[u])
+        s = float(units.suspicion[u])
+        if flagged[u]:
+            wrong = 1.0 - units.mask_dice[u]  # the models disagree with the mask more than with each other?
+            verdict = Verdict.SUSPECTED_MASK_ERROR if units.member_disagreement[u] < wrong else Verdict.HARD_CASE
+        else:
+            verdict = Verdict.CONSISTENT
+        oc: np.ndarray | None = None
+        og: np.ndarray | None = None
+        if k > 1:
+            rest = [j for j in range(k) if j != c]
+            oc, og = np.asarray(cons_img[i, rest].any(0)), np.asarray(given_img[i, rest].any(0))
+        regions, kind = mask_regions(units.given[u], units.consensus[u], other_consensus=oc, other_given=og,
+                                     spacing=spacing, cfg=cfg)
+        out.append(MaskVerdict(
+            index=i, class_index=c + 1, class_name=names[c], verdict=verdict,
+            kind=kind if verdict != Verdict.CONSISTENT else None,
+            score=float(score[u]) + 1e-6 * min(s, 100.0), suspicion=s,
+            priority=(1.0 - float(units.mask_dice[u])) * float(units.agreement_prob[u]),
+            cut=float(cuts[u]),
+            dice_members={a: float(units.dice_members[j, u]) for j, a in enumerate(arch_names)},
+            hd95_members={a: float(hd_m[j][u]) for j, a in enumerate(arch_names)},
+            nsd_members={a: float(nsd_m[j][u]) for j, a in enumerate(arch_names)},
+            dice_consensus=float(units.dice_consensus[u]), hd95_consensus=float(hd_c[u]), nsd_consensus=float(nsd_c[u]),
+            agreement_dice=float(units.agreement_dice[u]), agreement_prob=float(units.agreement_prob[u]),
+            dual_consistency=bool(dual[u]), given_area_px=int(units.given[u].sum()),
+            consensus_area_px=int(units.consensus[u].sum()), distance_unit=unit_mm, regions=regions,
+            consensus=units.consensus[u] if keep_arrays else None, prob=units.prob[u] if keep_arrays else None))
+    return out

@@ -1,0 +1,218 @@
+"""``labelqa evaluate --task segmentation``: plant mask errors, cross-fit, score, compare in the same run.
+
+A share of the masks is corrupted (``models.seg.corruption``, every change recorded), the ensemble
+is cross-fitted on the corrupted masks, and every (image, class) unit is scored by:
+
+- ``labelqa``: the detector's verdict (``suspected_mask_error``) and score (``models.seg.detector``);
+- ``dual_consistency``: the paper's rule (every member's Dice < 0.5 and the members agree), ranked
+  by (1 - the best member's Dice) x the members' pairwise Dice;
+- ``cleanlab_softmin``: ``cleanlab.segmentation.rank.get_label_quality_scores`` on the same mean
+  out-of-fold probabilities (per class, [1 - p, p]); flags by ``issues_from_scores`` (its 0.1 default);
+- ``single_model_dice``: 1 - Dice of the first member's mask, flag at Dice < 0.5;
+- ``mean_prob_dice``: 1 - soft Dice of the mean probability map (no agreement), flag at < 0.5;
+- ``random``: a random order, flagging as many as labelqa.
+
+Mask level: F1 of the flags, AUPRC of the scores, per planted kind recall and AUPRC, relabelling
+efficacy (share of corrupted masks found in the top x%). Pixel level: AUPRC of corrupted pixels by
+labelqa's |mean probability - given| and by cleanlab's pixel scores, and the F1 of
+``cleanlab.segmentation.filter.find_label_issues`` vs the pixels of labelqa's flagged regions.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from models.evaluate import _auprc, _prf, efficacy_curve
+from models.seg.corruption import DEFAULT_KINDS, MaskCorruption, corrupt_masks
+from models.seg.data import SegDataset
+from models.seg.detector import MaskVerdict, SegDetectorConfig, score_masks, soft_dice
+from models.seg.ensemble import DEFAULT_SEG_ARCHS
+from models.seg.train import SegFit, SegTrainConfig, fit_segmenters, to_channels
+from models.verdict import Verdict
+
+__all__ = ["SegEvalSettings", "evaluate_segmentation", "run_seg_evaluation", "compare_seg_methods",
+           "seg_summary_table", "EFFICACY_FRACTIONS"]
+
+EFFICACY_FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3)
+
+
+@dataclass
+class SegEvalSettings:
+    """One segmentation evaluation run."""
+
+    dataset: str | None = None
+    noise_rate: float = 0.05
+    kinds: tuple[str, ...] = DEFAULT_KINDS
+    seed: int = 0
+    image_size: int = 64
+    folds: int = 4
+    archs: tuple[str, ...] = DEFAULT_SEG_ARCHS
+    epochs: int = 20
+    device: str = "auto"
+    train: SegTrainConfig = field(default_factory=SegTrainConfig)
+    detector: SegDetectorConfig = field(default_factory=SegDetectorConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _cleanlab_scores(pbar: np.ndarray, given: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """cleanlab's softmin image scores and pixel scores, per class on [1 - p, p] (units image-major)."""
+    from cleanlab.segmentation.rank import get_label_quality_scores
+
+    n, k = pbar.shape[:2]
+    img = np.zeros((n, k))
+    pix = np.zeros(pbar.shape, np.float32)
+    for c in range(k):
+        pp = np.clip(np.stack([1.0 - pbar[:, c], pbar[:, c]], axis=1), 1e-6, 1.0).astype(np.float32)
+        s, ps = get_label_quality_scores(given[:, c].astype(np.int64), pp, method="softmin", verbose=False,
+                                         n_jobs=1)
+        img[:, c], pix[:, c] = s, ps
+    return img.reshape(-1), pix
+
+
+def _cleanlab_pixel_issues(pbar: np.ndarray, given: np.ndarray) -> np.ndarray:
+    from cleanlab.segmentation.filter import find_label_issues
+
+    out = np.zeros(given.shape, bool)
+    for c in range(given.shape[1]):
+        pp = np.clip(np.stack([1.0 - pbar[:, c], pbar[:, c]], axis=1), 1e-6, 1.0).astype(np.float32)
+        out[:, c] = find_label_issues(given[:, c].astype(np.int64), pp, verbose=False, n_jobs=1)
+    return out
+
+
+def _method(flags: np.ndarray, scores: np.ndarray, truth: np.ndarray, unit_kind: np.ndarray) -> dict:
+    res = {**_prf(flags, truth), "auprc": _auprc(scores, truth), "per_kind": {}}
+    clean = ~truth
+    for kind in sorted({k for k in unit_kind[truth]}):
+        sel = truth & (unit_kind == kind)
+        res["per_kind"][kind] = {"n": int(sel.sum()), "recall": float(flags[sel].mean()),
+                                 "auprc": _auprc(scores[sel | clean], sel[sel | clean])}
+        res[f"recall_{kind}"] = res["per_kind"][kind]["recall"]
+    return res
+
+
+def compare_seg_methods(probs: np.ndarray, noisy: np.ndarray, clean: np.ndarray, verdicts: list[MaskVerdict],
+                        records: list[MaskCorruption], seed: int, cfg: SegDetectorConfig | None = None) -> dict:
+    """Mask- and pixel-level comparison of every method on the same out-of-fold probabilities."""
+    cfg = cfg or SegDetectorConfig()
+    m, n, k = probs.shape[:3]
+    g, t = to_channels(noisy, k), to_channels(clean, k)
+    truth_pix = g != t
+    truth = truth_pix.any((2, 3)).reshape(-1)
+    kind_of = {r.index: str(r.kind) for r in records}
+    unit_kind = np.array([kind_of.get(u // k, "") if truth[u] else "" for u in range(n * k)], dtype=object)
+    pbar = probs.mean(0)
+    sm = max(1.0, cfg.smooth * float(np.prod(probs.shape[-2:])))
+    masks = probs > cfg.threshold
+    lq_flag = np.array([v.verdict == Verdict.SUSPECTED_MASK_ERROR for v in verdicts])
+    lq_score = np.array([v.score for v in verdicts])
+    member_dice = np.stack([[v.dice_members[a] for a in v.dice_members] for v in verdicts], axis=1)
+    agree = np.array([v.agreement_dice for v in verdicts])
+    dual_flag = np.array([v.dual_consistency for v in verdicts])
+    single = 2 * (masks[0] & g).sum((2, 3)) / np.maximum(masks[0].sum((2, 3)) + g.sum((2, 3)), 1)
+    single = np.where((masks[0].sum((2, 3)) + g.sum((2, 3))) == 0, 1.0, single).reshape(-1)
+    mean_sd = soft_dice(pbar, g, sm).reshape(-1)
+    cl_img, cl_pix = _cleanlab_scores(pbar, g)
+    from cleanlab.segmentation.rank import issues_from_scores
+
+    cl_flag = np.zeros(n * k, bool)
+    cl_flag[np.asarray(issues_from_scores(cl_img, threshold=0.1), dtype=np.int64)] = True
+    rng = np.random.default_rng(seed + 11)
+    rnd = rng.random(n * k)
+    rnd_flag = np.zeros(n * k, bool)
+    rnd_flag[np.argsort(-rnd)[: int(lq_flag.sum())]] = True
+    methods = {
+        "labelqa": (lq_flag, lq_score),
+        "dual_consistency": (dual_flag, (1 - member_dice.max(0)) * agree),
+        "cleanlab_softmin": (cl_flag, 1.0 - cl_img),
+        "single_model_dice": (single < 0.5, 1.0 - single),
+        "mean_prob_dice": (mean_sd < 0.5, 1.0 - mean_sd),
+        "random": (rnd_flag, rnd),
+    }
+    out: dict = {"methods": {}, "efficacy": {"fractions": list(EFFICACY_FRACTIONS)}}
+    for name, (fl, sc) in methods.items():
+        out["methods"][name] = _method(fl, sc, truth, unit_kind)
+        out["efficacy"][name] = efficacy_curve(sc, truth, np.array(EFFICACY_FRACTIONS))
+    found = [v for v, tr in zip(verdicts, truth, strict=True) if tr and v.verdict == Verdict.SUSPECTED_MASK_ERROR]
+    typed = [str(v.kind) == unit_kind[v.index * k + v.class_index - 1] for v in found]
+    out["methods"]["labelqa"]["kind_accuracy"] = float(np.mean(typed)) if typed else None
+    out["methods"]["labelqa"]["n_hard_case"] = int(sum(v.verdict == Verdict.HARD_CASE for v in verdicts))
+    # pixel level
+    lq_pix = np.abs(pbar - g)
+    lq_pix_flag = np.zeros(g.shape, bool)
+    for v in verdicts:
+        if v.verdict == Verdict.SUSPECTED_MASK_ERROR and v.consensus is not None:
+            lq_pix_flag[v.index, v.class_index - 1] = v.consensus != g[v.index, v.class_index - 1]
+    cl_issues = _cleanlab_pixel_issues(pbar, g)
+    tp = truth_pix.reshape(-1)
+    out["pixel"] = {
+        "n_corrupted_pixels": int(tp.sum()), "n_pixels": int(tp.size),
+        "labelqa": {"auprc": _auprc(lq_pix.reshape(-1), tp), **_prf(lq_pix_flag.reshape(-1), tp)},
+        "cleanlab": {"auprc": _auprc(1.0 - cl_pix.reshape(-1), tp), **_prf(cl_issues.reshape(-1), tp)},
+    }
+    out["n_units"], out["n_corrupted_units"] = int(n * k), int(truth.sum())
+    return out
+
+
+def evaluate_segmentation(data: SegDataset, s: SegEvalSettings, out_dir: Path | None = None, *,
+                          progress: bool = True, map_fn=None, groups: list[str] | None = None,
+                          extra: dict | None = None) -> tuple[dict, list[MaskVerdict], SegFit, np.ndarray]:
+    """Corrupt, fit, score, compare. Returns (results, verdicts, fit, corrupted masks); writes
+    ``out_dir/results.json`` and ``out_dir/masks.csv`` when given."""
+    t0 = time.time()
+    noisy, records = corrupt_masks(data.masks, s.noise_rate, s.kinds, s.seed, n_classes=data.n_classes)
+    fit = fit_segmenters(data.images, noisy, n_classes=data.n_classes, archs=s.archs, folds=s.folds, epochs=s.epochs,
+                         cfg=s.train, seed=s.seed, groups=groups, device=s.device, map_fn=map_fn, progress=progress)
+    t_fit = time.time() - t0
+    verdicts = score_masks(fit.probs, noisy, data.spacing, class_names=data.class_names, archs=fit.archs,
+                           cfg=s.detector)
+    res = compare_seg_methods(fit.probs, noisy, data.masks, verdicts, records, s.seed, s.detector)
+    results = {"task": "segmentation", "settings": s.to_dict(), "n_images": len(data), "class_names": data.class_names,
+               "grid": list(data.images.shape[1:]), "corruptions": [r.to_row() for r in records], **res,
+               "timing_s": {"fit": round(t_fit, 1), "total": round(time.time() - t0, 1)}, **(extra or {})}
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
+        k = data.n_classes
+        truth = (to_channels(noisy, k) != to_channels(data.masks, k)).any((2, 3)).reshape(-1)
+        kind_of = {r.index: str(r.kind) for r in records}
+        with open(out_dir / "masks.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["id", "class", "corrupted", "planted_kind", "verdict", "kind", "score", "dice_consensus",
+                        "agreement_prob", "dual_consistency"])
+            for u, v in enumerate(verdicts):
+                planted = kind_of.get(v.index, "") if truth[u] else ""
+                w.writerow([data.stems[v.index], v.class_name, int(truth[u]), planted,
+                            str(v.verdict), v.kind or "", f"{v.score:.5f}", f"{v.dice_consensus:.4f}",
+                            f"{v.agreement_prob:.4f}", int(v.dual_consistency)])
+    return results, verdicts, fit, noisy
+
+
+def run_seg_evaluation(s: SegEvalSettings, out_dir: Path, *, progress: bool = True) -> dict:
+    """Load ``s.dataset`` (``DIR/images`` + ``DIR/masks``) at ``s.image_size`` and evaluate."""
+    from models.seg.data import load_segmentation_dataset
+
+    if s.dataset is None:
+        raise ValueError("a segmentation evaluation needs a data set folder")
+    data = load_segmentation_dataset(s.dataset, s.image_size)
+    return evaluate_segmentation(data, s, out_dir, progress=progress, extra={"dataset": s.dataset})[0]
+
+
+def seg_summary_table(results: dict) -> str:
+    """A plain-text table of the mask-level methods."""
+    lines = [f"{'method':<20} {'F1':>6} {'AUPRC':>6} {'prec':>6} {'recall':>6} {'flags':>6}"]
+    for name, r in results["methods"].items():
+        ap = "  n/a" if r["auprc"] is None else f"{r['auprc']:.3f}"
+        lines.append(f"{name:<20} {r['f1']:6.3f} {ap:>6} {r['precision']:6.3f} {r['recall']:6.3f} {r['n_flagged']:6d}")
+    px = results.get("pixel", {})
+    if px:
+        lines.append(f"pixel AUPRC: labelqa {px['labelqa']['auprc']}, cleanlab {px['cleanlab']['auprc']}")
+    return "\n".join(lines)
