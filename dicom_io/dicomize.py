@@ -491,7 +491,7 @@ def write_studies(
     t0 = time.perf_counter()
     if image_kind not in IMAGE_KINDS:
         raise DicomizeError(f"image kind must be one of {', '.join(IMAGE_KINDS)}, got {image_kind!r}")
-    missing = sorted({it.written_label for it in items} - set(vocabulary.class_names))
+    missing = sorted({it.written_label for it in items if it.mask is None} - set(vocabulary.class_names))
     if missing:
         raise DicomizeError(f"labels not in the vocabulary: {', '.join(missing)} (classes: {vocabulary.class_names})")
     out = Path(out)

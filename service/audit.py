@@ -99,16 +99,27 @@ def algorithm_info(bundle: Any) -> Any:
 
     params: dict[str, Any] = {"image_size": getattr(bundle, "image_size", None),
                               "classes": ",".join(getattr(bundle, "class_names", []))}
-    for k, v in sorted((getattr(bundle, "thresholds", None) or {}).items()):
+    thresholds = getattr(bundle, "thresholds", None) or {}
+    if hasattr(thresholds, "to_dict"):
+        thresholds = thresholds.to_dict()
+    for k, v in sorted(thresholds.items()):
         if k == "precision_steps":  # the ranking's step functions: in the bundle, too long for the SR
             continue
         params[f"threshold.{k}"] = json.dumps(v, separators=(",", ":")) if isinstance(v, (dict, list)) else v
     archs = getattr(bundle, "archs", None)
     if archs:
         params["members"] = ",".join(archs)
-    name = str(getattr(bundle, "meta", {}).get("name", "labelqa annotation-error detector"))
-    return AlgorithmInfo(name=name[:64], version=str(bundle.version), bundle_hash=str(bundle.content_hash),
+    meta = getattr(bundle, "meta", {})
+    default = "labelqa mask-error detector" if is_segmentation(bundle) else "labelqa annotation-error detector"
+    name = str(meta.get("name", default))
+    version = getattr(bundle, "version", None) or meta.get("version", "0")
+    return AlgorithmInfo(name=name[:64], version=str(version), bundle_hash=str(bundle.content_hash),
                          parameters=params)
+
+
+def is_segmentation(bundle: Any) -> bool:
+    """Whether ``bundle`` audits masks (a ``models.seg`` bundle) rather than class labels."""
+    return getattr(bundle, "meta", {}).get("task") == "segmentation"
 
 
 def _headers(files: Iterable[Path]) -> dict[str, Path]:
@@ -129,6 +140,20 @@ def _headers(files: Iterable[Path]) -> dict[str, Path]:
         if "SOPInstanceUID" in ds:
             out[str(ds.SOPInstanceUID)] = Path(p)
     return out
+
+
+def _by_study(paths: Iterable[Path]) -> list[list[Path]]:
+    """Files grouped by Study Instance UID (in first-seen order)."""
+    import pydicom
+
+    groups: dict[str, list[Path]] = {}
+    for p in paths:
+        try:
+            uid = str(pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["StudyInstanceUID"]).StudyInstanceUID)
+        except Exception:  # noqa: BLE001 - unreadable here: read_study reports it in its study
+            uid = ""
+        groups.setdefault(uid, []).append(p)
+    return list(groups.values())
 
 
 def _code(vocabulary: Any, name: str) -> Any:
@@ -289,17 +314,94 @@ def _cohort_text(bundle: Any, images: np.ndarray, given: list[str], groups: list
 
 def audit_study(files: Iterable[Path], bundle: Any, vocabulary: Any, *, device: str = "auto", batch_size: int = 64,
                 heatmaps_for_hard_cases: bool = False, parametric_maps: bool = False, member_panels: bool = False,
-                infer_fn: InferFn | None = None) -> tuple[list[Any], list[dict[str, Any]]]:
-    """Audit one study's files: (result datasets SR/SC/KOS, verdict rows). No annotations: ([], []).
+                infer_fn: InferFn | None = None) -> StudyAudit:
+    """Audit one study's files: result datasets (SR/SC/KOS, and SEG/SC for masks), verdict rows, issues.
 
-    ``infer_fn`` runs the model step elsewhere (default: ``infer`` with ``bundle`` here).
+    A segmentation bundle audits the study's SEG masks (:func:`audit_masks`); a label bundle its
+    labels. ``infer_fn`` runs the label model step elsewhere (default: ``infer`` with ``bundle`` here).
     """
-    (sa,) = _infer_and_write([read_study_input(files, bundle, vocabulary)], bundle, vocabulary, infer_fn,
-                             device=device, batch_size=batch_size, heatmaps_for_hard_cases=heatmaps_for_hard_cases,
-                             parametric_maps=parametric_maps, member_panels=member_panels)
+    files = [Path(f) for f in files]
+    if is_segmentation(bundle):
+        sa = audit_masks(files, bundle, vocabulary, device=device)
+    else:
+        (sa,) = _infer_and_write([read_study_input(files, bundle, vocabulary)], bundle, vocabulary, infer_fn,
+                                 device=device, batch_size=batch_size, heatmaps_for_hard_cases=heatmaps_for_hard_cases,
+                                 parametric_maps=parametric_maps, member_panels=member_panels)
     for issue in sa.issues:
         log.info("study %s: %s (%s)", sa.study_uid, issue.get("code"), issue.get("message"))
-    return sa.datasets, sa.rows
+    return sa
+
+
+def _finite(x: Any) -> float | None:
+    return float(x) if x is not None and np.isfinite(x) else None
+
+
+def audit_masks(files: Iterable[Path], bundle: Any, vocabulary: Any, *, device: str = "auto") -> StudyAudit:
+    """Audit the SEG masks of one study with a segmentation bundle.
+
+    Every (source frame, class of the bundle) a SEG refers to is one mask: the given mask (empty when
+    the SEG has no pixel of the class there) against the members' consensus on the frame's native
+    grid. Results: a TID 1411 group per mask in the QA report, an overlay SC and the consensus as a
+    suggested-correction SEG for each suspected mask error, the flagged frames in the KOS.
+    """
+    import pydicom
+
+    from dicom_io.annotations import read_study
+    from dicom_io.results import AuditedMask, write_results
+
+    by_uid = _headers(Path(f) for f in files)
+    classes = list(bundle.class_names)
+    aset = read_study([by_uid[u] for u in by_uid], vocabulary, masks=True, mask_classes=classes)
+    sa = StudyAudit(aset.study_uid, issues=[i.to_dict() for i in aset.issues])
+    frames: dict[tuple[str, str, int | None], list[Any]] = {}
+    for m in aset.mask_samples:
+        if m.class_name not in classes:
+            sa.issues.append({"code": LABEL_NOT_IN_BUNDLE, "annotation_uid": m.provenance.annotation_uid,
+                              "image_uid": m.provenance.image_uid,
+                              "message": f"class {m.class_name!r} is not a class of the bundle ({classes})"})
+            continue
+        if m.pixels.size == 0:
+            continue
+        frames.setdefault((m.provenance.annotation_uid, m.provenance.image_uid, m.provenance.frame), []).append(m)
+    if not frames:
+        return sa
+    groups = list(frames.values())
+    t0 = time.perf_counter()
+    verdicts = bundle.audit([g[0].pixels for g in groups], [{m.class_name: m.given_mask for m in g} for g in groups],
+                            [g[0].spacing for g in groups], device=device)
+    log.info("audited %d mask(s) on %d frame(s) in %.1f s", sum(map(len, groups)), len(groups),
+             time.perf_counter() - t0)
+    audited = []
+    for g, vs in zip(groups, verdicts, strict=True):
+        by_class = {v.class_name: v for v in vs}
+        for m in g:
+            v = by_class[m.class_name]
+            pv = m.provenance
+            regions = [{**r.to_row(), "bbox": tuple(r.bbox)} for r in v.regions]
+            hd95 = _finite(v.hd95_consensus) if v.distance_unit == "mm" else None
+            audited.append(AuditedMask.from_sample(
+                m, verdict=str(v.verdict), kind=None if v.kind is None else str(v.kind),
+                dice=_finite(v.dice_consensus), hd95_mm=hd95, agreement=_finite(v.agreement_dice),
+                priority=float(v.priority), score=_finite(v.score), consensus=v.consensus, regions=regions,
+                class_code=_code(vocabulary, m.class_name),
+            ))
+            sa.rows.append({
+                "study_uid": pv.study_uid, "annotation_uid": pv.annotation_uid, "source": "seg",
+                "segment_number": pv.segment_number, "image_uid": pv.image_uid, "frame": pv.frame,
+                "class": m.class_name, "given_label": m.class_name, "verdict": str(v.verdict),
+                "kind": None if v.kind is None else str(v.kind), "dice": _finite(v.dice_consensus),
+                "hd95": _finite(v.hd95_consensus), "distance_unit": v.distance_unit,
+                "agreement": _finite(v.agreement_dice), "priority": float(v.priority), "score": _finite(v.score),
+                "given_area_px": int(v.given_area_px), "consensus_area_px": int(v.consensus_area_px),
+                "regions": [{k: r[k] for k in ("kind", "area_px", "area_mm2")} | {"bbox": list(r["bbox"])}
+                            for r in regions],
+            })
+    needed = {a.image_uid for a in audited} | {a.annotation_uid for a in audited}
+    loaded = {u: pydicom.dcmread(by_uid[u]) for u in needed}
+    sources = {a.image_uid: loaded[a.image_uid] for a in audited}
+    annotations = {a.annotation_uid: loaded[a.annotation_uid] for a in audited}
+    sa.datasets = write_results(sources, annotations, [], algorithm_info(bundle), masks=audited)
+    return sa
 
 
 def audit_dicom_dir(bundle_path: Path | str, dicom_dir: Path | str, out_dir: Path | str, *,
@@ -321,17 +423,21 @@ def audit_dicom_dir(bundle_path: Path | str, dicom_dir: Path | str, out_dir: Pat
     bundle = load_bundle(bundle_path)
     vocab = resolve_vocabulary(bundle, Path(bundle_path), vocabulary)
     by_uid = _headers(p for p in sorted(dicom_dir.rglob("*")) if p.is_file())
-    sets = read_studies(list(by_uid.values()), vocab, pixel_transform=bundle.prepare_frame)
-    audits = _audit_sets(sets, by_uid, bundle, vocab, device=device, batch_size=batch_size,
-                         heatmaps_for_hard_cases=heatmaps_for_hard_cases, parametric_maps=parametric_maps,
-                        member_panels=member_panels)
+    if is_segmentation(bundle):
+        audits = [audit_masks(paths, bundle, vocab, device=device) for paths in _by_study(by_uid.values())]
+    else:
+        sets = read_studies(list(by_uid.values()), vocab, pixel_transform=bundle.prepare_frame)
+        audits = _audit_sets(sets, by_uid, bundle, vocab, device=device, batch_size=batch_size,
+                             heatmaps_for_hard_cases=heatmaps_for_hard_cases, parametric_maps=parametric_maps,
+                             member_panels=member_panels)
     written: list[str] = []
     for sa in audits:
         written += [str(p.relative_to(out_dir)) for p in save_results(sa.datasets, out_dir / "dicom")]
     items = [r for sa in audits for r in sa.rows]
     counts = {str(v): n for v in Verdict if (n := sum(r["verdict"] == v for r in items)) or v in LABEL_VERDICTS}
     summary = {
-        "bundle": {"path": str(bundle_path), "content_hash": bundle.content_hash, "version": bundle.version},
+        "bundle": {"path": str(bundle_path), "content_hash": bundle.content_hash,
+                   "version": getattr(bundle, "version", None) or bundle.meta.get("version")},
         "studies": sum(1 for sa in audits if sa.study_uid), "annotations": len(items), "verdicts": counts,
         "objects": written, "issues": [dict(i, study_uid=sa.study_uid) for sa in audits for i in sa.issues],
         "seconds": round(time.perf_counter() - t0, 2),

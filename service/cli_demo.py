@@ -31,6 +31,8 @@ def demo(
                                  "actors)."),
     ray_address: str | None = typer.Option(None, "--ray-address", help="HOST:PORT of a running Ray head for "
                                            "--executor ray (default: a local Ray instance)."),
+    task: str = typer.Option("labels", "--task", help="labels (TID 1500 SR class labels) or segmentation (DICOM SEG "
+                             "masks: synthetic shapes, some masks corrupted on purpose)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of the table."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the service's log lines."),
 ) -> None:
@@ -48,11 +50,14 @@ def demo(
     if ray_address and executor != "ray":
         typer.echo("error: --ray-address needs --executor ray", err=True)
         raise typer.Exit(2)
+    if task not in ("labels", "segmentation"):
+        typer.echo("error: --task must be labels or segmentation", err=True)
+        raise typer.Exit(2)
     _quiet_logging(verbose)
     cfg = DemoConfig(data_dir=data_dir, studies=studies, train_images=train_images, image_size=image_size,
                      classes=classes, noise_rate=noise_rate, epochs=epochs, archs=archs, seed=seed, device=device,
                      orthanc=orthanc, sender=sender, timeout_s=timeout, keep_running=keep_running,
-                     database_url=database_url, executor=executor, ray_address=ray_address)
+                     database_url=database_url, executor=executor, ray_address=ray_address, task=task)
 
     def echo(msg: str) -> None:
         # Progress goes to stderr with --json so stdout stays one JSON document.

@@ -28,7 +28,8 @@ def dicomize_cmd(
     image_kind: str = typer.Option("sc", "--image-kind", help="sc (Secondary Capture), dx (DX X-ray) or mr (MR)."),
     modality: str = typer.Option("OT", "--modality", help="Modality of Secondary Capture images (OT, DX, MR...)."),
     body_part: str = typer.Option("CHEST", "--body-part", help="Body Part Examined of the images."),
-    noise_rate: float = typer.Option(0.0, "--noise-rate", help="Fraction of labels to flip, in [0, 1)."),
+    noise_rate: float = typer.Option(0.0, "--noise-rate", help="Fraction of labels to flip (of masks to corrupt, "
+                                     "for images/ + masks/ data sets), in [0, 1)."),
     seed: int = typer.Option(0, "--seed", help="Seed for --noise-rate and --sample."),
     sample: int | None = typer.Option(None, "--sample", min=1, help="Convert a random subset of this many images."),
     group_by: str | None = typer.Option(
@@ -36,9 +37,13 @@ def dicomize_cmd(
     ),
     class_names: str | None = typer.Option(None, "--class-names", help="npz: comma-separated names of labels 0..n."),
 ) -> None:
-    """Convert an image data set into DICOM studies (image + TID 1500 SR or SEG label each)."""
+    """Convert an image data set into DICOM studies (image + TID 1500 SR or SEG label each).
+
+    A folder with images/ and masks/ (same file stems; mask 0 = background, 255 or 1..K = classes)
+    becomes image + DICOM SEG studies; --noise-rate then plants mask errors (recorded in the manifest).
+    """
     from dicom_io.vocabulary import VocabularyError
-    from service.dicomize import DicomizeError, dicomize
+    from service.dicomize import DicomizeError, dicomize, dicomize_masks, is_mask_dataset
 
     vocab = _load_vocab(vocabulary)
     names = [c.strip() for c in class_names.split(",")] if class_names else None
@@ -50,6 +55,17 @@ def dicomize_cmd(
         bar.total = total
         bar.update(done - bar.n)
 
+    if is_mask_dataset(dataset):
+        try:
+            r = dicomize_masks(dataset, out, vocabulary=vocab, modality=modality.upper(), body_part=body_part.upper(),
+                               noise_rate=noise_rate, seed=seed, sample=sample, progress=progress)
+        except (DicomizeError, VocabularyError) as e:
+            bar.close()
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        bar.close()
+        typer.echo(f"wrote {r.n_images} images with SEG masks to {r.out} (manifest: {r.manifest})")
+        return
     try:
         r = dicomize(
             dataset,

@@ -65,11 +65,13 @@ class DemoConfig:
     database_url: str | None = None  # an existing (e.g. PostgreSQL) database; default: SQLite in the run dir
     executor: str = "inprocess"  # inprocess | ray
     ray_address: str | None = None  # HOST:PORT of a Ray head; None with executor "ray": a local Ray
+    task: str = "labels"  # labels (SR class labels) | segmentation (SEG masks)
 
     def bundle_key(self) -> str:
         """Cache key of the trained bundle: everything that changes it."""
         parts = {"n": self.train_images, "size": self.image_size, "classes": self.classes, "epochs": self.epochs,
-                 "archs": self.archs, "seed": self.seed, "noise": self.noise_rate, "batch": self.batch_size, "v": 3}
+                 "archs": self.archs, "seed": self.seed, "noise": self.noise_rate, "batch": self.batch_size, "v": 3,
+                 **({"task": self.task} if self.task != "labels" else {})}
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -143,6 +145,10 @@ def train_demo_bundle(cfg: DemoConfig, data: DemoData, work: Path, echo=print) -
     bundle_dir = work / "bundles" / cfg.bundle_key()
     if (bundle_dir / "configs" / "metadata.json").is_file():
         return bundle_dir, True
+    if cfg.task == "segmentation":
+        from service.demo_seg import train_seg_demo_bundle
+
+        return train_seg_demo_bundle(cfg, data, bundle_dir, echo), False
     from models.bundle import train_bundle
     from models.train import TrainConfig
 
@@ -328,11 +334,23 @@ def run_demo(cfg: DemoConfig, echo=print) -> DemoReport:
     report = DemoReport(settings={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()})
 
     t0 = time.perf_counter()
-    data = make_demo_data(cfg, work)
-    n_planted = sum(1 for r in data.manifest if r["true_label"] != r["written_label"])
-    report.timings_s["make_data"] = time.perf_counter() - t0
-    echo(f"made {len(data.manifest)} DICOM studies (synthetic {cfg.image_size} px images of "
-         f"{', '.join(data.class_names)}; TID 1500 SR labels, {n_planted} flipped on purpose) in {data.studies_dir}")
+    if cfg.task == "segmentation":
+        from service.demo_seg import make_seg_demo_data
+
+        data = make_seg_demo_data(cfg, work)
+        n_planted = sum(1 for r in data.manifest if r.get("mask_corruption"))
+        report.timings_s["make_data"] = time.perf_counter() - t0
+        echo(f"made {len(data.manifest)} DICOM studies (synthetic {cfg.image_size} px images of "
+             f"{', '.join(data.class_names)}; DICOM SEG masks, {n_planted} corrupted on purpose) in {data.studies_dir}")
+    elif cfg.task == "labels":
+        data = make_demo_data(cfg, work)
+        n_planted = sum(1 for r in data.manifest if r["true_label"] != r["written_label"])
+        report.timings_s["make_data"] = time.perf_counter() - t0
+        echo(f"made {len(data.manifest)} DICOM studies (synthetic {cfg.image_size} px images of "
+             f"{', '.join(data.class_names)}; TID 1500 SR labels, {n_planted} flipped on purpose) in "
+             f"{data.studies_dir}")
+    else:
+        raise DemoError(f"--task must be labels or segmentation, not {cfg.task!r}")
 
     t0 = time.perf_counter()
     bundle, cached = train_demo_bundle(cfg, data, work, echo)
@@ -399,7 +417,12 @@ def run_demo(cfg: DemoConfig, echo=print) -> DemoReport:
         if outbox is not None:
             _wait_for(lambda: outbox.counts().get("pending", 0) == 0, cfg.timeout_s, "result delivery", echo)
         report.timings_s["until_delivered"] = time.perf_counter() - t0
-        _collect(report, jobs, data, study_uids)
+        if cfg.task == "segmentation":
+            from service.demo_seg import collect_seg
+
+            collect_seg(report, jobs, data, study_uids)
+        else:
+            _collect(report, jobs, data, study_uids)
         _html_reports(report, run_dir)
         if orthanc is not None:
             report.outputs["orthanc"] = _orthanc_outputs(orthanc, report)
@@ -561,8 +584,9 @@ def _html_reports(report: DemoReport, run_dir: Path) -> None:
         study = r["study_uid"]
         link = f"<a href='{escape(pages[study])}'>{escape(study[-12:])}</a>" if study in pages else escape(study[-12:])
         agr = "" if r.get("agreement") is None else f"{r['agreement']:.2f}"
-        lines.append(f"<tr><td>{link}</td><td>{escape(str(r['given_label']))}</td>"
-                     f"<td>{escape(str(r['consensus_label']))}</td><td>{escape(r['verdict'])}</td>"
+        lines.append(f"<tr><td>{link}</td><td>{escape(str(r.get('given_label')))}</td>"
+                     f"<td>{escape(str(r.get('consensus_label') or r.get('kind') or ''))}</td>"
+                     f"<td>{escape(r['verdict'])}</td>"
                      f"<td>{agr}</td><td>{'yes' if r['planted_error'] else ''}</td></tr>")
     lines.append("</table>")
     index = out / "index.html"
@@ -589,21 +613,28 @@ def _summary_line(report: DemoReport) -> str:
     s = report.summary
     p = "n/a" if s.get("precision") is None else f"{s['precision']:.2f}"
     r = "n/a" if s.get("recall") is None else f"{s['recall']:.2f}"
-    return (f"{s.get('annotations', 0)} annotations in {s.get('studies', 0)} studies; "
-            f"{s.get('planted_errors', 0)} planted label errors; flagged {s.get('flagged_and_planted', 0)} of them, "
+    what = "masks" if s.get("task") == "segmentation" else "annotations"
+    errors = "mask errors" if s.get("task") == "segmentation" else "label errors"
+    return (f"{s.get('annotations', 0)} {what} in {s.get('studies', 0)} studies; "
+            f"{s.get('planted_errors', 0)} planted {errors}; flagged {s.get('flagged_and_planted', 0)} of them, "
             f"{s.get('flagged_not_planted', 0)} false alarms (precision {p}, recall {r}); verdicts {s.get('verdicts')}")
 
 
 def _render(report: DemoReport) -> str:
     """The table and where things went, as text."""
-    head = f"{'study':<14} {'annotation':<14} {'given':<8} {'consensus':<10} {'verdict':<22} {'agree':>6}  planted"
-    lines = [head, "-" * len(head)]
-    for r in sorted(report.rows, key=lambda r: (r["verdict"] not in FLAGGED, not r["planted_error"],
-                                                r["study_uid"])):
-        agr = "" if r.get("agreement") is None else f"{r['agreement']:.2f}"
-        lines.append(f"...{r['study_uid'][-11:]:<11} ...{str(r['annotation_uid'])[-11:]:<11} "
-                     f"{str(r['given_label']):<8} {str(r['consensus_label']):<10} {r['verdict']:<22} {agr:>6}  "
-                     f"{'YES' if r['planted_error'] else ''}")
+    if report.summary.get("task") == "segmentation":
+        from service.demo_seg import render_seg_rows
+
+        lines = render_seg_rows(report)
+    else:
+        head = f"{'study':<14} {'annotation':<14} {'given':<8} {'consensus':<10} {'verdict':<22} {'agree':>6}  planted"
+        lines = [head, "-" * len(head)]
+        for r in sorted(report.rows, key=lambda r: (r["verdict"] not in FLAGGED, not r["planted_error"],
+                                                    r["study_uid"])):
+            agr = "" if r.get("agreement") is None else f"{r['agreement']:.2f}"
+            lines.append(f"...{r['study_uid'][-11:]:<11} ...{str(r['annotation_uid'])[-11:]:<11} "
+                         f"{str(r['given_label']):<8} {str(r['consensus_label']):<10} {r['verdict']:<22} {agr:>6}  "
+                         f"{'YES' if r['planted_error'] else ''}")
     lines += ["", _summary_line(report)]
     o = report.outputs
     files = o.get("result_files", [])

@@ -17,7 +17,8 @@ import numpy as np
 from dicom_io.dicomize import DicomizeError, DicomizeResult, StudyItem, write_studies
 from dicom_io.vocabulary import Vocabulary
 
-__all__ = ["dicomize", "DicomizeError", "DicomizeResult"]
+__all__ = ["dicomize", "dicomize_masks", "is_mask_dataset", "corruption_note", "planted_classes", "DicomizeError",
+           "DicomizeResult"]
 
 
 def _stored(load: Callable[[], np.ndarray]) -> np.ndarray:
@@ -91,3 +92,84 @@ def dicomize(
     return write_studies(study_items, out, vocabulary=vocabulary, dataset_name=Path(dataset).name,
                          modality=modality, image_kind=image_kind, body_part=body_part, seg=seg,
                          group_by=group_by, vocabulary_path=vocab_path, progress=progress)
+
+
+def is_mask_dataset(dataset: Path) -> bool:
+    """A segmentation data set: ``DIR/images`` and ``DIR/masks`` with the same file stems."""
+    return (Path(dataset) / "images").is_dir() and (Path(dataset) / "masks").is_dir()
+
+
+def corruption_note(op: str, before: np.ndarray, after: np.ndarray, names: list[str]) -> str:
+    """``op[class,...]``: the operation and the classes whose mask it changed (the manifest's mask_corruption)."""
+    changed = [names[k - 1] for k in range(1, len(names) + 1) if np.any((before == k) != (after == k))]
+    return f"{op}[{','.join(changed)}]"
+
+
+def planted_classes(note: str) -> set[str]:
+    """The classes a ``mask_corruption`` note says were changed (empty: the mask as drawn)."""
+    if not note or "[" not in note:
+        return set()
+    return {c for c in note[note.index("[") + 1 : note.rindex("]")].split(",") if c}
+
+
+def dicomize_masks(
+    dataset: Path,
+    out: Path,
+    *,
+    vocabulary: Vocabulary | None = None,
+    modality: str = "OT",
+    body_part: str = "CHEST",
+    noise_rate: float = 0.0,
+    seed: int = 0,
+    sample: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> DicomizeResult:
+    """Convert a segmentation data set (``DIR/images`` + ``DIR/masks``) into image + DICOM SEG studies.
+
+    ``noise_rate`` of the masks get a planted error (``models.seg.corruption.corrupt_masks``: eroded,
+    dilated, shifted, a component dropped, a blob added, a segment of the wrong type, in turn), each
+    recorded in the manifest's ``mask_corruption`` as ``op[changed classes]``. Images of different
+    sizes are corrupted per size group (the rate holds in each).
+    """
+    from models.data import DatasetError
+    from models.seg.corruption import corrupt_masks
+    from models.seg.data import read_segmentation_items
+
+    try:
+        items, names = read_segmentation_items(dataset)
+    except DatasetError as e:
+        raise DicomizeError(str(e)) from None
+    if sample is not None and sample < len(items):
+        items = sorted(random.Random(seed).sample(items, sample), key=lambda it: it[0])
+    written = [lab for _s, _im, lab in items]
+    notes = [""] * len(items)
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, (_s, _im, lab) in enumerate(items):
+        by_shape.setdefault(lab.shape, []).append(i)
+    try:
+        for g, idx in enumerate(by_shape.values()):
+            stack = np.stack([items[i][2] for i in idx])
+            corrupted, records = corrupt_masks(stack, noise_rate, seed=seed + g, n_classes=len(names))
+            for r in records:
+                i = idx[r.index]
+                written[i] = corrupted[r.index]
+                notes[i] = corruption_note(r.op, items[i][2], corrupted[r.index], names)
+    except ValueError as e:
+        raise DicomizeError(str(e)) from None
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    vocab_path = None
+    if vocabulary is None:
+        vocabulary = Vocabulary.from_class_names(names)
+        vocab_path = out / "vocabulary.toml"
+        vocabulary.to_toml(vocab_path)
+    unknown = [n for n in names if n not in vocabulary.class_names]
+    if unknown:
+        raise DicomizeError(f"mask classes not in the vocabulary: {', '.join(unknown)}")
+    study_items = [
+        StudyItem(f"images/{stem}", "", "", partial(_stored, partial(np.asarray, im)), mask=written[i],
+                  mask_classes=names, mask_corruption=notes[i])
+        for i, (stem, im, _lab) in enumerate(items)
+    ]
+    return write_studies(study_items, out, vocabulary=vocabulary, dataset_name=Path(dataset).name,
+                         modality=modality, body_part=body_part, vocabulary_path=vocab_path, progress=progress)

@@ -55,6 +55,18 @@ def _plain(v: Any) -> Any:
     return str(v)
 
 
+def unaudited_reason(issues: list[dict[str, Any]]) -> str:
+    """Why a study with annotation objects gave nothing to audit: its read issues, summarised."""
+    if not issues:
+        return "no annotation in the study could be read with the vocabulary"
+    counts: dict[str, int] = {}
+    for i in issues:
+        counts[str(i.get("code"))] = counts.get(str(i.get("code")), 0) + 1
+    first = str(issues[0].get("message", ""))[:200]
+    summary = ", ".join(f"{n} {code}" for code, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    return f"no annotation could be audited: {summary} (first: {first})"
+
+
 class Pipeline:
     """Wires the store's stable events to audit jobs, the executor, the results and the outbox."""
 
@@ -161,9 +173,14 @@ class Pipeline:
         try:  # one tiny inference so the first study does not pay for lazy initialisation
             import numpy as np
 
+            from service.audit import is_segmentation
+
             size = int(bundle.image_size)
-            bundle.audit(np.zeros((1, size, size), np.float32), [bundle.class_names[0]],
-                         batch_size=1, device=self.settings.audit.device)
+            if is_segmentation(bundle):
+                bundle.audit([np.zeros((size, size), np.float32)], [{}], device=self.settings.audit.device)
+            else:
+                bundle.audit(np.zeros((1, size, size), np.float32), [bundle.class_names[0]],
+                             batch_size=1, device=self.settings.audit.device)
         except Exception as e:  # noqa: BLE001 - warming is an optimisation only
             log.warning("model warm-up inference failed: %s", e)
 
@@ -187,15 +204,15 @@ class Pipeline:
         inputs = sorted(r.sop_instance_uid for r in theirs)
         t0 = time.perf_counter()
         a = self.settings.audit
-        datasets, rows = audit_study(files, bundle, vocabulary, device=a.device, batch_size=a.batch_size,
-                                     heatmaps_for_hard_cases=a.heatmaps_for_hard_cases, infer_fn=infer_fn)
+        sa = audit_study(files, bundle, vocabulary, device=a.device, batch_size=a.batch_size,
+                         heatmaps_for_hard_cases=a.heatmaps_for_hard_cases, infer_fn=infer_fn)
+        datasets = sa.datasets
         audit_s = time.perf_counter() - t0
-        rows = verdict_rows(rows)
+        rows = verdict_rows(sa.rows)
         if not rows:
             return Outcome(
-                state=NO_ANNOTATIONS, n_samples=0, n_flagged=0,
-                reason="no annotation in the study could be read with the vocabulary",
-                result={"inputs": inputs, "rows": [], "outputs": []},
+                state=NO_ANNOTATIONS, n_samples=0, n_flagged=0, reason=unaudited_reason(sa.issues),
+                result={"inputs": inputs, "rows": [], "outputs": [], "issues": sa.issues},
             )
         out_dir = self.results_dir / job.study_uid
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -64,10 +64,13 @@ def default_data_root() -> Path:
     return Path(os.environ.get("LABELQA_DATA_ROOT", "/work/shared/data/segmentation"))
 
 
-def read_label_map(path: Path) -> np.ndarray:
-    """A mask file as an int64 (H, W) label map: two values (0/255, 0/1, or a palette's 3/253) -> {0, 1}, the
-    brighter being the class; one value v > 0 -> all ones; otherwise the values are the classes."""
+def read_label_map(path: Path, n_classes: int | None = None) -> np.ndarray:
+    """A mask file as an int64 (H, W) label map. With ``n_classes`` (the data set's ``classes.txt``), values
+    0..K are the classes as they are. Otherwise, or with other values: two values (0/255, 0/1, or a palette's
+    3/253) -> {0, 1}, the brighter being the class; one value v > 0 -> all ones; else the values are classes."""
     raw = read_image_file(path).astype(np.int64)
+    if n_classes is not None and raw.min(initial=0) >= 0 and raw.max(initial=0) <= n_classes:
+        return raw
     vals = np.unique(raw)
     if len(vals) == 2:
         return (raw == vals[1]).astype(np.int64)
@@ -131,7 +134,7 @@ def read_segmentation_items(path: str | Path) -> tuple[list[tuple[str, np.ndarra
     items = []
     for s in stems:
         try:
-            im, lab = to_grey(read_image_file(imgs[s])), read_label_map(masks[s])
+            im, lab = to_grey(read_image_file(imgs[s])), read_label_map(masks[s], len(names) if names else None)
         except (OSError, ValueError) as e:
             raise DatasetError(f"cannot read {s}: {e}") from e
         if im.shape != lab.shape:
