@@ -101,8 +101,11 @@ class PgServer:
         os.kill(self.pid, signal.SIGKILL)
 
 
-def start_pg_server(root: Path | None = None, max_connections: int = 200) -> PgServer:
-    """initdb + pg_ctl start in ``root`` (default: a new temp dir); raises RuntimeError when it fails."""
+def start_pg_server(root: Path | None = None, max_connections: int = 200, *, durable: bool = False) -> PgServer:
+    """initdb + pg_ctl start in ``root`` (default: a new temp dir); raises RuntimeError when it fails.
+
+    ``durable`` keeps PostgreSQL's defaults (fsync, synchronous commit: for benchmarks); tests run
+    without them (faster, and a test database need not survive a power cut)."""
     bindir = pg_bindir()
     if bindir is None:
         raise RuntimeError("PostgreSQL binaries (initdb, pg_ctl) not found")
@@ -120,8 +123,9 @@ def start_pg_server(root: Path | None = None, max_connections: int = 200) -> PgS
         raise RuntimeError(f"initdb failed: {r.stderr.strip()[-800:]}")
     port = free_port()
     opts = (f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={sock} "
-            f"-c max_connections={max_connections} -c fsync=off -c synchronous_commit=off "
-            "-c full_page_writes=off -c shared_buffers=64MB")
+            f"-c max_connections={max_connections} -c shared_buffers=64MB")
+    if not durable:
+        opts += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
     log = root / "postgres.log"
     r = subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(log), "-w",
                         "-t", "120", "start"], capture_output=True, text=True, timeout=180)

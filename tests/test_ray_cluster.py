@@ -214,3 +214,26 @@ print(json.dumps({"local": digests(local), "remote": digests(remote),
     assert got["probs_equal"]
     workers = {n.node_id for n in cluster.nodes[1:]}
     assert got["nodes"] and set(got["nodes"]) <= workers, "the fits ran on the worker nodes"
+
+
+def test_demo_on_postgresql_and_the_ray_cluster_reports_the_nodes(cluster, small_demo, pg_url):  # noqa: F811
+    """``labelqa demo --database-url URL --executor ray --ray-address HOST:PORT --json``."""
+    from tests.ray_cluster import ray_env
+
+    cfg = small_demo.cfg
+    args = ["demo", "--json", "--data-dir", str(small_demo.work), "--studies", str(cfg.studies),
+            "--train-images", str(cfg.train_images), "--image-size", str(cfg.image_size), "--classes",
+            str(cfg.classes), "--noise-rate", str(cfg.noise_rate), "--epochs", str(cfg.epochs), "--seed",
+            str(cfg.seed), "--device", "cpu", "--timeout", "300", "--database-url", pg_url, "--executor", "ray",
+            "--ray-address", cluster.address]
+    for run in range(2):  # a second run on the same database audits everything again
+        r = cluster.ns.run([*labelqa_cmd(), *args], env=ray_env(), timeout=900)
+        assert r.returncode == 0, r.stderr[-3000:]
+        report = json.loads(r.stdout)
+        ex = report["executor"]
+        assert ex["kind"] == "ray" and ex["nodes"] == 3, ex
+        assert sum(ex["jobs_by_node"].values()) == cfg.studies, ex
+        assert set(ex["jobs_by_node"]) <= {n.node_id for n in cluster.nodes}
+        assert len(report["rows"]) == cfg.studies
+        assert report["summary"]["planted_errors"] >= 1
+        assert report["summary"]["flagged_and_planted"] == report["summary"]["planted_errors"]
