@@ -149,7 +149,7 @@ def ingest_rates(rounds: int, n: int, tmp: Path) -> dict[str, Any]:
 
     from tests.pg_fixture import start_pg_server
 
-    server = start_pg_server(tmp / "pg", durable=True)
+    server = start_pg_server(durable=True)  # its own /tmp dir: user postgres must reach it
     receivers: list[Any] = [Labelqa(), _LabelqaPostgres(server), Orthanc()]
     rates: dict[str, list[float]] = {r.name: [] for r in receivers}
     counts: dict[str, list[int]] = {r.name: [] for r in receivers}
@@ -180,6 +180,7 @@ def ingest_rates(rounds: int, n: int, tmp: Path) -> dict[str, Any]:
                 shutil.rmtree(work, ignore_errors=True)
     finally:
         server.stop()
+        shutil.rmtree(server.root, ignore_errors=True)
     med = {k: statistics.median(v) for k, v in rates.items()}
     return {"instances": n, "rounds": rounds, "instances_per_s": rates, "stored_counts": counts,
             "median_instances_per_s": med,
@@ -194,7 +195,13 @@ def run(a: argparse.Namespace, command: str) -> dict[str, Any]:
     from tests.pipeline_fixtures import small_demo_for
     from tests.ray_cluster import RayCluster, ray_env
 
+    import torch
+
+    # One intra-op thread per audit worker, as Ray gives each 1-CPU actor (OMP_NUM_THREADS=1): on a
+    # shared, loaded machine a 2-thread OpenMP pool per worker ran the in-process audits 10x slower.
+    torch.set_num_threads(1)
     info = machine()
+    info["torch_threads_per_worker"] = 1
     result: dict[str, Any] = {"benchmark": "scaleout", "command": command, "machine": info}
     with tempfile.TemporaryDirectory(prefix="lqscale") as tmp_s:
         tmp = Path(tmp_s)
