@@ -190,12 +190,11 @@ def ingest_rates(rounds: int, n: int, tmp: Path) -> dict[str, Any]:
 
 
 def run(a: argparse.Namespace, command: str) -> dict[str, Any]:
+    import torch
     from ingest import machine, tool_version
 
     from tests.pipeline_fixtures import small_demo_for
     from tests.ray_cluster import RayCluster, ray_env
-
-    import torch
 
     # One intra-op thread per audit worker, as Ray gives each 1-CPU actor (OMP_NUM_THREADS=1): on a
     # shared, loaded machine a 2-thread OpenMP pool per worker ran the in-process audits 10x slower.

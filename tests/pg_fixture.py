@@ -17,7 +17,6 @@ import itertools
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -26,13 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-
-def free_port() -> int:
-    """A TCP port free on loopback right now (conftest imports this module, so not from there)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def pg_bindir() -> Path | None:
@@ -117,6 +109,8 @@ def start_pg_server(root: Path | None = None, max_connections: int = 200, *, dur
     if prefix:
         shutil.chown(root, "postgres", "postgres")
         shutil.chown(sock, "postgres", "postgres")
+    from tests.conftest import free_port  # here: conftest imports this module
+
     r = subprocess.run([*prefix, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
                         "--encoding=UTF8", "--no-sync"], capture_output=True, text=True, timeout=300)
     if r.returncode != 0:

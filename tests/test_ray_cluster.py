@@ -226,7 +226,7 @@ def test_demo_on_postgresql_and_the_ray_cluster_reports_the_nodes(cluster, small
             str(cfg.classes), "--noise-rate", str(cfg.noise_rate), "--epochs", str(cfg.epochs), "--seed",
             str(cfg.seed), "--device", "cpu", "--timeout", "300", "--database-url", pg_url, "--executor", "ray",
             "--ray-address", cluster.address]
-    for run in range(2):  # a second run on the same database audits everything again
+    for _ in range(2):  # a second run on the same database audits everything again
         r = cluster.ns.run([*labelqa_cmd(), *args], env=ray_env(), timeout=900)
         assert r.returncode == 0, r.stderr[-3000:]
         report = json.loads(r.stdout)
