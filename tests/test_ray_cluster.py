@@ -9,7 +9,7 @@ outbox on a real PostgreSQL (unix socket). Asserted:
 - every study is audited on a worker node (never on the head, which has no ``labelqa_gpu``);
 - ``kill -9`` of a worker node's raylet (and the rest of that node) while it runs a model step:
   the job runs again on the other worker; every study ends with exactly one finished audit, one
-  result set on disk and one SR delivered;
+  result set on disk and one SR delivered; a new node joining gets the lost actor back;
 - the cross-fit fits of ``fit_ensemble`` as Ray tasks on the worker nodes give the same member
   weights as the local run with the same seeds (CPU, one thread).
 """
@@ -140,6 +140,12 @@ def test_serve_audits_on_worker_nodes_and_a_killed_node_loses_nothing(cluster, s
         assert len(srs) == len(set(srs)) == len(studies), "one SR per study, delivered once"
         h = _health(c, api_port)["model"]
         print("jobs by node:", h["jobs_by_node"], "retried:", [(j.id, j.reason) for j in retried])
+
+        # a replacement node joins: the lost actor restarts there (the bundle bytes are still owned by the gateway)
+        c_node = c.add_worker("worker-c", {"labelqa_gpu": 1})
+        wait_for(lambda: _health(c, api_port).get("model", {}).get("actors_ready") == 2, 180,
+                 "the lost actor restarted on the new node")
+        assert set(_health(c, api_port)["model"]["actor_nodes"]) == {b.node_id, c_node.node_id}
     finally:
         if serve.poll() is None:
             serve.send_signal(signal.SIGTERM)
