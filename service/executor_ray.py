@@ -216,7 +216,7 @@ class _ActorPool:
             try:
                 info = ray.get(ref)
             except _lost_errors() as e:  # restarting (or dead for good): ask again in a moment
-                log.info("audit actor not available yet: %s", type(e).__name__)
+                log.debug("audit actor not available yet: %s", type(e).__name__)
                 time.sleep(1.0)
                 continue
             except Exception as e:  # noqa: BLE001 - the constructor failed: a bad bundle, out of memory
@@ -257,6 +257,7 @@ class RayExecutor:
         self._stop = threading.Event()
         self._pool = _ActorPool(self._stop)
         self._actors: list[Any] = []
+        self._archive: Any = None  # ObjectRef of the bundle bytes
         self._inner: InProcessExecutor | None = None
         self._connected = False
         self.card: BundleCard | None = None
@@ -284,7 +285,8 @@ class RayExecutor:
         if missing:
             log.warning("no node offers the actor resources %s yet (cluster: %s); audits wait for one", missing,
                         {k: v for k, v in cluster.items() if not k.startswith("node:")})
-        archive = ray.put(bundle_archive(audit.bundle))
+        # kept referenced for the executor's life: an actor restarted on another node reads it again
+        self._archive = archive = ray.put(bundle_archive(audit.bundle))
         opts: dict[str, Any] = {"num_cpus": self.settings.num_cpus, "max_restarts": -1, "max_task_retries": 0,
                                 "max_concurrency": 1}
         if num_gpus:
@@ -324,6 +326,7 @@ class RayExecutor:
             except Exception:  # noqa: BLE001 - already gone
                 pass
         self._actors = []
+        self._archive = None
         if self._connected and ray.is_initialized():
             ray.shutdown()
             self._connected = False

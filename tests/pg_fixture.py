@@ -17,7 +17,6 @@ import itertools
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -26,13 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-
-def free_port() -> int:
-    """A TCP port free on loopback right now (conftest imports this module, so not from there)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def pg_bindir() -> Path | None:
@@ -101,8 +93,11 @@ class PgServer:
         os.kill(self.pid, signal.SIGKILL)
 
 
-def start_pg_server(root: Path | None = None, max_connections: int = 200) -> PgServer:
-    """initdb + pg_ctl start in ``root`` (default: a new temp dir); raises RuntimeError when it fails."""
+def start_pg_server(root: Path | None = None, max_connections: int = 200, *, durable: bool = False) -> PgServer:
+    """initdb + pg_ctl start in ``root`` (default: a new temp dir); raises RuntimeError when it fails.
+
+    ``durable`` keeps PostgreSQL's defaults (fsync, synchronous commit: for benchmarks); tests run
+    without them (faster, and a test database need not survive a power cut)."""
     bindir = pg_bindir()
     if bindir is None:
         raise RuntimeError("PostgreSQL binaries (initdb, pg_ctl) not found")
@@ -114,14 +109,17 @@ def start_pg_server(root: Path | None = None, max_connections: int = 200) -> PgS
     if prefix:
         shutil.chown(root, "postgres", "postgres")
         shutil.chown(sock, "postgres", "postgres")
+    from tests.conftest import free_port  # here: conftest imports this module
+
     r = subprocess.run([*prefix, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
                         "--encoding=UTF8", "--no-sync"], capture_output=True, text=True, timeout=300)
     if r.returncode != 0:
         raise RuntimeError(f"initdb failed: {r.stderr.strip()[-800:]}")
     port = free_port()
     opts = (f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={sock} "
-            f"-c max_connections={max_connections} -c fsync=off -c synchronous_commit=off "
-            "-c full_page_writes=off -c shared_buffers=64MB")
+            f"-c max_connections={max_connections} -c shared_buffers=64MB")
+    if not durable:
+        opts += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
     log = root / "postgres.log"
     r = subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(log), "-w",
                         "-t", "120", "start"], capture_output=True, text=True, timeout=180)

@@ -125,12 +125,15 @@ class RayCluster:
                 return a.split(b"=", 1)[1].decode()
         return None
 
-    def start_head(self, num_cpus: int = 1, timeout: float = 180.0) -> RayNode:
+    def start_head(self, num_cpus: int = 1, resources: dict[str, float] | None = None,
+                   timeout: float = 180.0) -> RayNode:
         from tests.conftest import free_port
 
         self.port = free_port()
-        return self._start("head", ["--head", "--port", str(self.port), "--num-cpus", str(num_cpus),
-                                    "--include-dashboard", "false", "--temp-dir", str(self.temp_dir)], {}, timeout)
+        extra = ["--resources", json.dumps(resources)] if resources else []
+        return self._start("head", ["--head", "--port", str(self.port), "--num-cpus", str(num_cpus), *extra,
+                                    "--include-dashboard", "false", "--temp-dir", str(self.temp_dir)],
+                           dict(resources or {}), timeout)
 
     def add_worker(self, name: str, resources: dict[str, float], num_cpus: int = 1,
                    timeout: float = 180.0) -> RayNode:

@@ -9,7 +9,7 @@ outbox on a real PostgreSQL (unix socket). Asserted:
 - every study is audited on a worker node (never on the head, which has no ``labelqa_gpu``);
 - ``kill -9`` of a worker node's raylet (and the rest of that node) while it runs a model step:
   the job runs again on the other worker; every study ends with exactly one finished audit, one
-  result set on disk and one SR delivered;
+  result set on disk and one SR delivered; a new node joining gets the lost actor back;
 - the cross-fit fits of ``fit_ensemble`` as Ray tasks on the worker nodes give the same member
   weights as the local run with the same seeds (CPU, one thread).
 """
@@ -140,6 +140,12 @@ def test_serve_audits_on_worker_nodes_and_a_killed_node_loses_nothing(cluster, s
         assert len(srs) == len(set(srs)) == len(studies), "one SR per study, delivered once"
         h = _health(c, api_port)["model"]
         print("jobs by node:", h["jobs_by_node"], "retried:", [(j.id, j.reason) for j in retried])
+
+        # a replacement node joins: the lost actor restarts there (the bundle bytes are still owned by the gateway)
+        c_node = c.add_worker("worker-c", {"labelqa_gpu": 1})
+        wait_for(lambda: _health(c, api_port).get("model", {}).get("actors_ready") == 2, 180,
+                 "the lost actor restarted on the new node")
+        assert set(_health(c, api_port)["model"]["actor_nodes"]) == {b.node_id, c_node.node_id}
     finally:
         if serve.poll() is None:
             serve.send_signal(signal.SIGTERM)
@@ -214,3 +220,26 @@ print(json.dumps({"local": digests(local), "remote": digests(remote),
     assert got["probs_equal"]
     workers = {n.node_id for n in cluster.nodes[1:]}
     assert got["nodes"] and set(got["nodes"]) <= workers, "the fits ran on the worker nodes"
+
+
+def test_demo_on_postgresql_and_the_ray_cluster_reports_the_nodes(cluster, small_demo, pg_url):  # noqa: F811
+    """``labelqa demo --database-url URL --executor ray --ray-address HOST:PORT --json``."""
+    from tests.ray_cluster import ray_env
+
+    cfg = small_demo.cfg
+    args = ["demo", "--json", "--data-dir", str(small_demo.work), "--studies", str(cfg.studies),
+            "--train-images", str(cfg.train_images), "--image-size", str(cfg.image_size), "--classes",
+            str(cfg.classes), "--noise-rate", str(cfg.noise_rate), "--epochs", str(cfg.epochs), "--seed",
+            str(cfg.seed), "--device", "cpu", "--timeout", "300", "--database-url", pg_url, "--executor", "ray",
+            "--ray-address", cluster.address]
+    for _ in range(2):  # a second run on the same database audits everything again
+        r = cluster.ns.run([*labelqa_cmd(), *args], env=ray_env(), timeout=900)
+        assert r.returncode == 0, r.stderr[-3000:]
+        report = json.loads(r.stdout)
+        ex = report["executor"]
+        assert ex["kind"] == "ray" and ex["nodes"] == 3, ex
+        assert sum(ex["jobs_by_node"].values()) == cfg.studies, ex
+        assert set(ex["jobs_by_node"]) <= {n.node_id for n in cluster.nodes}
+        assert len(report["rows"]) == cfg.studies
+        assert report["summary"]["planted_errors"] >= 1
+        assert report["summary"]["flagged_and_planted"] == report["summary"]["planted_errors"]
