@@ -73,6 +73,19 @@ VERDICT_COUNT_CODES: dict[str, Code] = {
 ANNOTATION_OBJECT = _c("LQA-0401", "Audited annotation object")
 SALIENCY_HEATMAP = _c("LQA-0402", "Consensus saliency heatmap")
 
+# Human review of the flags (the review workbench, issue 19).
+REVIEWER_DECISION = _c("LQA-0501", "Reviewer decision")
+CORRECTED_LABEL = _c("LQA-0502", "Corrected label")
+ERROR_CONFIRMED = _c("LQA-0511", "Annotation error confirmed by reviewer")
+LABEL_CONFIRMED = _c("LQA-0512", "Annotation confirmed correct by reviewer")
+REVIEWER_UNSURE = _c("LQA-0513", "Reviewer unsure")
+
+DECISION_CODES: dict[str, Code] = {
+    "label_wrong": ERROR_CONFIRMED,
+    "label_right": LABEL_CONFIRMED,
+    "unsure": REVIEWER_UNSURE,
+}
+
 UNIT_ONE = Code("1", "UCUM", "no units")
 """UCUM unity: all scores are dimensionless."""
 
