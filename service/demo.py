@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import subprocess
 import time
@@ -351,12 +352,18 @@ def run_demo(cfg: DemoConfig, echo=print) -> DemoReport:
         archive = _Archive(run_dir / "archive", _free_port())
         dest = Destination(name="archive", kind="dicom", ae_title=archive.ae_title, host="127.0.0.1",
                            port=archive.port)
+    # with --keep-running a person reviews the flags in the browser: login on, a fresh reviewer token
+    reviewer_token = secrets.token_urlsafe(18) if cfg.keep_running else None
     settings = load_settings(None, {
         "store": {"data_dir": run_dir / "labelqa", "stable_after_s": 1.0},
         "listener": {"host": "127.0.0.1", "port": lq_port, "min_free_disk_mb": 0},
         "audit": {"bundle": bundle, "vocabulary": data.vocabulary, "device": cfg.device},
         "outbox": {"destinations": [dest.model_dump()], "backoff_base_s": 0.5, "poll_interval_s": 0.2},
         "api": {"host": "127.0.0.1", "port": api_port},
+        **({"auth": {"users": [{"name": "reviewer", "role": "reviewer", "token": reviewer_token,
+                                "display_name": "Demo^Reviewer"},
+                               {"name": "admin", "role": "admin", "token": secrets.token_urlsafe(18)}]}}
+           if reviewer_token else {}),
     })
     svc = Service(settings)
     for spec in service_components(settings):
@@ -402,8 +409,13 @@ def run_demo(cfg: DemoConfig, echo=print) -> DemoReport:
         if outbox is not None:
             report.outputs["outbox"] = outbox.counts()
         report.timings_s["total"] = time.perf_counter() - t_start
+        report.outputs["worklist"] = f"http://127.0.0.1:{api_port}/review"
         if cfg.keep_running:
             echo(_render(report))
+            echo(f"worklist: http://127.0.0.1:{api_port}/review")
+            if reviewer_token:
+                echo(f"reviewer token: {reviewer_token}")
+                echo("(log in as 'reviewer' with that token; the API takes it as 'Authorization: Bearer <token>')")
             echo("the service keeps running; press Ctrl-C to stop")
             try:
                 while True:

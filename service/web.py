@@ -65,8 +65,9 @@ def _templates() -> Any:
 
 def _filter(verdict: str | None, label: str | None, modality: str | None, date_from: str | None,
             date_to: str | None, series_uid: str | None, study_uid: str | None, status: str | None) -> WorklistFilter:
-    def clean(v: str | None) -> str | None:
-        return v.strip() or None if isinstance(v, str) else None
+    def clean(v: str | None) -> str | None:  # "" and "any" mean no filter
+        v = v.strip() if isinstance(v, str) else None
+        return None if not v or v == "any" else v
 
     return WorklistFilter(verdict=clean(verdict), label=clean(label), modality=clean(modality),
                           date_from=clean(date_from), date_to=clean(date_to), series_uid=clean(series_uid),
@@ -323,7 +324,7 @@ def install(app: FastAPI, review: ReviewService, auth: Auth, *, stats_extra: Any
             pg = r.store.worklist(f, limit=per_page, offset=(page_no - 1) * per_page)
         except DecisionError as e:
             raise HTTPException(422, str(e)) from None
-        query = {k: v for k, v in dict(verdict=f.verdict or "", label=f.label, modality=f.modality,
+        query = {k: v for k, v in dict(verdict=f.verdict or "any", label=f.label, modality=f.modality,
                                           date_from=f.date_from, date_to=f.date_to, series_uid=f.series_uid,
                                           status=f.status).items() if v is not None}
         pages = max(1, -(-pg.total // per_page))
@@ -337,7 +338,7 @@ def install(app: FastAPI, review: ReviewService, auth: Auth, *, stats_extra: Any
         it = item_or_404(item_id)
         f = _filter(verdict, None, None, None, None, None, None, status)
         prev, nxt = review.store.neighbours(item_id, f)
-        query = {k: v for k, v in dict(verdict=f.verdict or "", status=f.status).items() if v is not None}
+        query = {k: v for k, v in dict(verdict=f.verdict or "any", status=f.status).items() if v is not None}
         return render("item.html", request, p, item=it, why=why_flagged(it), prev_id=prev, next_id=nxt,
                       labels=review.class_names(), query=query, saved=saved,
                       members=sorted((it.get("member_probs") or {}).items()),
@@ -360,7 +361,7 @@ def install(app: FastAPI, review: ReviewService, auth: Auth, *, stats_extra: Any
         _, nxt = review.store.neighbours(item_id, f)
         from urllib.parse import urlencode
 
-        q = urlencode({k: v for k, v in dict(verdict=f.verdict or "", status=f.status or "").items()})
+        q = urlencode({k: v for k, v in dict(verdict=f.verdict or "any", status=f.status or "any").items()})
         target = nxt if (go == "next" and nxt is not None) else item_id
         return RedirectResponse(f"/review/items/{target}?{q}&saved={item_id}", status_code=303)
 

@@ -114,6 +114,8 @@ def _verify(ds: Dataset, reviewer: Reviewer, predecessors: Sequence[Dataset]) ->
     """VERIFIED by ``reviewer`` (SR Document General Module), superseding ``predecessors``."""
     ds.CompletionFlag = "COMPLETE"
     ds.VerificationFlag = "VERIFIED"
+    if "PreliminaryFlag" in ds:
+        ds.PreliminaryFlag = "FINAL"
     obs = Dataset()
     obs.VerifyingObserverName = reviewer.name
     obs.VerifyingObserverIdentificationCodeSequence = DicomSequence([])
