@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -118,10 +119,11 @@ class AuditedRow(Base):
 
     __table_args__ = (
         UniqueConstraint("annotation_uid", "segment_number", "content_path", name="uq_audited_annotation"),
-        Index("ix_audited_priority", "priority", "id"),
-        Index("ix_audited_verdict_priority", "verdict", "priority", "id"),
-        Index("ix_audited_flagged_priority", "flagged", "priority", "id"),
-        Index("ix_audited_label_priority", "given_label", "priority", "id"),
+        # the worklist order (current rows by priority, id) for each common filter: pages are index walks
+        Index("ix_audited_priority", "current", "priority", "id"),
+        Index("ix_audited_verdict_priority", "current", "verdict", "priority", "id"),
+        Index("ix_audited_flagged_priority", "current", "flagged", "priority", "id"),
+        Index("ix_audited_label_priority", "current", "given_label", "priority", "id"),
         Index("ix_audited_study", "study_uid"),
     )
 
@@ -303,6 +305,10 @@ class ReviewStore:
         self._sync_lock = threading.Lock()
         self._decide_lock = threading.Lock()
         self._last_seen_max = -1
+        self._facets: dict[str, Any] | None = None  # distinct labels / modalities / series; reset on indexing
+        self._gen = 0  # bumped on every write through this store (cache stamps)
+        self._counts: dict[tuple[Any, ...], int] = {}
+        self._stats: tuple[Any, dict[str, Any]] | None = None
 
     # ---------------------------------------------------------------- indexing audits
 
@@ -355,7 +361,8 @@ class ReviewStore:
                         for r in s.scalars(select(AuditedRow).where(AuditedRow.study_uid == study_uid))}
             seen: set[int] = set()
             for row in rows:
-                key = (str(row["annotation_uid"]), int(row.get("segment_number") or 0), str(row.get("content_path") or ""))
+                key = (str(row["annotation_uid"]), int(row.get("segment_number") or 0),
+                       str(row.get("content_path") or ""))
                 rec = existing.get(key)
                 if rec is None:
                     rec = AuditedRow(annotation_uid=key[0], segment_number=key[1], content_path=key[2],
@@ -393,6 +400,8 @@ class ReviewStore:
             stale = [r.id for r in existing.values() if r.id not in seen and r.current]
             if stale:
                 s.execute(update(AuditedRow).where(AuditedRow.id.in_(stale)).values(current=False))
+        self._facets = None
+        self._gen += 1
         return len(rows)
 
     def bulk_index(self, rows: Iterable[dict[str, Any]], *, job_id: int = 0, chunk: int = 5000) -> int:
@@ -404,7 +413,7 @@ class ReviewStore:
         def flush() -> None:
             if buf:
                 with self.engine.begin() as c:
-                    c.execute(AuditedRow.__table__.insert(), buf)
+                    c.execute(AuditedRow.__table__.insert(), buf)  # type: ignore[attr-defined]
                 buf.clear()
 
         for r in rows:
@@ -426,6 +435,8 @@ class ReviewStore:
             if len(buf) >= chunk:
                 flush()
         flush()
+        self._facets = None
+        self._gen += 1
         return n
 
     def _image_context(self, image_uids: list[str]) -> dict[str, dict[str, Any]]:
@@ -451,7 +462,7 @@ class ReviewStore:
 
     def _filtered(self, f: WorklistFilter) -> Any:
         q = select(AuditedRow, DecisionRow).outerjoin(DecisionRow, DecisionRow.item_id == AuditedRow.id)
-        conds = []
+        conds: list[Any] = []
         if not f.include_stale:
             conds.append(AuditedRow.current.is_(True))
         if f.verdict == "flagged":
@@ -491,25 +502,50 @@ class ReviewStore:
         if f.status and f.status not in ("undecided", "decided", *Decision):
             raise DecisionError(f"unknown status {f.status!r}; use undecided, decided or one of {', '.join(Decision)}")
         q, conds = self._filtered(f)
-        if cursor:
-            p, i = decode_cursor(cursor)
-            q = q.where(tuple_(AuditedRow.priority, AuditedRow.id) < tuple_(p, i))
-        q = q.order_by(AuditedRow.priority.desc(), AuditedRow.id.desc()).limit(limit + 1)
-        if offset and not cursor:
-            q = q.offset(offset)
+        key = tuple_(AuditedRow.priority, AuditedRow.id)
+        order = (AuditedRow.priority.desc(), AuditedRow.id.desc())
         with Session(self.engine) as s:
-            rows = s.execute(q).all()
-            total = -1
-            if with_total:
-                cq = select(func.count()).select_from(AuditedRow)
+            if cursor:
+                p, i = decode_cursor(cursor)
+                q = q.where(key < tuple_(p, i))
+            elif offset:
+                # jump by walking the priority index for ids only, then read the page by keyset
+                iq = select(AuditedRow.priority, AuditedRow.id)
                 if f.status:
-                    cq = cq.outerjoin(DecisionRow, DecisionRow.item_id == AuditedRow.id)
-                total = int(s.scalar(cq.where(*conds) if conds else cq) or 0)
+                    iq = iq.outerjoin(DecisionRow, DecisionRow.item_id == AuditedRow.id)
+                start = s.execute((iq.where(*conds) if conds else iq).order_by(*order).offset(offset).limit(1)).first()
+                if start is None:
+                    q = q.where(AuditedRow.id < 0)
+                else:
+                    q = q.where(key <= tuple_(start[0], start[1]))
+            rows = s.execute(q.order_by(*order).limit(limit + 1)).all()
+            total = self._count(s, f, conds) if with_total else -1
         more = len(rows) > limit
         rows = rows[:limit]
         items = [_item_dict(r, d) for r, d in rows]
         nxt = encode_cursor(rows[-1][0].priority, rows[-1][0].id) if more and rows else None
         return WorklistPage(items=items, total=total, next_cursor=nxt, offset=offset)
+
+    def _stamp(self, s: Session) -> tuple[Any, ...]:
+        """Changes whenever the indexed audits or the decisions change (also from another process)."""
+        return (self._gen, s.scalar(select(func.max(DecisionAuditRow.id))), s.scalar(select(func.max(AuditedRow.id))),
+                s.scalar(select(ReviewSyncRow.last_job_id).where(ReviewSyncRow.id == 1)))
+
+    def _count(self, s: Session, f: WorklistFilter, conds: list[Any]) -> int:
+        """The number of items under a filter, cached until the next change (counting 100k rows is the slow part)."""
+        stamp = self._stamp(s)
+        k = (stamp, f.verdict, f.label, f.modality, f.date_from, f.date_to, f.series_uid, f.study_uid, f.status,
+             f.include_stale)
+        hit = self._counts.get(k)
+        if hit is None:
+            cq = select(func.count()).select_from(AuditedRow)
+            if f.status:
+                cq = cq.outerjoin(DecisionRow, DecisionRow.item_id == AuditedRow.id)
+            hit = int(s.scalar(cq.where(*conds) if conds else cq) or 0)
+            if len(self._counts) > 256 or any(key[0] != stamp for key in self._counts):
+                self._counts.clear()
+            self._counts[k] = hit
+        return hit
 
     def neighbours(self, item_id: int, f: WorklistFilter | None = None) -> tuple[int | None, int | None]:
         """(previous, next) item ids around ``item_id`` in the worklist order under ``f``."""
@@ -550,18 +586,22 @@ class ReviewStore:
 
     def labels(self) -> list[str]:
         """Every class name seen as a given or consensus label."""
-        with Session(self.engine) as s:
-            a = set(s.scalars(select(AuditedRow.given_label).distinct()))
-            b = set(s.scalars(select(AuditedRow.consensus_label).distinct()))
-        return sorted(x for x in a | b if x)
+        return list(self.facets()["labels"])
 
-    def facets(self) -> dict[str, list[str]]:
-        """Values offered by the worklist's filters (modalities, labels, series)."""
-        with Session(self.engine) as s:
-            mods = sorted(x for x in s.scalars(select(AuditedRow.modality).distinct()) if x)
-            series = s.execute(select(AuditedRow.series_uid, AuditedRow.series_description).distinct().limit(200)).all()
-        return {"labels": self.labels(), "modalities": mods, "verdicts": [str(v) for v in Verdict],
-                "series": [{"uid": u, "description": d} for u, d in series if u]}
+    def facets(self) -> dict[str, Any]:
+        """Values offered by the worklist's filters (labels, modalities, verdicts, series); cached until
+        the next audit is indexed."""
+        if self._facets is None:
+            with Session(self.engine) as s:
+                a = set(s.scalars(select(AuditedRow.given_label).distinct()))
+                b = set(s.scalars(select(AuditedRow.consensus_label).distinct()))
+                mods = sorted(x for x in s.scalars(select(AuditedRow.modality).distinct()) if x)
+                series = s.execute(select(AuditedRow.series_uid, AuditedRow.series_description).distinct()
+                                   .limit(200)).all()
+            self._facets = {"labels": sorted(x for x in a | b if x), "modalities": mods,
+                            "verdicts": [str(v) for v in Verdict],
+                            "series": [{"uid": u, "description": d} for u, d in series if u]}
+        return self._facets
 
     # ---------------------------------------------------------------- deciding
 
@@ -623,6 +663,7 @@ class ReviewStore:
                                    at=now))
             s.flush()
             out = DecisionOutcome(_item_dict(item, cur), _decision_dict(cur), True, action)
+            self._gen += 1
         log.info("review: %s %s item=%d annotation=%s by %s", action, dec.value, item_id, out.item["annotation_uid"],
                  reviewer)
         return out
@@ -638,6 +679,7 @@ class ReviewStore:
                                    previous_decision=cur.decision, previous_corrected_label=cur.corrected_label,
                                    reviewer=reviewer, at=time.time()))
             s.delete(cur)
+        self._gen += 1
         return True
 
     def set_writeback(self, item_id: int, state: str, detail: dict[str, Any] | None = None) -> None:
@@ -697,6 +739,9 @@ class ReviewStore:
         errors it contains.
         """
         with Session(self.engine) as s:
+            stamp = (self._stamp(s), tuple(fractions))
+            if self._stats is not None and self._stats[0] == stamp:
+                return self._stats[1]
             n_items = int(s.scalar(select(func.count()).select_from(AuditedRow).where(AuditedRow.current.is_(True)))
                           or 0)
             by = s.execute(select(AuditedRow.flagged, DecisionRow.decision, func.count())
@@ -729,9 +774,11 @@ class ReviewStore:
             found = sum(1 for r in ranks if r < budget)
             efficacy.append({"fraction": frac, "budget": budget,
                              "found": found, "share": (found / len(ranks)) if ranks else None})
-        return {"items": n_items, "decided": decided, "decisions": counts, "flag_precision": precision,
-                "errors_confirmed": errors, "errors_per_review": errors / decided if decided else None,
-                "efficacy": efficacy}
+        out = {"items": n_items, "decided": decided, "decisions": counts, "flag_precision": precision,
+               "errors_confirmed": errors, "errors_per_review": errors / decided if decided else None,
+               "efficacy": efficacy}
+        self._stats = (stamp, out)
+        return out
 
 
 def _heatmap_uids(report: dict[str, Any] | None) -> dict[tuple[str, int | None], str]:
@@ -890,12 +937,12 @@ class ReviewService:
         return n
 
     def _reviewer(self, name: str, at: float) -> Any:
-        from datetime import datetime, timezone
+        from datetime import datetime
 
         from dicom_io.results.revision import Reviewer
 
         return Reviewer(self.display_names.get(name, name), self.organization,
-                        datetime.fromtimestamp(at, tz=timezone.utc))
+                        datetime.fromtimestamp(at, tz=UTC))
 
     def writeback(self, item_id: int) -> dict[str, Any] | None:
         """Write the decision on ``item_id`` back: files under results/<study>/review/, queued in the outbox.
@@ -1030,10 +1077,10 @@ class ReviewCollector:
         if st["errors_per_review"] is not None:
             yield GaugeMetricFamily("labelqa_review_errors_per_review", "Label errors confirmed per decision made.",
                                     value=st["errors_per_review"])
-        e = GaugeMetricFamily("labelqa_review_efficacy",
-                              "Share of the confirmed label errors within the top fraction of the worklist.",
-                              labels=["fraction"])
+        eff = GaugeMetricFamily("labelqa_review_efficacy",
+                                "Share of the confirmed label errors within the top fraction of the worklist.",
+                                labels=["fraction"])
         for pt in st["efficacy"]:
             if pt["share"] is not None:
-                e.add_metric([f"{pt['fraction']:g}"], pt["share"])
-        yield e
+                eff.add_metric([f"{pt['fraction']:g}"], pt["share"])
+        yield eff

@@ -141,7 +141,8 @@ def test_reviewer_works_the_flags_with_the_keyboard(small_demo, tmp_path):  # no
                 body.send_keys("k")
                 body.send_keys(Keys.ENTER)  # opens the highest-priority item
                 for n, (it, key) in enumerate(zip(listed, ("c", "c", "d"), strict=True), start=1):
-                    wait.until(lambda d, it=it: d.find_element(By.ID, "item").get_attribute("data-item") == str(it["id"]))
+                    want = str(it["id"])
+                    wait.until(lambda d, want=want: d.find_element(By.ID, "item").get_attribute("data-item") == want)
                     wait.until(lambda d: d.execute_script(
                         "var i = document.getElementById('image'); return i.complete && i.naturalWidth > 0;"))
                     if driver.find_elements(By.ID, "toggle-heatmap"):

@@ -19,12 +19,13 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.coding import Code
+from pydicom.uid import UID
 
 from dicom_io import codes
 from dicom_io.results.records import as_code
@@ -53,7 +54,7 @@ class Reviewer:
     when: datetime
 
     def dicom_datetime(self) -> str:
-        return self.when.astimezone(timezone.utc).strftime("%Y%m%d%H%M%S")
+        return self.when.astimezone(UTC).strftime("%Y%m%d%H%M%S")
 
 
 @dataclass(frozen=True)
@@ -152,9 +153,9 @@ def _hierarchical_refs(datasets: Sequence[Dataset]) -> list[Dataset]:
 
 def _new_identity(ds: Dataset, sop_instance_uid: str, series_instance_uid: str, series_number: int,
                   instance_number: int, description: str | None) -> None:
-    ds.SOPInstanceUID = sop_instance_uid
+    ds.SOPInstanceUID = UID(sop_instance_uid)
     if hasattr(ds, "file_meta"):
-        ds.file_meta.MediaStorageSOPInstanceUID = sop_instance_uid
+        ds.file_meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
     ds.SeriesInstanceUID = series_instance_uid
     ds.SeriesNumber = series_number
     ds.InstanceNumber = instance_number
@@ -269,7 +270,8 @@ def _group_annotation(group: Dataset) -> tuple[str | None, int | None]:
     """(annotation uid, segment) a QA report measurement group is about."""
     for it in group.get("ContentSequence") or []:
         vt = it.get("ValueType")
-        if vt == "COMPOSITE" and _name(it) == (codes.ANNOTATION_OBJECT.scheme_designator, codes.ANNOTATION_OBJECT.value):
+        own = (codes.ANNOTATION_OBJECT.scheme_designator, codes.ANNOTATION_OBJECT.value)
+        if vt == "COMPOSITE" and _name(it) == own:
             return str(it.ReferencedSOPSequence[0].ReferencedSOPInstanceUID), None
         if vt == "IMAGE":
             ref = it.ReferencedSOPSequence[0]
@@ -325,8 +327,10 @@ def verified_report(
         if item.get("ValueType") != "CONTAINER" or _name(item) != _GROUP:
             continue
         ann = _group_annotation(item)
-        d = by_key.get(ann) or (by_key.get((ann[0], None)) if ann[0] else None)
-        if d is None or ann[0] is None:
+        if ann[0] is None:
+            continue
+        d = by_key.get((ann[0], ann[1])) or by_key.get((ann[0], None))
+        if d is None:
             continue
         for x in _decision_items(d):
             item.ContentSequence.append(x)
