@@ -39,8 +39,8 @@ class Audited:
     rows: list[dict]  # every verdict row, as the pipeline stores them
 
 
-def build_audited(root: Path, n: int = 8, seed: int = 0) -> Audited:
-    """``n`` one-image studies with SR labels, stored, audited (verdicts: every other one flagged)."""
+def build_audited(root: Path, n: int = 8, seed: int = 0, seg: bool = False) -> Audited:
+    """``n`` one-image studies with SR (or SEG) labels, stored, audited (verdicts: every other one flagged)."""
     from dicom_io.annotations import read_study
     from dicom_io.results import AlgorithmInfo, AuditedAnnotation, write_results
     from dicom_io.vocabulary import load_vocabulary
@@ -51,7 +51,7 @@ def build_audited(root: Path, n: int = 8, seed: int = 0) -> Audited:
     npz = root / "shapes.npz"
     images = (np.clip(data.images, 0, 1) * 255).round().astype(np.uint8)
     np.savez_compressed(npz, images=images, labels=np.asarray(data.labels), class_names=np.asarray(CLASSES))
-    res = dicomize(npz, root / "studies", seed=seed, modality="OT")
+    res = dicomize(npz, root / "studies", seed=seed, modality="OT", seg=seg)
     vocab_path = Path(res.vocabulary or root / "studies" / "vocabulary.toml")
     vocab = load_vocabulary(vocab_path)
     data_dir = root / "labelqa"
@@ -457,6 +457,30 @@ def test_item_view_serves_image_and_heatmap(audited):
     heat = c.get(f"/api/items/{item['id']}/heatmap.png")
     assert heat.status_code == 200 and heat.content[:4] == b"\x89PNG"
     assert c.get(f"/api/items/{item['id']}/mask.png").status_code == 404  # an SR label has no mask
+
+
+def test_seg_item_shows_its_mask_and_a_correction_is_a_new_seg(tmp_path):
+    a = build_audited(tmp_path, n=4, seg=True)
+    c, review, outbox = _app(a)
+    _login(c, READER)
+    item = _flagged(c)[0]
+    assert item["source"] == "seg" and item["segment_number"] == 1
+    m = c.get(f"/api/items/{item['id']}/mask.png")
+    assert m.status_code == 200 and m.content[:4] == b"\x89PNG"
+    assert 'id="mask"' in c.get(f"/review/items/{item['id']}").text
+    r = c.post(f"/api/annotations/{item['annotation_uid']}/decision",
+               json={"decision": "label_wrong", "corrected_label": item["consensus_label"]}, headers=_bearer(READER))
+    wb = r.json()["writeback"]
+    seg = pydicom.dcmread(wb["corrected_path"])
+    assert seg.SOPClassUID == pydicom.uid.SegmentationStorage and seg.SOPInstanceUID != item["annotation_uid"]
+    assert seg.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeMeaning == item["consensus_label"]
+    from dicom_io.annotations import read_study
+    from dicom_io.vocabulary import load_vocabulary
+
+    (sample,) = read_study([review.instance_path(item["image_uid"]), Path(wb["corrected_path"])],
+                           load_vocabulary(a.vocabulary)).samples
+    assert sample.label == item["consensus_label"]
+    _dciodvfy_clean([Path(p) for p in wb["files"]])
 
 
 def test_login_off_attributes_to_anonymous_and_still_checks_origin(audited):
