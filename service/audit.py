@@ -155,6 +155,8 @@ def _audit_sets(sets: Sequence[Any], by_uid: dict[str, Path], bundle: Any, vocab
                 "verdict": v.verdict, "agreement": v.agreement, "p_given": v.p_given,
                 "consensus_prob": v.consensus_prob, "n_disagree": v.n_disagree, "n_members": v.n_members,
                 "priority": v.priority, "score": v.score,
+                "member_probs": {a: dict(zip(bundle.class_names, ps, strict=False))
+                                 for a, ps in (getattr(v, "member_probs", None) or {}).items()},
             })
         needed = {a.image_uid for a in audited} | {a.annotation_uid for a in audited}
         missing = sorted(u for u in needed if u not in by_uid)

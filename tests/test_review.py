@@ -518,14 +518,14 @@ def test_evaluate_retrain_cli_compares_orders_on_cleaned_labels(tmp_path):
     as random review at the same budget, and the JSON has every label set's test accuracy."""
     from models.synthetic import make_shapes
 
-    d = make_shapes(120, n_classes=2, size=32, seed=1)
+    d = make_shapes(80, n_classes=2, size=32, seed=1)
     npz = tmp_path / "shapes.npz"
     np.savez_compressed(npz, images=(np.clip(d.images, 0, 1) * 255).astype(np.uint8), labels=np.asarray(d.labels),
                         class_names=np.asarray(CLASSES))
     out = tmp_path / "out"
     p = subprocess.run([*labelqa_cmd(), "evaluate", "--retrain", "--dataset", str(npz), "--out", str(out),
                         "--noise-rate", "0.2", "--budgets", "0.25", "--archs", "resnet-tiny,densenet-tiny",
-                        "--epochs", "2", "--folds", "3", "--image-size", "32", "--device", "cpu", "--batch-size",
+                        "--epochs", "1", "--folds", "3", "--image-size", "32", "--device", "cpu", "--batch-size",
                         "16", "--no-progress"],
                        capture_output=True, text=True, env=labelqa_env(), timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
