@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import statistics
@@ -145,7 +146,7 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
     return {"rows": args.rows, "total_reported": total, "decided": args.decided, "requests_per_case": args.requests,
             "database": "sqlite (WAL)", "server": "uvicorn, 1 process, 127.0.0.1, bearer auth",
             "machine": platform.processor() or platform.machine(), "python": platform.python_version(),
-            "cases": out}
+            "cpus": os.cpu_count(), "load_average_1min_after": round(os.getloadavg()[0], 2), "cases": out}
 
 
 def retrain(args: argparse.Namespace) -> dict[str, Any]:
