@@ -169,7 +169,7 @@ class ReviewSyncRow(Base):
 
     __tablename__ = "review_sync"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    last_job_id: Mapped[int] = mapped_column(Integer, default=0)
+    last_finished_at: Mapped[float] = mapped_column(Float, default=-1.0)
 
 
 # -- query shapes ----------------------------------------------------------------------------------
@@ -304,7 +304,7 @@ class ReviewStore:
         Base.metadata.create_all(engine)
         self._sync_lock = threading.Lock()
         self._decide_lock = threading.Lock()
-        self._last_seen_max = -1
+        self._last_seen_max: tuple[Any, ...] = ()
         self._facets: dict[str, Any] | None = None  # distinct labels / modalities / series; reset on indexing
         self._gen = 0  # bumped on every write through this store (cache stamps)
         self._counts: dict[tuple[Any, ...], int] = {}
@@ -312,41 +312,48 @@ class ReviewStore:
 
     # ---------------------------------------------------------------- indexing audits
 
-    def sync(self, jobs: Any | None = None, *, results_dir: Path | None = None) -> int:
-        """Index the rows of finished audits newer than the last sync; returns how many audits were read.
+    def sync(self, jobs: Any | None = None) -> int:
+        """Index the rows of audits finished since the last sync; returns how many audits were read.
 
-        Reads ``audit_jobs`` (service.jobs) directly; a study's rows from an older audit that the new
-        one no longer has are kept (with their decisions) but marked not current.
+        Reads ``audit_jobs`` (service.jobs) directly, by finish time (two workers may finish a newer job
+        first); a study's rows that its newest audit no longer has are kept (with their decisions) but
+        marked not current. Indexing is an upsert, so reading a job twice is harmless.
         """
+        from sqlalchemy.exc import IntegrityError
+
         from service.jobs import DONE, AuditJobRow
 
         with Session(self.engine) as s:
-            newest = s.scalar(select(func.max(AuditJobRow.id)).where(AuditJobRow.state == DONE)) or 0
-        if newest == self._last_seen_max:
+            newest = s.execute(select(func.max(AuditJobRow.finished_at), func.count())
+                               .where(AuditJobRow.state == DONE)).one()
+        if tuple(newest) == self._last_seen_max:
             return 0
         with self._sync_lock:
             with Session(self.engine) as s:
                 state = s.get(ReviewSyncRow, 1)
-                last = state.last_job_id if state is not None else 0
+                since = state.last_finished_at if state is not None else -1.0
                 new_jobs = s.execute(
                     select(AuditJobRow.id, AuditJobRow.study_uid, AuditJobRow.result_json, AuditJobRow.finished_at)
-                    .where(AuditJobRow.state == DONE, AuditJobRow.id > last)
-                    .order_by(AuditJobRow.id)
+                    .where(AuditJobRow.state == DONE, AuditJobRow.finished_at >= since)
+                    .order_by(AuditJobRow.finished_at, AuditJobRow.id)
                 ).all()
             n = 0
             for job_id, study_uid, result_json, finished_at in new_jobs:
                 result = json.loads(result_json) if result_json else {}
-                self.index_audit(job_id, study_uid, result.get("rows", []), result.get("outputs", []),
-                                 audited_at=finished_at or time.time())
+                args = (job_id, study_uid, result.get("rows", []), result.get("outputs", []))
+                try:
+                    self.index_audit(*args, audited_at=finished_at or time.time())
+                except IntegrityError:  # another process indexed the same rows just now: upsert again
+                    self.index_audit(*args, audited_at=finished_at or time.time())
                 n += 1
+            top = max([since] + [float(j[3] or 0.0) for j in new_jobs])
             with Session(self.engine) as s, s.begin():
                 state = s.get(ReviewSyncRow, 1)
-                top = max([last] + [j[0] for j in new_jobs])
                 if state is None:
-                    s.add(ReviewSyncRow(id=1, last_job_id=top))
+                    s.add(ReviewSyncRow(id=1, last_finished_at=top))
                 else:
-                    state.last_job_id = top
-            self._last_seen_max = newest
+                    state.last_finished_at = top
+            self._last_seen_max = tuple(newest)
             return n
 
     def index_audit(self, job_id: int, study_uid: str, rows: Sequence[dict[str, Any]],
@@ -529,7 +536,7 @@ class ReviewStore:
     def _stamp(self, s: Session) -> tuple[Any, ...]:
         """Changes whenever the indexed audits or the decisions change (also from another process)."""
         return (self._gen, s.scalar(select(func.max(DecisionAuditRow.id))), s.scalar(select(func.max(AuditedRow.id))),
-                s.scalar(select(ReviewSyncRow.last_job_id).where(ReviewSyncRow.id == 1)))
+                s.scalar(select(ReviewSyncRow.last_finished_at).where(ReviewSyncRow.id == 1)))
 
     def _count(self, s: Session, f: WorklistFilter, conds: list[Any]) -> int:
         """The number of items under a filter, cached until the next change (counting 100k rows is the slow part)."""

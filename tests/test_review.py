@@ -537,3 +537,34 @@ def test_evaluate_retrain_cli_compares_orders_on_cleaned_labels(tmp_path):
         assert 0.0 <= r[key]["accuracy"] <= 1.0
     assert 0.0 <= b["labelqa"]["accuracy"] <= 1.0 and 0.0 <= b["random"]["accuracy"] <= 1.0
     assert "labelqa" in p.stdout and "random" in p.stdout
+
+
+def test_sync_indexes_audits_that_finish_out_of_order_and_reaudits_replace_rows(tmp_path):
+    from service.review import ReviewStore
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    jobs, store = JobStore(engine), ReviewStore(engine)
+
+    def row(ann: str, verdict: str = "consistent", priority: float = 0.1) -> dict:
+        return {"annotation_uid": ann, "study_uid": "1.9", "verdict": verdict, "priority": priority,
+                "given_label": "disc", "consensus_label": "disc", "source": "sr", "content_path": "1.4"}
+
+    a, b = jobs.enqueue("1.1"), jobs.enqueue("1.2")
+    ja, jb = jobs.claim("w1"), jobs.claim("w2")
+    assert {ja.id, jb.id} == {a.id, b.id}
+    jobs.finish(b.id, "w2", DONE, result={"rows": [{**row("1.2.1"), "study_uid": "1.2"}], "outputs": []})
+    assert store.sync() == 1
+    time.sleep(0.01)
+    jobs.finish(a.id, "w1", DONE, result={"rows": [{**row("1.1.1"), "study_uid": "1.1"}], "outputs": []})
+    store.sync()
+    assert {it["annotation_uid"] for it in store.worklist().items} == {"1.1.1", "1.2.1"}
+    assert store.sync() == 0  # nothing new: nothing read
+    # a re-audit of study 1.1 that no longer has 1.1.1 but a new annotation: the old row is kept, not current
+    c = jobs.enqueue("1.1")
+    jobs.claim("w1")
+    jobs.finish(c.id, "w1", DONE, result={"rows": [{**row("1.1.2", "suspected_label_error", 3.0), "study_uid": "1.1"}],
+                                          "outputs": []})
+    store.sync()
+    items = store.worklist().items
+    assert [it["annotation_uid"] for it in items] == ["1.1.2", "1.2.1"]
+    assert store.find("1.1.1")[0]["current"] is False
