@@ -100,6 +100,19 @@ ANNOTATION_OBJECT = _c("LQA-0401", "Audited annotation object")
 SALIENCY_HEATMAP = _c("LQA-0402", "Consensus saliency heatmap")
 SUGGESTED_CORRECTION = _c("LQA-0403", "Suggested mask correction (model consensus)")
 
+# Human review of the flags (the review workbench, issue 19).
+REVIEWER_DECISION = _c("LQA-0601", "Reviewer decision")
+CORRECTED_LABEL = _c("LQA-0602", "Corrected label")
+ERROR_CONFIRMED = _c("LQA-0611", "Annotation error confirmed by reviewer")
+LABEL_CONFIRMED = _c("LQA-0612", "Annotation confirmed correct by reviewer")
+REVIEWER_UNSURE = _c("LQA-0613", "Reviewer unsure")
+
+DECISION_CODES: dict[str, Code] = {
+    "label_wrong": ERROR_CONFIRMED,
+    "label_right": LABEL_CONFIRMED,
+    "unsure": REVIEWER_UNSURE,
+}
+
 UNIT_ONE = Code("1", "UCUM", "no units")
 """UCUM unity: all scores are dimensionless."""
 UNIT_MM = Code("mm", "UCUM", "millimeter")

@@ -1,22 +1,22 @@
 """The HTTP API: health, Prometheus metrics, audit jobs and per-study audit results.
 
-FastAPI app served by uvicorn on 127.0.0.1 by default. When ``[api] token`` is set, every endpoint
-except ``/health`` and the OpenAPI schema/docs needs ``Authorization: Bearer <token>``. The schema is
-at ``/openapi.json`` (interactive docs at ``/docs``).
+FastAPI app served by uvicorn on 127.0.0.1 by default. When ``[auth] users`` or ``[api] token`` are
+set, every endpoint except ``/health`` and the OpenAPI schema/docs needs a user
+(``Authorization: Bearer <token>``, or the review workbench's session cookie; see ``service.auth``);
+re-running an audit needs the admin role. With a review service in the context the app also serves
+the review workbench (``service.web``). The schema is at ``/openapi.json`` (docs at ``/docs``).
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import secrets
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from service.jobs import DONE, NO_ANNOTATIONS, STATES, Job, JobStore
@@ -39,6 +39,8 @@ class ApiContext:
     outbox: Any = None  # the results outbox
     metrics: Any = None  # service.metrics.Metrics
     version: str = "0"
+    auth: Any = None  # service.auth.Auth; default: the legacy [api] token as the one admin
+    review: Any = None  # service.review.ReviewService: the review workbench (worklist, decisions, export)
 
 
 class JobSummary(BaseModel):
@@ -136,15 +138,12 @@ def create_app(ctx: ApiContext) -> FastAPI:
         version=ctx.version,
         description="Annotation quality audits of DICOM studies: health, metrics, jobs and results.",
     )
-    bearer = HTTPBearer(auto_error=False, description="The token set in [api] token (when set).")
+    from service.auth import Auth
 
-    def auth(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        if not ctx.token:
-            return
-        if creds is None or creds.scheme.lower() != "bearer" or not secrets.compare_digest(
-            creds.credentials.encode(), ctx.token.encode()
-        ):
-            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+    if ctx.auth is None:
+        ctx.auth = Auth(api_token=ctx.token)
+    auth = ctx.auth.require("reviewer")
+    admin = ctx.auth.require("admin")
 
     protected = [Depends(auth)]
 
@@ -225,7 +224,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
             bundle_hash=res.get("bundle_hash"), verdicts=res.get("rows", []), outputs=res.get("outputs", []),
         )
 
-    @app.post("/studies/{study_uid}/audit", response_model=Queued, status_code=202, dependencies=protected,
+    @app.post("/studies/{study_uid}/audit", response_model=Queued, status_code=202, dependencies=[Depends(admin)],
               summary="Queue a new audit of a stored study",
               responses={404: {"description": "The study is not in the store."},
                          503: {"description": "The pipeline is not running."}})
@@ -236,6 +235,15 @@ def create_app(ctx: ApiContext) -> FastAPI:
             raise HTTPException(404, f"study {study_uid} is not in the store")
         job = ctx.pipeline.request_audit(study_uid, trigger="api")
         return Queued(job=_summary(job))
+
+    if ctx.review is not None:
+        from service.web import install
+
+        install(app, ctx.review, ctx.auth)
+        if ctx.metrics is not None:
+            from service.review import ReviewCollector
+
+            ctx.metrics.registry.register(ReviewCollector(ctx.review.store))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:  # pragma: no cover - safety net

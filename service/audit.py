@@ -250,6 +250,8 @@ def write_study_results(inputs: Sequence[StudyInput], result: InferenceResult | 
                 "verdict": v.verdict, "agreement": v.agreement, "p_given": v.p_given,
                 "consensus_prob": v.consensus_prob, "n_disagree": v.n_disagree, "n_members": v.n_members,
                 "priority": v.priority, "score": v.score,
+                "member_probs": {a: dict(zip(bundle.class_names, ps, strict=False))
+                                 for a, ps in (getattr(v, "member_probs", None) or {}).items()},
             })
         needed = {a.image_uid for a in audited} | {a.annotation_uid for a in audited}
         missing = sorted(u for u in needed if u not in si.by_uid)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from service import cli_db, cli_demo, cli_dicom, cli_models, cli_outbox, cli_report, cli_serve
+from service import cli_db, cli_demo, cli_dicom, cli_export, cli_models, cli_outbox, cli_report, cli_serve
 from service.settings import load_settings, settings_reference_markdown
 
 app = typer.Typer(
@@ -46,7 +46,7 @@ def config_reference() -> None:
     typer.echo(settings_reference_markdown(), nl=False)
 
 
-for _area in (cli_serve, cli_dicom, cli_models, cli_report, cli_outbox, cli_db, cli_demo):
+for _area in (cli_serve, cli_dicom, cli_models, cli_report, cli_outbox, cli_db, cli_demo, cli_export):
     _area.register(app)
 
 

@@ -97,8 +97,17 @@ def evaluate(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     ray: str | None = RayOpt,
     task: str = TaskOpt,
+    retrain: bool = typer.Option(
+        False, "--retrain", help="Instead: simulate a reviewer working down labelqa's priority list vs a random "
+        "order, retrain on the cleaned labels and compare test accuracy (noisy / cleaned by labelqa / cleaned by "
+        "random / clean); DIR/retrain.json."),
+    budgets: str = typer.Option("0.05,0.1,0.2", "--budgets", help="--retrain: review budgets, fractions of the "
+                                "training set."),
+    test_fraction: float = typer.Option(0.25, "--test-fraction", help="--retrain: clean held-out test split."),
 ) -> None:
-    """Corrupt labels (or masks), fit the ensemble, score, compare with baselines; write DIR/results.json."""
+    """Corrupt labels (or masks), fit the ensemble, score, compare with baselines; write DIR/results.json.
+
+    With --retrain: the review loop closed offline (models/retrain.py); DIR/retrain.json."""
     _setup(threads)
     if task == "segmentation":
         _evaluate_seg(dataset, out, noise_rate, seed, folds, image_size, archs, epochs, batch_size, lr, device,
@@ -106,6 +115,10 @@ def evaluate(
         return
     if task != "labels":
         _fail(f"--task must be labels or segmentation, not {task!r}")
+    if retrain:
+        _retrain(dataset, out, noise_rate, noise_model, seed, folds, image_size, max_samples, archs, epochs,
+                 batch_size, lr, device, saliency_weight, cut, budgets, test_fraction)
+        return
     from models.data import DatasetError
     from models.detector import DetectorConfig
     from models.evaluate import EvalSettings, run_evaluation, summary_table
@@ -143,6 +156,29 @@ def _evaluate_seg(dataset: Path, out: Path, noise_rate: float, seed: int, folds:
         _fail(str(e))
     typer.echo(seg_summary_table(results))
     typer.echo(f"wrote {out / 'results.json'}")
+
+
+def _retrain(dataset: Path, out: Path, noise_rate: float, noise_model: str, seed: int, folds: int, image_size: int,
+             max_samples: int | None, archs: str, epochs: int, batch_size: int, lr: float, device: str,
+             saliency_weight: float, cut: str, budgets: str, test_fraction: float) -> None:
+    from models.data import DatasetError
+    from models.detector import DetectorConfig
+    from models.retrain import RetrainSettings, run_retrain, summary_table
+    from models.train import TrainConfig
+
+    try:
+        rs = RetrainSettings(
+            dataset=str(dataset), image_size=image_size, max_samples=max_samples, test_fraction=test_fraction,
+            noise_rate=noise_rate, noise_model=noise_model,
+            budgets=tuple(float(b) for b in budgets.split(",") if b.strip()),
+            archs=tuple(a.strip() for a in archs.split(",") if a.strip()), folds=folds, seed=seed, device=device,
+            train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr),
+            detector=DetectorConfig(saliency_weight=saliency_weight, cut=cut))
+        res = run_retrain(rs, out / "retrain.json")
+    except (DatasetError, ValueError) as e:
+        _fail(str(e))
+    typer.echo(summary_table(res))
+    typer.echo(f"wrote {out / 'retrain.json'}")
 
 
 def train(

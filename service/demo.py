@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import subprocess
 import time
@@ -377,6 +378,8 @@ def run_demo(cfg: DemoConfig, echo=print) -> DemoReport:
     study_uids = sorted({r["study_uid"] for r in data.manifest})
     if cfg.database_url:
         _forget_demo_jobs(cfg.database_url, study_uids)
+    # with --keep-running a person reviews the flags in the browser: login on, a fresh reviewer token
+    reviewer_token = secrets.token_urlsafe(18) if cfg.keep_running else None
     settings = load_settings(None, {
         "store": {"data_dir": run_dir / "labelqa", "stable_after_s": 1.0, "database_url": cfg.database_url},
         "executor": {"kind": cfg.executor, "address": cfg.ray_address},
@@ -384,6 +387,10 @@ def run_demo(cfg: DemoConfig, echo=print) -> DemoReport:
         "audit": {"bundle": bundle, "vocabulary": data.vocabulary, "device": cfg.device},
         "outbox": {"destinations": [dest.model_dump()], "backoff_base_s": 0.5, "poll_interval_s": 0.2},
         "api": {"host": "127.0.0.1", "port": api_port},
+        **({"auth": {"users": [{"name": "reviewer", "role": "reviewer", "token": reviewer_token,
+                                "display_name": "Demo^Reviewer"},
+                               {"name": "admin", "role": "admin", "token": secrets.token_urlsafe(18)}]}}
+           if reviewer_token else {}),
     })
     svc = Service(settings)
     for spec in service_components(settings):
@@ -437,8 +444,13 @@ def run_demo(cfg: DemoConfig, echo=print) -> DemoReport:
         if outbox is not None:
             report.outputs["outbox"] = outbox.counts()
         report.timings_s["total"] = time.perf_counter() - t_start
+        report.outputs["worklist"] = f"http://127.0.0.1:{api_port}/review"
         if cfg.keep_running:
             echo(_render(report))
+            echo(f"worklist: http://127.0.0.1:{api_port}/review")
+            if reviewer_token:
+                echo(f"reviewer token: {reviewer_token}")
+                echo("(log in as 'reviewer' with that token; the API takes it as 'Authorization: Bearer <token>')")
             echo("the service keeps running; press Ctrl-C to stop")
             try:
                 while True:

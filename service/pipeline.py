@@ -282,13 +282,17 @@ class AuditService:
         self._outbox_stop = threading.Event()
         self._outbox_thread: threading.Thread | None = None
         self.api = None
+        self.review = None
         if settings.api.enabled:
             from service.api import ApiContext, ApiServer, create_app
+            from service.auth import Auth
+            from service.review import ReviewService
 
             token = settings.api.token.get_secret_value() if settings.api.token else None
+            self.review = ReviewService.from_settings(settings, self.engine, jobs=self.jobs, outbox=self.outbox)
             ctx = ApiContext(jobs=self.jobs, token=token, pipeline=self.pipeline, store=service.store,
                              listener=service.listener, outbox=self.outbox, metrics=self.metrics,
-                             version=_version())
+                             version=_version(), auth=Auth.from_settings(settings), review=self.review)
             self.api = ApiServer(create_app(ctx), settings.api.host, settings.api.port)
 
     def start(self) -> None:
@@ -301,6 +305,12 @@ class AuditService:
                 target=self.outbox.run_forever, args=(self._outbox_stop,), name="labelqa-outbox", daemon=True
             )
             self._outbox_thread.start()
+        if self.review is not None:
+            try:  # decisions whose write-back a crash interrupted are written now
+                self.review.sync()
+                self.review.resume()
+            except Exception:  # noqa: BLE001 - the service runs on; the items stay pending
+                log.exception("review: resuming pending write-backs failed")
         if self.api is not None:
             try:
                 self.api.start()

@@ -82,6 +82,30 @@ class ApiSettings(BaseModel):
     token: SecretStr | None = Field(None, description="If set, requests need 'Authorization: Bearer <token>'.")
 
 
+class ReviewUser(BaseModel):
+    """A person (or tool) allowed into the review workbench and the JSON API."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._@-]+$",
+                      description="Login name; decisions are attributed to it.")
+    role: Literal["reviewer", "admin"] = Field("reviewer", description="reviewer (decide) or admin (also re-run, "
+                                               "retract, read the trail).")
+    token: SecretStr = Field(description="Secret: the password at the login page and the API bearer token.")
+    display_name: str | None = Field(None, max_length=64, description="Person name (DICOM PN, e.g. Doe^Jane) "
+                                     "written as the verifying observer; default: the login name.")
+
+
+class AuthSettings(BaseModel):
+    """Who may use the review workbench and the API (login is on when a user or [api] token is set)."""
+
+    users: list[ReviewUser] = Field(default_factory=list, description="Named users with their tokens and roles.")
+    session_secret: SecretStr | None = Field(None, description="Key that signs session cookies; default: "
+                                             "derived from the users' tokens (sessions survive a restart).")
+    session_max_age_s: int = Field(43200, ge=60, description="Seconds a login lasts.")
+    cookie_secure: bool = Field(False, description="Mark the session cookie Secure (serve over HTTPS).")
+    organization: str = Field("labelqa QA", max_length=64,
+                              description="Verifying Organization written into reissued, verified QA reports.")
+
+
 class Settings(BaseSettings):
     """Effective labelqa settings."""
 
@@ -96,6 +120,7 @@ class Settings(BaseSettings):
     executor: ExecutorSettings = Field(default_factory=ExecutorSettings, description="Where audits run.")
     outbox: OutboxSettings = Field(default_factory=OutboxSettings, description="Result delivery.")
     api: ApiSettings = Field(default_factory=ApiSettings, description="HTTP API.")
+    auth: AuthSettings = Field(default_factory=AuthSettings, description="Review workbench and API login.")
 
     @field_validator("log_level")
     @classmethod

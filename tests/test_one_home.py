@@ -65,3 +65,13 @@ def test_a_dicom_read_frame_and_the_same_file_read_for_training_give_the_same_mo
     assert n == res.n_images == 4
     ds = pydicom.dcmread(next((tmp_path / "dcm").rglob("IMG_*.dcm")))
     assert (ds.Rows, ds.Columns) == (70, 53)
+
+
+def test_every_private_code_value_is_defined_once():
+    import re
+
+    from dicom_io import codes
+
+    text = open(codes.__file__).read()
+    values = re.findall(r'_c\("(LQA-[0-9]+)"', text)
+    assert values and len(values) == len(set(values)), sorted(v for v in values if values.count(v) > 1)

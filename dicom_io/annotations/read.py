@@ -247,10 +247,10 @@ def _read_instances_unguarded(
                 recs, iss = read_sr(ds, vocabulary)
             elif sop in SEG_SOP_CLASSES:
                 from dicom_io.annotations.seg import read_seg, read_seg_masks
-                from dicom_io.results.series import is_own_output_dataset
+                from dicom_io.results.series import REVIEWED_LABEL_SERIES_NUMBER, is_own_output_dataset
 
-                if is_own_output_dataset(ds):
-                    continue  # labelqa's suggested-correction SEG: a result, not an annotation
+                if is_own_output_dataset(ds) and str(ds.get("SeriesNumber")) != str(REVIEWED_LABEL_SERIES_NUMBER):
+                    continue  # labelqa's suggested-correction SEG: a result, not an annotation (a reviewer's is)
                 import pydicom
 
                 full_seg = pydicom.dcmread(inst.path)

@@ -19,6 +19,7 @@ __all__ = [
     "PMAP_SERIES_NUMBER",
     "SUGGESTION_SEG_SERIES_NUMBER",
     "OVERLAY_SERIES_NUMBER",
+    "REVIEWED_LABEL_SERIES_NUMBER",
     "OWN_SERIES_NUMBERS",
     "is_own_output",
     "is_own_output_dataset",
@@ -33,6 +34,8 @@ KOS_SERIES_NUMBER = 9903
 PMAP_SERIES_NUMBER = 9904
 SUGGESTION_SEG_SERIES_NUMBER = 9905
 OVERLAY_SERIES_NUMBER = 9906
+REVIEWED_LABEL_SERIES_NUMBER = 9907
+"""Annotations corrected by a reviewer (superseding SR / SEG written by the review workbench)."""
 
 OWN_SERIES_NUMBERS = range(9901, 9910)
 """The reserved block of result series numbers (9901-9909)."""

@@ -1,0 +1,393 @@
+"""The review workbench: JSON API and server-rendered pages on the service's FastAPI app.
+
+JSON (bearer token or session cookie + CSRF header):
+
+- ``GET /api/worklist`` -> ``{"items": [...], "total": N, "next_cursor": ...}``, highest priority first;
+  filters ``verdict`` (or "flagged"), ``label``, ``modality``, ``date_from``/``date_to`` (YYYYMMDD),
+  ``series_uid``, ``study_uid``, ``status`` (undecided, decided, or a decision); paging ``limit`` with
+  ``cursor`` (keyset) or ``offset``.
+- ``GET /api/items/{id}``, ``GET /api/annotations/{annotation_uid}``;
+  ``POST /api/annotations/{annotation_uid}/decision`` ``{"decision", "corrected_label", "comment"}``;
+  ``DELETE`` of it (admin); ``GET /api/decisions/trail`` (admin).
+- ``GET /api/export.csv`` / ``/api/export.json``: one row per decided annotation.
+- ``GET /api/review/stats``: flag precision, errors per review, efficacy curve.
+- Pictures for the item view: ``/api/items/{id}/image.png`` (``wc``/``ww`` window), ``heatmap.png``,
+  ``mask.png`` (SEG: the given segment as an overlay).
+
+Pages (session cookie, CSRF token in every form): ``/login``, ``/review`` (worklist), ``/review/items/{id}``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+
+from service.auth import CSRF_FIELD, SESSION_COOKIE, Auth, LoginRequired, Principal, safe_next
+from service.review import Decision, DecisionError, ReviewService, WorklistFilter, why_flagged
+
+log = logging.getLogger("labelqa.web")
+
+HERE = Path(__file__).resolve().parent
+TEMPLATES = HERE / "templates"
+STATIC = HERE / "static"
+EXPORT_FIELDS = ["annotation_uid", "segment_number", "content_path", "study_uid", "image_uid", "given_label",
+                 "consensus_label", "verdict", "priority", "agreement", "p_given", "score", "decision",
+                 "corrected_label", "final_label", "comment", "reviewer", "decided_at", "writeback_state"]
+
+
+class DecisionBody(BaseModel):
+    decision: Decision = Field(description="label_wrong, label_right or unsure.")
+    corrected_label: str | None = Field(None, max_length=64, description="The right label (label_wrong only).")
+    comment: str | None = Field(None, max_length=4000)
+    segment_number: int | None = Field(None, ge=1, description="Which segment of a SEG (when it has several).")
+    content_path: str | None = Field(None, max_length=128, description="Which content item of an SR.")
+    item_id: int | None = Field(None, ge=1, description="The worklist item id (alternative to the two above).")
+
+
+def _templates() -> Any:
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+    env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=select_autoescape(["html"]))
+    env.filters["fmt"] = lambda v, n=2: "" if v is None else (f"{v:.{n}f}" if isinstance(v, float) else str(v))
+    env.filters["short"] = lambda v: "" if not v else ("…" + str(v)[-10:] if len(str(v)) > 12 else str(v))
+    return env
+
+
+def _filter(verdict: str | None, label: str | None, modality: str | None, date_from: str | None,
+            date_to: str | None, series_uid: str | None, study_uid: str | None, status: str | None) -> WorklistFilter:
+    def clean(v: str | None) -> str | None:  # "" and "any" mean no filter
+        v = v.strip() if isinstance(v, str) else None
+        return None if not v or v == "any" else v
+
+    return WorklistFilter(verdict=clean(verdict), label=clean(label), modality=clean(modality),
+                          date_from=clean(date_from), date_to=clean(date_to), series_uid=clean(series_uid),
+                          study_uid=clean(study_uid), status=clean(status))
+
+
+class _Pictures:
+    """PNG renderings for the item view, with a small cache of decoded datasets."""
+
+    def __init__(self, review: ReviewService, size: int = 32) -> None:
+        self.review = review
+        self._cache: OrderedDict[str, Any] = OrderedDict()
+        self._size = size
+
+    def dataset(self, uid: str | None) -> Any:
+        import pydicom
+
+        if not uid:
+            raise HTTPException(404, "no such object")
+        if uid in self._cache:
+            self._cache.move_to_end(uid)
+            return self._cache[uid]
+        p = self.review.instance_path(uid)
+        if p is None:
+            raise HTTPException(404, f"object {uid} is not in the store")
+        ds = pydicom.dcmread(p)
+        self._cache[uid] = ds
+        while len(self._cache) > self._size:
+            self._cache.popitem(last=False)
+        return ds
+
+    @staticmethod
+    def png(arr: Any) -> Response:
+        import numpy as np
+        from PIL import Image
+
+        a = np.asarray(arr)
+        if a.dtype != np.uint8:
+            a = (np.clip(a, 0.0, 1.0) * 255).round().astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, format="PNG")
+        return Response(buf.getvalue(), media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
+
+    def image(self, item: dict[str, Any], wc: float | None, ww: float | None) -> Response:
+        from dicom_io.pixels import PixelError, _modality_lut, _window, frame_to_float
+
+        ds = self.dataset(item["image_uid"])
+        try:
+            if wc is not None and ww is not None and ww > 0:
+                import numpy as np
+
+                index = int(item["frame"] or 1) - 1
+                arr = ds.pixel_array
+                if arr.ndim == 3 and int(ds.get("SamplesPerPixel", 1) or 1) == 1:
+                    arr = arr[index]
+                out = _window(_modality_lut(np.asarray(arr), ds, index), wc, ww, "LINEAR")
+            else:
+                out = frame_to_float(ds, item["frame"])
+        except PixelError as e:
+            raise HTTPException(422, f"cannot show the image: {e}") from None
+        return self.png(out)
+
+    def heatmap(self, item: dict[str, Any]) -> Response:
+        ds = self.dataset(item["heatmap_uid"])
+        return self.png(ds.pixel_array)
+
+    def mask(self, item: dict[str, Any]) -> Response:
+        import numpy as np
+
+        if item["source"] != "seg" or not item["segment_number"]:
+            raise HTTPException(404, "this annotation has no mask")
+        import highdicom as hd
+
+        seg = hd.seg.Segmentation.from_dataset(self.dataset(item["annotation_uid"]), copy=True)
+        try:
+            px = seg.get_pixels_by_source_instance(source_sop_instance_uids=[item["image_uid"]],
+                                                   segment_numbers=[int(item["segment_number"])])
+        except (ValueError, KeyError) as e:
+            raise HTTPException(422, f"cannot read the mask: {e}") from None
+        m = np.asarray(px)[0, ..., 0] > 0
+        rgba = np.zeros((*m.shape, 4), np.uint8)
+        rgba[m] = (255, 40, 40, 110)
+        edge = m & ~(np.roll(m, 1, 0) & np.roll(m, -1, 0) & np.roll(m, 1, 1) & np.roll(m, -1, 1))
+        rgba[edge] = (255, 220, 0, 255)
+        return self.png(rgba)
+
+
+def install(app: FastAPI, review: ReviewService, auth: Auth, *, stats_extra: Any = None) -> None:
+    """Add the review API, the pages and the static files to ``app``."""
+    env = _templates()
+    pics = _Pictures(review)
+    reviewer = auth.require("reviewer")
+    admin = auth.require("admin")
+    page = auth.page_user("reviewer")
+    api = APIRouter(prefix="/api", tags=["review"])
+
+    def synced() -> ReviewService:
+        try:
+            review.sync()
+        except Exception as e:  # noqa: BLE001 - a stale worklist is better than none
+            log.warning("review: sync failed: %s", e)
+        return review
+
+    def item_or_404(item_id: int) -> dict[str, Any]:
+        it = review.store.item(item_id)
+        if it is None:
+            raise HTTPException(404, f"no audited annotation with id {item_id}")
+        return it
+
+    @api.get("/worklist", summary="Audited annotations, highest re-annotation priority first")
+    def worklist(
+        verdict: str | None = Query(None, description="flagged, or a verdict."),
+        label: str | None = Query(None, max_length=64, description="Given label."),
+        modality: str | None = Query(None, max_length=16),
+        date_from: str | None = Query(None, pattern=r"^[0-9]{8}$"),
+        date_to: str | None = Query(None, pattern=r"^[0-9]{8}$"),
+        series_uid: str | None = Query(None, max_length=64),
+        study_uid: str | None = Query(None, max_length=64),
+        status: str | None = Query(None, description="undecided, decided, or a decision."),
+        limit: int = Query(50, ge=1, le=500),
+        cursor: str | None = Query(None, max_length=200, description="next_cursor of the previous page."),
+        offset: int = Query(0, ge=0, le=10**7),
+        _p: Principal = Depends(reviewer),
+    ) -> dict[str, Any]:
+        r = synced()
+        try:
+            pg = r.store.worklist(_filter(verdict, label, modality, date_from, date_to, series_uid, study_uid, status),
+                                  limit=limit, cursor=cursor, offset=offset)
+        except DecisionError as e:
+            raise HTTPException(422, str(e)) from None
+        return {"items": pg.items, "total": pg.total, "next_cursor": pg.next_cursor, "offset": pg.offset}
+
+    @api.get("/items/{item_id}", summary="One audited annotation with its decision and why it was flagged")
+    def item(item_id: int, _p: Principal = Depends(reviewer)) -> dict[str, Any]:
+        it = item_or_404(item_id)
+        prev, nxt = review.store.neighbours(item_id)
+        return {**it, "why": why_flagged(it), "previous_id": prev, "next_id": nxt, "labels": review.class_names()}
+
+    @api.get("/annotations/{annotation_uid}", summary="The audited rows of an annotation object")
+    def annotation(annotation_uid: str, _p: Principal = Depends(reviewer)) -> dict[str, Any]:
+        rows = synced().store.find(annotation_uid)
+        if not rows:
+            raise HTTPException(404, f"annotation {annotation_uid} has not been audited")
+        return {"items": rows}
+
+    @api.post("/annotations/{annotation_uid}/decision", summary="Record a decision (idempotent)")
+    def decide(annotation_uid: str, body: DecisionBody, p: Principal = Depends(reviewer)) -> dict[str, Any]:
+        r = synced()
+        try:
+            row = r.resolve(annotation_uid, item_id=body.item_id, segment_number=body.segment_number,
+                            content_path=body.content_path)
+            out = r.decide(row["id"], body.decision.value, p.name, corrected_label=body.corrected_label,
+                           comment=body.comment)
+        except LookupError as e:
+            raise HTTPException(404, str(e)) from None
+        except DecisionError as e:
+            raise HTTPException(422, str(e)) from None
+        return {"item_id": out.item["id"], "annotation_uid": annotation_uid, "changed": out.changed,
+                "action": out.action, **out.decision}
+
+    @api.delete("/annotations/{annotation_uid}/decision", summary="Retract a decision (admin)")
+    def retract(annotation_uid: str, item_id: int | None = None, p: Principal = Depends(admin)) -> dict[str, Any]:
+        try:
+            row = review.resolve(annotation_uid, item_id=item_id)
+        except LookupError as e:
+            raise HTTPException(404, str(e)) from None
+        except DecisionError as e:
+            raise HTTPException(422, str(e)) from None
+        return {"retracted": review.store.retract(row["id"], p.name)}
+
+    @api.get("/decisions/trail", summary="Every decision made or changed, newest first (admin)")
+    def trail(item_id: int | None = None, limit: int = Query(1000, ge=1, le=100000),
+              _p: Principal = Depends(admin)) -> dict[str, Any]:
+        return {"trail": review.store.trail(item_id, limit)}
+
+    @api.get("/export.csv", summary="The reviewed label set as CSV", response_class=Response)
+    def export_csv(_p: Principal = Depends(reviewer)) -> Response:
+        return Response(export_csv_text(synced().store.export_rows()), media_type="text/csv",
+                        headers={"Content-Disposition": "attachment; filename=labelqa-reviewed-labels.csv"})
+
+    @api.get("/export.json", summary="The reviewed label set as JSON")
+    def export_json(_p: Principal = Depends(reviewer)) -> dict[str, Any]:
+        return {"rows": synced().store.export_rows()}
+
+    @api.get("/review/stats", summary="The loop measured: flag precision, errors per review, efficacy")
+    def stats(_p: Principal = Depends(reviewer)) -> dict[str, Any]:
+        return synced().stats()
+
+    @api.get("/items/{item_id}/image.png", response_class=Response, summary="The source frame (windowed)")
+    def image(item_id: int, wc: float | None = None, ww: float | None = None,
+              _p: Principal = Depends(reviewer)) -> Response:
+        return pics.image(item_or_404(item_id), wc, ww)
+
+    @api.get("/items/{item_id}/heatmap.png", response_class=Response, summary="The heatmap overlay (SC)")
+    def heatmap(item_id: int, _p: Principal = Depends(reviewer)) -> Response:
+        return pics.heatmap(item_or_404(item_id))
+
+    @api.get("/items/{item_id}/mask.png", response_class=Response, summary="The given SEG mask as an overlay")
+    def mask(item_id: int, _p: Principal = Depends(reviewer)) -> Response:
+        return pics.mask(item_or_404(item_id))
+
+    app.include_router(api)
+
+    # ------------------------------------------------------------------------------ pages
+    web = APIRouter(include_in_schema=False)
+
+    def render(name: str, request: Request, p: Principal | None, **ctx: Any) -> HTMLResponse:
+        html = env.get_template(name).render(request=request, user=p, csrf=p.csrf if p else None,
+                                             csrf_field=CSRF_FIELD, auth_on=auth.enabled, **ctx)
+        return HTMLResponse(html, headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY",
+                                           "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+                                           "frame-ancestors 'none'; form-action 'self'"})
+
+    @web.get("/login")
+    def login_page(request: Request, next: str = "/review", error: str | None = None) -> Response:  # noqa: A002
+        if not auth.enabled:  # login off: an anonymous session (it carries the CSRF token of the forms)
+            resp = RedirectResponse(safe_next(next), status_code=303)
+            auth.set_cookie(resp, auth.make_session("anonymous"))
+            return resp
+        return render("login.html", request, None, next=safe_next(next), error=error)
+
+    @web.post("/login")
+    def login(request: Request, name: str = Form(..., max_length=64), token: str = Form(..., max_length=512),
+              next: str = Form("/review")) -> Response:  # noqa: A002
+        origin = request.headers.get("origin")
+        if origin and origin != f"{request.url.scheme}://{request.url.netloc}":
+            raise HTTPException(403, "cross-site login refused")
+        u = auth.login(name, token)
+        if u is None:
+            log.info("review: failed login for %r", name[:64])
+            return render("login.html", request, None, next=safe_next(next), error="wrong name or token")
+        resp = RedirectResponse(safe_next(next), status_code=303)
+        auth.set_cookie(resp, auth.make_session(u.name))
+        return resp
+
+    @web.post("/logout")
+    def logout(request: Request, csrf_token: str | None = Form(None), p: Principal = Depends(page)) -> Response:
+        auth.check_csrf(request, p, csrf_token)
+        resp = RedirectResponse("/login", status_code=303)
+        resp.delete_cookie(SESSION_COOKIE, path="/")
+        return resp
+
+    @web.get("/review")
+    def worklist_page(
+        request: Request,
+        verdict: str | None = "flagged", label: str | None = None, modality: str | None = None,
+        date_from: str | None = None, date_to: str | None = None, series_uid: str | None = None,
+        status: str | None = None, page_no: int = Query(1, alias="page", ge=1, le=10**6),
+        per_page: int = Query(50, ge=5, le=500), p: Principal = Depends(page),
+    ) -> Response:
+        r = synced()
+        f = _filter(verdict, label, modality, date_from, date_to, series_uid, None, status)
+        try:
+            pg = r.store.worklist(f, limit=per_page, offset=(page_no - 1) * per_page)
+        except DecisionError as e:
+            raise HTTPException(422, str(e)) from None
+        query = {k: v for k, v in dict(verdict=f.verdict or "any", label=f.label, modality=f.modality,
+                                          date_from=f.date_from, date_to=f.date_to, series_uid=f.series_uid,
+                                          status=f.status).items() if v is not None}
+        pages = max(1, -(-pg.total // per_page))
+        return render("worklist.html", request, p, page=pg, f=f, facets=r.store.facets(), stats=r.stats(),
+                      query=query, page_no=page_no, pages=pages, per_page=per_page,
+                      decisions=[d.value for d in Decision])
+
+    @web.get("/review/items/{item_id}")
+    def item_page(request: Request, item_id: int, verdict: str | None = "flagged", status: str | None = None,
+                  saved: str | None = None, p: Principal = Depends(page)) -> Response:
+        it = item_or_404(item_id)
+        f = _filter(verdict, None, None, None, None, None, None, status)
+        prev, nxt = review.store.neighbours(item_id, f)
+        query = {k: v for k, v in dict(verdict=f.verdict or "any", status=f.status).items() if v is not None}
+        return render("item.html", request, p, item=it, why=why_flagged(it), prev_id=prev, next_id=nxt,
+                      labels=review.class_names(), query=query, saved=saved,
+                      members=sorted((it.get("member_probs") or {}).items()),
+                      trail=review.store.trail(item_id, 20))
+
+    @web.post("/review/items/{item_id}/decision")
+    def item_decide(request: Request, item_id: int, decision: str = Form(...),
+                    corrected_label: str | None = Form(None), comment: str | None = Form(None),
+                    csrf_token: str | None = Form(None), verdict: str | None = Form("flagged"),
+                    status: str | None = Form(None), go: str = Form("next"), p: Principal = Depends(page)) -> Response:
+        auth.check_csrf(request, p, csrf_token)
+        it = item_or_404(item_id)
+        try:
+            review.decide(it["id"], decision, p.name,
+                          corrected_label=corrected_label if decision == Decision.LABEL_WRONG else None,
+                          comment=comment)
+        except DecisionError as e:
+            raise HTTPException(422, str(e)) from None
+        f = _filter(verdict, None, None, None, None, None, None, status)
+        _, nxt = review.store.neighbours(item_id, f)
+        from urllib.parse import urlencode
+
+        q = urlencode({k: v for k, v in dict(verdict=f.verdict or "any", status=f.status or "any").items()})
+        target = nxt if (go == "next" and nxt is not None) else item_id
+        return RedirectResponse(f"/review/items/{target}?{q}&saved={item_id}", status_code=303)
+
+    @web.get("/", include_in_schema=False)
+    def root() -> Response:
+        return RedirectResponse("/review", status_code=307)
+
+    app.include_router(web)
+    app.mount("/static/review", StaticFiles(directory=str(STATIC)), name="review-static")
+
+    @app.exception_handler(LoginRequired)
+    async def _login(request: Request, exc: LoginRequired) -> Response:
+        from urllib.parse import quote
+
+        return RedirectResponse(f"/login?next={quote(exc.next_url, safe='/')}", status_code=303)
+
+
+def export_csv_text(rows: list[dict[str, Any]]) -> str:
+    """The export rows as CSV text (header always present)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=EXPORT_FIELDS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow(r)
+    return buf.getvalue()
+
+
+def json_response(data: Any) -> JSONResponse:
+    return JSONResponse(json.loads(json.dumps(data, default=str)))
