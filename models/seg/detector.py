@@ -56,6 +56,9 @@ class SegDetectorConfig:
     """Dice smoothing, as a share of the image's pixels (at least one pixel)."""
     eps: float = 0.05
     """Floor added to the members' disagreement in the suspicion's denominator."""
+    numerator: str = "dice"
+    """``dice``: 1 - Dice_s(consensus, given); ``confident``: the share of the union where every member
+    agrees and the mask differs (docs/segmentation.md)."""
     dual_dice: float = 0.5
     """The paper's rule: a member "disagrees" with a mask when their Dice is below this."""
     tail_floor: float = 0.3
@@ -75,6 +78,8 @@ class SegDetectorConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.numerator not in ("dice", "confident"):
+            raise ValueError(f"numerator must be dice or confident, not {self.numerator!r}")
         if self.simulate_from not in ("consensus", "given"):
             raise ValueError(f"simulate_from must be consensus or given, not {self.simulate_from!r}")
 
@@ -261,6 +266,8 @@ class SegUnits:
     """(U, H, W) bool."""
     consensus: np.ndarray
     prob: np.ndarray
+    unanimous: np.ndarray
+    """(U, H, W) bool: pixels where every member's mask says the same."""
 
 
 def unit_scores(probs: np.ndarray, given: np.ndarray, cfg: SegDetectorConfig | None = None) -> SegUnits:
@@ -282,13 +289,26 @@ def unit_scores(probs: np.ndarray, given: np.ndarray, cfg: SegDetectorConfig | N
     sd = soft_dice(pbar, g, sm)
     md = soft_dice(cons, g, sm).reshape(-1)
     dis = 1.0 - _prob_agreement(probs, sm).reshape(-1)
+    unan = (member_masks.all(0) | (~member_masks).all(0)).reshape(n * k, h, w)
+    num = _numerator(cons.reshape(n * k, h, w), g.reshape(n * k, h, w), unan, md, sm, cfg)
     return SegUnits(
-        image=np.repeat(np.arange(n), k), cls=np.tile(np.arange(k), n), suspicion=(1.0 - md) / (dis + cfg.eps),
+        image=np.repeat(np.arange(n), k), cls=np.tile(np.arange(k), n), suspicion=num / (dis + cfg.eps),
         mask_dice=md, member_disagreement=dis,
         dice_members=np.stack([_hard_dice(member_masks[j], g).reshape(-1) for j in range(m)]),
         dice_consensus=_hard_dice(cons, g).reshape(-1), dice_mean_prob=sd.reshape(-1),
         agreement_dice=np.asarray(ag_d).reshape(-1), agreement_prob=1.0 - dis,
-        given=g.reshape(n * k, h, w), consensus=cons.reshape(n * k, h, w), prob=pbar.reshape(n * k, h, w))
+        given=g.reshape(n * k, h, w), consensus=cons.reshape(n * k, h, w), prob=pbar.reshape(n * k, h, w),
+        unanimous=unan)
+
+
+def _numerator(cons: np.ndarray, given: np.ndarray, unan: np.ndarray, mask_dice: np.ndarray | None, sm: float,
+               cfg: SegDetectorConfig) -> np.ndarray:
+    """How much the consensus disagrees with the mask, over the last two axes (see ``numerator``)."""
+    if cfg.numerator == "dice":
+        md = soft_dice(cons, given, sm) if mask_dice is None else mask_dice
+        return 1.0 - np.asarray(md, np.float64)
+    diff = ((cons != given) & unan).sum(axis=(-1, -2))
+    return diff / ((cons | given).sum(axis=(-1, -2)) + sm)
 
 
 def _simulated_suspicion(units: SegUnits, n_classes: int, cfg: SegDetectorConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -318,8 +338,8 @@ def _simulated_suspicion(units: SegUnits, n_classes: int, cfg: SegDetectorConfig
         for wm in sims:
             if np.any(wm != src_all[u]):
                 idx_out.append(u)
-                s_out.append((1.0 - float(soft_dice(units.consensus[u], wm, sm)))
-                             / (units.member_disagreement[u] + cfg.eps))
+                num = float(_numerator(units.consensus[u], wm, units.unanimous[u], None, sm, cfg))
+                s_out.append(num / (units.member_disagreement[u] + cfg.eps))
     return np.asarray(idx_out, np.int64), np.asarray(s_out, np.float64)
 
 
