@@ -53,6 +53,16 @@ def demo(
     if task not in ("labels", "segmentation"):
         typer.echo("error: --task must be labels or segmentation", err=True)
         raise typer.Exit(2)
+    if task == "segmentation":  # the mask demo's own defaults where the label demo's were left
+        studies = 24 if studies == 40 else studies
+        train_images = 64 if train_images == 320 else train_images
+        image_size = 32 if image_size == 48 else image_size
+        epochs = 10 if epochs == 5 else epochs
+        noise_rate = 0.25 if noise_rate == 0.125 else noise_rate
+        if archs == "densenet-tiny,resnet-tiny,efficientnet-tiny":
+            from service.demo_seg import DEMO_SEG_ARCHS
+
+            archs = DEMO_SEG_ARCHS
     _quiet_logging(verbose)
     cfg = DemoConfig(data_dir=data_dir, studies=studies, train_images=train_images, image_size=image_size,
                      classes=classes, noise_rate=noise_rate, epochs=epochs, archs=archs, seed=seed, device=device,

@@ -87,9 +87,10 @@ def test_offline_audit_of_seg_studies_writes_valid_mask_results(seg_studies, tmp
 
 @pytest.mark.slow
 def test_demo_segmentation_finds_the_planted_mask_errors(tmp_path):
+    # the mask demo's defaults: 24 studies, a quarter of the masks corrupted (one of each kind), 64 training
+    # images at 32 px, 10 epochs
     r = subprocess.run([*labelqa_cmd(), "demo", "--task", "segmentation", "--json", "--data-dir", str(tmp_path),
-                        "--studies", "24", "--noise-rate", "0.25", "--train-images", "64", "--image-size", "32",
-                        "--epochs", "10", "--device", "cpu"],
+                        "--device", "cpu"],
                        env=labelqa_env(), capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads(r.stdout)

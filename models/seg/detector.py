@@ -61,6 +61,9 @@ class SegDetectorConfig:
     agrees and the mask differs (docs/segmentation.md)."""
     dual_dice: float = 0.5
     """The paper's rule: a member "disagrees" with a mask when their Dice is below this."""
+    min_agreement: float = 0.5
+    """A flagged mask is a suspected error only when the members' masks agree with each other at least this
+    much (mean pairwise Dice: the method's agreement condition); otherwise it is a hard case."""
     tail_floor: float = 0.3
     tail_min_count: int = 5
     count_z: float = 0.5
@@ -518,7 +521,8 @@ def score_masks(oof_probs: np.ndarray, given_masks: np.ndarray, spacing: tuple[f
         s = float(units.suspicion[u])
         if flagged[u]:
             wrong = 1.0 - units.mask_dice[u]  # the models disagree with the mask more than with each other?
-            verdict = Verdict.SUSPECTED_MASK_ERROR if units.member_disagreement[u] < wrong else Verdict.HARD_CASE
+            agree = units.member_disagreement[u] < wrong and units.agreement_dice[u] >= cfg.min_agreement
+            verdict = Verdict.SUSPECTED_MASK_ERROR if agree else Verdict.HARD_CASE
         else:
             verdict = Verdict.CONSISTENT
         oc: np.ndarray | None = None
