@@ -260,30 +260,42 @@ def save_bundle(out: Path, fit, class_names: list[str], image_size: int, thresho
     return out
 
 
+def read_bundle_meta(path: Path, what: str = "labelqa bundle") -> dict:
+    """A bundle's ``configs/metadata.json``, checked: present, a known format, content hash intact."""
+    meta_file = path / "configs" / "metadata.json"
+    if not meta_file.is_file():
+        raise BundleError(f"{path}: not a {what} (configs/metadata.json missing); make one with labelqa train")
+    meta = json.loads(meta_file.read_text())
+    if meta.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{path}: unsupported bundle format {meta.get('format')!r} (expected {BUNDLE_FORMAT})")
+    if _content_hash(meta) != meta.get("content_hash"):
+        raise BundleError(f"{path}: metadata.json was modified (content hash mismatch)")
+    return meta
+
+
+def member_file(path: Path, m: dict) -> Path:
+    """A member's weights file, checked against the sha256 the metadata records."""
+    f = path / m["file"]
+    if not f.is_file():
+        raise BundleError(f"{path}: member file {m['file']} missing")
+    if _sha256(f) != m["sha256"]:
+        raise BundleError(f"{path}: member file {m['file']} does not match its recorded sha256")
+    return f
+
+
 def load_bundle(path: str | Path) -> Bundle:
     """Load and verify a bundle (file hashes and content hash)."""
     import torch
 
     path = Path(path)
-    meta_file = path / "configs" / "metadata.json"
-    if not meta_file.is_file():
-        raise BundleError(f"{path}: not a labelqa bundle (configs/metadata.json missing); make one with labelqa train")
-    meta = json.loads(meta_file.read_text())
-    if meta.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"{path}: unsupported bundle format {meta.get('format')!r} (expected {BUNDLE_FORMAT})")
+    meta = read_bundle_meta(path)
     if meta.get("task") == "segmentation":  # segmenters: models.seg.bundle (callers branch on .meta["task"])
         from models.seg.bundle import load_seg_bundle
 
         return load_seg_bundle(path)  # type: ignore[return-value]
-    if _content_hash(meta) != meta.get("content_hash"):
-        raise BundleError(f"{path}: metadata.json was modified (content hash mismatch)")
     members = []
     for m in meta["members"]:
-        f = path / m["file"]
-        if not f.is_file():
-            raise BundleError(f"{path}: member file {m['file']} missing")
-        if _sha256(f) != m["sha256"]:
-            raise BundleError(f"{path}: member file {m['file']} does not match its recorded sha256")
+        f = member_file(path, m)
         if m["arch"] not in ARCHITECTURES:
             raise BundleError(f"{path}: unknown architecture {m['arch']!r} (newer labelqa?)")
         model = build_model(ARCHITECTURES[m["arch"]], len(meta["class_names"]))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.bundle import BUNDLE_FORMAT, BundleError, _content_hash, _sha256
+from models.bundle import BUNDLE_FORMAT, BundleError, _content_hash, _sha256, member_file, read_bundle_meta
 from models.seg.detector import MaskVerdict, SegDetectorConfig, SegThresholds, learn_seg_cut, score_masks
 from models.seg.ensemble import DEFAULT_SEG_ARCHS, SEG_ARCHITECTURES, build_segmenter
 from models.seg.train import SegTrainConfig
@@ -120,22 +120,12 @@ def load_seg_bundle(path: str | Path) -> SegBundle:
     import torch
 
     path = Path(path)
-    meta_file = path / "configs" / "metadata.json"
-    if not meta_file.is_file():
-        raise BundleError(f"{path}: not a labelqa bundle (configs/metadata.json missing)")
-    meta = json.loads(meta_file.read_text())
-    if meta.get("format") != BUNDLE_FORMAT or meta.get("task") != SEG_TASK:
-        raise BundleError(f"{path}: not a labelqa segmentation bundle (format {meta.get('format')!r}, "
-                          f"task {meta.get('task')!r})")
-    if _content_hash(meta) != meta.get("content_hash"):
-        raise BundleError(f"{path}: metadata.json was modified (content hash mismatch)")
+    meta = read_bundle_meta(path, "labelqa segmentation bundle")
+    if meta.get("task") != SEG_TASK:
+        raise BundleError(f"{path}: not a labelqa segmentation bundle (task {meta.get('task')!r})")
     members = []
     for m in meta["members"]:
-        f = path / m["file"]
-        if not f.is_file():
-            raise BundleError(f"{path}: member file {m['file']} missing")
-        if _sha256(f) != m["sha256"]:
-            raise BundleError(f"{path}: member file {m['file']} does not match its recorded sha256")
+        f = member_file(path, m)
         if m["arch"] not in SEG_ARCHITECTURES:
             raise BundleError(f"{path}: unknown segmenter {m['arch']!r} (newer labelqa?)")
         net = build_segmenter(m["arch"], len(meta["class_names"]))
