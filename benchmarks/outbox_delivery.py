@@ -52,7 +52,7 @@ def main() -> None:
     from dicom_io.results import save_results, write_results
     from tests.conftest import free_port, labelqa_env
     from tests.orthanc_helper import NetNamespace, start_storescp
-    from tests.test_results import ALGORITHM, COHORT, make_study
+    from tests.dicom_io.test_results import ALGORITHM, COHORT, make_study
 
     runs = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -10,7 +10,7 @@ import pytest
 
 from dicom_io.results import AuditedAnnotation, save_results, write_results
 from tests.conftest import SHARED_DATA, requires_dciodvfy, requires_dcmtk, requires_shared_data
-from tests.test_results import ALGORITHM, _blob
+from tests.dicom_io.test_results import ALGORITHM, _blob
 
 CT_DIR = SHARED_DATA / "dicom" / "dcmqi_data" / "data" / "segmentations" / "ct-3slice"
 SEG = SHARED_DATA / "dicom" / "generated_here" / "liver_dcmqi_made.dcm"

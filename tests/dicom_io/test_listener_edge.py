@@ -26,7 +26,7 @@ from pydicom.uid import generate_uid
 
 from dicom_io.scp import ListenerSettings, storage_sop_classes
 from tests.conftest import SHARED_DATA, have
-from tests.test_listener import _send_files_raw, echoscu, storescu
+from tests.dicom_io.test_listener import _send_files_raw, echoscu, storescu
 
 pytestmark = [pytest.mark.dcmtk, pytest.mark.skipif(not have("storescu"), reason="dcmtk not installed")]
 

@@ -20,8 +20,8 @@ from dicom_io.db import make_engine
 from dicom_io.outbox import DEAD, DELIVERED, PENDING, Outbox, OutboxSettings, backoff_delay
 from dicom_io.results import save_results, write_results
 from tests.conftest import can_unshare_net, free_port, labelqa_cmd, labelqa_env, requires_dcmtk, requires_orthanc
+from tests.dicom_io.test_results import ALGORITHM, COHORT, make_study
 from tests.orthanc_helper import NetNamespace, start_orthanc, start_storescp
-from tests.test_results import ALGORITHM, COHORT, make_study
 
 needs_netns = pytest.mark.skipif(not can_unshare_net(), reason="cannot create a network namespace (unshare -n)")
 
