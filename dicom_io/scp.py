@@ -40,10 +40,12 @@ from pydantic import BaseModel, Field
 from pydicom.dataset import Dataset
 from pydicom.uid import UID_dictionary
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt, register_uid
-from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.sop_class import _STORAGE_CLASSES
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated at import time
+from pynetdicom.service_class import StorageServiceClass
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # Verification is generated at import time
+    _STORAGE_CLASSES,
+    Verification,
+)
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_io.part10 import InvalidInstance, MissingUID, SOPClassMismatch, TooLarge, UnreadableDataset
