@@ -13,6 +13,7 @@ import re
 import struct
 import zlib
 from dataclasses import dataclass
+from typing import cast
 
 from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import tag_for_keyword
@@ -100,7 +101,7 @@ class Header:
     """What is stored although it does not conform (e.g. a UID that is not a valid UID string)."""
 
 
-_HEADER_TAG_MAP = {k: tag_for_keyword(k) for k in _HEADER_TAGS}
+_HEADER_TAG_MAP: dict[str, int] = {k: cast(int, tag_for_keyword(k)) for k in _HEADER_TAGS}  # all known keywords
 _TS_TAG = 0x00020010
 _CHARSET_TAG = 0x00080005
 _WANTED = frozenset({*_HEADER_TAG_MAP.values(), _TS_TAG, _CHARSET_TAG})
@@ -150,6 +151,7 @@ def read_header(raw: bytes, *, max_inflated_bytes: int = MAX_INFLATED_BYTES) -> 
     charsets = [c for c in (_decode(values.get(_CHARSET_TAG), [], False) or "").split("\\") if c]
     v = {name: _decode(values.get(tag), charsets, name in _TEXT_KEYWORDS) for name, tag in _HEADER_TAG_MAP.items()}
     nonconforming = []
+    uids: dict[str, str] = {}
     for name in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
         uid = v[name]
         if not uid:
@@ -158,11 +160,12 @@ def read_header(raw: bytes, *, max_inflated_bytes: int = MAX_INFLATED_BYTES) -> 
             if not _INDEXABLE_UID.match(uid):
                 raise MissingUID(f"{name} is not a valid UID and cannot be indexed")
             nonconforming.append(f"{name} is not a valid UID string")
+        uids[name] = uid
     return Header(
-        sop_class_uid=v["SOPClassUID"],
-        sop_instance_uid=v["SOPInstanceUID"],
-        study_uid=v["StudyInstanceUID"],
-        series_uid=v["SeriesInstanceUID"],
+        sop_class_uid=uids["SOPClassUID"],
+        sop_instance_uid=uids["SOPInstanceUID"],
+        study_uid=uids["StudyInstanceUID"],
+        series_uid=uids["SeriesInstanceUID"],
         transfer_syntax_uid=_decode(values.get(_TS_TAG), [], False),
         modality=v["Modality"],
         patient_id=v["PatientID"],

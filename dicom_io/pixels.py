@@ -97,13 +97,13 @@ def _modality_lut(arr: np.ndarray, ds: Dataset, frame_index: int) -> np.ndarray:
         from pydicom.pixels import apply_modality_lut
 
         return apply_modality_lut(arr, ds).astype(np.float32)
-    slope = _first(ds.get("RescaleSlope"))
-    intercept = _first(ds.get("RescaleIntercept"))
+    rescale_slope = _first(ds.get("RescaleSlope"))
+    rescale_intercept = _first(ds.get("RescaleIntercept"))
     out = arr.astype(np.float32)
-    if slope is not None and slope != 1.0:
-        out = out * np.float32(slope)
-    if intercept:
-        out = out + np.float32(intercept)
+    if rescale_slope is not None and rescale_slope != 1.0:
+        out = out * np.float32(rescale_slope)
+    if rescale_intercept:
+        out = out + np.float32(rescale_intercept)
     return out
 
 

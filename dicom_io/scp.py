@@ -34,14 +34,18 @@ import ssl
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel, Field
 from pydicom.dataset import Dataset
 from pydicom.uid import UID_dictionary
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt, register_uid
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.service_class import StorageServiceClass
-from pynetdicom.sop_class import _STORAGE_CLASSES, Verification
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # Verification is generated at import time
+    _STORAGE_CLASSES,
+    Verification,
+)
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_io.part10 import InvalidInstance, MissingUID, SOPClassMismatch, TooLarge, UnreadableDataset
@@ -154,7 +158,7 @@ def shorten_reactor_sleep(interval_s: float) -> None:
     if isinstance(current, _ShortSleepTime):
         current.cap = interval_s
     elif current is time:
-        pa.time = _ShortSleepTime(interval_s)
+        pa.time = cast(Any, _ShortSleepTime(interval_s))  # duck-types the time module
 
 
 def storage_sop_classes() -> list[str]:
@@ -269,7 +273,7 @@ class Listener:
     def start(self) -> None:
         """Bind and serve in background threads."""
         shorten_reactor_sleep(self.cfg.poll_interval_s)
-        handlers = [
+        handlers: list[evt.EventHandlerType] = [
             (evt.EVT_CONN_OPEN, self._on_conn_open),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACCEPTED, self._on_accepted),
@@ -281,11 +285,14 @@ class Listener:
         if self.cfg.accept_unknown_sop_classes:
             _config.UNRESTRICTED_STORAGE_SERVICE = True  # process-wide; affects only the SCP side
         handlers.append((evt.EVT_DIMSE_RECV, self._on_dimse_recv))
-        server = self.ae.make_server(
-            (self.cfg.host, self.cfg.port),
-            evt_handlers=handlers,
-            ssl_context=make_ssl_context(self.cfg),
-            server_class=_Server,
+        server = cast(
+            _Server,
+            self.ae.make_server(
+                (self.cfg.host, self.cfg.port),
+                evt_handlers=handlers,
+                ssl_context=make_ssl_context(self.cfg),
+                server_class=_Server,
+            ),
         )
         server.handshake_timeout_s = self.cfg.tls_handshake_timeout_s
         threading.Thread(target=server.serve_forever, name="labelqa-scp-accept", daemon=True).start()
@@ -320,7 +327,10 @@ class Listener:
 
     def _on_conn_open(self, event: evt.Event) -> None:
         try:
-            event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            assoc_socket = event.assoc.dul.socket
+            if assoc_socket is None or assoc_socket.socket is None:
+                raise AttributeError("the association has no socket")
+            assoc_socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except (OSError, AttributeError) as e:  # pragma: no cover - platform specific
             log.debug("could not set TCP_NODELAY: %s", e)
         if hasattr(event.assoc.dul, "_run_loop_delay"):
@@ -328,10 +338,12 @@ class Listener:
 
     def _reject(self, event: evt.Event, rsd: tuple[int, int, int], why: str) -> None:
         assoc = event.assoc
+        rq = assoc.requestor.primitive
+        assert rq is not None  # set before EVT_REQUESTED
         log.warning(
             "rejecting association from %s (AE %s): %s",
             assoc.requestor.address,
-            assoc.requestor.primitive.calling_ae_title,
+            rq.calling_ae_title,
             why,
         )
         assoc.acse.send_reject(*rsd)
@@ -342,6 +354,7 @@ class Listener:
         cfg = self.cfg
         host = event.assoc.requestor.address
         rq = event.assoc.requestor.primitive
+        assert rq is not None  # the A-ASSOCIATE-RQ being answered
         if self._draining.is_set():
             return self._reject(event, _RJ_CONGESTION, "shutting down")
         if cfg.require_called_ae and rq.called_ae_title.strip() != cfg.ae_title.strip():
@@ -381,14 +394,12 @@ class Listener:
         missing = [k for k in ("MessageID", "AffectedSOPClassUID", "AffectedSOPInstanceUID") if not cmd.get(k)]
         if not missing:
             return
-        from pynetdicom.dimse_primitives import C_STORE
-
         rsp = C_STORE()
         rsp.MessageIDBeingRespondedTo = int(cmd.get("MessageID") or 0)
         if cmd.get("AffectedSOPClassUID"):
             rsp.AffectedSOPClassUID = cmd.AffectedSOPClassUID
         rsp.Status = STATUS_MISSING_UID
-        rsp.ErrorComment = f"C-STORE request without {', '.join(missing)}"[:64]
+        rsp.ErrorComment = f"C-STORE request without {', '.join(missing)}"[:64]  # type: ignore[assignment]  # pynetdicom infers None
         log.warning(
             "C-STORE refused from %s: the request command has no %s; answered 0x%04X",
             event.assoc.requestor.address, ", ".join(missing), STATUS_MISSING_UID,
@@ -396,6 +407,7 @@ class Listener:
         st = self._stats.get(id(event.assoc))
         if st:
             st.failed += 1
+        assert msg.context_id is not None  # a decoded message carries its presentation context
         event.assoc.dimse.send_msg(rsp, msg.context_id)
 
     def _on_accepted(self, event: evt.Event) -> None:
@@ -407,7 +419,9 @@ class Listener:
     @staticmethod
     def _on_rejected(event: evt.Event) -> None:
         a = event.assoc
-        log.info("association rejected from %s (AE %s)", a.requestor.address, a.requestor.primitive.calling_ae_title)
+        rq = a.requestor.primitive
+        assert rq is not None  # rejected in answer to a request
+        log.info("association rejected from %s (AE %s)", a.requestor.address, rq.calling_ae_title)
 
     def _on_closed(self, event: evt.Event) -> None:
         with self._stats_lock:
@@ -427,7 +441,7 @@ class Listener:
         )
 
     def _on_c_store(self, event: evt.Event) -> Dataset | int:
-        req = event.request
+        req = cast(C_STORE, event.request)  # the EVT_C_STORE handler
         sop_uid = str(req.AffectedSOPInstanceUID or "")
         st = self._stats.get(id(event.assoc))
         full = self.low_disk()

@@ -293,7 +293,7 @@ class StudyStore:
         self.data_dir = Path(data_dir).resolve()
         self.max_inflated_bytes = int(max_inflated_mb) * 2**20
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = _lock_data_dir(self.data_dir)  # before anything touches the directory
+        self._lock_fd: int | None = _lock_data_dir(self.data_dir)  # before anything touches the directory
         self.studies_dir = self.data_dir / "studies"
         self.studies_dir.mkdir(parents=True, exist_ok=True)
         self.stable_after_s = float(stable_after_s)

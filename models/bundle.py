@@ -19,6 +19,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -33,6 +34,9 @@ from models.detector import (
     score_samples,
 )
 from models.ensemble import ARCHITECTURES, build_model
+
+if TYPE_CHECKING:
+    from torch import nn
 
 BUNDLE_FORMAT = "labelqa-bundle/1"
 
@@ -69,7 +73,7 @@ class SampleVerdict:
 class _Member:
     arch: str
     fold: int
-    model: object
+    model: nn.Module
     cam_layer: str
     cam_size: int
 

@@ -216,11 +216,13 @@ def predict_probs(model: nn.Module, images: np.ndarray | torch.Tensor, *, batch_
     out = []
     for s in range(0, len(images), batch_size):
         x = _to_input(images[s:s + batch_size], device)
-        p = 0.0
+        p: torch.Tensor | None = None
         for view in TTA_VIEWS[:tta]:
             with _autocast(device):
                 logits = model(tta_view(x, view))
-            p = p + torch.softmax(logits.float(), dim=1)
+            q = torch.softmax(logits.float(), dim=1)
+            p = q if p is None else p + q
+        assert p is not None  # tta >= 1
         out.append((p / tta).cpu().numpy())
     if not out:
         return np.zeros((0, 0), dtype=np.float32)
@@ -239,7 +241,7 @@ def train_member(spec: MemberSpec, images: np.ndarray, labels: np.ndarray, n_cla
     val_idx, tr_idx = np.sort(perm[:n_val]), perm[n_val:]
     model = build_model(spec, n_classes).to(device)
     if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit it
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, int(np.ceil(len(tr_idx) / cfg.batch_size)))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
@@ -257,7 +259,8 @@ def train_member(spec: MemberSpec, images: np.ndarray, labels: np.ndarray, n_cla
     else:
         dev_images, gen = None, None
         augment = _augmenter(images.shape[-1], seed) if cfg.augment else None
-    best_state, best_loss, bad, hist = None, float("inf"), 0, {"val_loss": [], "val_acc": [], "train_loss": []}
+    best_state, best_loss, bad = None, float("inf"), 0
+    hist: dict[str, Any] = {"val_loss": [], "val_acc": [], "train_loss": []}
     # Training-time margins accumulate on the fit's device and are copied to the host once, at the end.
     margin_sum = torch.zeros(n, dtype=torch.float64, device=device)
     margin_n = torch.zeros(n, dtype=torch.float64, device=device)
@@ -275,6 +278,7 @@ def train_member(spec: MemberSpec, images: np.ndarray, labels: np.ndarray, n_cla
             if len(b) < 2:
                 continue
             if dev_images is not None:
+                assert gen is not None  # set with dev_images
                 xg = dev_images[torch.from_numpy(b).to(device)][:, None].float()
                 x = _to_input(batch_augment(xg, gen) if cfg.augment else xg, device)
             else:

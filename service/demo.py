@@ -26,9 +26,10 @@ import shutil
 import subprocess
 import time
 import urllib.request
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from dicom_io.results.series import is_own_output
 from models.verdict import FLAGGED
@@ -325,7 +326,7 @@ class _Archive:
 def run_demo(cfg: DemoConfig, echo=print) -> DemoReport:
     """Run the demo end to end; returns the report (rows per annotation, summary, outputs, timings)."""
     from service.jobs import DONE, FAILED, NO_ANNOTATIONS, JobStore
-    from service.pipeline import service_components
+    from service.pipeline import AuditService, service_components
     from service.process import Service
     from service.settings import Destination, load_settings
 
@@ -395,7 +396,7 @@ def run_demo(cfg: DemoConfig, echo=print) -> DemoReport:
     svc = Service(settings)
     for spec in service_components(settings):
         svc.add(spec)
-    audit_service = svc.components[0]
+    audit_service = cast(AuditService, svc.components[0])  # service_components' only component
     try:
         if archive is not None:
             archive.start()
@@ -568,6 +569,7 @@ def _html_reports(report: DemoReport, run_dir: Path) -> None:
     out = run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     pages: dict[str, str] = {}
+    render_html: Callable[[Path, Iterable[Path]], str] | None
     try:
         from dicom_io.results.report_html import render_html
     except ImportError:

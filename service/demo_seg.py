@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import shutil
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ def make_seg_demo_data(cfg: Any, work: Path) -> Any:
              for r in records}
     names = list(audit.class_names)
     items = [
-        StudyItem(f"{audit.stems[i]}.png", "", "", (lambda img=audit.images[i]: to_stored_grey(img)),
+        StudyItem(f"{audit.stems[i]}.png", "", "", partial(to_stored_grey, audit.images[i]),
                   mask=written[i], mask_classes=names, mask_corruption=notes.get(i, ""))
         for i in range(len(audit))
     ]

@@ -19,9 +19,23 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, Float, Index, Integer, String, Text, exists, func, select, text, update
+from sqlalchemy import (
+    CursorResult,
+    Engine,
+    Float,
+    Index,
+    Integer,
+    Result,
+    String,
+    Text,
+    exists,
+    func,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, aliased, mapped_column
 
@@ -131,6 +145,11 @@ def _to_job(r: AuditJobRow, with_result: bool = True) -> Job:
     )
 
 
+def _rowcount(result: Result[Any]) -> int:
+    """Rows an UPDATE matched (``Session.execute`` is typed as returning a Result; for DML it is a CursorResult)."""
+    return cast(CursorResult[Any], result).rowcount
+
+
 def owner_id(worker: int | str = 0) -> str:
     """An owner name for leases: host, process id and worker index."""
     return f"{socket.gethostname()}:{os.getpid()}:{worker}"
@@ -237,7 +256,7 @@ class JobStore:
                         .values(self._running_values(owner, now))
                         .execution_options(synchronize_session=False)
                     )
-                    if res.rowcount != 1:
+                    if _rowcount(res) != 1:
                         continue
                     s.execute(
                         update(AuditJobRow)
@@ -302,7 +321,7 @@ class JobStore:
                 .where(AuditJobRow.id == job_id, AuditJobRow.state == RUNNING, AuditJobRow.owner == owner)
                 .values(lease_until=time.time() + self.lease_s)
             )
-            return res.rowcount == 1
+            return _rowcount(res) == 1
 
     def finish(
         self,
@@ -329,7 +348,7 @@ class JobStore:
                 .values(state=state, reason=reason, finished_at=now, lease_until=None, n_samples=n_samples,
                         n_flagged=n_flagged, result_json=json.dumps(result) if result is not None else None)
             )
-            if res.rowcount != 1:
+            if _rowcount(res) != 1:
                 return False
             if state in (DONE, NO_ANNOTATIONS):
                 study = s.scalar(select(AuditJobRow.study_uid).where(AuditJobRow.id == job_id))
@@ -385,7 +404,7 @@ class JobStore:
             with Session(self.engine) as s, s.begin():
                 res = s.execute(update(AuditJobRow).where(*same)
                                 .values(owner=None, lease_until=None, **values))
-                if res.rowcount == 1:
+                if _rowcount(res) == 1:
                     changed.append(job_id)
         return changed
 
@@ -397,7 +416,7 @@ class JobStore:
                 .where(AuditJobRow.study_uid == study_uid, AuditJobRow.state == QUEUED, AuditJobRow.id != keep_id)
                 .values(state=SUPERSEDED, superseded_by=keep_id, finished_at=time.time())
             )
-            return res.rowcount
+            return _rowcount(res)
 
     # -- reading -------------------------------------------------------------------------------
     def get(self, job_id: int) -> Job | None:

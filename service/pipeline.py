@@ -249,13 +249,10 @@ class Pipeline:
 def _make_outbox(settings: Settings, engine: Any) -> Any:
     """The results outbox (issue 6) on the service database, or None when it is not available."""
     try:
-        from dicom_io.outbox import Outbox  # type: ignore[import-not-found]
+        from dicom_io.outbox import Outbox
     except ImportError:
-        try:
-            from service.outbox import Outbox  # type: ignore[import-not-found]
-        except ImportError:
-            log.warning("no results outbox available: results are written locally only")
-            return None
+        log.warning("no results outbox available: results are written locally only")
+        return None
     return Outbox(engine, settings.outbox.destinations, settings=settings.outbox)
 
 

@@ -154,7 +154,7 @@ def run_service(
             pass
     finally:
         svc.stop()
-        for sig, h in previous.items():
-            signal.signal(sig, h)
+        for signum, h in previous.items():
+            signal.signal(signum, h)
     log.info("stopped")
     return 0

@@ -282,7 +282,8 @@ def read_sr(ds: Any, vocabulary: Any | None) -> tuple[list[LabelRecord], list[Is
             continue
         label_path = next(p for lab, p in resolved if lab == labels[0])
         for image_uid, frames in refs:
-            for frame in frames or [None]:
+            frame_choices: list[int | None] = list(frames) if frames else [None]
+            for frame in frame_choices:
                 records.append(
                     LabelRecord(
                         label=labels[0],

@@ -40,7 +40,9 @@ def saliency_map(
     if not supports_parametric_map(source):
         return None
     rows, cols = int(source.Rows), int(source.Columns)
-    img = Image.fromarray(np.clip(heat, 0, 1).astype(np.float32), mode="F").resize((cols, rows), Image.BILINEAR)
+    img = Image.fromarray(np.clip(heat, 0, 1).astype(np.float32), mode="F").resize(
+        (cols, rows), Image.Resampling.BILINEAR
+    )
     values = np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
     mapping = hd.pm.RealWorldValueMapping(
         lut_label="SALIENCY", lut_explanation="consensus Grad-CAM saliency", unit=codes.UNIT_ONE,
