@@ -229,21 +229,28 @@ class DataDirLocked(RuntimeError):
     """Another process (or store) holds the data directory."""
 
 
-def _lock_data_dir(data_dir: Path) -> int:
-    """Take the exclusive lock ``data_dir/.lock`` (flock; released when the process dies), or raise."""
+def _lock_data_dir(data_dir: Path, shared: bool = False) -> int:
+    """Lock ``data_dir/.lock`` (flock; released when the process dies), or raise DataDirLocked.
+
+    Exclusive with the embedded SQLite index: one service per data dir. ``shared`` (an index in a
+    server database such as PostgreSQL, where several gateways share one data dir by design): any
+    number of shared holders, but not beside an exclusive one.
+    """
     import fcntl
 
     fd = os.open(data_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
         os.close(fd)
         raise DataDirLocked(
-            f"data dir {data_dir} is in use by {holder}; one labelqa service per data dir"
+            f"data dir {data_dir} is in use by {holder}; one labelqa service per data dir with the SQLite "
+            "index (gateways that share a data dir need a shared database_url, e.g. PostgreSQL)"
         ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
+    if not shared:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
     return fd
 
 
@@ -293,7 +300,8 @@ class StudyStore:
         self.data_dir = Path(data_dir).resolve()
         self.max_inflated_bytes = int(max_inflated_mb) * 2**20
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_fd: int | None = _lock_data_dir(self.data_dir)  # before anything touches the directory
+        shared_index = bool(database_url) and not str(database_url).startswith("sqlite")
+        self._lock_fd: int | None = _lock_data_dir(self.data_dir, shared=shared_index)  # before anything else
         self.studies_dir = self.data_dir / "studies"
         self.studies_dir.mkdir(parents=True, exist_ok=True)
         self.stable_after_s = float(stable_after_s)

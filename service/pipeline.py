@@ -109,14 +109,18 @@ class Pipeline:
         """
         if self.store is None or not hasattr(self.store, "stable_studies"):
             return 0
-        missing = sorted(set(self.store.stable_studies()) - self.jobs.studies_with_jobs())
-        for uid in missing:
-            from dicom_io.store import StudyStable
+        from dicom_io.store import StudyStable
 
-            self.on_study_stable(StudyStable(uid, self.store.instances(uid), reopened=False))
-        if missing:
-            log.info("start-up: %d complete studies had no audit job; handled now", len(missing))
-        return len(missing)
+        handled = 0
+        for uid in sorted(set(self.store.stable_studies()) - self.jobs.studies_with_jobs()):
+            instances = self.store.instances(uid)
+            if not instances:  # its files are gone (the store's own start-up repair dropped them)
+                continue
+            self.on_study_stable(StudyStable(uid, instances, reopened=False))
+            handled += 1
+        if handled:
+            log.info("start-up: %d complete studies had no audit job; handled now", handled)
+        return handled
 
     def stop(self, timeout: float = 30.0) -> None:
         self.executor.stop(timeout)
