@@ -56,6 +56,8 @@ __all__ = [
     "DecisionError",
     "DecisionOutcome",
     "ReviewStore",
+    "ReviewService",
+    "ReviewCollector",
     "WorklistFilter",
     "WorklistPage",
     "AuditedRow",
