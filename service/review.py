@@ -56,6 +56,8 @@ __all__ = [
     "DecisionError",
     "DecisionOutcome",
     "ReviewStore",
+    "ReviewService",
+    "ReviewCollector",
     "WorklistFilter",
     "WorklistPage",
     "AuditedRow",
@@ -992,7 +994,7 @@ class ReviewService:
                     previous = self._previous_reports(decided, item_id)
                     rep = verified_report(pydicom.dcmread(report_path), reviewed, reviewer,
                                           previous=[pydicom.dcmread(p, stop_before_pixels=True) for p in previous[-1:]],
-                                          key=[len(previous)])
+                                          key=[len(previous)], instance_number=2 + len(previous))
                     written.append(_save(rep, out_dir))
                     detail["report_uid"] = str(rep.SOPInstanceUID)
                     detail["report_path"] = str(written[-1])

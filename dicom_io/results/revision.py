@@ -313,6 +313,7 @@ def verified_report(
     *,
     previous: Sequence[Dataset] = (),
     key: Any = None,
+    instance_number: int | None = None,
 ) -> Dataset:
     """The QA report SR ``report`` reissued VERIFIED by ``reviewer`` with the ``decisions`` in its groups.
 
@@ -341,8 +342,9 @@ def verified_report(
     uid = derived_uid("labelqa-verified-report", str(report.SOPInstanceUID), key,
                       sorted((d.annotation_uid, d.segment_number or 0, d.decision, str(d.corrected_label or ""),
                               d.comment or "", d.reviewer) for d in decisions))
-    _new_identity(out, uid, str(report.SeriesInstanceUID), int(report.SeriesNumber),
-                  int(report.get("InstanceNumber", 1) or 1) + len(previous) + 1, None)
+    if instance_number is None:
+        instance_number = int(report.get("InstanceNumber", 1) or 1) + len(previous) + 1
+    _new_identity(out, uid, str(report.SeriesInstanceUID), int(report.SeriesNumber), instance_number, None)
     _stamp(out, reviewer, new_series=False)
     _verify(out, reviewer, [report, *previous])
     return out

@@ -443,6 +443,7 @@ def test_metrics_and_stats_show_the_loop(audited):
     _login(c, READER)
     html = c.get("/review").text
     assert "flag precision 0.50" in html and "3 reviewed" in html
+    assert "confirmed errors in the top" in html and "50%: 100%" in html
 
 
 def test_item_view_serves_image_and_heatmap(audited):
