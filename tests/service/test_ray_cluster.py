@@ -238,7 +238,8 @@ def test_demo_on_postgresql_and_the_ray_cluster_reports_the_nodes(cluster, small
         report = json.loads(r.stdout)
         ex = report["executor"]
         assert ex["kind"] == "ray" and ex["nodes"] == 3, ex
-        assert sum(ex["jobs_by_node"].values()) == cfg.studies, (ex, report["outputs"].get("job_counts"), [(r["verdict"], r.get("reason")) for r in report["rows"][:3]])
+        why = [(row["verdict"], row.get("reason")) for row in report["rows"][:3]]
+        assert sum(ex["jobs_by_node"].values()) == cfg.studies, (ex, report["outputs"].get("job_counts"), why)
         assert set(ex["jobs_by_node"]) <= {n.node_id for n in cluster.nodes}
         assert len(report["rows"]) == cfg.studies
         assert report["summary"]["planted_errors"] >= 1
