@@ -1,6 +1,6 @@
 """The review workbench's store: audited annotations ranked for review, reviewers' decisions, their trail.
 
-Three tables on the service database (their own ``DeclarativeBase``, like the job table):
+Three tables on the service database (on ``dicom_io.db.Base``; migration 0002):
 
 - ``annotations_audited``: one row per audited annotation (SR content item or SEG segment), kept in
   step with the newest finished audit of each study by :meth:`ReviewStore.sync` (it reads the job
@@ -45,8 +45,9 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from dicom_io.db import Base, ensure_schema
 from models.verdict import FLAGGED, Verdict
 
 log = logging.getLogger("labelqa.review")
@@ -79,10 +80,6 @@ class Decision(StrEnum):
 
 class DecisionError(ValueError):
     """A decision that cannot be recorded as given (the message says why)."""
-
-
-class Base(DeclarativeBase):
-    pass
 
 
 class AuditedRow(Base):
@@ -303,7 +300,7 @@ class ReviewStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        Base.metadata.create_all(engine)
+        ensure_schema(engine)  # a migrated database already has the tables (service/migrations 0002)
         self._sync_lock = threading.Lock()
         self._decide_lock = threading.Lock()
         self._last_seen_max: tuple[Any, ...] = ()
