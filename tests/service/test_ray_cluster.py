@@ -49,6 +49,14 @@ def cluster():
         a = c.add_worker("worker-a", {"labelqa_gpu": 1})
         b = c.add_worker("worker-b", {"labelqa_gpu": 1})
         alive = c.alive_node_ids({c.nodes[0].node_id, a.node_id, b.node_id})
+        if alive != {n.node_id for n in c.nodes}:
+            # a worker that never registered with the GCS (seen once in ~10 runs on a loaded 2-core
+            # machine): replace it once; the tests are about jobs on live nodes, not Ray's start-up
+            for node in [n for n in c.nodes if n.node_id not in alive]:
+                node.kill()
+                c.nodes.remove(node)
+                c.add_worker(f"{node.name}-again", {"labelqa_gpu": 1})
+            alive = c.alive_node_ids({n.node_id for n in c.nodes})
         assert alive == {n.node_id for n in c.nodes}, alive
         yield c
     finally:
