@@ -142,20 +142,6 @@ def _headers(files: Iterable[Path]) -> dict[str, Path]:
     return out
 
 
-def _by_study(paths: Iterable[Path]) -> list[list[Path]]:
-    """Files grouped by Study Instance UID (in first-seen order)."""
-    import pydicom
-
-    groups: dict[str, list[Path]] = {}
-    for p in paths:
-        try:
-            uid = str(pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["StudyInstanceUID"]).StudyInstanceUID)
-        except Exception:  # noqa: BLE001 - unreadable here: read_study reports it in its study
-            uid = ""
-        groups.setdefault(uid, []).append(p)
-    return list(groups.values())
-
-
 def _code(vocabulary: Any, name: str) -> Any:
     try:
         return vocabulary.code_for(name)
@@ -346,14 +332,20 @@ def audit_masks(files: Iterable[Path], bundle: Any, vocabulary: Any, *, device: 
     grid. Results: a TID 1411 group per mask in the QA report, an overlay SC and the consensus as a
     suggested-correction SEG for each suspected mask error, the flagged frames in the KOS.
     """
-    import pydicom
-
     from dicom_io.annotations import read_study
-    from dicom_io.results import AuditedMask, write_results
 
     by_uid = _headers(Path(f) for f in files)
+    aset = read_study([by_uid[u] for u in by_uid], vocabulary, masks=True, mask_classes=list(bundle.class_names))
+    return _audit_mask_set(aset, by_uid, bundle, vocabulary, device=device)
+
+
+def _audit_mask_set(aset: Any, by_uid: dict[str, Path], bundle: Any, vocabulary: Any, *, device: str) -> StudyAudit:
+    """:func:`audit_masks` on one study already read (``by_uid``: its files by SOP Instance UID)."""
+    import pydicom
+
+    from dicom_io.results import AuditedMask, write_results
+
     classes = list(bundle.class_names)
-    aset = read_study([by_uid[u] for u in by_uid], vocabulary, masks=True, mask_classes=classes)
     sa = StudyAudit(aset.study_uid, issues=[i.to_dict() for i in aset.issues])
     frames: dict[tuple[str, str, int | None], list[Any]] = {}
     for m in aset.mask_samples:
@@ -426,7 +418,8 @@ def audit_dicom_dir(bundle_path: Path | str, dicom_dir: Path | str, out_dir: Pat
     vocab = resolve_vocabulary(bundle, Path(bundle_path), vocabulary)
     by_uid = _headers(p for p in sorted(dicom_dir.rglob("*")) if p.is_file())
     if is_segmentation(bundle):
-        audits = [audit_masks(paths, bundle, vocab, device=device) for paths in _by_study(by_uid.values())]
+        sets = read_studies(list(by_uid.values()), vocab, masks=True, mask_classes=list(bundle.class_names))
+        audits = [_audit_mask_set(aset, by_uid, bundle, vocab, device=device) for aset in sets]
     else:
         sets = read_studies(list(by_uid.values()), vocab, pixel_transform=bundle.prepare_frame)
         audits = _audit_sets(sets, by_uid, bundle, vocab, device=device, batch_size=batch_size,
