@@ -20,7 +20,7 @@ from pydicom.datadict import tag_for_keyword
 
 __all__ = [
     "UID_RE", "InvalidInstance", "UnreadableDataset", "MissingUID", "TooLarge", "SOPClassMismatch", "Header",
-    "read_header", "check_structure", "path_component", "MAX_INFLATED_BYTES", "MAX_NESTING",
+    "read_header", "check_structure", "path_component", "part10_bytes", "MAX_INFLATED_BYTES", "MAX_NESTING",
 ]
 
 UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -188,6 +188,45 @@ def path_component(uid: str) -> str:
     import hashlib
 
     return "x" + hashlib.sha256(uid.encode()).hexdigest()[:40]
+
+
+def _short_element(tag: int, vr: bytes, value: bytes) -> bytes:
+    return struct.pack("<HH", tag >> 16, tag & 0xFFFF) + vr + struct.pack("<H", len(value)) + value
+
+
+def _uid_value(uid: str) -> bytes:
+    b = uid.encode("ascii", "replace")
+    return b + b"\x00" if len(b) % 2 else b
+
+
+def part10_bytes(
+    dataset: bytes,
+    *,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    transfer_syntax_uid: str,
+    implementation_class_uid: str,
+    implementation_version_name: str,
+) -> bytes:
+    """A received dataset as a Part 10 file: preamble, ``DICM``, file meta group, then ``dataset`` as is.
+
+    The meta group is the one ``pydicom``/``pynetdicom`` write for a C-STORE (group length,
+    version 00\\01, media storage SOP class and instance, transfer syntax, implementation class UID
+    and version name; Explicit VR Little Endian), byte for byte, without building a Dataset.
+    """
+    version = implementation_version_name.encode("ascii", "replace")
+    if len(version) % 2:
+        version += b" "
+    body = b"".join((
+        struct.pack("<HH", 0x0002, 0x0001) + b"OB\x00\x00" + struct.pack("<I", 2) + b"\x00\x01",
+        _short_element(0x00020002, b"UI", _uid_value(sop_class_uid)),
+        _short_element(0x00020003, b"UI", _uid_value(sop_instance_uid)),
+        _short_element(0x00020010, b"UI", _uid_value(transfer_syntax_uid)),
+        _short_element(0x00020012, b"UI", _uid_value(implementation_class_uid)),
+        _short_element(0x00020013, b"SH", version),
+    ))
+    group_length = _short_element(0x00020000, b"UL", struct.pack("<I", len(body)))
+    return b"".join((b"\x00" * 128, b"DICM", group_length, body, dataset))
 
 
 # --------------------------------------------------------------------------------------------
