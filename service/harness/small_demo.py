@@ -13,6 +13,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from service.demo import DemoConfig, DemoData, make_demo_data, train_demo_bundle
 from service.harness.commands import REPO
@@ -20,7 +21,7 @@ from service.harness.commands import REPO
 __all__ = ["SMALL", "SmallDemo", "small_demo_for"]
 
 # Small enough for CI on 2 cores, large enough that the ensemble learns the shapes.
-SMALL = dict(studies=12, train_images=160, image_size=32, classes=2, noise_rate=0.2, epochs=8, seed=0)
+SMALL: dict[str, Any] = dict(studies=12, train_images=160, image_size=32, classes=2, noise_rate=0.2, epochs=8, seed=0)
 
 _CACHE: dict[str, SmallDemo] = {}
 

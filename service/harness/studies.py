@@ -35,7 +35,10 @@ def make_study() -> tuple[dict, dict, list[AuditedAnnotation]]:
     from pydicom.data import get_testdata_file
     from pydicom.sr.codedict import codes as dcm
 
-    img_a = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ct_small = get_testdata_file("CT_small.dcm")
+    if not isinstance(ct_small, str):
+        raise FileNotFoundError("pydicom's test file CT_small.dcm is missing")
+    img_a = pydicom.dcmread(ct_small)
     img_b = copy.deepcopy(img_a)
     img_b.SOPInstanceUID = img_a.SOPInstanceUID + ".2"
     img_b.InstanceNumber = 2
