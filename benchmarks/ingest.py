@@ -21,23 +21,20 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from service.harness import peers  # noqa: E402
+from service.harness.ports import free_port  # noqa: E402
+
 NODELAY_ENV = {**os.environ, "TCP_NODELAY": "1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_instances(out: Path, n: int) -> list[Path]:
@@ -139,35 +136,20 @@ class Storescp(Receiver):
 
 
 class Orthanc(Receiver):
+    """``service.harness.peers.Orthanc`` on this (already private) network, no plugins, default storage."""
+
     name, aec = "orthanc", "ORTHANC"
-    http_port = 0
+    orthanc: peers.Orthanc | None = None
 
     def start(self, work, port):
-        self.http_port = free_port()
-        cfg = {
-            "Name": "bench",
-            "StorageDirectory": str(work / "storage"),
-            "IndexDirectory": str(work / "storage"),
-            "DicomAet": "ORTHANC",
-            "DicomPort": port,
-            "HttpPort": self.http_port,
-            "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
-            "DicomCheckCalledAet": False,
-            "Plugins": [],
-        }
-        (work / "orthanc.json").write_text(json.dumps(cfg))
-        exe = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
-        return subprocess.Popen(
-            [exe, str(work / "orthanc.json")],
-            env=NODELAY_ENV,
-            stdout=subprocess.DEVNULL,
-            stderr=open(work / "log", "wb"),
-        )
+        self.orthanc = peers.Orthanc(peers.HostNetwork(), work, dicom_port=port, http_port=free_port(),
+                                     aet=self.aec, dicomweb=False,
+                                     config={"Name": "bench", "IndexDirectory": str(work / "storage")})
+        return self.orthanc.start().proc
 
     def count(self, work, port):
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/statistics", timeout=30) as r:
-            return json.load(r)["CountInstances"]
+        assert self.orthanc is not None
+        return self.orthanc.rest_get("/statistics")["CountInstances"]
 
 
 def tool_version(cmd: list[str]) -> str:
@@ -250,7 +232,7 @@ def run(rounds: int, n: int, out: Path, command: str) -> dict:
         "machine": info,
         "versions": {
             "dcmtk": tool_version(["storescu", "--version"]),
-            "orthanc": tool_version([shutil.which("Orthanc") or "/usr/sbin/Orthanc", "--version"]),
+            "orthanc": tool_version([peers.orthanc_binary() or "Orthanc", "--version"]),
             "labelqa_commit": subprocess.run(
                 ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
             ).stdout.strip(),

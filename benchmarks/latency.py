@@ -42,9 +42,10 @@ from dicom_io.db import make_engine  # noqa: E402
 from dicom_io.store import InstanceRow  # noqa: E402
 from service.demo import DemoConfig, _shapes_npz, make_demo_data, train_demo_bundle  # noqa: E402
 from service.dicomize import dicomize  # noqa: E402
+from service.harness.commands import labelqa_cmd, labelqa_env  # noqa: E402
+from service.harness.peers import NetNamespace, start_orthanc  # noqa: E402
+from service.harness.ports import free_port  # noqa: E402
 from service.settings import StoreSettings  # noqa: E402
-from tests.conftest import free_port, labelqa_cmd, labelqa_env  # noqa: E402
-from tests.orthanc_helper import NetNamespace, start_orthanc  # noqa: E402
 
 
 def make_study_set(work: Path, cfg: DemoConfig, n_images: int, seed: int, one_study: bool) -> tuple[Path, list[str]]:

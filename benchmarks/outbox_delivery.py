@@ -50,9 +50,10 @@ def main() -> None:
     import pydicom
 
     from dicom_io.results import save_results, write_results
-    from tests.conftest import free_port, labelqa_env
-    from tests.orthanc_helper import NetNamespace, start_storescp
-    from tests.dicom_io.test_results import ALGORITHM, COHORT, make_study
+    from service.harness.commands import labelqa_env
+    from service.harness.peers import NetNamespace, start_storescp
+    from service.harness.ports import free_port
+    from service.harness.studies import ALGORITHM, COHORT, make_study
 
     runs = []
     with tempfile.TemporaryDirectory() as tmp:

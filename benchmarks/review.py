@@ -76,9 +76,9 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
     from dicom_io.db import make_engine
     from service.api import ApiContext, ApiServer, create_app
     from service.auth import Auth
+    from service.harness.ports import free_port
     from service.jobs import JobStore
     from service.review import ReviewService
-    from tests.conftest import free_port
 
     work = Path(tempfile.mkdtemp(prefix="labelqa-review-bench-"))
     db = f"sqlite:///{work / 'index.sqlite'}"

@@ -2,7 +2,7 @@
 PostgreSQL vs SQLite vs Orthanc. All on this machine, in one run, so the ratios compare like with like.
 
 Audits: ``--studies`` DICOM studies of ``--images`` annotated synthetic images each (image + TID 1500
-SR per image, ``service.dicomize``), audited with the small test bundle (``tests.pipeline_fixtures``:
+SR per image, ``service.dicomize``), audited with the small test bundle (``service.harness.small_demo``:
 3 tiny members, 32 px, trained once and cached). Each executor gets a fresh store and SQLite index
 holding every study, its models warm (actors ready) before the clock starts, then all jobs queued at
 once; the rate is studies / wall time until the last job is done (reading, inference, writing the
@@ -38,18 +38,6 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
-
-
-class _HereNamespace:
-    """``tests.ray_cluster.RayCluster`` wants a namespace; the benchmark already runs inside one."""
-
-    def cmd(self, argv: list[str]) -> list[str]:
-        return [str(a) for a in argv]
-
-    def run(self, argv: list[str], **kw: Any) -> subprocess.CompletedProcess:
-        kw.setdefault("capture_output", True)
-        kw.setdefault("text", True)
-        return subprocess.run([str(a) for a in argv], **kw)
 
 
 def make_studies(root: Path, n_studies: int, per_study: int, names: list[str]) -> Path:
@@ -125,7 +113,9 @@ class _LabelqaPostgres:
         self.url = ""
 
     def start(self, work: Path, port: int) -> subprocess.Popen:
-        from ingest import NODELAY_ENV, free_port
+        from ingest import NODELAY_ENV
+
+        from service.harness.ports import free_port
 
         self.url = self.server.url(self.server.new_database())
         env = {**NODELAY_ENV, "PYTHONPATH": str(REPO), "LABELQA_API__PORT": str(free_port()),
@@ -145,9 +135,10 @@ class _LabelqaPostgres:
 
 
 def ingest_rates(rounds: int, n: int, tmp: Path) -> dict[str, Any]:
-    from ingest import Labelqa, Orthanc, make_instances, stop, wait_echo
+    from ingest import NODELAY_ENV, Labelqa, Orthanc, make_instances, stop, wait_echo
 
-    from tests.pg_fixture import start_pg_server
+    from service.harness.ports import free_port
+    from service.harness.postgres import start_pg_server
 
     server = start_pg_server(durable=True)  # its own /tmp dir: user postgres must reach it
     receivers: list[Any] = [Labelqa(), _LabelqaPostgres(server), Orthanc()]
@@ -159,8 +150,6 @@ def ingest_rates(rounds: int, n: int, tmp: Path) -> dict[str, Any]:
             order = receivers[rnd % len(receivers):] + receivers[: rnd % len(receivers)]
             for rc in order:
                 work = Path(tempfile.mkdtemp(prefix=f"{rc.name}-", dir=tmp))
-                from ingest import NODELAY_ENV, free_port
-
                 port = free_port()
                 proc = rc.start(work, port)
                 try:
@@ -193,8 +182,10 @@ def run(a: argparse.Namespace, command: str) -> dict[str, Any]:
     import torch
     from ingest import machine, tool_version
 
-    from tests.pipeline_fixtures import small_demo_for
-    from tests.ray_cluster import RayCluster, ray_env
+    from service.harness.peers import HostNetwork
+    from service.harness.postgres import pg_bindir
+    from service.harness.ray_cluster import RayCluster, ray_env
+    from service.harness.small_demo import small_demo_for
 
     # One intra-op thread per audit worker, as Ray gives each 1-CPU actor (OMP_NUM_THREADS=1): on a
     # shared, loaded machine a 2-thread OpenMP pool per worker ran the in-process audits 10x slower.
@@ -206,7 +197,7 @@ def run(a: argparse.Namespace, command: str) -> dict[str, Any]:
         tmp = Path(tmp_s)
         small = small_demo_for(Path(tempfile.gettempdir()) / "labelqa-bench-small-demo")
         studies = make_studies(tmp / "data", a.studies, a.images, list(small.data.class_names))
-        cluster = RayCluster(_HereNamespace(), ray_env())  # type: ignore[arg-type]
+        cluster = RayCluster(HostNetwork(), ray_env())  # the benchmark already runs under unshare -n
         audits = []
         try:
             # one node: 2 CPUs and 2 units of labelqa_gpu (the actors' resource), the gateway is its driver
@@ -247,7 +238,7 @@ def run(a: argparse.Namespace, command: str) -> dict[str, Any]:
     import ray
 
     result["versions"] = {"ray": ray.__version__, "postgresql": tool_version(
-        [str(Path(__import__("tests.pg_fixture", fromlist=["pg_bindir"]).pg_bindir() or "") / "postgres"),
+        [str(Path(pg_bindir() or "") / "postgres"),
          "--version"]), "labelqa_commit": subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                                                           capture_output=True, text=True).stdout.strip()}
     result["note"] = ("one machine: the Ray workers share its CPU cores with the gateway, so the ratios show the "

@@ -25,14 +25,16 @@ import secrets
 import shutil
 import subprocess
 import time
-import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from dicom_io.results.series import is_own_output
 from models.verdict import FLAGGED
+
+if TYPE_CHECKING:
+    from service.harness.peers import LocalArchive, Orthanc
 
 log = logging.getLogger("labelqa.demo")
 
@@ -198,133 +200,45 @@ def send_studies(root: Path, host: str, port: int, called_ae: str, calling_ae: s
 
 
 # -- a local Orthanc -------------------------------------------------------------------------------
-class LocalOrthanc:
-    """A throw-away Orthanc (Debian package) with labelqa's routing script, for the demo and tests.
+def orthanc_routing_config(work: Path) -> dict[str, Any]:
+    """``deploy/orthanc/orthanc.json`` (labelqa's routing example) for a throw-away Orthanc under ``work``.
 
-    Orthanc listens on all interfaces; this configuration refuses remote HTTP and only accepts
-    DICOM from the declared peers (labelqa and the demo sender on 127.0.0.1).
+    Orthanc listens on all interfaces; this configuration refuses remote HTTP and only accepts DICOM
+    from the declared peers (labelqa and the demo sender on 127.0.0.1). Storage, ports, AE title,
+    peers and stable age are set by :class:`service.harness.peers.Orthanc`.
     """
+    base = json.loads((REPO / "deploy" / "orthanc" / "orthanc.json").read_text())
+    for key in ("StorageDirectory", "IndexDirectory", "DicomAet", "DicomPort", "HttpPort", "DicomModalities",
+                "StableAge"):
+        base.pop(key, None)
+    work.mkdir(parents=True, exist_ok=True)
+    lua = work / "labelqa-route.lua"
+    shutil.copy(REPO / "deploy" / "orthanc" / "labelqa-route.lua", lua)
+    plugins = [p for p in ("/usr/share/orthanc/plugins",) if Path(p).is_dir()]
+    base.update({"Name": "labelqa demo", "Plugins": plugins, "LuaScripts": [str(lua)],
+                 "DicomAlwaysAllowStore": False, "DicomCheckModalityHost": True})
+    return base
 
-    def __init__(self, work: Path, *, http_port: int, dicom_port: int, labelqa_port: int,
-                 labelqa_ae: str = "LABELQA", sender_ae: str = "LABELQADEMO", stable_age_s: int = 2,
-                 aet: str = "ORTHANC") -> None:
-        self.work = Path(work)
-        self.http_port, self.dicom_port, self.aet = http_port, dicom_port, aet
-        self.labelqa_port, self.labelqa_ae, self.sender_ae = labelqa_port, labelqa_ae, sender_ae
-        self.stable_age_s = stable_age_s
-        self.proc: subprocess.Popen | None = None
-        self.log_path = self.work / "orthanc.log"
 
-    @staticmethod
-    def binary() -> str | None:
-        return shutil.which("Orthanc") or ("/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None)
+def demo_orthanc(work: Path, *, http_port: int, dicom_port: int, labelqa_port: int, labelqa_ae: str = "LABELQA",
+                 sender_ae: str = "LABELQADEMO", stable_age_s: int = 2) -> Orthanc:
+    """The demo's Orthanc (not started), on this machine's loopback, routing annotated studies to labelqa."""
+    from service.harness.peers import HostNetwork, Orthanc
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    def config(self) -> dict[str, Any]:
-        base = json.loads((REPO / "deploy" / "orthanc" / "orthanc.json").read_text())
-        lua = self.work / "labelqa-route.lua"
-        shutil.copy(REPO / "deploy" / "orthanc" / "labelqa-route.lua", lua)
-        storage = self.work / "db"
-        plugins = [p for p in ("/usr/share/orthanc/plugins",) if Path(p).is_dir()]
-        base.update({
-            "Name": "labelqa demo", "StorageDirectory": str(storage), "IndexDirectory": str(storage),
-            "DicomAet": self.aet, "DicomPort": self.dicom_port, "HttpPort": self.http_port,
-            "Plugins": plugins, "StableAge": self.stable_age_s, "LuaScripts": [str(lua)],
-            "DicomAlwaysAllowStore": False, "DicomCheckModalityHost": True,
-            "DicomModalities": {
-                "labelqa": {"AET": self.labelqa_ae, "Host": "127.0.0.1", "Port": self.labelqa_port,
-                            "AllowEcho": True, "AllowStore": True},
-                "sender": {"AET": self.sender_ae, "Host": "127.0.0.1", "Port": 104, "AllowEcho": True,
-                           "AllowStore": True},
-            },
-        })
-        return base
-
-    def start(self, timeout_s: float = 60.0) -> None:
-        exe = self.binary()
-        if exe is None:
-            raise DemoError("Orthanc is not installed (Debian: apt-get install orthanc)")
-        self.work.mkdir(parents=True, exist_ok=True)
-        cfg_path = self.work / "orthanc.json"
-        cfg_path.write_text(json.dumps(self.config(), indent=2))
-        env = dict(os.environ, TCP_NODELAY="1")
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([exe, str(cfg_path)], stdout=self._log, stderr=subprocess.STDOUT, env=env,
-                                     cwd=self.work)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise DemoError(f"Orthanc exited with {self.proc.returncode}; see {self.log_path}")
-            try:
-                self.get("/system")
-                return
-            except OSError:
-                time.sleep(0.2)
-        raise DemoError(f"Orthanc did not answer within {timeout_s} s; see {self.log_path}")
-
-    def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.url + path, timeout=10) as r:  # noqa: S310 - loopback URL
-            return json.loads(r.read())
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if getattr(self, "_log", None) is not None:
-            self._log.close()
-
-    def study_series(self, study_uid: str) -> list[dict[str, Any]]:
-        """Series (with MainDicomTags and Instances) of the study with this Study Instance UID."""
-        found = json.loads(self._post("/tools/lookup", study_uid))
-        ids = [f["ID"] for f in found if f.get("Type") == "Study"]
-        if not ids:
-            return []
-        return self.get(f"/studies/{ids[0]}/series")
-
-    def _post(self, path: str, body: str) -> bytes:
-        req = urllib.request.Request(self.url + path, data=body.encode(), method="POST")
-        with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310 - loopback URL
-            return r.read()
+    modalities = {
+        "labelqa": {"AET": labelqa_ae, "Host": "127.0.0.1", "Port": labelqa_port, "AllowEcho": True,
+                    "AllowStore": True},
+        "sender": {"AET": sender_ae, "Host": "127.0.0.1", "Port": 104, "AllowEcho": True, "AllowStore": True},
+    }
+    return Orthanc(HostNetwork(), work, dicom_port=dicom_port, http_port=http_port, modalities=modalities,
+                   dicomweb=False, stable_age_s=stable_age_s, config=orthanc_routing_config(work))
 
 
 # -- the run ---------------------------------------------------------------------------------------
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class _Archive:
-    """The demo's stand-in PACS: labelqa's own listener and store in a separate folder (127.0.0.1)."""
-
-    def __init__(self, root: Path, port: int, ae_title: str = "ARCHIVE") -> None:
-        from dicom_io.scp import Listener, ListenerSettings
-        from dicom_io.store import StudyStore
-
-        self.store = StudyStore(root, None, 3600.0)
-        self.listener = Listener(
-            ListenerSettings(host="127.0.0.1", port=port, ae_title=ae_title, min_free_disk_mb=0), self.store)
-        self.port, self.ae_title, self.root = port, ae_title, root
-
-    def start(self) -> None:
-        self.listener.start()
-
-    def stop(self) -> None:
-        self.listener.stop()
-        self.store.close()
-
-
 def run_demo(cfg: DemoConfig, echo=print) -> DemoReport:
     """Run the demo end to end; returns the report (rows per annotation, summary, outputs, timings)."""
+    from service.harness.peers import LocalArchive, OrthancError
+    from service.harness.ports import free_port
     from service.jobs import DONE, FAILED, NO_ANNOTATIONS, JobStore
     from service.pipeline import AuditService, service_components
     from service.process import Service
@@ -362,16 +276,16 @@ def run_demo(cfg: DemoConfig, echo=print) -> DemoReport:
     run_dir = work / "run"
     if run_dir.exists():
         shutil.rmtree(run_dir)  # a fresh service state per run: every study is audited again
-    lq_port, api_port = _free_port(), _free_port()
-    archive: _Archive | None = None
-    orthanc: LocalOrthanc | None = None
+    lq_port, api_port = free_port(), free_port()
+    archive: LocalArchive | None = None
+    orthanc: Orthanc | None = None
     if cfg.orthanc:
-        orthanc = LocalOrthanc(run_dir / "orthanc", http_port=_free_port(), dicom_port=_free_port(),
+        orthanc = demo_orthanc(run_dir / "orthanc", http_port=free_port(), dicom_port=free_port(),
                                labelqa_port=lq_port, stable_age_s=1)
         dest = Destination(name="orthanc", kind="dicom", ae_title=orthanc.aet, host="127.0.0.1",
                            port=orthanc.dicom_port)
     else:
-        archive = _Archive(run_dir / "archive", _free_port())
+        archive = LocalArchive(run_dir / "archive", free_port())
         dest = Destination(name="archive", kind="dicom", ae_title=archive.ae_title, host="127.0.0.1",
                            port=archive.port)
     if cfg.executor not in ("inprocess", "ray"):
@@ -401,7 +315,10 @@ def run_demo(cfg: DemoConfig, echo=print) -> DemoReport:
         if archive is not None:
             archive.start()
         if orthanc is not None:
-            orthanc.start()
+            try:
+                orthanc.start()
+            except OrthancError as e:
+                raise DemoError(str(e)) from None
         try:
             svc.start()
         except ValueError as e:  # e.g. service.executor_ray.RayUnavailable: the cluster cannot be used
@@ -608,7 +525,7 @@ def _html_reports(report: DemoReport, run_dir: Path) -> None:
     report.outputs["html_report"] = str(index)
 
 
-def _orthanc_outputs(orthanc: LocalOrthanc, report: DemoReport) -> dict[str, Any]:
+def _orthanc_outputs(orthanc: Orthanc, report: DemoReport) -> dict[str, Any]:
     n_sr = n_sc = n_kos = 0
     for uid in {r["study_uid"] for r in report.rows}:
         for s in orthanc.study_series(uid):

@@ -1,41 +1,30 @@
-"""Shared test fixtures: paths, real-tool discovery, free ports, the labelqa command."""
+"""Shared test fixtures and skip markers: paths, real-tool discovery, PostgreSQL, the small demo bundle.
+
+The helpers behind them (local DICOM peers, network namespaces, PostgreSQL, Ray, free ports, the
+labelqa command line, the small demo) live in ``service.harness``: the demo and the benchmarks use
+the same ones. This file only adapts them to pytest.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from service.harness.commands import REPO
+from service.harness.peers import orthanc_binary
+from service.harness.ports import free_port
+from service.harness.postgres import PgServer, PgUnavailable, pg_bindir, start_pg_server
+
+if TYPE_CHECKING:
+    from service.harness.small_demo import SmallDemo
+
 SHARED_DATA = Path(os.environ.get("LABELQA_SHARED_DATA", REPO.parent / "shared" / "data"))
-
-
-def labelqa_cmd() -> list[str]:
-    """The labelqa CLI as a subprocess command line, using this interpreter and this checkout."""
-    return [sys.executable, "-m", "service"]
-
-
-def labelqa_env(**extra: str) -> dict[str, str]:
-    """Environment for labelqa subprocesses: this checkout first on the path, TCP_NODELAY for dcmtk."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env["TCP_NODELAY"] = "1"
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
-
-
-def free_port() -> int:
-    """A TCP port free on loopback right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(cond, timeout: float, what: str, step: float = 0.1):
@@ -54,19 +43,9 @@ def have(tool: str) -> bool:
     return shutil.which(tool) is not None
 
 
-def can_unshare_net() -> bool:
-    """Whether `unshare -n` (a private network namespace with only loopback) works here."""
-    if not have("unshare"):
-        return False
-    r = subprocess.run(["unshare", "-n", "true"], capture_output=True)
-    return r.returncode == 0
-
-
 requires_dcmtk = pytest.mark.skipif(not have("storescu"), reason="dcmtk not installed")
 requires_dciodvfy = pytest.mark.skipif(not have("dciodvfy"), reason="dicom3tools not installed")
-requires_orthanc = pytest.mark.skipif(
-    not (have("Orthanc") or Path("/usr/sbin/Orthanc").exists()), reason="Orthanc not installed"
-)
+requires_orthanc = pytest.mark.skipif(orthanc_binary() is None, reason="Orthanc not installed")
 requires_shared_data = pytest.mark.skipif(
     not SHARED_DATA.is_dir(), reason=f"shared data not found at {SHARED_DATA}"
 )
@@ -106,5 +85,49 @@ def listener_factory(tmp_path):
         store.close()
 
 
-# A real PostgreSQL (initdb + pg_ctl in a temp dir) and the sqlite/postgresql parametrised `db_url`.
-from tests.pg_fixture import db_url, pg_server, pg_url  # noqa: E402, F401 - fixtures
+
+@pytest.fixture(scope="session")
+def small_demo(tmp_path_factory) -> SmallDemo:
+    """The small synthetic data set and its bundle (trained once per session, cached across sessions)."""
+    from service.harness.small_demo import small_demo_for
+
+    return small_demo_for(tmp_path_factory.getbasetemp() / "labelqa-small-demo")
+
+
+# A real PostgreSQL (service.harness.postgres: initdb + pg_ctl in a temp dir), one per session; every test
+# gets a fresh database. Without PostgreSQL the PostgreSQL cases are skipped, the SQLite ones still run.
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    if pg_bindir() is None:
+        pytest.skip("PostgreSQL not installed (initdb/pg_ctl not found)")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.skip("psycopg not installed (pip install 'psycopg[binary]')")
+    try:
+        server = start_pg_server()
+    except PgUnavailable as e:
+        pytest.skip(str(e))
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.root, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> Iterator[str]:
+    """A fresh, empty database on the session's PostgreSQL (a ``postgresql+psycopg://`` URL)."""
+    name = pg_server.new_database()
+    try:
+        yield pg_server.url(name)
+    finally:
+        pg_server.drop_database(name)  # FORCE: engines of the test may still hold connections
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The index database of one test: a SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'index.sqlite'}"
+    return request.getfixturevalue("pg_url")

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, labelqa_cmd, labelqa_env
+from service.harness.commands import labelqa_cmd, labelqa_env
+from tests.conftest import REPO
 
 README = REPO / "README.md"
 DOCS = sorted((REPO / "docs").glob("*.md"))

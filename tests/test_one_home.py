@@ -1,6 +1,12 @@
-"""One definition of each shared thing: verdicts, model-input preprocessing, our own outputs."""
+"""One definition of each shared thing: verdicts, model-input preprocessing, our own outputs, and the local
+peers and tools that the demo, the tests and the benchmarks start (``service.harness``, never test code)."""
 
 from __future__ import annotations
+
+import ast
+import re
+from functools import cache
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -75,3 +81,84 @@ def test_every_private_code_value_is_defined_once():
     text = open(codes.__file__).read()
     values = re.findall(r'_c\("(LQA-[0-9]+)"', text)
     assert values and len(values) == len(set(values)), sorted(v for v in values if values.count(v) > 1)
+
+
+# -- the local peers and tools: one harness (service.harness), no test code outside tests/ ---------------------
+_REPO = Path(__file__).resolve().parents[1]
+_SHIPPED_AND_BENCHMARKS = ("benchmarks", "service", "dicom_io", "models", "scripts")
+
+
+def _python_files(*tops: str) -> list[Path]:
+    roots = [_REPO / t for t in tops] if tops else [_REPO]
+    return sorted(p for r in roots if r.exists() for p in r.rglob("*.py")
+                  if not any(part.startswith(".") for part in p.relative_to(_REPO).parts))
+
+
+@cache
+def _tree(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(encoding="utf-8"), str(path))
+
+
+def _imports_tests(tree: ast.AST) -> list[str]:
+    """``import tests...``, ``from tests... import``, ``__import__("tests...")``, ``import_module("tests...")``."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name == "tests" or a.name.startswith("tests.")]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module == "tests" or node.module.startswith("tests."):
+                found.append(node.module)
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+            arg = node.args[0].value
+            if name in ("__import__", "import_module") and isinstance(arg, str) and arg.split(".")[0] == "tests":
+                found.append(arg)
+    return found
+
+
+def test_no_shipped_module_or_benchmark_imports_the_tests():
+    offenders = {}
+    for path in _python_files(*_SHIPPED_AND_BENCHMARKS):
+        found = _imports_tests(_tree(path))
+        if found:
+            offenders[str(path.relative_to(_REPO))] = found
+    assert not offenders, f"import test code (move it to service/harness): {offenders}"
+
+
+def test_the_import_check_sees_every_form():
+    src = "import tests\nfrom tests.conftest import x\nimport tests.a as b\n__import__('tests.pg')\n" \
+          "importlib.import_module('tests.x')\nfrom service.harness import peers\nimport testsuite\n"
+    assert _imports_tests(ast.parse(src)) == ["tests", "tests.conftest", "tests.a", "tests.pg", "tests.x"]
+
+
+def _calls(node: ast.AST) -> set[str]:
+    """Names of the functions and methods called under ``node``."""
+    return {getattr(c.func, "id", None) or getattr(c.func, "attr", "")
+            for c in ast.walk(node) if isinstance(c, ast.Call)}
+
+
+def test_only_one_class_launches_orthanc():
+    """The Orthanc executable is looked up in one function, and one class starts it (demo, tests, benchmarks)."""
+    lookup = re.compile(r"""which\(\s*["']Orthanc["']\s*\)|/usr/sbin/Orthanc""")
+    here = Path(__file__).resolve()
+    looked_up = sorted(str(p.relative_to(_REPO)) for p in _python_files() if p.resolve() != here
+                       and lookup.search(p.read_text(encoding="utf-8")))
+    assert looked_up == ["service/harness/peers.py"], looked_up
+    launchers = []
+    for path in _python_files():
+        for cls in (n for n in ast.walk(_tree(path)) if isinstance(n, ast.ClassDef)):
+            calls = _calls(cls)
+            if "orthanc_binary" in calls and calls & {"popen", "Popen", "run", "call", "check_call"}:
+                launchers.append(f"{path.relative_to(_REPO)}::{cls.name}")
+    assert launchers == ["service/harness/peers.py::Orthanc"], launchers
+
+
+@pytest.mark.parametrize("name", ["free_port", "labelqa_cmd", "labelqa_env", "NetNamespace", "start_storescp",
+                                  "start_orthanc", "start_pg_server", "RayCluster", "make_study", "small_demo_for",
+                                  "LocalArchive", "can_unshare_net"])
+def test_each_harness_helper_is_defined_once(name: str):
+    homes = []
+    for path in _python_files():
+        homes += [str(path.relative_to(_REPO)) for n in ast.walk(_tree(path))
+                  if isinstance(n, ast.FunctionDef | ast.ClassDef) and n.name == name]
+    assert len(homes) == 1 and homes[0].startswith("service/harness/"), homes

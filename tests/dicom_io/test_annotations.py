@@ -113,7 +113,7 @@ def test_unreadable_pixels_unreadable_file_and_unsupported_class(study, tmp_path
 def test_inspect_cli_reports_issues_and_exits_zero(study, tmp_path):
     f = study["files"]["cat"]
     shutil.copy(f["sr"], tmp_path / "sr.dcm")
-    from tests.conftest import labelqa_cmd, labelqa_env
+    from service.harness.commands import labelqa_cmd, labelqa_env
 
     r = subprocess.run(
         [

@@ -16,7 +16,8 @@ from PIL import Image
 from dicom_io.annotations import read_studies
 from dicom_io.vocabulary import Vocabulary, load_vocabulary
 from service.dicomize import DicomizeError, dicomize
-from tests.conftest import labelqa_cmd, labelqa_env, requires_dciodvfy
+from service.harness.commands import labelqa_cmd, labelqa_env
+from tests.conftest import requires_dciodvfy
 
 CLASSES = ["NORMAL", "PNEUMONIA", "covid"]
 

@@ -20,7 +20,9 @@ from pydicom.uid import generate_uid
 
 from dicom_io.scp import storage_sop_classes
 from dicom_io.store import UID_RE, StudyStable, check_structure
-from tests.conftest import free_port, labelqa_cmd, labelqa_env, requires_dcmtk
+from service.harness.commands import labelqa_cmd, labelqa_env
+from service.harness.ports import free_port
+from tests.conftest import requires_dcmtk
 
 pytestmark = [requires_dcmtk, pytest.mark.dcmtk]
 

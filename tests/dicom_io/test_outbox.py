@@ -19,9 +19,11 @@ import pytest
 from dicom_io.db import make_engine
 from dicom_io.outbox import DEAD, DELIVERED, PENDING, Outbox, OutboxSettings, backoff_delay
 from dicom_io.results import save_results, write_results
-from tests.conftest import can_unshare_net, free_port, labelqa_cmd, labelqa_env, requires_dcmtk, requires_orthanc
-from tests.dicom_io.test_results import ALGORITHM, COHORT, make_study
-from tests.orthanc_helper import NetNamespace, start_orthanc, start_storescp
+from service.harness.commands import labelqa_cmd, labelqa_env
+from service.harness.peers import NetNamespace, can_unshare_net, start_orthanc, start_storescp
+from service.harness.ports import free_port
+from service.harness.studies import ALGORITHM, COHORT, make_study
+from tests.conftest import requires_dcmtk, requires_orthanc
 
 needs_netns = pytest.mark.skipif(not can_unshare_net(), reason="cannot create a network namespace (unshare -n)")
 

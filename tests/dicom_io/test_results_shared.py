@@ -9,8 +9,8 @@ import pydicom
 import pytest
 
 from dicom_io.results import AuditedAnnotation, save_results, write_results
+from service.harness.studies import ALGORITHM, heatmap_blob
 from tests.conftest import SHARED_DATA, requires_dciodvfy, requires_dcmtk, requires_shared_data
-from tests.dicom_io.test_results import ALGORITHM, _blob
 
 CT_DIR = SHARED_DATA / "dicom" / "dcmqi_data" / "data" / "segmentations" / "ct-3slice"
 SEG = SHARED_DATA / "dicom" / "generated_here" / "liver_dcmqi_made.dcm"
@@ -38,7 +38,7 @@ def test_real_ct_and_dcmqi_seg_give_valid_results_that_read_back(tmp_path):
             annotation_sop_class_uid=pv.annotation_sop_class_uid,
             source=pv.source, image_uid=pv.image_uid, frame=pv.frame, segment_number=pv.segment_number,
             content_path=pv.content_path, given_label=s.label, consensus_label="background", verdict=verdict,
-            agreement=0.6, p_given=0.2, priority=1.0, n_disagree=3, n_members=3, heatmap=_blob(8, 8, 3, 3),
+            agreement=0.6, p_given=0.2, priority=1.0, n_disagree=3, n_members=3, heatmap=heatmap_blob(8, 8, 3, 3),
         ))
     needed = {a.image_uid for a in audited} | {a.annotation_uid for a in audited}
     loaded = {u: pydicom.dcmread(by_uid[u]) for u in needed}

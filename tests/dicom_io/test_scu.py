@@ -12,9 +12,11 @@ import pytest
 
 from dicom_io.results import save_results, write_results
 from dicom_io.scu import presentation_contexts
-from tests.conftest import can_unshare_net, free_port, have, labelqa_env, requires_dcmtk
-from tests.dicom_io.test_results import ALGORITHM, COHORT, make_study
-from tests.orthanc_helper import NetNamespace, start_storescp
+from service.harness.commands import labelqa_env
+from service.harness.peers import NetNamespace, can_unshare_net, start_storescp
+from service.harness.ports import free_port
+from service.harness.studies import ALGORITHM, COHORT, make_study
+from tests.conftest import have, requires_dcmtk
 
 needs_netns = pytest.mark.skipif(not can_unshare_net(), reason="cannot create a network namespace (unshare -n)")
 

@@ -12,7 +12,7 @@ from PIL import Image
 from models.ensemble import ARCHITECTURES, build_model, check_input_size, parse_archs
 from models.evaluate import EvalSettings, run_evaluation
 from models.train import TrainConfig
-from tests.conftest import labelqa_cmd, labelqa_env
+from service.harness.commands import labelqa_cmd, labelqa_env
 
 TINY = ("densenet-tiny", "resnet-tiny", "efficientnet-tiny")
 

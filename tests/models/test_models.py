@@ -17,7 +17,7 @@ from models.evaluate import METHODS, EvalSettings, corrupt_labels, run_evaluatio
 from models.gradcam import member_cams
 from models.synthetic import make_shapes, shape_mask
 from models.train import TrainConfig, fit_ensemble, predict_probs
-from tests.conftest import labelqa_cmd, labelqa_env
+from service.harness.commands import labelqa_cmd, labelqa_env
 
 TINY = ("densenet-tiny", "resnet-tiny", "efficientnet-tiny")
 SIZE = 32

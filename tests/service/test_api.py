@@ -12,11 +12,11 @@ from hypothesis import strategies as st
 
 from dicom_io.db import make_engine
 from service.api import ApiContext, ApiServer, create_app
+from service.harness.ports import free_port
 from service.jobs import DONE, QUEUED, JobStore
 from service.metrics import Metrics
 from service.pipeline import Pipeline
 from service.settings import Settings
-from tests.conftest import free_port
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"
 

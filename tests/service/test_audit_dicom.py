@@ -9,7 +9,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from tests.conftest import labelqa_cmd, labelqa_env, requires_dciodvfy, requires_dcmtk
+from service.harness.commands import labelqa_cmd, labelqa_env
+from tests.conftest import requires_dciodvfy, requires_dcmtk
 
 SIZE = 32
 

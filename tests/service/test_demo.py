@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, labelqa_cmd, labelqa_env, requires_dcmtk
-from tests.pipeline_fixtures import small_demo  # noqa: F401 - session fixture
+from service.harness.commands import labelqa_cmd, labelqa_env
+from tests.conftest import REPO, requires_dcmtk
 
 
 def test_configuration_reference_is_up_to_date():
@@ -31,7 +31,7 @@ def test_orthanc_example_routes_to_labelqa_with_the_lua_script():
 
 @pytest.mark.slow
 @requires_dcmtk
-def test_demo_table_matches_the_planted_errors(small_demo):  # noqa: F811
+def test_demo_table_matches_the_planted_errors(small_demo):
     cfg = small_demo.cfg
     args = ["demo", "--json", "--data-dir", str(small_demo.work), "--studies", str(cfg.studies),
             "--train-images", str(cfg.train_images), "--image-size", str(cfg.image_size), "--classes",

@@ -21,18 +21,11 @@ import pytest
 
 from dicom_io.db import make_engine
 from dicom_io.results.sr import read_report
+from service.harness.commands import labelqa_cmd, labelqa_env
+from service.harness.peers import can_unshare_net
+from service.harness.ports import free_port
 from service.jobs import DONE, JobStore
-from tests.conftest import (
-    REPO,
-    can_unshare_net,
-    free_port,
-    labelqa_cmd,
-    labelqa_env,
-    requires_dcmtk,
-    requires_orthanc,
-    wait_for,
-)
-from tests.pipeline_fixtures import small_demo  # noqa: F401 - session fixture
+from tests.conftest import REPO, requires_dcmtk, requires_orthanc, wait_for
 
 pytestmark = [
     pytest.mark.slow, pytest.mark.orthanc, pytest.mark.dcmtk, requires_orthanc, requires_dcmtk,
@@ -54,25 +47,18 @@ def _copy_studies(small, uids: list[str], dest: Path) -> Path:
     return dest
 
 
-def _orthanc_series(orthanc, study_uid: str) -> list[dict]:
-    found = orthanc.rest("POST", "/tools/find", {"Level": "Study", "Query": {"StudyInstanceUID": study_uid}})
-    if not found:
-        return []
-    return orthanc.rest_get(f"/studies/{found[0]}/series")
-
-
 def _labelqa_series(orthanc, study_uid: str) -> dict[str, list[str]]:
     """Modality -> instance ids of labelqa's own series in the study, as Orthanc has them."""
     out: dict[str, list[str]] = {}
-    for s in _orthanc_series(orthanc, study_uid):
+    for s in orthanc.study_series(study_uid):
         tags = s["MainDicomTags"]
         if tags.get("Manufacturer") == "labelqa" and 9901 <= int(tags.get("SeriesNumber") or 0) <= 9909:
             out.setdefault(tags["Modality"], []).extend(s["Instances"])
     return out
 
 
-def test_orthanc_routes_annotated_studies_and_gets_results_back(small_demo, tmp_path):  # noqa: F811
-    from tests.orthanc_helper import NetNamespace, start_orthanc
+def test_orthanc_routes_annotated_studies_and_gets_results_back(small_demo, tmp_path):
+    from service.harness.peers import NetNamespace, start_orthanc
 
     ns = NetNamespace()
     o_dicom, o_http, lq_port = free_port(), free_port(), free_port()

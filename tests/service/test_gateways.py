@@ -24,10 +24,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.demo import _Archive
+from service.harness.commands import labelqa_cmd, labelqa_env
+from service.harness.peers import LocalArchive
+from service.harness.ports import free_port
 from service.jobs import DONE, FAILED, JobStore
-from tests.conftest import free_port, have, labelqa_cmd, labelqa_env, wait_for
-from tests.pipeline_fixtures import small_demo  # noqa: F401 - session fixture
+from tests.conftest import have, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not have("storescu"), reason="dcmtk not installed")]
 
@@ -60,7 +61,7 @@ def _listening(port: int) -> bool:
         return False
 
 
-def test_two_gateways_on_one_postgresql_store_once_and_audit_each_study_once(small_demo, pg_url,  # noqa: F811
+def test_two_gateways_on_one_postgresql_store_once_and_audit_each_study_once(small_demo, pg_url,
                                                                             tmp_path):
     from sqlalchemy import func, select
 
@@ -81,7 +82,7 @@ def test_two_gateways_on_one_postgresql_store_once_and_audit_each_study_once(sma
     sent = [len(list(h.rglob("*.dcm"))) for h in halves]
     assert sent == [n_studies * 2 * per_study] * 2
 
-    archive = _Archive(tmp_path / "archive", free_port())
+    archive = LocalArchive(tmp_path / "archive", free_port())
     archive.start()
     data_dir = tmp_path / "shared-data"  # one data dir on shared storage, as several gateways need
     gateways = []

@@ -10,8 +10,8 @@ import subprocess
 from sqlalchemy import inspect
 
 from dicom_io.db import Base, make_engine
+from service.harness.commands import labelqa_cmd, labelqa_env
 from service.migrations import current, head, schema_diff, target_metadata, upgrade
-from tests.conftest import labelqa_cmd, labelqa_env
 
 
 def test_migrations_produce_the_schema_of_the_models(db_url):

@@ -20,14 +20,16 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from dicom_io.db import make_engine
-from service.demo import _Archive, send_studies
+from service.demo import send_studies
 from service.dicomize import dicomize
+from service.harness.commands import labelqa_cmd, labelqa_env
+from service.harness.peers import LocalArchive
+from service.harness.ports import free_port
 from service.jobs import DONE, NO_ANNOTATIONS, RUNNING, JobStore
 from service.pipeline import service_components
 from service.process import Service
 from service.settings import load_settings
-from tests.conftest import free_port, labelqa_cmd, labelqa_env, wait_for
-from tests.pipeline_fixtures import small_demo  # noqa: F401 - session fixture
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -67,8 +69,8 @@ def _split_pair_study(small, tmp: Path) -> tuple[str, Path, Path]:
     return study, parts[0], parts[1]
 
 
-def test_late_instance_reruns_and_own_results_do_not(small_demo, tmp_path):  # noqa: F811
-    archive = _Archive(tmp_path / "archive", free_port())
+def test_late_instance_reruns_and_own_results_do_not(small_demo, tmp_path):
+    archive = LocalArchive(tmp_path / "archive", free_port())
     archive.start()
     s = _settings(tmp_path, small_demo.bundle, small_demo.data.vocabulary, archive.port)
     svc = Service(s)
@@ -144,8 +146,8 @@ def test_late_instance_reruns_and_own_results_do_not(small_demo, tmp_path):  # n
         archive.stop()
 
 
-def test_kill_during_job_then_restart_completes_exactly_once(small_demo, tmp_path):  # noqa: F811
-    archive = _Archive(tmp_path / "archive", free_port())
+def test_kill_during_job_then_restart_completes_exactly_once(small_demo, tmp_path):
+    archive = LocalArchive(tmp_path / "archive", free_port())
     archive.start()
     s = _settings(tmp_path, small_demo.bundle, small_demo.data.vocabulary, archive.port,
                   api={"enabled": False})

@@ -25,9 +25,11 @@ from pathlib import Path
 
 import pytest
 
+from service.harness.commands import labelqa_cmd
+from service.harness.peers import can_unshare_net
+from service.harness.ports import free_port
 from service.jobs import DONE, RUNNING, JobStore
-from tests.conftest import can_unshare_net, free_port, have, labelqa_cmd, wait_for
-from tests.pipeline_fixtures import small_demo  # noqa: F401 - session fixture
+from tests.conftest import have, wait_for
 
 pytestmark = [
     pytest.mark.slow,
@@ -39,8 +41,8 @@ ray = pytest.importorskip("ray")
 
 @pytest.fixture
 def cluster():
-    from tests.orthanc_helper import NetNamespace
-    from tests.ray_cluster import RayCluster, ray_env
+    from service.harness.peers import NetNamespace
+    from service.harness.ray_cluster import RayCluster, ray_env
 
     ns = NetNamespace()
     c = RayCluster(ns, ray_env())
@@ -71,10 +73,10 @@ def _health(c, api_port: int) -> dict:
     return json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else {}
 
 
-def test_serve_audits_on_worker_nodes_and_a_killed_node_loses_nothing(cluster, small_demo, pg_url,  # noqa: F811
+def test_serve_audits_on_worker_nodes_and_a_killed_node_loses_nothing(cluster, small_demo, pg_url,
                                                                      tmp_path):
-    from tests.orthanc_helper import start_storescp
-    from tests.ray_cluster import ray_env
+    from service.harness.peers import start_storescp
+    from service.harness.ray_cluster import ray_env
 
     c = cluster
     head, a, b = c.nodes
@@ -217,7 +219,7 @@ print(json.dumps({"local": digests(local), "remote": digests(remote),
                   "probs_equal": all(np.array_equal(local.probs[a], remote.probs[a]) for a in local.archs),
                   "nodes": on_ray.nodes}))
 '''
-    from tests.ray_cluster import ray_env
+    from service.harness.ray_cluster import ray_env
 
     script = tmp_path / "fit.py"
     script.write_text(code)
@@ -230,9 +232,9 @@ print(json.dumps({"local": digests(local), "remote": digests(remote),
     assert got["nodes"] and set(got["nodes"]) <= workers, "the fits ran on the worker nodes"
 
 
-def test_demo_on_postgresql_and_the_ray_cluster_reports_the_nodes(cluster, small_demo, pg_url):  # noqa: F811
+def test_demo_on_postgresql_and_the_ray_cluster_reports_the_nodes(cluster, small_demo, pg_url):
     """``labelqa demo --database-url URL --executor ray --ray-address HOST:PORT --json``."""
-    from tests.ray_cluster import ray_env
+    from service.harness.ray_cluster import ray_env
 
     cfg = small_demo.cfg
     args = ["demo", "--json", "--data-dir", str(small_demo.work), "--studies", str(cfg.studies),

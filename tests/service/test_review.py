@@ -22,8 +22,8 @@ from fastapi.testclient import TestClient
 
 from dicom_io.db import make_engine
 from dicom_io.store import StudyStore
+from service.harness.commands import labelqa_cmd, labelqa_env
 from service.jobs import DONE, JobStore
-from tests.conftest import labelqa_cmd, labelqa_env
 
 CLASSES = ["square", "disc"]
 READER = ("reader", "reader-token-1")

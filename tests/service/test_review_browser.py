@@ -26,8 +26,9 @@ import httpx
 import pydicom
 import pytest
 
-from tests.conftest import can_unshare_net, free_port, have, wait_for
-from tests.pipeline_fixtures import small_demo  # noqa: F401 - session fixture
+from service.harness.peers import can_unshare_net
+from service.harness.ports import free_port
+from tests.conftest import have, wait_for
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -73,18 +74,18 @@ def _browser(download_dir: Path):
     return webdriver.Chrome(service=DriverService(CHROMEDRIVER), options=opts)
 
 
-def test_reviewer_works_the_flags_with_the_keyboard(small_demo, tmp_path):  # noqa: F811
+def test_reviewer_works_the_flags_with_the_keyboard(small_demo, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
 
     from service.demo import send_studies
+    from service.harness.peers import NetNamespace, start_storescp
     from service.jobs import DONE, NO_ANNOTATIONS
     from service.pipeline import service_components
     from service.process import Service
     from service.settings import load_settings
-    from tests.orthanc_helper import NetNamespace, start_storescp
 
     shots = Path(os.environ.get("LABELQA_TEST_ARTIFACTS", tmp_path / "artifacts")) / "review-browser"
     shots.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,8 @@ import torch
 from dicom_io.annotations import read_study
 from models.seg.synthetic import write_shape_dataset
 from service.dicomize import dicomize_masks, planted_classes
-from tests.conftest import have, labelqa_cmd, labelqa_env
+from service.harness.commands import labelqa_cmd, labelqa_env
+from tests.conftest import have
 
 
 @pytest.fixture(autouse=True)

@@ -15,8 +15,10 @@ from pydicom.uid import generate_uid
 
 from dicom_io.db import make_engine
 from dicom_io.store import DataDirLocked, StudyStore
+from service.harness.commands import labelqa_cmd, labelqa_env
+from service.harness.ports import free_port
 from service.jobs import JobStore
-from tests.conftest import free_port, labelqa_cmd, labelqa_env, wait_for
+from tests.conftest import wait_for
 
 CT = Path(get_testdata_file("CT_small.dcm"))
 

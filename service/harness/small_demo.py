@@ -1,7 +1,9 @@
-"""Shared by the pipeline, demo and Orthanc end-to-end tests: one small synthetic data set and bundle.
+"""One small synthetic data set and its trained bundle, shared by the pipeline, demo and Orthanc tests
+and by ``benchmarks/scaleout.py``.
 
-The bundle is trained once per test session (``labelqa demo``'s own data and training code, small
-settings) and reused by every test that imports the ``small_demo`` fixture.
+The bundle is trained once per process (``labelqa demo``'s own data and training code, small
+settings) and cached across runs; the tests reach it through the session fixture ``small_demo``
+(``tests/conftest.py``).
 """
 
 from __future__ import annotations
@@ -11,14 +13,15 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-
-import pytest
+from typing import Any
 
 from service.demo import DemoConfig, DemoData, make_demo_data, train_demo_bundle
-from tests.conftest import REPO
+from service.harness.commands import REPO
+
+__all__ = ["SMALL", "SmallDemo", "small_demo_for"]
 
 # Small enough for CI on 2 cores, large enough that the ensemble learns the shapes.
-SMALL = dict(studies=12, train_images=160, image_size=32, classes=2, noise_rate=0.2, epochs=8, seed=0)
+SMALL: dict[str, Any] = dict(studies=12, train_images=160, image_size=32, classes=2, noise_rate=0.2, epochs=8, seed=0)
 
 _CACHE: dict[str, SmallDemo] = {}
 
@@ -65,8 +68,3 @@ def small_demo_for(root: Path) -> SmallDemo:
                 pass  # a cache we cannot write only costs time
         _CACHE[key] = SmallDemo(work, cfg, data, bundle)
     return _CACHE[key]
-
-
-@pytest.fixture(scope="session")
-def small_demo(tmp_path_factory) -> SmallDemo:
-    return small_demo_for(tmp_path_factory.getbasetemp() / "labelqa-small-demo")

@@ -1,8 +1,9 @@
-"""A real multi-node Ray cluster on this machine for tests, inside a private network namespace.
+"""A real multi-node Ray cluster on this machine (tests, benchmarks), inside a private network namespace.
 
 ``ray start`` binds all interfaces (GCS, raylet, object manager), so the nodes run in a network
-namespace with only loopback (:class:`tests.orthanc_helper.NetNamespace`), on 127.0.0.1; whatever
-talks to them (``labelqa serve``, a driver script) runs in the same namespace. Every node is one
+namespace with only loopback (:class:`service.harness.peers.NetNamespace`), on 127.0.0.1; whatever
+talks to them (``labelqa serve``, a driver script) runs in the same namespace. A script that already
+runs under ``unshare -n`` passes :class:`service.harness.peers.HostNetwork` instead. Every node is one
 ``ray start --block`` process started in its own session: its daemons (gcs_server, raylet, agents,
 workers) share that session id, so a node is stopped by the PIDs of that session, never by name
 and never with ``ray stop`` (which would stop other people's Ray too).
@@ -22,7 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.orthanc_helper import NetNamespace
+from service.harness.commands import labelqa_env
+from service.harness.peers import Network
+from service.harness.ports import free_port
+
+__all__ = ["FAST_FAILURE_DETECTION", "RAY_BIN", "RayCluster", "RayNode", "ray_env"]
 
 RAY_BIN = Path(sys.executable).with_name("ray")
 
@@ -86,7 +91,7 @@ class RayNode:
 class RayCluster:
     """A head node (no audit resources) and worker nodes, all on 127.0.0.1 in ``ns``."""
 
-    ns: NetNamespace
+    ns: Network
     env: dict[str, str]
     temp_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="lqray")))  # short: unix sockets
     port: int = 0
@@ -127,8 +132,6 @@ class RayCluster:
 
     def start_head(self, num_cpus: int = 1, resources: dict[str, float] | None = None,
                    timeout: float = 180.0) -> RayNode:
-        from tests.conftest import free_port
-
         self.port = free_port()
         extra = ["--resources", json.dumps(resources)] if resources else []
         return self._start("head", ["--head", "--port", str(self.port), "--num-cpus", str(num_cpus), *extra,
@@ -178,8 +181,6 @@ class RayCluster:
 
 def ray_env(extra: dict[str, Any] | None = None) -> dict[str, str]:
     """Environment of the nodes and drivers: this checkout importable by the workers, quiet Ray."""
-    from tests.conftest import labelqa_env
-
     env = labelqa_env(RAY_USAGE_STATS_ENABLED="0", RAY_DEDUP_LOGS="0", OMP_NUM_THREADS="1",
                       **FAST_FAILURE_DETECTION)
     env.update({k: str(v) for k, v in (extra or {}).items()})

@@ -1,13 +1,11 @@
-"""A real PostgreSQL for tests: ``initdb`` + ``pg_ctl`` in a temporary directory, stopped by its PID.
+"""A real, throw-away PostgreSQL: ``initdb`` + ``pg_ctl`` in a temporary directory, stopped by its PID.
 
 The server (Debian's ``postgresql`` package, any version under ``/usr/lib/postgresql``) runs as the
 ``postgres`` user (``initdb`` refuses root; ``runuser -u postgres --`` when we are root), listens on a
 unix socket in its own directory (reachable from a private network namespace too: it is a file) and
-on 127.0.0.1 at a free port. One server per test session; every test gets a fresh database.
-
-Fixtures: ``pg_server`` (session: the running server), ``pg_url`` (a new, empty database as a
-``postgresql+psycopg://`` URL), ``db_url`` (parametrised: the same test on SQLite and on PostgreSQL).
-Without PostgreSQL binaries the PostgreSQL cases are skipped, the SQLite ones still run.
+on 127.0.0.1 at a free port. The tests start one per session (fixtures ``pg_server``, ``pg_url``,
+``db_url`` in ``tests/conftest.py``) and give every test a fresh database; ``benchmarks/scaleout.py``
+starts one with durable settings.
 """
 
 from __future__ import annotations
@@ -20,11 +18,16 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
+from service.harness.ports import free_port
+
+__all__ = ["PgServer", "PgUnavailable", "pg_bindir", "start_pg_server"]
+
+
+class PgUnavailable(RuntimeError):
+    """PostgreSQL cannot be started here (binaries missing, or root without ``runuser``)."""
 
 
 def pg_bindir() -> Path | None:
@@ -43,7 +46,7 @@ def _as_postgres() -> list[str]:
     if os.geteuid() != 0:
         return []
     if shutil.which("runuser") is None:
-        pytest.skip("running as root without runuser: cannot start PostgreSQL as user postgres")
+        raise PgUnavailable("running as root without runuser: cannot start PostgreSQL as user postgres")
     return ["runuser", "-u", "postgres", "--"]
 
 
@@ -94,13 +97,14 @@ class PgServer:
 
 
 def start_pg_server(root: Path | None = None, max_connections: int = 200, *, durable: bool = False) -> PgServer:
-    """initdb + pg_ctl start in ``root`` (default: a new temp dir); raises RuntimeError when it fails.
+    """initdb + pg_ctl start in ``root`` (default: a new temp dir); PgUnavailable when it cannot run here,
+    RuntimeError when it fails.
 
     ``durable`` keeps PostgreSQL's defaults (fsync, synchronous commit: for benchmarks); tests run
     without them (faster, and a test database need not survive a power cut)."""
     bindir = pg_bindir()
     if bindir is None:
-        raise RuntimeError("PostgreSQL binaries (initdb, pg_ctl) not found")
+        raise PgUnavailable("PostgreSQL binaries (initdb, pg_ctl) not found")
     root = Path(root or tempfile.mkdtemp(prefix="labelqa-pg-"))
     root.mkdir(parents=True, exist_ok=True)
     data, sock = root / "data", root / "sock"
@@ -109,8 +113,6 @@ def start_pg_server(root: Path | None = None, max_connections: int = 200, *, dur
     if prefix:
         shutil.chown(root, "postgres", "postgres")
         shutil.chown(sock, "postgres", "postgres")
-    from tests.conftest import free_port  # here: conftest imports this module
-
     r = subprocess.run([*prefix, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
                         "--encoding=UTF8", "--no-sync"], capture_output=True, text=True, timeout=300)
     if r.returncode != 0:
@@ -128,37 +130,3 @@ def start_pg_server(root: Path | None = None, max_connections: int = 200, *, dur
         raise RuntimeError(f"pg_ctl start failed: {r.stderr.strip()[-400:]} {tail}")
     pid = int((data / "postmaster.pid").read_text().splitlines()[0])
     return PgServer(root, sock, port, pid, bindir)
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PgServer]:
-    if pg_bindir() is None:
-        pytest.skip("PostgreSQL not installed (initdb/pg_ctl not found)")
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        pytest.skip("psycopg not installed (pip install 'psycopg[binary]')")
-    server = start_pg_server()
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(server.root, ignore_errors=True)
-
-
-@pytest.fixture
-def pg_url(pg_server: PgServer) -> Iterator[str]:
-    """A fresh, empty database on the session's PostgreSQL."""
-    name = pg_server.new_database()
-    try:
-        yield pg_server.url(name)
-    finally:
-        pg_server.drop_database(name)  # FORCE: engines of the test may still hold connections
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The index database of one test: a SQLite file, or a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'index.sqlite'}"
-    return request.getfixturevalue("pg_url")
