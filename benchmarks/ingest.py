@@ -175,11 +175,18 @@ def machine() -> dict:
     }
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run(rounds: int, n: int, out: Path, command: str) -> dict:
     receivers: list[Receiver] = [Labelqa(), Storescp(), Orthanc(), LabelqaNoDirSync()]
     info = machine()
     rates: dict[str, list[float]] = {r.name: [] for r in receivers}
     counts: dict[str, list[int]] = {r.name: [] for r in receivers}
+    cpu_ms: dict[str, list[float]] = {r.name: [] for r in receivers}
     with tempfile.TemporaryDirectory(prefix="labelqa-bench-") as tmp:
         files = make_instances(Path(tmp) / "instances", n)
         for rnd in range(rounds):
@@ -190,6 +197,7 @@ def run(rounds: int, n: int, out: Path, command: str) -> dict:
                 proc = rc.start(work, port)
                 try:
                     wait_echo(port, rc.aec, proc)
+                    c0 = cpu_seconds(proc.pid)
                     t0 = time.perf_counter()
                     r = subprocess.run(
                         ["storescu", "-aec", rc.aec, "127.0.0.1", str(port), *map(str, files)],
@@ -199,6 +207,7 @@ def run(rounds: int, n: int, out: Path, command: str) -> dict:
                         timeout=600,
                     )
                     dt = time.perf_counter() - t0
+                    cpu = cpu_seconds(proc.pid) - c0
                     if r.returncode != 0:
                         raise RuntimeError(f"{rc.name}: storescu failed: {r.stderr[-2000:]}")
                     got = rc.count(work, port)
@@ -207,7 +216,12 @@ def run(rounds: int, n: int, out: Path, command: str) -> dict:
                 rate = n / dt
                 rates[rc.name].append(round(rate, 1))
                 counts[rc.name].append(got)
-                print(f"round {rnd + 1} {rc.name:9s} {rate:7.1f} instances/s ({got} stored)", flush=True)
+                cpu_ms[rc.name].append(round(cpu * 1000 / n, 2))
+                print(
+                    f"round {rnd + 1} {rc.name:9s} {rate:7.1f} instances/s ({got} stored, "
+                    f"receiver CPU {cpu * 1000 / n:.2f} ms/instance)",
+                    flush=True,
+                )
                 shutil.rmtree(work, ignore_errors=True)
     med = {k: statistics.median(v) for k, v in rates.items()}
     info["loadavg_at_end"] = os.getloadavg()
@@ -240,6 +254,8 @@ def run(rounds: int, n: int, out: Path, command: str) -> dict:
         "instances_per_s": rates,
         "stored_counts": counts,
         "median_instances_per_s": med,
+        "receiver_cpu_ms_per_instance": cpu_ms,
+        "median_receiver_cpu_ms_per_instance": {k: statistics.median(v) for k, v in cpu_ms.items()},
         "ratio_labelqa_over_orthanc": round(med["labelqa"] / med["orthanc"], 3),
         "ratio_labelqa_over_storescp": round(med["labelqa"] / med["storescp"], 3),
         "ratio_labelqa_fsync_directory_off_over_orthanc": round(med["labelqa_fsync_directory_off"] / med["orthanc"], 3),

@@ -236,6 +236,10 @@ def part10_bytes(
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
 _UNDEFINED = 0xFFFFFFFF
 _DEFLATED = "1.2.840.10008.1.2.1.99"
+# one unpack per element header: tag + VR + short length (explicit), tag + length (implicit)
+_EXPLICIT_LE_S, _EXPLICIT_BE_S = struct.Struct("<HH2sH"), struct.Struct(">HH2sH")
+_IMPLICIT_LE_S, _IMPLICIT_BE_S = struct.Struct("<HHL"), struct.Struct(">HHL")
+_U32_LE, _U32_BE = struct.Struct("<L"), struct.Struct(">L")
 _IMPLICIT_LE = "1.2.840.10008.1.2"
 _EXPLICIT_BE = "1.2.840.10008.1.2.2"
 
@@ -253,32 +257,35 @@ def _walk(
     With ``want`` (a dict), the raw values of the top-level elements listed in ``_WANTED`` are put in it.
     """
     n = len(b)
-    tag_fmt, u16, u32 = (">HH", ">H", ">L") if big else ("<HH", "<H", "<L")
+    explicit_s = _EXPLICIT_LE_S if meta or not big else _EXPLICIT_BE_S
+    implicit_s = _IMPLICIT_BE_S if big else _IMPLICIT_LE_S
+    u32 = _U32_LE if meta or not big else _U32_BE
+    implicit = implicit and not meta
+    vr = b""
     while pos < n:
         if pos + 8 > n:
             raise _Broken(f"truncated element header at byte {pos}")
-        grp, el = struct.unpack_from("<HH" if meta else tag_fmt, b, pos)
-        if meta and grp != 0x0002:
-            return pos
+        if implicit:
+            grp, el, length = implicit_s.unpack_from(b, pos)
+        else:
+            grp, el, vr, length = explicit_s.unpack_from(b, pos)
+            if meta and grp != 0x0002:
+                return pos
         if grp == 0xFFFE:
             if in_item and el == 0xE00D:
                 return pos + 8
             raise _Broken(f"unexpected delimiter (FFFE,{el:04X}) at byte {pos}")
-        if implicit and not meta:
-            (length,) = struct.unpack_from(u32, b, pos + 4)
+        if implicit:
+            pos += 8
+        elif vr in _LONG_VRS:
+            if pos + 12 > n:
+                raise _Broken(f"truncated element header at byte {pos}")
+            (length,) = u32.unpack_from(b, pos + 8)
+            pos += 12
+        elif 65 <= vr[0] <= 90 and 65 <= vr[1] <= 90:
             pos += 8
         else:
-            vr = b[pos + 4 : pos + 6]
-            if vr in _LONG_VRS:
-                if pos + 12 > n:
-                    raise _Broken(f"truncated element header at byte {pos}")
-                (length,) = struct.unpack_from("<L" if meta else u32, b, pos + 8)
-                pos += 12
-            elif len(vr) == 2 and 65 <= vr[0] <= 90 and 65 <= vr[1] <= 90:
-                (length,) = struct.unpack_from("<H" if meta else u16, b, pos + 6)
-                pos += 8
-            else:
-                raise _Broken(f"invalid VR {vr!r} at byte {pos}")
+            raise _Broken(f"invalid VR {vr!r} at byte {pos}")
         if want is not None and length != _UNDEFINED and (grp << 16 | el) in _WANTED:
             want[grp << 16 | el] = b[pos : pos + length]
         if length == _UNDEFINED:
