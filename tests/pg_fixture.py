@@ -156,6 +156,11 @@ def pg_url(pg_server: PgServer) -> Iterator[str]:
         pg_server.drop_database(name)  # FORCE: engines of the test may still hold connections
 
 
+# On a test: its PostgreSQL case is `slow` (full suite only), its SQLite case stays in the quick loop.
+postgresql_slow = pytest.mark.parametrize(
+    "db_url", ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)], indirect=True)
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The index database of one test: a SQLite file, or a fresh PostgreSQL database."""

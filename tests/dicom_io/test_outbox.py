@@ -22,6 +22,7 @@ from dicom_io.results import save_results, write_results
 from tests.conftest import can_unshare_net, free_port, labelqa_cmd, labelqa_env, requires_dcmtk, requires_orthanc
 from tests.dicom_io.test_results import ALGORITHM, COHORT, make_study
 from tests.orthanc_helper import NetNamespace, start_orthanc, start_storescp
+from tests.pg_fixture import postgresql_slow
 
 needs_netns = pytest.mark.skipif(not can_unshare_net(), reason="cannot create a network namespace (unshare -n)")
 
@@ -76,6 +77,7 @@ def test_backoff_grows_exponentially_with_bounded_jitter():
         assert max(delays) - min(delays) > 0  # jitter present
 
 
+@postgresql_slow
 def test_rows_exist_before_first_attempt_and_dead_letter_after_max_attempts(study_files, tmp_path, db_url):
     _, results, _ = study_files
     closed = free_port()  # nothing listens here: connection refused, a real failure
@@ -130,6 +132,7 @@ def _wait(cond, timeout: float, what: str) -> float:
     return time.monotonic() - t0
 
 
+@postgresql_slow
 @requires_dcmtk
 @needs_netns
 def test_down_destination_is_delivered_once_when_up_and_never_blocks_the_other(study_files, tmp_path, db_url):
@@ -182,6 +185,7 @@ def _many_copies(src: Path, out_dir: Path, n: int) -> list[Path]:
     return paths
 
 
+@pytest.mark.slow
 @requires_dcmtk
 @needs_netns
 def test_kill_9_during_delivery_then_restart_loses_nothing(study_files, tmp_path, db_url):
@@ -226,6 +230,7 @@ def test_kill_9_during_delivery_then_restart_loses_nothing(study_files, tmp_path
         ns.stop()
 
 
+@pytest.mark.slow
 @requires_orthanc
 @needs_netns
 def test_orthanc_receives_results_by_c_store_and_stow_rs_in_the_audited_study(study_files, tmp_path, db_url):

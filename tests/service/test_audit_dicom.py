@@ -11,6 +11,9 @@ import pytest
 
 from tests.conftest import labelqa_cmd, labelqa_env, requires_dciodvfy, requires_dcmtk
 
+# every test uses the module's bundle, trained by `labelqa train` (~20 s on 2 cores)
+pytestmark = pytest.mark.slow
+
 SIZE = 32
 
 
