@@ -131,3 +131,9 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'index.sqlite'}"
     return request.getfixturevalue("pg_url")
+
+
+# On a test: its PostgreSQL case is `slow` (full suite only), its SQLite case stays in the quick loop.
+postgresql_slow = pytest.mark.parametrize(
+    "db_url", ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)], indirect=True
+)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # mypy over the three packages: tens of seconds
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -396,7 +396,8 @@ def _segment_attr(label_id: int, name: str, sct: str) -> dict:
 
 @pytest.mark.parametrize(
     "name, seg",
-    [("chest_xray_pneumonia_kermany_224", False), ("brain_tumor_mri_4class_224", True)],
+    [pytest.param("chest_xray_pneumonia_kermany_224", False, marks=pytest.mark.slow),  # 200 real images each
+     pytest.param("brain_tumor_mri_4class_224", True, marks=pytest.mark.slow)],
     ids=["xray-sr", "mri-seg"],
 )
 def test_shared_classification_sample_round_trip(tmp_path, name, seg):

@@ -258,6 +258,7 @@ def server(tmp_path_factory):
 # ------------------------------------------------------------------------------------------ tests
 
 
+@pytest.mark.slow
 def test_echo_and_store_real_files_byte_identical(server, tmp_path):
     assert echoscu(server.port).returncode == 0
     files = pydicom_corpus(tmp_path / "extra")
@@ -310,6 +311,7 @@ def test_identical_resend_is_success_without_duplicate(server, tmp_path):
     assert len(server.rows()) == n
 
 
+@pytest.mark.slow
 def test_four_senders_200_each_nothing_lost_nothing_duplicated(server, tmp_path):
     dirs = []
     for i in range(4):
@@ -449,6 +451,7 @@ def test_unknown_calling_or_called_ae_is_rejected(server, tmp_path):
     assert echoscu(server.port).returncode == 0
 
 
+@pytest.mark.slow
 def test_kill9_mid_transfer_restart_resend_is_complete_and_consistent(tmp_path):
     files = make_ct_series(tmp_path / "study", 300)
     srv = Serve(tmp_path).start()
@@ -499,6 +502,7 @@ def rc_ok(srv: Serve) -> bool:
 # ------------------------------------------------------------------------------------------ in-process
 
 
+@pytest.mark.slow
 def test_stability_two_bursts_one_event_late_instance_reopens(listener_factory, tmp_path):
     lst, store = listener_factory(stable_after_s=3.0)  # well above a storescu run on a loaded machine
     got: list[StudyStable] = []

@@ -23,7 +23,7 @@ from service.harness.commands import labelqa_cmd, labelqa_env
 from service.harness.peers import NetNamespace, can_unshare_net, start_orthanc, start_storescp
 from service.harness.ports import free_port
 from service.harness.studies import ALGORITHM, COHORT, make_study
-from tests.conftest import requires_dcmtk, requires_orthanc
+from tests.conftest import postgresql_slow, requires_dcmtk, requires_orthanc
 
 needs_netns = pytest.mark.skipif(not can_unshare_net(), reason="cannot create a network namespace (unshare -n)")
 
@@ -78,6 +78,7 @@ def test_backoff_grows_exponentially_with_bounded_jitter():
         assert max(delays) - min(delays) > 0  # jitter present
 
 
+@postgresql_slow
 def test_rows_exist_before_first_attempt_and_dead_letter_after_max_attempts(study_files, tmp_path, db_url):
     _, results, _ = study_files
     closed = free_port()  # nothing listens here: connection refused, a real failure
@@ -132,6 +133,7 @@ def _wait(cond, timeout: float, what: str) -> float:
     return time.monotonic() - t0
 
 
+@postgresql_slow
 @requires_dcmtk
 @needs_netns
 def test_down_destination_is_delivered_once_when_up_and_never_blocks_the_other(study_files, tmp_path, db_url):
@@ -184,6 +186,7 @@ def _many_copies(src: Path, out_dir: Path, n: int) -> list[Path]:
     return paths
 
 
+@pytest.mark.slow
 @requires_dcmtk
 @needs_netns
 def test_kill_9_during_delivery_then_restart_loses_nothing(study_files, tmp_path, db_url):
@@ -228,6 +231,7 @@ def test_kill_9_during_delivery_then_restart_loses_nothing(study_files, tmp_path
         ns.stop()
 
 
+@pytest.mark.slow
 @requires_orthanc
 @needs_netns
 def test_orthanc_receives_results_by_c_store_and_stow_rs_in_the_audited_study(study_files, tmp_path, db_url):

@@ -39,6 +39,7 @@ def evaluated(tmp_path_factory):
     return run_evaluation(s, out, data=data, plots=True), out
 
 
+@pytest.mark.slow
 def test_detector_flags_planted_label_errors_with_high_precision(evaluated):
     res, _ = evaluated
     m = res["methods"]["labelqa"]
@@ -48,6 +49,7 @@ def test_detector_flags_planted_label_errors_with_high_precision(evaluated):
     assert m["f1"] > res["methods"]["random"]["f1"] + 0.5
 
 
+@pytest.mark.slow
 def test_results_json_schema(evaluated):
     res, out = evaluated
     on_disk = json.loads((out / "results.json").read_text())
@@ -72,6 +74,7 @@ def test_results_json_schema(evaluated):
     assert 0 < on_disk["timing_s"]["gradcam_candidates"] < on_disk["n_samples"]
 
 
+@pytest.mark.slow
 def test_training_margins_are_saved_and_lower_for_planted_errors(evaluated):
     """predictions.npz keeps each sample's training-time margin (area under the margin) per architecture:
     a sample trained with a wrong label sits below the right labels of its class."""
@@ -343,6 +346,7 @@ def test_train_audits_its_own_labels_out_of_fold(tmp_path):
     assert load_bundle(path).class_names == list(data.class_names)
 
 
+@pytest.mark.slow
 def test_cli_train_audit_evaluate_on_an_npz(tmp_path):
     data = make_shapes(60, n_classes=2, size=SIZE, seed=7)
     npz = tmp_path / "shapes.npz"

@@ -83,6 +83,7 @@ def planted():
     return d, noisy, fit
 
 
+@pytest.mark.slow
 def test_crossfit_is_out_of_fold_and_deterministic(planted):
     d, noisy, fit = planted
     assert fit.probs.shape == (3, N, 2, SIZE, SIZE) and len(fit.members) == 9
@@ -95,6 +96,7 @@ def test_crossfit_is_out_of_fold_and_deterministic(planted):
     assert np.array_equal(again.probs, twice.probs)  # seeded, and independent of the order map_fn runs tasks
 
 
+@pytest.mark.slow
 def test_planted_error_of_each_kind_is_found_and_typed(planted):
     d, noisy, fit = planted
     verdicts = score_masks(fit.probs, noisy, class_names=d.class_names, archs=fit.archs)
@@ -116,6 +118,7 @@ def test_planted_error_of_each_kind_is_found_and_typed(planted):
             "agreement_dice", "agreement_prob", "dual_consistency"} <= set(row)
 
 
+@pytest.mark.slow
 def test_cut_never_uses_ground_truth(planted):
     d, noisy, fit = planted
     th = learn_seg_cut(fit.probs, noisy)  # inputs: out-of-fold probabilities and the given masks, nothing else
@@ -128,6 +131,7 @@ def test_cut_never_uses_ground_truth(planted):
     assert sum(v.flagged for v in clean) < sum(v.flagged for v in dirty)
 
 
+@pytest.mark.slow
 def test_channels_and_spacing_units(planted):
     d, noisy, fit = planted
     ch = to_channels(noisy[:4], 2)

@@ -12,6 +12,9 @@ import pytest
 from service.harness.commands import labelqa_cmd, labelqa_env
 from tests.conftest import requires_dciodvfy, requires_dcmtk
 
+# every test uses the module's bundle, trained by `labelqa train` (~20 s on 2 cores)
+pytestmark = pytest.mark.slow
+
 SIZE = 32
 
 

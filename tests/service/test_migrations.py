@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 
+import pytest
 from sqlalchemy import inspect
 
 from dicom_io.db import Base, make_engine
@@ -47,6 +48,7 @@ def test_concurrent_upgrades_take_turns(db_url):
     assert current(db_url) == head() and schema_diff(db_url) == []
 
 
+@pytest.mark.slow
 def test_labelqa_db_current_and_upgrade(db_url):
     def db(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([*labelqa_cmd(), "db", *args, "--database-url", db_url], capture_output=True,
