@@ -25,7 +25,8 @@ import json, sys, time
 from pathlib import Path
 import dicom_io.scu as scu
 from dicom_io.db import make_engine
-from dicom_io.outbox import Outbox, OutboxSettings
+from dicom_io.outbox import Outbox
+from dicom_io.settings import OutboxSettings
 files, port, batch, nodelay, db = json.loads(sys.argv[1])
 if not nodelay:  # measure what TCP_NODELAY on our socket is worth
     import functools

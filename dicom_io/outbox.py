@@ -23,15 +23,15 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, Field
 from pydicom.dataset import Dataset
 from sqlalchemy import Engine, Float, Integer, String, Text, UniqueConstraint, func, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from dicom_io.db import Base, ensure_schema, is_postgresql
 from dicom_io.scu import AssociationError, FileInfo, StoreOutcome, file_info, store_files
+from dicom_io.settings import OutboxSettings
 
 log = logging.getLogger(__name__)
 
@@ -58,38 +58,6 @@ class OutboxItem(Base):
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
     delivered_at: Mapped[float | None] = mapped_column(Float, nullable=True)
-
-
-class Destination(BaseModel):
-    """A place results are delivered to: a DICOM C-STORE SCP or a DICOMweb STOW-RS endpoint."""
-
-    name: str = Field(description="Short unique name, used in logs and `labelqa outbox`.")
-    kind: Literal["dicom", "dicomweb"] = Field("dicom", description="dicom (C-STORE) or dicomweb (STOW-RS).")
-    ae_title: str | None = Field(None, description="Called AE title of a DICOM destination.")
-    host: str | None = Field(None, description="Host of a DICOM destination.")
-    port: int | None = Field(None, description="Port of a DICOM destination.")
-    url: str | None = Field(None, description="STOW-RS base URL of a DICOMweb destination.")
-    tls: bool = Field(False, description="Use DICOM TLS towards this destination.")
-    tls_ca: Path | None = Field(None, description="PEM CA bundle that signs the destination's certificate.")
-    tls_cert: Path | None = Field(None, description="PEM client certificate we present (mutual TLS).")
-    tls_key: Path | None = Field(None, description="PEM private key of tls_cert.")
-
-
-class OutboxSettings(BaseModel):
-    """Durable delivery of results; ``service.settings`` composes it as ``[outbox]``."""
-
-    destinations: list[Destination] = Field(
-        default_factory=list, description="Where results are sent; empty: kept locally only."
-    )
-    calling_ae_title: str = Field("LABELQA", max_length=16, description="Our AE title when we send.")
-    max_attempts: int = Field(10, ge=1, description="Attempts before an item is dead-lettered.")
-    backoff_base_s: float = Field(2.0, gt=0, description="First retry delay; doubles each attempt.")
-    backoff_max_s: float = Field(300.0, gt=0, description="Longest retry delay.")
-    poll_interval_s: float = Field(1.0, gt=0, description="How often the sender looks for due items.")
-    batch_size: int = Field(64, ge=1, description="Objects sent per association (or STOW-RS request).")
-    jitter: float = Field(0.25, ge=0, le=1, description="Retry delays vary randomly by +- this fraction.")
-    connect_timeout_s: float = Field(10.0, gt=0, description="TCP connect timeout towards a destination (seconds).")
-    dimse_timeout_s: float = Field(60.0, gt=0, description="Time to wait for a C-STORE response (seconds).")
 
 
 def backoff_delay(attempts: int, cfg: OutboxSettings, rng: random.Random | None = None) -> float:

@@ -26,7 +26,6 @@ connection's own thread with a timeout, so an idle socket cannot block the accep
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import shutil
 import socket
@@ -34,10 +33,8 @@ import ssl
 import threading
 import time
 from io import BytesIO
-from pathlib import Path
 from typing import Any, cast
 
-from pydantic import BaseModel, Field
 from pydicom.dataset import Dataset
 from pydicom.uid import UID_dictionary
 from pynetdicom import (
@@ -59,6 +56,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_io import reactor
 from dicom_io.part10 import InvalidInstance, MissingUID, SOPClassMismatch, TooLarge, UnreadableDataset, part10_bytes
+from dicom_io.settings import ListenerSettings
 from dicom_io.store import StudyStore
 
 log = logging.getLogger("labelqa.scp")
@@ -78,62 +76,6 @@ _RJ_NO_REASON = (0x01, 0x01, 0x01)
 _RJ_CALLING_AE = (0x01, 0x01, 0x03)
 _RJ_CALLED_AE = (0x01, 0x01, 0x07)
 _RJ_CONGESTION = (0x02, 0x03, 0x01)
-
-
-class ListenerSettings(BaseModel):
-    """The DICOM listener (C-ECHO / C-STORE SCP); ``service.settings`` composes it as ``[listener]``."""
-
-    host: str = Field("127.0.0.1", description="Address to bind; 0.0.0.0 exposes it to the network.")
-    port: int = Field(11112, ge=0, le=65535, description="TCP port of the DICOM listener (0: any free port).")
-    ae_title: str = Field("LABELQA", max_length=16, description="Our AE title; calls to others are rejected.")
-    require_called_ae: bool = Field(True, description="Reject associations whose called AE title is not ours.")
-    allowed_calling_aes: list[str] = Field(
-        default_factory=list, description="If not empty, only these calling AE titles may associate."
-    )
-    allowed_hosts: list[str] = Field(
-        default_factory=list, description="If not empty, only peers from these IP addresses may associate."
-    )
-    max_associations: int = Field(10, ge=1, description="Simultaneous associations accepted.")
-    max_pdu: int = Field(262144, ge=0, description="Maximum PDU size we receive (bytes, 0 = unlimited).")
-    acse_timeout_s: float = Field(30.0, gt=0, description="Association negotiation timeout (seconds).")
-    dimse_timeout_s: float = Field(60.0, gt=0, description="DIMSE message timeout (seconds).")
-    network_timeout_s: float = Field(120.0, gt=0, description="Idle network timeout (seconds).")
-    accept_unknown_sop_classes: bool = Field(
-        False,
-        description="Also accept private or unknown SOP classes as storage (every public storage SOP class, "
-        "retired ones included, is always accepted).",
-    )
-    tls_cert: Path | None = Field(None, description="PEM certificate: enables DICOM TLS when set.")
-    tls_key: Path | None = Field(None, description="PEM private key for tls_cert.")
-    tls_ca: Path | None = Field(None, description="PEM CA bundle used to verify client certificates.")
-    tls_require_client_cert: bool = Field(False, description="With TLS, require a client certificate.")
-    tls_handshake_timeout_s: float = Field(
-        10.0, gt=0, description="A TLS peer must finish its handshake within this time (per connection)."
-    )
-    min_free_disk_mb: int = Field(
-        512, ge=0, description="Below this much free space in the data dir (MiB), C-STORE answers 0xA700 "
-        "(C-ECHO still succeeds, so monitors see the node up but full).",
-    )
-    shutdown_grace_s: float = Field(
-        10.0, ge=0, description="On SIGTERM, running associations get this long to finish before being aborted."
-    )
-    poll_interval_s: float = Field(
-        0.001,
-        gt=0,
-        le=0.01,
-        description="Longest wait of an association's loops for what does not wake them (a release, an abort); "
-        "requests and responses wake them at once.",
-    )
-
-    @property
-    def exposed(self) -> bool:
-        """Bound to something other than loopback."""
-        if self.host == "localhost":
-            return False
-        try:
-            return not ipaddress.ip_address(self.host).is_loopback
-        except ValueError:  # a host name
-            return True
 
 
 def exposure_warning(cfg: ListenerSettings) -> str | None:

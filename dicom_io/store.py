@@ -29,7 +29,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import BaseModel, Field
 from sqlalchemy import (
     Engine,
     Float,
@@ -252,35 +251,6 @@ def _lock_data_dir(data_dir: Path, shared: bool = False) -> int:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
     return fd
-
-
-class StoreSettings(BaseModel):
-    """The durable study store and its index; ``service.settings`` composes it as ``[store]``."""
-
-    data_dir: Path = Field(Path("labelqa-data"), description="Where studies, the index and results live.")
-    database_url: str | None = Field(
-        None, description="SQLAlchemy URL of the index, jobs and outbox: default SQLite file index.sqlite in "
-        "data_dir; postgresql+psycopg://user:password@host/db for several processes or gateways (they share data_dir)."
-    )
-    stable_after_s: float = Field(
-        5.0, gt=0, description="A study is stable after this many seconds without a new instance."
-    )
-    fsync_directory: bool = Field(
-        True,
-        description="fsync the series directory after each rename (strict POSIX durability); off: one journal "
-        "commit per instance, relies on ext4/xfs persisting a new file's name with its fsync + start-up roll-forward.",
-    )
-
-    max_inflated_mb: int = Field(
-        1024, ge=1, description="A Deflated Explicit VR instance that inflates beyond this (MiB) is refused "
-        "with 0xA700 before it is held in memory.",
-    )
-
-    def resolved_database_url(self) -> str:
-        """The index URL, defaulting to a SQLite file in the data dir."""
-        if self.database_url:
-            return self.database_url
-        return f"sqlite:///{(self.data_dir / 'index.sqlite').resolve()}"
 
 
 class StudyStore:

@@ -22,9 +22,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from dicom_io.outbox import Destination, OutboxSettings
-from dicom_io.scp import ListenerSettings
-from dicom_io.store import StoreSettings
+from dicom_io.settings import Destination, ListenerSettings, OutboxSettings, StoreSettings
 
 __all__ = ["ListenerSettings", "StoreSettings", "AuditSettings", "Destination", "OutboxSettings", "ApiSettings",
            "Settings", "load_settings", "settings_reference_markdown"]

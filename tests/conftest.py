@@ -66,7 +66,8 @@ def shared_data() -> Path:
 @pytest.fixture
 def listener_factory(tmp_path):
     """Make a started listener + store on a free port (``make(stable_after_s, **ListenerSettings fields)``)."""
-    from dicom_io.scp import Listener, ListenerSettings
+    from dicom_io.scp import Listener
+    from dicom_io.settings import ListenerSettings
     from dicom_io.store import StudyStore
 
     made: list[tuple[Listener, StudyStore]] = []

@@ -95,6 +95,7 @@ def _commands(help_text: str) -> set[str]:
     return set(re.findall(r"^\W*([a-z][a-z0-9-]*)\s{2,}\S", panel, re.M))
 
 
+@pytest.mark.slow
 def test_every_labelqa_command_in_the_readme_exists():
     text = README.read_text(encoding="utf-8")
     code = "\n".join(m.group(0) for m in _FENCE.finditer(text)) + "\n"

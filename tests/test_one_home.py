@@ -4,6 +4,7 @@ peers and tools that the demo, the tests and the benchmarks start (``service.har
 from __future__ import annotations
 
 import ast
+import os
 import re
 from functools import cache
 from pathlib import Path
@@ -88,10 +89,17 @@ _REPO = Path(__file__).resolve().parents[1]
 _SHIPPED_AND_BENCHMARKS = ("benchmarks", "service", "dicom_io", "models", "scripts")
 
 
+@cache
 def _python_files(*tops: str) -> list[Path]:
+    """The repository's Python files under ``tops`` (all when empty), never descending into dot folders
+    (``.venv``, ``.git``: walking them costs a second per call)."""
     roots = [_REPO / t for t in tops] if tops else [_REPO]
-    return sorted(p for r in roots if r.exists() for p in r.rglob("*.py")
-                  if not any(part.startswith(".") for part in p.relative_to(_REPO).parts))
+    found: list[Path] = []
+    for root in roots:
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".") and d != "__pycache__"]
+            found += [Path(dirpath) / f for f in filenames if f.endswith(".py")]
+    return sorted(found)
 
 
 @cache
@@ -157,8 +165,16 @@ def test_only_one_class_launches_orthanc():
                                   "start_orthanc", "start_pg_server", "RayCluster", "make_study", "small_demo_for",
                                   "LocalArchive", "can_unshare_net"])
 def test_each_harness_helper_is_defined_once(name: str):
-    homes = []
-    for path in _python_files():
-        homes += [str(path.relative_to(_REPO)) for n in ast.walk(_tree(path))
-                  if isinstance(n, ast.FunctionDef | ast.ClassDef) and n.name == name]
+    homes = _definitions().get(name, [])
     assert len(homes) == 1 and homes[0].startswith("service/harness/"), homes
+
+
+@cache
+def _definitions() -> dict[str, list[str]]:
+    """Function and class name -> the files that define it (one walk over the repository)."""
+    out: dict[str, list[str]] = {}
+    for path in _python_files():
+        for n in ast.walk(_tree(path)):
+            if isinstance(n, ast.FunctionDef | ast.ClassDef):
+                out.setdefault(n.name, []).append(str(path.relative_to(_REPO)))
+    return out

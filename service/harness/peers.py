@@ -361,7 +361,8 @@ class LocalArchive:
     listener: Listener
 
     def __init__(self, root: Path, port: int, ae_title: str = "ARCHIVE") -> None:
-        from dicom_io.scp import Listener, ListenerSettings
+        from dicom_io.scp import Listener
+        from dicom_io.settings import ListenerSettings
         from dicom_io.store import StudyStore
 
         self.store = StudyStore(root, None, 3600.0)

@@ -110,6 +110,7 @@ def test_unreadable_pixels_unreadable_file_and_unsupported_class(study, tmp_path
     assert by["unreadable_pixels"].image_uid == f["row"]["image_uid"]
 
 
+@pytest.mark.slow
 def test_inspect_cli_reports_issues_and_exits_zero(study, tmp_path):
     f = study["files"]["cat"]
     shutil.copy(f["sr"], tmp_path / "sr.dcm")

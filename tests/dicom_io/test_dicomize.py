@@ -190,6 +190,7 @@ def test_dicomize_output_passes_dciodvfy_and_round_trips(tmp_path, kind):
     assert pydicom.dcmread(img, stop_before_pixels=True).SOPClassUID == sop[kind]
 
 
+@pytest.mark.slow
 def test_cli_dicomize_and_inspect_json(tmp_path):
     data = _folder(tmp_path / "ds", n=1, split=False)
     out = tmp_path / "out"

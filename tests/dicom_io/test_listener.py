@@ -521,6 +521,7 @@ def test_stability_two_bursts_one_event_late_instance_reopens(listener_factory, 
     assert [(len(e.instances), e.reopened) for e in got] == [(5, False), (6, True)]
 
 
+@pytest.mark.slow
 def test_host_allow_list_disk_watermark_and_tcp_nodelay(listener_factory, caplog, tmp_path):
     from pynetdicom import evt
 
@@ -622,6 +623,7 @@ def test_logs_carry_uids_not_patient_data(server, tmp_path):
         assert phi not in log
 
 
+@pytest.mark.slow
 def test_serve_reads_config_file_and_flags_override(tmp_path):
     cfg = tmp_path / "site.toml"
     cfg.write_text('[listener]\nae_title = "FROMTOML"\nport = 1\n[store]\nstable_after_s = 1.0\n')

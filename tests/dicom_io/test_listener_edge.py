@@ -24,7 +24,8 @@ from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 
-from dicom_io.scp import ListenerSettings, storage_sop_classes
+from dicom_io.scp import storage_sop_classes
+from dicom_io.settings import ListenerSettings
 from tests.conftest import SHARED_DATA, have
 from tests.dicom_io.test_listener import _send_files_raw, echoscu, storescu
 
@@ -196,6 +197,7 @@ def test_deeply_nested_sequences_are_refused_cleanly(listener_factory, tmp_path)
 
 
 @pytest.mark.skipif(not have("openssl"), reason="openssl not installed")
+@pytest.mark.slow
 def test_idle_tcp_socket_does_not_block_tls_associations(listener_factory, tmp_path):
     from pynetdicom import AE
 

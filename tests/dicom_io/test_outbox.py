@@ -17,8 +17,9 @@ import pydicom
 import pytest
 
 from dicom_io.db import make_engine
-from dicom_io.outbox import DEAD, DELIVERED, PENDING, Outbox, OutboxSettings, backoff_delay
+from dicom_io.outbox import DEAD, DELIVERED, PENDING, Outbox, backoff_delay
 from dicom_io.results import save_results, write_results
+from dicom_io.settings import OutboxSettings
 from service.harness.commands import labelqa_cmd, labelqa_env
 from service.harness.peers import NetNamespace, can_unshare_net, start_orthanc, start_storescp
 from service.harness.ports import free_port
@@ -79,6 +80,7 @@ def test_backoff_grows_exponentially_with_bounded_jitter():
 
 
 @postgresql_slow
+@pytest.mark.slow
 def test_rows_exist_before_first_attempt_and_dead_letter_after_max_attempts(study_files, tmp_path, db_url):
     _, results, _ = study_files
     closed = free_port()  # nothing listens here: connection refused, a real failure
@@ -136,6 +138,7 @@ def _wait(cond, timeout: float, what: str) -> float:
 @postgresql_slow
 @requires_dcmtk
 @needs_netns
+@pytest.mark.slow
 def test_down_destination_is_delivered_once_when_up_and_never_blocks_the_other(study_files, tmp_path, db_url):
     _, results, _ = study_files
     want = sorted(_uids(results))

@@ -61,6 +61,7 @@ def _ct(uid: str, study: str) -> pydicom.Dataset:
     return ds
 
 
+@pytest.mark.slow
 def test_event_driven_associations_store_release_and_abort(listener_factory):
     """Many C-STOREs on one association, several associations at once, a release and an abort:
     every instance is stored with the bytes sent, each association ends, the listener keeps serving."""

@@ -201,6 +201,7 @@ def test_conformance_statement_lists_every_private_code(repo):
         assert f"`{code.value}`" in text and code.meaning in text, code
 
 
+@pytest.mark.slow
 def test_report_html_command_shows_every_verdict_and_the_heatmap(written, tmp_path):
     from service.harness.commands import labelqa_cmd, labelqa_env
 

@@ -88,8 +88,9 @@ def test_warning_statuses_count_as_delivered_and_failures_are_retried(result_fil
     from pynetdicom import AE, evt
 
     from dicom_io.db import make_engine
-    from dicom_io.outbox import DELIVERED, PENDING, Outbox, OutboxSettings
+    from dicom_io.outbox import DELIVERED, PENDING, Outbox
     from dicom_io.scu import file_info
+    from dicom_io.settings import OutboxSettings
 
     infos = {i.sop_instance_uid: i for i in (file_info(p) for p in result_files)}
     uids = sorted(infos)
@@ -147,6 +148,7 @@ def _pki(d: Path) -> dict[str, Path]:
 @requires_dcmtk
 @needs_netns
 @pytest.mark.skipif(not have("openssl"), reason="openssl not installed")
+@pytest.mark.slow
 def test_dicom_tls_to_storescp_with_mutual_authentication(result_files, tmp_path):
     pki = _pki(tmp_path / "pki")
     ns = NetNamespace()

@@ -380,6 +380,7 @@ def test_real_liver_segs_give_the_masks_highdicom_reads(path):
         assert m.provenance.segment_numbers == (1,) and len(m.provenance.seg_frames) == 1
 
 
+@pytest.mark.slow
 def test_real_highdicom_test_segs():
     hdf = DICOM / "highdicom_test_files"
     if not hdf.is_dir():

@@ -22,7 +22,8 @@ def _threads():
     torch.set_num_threads(1)
 
 
-@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n.startswith("densenet") else n
+                                  for n in sorted(ARCHITECTURES)])  # densenet: ~3 s, full suite only
 def test_declared_minimum_input_size_is_exact(name):
     spec = ARCHITECTURES[name]
     model = build_model(spec, 2).eval()
@@ -33,6 +34,7 @@ def test_declared_minimum_input_size_is_exact(name):
                 model(torch.zeros(2, 1, spec.min_size - 1, spec.min_size - 1))
 
 
+@pytest.mark.slow
 def test_too_small_size_is_refused_in_one_line_before_reading_data(tmp_path):
     with pytest.raises(ValueError, match=r"densenet121 \(needs 29 px\).*--image-size 32 or more"):
         check_input_size(parse_archs("densenet121,resnet18,efficientnet-b0"), 28)

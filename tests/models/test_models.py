@@ -87,6 +87,7 @@ def test_training_margins_are_saved_and_lower_for_planted_errors(evaluated):
     assert np.nanmean(m[flipped]) < np.nanmean(m[~flipped]) - 0.5
 
 
+@pytest.mark.slow
 def test_crossfit_never_scores_a_sample_with_a_member_that_trained_on_it():
     data = make_shapes(45, n_classes=2, size=SIZE, seed=1)
     fit = fit_ensemble(parse_archs(TINY[:2]), data.images, data.labels, 2,
@@ -99,6 +100,7 @@ def test_crossfit_never_scores_a_sample_with_a_member_that_trained_on_it():
     assert sorted({m.fold for m in fit.members}) == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_crossfit_excluded_samples_are_scored_but_never_trained_on():
     data = make_shapes(45, n_classes=2, size=SIZE, seed=1)
     exclude = np.zeros(45, dtype=bool)
@@ -116,6 +118,7 @@ def test_crossfit_excluded_samples_are_scored_but_never_trained_on():
                      device="cpu", exclude=np.zeros(44, dtype=bool))
 
 
+@pytest.mark.slow
 def test_repeats_average_seeds_each_out_of_fold_and_round_trip_through_a_bundle(tmp_path):
     from models.bundle import load_bundle, save_bundle
     from models.train import REPEAT_SEED_STEP
@@ -319,6 +322,7 @@ def test_agreement_priority_and_threshold():
     assert gmm_threshold(vals[:3])[0] == 0.5
 
 
+@pytest.mark.slow
 def test_train_audits_its_own_labels_out_of_fold(tmp_path):
     """`labelqa train --verdicts DIR`: the data scientist's check of an existing data set — every label judged
     by crossfit members that never saw it; the planted wrong labels come first and are flagged."""

@@ -187,6 +187,7 @@ def test_bundle_round_trip_audits_on_the_native_grid(tmp_path):
         load_bundle(path)
 
 
+@pytest.mark.slow
 def test_cli_train_audit_evaluate_segmentation(tmp_path):
     from typer.testing import CliRunner
 

@@ -39,6 +39,7 @@ def test_a_database_made_by_create_all_is_taken_over(db_url):
     engine.dispose()
 
 
+@pytest.mark.slow
 def test_concurrent_upgrades_take_turns(db_url):
     """Two gateways starting at once on one empty database: both upgrades succeed, one schema."""
     procs = [subprocess.Popen([*labelqa_cmd(), "db", "upgrade", "--database-url", db_url], stdout=subprocess.PIPE,

@@ -378,6 +378,7 @@ def test_decisions_survive_restart_and_pending_writebacks_resume(audited):
 # ------------------------------------------------------------------------------------------ export, metrics
 
 
+@pytest.mark.slow
 def test_export_csv_json_and_cli(audited):
     c, review, _ = _app(audited)
     items = _flagged(c)

@@ -135,7 +135,7 @@ def test_health_reports_dead_letters_and_store_errors(tmp_path):
     class Dest:
         name, kind, ae_title, host, port = "down", "dicom", "NOBODY", "127.0.0.1", free_port()
 
-    from dicom_io.outbox import OutboxSettings
+    from dicom_io.settings import OutboxSettings
 
     box = Outbox(engine, [Dest], settings=OutboxSettings(max_attempts=1, connect_timeout_s=2))
     sample = tmp_path / "x.dcm"
