@@ -87,6 +87,14 @@ class RayNode:
                 pass
 
 
+class _StartupGaveUp(RuntimeError):
+    """``ray start`` exited because its raylet did not register in Ray's fixed start-up wait."""
+
+    def __init__(self, message: str, node: RayNode) -> None:
+        super().__init__(message)
+        self.node = node
+
+
 @dataclass
 class RayCluster:
     """A head node (no audit resources) and worker nodes, all on 127.0.0.1 in ``ns``."""
@@ -101,7 +109,28 @@ class RayCluster:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def _start(self, name: str, args: list[str], resources: dict[str, float], timeout: float) -> RayNode:
+    def _start(self, name: str, args: list[str], resources: dict[str, float], timeout: float,
+               attempts: int = 3) -> RayNode:
+        """Start one node; a ``ray start`` that gives up during start-up is started again (``attempts`` in all).
+
+        Ray waits a fixed 30 s for a new raylet to register with the GCS; on a loaded 2-core machine that
+        wait is sometimes too short ("The current node timed out during startup") and ``ray start`` exits.
+        That is Ray's start-up racing the load, not something under test: the node's leftovers are
+        stopped by PID and it is started again.
+        """
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._start_once(name if attempt == 1 else f"{name}-{attempt}", args, resources, timeout)
+            except _StartupGaveUp as e:
+                node = e.node
+                node.kill()
+                self.nodes.remove(node)
+                if attempt == attempts:
+                    raise RuntimeError(str(e)) from None
+                time.sleep(2.0 * attempt)
+        raise AssertionError("unreachable")
+
+    def _start_once(self, name: str, args: list[str], resources: dict[str, float], timeout: float) -> RayNode:
         log = self.temp_dir / f"{name}.log"
         with open(log, "wb") as fh:
             proc = subprocess.Popen(self.ns.cmd([str(RAY_BIN), "start", "--block", "--disable-usage-stats",
@@ -112,7 +141,11 @@ class RayCluster:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise RuntimeError(f"ray start ({name}) exited {proc.returncode}: {log.read_text()[-2000:]}")
+                text = log.read_text(errors="replace")
+                msg = f"ray start ({name}) exited {proc.returncode}: {text[-2000:]}"
+                if "timed out during startup" in text:
+                    raise _StartupGaveUp(msg, node)
+                raise RuntimeError(msg)
             if node.raylet_pid() is not None and node.node_id is None:
                 node.node_id = self._node_id_of(node)
             if node.node_id:
