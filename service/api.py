@@ -1,10 +1,12 @@
 """The HTTP API: health, Prometheus metrics, audit jobs and per-study audit results.
 
 FastAPI app served by uvicorn on 127.0.0.1 by default. When ``[auth] users`` or ``[api] token`` are
-set, every endpoint except ``/health`` and the OpenAPI schema/docs needs a user
+set, every endpoint except ``/health`` needs a user
 (``Authorization: Bearer <token>``, or the review workbench's session cookie; see ``service.auth``);
 re-running an audit needs the admin role. With a review service in the context the app also serves
-the review workbench (``service.web``). The schema is at ``/openapi.json`` (docs at ``/docs``).
+the review workbench (``service.web``). The OpenAPI schema is at ``/openapi.json`` and a reference page
+at ``/docs`` (rendered here, no scripts from elsewhere); ``docs/api.md`` is the same reference, generated
+by :func:`api_reference_markdown`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
 from service.jobs import DONE, NO_ANNOTATIONS, STATES, Job, JobStore
@@ -133,10 +136,13 @@ def outbox_counts(outbox: Any) -> dict[str, Any]:
 
 def create_app(ctx: ApiContext) -> FastAPI:
     """The FastAPI application over ``ctx``."""
+    # The schema and the reference page need a login like everything else (not FastAPI's open
+    # defaults), and the page is rendered here: Swagger UI would load its scripts from a CDN.
     app = FastAPI(
         title="labelqa",
         version=ctx.version,
         description="Annotation quality audits of DICOM studies: health, metrics, jobs and results.",
+        docs_url=None, redoc_url=None, openapi_url=None,
     )
     from service.auth import Auth
 
@@ -146,6 +152,14 @@ def create_app(ctx: ApiContext) -> FastAPI:
     admin = ctx.auth.require("admin")
 
     protected = [Depends(auth)]
+
+    @app.get("/openapi.json", dependencies=protected, include_in_schema=False)
+    def openapi_schema() -> dict[str, Any]:
+        return app.openapi()
+
+    @app.get("/docs", dependencies=protected, include_in_schema=False, response_class=HTMLResponse)
+    def reference_page() -> HTMLResponse:
+        return HTMLResponse(api_reference_html(app.openapi()))
 
     @app.get("/health", response_model=Health, summary="Liveness and readiness of every component")
     def health(response: Response) -> Health:
@@ -280,3 +294,108 @@ class ApiServer:
     def stop(self, timeout: float = 5.0) -> None:
         self.server.should_exit = True
         self.thread.join(timeout)
+
+
+# -- the API reference: docs/api.md and the /docs page, from the OpenAPI schema ---------------------------
+def _operations(schema: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(method, path, operation) of every documented endpoint, in path order."""
+    out = []
+    for path in sorted(schema.get("paths", {})):
+        for method, op in schema["paths"][path].items():
+            out.append((method.upper(), path, op))
+    return out
+
+
+def _type(sch: dict[str, Any]) -> str:
+    if "$ref" in sch:
+        return str(sch["$ref"]).rsplit("/", 1)[-1]
+    if "anyOf" in sch:
+        return " or ".join(_type(x) for x in sch["anyOf"] if x.get("type") != "null") or "any"
+    if sch.get("type") == "array":
+        return f"list of {_type(sch.get('items', {}))}"
+    return str(sch.get("type", "any"))
+
+
+def _parameters(op: dict[str, Any], schemas: dict[str, Any] | None = None) -> list[str]:
+    """One line per parameter and request-body field: ``name`` (where, type): description."""
+    lines = []
+    for p in op.get("parameters", []):
+        desc = (p.get("description") or "").strip()
+        req = ", required" if p.get("required") else ""
+        lines.append(f"`{p['name']}` ({p['in']}, {_type(p.get('schema', {}))}{req})" + (f": {desc}" if desc else ""))
+    for media, content in op.get("requestBody", {}).get("content", {}).items():
+        name = _type(content.get("schema", {}))
+        model = (schemas or {}).get(name, {})
+        required = set(model.get("required", []))
+        for field, sch in model.get("properties", {}).items():
+            desc = (sch.get("description") or "").strip()
+            lines.append(f"`{field}` (body {media}, {_type(sch)}{', required' if field in required else ''})"
+                         + (f": {desc}" if desc else ""))
+        if not model.get("properties"):
+            lines.append(f"body ({media}, {name})")
+    return lines
+
+
+def reference_app() -> FastAPI:
+    """The full HTTP API (service and review workbench) over throw-away in-memory databases: its schema
+    is the same as a running ``labelqa serve``'s."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import StaticPool
+
+    from service.review import ReviewService
+
+    engine = create_engine("sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False})
+    jobs = JobStore(engine)
+    return create_app(ApiContext(jobs=jobs, review=ReviewService(engine, jobs=jobs)))
+
+
+def api_reference_markdown(schema: dict[str, Any] | None = None) -> str:
+    """docs/api.md: every endpoint with its method, summary, parameters and who may call it."""
+    schema = schema or reference_app().openapi()
+    out = [
+        "# HTTP API reference",
+        "",
+        "Generated from the OpenAPI schema of `labelqa serve` (`labelqa config api-reference > docs/api.md`;",
+        "a test checks it is current). The service answers on `[api] host`:`port` (default 127.0.0.1:8787).",
+        "With users (`[auth] users`) or a token (`[api] token`) configured, every endpoint but `/health` needs",
+        "`Authorization: Bearer <token>` or the review workbench's session cookie; writes with the cookie also",
+        "need the page's CSRF token in `X-CSRF-Token`. Admin-only endpoints say so. A running service serves",
+        "the schema at `/openapi.json` and this reference at `/docs` (both behind the same login).",
+        "",
+        "| method | path | what |",
+        "|---|---|---|",
+    ]
+    ops = _operations(schema)
+    for method, path, op in ops:
+        out.append(f"| {method} | `{path}` | {op.get('summary', '').strip()} |")
+    for method, path, op in ops:
+        out += ["", f"## {method} `{path}`", ""]
+        if op.get("summary"):
+            out.append(op["summary"].strip() + ".")
+        desc = (op.get("description") or "").strip()
+        if desc and desc != op.get("summary"):
+            out += ["", desc]
+        params = _parameters(op, schema.get("components", {}).get("schemas"))
+        if params:
+            out += ["", *[f"- {p}" for p in params]]
+        codes = ", ".join(f"{c} {r.get('description', '').strip()}" for c, r in sorted(op.get("responses", {}).items()))
+        if codes:
+            out += ["", f"Responses: {codes}."]
+    return "\n".join(out) + "\n"
+
+
+def api_reference_html(schema: dict[str, Any]) -> str:
+    """The /docs page: the same reference as docs/api.md, as plain HTML (no scripts)."""
+    from html import escape
+
+    rows = []
+    for method, path, op in _operations(schema):
+        params = "".join(f"<li>{escape(p)}</li>"
+                         for p in _parameters(op, schema.get("components", {}).get("schemas")))
+        rows.append(f"<tr><td>{method}</td><td><code>{escape(path)}</code></td>"
+                    f"<td>{escape(op.get('summary', ''))}{f'<ul>{params}</ul>' if params else ''}</td></tr>")
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>labelqa HTTP API</title>"
+            "<style>body{font-family:sans-serif;margin:2em}td{vertical-align:top;padding:4px 8px;"
+            "border-bottom:1px solid #ddd}</style></head><body><h1>labelqa HTTP API</h1>"
+            "<p>Schema: <a href='/openapi.json'>/openapi.json</a>.</p><table><tr><th>method</th><th>path</th>"
+            f"<th>what</th></tr>{''.join(rows)}</table></body></html>")

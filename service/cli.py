@@ -24,7 +24,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 config_app = typer.Typer(help="Show the effective settings.", no_args_is_help=True)
-app.add_typer(config_app, name="config", help="Show the effective settings or their reference.")
+app.add_typer(config_app, name="config",
+              help="Show the effective settings, or the configuration and HTTP API references.")
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="labelqa.toml to read (default: ./labelqa.toml).")
 
@@ -44,6 +45,14 @@ def config_show(config: Path | None = ConfigOpt) -> None:
 def config_reference() -> None:
     """Print the configuration reference (every field, default, env variable) as Markdown."""
     typer.echo(settings_reference_markdown(), nl=False)
+
+
+@config_app.command("api-reference")
+def config_api_reference() -> None:
+    """Print the HTTP API reference (every endpoint, its parameters and responses) as Markdown."""
+    from service.api import api_reference_markdown
+
+    typer.echo(api_reference_markdown(), nl=False)
 
 
 for _area in (cli_serve, cli_dicom, cli_models, cli_report, cli_outbox, cli_db, cli_demo, cli_export):

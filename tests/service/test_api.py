@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from urllib.parse import quote
 
 import httpx
@@ -89,15 +90,29 @@ def test_metrics_are_prometheus_text(jobs, tmp_path):
     assert "labelqa_audit_latency_seconds_bucket" in r.text
 
 
-def test_bearer_token_protects_everything_but_health_and_schema(jobs, tmp_path):
+def test_bearer_token_protects_everything_but_health(jobs, tmp_path):
     c = _client(jobs, tmp_path, token="s3cret")
-    for path in ("/jobs", "/metrics", f"/studies/{STUDY}/audit"):
-        assert c.get(path).status_code == 401, path
-        assert c.get(path, headers={"Authorization": "Bearer wrong"}).status_code == 401, path
+    for path in ("/jobs", "/metrics", f"/studies/{STUDY}/audit", "/openapi.json", "/docs", "/redoc"):
+        assert c.get(path).status_code in (401, 404), path
+        assert c.get(path, headers={"Authorization": "Bearer wrong"}).status_code in (401, 404), path
+    assert c.get("/openapi.json").status_code == 401 and c.get("/docs").status_code == 401
     assert c.post(f"/studies/{STUDY}/audit").status_code == 401
-    assert c.get("/jobs", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    ok = {"Authorization": "Bearer s3cret"}
+    assert c.get("/jobs", headers=ok).status_code == 200
     assert c.get("/health").status_code == 200
-    assert c.get("/openapi.json").status_code == 200
+    assert c.get("/openapi.json", headers=ok).json()["info"]["title"] == "labelqa"
+    page = c.get("/docs", headers=ok)
+    assert page.status_code == 200 and "/studies/{study_uid}/audit" in page.text
+    assert "<script" not in page.text.lower()  # nothing loaded from elsewhere (Swagger UI would use a CDN)
+
+
+def test_api_reference_is_up_to_date():
+    from service.api import api_reference_markdown
+
+    committed = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
+    assert committed == api_reference_markdown(), "regenerate: labelqa config api-reference > docs/api.md"
+    assert "## POST `/api/annotations/{annotation_uid}/decision`" in committed
+    assert "`decision` (body application/json, Decision, required)" in committed
 
 
 def test_openapi_schema_lists_the_endpoints(jobs, tmp_path):
