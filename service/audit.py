@@ -8,8 +8,10 @@ An audit is three steps with typed records between them, so the middle one can r
 Ray worker holding the bundle, :mod:`service.executor_ray`): :func:`read_study_input` (files ->
 :class:`StudyInput`, on the gateway), :func:`infer` (:class:`InferenceBatch` of arrays ->
 :class:`InferenceResult`, wherever the models are), :func:`write_study_results` (-> result
-datasets and verdict rows, on the gateway). The read and write steps need the bundle's description
-only (class names, input size, version, thresholds), not its weights.
+datasets and verdict rows, on the gateway). Masks take the same three steps: :func:`read_mask_input`
+(:class:`MaskInput`), :func:`infer_masks` (:class:`MaskBatch` -> :class:`MaskResult`),
+:func:`write_mask_results`; :func:`model_step` is the middle step for either. The read and write
+steps need the bundle's description only (class names, input size, version, thresholds), not its weights.
 """
 
 from __future__ import annotations
@@ -74,7 +76,42 @@ class InferenceResult:
     worker: dict[str, Any] | None = None  # where it ran, when not in this process (node id, pid)
 
 
-InferFn = Callable[[InferenceBatch], InferenceResult]
+@dataclass
+class MaskInput:
+    """The read step's output for one study's masks: per (SEG, source frame) the masks of the bundle's
+    classes (``dicom_io.annotations`` MaskSample), and the study's files."""
+
+    study_uid: str | None
+    by_uid: dict[str, Path]  # SOP Instance UID -> file, for the write step
+    frames: list[list[Any]] = field(default_factory=list)  # one list of MaskSample per audited frame
+    issues: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class MaskBatch:
+    """What the mask model step needs: each frame's pixels on its native grid, the given masks, spacing."""
+
+    images: list[np.ndarray]
+    given: list[dict[str, np.ndarray]]  # class name -> bool mask of the image's size
+    spacings: list[tuple[float, float] | None]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+@dataclass
+class MaskResult:
+    """The mask model step's output: per frame of the batch, in order, a verdict per class of the bundle."""
+
+    verdicts: list[list[Any]]  # models.seg MaskVerdict (consensus mask, regions, Dice, HD95)
+    seconds: float = 0.0
+    worker: dict[str, Any] | None = None  # where it ran, when not in this process (node id, pid)
+
+
+ModelBatch = InferenceBatch | MaskBatch
+ModelResult = InferenceResult | MaskResult
+InferFn = Callable[[ModelBatch], ModelResult]
+"""The model step run elsewhere (a Ray actor): a label or a mask batch in, its result out."""
 
 
 def resolve_vocabulary(bundle: Any, bundle_path: Path | None = None, vocabulary: Any = None) -> Any:
@@ -271,9 +308,27 @@ def _infer_and_write(inputs: list[StudyInput], bundle: Any, vocabulary: Any, inf
     batch = make_batch(inputs, bundle)
     result = None
     if len(batch):
-        result = infer_fn(batch) if infer_fn is not None else infer(bundle, batch, device=device,
-                                                                     batch_size=batch_size)
+        got = infer_fn(batch) if infer_fn is not None else infer(bundle, batch, device=device, batch_size=batch_size)
+        if not isinstance(got, InferenceResult):
+            raise TypeError(f"the model step returned {type(got).__name__} for a label batch")
+        result = got
     return write_study_results(inputs, result, bundle, vocabulary, **write)
+
+
+def model_step(bundle: Any, batch: ModelBatch, *, device: str = "auto", batch_size: int = 64) -> ModelResult:
+    """The model step for either kind of batch, with a loaded bundle (in process, or on a Ray actor)."""
+    if isinstance(batch, MaskBatch):
+        return infer_masks(bundle, batch, device=device)
+    return infer(bundle, batch, device=device, batch_size=batch_size)
+
+
+def warm_up(bundle: Any, device: str = "auto") -> None:
+    """One tiny inference, so that the first study does not pay for lazy initialisation."""
+    size = int(bundle.image_size)
+    if is_segmentation(bundle):
+        infer_masks(bundle, MaskBatch([np.zeros((size, size), np.float32)], [{}], [None]), device=device)
+    else:
+        bundle.audit(np.zeros((1, size, size), np.float32), [bundle.class_names[0]], batch_size=1, device=device)
 
 
 def _cohort_text(bundle: Any, images: np.ndarray, given: list[str], groups: list[str], **kw: Any
@@ -306,11 +361,12 @@ def audit_study(files: Iterable[Path], bundle: Any, vocabulary: Any, *, device: 
     """Audit one study's files: result datasets (SR/SC/KOS, and SEG/SC for masks), verdict rows, issues.
 
     A segmentation bundle audits the study's SEG masks (:func:`audit_masks`); a label bundle its
-    labels. ``infer_fn`` runs the label model step elsewhere (default: ``infer`` with ``bundle`` here).
+    labels. ``infer_fn`` runs the model step elsewhere (default: with ``bundle`` here); then ``bundle``
+    needs only its description (class names, input size, thresholds), not its weights.
     """
     files = [Path(f) for f in files]
     if is_segmentation(bundle):
-        sa = audit_masks(files, bundle, vocabulary, device=device)
+        sa = audit_masks(files, bundle, vocabulary, device=device, infer_fn=infer_fn)
     else:
         (sa,) = _infer_and_write([read_study_input(files, bundle, vocabulary)], bundle, vocabulary, infer_fn,
                                  device=device, batch_size=batch_size, heatmaps_for_hard_cases=heatmaps_for_hard_cases,
@@ -324,49 +380,80 @@ def _finite(x: Any) -> float | None:
     return float(x) if x is not None and np.isfinite(x) else None
 
 
-def audit_masks(files: Iterable[Path], bundle: Any, vocabulary: Any, *, device: str = "auto") -> StudyAudit:
+def audit_masks(files: Iterable[Path], bundle: Any, vocabulary: Any, *, device: str = "auto",
+                infer_fn: InferFn | None = None) -> StudyAudit:
     """Audit the SEG masks of one study with a segmentation bundle.
 
     Every (source frame, class of the bundle) a SEG refers to is one mask: the given mask (empty when
     the SEG has no pixel of the class there) against the members' consensus on the frame's native
     grid. Results: a TID 1411 group per mask in the QA report, an overlay SC and the consensus as a
-    suggested-correction SEG for each suspected mask error, the flagged frames in the KOS.
+    suggested-correction SEG for each suspected mask error, the flagged frames in the KOS. The same
+    three steps as for labels: :func:`read_mask_input`, :func:`infer_masks` (here, or ``infer_fn``),
+    :func:`write_mask_results`.
     """
     from dicom_io.annotations import read_study
 
     by_uid = _headers(Path(f) for f in files)
     aset = read_study([by_uid[u] for u in by_uid], vocabulary, masks=True, mask_classes=list(bundle.class_names))
-    return _audit_mask_set(aset, by_uid, bundle, vocabulary, device=device)
+    return _infer_and_write_masks(read_mask_input(aset, by_uid, list(bundle.class_names)), bundle, vocabulary,
+                                  infer_fn, device=device)
 
 
-def _audit_mask_set(aset: Any, by_uid: dict[str, Path], bundle: Any, vocabulary: Any, *, device: str) -> StudyAudit:
-    """:func:`audit_masks` on one study already read (``by_uid``: its files by SOP Instance UID)."""
-    import pydicom
-
-    from dicom_io.results import AuditedMask, write_results
-
-    classes = list(bundle.class_names)
-    sa = StudyAudit(aset.study_uid, issues=[i.to_dict() for i in aset.issues])
+def read_mask_input(aset: Any, by_uid: dict[str, Path], classes: list[str]) -> MaskInput:
+    """Read step for masks: a read study's mask samples grouped by (SEG, source frame); issues for the
+    classes the bundle does not know."""
+    mi = MaskInput(aset.study_uid, by_uid, issues=[i.to_dict() for i in aset.issues])
     frames: dict[tuple[str, str, int | None], list[Any]] = {}
     for m in aset.mask_samples:
         if m.class_name not in classes:
-            sa.issues.append({"code": LABEL_NOT_IN_BUNDLE, "annotation_uid": m.provenance.annotation_uid,
+            mi.issues.append({"code": LABEL_NOT_IN_BUNDLE, "annotation_uid": m.provenance.annotation_uid,
                               "image_uid": m.provenance.image_uid,
                               "message": f"class {m.class_name!r} is not a class of the bundle ({classes})"})
             continue
         if m.pixels.size == 0:
             continue
         frames.setdefault((m.provenance.annotation_uid, m.provenance.image_uid, m.provenance.frame), []).append(m)
-    if not frames:
-        return sa
-    groups = list(frames.values())
+    mi.frames = list(frames.values())
+    return mi
+
+
+def make_mask_batch(mi: MaskInput) -> MaskBatch:
+    """The frames of ``mi`` (in order) as one batch of arrays."""
+    return MaskBatch([g[0].pixels for g in mi.frames], [{m.class_name: m.given_mask for m in g} for g in mi.frames],
+                     [g[0].spacing for g in mi.frames])
+
+
+def infer_masks(bundle: Any, batch: MaskBatch, *, device: str = "auto") -> MaskResult:
+    """Mask model step: the loaded segmentation bundle's verdicts for a batch of frames."""
     t0 = time.perf_counter()
-    verdicts = bundle.audit([g[0].pixels for g in groups], [{m.class_name: m.given_mask for m in g} for g in groups],
-                            [g[0].spacing for g in groups], device=device)
-    log.info("audited %d mask(s) on %d frame(s) in %.1f s", sum(map(len, groups)), len(groups),
+    verdicts = bundle.audit(batch.images, batch.given, batch.spacings, device=device)
+    log.info("audited %d mask(s) on %d frame(s) in %.1f s", sum(map(len, batch.given)), len(batch),
              time.perf_counter() - t0)
+    return MaskResult(list(verdicts), time.perf_counter() - t0)
+
+
+def _infer_and_write_masks(mi: MaskInput, bundle: Any, vocabulary: Any, infer_fn: InferFn | None, *,
+                           device: str) -> StudyAudit:
+    if not mi.frames:
+        return StudyAudit(mi.study_uid, issues=list(mi.issues))
+    batch = make_mask_batch(mi)
+    got = infer_fn(batch) if infer_fn is not None else infer_masks(bundle, batch, device=device)
+    if not isinstance(got, MaskResult):
+        raise TypeError(f"the model step returned {type(got).__name__} for a mask batch")
+    return write_mask_results(mi, got, bundle, vocabulary)
+
+
+def write_mask_results(mi: MaskInput, result: MaskResult, bundle: Any, vocabulary: Any) -> StudyAudit:
+    """Write step for masks: the study's result datasets (SR, suggested SEG, overlay SC, KOS) and rows."""
+    import pydicom
+
+    from dicom_io.results import AuditedMask, write_results
+
+    sa = StudyAudit(mi.study_uid, issues=list(mi.issues))
+    if len(result.verdicts) != len(mi.frames):
+        raise ValueError(f"the model step returned {len(result.verdicts)} frames of verdicts for {len(mi.frames)}")
     audited = []
-    for g, vs in zip(groups, verdicts, strict=True):
+    for g, vs in zip(mi.frames, result.verdicts, strict=True):
         by_class = {v.class_name: v for v in vs}
         for m in g:
             v = by_class[m.class_name]
@@ -391,7 +478,7 @@ def _audit_mask_set(aset: Any, by_uid: dict[str, Path], bundle: Any, vocabulary:
                             for r in regions],
             })
     needed = {a.image_uid for a in audited} | {a.annotation_uid for a in audited}
-    loaded = {u: pydicom.dcmread(by_uid[u]) for u in needed}
+    loaded = {u: pydicom.dcmread(mi.by_uid[u]) for u in needed}
     sources = {a.image_uid: loaded[a.image_uid] for a in audited}
     annotations = {a.annotation_uid: loaded[a.annotation_uid] for a in audited}
     sa.datasets = write_results(sources, annotations, [], algorithm_info(bundle), masks=audited)
@@ -419,7 +506,9 @@ def audit_dicom_dir(bundle_path: Path | str, dicom_dir: Path | str, out_dir: Pat
     by_uid = _headers(p for p in sorted(dicom_dir.rglob("*")) if p.is_file())
     if is_segmentation(bundle):
         sets = read_studies(list(by_uid.values()), vocab, masks=True, mask_classes=list(bundle.class_names))
-        audits = [_audit_mask_set(aset, by_uid, bundle, vocab, device=device) for aset in sets]
+        classes = list(bundle.class_names)
+        audits = [_infer_and_write_masks(read_mask_input(aset, by_uid, classes), bundle, vocab, None, device=device)
+                  for aset in sets]
     else:
         sets = read_studies(list(by_uid.values()), vocab, pixel_transform=bundle.prepare_frame)
         audits = _audit_sets(sets, by_uid, bundle, vocab, device=device, batch_size=batch_size,

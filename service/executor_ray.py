@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from service.audit import InferenceBatch, InferenceResult
+from service.audit import ModelBatch, ModelResult, model_step, warm_up
 from service.executor import InProcessExecutor, JobRetry, Outcome, WorkerContext
 from service.jobs import Job, JobStore
 
@@ -132,7 +132,6 @@ class AuditActor:
     """A Ray actor holding one loaded bundle (on its GPU, or the CPU): the model step of audits."""
 
     def __init__(self, archive: bytes, device: str = "auto", batch_size: int = 64) -> None:
-        import numpy as np
 
         from models.bundle import load_bundle
         from models.train import resolve_device
@@ -143,9 +142,7 @@ class AuditActor:
         self.bundle = load_bundle(Path(self._dir) / "bundle")
         self.device = str(resolve_device(device))
         self.batch_size = batch_size
-        size = int(self.bundle.image_size)  # one tiny inference: the first study pays no lazy initialisation
-        self.bundle.audit(np.zeros((1, size, size), np.float32), [self.bundle.class_names[0]], batch_size=1,
-                          device=self.device)
+        warm_up(self.bundle, self.device)
         import ray
 
         ctx = ray.get_runtime_context()
@@ -157,11 +154,9 @@ class AuditActor:
         """Where this actor runs and which bundle it holds."""
         return dict(self._where)
 
-    def infer(self, batch: InferenceBatch) -> InferenceResult:
-        """Verdicts (scores, heatmaps) for a batch of sample arrays."""
-        from service.audit import infer
-
-        result = infer(self.bundle, batch, device=self.device, batch_size=self.batch_size)
+    def infer(self, batch: ModelBatch) -> ModelResult:
+        """Verdicts for a batch of arrays: labels (scores, heatmaps) or masks (consensus, Dice, regions)."""
+        result = model_step(self.bundle, batch, device=self.device, batch_size=self.batch_size)
         result.worker = self.info()
         return result
 
@@ -355,7 +350,7 @@ class RayExecutor:
             raise JobRetry("the service is stopping")
         where: dict[str, Any] = {}
 
-        def remote_infer(batch: InferenceBatch) -> InferenceResult:
+        def remote_infer(batch: ModelBatch) -> ModelResult:
             node = self._pool.ready.get(id(actor), {}).get("node_id", "?")
             self._in_flight[job.id] = node
             try:
@@ -381,7 +376,7 @@ class RayExecutor:
                 self.jobs_by_node[where["node_id"]] += 1
         return outcome
 
-    def _call(self, actor: Any, batch: InferenceBatch) -> InferenceResult:
+    def _call(self, actor: Any, batch: ModelBatch) -> ModelResult:
         """The model step on ``actor``: the batch's arrays go through the object store."""
         ray = _ray()
         try:

@@ -174,17 +174,10 @@ class Pipeline:
         """Load the bundle and vocabulary once for this worker; they stay warm for every job."""
         bundle = ctx.cached("bundle", self.load_bundle)
         ctx.cached("vocabulary", lambda: self.load_vocabulary(bundle))
-        try:  # one tiny inference so the first study does not pay for lazy initialisation
-            import numpy as np
+        try:
+            from service.audit import warm_up
 
-            from service.audit import is_segmentation
-
-            size = int(bundle.image_size)
-            if is_segmentation(bundle):
-                bundle.audit([np.zeros((size, size), np.float32)], [{}], device=self.settings.audit.device)
-            else:
-                bundle.audit(np.zeros((1, size, size), np.float32), [bundle.class_names[0]],
-                             batch_size=1, device=self.settings.audit.device)
+            warm_up(bundle, self.settings.audit.device)
         except Exception as e:  # noqa: BLE001 - warming is an optimisation only
             log.warning("model warm-up inference failed: %s", e)
 

@@ -76,39 +76,21 @@ def _health(c, api_port: int) -> dict:
 def test_serve_audits_on_worker_nodes_and_a_killed_node_loses_nothing(cluster, small_demo, pg_url,
                                                                      tmp_path):
     from service.harness.peers import start_storescp
-    from service.harness.ray_cluster import ray_env
 
     c = cluster
     head, a, b = c.nodes
     data_dir = tmp_path / "labelqa"
-    dicom_port, api_port, scp_port = free_port(), free_port(), free_port()
+    scp_port = free_port()
     scp = start_storescp(c.ns, tmp_path / "rx", scp_port)
-    cfg = tmp_path / "labelqa.toml"
-    cfg.write_text(
-        f'[store]\ndata_dir = "{data_dir}"\ndatabase_url = "{pg_url}"\nstable_after_s = 0.5\n'
-        f'[listener]\nport = {dicom_port}\nmin_free_disk_mb = 0\n'
-        f'[audit]\nbundle = "{small_demo.bundle}"\nvocabulary = "{small_demo.data.vocabulary}"\ndevice = "cpu"\n'
-        'job_lease_s = 30\n'
-        f'[executor]\nkind = "ray"\naddress = "{c.address}"\nnum_cpus = 0\nresources = {{labelqa_gpu = 1}}\n'
-        f'[api]\nport = {api_port}\n'
-        '[outbox]\nbackoff_base_s = 0.2\npoll_interval_s = 0.1\n'
-        f'[[outbox.destinations]]\nname = "pacs"\nae_title = "STORESCP"\nhost = "127.0.0.1"\nport = {scp_port}\n'
-    )
-    log_path = tmp_path / "serve.log"
-    with open(log_path, "wb") as fh:
-        serve = subprocess.Popen(c.ns.cmd([*labelqa_cmd(), "serve", "--config", str(cfg)]), stdout=fh,
-                                 stderr=subprocess.STDOUT, env=ray_env(), start_new_session=True)
+    serve = RayServe(c, tmp_path, pg_url, small_demo.bundle, small_demo.data.vocabulary,
+                     f'[[outbox.destinations]]\nname = "pacs"\nae_title = "STORESCP"\nhost = "127.0.0.1"\n'
+                     f'port = {scp_port}\n')
+    api_port = serve.api_port
     studies = sorted({r["study_uid"] for r in small_demo.data.manifest})
     jobs = JobStore(_engine(pg_url))
     try:
-        wait_for(lambda: _health(c, api_port).get("model", {}).get("actors_ready") == 2 or serve.poll() is not None,
-                 300, "two audit actors ready")
-        assert serve.poll() is None, log_path.read_text()[-3000:]
-        health = _health(c, api_port)
-        assert set(health["model"]["actor_nodes"]) == {a.node_id, b.node_id}
-        send = c.ns.run(["storescu", "-aec", "LABELQA", "-R", "+sd", "+r", "+sp", "*.dcm", "127.0.0.1", str(dicom_port),
-                         str(small_demo.data.studies_dir)], env=ray_env(), timeout=300)
-        assert send.returncode == 0, send.stderr[-2000:]
+        serve.wait_ready({a.node_id, b.node_id})
+        serve.send(small_demo.data.studies_dir)
 
         # kill worker A while it runs a model step (after it finished one, so both nodes have audited)
         def busy_on_a():
@@ -157,15 +139,112 @@ def test_serve_audits_on_worker_nodes_and_a_killed_node_loses_nothing(cluster, s
                  "the lost actor restarted on the new node")
         assert set(_health(c, api_port)["model"]["actor_nodes"]) == {b.node_id, c_node.node_id}
     finally:
-        if serve.poll() is None:
-            serve.send_signal(signal.SIGTERM)
-            try:
-                serve.wait(60)
-            except subprocess.TimeoutExpired:
-                serve.kill()
-                serve.wait()
+        serve.stop()
         scp.stop()
-        print(log_path.read_text()[-4000:])
+
+
+class RayServe:
+    """``labelqa serve`` in the cluster's namespace on PostgreSQL, its model step on the Ray workers
+    offering ``labelqa_gpu``; ``extra`` is appended to its labelqa.toml."""
+
+    def __init__(self, c, tmp_path: Path, pg_url: str, bundle: Path, vocabulary: Path | None = None,
+                 extra: str = "") -> None:
+        from service.harness.ray_cluster import ray_env
+
+        self.c, self.env = c, ray_env()
+        self.data_dir = tmp_path / "labelqa"
+        self.dicom_port, self.api_port = free_port(), free_port()
+        vocab = f'vocabulary = "{vocabulary}"\n' if vocabulary else ""
+        cfg = tmp_path / "labelqa.toml"
+        cfg.write_text(
+            f'[store]\ndata_dir = "{self.data_dir}"\ndatabase_url = "{pg_url}"\nstable_after_s = 0.5\n'
+            f'[listener]\nport = {self.dicom_port}\nmin_free_disk_mb = 0\n'
+            f'[audit]\nbundle = "{bundle}"\n{vocab}device = "cpu"\njob_lease_s = 30\n'
+            f'[executor]\nkind = "ray"\naddress = "{c.address}"\nnum_cpus = 0\nresources = {{labelqa_gpu = 1}}\n'
+            f'[api]\nport = {self.api_port}\n'
+            '[outbox]\nbackoff_base_s = 0.2\npoll_interval_s = 0.1\n' + extra
+        )
+        self.log_path = tmp_path / "serve.log"
+        with open(self.log_path, "wb") as fh:
+            self.proc = subprocess.Popen(c.ns.cmd([*labelqa_cmd(), "serve", "--config", str(cfg)]), stdout=fh,
+                                         stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+
+    def health(self) -> dict:
+        return _health(self.c, self.api_port)
+
+    def wait_ready(self, nodes: set[str]) -> None:
+        """Until an audit actor answers on each of ``nodes``."""
+        wait_for(lambda: self.health().get("model", {}).get("actors_ready") == len(nodes)
+                 or self.proc.poll() is not None, 300, f"{len(nodes)} audit actors ready")
+        assert self.proc.poll() is None, self.log_path.read_text()[-3000:]
+        assert set(self.health()["model"]["actor_nodes"]) == nodes
+
+    def send(self, folder: Path) -> None:
+        r = self.c.ns.run(["storescu", "-aec", "LABELQA", "-R", "+sd", "+r", "+sp", "*.dcm", "127.0.0.1",
+                           str(self.dicom_port), str(folder)], env=self.env, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        print(self.log_path.read_text()[-4000:])
+
+
+def test_mask_audits_run_on_the_worker_nodes_and_equal_the_local_audit(cluster, pg_url, tmp_path):
+    """A segmentation bundle on the GPU node: every SEG study's masks are audited by an actor on a worker
+    node, and the verdicts and result objects are those of the same audit run in one process."""
+    import pydicom
+    import torch
+
+    from models.seg.bundle import train_seg_bundle
+    from models.seg.synthetic import make_shape_masks, write_shape_dataset
+    from models.seg.train import SegTrainConfig
+    from service.audit import audit_dicom_dir
+    from service.dicomize import dicomize_masks
+
+    torch.set_num_threads(1)
+    write_shape_dataset(tmp_path / "shapes", 6, size=32, seed=4)
+    dicomize_masks(tmp_path / "shapes", tmp_path / "studies", noise_rate=0.5, seed=2)
+    bundle = train_seg_bundle(None, tmp_path / "bundle", image_size=32, archs="unet-tiny,segresnet-tiny", folds=2,
+                              epochs=2, data=make_shape_masks(24, 32, seed=9), device="cpu", progress=False,
+                              cfg=SegTrainConfig(epochs=2, batch_size=8))
+    local = audit_dicom_dir(bundle, tmp_path / "studies", tmp_path / "local", device="cpu")
+    local_items = json.loads((tmp_path / "local" / "verdicts.json").read_text())["items"]
+    studies = sorted({r["study_uid"] for r in local_items})
+    assert len(studies) == 6 and local["annotations"] == 12  # 6 frames x 2 classes
+    local_objects = [pydicom.dcmread(p, stop_before_pixels=True) for p in (tmp_path / "local" / "dicom").rglob("*.dcm")]
+
+    _head, a, b = cluster.nodes
+    serve = RayServe(cluster, tmp_path, pg_url, bundle)
+    jobs = JobStore(_engine(pg_url))
+    try:
+        serve.wait_ready({a.node_id, b.node_id})
+        serve.send(tmp_path / "studies")
+        wait_for(lambda: all((j := jobs.latest_for_study(u)) and j.state == DONE for u in studies), 600,
+                 "every SEG study audited")
+    finally:
+        serve.stop()
+    keys = ("annotation_uid", "segment_number", "frame", "class", "verdict", "kind", "dice", "hd95", "agreement",
+            "priority", "score", "given_area_px", "consensus_area_px", "regions")
+    for u in studies:
+        job = jobs.get(jobs.latest_for_study(u).id)
+        assert job.result["worker"]["node_id"] in {a.node_id, b.node_id}, "audited on a worker node"
+        here = sorted(({k: r[k] for k in keys} for r in local_items if r["study_uid"] == u), key=json.dumps)
+        there = sorted(({k: r[k] for k in keys} for r in job.result["rows"]), key=json.dumps)
+        assert there == here, u
+        outputs = {o["sop_instance_uid"] for o in job.result["outputs"]}
+        assert {o["modality"] for o in job.result["outputs"]} >= {"SR"}
+        local_uids = {str(ds.SOPInstanceUID) for ds in local_objects if ds.StudyInstanceUID == u}
+        assert outputs == local_uids, "the same result objects (deterministic UIDs) as the local audit"
+    flagged = [r for r in local_items if r["verdict"] == "suspected_mask_error"]
+    segs = [o for u in studies for o in jobs.get(jobs.latest_for_study(u).id).result["outputs"]
+            if o["modality"] == "SEG"]
+    assert len(segs) == len({r["study_uid"] for r in flagged}), "a suggested-correction SEG per study with a flag"
 
 
 def _engine(url: str):
