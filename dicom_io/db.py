@@ -22,6 +22,8 @@ from sqlalchemy import Connection, Engine, Table, create_engine, event, inspect
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Session
 
+__all__ = ["SqliteSync", "MIGRATIONS_TABLE", "Base", "ensure_schema", "make_engine", "is_postgresql", "insert_ignore"]
+
 SqliteSync = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 
 MIGRATIONS_TABLE = "alembic_version"

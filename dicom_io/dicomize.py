@@ -35,6 +35,12 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from dicom_io.vocabulary import Vocabulary
 
+__all__ = [
+    "SC_IMAGE_STORAGE", "DX_PRESENTATION_STORAGE", "MR_IMAGE_STORAGE", "IMAGE_KINDS", "MANIFEST_COLUMNS",
+    "MASK_MANIFEST_COLUMNS", "UID_NAMESPACE", "DicomizeError", "StudyItem", "DicomizeResult", "PAIRED_BODY_PARTS",
+    "BODY_PART_CODES", "TRACKING_UID", "write_studies",
+]
+
 log = logging.getLogger(__name__)
 
 SC_IMAGE_STORAGE = uid.SecondaryCaptureImageStorage

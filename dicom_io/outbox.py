@@ -33,6 +33,11 @@ from dicom_io.db import Base, ensure_schema, is_postgresql
 from dicom_io.scu import AssociationError, FileInfo, StoreOutcome, file_info, store_files
 from dicom_io.settings import OutboxSettings
 
+__all__ = [
+    "DEAD", "DELIVERED", "PENDING", "OutboxItem", "backoff_delay", "Sender", "dicom_sender", "dicomweb_sender",
+    "Outbox",
+]
+
 log = logging.getLogger(__name__)
 
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"

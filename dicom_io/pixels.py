@@ -16,6 +16,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+__all__ = ["PixelError", "n_frames", "frame_to_float", "pixel_spacing", "resample", "load_frame"]
+
 
 class PixelError(ValueError):
     """The pixel data of a frame cannot be decoded or interpreted."""

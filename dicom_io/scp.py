@@ -59,6 +59,12 @@ from dicom_io.part10 import InvalidInstance, MissingUID, SOPClassMismatch, TooLa
 from dicom_io.settings import ListenerSettings
 from dicom_io.store import StudyStore
 
+__all__ = [
+    "STATUS_SUCCESS", "STATUS_OUT_OF_RESOURCES", "STATUS_SOP_CLASS_MISMATCH", "STATUS_UNREADABLE",
+    "STATUS_MISSING_UID", "STATUS_INTERNAL", "exposure_warning", "storage_sop_classes", "make_ssl_context",
+    "Listener",
+]
+
 log = logging.getLogger("labelqa.scp")
 
 # The standard per-PDU/per-DIMSE log handlers cost time per instance and say nothing we need.

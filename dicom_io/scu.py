@@ -17,6 +17,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+__all__ = [
+    "DELIVERED_STATUSES", "MAX_CONTEXTS", "AssociationError", "FileInfo", "StoreOutcome", "file_info",
+    "presentation_contexts", "tls_context", "store_files",
+]
+
 log = logging.getLogger(__name__)
 
 DELIVERED_STATUSES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})

@@ -59,6 +59,12 @@ from dicom_io.part10 import (  # noqa: F401 - re-exported: the listener maps the
     read_header,
 )
 
+__all__ = [
+    "InstanceRecord", "StudyStable", "PutResult", "ReconcileReport", "PatientRow", "StudyRow", "SeriesRow",
+    "InstanceRow", "StoreEventRow", "DataDirLocked", "StudyStore", "MissingUID", "SOPClassMismatch", "UID_RE",
+    "UnreadableDataset", "check_structure", "read_header",
+]
+
 log = logging.getLogger("labelqa.store")
 
 

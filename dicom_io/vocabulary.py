@@ -26,6 +26,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+__all__ = [
+    "LOCAL_SCHEME", "VocabularyError", "CodedConcept", "ClassEntry", "SegMapping", "Vocabulary", "load_vocabulary",
+]
+
 LOCAL_SCHEME = "99LABELQA"
 """Coding Scheme Designator of codes derived from class names (private schemes start with 99)."""
 

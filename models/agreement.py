@@ -11,6 +11,8 @@ from itertools import combinations
 
 import numpy as np
 
+__all__ = ["map_agreement", "gmm_threshold"]
+
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     a = a - a.mean()

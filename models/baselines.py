@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+__all__ = ["confidence", "vote", "cleanlab_issues", "top_n", "random_scores"]
+
 
 def confidence(p_mean: np.ndarray, given: np.ndarray, threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
     """(flags, scores): flag when the ensemble's probability of the given label is below ``threshold``."""

@@ -38,6 +38,11 @@ from models.ensemble import ARCHITECTURES, build_model
 if TYPE_CHECKING:
     from torch import nn
 
+__all__ = [
+    "BUNDLE_FORMAT", "BundleError", "SampleVerdict", "Bundle", "save_bundle", "read_bundle_meta", "member_file",
+    "load_bundle", "train_bundle", "write_verdicts", "audit_dataset",
+]
+
 BUNDLE_FORMAT = "labelqa-bundle/1"
 
 

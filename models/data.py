@@ -26,6 +26,11 @@ import numpy as np
 
 from models.preprocess import to_model_input
 
+__all__ = [
+    "IMAGE_SUFFIXES", "DEFAULT_CACHE_DIR", "DatasetError", "LabelledImages", "read_image_file", "DatasetItem",
+    "scan_dataset", "load_dataset", "stratified_subsample",
+]
+
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif"}

@@ -40,6 +40,13 @@ import numpy as np
 
 from models.verdict import Verdict
 
+__all__ = [
+    "VERDICTS", "DetectorConfig", "Thresholds", "Scores", "member_weights", "weighted_mean", "alc_priority",
+    "class_thresholds", "confident_classes", "calibrated_count", "fit_thresholds", "CUT_FROM", "batch_cut_ok",
+    "refit_cut", "simulated_flip_cut", "precision_from_steps", "score_samples", "candidate_maps", "agreements",
+    "score_fit",
+]
+
 VERDICTS = (Verdict.SUSPECTED_LABEL_ERROR, Verdict.HARD_CASE, Verdict.CONSISTENT)
 """The verdicts of the label detector, in the order flagged / hard / consistent."""
 

@@ -19,6 +19,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+__all__ = [
+    "MemberSpec", "ARCHITECTURES", "DEFAULT_ARCHS", "parse_archs", "check_input_size", "build_model", "feature_sizes",
+    "choose_cam_layer",
+]
+
 
 @dataclass(frozen=True)
 class MemberSpec:

@@ -21,6 +21,11 @@ from models.detector import DetectorConfig, Scores, score_fit
 from models.ensemble import DEFAULT_ARCHS, check_input_size, parse_archs
 from models.train import TrainConfig, fit_ensemble, resolve_device
 
+__all__ = [
+    "METHODS", "EvalSettings", "efficacy_curve", "compare_methods", "member_probs", "rescore", "rescore_labels",
+    "run_evaluation", "summary_table", "main", "corrupt_labels",
+]
+
 log = logging.getLogger(__name__)
 
 METHODS = ("labelqa", "dual_consistency", "vote", "confidence", "cleanlab", "alc", "random")

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+__all__ = ["member_cams", "normalise_maps"]
+
 
 def member_cams(model: nn.Module, layer: str, images: np.ndarray, classes: np.ndarray, *, grid: int,
                 batch_size: int = 64, device: torch.device | str = "cpu") -> np.ndarray:

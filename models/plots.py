@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+__all__ = ["write_plots"]
+
 
 def write_plots(out_dir: Path, methods: dict, truth: np.ndarray, efficacy: dict, data, sc, cand: np.ndarray,
                 maps: dict[str, np.ndarray], n_montage: int = 8) -> list[Path]:

@@ -6,6 +6,8 @@ import numpy as np
 
 from models.data import LabelledImages
 
+__all__ = ["shape_mask", "make_shapes"]
+
 
 def shape_mask(cls: int, size: int) -> np.ndarray:
     """Boolean (size, size) region that defines class ``cls`` (0: top-left square, 1: bottom-right

@@ -29,6 +29,12 @@ from torch import nn
 
 from models.ensemble import MemberSpec, build_model, check_input_size, choose_cam_layer
 
+__all__ = [
+    "REPEAT_SEED_STEP", "TrainConfig", "FittedMember", "resolve_device", "seed_everything", "batch_augment",
+    "TTA_VIEWS", "tta_view", "predict_probs", "train_member", "recalibrate_batchnorm", "make_folds", "Fit", "FitTask",
+    "MapFn", "local_map", "fit_ensemble",
+]
+
 log = logging.getLogger(__name__)
 
 # fit_ensemble(repeats=N): repeat r is fitted with seed + REPEAT_SEED_STEP * r (benchmarks/refit.py --control seed

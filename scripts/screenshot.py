@@ -1,10 +1,12 @@
-"""Make docs/img/report.png: a screenshot of the QA officer's HTML report from `labelqa demo`.
+"""Make docs/img/report.png (and mask-report.png): screenshots of the QA officer's HTML report from `labelqa demo`.
 
-Runs the demo (embedded defaults, or the sizes given), takes the report page of one study whose
-annotation was flagged as a suspected error, renders it with headless Chromium and stores a small
-palette PNG. Needs Chromium (Debian: /usr/bin/chromium) and what the demo needs.
+Runs the demo (embedded defaults, or the options given after ``--``), takes the report page of one
+study whose annotation was flagged as a suspected error, renders it with headless Chromium and stores
+a small palette PNG. Needs Chromium (Debian: /usr/bin/chromium) and what the demo needs.
 
     PYTHONPATH=$PWD .venv/bin/python scripts/screenshot.py [--work /tmp/labelqa-shot] [--out docs/img/report.png]
+    PYTHONPATH=$PWD .venv/bin/python scripts/screenshot.py --work /tmp/labelqa-shot-seg \
+        --out docs/img/mask-report.png -- --task segmentation
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def flagged_page(report: dict) -> Path:
     index = Path(report["outputs"]["html_report"])
     for row in report["rows"]:
         page = index.parent / f"{row['study_uid']}.html"
-        if row["verdict"] == "suspected_label_error" and page.is_file():
+        if row["verdict"] in ("suspected_label_error", "suspected_mask_error") and page.is_file():
             return page
     return index
 

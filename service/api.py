@@ -24,6 +24,11 @@ from pydantic import BaseModel, Field
 
 from service.jobs import DONE, NO_ANNOTATIONS, STATES, Job, JobStore
 
+__all__ = [
+    "UID_PATTERN", "ApiContext", "JobSummary", "JobList", "StudyAuditResponse", "Queued", "Health", "outbox_counts",
+    "create_app", "ApiServer", "reference_app", "api_reference_markdown", "api_reference_html",
+]
+
 log = logging.getLogger("labelqa.api")
 
 UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"

@@ -29,6 +29,13 @@ import numpy as np
 from models.detector import VERDICTS as LABEL_VERDICTS
 from models.verdict import Verdict
 
+__all__ = [
+    "LABEL_NOT_IN_BUNDLE", "StudyAudit", "StudyInput", "InferenceBatch", "InferenceResult", "MaskInput", "MaskBatch",
+    "MaskResult", "ModelBatch", "ModelResult", "InferFn", "resolve_vocabulary", "algorithm_info", "is_segmentation",
+    "read_study_input", "make_batch", "infer", "write_study_results", "model_step", "warm_up", "audit_study",
+    "audit_masks", "read_mask_input", "make_mask_batch", "infer_masks", "write_mask_results", "audit_dicom_dir",
+]
+
 log = logging.getLogger(__name__)
 
 LABEL_NOT_IN_BUNDLE = "label_not_in_bundle"

@@ -36,6 +36,12 @@ from models.verdict import FLAGGED
 if TYPE_CHECKING:
     from service.harness.peers import LocalArchive, Orthanc
 
+__all__ = [
+    "REPO", "SHAPE_NAMES", "DEMO_ARCHS", "DemoError", "DemoConfig", "DemoData", "DemoReport", "make_demo_data",
+    "train_demo_bundle", "dicom_files", "send_studies", "orthanc_routing_config", "demo_orthanc", "run_demo",
+    "render_text", "report_json",
+]
+
 log = logging.getLogger("labelqa.demo")
 
 REPO = Path(__file__).resolve().parents[1]

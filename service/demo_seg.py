@@ -19,6 +19,8 @@ import numpy as np
 
 from models.verdict import FLAGGED
 
+__all__ = ["DEMO_SEG_ARCHS", "make_seg_demo_data", "train_seg_demo_bundle", "collect_seg", "render_seg_rows"]
+
 DEMO_SEG_ARCHS = "unet-tiny,segresnet-tiny,attentionunet-tiny"
 
 

@@ -19,6 +19,8 @@ from typing import Any, Protocol
 
 from service.jobs import DONE, FAILED, FINAL_STATES, Job, JobStore, owner_id
 
+__all__ = ["Outcome", "WorkerContext", "JobFunction", "JobRetry", "Executor", "InProcessExecutor"]
+
 log = logging.getLogger("labelqa.executor")
 
 

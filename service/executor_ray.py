@@ -41,6 +41,11 @@ from service.audit import ModelBatch, ModelResult, model_step, warm_up
 from service.executor import InProcessExecutor, JobRetry, Outcome, WorkerContext
 from service.jobs import Job, JobStore
 
+__all__ = [
+    "RayUnavailable", "connect", "cluster_nodes", "BundleCard", "bundle_archive", "AuditActor", "actor_count",
+    "RayExecutor", "RayMap", "ray_map",
+]
+
 log = logging.getLogger("labelqa.executor.ray")
 
 T = TypeVar("T")

@@ -41,6 +41,11 @@ from sqlalchemy.orm import Mapped, Session, aliased, mapped_column
 
 from dicom_io.db import Base, ensure_schema, is_postgresql
 
+__all__ = [
+    "QUEUED", "RUNNING", "DONE", "FAILED", "NO_ANNOTATIONS", "SUPERSEDED", "STATES", "FINAL_STATES", "AuditJobRow",
+    "Job", "owner_id", "JobStore", "open_jobs",
+]
+
 QUEUED = "queued"
 RUNNING = "running"
 DONE = "done"

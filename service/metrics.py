@@ -16,6 +16,8 @@ from prometheus_client.core import GaugeMetricFamily
 
 from service.jobs import Job
 
+__all__ = ["LATENCY_BUCKETS", "Metrics"]
+
 log = logging.getLogger("labelqa.metrics")
 
 LATENCY_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)

@@ -30,6 +30,8 @@ from service.settings import Settings
 if TYPE_CHECKING:
     from service.audit import InferFn
 
+__all__ = ["verdict_rows", "unaudited_reason", "Pipeline", "AuditService", "service_components"]
+
 log = logging.getLogger("labelqa.pipeline")
 
 def verdict_rows(rows: Iterable[Any]) -> list[dict[str, Any]]:

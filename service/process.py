@@ -22,6 +22,8 @@ from dicom_io.scp import Listener
 from dicom_io.store import StudyStable, StudyStore
 from service.settings import Settings
 
+__all__ = ["Component", "ComponentSpec", "thread_component", "Service", "configure_logging", "run_service"]
+
 log = logging.getLogger("labelqa.service")
 
 

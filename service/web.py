@@ -35,6 +35,10 @@ from pydantic import BaseModel, Field
 from service.auth import CSRF_FIELD, SESSION_COOKIE, Auth, LoginRequired, Principal, safe_next
 from service.review import Decision, DecisionError, ReviewService, WorklistFilter, why_flagged
 
+__all__ = [
+    "HERE", "TEMPLATES", "STATIC", "EXPORT_FIELDS", "DecisionBody", "install", "export_csv_text", "json_response",
+]
+
 log = logging.getLogger("labelqa.web")
 
 HERE = Path(__file__).resolve().parent

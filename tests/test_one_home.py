@@ -178,3 +178,34 @@ def _definitions() -> dict[str, list[str]]:
             if isinstance(n, ast.FunctionDef | ast.ClassDef):
                 out.setdefault(n.name, []).append(str(path.relative_to(_REPO)))
     return out
+
+
+def _library_modules() -> list[Path]:
+    """The shipped modules whose names others import: everything but package faces, CLI modules,
+    ``__main__`` and the migration scripts."""
+    return [p for p in _python_files("service", "dicom_io", "models")
+            if p.name != "__init__.py" and not p.name.startswith("cli") and p.name != "__main__.py"
+            and "migrations" not in p.parts]
+
+
+def test_every_library_module_declares_its_public_names():
+    missing, unknown = [], {}
+    for path in _library_modules():
+        tree = _tree(path)
+        decl = [n for n in tree.body if isinstance(n, ast.Assign)
+                and any(isinstance(t, ast.Name) and t.id == "__all__" for t in n.targets)]
+        if not decl:
+            missing.append(str(path.relative_to(_REPO)))
+            continue
+        names = set(ast.literal_eval(decl[0].value))
+        bound = {a.asname or a.name for n in ast.walk(tree) if isinstance(n, ast.Import | ast.ImportFrom)
+                 for a in n.names}
+        for n in tree.body:
+            if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                bound.add(n.name)
+            for t in (n.targets if isinstance(n, ast.Assign) else [n.target] if isinstance(n, ast.AnnAssign) else []):
+                bound |= {e.id for e in ast.walk(t) if isinstance(e, ast.Name)}
+        if names - bound:
+            unknown[str(path.relative_to(_REPO))] = sorted(names - bound)
+    assert not missing, f"modules without __all__: {missing}"
+    assert not unknown, f"__all__ names nothing of that name: {unknown}"

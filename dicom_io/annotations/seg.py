@@ -35,6 +35,10 @@ from dicom_io.annotations.records import (
 )
 from dicom_io.annotations.sr import _code_of
 
+__all__ = [
+    "RLE_LOSSLESS", "DEFLATED_IMAGE_FRAME", "segment_frames", "read_seg", "seg_pixel_spacing", "read_seg_masks",
+]
+
 
 def _fg(ds: Any, i: int, name: str) -> Any:
     pffg = ds.get("PerFrameFunctionalGroupsSequence")

@@ -33,6 +33,8 @@ from dicom_io.annotations.records import (
 )
 from dicom_io.sop import SEG_STORAGE, is_non_image
 
+__all__ = ["MEASUREMENT_GROUP", "FINDING", "FINDING_NAMES", "STRUCTURAL_NAMES", "OWN_RESULT_TITLE", "read_sr"]
+
 MEASUREMENT_GROUP = ("DCM", "125007")
 FINDING = ("DCM", "121071")
 FINDING_NAMES = {FINDING, ("SCT", "246464006"), ("SRT", "G-D701"), ("DCM", "121073"), ("DCM", "111034")}

@@ -13,6 +13,10 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
+__all__ = [
+    "NOT_FOR_DIAGNOSIS", "source_frame_float", "render_overlay", "render_panel", "heatmap_sc", "secondary_capture",
+]
+
 NOT_FOR_DIAGNOSIS = "NOT FOR DIAGNOSIS - annotation QA"
 _BAR_W = 56
 _BAND_H = 30

@@ -15,6 +15,8 @@ from pydicom.dataset import Dataset
 
 from dicom_io import codes
 
+__all__ = ["SERIES_DESCRIPTION", "quality_issue_kos"]
+
 SERIES_DESCRIPTION = "labelqa quality issues (annotation QA)"
 
 

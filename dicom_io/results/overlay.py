@@ -18,6 +18,11 @@ from pydicom.dataset import Dataset
 
 from dicom_io.results.heatmap import _BAND_H, NOT_FOR_DIAGNOSIS, secondary_capture, source_frame_float
 
+__all__ = [
+    "SERIES_DESCRIPTION", "GIVEN_RGB", "CONSENSUS_RGB", "MISSING_RGB", "SPURIOUS_RGB", "outline",
+    "render_mask_overlay", "mask_overlay_sc",
+]
+
 SERIES_DESCRIPTION = "labelqa mask overlays (NOT FOR DIAGNOSIS)"
 GIVEN_RGB = (0, 230, 0)
 CONSENSUS_RGB = (255, 0, 255)

@@ -14,6 +14,8 @@ from pydicom.dataset import Dataset
 
 from dicom_io import codes
 
+__all__ = ["SERIES_DESCRIPTION", "supports_parametric_map", "saliency_map"]
+
 SERIES_DESCRIPTION = "labelqa raw saliency (NOT FOR DIAGNOSIS)"
 
 

@@ -20,6 +20,8 @@ import pydicom
 
 from dicom_io.results.sr import read_report
 
+__all__ = ["find_instances", "dsr2html", "render_html"]
+
 
 def _png_data_uri(ds: pydicom.Dataset) -> str:
     from PIL import Image

@@ -23,6 +23,8 @@ from dicom_io.results.uids import derived_uid
 if TYPE_CHECKING:
     from dicom_io.results.records import AlgorithmInfo, AuditedMask
 
+__all__ = ["SERIES_DESCRIPTION", "CONTENT_LABEL", "CONTENT_DESCRIPTION", "suggested_segs"]
+
 SERIES_DESCRIPTION = "labelqa SUGGESTED mask corrections (not for diagnosis)"
 CONTENT_LABEL = "SUGGESTION"
 CONTENT_DESCRIPTION = "SUGGESTION - NOT FOR DIAGNOSIS: labelqa model consensus"

@@ -40,6 +40,11 @@ from dicom_io import codes
 if TYPE_CHECKING:
     from dicom_io.results.records import AlgorithmInfo, AuditedAnnotation, AuditedMask
 
+__all__ = [
+    "SERIES_DESCRIPTION", "algorithm_identification", "measurement_group", "region_text", "mask_group",
+    "summary_group", "qa_report_sr", "read_report",
+]
+
 SERIES_DESCRIPTION = "labelqa annotation QA report"
 
 

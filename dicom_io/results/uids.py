@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+__all__ = ["digest", "derived_uid"]
+
 
 def digest(*parts: Any) -> str:
     """A stable hex SHA-256 of JSON-able parts; numpy arrays hash by shape, dtype and bytes."""
