@@ -15,9 +15,11 @@ import shutil
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import pydicom
 
+from dicom_io import codes
 from dicom_io.results.sr import read_report
 
 __all__ = ["find_instances", "dsr2html", "render_html"]
@@ -68,8 +70,6 @@ def _fmt(x: float | None, nd: int = 3) -> str:
 
 def _mask_table(masks: list[dict], files: dict[str, Path]) -> list[str]:
     """The audited-masks table: highest priority first, the overlay SC inline."""
-    from dicom_io import codes
-
     e = html.escape
     m_dice, m_hd, m_agree, m_pri = (codes.DICE_TO_CONSENSUS.meaning, codes.HD95_TO_CONSENSUS.meaning,
                                     codes.MASK_AGREEMENT.meaning, codes.REANNOTATION_PRIORITY.meaning)
@@ -111,8 +111,6 @@ def _mask_table(masks: list[dict], files: dict[str, Path]) -> list[str]:
 
 def render_html(sr_path: Path, heatmap_dirs: Iterable[Path] = ()) -> str:
     """The HTML report of the SR at ``sr_path``; heatmaps are looked up next to it and in ``heatmap_dirs``."""
-    from dicom_io import codes
-
     ds = pydicom.dcmread(sr_path)
     report = read_report(ds)
     want = {it["heatmap_uid"] for it in report["items"] if it["heatmap_uid"]}
@@ -140,14 +138,30 @@ def render_html(sr_path: Path, heatmap_dirs: Iterable[Path] = ()) -> str:
         parts.append("<h2>Systematic disagreement (cohort findings)</h2><ul>")
         parts += [f"<li>{e(t)}</li>" for t in report["cohort_findings"]]
         parts.append("</ul>")
-    parts.append(
+    if report["items"] or not report.get("masks"):  # a mask-only report shows no empty label table
+        parts += _label_table(report["items"], heat_files)
+    if report.get("masks"):
+        parts += _mask_table(report["masks"], heat_files)
+    full = dsr2html(Path(sr_path))
+    if full is not None:
+        parts.append("<h2>Full structured report (dcmtk dsr2html)</h2><details open><summary>SR content</summary>")
+        parts.append(full)
+        parts.append("</details>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _label_table(items: list[dict[str, Any]], heat_files: dict[str, Path]) -> list[str]:
+    """The audited class labels, highest re-annotation priority first, with their heatmaps."""
+    e = html.escape
+    parts = [
         "<h2>Audited annotations (highest re-annotation priority first)</h2><table><tr><th>#</th><th>verdict</th>"
         "<th>given label</th><th>model consensus</th><th>saliency agreement</th><th>p(given)</th>"
         "<th>priority</th><th>members disagreeing</th><th>image / annotation</th><th>heatmap</th></tr>"
-    )
+    ]
     m_agree, m_p, m_pri = (codes.SALIENCY_AGREEMENT.meaning, codes.P_GIVEN_LABEL.meaning,
                            codes.REANNOTATION_PRIORITY.meaning)
-    ranked = sorted(report["items"], key=lambda it: -it["measurements"].get(m_pri, 0.0))
+    ranked = sorted(items, key=lambda it: -it["measurements"].get(m_pri, 0.0))
     for it in ranked:
         m = it["measurements"]
         heat = ""
@@ -172,12 +186,4 @@ def render_html(sr_path: Path, heatmap_dirs: Iterable[Path] = ()) -> str:
             f"<td>{_fmt(m.get(m_pri))}</td><td>{n_dis} / {n_all}</td><td>{where}</td><td>{heat}</td></tr>"
         )
     parts.append("</table>")
-    if report.get("masks"):
-        parts += _mask_table(report["masks"], heat_files)
-    full = dsr2html(Path(sr_path))
-    if full is not None:
-        parts.append("<h2>Full structured report (dcmtk dsr2html)</h2><details open><summary>SR content</summary>")
-        parts.append(full)
-        parts.append("</details>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    return parts

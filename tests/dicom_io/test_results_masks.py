@@ -318,6 +318,7 @@ def test_html_report_shows_the_overlays(ct_study, tmp_path):
     assert text.count("alt='mask overlay'") == 2
     assert "Suspected segmentation mask error" in text and "missing structure" in text
     assert "region 1: missing structure" in text
+    assert "Audited annotations" not in text  # a mask-only report has no (empty) label table
 
 
 def test_multi_frame_source_flagged_frame_is_named_everywhere(tmp_path):
