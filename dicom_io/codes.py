@@ -114,7 +114,7 @@ ANNOTATION_OBJECT = _c("LQA-0401", "Audited annotation object")
 SALIENCY_HEATMAP = _c("LQA-0402", "Consensus saliency heatmap")
 SUGGESTED_CORRECTION = _c("LQA-0403", "Suggested mask correction (model consensus)")
 
-# Human review of the flags (the review workbench, issue 19).
+# Human review of the flags (the review workbench).
 REVIEWER_DECISION = _c("LQA-0601", "Reviewer decision")
 CORRECTED_LABEL = _c("LQA-0602", "Corrected label")
 ERROR_CONFIRMED = _c("LQA-0611", "Annotation error confirmed by reviewer")

@@ -5,7 +5,7 @@ candidate Grad-CAM target layers from deepest to shallowest; :func:`choose_cam_l
 deepest whose feature map has at least ``min_cells`` x ``min_cells`` cells at the configured input
 size (at 64 px the usual last blocks are 2x2 and their maps carry no spatial signal).
 
-Fixes applied to MONAI defaults (measured in the reference run, see issue 5):
+Fixes applied to MONAI defaults (measured in the reference run, see docs/detector.md):
 - EfficientNetBN uses BatchNorm momentum 0.01 (TF convention): with a few hundred steps the running
   statistics never converge and eval-mode predictions collapse. All BatchNorm momenta are set to 0.1.
 - MONAI's ``resnet18`` has a stride-1 stem; ``conv1_t_stride=2`` gives the usual stem (4x less work).

@@ -1,6 +1,6 @@
 """``labelqa evaluate``: corrupt labels (recording the truth), fit, score, compare with baselines.
 
-Writes ``results.json`` (schema in issue 5 / README), ``samples.csv`` and plots into an output dir.
+Writes ``results.json``, ``samples.csv`` and plots into an output dir (see docs/guide-data-scientist.md).
 """
 
 from __future__ import annotations

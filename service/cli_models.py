@@ -267,7 +267,7 @@ def audit(
     if dicom is not None and cut_from not in (None, "bundle"):
         _fail("--cut-from applies to --dataset audits; DICOM audits use the bundle's cut (recorded in the SR)")
     if dicom is not None:
-        from service.audit import audit_dicom_dir  # issue 6: offline DICOM audit
+        from service.audit import audit_dicom_dir  # offline DICOM audit
 
         summary = audit_dicom_dir(bundle, dicom, out, vocabulary=vocabulary, device=device, batch_size=batch_size)
         typer.echo(json.dumps(summary, indent=2, default=str))

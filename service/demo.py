@@ -488,7 +488,7 @@ def _collect(report: DemoReport, jobs: Any, data: DemoData, study_uids: list[str
 
 
 def _html_reports(report: DemoReport, run_dir: Path) -> None:
-    """One HTML page per audited study (issue 6's renderer) and an index with the demo table."""
+    """One HTML page per audited study (``report_html``) and an index with the demo table."""
     out = run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     pages: dict[str, str] = {}

@@ -246,7 +246,7 @@ class Pipeline:
 
 
 def _make_outbox(settings: Settings, engine: Any) -> Any:
-    """The results outbox (issue 6) on the service database, or None when it is not available."""
+    """The results outbox on the service database, or None when it is not available."""
     try:
         from dicom_io.outbox import Outbox
     except ImportError:
