@@ -2,10 +2,11 @@
 
 Three tables on the service database (on ``dicom_io.db.Base``; migration 0002):
 
-- ``annotations_audited``: one row per audited annotation (SR content item or SEG segment), kept in
-  step with the newest finished audit of each study by :meth:`ReviewStore.sync` (it reads the job
-  table incrementally, so it needs no hook in the pipeline and catches up after a restart). Indexed
-  on ``priority`` (with the id as tie-break) so the worklist pages by keyset at 100,000 rows.
+- ``annotations_audited``: one row per audited annotation (SR content item, or SEG segment on one
+  source frame: ``frame_key``, migration 0003), kept in step with the newest finished audit of each
+  study by :meth:`ReviewStore.sync` (it reads the job table incrementally, so it needs no hook in the
+  pipeline and catches up after a restart). Indexed on ``priority`` (with the id as tie-break) so the
+  worklist pages by keyset at 100,000 rows.
 - ``review_decisions``: the current decision per annotation ("label_wrong" with a corrected label,
   "label_right", "unsure"), who made it and when, and the state of its write-back to the PACS.
 - ``review_decision_audit``: every change of a decision (append-only), so nothing a reviewer did is lost.
@@ -90,6 +91,8 @@ class AuditedRow(Base):
     annotation_uid: Mapped[str] = mapped_column(String(64))
     segment_number: Mapped[int] = mapped_column(Integer, default=0)  # 0: not a SEG segment
     content_path: Mapped[str] = mapped_column(String(128), default="")
+    # SEG rows: the source image/frame (a segment spans many frames, each its own item); '' for SR rows
+    frame_key: Mapped[str] = mapped_column(String(160), default="", server_default="")
     study_uid: Mapped[str] = mapped_column(String(64))
     image_uid: Mapped[str | None] = mapped_column(String(64))
     frame: Mapped[int | None] = mapped_column(Integer)
@@ -117,7 +120,7 @@ class AuditedRow(Base):
     audited_at: Mapped[float] = mapped_column(Float)
 
     __table_args__ = (
-        UniqueConstraint("annotation_uid", "segment_number", "content_path", name="uq_audited_annotation"),
+        UniqueConstraint("annotation_uid", "segment_number", "content_path", "frame_key", name="uq_audited_annotation"),
         # the worklist order (current rows by priority, id) for each common filter: pages are index walks
         Index("ix_audited_priority", "current", "priority", "id"),
         Index("ix_audited_verdict_priority", "current", "verdict", "priority", "id"),
@@ -224,6 +227,17 @@ def decode_cursor(cursor: str) -> tuple[float, int]:
         return float(p), int(i)
     except (ValueError, TypeError) as e:
         raise DecisionError(f"malformed cursor {cursor!r}") from e
+
+
+def frame_key(row: dict[str, Any]) -> str:
+    """What tells the rows of one SEG segment apart: its source image and frame (a segment spans many
+    frames, each one item), and the class when the SEG has no segment of it; '' for SR rows."""
+    if str(row.get("source") or "sr") != "seg" or not row.get("image_uid"):
+        return ""
+    key = f"{row['image_uid']}/{int(row.get('frame') or 0)}"
+    if not row.get("segment_number"):
+        key += f"#{row.get('class') or row.get('given_label') or ''}"
+    return key[:160]
 
 
 def _item_dict(r: AuditedRow, d: DecisionRow | None) -> dict[str, Any]:
@@ -363,17 +377,23 @@ class ReviewStore:
         heatmaps = _heatmap_uids(report)
         context = self._image_context([str(r.get("image_uid")) for r in rows if r.get("image_uid")])
         with Session(self.engine) as s, s.begin():
-            existing = {(r.annotation_uid, r.segment_number, r.content_path): r
+            existing = {(r.annotation_uid, r.segment_number, r.content_path, r.frame_key): r
                         for r in s.scalars(select(AuditedRow).where(AuditedRow.study_uid == study_uid))}
             seen: set[int] = set()
             for row in rows:
                 key = (str(row["annotation_uid"]), int(row.get("segment_number") or 0),
-                       str(row.get("content_path") or ""))
+                       str(row.get("content_path") or ""), frame_key(row))
                 rec = existing.get(key)
+                legacy = existing.get((*key[:3], ""))  # indexed before frame_key: the same item, if on the same frame
+                if rec is None and legacy is not None and legacy.id not in seen and (
+                        legacy.image_uid, legacy.frame) == (row.get("image_uid"), row.get("frame")):
+                    rec = legacy
+                    rec.frame_key = key[3]
                 if rec is None:
                     rec = AuditedRow(annotation_uid=key[0], segment_number=key[1], content_path=key[2],
-                                     study_uid=study_uid)
+                                     frame_key=key[3], study_uid=study_uid)
                     s.add(rec)
+                    existing[key] = rec
                 ctx = context.get(str(row.get("image_uid")), {})
                 verdict = str(row.get("verdict"))
                 extra = {k: row[k] for k in ("member_probs",) if row.get(k) is not None}
@@ -426,7 +446,8 @@ class ReviewStore:
             verdict = str(r["verdict"])
             buf.append({
                 "annotation_uid": str(r["annotation_uid"]), "segment_number": int(r.get("segment_number") or 0),
-                "content_path": str(r.get("content_path") or ""), "study_uid": str(r["study_uid"]),
+                "content_path": str(r.get("content_path") or ""), "frame_key": frame_key(r),
+                "study_uid": str(r["study_uid"]),
                 "image_uid": r.get("image_uid"), "frame": r.get("frame"), "source": r.get("source", "sr"),
                 "job_id": job_id, "verdict": verdict, "flagged": verdict in FLAGGED,
                 "priority": float(r.get("priority") or 0.0), "given_label": _s(r.get("given_label")),

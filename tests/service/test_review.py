@@ -570,3 +570,29 @@ def test_sync_indexes_audits_that_finish_out_of_order_and_reaudits_replace_rows(
     items = store.worklist().items
     assert [it["annotation_uid"] for it in items] == ["1.1.2", "1.2.1"]
     assert store.find("1.1.1")[0]["current"] is False
+
+
+def test_a_seg_segment_on_two_source_frames_is_two_items(tmp_path):
+    """One segment over two source images (a CT series SEG): two worklist items, not a unique-key clash;
+    a row indexed before the frame key existed is taken over by its frame's row."""
+    from sqlalchemy import update
+
+    from service.review import AuditedRow, ReviewStore
+
+    store = ReviewStore(make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}"))
+
+    def row(image: str, segment: int | None = 1, cls: str = "liver") -> dict:
+        return {"annotation_uid": "1.5.1", "study_uid": "1.5", "source": "seg", "segment_number": segment,
+                "image_uid": image, "frame": None, "class": cls, "given_label": cls,
+                "verdict": "suspected_mask_error", "priority": 1.0}
+
+    assert store.index_audit(1, "1.5", [row("1.5.9.1"), row("1.5.9.2"), row("1.5.9.1", None, "spleen"),
+                                        row("1.5.9.1", None, "kidney")]) == 4
+    items = store.worklist().items
+    assert len(items) == 4 and {it["image_uid"] for it in items} == {"1.5.9.1", "1.5.9.2"}
+    with store.engine.begin() as c:  # as an older labelqa indexed it
+        c.execute(update(AuditedRow).where(AuditedRow.image_uid == "1.5.9.2").values(frame_key=""))
+    before = {it["image_uid"]: it["id"] for it in items if it["segment_number"] == 1}
+    store.index_audit(2, "1.5", [row("1.5.9.1"), row("1.5.9.2")])
+    after = {it["image_uid"]: it["id"] for it in store.worklist().items if it["segment_number"] == 1}
+    assert after == before
