@@ -293,6 +293,9 @@ def test_decision_is_idempotent_and_written_back_once(audited):
         assert r.status_code == 422, (bad, r.text)
     assert c.post("/api/annotations/1.2.3.999/decision", json={"decision": "unsure"},
                   headers=_bearer(READER)).status_code == 404
+    r = c.post(f"/api/annotations/{uid}/decision", json={"decision": "label_wrong", "corrected_mask": "suggestion"},
+               headers=_bearer(READER))
+    assert r.status_code == 422 and "only for SEG masks" in r.text  # an SR label has no mask to replace
     # changing one's mind is a second trail row and a new write-back
     r3 = c.post(f"/api/annotations/{uid}/decision", json={"decision": "label_right"}, headers=_bearer(READER))
     assert r3.json()["action"] == "changed" and r3.json()["version"] == 2
