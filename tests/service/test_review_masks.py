@@ -221,3 +221,50 @@ def test_corrected_mask_is_refused_with_a_reason(masked):
     d = c.get(f"/api/items/{flagged['id']}").json()["decision"]
     assert d["corrected_mask"] == "suggestion" and d["writeback_state"] == "done"
     assert review.store.trail(flagged["id"])[0]["corrected_mask"] == "suggestion"
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.skipif(not (Path("/usr/bin/chromium").exists() and Path("/usr/bin/chromedriver").exists()),
+                    reason="chromium / chromedriver not installed")
+def test_reviewer_accepts_the_suggested_mask_with_the_key_a(masked, tmp_path):
+    """Debian's chromium (headless): log in, open the flagged mask, hide and show the suggestion (s), press a."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from service.api import ApiServer
+    from service.harness.ports import free_port
+    from tests.service.test_review_browser import _browser
+
+    c, review, outbox = _app(masked)
+    item = c.get("/api/worklist", headers=_bearer(READER), params={"verdict": "flagged"}).json()["items"][0]
+    server = ApiServer(c.app, "127.0.0.1", free_port())
+    server.start()
+    driver = _browser(tmp_path / "downloads")
+    try:
+        wait = WebDriverWait(driver, 30)
+        base = f"http://127.0.0.1:{server.port}"
+        driver.get(f"{base}/review/items/{item['id']}")
+        wait.until(EC.presence_of_element_located((By.ID, "login-form")))
+        driver.find_element(By.ID, "name").send_keys(READER[0])
+        driver.find_element(By.ID, "token").send_keys(READER[1] + Keys.ENTER)
+        wait.until(lambda d: d.find_element(By.ID, "item").get_attribute("data-item") == str(item["id"]))
+        wait.until(lambda d: d.execute_script(
+            "var i = document.getElementById('suggestion'); return i.complete && i.naturalWidth > 0;"))
+        body = driver.find_element(By.TAG_NAME, "body")
+        body.send_keys("s")
+        assert "hidden" in driver.find_element(By.ID, "suggestion").get_attribute("class")
+        body.send_keys("s")
+        assert "hidden" not in driver.find_element(By.ID, "suggestion").get_attribute("class")
+        driver.save_screenshot(str(tmp_path / "mask-item.png"))
+        body.send_keys("a")
+        wait.until(EC.presence_of_element_located((By.ID, "saved")))
+    finally:
+        driver.quit()
+        server.stop()
+    d = review.store.item(item["id"])["decision"]
+    assert (d["decision"], d["corrected_mask"], d["corrected_label"], d["reviewer"]) == \
+        ("label_wrong", "suggestion", None, READER[0])
+    assert d["writeback_state"] == "done" and len(outbox.list()) == 2
