@@ -7,8 +7,9 @@ Three tables on the service database (on ``dicom_io.db.Base``; migration 0002):
   study by :meth:`ReviewStore.sync` (it reads the job table incrementally, so it needs no hook in the
   pipeline and catches up after a restart). Indexed on ``priority`` (with the id as tie-break) so the
   worklist pages by keyset at 100,000 rows.
-- ``review_decisions``: the current decision per annotation ("label_wrong" with a corrected label,
-  "label_right", "unsure"), who made it and when, and the state of its write-back to the PACS.
+- ``review_decisions``: the current decision per annotation ("label_wrong" with a corrected label
+  and/or, for a flagged mask, ``corrected_mask`` "suggestion" (migration 0004), "label_right",
+  "unsure"), who made it and when, and the state of its write-back to the PACS.
 - ``review_decision_audit``: every change of a decision (append-only), so nothing a reviewer did is lost.
 
 :meth:`ReviewStore.decide` is idempotent: the same decision again changes nothing (no trail row, no

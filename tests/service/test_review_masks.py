@@ -193,6 +193,11 @@ def test_accepting_the_suggested_mask_writes_a_corrected_seg(masked):
     exported = _masks(copied)
     assert all(np.array_equal(exported[k], after2[k]) for k in after2)
 
+    # a change of mind on slice 1: the next version keeps slice 0's accepted suggestion only
+    r3 = _decide(c, second, decision="label_right")
+    after3 = _masks([*sources, Path(r3.json()["writeback"]["corrected_path"])])
+    assert np.array_equal(after3[(u0, "liver")], CONSENSUS[0]) and not after3[(u1, "liver")].any()
+
 
 def test_corrected_mask_is_refused_with_a_reason(masked):
     c, review, outbox = _app(masked)
