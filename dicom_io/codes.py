@@ -117,6 +117,8 @@ SUGGESTED_CORRECTION = _c("LQA-0403", "Suggested mask correction (model consensu
 # Human review of the flags (the review workbench).
 REVIEWER_DECISION = _c("LQA-0601", "Reviewer decision")
 CORRECTED_LABEL = _c("LQA-0602", "Corrected label")
+CORRECTED_MASK = _c("LQA-0603", "Corrected mask")
+"""Value: how the reviewer corrected the mask (LQA-0403: the suggested correction was accepted)."""
 ERROR_CONFIRMED = _c("LQA-0611", "Annotation error confirmed by reviewer")
 LABEL_CONFIRMED = _c("LQA-0612", "Annotation confirmed correct by reviewer")
 REVIEWER_UNSURE = _c("LQA-0613", "Reviewer unsure")

@@ -76,8 +76,7 @@ def corrected_copy(review: Any, dest: Path) -> tuple[int, int]:
         uid = row["annotation_uid"]
         if uid in corrected:
             continue
-        item = review.resolve(uid, segment_number=row["segment_number"] or None,
-                              content_path=row["content_path"] or None)
+        item = review.resolve(uid, item_id=row["item_id"])
         try:
             ds = review._corrected_version(item, review._reviewer(item["decision"]["reviewer"],
                                                                   item["decision"]["decided_at"]), item["decision"])

@@ -2,12 +2,14 @@
 
 Three tables on the service database (on ``dicom_io.db.Base``; migration 0002):
 
-- ``annotations_audited``: one row per audited annotation (SR content item or SEG segment), kept in
-  step with the newest finished audit of each study by :meth:`ReviewStore.sync` (it reads the job
-  table incrementally, so it needs no hook in the pipeline and catches up after a restart). Indexed
-  on ``priority`` (with the id as tie-break) so the worklist pages by keyset at 100,000 rows.
-- ``review_decisions``: the current decision per annotation ("label_wrong" with a corrected label,
-  "label_right", "unsure"), who made it and when, and the state of its write-back to the PACS.
+- ``annotations_audited``: one row per audited annotation (SR content item, or SEG segment on one
+  source frame: ``frame_key``, migration 0003), kept in step with the newest finished audit of each
+  study by :meth:`ReviewStore.sync` (it reads the job table incrementally, so it needs no hook in the
+  pipeline and catches up after a restart). Indexed on ``priority`` (with the id as tie-break) so the
+  worklist pages by keyset at 100,000 rows.
+- ``review_decisions``: the current decision per annotation ("label_wrong" with a corrected label
+  and/or, for a flagged mask, ``corrected_mask`` "suggestion" (migration 0004), "label_right",
+  "unsure"), who made it and when, and the state of its write-back to the PACS.
 - ``review_decision_audit``: every change of a decision (append-only), so nothing a reviewer did is lost.
 
 :meth:`ReviewStore.decide` is idempotent: the same decision again changes nothing (no trail row, no
@@ -71,7 +73,8 @@ class Decision(StrEnum):
     """What a reviewer says about a flagged (or any audited) annotation."""
 
     LABEL_WRONG = "label_wrong"
-    """The label is wrong; ``corrected_label`` says what it should be."""
+    """The label is wrong; ``corrected_label`` says what it should be, and/or, for a SEG mask,
+    ``corrected_mask`` how the mask is corrected ("suggestion": labelqa's suggested mask)."""
     LABEL_RIGHT = "label_right"
     """The label is right (the flag was a false alarm)."""
     UNSURE = "unsure"
@@ -82,6 +85,11 @@ class DecisionError(ValueError):
     """A decision that cannot be recorded as given (the message says why)."""
 
 
+MASK_CORRECTIONS = ("suggestion",)
+"""What ``corrected_mask`` may say: "suggestion", the suggested (consensus) mask of the audit replaces
+the given one on the item's source frame."""
+
+
 class AuditedRow(Base):
     """One audited annotation, as the newest finished audit of its study saw it."""
 
@@ -90,6 +98,8 @@ class AuditedRow(Base):
     annotation_uid: Mapped[str] = mapped_column(String(64))
     segment_number: Mapped[int] = mapped_column(Integer, default=0)  # 0: not a SEG segment
     content_path: Mapped[str] = mapped_column(String(128), default="")
+    # SEG rows: the source image/frame (a segment spans many frames, each its own item); '' for SR rows
+    frame_key: Mapped[str] = mapped_column(String(160), default="", server_default="")
     study_uid: Mapped[str] = mapped_column(String(64))
     image_uid: Mapped[str | None] = mapped_column(String(64))
     frame: Mapped[int | None] = mapped_column(Integer)
@@ -117,7 +127,7 @@ class AuditedRow(Base):
     audited_at: Mapped[float] = mapped_column(Float)
 
     __table_args__ = (
-        UniqueConstraint("annotation_uid", "segment_number", "content_path", name="uq_audited_annotation"),
+        UniqueConstraint("annotation_uid", "segment_number", "content_path", "frame_key", name="uq_audited_annotation"),
         # the worklist order (current rows by priority, id) for each common filter: pages are index walks
         Index("ix_audited_priority", "current", "priority", "id"),
         Index("ix_audited_verdict_priority", "current", "verdict", "priority", "id"),
@@ -137,6 +147,7 @@ class DecisionRow(Base):
     study_uid: Mapped[str] = mapped_column(String(64), index=True)
     decision: Mapped[str] = mapped_column(String(16))
     corrected_label: Mapped[str | None] = mapped_column(String(64))
+    corrected_mask: Mapped[str | None] = mapped_column(String(16))  # "suggestion" (migration 0004)
     comment: Mapped[str | None] = mapped_column(Text)
     reviewer: Mapped[str] = mapped_column(String(64))
     decided_at: Mapped[float] = mapped_column(Float)
@@ -156,9 +167,11 @@ class DecisionAuditRow(Base):
     action: Mapped[str] = mapped_column(String(16))  # created | changed | retracted
     decision: Mapped[str | None] = mapped_column(String(16))
     corrected_label: Mapped[str | None] = mapped_column(String(64))
+    corrected_mask: Mapped[str | None] = mapped_column(String(16))
     comment: Mapped[str | None] = mapped_column(Text)
     previous_decision: Mapped[str | None] = mapped_column(String(16))
     previous_corrected_label: Mapped[str | None] = mapped_column(String(64))
+    previous_corrected_mask: Mapped[str | None] = mapped_column(String(16))
     reviewer: Mapped[str] = mapped_column(String(64))
     at: Mapped[float] = mapped_column(Float)
 
@@ -226,6 +239,17 @@ def decode_cursor(cursor: str) -> tuple[float, int]:
         raise DecisionError(f"malformed cursor {cursor!r}") from e
 
 
+def frame_key(row: dict[str, Any]) -> str:
+    """What tells the rows of one SEG segment apart: its source image and frame (a segment spans many
+    frames, each one item), and the class when the SEG has no segment of it; '' for SR rows."""
+    if str(row.get("source") or "sr") != "seg" or not row.get("image_uid"):
+        return ""
+    key = f"{row['image_uid']}/{int(row.get('frame') or 0)}"
+    if not row.get("segment_number"):
+        key += f"#{row.get('class') or row.get('given_label') or ''}"
+    return key[:160]
+
+
 def _item_dict(r: AuditedRow, d: DecisionRow | None) -> dict[str, Any]:
     extra = json.loads(r.extra_json) if r.extra_json else {}
     return {
@@ -258,6 +282,9 @@ def _item_dict(r: AuditedRow, d: DecisionRow | None) -> dict[str, Any]:
         "current": r.current,
         "audited_at": r.audited_at,
         "member_probs": extra.get("member_probs"),
+        "mask_kind": extra.get("kind"),
+        "dice": extra.get("dice"),
+        "suggestion_uid": extra.get("suggestion_uid"),
         "decision": _decision_dict(d) if d is not None else None,
     }
 
@@ -266,6 +293,7 @@ def _decision_dict(d: DecisionRow) -> dict[str, Any]:
     return {
         "decision": d.decision,
         "corrected_label": d.corrected_label,
+        "corrected_mask": d.corrected_mask,
         "comment": d.comment,
         "reviewer": d.reviewer,
         "decided_at": d.decided_at,
@@ -360,23 +388,32 @@ class ReviewStore:
         """Upsert the rows of one finished audit of ``study_uid``; returns the number of rows indexed."""
         audited_at = time.time() if audited_at is None else audited_at
         report = next((o for o in outputs if o.get("modality") == "SR"), None)
-        heatmaps = _heatmap_uids(report)
+        heatmaps, suggestions = _report_refs(report)
         context = self._image_context([str(r.get("image_uid")) for r in rows if r.get("image_uid")])
         with Session(self.engine) as s, s.begin():
-            existing = {(r.annotation_uid, r.segment_number, r.content_path): r
+            existing = {(r.annotation_uid, r.segment_number, r.content_path, r.frame_key): r
                         for r in s.scalars(select(AuditedRow).where(AuditedRow.study_uid == study_uid))}
             seen: set[int] = set()
             for row in rows:
                 key = (str(row["annotation_uid"]), int(row.get("segment_number") or 0),
-                       str(row.get("content_path") or ""))
+                       str(row.get("content_path") or ""), frame_key(row))
                 rec = existing.get(key)
+                legacy = existing.get((*key[:3], ""))  # indexed before frame_key: the same item, if on the same frame
+                if rec is None and legacy is not None and legacy.id not in seen and (
+                        legacy.image_uid, legacy.frame) == (row.get("image_uid"), row.get("frame")):
+                    rec = legacy
+                    rec.frame_key = key[3]
                 if rec is None:
                     rec = AuditedRow(annotation_uid=key[0], segment_number=key[1], content_path=key[2],
-                                     study_uid=study_uid)
+                                     frame_key=key[3], study_uid=study_uid)
                     s.add(rec)
+                    existing[key] = rec
                 ctx = context.get(str(row.get("image_uid")), {})
                 verdict = str(row.get("verdict"))
-                extra = {k: row[k] for k in ("member_probs",) if row.get(k) is not None}
+                extra = {k: row[k] for k in ("member_probs", "kind", "dice") if row.get(k) is not None}
+                suggestion = suggestions.get((key[0], key[1] or None, row.get("image_uid"), row.get("frame")))
+                if suggestion and is_mask_row(row):
+                    extra["suggestion_uid"] = suggestion
                 rec.image_uid = row.get("image_uid")
                 rec.frame = row.get("frame")
                 rec.source = str(row.get("source") or "sr")
@@ -426,7 +463,8 @@ class ReviewStore:
             verdict = str(r["verdict"])
             buf.append({
                 "annotation_uid": str(r["annotation_uid"]), "segment_number": int(r.get("segment_number") or 0),
-                "content_path": str(r.get("content_path") or ""), "study_uid": str(r["study_uid"]),
+                "content_path": str(r.get("content_path") or ""), "frame_key": frame_key(r),
+                "study_uid": str(r["study_uid"]),
                 "image_uid": r.get("image_uid"), "frame": r.get("frame"), "source": r.get("source", "sr"),
                 "job_id": job_id, "verdict": verdict, "flagged": verdict in FLAGGED,
                 "priority": float(r.get("priority") or 0.0), "given_label": _s(r.get("given_label")),
@@ -612,17 +650,23 @@ class ReviewStore:
     # ---------------------------------------------------------------- deciding
 
     def decide(self, item_id: int, decision: str, reviewer: str, *, corrected_label: str | None = None,
-               comment: str | None = None, allowed_labels: Iterable[str] | None = None) -> DecisionOutcome:
+               comment: str | None = None, allowed_labels: Iterable[str] | None = None,
+               corrected_mask: str | None = None) -> DecisionOutcome:
         """Record ``reviewer``'s decision on an item; a repeat of the current decision changes nothing.
 
         Raises DecisionError for an unknown item or decision, a "label_wrong" without a corrected label
-        (or with the given label, or one outside ``allowed_labels``), and a corrected label on another decision.
+        or mask (or with the given label, or one outside ``allowed_labels``), a corrected label or mask
+        on another decision, and a ``corrected_mask`` on an item that is not a SEG mask with a
+        suggested mask (only "suggestion" is known: :data:`MASK_CORRECTIONS`).
         """
         try:
             dec = Decision(decision)
         except ValueError:
             raise DecisionError(f"unknown decision {decision!r}; use one of {', '.join(Decision)}") from None
         corrected_label = (corrected_label or "").strip() or None
+        corrected_mask = (corrected_mask or "").strip() or None
+        if corrected_mask is not None and corrected_mask not in MASK_CORRECTIONS:
+            raise DecisionError(f"unknown corrected_mask {corrected_mask!r}; use {', '.join(MASK_CORRECTIONS)}")
         comment = (comment or "").strip() or None
         if comment is not None and len(comment) > 4000:
             raise DecisionError("comment is longer than 4000 characters")
@@ -632,21 +676,33 @@ class ReviewStore:
             item = s.get(AuditedRow, item_id)
             if item is None:
                 raise DecisionError(f"no audited annotation with id {item_id}")
+            if corrected_mask is not None:
+                if dec is not Decision.LABEL_WRONG:
+                    raise DecisionError(f"corrected_mask is only for label_wrong, not {dec.value}")
+                if item.source != "seg":
+                    raise DecisionError(f"corrected_mask is only for SEG masks; item {item_id} is an SR label")
+                if not json.loads(item.extra_json or "{}").get("suggestion_uid"):
+                    raise DecisionError(f"item {item_id} has no suggested mask (labelqa writes one for each "
+                                        "suspected mask error)")
+                if not item.segment_number:
+                    raise DecisionError(f"the SEG of item {item_id} has no segment of {item.given_label!r}: "
+                                        "accepting the suggestion would add a segment, which is not supported")
             if dec is Decision.LABEL_WRONG:
-                if corrected_label is None:
-                    raise DecisionError("label_wrong needs corrected_label: the label the annotation should have")
-                if corrected_label == item.given_label:
+                if corrected_label is None and corrected_mask is None:
+                    raise DecisionError("label_wrong needs corrected_label (the label the annotation should have) "
+                                        "or, for a mask, corrected_mask")
+                if corrected_label is not None and corrected_label == item.given_label:
                     raise DecisionError(f"corrected_label {corrected_label!r} is the given label; use label_right")
                 allowed = set(allowed_labels) if allowed_labels is not None else None
-                if allowed is not None and corrected_label not in allowed:
+                if corrected_label is not None and allowed is not None and corrected_label not in allowed:
                     raise DecisionError(f"corrected_label {corrected_label!r} is not a class; use one of "
                                         f"{', '.join(sorted(allowed))}")
             elif corrected_label is not None:
                 raise DecisionError(f"corrected_label is only for label_wrong, not {dec.value}")
             now = time.time()
             cur = s.scalar(select(DecisionRow).where(DecisionRow.item_id == item_id))
-            if cur is not None and (cur.decision, cur.corrected_label, cur.comment) == (dec.value, corrected_label,
-                                                                                        comment):
+            if cur is not None and (cur.decision, cur.corrected_label, cur.corrected_mask, cur.comment) == (
+                    dec.value, corrected_label, corrected_mask, comment):
                 return DecisionOutcome(_item_dict(item, cur), _decision_dict(cur), False, "unchanged")
             # what a decision writes back: a correction and/or a reissued, verified QA report; "unsure"
             # writes nothing unless it replaces a decisive answer (the report is then reissued)
@@ -654,19 +710,19 @@ class ReviewStore:
             wb = "pending" if dec is not Decision.UNSURE or decisive_before else "none"
             if cur is None:
                 cur = DecisionRow(item_id=item_id, annotation_uid=item.annotation_uid, study_uid=item.study_uid,
-                                  decision=dec.value, corrected_label=corrected_label, comment=comment,
-                                  reviewer=reviewer, decided_at=now, version=1, writeback_state=wb)
+                                  decision=dec.value, corrected_label=corrected_label, corrected_mask=corrected_mask,
+                                  comment=comment, reviewer=reviewer, decided_at=now, version=1, writeback_state=wb)
                 s.add(cur)
-                action, prev, prev_label = "created", None, None
+                action, prev, prev_label, prev_mask = "created", None, None, None
             else:
-                action, prev, prev_label = "changed", cur.decision, cur.corrected_label
-                cur.decision, cur.corrected_label, cur.comment = dec.value, corrected_label, comment
-                cur.reviewer, cur.decided_at, cur.version = reviewer, now, cur.version + 1
+                action, prev, prev_label, prev_mask = "changed", cur.decision, cur.corrected_label, cur.corrected_mask
+                cur.decision, cur.corrected_label, cur.corrected_mask = dec.value, corrected_label, corrected_mask
+                cur.comment, cur.reviewer, cur.decided_at, cur.version = comment, reviewer, now, cur.version + 1
                 cur.writeback_state = wb
             s.add(DecisionAuditRow(item_id=item_id, annotation_uid=item.annotation_uid, action=action,
-                                   decision=dec.value, corrected_label=corrected_label, comment=comment,
-                                   previous_decision=prev, previous_corrected_label=prev_label, reviewer=reviewer,
-                                   at=now))
+                                   decision=dec.value, corrected_label=corrected_label, corrected_mask=corrected_mask,
+                                   comment=comment, previous_decision=prev, previous_corrected_label=prev_label,
+                                   previous_corrected_mask=prev_mask, reviewer=reviewer, at=now))
             s.flush()
             out = DecisionOutcome(_item_dict(item, cur), _decision_dict(cur), True, action)
             self._gen += 1
@@ -683,7 +739,7 @@ class ReviewStore:
             s.add(DecisionAuditRow(item_id=item_id, annotation_uid=cur.annotation_uid, action="retracted",
                                    decision=None, corrected_label=None, comment=None,
                                    previous_decision=cur.decision, previous_corrected_label=cur.corrected_label,
-                                   reviewer=reviewer, at=time.time()))
+                                   previous_corrected_mask=cur.corrected_mask, reviewer=reviewer, at=time.time()))
             s.delete(cur)
         self._gen += 1
         return True
@@ -722,13 +778,14 @@ class ReviewStore:
                              .order_by(AuditedRow.priority.desc(), AuditedRow.id.desc())).all()
         out = []
         for r, d in rows:
-            final = d.corrected_label if d.decision == Decision.LABEL_WRONG else r.given_label
+            final = (d.corrected_label if d.decision == Decision.LABEL_WRONG else None) or r.given_label
             out.append({
-                "annotation_uid": r.annotation_uid, "segment_number": r.segment_number or "",
+                "item_id": r.id, "annotation_uid": r.annotation_uid, "segment_number": r.segment_number or "",
                 "content_path": r.content_path, "study_uid": r.study_uid, "image_uid": r.image_uid,
                 "given_label": r.given_label, "consensus_label": r.consensus_label, "verdict": r.verdict,
                 "priority": r.priority, "agreement": r.agreement, "p_given": r.p_given, "score": r.score,
-                "decision": d.decision, "corrected_label": d.corrected_label or "", "final_label": final,
+                "decision": d.decision, "corrected_label": d.corrected_label or "",
+                "corrected_mask": d.corrected_mask or "", "final_label": final,
                 "comment": d.comment or "", "reviewer": d.reviewer,
                 "decided_at": _iso(d.decided_at), "writeback_state": d.writeback_state,
             })
@@ -787,21 +844,32 @@ class ReviewStore:
         return out
 
 
-def _heatmap_uids(report: dict[str, Any] | None) -> dict[tuple[str, int | None], str]:
-    """(annotation uid, segment) -> heatmap SC uid, read from the audit's QA report SR (when on disk)."""
+def is_mask_row(row: dict[str, Any]) -> bool:
+    """Whether a verdict row is an audited mask (a SEG class on one source frame), not a class label."""
+    return str(row.get("source") or "") == "seg" and "class" in row
+
+
+def _report_refs(report: dict[str, Any] | None) -> tuple[dict[tuple[str, int | None], str],
+                                                         dict[tuple[str, int | None, str | None, int | None], str]]:
+    """From the audit's QA report SR (when on disk): (annotation uid, segment) -> heatmap SC uid, and
+    (annotation uid, segment, source image uid, frame) -> suggestion SEG uid of each flagged mask."""
     if not report or not report.get("path") or not Path(report["path"]).is_file():
-        return {}
+        return {}, {}
     try:
         import pydicom
 
         from dicom_io.results.sr import read_report
 
         rep = read_report(pydicom.dcmread(report["path"]))
-    except Exception as e:  # noqa: BLE001 - heatmaps are optional in the item view
+    except Exception as e:  # noqa: BLE001 - heatmaps and suggestions are optional in the item view
         log.warning("cannot read QA report %s: %s", report.get("sop_instance_uid"), e)
-        return {}
-    return {(str(it["annotation_uid"]), it.get("segment_number")): str(it["heatmap_uid"])
-            for it in rep["items"] if it.get("heatmap_uid") and it.get("annotation_uid")}
+        return {}, {}
+    heatmaps = {(str(it["annotation_uid"]), it.get("segment_number")): str(it["heatmap_uid"])
+                for it in rep["items"] if it.get("heatmap_uid") and it.get("annotation_uid")}
+    suggestions = {(str(m["annotation_uid"]), m.get("segment_number"), m.get("source_image_uid"), m.get("frame")):
+                   str(m["suggestion_uid"])
+                   for m in rep["masks"] if m.get("suggestion_uid") and m.get("annotation_uid")}
+    return heatmaps, suggestions
 
 
 def _s(v: Any) -> str | None:
@@ -926,10 +994,10 @@ class ReviewService:
     # ---------------------------------------------------------------- deciding and writing back
 
     def decide(self, item_id: int, decision: str, reviewer: str, *, corrected_label: str | None = None,
-               comment: str | None = None) -> DecisionOutcome:
+               comment: str | None = None, corrected_mask: str | None = None) -> DecisionOutcome:
         """Record a decision; write it back when it changed something."""
         out = self.store.decide(item_id, decision, reviewer, corrected_label=corrected_label, comment=comment,
-                                allowed_labels=self.class_names() or None)
+                                allowed_labels=self.class_names() or None, corrected_mask=corrected_mask)
         if out.changed and out.decision["writeback_state"] == "pending":
             out.decision = self.writeback(item_id) or out.decision
         return out
@@ -986,7 +1054,10 @@ class ReviewService:
                     reviewed = [ReviewedItem(x["annotation_uid"], x["segment_number"], x["decision"]["decision"],
                                              self._code(x["decision"]["corrected_label"])
                                              if x["decision"]["corrected_label"] else None,
-                                             x["decision"]["comment"], x["decision"]["reviewer"])
+                                             x["decision"]["comment"], x["decision"]["reviewer"],
+                                             corrected_mask=x["decision"].get("corrected_mask"),
+                                             image_uid=x["image_uid"] if x["source"] == "seg" else None,
+                                             frame=x["frame"] if x["source"] == "seg" else None)
                                 for x in decided]
                     previous = self._previous_reports(decided, item_id)
                     rep = verified_report(pydicom.dcmread(report_path), reviewed, reviewer,
@@ -1016,8 +1087,17 @@ class ReviewService:
         from dicom_io.results.revision import Correction, RevisionError, corrected_annotation
 
         parts = [x for x in self.store.find(item["annotation_uid"]) if x["current"] and x["decision"]]
-        fixes = [Correction(self._code(x["decision"]["corrected_label"]), x["content_path"], x["segment_number"])
-                 for x in parts if x["decision"]["decision"] == Decision.LABEL_WRONG]
+        fixes = []
+        for x in parts:
+            dx = x["decision"]
+            if dx["decision"] != Decision.LABEL_WRONG:
+                continue
+            label = self._code(dx["corrected_label"]) if dx["corrected_label"] else None
+            if dx.get("corrected_mask") == "suggestion":
+                fixes.append(Correction(label, x["content_path"], x["segment_number"], mask=self.suggested_mask(x),
+                                        image_uid=x["image_uid"], frame=x["frame"]))
+            elif label is not None:
+                fixes.append(Correction(label, x["content_path"], x["segment_number"]))
         before = sorted((x["decision"]["decided_at"], Path(p)) for x in parts
                         if (p := (x["decision"].get("writeback") or {}).get("corrected_path")) and Path(p).is_file())
         if not fixes and not before:
@@ -1025,10 +1105,37 @@ class ReviewService:
         src = self.instance_path(item["annotation_uid"])
         if src is None:
             raise RevisionError(f"annotation {item['annotation_uid']} is not in the store")
+        original = pydicom.dcmread(src)
+        sources = {}
+        if any(f.mask is not None for f in fixes):  # the SEG is rebuilt from its source images
+            for series in original.get("ReferencedSeriesSequence") or []:
+                for ref in series.get("ReferencedInstanceSequence") or []:
+                    if (p := self.instance_path(str(ref.ReferencedSOPInstanceUID))) is not None:
+                        sources[str(ref.ReferencedSOPInstanceUID)] = pydicom.dcmread(p)
         previous = [pydicom.dcmread(before[-1][1], stop_before_pixels=True)] if before else []
         version = 1 + len({p for _, p in before})
-        return corrected_annotation(pydicom.dcmread(src), fixes, reviewer, predecessors=previous,
-                                    key=[item["id"], d["version"], version], instance_number=version)
+        return corrected_annotation(original, fixes, reviewer, predecessors=previous,
+                                    key=[item["id"], d["version"], version], instance_number=version, sources=sources)
+
+    def suggested_mask(self, item: dict[str, Any]) -> Any:
+        """The suggested (consensus) mask of a flagged SEG mask item on its source frame: bool (rows,
+        columns), read from the audit's suggestion SEG (never recomputed). RevisionError when there is none."""
+        import pydicom
+
+        from dicom_io.results.revision import RevisionError
+        from dicom_io.results.seg_out import read_suggestion
+
+        uid = item.get("suggestion_uid")
+        if not uid:
+            raise RevisionError(f"item {item['id']} has no suggested mask")
+        path = self.instance_path(uid)
+        if path is None:
+            raise RevisionError(f"suggestion SEG {uid} of item {item['id']} is not among the results")
+        try:
+            return read_suggestion(pydicom.dcmread(path), str(item["given_label"]), str(item["image_uid"]),
+                                   item["frame"])
+        except ValueError as e:
+            raise RevisionError(str(e)) from None
 
     @staticmethod
     def _previous_reports(decided: list[dict[str, Any]], item_id: int) -> list[Path]:

@@ -7,12 +7,13 @@ JSON (bearer token or session cookie + CSRF header):
   ``series_uid``, ``study_uid``, ``status`` (undecided, decided, or a decision); paging ``limit`` with
   ``cursor`` (keyset) or ``offset``.
 - ``GET /api/items/{id}``, ``GET /api/annotations/{annotation_uid}``;
-  ``POST /api/annotations/{annotation_uid}/decision`` ``{"decision", "corrected_label", "comment"}``;
-  ``DELETE`` of it (admin); ``GET /api/decisions/trail`` (admin).
+  ``POST /api/annotations/{annotation_uid}/decision`` ``{"decision", "corrected_label", "corrected_mask",
+  "comment"}`` (``"corrected_mask": "suggestion"`` with label_wrong: a flagged SEG mask is replaced by
+  labelqa's suggested mask); ``DELETE`` of it (admin); ``GET /api/decisions/trail`` (admin).
 - ``GET /api/export.csv`` / ``/api/export.json``: one row per decided annotation.
 - ``GET /api/review/stats``: flag precision, errors per review, efficacy curve.
 - Pictures for the item view: ``/api/items/{id}/image.png`` (``wc``/``ww`` window), ``heatmap.png``,
-  ``mask.png`` (SEG: the given segment as an overlay).
+  ``mask.png`` (SEG: the given segment as an overlay), ``suggestion.png`` (a flagged mask: the suggested one).
 
 Pages (session cookie, CSRF token in every form): ``/login``, ``/review`` (worklist), ``/review/items/{id}``.
 """
@@ -25,7 +26,7 @@ import json
 import logging
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -46,12 +47,16 @@ TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
 EXPORT_FIELDS = ["annotation_uid", "segment_number", "content_path", "study_uid", "image_uid", "given_label",
                  "consensus_label", "verdict", "priority", "agreement", "p_given", "score", "decision",
-                 "corrected_label", "final_label", "comment", "reviewer", "decided_at", "writeback_state"]
+                 "corrected_label", "corrected_mask", "final_label", "comment", "reviewer", "decided_at",
+                 "writeback_state"]
 
 
 class DecisionBody(BaseModel):
     decision: Decision = Field(description="label_wrong, label_right or unsure.")
     corrected_label: str | None = Field(None, max_length=64, description="The right label (label_wrong only).")
+    corrected_mask: Literal["suggestion"] | None = Field(
+        None, description="label_wrong on a flagged SEG mask: 'suggestion' replaces the mask on its source frame "
+                          "by labelqa's suggested (consensus) mask; with or without corrected_label.")
     comment: str | None = Field(None, max_length=4000)
     segment_number: int | None = Field(None, ge=1, description="Which segment of a SEG (when it has several).")
     content_path: str | None = Field(None, max_length=128, description="Which content item of an SR.")
@@ -139,24 +144,42 @@ class _Pictures:
         return self.png(ds.pixel_array)
 
     def mask(self, item: dict[str, Any]) -> Response:
-        import numpy as np
-
+        """The given SEG segment on the item's source frame: red, with a yellow outline."""
         if item["source"] != "seg" or not item["segment_number"]:
             raise HTTPException(404, "this annotation has no mask")
         import highdicom as hd
 
-        seg = hd.seg.Segmentation.from_dataset(self.dataset(item["annotation_uid"]), copy=True)
+        from dicom_io.results.seg_out import pixels_on_source_frames
+
         try:
-            px = seg.get_pixels_by_source_instance(source_sop_instance_uids=[item["image_uid"]],
-                                                   segment_numbers=[int(item["segment_number"])])
-        except (ValueError, KeyError) as e:
+            seg = hd.seg.Segmentation.from_dataset(self.dataset(item["annotation_uid"]), copy=True)
+            px = pixels_on_source_frames(seg, [(item["image_uid"], item["frame"])], [int(item["segment_number"])])
+        except (ValueError, KeyError, AttributeError) as e:
             raise HTTPException(422, f"cannot read the mask: {e}") from None
-        m = np.asarray(px)[0, ..., 0] > 0
+        return self.png(self.outline(px[0, ..., 0] > 0, (255, 40, 40, 110), (255, 220, 0, 255)))
+
+    def suggestion(self, item: dict[str, Any]) -> Response:
+        """The suggested (consensus) mask of a flagged mask: a cyan outline over a faint fill."""
+        from dicom_io.results.revision import RevisionError
+
+        if not item.get("suggestion_uid"):
+            raise HTTPException(404, "this annotation has no suggested mask")
+        try:
+            m = self.review.suggested_mask(item)
+        except RevisionError as e:
+            raise HTTPException(422, f"cannot read the suggested mask: {e}") from None
+        return self.png(self.outline(m, (0, 200, 255, 50), (0, 230, 255, 255)))
+
+    @staticmethod
+    def outline(m: Any, fill: tuple[int, ...], edge: tuple[int, ...]) -> Any:
+        """An RGBA overlay of a bool mask: ``fill`` inside, ``edge`` on its boundary."""
+        import numpy as np
+
         rgba = np.zeros((*m.shape, 4), np.uint8)
-        rgba[m] = (255, 40, 40, 110)
-        edge = m & ~(np.roll(m, 1, 0) & np.roll(m, -1, 0) & np.roll(m, 1, 1) & np.roll(m, -1, 1))
-        rgba[edge] = (255, 220, 0, 255)
-        return self.png(rgba)
+        rgba[m] = fill
+        rim = m & ~(np.roll(m, 1, 0) & np.roll(m, -1, 0) & np.roll(m, 1, 1) & np.roll(m, -1, 1))
+        rgba[rim] = edge
+        return rgba
 
 
 def install(app: FastAPI, review: ReviewService, auth: Auth, *, stats_extra: Any = None) -> None:
@@ -224,7 +247,7 @@ def install(app: FastAPI, review: ReviewService, auth: Auth, *, stats_extra: Any
             row = r.resolve(annotation_uid, item_id=body.item_id, segment_number=body.segment_number,
                             content_path=body.content_path)
             out = r.decide(row["id"], body.decision.value, p.name, corrected_label=body.corrected_label,
-                           comment=body.comment)
+                           comment=body.comment, corrected_mask=body.corrected_mask)
         except LookupError as e:
             raise HTTPException(404, str(e)) from None
         except DecisionError as e:
@@ -272,6 +295,11 @@ def install(app: FastAPI, review: ReviewService, auth: Auth, *, stats_extra: Any
     @api.get("/items/{item_id}/mask.png", response_class=Response, summary="The given SEG mask as an overlay")
     def mask(item_id: int, _p: Principal = Depends(reviewer)) -> Response:
         return pics.mask(item_or_404(item_id))
+
+    @api.get("/items/{item_id}/suggestion.png", response_class=Response,
+             summary="The suggested mask of a flagged SEG mask as an overlay")
+    def suggestion(item_id: int, _p: Principal = Depends(reviewer)) -> Response:
+        return pics.suggestion(item_or_404(item_id))
 
     app.include_router(api)
 
@@ -350,15 +378,16 @@ def install(app: FastAPI, review: ReviewService, auth: Auth, *, stats_extra: Any
 
     @web.post("/review/items/{item_id}/decision")
     def item_decide(request: Request, item_id: int, decision: str = Form(...),
-                    corrected_label: str | None = Form(None), comment: str | None = Form(None),
-                    csrf_token: str | None = Form(None), verdict: str | None = Form("flagged"),
-                    status: str | None = Form(None), go: str = Form("next"), p: Principal = Depends(page)) -> Response:
+                    corrected_label: str | None = Form(None), corrected_mask: str | None = Form(None),
+                    comment: str | None = Form(None), csrf_token: str | None = Form(None),
+                    verdict: str | None = Form("flagged"), status: str | None = Form(None), go: str = Form("next"),
+                    p: Principal = Depends(page)) -> Response:
         auth.check_csrf(request, p, csrf_token)
         it = item_or_404(item_id)
+        wrong = decision == Decision.LABEL_WRONG
         try:
-            review.decide(it["id"], decision, p.name,
-                          corrected_label=corrected_label if decision == Decision.LABEL_WRONG else None,
-                          comment=comment)
+            review.decide(it["id"], decision, p.name, corrected_label=corrected_label if wrong else None,
+                          comment=comment, corrected_mask=corrected_mask if wrong else None)
         except DecisionError as e:
             raise HTTPException(422, str(e)) from None
         f = _filter(verdict, None, None, None, None, None, None, status)

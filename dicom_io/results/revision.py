@@ -4,11 +4,14 @@
   reviewer's. For an SR the coded finding at the audited content item is replaced, the reviewer is
   added as person observer (TID 1002), the document is VERIFIED by the reviewer and its Predecessor
   Documents Sequence (PS3.3 C.17.2) names the annotation it supersedes. For a SEG the audited
-  segment's Segmented Property Type (and label) is replaced. Both go into labelqa's reviewed-label
+  segment's Segmented Property Type (and label) is replaced, and/or its mask on one source frame (a
+  reviewer accepted labelqa's suggested mask): the SEG is then rebuilt with highdicom from the same
+  source images, every other segment and frame as it was. Both go into labelqa's reviewed-label
   series (``REVIEWED_LABEL_SERIES_NUMBER``), so an echo from the PACS is never audited again.
 - :func:`verified_report`: the study's QA report SR reissued with, in each reviewed measurement
-  group, the decision (LQA-0601), the corrected label (LQA-0602) and the comment, VERIFIED with the
-  reviewer as Verifying Observer (PS3.3 C.17.2.1) and the earlier versions as predecessors.
+  group, the decision (LQA-0601), the corrected label (LQA-0602), the corrected mask (LQA-0603) and
+  the comment, VERIFIED with the reviewer as Verifying Observer (PS3.3 C.17.2.1) and the earlier
+  versions as predecessors.
 
 UIDs are derived from the inputs (``uids.derived_uid``): writing the same decision again gives the
 same objects. No torch, no database here.
@@ -17,11 +20,12 @@ same objects. No torch, no database here.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.coding import Code
@@ -30,7 +34,7 @@ from pydicom.uid import UID
 from dicom_io import codes
 from dicom_io.results.records import as_code
 from dicom_io.results.series import MANUFACTURER, REVIEWED_LABEL_SERIES_NUMBER
-from dicom_io.results.uids import derived_uid
+from dicom_io.results.uids import derived_uid, digest
 from dicom_io.sop import SEG_STORAGE
 
 __all__ = ["Reviewer", "ReviewedItem", "Correction", "corrected_annotation", "verified_report", "RevisionError"]
@@ -57,9 +61,17 @@ class Reviewer:
         return self.when.astimezone(UTC).strftime("%Y%m%d%H%M%S")
 
 
+MASK_CORRECTIONS: dict[str, Code] = {"suggestion": codes.SUGGESTED_CORRECTION}
+"""How a reviewer corrected a mask -> the value of LQA-0603 in the verified report."""
+
+
 @dataclass(frozen=True)
 class ReviewedItem:
-    """A decision on one audited annotation, for the verified report."""
+    """A decision on one audited annotation, for the verified report.
+
+    ``image_uid``/``frame``: the source frame of a SEG mask item (a segment has one report group per
+    frame); None matches any group of the annotation (and segment).
+    """
 
     annotation_uid: str
     segment_number: int | None
@@ -67,6 +79,9 @@ class ReviewedItem:
     corrected_label: Any | None  # a Code / CodedConcept / class name (label_wrong only)
     comment: str | None
     reviewer: str
+    corrected_mask: str | None = None  # "suggestion": the suggested mask was accepted (label_wrong only)
+    image_uid: str | None = None
+    frame: int | None = None
 
 
 def _code_item(code: Code) -> Dataset:
@@ -178,13 +193,31 @@ def _person_observer(name: str) -> list[Dataset]:
     return [t, n]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Correction:
-    """One corrected label in an annotation object: the SR content item or SEG segment, and the new label."""
+    """One correction of an annotation object: the SR content item or SEG segment, and its new label
+    and/or (SEG) its new mask on one source frame.
 
-    label: Any  # a Code / CodedConcept / class name
+    ``mask``: bool (rows, columns) on the grid of source image ``image_uid``, 1-based ``frame`` (None:
+    a single-frame image); ``label`` None keeps the label.
+    """
+
+    label: Any = None  # a Code / CodedConcept / class name
     content_path: str | None = None
     segment_number: int | None = None
+    mask: np.ndarray | None = None
+    image_uid: str | None = None
+    frame: int | None = None
+
+    def key(self) -> list[Any]:
+        """What identifies the correction, for deterministic UIDs (a label-only one as before masks existed)."""
+        code = as_code(self.label) if self.label is not None else None
+        out: list[Any] = [self.content_path or "", self.segment_number or 0, code.value if code else "",
+                          code.scheme_designator if code else ""]
+        if self.mask is not None:
+            out += [self.image_uid or "", self.frame or 0, list(np.shape(self.mask)),
+                    digest(np.packbits(np.asarray(self.mask, bool)))]
+        return out
 
 
 def corrected_annotation(
@@ -195,27 +228,35 @@ def corrected_annotation(
     predecessors: Sequence[Dataset] = (),
     key: Any = None,
     instance_number: int = 1,
+    sources: Mapping[str, Dataset] | None = None,
 ) -> Dataset:
     """A new annotation object that supersedes ``original`` with every correction applied.
 
     SR: the CODE item at each correction's ``content_path`` (default: the first Finding) gets the
     corrected concept; the document is VERIFIED by ``reviewer`` and names ``original`` and
     ``predecessors`` (earlier corrected versions) in its Predecessor Documents Sequence. SEG: each
-    correction's segment gets it as Segmented Property Type (a SEG has no predecessor attribute).
-    ``key`` (anything JSON-able) makes the UIDs: same key and corrections, same UIDs.
-    With no corrections but ``predecessors``, the result restores the original labels (a reviewer
-    took a correction back). Raises RevisionError when a path or segment does not exist.
+    correction's segment gets its label as Segmented Property Type (a SEG has no predecessor
+    attribute), and its mask, when given, on its source frame (:func:`_seg_with_masks`: ``sources``,
+    the SEG's source images by SOP Instance UID, are needed then). ``key`` (anything JSON-able) makes
+    the UIDs: same key and corrections, same UIDs. With no corrections but ``predecessors``, the
+    result restores the original labels and masks (a reviewer took a correction back). Raises
+    RevisionError when a path, segment, source frame or source image does not exist, or a mask does
+    not fit.
     """
     if not corrections and not predecessors:
         raise RevisionError("no correction given (none is needed when no corrected version exists)")
-    fixes = [(c, as_code(c.label)) for c in corrections]
-    out = copy.deepcopy(original)
+    for c in corrections:
+        if c.label is None and c.mask is None:
+            raise RevisionError("a correction needs a label or a mask")
+    fixes = [(c, as_code(c.label)) for c in corrections if c.label is not None]
+    masks = [c for c in corrections if c.mask is not None]
     sop_class = str(original.SOPClassUID)
-    base = derived_uid("labelqa-review", str(original.SOPInstanceUID), key,
-                       sorted([c.content_path or "", c.segment_number or 0, code.value, code.scheme_designator]
-                              for c, code in fixes))
+    base = derived_uid("labelqa-review", str(original.SOPInstanceUID), key, sorted(c.key() for c in corrections))
     series_uid = derived_uid("labelqa-review-series", str(original.StudyInstanceUID))
     if sop_class in SEG_STORAGE:
+        out = (_seg_with_masks(original, masks, sources or {}, sop_instance_uid=base, series_instance_uid=series_uid,
+                               instance_number=instance_number, when=reviewer.dicom_datetime())
+               if masks else copy.deepcopy(original))
         for c, code in fixes:
             if c.segment_number is None:
                 raise RevisionError("a SEG correction needs the segment number")
@@ -230,6 +271,8 @@ def corrected_annotation(
         dt = reviewer.dicom_datetime()
         out.ContentDate, out.ContentTime = dt[:8], dt[8:]
         out.SeriesDate, out.SeriesTime = dt[:8], dt[8:]
+        if "InstanceCreationDate" in out:
+            out.InstanceCreationDate, out.InstanceCreationTime = dt[:8], dt[8:]
         if "DimensionOrganizationSequence" in out:
             dim = derived_uid("labelqa-review-dimension", base)
             for seq in ("DimensionOrganizationSequence", "DimensionIndexSequence"):
@@ -237,6 +280,9 @@ def corrected_annotation(
                     if "DimensionOrganizationUID" in item:
                         item.DimensionOrganizationUID = dim
         return out
+    if masks:
+        raise RevisionError(f"{original.SOPInstanceUID} is not a SEG: only a SEG has masks to correct")
+    out = copy.deepcopy(original)
     if "ContentSequence" not in out:
         raise RevisionError(f"{original.SOPInstanceUID} is neither a SEG nor an SR with content")
     targets = []
@@ -266,18 +312,140 @@ def corrected_annotation(
     return out
 
 
-def _group_annotation(group: Dataset) -> tuple[str | None, int | None]:
-    """(annotation uid, segment) a QA report measurement group is about."""
+MASK_REPLACED_NOTE = "mask: labelqa suggestion accepted in review on {n} frame(s)"
+"""Segment Description (LO, 64 characters) of a segment whose mask a reviewer replaced."""
+
+
+def _seg_with_masks(original: Dataset, masks: Sequence[Correction], sources: Mapping[str, Dataset], *,
+                    sop_instance_uid: str, series_instance_uid: str, instance_number: int, when: str) -> Dataset:
+    """``original`` rebuilt (highdicom) from its source images with each correction's mask on its
+    segment and source frame; every other segment and frame as stored (binary, fractional and
+    label-map SEGs). A frame the original omitted (the mask was empty there) is added."""
+    import highdicom as hd
+
+    from dicom_io.results.seg_out import pixels_on_source_frames
+    from dicom_io.results.write import _clean_header
+
+    uid = str(original.SOPInstanceUID)
+    try:
+        seg = hd.seg.Segmentation.from_dataset(original, copy=True)
+        refs = [str(sop) for _study, _series, sop in seg.get_source_image_uids()]
+        kind = seg.segmentation_type
+        numbers = [int(n) for n in seg.segment_numbers]
+        descriptions = [hd.seg.SegmentDescription.from_dataset(item, copy=True) for item in original.SegmentSequence
+                        if int(item.SegmentNumber) in numbers]  # a label map's background (0) is highdicom's own
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise RevisionError(f"SEG {uid} cannot be read for a mask correction: {e}") from None
+    missing = [u for u in refs if u not in sources]
+    if missing:
+        raise RevisionError(f"source image(s) {', '.join(missing)} of SEG {uid} are not in the store")
+    images = [_clean_header(sources[u]) for u in refs]
+    frames: list[tuple[str, int | None]] = []
+    for ds in images:
+        n = int(ds.get("NumberOfFrames", 1) or 1)
+        frames += [(str(ds.SOPInstanceUID), None)] if n == 1 else [(str(ds.SOPInstanceUID), f) for f in
+                                                                     range(1, n + 1)]
+    fractional = kind == hd.seg.SegmentationTypeValues.FRACTIONAL
+    top = int(original.get("MaximumFractionalValue", 255) or 255)
+    try:
+        pixels = pixels_on_source_frames(seg, frames, numbers, rescale_fractional=False).astype(np.uint16 if fractional
+                                                                                                 else np.uint8)
+    except ValueError as e:
+        raise RevisionError(f"SEG {uid}: {e}") from None
+    replaced: dict[int, int] = {}
+    for c in masks:
+        if c.segment_number is None or int(c.segment_number) not in numbers:
+            raise RevisionError(f"segment {c.segment_number} is not in SEG {uid}")
+        at = (str(c.image_uid), None if c.frame is None else int(c.frame))
+        if at not in frames:
+            raise RevisionError(f"SEG {uid} does not refer to source image {c.image_uid} frame {c.frame}")
+        m = np.asarray(c.mask, bool)
+        if m.shape != pixels.shape[1:3]:
+            raise RevisionError(f"mask {m.shape} does not fit source frame {pixels.shape[1:3]} of SEG {uid}")
+        i, k = frames.index(at), numbers.index(int(c.segment_number))
+        pixels[i, :, :, k] = m * (top if fractional else 1)
+        if kind == hd.seg.SegmentationTypeValues.LABELMAP:  # one segment per pixel: the new mask wins
+            for j in range(len(numbers)):
+                if j != k:
+                    pixels[i, :, :, j][m] = 0
+        replaced[k] = replaced.get(k, 0) + 1
+    for k, n in replaced.items():
+        descriptions[k].SegmentDescription = MASK_REPLACED_NOTE.format(n=n)[:64]
+    array = pixels.astype(np.float32) / top if fractional else pixels.astype(bool)
+    software = original.get("SoftwareVersions") or "1"
+    versions: Any = software if isinstance(software, str) else tuple(str(v) for v in software)
+    try:
+        out = hd.seg.Segmentation(
+            source_images=images,
+            pixel_array=array,
+            segmentation_type=kind,
+            segment_descriptions=descriptions,
+            series_instance_uid=series_instance_uid,
+            series_number=REVIEWED_LABEL_SERIES_NUMBER,
+            sop_instance_uid=sop_instance_uid,
+            instance_number=instance_number,
+            manufacturer=MANUFACTURER,
+            manufacturer_model_name=str(original.get("ManufacturerModelName") or "labelqa review")[:64],
+            software_versions=versions,
+            device_serial_number=str(original.get("DeviceSerialNumber") or "0")[:64],
+            fractional_type=seg.segmentation_fractional_type if fractional else None,
+            max_fractional_value=top,
+            content_label=str(original.get("ContentLabel") or "REVIEWED")[:16],
+            content_description=original.get("ContentDescription") or None,
+            content_creator_name=original.get("ContentCreatorName") or None,
+            series_description=REVIEWED_SERIES_DESCRIPTION,
+            omit_empty_frames=bool(array.any()),
+        )
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise RevisionError(f"SEG {uid} cannot be rebuilt with the corrected mask: {e}") from None
+    if "PatientOrientation" not in out and "ImageOrientationPatient" not in images[0] \
+            and "SharedFunctionalGroupsSequence" not in images[0]:
+        out.PatientOrientation = ""  # General Image, Type 2C for images without a plane orientation
+    if original.get("BodyPartExamined"):
+        out.BodyPartExamined = str(original.BodyPartExamined)
+    for item in out.get("ContributingEquipmentSequence") or []:  # the same decision, the same object
+        if "ContributionDateTime" in item:
+            item.ContributionDateTime = when
+    return out
+
+
+def _group_annotation(group: Dataset) -> tuple[str | None, int | None, str | None, int | None]:
+    """(annotation uid, segment, source image uid, source frame) a QA report measurement group is about."""
+    ann: str | None = None
+    segment: int | None = None
+    image: tuple[str | None, int | None] = (None, None)
+
+    def source(ref: Dataset) -> tuple[str | None, int | None]:
+        frames = ref.get("ReferencedFrameNumber")
+        frame = None if frames in (None, "") else int(frames if isinstance(frames, (int, str)) else frames[0])
+        return str(ref.ReferencedSOPInstanceUID), frame
+
+    own = (codes.ANNOTATION_OBJECT.scheme_designator, codes.ANNOTATION_OBJECT.value)
     for it in group.get("ContentSequence") or []:
         vt = it.get("ValueType")
-        own = (codes.ANNOTATION_OBJECT.scheme_designator, codes.ANNOTATION_OBJECT.value)
         if vt == "COMPOSITE" and _name(it) == own:
-            return str(it.ReferencedSOPSequence[0].ReferencedSOPInstanceUID), None
-        if vt == "IMAGE":
+            ann = str(it.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+        elif vt == "IMAGE":
             ref = it.ReferencedSOPSequence[0]
             if "ReferencedSegmentNumber" in ref:
-                return str(ref.ReferencedSOPInstanceUID), int(ref.ReferencedSegmentNumber)
-    return None, None
+                ann, segment = str(ref.ReferencedSOPInstanceUID), int(ref.ReferencedSegmentNumber)
+                for sub in it.get("ContentSequence") or []:  # the segment's source image
+                    if sub.get("ValueType") == "IMAGE":
+                        image = source(sub.ReferencedSOPSequence[0])
+            elif image[0] is None:
+                image = source(ref)
+    return ann, segment, image[0], image[1]
+
+
+def _decision_for(decisions: Sequence[ReviewedItem], ann: str, segment: int | None, image: str | None,
+                  frame: int | None) -> ReviewedItem | None:
+    """The decision a report group carries: the one naming its segment and source frame, else its segment,
+    else its annotation (a decision without segment or source frame covers every group of it)."""
+    fits = [d for d in decisions if d.annotation_uid == ann
+            and (d.segment_number is None or d.segment_number == segment)
+            and (d.image_uid is None or image is None or (d.image_uid, d.frame) == (image, frame))]
+    fits.sort(key=lambda d: (d.image_uid is None, d.segment_number is None))
+    return fits[0] if fits else None
 
 
 def _decision_items(d: ReviewedItem) -> list[Dataset]:
@@ -296,6 +464,15 @@ def _decision_items(d: ReviewedItem) -> list[Dataset]:
         lab.ConceptNameCodeSequence = DicomSequence([_code_item(codes.CORRECTED_LABEL)])
         lab.ConceptCodeSequence = DicomSequence([_code_item(as_code(d.corrected_label))])
         out.append(lab)
+    if d.decision == "label_wrong" and d.corrected_mask is not None:
+        if d.corrected_mask not in MASK_CORRECTIONS:
+            raise RevisionError(f"unknown mask correction {d.corrected_mask!r}; use {', '.join(MASK_CORRECTIONS)}")
+        mask = Dataset()
+        mask.RelationshipType = "CONTAINS"
+        mask.ValueType = "CODE"
+        mask.ConceptNameCodeSequence = DicomSequence([_code_item(codes.CORRECTED_MASK)])
+        mask.ConceptCodeSequence = DicomSequence([_code_item(MASK_CORRECTIONS[d.corrected_mask])])
+        out.append(mask)
     text = f"reviewed by {d.reviewer}" + (f": {d.comment}" if d.comment else "")
     c = Dataset()
     c.RelationshipType = "CONTAINS"
@@ -322,26 +499,31 @@ def verified_report(
     report has no group for.
     """
     out = copy.deepcopy(report)
-    by_key = {(d.annotation_uid, d.segment_number): d for d in decisions}
-    done: set[tuple[str, int | None]] = set()
+    done: set[int] = set()
     for item in _walk(out):
         if item.get("ValueType") != "CONTAINER" or _name(item) != _GROUP:
             continue
-        ann = _group_annotation(item)
-        if ann[0] is None:
+        ann, segment, image, frame = _group_annotation(item)
+        if ann is None:
             continue
-        d = by_key.get((ann[0], ann[1])) or by_key.get((ann[0], None))
+        d = _decision_for(decisions, ann, segment, image, frame)
         if d is None:
             continue
         for x in _decision_items(d):
             item.ContentSequence.append(x)
-        done.add((d.annotation_uid, d.segment_number))
-    missing = [k for k in by_key if k not in done]
+        done.add(id(d))
+    missing = [(d.annotation_uid, d.segment_number, d.image_uid, d.frame) for d in decisions if id(d) not in done]
     if missing:
         raise RevisionError(f"the QA report has no measurement group for {missing}")
+
+    def decision_key(d: ReviewedItem) -> tuple[Any, ...]:
+        k = (d.annotation_uid, d.segment_number or 0, d.decision, str(d.corrected_label or ""), d.comment or "",
+             d.reviewer)
+        return k if d.corrected_mask is None and d.image_uid is None else (*k, d.corrected_mask or "",
+                                                                           d.image_uid or "", d.frame or 0)
+
     uid = derived_uid("labelqa-verified-report", str(report.SOPInstanceUID), key,
-                      sorted((d.annotation_uid, d.segment_number or 0, d.decision, str(d.corrected_label or ""),
-                              d.comment or "", d.reviewer) for d in decisions))
+                      sorted(decision_key(d) for d in decisions))
     if instance_number is None:
         instance_number = int(report.get("InstanceNumber", 1) or 1) + len(previous) + 1
     _new_identity(out, uid, str(report.SeriesInstanceUID), int(report.SeriesNumber), instance_number, None)

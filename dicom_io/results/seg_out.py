@@ -30,6 +30,11 @@ CONTENT_LABEL = "SUGGESTION"
 CONTENT_DESCRIPTION = "SUGGESTION - NOT FOR DIAGNOSIS: labelqa model consensus"
 
 
+def suggestion_segment_label(class_name: str) -> str:
+    """The Segment Label of a class's segment in a suggestion SEG (how :func:`read_suggestion` finds it)."""
+    return f"SUGGESTION {class_name}"[:64]
+
+
 def _n_frames(ds: Dataset) -> int:
     return int(ds.get("NumberOfFrames", 1) or 1)
 
@@ -112,7 +117,7 @@ def suggested_segs(
             code = first.class_concept()
             descs.append(hd.seg.SegmentDescription(
                 segment_number=k,
-                segment_label=f"SUGGESTION {cls}"[:64],
+                segment_label=suggestion_segment_label(cls),
                 segmented_property_category=category or hd.sr.CodedConcept("404684003", "SCT", "Clinical finding"),
                 segmented_property_type=ptype or hd.sr.CodedConcept(code.value, code.scheme_designator, code.meaning),
                 algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
@@ -155,3 +160,50 @@ def suggested_segs(
         for i in idx:
             where[i] = (seg, classes.index(masks[i].class_name) + 1)
     return out, where
+
+
+def pixels_on_source_frames(
+    seg: Any,
+    frames: Sequence[tuple[str, int | None]],
+    segment_numbers: Sequence[int] | None = None,
+    *,
+    rescale_fractional: bool = True,
+) -> np.ndarray:
+    """The pixels of a SEG (a ``highdicom.seg.Segmentation``) on source frames, (frames, rows, columns, segments).
+
+    ``frames``: (source SOP Instance UID, 1-based frame or None for a single-frame image), either all
+    single-frame images or frames of one multi-frame image. A frame the SEG stores nothing for is
+    zeros (SEGs omit empty frames). ``rescale_fractional`` False gives a fractional SEG's stored
+    values (0..Maximum Fractional Value). Raises ValueError for a source the SEG does not refer to.
+    """
+    kw: dict[str, Any] = {"segment_numbers": None if segment_numbers is None else [int(n) for n in segment_numbers],
+                          "assert_missing_frames_are_empty": True, "rescale_fractional": rescale_fractional,
+                          "ignore_spatial_locations": True}
+    uids = [u for u, _ in frames]
+    numbers = {f for _, f in frames}
+    try:
+        if numbers == {None}:
+            return np.asarray(seg.get_pixels_by_source_instance(uids, **kw))
+        if len(set(uids)) == 1 and None not in numbers:
+            return np.asarray(seg.get_pixels_by_source_frame(uids[0], [int(f) for _, f in frames if f is not None],
+                                                             **kw))
+    except (KeyError, IndexError, AttributeError) as e:
+        raise ValueError(f"the SEG has no pixels for source frames {frames}: {e}") from None
+    raise ValueError("source frames must be single-frame images or frames of one multi-frame image")
+
+
+def read_suggestion(suggestion: Dataset, class_name: str, image_uid: str, frame: int | None) -> np.ndarray:
+    """The suggested (consensus) mask of ``class_name`` on one source frame, read from a suggestion SEG
+    written by :func:`suggested_segs`: bool (rows, columns). Raises ValueError when it has none there."""
+    import highdicom as hd
+
+    label = suggestion_segment_label(class_name)
+    numbers = [int(s.SegmentNumber) for s in suggestion.get("SegmentSequence") or []
+               if str(s.get("SegmentLabel", "")) == label]
+    if not numbers:
+        raise ValueError(f"suggestion SEG {suggestion.get('SOPInstanceUID')} has no segment {label!r}")
+    try:
+        seg = hd.seg.Segmentation.from_dataset(suggestion, copy=True)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"suggestion SEG {suggestion.get('SOPInstanceUID')} cannot be read: {e}") from None
+    return pixels_on_source_frames(seg, [(image_uid, frame)], numbers[:1])[0, ..., 0] > 0

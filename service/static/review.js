@@ -16,18 +16,21 @@
 
   // --- the item view
   var form = document.getElementById("decision-form");
-  function decide(kind) {
+  // mask: "suggestion" accepts labelqa's suggested mask (a flagged SEG mask; the class stays unless one is chosen)
+  function decide(kind, mask) {
     if (!form) { return; }
-    if (kind === "label_wrong" && !form.querySelector("input[name=corrected_label]:checked")) {
+    if (mask && !document.getElementById("btn-accept-mask")) { return; }
+    if (kind === "label_wrong" && !mask && !form.querySelector("input[name=corrected_label]:checked")) {
       alert("choose the correct label first (1-9)");
       return;
     }
     document.getElementById("decision").value = kind;
+    document.getElementById("corrected-mask").value = mask || "";
     form.submit();
   }
   if (form) {
     form.querySelectorAll("button[data-decision]").forEach(function (b) {
-      b.addEventListener("click", function (e) { e.preventDefault(); decide(b.dataset.decision); });
+      b.addEventListener("click", function (e) { e.preventDefault(); decide(b.dataset.decision, b.dataset.mask); });
     });
   }
   var heat = document.getElementById("heatmap"), heatBox = document.getElementById("toggle-heatmap");
@@ -36,6 +39,9 @@
   var mask = document.getElementById("mask"), maskBox = document.getElementById("toggle-mask");
   function showMask(on) { if (mask) { mask.classList.toggle("hidden", !on); if (maskBox) { maskBox.checked = on; } } }
   if (maskBox) { maskBox.addEventListener("change", function () { showMask(maskBox.checked); }); }
+  var sugg = document.getElementById("suggestion"), suggBox = document.getElementById("toggle-suggestion");
+  function showSugg(on) { if (sugg) { sugg.classList.toggle("hidden", !on); if (suggBox) { suggBox.checked = on; } } }
+  if (suggBox) { suggBox.addEventListener("change", function () { showSugg(suggBox.checked); }); }
   var apply = document.getElementById("apply-window");
   if (apply) {
     apply.addEventListener("click", function () {
@@ -62,6 +68,8 @@
     else if (k === "u") { decide("unsure"); }
     else if (k === "h") { showHeat(heat && heat.classList.contains("hidden")); }
     else if (k === "m") { showMask(mask && mask.classList.contains("hidden")); }
+    else if (k === "s") { showSugg(sugg && sugg.classList.contains("hidden")); }
+    else if (k === "a") { decide("label_wrong", "suggestion"); }
     else if (/^[1-9]$/.test(k)) {
       var r = form.querySelector("input[name=corrected_label][data-key='" + k + "']");
       if (r && !r.disabled) { r.checked = true; }

@@ -293,6 +293,9 @@ def test_decision_is_idempotent_and_written_back_once(audited):
         assert r.status_code == 422, (bad, r.text)
     assert c.post("/api/annotations/1.2.3.999/decision", json={"decision": "unsure"},
                   headers=_bearer(READER)).status_code == 404
+    r = c.post(f"/api/annotations/{uid}/decision", json={"decision": "label_wrong", "corrected_mask": "suggestion"},
+               headers=_bearer(READER))
+    assert r.status_code == 422 and "only for SEG masks" in r.text  # an SR label has no mask to replace
     # changing one's mind is a second trail row and a new write-back
     r3 = c.post(f"/api/annotations/{uid}/decision", json={"decision": "label_right"}, headers=_bearer(READER))
     assert r3.json()["action"] == "changed" and r3.json()["version"] == 2
@@ -570,3 +573,29 @@ def test_sync_indexes_audits_that_finish_out_of_order_and_reaudits_replace_rows(
     items = store.worklist().items
     assert [it["annotation_uid"] for it in items] == ["1.1.2", "1.2.1"]
     assert store.find("1.1.1")[0]["current"] is False
+
+
+def test_a_seg_segment_on_two_source_frames_is_two_items(tmp_path):
+    """One segment over two source images (a CT series SEG): two worklist items, not a unique-key clash;
+    a row indexed before the frame key existed is taken over by its frame's row."""
+    from sqlalchemy import update
+
+    from service.review import AuditedRow, ReviewStore
+
+    store = ReviewStore(make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}"))
+
+    def row(image: str, segment: int | None = 1, cls: str = "liver") -> dict:
+        return {"annotation_uid": "1.5.1", "study_uid": "1.5", "source": "seg", "segment_number": segment,
+                "image_uid": image, "frame": None, "class": cls, "given_label": cls,
+                "verdict": "suspected_mask_error", "priority": 1.0}
+
+    assert store.index_audit(1, "1.5", [row("1.5.9.1"), row("1.5.9.2"), row("1.5.9.1", None, "spleen"),
+                                        row("1.5.9.1", None, "kidney")]) == 4
+    items = store.worklist().items
+    assert len(items) == 4 and {it["image_uid"] for it in items} == {"1.5.9.1", "1.5.9.2"}
+    with store.engine.begin() as c:  # as an older labelqa indexed it
+        c.execute(update(AuditedRow).where(AuditedRow.image_uid == "1.5.9.2").values(frame_key=""))
+    before = {it["image_uid"]: it["id"] for it in items if it["segment_number"] == 1}
+    store.index_audit(2, "1.5", [row("1.5.9.1"), row("1.5.9.2")])
+    after = {it["image_uid"]: it["id"] for it in store.worklist().items if it["segment_number"] == 1}
+    assert after == before
