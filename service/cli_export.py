@@ -71,10 +71,14 @@ def corrected_copy(review: Any, dest: Path) -> tuple[int, int]:
 
     store = StudyStore(review.data_dir, review.engine.url.render_as_string(hide_password=False), 3600.0,
                        engine=review.engine, reconcile=False)
-    corrected: dict[str, Any] = {}
+    corrected: dict[str, Any] = {}  # annotation UID -> the corrected object (a written file, or a Dataset)
     for row in review.store.export_rows():
         uid = row["annotation_uid"]
         if uid in corrected:
+            continue
+        written = review.current_correction(uid)
+        if written is not None:  # the very object the PACS received (same UID), not a new version
+            corrected[uid] = written
             continue
         item = review.resolve(uid, item_id=row["item_id"])
         try:
@@ -92,9 +96,10 @@ def corrected_copy(review: Any, dest: Path) -> tuple[int, int]:
         study = rec.path.parent.parent.name
         target = Path(dest) / study
         target.mkdir(parents=True, exist_ok=True)
-        if rec.sop_instance_uid in corrected:
-            ds = corrected[rec.sop_instance_uid]
-            ds.save_as(target / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
+        if isinstance(fixed := corrected.get(rec.sop_instance_uid), Path):
+            shutil.copyfile(fixed, target / fixed.name)
+        elif fixed is not None:
+            fixed.save_as(target / f"{fixed.SOPInstanceUID}.dcm", enforce_file_format=True)
         else:
             shutil.copyfile(rec.path, target / rec.path.name)
         n += 1

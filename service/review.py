@@ -1079,6 +1079,16 @@ class ReviewService:
                 self.store.set_writeback(item_id, "failed", detail)
             return self.store.item(item_id)["decision"]  # type: ignore[index]
 
+    def current_correction(self, annotation_uid: str) -> Path | None:
+        """The newest corrected version of ``annotation_uid`` written back (the file the PACS received),
+        when every current decision on it has been written back; None otherwise (or when none was needed)."""
+        parts = [x for x in self.store.find(annotation_uid) if x["current"] and x["decision"]]
+        if not parts or any(x["decision"]["writeback_state"] != "done" for x in parts):
+            return None
+        written = sorted((x["decision"]["decided_at"], Path(p)) for x in parts
+                         if (p := (x["decision"].get("writeback") or {}).get("corrected_path")) and Path(p).is_file())
+        return written[-1][1] if written else None
+
     def _corrected_version(self, item: dict[str, Any], reviewer: Any, d: dict[str, Any]) -> Any:
         """The next version of the annotation object with every current correction on it, or None when
         it needs none (no correction now, and none written before)."""

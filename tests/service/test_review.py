@@ -422,6 +422,9 @@ def test_export_csv_json_and_cli(audited):
     assert labels[items[0]["image_uid"]] == items[0]["consensus_label"]
     assert labels[items[1]["image_uid"]] == items[1]["given_label"]
     assert len(labels) == len(audited.rows), "every annotation once: the superseded one left out"
+    sent = review.store.item(items[0]["id"])["decision"]["writeback"]["corrected_uid"]
+    uids = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in got}
+    assert sent in uids, "the exported corrected object is the one written back to the PACS, not a new version"
 
 
 def test_metrics_and_stats_show_the_loop(audited):
