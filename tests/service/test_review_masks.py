@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -263,7 +264,9 @@ def test_reviewer_accepts_the_suggested_mask_with_the_key_a(masked, tmp_path):
         assert "hidden" in driver.find_element(By.ID, "suggestion").get_attribute("class")
         body.send_keys("s")
         assert "hidden" not in driver.find_element(By.ID, "suggestion").get_attribute("class")
-        driver.save_screenshot(str(tmp_path / "mask-item.png"))
+        shots = Path(os.environ.get("LABELQA_TEST_ARTIFACTS", tmp_path / "artifacts")) / "review-browser"
+        shots.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(shots / "10-mask-item.png"))
         body.send_keys("a")
         wait.until(EC.presence_of_element_located((By.ID, "saved")))
     finally:
