@@ -138,3 +138,24 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 postgresql_slow = pytest.mark.parametrize(
     "db_url", ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)], indirect=True
 )
+
+
+def record_finished_audit(jobs, study: str, rows: list[dict], datasets: list, data_dir: Path) -> int:
+    """Save an audit's result datasets under ``data_dir/results/<study>/`` and record it in ``jobs`` as a
+    finished job (what the pipeline does after a real audit); returns the job id."""
+    from service.jobs import DONE
+
+    out_dir = data_dir / "results" / study
+    out_dir.mkdir(parents=True, exist_ok=True)
+    outputs = []
+    for ds in datasets:
+        p = out_dir / f"{ds.SOPInstanceUID}.dcm"
+        ds.save_as(p, enforce_file_format=True)
+        outputs.append({"sop_instance_uid": str(ds.SOPInstanceUID), "sop_class_uid": str(ds.SOPClassUID),
+                        "modality": str(ds.Modality), "path": str(p)})
+    job = jobs.enqueue(study)
+    jobs.claim("test")
+    n_flagged = sum(r["verdict"] != "consistent" for r in rows)
+    jobs.finish(job.id, "test", DONE, n_samples=len(rows), n_flagged=n_flagged,
+                result={"inputs": [], "rows": rows, "outputs": outputs})
+    return job.id

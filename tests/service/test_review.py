@@ -24,6 +24,7 @@ from dicom_io.db import make_engine
 from dicom_io.store import StudyStore
 from service.harness.commands import labelqa_cmd, labelqa_env
 from service.jobs import DONE, JobStore
+from tests.conftest import record_finished_audit
 
 CLASSES = ["square", "disc"]
 READER = ("reader", "reader-token-1")
@@ -37,6 +38,22 @@ class Audited:
     vocabulary: Path
     studies: list[str]
     rows: list[dict]  # every verdict row, as the pipeline stores them
+
+    def copy_to(self, dst: Path) -> Audited:
+        """A private copy under ``dst`` (decisions change the database and the results folder)."""
+        import shutil
+
+        from sqlalchemy import text
+
+        shutil.copytree(self.data_dir, dst)
+        eng = make_engine(f"sqlite:///{dst / 'index.sqlite'}")
+        with eng.begin() as c:  # the job results name the result files by absolute path
+            for jid, rj in c.execute(text("SELECT id, result_json FROM audit_jobs")).all():
+                c.execute(text("UPDATE audit_jobs SET result_json = :r WHERE id = :i"),
+                          {"r": rj.replace(str(self.data_dir), str(dst)), "i": jid})
+        eng.dispose()
+        rows = json.loads(json.dumps(self.rows).replace(str(self.data_dir), str(dst)))
+        return Audited(dst, f"sqlite:///{dst / 'index.sqlite'}", self.vocabulary, self.studies, rows)
 
 
 def build_audited(root: Path, n: int = 8, seed: int = 0, seg: bool = False) -> Audited:
@@ -93,19 +110,7 @@ def build_audited(root: Path, n: int = 8, seed: int = 0, seg: bool = False) -> A
         loaded = {u: pydicom.dcmread(by_uid[u]) for u in needed}
         datasets = write_results({a.image_uid: loaded[a.image_uid] for a in audited},
                                  {a.annotation_uid: loaded[a.annotation_uid] for a in audited}, audited, algorithm)
-        out_dir = data_dir / "results" / study
-        out_dir.mkdir(parents=True, exist_ok=True)
-        outputs = []
-        for ds in datasets:
-            p = out_dir / f"{ds.SOPInstanceUID}.dcm"
-            ds.save_as(p, enforce_file_format=True)
-            outputs.append({"sop_instance_uid": str(ds.SOPInstanceUID), "sop_class_uid": str(ds.SOPClassUID),
-                            "modality": str(ds.Modality), "path": str(p)})
-        job = jobs.enqueue(study)
-        jobs.claim("test")
-        n_flagged = sum(r["verdict"] != "consistent" for r in rows)
-        jobs.finish(job.id, "test", DONE, n_samples=len(rows), n_flagged=n_flagged,
-                    result={"inputs": [], "rows": rows, "outputs": outputs})
+        record_finished_audit(jobs, study, rows, datasets, data_dir)
         all_rows += rows
     store.close()
     return Audited(data_dir, db_url, vocab_path, studies, all_rows)
@@ -119,21 +124,7 @@ def audited_template(tmp_path_factory) -> Audited:
 @pytest.fixture
 def audited(audited_template, tmp_path) -> Audited:
     """A private copy (decisions change the database and the results folder)."""
-    import shutil
-
-    dst = tmp_path / "labelqa"
-    shutil.copytree(audited_template.data_dir, dst)
-    t = audited_template
-    rows = json.loads(json.dumps(t.rows).replace(str(t.data_dir), str(dst)))
-    eng = make_engine(f"sqlite:///{dst / 'index.sqlite'}")
-    with eng.begin() as c:  # the job results name the result files by absolute path
-        from sqlalchemy import text
-
-        for jid, rj in c.execute(text("SELECT id, result_json FROM audit_jobs")).all():
-            c.execute(text("UPDATE audit_jobs SET result_json = :r WHERE id = :i"),
-                      {"r": rj.replace(str(t.data_dir), str(dst)), "i": jid})
-    eng.dispose()
-    return Audited(dst, f"sqlite:///{dst / 'index.sqlite'}", t.vocabulary, t.studies, rows)
+    return audited_template.copy_to(tmp_path / "labelqa")
 
 
 def _settings(a: Audited, users: bool = True, destinations: bool = True):

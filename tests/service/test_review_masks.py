@@ -22,7 +22,8 @@ import pytest
 from dicom_io import codes
 from dicom_io.db import make_engine
 from dicom_io.store import StudyStore
-from service.jobs import DONE, JobStore
+from service.jobs import JobStore
+from tests.conftest import record_finished_audit
 from tests.dicom_io.test_results_masks import ALGORITHM, VOCAB, _ct_series, _rect, _seg
 from tests.service.test_review import READER, Audited, _app, _bearer, _dciodvfy_clean, _login
 
@@ -67,19 +68,8 @@ def mask_template(tmp_path_factory) -> Audited:
     loaded = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID): pydicom.dcmread(f) for f in files}
     datasets = write_results({u: loaded[u] for u in slice_of}, {seg.SOPInstanceUID: loaded[seg.SOPInstanceUID]}, [],
                              ALGORITHM, masks=masks)
-    out_dir = data_dir / "results" / study
-    out_dir.mkdir(parents=True)
-    outputs = []
-    for ds in datasets:
-        p = out_dir / f"{ds.SOPInstanceUID}.dcm"
-        ds.save_as(p, enforce_file_format=True)
-        outputs.append({"sop_instance_uid": str(ds.SOPInstanceUID), "sop_class_uid": str(ds.SOPClassUID),
-                        "modality": str(ds.Modality), "path": str(p)})
     jobs = JobStore(make_engine(f"sqlite:///{data_dir / 'index.sqlite'}"))
-    job = jobs.enqueue(study)
-    jobs.claim("test")
-    jobs.finish(job.id, "test", DONE, n_samples=len(rows), n_flagged=2,
-                result={"inputs": [], "rows": rows, "outputs": outputs})
+    record_finished_audit(jobs, study, rows, datasets, data_dir)
     store.close()
     vocab = root / "vocabulary.toml"
     VOCAB.to_toml(vocab)
@@ -89,20 +79,7 @@ def mask_template(tmp_path_factory) -> Audited:
 @pytest.fixture
 def masked(mask_template, tmp_path) -> Audited:
     """A private copy: decisions change the database and the results folder."""
-    import shutil
-
-    from sqlalchemy import text
-
-    t = mask_template
-    dst = tmp_path / "labelqa"
-    shutil.copytree(t.data_dir, dst)
-    eng = make_engine(f"sqlite:///{dst / 'index.sqlite'}")
-    with eng.begin() as c:  # the job results name the result files by absolute path
-        for jid, rj in c.execute(text("SELECT id, result_json FROM audit_jobs")).all():
-            c.execute(text("UPDATE audit_jobs SET result_json = :r WHERE id = :i"),
-                      {"r": rj.replace(str(t.data_dir), str(dst)), "i": jid})
-    eng.dispose()
-    return Audited(dst, f"sqlite:///{dst / 'index.sqlite'}", t.vocabulary, t.studies, t.rows)
+    return mask_template.copy_to(tmp_path / "labelqa")
 
 
 def _masks(paths: list[Path]) -> dict[tuple[str, str], np.ndarray]:
