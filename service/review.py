@@ -50,6 +50,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from dicom_io.db import Base, ensure_schema
+from dicom_io.results.revision import MASK_CORRECTIONS as REVISION_MASK_CORRECTIONS
 from models.verdict import FLAGGED, Verdict
 
 log = logging.getLogger("labelqa.review")
@@ -85,9 +86,9 @@ class DecisionError(ValueError):
     """A decision that cannot be recorded as given (the message says why)."""
 
 
-MASK_CORRECTIONS = ("suggestion",)
-"""What ``corrected_mask`` may say: "suggestion", the suggested (consensus) mask of the audit replaces
-the given one on the item's source frame."""
+MASK_CORRECTIONS = tuple(REVISION_MASK_CORRECTIONS)
+"""What ``corrected_mask`` may say (``dicom_io.results.revision`` writes each): "suggestion", the
+suggested (consensus) mask of the audit replaces the given one on the item's source frame."""
 
 
 class AuditedRow(Base):

@@ -37,7 +37,10 @@ from dicom_io.results.series import MANUFACTURER, REVIEWED_LABEL_SERIES_NUMBER
 from dicom_io.results.uids import derived_uid, digest
 from dicom_io.sop import SEG_STORAGE
 
-__all__ = ["Reviewer", "ReviewedItem", "Correction", "corrected_annotation", "verified_report", "RevisionError"]
+__all__ = [
+    "MASK_CORRECTIONS", "MASK_REPLACED_NOTE", "Reviewer", "ReviewedItem", "Correction", "corrected_annotation",
+    "verified_report", "RevisionError",
+]
 
 REVIEWED_SERIES_DESCRIPTION = "labelqa reviewed labels"
 _FINDING = ("DCM", "121071")
@@ -323,8 +326,8 @@ def _seg_with_masks(original: Dataset, masks: Sequence[Correction], sources: Map
     label-map SEGs). A frame the original omitted (the mask was empty there) is added."""
     import highdicom as hd
 
-    from dicom_io.results.seg_out import pixels_on_source_frames
-    from dicom_io.results.write import _clean_header
+    from dicom_io.results.seg_out import complete_seg_header, n_frames, pixels_on_source_frames
+    from dicom_io.results.write import clean_header
 
     uid = str(original.SOPInstanceUID)
     try:
@@ -339,10 +342,10 @@ def _seg_with_masks(original: Dataset, masks: Sequence[Correction], sources: Map
     missing = [u for u in refs if u not in sources]
     if missing:
         raise RevisionError(f"source image(s) {', '.join(missing)} of SEG {uid} are not in the store")
-    images = [_clean_header(sources[u]) for u in refs]
+    images = [clean_header(sources[u]) for u in refs]
     frames: list[tuple[str, int | None]] = []
     for ds in images:
-        n = int(ds.get("NumberOfFrames", 1) or 1)
+        n = n_frames(ds)
         frames += [(str(ds.SOPInstanceUID), None)] if n == 1 else [(str(ds.SOPInstanceUID), f) for f in
                                                                      range(1, n + 1)]
     fractional = kind == hd.seg.SegmentationTypeValues.FRACTIONAL
@@ -398,11 +401,7 @@ def _seg_with_masks(original: Dataset, masks: Sequence[Correction], sources: Map
         )
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         raise RevisionError(f"SEG {uid} cannot be rebuilt with the corrected mask: {e}") from None
-    if "PatientOrientation" not in out and "ImageOrientationPatient" not in images[0] \
-            and "SharedFunctionalGroupsSequence" not in images[0]:
-        out.PatientOrientation = ""  # General Image, Type 2C for images without a plane orientation
-    if original.get("BodyPartExamined"):
-        out.BodyPartExamined = str(original.BodyPartExamined)
+    complete_seg_header(out, images[0], original.get("BodyPartExamined"))
     for item in out.get("ContributingEquipmentSequence") or []:  # the same decision, the same object
         if "ContributionDateTime" in item:
             item.ContributionDateTime = when

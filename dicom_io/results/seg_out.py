@@ -23,7 +23,10 @@ from dicom_io.results.uids import derived_uid
 if TYPE_CHECKING:
     from dicom_io.results.records import AlgorithmInfo, AuditedMask
 
-__all__ = ["SERIES_DESCRIPTION", "CONTENT_LABEL", "CONTENT_DESCRIPTION", "suggested_segs"]
+__all__ = [
+    "SERIES_DESCRIPTION", "CONTENT_LABEL", "CONTENT_DESCRIPTION", "suggestion_segment_label", "n_frames",
+    "complete_seg_header", "suggested_segs", "pixels_on_source_frames", "read_suggestion",
+]
 
 SERIES_DESCRIPTION = "labelqa SUGGESTED mask corrections (not for diagnosis)"
 CONTENT_LABEL = "SUGGESTION"
@@ -35,12 +38,23 @@ def suggestion_segment_label(class_name: str) -> str:
     return f"SUGGESTION {class_name}"[:64]
 
 
-def _n_frames(ds: Dataset) -> int:
+def n_frames(ds: Dataset) -> int:
+    """Number of frames of an image (1 for a single-frame image)."""
     return int(ds.get("NumberOfFrames", 1) or 1)
 
 
+def complete_seg_header(seg: Dataset, source: Dataset, body_part: str | None) -> None:
+    """What highdicom leaves to us on a SEG built over ``source`` images: Patient Orientation (General
+    Image, Type 2C) for images without a plane orientation, and Body Part Examined (dciodvfy wants it)."""
+    if "PatientOrientation" not in seg and "ImageOrientationPatient" not in source \
+            and "SharedFunctionalGroupsSequence" not in source:
+        seg.PatientOrientation = ""
+    if body_part:
+        seg.BodyPartExamined = str(body_part)
+
+
 def _group_key(ds: Dataset) -> str:
-    if _n_frames(ds) == 1 and "FrameOfReferenceUID" in ds:
+    if n_frames(ds) == 1 and "FrameOfReferenceUID" in ds:
         return f"series:{ds.SeriesInstanceUID}"
     return f"image:{ds.SOPInstanceUID}"
 
@@ -101,7 +115,7 @@ def suggested_segs(
         offset, o = {}, 0
         for ds in srcs:
             offset[str(ds.SOPInstanceUID)] = o
-            o += _n_frames(ds)
+            o += n_frames(ds)
         classes: list[str] = []
         for i in idx:
             if masks[i].class_name not in classes:
@@ -152,10 +166,7 @@ def suggested_segs(
                                                                                 or []):
             if "DimensionOrganizationUID" in item:
                 item.DimensionOrganizationUID = derived_uid(seg_uid, "dimension-organization")
-        if "ImageOrientationPatient" not in srcs[0] and "SharedFunctionalGroupsSequence" not in srcs[0]:
-            seg.PatientOrientation = ""  # General Image, Type 2C for images without a plane orientation
-        if srcs[0].get("BodyPartExamined"):
-            seg.BodyPartExamined = str(srcs[0].BodyPartExamined)
+        complete_seg_header(seg, srcs[0], srcs[0].get("BodyPartExamined"))
         out.append(seg)
         for i in idx:
             where[i] = (seg, classes.index(masks[i].class_name) + 1)

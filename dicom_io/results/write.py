@@ -32,12 +32,12 @@ from dicom_io.results.series import (
 )
 from dicom_io.results.uids import derived_uid, digest
 
-__all__ = ["write_results", "save_results", "file_kind"]
+__all__ = ["clean_header", "write_results", "save_results", "file_kind"]
 
 log = logging.getLogger("dicom_io.results")
 
 
-def _clean_header(ds: Dataset) -> Dataset:
+def clean_header(ds: Dataset) -> Dataset:
     """A shallow copy without header values that real files carry but highdicom rejects (an empty
     SpecificCharacterSet means the default repertoire); the given dataset is left as it is."""
     if "SpecificCharacterSet" not in ds or ds.SpecificCharacterSet:
@@ -95,8 +95,8 @@ def write_results(
             raise ValueError(f"source image {a.image_uid} of annotation {a.annotation_uid} was not given")
         if a.annotation_uid not in annotation_datasets:
             raise ValueError(f"annotation object {a.annotation_uid} was not given")
-    source_images = {uid: _clean_header(ds) for uid, ds in source_images.items()}
-    annotation_datasets = {uid: _clean_header(ds) for uid, ds in annotation_datasets.items()}
+    source_images = {uid: clean_header(ds) for uid, ds in source_images.items()}
+    annotation_datasets = {uid: clean_header(ds) for uid, ds in annotation_datasets.items()}
     run_key = digest(
         study_uid, algorithm.bundle_hash, algorithm.name, algorithm.version, algorithm.parameters,
         [a.key() for a in audited], list(cohort_findings), heatmaps_for_hard_cases,
