@@ -31,8 +31,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from service.harness import peers  # noqa: E402
-from service.harness.ports import free_port  # noqa: E402
+from harness import peers  # noqa: E402
+from service.demo.peers import free_port  # noqa: E402
 
 NODELAY_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
@@ -136,7 +136,7 @@ class Storescp(Receiver):
 
 
 class Orthanc(Receiver):
-    """``service.harness.peers.Orthanc`` on this (already private) network, no plugins, default storage."""
+    """``service.demo.peers.Orthanc`` on this (already private) network, no plugins, default storage."""
 
     name, aec = "orthanc", "ORTHANC"
     orthanc: peers.Orthanc | None = None

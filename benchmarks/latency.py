@@ -40,11 +40,14 @@ from sqlalchemy import func, select  # noqa: E402
 
 from dicom_io.db import make_engine  # noqa: E402
 from dicom_io.store import InstanceRow  # noqa: E402
-from service.demo import DemoConfig, _shapes_npz, make_demo_data, train_demo_bundle  # noqa: E402
-from service.dicomize import dicomize  # noqa: E402
-from service.harness.commands import labelqa_cmd, labelqa_env  # noqa: E402
-from service.harness.peers import NetNamespace, start_orthanc  # noqa: E402
-from service.harness.ports import free_port  # noqa: E402
+from harness.commands import labelqa_cmd, labelqa_env  # noqa: E402
+from service.demo.dicomize import dicomize  # noqa: E402
+from service.demo.peers import (  # noqa: E402
+    NetNamespace,
+    free_port,  # noqa: E402
+    start_orthanc,
+)
+from service.demo.run import DemoConfig, _shapes_npz, make_demo_data, train_demo_bundle  # noqa: E402
 from service.settings import StoreSettings  # noqa: E402
 
 

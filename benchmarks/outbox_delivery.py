@@ -51,10 +51,10 @@ def main() -> None:
     import pydicom
 
     from dicom_io.results import save_results, write_results
-    from service.harness.commands import labelqa_env
-    from service.harness.peers import NetNamespace, start_storescp
-    from service.harness.ports import free_port
-    from service.harness.studies import ALGORITHM, COHORT, make_study
+    from harness.commands import labelqa_env
+    from harness.peers import start_storescp
+    from harness.studies import ALGORITHM, COHORT, make_study
+    from service.demo.peers import NetNamespace, free_port
 
     runs = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -74,11 +74,11 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
     import httpx
 
     from dicom_io.db import make_engine
-    from service.api import ApiContext, ApiServer, create_app
-    from service.auth import Auth
-    from service.harness.ports import free_port
-    from service.jobs import JobStore
+    from service.demo.peers import free_port
+    from service.http.api import ApiContext, ApiServer, create_app
+    from service.http.auth import Auth
     from service.review import ReviewService
+    from service.runtime.jobs import JobStore
 
     work = Path(tempfile.mkdtemp(prefix="labelqa-review-bench-"))
     db = f"sqlite:///{work / 'index.sqlite'}"

@@ -2,7 +2,7 @@
 PostgreSQL vs SQLite vs Orthanc. All on this machine, in one run, so the ratios compare like with like.
 
 Audits: ``--studies`` DICOM studies of ``--images`` annotated synthetic images each (image + TID 1500
-SR per image, ``service.dicomize``), audited with the small test bundle (``service.harness.small_demo``:
+SR per image, ``service.demo.dicomize``), audited with the small test bundle (``harness.small_demo``:
 3 tiny members, 32 px, trained once and cached). Each executor gets a fresh store and SQLite index
 holding every study, its models warm (actors ready) before the clock starts, then all jobs queued at
 once; the rate is studies / wall time until the last job is done (reading, inference, writing the
@@ -45,7 +45,7 @@ def make_studies(root: Path, n_studies: int, per_study: int, names: list[str]) -
     from PIL import Image
 
     from models.synthetic import make_shapes
-    from service.dicomize import dicomize
+    from service.demo.dicomize import dicomize
 
     data = make_shapes(n_studies * per_study, n_classes=len(names), size=32, seed=21)
     src = root / "png"
@@ -63,8 +63,8 @@ def audit_rate(kind: str, workers: int, studies_dir: Path, bundle: Path, vocabul
     """Audit every study with one executor; studies per hour and where the audits ran."""
     from dicom_io.db import make_engine
     from dicom_io.store import StudyStore
-    from service.jobs import DONE, JobStore
-    from service.pipeline import Pipeline
+    from service.runtime.jobs import DONE, JobStore
+    from service.runtime.pipeline import Pipeline
     from service.settings import load_settings
 
     data_dir = work / f"{kind}-{workers}"
@@ -115,7 +115,7 @@ class _LabelqaPostgres:
     def start(self, work: Path, port: int) -> subprocess.Popen:
         from ingest import NODELAY_ENV
 
-        from service.harness.ports import free_port
+        from service.demo.peers import free_port
 
         self.url = self.server.url(self.server.new_database())
         env = {**NODELAY_ENV, "PYTHONPATH": str(REPO), "LABELQA_API__PORT": str(free_port()),
@@ -137,8 +137,8 @@ class _LabelqaPostgres:
 def ingest_rates(rounds: int, n: int, tmp: Path) -> dict[str, Any]:
     from ingest import NODELAY_ENV, Labelqa, Orthanc, make_instances, stop, wait_echo
 
-    from service.harness.ports import free_port
-    from service.harness.postgres import start_pg_server
+    from harness.postgres import start_pg_server
+    from service.demo.peers import free_port
 
     server = start_pg_server(durable=True)  # its own /tmp dir: user postgres must reach it
     receivers: list[Any] = [Labelqa(), _LabelqaPostgres(server), Orthanc()]
@@ -182,10 +182,10 @@ def run(a: argparse.Namespace, command: str) -> dict[str, Any]:
     import torch
     from ingest import machine, tool_version
 
-    from service.harness.peers import HostNetwork
-    from service.harness.postgres import pg_bindir
-    from service.harness.ray_cluster import RayCluster, ray_env
-    from service.harness.small_demo import small_demo_for
+    from harness.postgres import pg_bindir
+    from harness.ray_cluster import RayCluster, ray_env
+    from harness.small_demo import small_demo_for
+    from service.demo.peers import HostNetwork
 
     # One intra-op thread per audit worker, as Ray gives each 1-CPU actor (OMP_NUM_THREADS=1): on a
     # shared, loaded machine a 2-thread OpenMP pool per worker ran the in-process audits 10x slower.

@@ -1,6 +1,6 @@
 """Write image data sets as DICOM studies: one image + one annotation (TID 1500 SR or SEG) each.
 
-:func:`write_studies` takes items that are already read (``service.dicomize`` reads the data set with
+:func:`write_studies` takes items that are already read (``service.demo.dicomize`` reads the data set with
 ``models.data.scan_dataset`` and plants label errors with ``models.corruption``): pixels as grey
 uint8/uint16, the true and the written label, optionally a mask. Each image becomes a Secondary
 Capture image (MONOCHROME2, ``Modality`` as chosen), a Digital X-Ray or an MR image; its label a

@@ -426,7 +426,7 @@ class FitTask:
 
 MapFn = Callable[[Callable[[FitTask], Any], Sequence[FitTask]], list[Any]]
 """``map_fn(fn, tasks) -> [fn(t) for t in tasks]`` in order, run anywhere (default: here, one after another;
-``service.executor_ray.ray_map``: one Ray task per fit). ``fn`` is picklable and holds the training data."""
+``service.runtime.executor_ray.ray_map``: one Ray task per fit). ``fn`` is picklable and holds the training data."""
 
 
 def local_map(fn: Callable[[FitTask], Any], tasks: Sequence[FitTask]) -> list[Any]:

@@ -1,7 +1,7 @@
 """Shared test fixtures and skip markers: paths, real-tool discovery, PostgreSQL, the small demo bundle.
 
 The helpers behind them (local DICOM peers, network namespaces, PostgreSQL, Ray, free ports, the
-labelqa command line, the small demo) live in ``service.harness``: the demo and the benchmarks use
+labelqa command line, the small demo) live in ``harness``: the demo and the benchmarks use
 the same ones. This file only adapts them to pytest.
 """
 
@@ -16,13 +16,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from service.harness.commands import REPO
-from service.harness.peers import orthanc_binary
-from service.harness.ports import free_port
-from service.harness.postgres import PgServer, PgUnavailable, pg_bindir, start_pg_server
+from harness.commands import REPO
+from harness.postgres import PgServer, PgUnavailable, pg_bindir, start_pg_server
+from service.demo.peers import free_port, orthanc_binary
 
 if TYPE_CHECKING:
-    from service.harness.small_demo import SmallDemo
+    from harness.small_demo import SmallDemo
 
 SHARED_DATA = Path(os.environ.get("LABELQA_SHARED_DATA", REPO.parent / "shared" / "data"))
 
@@ -90,12 +89,12 @@ def listener_factory(tmp_path):
 @pytest.fixture(scope="session")
 def small_demo(tmp_path_factory) -> SmallDemo:
     """The small synthetic data set and its bundle (trained once per session, cached across sessions)."""
-    from service.harness.small_demo import small_demo_for
+    from harness.small_demo import small_demo_for
 
     return small_demo_for(tmp_path_factory.getbasetemp() / "labelqa-small-demo")
 
 
-# A real PostgreSQL (service.harness.postgres: initdb + pg_ctl in a temp dir), one per session; every test
+# A real PostgreSQL (harness.postgres: initdb + pg_ctl in a temp dir), one per session; every test
 # gets a fresh database. Without PostgreSQL the PostgreSQL cases are skipped, the SQLite ones still run.
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
@@ -143,7 +142,7 @@ postgresql_slow = pytest.mark.parametrize(
 def record_finished_audit(jobs, study: str, rows: list[dict], datasets: list, data_dir: Path) -> int:
     """Save an audit's result datasets under ``data_dir/results/<study>/`` and record it in ``jobs`` as a
     finished job (what the pipeline does after a real audit); returns the job id."""
-    from service.jobs import DONE
+    from service.runtime.jobs import DONE
 
     out_dir = data_dir / "results" / study
     out_dir.mkdir(parents=True, exist_ok=True)

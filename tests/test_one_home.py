@@ -1,5 +1,5 @@
 """One definition of each shared thing: verdicts, model-input preprocessing, our own outputs, and the local
-peers and tools that the demo, the tests and the benchmarks start (``service.harness``, never test code)."""
+peers and tools that the demo, the tests and the benchmarks start (``harness``, never test code)."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def test_a_dicom_read_frame_and_the_same_file_read_for_training_give_the_same_mo
     """The train/serve skew check: training reads the PNG, the audit reads the dicomized image."""
     from dicom_io.annotations import read_study
     from models.data import load_dataset
-    from service.dicomize import dicomize
+    from service.demo.dicomize import dicomize
 
     rng = np.random.default_rng(0)
     for cls in ("a", "b"):
@@ -84,7 +84,7 @@ def test_every_private_code_value_is_defined_once():
     assert values and len(values) == len(set(values)), sorted(v for v in values if values.count(v) > 1)
 
 
-# -- the local peers and tools: one harness (service.harness), no test code outside tests/ ---------------------
+# -- the local peers and tools: one harness (harness), no test code outside tests/ ---------------------
 _REPO = Path(__file__).resolve().parents[1]
 _SHIPPED_AND_BENCHMARKS = ("benchmarks", "service", "dicom_io", "models", "scripts")
 
@@ -130,12 +130,12 @@ def test_no_shipped_module_or_benchmark_imports_the_tests():
         found = _imports_tests(_tree(path))
         if found:
             offenders[str(path.relative_to(_REPO))] = found
-    assert not offenders, f"import test code (move it to service/harness): {offenders}"
+    assert not offenders, f"import test code (move it to harness/): {offenders}"
 
 
 def test_the_import_check_sees_every_form():
     src = "import tests\nfrom tests.conftest import x\nimport tests.a as b\n__import__('tests.pg')\n" \
-          "importlib.import_module('tests.x')\nfrom service.harness import peers\nimport testsuite\n"
+          "importlib.import_module('tests.x')\nfrom harness import peers\nimport testsuite\n"
     assert _imports_tests(ast.parse(src)) == ["tests", "tests.conftest", "tests.a", "tests.pg", "tests.x"]
 
 
@@ -151,14 +151,14 @@ def test_only_one_class_launches_orthanc():
     here = Path(__file__).resolve()
     looked_up = sorted(str(p.relative_to(_REPO)) for p in _python_files() if p.resolve() != here
                        and lookup.search(p.read_text(encoding="utf-8")))
-    assert looked_up == ["service/harness/peers.py"], looked_up
+    assert looked_up == ["service/demo/peers.py"], looked_up
     launchers = []
     for path in _python_files():
         for cls in (n for n in ast.walk(_tree(path)) if isinstance(n, ast.ClassDef)):
             calls = _calls(cls)
             if "orthanc_binary" in calls and calls & {"popen", "Popen", "run", "call", "check_call"}:
                 launchers.append(f"{path.relative_to(_REPO)}::{cls.name}")
-    assert launchers == ["service/harness/peers.py::Orthanc"], launchers
+    assert launchers == ["service/demo/peers.py::Orthanc"], launchers
 
 
 @pytest.mark.parametrize("name", ["free_port", "labelqa_cmd", "labelqa_env", "NetNamespace", "start_storescp",
@@ -166,7 +166,7 @@ def test_only_one_class_launches_orthanc():
                                   "LocalArchive", "can_unshare_net"])
 def test_each_harness_helper_is_defined_once(name: str):
     homes = _definitions().get(name, [])
-    assert len(homes) == 1 and homes[0].startswith("service/harness/"), homes
+    assert len(homes) == 1 and homes[0].startswith(("harness/", "service/demo/peers.py")), homes
 
 
 @cache
@@ -184,7 +184,7 @@ def _library_modules() -> list[Path]:
     """The shipped modules whose names others import: everything but package faces, CLI modules,
     ``__main__`` and the migration scripts."""
     return [p for p in _python_files("service", "dicom_io", "models")
-            if p.name != "__init__.py" and not p.name.startswith("cli") and p.name != "__main__.py"
+            if p.name != "__init__.py" and "cli" not in p.parts and p.name != "__main__.py"
             and "migrations" not in p.parts]
 
 

@@ -6,7 +6,7 @@ on SQLite and PostgreSQL alike; ``labelqa db upgrade`` / ``labelqa db current`` 
 Concurrent upgrades of one database (two gateways starting) take turns: PostgreSQL on an advisory
 lock, SQLite on its write lock (``BEGIN IMMEDIATE``).
 
-Adding tables (e.g. the review decisions of ``service/review.py``):
+Adding tables (e.g. the review decisions of ``service/review/``):
 
 1. declare them on ``dicom_io.db.Base`` (not a ``DeclarativeBase`` of their own) and call
    ``dicom_io.db.ensure_schema(engine)`` where the module used ``create_all``;
@@ -38,7 +38,7 @@ from dicom_io.db import Base, is_postgresql, make_engine
 TABLE_MODULES: tuple[str, ...] = (
     "dicom_io.store",  # patients, studies, series, instances, store_events
     "dicom_io.outbox",  # outbox_items
-    "service.jobs",  # audit_jobs
+    "service.runtime.jobs",  # audit_jobs
     "service.review",  # annotations_audited, review_decisions, review_decision_audit, review_sync
 )
 

@@ -23,7 +23,7 @@ from pydicom.sequence import Sequence
 
 from dicom_io.annotations import ISSUE_CODES, read_studies, read_study
 from dicom_io.vocabulary import Vocabulary, load_vocabulary
-from service.dicomize import dicomize
+from service.demo.dicomize import dicomize
 from tests.conftest import SHARED_DATA
 
 CT_SMALL = Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"
@@ -114,7 +114,7 @@ def test_unreadable_pixels_unreadable_file_and_unsupported_class(study, tmp_path
 def test_inspect_cli_reports_issues_and_exits_zero(study, tmp_path):
     f = study["files"]["cat"]
     shutil.copy(f["sr"], tmp_path / "sr.dcm")
-    from service.harness.commands import labelqa_cmd, labelqa_env
+    from harness.commands import labelqa_cmd, labelqa_env
 
     r = subprocess.run(
         [

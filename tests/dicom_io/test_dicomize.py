@@ -15,8 +15,8 @@ from PIL import Image
 
 from dicom_io.annotations import read_studies
 from dicom_io.vocabulary import Vocabulary, load_vocabulary
-from service.dicomize import DicomizeError, dicomize
-from service.harness.commands import labelqa_cmd, labelqa_env
+from harness.commands import labelqa_cmd, labelqa_env
+from service.demo.dicomize import DicomizeError, dicomize
 from tests.conftest import requires_dciodvfy
 
 CLASSES = ["NORMAL", "PNEUMONIA", "covid"]

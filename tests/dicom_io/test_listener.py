@@ -20,8 +20,8 @@ from pydicom.uid import generate_uid
 
 from dicom_io.scp import storage_sop_classes
 from dicom_io.store import UID_RE, StudyStable, check_structure
-from service.harness.commands import labelqa_cmd, labelqa_env
-from service.harness.ports import free_port
+from harness.commands import labelqa_cmd, labelqa_env
+from service.demo.peers import free_port
 from tests.conftest import requires_dcmtk
 
 pytestmark = [requires_dcmtk, pytest.mark.dcmtk]

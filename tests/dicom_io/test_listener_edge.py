@@ -151,7 +151,7 @@ def _deflated_file(path: Path, payload_mb: int) -> Path:
 def test_deflate_bomb_is_refused_before_it_is_inflated(tmp_path):
     from dicom_io.scp import Listener
     from dicom_io.store import StudyStore
-    from service.harness.ports import free_port
+    from service.demo.peers import free_port
 
     store = StudyStore(tmp_path / "data", max_inflated_mb=8)
     lst = Listener(ListenerSettings(port=free_port(), min_free_disk_mb=0), store)

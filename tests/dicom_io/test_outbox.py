@@ -20,10 +20,10 @@ from dicom_io.db import make_engine
 from dicom_io.outbox import DEAD, DELIVERED, PENDING, Outbox, backoff_delay
 from dicom_io.results import save_results, write_results
 from dicom_io.settings import OutboxSettings
-from service.harness.commands import labelqa_cmd, labelqa_env
-from service.harness.peers import NetNamespace, can_unshare_net, start_orthanc, start_storescp
-from service.harness.ports import free_port
-from service.harness.studies import ALGORITHM, COHORT, make_study
+from harness.commands import labelqa_cmd, labelqa_env
+from harness.peers import start_storescp
+from harness.studies import ALGORITHM, COHORT, make_study
+from service.demo.peers import NetNamespace, can_unshare_net, free_port, start_orthanc
 from tests.conftest import postgresql_slow, requires_dcmtk, requires_orthanc
 
 needs_netns = pytest.mark.skipif(not can_unshare_net(), reason="cannot create a network namespace (unshare -n)")

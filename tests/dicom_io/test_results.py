@@ -11,7 +11,7 @@ import pytest
 
 from dicom_io import codes
 from dicom_io.results import AlgorithmInfo, AuditedAnnotation, save_results, write_results
-from service.harness.studies import ALGORITHM, COHORT, NORMAL, PNEUMONIA, heatmap_blob, make_study
+from harness.studies import ALGORITHM, COHORT, NORMAL, PNEUMONIA, heatmap_blob, make_study
 from tests.conftest import have, requires_dciodvfy, requires_dcmtk
 
 
@@ -203,7 +203,7 @@ def test_conformance_statement_lists_every_private_code(repo):
 
 @pytest.mark.slow
 def test_report_html_command_shows_every_verdict_and_the_heatmap(written, tmp_path):
-    from service.harness.commands import labelqa_cmd, labelqa_env
+    from harness.commands import labelqa_cmd, labelqa_env
 
     _, paths, audited = written
     (sr,) = _by_modality(paths, "SR")

@@ -9,7 +9,7 @@ import pydicom
 import pytest
 
 from dicom_io.results import AuditedAnnotation, save_results, write_results
-from service.harness.studies import ALGORITHM, heatmap_blob
+from harness.studies import ALGORITHM, heatmap_blob
 from tests.conftest import SHARED_DATA, requires_dciodvfy, requires_dcmtk, requires_shared_data
 
 CT_DIR = SHARED_DATA / "dicom" / "dcmqi_data" / "data" / "segmentations" / "ct-3slice"

@@ -12,10 +12,10 @@ import pytest
 
 from dicom_io.results import save_results, write_results
 from dicom_io.scu import presentation_contexts
-from service.harness.commands import labelqa_env
-from service.harness.peers import NetNamespace, can_unshare_net, start_storescp
-from service.harness.ports import free_port
-from service.harness.studies import ALGORITHM, COHORT, make_study
+from harness.commands import labelqa_env
+from harness.peers import start_storescp
+from harness.studies import ALGORITHM, COHORT, make_study
+from service.demo.peers import NetNamespace, can_unshare_net, free_port
 from tests.conftest import have, requires_dcmtk
 
 needs_netns = pytest.mark.skipif(not can_unshare_net(), reason="cannot create a network namespace (unshare -n)")

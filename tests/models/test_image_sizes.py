@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
+from harness.commands import labelqa_cmd, labelqa_env
 from models.ensemble import ARCHITECTURES, build_model, check_input_size, parse_archs
 from models.evaluate import EvalSettings, run_evaluation
 from models.train import TrainConfig
-from service.harness.commands import labelqa_cmd, labelqa_env
 
 TINY = ("densenet-tiny", "resnet-tiny", "efficientnet-tiny")
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from harness.commands import labelqa_cmd, labelqa_env
 from models.agreement import gmm_threshold, map_agreement
 from models.data import DatasetError, load_dataset
 from models.detector import DetectorConfig, alc_priority, score_fit
@@ -17,7 +18,6 @@ from models.evaluate import METHODS, EvalSettings, corrupt_labels, run_evaluatio
 from models.gradcam import member_cams
 from models.synthetic import make_shapes, shape_mask
 from models.train import TrainConfig, fit_ensemble, predict_probs
-from service.harness.commands import labelqa_cmd, labelqa_env
 
 TINY = ("densenet-tiny", "resnet-tiny", "efficientnet-tiny")
 SIZE = 32

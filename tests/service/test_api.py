@@ -12,11 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dicom_io.db import make_engine
-from service.api import ApiContext, ApiServer, create_app
-from service.harness.ports import free_port
-from service.jobs import DONE, QUEUED, JobStore
-from service.metrics import Metrics
-from service.pipeline import Pipeline
+from service.demo.peers import free_port
+from service.http.api import ApiContext, ApiServer, create_app
+from service.runtime.jobs import DONE, QUEUED, JobStore
+from service.runtime.metrics import Metrics
+from service.runtime.pipeline import Pipeline
 from service.settings import Settings
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"
@@ -107,7 +107,7 @@ def test_bearer_token_protects_everything_but_health(jobs, tmp_path):
 
 
 def test_api_reference_is_up_to_date():
-    from service.api import api_reference_markdown
+    from service.http.api import api_reference_markdown
 
     committed = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
     assert committed == api_reference_markdown(), "regenerate: labelqa config api-reference > docs/api.md"

@@ -9,7 +9,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from service.harness.commands import labelqa_cmd, labelqa_env
+from harness.commands import labelqa_cmd, labelqa_env
 from tests.conftest import requires_dciodvfy, requires_dcmtk
 
 # every test uses the module's bundle, trained by `labelqa train` (~20 s on 2 cores)

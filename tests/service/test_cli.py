@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 
-from service.harness.commands import labelqa_cmd, labelqa_env
+from harness.commands import labelqa_cmd, labelqa_env
 
 
 def run(*args: str, cwd=None, **env: str) -> subprocess.CompletedProcess:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from service.harness.commands import labelqa_cmd, labelqa_env
+from harness.commands import labelqa_cmd, labelqa_env
 from tests.conftest import REPO, requires_dcmtk
 
 

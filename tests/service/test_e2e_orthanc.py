@@ -21,10 +21,9 @@ import pytest
 
 from dicom_io.db import make_engine
 from dicom_io.results.sr import read_report
-from service.harness.commands import labelqa_cmd, labelqa_env
-from service.harness.peers import can_unshare_net
-from service.harness.ports import free_port
-from service.jobs import DONE, JobStore
+from harness.commands import labelqa_cmd, labelqa_env
+from service.demo.peers import can_unshare_net, free_port
+from service.runtime.jobs import DONE, JobStore
 from tests.conftest import REPO, requires_dcmtk, requires_orthanc, wait_for
 
 pytestmark = [
@@ -58,7 +57,7 @@ def _labelqa_series(orthanc, study_uid: str) -> dict[str, list[str]]:
 
 
 def test_orthanc_routes_annotated_studies_and_gets_results_back(small_demo, tmp_path):
-    from service.harness.peers import NetNamespace, start_orthanc
+    from service.demo.peers import NetNamespace, start_orthanc
 
     ns = NetNamespace()
     o_dicom, o_http, lq_port = free_port(), free_port(), free_port()

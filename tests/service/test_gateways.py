@@ -24,10 +24,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.harness.commands import labelqa_cmd, labelqa_env
-from service.harness.peers import LocalArchive
-from service.harness.ports import free_port
-from service.jobs import DONE, FAILED, JobStore
+from harness.commands import labelqa_cmd, labelqa_env
+from service.demo.peers import LocalArchive, free_port
+from service.runtime.jobs import DONE, FAILED, JobStore
 from tests.conftest import have, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not have("storescu"), reason="dcmtk not installed")]
@@ -38,7 +37,7 @@ INSTANCES = int(os.environ.get("LABELQA_GATEWAY_INSTANCES", "240"))
 def _studies(root: Path, n_studies: int, per_study: int, names: list[str]) -> Path:
     """``n_studies`` DICOM studies of ``per_study`` annotated synthetic images (image + SR each)."""
     from models.synthetic import make_shapes
-    from service.dicomize import dicomize
+    from service.demo.dicomize import dicomize
 
     data = make_shapes(n_studies * per_study, n_classes=len(names), size=32, seed=21)
     src = root / "png"
@@ -136,7 +135,7 @@ def test_two_gateways_on_one_postgresql_store_once_and_audit_each_study_once(sma
         assert len(list((data_dir / "studies").rglob("*.dcm"))) == sum(sent)
 
         studies = sorted(f.name for f in folders)
-        from service.jobs import NO_ANNOTATIONS
+        from service.runtime.jobs import NO_ANNOTATIONS
 
         def all_final() -> bool:
             c = jobs.counts()

@@ -10,8 +10,8 @@ import time
 import pytest
 
 from dicom_io.db import make_engine
-from service.executor import InProcessExecutor, Outcome
-from service.jobs import DONE, FAILED, QUEUED, RUNNING, SUPERSEDED, JobStore, owner_id
+from service.runtime.executor import InProcessExecutor, Outcome
+from service.runtime.jobs import DONE, FAILED, QUEUED, RUNNING, SUPERSEDED, JobStore, owner_id
 
 
 @pytest.fixture

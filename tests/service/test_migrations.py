@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import inspect
 
 from dicom_io.db import Base, make_engine
-from service.harness.commands import labelqa_cmd, labelqa_env
+from harness.commands import labelqa_cmd, labelqa_env
 from service.migrations import current, head, schema_diff, target_metadata, upgrade
 
 

@@ -20,14 +20,13 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from dicom_io.db import make_engine
+from harness.commands import labelqa_cmd, labelqa_env
 from service.demo import send_studies
-from service.dicomize import dicomize
-from service.harness.commands import labelqa_cmd, labelqa_env
-from service.harness.peers import LocalArchive
-from service.harness.ports import free_port
-from service.jobs import DONE, NO_ANNOTATIONS, RUNNING, JobStore
-from service.pipeline import service_components
-from service.process import Service
+from service.demo.dicomize import dicomize
+from service.demo.peers import LocalArchive, free_port
+from service.runtime.jobs import DONE, NO_ANNOTATIONS, RUNNING, JobStore
+from service.runtime.process import Service
+from service.serve import service_components
 from service.settings import load_settings
 from tests.conftest import wait_for
 

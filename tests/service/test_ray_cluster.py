@@ -25,10 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from service.harness.commands import labelqa_cmd
-from service.harness.peers import can_unshare_net
-from service.harness.ports import free_port
-from service.jobs import DONE, RUNNING, JobStore
+from harness.commands import labelqa_cmd
+from service.demo.peers import can_unshare_net, free_port
+from service.runtime.jobs import DONE, RUNNING, JobStore
 from tests.conftest import have, wait_for
 
 pytestmark = [
@@ -41,8 +40,8 @@ ray = pytest.importorskip("ray")
 
 @pytest.fixture
 def cluster():
-    from service.harness.peers import NetNamespace
-    from service.harness.ray_cluster import RayCluster, ray_env
+    from harness.ray_cluster import RayCluster, ray_env
+    from service.demo.peers import NetNamespace
 
     ns = NetNamespace()
     c = RayCluster(ns, ray_env())
@@ -75,7 +74,7 @@ def _health(c, api_port: int) -> dict:
 
 def test_serve_audits_on_worker_nodes_and_a_killed_node_loses_nothing(cluster, small_demo, pg_url,
                                                                      tmp_path):
-    from service.harness.peers import start_storescp
+    from harness.peers import start_storescp
 
     c = cluster
     head, a, b = c.nodes
@@ -149,7 +148,7 @@ class RayServe:
 
     def __init__(self, c, tmp_path: Path, pg_url: str, bundle: Path, vocabulary: Path | None = None,
                  extra: str = "") -> None:
-        from service.harness.ray_cluster import ray_env
+        from harness.ray_cluster import ray_env
 
         self.c, self.env = c, ray_env()
         self.data_dir = tmp_path / "labelqa"
@@ -205,7 +204,7 @@ def test_mask_audits_run_on_the_worker_nodes_and_equal_the_local_audit(cluster, 
     from models.seg.synthetic import make_shape_masks, write_shape_dataset
     from models.seg.train import SegTrainConfig
     from service.audit import audit_dicom_dir
-    from service.dicomize import dicomize_masks
+    from service.demo.dicomize import dicomize_masks
 
     torch.set_num_threads(1)
     write_shape_dataset(tmp_path / "shapes", 6, size=32, seed=4)
@@ -277,7 +276,7 @@ torch.set_num_threads(1)
 from models.ensemble import parse_archs
 from models.synthetic import make_shapes
 from models.train import TrainConfig, fit_ensemble
-from service.executor_ray import ray_map
+from service.runtime.executor_ray import ray_map
 
 data = make_shapes(60, n_classes=2, size=32, seed=3)
 cfg = TrainConfig(epochs=2, batch_size=16, patience=2)
@@ -298,7 +297,7 @@ print(json.dumps({"local": digests(local), "remote": digests(remote),
                   "probs_equal": all(np.array_equal(local.probs[a], remote.probs[a]) for a in local.archs),
                   "nodes": on_ray.nodes}))
 '''
-    from service.harness.ray_cluster import ray_env
+    from harness.ray_cluster import ray_env
 
     script = tmp_path / "fit.py"
     script.write_text(code)
@@ -313,7 +312,7 @@ print(json.dumps({"local": digests(local), "remote": digests(remote),
 
 def test_demo_on_postgresql_and_the_ray_cluster_reports_the_nodes(cluster, small_demo, pg_url):
     """``labelqa demo --database-url URL --executor ray --ray-address HOST:PORT --json``."""
-    from service.harness.ray_cluster import ray_env
+    from harness.ray_cluster import ray_env
 
     cfg = small_demo.cfg
     args = ["demo", "--json", "--data-dir", str(small_demo.work), "--studies", str(cfg.studies),

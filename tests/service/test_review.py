@@ -22,8 +22,8 @@ from fastapi.testclient import TestClient
 
 from dicom_io.db import make_engine
 from dicom_io.store import StudyStore
-from service.harness.commands import labelqa_cmd, labelqa_env
-from service.jobs import DONE, JobStore
+from harness.commands import labelqa_cmd, labelqa_env
+from service.runtime.jobs import DONE, JobStore
 from tests.conftest import record_finished_audit
 
 CLASSES = ["square", "disc"]
@@ -62,7 +62,7 @@ def build_audited(root: Path, n: int = 8, seed: int = 0, seg: bool = False) -> A
     from dicom_io.results import AlgorithmInfo, AuditedAnnotation, write_results
     from dicom_io.vocabulary import load_vocabulary
     from models.synthetic import make_shapes
-    from service.dicomize import dicomize
+    from service.demo.dicomize import dicomize
 
     data = make_shapes(n, n_classes=2, size=32, seed=seed)
     npz = root / "shapes.npz"
@@ -143,10 +143,10 @@ def _settings(a: Audited, users: bool = True, destinations: bool = True):
 def _app(a: Audited, **kw):
     """(TestClient, ReviewService, Outbox) over the audited workspace, as AuditService wires them."""
     from dicom_io.outbox import Outbox
-    from service.api import ApiContext, create_app
-    from service.auth import Auth
-    from service.metrics import Metrics
+    from service.http.api import ApiContext, create_app
+    from service.http.auth import Auth
     from service.review import ReviewService
+    from service.runtime.metrics import Metrics
 
     s = _settings(a, **kw)
     engine = make_engine(a.db_url)

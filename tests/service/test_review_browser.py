@@ -26,8 +26,7 @@ import httpx
 import pydicom
 import pytest
 
-from service.harness.peers import can_unshare_net
-from service.harness.ports import free_port
+from service.demo.peers import can_unshare_net, free_port
 from tests.conftest import have, wait_for
 
 CHROMIUM = "/usr/bin/chromium"
@@ -80,11 +79,12 @@ def test_reviewer_works_the_flags_with_the_keyboard(small_demo, tmp_path):
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
 
+    from harness.peers import start_storescp
     from service.demo import send_studies
-    from service.harness.peers import NetNamespace, start_storescp
-    from service.jobs import DONE, NO_ANNOTATIONS
-    from service.pipeline import service_components
-    from service.process import Service
+    from service.demo.peers import NetNamespace
+    from service.runtime.jobs import DONE, NO_ANNOTATIONS
+    from service.runtime.process import Service
+    from service.serve import service_components
     from service.settings import load_settings
 
     shots = Path(os.environ.get("LABELQA_TEST_ARTIFACTS", tmp_path / "artifacts")) / "review-browser"

@@ -22,7 +22,7 @@ import pytest
 from dicom_io import codes
 from dicom_io.db import make_engine
 from dicom_io.store import StudyStore
-from service.jobs import JobStore
+from service.runtime.jobs import JobStore
 from tests.conftest import record_finished_audit
 from tests.dicom_io.test_results_masks import ALGORITHM, VOCAB, _ct_series, _rect, _seg
 from tests.service.test_review import READER, Audited, _app, _bearer, _dciodvfy_clean, _login
@@ -103,7 +103,7 @@ def _decide(c, item, **body):
 @pytest.mark.slow
 def test_accepting_the_suggested_mask_writes_a_corrected_seg(masked):
     from dicom_io.results.sr import read_report
-    from service.cli_export import corrected_copy
+    from service.cli.export import corrected_copy
 
     c, review, outbox = _app(masked)
     flagged = c.get("/api/worklist", headers=_bearer(READER), params={"verdict": "flagged"}).json()["items"]
@@ -217,8 +217,8 @@ def test_reviewer_accepts_the_suggested_mask_with_the_key_a(masked, tmp_path):
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from service.api import ApiServer
-    from service.harness.ports import free_port
+    from service.demo.peers import free_port
+    from service.http.api import ApiServer
     from tests.service.test_review_browser import _browser
 
     c, review, outbox = _app(masked)

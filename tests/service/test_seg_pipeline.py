@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from dicom_io.annotations import read_study
+from harness.commands import labelqa_cmd, labelqa_env
 from models.seg.synthetic import write_shape_dataset
-from service.dicomize import dicomize_masks, planted_classes
-from service.harness.commands import labelqa_cmd, labelqa_env
+from service.demo.dicomize import dicomize_masks, planted_classes
 from tests.conftest import have
 
 

@@ -15,9 +15,9 @@ from pydicom.uid import generate_uid
 
 from dicom_io.db import make_engine
 from dicom_io.store import DataDirLocked, StudyStore
-from service.harness.commands import labelqa_cmd, labelqa_env
-from service.harness.ports import free_port
-from service.jobs import JobStore
+from harness.commands import labelqa_cmd, labelqa_env
+from service.demo.peers import free_port
+from service.runtime.jobs import JobStore
 from tests.conftest import wait_for
 
 CT = Path(get_testdata_file("CT_small.dcm"))
@@ -102,7 +102,7 @@ def test_index_locked_by_another_process_delays_but_never_loses_the_audit_job(tm
 
 
 def test_complete_study_without_a_job_is_queued_at_start(tmp_path):
-    from service.pipeline import Pipeline
+    from service.runtime.pipeline import Pipeline
     from service.settings import load_settings
 
     data = tmp_path / "data"
@@ -127,7 +127,7 @@ def test_health_reports_dead_letters_and_store_errors(tmp_path):
     from fastapi.testclient import TestClient
 
     from dicom_io.outbox import Outbox
-    from service.api import ApiContext, create_app
+    from service.http.api import ApiContext, create_app
 
     engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
     jobs = JobStore(engine)

@@ -1,4 +1,4 @@
-"""review decisions: the review workbench's tables (service/review.py)
+"""review decisions: the review workbench's tables (service/review/)
 
 Revision ID: 0002
 Revises: 0001

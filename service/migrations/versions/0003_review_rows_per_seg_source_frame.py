@@ -1,4 +1,4 @@
-"""review rows per SEG source frame: ``annotations_audited.frame_key`` in the unique key (service/review.py)
+"""review rows per SEG source frame: ``annotations_audited.frame_key`` in the unique key (service/review/)
 
 A SEG segment spans many source frames, and each (segment, frame) is its own audited item; before
 this revision two frames of one segment collided on the unique key and the study could not be indexed.

@@ -1,4 +1,4 @@
-"""review decisions: ``corrected_mask`` (a reviewer accepted the suggested mask; service/review.py)
+"""review decisions: ``corrected_mask`` (a reviewer accepted the suggested mask; service/review/)
 
 Revision ID: 0004
 Revises: 0003

@@ -1,9 +1,9 @@
 """Executors: who runs the audit jobs queued in the job table.
 
-:class:`Executor` is the interface: the service queues jobs in the database (:mod:`service.jobs`)
+:class:`Executor` is the interface: the service queues jobs in the database (:mod:`service.runtime.jobs`)
 and calls :meth:`Executor.notify`; an executor claims jobs with a lease, runs the job function and
 records the outcome. :class:`InProcessExecutor` is the embedded default (a pool of worker threads in
-the service process, each with its own warm models); :class:`service.executor_ray.RayExecutor` keeps
+the service process, each with its own warm models); :class:`service.runtime.executor_ray.RayExecutor` keeps
 the same claim loop and sends the model step to Ray actors (the job table stays the truth). A job
 function that raises :class:`JobRetry` (e.g. its remote worker died) hands the job back to the queue.
 """
@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from service.jobs import DONE, FAILED, FINAL_STATES, Job, JobStore, owner_id
+from service.runtime.jobs import DONE, FAILED, FINAL_STATES, Job, JobStore, owner_id
 
 __all__ = ["Outcome", "WorkerContext", "JobFunction", "JobRetry", "Executor", "InProcessExecutor"]
 

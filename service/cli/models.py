@@ -65,7 +65,7 @@ def _ray_map(address: str | None, progress: bool):
     """The fits' map function for ``--ray ADDRESS`` (None: the builtin one, in this process)."""
     if address is None:
         return None
-    from service.executor_ray import ray_map
+    from service.runtime.executor_ray import ray_map
 
     try:
         import ray  # noqa: F401

@@ -1,5 +1,6 @@
-"""Local DICOM peers: Orthanc, dcmtk storescp and labelqa's own archive, on this machine's network or in a
-private network namespace. The demo, the tests and the benchmarks all start them from here.
+"""Local DICOM peers: Orthanc and labelqa's own archive, on this machine's network or in a private
+network namespace. ``labelqa demo`` starts them from here, and so do the tests and the benchmarks
+(which add dcmtk ``storescp``: ``harness.peers``).
 
 Orthanc and storescp always listen on all interfaces. Tests and benchmarks therefore run them in a
 private network namespace that has only loopback (:class:`NetNamespace`, ``unshare -n``, needs root or
@@ -52,12 +53,11 @@ __all__ = [
     "Orthanc",
     "OrthancError",
     "Peer",
-    "StoreSCP",
     "can_unshare_net",
     "orthanc_binary",
     "peer_env",
     "start_orthanc",
-    "start_storescp",
+    "free_port",
 ]
 
 ORTHANC_PLUGINS = Path("/usr/share/orthanc/plugins")
@@ -94,6 +94,13 @@ def _stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(5)
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class Network:
@@ -203,34 +210,6 @@ class Peer:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
-
-
-class StoreSCP(Peer):
-    """dcmtk storescp writing each received instance, bit-preserving, under a unique file name."""
-
-    def __init__(self, ns: Network, proc: subprocess.Popen, port: int, out_dir: Path, log_path: Path) -> None:
-        super().__init__(ns, proc, port, log_path)
-        self.out_dir = out_dir
-
-    def received(self) -> list[Path]:
-        return sorted(p for p in self.out_dir.iterdir() if p.is_file())
-
-
-def start_storescp(ns: Network, out_dir: Path, port: int, ae_title: str = "STORESCP",
-                   wait: bool = True) -> StoreSCP:
-    """dcmtk ``storescp`` in ``ns`` on ``port``: accepts all storage classes, writes received bytes as is
-    (``+B``) under unique names (``+uf``: a re-sent instance is a second file, so duplicates are visible)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    log_path = out_dir.parent / f"storescp-{port}.log"
-    log = open(log_path, "w")  # noqa: SIM115 - closed with the process
-    proc = ns.popen(["storescp", "-aet", ae_title, "-od", str(out_dir), "+B", "+uf", "-pm", "+xa", "-dhl", str(port)],
-                    stdout=log, stderr=subprocess.STDOUT)
-    log.close()
-    scp = StoreSCP(ns, proc, port, out_dir, log_path)
-    if wait:
-        ns.wait_port(port)
-    return scp
 
 
 class OrthancError(RuntimeError):

@@ -1,9 +1,9 @@
 """A real multi-node Ray cluster on this machine (tests, benchmarks), inside a private network namespace.
 
 ``ray start`` binds all interfaces (GCS, raylet, object manager), so the nodes run in a network
-namespace with only loopback (:class:`service.harness.peers.NetNamespace`), on 127.0.0.1; whatever
+namespace with only loopback (:class:`service.demo.peers.NetNamespace`), on 127.0.0.1; whatever
 talks to them (``labelqa serve``, a driver script) runs in the same namespace. A script that already
-runs under ``unshare -n`` passes :class:`service.harness.peers.HostNetwork` instead. Every node is one
+runs under ``unshare -n`` passes :class:`service.demo.peers.HostNetwork` instead. Every node is one
 ``ray start --block`` process started in its own session: its daemons (gcs_server, raylet, agents,
 workers) share that session id, so a node is stopped by the PIDs of that session, never by name
 and never with ``ray stop`` (which would stop other people's Ray too).
@@ -23,9 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from service.harness.commands import labelqa_env
-from service.harness.peers import Network
-from service.harness.ports import free_port
+from harness.commands import labelqa_env
+from service.demo.peers import Network, free_port
 
 __all__ = ["FAST_FAILURE_DETECTION", "RAY_BIN", "RayCluster", "RayNode", "ray_env"]
 

@@ -39,7 +39,7 @@ def demo(
     """Run the whole loop on embedded defaults: annotated studies, a small bundle, the service, flagged labels."""
     import sys
 
-    from service.demo import DemoConfig, DemoError, _quiet_logging, render_text, report_json, run_demo
+    from service.demo.run import DemoConfig, DemoError, _quiet_logging, render_text, report_json, run_demo
 
     if sender not in ("auto", "storescu", "pynetdicom"):
         typer.echo("error: --sender must be auto, storescu or pynetdicom", err=True)
@@ -60,7 +60,7 @@ def demo(
         epochs = 10 if epochs == 5 else epochs
         noise_rate = 0.25 if noise_rate == 0.125 else noise_rate
         if archs == "densenet-tiny,resnet-tiny,efficientnet-tiny":
-            from service.demo_seg import DEMO_SEG_ARCHS
+            from service.demo.masks import DEMO_SEG_ARCHS
 
             archs = DEMO_SEG_ARCHS
     _quiet_logging(verbose)

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.harness.ports import free_port
+from service.demo.peers import free_port
 
 __all__ = ["PgServer", "PgUnavailable", "pg_bindir", "start_pg_server"]
 

@@ -67,6 +67,9 @@ __all__ = [
     "AuditedRow",
     "DecisionRow",
     "DecisionAuditRow",
+    "why_flagged",
+    "frame_key",
+    "is_mask_row",
 ]
 
 
@@ -343,13 +346,13 @@ class ReviewStore:
     def sync(self, jobs: Any | None = None) -> int:
         """Index the rows of audits finished since the last sync; returns how many audits were read.
 
-        Reads ``audit_jobs`` (service.jobs) directly, by finish time (two workers may finish a newer job
+        Reads ``audit_jobs`` (service.runtime.jobs) directly, by finish time (two workers may finish a newer job
         first); a study's rows that its newest audit no longer has are kept (with their decisions) but
         marked not current. Indexing is an upsert, so reading a job twice is harmless.
         """
         from sqlalchemy.exc import IntegrityError
 
-        from service.jobs import DONE, AuditJobRow
+        from service.runtime.jobs import DONE, AuditJobRow
 
         with Session(self.engine) as s:
             newest = s.execute(select(func.max(AuditJobRow.finished_at), func.count())

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.commands import REPO
 from service.demo import DemoConfig, DemoData, make_demo_data, train_demo_bundle
-from service.harness.commands import REPO
 
 __all__ = ["SMALL", "SmallDemo", "small_demo_for"]
 
@@ -37,7 +37,7 @@ class SmallDemo:
 def _source_key(cfg: DemoConfig) -> str:
     """The trained bundle depends on the settings and on the training/data code: hash them all."""
     h = hashlib.sha256(cfg.bundle_key().encode())
-    for p in sorted((REPO / "models").glob("*.py")) + [REPO / "service" / "demo.py", REPO / "dicom_io" / "dicomize.py"]:
+    for p in sorted((REPO / "models").glob("*.py")) + [REPO / "service" / "demo" / "run.py", REPO / "dicom_io" / "dicomize.py"]:
         h.update(p.read_bytes())
     return h.hexdigest()[:16]
 

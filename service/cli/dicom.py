@@ -43,7 +43,7 @@ def dicomize_cmd(
     becomes image + DICOM SEG studies; --noise-rate then plants mask errors (recorded in the manifest).
     """
     from dicom_io.vocabulary import VocabularyError
-    from service.dicomize import DicomizeError, dicomize, dicomize_masks, is_mask_dataset
+    from service.demo.dicomize import DicomizeError, dicomize, dicomize_masks, is_mask_dataset
 
     vocab = _load_vocab(vocabulary)
     names = [c.strip() for c in class_names.split(",")] if class_names else None

@@ -26,10 +26,10 @@ def export(
 ) -> None:
     """Export the reviewed labels (CSV/JSON) and, with --dicom, a corrected copy of the studies."""
     from dicom_io.db import make_engine
-    from service.jobs import JobStore
+    from service.http.web import export_csv_text
     from service.review import ReviewService
+    from service.runtime.jobs import JobStore
     from service.settings import load_settings
-    from service.web import export_csv_text
 
     try:
         settings = load_settings(config)

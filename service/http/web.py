@@ -33,7 +33,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
-from service.auth import CSRF_FIELD, SESSION_COOKIE, Auth, LoginRequired, Principal, safe_next
+from service.http.auth import CSRF_FIELD, SESSION_COOKIE, Auth, LoginRequired, Principal, safe_next
 from service.review import Decision, DecisionError, ReviewService, WorklistFilter, why_flagged
 
 __all__ = [

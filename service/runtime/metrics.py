@@ -14,7 +14,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
-from service.jobs import Job
+from service.runtime.jobs import Job
 
 __all__ = ["LATENCY_BUCKETS", "Metrics"]
 

@@ -1,6 +1,6 @@
 """The `labelqa` command line.
 
-Each command group registers itself from a module named after it (``service/cli_<command>.py``:
+Each command group registers itself from a module named after it (``service/cli/<command>.py``:
 serve, dicom (dicomize, inspect), models (train, audit, evaluate), report, outbox, db, demo) so the
 entry point stays small; heavy imports (torch, highdicom) happen inside the commands.
 """
@@ -8,13 +8,14 @@ entry point stays small; heavy imports (torch, highdicom) happen inside the comm
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import typer
 
-from service import cli_db, cli_demo, cli_dicom, cli_export, cli_models, cli_outbox, cli_report, cli_serve
+from service.cli import db, demo, dicom, export, models, outbox, report, serve
 from service.settings import load_settings, settings_reference_markdown
+
+__all__ = ["app", "main"]
 
 app = typer.Typer(
     name="labelqa",
@@ -50,20 +51,15 @@ def config_reference() -> None:
 @config_app.command("api-reference")
 def config_api_reference() -> None:
     """Print the HTTP API reference (every endpoint, its parameters and responses) as Markdown."""
-    from service.api import api_reference_markdown
+    from service.http.api import api_reference_markdown
 
     typer.echo(api_reference_markdown(), nl=False)
 
 
-for _area in (cli_serve, cli_dicom, cli_models, cli_report, cli_outbox, cli_db, cli_demo, cli_export):
+for _area in (serve, dicom, models, report, outbox, db, demo, export):
     _area.register(app)
 
 
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="labelqa")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
-    sys.exit(0)

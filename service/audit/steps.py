@@ -5,7 +5,7 @@ offline ``labelqa audit --bundle B --dicom DIR --out OUT``, which needs no netwo
 result objects to ``OUT/dicom/`` and the verdicts to ``OUT/verdicts.json``.
 
 An audit is three steps with typed records between them, so the middle one can run elsewhere (a
-Ray worker holding the bundle, :mod:`service.executor_ray`): :func:`read_study_input` (files ->
+Ray worker holding the bundle, :mod:`service.runtime.executor_ray`): :func:`read_study_input` (files ->
 :class:`StudyInput`, on the gateway), :func:`infer` (:class:`InferenceBatch` of arrays ->
 :class:`InferenceResult`, wherever the models are), :func:`write_study_results` (-> result
 datasets and verdict rows, on the gateway). Masks take the same three steps: :func:`read_mask_input`

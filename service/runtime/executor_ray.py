@@ -1,7 +1,7 @@
 """Audits on a Ray cluster: the job table stays the truth, the model step runs on warm Ray actors.
 
 ``[executor] kind = "ray"`` (and ``address``) makes the pipeline use :class:`RayExecutor`. The
-gateway (listener, store, outbox, API) keeps the claim loop of :class:`~service.executor.InProcessExecutor`
+gateway (listener, store, outbox, API) keeps the claim loop of :class:`~service.runtime.executor.InProcessExecutor`
 (leases, heartbeats, retries in the job table, one thread per actor): for each claimed job it
 reads the study (:func:`service.audit.read_study_input`), puts the sample arrays into Ray's object
 store, and an :class:`AuditActor` returns scores and Grad-CAM heatmaps; the gateway writes the DICOM
@@ -12,7 +12,7 @@ One actor per GPU (``num_gpus=1`` when the cluster has GPUs), CPU actors otherwi
 of an actor are configurable (``[executor] resources = {labelqa_gpu = 1}`` pins audits to the
 nodes that offer that custom resource). Actors restart on another node when theirs dies
 (``max_restarts=-1``) but never retry a call themselves: a call that fails because its worker or
-node died hands the job back to the queue (:class:`~service.executor.JobRetry`), another actor
+node died hands the job back to the queue (:class:`~service.runtime.executor.JobRetry`), another actor
 runs it again, and since only the gateway writes results (with deterministic UIDs) after the model
 step, a study gets exactly one result set.
 
@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from service.audit import ModelBatch, ModelResult, model_step, warm_up
-from service.executor import InProcessExecutor, JobRetry, Outcome, WorkerContext
-from service.jobs import Job, JobStore
+from service.runtime.executor import InProcessExecutor, JobRetry, Outcome, WorkerContext
+from service.runtime.jobs import Job, JobStore
 
 __all__ = [
     "RayUnavailable", "connect", "cluster_nodes", "BundleCard", "bundle_archive", "AuditActor", "actor_count",
@@ -245,7 +245,7 @@ def actor_count(settings: Any, cluster: dict[str, float], num_gpus: float) -> in
 class RayExecutor:
     """The pipeline's audits with the model step on Ray actors; same interface as ``InProcessExecutor``.
 
-    ``pipeline`` is the :class:`service.pipeline.Pipeline` (its settings name the bundle, the
+    ``pipeline`` is the :class:`service.runtime.pipeline.Pipeline` (its settings name the bundle, the
     vocabulary and the audit options; its ``audit_job`` does the read and write steps here).
     """
 

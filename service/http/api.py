@@ -2,9 +2,9 @@
 
 FastAPI app served by uvicorn on 127.0.0.1 by default. When ``[auth] users`` or ``[api] token`` are
 set, every endpoint except ``/health`` needs a user
-(``Authorization: Bearer <token>``, or the review workbench's session cookie; see ``service.auth``);
+(``Authorization: Bearer <token>``, or the review workbench's session cookie; see ``service.http.auth``);
 re-running an audit needs the admin role. With a review service in the context the app also serves
-the review workbench (``service.web``). The OpenAPI schema is at ``/openapi.json`` and a reference page
+the review workbench (``service.http.web``). The OpenAPI schema is at ``/openapi.json`` and a reference page
 at ``/docs`` (rendered here, no scripts from elsewhere); ``docs/api.md`` is the same reference, generated
 by :func:`api_reference_markdown`.
 """
@@ -22,7 +22,7 @@ from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Respo
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
-from service.jobs import DONE, NO_ANNOTATIONS, STATES, Job, JobStore
+from service.runtime.jobs import DONE, NO_ANNOTATIONS, STATES, Job, JobStore
 
 __all__ = [
     "UID_PATTERN", "ApiContext", "JobSummary", "JobList", "StudyAuditResponse", "Queued", "Health", "outbox_counts",
@@ -41,13 +41,13 @@ class ApiContext:
 
     jobs: JobStore
     token: str | None = None
-    pipeline: Any = None  # service.pipeline.Pipeline: request_audit(), executor.status()
+    pipeline: Any = None  # service.runtime.pipeline.Pipeline: request_audit(), executor.status()
     store: Any = None  # dicom_io.store.StudyStore
     listener: Any = None  # dicom_io.scp.Listener
     outbox: Any = None  # the results outbox
-    metrics: Any = None  # service.metrics.Metrics
+    metrics: Any = None  # service.runtime.metrics.Metrics
     version: str = "0"
-    auth: Any = None  # service.auth.Auth; default: the legacy [api] token as the one admin
+    auth: Any = None  # service.http.auth.Auth; default: the legacy [api] token as the one admin
     review: Any = None  # service.review.ReviewService: the review workbench (worklist, decisions, export)
 
 
@@ -149,7 +149,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         description="Annotation quality audits of DICOM studies: health, metrics, jobs and results.",
         docs_url=None, redoc_url=None, openapi_url=None,
     )
-    from service.auth import Auth
+    from service.http.auth import Auth
 
     if ctx.auth is None:
         ctx.auth = Auth(api_token=ctx.token)
@@ -256,7 +256,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         return Queued(job=_summary(job))
 
     if ctx.review is not None:
-        from service.web import install
+        from service.http.web import install
 
         install(app, ctx.review, ctx.auth)
         if ctx.metrics is not None:

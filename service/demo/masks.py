@@ -32,8 +32,8 @@ def make_seg_demo_data(cfg: Any, work: Path) -> Any:
     from models.preprocess import to_stored_grey
     from models.seg.corruption import corrupt_masks
     from models.seg.synthetic import make_shape_masks
-    from service.demo import DemoData, DemoError
-    from service.dicomize import corruption_note
+    from service.demo.dicomize import corruption_note
+    from service.demo.run import DemoData, DemoError
 
     try:
         check_noise_rate(cfg.noise_rate)
@@ -92,15 +92,15 @@ def train_seg_demo_bundle(cfg: Any, data: Any, bundle_dir: Path, echo: Any) -> P
 
 
 def _label_archs() -> str:
-    from service.demo import DEMO_ARCHS
+    from service.demo.run import DEMO_ARCHS
 
     return DEMO_ARCHS
 
 
 def collect_seg(report: Any, jobs: Any, data: Any, study_uids: list[str]) -> None:
     """One row per audited mask: verdict, kind, Dice to the consensus, planted or not."""
-    from service.dicomize import planted_classes
-    from service.jobs import DONE
+    from service.demo.dicomize import planted_classes
+    from service.runtime.jobs import DONE
 
     by_study = {r["study_uid"]: r for r in data.manifest}
     counts: dict[str, int] = {}

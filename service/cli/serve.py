@@ -17,7 +17,7 @@ def serve(
     """Run the service until SIGTERM: DICOM listener + durable store, audit workers, outbox, HTTP API."""
     from pydantic import ValidationError
 
-    from service.process import configure_logging, run_service
+    from service.runtime.process import configure_logging, run_service
     from service.settings import load_settings
 
     overrides = {"listener": {"host": host, "port": port, "ae_title": ae_title}, "store": {"data_dir": data_dir}}
@@ -33,7 +33,7 @@ def serve(
     from dicom_io.store import DataDirLocked
 
     try:
-        from service.pipeline import service_components  # audit jobs, workers, outbox sender, HTTP API
+        from service.serve import service_components  # audit jobs, workers, outbox sender, HTTP API
 
         code = run_service(settings, components=service_components(settings))
     except DataDirLocked as e:

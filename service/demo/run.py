@@ -34,7 +34,7 @@ from dicom_io.results.series import is_own_output
 from models.verdict import FLAGGED
 
 if TYPE_CHECKING:
-    from service.harness.peers import LocalArchive, Orthanc
+    from service.demo.peers import LocalArchive, Orthanc
 
 __all__ = [
     "REPO", "SHAPE_NAMES", "DEMO_ARCHS", "DemoError", "DemoConfig", "DemoData", "DemoReport", "make_demo_data",
@@ -126,7 +126,7 @@ def _shapes_npz(path: Path, n: int, cfg: DemoConfig, seed: int, noise_rate: floa
 def make_demo_data(cfg: DemoConfig, work: Path) -> DemoData:
     """Training images (clean labels) and the DICOM studies to audit (some labels flipped)."""
     from models.corruption import check_noise_rate
-    from service.dicomize import dicomize
+    from service.demo.dicomize import dicomize
 
     if not 2 <= cfg.classes <= len(SHAPE_NAMES):
         raise DemoError(f"--classes must be between 2 and {len(SHAPE_NAMES)}")
@@ -156,7 +156,7 @@ def train_demo_bundle(cfg: DemoConfig, data: DemoData, work: Path, echo=print) -
     if (bundle_dir / "configs" / "metadata.json").is_file():
         return bundle_dir, True
     if cfg.task == "segmentation":
-        from service.demo_seg import train_seg_demo_bundle
+        from service.demo.masks import train_seg_demo_bundle
 
         return train_seg_demo_bundle(cfg, data, bundle_dir, echo), False
     from models.bundle import train_bundle
@@ -211,7 +211,7 @@ def orthanc_routing_config(work: Path) -> dict[str, Any]:
 
     Orthanc listens on all interfaces; this configuration refuses remote HTTP and only accepts DICOM
     from the declared peers (labelqa and the demo sender on 127.0.0.1). Storage, ports, AE title,
-    peers and stable age are set by :class:`service.harness.peers.Orthanc`.
+    peers and stable age are set by :class:`service.demo.peers.Orthanc`.
     """
     base = json.loads((REPO / "deploy" / "orthanc" / "orthanc.json").read_text())
     for key in ("StorageDirectory", "IndexDirectory", "DicomAet", "DicomPort", "HttpPort", "DicomModalities",
@@ -229,7 +229,7 @@ def orthanc_routing_config(work: Path) -> dict[str, Any]:
 def demo_orthanc(work: Path, *, http_port: int, dicom_port: int, labelqa_port: int, labelqa_ae: str = "LABELQA",
                  sender_ae: str = "LABELQADEMO", stable_age_s: int = 2) -> Orthanc:
     """The demo's Orthanc (not started), on this machine's loopback, routing annotated studies to labelqa."""
-    from service.harness.peers import HostNetwork, Orthanc
+    from service.demo.peers import HostNetwork, Orthanc
 
     modalities = {
         "labelqa": {"AET": labelqa_ae, "Host": "127.0.0.1", "Port": labelqa_port, "AllowEcho": True,
@@ -243,11 +243,10 @@ def demo_orthanc(work: Path, *, http_port: int, dicom_port: int, labelqa_port: i
 # -- the run ---------------------------------------------------------------------------------------
 def run_demo(cfg: DemoConfig, echo=print) -> DemoReport:
     """Run the demo end to end; returns the report (rows per annotation, summary, outputs, timings)."""
-    from service.harness.peers import LocalArchive, OrthancError
-    from service.harness.ports import free_port
-    from service.jobs import DONE, FAILED, NO_ANNOTATIONS, JobStore
-    from service.pipeline import AuditService, service_components
-    from service.process import Service
+    from service.demo.peers import LocalArchive, OrthancError, free_port
+    from service.runtime.jobs import DONE, FAILED, NO_ANNOTATIONS, JobStore
+    from service.runtime.process import Service
+    from service.serve import AuditService, service_components
     from service.settings import Destination, load_settings
 
     t_start = time.perf_counter()
@@ -257,7 +256,7 @@ def run_demo(cfg: DemoConfig, echo=print) -> DemoReport:
 
     t0 = time.perf_counter()
     if cfg.task == "segmentation":
-        from service.demo_seg import make_seg_demo_data
+        from service.demo.masks import make_seg_demo_data
 
         data = make_seg_demo_data(cfg, work)
         n_planted = sum(1 for r in data.manifest if r.get("mask_corruption"))
@@ -327,7 +326,7 @@ def run_demo(cfg: DemoConfig, echo=print) -> DemoReport:
                 raise DemoError(str(e)) from None
         try:
             svc.start()
-        except ValueError as e:  # e.g. service.executor_ray.RayUnavailable: the cluster cannot be used
+        except ValueError as e:  # e.g. service.runtime.executor_ray.RayUnavailable: the cluster cannot be used
             raise DemoError(str(e)) from None
         echo(f"labelqa is listening on 127.0.0.1:{lq_port} (AE LABELQA); API http://127.0.0.1:{api_port}/docs")
         t0 = time.perf_counter()
@@ -349,7 +348,7 @@ def run_demo(cfg: DemoConfig, echo=print) -> DemoReport:
             _wait_for(lambda: outbox.counts().get("pending", 0) == 0, cfg.timeout_s, "result delivery", echo)
         report.timings_s["until_delivered"] = time.perf_counter() - t0
         if cfg.task == "segmentation":
-            from service.demo_seg import collect_seg
+            from service.demo.masks import collect_seg
 
             collect_seg(report, jobs, data, study_uids)
         else:
@@ -397,8 +396,8 @@ def _forget_demo_jobs(database_url: str, study_uids: list[str]) -> None:
     from sqlalchemy.exc import SQLAlchemyError
 
     from dicom_io.db import make_engine
-    from service.jobs import AuditJobRow
     from service.migrations import upgrade
+    from service.runtime.jobs import AuditJobRow
 
     engine = make_engine(database_url)
     try:
@@ -445,7 +444,7 @@ def _wait_for(cond, timeout_s: float, what: str, echo) -> None:
 
 
 def _collect(report: DemoReport, jobs: Any, data: DemoData, study_uids: list[str]) -> None:
-    from service.jobs import DONE
+    from service.runtime.jobs import DONE
 
     by_ann = {r["annotation_uid"]: r for r in data.manifest}
     counts: dict[str, int] = {}
@@ -560,7 +559,7 @@ def _summary_line(report: DemoReport) -> str:
 def _render(report: DemoReport) -> str:
     """The table and where things went, as text."""
     if report.summary.get("task") == "segmentation":
-        from service.demo_seg import render_seg_rows
+        from service.demo.masks import render_seg_rows
 
         lines = render_seg_rows(report)
     else:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 __all__ = ["REPO", "labelqa_cmd", "labelqa_env"]
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def labelqa_cmd() -> list[str]:
