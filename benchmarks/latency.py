@@ -41,20 +41,20 @@ from sqlalchemy import func, select  # noqa: E402
 from dicom_io.db import make_engine  # noqa: E402
 from dicom_io.store import InstanceRow  # noqa: E402
 from harness.commands import labelqa_cmd, labelqa_env  # noqa: E402
+from service.demo import DemoConfig, make_demo_data, shapes_npz, train_demo_bundle  # noqa: E402
 from service.demo.dicomize import dicomize  # noqa: E402
 from service.demo.peers import (  # noqa: E402
     NetNamespace,
     free_port,  # noqa: E402
     start_orthanc,
 )
-from service.demo.run import DemoConfig, _shapes_npz, make_demo_data, train_demo_bundle  # noqa: E402
 from service.settings import StoreSettings  # noqa: E402
 
 
 def make_study_set(work: Path, cfg: DemoConfig, n_images: int, seed: int, one_study: bool) -> tuple[Path, list[str]]:
     """``n_images`` annotated images as DICOM: one study holding all (one_study) or one study each."""
     npz = work / f"src-{n_images}-{seed}-{int(one_study)}.npz"
-    _shapes_npz(npz, n_images, cfg, seed=seed)
+    shapes_npz(npz, n_images, cfg, seed=seed)
     out = work / f"studies-{n_images}-{seed}-{int(one_study)}"
     if out.exists():
         shutil.rmtree(out)

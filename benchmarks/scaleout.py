@@ -63,6 +63,7 @@ def audit_rate(kind: str, workers: int, studies_dir: Path, bundle: Path, vocabul
     """Audit every study with one executor; studies per hour and where the audits ran."""
     from dicom_io.db import make_engine
     from dicom_io.store import StudyStore
+    from service.audit import AUDITOR
     from service.runtime.jobs import DONE, JobStore
     from service.runtime.pipeline import Pipeline
     from service.settings import load_settings
@@ -79,7 +80,7 @@ def audit_rate(kind: str, workers: int, studies_dir: Path, bundle: Path, vocabul
         store.put(p.read_bytes())
     studies = store.studies()
     jobs = JobStore(make_engine(settings.store.resolved_database_url()))
-    pipe = Pipeline(settings, jobs, store=store)
+    pipe = Pipeline(settings, jobs, auditor=AUDITOR, store=store)
     pipe.start()
     try:
         deadline = time.monotonic() + 600

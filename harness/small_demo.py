@@ -37,7 +37,9 @@ class SmallDemo:
 def _source_key(cfg: DemoConfig) -> str:
     """The trained bundle depends on the settings and on the training/data code: hash them all."""
     h = hashlib.sha256(cfg.bundle_key().encode())
-    for p in sorted((REPO / "models").glob("*.py")) + [REPO / "service" / "demo" / "run.py", REPO / "dicom_io" / "dicomize.py"]:
+    code = [*sorted((REPO / "models").glob("*.py")), *sorted((REPO / "service" / "demo").glob("*.py")),
+            REPO / "dicom_io" / "dicomize.py"]
+    for p in code:
         h.update(p.read_bytes())
     return h.hexdigest()[:16]
 

@@ -1,11 +1,8 @@
-"""Self-describing model bundles (MONAI bundle layout) and auditing new data with them.
+"""Label bundles: the fitted classifiers, their thresholds and classes on disk, and auditing new data with them.
 
-Layout::
-
-    BUNDLE/configs/metadata.json   class vocabulary, input size, preprocessing, thresholds, members,
-                                   versions, content hash (sha256 over the member files + metadata)
-    BUNDLE/configs/inference.json  how to rebuild each member (architecture names)
-    BUNDLE/models/<arch>_fold<k>.pt  state dicts
+The format (``configs/metadata.json`` with ``"task": "labels"``, ``configs/inference.json``,
+``models/<arch>_fold<k>.pt``) is the one every bundle shares (:mod:`models.bundles`);
+:func:`load_label_bundle` is the loader :func:`models.bundles.load_bundle` uses for it.
 
 ``labelqa train`` fits in crossfit mode by default: the thresholds come from out-of-fold predictions
 (as in ``labelqa evaluate``) and every fold model is kept; auditing new data averages each
@@ -14,7 +11,6 @@ architecture's fold models (none of them saw the new samples) and takes Grad-CAM
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -23,6 +19,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from models.bundles import (
+    LABELS,
+    BundleError,
+    BundleInfo,
+    member_file,
+    read_bundle_info,
+    sha256_file,
+    write_bundle_configs,
+)
 from models.detector import (
     CUT_FROM,
     VERDICTS,
@@ -38,16 +43,8 @@ from models.ensemble import ARCHITECTURES, build_model
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = [
-    "BUNDLE_FORMAT", "BundleError", "SampleVerdict", "Bundle", "save_bundle", "read_bundle_meta", "member_file",
-    "load_bundle", "train_bundle", "write_verdicts", "audit_dataset",
-]
-
-BUNDLE_FORMAT = "labelqa-bundle/1"
-
-
-class BundleError(ValueError):
-    """The bundle directory is missing, incomplete or altered."""
+__all__ = ["SampleVerdict", "LabelBundle", "save_bundle", "load_label_bundle", "train_bundle", "write_verdicts",
+           "audit_dataset"]
 
 
 @dataclass
@@ -83,17 +80,22 @@ class _Member:
     cam_size: int
 
 
-class Bundle:
-    """A loaded bundle: class vocabulary, input size, thresholds and the member models."""
+class LabelBundle:
+    """A loaded label bundle: class vocabulary, input size, thresholds and the member models."""
 
-    def __init__(self, path: Path, meta: dict, members: list[_Member]):
-        self.path = path
+    task = LABELS
+    dimension = 2
+
+    def __init__(self, info: BundleInfo, members: list[_Member]):
+        meta = dict(info.meta)
+        self.info = info
+        self.path = info.path
         self.meta = meta
         self.members = members
-        self.class_names: list[str] = list(meta["class_names"])
+        self.class_names: list[str] = info.class_names
         self.image_size: int = int(meta["image_size"])
-        self.content_hash: str = meta["content_hash"]
-        self.version: str = meta["version"]
+        self.content_hash: str = info.content_hash
+        self.version: str = info.version
         self.thresholds: dict = dict(meta["thresholds"])
         self.detector = DetectorConfig(**meta["detector"])
         self.archs: list[str] = list(dict.fromkeys(m.arch for m in members))
@@ -210,19 +212,6 @@ class Bundle:
         return [dict(c, given_class=self.class_names[c["given_class"]]) for c in sc.cohorts]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _content_hash(meta: dict) -> str:
-    body = {k: v for k, v in meta.items() if k != "content_hash"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
 def save_bundle(out: Path, fit, class_names: list[str], image_size: int, thresholds: Thresholds,
                 detector: DetectorConfig, train_cfg: dict, extra: dict | None = None) -> Path:
     """Write a bundle directory for the members of ``fit``."""
@@ -230,7 +219,6 @@ def save_bundle(out: Path, fit, class_names: list[str], image_size: int, thresho
     import torch
 
     out = Path(out)
-    (out / "configs").mkdir(parents=True, exist_ok=True)
     (out / "models").mkdir(parents=True, exist_ok=True)
     members = []
     for m in fit.members:
@@ -238,16 +226,16 @@ def save_bundle(out: Path, fit, class_names: list[str], image_size: int, thresho
         f = out / "models" / f"{m.arch}{repeat_part}_fold{m.fold}.pt"
         torch.save(m.model.state_dict(), f)
         members.append({"arch": m.arch, "fold": m.fold, "repeat": m.repeat, "file": f"models/{f.name}",
-                        "sha256": _sha256(f),
+                        "sha256": sha256_file(f),
                         "cam_layer": m.cam_layer, "cam_size": m.cam_size,
                         "description": ARCHITECTURES[m.arch].description})
     from models import __version__
 
     meta = {
-        "format": BUNDLE_FORMAT,
+        "task": LABELS, "dims": 2,
         "version": __version__,
         "name": "labelqa annotation-error detector",
-        "task": "label error detection for 2-D image classification annotations",
+        "description": "label error detection for 2-D image classification annotations",
         "monai_version": monai.__version__, "pytorch_version": torch.__version__, "numpy_version": np.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "class_names": list(class_names), "image_size": int(image_size),
@@ -261,47 +249,17 @@ def save_bundle(out: Path, fit, class_names: list[str], image_size: int, thresho
         "fit_mode": fit.mode, "members": members, "thresholds": thresholds.to_dict(),
         "detector": detector.to_dict(), "train": train_cfg, **(extra or {}),
     }
-    meta["content_hash"] = _content_hash(meta)
-    (out / "configs" / "metadata.json").write_text(json.dumps(meta, indent=2, default=str))
     inference = {"members": [{"arch": m["arch"], "file": m["file"], "cam_layer": m["cam_layer"]} for m in members],
                  "builder": "models.ensemble.build_model(ARCHITECTURES[arch], n_classes)"}
-    (out / "configs" / "inference.json").write_text(json.dumps(inference, indent=2))
+    write_bundle_configs(out, meta, inference)
     return out
 
 
-def read_bundle_meta(path: Path, what: str = "labelqa bundle") -> dict:
-    """A bundle's ``configs/metadata.json``, checked: present, a known format, content hash intact."""
-    meta_file = path / "configs" / "metadata.json"
-    if not meta_file.is_file():
-        raise BundleError(f"{path}: not a {what} (configs/metadata.json missing); make one with labelqa train")
-    meta = json.loads(meta_file.read_text())
-    if meta.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"{path}: unsupported bundle format {meta.get('format')!r} (expected {BUNDLE_FORMAT})")
-    if _content_hash(meta) != meta.get("content_hash"):
-        raise BundleError(f"{path}: metadata.json was modified (content hash mismatch)")
-    return meta
-
-
-def member_file(path: Path, m: dict) -> Path:
-    """A member's weights file, checked against the sha256 the metadata records."""
-    f = path / m["file"]
-    if not f.is_file():
-        raise BundleError(f"{path}: member file {m['file']} missing")
-    if _sha256(f) != m["sha256"]:
-        raise BundleError(f"{path}: member file {m['file']} does not match its recorded sha256")
-    return f
-
-
-def load_bundle(path: str | Path) -> Bundle:
-    """Load and verify a bundle (file hashes and content hash)."""
+def load_label_bundle(info: BundleInfo) -> LabelBundle:
+    """Load a label bundle's members (each checked against its sha256); the loader of ``("labels", 2)``."""
     import torch
 
-    path = Path(path)
-    meta = read_bundle_meta(path)
-    if meta.get("task") == "segmentation":  # segmenters: models.seg.bundle (callers branch on .meta["task"])
-        from models.seg.bundle import load_seg_bundle
-
-        return load_seg_bundle(path)  # type: ignore[return-value]
+    path, meta = info.path, info.meta
     members = []
     for m in meta["members"]:
         f = member_file(path, m)
@@ -311,7 +269,7 @@ def load_bundle(path: str | Path) -> Bundle:
         model.load_state_dict(torch.load(f, map_location="cpu", weights_only=True))
         model.eval()
         members.append(_Member(m["arch"], int(m["fold"]), model, m["cam_layer"], int(m["cam_size"])))
-    return Bundle(path, meta, members)
+    return LabelBundle(info, members)
 
 
 def train_bundle(dataset, out, *, image_size: int = 64, archs="densenet121,resnet18,efficientnet-b0", seed: int = 0,
@@ -386,11 +344,14 @@ def audit_dataset(bundle_path, dataset, out, *, device: str = "auto", batch_size
                   cut_from: str = "auto") -> dict:
     """Audit an image data set with a bundle: writes verdicts.csv and audit.json; returns the summary.
 
-    ``cut_from`` (``Bundle.score``): by default a data set large enough (every class >= the detector's
+    ``cut_from`` (``LabelBundle.score``): by default a data set large enough (every class >= the detector's
     ``min_class_size``) gets its own error count and cut (benchmarks/batch_cut.py)."""
     from models.data import load_dataset
 
-    bundle = load_bundle(bundle_path)
+    info = read_bundle_info(bundle_path)
+    if info.task != LABELS:
+        raise BundleError(f"{bundle_path}: a {info.task} bundle, not a label bundle")
+    bundle = load_label_bundle(info)
     data = load_dataset(dataset, bundle.image_size)
     missing = sorted(set(data.class_names) - set(bundle.class_names))
     if missing:

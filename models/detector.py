@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from models.verdict import Verdict
+from models.verdict import LABEL_VERDICTS, Verdict
 
 __all__ = [
     "VERDICTS", "DetectorConfig", "Thresholds", "Scores", "member_weights", "weighted_mean", "alc_priority",
@@ -47,7 +47,7 @@ __all__ = [
     "score_fit",
 ]
 
-VERDICTS = (Verdict.SUSPECTED_LABEL_ERROR, Verdict.HARD_CASE, Verdict.CONSISTENT)
+VERDICTS = LABEL_VERDICTS
 """The verdicts of the label detector, in the order flagged / hard / consistent."""
 
 

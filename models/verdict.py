@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["Verdict", "FLAGGED", "MaskErrorKind"]
+__all__ = ["Verdict", "FLAGGED", "LABEL_VERDICTS", "MASK_VERDICTS", "MaskErrorKind"]
 
 
 class Verdict(StrEnum):
@@ -31,6 +31,11 @@ class Verdict(StrEnum):
 
 FLAGGED = frozenset({Verdict.SUSPECTED_LABEL_ERROR, Verdict.SUSPECTED_MASK_ERROR})
 """The verdicts that flag an annotation for review."""
+
+LABEL_VERDICTS = (Verdict.SUSPECTED_LABEL_ERROR, Verdict.HARD_CASE, Verdict.CONSISTENT)
+"""The verdicts a class label can get, in the order flagged / hard / consistent."""
+MASK_VERDICTS = (Verdict.SUSPECTED_MASK_ERROR, Verdict.HARD_CASE, Verdict.CONSISTENT)
+"""The verdicts a mask can get, in the order flagged / hard / consistent."""
 
 
 class MaskErrorKind(StrEnum):

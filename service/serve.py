@@ -11,6 +11,7 @@ import logging
 import threading
 from typing import Any
 
+from service.audit import AUDITOR
 from service.runtime.jobs import JobStore
 from service.runtime.pipeline import Pipeline
 from service.settings import Settings
@@ -48,7 +49,8 @@ class AuditService:
         self.jobs = JobStore(self.engine, lease_s=settings.audit.job_lease_s)
         self.outbox = _make_outbox(settings, self.engine)
         self.metrics = _service_metrics(self.jobs, service.store, self.outbox)
-        self.pipeline = Pipeline(settings, self.jobs, store=service.store, outbox=self.outbox, metrics=self.metrics)
+        self.pipeline = Pipeline(settings, self.jobs, auditor=AUDITOR, store=service.store, outbox=self.outbox,
+                                 metrics=self.metrics)
         service.store.subscribe(self.pipeline.on_study_stable)
         self._outbox_stop = threading.Event()
         self._outbox_thread: threading.Thread | None = None

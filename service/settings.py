@@ -42,6 +42,11 @@ class AuditSettings(BaseModel):
     workers: int = Field(1, ge=1, description="In-process audit workers.")
     job_lease_s: float = Field(600.0, gt=0, description="A running job whose lease expired is re-queued.")
     heatmaps_for_hard_cases: bool = Field(False, description="Also write heatmap SCs for hard cases.")
+    parametric_maps: bool = Field(
+        False, description="Also write each heatmap's raw saliency as a Parametric Map (sources with a Frame of "
+        "Reference; for viewers that show them, e.g. OHIF >= 3.9, Weasis, Slicer).")
+    member_panels: bool = Field(
+        False, description="Also write, beside each heatmap SC, one SC with every ensemble member's map.")
 
 
 class ExecutorSettings(BaseModel):

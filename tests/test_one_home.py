@@ -36,6 +36,7 @@ def test_annotation_sop_classes_include_extensible_sr_and_label_map_seg():
 
 @pytest.mark.parametrize(("manufacturer", "series", "own"), [
     ("labelqa", 9901, True), ("labelqa", "9906", True), ("labelqa", 1, False), ("labelqa", 200, False),
+    ("labelqa", 9907, False),  # a reviewer's corrected annotation is an annotation
     ("ACME", 9901, False), (None, None, False), ("labelqa", "x", False),
 ])
 def test_own_output_rule(manufacturer, series, own):

@@ -13,10 +13,8 @@ labelqa's own result objects (``dicom_io.results.series.is_own_output``) are not
 from __future__ import annotations
 
 import logging
-import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,6 @@ from dicom_io.annotations.records import (
     MISSING_REFERENCE,
     NO_IMAGE_REFERENCE,
     OTHER_STUDY,
-    UNREADABLE_FILE,
     UNREADABLE_PIXELS,
     UNSUPPORTED_SOP_CLASS,
     AnnotationSet,
@@ -41,33 +38,15 @@ from dicom_io.annotations.records import (
     Sample,
 )
 from dicom_io.sop import SEG_STORAGE, SR_STORAGE, is_non_image
+from dicom_io.study import Study, StudyFile, open_studies, open_study
 
 __all__ = ["read_study", "read_studies", "SR_SOP_CLASSES", "SEG_SOP_CLASSES"]
 
 log = logging.getLogger("dicom_io.annotations")
 
 
-@dataclass
-class _Instance:
-    path: Path
-    ds: Any  # header-only pydicom Dataset (SEG/SR read in full)
-
-
 SR_SOP_CLASSES = SR_STORAGE
 SEG_SOP_CLASSES = SEG_STORAGE
-
-
-def _iter_files(paths: Iterable[Path] | Path | str) -> list[Path]:
-    if isinstance(paths, (str, Path)):
-        paths = [Path(paths)]
-    out: list[Path] = []
-    for p in paths:
-        p = Path(p)
-        if p.is_dir():
-            out.extend(sorted(q for q in p.rglob("*") if q.is_file()))
-        else:
-            out.append(p)
-    return out
 
 
 def _is_image(ds: Any) -> bool:
@@ -76,45 +55,8 @@ def _is_image(ds: Any) -> bool:
     return "Rows" in ds and "Columns" in ds
 
 
-_UID_NAME = re.compile(r"^[0-9.]+$")
-
-
-def _looks_like_dicom(p: Path) -> bool:
-    """A DICM preamble, or a name that promises DICOM (.dcm/.dicom, or a bare UID as stores name files)."""
-    try:
-        with p.open("rb") as f:
-            head = f.read(132)
-    except OSError:
-        return True  # let the reader report it
-    if head[128:132] == b"DICM":
-        return True
-    return p.suffix.lower() in (".dcm", ".dicom") or bool(_UID_NAME.match(p.name))
-
-
-def _read_headers(files: list[Path], issues: list[IssueRecord]) -> list[_Instance]:
-    """Headers of the DICOM files; other files (no preamble, no DICOM-like name) are skipped silently."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    out = []
-    for p in files:
-        if p.name == "DICOMDIR" or not _looks_like_dicom(p):
-            continue
-        try:
-            try:
-                ds = pydicom.dcmread(p, stop_before_pixels=True)
-            except InvalidDicomError:  # no preamble / file meta (older writers): read the data set as is
-                ds = pydicom.dcmread(p, stop_before_pixels=True, force=True)
-            _ = str(ds.SOPInstanceUID), str(ds.SOPClassUID)
-        except Exception as e:  # pydicom raises assorted errors on damaged files
-            issues.append(IssueRecord(UNREADABLE_FILE, f"{p.name}: not a readable DICOM instance ({e})"))
-            continue
-        out.append(_Instance(p, ds))
-    return out
-
-
 def read_studies(
-    paths: Iterable[Path] | Path | str,
+    paths: list[Study] | Iterable[Path] | Path | str,
     vocabulary: Any | None,
     *,
     image_size: int | None = None,
@@ -123,27 +65,18 @@ def read_studies(
     masks: bool = False,
     mask_classes: Sequence[str] | None = None,
 ) -> list[AnnotationSet]:
-    """``read_study`` for every study found under ``paths`` (unreadable files: a study_uid None set)."""
-    issues: list[IssueRecord] = []
-    groups: dict[str, list[_Instance]] = defaultdict(list)
-    try:
-        instances = _read_headers(_iter_files(paths), issues)
-    except Exception as e:  # e.g. a folder we may not list
-        return [AnnotationSet(None, [], [*issues, IssueRecord(UNREADABLE_FILE, f"cannot list the files: {e}")])]
-    for inst in instances:
-        groups[str(inst.ds.get("StudyInstanceUID", ""))].append(inst)
-    sets = [
-        _read_instances(insts, [], vocabulary, image_size=image_size, load_pixels=load_pixels,
-                        pixel_transform=pixel_transform, masks=masks, mask_classes=mask_classes)
-        for _, insts in sorted(groups.items())
-    ]
-    if issues:
-        sets.append(AnnotationSet(study_uid=None, issues=issues))
-    return sets
+    """``read_study`` for every study found under ``paths`` (unreadable files: a study_uid None set), or for
+    each of the given studies."""
+    if isinstance(paths, list) and paths and all(isinstance(s, Study) for s in paths):
+        studies: list[Study] = list(paths)
+    else:
+        studies = open_studies(paths)  # type: ignore[arg-type]  # files or folders
+    return [read_study(s, vocabulary, image_size=image_size, load_pixels=load_pixels, pixel_transform=pixel_transform,
+                       masks=masks, mask_classes=mask_classes) for s in studies]
 
 
 def read_study(
-    paths: Iterable[Path] | Path | str,
+    paths: Study | Iterable[Path] | Path | str,
     vocabulary: Any | None,
     *,
     image_size: int | None = None,
@@ -152,7 +85,7 @@ def read_study(
     masks: bool = False,
     mask_classes: Sequence[str] | None = None,
 ) -> AnnotationSet:
-    """Labelled samples and issue records of one study (files or folders).
+    """Labelled samples and issue records of one study (a :class:`~dicom_io.study.Study`, files or folders).
 
     ``vocabulary`` None resolves every finding to its code meaning (segment label for SEG): useful to
     look at foreign data; with a vocabulary, codes not in it are ``unknown_code`` issues.
@@ -167,17 +100,15 @@ def read_study(
     image and mask together) and the given mask on the source grid (empty when the class has no pixel
     there). The class-label ``samples`` are read as without it.
     """
-    issues: list[IssueRecord] = []
-    try:
-        instances = _read_headers(_iter_files(paths), issues)
-    except Exception as e:  # never let a study stop on us
-        return AnnotationSet(None, [], [IssueRecord(UNREADABLE_FILE, f"cannot list the study files: {e}")])
-    return _read_instances(instances, issues, vocabulary, image_size=image_size, load_pixels=load_pixels,
+    study = paths if isinstance(paths, Study) else open_study(paths)
+    if study.uid is None and not study.files:
+        return AnnotationSet(None, [], list(study.issues))
+    return _read_instances(list(study), list(study.issues), vocabulary, image_size=image_size, load_pixels=load_pixels,
                            pixel_transform=pixel_transform, masks=masks, mask_classes=mask_classes)
 
 
 def _read_instances(
-    instances: list[_Instance],
+    instances: list[StudyFile],
     issues: list[IssueRecord],
     vocabulary: Any | None,
     *,
@@ -192,7 +123,7 @@ def _read_instances(
                                          pixel_transform=pixel_transform, masks=masks, mask_classes=mask_classes)
     except Exception as e:  # a bug or an input nobody foresaw: say so, do not stop the caller
         log.exception("reading a study failed")
-        study = str(instances[0].ds.get("StudyInstanceUID", "")) if instances else None
+        study = str(instances[0].dataset.get("StudyInstanceUID", "")) if instances else None
         return AnnotationSet(
             study or None,
             [],
@@ -201,7 +132,7 @@ def _read_instances(
 
 
 def _read_instances_unguarded(
-    instances: list[_Instance],
+    instances: list[StudyFile],
     issues: list[IssueRecord],
     vocabulary: Any | None,
     *,
@@ -215,20 +146,20 @@ def _read_instances_unguarded(
         return AnnotationSet(None, [], issues)
     counts: dict[str, int] = defaultdict(int)
     for inst in instances:
-        counts[str(inst.ds.get("StudyInstanceUID", ""))] += 1
+        counts[str(inst.dataset.get("StudyInstanceUID", ""))] += 1
     study_uid = max(counts, key=lambda k: counts[k])
-    images: dict[str, _Instance] = {}
+    images: dict[str, StudyFile] = {}
     seg_headers: dict[str, Any] = {}
     records: list[LabelRecord] = []
     mask_records: list[MaskRecord] = []
     series_images: dict[str, list[str]] = defaultdict(list)
     for inst in instances:
-        sop = str(inst.ds.SOPClassUID)
-        if str(inst.ds.get("StudyInstanceUID", "")) == study_uid and sop not in SR_SOP_CLASSES and _is_image(inst.ds):
-            if int(inst.ds.get("NumberOfFrames", 1) or 1) == 1:
-                series_images[str(inst.ds.get("SeriesInstanceUID", ""))].append(str(inst.ds.SOPInstanceUID))
+        ds = inst.dataset
+        if str(ds.get("StudyInstanceUID", "")) == study_uid and str(ds.SOPClassUID) not in SR_SOP_CLASSES \
+                and _is_image(ds) and int(ds.get("NumberOfFrames", 1) or 1) == 1:
+            series_images[str(ds.get("SeriesInstanceUID", ""))].append(str(ds.SOPInstanceUID))
     for inst in instances:
-        ds = inst.ds
+        ds = inst.dataset
         uid, sop = str(ds.SOPInstanceUID), str(ds.SOPClassUID)
         if str(ds.get("StudyInstanceUID", "")) != study_uid:
             issues.append(
@@ -247,13 +178,8 @@ def _read_instances_unguarded(
                 recs, iss = read_sr(ds, vocabulary)
             elif sop in SEG_SOP_CLASSES:
                 from dicom_io.annotations.seg import read_seg, read_seg_masks
-                from dicom_io.results.series import REVIEWED_LABEL_SERIES_NUMBER, is_own_output_dataset
 
-                if is_own_output_dataset(ds) and str(ds.get("SeriesNumber")) != str(REVIEWED_LABEL_SERIES_NUMBER):
-                    continue  # labelqa's suggested-correction SEG: a result, not an annotation (a reviewer's is)
-                import pydicom
-
-                full_seg = pydicom.dcmread(inst.path)
+                full_seg = ds
                 recs, iss = read_seg(full_seg, vocabulary, series_images=series_images)
                 if masks:
                     mrecs, miss = read_seg_masks(full_seg, vocabulary, series_images=series_images,
@@ -284,10 +210,8 @@ def _read_instances_unguarded(
         issues.append(IssueRecord(MALFORMED_ANNOTATION, f"SR -> SEG segment references unusable: {e}"))
         records = [r for r in records if r.via_segment is None]
 
-    full: dict[str, Any] = {}
-    samples = _attach(records, images, study_uid, vocabulary, issues, image_size, load_pixels, pixel_transform,
-                      full)
-    mask_samples = _attach_masks(mask_records, images, study_uid, issues, load_pixels, full) if masks else []
+    samples = _attach(records, images, study_uid, vocabulary, issues, image_size, load_pixels, pixel_transform)
+    mask_samples = _attach_masks(mask_records, images, study_uid, issues, load_pixels) if masks else []
     return AnnotationSet(study_uid, samples, issues, mask_samples)
 
 
@@ -334,14 +258,13 @@ def _resolve_segment_references(
 
 def _attach(
     records: list[LabelRecord],
-    images: dict[str, _Instance],
+    images: dict[str, StudyFile],
     study_uid: str,
     vocabulary: Any | None,
     issues: list[IssueRecord],
     image_size: int | None,
     load_pixels: bool,
     pixel_transform: Callable[[np.ndarray], np.ndarray] | None = None,
-    full: dict[str, Any] | None = None,
 ) -> list[Sample]:
     from dicom_io import pixels as px
 
@@ -349,7 +272,6 @@ def _attach(
     by_key: dict[tuple[str, int | None], list[LabelRecord]] = defaultdict(list)
     for r in records:
         by_key[(r.image_uid, r.frame)].append(r)
-    full = {} if full is None else full
     samples: list[Sample] = []
     for (image_uid, frame), recs in by_key.items():
         labels = sorted({r.label for r in recs})
@@ -380,11 +302,7 @@ def _attach(
         spacing = None
         if load_pixels:
             try:
-                ds = full.get(image_uid)
-                if ds is None:
-                    import pydicom
-
-                    ds = full[image_uid] = pydicom.dcmread(inst.path)
+                ds = inst.dataset
                 arr, spacing = px.load_frame(ds, frame, None if pixel_transform is not None else image_size)
                 if pixel_transform is not None:
                     arr = pixel_transform(arr)
@@ -395,7 +313,7 @@ def _attach(
                     )
                 )
                 continue
-        hdr = inst.ds
+        hdr = inst.dataset
         prov = Provenance(
             study_uid=study_uid,
             annotation_uid=rec.annotation_uid,
@@ -475,11 +393,10 @@ def _grid_offset(
 
 def _attach_masks(
     records: list[MaskRecord],
-    images: dict[str, _Instance],
+    images: dict[str, StudyFile],
     study_uid: str,
     issues: list[IssueRecord],
     load_pixels: bool,
-    full: dict[str, Any],
 ) -> list[MaskSample]:
     """Mask records + their source frames -> mask samples on the source grid (one per frame and class)."""
     from dicom_io import pixels as px
@@ -498,7 +415,7 @@ def _attach_masks(
         if inst is None:
             issue(MISSING_REFERENCE, f"segmentation refers to image {rec.image_uid} which is not in the study", rec)
             continue
-        nframes = px.n_frames(inst.ds)
+        nframes = px.n_frames(inst.dataset)
         frame = rec.frame
         if nframes == 1 and frame == 1:
             frame = None
@@ -522,18 +439,14 @@ def _attach_masks(
     frames: dict[tuple[str, int | None], tuple[np.ndarray, tuple[float, float]]] = {}  # decoded once per frame
     for rec in merged.values():
         inst = images[rec.image_uid]
-        hdr = inst.ds
+        hdr = inst.dataset
         shape = (int(hdr.Rows), int(hdr.Columns))
         spacing = px.pixel_spacing(hdr, rec.frame)
         arr = np.zeros((0, 0), np.float32)
         if load_pixels:
             try:
                 if (rec.image_uid, rec.frame) not in frames:
-                    ds = full.get(rec.image_uid)
-                    if ds is None:
-                        import pydicom
-
-                        ds = full[rec.image_uid] = pydicom.dcmread(inst.path)
+                    ds = inst.dataset
                     frames[(rec.image_uid, rec.frame)] = (px.frame_to_float(ds, rec.frame),
                                                           px.pixel_spacing(ds, rec.frame))
                 arr, spacing = frames[(rec.image_uid, rec.frame)]  # the classes of a frame share its pixels

@@ -7,7 +7,8 @@
   segment's Segmented Property Type (and label) is replaced, and/or its mask on one source frame (a
   reviewer accepted labelqa's suggested mask): the SEG is then rebuilt with highdicom from the same
   source images, every other segment and frame as it was. Both go into labelqa's reviewed-label
-  series (``REVIEWED_LABEL_SERIES_NUMBER``), so an echo from the PACS is never audited again.
+  series (``REVIEWED_LABEL_SERIES_NUMBER``): an annotation like any other (the reviewer's), so
+  labelqa's reader reads it and a PACS that routes it back has the correction audited too.
 - :func:`verified_report`: the study's QA report SR reissued with, in each reviewed measurement
   group, the decision (LQA-0601), the corrected label (LQA-0602), the corrected mask (LQA-0603) and
   the comment, VERIFIED with the reviewer as Verifying Observer (PS3.3 C.17.2.1) and the earlier

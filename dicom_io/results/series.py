@@ -1,10 +1,14 @@
 """labelqa's result series: their numbers, and the one rule that recognises our own outputs.
 
-Every object labelqa writes into a study (QA report, heatmaps, KOS, parametric maps, suggested
-corrections, overlays) carries ``Manufacturer`` "labelqa" and a series number from the reserved
-block 9901-9909 (high, so viewers sort them after the acquired series). A PACS that routes the whole
-study back to us must not trigger a new audit with them, nor have them audited as annotations:
-:func:`is_own_output` is the test, used by the pipeline, the offline audit and the demo.
+Every object labelqa writes into a study carries ``Manufacturer`` "labelqa" and a series number from
+the reserved block 9901-9909 (high, so viewers sort them after the acquired series). The *results*
+of an audit (QA report, heatmaps, KOS, parametric maps, suggested corrections, overlays) are our own
+outputs: a PACS that routes the whole study back must not trigger a new audit with them, nor have
+them audited as annotations. A reviewer's corrected annotation (series 9907) is different: it is an
+annotation (the reviewer's, written by labelqa), read and audited like any other, and it is what a
+corrected data set exported with ``labelqa export --dicom`` holds. :func:`is_own_output` is the one
+test, with that one meaning, used by the study reader (:mod:`dicom_io.study`), the pipeline, the
+export and the demo.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ __all__ = [
     "SUGGESTION_SEG_SERIES_NUMBER",
     "OVERLAY_SERIES_NUMBER",
     "REVIEWED_LABEL_SERIES_NUMBER",
+    "RESERVED_SERIES_NUMBERS",
     "OWN_SERIES_NUMBERS",
     "is_own_output",
     "is_own_output_dataset",
@@ -37,12 +42,15 @@ OVERLAY_SERIES_NUMBER = 9906
 REVIEWED_LABEL_SERIES_NUMBER = 9907
 """Annotations corrected by a reviewer (superseding SR / SEG written by the review workbench)."""
 
-OWN_SERIES_NUMBERS = range(9901, 9910)
-"""The reserved block of result series numbers (9901-9909)."""
+RESERVED_SERIES_NUMBERS = range(9901, 9910)
+"""The reserved block of labelqa's series numbers (9901-9909)."""
+OWN_SERIES_NUMBERS = frozenset(RESERVED_SERIES_NUMBERS) - {REVIEWED_LABEL_SERIES_NUMBER}
+"""The series of labelqa's own results: the reserved block but the reviewed annotations."""
 
 
 def is_own_output(manufacturer: Any, series_number: Any) -> bool:
-    """Whether an instance with this Manufacturer and Series Number is one of labelqa's result objects."""
+    """Whether an instance with this Manufacturer and Series Number is one of labelqa's result objects (a
+    reviewer's corrected annotation is not: it is an annotation)."""
     if str(manufacturer or "").strip() != MANUFACTURER:
         return False
     try:

@@ -32,7 +32,7 @@ from dicom_io.results.series import (
 )
 from dicom_io.results.uids import derived_uid, digest
 
-__all__ = ["clean_header", "write_results", "save_results", "file_kind"]
+__all__ = ["clean_header", "ResultSet", "write_results", "save_results", "file_kind"]
 
 log = logging.getLogger("dicom_io.results")
 
@@ -51,6 +51,27 @@ def clean_header(ds: Dataset) -> Dataset:
     return out
 
 
+class ResultSet(list[Dataset]):
+    """The result objects of one study (a list of datasets, in writing order) and what each is for.
+
+    ``heatmaps``: index into ``audited`` -> heatmap SC UID; ``overlays``: index into ``masks`` -> overlay
+    SC UID; ``suggestions``: index into ``masks`` -> (suggestion SEG UID, segment number);
+    ``report_uid`` / ``kos_uid``: the QA report SR and the Quality Issue KOS (None when nothing is
+    flagged). The review keeps these: nothing parses the report to learn them again.
+    """
+
+    def __init__(self, datasets: Sequence[Dataset] = (), *, report_uid: str | None = None,
+                 kos_uid: str | None = None, heatmaps: Mapping[int, str] | None = None,
+                 overlays: Mapping[int, str] | None = None,
+                 suggestions: Mapping[int, tuple[str, int]] | None = None) -> None:
+        super().__init__(datasets)
+        self.report_uid = report_uid
+        self.kos_uid = kos_uid
+        self.heatmaps: dict[int, str] = dict(heatmaps or {})
+        self.overlays: dict[int, str] = dict(overlays or {})
+        self.suggestions: dict[int, tuple[str, int]] = dict(suggestions or {})
+
+
 def write_results(
     source_images: Mapping[str, Dataset],
     annotation_datasets: Mapping[str, Dataset],
@@ -63,9 +84,9 @@ def write_results(
     member_panels: bool = False,
     manufacturer: str = MANUFACTURER,
     masks: Sequence[AuditedMask] = (),
-) -> list[Dataset]:
+) -> ResultSet:
     """The result objects of one study: heatmap SCs, mask overlay SCs, suggested-correction SEGs, then the
-    KOS (if anything is flagged), then the SR.
+    KOS (if anything is flagged), then the SR; with which object belongs to which record (:class:`ResultSet`).
 
     ``masks``: audited masks (``audited`` may then be empty). Each flagged one (suspected mask error)
     gets an overlay SC (given outline, consensus outline, disagreement in colour) when its given and
@@ -163,7 +184,9 @@ def write_results(
         flagged_sources.append(source_images[m.image_uid])
         if m.frame is not None:
             flagged_frames.setdefault(m.image_uid, []).append(int(m.frame))
+    kos_uid = None
     if flagged_sources:
+        kos_uid = derived_uid(run_key, "kos")
         flagged_heatmaps = [heatmaps[i] for i, a in enumerate(audited)
                             if i in heatmaps and a.verdict in codes.FLAGGED_VERDICTS]
         n = len({ds.SOPInstanceUID for ds in flagged_sources})
@@ -177,7 +200,7 @@ def write_results(
                 description=description,
                 series_instance_uid=derived_uid(run_key, "series", "kos"),
                 series_number=KOS_SERIES_NUMBER,
-                sop_instance_uid=derived_uid(run_key, "kos"),
+                sop_instance_uid=kos_uid,
                 manufacturer=manufacturer,
                 frames=flagged_frames,
             )
@@ -207,7 +230,10 @@ def write_results(
     )
     log.info("results for study %s: %d heatmap(s), %d mask overlay(s), %d suggested SEG(s), %s KOS, 1 SR",
              study_uid, len(heatmaps), len(overlays), len(suggestion_segs), "1" if flagged_sources else "no")
-    return out
+    return ResultSet(out, report_uid=str(out[-1].SOPInstanceUID), kos_uid=kos_uid,
+                     heatmaps={i: str(ds.SOPInstanceUID) for i, ds in heatmaps.items()},
+                     overlays={i: str(ds.SOPInstanceUID) for i, ds in overlays.items()},
+                     suggestions={i: (str(seg.SOPInstanceUID), int(n)) for i, (seg, n) in suggestions.items()})
 
 
 def _given_from_seg(seg: Dataset, m: AuditedMask, shape: tuple[int, int]) -> np.ndarray | None:
@@ -281,16 +307,22 @@ def file_kind(ds: Dataset) -> str:
 
 
 def save_results(datasets: Sequence[Dataset], out_dir: Path) -> list[Path]:
-    """Write result datasets as DICOM files ``<kind>_<SOPInstanceUID>.dcm`` into ``out_dir``.
+    """Write result datasets as DICOM files ``<kind>_<SOPInstanceUID>.dcm`` into ``out_dir``: the one way
+    labelqa saves what it writes (audits, the service, reviews).
 
     kind: SR (QA report), KO (Quality Issue KOS), SC (heatmap or mask overlay Secondary Capture), PM
-    (Parametric Map), SEG (suggested-correction segmentation).
+    (Parametric Map), SEG (suggested-correction or corrected segmentation). Each file appears whole
+    (written beside, then renamed); a file already there is kept, since result UIDs are deterministic
+    (the same UID means the same object).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for ds in datasets:
         p = out_dir / f"{file_kind(ds)}_{ds.SOPInstanceUID}.dcm"
-        ds.save_as(p, enforce_file_format=True)
+        if not p.exists():
+            tmp = p.with_name(p.name + ".tmp")
+            ds.save_as(tmp, enforce_file_format=True)
+            tmp.replace(p)
         paths.append(p)
     return paths

@@ -1,8 +1,8 @@
 """Segmentation bundles: the fitted segmenters, their cut and classes on disk; audits on the native grid.
 
-Same layout and checks as label bundles (``models.bundle``: ``configs/metadata.json`` with a
-content hash, ``models/<arch>_fold<k>.pt`` with their sha256), with ``"task": "segmentation"`` in
-the metadata, so ``models.bundle.load_bundle`` hands such a bundle to :func:`load_seg_bundle`.
+The format every bundle shares (:mod:`models.bundles`: ``configs/metadata.json`` with a content hash,
+``models/<arch>_fold<k>.pt`` with their sha256), with ``"task": "segmentation"`` and ``"dims": 2`` in
+the metadata, so :func:`models.bundles.load_bundle` hands such a bundle to :func:`load_seg_bundle`.
 With crossfit (the default) the cut comes from out-of-fold probabilities and every fold model is
 kept; new images get each architecture's mean over its folds. :meth:`SegBundle.audit` takes
 images and masks at their native size: the image goes to the model grid through
@@ -19,14 +19,20 @@ from pathlib import Path
 
 import numpy as np
 
-from models.bundle import BUNDLE_FORMAT, BundleError, _content_hash, _sha256, member_file, read_bundle_meta
+from models.bundles import (
+    SEGMENTATION,
+    BundleError,
+    BundleInfo,
+    member_file,
+    read_bundle_info,
+    sha256_file,
+    write_bundle_configs,
+)
 from models.seg.detector import MaskVerdict, SegDetectorConfig, SegThresholds, learn_seg_cut, score_masks
 from models.seg.ensemble import DEFAULT_SEG_ARCHS, SEG_ARCHITECTURES, build_segmenter
 from models.seg.train import SegTrainConfig
 
-__all__ = ["SEG_TASK", "SegBundle", "train_seg_bundle", "load_seg_bundle", "audit_seg_dataset", "write_seg_verdicts"]
-
-SEG_TASK = "segmentation"
+__all__ = ["SegBundle", "train_seg_bundle", "load_seg_bundle", "audit_seg_dataset", "write_seg_verdicts"]
 
 
 @dataclass
@@ -39,15 +45,21 @@ class _SegMember:
 class SegBundle:
     """A loaded segmentation bundle: classes, model grid, the learned cut and the member models."""
 
-    def __init__(self, path: Path, meta: dict, members: list[_SegMember]):
-        self.path = path
+    task = SEGMENTATION
+    dimension = 2
+
+    def __init__(self, info: BundleInfo, members: list[_SegMember]):
+        meta = dict(info.meta)
+        self.info = info
+        self.path = info.path
         self.meta = meta
         self.members = members
-        self.class_names: list[str] = list(meta["class_names"])
+        self.class_names: list[str] = info.class_names
         self.image_size: int = int(meta["image_size"])
         self.thresholds = SegThresholds.from_dict(meta["thresholds"])
         self.detector = SegDetectorConfig(**meta["detector"])
-        self.content_hash: str = meta["content_hash"]
+        self.content_hash: str = info.content_hash
+        self.version: str = info.version
         self.archs: list[str] = list(dict.fromkeys(m.arch for m in members))
 
     def predict(self, images: np.ndarray, *, device: str = "auto", batch_size: int = 32) -> np.ndarray:
@@ -115,14 +127,16 @@ class SegBundle:
         return out
 
 
-def load_seg_bundle(path: str | Path) -> SegBundle:
-    """Load and verify a segmentation bundle (member file hashes and the metadata's content hash)."""
+def load_seg_bundle(info: BundleInfo | str | Path) -> SegBundle:
+    """Load and verify a 2-D segmentation bundle (member file hashes and the metadata's content hash); the
+    loader of ``("segmentation", 2)``."""
     import torch
 
-    path = Path(path)
-    meta = read_bundle_meta(path, "labelqa segmentation bundle")
-    if meta.get("task") != SEG_TASK:
-        raise BundleError(f"{path}: not a labelqa segmentation bundle (task {meta.get('task')!r})")
+    if not isinstance(info, BundleInfo):
+        info = read_bundle_info(info)
+    path, meta = info.path, info.meta
+    if (info.task, info.dimension) != (SEGMENTATION, 2):
+        raise BundleError(f"{path}: not a labelqa 2-D segmentation bundle (a {info.dimension}-D {info.task} bundle)")
     members = []
     for m in meta["members"]:
         f = member_file(path, m)
@@ -131,7 +145,7 @@ def load_seg_bundle(path: str | Path) -> SegBundle:
         net = build_segmenter(m["arch"], len(meta["class_names"]))
         net.load_state_dict(torch.load(f, map_location="cpu", weights_only=True))
         members.append(_SegMember(m["arch"], int(m["fold"]), net.eval()))
-    return SegBundle(path, meta, members)
+    return SegBundle(info, members)
 
 
 def train_seg_bundle(dataset_dir: str | Path | None, out: str | Path, *, image_size: int = 64,
@@ -164,16 +178,15 @@ def train_seg_bundle(dataset_dir: str | Path | None, out: str | Path, *, image_s
                          device=device, map_fn=map_fn, progress=progress)
     th = learn_seg_cut(fit.probs, data.masks, detector)
     out = Path(out)
-    (out / "configs").mkdir(parents=True, exist_ok=True)
     (out / "models").mkdir(parents=True, exist_ok=True)
     members = []
     for mem in fit.members:
         f = out / "models" / f"{mem.arch}_fold{mem.fold}.pt"
         torch.save(mem.state_dict, f)
-        members.append({"arch": mem.arch, "fold": mem.fold, "file": f"models/{f.name}", "sha256": _sha256(f),
+        members.append({"arch": mem.arch, "fold": mem.fold, "file": f"models/{f.name}", "sha256": sha256_file(f),
                         "description": SEG_ARCHITECTURES[mem.arch].description})
     meta = {
-        "format": BUNDLE_FORMAT, "task": SEG_TASK, "version": __version__,
+        "task": SEGMENTATION, "dims": 2, "version": __version__,
         "name": "labelqa segmentation-mask error detector",
         "monai_version": monai.__version__, "pytorch_version": torch.__version__, "numpy_version": np.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -189,11 +202,8 @@ def train_seg_bundle(dataset_dir: str | Path | None, out: str | Path, *, image_s
         "detector": detector.to_dict(), "train": fit.cfg.to_dict(),
         "training": {"n_images": len(data), "seed": seed, "dataset": str(dataset_dir) if dataset_dir else None},
     }
-    meta["content_hash"] = _content_hash(meta)
-    (out / "configs" / "metadata.json").write_text(json.dumps(meta, indent=2, default=str))
-    (out / "configs" / "inference.json").write_text(json.dumps(
-        {"members": [{"arch": m["arch"], "file": m["file"]} for m in members],
-         "builder": "models.seg.ensemble.build_segmenter(arch, n_classes)"}, indent=2))
+    write_bundle_configs(out, meta, {"members": [{"arch": m["arch"], "file": m["file"]} for m in members],
+                                     "builder": "models.seg.ensemble.build_segmenter(arch, n_classes)"})
     if verdicts_out is not None:
         vs = score_masks(fit.probs, data.masks, data.spacing, class_names=data.class_names, archs=names,
                          thresholds=th, cfg=detector, keep_arrays=False)
@@ -225,7 +235,7 @@ def write_seg_verdicts(out: Path, verdicts: list[list[MaskVerdict]], stems: list
         for stem, v in flat:
             f.write(json.dumps({"id": stem, **v.to_row()}) + "\n")
     counts = {str(s): sum(1 for _st, v in flat if v.verdict == s) for s in SEG_VERDICTS}
-    summary = {**extra, "task": SEG_TASK, "n_images": len(verdicts), "n_masks": len(flat), "verdicts": counts}
+    summary = {**extra, "task": SEGMENTATION, "n_images": len(verdicts), "n_masks": len(flat), "verdicts": counts}
     (out / "audit.json").write_text(json.dumps(summary, indent=2))
     return summary
 

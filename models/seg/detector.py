@@ -38,12 +38,12 @@ import numpy as np
 from models.detector import _concave_majorant_slopes, _tail_count, precision_from_steps
 from models.seg.corruption import CORRUPTIONS, _apply, applicable
 from models.seg.train import to_channels
-from models.verdict import MaskErrorKind, Verdict
+from models.verdict import MASK_VERDICTS, MaskErrorKind, Verdict
 
 __all__ = ["SegDetectorConfig", "SegThresholds", "MaskRegion", "MaskVerdict", "SegUnits", "score_masks",
            "learn_seg_cut", "unit_scores", "mask_regions", "SEG_VERDICTS"]
 
-SEG_VERDICTS = (Verdict.SUSPECTED_MASK_ERROR, Verdict.HARD_CASE, Verdict.CONSISTENT)
+SEG_VERDICTS = MASK_VERDICTS
 
 
 @dataclass

@@ -1,61 +1,38 @@
-"""The audit wing: what an audit of one study is (read its annotations, batch, model step, write results)."""
+"""The audit wing: what auditing one study is, for every kind of annotation (see :mod:`service.audit.task`).
 
-from service.audit.steps import (  # noqa: F401
+The tasks register themselves when imported here: class labels (:mod:`service.audit.labels`) and
+masks (:mod:`service.audit.masks`).
+"""
+
+from service.audit.labels import LABEL_TASK, LabelBatch, LabelInput, LabelResult, LabelTask
+from service.audit.masks import MASK_TASK, MaskBatch, MaskInput, MaskResult, MaskTask
+from service.audit.offline import audit_dicom_dir
+from service.audit.rows import AuditRow, LabelRow, MaskRow, RegionRow, is_mask_row, row_from_dict
+from service.audit.task import (
+    AUDITOR,
     LABEL_NOT_IN_BUNDLE,
-    InferenceBatch,
-    InferenceResult,
+    AuditTask,
     InferFn,
-    MaskBatch,
-    MaskInput,
-    MaskResult,
-    ModelBatch,
-    ModelResult,
+    ResultOptions,
     StudyAudit,
-    StudyInput,
+    StudyAuditor,
+    TaskInput,
     algorithm_info,
-    audit_dicom_dir,
-    audit_masks,
+    audit_inputs,
     audit_study,
-    infer,
-    infer_masks,
-    is_segmentation,
-    make_batch,
-    make_mask_batch,
+    class_code,
     model_step,
-    read_mask_input,
-    read_study_input,
+    register,
+    registered_tasks,
     resolve_vocabulary,
+    task_for,
     warm_up,
-    write_mask_results,
-    write_study_results,
 )
 
 __all__ = [
-    "LABEL_NOT_IN_BUNDLE",
-    "StudyAudit",
-    "StudyInput",
-    "InferenceBatch",
-    "InferenceResult",
-    "MaskInput",
-    "MaskBatch",
-    "MaskResult",
-    "ModelBatch",
-    "ModelResult",
-    "InferFn",
-    "resolve_vocabulary",
-    "algorithm_info",
-    "is_segmentation",
-    "read_study_input",
-    "make_batch",
-    "infer",
-    "write_study_results",
-    "model_step",
-    "warm_up",
-    "audit_study",
-    "audit_masks",
-    "read_mask_input",
-    "make_mask_batch",
-    "infer_masks",
-    "write_mask_results",
-    "audit_dicom_dir",
+    "LABEL_TASK", "LabelBatch", "LabelInput", "LabelResult", "LabelTask", "MASK_TASK", "MaskBatch", "MaskInput",
+    "MaskResult", "MaskTask", "audit_dicom_dir", "AuditRow", "LabelRow", "MaskRow", "RegionRow", "is_mask_row",
+    "row_from_dict", "LABEL_NOT_IN_BUNDLE", "AuditTask", "InferFn", "ResultOptions", "StudyAudit", "TaskInput",
+    "algorithm_info", "audit_inputs", "audit_study", "class_code", "model_step", "register", "registered_tasks",
+    "resolve_vocabulary", "task_for", "warm_up", "AUDITOR", "StudyAuditor",
 ]

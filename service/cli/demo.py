@@ -32,14 +32,15 @@ def demo(
     ray_address: str | None = typer.Option(None, "--ray-address", help="HOST:PORT of a running Ray head for "
                                            "--executor ray (default: a local Ray instance)."),
     task: str = typer.Option("labels", "--task", help="labels (TID 1500 SR class labels) or segmentation (DICOM SEG "
-                             "masks: synthetic shapes, some masks corrupted on purpose)."),
+                             "masks: synthetic shapes, some masks corrupted on purpose; its own smaller sizes unless "
+                             "given)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of the table."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the service's log lines."),
 ) -> None:
     """Run the whole loop on embedded defaults: annotated studies, a small bundle, the service, flagged labels."""
     import sys
 
-    from service.demo.run import DemoConfig, DemoError, _quiet_logging, render_text, report_json, run_demo
+    from service.demo import DemoError, demo_config, quiet_logging, render_text, report_json, run_demo
 
     if sender not in ("auto", "storescu", "pynetdicom"):
         typer.echo("error: --sender must be auto, storescu or pynetdicom", err=True)
@@ -50,24 +51,15 @@ def demo(
     if ray_address and executor != "ray":
         typer.echo("error: --ray-address needs --executor ray", err=True)
         raise typer.Exit(2)
-    if task not in ("labels", "segmentation"):
-        typer.echo("error: --task must be labels or segmentation", err=True)
-        raise typer.Exit(2)
-    if task == "segmentation":  # the mask demo's own defaults where the label demo's were left
-        studies = 24 if studies == 40 else studies
-        train_images = 64 if train_images == 320 else train_images
-        image_size = 32 if image_size == 48 else image_size
-        epochs = 10 if epochs == 5 else epochs
-        noise_rate = 0.25 if noise_rate == 0.125 else noise_rate
-        if archs == "densenet-tiny,resnet-tiny,efficientnet-tiny":
-            from service.demo.masks import DEMO_SEG_ARCHS
-
-            archs = DEMO_SEG_ARCHS
-    _quiet_logging(verbose)
-    cfg = DemoConfig(data_dir=data_dir, studies=studies, train_images=train_images, image_size=image_size,
-                     classes=classes, noise_rate=noise_rate, epochs=epochs, archs=archs, seed=seed, device=device,
-                     orthanc=orthanc, sender=sender, timeout_s=timeout, keep_running=keep_running,
-                     database_url=database_url, executor=executor, ray_address=ray_address, task=task)
+    try:
+        cfg = demo_config(data_dir=data_dir, studies=studies, train_images=train_images, image_size=image_size,
+                          classes=classes, noise_rate=noise_rate, epochs=epochs, archs=archs, seed=seed,
+                          device=device, orthanc=orthanc, sender=sender, timeout_s=timeout, keep_running=keep_running,
+                          database_url=database_url, executor=executor, ray_address=ray_address, task=task)
+    except DemoError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    quiet_logging(verbose)
 
     def echo(msg: str) -> None:
         # Progress goes to stderr with --json so stdout stays one JSON document.

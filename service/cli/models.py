@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import typer
 
@@ -109,15 +113,13 @@ def evaluate(
 
     With --retrain: the review loop closed offline (models/retrain.py); DIR/retrain.json."""
     _setup(threads)
-    if task == "segmentation":
-        _evaluate_seg(dataset, out, noise_rate, seed, folds, image_size, archs, epochs, batch_size, lr, device,
-                      progress)
-        return
-    if task != "labels":
-        _fail(f"--task must be labels or segmentation, not {task!r}")
-    if retrain:
-        _retrain(dataset, out, noise_rate, noise_model, seed, folds, image_size, max_samples, archs, epochs,
-                 batch_size, lr, device, saliency_weight, cut, budgets, test_fraction)
+    _task(task).evaluate(SimpleNamespace(**locals()))
+
+
+def _evaluate_labels(o: SimpleNamespace) -> None:
+    """``labelqa evaluate --task labels``: planted label flips (or the closed review loop with --retrain)."""
+    if o.retrain:
+        _retrain(o)
         return
     from models.data import DatasetError
     from models.detector import DetectorConfig
@@ -125,42 +127,40 @@ def evaluate(
     from models.train import TrainConfig
 
     try:
-        s = EvalSettings(dataset=str(dataset), noise_rate=noise_rate, noise_model=noise_model, seed=seed, mode=mode,
-                         folds=folds, image_size=image_size, max_samples=max_samples,
-                         archs=tuple(a.strip() for a in archs.split(",") if a.strip()), device=device,
-                         train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr),
-                         detector=DetectorConfig(saliency_weight=saliency_weight, cut=cut), repeats=repeats)
-        results = run_evaluation(s, out, progress=progress, plots=plots, map_fn=_ray_map(ray, progress))
+        s = EvalSettings(dataset=str(o.dataset), noise_rate=o.noise_rate, noise_model=o.noise_model, seed=o.seed,
+                         mode=o.mode, folds=o.folds, image_size=o.image_size, max_samples=o.max_samples,
+                         archs=tuple(a.strip() for a in o.archs.split(",") if a.strip()), device=o.device,
+                         train=TrainConfig(epochs=o.epochs, batch_size=o.batch_size, lr=o.lr),
+                         detector=DetectorConfig(saliency_weight=o.saliency_weight, cut=o.cut), repeats=o.repeats)
+        results = run_evaluation(s, o.out, progress=o.progress, plots=o.plots, map_fn=_ray_map(o.ray, o.progress))
     except (DatasetError, ValueError) as e:  # RayUnavailable is a ValueError
         _fail(str(e))
     typer.echo(summary_table(results))
-    typer.echo(f"wrote {out / 'results.json'}")
+    typer.echo(f"wrote {o.out / 'results.json'}")
 
 
-def _evaluate_seg(dataset: Path, out: Path, noise_rate: float, seed: int, folds: int, image_size: int, archs: str,
-                  epochs: int, batch_size: int, lr: float, device: str, progress: bool) -> None:
+def _evaluate_masks(o: SimpleNamespace) -> None:
+    """``labelqa evaluate --task segmentation``: planted mask errors."""
     from models.data import DatasetError
     from models.seg.detector import SegDetectorConfig
     from models.seg.evaluate import SegEvalSettings, run_seg_evaluation, seg_summary_table
     from models.seg.train import SegTrainConfig
 
-    names, size, ep = _seg_defaults(archs, image_size, epochs)
+    names, size, ep = _seg_defaults(o.archs, o.image_size, o.epochs)
     try:
-        s = SegEvalSettings(dataset=str(dataset), noise_rate=noise_rate, seed=seed, image_size=size, folds=folds,
-                            archs=names, epochs=ep, device=device,
-                            train=SegTrainConfig(epochs=ep, batch_size=min(batch_size, 16), lr=lr if lr != LrOpt.default
-                                                 else SegTrainConfig().lr),
-                            detector=SegDetectorConfig(seed=seed))
-        results = run_seg_evaluation(s, out, progress=progress)
+        lr = o.lr if o.lr != LrOpt.default else SegTrainConfig().lr
+        s = SegEvalSettings(dataset=str(o.dataset), noise_rate=o.noise_rate, seed=o.seed, image_size=size,
+                            folds=o.folds, archs=names, epochs=ep, device=o.device,
+                            train=SegTrainConfig(epochs=ep, batch_size=min(o.batch_size, 16), lr=lr),
+                            detector=SegDetectorConfig(seed=o.seed))
+        results = run_seg_evaluation(s, o.out, progress=o.progress)
     except (DatasetError, ValueError) as e:
         _fail(str(e))
     typer.echo(seg_summary_table(results))
-    typer.echo(f"wrote {out / 'results.json'}")
+    typer.echo(f"wrote {o.out / 'results.json'}")
 
 
-def _retrain(dataset: Path, out: Path, noise_rate: float, noise_model: str, seed: int, folds: int, image_size: int,
-             max_samples: int | None, archs: str, epochs: int, batch_size: int, lr: float, device: str,
-             saliency_weight: float, cut: str, budgets: str, test_fraction: float) -> None:
+def _retrain(o: SimpleNamespace) -> None:
     from models.data import DatasetError
     from models.detector import DetectorConfig
     from models.retrain import RetrainSettings, run_retrain, summary_table
@@ -168,17 +168,18 @@ def _retrain(dataset: Path, out: Path, noise_rate: float, noise_model: str, seed
 
     try:
         rs = RetrainSettings(
-            dataset=str(dataset), image_size=image_size, max_samples=max_samples, test_fraction=test_fraction,
-            noise_rate=noise_rate, noise_model=noise_model,
-            budgets=tuple(float(b) for b in budgets.split(",") if b.strip()),
-            archs=tuple(a.strip() for a in archs.split(",") if a.strip()), folds=folds, seed=seed, device=device,
-            train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr),
-            detector=DetectorConfig(saliency_weight=saliency_weight, cut=cut))
-        res = run_retrain(rs, out / "retrain.json")
+            dataset=str(o.dataset), image_size=o.image_size, max_samples=o.max_samples, test_fraction=o.test_fraction,
+            noise_rate=o.noise_rate, noise_model=o.noise_model,
+            budgets=tuple(float(b) for b in o.budgets.split(",") if b.strip()),
+            archs=tuple(a.strip() for a in o.archs.split(",") if a.strip()), folds=o.folds, seed=o.seed,
+            device=o.device,
+            train=TrainConfig(epochs=o.epochs, batch_size=o.batch_size, lr=o.lr),
+            detector=DetectorConfig(saliency_weight=o.saliency_weight, cut=o.cut))
+        res = run_retrain(rs, o.out / "retrain.json")
     except (DatasetError, ValueError) as e:
         _fail(str(e))
     typer.echo(summary_table(res))
-    typer.echo(f"wrote {out / 'retrain.json'}")
+    typer.echo(f"wrote {o.out / 'retrain.json'}")
 
 
 def train(
@@ -207,38 +208,42 @@ def train(
 ) -> None:
     """Fit the ensemble on annotated data (labels, or masks with --task segmentation) and write a model bundle."""
     _setup(threads)
-    if task == "segmentation":
-        from models.data import DatasetError
-        from models.seg.bundle import train_seg_bundle
-        from models.seg.train import SegTrainConfig
+    _task(task).train(SimpleNamespace(**locals()))
 
-        names, size, ep = _seg_defaults(archs, image_size, epochs)
-        try:
-            path = train_seg_bundle(dataset, out, image_size=size, archs=names, folds=folds, epochs=ep, seed=seed,
-                                    mode=mode, device=device, progress=progress, verdicts_out=verdicts,
-                                    cfg=SegTrainConfig(epochs=ep, batch_size=min(batch_size, 16)))
-        except (DatasetError, ValueError) as e:
-            _fail(str(e))
-        typer.echo(f"wrote bundle {path}")
-        return
-    if task != "labels":
-        _fail(f"--task must be labels or segmentation, not {task!r}")
+
+def _train_masks(o: SimpleNamespace) -> None:
+    from models.data import DatasetError
+    from models.seg.bundle import train_seg_bundle
+    from models.seg.train import SegTrainConfig
+
+    names, size, ep = _seg_defaults(o.archs, o.image_size, o.epochs)
+    try:
+        path = train_seg_bundle(o.dataset, o.out, image_size=size, archs=names, folds=o.folds, epochs=ep, seed=o.seed,
+                                mode=o.mode, device=o.device, progress=o.progress, verdicts_out=o.verdicts,
+                                cfg=SegTrainConfig(epochs=ep, batch_size=min(o.batch_size, 16)))
+    except (DatasetError, ValueError) as e:
+        _fail(str(e))
+    typer.echo(f"wrote bundle {path}")
+
+
+def _train_labels(o: SimpleNamespace) -> None:
     from models.bundle import train_bundle
     from models.data import DatasetError
     from models.detector import DetectorConfig
     from models.train import TrainConfig
 
     try:
-        path = train_bundle(dataset, out, image_size=image_size, archs=archs, seed=seed, device=device, mode=mode,
-                            folds=folds, train_cfg=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr),
-                            detector=DetectorConfig(cut=cut), max_samples=max_samples, progress=progress,
-                            verdicts_out=verdicts, repeats=repeats, map_fn=_ray_map(ray, progress))
+        path = train_bundle(o.dataset, o.out, image_size=o.image_size, archs=o.archs, seed=o.seed, device=o.device,
+                            mode=o.mode, folds=o.folds,
+                            train_cfg=TrainConfig(epochs=o.epochs, batch_size=o.batch_size, lr=o.lr),
+                            detector=DetectorConfig(cut=o.cut), max_samples=o.max_samples, progress=o.progress,
+                            verdicts_out=o.verdicts, repeats=o.repeats, map_fn=_ray_map(o.ray, o.progress))
     except (DatasetError, ValueError) as e:  # RayUnavailable is a ValueError
         _fail(str(e))
     typer.echo(f"wrote bundle {path}")
-    if verdicts is not None:
-        summary = json.loads((verdicts / "audit.json").read_text())
-        typer.echo(f"training labels: {summary['verdicts']} -> {verdicts / 'verdicts.csv'}")
+    if o.verdicts is not None:
+        summary = json.loads((o.verdicts / "audit.json").read_text())
+        typer.echo(f"training labels: {summary['verdicts']} -> {o.verdicts / 'verdicts.csv'}")
 
 
 def audit(
@@ -272,33 +277,50 @@ def audit(
         summary = audit_dicom_dir(bundle, dicom, out, vocabulary=vocabulary, device=device, batch_size=batch_size)
         typer.echo(json.dumps(summary, indent=2, default=str))
         return
-    from models.bundle import BundleError, audit_dataset
+    from models.bundles import BundleError, read_bundle_info
     from models.data import DatasetError
 
-    if _bundle_task(bundle) == "segmentation":
-        from models.seg.bundle import audit_seg_dataset
-
-        try:
-            summary = audit_seg_dataset(bundle, dataset, out, device=device)  # type: ignore[arg-type]
-        except (DatasetError, BundleError, ValueError) as e:
-            _fail(str(e))
-        typer.echo(json.dumps(summary, indent=2))
-        return
     try:
-        summary = audit_dataset(bundle, dataset, out, device=device, batch_size=batch_size,
-                                cut_from=cut_from or "auto")
+        info = read_bundle_info(bundle)
+        summary = _task(info.task).audit_dataset(info, dataset, out, device=device, batch_size=batch_size,
+                                                 cut_from=cut_from or "auto")
     except (DatasetError, BundleError, ValueError) as e:
         _fail(str(e))
     typer.echo(json.dumps(summary, indent=2))
 
 
-def _bundle_task(bundle: Path) -> str:
-    """``segmentation`` for a segmentation bundle, else ``labels`` (errors are left to the loader)."""
-    try:
-        meta = json.loads((bundle / "configs" / "metadata.json").read_text())
-    except (OSError, ValueError):
-        return "labels"
-    return "segmentation" if isinstance(meta, dict) and meta.get("task") == "segmentation" else "labels"
+def _audit_labels(info: Any, dataset: Path, out: Path, *, device: str, batch_size: int, cut_from: str) -> Any:
+    from models.bundle import audit_dataset
+
+    return audit_dataset(info.path, dataset, out, device=device, batch_size=batch_size, cut_from=cut_from)
+
+
+def _audit_masks(info: Any, dataset: Path, out: Path, *, device: str, batch_size: int, cut_from: str) -> Any:
+    from models.seg.bundle import audit_seg_dataset
+
+    return audit_seg_dataset(info.path, dataset, out, device=device)
+
+
+@dataclass(frozen=True)
+class _TaskCommands:
+    """What ``train``, ``evaluate`` and ``audit --dataset`` do for one kind of annotation."""
+
+    train: Callable[[SimpleNamespace], None]
+    evaluate: Callable[[SimpleNamespace], None]
+    audit_dataset: Callable[..., Any]
+
+
+TASKS = {
+    "labels": _TaskCommands(_train_labels, _evaluate_labels, _audit_labels),
+    "segmentation": _TaskCommands(_train_masks, _evaluate_masks, _audit_masks),
+}
+"""The CLI's choice list of ``--task``: the commands of each kind of annotation."""
+
+
+def _task(name: str) -> _TaskCommands:
+    if name not in TASKS:
+        _fail(f"--task must be one of {', '.join(TASKS)}, not {name!r}")
+    return TASKS[name]
 
 
 def register(app: typer.Typer) -> None:

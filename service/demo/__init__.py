@@ -1,48 +1,26 @@
-"""The demo wing: ``labelqa demo`` (labels and masks), ``labelqa dicomize`` and the local peers the demo starts."""
+"""The demo wing: ``labelqa demo`` (one demo task per kind of annotation), ``labelqa dicomize`` and the local
+peers the demo starts (Orthanc, labelqa's own archive)."""
 
-from service.demo.dicomize import (  # noqa: F401
-    DicomizeError,
-    DicomizeResult,
-    corruption_note,
-    dicomize,
-    dicomize_masks,
-    is_mask_dataset,
-    planted_classes,
-)
-from service.demo.masks import (  # noqa: F401
-    DEMO_SEG_ARCHS,
-    collect_seg,
-    make_seg_demo_data,
-    render_seg_rows,
-    train_seg_demo_bundle,
-)
-from service.demo.peers import (  # noqa: F401
-    ORTHANC_PLUGINS,
-    HostNetwork,
-    LocalArchive,
-    NetNamespace,
-    Network,
-    Orthanc,
-    OrthancError,
-    Peer,
-    can_unshare_net,
-    free_port,
-    orthanc_binary,
-    peer_env,
-    start_orthanc,
-)
-from service.demo.run import (  # noqa: F401
+from service.demo.common import (
     DEMO_ARCHS,
     REPO,
-    SHAPE_NAMES,
     DemoConfig,
     DemoData,
     DemoError,
     DemoReport,
+    DemoTask,
+    demo_config,
+    demo_task,
+    demo_tasks,
+    register_demo,
+)
+from service.demo.labels import SHAPE_NAMES, LabelDemo, make_demo_data, shapes_npz
+from service.demo.masks import DEMO_SEG_ARCHS, MaskDemo, make_seg_demo_data
+from service.demo.run import (
     demo_orthanc,
     dicom_files,
-    make_demo_data,
     orthanc_routing_config,
+    quiet_logging,
     render_text,
     report_json,
     run_demo,
@@ -51,45 +29,8 @@ from service.demo.run import (  # noqa: F401
 )
 
 __all__ = [
-    "REPO",
-    "SHAPE_NAMES",
-    "DEMO_ARCHS",
-    "DemoError",
-    "DemoConfig",
-    "DemoData",
-    "DemoReport",
-    "make_demo_data",
-    "train_demo_bundle",
-    "dicom_files",
-    "send_studies",
-    "orthanc_routing_config",
-    "demo_orthanc",
-    "run_demo",
-    "render_text",
-    "report_json",
-    "DEMO_SEG_ARCHS",
-    "make_seg_demo_data",
-    "train_seg_demo_bundle",
-    "collect_seg",
-    "render_seg_rows",
-    "dicomize",
-    "dicomize_masks",
-    "is_mask_dataset",
-    "corruption_note",
-    "planted_classes",
-    "DicomizeError",
-    "DicomizeResult",
-    "ORTHANC_PLUGINS",
-    "HostNetwork",
-    "LocalArchive",
-    "NetNamespace",
-    "Network",
-    "Orthanc",
-    "OrthancError",
-    "Peer",
-    "can_unshare_net",
-    "orthanc_binary",
-    "peer_env",
-    "start_orthanc",
-    "free_port",
+    "DEMO_ARCHS", "REPO", "DemoConfig", "DemoData", "DemoError", "DemoReport", "DemoTask", "demo_config", "demo_task",
+    "demo_tasks", "register_demo", "SHAPE_NAMES", "LabelDemo", "make_demo_data", "shapes_npz", "DEMO_SEG_ARCHS",
+    "MaskDemo", "make_seg_demo_data", "demo_orthanc", "dicom_files", "orthanc_routing_config", "quiet_logging",
+    "render_text", "report_json", "run_demo", "send_studies", "train_demo_bundle",
 ]

@@ -13,18 +13,19 @@ import csv
 import shutil
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from models.verdict import FLAGGED
+from service.demo.common import DEMO_ARCHS, DemoConfig, DemoData, DemoError, DemoReport, register_demo, tally
 
-__all__ = ["DEMO_SEG_ARCHS", "make_seg_demo_data", "train_seg_demo_bundle", "collect_seg", "render_seg_rows"]
+__all__ = ["DEMO_SEG_ARCHS", "MaskDemo", "make_seg_demo_data"]
 
 DEMO_SEG_ARCHS = "unet-tiny,segresnet-tiny,attentionunet-tiny"
 
 
-def make_seg_demo_data(cfg: Any, work: Path) -> Any:
+def make_seg_demo_data(cfg: DemoConfig, work: Path) -> DemoData:
     """Training set (images/ + masks/, some masks wrong) and the DICOM studies (image + SEG) to audit."""
     from dicom_io.dicomize import StudyItem, write_studies
     from dicom_io.vocabulary import Vocabulary
@@ -33,7 +34,6 @@ def make_seg_demo_data(cfg: Any, work: Path) -> Any:
     from models.seg.corruption import corrupt_masks
     from models.seg.synthetic import make_shape_masks
     from service.demo.dicomize import corruption_note
-    from service.demo.run import DemoData, DemoError
 
     try:
         check_noise_rate(cfg.noise_rate)
@@ -70,41 +70,29 @@ def make_seg_demo_data(cfg: Any, work: Path) -> Any:
     return DemoData(studies_dir, manifest, vocab_path, train_dir, names)
 
 
-def train_seg_demo_bundle(cfg: Any, data: Any, bundle_dir: Path, echo: Any) -> Path:
-    """Fit the demo's segmenters (3-fold crossfit: the cut comes from out-of-fold masks) into ``bundle_dir``."""
+def _train(cfg: DemoConfig, data: DemoData, out: Path, echo: Any) -> Path:
+    """Fit the demo's segmenters (3-fold crossfit: the cut comes from out-of-fold masks) into ``out``."""
     from models.seg.bundle import train_seg_bundle
     from models.seg.data import SegDataset
     from models.seg.train import SegTrainConfig
 
     z = np.load(data.train_npz)
     train = SegDataset(z["images"], z["masks"], [str(c) for c in z["class_names"]])
-    archs = cfg.archs if cfg.archs != _label_archs() else DEMO_SEG_ARCHS
+    archs = cfg.archs if cfg.archs != DEMO_ARCHS else DEMO_SEG_ARCHS
     echo(f"training a {len(archs.split(','))}-member segmentation bundle on {len(train)} synthetic images "
          f"({cfg.image_size} px, {cfg.epochs} epochs, masks with the same error rate; cached for the next run) ...")
-    tmp = bundle_dir.with_name(bundle_dir.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    path = train_seg_bundle(None, tmp, image_size=cfg.image_size, archs=archs, folds=3, epochs=cfg.epochs,
+    path = train_seg_bundle(None, out, image_size=cfg.image_size, archs=archs, folds=3, epochs=cfg.epochs,
                             seed=cfg.seed, device=cfg.device, data=train, progress=False,
                             cfg=SegTrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size))
-    Path(path).replace(bundle_dir)
-    return bundle_dir
+    return Path(path)
 
 
-def _label_archs() -> str:
-    from service.demo.run import DEMO_ARCHS
-
-    return DEMO_ARCHS
-
-
-def collect_seg(report: Any, jobs: Any, data: Any, study_uids: list[str]) -> None:
+def _collect(report: DemoReport, jobs: Any, data: DemoData, study_uids: list[str]) -> None:
     """One row per audited mask: verdict, kind, Dice to the consensus, planted or not."""
     from service.demo.dicomize import planted_classes
     from service.runtime.jobs import DONE
 
     by_study = {r["study_uid"]: r for r in data.manifest}
-    counts: dict[str, int] = {}
-    tp = fp = fn = 0
     for uid in study_uids:
         job = jobs.latest_for_study(uid)
         m = by_study.get(uid, {})
@@ -121,11 +109,6 @@ def collect_seg(report: Any, jobs: Any, data: Any, study_uids: list[str]) -> Non
             cls = str(row.get("class"))
             planted = cls in planted_in
             verdict = str(row.get("verdict"))
-            counts[verdict] = counts.get(verdict, 0) + 1
-            flagged = verdict in FLAGGED
-            tp += flagged and planted
-            fp += flagged and not planted
-            fn += (not flagged) and planted
             report.rows.append({
                 "study_uid": uid, "annotation_uid": row.get("annotation_uid"), "image_uid": row.get("image_uid"),
                 "segment_number": row.get("segment_number"), "class": cls, "given_label": cls,
@@ -135,16 +118,10 @@ def collect_seg(report: Any, jobs: Any, data: Any, study_uids: list[str]) -> Non
                 "planted": (m.get("mask_corruption") or None) if planted else None,
             })
         report.outputs.setdefault("result_files", []).extend(result.get("outputs", []))
-    n_planted = sum(1 for r in report.rows if r["planted_error"])
-    report.summary = {
-        "task": "segmentation", "studies": len(study_uids), "annotations": len(report.rows),
-        "planted_errors": n_planted, "verdicts": counts, "flagged_and_planted": tp, "flagged_not_planted": fp,
-        "planted_not_flagged": fn, "precision": tp / (tp + fp) if tp + fp else None,
-        "recall": tp / (tp + fn) if tp + fn else None,
-    }
+    tally(report, len(study_uids), MaskDemo.name)
 
 
-def render_seg_rows(report: Any) -> list[str]:
+def _render_rows(report: DemoReport) -> list[str]:
     """The per-mask table of the text output."""
     head = f"{'study':<14} {'class':<6} {'verdict':<22} {'kind':<20} {'dice':>5} {'agree':>6}  planted"
     lines = [head, "-" * len(head)]
@@ -155,3 +132,34 @@ def render_seg_rows(report: Any) -> list[str]:
         lines.append(f"...{r['study_uid'][-11:]:<11} {r['class']:<6} {r['verdict']:<22} {str(r.get('kind') or ''):<20} "
                      f"{dice:>5} {agr:>6}  {r.get('planted') or ''}")
     return lines
+
+
+class MaskDemo:
+    """The mask demo task (``--task segmentation``)."""
+
+    name: ClassVar[str] = "segmentation"
+    noun: ClassVar[str] = "masks"
+    defaults: ClassVar[dict[str, Any]] = {"studies": 24, "train_images": 64, "image_size": 32, "epochs": 10,
+                                           "noise_rate": 0.25, "archs": DEMO_SEG_ARCHS}
+    errors: ClassVar[str] = "mask errors"
+
+    def make_data(self, cfg: DemoConfig, work: Path) -> DemoData:
+        return make_seg_demo_data(cfg, work)
+
+    def describe_data(self, cfg: DemoConfig, data: DemoData) -> str:
+        n_planted = sum(1 for r in data.manifest if r.get("mask_corruption"))
+        return (f"made {len(data.manifest)} DICOM studies (synthetic {cfg.image_size} px images of "
+                f"{', '.join(data.class_names)}; DICOM SEG masks, {n_planted} corrupted on purpose) in "
+                f"{data.studies_dir}")
+
+    def train_bundle(self, cfg: DemoConfig, data: DemoData, out: Path, echo: Any) -> Path:
+        return _train(cfg, data, out, echo)
+
+    def collect(self, report: DemoReport, jobs: Any, data: DemoData, study_uids: list[str]) -> None:
+        _collect(report, jobs, data, study_uids)
+
+    def render_rows(self, report: DemoReport) -> list[str]:
+        return _render_rows(report)
+
+
+register_demo(MaskDemo())

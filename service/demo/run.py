@@ -16,8 +16,6 @@
 
 from __future__ import annotations
 
-import csv
-import hashlib
 import json
 import logging
 import os
@@ -26,151 +24,32 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from dicom_io.results.series import is_own_output
-from models.verdict import FLAGGED
+from service.demo.common import REPO, DemoConfig, DemoData, DemoError, DemoReport, demo_task
 
 if TYPE_CHECKING:
     from service.demo.peers import LocalArchive, Orthanc
 
-__all__ = [
-    "REPO", "SHAPE_NAMES", "DEMO_ARCHS", "DemoError", "DemoConfig", "DemoData", "DemoReport", "make_demo_data",
-    "train_demo_bundle", "dicom_files", "send_studies", "orthanc_routing_config", "demo_orthanc", "run_demo",
-    "render_text", "report_json",
-]
+__all__ = ["train_demo_bundle", "dicom_files", "send_studies", "orthanc_routing_config", "demo_orthanc", "run_demo",
+           "render_text", "report_json", "quiet_logging"]
 
 log = logging.getLogger("labelqa.demo")
 
-REPO = Path(__file__).resolve().parents[1]
-SHAPE_NAMES = ("square", "disc", "bar", "cross")  # models.synthetic.shape_mask classes 0..3
-DEMO_ARCHS = "densenet-tiny,resnet-tiny,efficientnet-tiny"
 
-
-class DemoError(RuntimeError):
-    """The demo could not run; the message says what to do."""
-
-
-@dataclass
-class DemoConfig:
-    """Sizes and switches of one demo run (small enough for a few minutes on 2 CPU cores)."""
-
-    data_dir: Path = Path("labelqa-demo")
-    studies: int = 40
-    train_images: int = 320
-    image_size: int = 48
-    classes: int = 2
-    noise_rate: float = 0.125
-    epochs: int = 5
-    batch_size: int = 16
-    archs: str = DEMO_ARCHS
-    seed: int = 0
-    device: str = "auto"
-    orthanc: bool = False
-    sender: str = "auto"  # auto | storescu | pynetdicom
-    timeout_s: float = 900.0
-    keep_running: bool = False
-    database_url: str | None = None  # an existing (e.g. PostgreSQL) database; default: SQLite in the run dir
-    executor: str = "inprocess"  # inprocess | ray
-    ray_address: str | None = None  # HOST:PORT of a Ray head; None with executor "ray": a local Ray
-    task: str = "labels"  # labels (SR class labels) | segmentation (SEG masks)
-
-    def bundle_key(self) -> str:
-        """Cache key of the trained bundle: everything that changes it."""
-        parts = {"n": self.train_images, "size": self.image_size, "classes": self.classes, "epochs": self.epochs,
-                 "archs": self.archs, "seed": self.seed, "noise": self.noise_rate, "batch": self.batch_size, "v": 3,
-                 **({"task": self.task} if self.task != "labels" else {})}
-        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
-
-
-@dataclass
-class DemoData:
-    studies_dir: Path
-    manifest: list[dict[str, str]]
-    vocabulary: Path
-    train_npz: Path
-    class_names: list[str]
-
-
-@dataclass
-class DemoReport:
-    """What the demo prints (``--json`` prints it as one document)."""
-
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    summary: dict[str, Any] = field(default_factory=dict)
-    outputs: dict[str, Any] = field(default_factory=dict)
-    timings_s: dict[str, float] = field(default_factory=dict)
-    settings: dict[str, Any] = field(default_factory=dict)
-    executor: dict[str, Any] = field(default_factory=dict)  # kind, nodes, jobs_by_node
-
-
-# -- data ------------------------------------------------------------------------------------------
-def _shapes_npz(path: Path, n: int, cfg: DemoConfig, seed: int, noise_rate: float = 0.0) -> list[str]:
-    """Synthetic shape images as an npz data set; ``noise_rate`` of the labels flipped to another class."""
-    import numpy as np
-
-    from models.corruption import corrupt_labels
-    from models.synthetic import make_shapes
-
-    data = make_shapes(n, n_classes=cfg.classes, size=cfg.image_size, seed=seed)
-    names = list(SHAPE_NAMES[: cfg.classes])
-    images = (np.clip(data.images, 0, 1) * 255).round().astype(np.uint8)
-    labels, _ = corrupt_labels(np.asarray(data.labels, dtype=np.int64), cfg.classes, noise_rate, "uniform", seed + 1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, images=images, labels=labels, class_names=np.asarray(names))
-    return names
-
-
-def make_demo_data(cfg: DemoConfig, work: Path) -> DemoData:
-    """Training images (clean labels) and the DICOM studies to audit (some labels flipped)."""
-    from models.corruption import check_noise_rate
-    from service.demo.dicomize import dicomize
-
-    if not 2 <= cfg.classes <= len(SHAPE_NAMES):
-        raise DemoError(f"--classes must be between 2 and {len(SHAPE_NAMES)}")
-    try:
-        check_noise_rate(cfg.noise_rate)
-    except ValueError as e:
-        raise DemoError(f"--noise-rate: {e}") from None
-    train_npz = work / "data" / "train.npz"
-    # The bundle learns from annotated data with its own label errors, as a hospital's would be: the
-    # detector sets its cut from the error rate it estimates there (without knowing which are wrong).
-    names = _shapes_npz(train_npz, cfg.train_images, cfg, seed=cfg.seed, noise_rate=cfg.noise_rate)
-    audit_npz = work / "data" / "audit.npz"
-    _shapes_npz(audit_npz, cfg.studies, cfg, seed=cfg.seed + 1000)
-    studies_dir = work / "studies"
-    if studies_dir.exists():
-        shutil.rmtree(studies_dir)
-    res = dicomize(audit_npz, studies_dir, noise_rate=cfg.noise_rate, seed=cfg.seed, modality="OT")
-    with open(res.manifest, newline="") as f:
-        manifest = list(csv.DictReader(f))
-    vocab = res.vocabulary or studies_dir / "vocabulary.toml"
-    return DemoData(studies_dir, manifest, Path(vocab), train_npz, names)
-
-
-def train_demo_bundle(cfg: DemoConfig, data: DemoData, work: Path, echo=print) -> tuple[Path, bool]:
+def train_demo_bundle(cfg: DemoConfig, data: DemoData, work: Path, echo: Any = print) -> tuple[Path, bool]:
     """The demo's bundle, trained once per settings (cached under the data dir); (path, was_cached)."""
     bundle_dir = work / "bundles" / cfg.bundle_key()
     if (bundle_dir / "configs" / "metadata.json").is_file():
         return bundle_dir, True
-    if cfg.task == "segmentation":
-        from service.demo.masks import train_seg_demo_bundle
-
-        return train_seg_demo_bundle(cfg, data, bundle_dir, echo), False
-    from models.bundle import train_bundle
-    from models.train import TrainConfig
-
     tmp = bundle_dir.with_name(bundle_dir.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
-    echo(f"training a {len(cfg.archs.split(','))}-member bundle on {cfg.train_images} annotated synthetic images "
-         f"({cfg.image_size} px, {cfg.epochs} epochs, labels with the same error rate; cached for the next run) ...")
-    train_cfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=3e-3, patience=cfg.epochs)
-    path = train_bundle(data.train_npz, tmp, image_size=cfg.image_size, archs=cfg.archs, seed=cfg.seed,
-                        device=cfg.device, mode="crossfit", folds=3, train_cfg=train_cfg, progress=False)
-    Path(path).replace(bundle_dir)
+    demo_task(cfg.task).train_bundle(cfg, data, tmp, echo)
+    tmp.replace(bundle_dir)
     return bundle_dir, False
 
 
@@ -254,24 +133,11 @@ def run_demo(cfg: DemoConfig, echo=print) -> DemoReport:
     work.mkdir(parents=True, exist_ok=True)
     report = DemoReport(settings={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()})
 
+    task = demo_task(cfg.task)
     t0 = time.perf_counter()
-    if cfg.task == "segmentation":
-        from service.demo.masks import make_seg_demo_data
-
-        data = make_seg_demo_data(cfg, work)
-        n_planted = sum(1 for r in data.manifest if r.get("mask_corruption"))
-        report.timings_s["make_data"] = time.perf_counter() - t0
-        echo(f"made {len(data.manifest)} DICOM studies (synthetic {cfg.image_size} px images of "
-             f"{', '.join(data.class_names)}; DICOM SEG masks, {n_planted} corrupted on purpose) in {data.studies_dir}")
-    elif cfg.task == "labels":
-        data = make_demo_data(cfg, work)
-        n_planted = sum(1 for r in data.manifest if r["true_label"] != r["written_label"])
-        report.timings_s["make_data"] = time.perf_counter() - t0
-        echo(f"made {len(data.manifest)} DICOM studies (synthetic {cfg.image_size} px images of "
-             f"{', '.join(data.class_names)}; TID 1500 SR labels, {n_planted} flipped on purpose) in "
-             f"{data.studies_dir}")
-    else:
-        raise DemoError(f"--task must be labels or segmentation, not {cfg.task!r}")
+    data = task.make_data(cfg, work)
+    report.timings_s["make_data"] = time.perf_counter() - t0
+    echo(task.describe_data(cfg, data))
 
     t0 = time.perf_counter()
     bundle, cached = train_demo_bundle(cfg, data, work, echo)
@@ -347,12 +213,7 @@ def run_demo(cfg: DemoConfig, echo=print) -> DemoReport:
         if outbox is not None:
             _wait_for(lambda: outbox.counts().get("pending", 0) == 0, cfg.timeout_s, "result delivery", echo)
         report.timings_s["until_delivered"] = time.perf_counter() - t0
-        if cfg.task == "segmentation":
-            from service.demo.masks import collect_seg
-
-            collect_seg(report, jobs, data, study_uids)
-        else:
-            _collect(report, jobs, data, study_uids)
+        task.collect(report, jobs, data, study_uids)
         _html_reports(report, run_dir)
         if orthanc is not None:
             report.outputs["orthanc"] = _orthanc_outputs(orthanc, report)
@@ -443,49 +304,6 @@ def _wait_for(cond, timeout_s: float, what: str, echo) -> None:
         time.sleep(0.25)
 
 
-def _collect(report: DemoReport, jobs: Any, data: DemoData, study_uids: list[str]) -> None:
-    from service.runtime.jobs import DONE
-
-    by_ann = {r["annotation_uid"]: r for r in data.manifest}
-    counts: dict[str, int] = {}
-    tp = fp = fn = 0
-    for uid in study_uids:
-        job = jobs.latest_for_study(uid)
-        result = (job.result or {}) if job is not None else {}
-        rows = result.get("rows", []) if job is not None and job.state == DONE else []
-        if job is None or job.state != DONE:
-            for m in (r for r in data.manifest if r["study_uid"] == uid):
-                report.rows.append({"study_uid": uid, "annotation_uid": m["annotation_uid"],
-                                    "given_label": m["written_label"], "consensus_label": None,
-                                    "verdict": job.state if job else "missing", "agreement": None,
-                                    "planted_error": m["true_label"] != m["written_label"],
-                                    "reason": job.reason if job else None})
-            continue
-        for row in rows:
-            ann = str(row.get("annotation_uid"))
-            m = by_ann.get(ann, {})
-            planted = bool(m) and m["true_label"] != m["written_label"]
-            verdict = str(row.get("verdict"))
-            counts[verdict] = counts.get(verdict, 0) + 1
-            flagged = verdict in FLAGGED
-            tp += flagged and planted
-            fp += flagged and not planted
-            fn += (not flagged) and planted
-            report.rows.append({
-                "study_uid": uid, "annotation_uid": ann, "image_uid": row.get("image_uid"),
-                "given_label": row.get("given_label"), "consensus_label": row.get("consensus_label"),
-                "verdict": verdict, "agreement": row.get("agreement"), "priority": row.get("priority"),
-                "planted_error": planted, "true_label": m.get("true_label"),
-            })
-        report.outputs.setdefault("result_files", []).extend(result.get("outputs", []))
-    n_planted = sum(1 for r in report.rows if r["planted_error"])
-    report.summary = {
-        "studies": len(study_uids), "annotations": len(report.rows), "planted_errors": n_planted,
-        "verdicts": counts, "flagged_and_planted": tp, "flagged_not_planted": fp, "planted_not_flagged": fn,
-        "precision": tp / (tp + fp) if tp + fp else None, "recall": tp / (tp + fn) if tp + fn else None,
-    }
-
-
 def _html_reports(report: DemoReport, run_dir: Path) -> None:
     """One HTML page per audited study (``report_html``) and an index with the demo table."""
     out = run_dir / "report"
@@ -549,8 +367,8 @@ def _summary_line(report: DemoReport) -> str:
     s = report.summary
     p = "n/a" if s.get("precision") is None else f"{s['precision']:.2f}"
     r = "n/a" if s.get("recall") is None else f"{s['recall']:.2f}"
-    what = "masks" if s.get("task") == "segmentation" else "annotations"
-    errors = "mask errors" if s.get("task") == "segmentation" else "label errors"
+    task = demo_task(str(s.get("task") or report.settings.get("task") or "labels"))
+    what, errors = task.noun, task.errors
     return (f"{s.get('annotations', 0)} {what} in {s.get('studies', 0)} studies; "
             f"{s.get('planted_errors', 0)} planted {errors}; flagged {s.get('flagged_and_planted', 0)} of them, "
             f"{s.get('flagged_not_planted', 0)} false alarms (precision {p}, recall {r}); verdicts {s.get('verdicts')}")
@@ -558,19 +376,7 @@ def _summary_line(report: DemoReport) -> str:
 
 def _render(report: DemoReport) -> str:
     """The table and where things went, as text."""
-    if report.summary.get("task") == "segmentation":
-        from service.demo.masks import render_seg_rows
-
-        lines = render_seg_rows(report)
-    else:
-        head = f"{'study':<14} {'annotation':<14} {'given':<8} {'consensus':<10} {'verdict':<22} {'agree':>6}  planted"
-        lines = [head, "-" * len(head)]
-        for r in sorted(report.rows, key=lambda r: (r["verdict"] not in FLAGGED, not r["planted_error"],
-                                                    r["study_uid"])):
-            agr = "" if r.get("agreement") is None else f"{r['agreement']:.2f}"
-            lines.append(f"...{r['study_uid'][-11:]:<11} ...{str(r['annotation_uid'])[-11:]:<11} "
-                         f"{str(r['given_label']):<8} {str(r['consensus_label']):<10} {r['verdict']:<22} {agr:>6}  "
-                         f"{'YES' if r['planted_error'] else ''}")
+    lines = demo_task(str(report.settings.get("task") or "labels")).render_rows(report)
     lines += ["", _summary_line(report)]
     o = report.outputs
     files = o.get("result_files", [])
@@ -605,7 +411,7 @@ def report_json(report: DemoReport) -> str:
     return json.dumps(asdict(report), indent=2, default=str)
 
 
-def _quiet_logging(verbose: bool) -> None:
+def quiet_logging(verbose: bool) -> None:
     level = logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(level)

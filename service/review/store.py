@@ -391,8 +391,7 @@ class ReviewStore:
                     outputs: Sequence[dict[str, Any]] = (), *, audited_at: float | None = None) -> int:
         """Upsert the rows of one finished audit of ``study_uid``; returns the number of rows indexed."""
         audited_at = time.time() if audited_at is None else audited_at
-        report = next((o for o in outputs if o.get("modality") == "SR"), None)
-        heatmaps, suggestions = _report_refs(report)
+        report = next((o for o in outputs if o.get("modality") == "SR"), None)  # the QA report, as the writer said
         context = self._image_context([str(r.get("image_uid")) for r in rows if r.get("image_uid")])
         with Session(self.engine) as s, s.begin():
             existing = {(r.annotation_uid, r.segment_number, r.content_path, r.frame_key): r
@@ -415,9 +414,8 @@ class ReviewStore:
                 ctx = context.get(str(row.get("image_uid")), {})
                 verdict = str(row.get("verdict"))
                 extra = {k: row[k] for k in ("member_probs", "kind", "dice") if row.get(k) is not None}
-                suggestion = suggestions.get((key[0], key[1] or None, row.get("image_uid"), row.get("frame")))
-                if suggestion and is_mask_row(row):
-                    extra["suggestion_uid"] = suggestion
+                if row.get("suggestion_uid") and is_mask_row(row):
+                    extra["suggestion_uid"] = row["suggestion_uid"]
                 rec.image_uid = row.get("image_uid")
                 rec.frame = row.get("frame")
                 rec.source = str(row.get("source") or "sr")
@@ -438,7 +436,7 @@ class ReviewStore:
                 rec.series_uid = ctx.get("series_uid")
                 rec.series_description = ctx.get("series_description")
                 rec.report_uid = report.get("sop_instance_uid") if report else None
-                rec.heatmap_uid = heatmaps.get((key[0], key[1] or None))
+                rec.heatmap_uid = row.get("heatmap_uid")
                 rec.extra_json = json.dumps(extra) if extra else None
                 rec.current = True
                 rec.audited_at = audited_at
@@ -851,29 +849,6 @@ class ReviewStore:
 def is_mask_row(row: dict[str, Any]) -> bool:
     """Whether a verdict row is an audited mask (a SEG class on one source frame), not a class label."""
     return str(row.get("source") or "") == "seg" and "class" in row
-
-
-def _report_refs(report: dict[str, Any] | None) -> tuple[dict[tuple[str, int | None], str],
-                                                         dict[tuple[str, int | None, str | None, int | None], str]]:
-    """From the audit's QA report SR (when on disk): (annotation uid, segment) -> heatmap SC uid, and
-    (annotation uid, segment, source image uid, frame) -> suggestion SEG uid of each flagged mask."""
-    if not report or not report.get("path") or not Path(report["path"]).is_file():
-        return {}, {}
-    try:
-        import pydicom
-
-        from dicom_io.results.sr import read_report
-
-        rep = read_report(pydicom.dcmread(report["path"]))
-    except Exception as e:  # noqa: BLE001 - heatmaps and suggestions are optional in the item view
-        log.warning("cannot read QA report %s: %s", report.get("sop_instance_uid"), e)
-        return {}, {}
-    heatmaps = {(str(it["annotation_uid"]), it.get("segment_number")): str(it["heatmap_uid"])
-                for it in rep["items"] if it.get("heatmap_uid") and it.get("annotation_uid")}
-    suggestions = {(str(m["annotation_uid"]), m.get("segment_number"), m.get("source_image_uid"), m.get("frame")):
-                   str(m["suggestion_uid"])
-                   for m in rep["masks"] if m.get("suggestion_uid") and m.get("annotation_uid")}
-    return heatmaps, suggestions
 
 
 def _s(v: Any) -> str | None:

@@ -3,7 +3,7 @@
 ``[executor] kind = "ray"`` (and ``address``) makes the pipeline use :class:`RayExecutor`. The
 gateway (listener, store, outbox, API) keeps the claim loop of :class:`~service.runtime.executor.InProcessExecutor`
 (leases, heartbeats, retries in the job table, one thread per actor): for each claimed job it
-reads the study (:func:`service.audit.read_study_input`), puts the sample arrays into Ray's object
+reads the study (the pipeline's auditor: its task's read step), puts the arrays into Ray's object
 store, and an :class:`AuditActor` returns scores and Grad-CAM heatmaps; the gateway writes the DICOM
 results and the outbox rows. Workers share no disk with the gateway: the bundle travels to each
 actor as bytes (once, through the object store) and stays loaded there.
@@ -22,7 +22,6 @@ step, a study gets exactly one result set.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import math
 import os
@@ -33,16 +32,16 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from service.audit import ModelBatch, ModelResult, model_step, warm_up
+from models.bundles import BundleInfo, load_bundle, read_bundle_info
 from service.runtime.executor import InProcessExecutor, JobRetry, Outcome, WorkerContext
 from service.runtime.jobs import Job, JobStore
+from service.runtime.pipeline import Auditor
 
 __all__ = [
-    "RayUnavailable", "connect", "cluster_nodes", "BundleCard", "bundle_archive", "AuditActor", "actor_count",
+    "RayUnavailable", "connect", "cluster_nodes", "bundle_archive", "AuditActor", "actor_count",
     "RayExecutor", "RayMap", "ray_map",
 ]
 
@@ -88,43 +87,6 @@ def cluster_nodes() -> list[dict[str, Any]]:
 
 
 # -- the bundle on the gateway and on the workers --------------------------------------------------
-@dataclass
-class BundleCard:
-    """A bundle's description without its weights: what the gateway's read and write steps need."""
-
-    path: Path
-    meta: dict[str, Any]
-    class_names: list[str] = field(default_factory=list)
-    image_size: int = 0
-    content_hash: str = ""
-    version: str = ""
-    thresholds: dict[str, Any] = field(default_factory=dict)
-    archs: list[str] = field(default_factory=list)
-
-    @classmethod
-    def from_dir(cls, path: Path | str) -> BundleCard:
-        """Read ``configs/metadata.json``; the actors verify the member files when they load them."""
-        from models.bundle import BUNDLE_FORMAT, BundleError
-
-        path = Path(path)
-        meta_file = path / "configs" / "metadata.json"
-        if not meta_file.is_file():
-            raise BundleError(f"{path}: not a labelqa bundle (configs/metadata.json missing); make one with "
-                              "labelqa train")
-        meta = json.loads(meta_file.read_text())
-        if meta.get("format") != BUNDLE_FORMAT:
-            raise BundleError(f"{path}: unsupported bundle format {meta.get('format')!r} (expected {BUNDLE_FORMAT})")
-        return cls(path, meta, list(meta["class_names"]), int(meta["image_size"]), str(meta["content_hash"]),
-                   str(meta["version"]), dict(meta["thresholds"]),
-                   list(dict.fromkeys(m["arch"] for m in meta["members"])))
-
-    def prepare_frame(self, image: Any) -> Any:
-        """One image -> this bundle's model input (the same ``models.preprocess`` path as ``Bundle``)."""
-        from models.preprocess import to_model_input
-
-        return to_model_input(image, self.image_size)
-
-
 def bundle_archive(path: Path | str) -> bytes:
     """The bundle directory as an uncompressed tar in memory (what travels to the actors)."""
     buf = io.BytesIO()
@@ -136,9 +98,7 @@ def bundle_archive(path: Path | str) -> bytes:
 class AuditActor:
     """A Ray actor holding one loaded bundle (on its GPU, or the CPU): the model step of audits."""
 
-    def __init__(self, archive: bytes, device: str = "auto", batch_size: int = 64) -> None:
-
-        from models.bundle import load_bundle
+    def __init__(self, archive: bytes, auditor: Auditor, device: str = "auto", batch_size: int = 64) -> None:
         from models.train import resolve_device
 
         self._dir = tempfile.mkdtemp(prefix="labelqa-bundle-")
@@ -147,7 +107,8 @@ class AuditActor:
         self.bundle = load_bundle(Path(self._dir) / "bundle")
         self.device = str(resolve_device(device))
         self.batch_size = batch_size
-        warm_up(self.bundle, self.device)
+        self.auditor = auditor
+        auditor.warm_up(self.bundle, self.device)
         import ray
 
         ctx = ray.get_runtime_context()
@@ -159,9 +120,10 @@ class AuditActor:
         """Where this actor runs and which bundle it holds."""
         return dict(self._where)
 
-    def infer(self, batch: ModelBatch) -> ModelResult:
-        """Verdicts for a batch of arrays: labels (scores, heatmaps) or masks (consensus, Dice, regions)."""
-        result = model_step(self.bundle, batch, device=self.device, batch_size=self.batch_size)
+    def infer(self, batch: Any) -> Any:
+        """The bundle's task's model step for a batch of arrays (labels: scores, heatmaps; masks: consensus,
+        Dice, regions)."""
+        result = self.auditor.model_step(self.bundle, batch, device=self.device, batch_size=self.batch_size)
         result.worker = self.info()
         return result
 
@@ -260,7 +222,7 @@ class RayExecutor:
         self._archive: Any = None  # ObjectRef of the bundle bytes
         self._inner: InProcessExecutor | None = None
         self._connected = False
-        self.card: BundleCard | None = None
+        self.card: BundleInfo | None = None
         self.vocabulary: Any = None
         self.jobs_by_node: Counter[str] = Counter()
         self._in_flight: dict[int, str] = {}  # job id -> node id of the actor running its model step
@@ -272,7 +234,7 @@ class RayExecutor:
         audit = self.pipeline.settings.audit
         if audit.bundle is None:
             raise RuntimeError("no model bundle configured: set [audit] bundle (made by `labelqa train`)")
-        self.card = BundleCard.from_dir(audit.bundle)
+        self.card = read_bundle_info(audit.bundle)
         self.vocabulary = self.pipeline.load_vocabulary(self.card)
         self._stop.clear()
         self._connected = connect(self.settings.address, self.settings.namespace)
@@ -294,7 +256,8 @@ class RayExecutor:
         if self.settings.resources:
             opts["resources"] = dict(self.settings.resources)
         cls = ray.remote(AuditActor)
-        self._actors = [cls.options(**opts).remote(archive, audit.device, audit.batch_size) for _ in range(n)]
+        self._actors = [cls.options(**opts).remote(archive, self.pipeline.auditor, audit.device, audit.batch_size)
+                        for _ in range(n)]
         for a in self._actors:
             self._pool.watch(a)
         log.info("starting %d audit actor(s) on the Ray cluster (%s per actor)", n, opts)
@@ -355,7 +318,7 @@ class RayExecutor:
             raise JobRetry("the service is stopping")
         where: dict[str, Any] = {}
 
-        def remote_infer(batch: ModelBatch) -> ModelResult:
+        def remote_infer(batch: Any) -> Any:
             node = self._pool.ready.get(id(actor), {}).get("node_id", "?")
             self._in_flight[job.id] = node
             try:
@@ -381,7 +344,7 @@ class RayExecutor:
                 self.jobs_by_node[where["node_id"]] += 1
         return outcome
 
-    def _call(self, actor: Any, batch: ModelBatch) -> ModelResult:
+    def _call(self, actor: Any, batch: Any) -> Any:
         """The model step on ``actor``: the batch's arrays go through the object store."""
         ray = _ray()
         try:

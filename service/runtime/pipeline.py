@@ -3,7 +3,7 @@
 On a "study stable" event from the store, a study that holds annotation objects (SEG, SR) gets an
 audit job in the job table; one without them is recorded as ``no_annotations`` with the reason.
 A worker of the executor (in-process by default) reads the study's files, runs
-:func:`service.audit.audit_study` (annotations -> bundle ensemble -> results), writes the result
+its auditor (``service.audit``: annotations -> bundle ensemble -> results), writes the result
 objects under ``<data_dir>/results/<study>/`` and puts them in the outbox; with ``[executor] kind =
 "ray"`` only the model step runs on a Ray actor (:mod:`service.runtime.executor_ray`). A late instance re-opens
 the study and the audit runs again; our own result objects coming back (a PACS that routes the
@@ -16,26 +16,53 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from dicom_io.results import ResultSet, save_results
 from dicom_io.results.series import is_own_output
 from dicom_io.sop import is_annotation
+from models.bundles import Bundle, load_bundle
 from models.verdict import FLAGGED
 from service.runtime.executor import Executor, InProcessExecutor, Outcome, WorkerContext
 from service.runtime.jobs import DONE, NO_ANNOTATIONS, Job, JobStore
 from service.settings import Settings
 
-if TYPE_CHECKING:
-    from service.audit import InferFn
+__all__ = ["InferFn", "AuditOutput", "Auditor", "verdict_rows", "unaudited_reason", "Pipeline"]
 
-__all__ = ["verdict_rows", "unaudited_reason", "Pipeline"]
+InferFn = Callable[[Any], Any]
+"""The model step run elsewhere (a Ray actor): a batch in, its result out."""
+
+
+class AuditOutput(Protocol):
+    """What auditing one study gives the pipeline (``service.audit.StudyAudit``)."""
+
+    @property
+    def datasets(self) -> ResultSet: ...  # the result objects, with report_uid and kos_uid
+    @property
+    def rows(self) -> Sequence[Any]: ...  # typed verdict rows: .verdict, .to_dict()
+    @property
+    def issues(self) -> list[dict[str, Any]]: ...
+
+
+class Auditor(Protocol):
+    """What the runtime needs from the audit wing (``service.audit.AUDITOR``), handed in by whoever
+    assembles the service: the runtime knows jobs, workers and files, not kinds of annotation."""
+
+    def vocabulary(self, bundle: Bundle, bundle_path: Any, vocabulary: Any) -> Any: ...
+
+    def warm_up(self, bundle: Any, device: str) -> None: ...
+
+    def audit(self, files: Sequence[Path], bundle: Bundle, vocabulary: Any, *, settings: Any,
+              infer_fn: InferFn | None = None) -> AuditOutput: ...
+
+    def model_step(self, bundle: Any, batch: Any, *, device: str, batch_size: int) -> Any: ...
 
 log = logging.getLogger("labelqa.pipeline")
 
 def verdict_rows(rows: Iterable[Any]) -> list[dict[str, Any]]:
-    """Verdict rows from :func:`service.audit.audit_study` as plain JSON-ready dicts (NaN -> None)."""
+    """Verdict rows (``to_dict()`` of the audit's typed rows) as plain JSON-ready dicts (NaN -> None)."""
     out = []
     for r in rows:
         d = dict(r) if isinstance(r, dict) else dict(vars(r))
@@ -79,10 +106,12 @@ class Pipeline:
         *,
         store: Any = None,
         outbox: Any = None,
+        auditor: Auditor,
         metrics: Any = None,
         executor: Executor | None = None,
     ) -> None:
         self.settings = settings
+        self.auditor = auditor
         self.jobs = jobs
         self.store = store
         self.outbox = outbox
@@ -158,28 +187,22 @@ class Pipeline:
         return job
 
     # -- the work ------------------------------------------------------------------------------
-    def load_bundle(self) -> Any:
+    def load_bundle(self) -> Bundle:
         """The model bundle named in the settings."""
         if self.settings.audit.bundle is None:
             raise RuntimeError("no model bundle configured: set [audit] bundle (made by `labelqa train`)")
-        from models.bundle import load_bundle
-
         return load_bundle(Path(self.settings.audit.bundle))
 
-    def load_vocabulary(self, bundle: Any) -> Any:
+    def load_vocabulary(self, bundle: Bundle) -> Any:
         """The label vocabulary: the configured file, the bundle's own file, or the bundle's class names."""
-        from service.audit import resolve_vocabulary
-
-        return resolve_vocabulary(bundle, self.settings.audit.bundle, self.settings.audit.vocabulary)
+        return self.auditor.vocabulary(bundle, self.settings.audit.bundle, self.settings.audit.vocabulary)
 
     def warmup(self, ctx: WorkerContext) -> None:
         """Load the bundle and vocabulary once for this worker; they stay warm for every job."""
         bundle = ctx.cached("bundle", self.load_bundle)
         ctx.cached("vocabulary", lambda: self.load_vocabulary(bundle))
         try:
-            from service.audit import warm_up
-
-            warm_up(bundle, self.settings.audit.device)
+            self.auditor.warm_up(bundle, self.settings.audit.device)
         except Exception as e:  # noqa: BLE001 - warming is an optimisation only
             log.warning("model warm-up inference failed: %s", e)
 
@@ -189,12 +212,10 @@ class Pipeline:
         vocabulary = ctx.cached("vocabulary", lambda: self.load_vocabulary(bundle))
         return self.audit_job(job, bundle, vocabulary)
 
-    def audit_job(self, job: Job, bundle: Any, vocabulary: Any, infer_fn: InferFn | None = None) -> Outcome:
+    def audit_job(self, job: Job, bundle: Bundle, vocabulary: Any, infer_fn: InferFn | None = None) -> Outcome:
         """Audit one study: read its files, infer (here, or ``infer_fn``: a remote worker), write the
         result objects and enqueue them for delivery. ``bundle`` needs to be loaded only when
         ``infer_fn`` is None; the read and write steps use its description."""
-        from service.audit import audit_study
-
         records = self.store.instances(job.study_uid) if self.store is not None else []
         theirs = [r for r in records if not is_own_output(r.manufacturer, r.series_number)]
         files = [Path(r.path) for r in theirs]
@@ -202,40 +223,27 @@ class Pipeline:
             return Outcome(state=NO_ANNOTATIONS, reason="the study has no stored instances", n_samples=0)
         inputs = sorted(r.sop_instance_uid for r in theirs)
         t0 = time.perf_counter()
-        a = self.settings.audit
-        sa = audit_study(files, bundle, vocabulary, device=a.device, batch_size=a.batch_size,
-                         heatmaps_for_hard_cases=a.heatmaps_for_hard_cases, infer_fn=infer_fn)
-        datasets = sa.datasets
+        sa = self.auditor.audit(files, bundle, vocabulary, settings=self.settings.audit, infer_fn=infer_fn)
         audit_s = time.perf_counter() - t0
-        rows = verdict_rows(sa.rows)
+        rows = verdict_rows(r.to_dict() for r in sa.rows)
         if not rows:
             return Outcome(
                 state=NO_ANNOTATIONS, n_samples=0, n_flagged=0, reason=unaudited_reason(sa.issues),
                 result={"inputs": inputs, "rows": [], "outputs": [], "issues": sa.issues},
             )
-        out_dir = self.results_dir / job.study_uid
-        out_dir.mkdir(parents=True, exist_ok=True)
-        outputs = []
-        paths = []
-        for ds in datasets:
-            p = out_dir / f"{ds.SOPInstanceUID}.dcm"
-            if not p.exists():
-                tmp = p.with_suffix(".tmp")
-                ds.save_as(tmp, enforce_file_format=True)
-                tmp.replace(p)
-            paths.append(p)
-            outputs.append({
-                "sop_instance_uid": str(ds.SOPInstanceUID), "sop_class_uid": str(ds.SOPClassUID),
-                "modality": str(getattr(ds, "Modality", "")), "path": str(p),
-            })
+        paths = save_results(sa.datasets, self.results_dir / job.study_uid)
+        outputs = [{"sop_instance_uid": str(ds.SOPInstanceUID), "sop_class_uid": str(ds.SOPClassUID),
+                    "modality": str(getattr(ds, "Modality", "")), "path": str(p)}
+                   for ds, p in zip(sa.datasets, paths, strict=True)]
         if self.outbox is not None and paths and self.settings.outbox.destinations:
             self.outbox.enqueue(paths)
-        n_flagged = sum(1 for r in rows if r.get("verdict") in FLAGGED)
+        n_flagged = sum(1 for r in sa.rows if r.verdict in FLAGGED)
         return Outcome(
             state=DONE, n_samples=len(rows), n_flagged=n_flagged,
             result={
                 "inputs": inputs, "rows": rows, "outputs": outputs, "audit_s": audit_s,
-                "bundle_hash": getattr(bundle, "content_hash", None),
+                "report_uid": sa.datasets.report_uid, "kos_uid": sa.datasets.kos_uid,
+                "bundle_hash": bundle.content_hash,
             },
         )
 

@@ -75,7 +75,7 @@ def test_accepted_suggestion_replaces_the_segment_on_that_frame_only(ct_study, t
     path = _save(out, tmp_path / "corrected.dcm")
     assert out.SOPClassUID == original.SOPClassUID and out.SOPInstanceUID != original.SOPInstanceUID
     assert out.StudyInstanceUID == original.StudyInstanceUID and out.FrameOfReferenceUID == cts[0].FrameOfReferenceUID
-    assert int(out.SeriesNumber) == REVIEWED_LABEL_SERIES_NUMBER and is_own_output_dataset(out)
+    assert int(out.SeriesNumber) == REVIEWED_LABEL_SERIES_NUMBER and not is_own_output_dataset(out)
     refs = {r.ReferencedSOPInstanceUID for s in out.ReferencedSeriesSequence for r in s.ReferencedInstanceSequence}
     assert refs == set(sources)  # the same source images
     assert "suggestion accepted" in out.SegmentSequence[0].SegmentDescription

@@ -120,7 +120,8 @@ def test_crossfit_excluded_samples_are_scored_but_never_trained_on():
 
 @pytest.mark.slow
 def test_repeats_average_seeds_each_out_of_fold_and_round_trip_through_a_bundle(tmp_path):
-    from models.bundle import load_bundle, save_bundle
+    from models.bundle import save_bundle
+    from models.bundles import load_bundle
     from models.train import REPEAT_SEED_STEP
 
     data = make_shapes(45, n_classes=2, size=SIZE, seed=1)
@@ -216,7 +217,8 @@ def test_cam_layer_has_at_least_7x7_cells_where_possible():
 
 
 def test_bundle_round_trip_gives_the_same_verdicts_as_evaluate_internals(trained_shapes, tmp_path):
-    from models.bundle import BundleError, load_bundle, save_bundle
+    from models.bundle import save_bundle
+    from models.bundles import BundleError, load_bundle
 
     data, fit = trained_shapes
     given = data.labels.copy()
@@ -328,7 +330,8 @@ def test_train_audits_its_own_labels_out_of_fold(tmp_path):
     by crossfit members that never saw it; the planted wrong labels come first and are flagged."""
     import csv
 
-    from models.bundle import load_bundle, train_bundle
+    from models.bundle import train_bundle
+    from models.bundles import load_bundle
     from models.data import LabelledImages
 
     data = make_shapes(160, n_classes=2, size=SIZE, seed=11)

@@ -148,7 +148,7 @@ def test_channels_and_spacing_units(planted):
 
 
 def test_bundle_round_trip_audits_on_the_native_grid(tmp_path):
-    from models.bundle import load_bundle
+    from models.bundles import load_bundle
     from models.preprocess import resize_mask
     from models.seg.bundle import SegBundle, train_seg_bundle
     from models.seg.data import load_segmentation_dataset
@@ -181,7 +181,7 @@ def test_bundle_round_trip_audits_on_the_native_grid(tmp_path):
         b.audit(images[:1], [{"lesion": d.masks[0] > 0}])
     (path / "configs" / "metadata.json").write_text((path / "configs" / "metadata.json").read_text().replace(
         '"image_size": 32', '"image_size": 33'))
-    from models.bundle import BundleError
+    from models.bundles import BundleError
 
     with pytest.raises(BundleError, match="modified"):
         load_bundle(path)

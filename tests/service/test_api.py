@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dicom_io.db import make_engine
+from service.audit import AUDITOR
 from service.demo.peers import free_port
 from service.http.api import ApiContext, ApiServer, create_app
 from service.runtime.jobs import DONE, QUEUED, JobStore
@@ -40,7 +41,7 @@ def _done_job(jobs: JobStore, study: str = STUDY) -> int:
 
 def _client(jobs, tmp_path, token=None, pipeline=True):
     s = Settings(store={"data_dir": tmp_path})
-    pipe = Pipeline(s, jobs) if pipeline else None
+    pipe = Pipeline(s, jobs, auditor=AUDITOR) if pipeline else None
     metrics = Metrics(jobs, instances_received=lambda: 7)
     return TestClient(create_app(ApiContext(jobs=jobs, token=token, pipeline=pipe, metrics=metrics)))
 

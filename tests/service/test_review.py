@@ -315,7 +315,7 @@ def test_corrected_sr_and_verified_report_are_valid_and_reference_what_they_supe
     assert str(sr.VerifyingObserverSequence[0].VerifyingObserverName) == "Reader^Rita"
     pred = sr.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
     assert pred.ReferencedSOPInstanceUID == original.SOPInstanceUID
-    assert int(sr.SeriesNumber) == REVIEWED_LABEL_SERIES_NUMBER and is_own_output_dataset(sr)
+    assert int(sr.SeriesNumber) == REVIEWED_LABEL_SERIES_NUMBER and not is_own_output_dataset(sr)
     # read back with labelqa's own annotation reader: the label is the corrected one, the reviewer the observer
     vocab = load_vocabulary(audited.vocabulary)
     image = review.instance_path(item["image_uid"])

@@ -102,6 +102,7 @@ def test_index_locked_by_another_process_delays_but_never_loses_the_audit_job(tm
 
 
 def test_complete_study_without_a_job_is_queued_at_start(tmp_path):
+    from service.audit import AUDITOR
     from service.runtime.pipeline import Pipeline
     from service.settings import load_settings
 
@@ -113,7 +114,7 @@ def test_complete_study_without_a_job_is_queued_at_start(tmp_path):
     wait_for(lambda: study in store.stable_studies(), 30, "stable")  # no subscriber: no job was made
     settings = load_settings(None, {"store": {"data_dir": data}})
     jobs = JobStore(make_engine(f"sqlite:///{tmp_path / 'jobs.sqlite'}"))
-    pipe = Pipeline(settings, jobs, store=store)
+    pipe = Pipeline(settings, jobs, auditor=AUDITOR, store=store)
     try:
         assert pipe.reconcile() == 1
         job = jobs.latest_for_study(study)
