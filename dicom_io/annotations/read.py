@@ -122,6 +122,7 @@ def read_studies(
     pixel_transform: Callable[[np.ndarray], np.ndarray] | None = None,
     masks: bool = False,
     mask_classes: Sequence[str] | None = None,
+    volumes: bool = False,
 ) -> list[AnnotationSet]:
     """``read_study`` for every study found under ``paths`` (unreadable files: a study_uid None set)."""
     issues: list[IssueRecord] = []
@@ -134,7 +135,7 @@ def read_studies(
         groups[str(inst.ds.get("StudyInstanceUID", ""))].append(inst)
     sets = [
         _read_instances(insts, [], vocabulary, image_size=image_size, load_pixels=load_pixels,
-                        pixel_transform=pixel_transform, masks=masks, mask_classes=mask_classes)
+                        pixel_transform=pixel_transform, masks=masks, mask_classes=mask_classes, volumes=volumes)
         for _, insts in sorted(groups.items())
     ]
     if issues:
@@ -151,6 +152,7 @@ def read_study(
     pixel_transform: Callable[[np.ndarray], np.ndarray] | None = None,
     masks: bool = False,
     mask_classes: Sequence[str] | None = None,
+    volumes: bool = False,
 ) -> AnnotationSet:
     """Labelled samples and issue records of one study (files or folders).
 
@@ -166,6 +168,13 @@ def read_study(
     the native-grid source pixels (``image_size``/``pixel_transform`` do not apply: models resize
     image and mask together) and the given mask on the source grid (empty when the class has no pixel
     there). The class-label ``samples`` are read as without it.
+
+    ``volumes`` adds, for every SEG over a series (single-frame slices or an enhanced multi-frame
+    image), the series as an ``ImageVolume`` (``AnnotationSet.volumes``, by Series Instance UID; pixels
+    only with ``load_pixels``) and one ``MaskVolume`` per segment on its grid
+    (``AnnotationSet.mask_volumes``); a series that is not a volume (``dicom_io.volumes``: missing
+    slice, tilted slice, mixed spacing, one slice...) is an issue record for that SEG. The
+    frame-by-frame ``samples`` and ``mask_samples`` are read as without it.
     """
     issues: list[IssueRecord] = []
     try:
@@ -173,7 +182,7 @@ def read_study(
     except Exception as e:  # never let a study stop on us
         return AnnotationSet(None, [], [IssueRecord(UNREADABLE_FILE, f"cannot list the study files: {e}")])
     return _read_instances(instances, issues, vocabulary, image_size=image_size, load_pixels=load_pixels,
-                           pixel_transform=pixel_transform, masks=masks, mask_classes=mask_classes)
+                           pixel_transform=pixel_transform, masks=masks, mask_classes=mask_classes, volumes=volumes)
 
 
 def _read_instances(
@@ -186,10 +195,12 @@ def _read_instances(
     pixel_transform: Callable[[np.ndarray], np.ndarray] | None = None,
     masks: bool = False,
     mask_classes: Sequence[str] | None = None,
+    volumes: bool = False,
 ) -> AnnotationSet:
     try:
         return _read_instances_unguarded(instances, issues, vocabulary, image_size=image_size, load_pixels=load_pixels,
-                                         pixel_transform=pixel_transform, masks=masks, mask_classes=mask_classes)
+                                         pixel_transform=pixel_transform, masks=masks, mask_classes=mask_classes,
+                                         volumes=volumes)
     except Exception as e:  # a bug or an input nobody foresaw: say so, do not stop the caller
         log.exception("reading a study failed")
         study = str(instances[0].ds.get("StudyInstanceUID", "")) if instances else None
@@ -210,6 +221,7 @@ def _read_instances_unguarded(
     pixel_transform: Callable[[np.ndarray], np.ndarray] | None = None,
     masks: bool = False,
     mask_classes: Sequence[str] | None = None,
+    volumes: bool = False,
 ) -> AnnotationSet:
     if not instances:
         return AnnotationSet(None, [], issues)
@@ -221,6 +233,7 @@ def _read_instances_unguarded(
     seg_headers: dict[str, Any] = {}
     records: list[LabelRecord] = []
     mask_records: list[MaskRecord] = []
+    seg_datasets: dict[str, Any] = {}
     series_images: dict[str, list[str]] = defaultdict(list)
     for inst in instances:
         sop = str(inst.ds.SOPClassUID)
@@ -261,6 +274,8 @@ def _read_instances_unguarded(
                     mask_records.extend(mrecs)
                     seen = {(i.code, i.message, i.annotation_uid) for i in iss}
                     iss = [*iss, *(i for i in miss if (i.code, i.message, i.annotation_uid) not in seen)]
+                if volumes:
+                    seg_datasets[uid] = full_seg
             elif _is_image(ds):
                 images[uid] = inst
                 continue
@@ -288,7 +303,82 @@ def _read_instances_unguarded(
     samples = _attach(records, images, study_uid, vocabulary, issues, image_size, load_pixels, pixel_transform,
                       full)
     mask_samples = _attach_masks(mask_records, images, study_uid, issues, load_pixels, full) if masks else []
-    return AnnotationSet(study_uid, samples, issues, mask_samples)
+    image_volumes: dict[str, Any] = {}
+    mask_volumes: list[Any] = []
+    if volumes:
+        image_volumes, mask_volumes = _read_volumes(seg_datasets, images, study_uid, vocabulary, issues, load_pixels,
+                                                    full)
+    return AnnotationSet(study_uid, samples, issues, mask_samples, image_volumes, mask_volumes)
+
+
+def _read_volumes(
+    segs: dict[str, Any],
+    images: dict[str, _Instance],
+    study_uid: str,
+    vocabulary: Any | None,
+    issues: list[IssueRecord],
+    load_pixels: bool,
+    full: dict[str, Any],
+) -> tuple[dict[str, Any], list[Any]]:
+    """Per SEG: the series it is over as a volume (read once per series) and its segments as mask volumes."""
+    from dataclasses import replace
+
+    import pydicom
+
+    from dicom_io.annotations.seg_volume import read_seg_volumes, seg_series_uids
+    from dicom_io.volumes import series_volume
+
+    series_of_image = {uid: str(inst.ds.get("SeriesInstanceUID", "")) for uid, inst in images.items()}
+    members: dict[str, list[Any]] = defaultdict(list)
+    for uid, inst in images.items():
+        members[series_of_image[uid]].append(inst.ds)
+
+    def load(header: Any) -> Any:
+        uid = str(header.SOPInstanceUID)
+        ds = full.get(uid)
+        if ds is None:
+            ds = full[uid] = pydicom.dcmread(images[uid].path)
+        return ds
+
+    said = {(i.code, i.message, i.annotation_uid) for i in issues}
+
+    def issue(i: IssueRecord) -> None:
+        if (i.code, i.message, i.annotation_uid) not in said:
+            said.add((i.code, i.message, i.annotation_uid))
+            issues.append(i)
+
+    read: dict[str, Any] = {}
+    out_volumes: dict[str, Any] = {}
+    out_masks: list[Any] = []
+    for seg_uid, ds in segs.items():
+        try:
+            candidates = seg_series_uids(ds, series_of_image)
+            present = [s for s in candidates if s in members]
+            if not present:
+                issue(IssueRecord(MISSING_REFERENCE, f"SEG is over series {candidates[0]}, which is not in the "
+                                  "study: no mask volumes", seg_uid) if candidates else
+                      IssueRecord(NO_IMAGE_REFERENCE, "SEG names no image series: no mask volumes", seg_uid))
+                continue
+            series = present[0]
+            if series not in read:
+                read[series] = series_volume(members[series], load_pixels=load_pixels, loader=load)
+            volume, volume_issues = read[series]
+            for i in volume_issues:
+                issue(replace(i, annotation_uid=seg_uid))
+            if volume is None:
+                continue
+            out_volumes[series] = volume
+            masks, mask_issues = read_seg_volumes(ds, volume, vocabulary, study_uid=study_uid,
+                                                  study_images=images.keys())
+        except Exception as e:  # a SEG or series too broken for the volume path: say so, go on
+            log.warning("SEG %s could not be read as volumes: %s", seg_uid, e)
+            issue(IssueRecord(MALFORMED_ANNOTATION, f"cannot read the SEG as mask volumes: {type(e).__name__}: {e}",
+                              seg_uid))
+            continue
+        out_masks.extend(masks)
+        for i in mask_issues:
+            issue(i)
+    return out_volumes, out_masks
 
 
 def _resolve_segment_references(
