@@ -32,6 +32,7 @@ from dicom_io.annotations.records import (
     UNREADABLE_PIXELS,
     UNSUPPORTED_SOP_CLASS,
     AnnotationSet,
+    IssueCode,
     IssueRecord,
     LabelRecord,
     MaskProvenance,
@@ -173,8 +174,9 @@ def read_study(
     image), the series as an ``ImageVolume`` (``AnnotationSet.volumes``, by Series Instance UID; pixels
     only with ``load_pixels``) and one ``MaskVolume`` per segment on its grid
     (``AnnotationSet.mask_volumes``); a series that is not a volume (``dicom_io.volumes``: missing
-    slice, tilted slice, mixed spacing, one slice...) is an issue record for that SEG. The
-    frame-by-frame ``samples`` and ``mask_samples`` are read as without it.
+    slice, tilted slice, mixed spacing, duplicate positions) is an issue record for that SEG. A SEG
+    over one image or over images without plane geometry is a 2-D annotation: no volume, no issue.
+    The frame-by-frame ``samples`` and ``mask_samples`` are read as without it.
     """
     issues: list[IssueRecord] = []
     try:
@@ -311,6 +313,9 @@ def _read_instances_unguarded(
     return AnnotationSet(study_uid, samples, issues, mask_samples, image_volumes, mask_volumes)
 
 
+_TWO_D = (IssueCode.SINGLE_SLICE, IssueCode.NO_PLANE_GEOMETRY)
+
+
 def _read_volumes(
     segs: dict[str, Any],
     images: dict[str, _Instance],
@@ -363,6 +368,8 @@ def _read_volumes(
             if series not in read:
                 read[series] = series_volume(members[series], load_pixels=load_pixels, loader=load)
             volume, volume_issues = read[series]
+            if volume is None and all(i.code in _TWO_D for i in volume_issues):
+                continue  # a SEG over one image, or images without plane geometry: a 2-D annotation
             for i in volume_issues:
                 issue(replace(i, annotation_uid=seg_uid))
             if volume is None:
