@@ -189,7 +189,8 @@ def test_dcmqi_binary_and_sparse_label_map_segs_match_their_nrrd(seg, nrrd):
 
 @pytest.mark.parametrize("modality", ["CT", "MR"])
 def test_hippocampus_written_as_a_series_with_a_seg_reads_back_voxel_for_voxel(tmp_path, modality):
-    image_path, label_path = HIPPO / "imagesTr" / "hippocampus_001.nii.gz", HIPPO / "labelsTr" / "hippocampus_001.nii.gz"
+    image_path = HIPPO / "imagesTr" / "hippocampus_001.nii.gz"
+    label_path = HIPPO / "labelsTr" / "hippocampus_001.nii.gz"
     _need(image_path, label_path)
     g, image = _sitk_geometry_and_array(image_path)
     _, labels = _sitk_geometry_and_array(label_path)
@@ -257,7 +258,8 @@ def test_seg_frames_in_any_order_give_the_same_masks(tmp_path):
 
 def _hd_seg(slices, masks, seg_type="BINARY", **kw) -> hd.seg.Segmentation:
     descs = [hd.seg.SegmentDescription(
-        segment_number=k, segment_label=name, segmented_property_category=hd.sr.CodedConcept("85756007", "SCT", "Tissue"),
+        segment_number=k, segment_label=name,
+        segmented_property_category=hd.sr.CodedConcept("85756007", "SCT", "Tissue"),
         segmented_property_type=VOCAB.code_for(name).to_highdicom(),
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL) for k, name in enumerate(masks, start=1)]
     if seg_type == "LABELMAP":
