@@ -316,6 +316,23 @@ def _read_instances_unguarded(
 _TWO_D = (IssueCode.SINGLE_SLICE, IssueCode.NO_PLANE_GEOMETRY)
 
 
+def _referenced_slices(seg: Any, series: str, images: dict[str, _Instance]) -> int:
+    """How many image frames of ``series`` a SEG refers to (per-frame source references and the Referenced
+    Series Sequence; a referenced multi-frame image counts all its frames)."""
+    from dicom_io.annotations.seg import _source_refs
+    from dicom_io.pixels import n_frames
+
+    uids: set[str] = set()
+    for item in seg.get("ReferencedSeriesSequence") or []:
+        if str(item.get("SeriesInstanceUID", "")) == series:
+            for inst in item.get("ReferencedInstanceSequence") or []:
+                uids.add(str(inst.get("ReferencedSOPInstanceUID", "")))
+    for i in range(int(seg.get("NumberOfFrames", 1) or 1)):
+        uids.update(u for u, _ in _source_refs(seg, i))
+    mine = [u for u in uids if u in images and str(images[u].ds.get("SeriesInstanceUID", "")) == series]
+    return sum(n_frames(images[u].ds) for u in mine)
+
+
 def _read_volumes(
     segs: dict[str, Any],
     images: dict[str, _Instance],
@@ -365,6 +382,8 @@ def _read_volumes(
                       IssueRecord(NO_IMAGE_REFERENCE, "SEG names no image series: no mask volumes", seg_uid))
                 continue
             series = present[0]
+            if _referenced_slices(ds, series, images) <= 1:
+                continue  # a SEG over one image (frame) is a 2-D annotation: the frame-by-frame path reads it
             if series not in read:
                 read[series] = series_volume(members[series], load_pixels=load_pixels, loader=load)
             volume, volume_issues = read[series]
