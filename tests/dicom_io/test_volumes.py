@@ -24,7 +24,7 @@ from dicom_io.annotations.seg_volume import read_seg_volumes
 from dicom_io.dicomize_volume import encode_values, series_seg, volume_slices, write_volume_study
 from dicom_io.vocabulary import Vocabulary
 from dicom_io.volumes import Geometry, read_series_volumes, series_volume
-from tests.conftest import SHARED_DATA, requires_dciodvfy
+from tests.conftest import SHARED_DATA, have, requires_dciodvfy
 
 SEGS = SHARED_DATA / "dicom" / "dcmqi_data" / "data" / "segmentations"
 MADE = SHARED_DATA / "dicom" / "generated_here"
@@ -490,3 +490,77 @@ def test_inspect_json_lists_one_entry_per_segment(tmp_path):
         assert e["voxels"] == int(masks[name].sum()) and e["spacing_mm"] == pytest.approx(list(geometry.spacing))
     text = CliRunner().invoke(app, ["inspect", str(tmp_path / "out"), "--no-pixels"])
     assert text.exit_code == 0 and "volume 6 x 12 x 10" in text.output
+
+
+def _enhanced(slices: list[pydicom.Dataset]) -> pydicom.Dataset:
+    """The slices converted to one Legacy Converted Enhanced CT image (highdicom), frames in reverse order."""
+    from highdicom.legacy import LegacyConvertedEnhancedCTImage
+
+    return LegacyConvertedEnhancedCTImage(list(reversed(slices)), series_instance_uid=hd.UID(), series_number=5,
+                                          sop_instance_uid=hd.UID(), instance_number=1)
+
+
+def test_seg_over_an_enhanced_multiframe_image_is_one_volume_per_segment(tmp_path):
+    image, geometry, masks = _case(direction=_oblique())
+    mf = _enhanced(volume_slices(image, geometry, dataset_name="t", case_key="mf"))
+    vol, issues = series_volume([mf])
+    assert issues == [] and vol is not None
+    assert np.array_equal(_on(geometry, vol.array, vol.geometry), image)
+    assert set(vol.slice_uids) == {str(mf.SOPInstanceUID)} and sorted(vol.slice_frames) == list(range(1, 7))
+    # a SEG over the multi-frame image: its pixel array runs over the image's own frames
+    frames = {}
+    for name, m in masks.items():
+        on_vol = _on(vol.geometry, m, geometry)
+        frames[name] = np.zeros_like(on_vol)
+        for k, f in enumerate(vol.slice_frames):
+            frames[name][int(f) - 1] = on_vol[k]  # type: ignore[arg-type]
+    seg = _hd_seg([mf], frames)
+    mf.save_as(tmp_path / "mf.dcm", enforce_file_format=True)
+    seg.save_as(tmp_path / "seg.dcm")
+    a = read_study(tmp_path, VOCAB, volumes=True)
+    assert _volume_issues(a) == []
+    for name in masks:
+        m = _only(a, name)
+        assert m.provenance.slice_frames == vol.slice_frames
+        assert np.array_equal(_on(geometry, m.mask, m.geometry), masks[name])
+
+
+@pytest.mark.parametrize("source", ["series", "enhanced"])
+def test_suggestion_seg_over_a_series_opens_as_a_volume_and_reads_back(tmp_path, source):
+    from dicom_io.results.records import AlgorithmInfo
+    from dicom_io.results.seg_out import read_suggestion
+    from dicom_io.results.seg_volume_out import suggestion_seg_volume
+
+    image, geometry, masks = _case()
+    slices = volume_slices(image, geometry, dataset_name="t", case_key="sugg", body_part="ABDOMEN")
+    sources = [_enhanced(slices)] if source == "enhanced" else slices
+    vol, _ = series_volume(sources)
+    assert vol is not None
+    shifted = np.zeros_like(masks["liver"])
+    shifted[:, :, 1:] = masks["liver"][:, :, :-1]  # the "consensus": the liver one column over
+    suggested = {"liver": _on(vol.geometry, shifted, geometry)}
+    algorithm = AlgorithmInfo("labelqa-test", "1", "sha256:abc")
+    seg = suggestion_seg_volume(sources, vol.slice_uids, vol.slice_frames, suggested, algorithm=algorithm,
+                                run_key="run")
+    again = suggestion_seg_volume(sources, vol.slice_uids, vol.slice_frames, suggested, algorithm=algorithm,
+                                  run_key="run")
+    assert seg.SOPInstanceUID == again.SOPInstanceUID and seg.SeriesNumber == 9905
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == vol.series_uid
+    # it opens as a volume with highdicom, whose voxels are the series' voxels (sparse: fewer slices)
+    hv = hd.seg.Segmentation.from_dataset(seg).get_volume()
+    to_series = np.linalg.solve(vol.geometry.affine, hv.affine)
+    assert np.allclose(to_series[:3, :3], np.eye(3), atol=1e-4)
+    assert np.allclose(to_series[:3, 3], np.rint(to_series[:3, 3]), atol=1e-3)
+    got, issues = read_seg_volumes(seg, vol, None)
+    assert issues == [] and [m.label for m in got] == ["SUGGESTION liver"]
+    assert np.array_equal(got[0].mask, suggested["liver"])
+    k = 2  # the frame-by-frame reader of suggestions reads it too
+    assert np.array_equal(read_suggestion(seg, "liver", vol.slice_uids[k], vol.slice_frames[k]), suggested["liver"][k])
+    with pytest.raises(ValueError, match="not on the series' grid"):
+        suggestion_seg_volume(sources, vol.slice_uids, vol.slice_frames, {"liver": suggested["liver"][1:]},
+                              algorithm=algorithm, run_key="run")
+    if have("dciodvfy"):
+        p = tmp_path / "seg.dcm"
+        seg.save_as(p)
+        r = subprocess.run(["dciodvfy", str(p)], capture_output=True, text=True, timeout=60)
+        assert [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("Error")] == []
