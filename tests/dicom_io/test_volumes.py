@@ -326,6 +326,14 @@ def test_seg_on_a_coarser_grid_is_resampled_onto_the_series(tmp_path):
         assert m.provenance.resampled and m.mask.shape == geometry.shape
         want = np.repeat(np.repeat(coarse[name], 2, 1), 2, 2)  # each SEG voxel covers 2 x 2 series voxels
         assert np.array_equal(_on(geometry, m.mask, m.geometry), want)
+    # frames that form no regular grid cannot be resampled: an issue, no mask volumes
+    odd = pydicom.dcmread(tmp_path / "seg.dcm")
+    pp = odd.PerFrameFunctionalGroupsSequence[0].PlanePositionSequence[0]
+    pp.ImagePositionPatient = [f"{v:.6f}" for v in np.asarray(pp.ImagePositionPatient, float) - 0.7 * d[:, 0]]
+    odd.save_as(tmp_path / "seg.dcm")
+    a = read_study(tmp_path, VOCAB, volumes=True)
+    assert a.mask_volumes == []
+    assert [i.code for i in _volume_issues(a) if "cannot be resampled" in i.message] == ["malformed_annotation"]
 
 
 def test_seg_referencing_images_not_in_the_study_is_an_issue_not_a_mask(tmp_path):
