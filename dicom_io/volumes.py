@@ -423,13 +423,15 @@ def series_volume(
         from dicom_io.pixels import PixelError, modality_values
 
         array = np.zeros(geometry.shape, np.float32)
-        full: dict[str, Dataset] = {}
+        full: dict[str, Dataset] = {}  # multi-frame images stay loaded while their frames are read
         for k, p in enumerate(ordered):
             try:
                 loaded = full.get(p.sop_instance_uid)
                 if loaded is None:
                     assert p.dataset is not None
-                    loaded = full[p.sop_instance_uid] = _with_pixels(p.dataset, loader)
+                    loaded = _with_pixels(p.dataset, loader)
+                    if p.frame is not None:
+                        full[p.sop_instance_uid] = loaded
                 array[k] = modality_values(loaded, p.frame)
             except (PixelError, OSError, ValueError) as e:
                 return None, [IssueRecord(UNREADABLE_PIXELS, f"{what}: pixels of {_where(p)} unusable: {e}",

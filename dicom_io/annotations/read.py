@@ -355,12 +355,10 @@ def _read_volumes(
     for uid, inst in images.items():
         members[series_of_image[uid]].append(inst.ds)
 
-    def load(header: Any) -> Any:
+    def load(header: Any) -> Any:  # what the frame-by-frame path loaded is reused, the rest not kept
         uid = str(header.SOPInstanceUID)
         ds = full.get(uid)
-        if ds is None:
-            ds = full[uid] = pydicom.dcmread(images[uid].path)
-        return ds
+        return pydicom.dcmread(images[uid].path) if ds is None else ds
 
     said = {(i.code, i.message, i.annotation_uid) for i in issues}
 
