@@ -105,6 +105,28 @@ def _uid(*parts: str) -> UID:
     return UID("2.25." + str(int(h[:32], 16)))
 
 
+def _identity(ds: Dataset, *, dataset_name: str, study_key: str) -> None:
+    """Patient and study identity (and content date/time), synthetic and de-identified, the same for the
+    same (``dataset_name``, ``study_key``): patient name/ID "LQA..", study UID, date, accession number."""
+    h = hashlib.sha256(f"{UID_NAMESPACE}\x1f{dataset_name}\x1f{study_key}".encode()).hexdigest()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    day = int(h[10:14], 16) % 28 + 1
+    ds.StudyDate = ds.ContentDate = f"202401{day:02d}"
+    ds.StudyTime = ds.ContentTime = f"{int(h[14:16], 16) % 24:02d}{int(h[16:18], 16) % 60:02d}00"
+    ds.AccessionNumber = "A" + h[18:30].upper()
+    ds.Manufacturer = "labelqa"
+    ds.ReferringPhysicianName = ""
+    ds.StudyDescription = f"labelqa dicomize {dataset_name}"[:64]
+    ds.PatientName = f"LQA^{h[:8].upper()}"
+    ds.PatientID = "LQA-" + h[:12].upper()
+    ds.PatientBirthDate = ""
+    ds.PatientSex = ""
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = "labelqa dicomize: synthetic identity"
+    ds.StudyInstanceUID = _uid(dataset_name, "study", study_key)
+    ds.StudyID = h[:8].upper()
+
+
 def _image(
     pixels: np.ndarray,
     *,
@@ -117,39 +139,23 @@ def _image(
     body_part: str,
 ) -> Dataset:
     """An SC, DX or MR image with a synthetic, de-identified identity."""
-    h = hashlib.sha256(f"{UID_NAMESPACE}\x1f{dataset_name}\x1f{study_key}".encode()).hexdigest()
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta.MediaStorageSOPClassUID = IMAGE_KINDS[kind]
     ds.SOPInstanceUID = _uid(dataset_name, "image", source_path)
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.SpecificCharacterSet = "ISO_IR 192"
     ds.SOPClassUID = IMAGE_KINDS[kind]
     ds.ImageType = ["DERIVED", "SECONDARY"] if kind == "sc" else ["DERIVED", "PRIMARY"]
-    day = int(h[10:14], 16) % 28 + 1
-    ds.StudyDate = ds.ContentDate = f"202401{day:02d}"
-    ds.StudyTime = ds.ContentTime = f"{int(h[14:16], 16) % 24:02d}{int(h[16:18], 16) % 60:02d}00"
-    ds.AccessionNumber = "A" + h[18:30].upper()
+    _identity(ds, dataset_name=dataset_name, study_key=study_key)
     ds.Modality = {"sc": modality, "dx": "DX", "mr": "MR"}[kind]
     if kind == "sc":
         ds.ConversionType = "WSD"
-    ds.Manufacturer = "labelqa"
-    ds.ReferringPhysicianName = ""
-    ds.StudyDescription = f"labelqa dicomize {dataset_name}"[:64]
     ds.SeriesDescription = "dicomized images"
-    ds.PatientName = f"LQA^{h[:8].upper()}"
-    ds.PatientID = "LQA-" + h[:12].upper()
-    ds.PatientBirthDate = ""
-    ds.PatientSex = ""
-    ds.PatientIdentityRemoved = "YES"
-    ds.DeidentificationMethod = "labelqa dicomize: synthetic identity"
     ds.BodyPartExamined = body_part
     if kind != "dx" and body_part.upper() in PAIRED_BODY_PARTS:
         ds.Laterality = ""  # General Series, Type 2C for paired body parts: unknown
-    ds.StudyInstanceUID = _uid(dataset_name, "study", study_key)
     ds.SeriesInstanceUID = _uid(dataset_name, "series", study_key, "images")
-    ds.StudyID = h[:8].upper()
     ds.SeriesNumber = 1
     ds.InstanceNumber = instance_number
     ds.PatientOrientation = ""

@@ -16,7 +16,10 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-__all__ = ["PixelError", "n_frames", "frame_to_float", "pixel_spacing", "resample", "load_frame"]
+__all__ = [
+    "PixelError", "n_frames", "frame_to_float", "modality_values", "voi_window", "pixel_spacing", "resample",
+    "load_frame",
+]
 
 
 class PixelError(ValueError):
@@ -120,6 +123,11 @@ def _window(arr: np.ndarray, center: float, width: float, function: str) -> np.n
     return np.clip((arr - (center - 0.5)) / w + 0.5, 0.0, 1.0)
 
 
+def voi_window(arr: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
+    """Values through a VOI window (PS3.3 C.11.2.1.2: LINEAR, LINEAR_EXACT, SIGMOID) to [0, 1]."""
+    return np.asarray(_window(arr, center, width, function), dtype=np.float32)
+
+
 def _minmax(arr: np.ndarray) -> np.ndarray:
     finite = np.isfinite(arr)
     if not finite.all():
@@ -179,6 +187,28 @@ def frame_to_float(ds: Dataset, frame: int | None = None) -> np.ndarray:
         if str(ds.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1":
             out = 1.0 - out
     return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def modality_values(ds: Dataset, frame: int | None = None) -> np.ndarray:
+    """Frame ``frame`` (1-based; None = the first) after the modality LUT, as float32 (H, W): Hounsfield
+    units for CT, stored values where no modality LUT applies. No VOI, no inversion (the volume path
+    windows a whole series alike). Raises PixelError as :func:`frame_to_float` does, and for colour.
+    """
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise PixelError("no pixel data")
+    total = n_frames(ds)
+    index = 0 if frame is None else int(frame) - 1
+    if not 0 <= index < total:
+        raise PixelError(f"frame {frame} does not exist (the image has {total} frame(s))")
+    if int(ds.get("SamplesPerPixel", 1) or 1) != 1 or str(ds.get("PhotometricInterpretation", "")).strip().upper() \
+            == "PALETTE COLOR":
+        raise PixelError("a colour image has no modality values")
+    arr = _decode(ds, index)
+    if total > 1 and arr.ndim >= 3 and arr.shape[0] == total:
+        arr = arr[index]
+    if arr.ndim != 2:
+        raise PixelError(f"unexpected pixel array shape {arr.shape}")
+    return np.ascontiguousarray(_modality_lut(arr, ds, index), dtype=np.float32)
 
 
 def pixel_spacing(ds: Dataset, frame: int | None = None) -> tuple[float, float]:

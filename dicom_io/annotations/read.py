@@ -29,6 +29,7 @@ from dicom_io.annotations.records import (
     UNREADABLE_PIXELS,
     UNSUPPORTED_SOP_CLASS,
     AnnotationSet,
+    IssueCode,
     IssueRecord,
     LabelRecord,
     MaskProvenance,
@@ -64,6 +65,7 @@ def read_studies(
     pixel_transform: Callable[[np.ndarray], np.ndarray] | None = None,
     masks: bool = False,
     mask_classes: Sequence[str] | None = None,
+    volumes: bool = False,
 ) -> list[AnnotationSet]:
     """``read_study`` for every study found under ``paths`` (unreadable files: a study_uid None set), or for
     each of the given studies."""
@@ -72,7 +74,7 @@ def read_studies(
     else:
         studies = open_studies(paths)  # type: ignore[arg-type]  # files or folders
     return [read_study(s, vocabulary, image_size=image_size, load_pixels=load_pixels, pixel_transform=pixel_transform,
-                       masks=masks, mask_classes=mask_classes) for s in studies]
+                       masks=masks, mask_classes=mask_classes, volumes=volumes) for s in studies]
 
 
 def read_study(
@@ -84,6 +86,7 @@ def read_study(
     pixel_transform: Callable[[np.ndarray], np.ndarray] | None = None,
     masks: bool = False,
     mask_classes: Sequence[str] | None = None,
+    volumes: bool = False,
 ) -> AnnotationSet:
     """Labelled samples and issue records of one study (a :class:`~dicom_io.study.Study`, files or folders).
 
@@ -99,12 +102,21 @@ def read_study(
     the native-grid source pixels (``image_size``/``pixel_transform`` do not apply: models resize
     image and mask together) and the given mask on the source grid (empty when the class has no pixel
     there). The class-label ``samples`` are read as without it.
+
+    ``volumes`` adds, for every SEG over a series (single-frame slices or an enhanced multi-frame
+    image), the series as an ``ImageVolume`` (``AnnotationSet.volumes``, by Series Instance UID; pixels
+    only with ``load_pixels``) and one ``MaskVolume`` per segment on its grid
+    (``AnnotationSet.mask_volumes``); a series that is not a volume (``dicom_io.volumes``: missing
+    slice, tilted slice, mixed spacing, duplicate positions) is an issue record for that SEG. A SEG
+    over one image or over images without plane geometry is a 2-D annotation: no volume, no issue.
+    The frame-by-frame ``samples`` and ``mask_samples`` are read as without it.
     """
     study = paths if isinstance(paths, Study) else open_study(paths)
     if study.uid is None and not study.files:
         return AnnotationSet(None, [], list(study.issues))
     return _read_instances(list(study), list(study.issues), vocabulary, image_size=image_size, load_pixels=load_pixels,
-                           pixel_transform=pixel_transform, masks=masks, mask_classes=mask_classes)
+                           pixel_transform=pixel_transform, masks=masks, mask_classes=mask_classes,
+                           volumes=volumes)
 
 
 def _read_instances(
@@ -117,10 +129,12 @@ def _read_instances(
     pixel_transform: Callable[[np.ndarray], np.ndarray] | None = None,
     masks: bool = False,
     mask_classes: Sequence[str] | None = None,
+    volumes: bool = False,
 ) -> AnnotationSet:
     try:
         return _read_instances_unguarded(instances, issues, vocabulary, image_size=image_size, load_pixels=load_pixels,
-                                         pixel_transform=pixel_transform, masks=masks, mask_classes=mask_classes)
+                                         pixel_transform=pixel_transform, masks=masks, mask_classes=mask_classes,
+                                         volumes=volumes)
     except Exception as e:  # a bug or an input nobody foresaw: say so, do not stop the caller
         log.exception("reading a study failed")
         study = str(instances[0].dataset.get("StudyInstanceUID", "")) if instances else None
@@ -141,6 +155,7 @@ def _read_instances_unguarded(
     pixel_transform: Callable[[np.ndarray], np.ndarray] | None = None,
     masks: bool = False,
     mask_classes: Sequence[str] | None = None,
+    volumes: bool = False,
 ) -> AnnotationSet:
     if not instances:
         return AnnotationSet(None, [], issues)
@@ -152,6 +167,7 @@ def _read_instances_unguarded(
     seg_headers: dict[str, Any] = {}
     records: list[LabelRecord] = []
     mask_records: list[MaskRecord] = []
+    seg_datasets: dict[str, Any] = {}
     series_images: dict[str, list[str]] = defaultdict(list)
     for inst in instances:
         ds = inst.dataset
@@ -187,6 +203,8 @@ def _read_instances_unguarded(
                     mask_records.extend(mrecs)
                     seen = {(i.code, i.message, i.annotation_uid) for i in iss}
                     iss = [*iss, *(i for i in miss if (i.code, i.message, i.annotation_uid) not in seen)]
+                if volumes:
+                    seg_datasets[uid] = full_seg
             elif _is_image(ds):
                 images[uid] = inst
                 continue
@@ -212,7 +230,98 @@ def _read_instances_unguarded(
 
     samples = _attach(records, images, study_uid, vocabulary, issues, image_size, load_pixels, pixel_transform)
     mask_samples = _attach_masks(mask_records, images, study_uid, issues, load_pixels) if masks else []
-    return AnnotationSet(study_uid, samples, issues, mask_samples)
+    image_volumes: dict[str, Any] = {}
+    mask_volumes: list[Any] = []
+    if volumes:
+        image_volumes, mask_volumes = _read_volumes(seg_datasets, images, study_uid, vocabulary, issues, load_pixels)
+    return AnnotationSet(study_uid, samples, issues, mask_samples, image_volumes, mask_volumes)
+
+
+_TWO_D = (IssueCode.SINGLE_SLICE, IssueCode.NO_PLANE_GEOMETRY)
+
+
+def _referenced_slices(seg: Any, series: str, images: dict[str, StudyFile]) -> int:
+    """How many image frames of ``series`` a SEG refers to (per-frame source references and the Referenced
+    Series Sequence; a referenced multi-frame image counts all its frames)."""
+    from dicom_io.annotations.seg import _source_refs
+    from dicom_io.pixels import n_frames
+
+    uids: set[str] = set()
+    for item in seg.get("ReferencedSeriesSequence") or []:
+        if str(item.get("SeriesInstanceUID", "")) == series:
+            for inst in item.get("ReferencedInstanceSequence") or []:
+                uids.add(str(inst.get("ReferencedSOPInstanceUID", "")))
+    for i in range(int(seg.get("NumberOfFrames", 1) or 1)):
+        uids.update(u for u, _ in _source_refs(seg, i))
+    mine = [u for u in uids if u in images and str(images[u].dataset.get("SeriesInstanceUID", "")) == series]
+    return sum(n_frames(images[u].dataset) for u in mine)
+
+
+def _read_volumes(
+    segs: dict[str, Any],
+    images: dict[str, StudyFile],
+    study_uid: str,
+    vocabulary: Any | None,
+    issues: list[IssueRecord],
+    load_pixels: bool,
+) -> tuple[dict[str, Any], list[Any]]:
+    """Per SEG: the series it is over as a volume (read once per series) and its segments as mask volumes."""
+    from dataclasses import replace
+
+    from dicom_io.annotations.seg_volume import read_seg_volumes, seg_series_uids
+    from dicom_io.volumes import series_volume
+
+    series_of_image = {uid: str(inst.dataset.get("SeriesInstanceUID", "")) for uid, inst in images.items()}
+    members: dict[str, list[Any]] = defaultdict(list)
+    for uid, inst in images.items():
+        members[series_of_image[uid]].append(inst.dataset)
+
+    def load(header: Any) -> Any:  # the study's own dataset: every file is parsed once
+        return images[str(header.SOPInstanceUID)].dataset
+
+    said = {(i.code, i.message, i.annotation_uid) for i in issues}
+
+    def issue(i: IssueRecord) -> None:
+        if (i.code, i.message, i.annotation_uid) not in said:
+            said.add((i.code, i.message, i.annotation_uid))
+            issues.append(i)
+
+    read: dict[str, Any] = {}
+    out_volumes: dict[str, Any] = {}
+    out_masks: list[Any] = []
+    for seg_uid, ds in segs.items():
+        try:
+            candidates = seg_series_uids(ds, series_of_image)
+            present = [s for s in candidates if s in members]
+            if not present:
+                issue(IssueRecord(MISSING_REFERENCE, f"SEG is over series {candidates[0]}, which is not in the "
+                                  "study: no mask volumes", seg_uid) if candidates else
+                      IssueRecord(NO_IMAGE_REFERENCE, "SEG names no image series: no mask volumes", seg_uid))
+                continue
+            series = present[0]
+            if _referenced_slices(ds, series, images) <= 1:
+                continue  # a SEG over one image (frame) is a 2-D annotation: the frame-by-frame path reads it
+            if series not in read:
+                read[series] = series_volume(members[series], load_pixels=load_pixels, loader=load)
+            volume, volume_issues = read[series]
+            if volume is None and all(i.code in _TWO_D for i in volume_issues):
+                continue  # a SEG over one image, or images without plane geometry: a 2-D annotation
+            for i in volume_issues:
+                issue(replace(i, annotation_uid=seg_uid))
+            if volume is None:
+                continue
+            out_volumes[series] = volume
+            masks, mask_issues = read_seg_volumes(ds, volume, vocabulary, study_uid=study_uid,
+                                                  study_images=images.keys())
+        except Exception as e:  # a SEG or series too broken for the volume path: say so, go on
+            log.warning("SEG %s could not be read as volumes: %s", seg_uid, e)
+            issue(IssueRecord(MALFORMED_ANNOTATION, f"cannot read the SEG as mask volumes: {type(e).__name__}: {e}",
+                              seg_uid))
+            continue
+        out_masks.extend(masks)
+        for i in mask_issues:
+            issue(i)
+    return out_volumes, out_masks
 
 
 def _resolve_segment_references(

@@ -2,22 +2,27 @@
 
 ``read_study`` (``dicom_io.annotations.read``) turns a study into an :class:`AnnotationSet`: one
 :class:`Sample` per annotated image frame and one :class:`IssueRecord` for whatever could not become a
-sample. Issue codes are the defined terms of :class:`IssueCode`.
+sample. Issue codes are the defined terms of :class:`IssueCode`. With ``volumes=True`` a SEG over a
+series also gives one :class:`MaskVolume` per segment on the series' grid (``dicom_io.volumes``).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from dicom_io.volumes import Geometry, ImageVolume
 
 __all__ = [
     "IssueCode", "ISSUE_CODES", "Provenance", "Sample", "IssueRecord", "AnnotationSet", "LabelRecord",
     "UNREADABLE_FILE", "UNSUPPORTED_SOP_CLASS", "UNKNOWN_CODE", "NO_LABEL", "MISSING_REFERENCE",
     "NO_IMAGE_REFERENCE", "UNREADABLE_PIXELS", "CONFLICTING_LABELS", "MALFORMED_ANNOTATION", "OTHER_STUDY",
-    "MaskProvenance", "MaskSample", "MaskRecord",
+    "MaskProvenance", "MaskSample", "MaskRecord", "NO_PLANE_GEOMETRY", "INCONSISTENT_GEOMETRY", "IRREGULAR_SPACING",
+    "MISSING_SLICE", "DUPLICATE_POSITION", "SINGLE_SLICE", "MaskVolumeProvenance", "MaskVolume",
 ]
 
 
@@ -34,6 +39,19 @@ class IssueCode(StrEnum):
     CONFLICTING_LABELS = "conflicting_labels"
     MALFORMED_ANNOTATION = "malformed_annotation"
     OTHER_STUDY = "other_study"
+    NO_PLANE_GEOMETRY = "no_plane_geometry"
+    """A series (or SEG) without Image Position/Orientation (Patient), Pixel Spacing: not a volume."""
+    INCONSISTENT_GEOMETRY = "inconsistent_geometry"
+    """Slices of one series differ in orientation (a tilted slice), pixel spacing, size or Frame of
+    Reference, or are not stacked along their normal (gantry tilt, shear)."""
+    IRREGULAR_SPACING = "irregular_spacing"
+    """The distances between consecutive slices differ (mixed slice spacing)."""
+    MISSING_SLICE = "missing_slice"
+    """A gap of whole slice spacings in a series: slices are missing."""
+    DUPLICATE_POSITION = "duplicate_position"
+    """Two slices of one series at the same position."""
+    SINGLE_SLICE = "single_slice"
+    """A series of one slice is not a volume (its SEG is read frame by frame)."""
 
 
 UNREADABLE_FILE = IssueCode.UNREADABLE_FILE
@@ -46,6 +64,12 @@ UNREADABLE_PIXELS = IssueCode.UNREADABLE_PIXELS
 CONFLICTING_LABELS = IssueCode.CONFLICTING_LABELS
 MALFORMED_ANNOTATION = IssueCode.MALFORMED_ANNOTATION
 OTHER_STUDY = IssueCode.OTHER_STUDY
+NO_PLANE_GEOMETRY = IssueCode.NO_PLANE_GEOMETRY
+INCONSISTENT_GEOMETRY = IssueCode.INCONSISTENT_GEOMETRY
+IRREGULAR_SPACING = IssueCode.IRREGULAR_SPACING
+MISSING_SLICE = IssueCode.MISSING_SLICE
+DUPLICATE_POSITION = IssueCode.DUPLICATE_POSITION
+SINGLE_SLICE = IssueCode.SINGLE_SLICE
 ISSUE_CODES = tuple(IssueCode)
 
 
@@ -133,6 +157,66 @@ class MaskSample:
 
 
 @dataclass
+class MaskVolumeProvenance:
+    """Where a mask volume came from: the SEG, the image series whose grid it is on, and per slice of
+    that grid the source image (SOP Instance UID, frame number for a multi-frame image, else None)
+    and the SEG frames (1-based) placed there (empty: the SEG stores nothing there, or it was resampled)."""
+
+    study_uid: str
+    annotation_uid: str
+    annotation_sop_class_uid: str
+    series_uid: str
+    slice_uids: tuple[str, ...]
+    slice_frames: tuple[int | None, ...]
+    seg_frames: tuple[tuple[int, ...], ...]
+    segmentation_type: str
+    observer: str | None = None
+    resampled: bool = False
+    """True when the SEG's frames are on another grid and were resampled onto the series' grid."""
+
+
+@dataclass
+class MaskVolume:
+    """One segment of a SEG over a series, on the series' grid: bool (slices, rows, columns).
+
+    ``label``: the class name through the vocabulary (the Segment Label when read without one);
+    ``segment_label``: the SEG's own Segment Label. ``geometry``: the series' grid (the same object as
+    the :class:`~dicom_io.volumes.ImageVolume` of that series): affine, spacing (slice, row, column) mm,
+    direction, origin, Frame of Reference. FRACTIONAL pixels count from ``seg.min_fraction`` of the
+    Maximum Fractional Value on; LABELMAP pixel values are segment numbers.
+    """
+
+    segment_number: int
+    label: str
+    segment_label: str
+    mask: np.ndarray
+    geometry: Geometry
+    provenance: MaskVolumeProvenance
+
+    @property
+    def voxels(self) -> int:
+        """Number of voxels in the mask."""
+        return int(np.count_nonzero(self.mask))
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The entry `labelqa inspect --json` prints for this segment."""
+        p = self.provenance
+        return {
+            "segment_number": self.segment_number,
+            "label": self.label,
+            "segment_label": self.segment_label,
+            "dims": 3,
+            "shape": [int(n) for n in self.mask.shape],
+            "voxels": self.voxels,
+            "spacing_mm": [round(float(v), 6) for v in self.geometry.spacing],
+            "annotation_uid": p.annotation_uid,
+            "series_uid": p.series_uid,
+            "segmentation_type": p.segmentation_type,
+            "resampled": p.resampled,
+        }
+
+
+@dataclass
 class IssueRecord:
     """Something in the study that could not become a sample, and why."""
 
@@ -154,6 +238,11 @@ class AnnotationSet:
     issues: list[IssueRecord] = field(default_factory=list)
     mask_samples: list[MaskSample] = field(default_factory=list)
     """Filled by ``read_study(..., masks=True)``: one per (SEG-referenced source frame, class)."""
+    volumes: dict[str, ImageVolume] = field(default_factory=dict)
+    """Filled by ``read_study(..., volumes=True)``: Series Instance UID -> the series as a volume, for
+    every series a SEG of the study is over."""
+    mask_volumes: list[MaskVolume] = field(default_factory=list)
+    """Filled by ``read_study(..., volumes=True)``: one per (SEG over a series, segment)."""
 
     def to_json_dict(self) -> dict[str, Any]:
         """The shape `labelqa inspect --json` prints for one study."""
@@ -170,7 +259,8 @@ class AnnotationSet:
                 for s in self.samples
             ],
             "issues": [{"code": i.code, "message": i.message, "annotation_uid": i.annotation_uid} for i in self.issues],
-        } | ({"mask_samples": [m.to_json_dict() for m in self.mask_samples]} if self.mask_samples else {})
+        } | ({"mask_samples": [m.to_json_dict() for m in self.mask_samples]} if self.mask_samples else {}) | (
+            {"mask_volumes": [m.to_json_dict() for m in self.mask_volumes]} if self.mask_volumes else {})
 
 
 @dataclass

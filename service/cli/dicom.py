@@ -101,7 +101,8 @@ def inspect_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
     no_pixels: bool = typer.Option(False, "--no-pixels", help="Do not decode the referenced images' pixels."),
 ) -> None:
-    """List the labelled samples and issue records of every study under PATH."""
+    """List the labelled samples, the mask volumes (a SEG over a series: one per segment) and the issue
+    records of every study under PATH."""
     import warnings
 
     from dicom_io.annotations import read_studies
@@ -113,7 +114,7 @@ def inspect_cmd(
     if vocabulary is None and path.is_dir() and (path / "vocabulary.toml").is_file():
         vocabulary = path / "vocabulary.toml"
     vocab = _load_vocab(vocabulary)
-    sets = read_studies(path, vocab, load_pixels=not no_pixels)
+    sets = read_studies(path, vocab, load_pixels=not no_pixels, volumes=True)
     if as_json:
         doc = {"studies": [s.to_json_dict() for s in sets]}
         typer.echo(json.dumps(doc, indent=2))
@@ -127,6 +128,11 @@ def inspect_cmd(
             extra = f" segment {p.segment_number}" if p.segment_number is not None else ""
             frame = f" frame {p.frame}" if p.frame is not None else ""
             typer.echo(f"  {smp.label:<20} image {p.image_uid}{frame}  from {p.source} {p.annotation_uid}{extra}")
+        for mv in s.mask_volumes:
+            shape = " x ".join(str(n) for n in mv.mask.shape)
+            spacing = " x ".join(f"{v:.3g}" for v in mv.geometry.spacing)
+            typer.echo(f"  {mv.label:<20} volume {shape} ({spacing} mm), {mv.voxels} voxels  from seg "
+                       f"{mv.provenance.annotation_uid} segment {mv.segment_number}")
         for i in s.issues:
             typer.echo(f"  ISSUE {i.code}: {i.message}")
 
