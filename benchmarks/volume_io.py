@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def _case(slices: int, size: int, segments: int, seed: int = 0):
-    from dicom_io.volumes import Geometry
+    from dicom_io.geometry import Geometry
 
     rng = np.random.default_rng(seed)
     image = rng.normal(40, 30, (slices, size, size)).astype(np.int16)

@@ -35,8 +35,8 @@ from dicom_io.dicomize import (
     _segment_concepts,
     _uid,
 )
+from dicom_io.geometry import Geometry
 from dicom_io.vocabulary import Vocabulary
-from dicom_io.volumes import Geometry
 
 __all__ = ["VOLUME_IMAGE_CLASSES", "VolumeStudy", "encode_values", "volume_slices", "series_seg",
            "write_volume_study"]

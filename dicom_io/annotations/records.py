@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 if TYPE_CHECKING:
-    from dicom_io.volumes import Geometry, ImageVolume
+    from dicom_io.geometry import Geometry, ImageVolume
 
 __all__ = [
     "IssueCode", "ISSUE_CODES", "Provenance", "Sample", "IssueRecord", "AnnotationSet", "LabelRecord",

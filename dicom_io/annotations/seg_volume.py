@@ -47,7 +47,8 @@ from dicom_io.annotations.seg import (
     _source_refs,
     seg_pixel_spacing,
 )
-from dicom_io.volumes import ORIENTATION_TOLERANCE, SPACING_RTOL, Geometry, ImageVolume, grid_geometry
+from dicom_io.geometry import Geometry, ImageVolume
+from dicom_io.volumes import ORIENTATION_TOLERANCE, SPACING_RTOL, grid_geometry
 
 __all__ = ["GRID_TOLERANCE", "seg_series_uids", "read_seg_volumes"]
 

@@ -1,7 +1,13 @@
 """The runtime wing: the service process, the audit job table, executors (in-process, Ray), the
-pipeline from a stable study to results in the outbox, metrics. It imports neither the review nor HTTP."""
+pipeline from a stable study to results in the outbox, metrics. It imports neither the audit, the
+review nor HTTP: its :class:`Auditor` is handed in."""
 
-from service.runtime.executor import (  # noqa: F401
+from service.runtime.auditor import (
+    Auditor,
+    AuditOutput,
+    InferFn,
+)
+from service.runtime.executor import (
     Executor,
     InProcessExecutor,
     JobFunction,
@@ -9,7 +15,7 @@ from service.runtime.executor import (  # noqa: F401
     Outcome,
     WorkerContext,
 )
-from service.runtime.jobs import (  # noqa: F401
+from service.runtime.jobs import (
     DONE,
     FAILED,
     FINAL_STATES,
@@ -24,16 +30,16 @@ from service.runtime.jobs import (  # noqa: F401
     open_jobs,
     owner_id,
 )
-from service.runtime.metrics import (  # noqa: F401
+from service.runtime.metrics import (
     LATENCY_BUCKETS,
     Metrics,
 )
-from service.runtime.pipeline import (  # noqa: F401
+from service.runtime.pipeline import (
     Pipeline,
     unaudited_reason,
     verdict_rows,
 )
-from service.runtime.process import (  # noqa: F401
+from service.runtime.process import (
     Component,
     ComponentSpec,
     Service,
@@ -43,34 +49,9 @@ from service.runtime.process import (  # noqa: F401
 )
 
 __all__ = [
-    "Component",
-    "ComponentSpec",
-    "thread_component",
-    "Service",
-    "configure_logging",
-    "run_service",
-    "QUEUED",
-    "RUNNING",
-    "DONE",
-    "FAILED",
-    "NO_ANNOTATIONS",
-    "SUPERSEDED",
-    "STATES",
-    "FINAL_STATES",
-    "AuditJobRow",
-    "Job",
-    "owner_id",
-    "JobStore",
-    "open_jobs",
-    "Outcome",
-    "WorkerContext",
-    "JobFunction",
-    "JobRetry",
-    "Executor",
-    "InProcessExecutor",
-    "verdict_rows",
-    "unaudited_reason",
-    "Pipeline",
-    "LATENCY_BUCKETS",
-    "Metrics",
+    "Component", "ComponentSpec", "thread_component", "Service", "configure_logging", "run_service", "QUEUED",
+    "RUNNING", "DONE", "FAILED", "NO_ANNOTATIONS", "SUPERSEDED", "STATES", "FINAL_STATES", "AuditJobRow", "Job",
+    "owner_id", "JobStore", "open_jobs", "Outcome", "WorkerContext", "JobFunction", "JobRetry", "Executor",
+    "InProcessExecutor", "InferFn", "AuditOutput", "Auditor", "verdict_rows", "unaudited_reason", "Pipeline",
+    "LATENCY_BUCKETS", "Metrics",
 ]

@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from models.bundles import BundleInfo, load_bundle, read_bundle_info
+from service.runtime.auditor import Auditor
 from service.runtime.executor import InProcessExecutor, JobRetry, Outcome, WorkerContext
 from service.runtime.jobs import Job, JobStore
-from service.runtime.pipeline import Auditor
 
 __all__ = [
     "RayUnavailable", "connect", "cluster_nodes", "bundle_archive", "AuditActor", "actor_count",

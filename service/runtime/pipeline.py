@@ -16,50 +16,24 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from dicom_io.results import ResultSet, save_results
+from dicom_io.results import save_results
 from dicom_io.results.series import is_own_output
 from dicom_io.sop import is_annotation
 from models.bundles import Bundle, load_bundle
 from models.verdict import FLAGGED
+from service.runtime.auditor import Auditor, InferFn
 from service.runtime.executor import Executor, InProcessExecutor, Outcome, WorkerContext
 from service.runtime.jobs import DONE, NO_ANNOTATIONS, Job, JobStore
 from service.settings import Settings
 
-__all__ = ["InferFn", "AuditOutput", "Auditor", "verdict_rows", "unaudited_reason", "Pipeline"]
-
-InferFn = Callable[[Any], Any]
-"""The model step run elsewhere (a Ray actor): a batch in, its result out."""
-
-
-class AuditOutput(Protocol):
-    """What auditing one study gives the pipeline (``service.audit.StudyAudit``)."""
-
-    @property
-    def datasets(self) -> ResultSet: ...  # the result objects, with report_uid and kos_uid
-    @property
-    def rows(self) -> Sequence[Any]: ...  # typed verdict rows: .verdict, .to_dict()
-    @property
-    def issues(self) -> list[dict[str, Any]]: ...
-
-
-class Auditor(Protocol):
-    """What the runtime needs from the audit wing (``service.audit.AUDITOR``), handed in by whoever
-    assembles the service: the runtime knows jobs, workers and files, not kinds of annotation."""
-
-    def vocabulary(self, bundle: Bundle, bundle_path: Any, vocabulary: Any) -> Any: ...
-
-    def warm_up(self, bundle: Any, device: str) -> None: ...
-
-    def audit(self, files: Sequence[Path], bundle: Bundle, vocabulary: Any, *, settings: Any,
-              infer_fn: InferFn | None = None) -> AuditOutput: ...
-
-    def model_step(self, bundle: Any, batch: Any, *, device: str, batch_size: int) -> Any: ...
+__all__ = ["verdict_rows", "unaudited_reason", "Pipeline"]
 
 log = logging.getLogger("labelqa.pipeline")
+
 
 def verdict_rows(rows: Iterable[Any]) -> list[dict[str, Any]]:
     """Verdict rows (``to_dict()`` of the audit's typed rows) as plain JSON-ready dicts (NaN -> None)."""

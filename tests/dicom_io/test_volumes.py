@@ -22,8 +22,9 @@ import pytest
 from dicom_io.annotations import read_study
 from dicom_io.annotations.seg_volume import read_seg_volumes
 from dicom_io.dicomize_volume import encode_values, series_seg, volume_slices, write_volume_study
+from dicom_io.geometry import Geometry
 from dicom_io.vocabulary import Vocabulary
-from dicom_io.volumes import Geometry, read_series_volumes, series_volume
+from dicom_io.volumes import read_series_volumes, series_volume
 from tests.conftest import SHARED_DATA, have, requires_dciodvfy
 
 SEGS = SHARED_DATA / "dicom" / "dcmqi_data" / "data" / "segmentations"
