@@ -139,22 +139,26 @@ postgresql_slow = pytest.mark.parametrize(
 )
 
 
-def record_finished_audit(jobs, study: str, rows: list[dict], datasets: list, data_dir: Path) -> int:
-    """Save an audit's result datasets under ``data_dir/results/<study>/`` and record it in ``jobs`` as a
-    finished job (what the pipeline does after a real audit); returns the job id."""
+def record_finished_audit(jobs, study: str, rows: list[dict], datasets, data_dir: Path) -> int:
+    """Record an audit the way the pipeline does after a real one: ``datasets`` (a ``ResultSet`` from
+    ``write_results`` over the same annotations, in the order of ``rows``) saved under
+    ``data_dir/results/<study>/``, each row given the UIDs of its result objects (heatmap; overlay and
+    suggestion), and a finished job in ``jobs``; returns the job id."""
+    from dicom_io.results import save_results
     from service.runtime.jobs import DONE
 
-    out_dir = data_dir / "results" / study
-    out_dir.mkdir(parents=True, exist_ok=True)
-    outputs = []
-    for ds in datasets:
-        p = out_dir / f"{ds.SOPInstanceUID}.dcm"
-        ds.save_as(p, enforce_file_format=True)
-        outputs.append({"sop_instance_uid": str(ds.SOPInstanceUID), "sop_class_uid": str(ds.SOPClassUID),
-                        "modality": str(ds.Modality), "path": str(p)})
+    for i, r in enumerate(rows):
+        if "class" in r:  # a mask row
+            r["overlay_uid"] = datasets.overlays.get(i)
+            r["suggestion_uid"], r["suggestion_segment"] = datasets.suggestions.get(i, (None, None))
+        else:
+            r["heatmap_uid"] = datasets.heatmaps.get(i)
+    paths = save_results(datasets, data_dir / "results" / study)
+    outputs = [{"sop_instance_uid": str(ds.SOPInstanceUID), "sop_class_uid": str(ds.SOPClassUID),
+                "modality": str(ds.Modality), "path": str(p)} for ds, p in zip(datasets, paths, strict=True)]
     job = jobs.enqueue(study)
     jobs.claim("test")
     n_flagged = sum(r["verdict"] != "consistent" for r in rows)
     jobs.finish(job.id, "test", DONE, n_samples=len(rows), n_flagged=n_flagged,
-                result={"inputs": [], "rows": rows, "outputs": outputs})
+                result={"inputs": [], "rows": rows, "outputs": outputs, "report_uid": datasets.report_uid})
     return job.id

@@ -14,7 +14,7 @@ from dicom_io.results.records import (
     AuditedMask,
     as_code,
 )
-from dicom_io.results.write import ResultSet, file_kind, save_results, write_results
+from dicom_io.results.write import ResultSet, file_kind, find_saved, save_results, write_results
 
 __all__ = ["AlgorithmInfo", "AuditedAnnotation", "AuditedMask", "as_code", "file_kind", "save_results",
-           "write_results", "ResultSet", "VERDICTS", "MASK_VERDICTS", "MASK_ERROR_KINDS"]
+           "write_results", "ResultSet", "find_saved", "VERDICTS", "MASK_VERDICTS", "MASK_ERROR_KINDS"]

@@ -32,7 +32,7 @@ from dicom_io.results.series import (
 )
 from dicom_io.results.uids import derived_uid, digest
 
-__all__ = ["clean_header", "ResultSet", "write_results", "save_results", "file_kind"]
+__all__ = ["clean_header", "ResultSet", "write_results", "save_results", "find_saved", "file_kind"]
 
 log = logging.getLogger("dicom_io.results")
 
@@ -326,3 +326,8 @@ def save_results(datasets: Sequence[Dataset], out_dir: Path) -> list[Path]:
             tmp.replace(p)
         paths.append(p)
     return paths
+
+
+def find_saved(root: Path, sop_instance_uid: str) -> Path | None:
+    """The file :func:`save_results` wrote for an object into a folder under ``root`` (one per study), or None."""
+    return next(iter(sorted(Path(root).glob(f"*/*_{sop_instance_uid}.dcm"))), None)

@@ -50,6 +50,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from dicom_io.db import Base, ensure_schema
+from dicom_io.results import find_saved, save_results
 from dicom_io.results.revision import MASK_CORRECTIONS as REVISION_MASK_CORRECTIONS
 from models.verdict import FLAGGED, Verdict
 
@@ -952,9 +953,7 @@ class ReviewService:
         if rel is not None:
             p = self.data_dir / rel
             return p if p.is_file() else None
-        for p in (self.data_dir / "results").glob(f"*/{sop_instance_uid}.dcm"):  # our own result objects
-            return p
-        return None
+        return find_saved(self.data_dir / "results", sop_instance_uid)  # our own result objects
 
     def resolve(self, annotation_uid: str, *, item_id: int | None = None, segment_number: int | None = None,
                 content_path: str | None = None) -> dict[str, Any]:
@@ -1022,7 +1021,7 @@ class ReviewService:
                 reviewer = self._reviewer(d["reviewer"], d["decided_at"])
                 corrected = self._corrected_version(item, reviewer, d)
                 if corrected is not None:
-                    written.append(_save(corrected, out_dir))
+                    written += save_results([corrected], out_dir)
                     detail["corrected_uid"] = str(corrected.SOPInstanceUID)
                     detail["corrected_sop_class_uid"] = str(corrected.SOPClassUID)
                     detail["corrected_path"] = str(written[-1])
@@ -1042,7 +1041,7 @@ class ReviewService:
                     rep = verified_report(pydicom.dcmread(report_path), reviewed, reviewer,
                                           previous=[pydicom.dcmread(p, stop_before_pixels=True) for p in previous[-1:]],
                                           key=[len(previous)], instance_number=2 + len(previous))
-                    written.append(_save(rep, out_dir))
+                    written += save_results([rep], out_dir)
                     detail["report_uid"] = str(rep.SOPInstanceUID)
                     detail["report_path"] = str(written[-1])
                 detail["files"] = [str(p) for p in written]
@@ -1139,15 +1138,6 @@ class ReviewService:
 
     def stats(self) -> dict[str, Any]:
         return self.store.loop_stats()
-
-
-def _save(ds: Any, out_dir: Path) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    p = out_dir / f"{ds.SOPInstanceUID}.dcm"
-    tmp = p.with_suffix(".tmp")
-    ds.save_as(tmp, enforce_file_format=True)
-    tmp.replace(p)
-    return p
 
 
 class ReviewCollector:
