@@ -30,7 +30,7 @@ def _by_modality(paths: list[Path], modality: str) -> list[Path]:
 @requires_dciodvfy
 def test_every_result_object_passes_dciodvfy(written):
     _, paths, _ = written
-    assert {p.name.split("_")[0] for p in paths} == {"SR", "SC", "KO"}
+    assert {p.name.split("_")[0] for p in paths} == {"SR", "ROI", "SC", "KO"}
     for p in paths:
         r = subprocess.run(["dciodvfy", str(p)], capture_output=True, text=True)
         errors = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("Error")]
@@ -77,8 +77,11 @@ def test_sr_has_the_required_tid1500_content(written):
     for g in groups:
         names = {cv for _, cv, _ in _items(g.ContentSequence)}
         assert {"112039", "112040", "121071", "111001", "111003"} <= names  # tracking id/UID, finding, algorithm
-        params = [it.TextValue for vt, cv, it in _items(g.ContentSequence) if cv == "111002"]
-        assert f"bundle_hash={ALGORITHM.bundle_hash}" in params
+    # the algorithm's parameters are stated once, in the study summary (the last group), not in every group
+    params = [[it.TextValue for _, cv, it in _items(g.ContentSequence) if cv == "111002"] for g in groups]
+    assert params[:-1] == [[]] * (len(groups) - 1)
+    assert f"bundle_hash={ALGORITHM.bundle_hash}" in params[-1]
+    assert "agreement_threshold=0.5" in params[-1]
     seg_group = groups[0]
     segs = [it for vt, _, it in _items(seg_group.ContentSequence)
             if vt == "IMAGE" and "ReferencedSegmentNumber" in it.ReferencedSOPSequence[0]]
