@@ -23,7 +23,8 @@ __all__ = [
     "CORRECTED_LABEL", "ERROR_CONFIRMED", "LABEL_CONFIRMED", "REVIEWER_UNSURE", "DECISION_CODES", "UNIT_ONE",
     "UNIT_MM", "UNIT_MM2", "UNIT_MM3", "UNIT_PERCENT", "UNIT_SCORE", "UNIT_COUNT", "UNIT_PIXELS", "QUALITY_ISSUE",
     "ALL_CODES", "label_code", "CORRECTED_MASK", "MEMBERS_DISAGREEING_SHARE", "REGION_AREA", "REGION_VOLUME",
-    "FLAGS_DRAWN", "SUGGESTION_NOT_AS_SEG", "IMAGING_MEASUREMENT_REPORT",
+    "FLAGS_DRAWN", "SUGGESTION_NOT_AS_SEG", "IMAGING_MEASUREMENT_REPORT", "GIVEN_LABEL_PROBABILITY",
+    "MODELS_LABEL_PROBABILITY", "MODELS_SALIENCY_AGREEMENT", "DICE_WITH_MODELS", "HD95_TO_MODELS",
 ]
 
 SCHEME = "99LABELQA"
@@ -99,10 +100,16 @@ MASK_AGREEMENT = _c("LQA-0309", "Mask agreement between ensemble members")
 MASK_ERROR_SCORE = _c("LQA-0310", "Segmentation mask error score")
 N_DISAGREEMENT_REGIONS = _c("LQA-0320", "Number of regions of disagreement")
 DISAGREEMENT_AREA = _c("LQA-0321", "Area of disagreement with the model consensus")
-MEMBERS_DISAGREEING_SHARE = _c("LQA-0322", "Ensemble members disagreeing with the annotation")
-"""The share (percent) of ensemble members whose prediction differs from the annotation (drawn flags)."""
-REGION_AREA = _c("LQA-0323", "Area of the drawn region of disagreement")
-REGION_VOLUME = _c("LQA-0324", "Volume of the drawn region of disagreement")
+# Short names of the values printed beside a drawn flag (a viewer's text box is one line per value).
+MEMBERS_DISAGREEING_SHARE = _c("LQA-0322", "Models disagreeing with the label")
+"""The share (percent) of ensemble members whose prediction differs from the annotation."""
+REGION_AREA = _c("LQA-0323", "Area of this region")
+REGION_VOLUME = _c("LQA-0324", "Volume of this region")
+GIVEN_LABEL_PROBABILITY = _c("LQA-0330", "Probability of the given label")
+MODELS_LABEL_PROBABILITY = _c("LQA-0331", "Probability of the models' label")
+MODELS_SALIENCY_AGREEMENT = _c("LQA-0332", "Saliency agreement of the models")
+DICE_WITH_MODELS = _c("LQA-0333", "Dice with the models' mask")
+HD95_TO_MODELS = _c("LQA-0334", "Distance to the models' mask (HD95)")
 COUNT_SUSPECTED = _c("LQA-0311", "Number of suspected annotation errors")
 COUNT_HARD = _c("LQA-0312", "Number of hard cases")
 COUNT_CONSISTENT = _c("LQA-0313", "Number of consistent annotations")

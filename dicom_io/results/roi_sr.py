@@ -119,15 +119,15 @@ def label_flag(item: AuditedAnnotation, source: Dataset, *, tracking_uid: str, n
         return None
     grid = (int(source.Rows), int(source.Columns))
     points = scale_outline(region_outline(region), heat.shape, grid)
-    values = [DrawnValue(codes.P_GIVEN_LABEL, 100.0 * float(item.p_given), codes.UNIT_PERCENT)]
+    values = [DrawnValue(codes.GIVEN_LABEL_PROBABILITY, 100.0 * float(item.p_given), codes.UNIT_PERCENT)]
     if _finite(item.consensus_prob):
-        values.append(DrawnValue(codes.CONSENSUS_PROBABILITY, 100.0 * float(item.consensus_prob),  # type: ignore[arg-type]
+        values.append(DrawnValue(codes.MODELS_LABEL_PROBABILITY, 100.0 * float(item.consensus_prob),  # type: ignore[arg-type]
                                  codes.UNIT_PERCENT))
     if item.n_members:
         values.append(DrawnValue(codes.MEMBERS_DISAGREEING_SHARE, 100.0 * item.n_disagree / item.n_members,
                                  codes.UNIT_PERCENT))
     if _finite(item.agreement):
-        values.append(DrawnValue(codes.SALIENCY_AGREEMENT, float(item.agreement), codes.UNIT_SCORE))  # type: ignore[arg-type]
+        values.append(DrawnValue(codes.MODELS_SALIENCY_AGREEMENT, float(item.agreement), codes.UNIT_SCORE))  # type: ignore[arg-type]
     values.append(DrawnValue(codes.REANNOTATION_PRIORITY, float(item.priority), codes.UNIT_SCORE))
     given, consensus = item.given_code(), item.consensus_code()
     return DrawnFlag(
@@ -171,14 +171,14 @@ def mask_flag(m: AuditedMask, source: Dataset, given: np.ndarray | None, *, trac
         return None
     values: list[DrawnValue] = []
     if _finite(m.dice):
-        values.append(DrawnValue(codes.DICE_TO_CONSENSUS, float(m.dice), codes.UNIT_SCORE))  # type: ignore[arg-type]
+        values.append(DrawnValue(codes.DICE_WITH_MODELS, float(m.dice), codes.UNIT_SCORE))  # type: ignore[arg-type]
     area = float(region.sum())
     if m.spacing is not None and _finite(*m.spacing):
         values.append(DrawnValue(codes.REGION_AREA, area * float(m.spacing[0]) * float(m.spacing[1]), codes.UNIT_MM2))
     else:
         values.append(DrawnValue(codes.REGION_AREA, area, codes.UNIT_PIXELS))
     if _finite(m.hd95_mm):
-        values.append(DrawnValue(codes.HD95_TO_CONSENSUS, float(m.hd95_mm), codes.UNIT_MM))  # type: ignore[arg-type]
+        values.append(DrawnValue(codes.HD95_TO_MODELS, float(m.hd95_mm), codes.UNIT_MM))  # type: ignore[arg-type]
     if _finite(m.score):
         values.append(DrawnValue(codes.MASK_ERROR_SCORE, float(m.score), codes.UNIT_SCORE))  # type: ignore[arg-type]
     values.append(DrawnValue(codes.REANNOTATION_PRIORITY, float(m.priority), codes.UNIT_SCORE))
