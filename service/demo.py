@@ -8,7 +8,8 @@
    predictions); cached under the data dir, keyed by the settings, so the next run starts at once.
 3. Start the service in this process (listener, store, audit workers, outbox, HTTP API) with a
    local DICOM archive as the results' destination, or a local Orthanc (``--orthanc``) that
-   auto-routes the studies to labelqa through ``deploy/orthanc/labelqa-route.lua``.
+   auto-routes the studies to labelqa through ``deploy/orthanc/labelqa-route.lua``; with
+   ``--viewer``, OHIF over that Orthanc's DICOMweb (``service.viewer``) shows a flagged study.
 4. Send the studies with real C-STORE (dcmtk ``storescu`` with TCP_NODELAY, else pynetdicom),
    wait for the audits and their delivery, and report each annotation: given vs consensus label,
    verdict, agreement, and whether its label was planted wrong.
@@ -76,6 +77,7 @@ class DemoConfig:
     executor: str = "inprocess"  # inprocess | ray
     ray_address: str | None = None  # HOST:PORT of a Ray head; None with executor "ray": a local Ray
     task: str = "labels"  # labels (SR class labels) | segmentation (SEG masks)
+    viewer: bool = False  # with orthanc: serve OHIF over its DICOMweb and keep running
 
     def bundle_key(self) -> str:
         """Cache key of the trained bundle: everything that changes it."""
@@ -143,7 +145,8 @@ def make_demo_data(cfg: DemoConfig, work: Path) -> DemoData:
     studies_dir = work / "studies"
     if studies_dir.exists():
         shutil.rmtree(studies_dir)
-    res = dicomize(audit_npz, studies_dir, noise_rate=cfg.noise_rate, seed=cfg.seed, modality="OT")
+    # MR images (plane geometry): the drawn flags and, for masks, the SEGs land where a viewer puts them
+    res = dicomize(audit_npz, studies_dir, noise_rate=cfg.noise_rate, seed=cfg.seed, modality="OT", image_kind="mr")
     with open(res.manifest, newline="") as f:
         manifest = list(csv.DictReader(f))
     vocab = res.vocabulary or studies_dir / "vocabulary.toml"
@@ -227,8 +230,9 @@ def orthanc_routing_config(work: Path) -> dict[str, Any]:
 
 
 def demo_orthanc(work: Path, *, http_port: int, dicom_port: int, labelqa_port: int, labelqa_ae: str = "LABELQA",
-                 sender_ae: str = "LABELQADEMO", stable_age_s: int = 2) -> Orthanc:
-    """The demo's Orthanc (not started), on this machine's loopback, routing annotated studies to labelqa."""
+                 sender_ae: str = "LABELQADEMO", stable_age_s: int = 2, dicomweb: bool = False) -> Orthanc:
+    """The demo's Orthanc (not started), on this machine's loopback, routing annotated studies to labelqa
+    (``dicomweb``: with its DICOMweb plugin at ``/dicom-web``, for a web viewer)."""
     from service.harness.peers import HostNetwork, Orthanc
 
     modalities = {
@@ -236,8 +240,11 @@ def demo_orthanc(work: Path, *, http_port: int, dicom_port: int, labelqa_port: i
                     "AllowStore": True},
         "sender": {"AET": sender_ae, "Host": "127.0.0.1", "Port": 104, "AllowEcho": True, "AllowStore": True},
     }
+    config = orthanc_routing_config(work)
+    if dicomweb:
+        config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/"}
     return Orthanc(HostNetwork(), work, dicom_port=dicom_port, http_port=http_port, modalities=modalities,
-                   dicomweb=False, stable_age_s=stable_age_s, config=orthanc_routing_config(work))
+                   dicomweb=dicomweb, stable_age_s=stable_age_s, config=config)
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -287,7 +294,7 @@ def run_demo(cfg: DemoConfig, echo=print) -> DemoReport:
     orthanc: Orthanc | None = None
     if cfg.orthanc:
         orthanc = demo_orthanc(run_dir / "orthanc", http_port=free_port(), dicom_port=free_port(),
-                               labelqa_port=lq_port, stable_age_s=1)
+                               labelqa_port=lq_port, stable_age_s=1, dicomweb=cfg.viewer)
         dest = Destination(name="orthanc", kind="dicom", ae_title=orthanc.aet, host="127.0.0.1",
                            port=orthanc.dicom_port)
     else:
@@ -317,6 +324,9 @@ def run_demo(cfg: DemoConfig, echo=print) -> DemoReport:
     for spec in service_components(settings):
         svc.add(spec)
     audit_service = cast(AuditService, svc.components[0])  # service_components' only component
+    viewer = None
+    if cfg.viewer and orthanc is None:
+        raise DemoError("--viewer shows the results in OHIF over Orthanc's DICOMweb: add --orthanc")
     try:
         if archive is not None:
             archive.start()
@@ -369,9 +379,22 @@ def run_demo(cfg: DemoConfig, echo=print) -> DemoReport:
             report.outputs["outbox"] = outbox.counts()
         report.timings_s["total"] = time.perf_counter() - t_start
         report.outputs["worklist"] = f"http://127.0.0.1:{api_port}/review"
-        if cfg.keep_running:
+        if cfg.viewer and orthanc is not None:
+            from service.viewer import ViewerError, ViewerServer, study_url
+
+            try:
+                viewer = ViewerServer(orthanc.url).start()
+            except ViewerError as e:
+                raise DemoError(str(e)) from None
+            flagged = [r["study_uid"] for r in report.rows if r["verdict"] in FLAGGED] or [
+                r["study_uid"] for r in report.rows]
+            report.outputs["viewer"] = study_url(viewer.url, flagged[0]) if flagged else viewer.url
+        if cfg.keep_running or viewer is not None:
             echo(_render(report))
             echo(f"worklist: http://127.0.0.1:{api_port}/review")
+            if viewer is not None:
+                echo(f"OHIF (a flagged study): {report.outputs['viewer']}")
+                echo(f"OHIF study list: {viewer.url}/")
             if reviewer_token:
                 echo(f"reviewer token: {reviewer_token}")
                 echo("(log in as 'reviewer' with that token; the API takes it as 'Authorization: Bearer <token>')")
@@ -382,6 +405,8 @@ def run_demo(cfg: DemoConfig, echo=print) -> DemoReport:
             except KeyboardInterrupt:
                 pass
     finally:
+        if viewer is not None:
+            viewer.stop()
         svc.stop()
         if orthanc is not None:
             orthanc.stop()
@@ -497,7 +522,12 @@ def _html_reports(report: DemoReport, run_dir: Path) -> None:
         from dicom_io.results.report_html import render_html
     except ImportError:
         render_html = None
-    srs = [o for o in report.outputs.get("result_files", []) if o.get("modality") == "SR"]
+    import pydicom
+
+    from dicom_io.results.series import SR_SERIES_NUMBER
+
+    srs = [o for o in report.outputs.get("result_files", []) if o.get("modality") == "SR"
+           and pydicom.dcmread(o["path"], stop_before_pixels=True).get("SeriesNumber") == SR_SERIES_NUMBER]
     for o in srs:
         if render_html is None:
             break
