@@ -616,7 +616,8 @@ def _render(report: DemoReport) -> str:
     if "orthanc" in o:
         a = o["orthanc"]
         lines.append(f"in Orthanc: {a['sr']} SR, {a['sc']} heatmap SC, {a['kos']} KOS; see {a['url']}"
-                     + ("" if report.settings.get("keep_running") else " (run with --keep-running to browse it)"))
+                     + ("" if report.settings.get("keep_running") or report.settings.get("viewer")
+                        else " (run with --keep-running to browse it)"))
     if "html_report" in o:
         lines.append(f"HTML report: {o['html_report']}")
     ex = report.executor
