@@ -684,7 +684,7 @@ class ReviewStore:
                     raise DecisionError(f"corrected_mask is only for SEG masks; item {item_id} is an SR label")
                 if not json.loads(item.extra_json or "{}").get("suggestion_uid"):
                     raise DecisionError(f"item {item_id} has no suggested mask (labelqa writes one for each "
-                                        "suspected mask error)")
+                                        "suspected mask error over an image with plane geometry)")
                 if not item.segment_number:
                     raise DecisionError(f"the SEG of item {item_id} has no segment of {item.given_label!r}: "
                                         "accepting the suggestion would add a segment, which is not supported")

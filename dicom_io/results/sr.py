@@ -10,8 +10,9 @@ annotation:
   reference to the annotation SR (TID 1501 is extensible).
 
 Each group carries a tracking identifier + UID, the verdict as ``Finding`` (99LABELQA), the given and
-consensus labels as qualitative evaluations, the scores as TID 300 measurements (UCUM "1") and the
-algorithm identification (TID 4019: name, version, bundle hash, thresholds). The saliency agreement
+consensus labels as qualitative evaluations, the scores as TID 300 measurements (UCUM "{score}", counts
+"{count}") and the algorithm identification (TID 4019: name and version; the bundle hash and thresholds
+once, in the summary group). The saliency agreement
 measurement names the heatmap Secondary Capture as its ``Source of Measurement``.
 
 Audited masks (``AuditedMask``) get one TID 1411 group each: ``ReferencedSegment`` = the SEG and its
@@ -24,7 +25,9 @@ disagreement regions (the Dice names the overlay SC as its ``Source of Measureme
 per region, and a COMPOSITE reference to the suggested-correction SEG.
 
 One more TID 1501 group summarises the study: counts per verdict (with the suspected mask error
-count whenever masks were audited) and each systematic-disagreement (cohort) finding once.
+count whenever masks were audited), each systematic-disagreement (cohort) finding once, the
+algorithm's parameters and a COMPOSITE reference to the SR that draws the flags (``roi_sr``).
+Every container is SEPARATE, so text views print each value with its concept name.
 """
 
 from __future__ import annotations
