@@ -224,7 +224,7 @@ class ViewerServer:
         self.url = f"http://{host}:{self.port}"
 
     def start(self) -> ViewerServer:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="ohif-viewer", daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.1,), name="ohif-viewer", daemon=True)
         self._thread.start()
         return self
 
