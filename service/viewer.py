@@ -13,6 +13,7 @@ browser talks to one origin only. ``labelqa demo --orthanc --viewer`` and the vi
 
 from __future__ import annotations
 
+import functools
 import http.client
 import logging
 import os
@@ -214,9 +215,7 @@ class ViewerServer:
             raise ViewerError(f"OHIF {OHIF_VERSION} is not installed in {ohif_home()}: run "
                               "`python -m service.viewer install` (deploy/bootstrap.sh does)")
         self.dist = Path(dist)
-        handler = type("Handler", (_Handler,), {})
-        handler.__init__ = lambda h, *a, **kw: _Handler.__init__(h, *a, directory=str(self.dist), **kw)  # type: ignore[method-assign]
-        self._httpd = _Server((host, port), handler)
+        self._httpd = _Server((host, port), functools.partial(_Handler, directory=str(self.dist)))
         self._httpd.config_js = app_config()
         self._httpd.upstream = urllib.parse.urlsplit(orthanc_url.rstrip("/"))
         self._thread: threading.Thread | None = None

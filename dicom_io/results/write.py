@@ -311,9 +311,9 @@ def _drawn_flags(
     found: str,
 ) -> Dataset | None:
     """The SR drawing every flag that has a shape (``roi_sr``), or None when none has."""
-    from dicom_io.results.roi_sr import drawn_flags_sr, label_flag, mask_flag
+    from dicom_io.results.roi_sr import DrawnFlag, drawn_flags_sr, label_flag, mask_flag
 
-    flags = []
+    flags: list[DrawnFlag] = []
     for i, a in enumerate(audited):
         if a.verdict in codes.FLAGGED_VERDICTS:
             f = label_flag(a, sources[a.image_uid], tracking_uid=derived_uid(run_key, "drawn", i),
