@@ -17,6 +17,8 @@ ls /usr/share/orthanc/plugins*/libOrthancDicomWeb.so >/dev/null 2>&1 || need_apt
 # Browser tests of the review workbench: Debian's Chromium and its driver (nothing downloads a browser).
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
+# The viewer tests and `labelqa demo --viewer`: OHIF's prebuilt release comes from the npm registry (below).
+command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
 # The shared index: PostgreSQL 15 (tests start their own server with initdb + pg_ctl in a temp dir).
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -48,5 +50,13 @@ if [ "$(cat .venv/.labelqa-stamp 2>/dev/null)" != "$stamp_src" ]; then
   .venv/bin/python -m pip install -q "torch==2.13.0" >&2
   .venv/bin/python -m pip install -q -e ".[codecs,cluster,test]" >&2
   echo "$stamp_src" > .venv/.labelqa-stamp
+fi
+# 3. OHIF (pinned in service/demo/viewer.py), for the viewer tests and `labelqa demo --viewer`: its npm tarball
+# ships a prebuilt dist/, fetched once with `npm pack` into ~/.cache/labelqa/ohif/<version> (nothing is
+# built). Without npm or the registry the viewer tests are skipped; nothing else depends on it.
+if command -v npm >/dev/null 2>&1; then
+  .venv/bin/python -m service.demo.viewer install >/dev/null || log "OHIF not installed: the viewer tests will be skipped"
+else
+  log "npm not found: OHIF not installed, the viewer tests will be skipped"
 fi
 log "ready: $ROOT/.venv/bin/labelqa"

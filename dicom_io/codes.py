@@ -21,7 +21,10 @@ __all__ = [
     "DISAGREEMENT_AREA", "COUNT_SUSPECTED", "COUNT_HARD", "COUNT_CONSISTENT", "COUNT_SUSPECTED_MASK",
     "VERDICT_COUNT_CODES", "ANNOTATION_OBJECT", "SALIENCY_HEATMAP", "SUGGESTED_CORRECTION", "REVIEWER_DECISION",
     "CORRECTED_LABEL", "ERROR_CONFIRMED", "LABEL_CONFIRMED", "REVIEWER_UNSURE", "DECISION_CODES", "UNIT_ONE",
-    "UNIT_MM", "UNIT_MM2", "QUALITY_ISSUE", "ALL_CODES", "label_code",
+    "UNIT_MM", "UNIT_MM2", "UNIT_MM3", "UNIT_PERCENT", "UNIT_SCORE", "UNIT_COUNT", "UNIT_PIXELS", "QUALITY_ISSUE",
+    "ALL_CODES", "label_code", "CORRECTED_MASK", "MEMBERS_DISAGREEING_SHARE", "REGION_AREA", "REGION_VOLUME",
+    "FLAGS_DRAWN", "SUGGESTION_NOT_AS_SEG", "IMAGING_MEASUREMENT_REPORT", "GIVEN_LABEL_PROBABILITY",
+    "MODELS_LABEL_PROBABILITY", "MODELS_SALIENCY_AGREEMENT", "DICE_WITH_MODELS", "HD95_TO_MODELS",
 ]
 
 SCHEME = "99LABELQA"
@@ -97,6 +100,16 @@ MASK_AGREEMENT = _c("LQA-0309", "Mask agreement between ensemble members")
 MASK_ERROR_SCORE = _c("LQA-0310", "Segmentation mask error score")
 N_DISAGREEMENT_REGIONS = _c("LQA-0320", "Number of regions of disagreement")
 DISAGREEMENT_AREA = _c("LQA-0321", "Area of disagreement with the model consensus")
+# Short names of the values printed beside a drawn flag (a viewer's text box is one line per value).
+MEMBERS_DISAGREEING_SHARE = _c("LQA-0322", "Models disagreeing with the label")
+"""The share (percent) of ensemble members whose prediction differs from the annotation."""
+REGION_AREA = _c("LQA-0323", "Area of this region")
+REGION_VOLUME = _c("LQA-0324", "Volume of this region")
+GIVEN_LABEL_PROBABILITY = _c("LQA-0330", "Probability of the given label")
+MODELS_LABEL_PROBABILITY = _c("LQA-0331", "Probability of the models' label")
+MODELS_SALIENCY_AGREEMENT = _c("LQA-0332", "Saliency agreement of the models")
+DICE_WITH_MODELS = _c("LQA-0333", "Dice with the models' mask")
+HD95_TO_MODELS = _c("LQA-0334", "Distance to the models' mask (HD95)")
 COUNT_SUSPECTED = _c("LQA-0311", "Number of suspected annotation errors")
 COUNT_HARD = _c("LQA-0312", "Number of hard cases")
 COUNT_CONSISTENT = _c("LQA-0313", "Number of consistent annotations")
@@ -113,6 +126,10 @@ VERDICT_COUNT_CODES: dict[str, Code] = {
 ANNOTATION_OBJECT = _c("LQA-0401", "Audited annotation object")
 SALIENCY_HEATMAP = _c("LQA-0402", "Consensus saliency heatmap")
 SUGGESTED_CORRECTION = _c("LQA-0403", "Suggested mask correction (model consensus)")
+FLAGS_DRAWN = _c("LQA-0404", "Flags drawn on the images (measurement report)")
+"""COMPOSITE reference from the QA report to the SR that draws each flag on its source image."""
+SUGGESTION_NOT_AS_SEG = _c("LQA-0405", "Suggested mask correction shown only in the mask overlay")
+"""TEXT: why a flagged mask has no suggestion SEG (its source image has no plane geometry)."""
 
 # Human review of the flags (the review workbench).
 REVIEWER_DECISION = _c("LQA-0601", "Reviewer decision")
@@ -130,9 +147,19 @@ DECISION_CODES: dict[str, Code] = {
 }
 
 UNIT_ONE = Code("1", "UCUM", "no units")
-"""UCUM unity: all scores are dimensionless."""
+"""UCUM unity (kept for readers of older reports; new reports name what is counted or scored)."""
 UNIT_MM = Code("mm", "UCUM", "millimeter")
 UNIT_MM2 = Code("mm2", "UCUM", "square millimeter")
+UNIT_MM3 = Code("mm3", "UCUM", "cubic millimeter")
+UNIT_PERCENT = Code("%", "UCUM", "percent")
+UNIT_SCORE = Code("{score}", "UCUM", "score")
+"""A dimensionless score (probability, agreement, Dice, priority): viewers print the unit code as it is."""
+UNIT_COUNT = Code("{count}", "UCUM", "count")
+UNIT_PIXELS = Code("{pixels}", "UCUM", "pixels")
+"""An area in pixels, where the image has no pixel spacing."""
+
+IMAGING_MEASUREMENT_REPORT = Code("126000", "DCM", "Imaging Measurement Report")
+"""Title of the SR that draws the flags: viewers such as OHIF draw only reports with this title."""
 
 QUALITY_ISSUE = Code("113010", "DCM", "Quality Issue")
 """KOS document title (CID 7010). Never 113001 'Rejected for Quality Reasons' (an IOCM rejection)."""

@@ -3,7 +3,8 @@
 :func:`write_studies` takes items that are already read (``service.demo.dicomize`` reads the data set with
 ``models.data.scan_dataset`` and plants label errors with ``models.corruption``): pixels as grey
 uint8/uint16, the true and the written label, optionally a mask. Each image becomes a Secondary
-Capture image (MONOCHROME2, ``Modality`` as chosen), a Digital X-Ray or an MR image; its label a
+Capture image (MONOCHROME2, ``Modality`` as chosen), a Digital X-Ray or an MR image (with plane
+geometry: Frame of Reference, position, orientation, 1 mm pixels); its label a
 highdicom Comprehensive 3D SR (TID 1500, one image-level measurement group whose Finding is the
 class code) or, with ``seg=True``, a binary SEG with one segment whose Segmented Property Type is the
 class code (mask: the given one, else the whole image). An item with an integer ``mask`` (0 =
@@ -12,6 +13,11 @@ class name, Segmented Property Type = the vocabulary's code for it), and the man
 ``mask_classes`` and ``mask_corruption``. Patient and study identity are synthesised
 deterministically from the data set name and the source path (or the ``group_by`` match), so the
 same input gives the same UIDs; ``manifest.csv`` records the true and the written label.
+
+A SEG is written only over images with plane geometry (MR here): a viewer places a SEG's frames by the
+geometry of its source images, and a SEG over a Secondary Capture without it puts OHIF into its error
+page. Annotations written as SEGs therefore make MR images unless another kind is asked for, and
+asking for an SC or DX image with SEG annotations is an error.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from dicom_io.vocabulary import Vocabulary
 __all__ = [
     "SC_IMAGE_STORAGE", "DX_PRESENTATION_STORAGE", "MR_IMAGE_STORAGE", "IMAGE_KINDS", "MANIFEST_COLUMNS",
     "MASK_MANIFEST_COLUMNS", "UID_NAMESPACE", "DicomizeError", "StudyItem", "DicomizeResult", "PAIRED_BODY_PARTS",
-    "BODY_PART_CODES", "TRACKING_UID", "write_studies",
+    "BODY_PART_CODES", "TRACKING_UID", "SEG_IMAGE_KINDS", "image_kind_for", "write_studies",
 ]
 
 log = logging.getLogger(__name__)
@@ -48,6 +54,8 @@ DX_PRESENTATION_STORAGE = uid.DigitalXRayImageStorageForPresentation
 MR_IMAGE_STORAGE = uid.MRImageStorage
 IMAGE_KINDS: dict[str, UID] = {"sc": SC_IMAGE_STORAGE, "dx": DX_PRESENTATION_STORAGE, "mr": MR_IMAGE_STORAGE}
 """``image_kind`` -> SOP Class: Secondary Capture, Digital X-Ray (For Presentation), MR Image."""
+SEG_IMAGE_KINDS = ("mr",)
+"""The image kinds with plane geometry, the only ones a SEG annotation is written over."""
 MANIFEST_COLUMNS = ["source_path", "study_uid", "image_uid", "annotation_uid", "true_label", "written_label"]
 MASK_MANIFEST_COLUMNS = ["mask_classes", "mask_corruption"]
 """Added to the manifest when any item has a ``mask``: its classes (";"-joined, segment k = class k) and
@@ -479,6 +487,19 @@ def _mask_seg(
     )
 
 
+def image_kind_for(image_kind: str | None, *, writes_seg: bool) -> str:
+    """The image kind to write: the one asked for, else MR under SEG annotations and SC under SR labels.
+    Raises DicomizeError for an unknown kind, or a kind without plane geometry under SEG annotations."""
+    kind = image_kind or ("mr" if writes_seg else "sc")
+    if kind not in IMAGE_KINDS:
+        raise DicomizeError(f"image kind must be one of {', '.join(IMAGE_KINDS)}, got {kind!r}")
+    if writes_seg and kind not in SEG_IMAGE_KINDS:
+        raise DicomizeError(f"SEG annotations need images with plane geometry (Frame of Reference, position, "
+                            f"orientation, pixel spacing), which image kind {kind!r} has not: viewers cannot place "
+                            f"the SEG on them. Use image kind {' or '.join(SEG_IMAGE_KINDS)}, or SR labels.")
+    return kind
+
+
 def write_studies(
     items: Sequence[StudyItem],
     out: Path,
@@ -486,7 +507,7 @@ def write_studies(
     vocabulary: Vocabulary,
     dataset_name: str,
     modality: str = "OT",
-    image_kind: str = "sc",
+    image_kind: str | None = None,
     body_part: str = "CHEST",
     seg: bool = False,
     group_by: str | None = None,
@@ -498,11 +519,12 @@ def write_studies(
     Each item becomes an image (SC / DX / MR) and one annotation: a TID 1500 SR labelling the image
     with ``written_label``, or with ``seg`` a binary SEG whose one segment is the item's mask. Identity
     and UIDs are synthetic and deterministic (``dataset_name`` + source path, or the ``group_by`` match,
-    which groups images into one study). Raises DicomizeError for an unknown kind or label.
+    which groups images into one study). ``image_kind``: sc, dx or mr; None: mr when SEGs are written
+    (``seg`` or items with masks), else sc (:func:`image_kind_for`). Raises DicomizeError for an unknown
+    kind or label, or SEG annotations over a kind without plane geometry.
     """
     t0 = time.perf_counter()
-    if image_kind not in IMAGE_KINDS:
-        raise DicomizeError(f"image kind must be one of {', '.join(IMAGE_KINDS)}, got {image_kind!r}")
+    image_kind = image_kind_for(image_kind, writes_seg=seg or any(it.mask is not None for it in items))
     missing = sorted({it.written_label for it in items if it.mask is None} - set(vocabulary.class_names))
     if missing:
         raise DicomizeError(f"labels not in the vocabulary: {', '.join(missing)} (classes: {vocabulary.class_names})")
@@ -563,6 +585,8 @@ def write_studies(
                 source_path=it.source_path,
             )
             ann.PatientOrientation = ""  # General Image, Type 2C for images without a plane position
+            if _has_plane(image):
+                del ann.PatientOrientation
             _deterministic_times(ann, image)
             _deterministic_dimension_uid(ann)
             ann.save_as(study_dir / f"SEG_{ann.SOPInstanceUID}.dcm")

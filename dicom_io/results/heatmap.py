@@ -2,8 +2,9 @@
 
 One RGB Secondary Capture Image (highdicom ``SCImage``, PS3.3 A.8.1) per flagged annotation: the
 source frame (windowed, grey) with the saliency map blended on top, a colour bar, and the burned-in
-line "NOT FOR DIAGNOSIS - annotation QA" (``BurnedInAnnotation`` YES). Same patient and study as the
-source, its own series; ``SourceImageSequence`` points at the source image and frame.
+line "NOT FOR DIAGNOSIS - annotation QA" with a caption (``BurnedInAnnotation`` YES), centred in a band
+below the image: viewers put their controls at the top (OHIF's cine bar) and their text in the corners.
+Same patient and study as the source, its own series; ``SourceImageSequence`` points at the source image and frame.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 __all__ = [
-    "NOT_FOR_DIAGNOSIS", "source_frame_float", "render_overlay", "render_panel", "heatmap_sc", "secondary_capture",
+    "NOT_FOR_DIAGNOSIS", "source_frame_float", "burn_in_band", "render_overlay", "render_panel", "heatmap_sc",
+    "secondary_capture",
 ]
 
 NOT_FOR_DIAGNOSIS = "NOT FOR DIAGNOSIS - annotation QA"
@@ -27,6 +29,18 @@ def source_frame_float(ds: Dataset, frame: int | None = None) -> np.ndarray:
     from dicom_io.pixels import frame_to_float
 
     return frame_to_float(ds, frame)
+
+
+def burn_in_band(draw: Any, top: int, width: int, caption: str = "") -> None:
+    """Write the warning line and ``caption``, centred, into the band of ``_BAND_H`` rows from row ``top``
+    of a picture ``width`` pixels wide."""
+    from PIL import ImageFont
+
+    font = ImageFont.load_default()
+    for y, text, colour in ((top + 2, NOT_FOR_DIAGNOSIS, (255, 255, 0)), (top + 15, caption, (255, 255, 255))):
+        if text:
+            x = max(2, (width - int(draw.textlength(text, font=font))) // 2)
+            draw.text((x, y), text, fill=colour, font=font)
 
 
 def render_overlay(base: np.ndarray, heat: np.ndarray, caption: str = "") -> np.ndarray:
@@ -49,17 +63,15 @@ def render_overlay(base: np.ndarray, heat: np.ndarray, caption: str = "") -> np.
     blended = (1 - alpha) * grey_rgb + alpha * colour
 
     canvas = np.zeros((h + _BAND_H, w + _BAR_W, 3), dtype=np.float32)
-    canvas[_BAND_H:, :w] = blended
+    canvas[:h, :w] = blended
     ramp = np.linspace(1.0, 0.0, h, dtype=np.float32)
-    canvas[_BAND_H:, w + 8 : w + 22] = cmap(ramp)[:, None, :3]
+    canvas[:h, w + 8 : w + 22] = cmap(ramp)[:, None, :3]
     img = Image.fromarray((canvas * 255).round().astype(np.uint8), mode="RGB")
     draw = ImageDraw.Draw(img)
     font = ImageFont.load_default()
-    draw.text((4, 2), NOT_FOR_DIAGNOSIS, fill=(255, 255, 0), font=font)
-    if caption:
-        draw.text((4, 15), caption, fill=(255, 255, 255), font=font)
-    draw.text((w + 24, _BAND_H), "1.0", fill=(255, 255, 255), font=font)
-    draw.text((w + 24, _BAND_H + h - 12), "0.0", fill=(255, 255, 255), font=font)
+    burn_in_band(draw, h, w + _BAR_W, caption)
+    draw.text((w + 24, 0), "1.0", fill=(255, 255, 255), font=font)
+    draw.text((w + 24, h - 12), "0.0", fill=(255, 255, 255), font=font)
     return np.asarray(img, dtype=np.uint8)
 
 
@@ -129,7 +141,7 @@ def heatmap_sc(
     return secondary_capture(
         source, frame, pixels, series_instance_uid=series_instance_uid, series_number=series_number,
         sop_instance_uid=sop_instance_uid, instance_number=instance_number, manufacturer=manufacturer,
-        series_description=series_description,
+        series_description=series_description[:64],
         derivation_description="Consensus Grad-CAM saliency of the labelqa model ensemble over the source frame",
     )
 

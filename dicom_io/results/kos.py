@@ -1,5 +1,7 @@
 """Key Object Selection (TID 2010) titled 113010 "Quality Issue": the flagged images and their heatmaps.
 
+Also selected: mask overlays, suggested-correction SEGs and the SR that draws the flags. OHIF has no
+Key Object Selection view (it lists the KOS as not supported); PACS and viewers such as Weasis use it.
 Flagged frames of a multi-frame image are named (``Referenced Frame Number`` of its IMAGE item); mask
 overlays and suggested-correction SEGs are selected beside the images they are about.
 
@@ -29,6 +31,7 @@ def quality_issue_kos(
     sop_instance_uid: str,
     manufacturer: str,
     frames: Mapping[str, Sequence[int]] | None = None,
+    series_description: str = SERIES_DESCRIPTION,
 ) -> Dataset:
     """A KOS selecting ``selected`` (flagged source images and their heatmap SCs) as a Quality Issue.
 
@@ -58,5 +61,5 @@ def quality_issue_kos(
         instance_number=1,
         manufacturer=manufacturer,
     )
-    kos.SeriesDescription = SERIES_DESCRIPTION
+    kos.SeriesDescription = series_description[:64]
     return kos

@@ -5,7 +5,8 @@ One RGB Secondary Capture per flagged mask (PS3.3 A.8.1, built like the heatmap 
 (red: in the consensus, not in the given mask, i.e. missing; blue: in the given mask, not in the
 consensus, i.e. spurious), the given mask's outline in green (just inside it), the consensus outline in
 magenta (just outside it, so a shared edge shows both lines), each
-region's bounding box numbered in white, a legend line and the burned-in "NOT FOR DIAGNOSIS" line.
+region's bounding box numbered in white, a legend line and, below it, the burned-in "NOT FOR
+DIAGNOSIS" line and caption (``heatmap.burn_in_band``: centred, away from viewers' controls).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
-from dicom_io.results.heatmap import _BAND_H, NOT_FOR_DIAGNOSIS, secondary_capture, source_frame_float
+from dicom_io.results.heatmap import _BAND_H, burn_in_band, secondary_capture, source_frame_float
 
 __all__ = [
     "SERIES_DESCRIPTION", "GIVEN_RGB", "CONSENSUS_RGB", "MISSING_RGB", "SPURIOUS_RGB", "outline",
@@ -73,20 +74,18 @@ def render_mask_overlay(
     width = 2 if scale >= 2 else 1
     rgb[outline(c, outer=True, width=width)] = CONSENSUS_RGB  # just outside the consensus,
     rgb[outline(g, width=width)] = GIVEN_RGB  # just inside the given mask: shared edges show both
-    canvas = np.zeros((_BAND_H + h + _LEGEND_H, max(w, 300), 3), np.uint8)
-    canvas[_BAND_H : _BAND_H + h, :w] = np.clip(rgb, 0, 255).round().astype(np.uint8)
+    canvas = np.zeros((h + _LEGEND_H + _BAND_H, max(w, 300), 3), np.uint8)
+    canvas[:h, :w] = np.clip(rgb, 0, 255).round().astype(np.uint8)
     img = Image.fromarray(canvas, mode="RGB")
     draw = ImageDraw.Draw(img)
     font = ImageFont.load_default()
     for i, r in enumerate(regions, start=1):
         r0, c0, r1, c1 = (float(v) for v in r["bbox"])
-        box = (c0 * w / w0, _BAND_H + r0 * h / h0, max(c0 + 1, c1) * w / w0 - 1, _BAND_H + max(r0 + 1, r1) * h / h0 - 1)
+        box = (c0 * w / w0, r0 * h / h0, max(c0 + 1, c1) * w / w0 - 1, max(r0 + 1, r1) * h / h0 - 1)
         draw.rectangle(box, outline=(255, 255, 255))
         draw.text((box[0] + 2, box[1] + 1), str(i), fill=(255, 255, 255), font=font)
-    draw.text((4, 2), NOT_FOR_DIAGNOSIS, fill=(255, 255, 0), font=font)
-    if caption:
-        draw.text((4, 15), caption, fill=(255, 255, 255), font=font)
-    y, x = _BAND_H + h + 2, 4
+    burn_in_band(draw, h + _LEGEND_H, canvas.shape[1], caption)
+    y, x = h + 2, 4
     for text, colour in (("given", GIVEN_RGB), ("consensus", CONSENSUS_RGB), ("missing", MISSING_RGB),
                          ("spurious", SPURIOUS_RGB)):
         draw.rectangle((x, y + 2, x + 8, y + 10), fill=colour)
@@ -108,6 +107,7 @@ def mask_overlay_sc(
     sop_instance_uid: str,
     instance_number: int,
     manufacturer: str,
+    series_description: str = SERIES_DESCRIPTION,
 ) -> Dataset:
     """The overlay Secondary Capture of one audited mask (``given``/``consensus``: bool on the frame's grid)."""
     base = source_frame_float(source, frame)
@@ -115,7 +115,7 @@ def mask_overlay_sc(
     return secondary_capture(
         source, frame, pixels, series_instance_uid=series_instance_uid, series_number=series_number,
         sop_instance_uid=sop_instance_uid, instance_number=instance_number, manufacturer=manufacturer,
-        series_description=SERIES_DESCRIPTION,
+        series_description=series_description[:64],
         derivation_description="Given segmentation mask (green), labelqa model consensus (magenta) and their "
         "disagreement (red: missing, blue: spurious) over the source frame",
     )

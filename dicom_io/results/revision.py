@@ -327,6 +327,7 @@ def _seg_with_masks(original: Dataset, masks: Sequence[Correction], sources: Map
     label-map SEGs). A frame the original omitted (the mask was empty there) is added."""
     import highdicom as hd
 
+    from dicom_io.results.geometry import has_plane_geometry
     from dicom_io.results.seg_out import complete_seg_header, n_frames, pixels_on_source_frames
     from dicom_io.results.write import clean_header
 
@@ -343,6 +344,10 @@ def _seg_with_masks(original: Dataset, masks: Sequence[Correction], sources: Map
     missing = [u for u in refs if u not in sources]
     if missing:
         raise RevisionError(f"source image(s) {', '.join(missing)} of SEG {uid} are not in the store")
+    flat = [u for u in refs if not has_plane_geometry(sources[u])]
+    if flat:
+        raise RevisionError(f"source image(s) {', '.join(flat)} of SEG {uid} have no plane geometry: a SEG over them "
+                            "cannot be placed by a viewer, so no corrected SEG is written")
     images = [clean_header(sources[u]) for u in refs]
     frames: list[tuple[str, int | None]] = []
     for ds in images:

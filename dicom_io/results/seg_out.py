@@ -1,8 +1,12 @@
 """Suggested-correction SEG: the model consensus masks of flagged masks, as a Segmentation a viewer overlays.
 
-One binary SEG (highdicom) per source series (single-frame images with a Frame of Reference), else
-per source image (a multi-frame image, or an image without a Frame of Reference: highdicom takes only
-one frame then), derived from the same source images as the audited SEG (Derivation Image Sequence,
+Only over source images with plane geometry (``geometry.has_plane_geometry``: a Frame of Reference,
+pixel spacing, orientation and position): a viewer places a SEG's frames by it, and a SEG without it
+puts OHIF into its error page. A flagged mask over any other image gets no SEG; its mask overlay
+Secondary Capture shows the suggestion, and the QA report says so (LQA-0405).
+
+One binary SEG (highdicom) per source series (single-frame images), else per source image (a
+multi-frame image), derived from the same source images as the audited SEG (Derivation Image Sequence,
 Referenced Series Sequence), one segment per class: Segment Label "SUGGESTION <class>", the original
 segment's property category and type (else "Clinical finding" and the class code), algorithm type
 AUTOMATIC with the labelqa bundle as algorithm. Content Label "SUGGESTION", Content Description and
@@ -12,6 +16,7 @@ Series Description say it is a suggestion, not for diagnosis; series number 9905
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -20,17 +25,24 @@ from pydicom.dataset import Dataset
 
 from dicom_io.results.uids import derived_uid
 
+log = logging.getLogger("dicom_io.results")
+
 if TYPE_CHECKING:
     from dicom_io.results.records import AlgorithmInfo, AuditedMask
 
 __all__ = [
     "SERIES_DESCRIPTION", "CONTENT_LABEL", "CONTENT_DESCRIPTION", "suggestion_segment_label", "n_frames",
-    "complete_seg_header", "suggested_segs", "pixels_on_source_frames", "read_suggestion",
+    "complete_seg_header", "NO_GEOMETRY_NOTE", "suggested_segs", "pixels_on_source_frames", "read_suggestion",
 ]
 
 SERIES_DESCRIPTION = "labelqa SUGGESTED mask corrections (not for diagnosis)"
 CONTENT_LABEL = "SUGGESTION"
 CONTENT_DESCRIPTION = "SUGGESTION - NOT FOR DIAGNOSIS: labelqa model consensus"
+
+
+NO_GEOMETRY_NOTE = ("no suggestion SEG: the source image has no plane geometry (Frame of Reference, position, "
+                    "orientation, pixel spacing); the mask overlay image shows the suggested mask")
+"""What the QA report says about a flagged mask whose source cannot carry a SEG."""
 
 
 def suggestion_segment_label(class_name: str) -> str:
@@ -88,17 +100,22 @@ def suggested_segs(
     series_number: int,
     manufacturer: str,
 ) -> tuple[list[Dataset], dict[int, tuple[Dataset, int]]]:
-    """The suggestion SEGs for ``masks`` (those with a consensus) and, per index into ``masks``, the SEG
-    and segment number holding its consensus. Raises ValueError when a consensus is not on its
-    source frame's grid."""
+    """The suggestion SEGs for ``masks`` (those with a consensus, over a source with plane geometry) and, per
+    index into ``masks``, the SEG and segment number holding its consensus. Raises ValueError when a
+    consensus is not on its source frame's grid."""
     import highdicom as hd
     from pydicom.sr.codedict import codes as dcm
+
+    from dicom_io.results.geometry import has_plane_geometry
 
     groups: dict[str, list[int]] = {}
     for i, m in enumerate(masks):
         if m.consensus is None:
             continue
         src = sources[m.image_uid]
+        if not has_plane_geometry(src):
+            log.info("no suggestion SEG for %s: the image has no plane geometry", m.image_uid)
+            continue
         if m.consensus.shape != (int(src.Rows), int(src.Columns)):
             raise ValueError(f"consensus mask {m.consensus.shape} of image {m.image_uid} is not on its grid "
                              f"{(int(src.Rows), int(src.Columns))}")

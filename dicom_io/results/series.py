@@ -24,8 +24,10 @@ __all__ = [
     "SUGGESTION_SEG_SERIES_NUMBER",
     "OVERLAY_SERIES_NUMBER",
     "REVIEWED_LABEL_SERIES_NUMBER",
+    "DRAWN_SR_SERIES_NUMBER",
     "RESERVED_SERIES_NUMBERS",
     "OWN_SERIES_NUMBERS",
+    "found_text",
     "is_own_output",
     "is_own_output_dataset",
 ]
@@ -41,6 +43,9 @@ SUGGESTION_SEG_SERIES_NUMBER = 9905
 OVERLAY_SERIES_NUMBER = 9906
 REVIEWED_LABEL_SERIES_NUMBER = 9907
 """Annotations corrected by a reviewer (superseding SR / SEG written by the review workbench)."""
+
+DRAWN_SR_SERIES_NUMBER = 9908
+"""The flags drawn on their source images (a TID 1500 report that viewers such as OHIF draw)."""
 
 RESERVED_SERIES_NUMBERS = range(9901, 9910)
 """The reserved block of labelqa's series numbers (9901-9909)."""
@@ -62,3 +67,18 @@ def is_own_output(manufacturer: Any, series_number: Any) -> bool:
 def is_own_output_dataset(ds: Any) -> bool:
     """:func:`is_own_output` on a pydicom dataset (header only is enough)."""
     return is_own_output(ds.get("Manufacturer", ""), ds.get("SeriesNumber"))
+
+
+def found_text(n_label_errors: int, n_mask_errors: int = 0, n_hard: int = 0) -> str:
+    """What an audit found, in a few words for a series description: "2 suspected errors",
+    "1 suspected label error, 1 suspected mask error", "no suspected errors, 3 hard cases"."""
+    def n(k: int, word: str) -> str:
+        return f"{k} {word}" + ("" if k == 1 else "s")
+
+    if n_label_errors and n_mask_errors:
+        found = f"{n(n_label_errors, 'suspected label error')}, {n(n_mask_errors, 'suspected mask error')}"
+    elif n_label_errors or n_mask_errors:
+        found = n(n_label_errors + n_mask_errors, "suspected error")
+    else:
+        found = "no suspected errors"
+    return found + (f", {n(n_hard, 'hard case')}" if n_hard else "")

@@ -10,8 +10,9 @@ annotation:
   reference to the annotation SR (TID 1501 is extensible).
 
 Each group carries a tracking identifier + UID, the verdict as ``Finding`` (99LABELQA), the given and
-consensus labels as qualitative evaluations, the scores as TID 300 measurements (UCUM "1") and the
-algorithm identification (TID 4019: name, version, bundle hash, thresholds). The saliency agreement
+consensus labels as qualitative evaluations, the scores as TID 300 measurements (UCUM "{score}", counts
+"{count}") and the algorithm identification (TID 4019: name and version; the bundle hash and thresholds
+once, in the summary group). The saliency agreement
 measurement names the heatmap Secondary Capture as its ``Source of Measurement``.
 
 Audited masks (``AuditedMask``) get one TID 1411 group each: ``ReferencedSegment`` = the SEG and its
@@ -24,7 +25,9 @@ disagreement regions (the Dice names the overlay SC as its ``Source of Measureme
 per region, and a COMPOSITE reference to the suggested-correction SEG.
 
 One more TID 1501 group summarises the study: counts per verdict (with the suspected mask error
-count whenever masks were audited) and each systematic-disagreement (cohort) finding once.
+count whenever masks were audited), each systematic-disagreement (cohort) finding once, the
+algorithm's parameters and a COMPOSITE reference to the SR that draws the flags (``roi_sr``).
+Every container is SEPARATE, so text views print each value with its concept name.
 """
 
 from __future__ import annotations
@@ -36,28 +39,46 @@ from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
 from dicom_io import codes
+from dicom_io.results.geometry import library_header
 
 if TYPE_CHECKING:
     from dicom_io.results.records import AlgorithmInfo, AuditedAnnotation, AuditedMask
 
 __all__ = [
-    "SERIES_DESCRIPTION", "algorithm_identification", "measurement_group", "region_text", "mask_group",
-    "summary_group", "qa_report_sr", "read_report",
+    "SERIES_DESCRIPTION", "algorithm_identification", "separate_containers", "measurement_group", "region_text",
+    "mask_group", "summary_group", "qa_report_sr", "read_report",
 ]
 
 SERIES_DESCRIPTION = "labelqa annotation QA report"
 
 
-def algorithm_identification(algorithm: AlgorithmInfo):  # -> highdicom.sr.AlgorithmIdentification
-    """TID 4019 for the bundle: name, version, and parameters 'key=value' (bundle hash first)."""
+def algorithm_identification(algorithm: AlgorithmInfo, *, parameters: bool = True):
+    """TID 4019 for the bundle: name, version and, with ``parameters``, 'key=value' items (bundle hash first).
+
+    The QA report states the parameters once, in its study summary group; every other group names the
+    algorithm and its version only (so a text view is not filled with the same thresholds again and again).
+    """
     import highdicom as hd
 
-    params = [f"bundle_hash={algorithm.bundle_hash}"]
-    params += [f"{k}={v}" for k, v in sorted(algorithm.parameters.items())]
+    params = None
+    if parameters:
+        params = [f"bundle_hash={algorithm.bundle_hash}"]
+        params += [f"{k}={v}" for k, v in sorted(algorithm.parameters.items())]
     return hd.sr.AlgorithmIdentification(name=algorithm.name, version=algorithm.version, parameters=params)
 
 
-def _measurement(name, value: float, referenced_images=None, unit=codes.UNIT_ONE):
+def separate_containers(item: Dataset) -> Dataset:
+    """Set Continuity Of Content SEPARATE on ``item`` and every CONTAINER below it (highdicom's default is
+    CONTINUOUS, and text views such as OHIF's and dcmtk ``dsr2html`` then print a CONTINUOUS container's
+    values as one run of words without their concept names). Returns ``item``."""
+    if item.get("ValueType") == "CONTAINER":
+        item.ContinuityOfContent = "SEPARATE"
+    for child in item.get("ContentSequence") or []:
+        separate_containers(child)
+    return item
+
+
+def _measurement(name, value: float, referenced_images=None, unit=codes.UNIT_SCORE):
     import highdicom as hd
 
     return hd.sr.Measurement(
@@ -99,8 +120,8 @@ def measurement_group(
     measurements += [
         _measurement(codes.P_GIVEN_LABEL, item.p_given),
         _measurement(codes.REANNOTATION_PRIORITY, item.priority),
-        _measurement(codes.N_MEMBERS_DISAGREEING, item.n_disagree),
-        _measurement(codes.N_MEMBERS, item.n_members),
+        _measurement(codes.N_MEMBERS_DISAGREEING, item.n_disagree, unit=codes.UNIT_COUNT),
+        _measurement(codes.N_MEMBERS, item.n_members, unit=codes.UNIT_COUNT),
     ]
     if item.consensus_prob is not None:
         measurements.append(_measurement(codes.CONSENSUS_PROBABILITY, item.consensus_prob))
@@ -161,8 +182,11 @@ def mask_group(
     tracking_uid: str,
     tracking_id: str,
     algorithm_id,
+    suggestion_note: str | None = None,
 ):
-    """The measurement group of one audited mask (TID 1411 on its SEG segment, else TID 1501)."""
+    """The measurement group of one audited mask (TID 1411 on its SEG segment, else TID 1501).
+
+    ``suggestion_note``: why a flagged mask has no suggestion SEG (a TEXT item LQA-0405)."""
     import math
 
     import highdicom as hd
@@ -183,7 +207,7 @@ def mask_group(
     measurements.append(_measurement(codes.REANNOTATION_PRIORITY, item.priority, overlay_ref))
     if item.score is not None and math.isfinite(item.score):
         measurements.append(_measurement(codes.MASK_ERROR_SCORE, item.score))
-    measurements.append(_measurement(codes.N_DISAGREEMENT_REGIONS, len(item.regions)))
+    measurements.append(_measurement(codes.N_DISAGREEMENT_REGIONS, len(item.regions), unit=codes.UNIT_COUNT))
     areas = [float(r["area_mm2"]) for r in item.regions if r.get("area_mm2") is not None]
     if item.regions and len(areas) == len(item.regions):
         measurements.append(_measurement(codes.DISAGREEMENT_AREA, sum(areas), unit=codes.UNIT_MM2))
@@ -217,12 +241,17 @@ def mask_group(
             relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
     if suggestion is not None:
         group[0].ContentSequence.append(_composite(codes.SUGGESTED_CORRECTION, suggestion[0]))
+    elif suggestion_note:
+        group[0].ContentSequence.append(hd.sr.TextContentItem(
+            name=codes.SUGGESTION_NOT_AS_SEG, value=suggestion_note[:1024],
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
     return group
 
 
 def summary_group(audited: Sequence[AuditedAnnotation], cohort_findings: Sequence[str], tracking_uid: str,
-                  algorithm_id, masks: Sequence[AuditedMask] = ()):
-    """TID 1501 group for the whole study: counts per verdict and the cohort findings, stated once."""
+                  algorithm_id, masks: Sequence[AuditedMask] = (), drawn: Dataset | None = None):
+    """TID 1501 group for the whole study: counts per verdict, the cohort findings, the algorithm with its
+    parameters and the SR that draws the flags (``drawn``, a COMPOSITE LQA-0404), each stated once."""
     import highdicom as hd
 
     counts = {v: 0 for v in codes.VERDICT_CODES}
@@ -236,7 +265,7 @@ def summary_group(audited: Sequence[AuditedAnnotation], cohort_findings: Sequenc
         tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid, identifier="labelqa study summary"),
         finding_type=codes.AUDIT_SUMMARY,
         algorithm_id=algorithm_id,
-        measurements=[_measurement(codes.VERDICT_COUNT_CODES[v], n) for v, n in counts.items()],
+        measurements=[_measurement(codes.VERDICT_COUNT_CODES[v], n, unit=codes.UNIT_COUNT) for v, n in counts.items()],
     )
     for text in cohort_findings:
         group[0].ContentSequence.append(
@@ -246,46 +275,9 @@ def summary_group(audited: Sequence[AuditedAnnotation], cohort_findings: Sequenc
                 relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
             )
         )
+    if drawn is not None:
+        group[0].ContentSequence.append(_composite(codes.FLAGS_DRAWN, drawn))
     return group
-
-
-_GEOMETRY = (
-    ("PixelMeasuresSequence", "PixelSpacing"),
-    ("PixelMeasuresSequence", "SliceThickness"),
-    ("PlaneOrientationSequence", "ImageOrientationPatient"),
-    ("PlanePositionSequence", "ImagePositionPatient"),
-)
-
-
-def _library_header(ds: Dataset) -> Dataset | None:
-    """The header highdicom's Image Library entry needs: an enhanced multi-frame image keeps its geometry
-    in functional groups, so copy it (from the shared groups, else the first frame's) to the top level.
-    None when a cross-sectional image has no geometry at all (it is then left out of the library)."""
-    if "SharedFunctionalGroupsSequence" not in ds and "PerFrameFunctionalGroupsSequence" not in ds:
-        return ds if _has_geometry(ds) else None
-    out = Dataset()
-    skip = {"PixelData", "FloatPixelData", "DoubleFloatPixelData", "PerFrameFunctionalGroupsSequence",
-            "SharedFunctionalGroupsSequence"}
-    for elem in ds:
-        if elem.keyword not in skip:
-            out.add(elem)
-    groups = [g for key in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence")
-              for g in (ds.get(key) or [])[:1]]
-    for seq, attr in _GEOMETRY:
-        if attr in out:
-            continue
-        for g in groups:
-            items = g.get(seq)
-            if items and attr in items[0]:
-                setattr(out, attr, items[0][attr].value)
-                break
-    return out if _has_geometry(out) else None
-
-
-def _has_geometry(ds: Dataset) -> bool:
-    if str(ds.get("Modality", "")) not in ("CT", "MR", "PT"):
-        return True
-    return all(a in ds for a in ("PixelSpacing", "ImageOrientationPatient", "ImagePositionPatient"))
 
 
 def qa_report_sr(
@@ -307,15 +299,20 @@ def qa_report_sr(
     mask_tracking_uids: Sequence[str] = (),
     overlays: dict[int, Dataset] | None = None,
     suggestions: dict[int, tuple[Dataset, int]] | None = None,
+    suggestion_notes: dict[int, str] | None = None,
+    drawn: Dataset | None = None,
+    series_description: str = SERIES_DESCRIPTION,
 ) -> Dataset:
-    """The Comprehensive 3D SR (TID 1500) for one study's audited annotations (and masks: ``overlays`` and
-    ``suggestions`` by index into ``masks``)."""
+    """The Comprehensive 3D SR (TID 1500) for one study's audited annotations (and masks: ``overlays``,
+    ``suggestions`` and ``suggestion_notes`` by index into ``masks``); ``drawn``: the SR that draws the
+    flags, referenced from the summary group. Every container is SEPARATE (:func:`separate_containers`)."""
     import highdicom as hd
     from pydicom.sr.codedict import codes as dcm
 
     overlays = overlays or {}
     suggestions = suggestions or {}
-    algorithm_id = algorithm_identification(algorithm)
+    suggestion_notes = suggestion_notes or {}
+    algorithm_id = algorithm_identification(algorithm, parameters=False)
     groups = []
     for i, item in enumerate(audited):
         groups.append(
@@ -340,16 +337,18 @@ def qa_report_sr(
                 mask_tracking_uids[i],
                 f"mask {i + 1}",
                 algorithm_id,
+                suggestion_notes.get(i),
             )
         )
-    groups.append(summary_group(audited, cohort_findings, summary_uid, algorithm_id, masks))
+    groups.append(summary_group(audited, cohort_findings, summary_uid, algorithm_identification(algorithm), masks,
+                                drawn))
     observer = hd.sr.ObserverContext(
         observer_type=dcm.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
             uid=device_uid, name=algorithm.name, manufacturer_name=manufacturer, model_name=algorithm.version
         ),
     )
-    library_images = [h for h in (_library_header(ds) for ds in sources.values()) if h is not None]
+    library_images = [h for h in (library_header(ds) for ds in sources.values()) if h is not None]
     library_images += list(heatmaps.values()) + list(overlays.values())
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
@@ -360,17 +359,17 @@ def qa_report_sr(
     )
     suggestion_segs = list({ds.SOPInstanceUID: ds for ds, _ in suggestions.values()}.values())
     evidence = (list(sources.values()) + list(heatmaps.values()) + list(overlays.values())
-                + list(annotations.values()) + suggestion_segs)
+                + list(annotations.values()) + suggestion_segs + ([drawn] if drawn is not None else []))
     sr = hd.sr.Comprehensive3DSR(
         evidence=evidence,
-        content=report[0],
+        content=separate_containers(report[0]),
         series_instance_uid=series_instance_uid,
         series_number=series_number,
         sop_instance_uid=sop_instance_uid,
         instance_number=1,
         manufacturer=manufacturer,
         is_complete=True,
-        series_description=SERIES_DESCRIPTION,
+        series_description=series_description[:64],
     )
     return sr
 

@@ -20,8 +20,11 @@ from pydicom import uid
 from pydicom.dataset import Dataset
 
 from dicom_io import codes
+from dicom_io.results.geometry import has_plane_geometry
 from dicom_io.results.records import AlgorithmInfo, AuditedAnnotation, AuditedMask
+from dicom_io.results.seg_out import NO_GEOMETRY_NOTE
 from dicom_io.results.series import (
+    DRAWN_SR_SERIES_NUMBER,
     HEATMAP_SERIES_NUMBER,
     KOS_SERIES_NUMBER,
     MANUFACTURER,
@@ -29,6 +32,7 @@ from dicom_io.results.series import (
     PMAP_SERIES_NUMBER,
     SR_SERIES_NUMBER,
     SUGGESTION_SEG_SERIES_NUMBER,
+    found_text,
 )
 from dicom_io.results.uids import derived_uid, digest
 
@@ -56,17 +60,20 @@ class ResultSet(list[Dataset]):
 
     ``heatmaps``: index into ``audited`` -> heatmap SC UID; ``overlays``: index into ``masks`` -> overlay
     SC UID; ``suggestions``: index into ``masks`` -> (suggestion SEG UID, segment number);
-    ``report_uid`` / ``kos_uid``: the QA report SR and the Quality Issue KOS (None when nothing is
-    flagged). The review keeps these: nothing parses the report to learn them again.
+    ``report_uid`` / ``kos_uid`` / ``drawn_uid``: the QA report SR, the Quality Issue KOS and the SR that
+    draws the flags (None when there is none). The review keeps these: nothing parses the report to
+    learn them again.
     """
 
     def __init__(self, datasets: Sequence[Dataset] = (), *, report_uid: str | None = None,
-                 kos_uid: str | None = None, heatmaps: Mapping[int, str] | None = None,
+                 kos_uid: str | None = None, drawn_uid: str | None = None,
+                 heatmaps: Mapping[int, str] | None = None,
                  overlays: Mapping[int, str] | None = None,
                  suggestions: Mapping[int, tuple[str, int]] | None = None) -> None:
         super().__init__(datasets)
         self.report_uid = report_uid
         self.kos_uid = kos_uid
+        self.drawn_uid = drawn_uid
         self.heatmaps: dict[int, str] = dict(heatmaps or {})
         self.overlays: dict[int, str] = dict(overlays or {})
         self.suggestions: dict[int, tuple[str, int]] = dict(suggestions or {})
@@ -86,7 +93,9 @@ def write_results(
     masks: Sequence[AuditedMask] = (),
 ) -> ResultSet:
     """The result objects of one study: heatmap SCs, mask overlay SCs, suggested-correction SEGs, then the
-    KOS (if anything is flagged), then the SR; with which object belongs to which record (:class:`ResultSet`).
+    KOS (if anything is flagged), then the QA report SR, then (when a flag has a shape) the SR that draws
+    the flags on their source images (``roi_sr``; the QA report references it, the KOS selects it); with
+    which object belongs to which record (:class:`ResultSet`).
 
     ``masks``: audited masks (``audited`` may then be empty). Each flagged one (suspected mask error)
     gets an overlay SC (given outline, consensus outline, disagreement in colour) when its given and
@@ -124,6 +133,10 @@ def write_results(
         *([[m.key() for m in masks]] if masks else []),
     )  # parametric_maps is left out on purpose: adding maps keeps the SR/SC/KOS UIDs
     heat_series = derived_uid(run_key, "series", "heatmap")
+    found = found_text(sum(a.verdict in codes.FLAGGED_VERDICTS for a in audited), sum(m.flagged for m in masks),
+                       sum(x.verdict == "hard_case" for x in every))
+    heat_description = ("labelqa heatmaps (NOT FOR DIAGNOSIS): "
+                        + found_text(sum(a.verdict in codes.FLAGGED_VERDICTS for a in audited)))
     heatmaps: dict[int, Dataset] = {}
     flagged_sources: list[Dataset] = []
     for i, a in enumerate(audited):
@@ -144,6 +157,7 @@ def write_results(
             sop_instance_uid=derived_uid(run_key, "heatmap", i),
             instance_number=len(heatmaps) + 1,
             manufacturer=manufacturer,
+            series_description=heat_description,
         )
     out: list[Dataset] = list(heatmaps.values())
     if member_panels:
@@ -157,6 +171,7 @@ def write_results(
                 series_instance_uid=heat_series, series_number=HEATMAP_SERIES_NUMBER,
                 sop_instance_uid=derived_uid(run_key, "members", i, digest(*members.values())),
                 instance_number=1000 + i, manufacturer=manufacturer, members=members,
+                series_description=heat_description,
             ))
     if parametric_maps:
         from dicom_io.results.pmap import saliency_map
@@ -172,9 +187,14 @@ def write_results(
             )
             if pm is not None:
                 out.append(pm)
+    givens: dict[int, np.ndarray] = {}
     overlays, suggestions, suggestion_segs = _mask_objects(
-        source_images, annotation_datasets, masks, algorithm, run_key, manufacturer)
+        source_images, annotation_datasets, masks, algorithm, run_key, manufacturer, givens)
     out += list(overlays.values()) + suggestion_segs
+    suggestion_notes = {i: NO_GEOMETRY_NOTE for i, m in enumerate(masks)
+                        if m.flagged and m.consensus is not None and i not in suggestions
+                        and not has_plane_geometry(source_images[m.image_uid])}
+    drawn = _drawn_flags(source_images, audited, masks, givens, algorithm, run_key, manufacturer, found)
     flagged_frames: dict[str, list[int]] = {}
     for a in audited:
         if a.verdict in codes.FLAGGED_VERDICTS and a.frame is not None:
@@ -194,10 +214,14 @@ def write_results(
         if flagged_masks:
             description = (f"labelqa: {n} image(s) with suspected annotation errors ({len(flagged_masks)} "
                            "suspected mask error(s)), their heatmaps, mask overlays and suggested corrections")
+        if drawn is not None:
+            description += "; the flags drawn on the images"
         out.append(
             quality_issue_kos(
-                flagged_sources + flagged_heatmaps + list(overlays.values()) + suggestion_segs,
+                flagged_sources + flagged_heatmaps + list(overlays.values()) + suggestion_segs
+                + ([drawn] if drawn is not None else []),
                 description=description,
+                series_description=f"labelqa quality issues: {found}",
                 series_instance_uid=derived_uid(run_key, "series", "kos"),
                 series_number=KOS_SERIES_NUMBER,
                 sop_instance_uid=kos_uid,
@@ -226,11 +250,19 @@ def write_results(
             mask_tracking_uids=[derived_uid(run_key, "tracking", "mask", i) for i in range(len(masks))],
             overlays=overlays,
             suggestions=suggestions,
+            suggestion_notes=suggestion_notes,
+            drawn=drawn,
+            series_description=f"labelqa QA: {found}",
         )
     )
-    log.info("results for study %s: %d heatmap(s), %d mask overlay(s), %d suggested SEG(s), %s KOS, 1 SR",
-             study_uid, len(heatmaps), len(overlays), len(suggestion_segs), "1" if flagged_sources else "no")
-    return ResultSet(out, report_uid=str(out[-1].SOPInstanceUID), kos_uid=kos_uid,
+    report_uid = str(out[-1].SOPInstanceUID)
+    if drawn is not None:
+        out.append(drawn)
+    log.info("results for study %s: %d heatmap(s), %d mask overlay(s), %d suggested SEG(s), %s KOS, 1 SR, %s drawn SR",
+             study_uid, len(heatmaps), len(overlays), len(suggestion_segs), "1" if flagged_sources else "no",
+             "1" if drawn is not None else "no")
+    return ResultSet(out, report_uid=report_uid, kos_uid=kos_uid,
+                     drawn_uid=None if drawn is None else str(drawn.SOPInstanceUID),
                      heatmaps={i: str(ds.SOPInstanceUID) for i, ds in heatmaps.items()},
                      overlays={i: str(ds.SOPInstanceUID) for i, ds in overlays.items()},
                      suggestions={i: (str(seg.SOPInstanceUID), int(n)) for i, (seg, n) in suggestions.items()})
@@ -262,13 +294,16 @@ def _mask_objects(
     algorithm: AlgorithmInfo,
     run_key: str,
     manufacturer: str,
+    givens: dict[int, np.ndarray],
 ) -> tuple[dict[int, Dataset], dict[int, tuple[Dataset, int]], list[Dataset]]:
-    """Overlay SCs (by mask index), suggestion (SEG, segment number) by mask index, and the suggestion SEGs."""
+    """Overlay SCs (by mask index), suggestion (SEG, segment number) by mask index, and the suggestion SEGs;
+    ``givens`` receives the given mask of each flagged mask on its source grid (by mask index)."""
     from dicom_io.results.overlay import mask_overlay_sc
     from dicom_io.results.seg_out import suggested_segs
 
     flagged = [i for i, m in enumerate(masks) if m.flagged]
     overlays: dict[int, Dataset] = {}
+    overlay_description = f"labelqa mask overlays (NOT FOR DIAGNOSIS): {found_text(0, len(flagged))}"
     series = derived_uid(run_key, "series", "overlay")
     for i in flagged:
         m = masks[i]
@@ -280,13 +315,14 @@ def _mask_objects(
         if given is None or given.shape != shape or m.consensus.shape != shape:
             log.warning("no overlay for mask %d of %s: masks not on the source grid %s", i, m.annotation_uid, shape)
             continue
+        givens[i] = given
         dice = "" if m.dice is None else f", Dice {m.dice:.2f}"
         caption = f"{m.class_name}: {(m.kind or m.verdict).replace('_', ' ')}{dice}"
         overlays[i] = mask_overlay_sc(
             src, m.frame, given, m.consensus, caption=caption[:80], regions=m.regions,
             series_instance_uid=series, series_number=OVERLAY_SERIES_NUMBER,
             sop_instance_uid=derived_uid(run_key, "overlay", i), instance_number=len(overlays) + 1,
-            manufacturer=manufacturer,
+            manufacturer=manufacturer, series_description=overlay_description,
         )
     segs, where = suggested_segs(
         sources, annotations, [masks[i] for i in flagged], algorithm=algorithm, run_key=run_key,
@@ -296,13 +332,50 @@ def _mask_objects(
     return overlays, suggestions, segs
 
 
+def _drawn_flags(
+    sources: Mapping[str, Dataset],
+    audited: Sequence[AuditedAnnotation],
+    masks: Sequence[AuditedMask],
+    givens: Mapping[int, np.ndarray],
+    algorithm: AlgorithmInfo,
+    run_key: str,
+    manufacturer: str,
+    found: str,
+) -> Dataset | None:
+    """The SR drawing every flag that has a shape (``roi_sr``), or None when none has."""
+    from dicom_io.results.roi_sr import DrawnFlag, drawn_flags_sr, label_flag, mask_flag
+
+    flags: list[DrawnFlag] = []
+    for i, a in enumerate(audited):
+        if a.verdict in codes.FLAGGED_VERDICTS:
+            f = label_flag(a, sources[a.image_uid], tracking_uid=derived_uid(run_key, "drawn", i),
+                           number=len(flags) + 1)
+            flags += [f] if f is not None else []
+    for i, m in enumerate(masks):
+        if m.flagged:
+            f = mask_flag(m, sources[m.image_uid], givens.get(i), tracking_uid=derived_uid(run_key, "drawn", "mask", i),
+                          number=len(flags) + 1)
+            flags += [f] if f is not None else []
+    if not flags:
+        return None
+    return drawn_flags_sr(
+        flags, algorithm=algorithm, series_instance_uid=derived_uid(run_key, "series", "drawn"),
+        series_number=DRAWN_SR_SERIES_NUMBER, sop_instance_uid=derived_uid(run_key, "drawn"),
+        device_uid=derived_uid("labelqa-device", algorithm.name, algorithm.bundle_hash), manufacturer=manufacturer,
+        series_description=f"labelqa flags on the images: {found}",
+    )
+
+
 _KINDS: dict[str, str] = {
     uid.SecondaryCaptureImageStorage: "SC", uid.ParametricMapStorage: "PM", uid.SegmentationStorage: "SEG",
 }
 
 
 def file_kind(ds: Dataset) -> str:
-    """Short file-name prefix of a result object: SR, KO, SC, PM or SEG (else its Modality)."""
+    """Short file-name prefix of a result object: SR (QA report), ROI (the SR drawing the flags), KO, SC, PM or
+    SEG (else its Modality)."""
+    if str(ds.get("Modality", "")) == "SR" and ds.get("SeriesNumber") == DRAWN_SR_SERIES_NUMBER:
+        return "ROI"
     return _KINDS.get(str(ds.SOPClassUID), str(ds.get("Modality", "XX")))
 
 
@@ -310,10 +383,10 @@ def save_results(datasets: Sequence[Dataset], out_dir: Path) -> list[Path]:
     """Write result datasets as DICOM files ``<kind>_<SOPInstanceUID>.dcm`` into ``out_dir``: the one way
     labelqa saves what it writes (audits, the service, reviews).
 
-    kind: SR (QA report), KO (Quality Issue KOS), SC (heatmap or mask overlay Secondary Capture), PM
-    (Parametric Map), SEG (suggested-correction or corrected segmentation). Each file appears whole
-    (written beside, then renamed); a file already there is kept, since result UIDs are deterministic
-    (the same UID means the same object).
+    kind: SR (QA report), ROI (the flags drawn on the images, an SR), KO (Quality Issue KOS), SC (heatmap or
+    mask overlay Secondary Capture), PM (Parametric Map), SEG (suggested-correction or corrected segmentation).
+    Each file appears whole (written beside, then renamed); a file already there is kept, since result UIDs
+    are deterministic (the same UID means the same object).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,8 @@ def demo(
     seed: int = typer.Option(0, "--seed", help="Seed of the data, the flips and the training."),
     device: str = typer.Option("auto", "--device", help="torch device: auto (cuda if present), cpu, cuda."),
     orthanc: bool = typer.Option(False, "--orthanc", help="Route through a local Orthanc (Debian package)."),
+    viewer: bool = typer.Option(False, "--viewer", help="With --orthanc: serve OHIF on 127.0.0.1 over Orthanc's "
+                                "DICOMweb, print a URL that opens a flagged study, and keep running."),
     sender: str = typer.Option("auto", "--sender", help="C-STORE client: auto, storescu, pynetdicom."),
     timeout: float = typer.Option(900.0, "--timeout", help="Give up waiting for results after this many seconds."),
     keep_running: bool = typer.Option(False, "--keep-running", help="Keep the service (and Orthanc) up at the end."),
@@ -51,11 +53,15 @@ def demo(
     if ray_address and executor != "ray":
         typer.echo("error: --ray-address needs --executor ray", err=True)
         raise typer.Exit(2)
+    if viewer and not orthanc:
+        typer.echo("error: --viewer shows the results in OHIF over Orthanc's DICOMweb: add --orthanc", err=True)
+        raise typer.Exit(2)
     try:
         cfg = demo_config(data_dir=data_dir, studies=studies, train_images=train_images, image_size=image_size,
                           classes=classes, noise_rate=noise_rate, epochs=epochs, archs=archs, seed=seed,
                           device=device, orthanc=orthanc, sender=sender, timeout_s=timeout, keep_running=keep_running,
-                          database_url=database_url, executor=executor, ray_address=ray_address, task=task)
+                          database_url=database_url, executor=executor, ray_address=ray_address, task=task,
+                          viewer=viewer)
     except DemoError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
@@ -72,7 +78,7 @@ def demo(
         raise typer.Exit(1) from None
     if as_json:
         typer.echo(report_json(report))
-    elif not keep_running:
+    elif not (keep_running or viewer):
         typer.echo(render_text(report))
 
 

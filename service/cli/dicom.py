@@ -25,7 +25,8 @@ def dicomize_cmd(
     out: Path = typer.Argument(..., help="Output folder: one sub-folder per study, manifest.csv, vocabulary.toml."),
     vocabulary: Path | None = typer.Option(None, "--vocabulary", help="Vocabulary (TOML/JSON); default: derived."),
     seg: bool = typer.Option(False, "--seg", help="Write each label as a SEG (mask: given, else whole image)."),
-    image_kind: str = typer.Option("sc", "--image-kind", help="sc (Secondary Capture), dx (DX X-ray) or mr (MR)."),
+    image_kind: str | None = typer.Option(None, "--image-kind", help="sc (Secondary Capture), dx (DX X-ray) or mr "
+                                          "(MR, with plane geometry). Default: mr with SEG annotations, else sc."),
     modality: str = typer.Option("OT", "--modality", help="Modality of Secondary Capture images (OT, DX, MR...)."),
     body_part: str = typer.Option("CHEST", "--body-part", help="Body Part Examined of the images."),
     noise_rate: float = typer.Option(0.0, "--noise-rate", help="Fraction of labels to flip (of masks to corrupt, "
@@ -72,7 +73,7 @@ def dicomize_cmd(
             out,
             vocabulary=vocab,
             modality=modality.upper(),
-            image_kind=image_kind.lower(),
+            image_kind=image_kind.lower() if image_kind else None,
             body_part=body_part.upper(),
             seg=seg,
             noise_rate=noise_rate,

@@ -48,6 +48,7 @@ class DemoConfig:
     executor: str = "inprocess"  # inprocess | ray
     ray_address: str | None = None  # HOST:PORT of a Ray head; None with executor "ray": a local Ray
     task: str = "labels"  # labels (SR class labels) | segmentation (SEG masks)
+    viewer: bool = False  # with orthanc: serve OHIF over its DICOMweb and keep running
 
     def bundle_key(self) -> str:
         """Cache key of the trained bundle: everything that changes it."""

@@ -33,7 +33,7 @@ def dicomize(
     *,
     vocabulary: Vocabulary | None = None,
     modality: str = "OT",
-    image_kind: str = "sc",
+    image_kind: str | None = None,
     body_part: str = "CHEST",
     seg: bool = False,
     noise_rate: float = 0.0,
@@ -49,6 +49,7 @@ def dicomize(
     ----------
     dataset, out : the data set, and the folder that receives one sub-folder per study + manifest.csv.
     vocabulary : class codes; default: derived from the class names (written to ``out/vocabulary.toml``).
+    image_kind : sc, dx or mr; default mr with ``seg`` (a SEG needs images with plane geometry), else sc.
     seg : write each label as a binary SEG (the item's mask, else the whole image) instead of an SR.
     noise_rate, seed : flip exactly round(rate * N) written labels to another vocabulary class
         (``models.corruption.corrupt_labels``, uniform), recorded in the manifest.

@@ -58,7 +58,8 @@ def make_demo_data(cfg: DemoConfig, work: Path) -> DemoData:
     studies_dir = work / "studies"
     if studies_dir.exists():
         shutil.rmtree(studies_dir)
-    res = dicomize(audit_npz, studies_dir, noise_rate=cfg.noise_rate, seed=cfg.seed, modality="OT")
+    # MR images (plane geometry): the drawn flags land where a viewer puts them
+    res = dicomize(audit_npz, studies_dir, noise_rate=cfg.noise_rate, seed=cfg.seed, modality="OT", image_kind="mr")
     with open(res.manifest, newline="") as f:
         manifest = list(csv.DictReader(f))
     vocab = res.vocabulary or studies_dir / "vocabulary.toml"

@@ -36,7 +36,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -190,6 +191,24 @@ class NetNamespace(Network):
 
     def cmd(self, argv: Sequence[str]) -> list[str]:
         return ["nsenter", f"--net=/proc/{self.pid}/ns/net", "--", *map(str, argv)]
+
+    @contextmanager
+    def joined(self) -> Iterator[None]:
+        """Run the calling thread (and every thread and process it starts meanwhile) in this namespace;
+        back home at the end. Raises OSError when ``setns`` is refused."""
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        there = os.open(f"/proc/{self.pid}/ns/net", os.O_RDONLY)
+        try:
+            if libc.setns(there, 0x40000000) != 0:  # CLONE_NEWNET
+                raise OSError(ctypes.get_errno(), f"setns failed: {os.strerror(ctypes.get_errno())}")
+            yield
+        finally:
+            libc.setns(home, 0x40000000)
+            os.close(home)
+            os.close(there)
 
     def stop(self) -> None:
         _stop(self.holder)

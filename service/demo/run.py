@@ -8,7 +8,8 @@
    predictions); cached under the data dir, keyed by the settings, so the next run starts at once.
 3. Start the service in this process (listener, store, audit workers, outbox, HTTP API) with a
    local DICOM archive as the results' destination, or a local Orthanc (``--orthanc``) that
-   auto-routes the studies to labelqa through ``deploy/orthanc/labelqa-route.lua``.
+   auto-routes the studies to labelqa through ``deploy/orthanc/labelqa-route.lua``; with
+   ``--viewer``, OHIF over that Orthanc's DICOMweb (``service.demo.viewer``) shows a flagged study.
 4. Send the studies with real C-STORE (dcmtk ``storescu`` with TCP_NODELAY, else pynetdicom),
    wait for the audits and their delivery, and report each annotation: given vs consensus label,
    verdict, agreement, and whether its label was planted wrong.
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from dicom_io.results.series import is_own_output
+from models.verdict import FLAGGED
 from service.demo.common import REPO, DemoConfig, DemoData, DemoError, DemoReport, demo_task
 
 if TYPE_CHECKING:
@@ -106,8 +108,9 @@ def orthanc_routing_config(work: Path) -> dict[str, Any]:
 
 
 def demo_orthanc(work: Path, *, http_port: int, dicom_port: int, labelqa_port: int, labelqa_ae: str = "LABELQA",
-                 sender_ae: str = "LABELQADEMO", stable_age_s: int = 2) -> Orthanc:
-    """The demo's Orthanc (not started), on this machine's loopback, routing annotated studies to labelqa."""
+                 sender_ae: str = "LABELQADEMO", stable_age_s: int = 2, dicomweb: bool = False) -> Orthanc:
+    """The demo's Orthanc (not started), on this machine's loopback, routing annotated studies to labelqa
+    (``dicomweb``: with its DICOMweb plugin at ``/dicom-web``, for a web viewer)."""
     from service.demo.peers import HostNetwork, Orthanc
 
     modalities = {
@@ -115,8 +118,11 @@ def demo_orthanc(work: Path, *, http_port: int, dicom_port: int, labelqa_port: i
                     "AllowStore": True},
         "sender": {"AET": sender_ae, "Host": "127.0.0.1", "Port": 104, "AllowEcho": True, "AllowStore": True},
     }
+    config = orthanc_routing_config(work)
+    if dicomweb:
+        config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/"}
     return Orthanc(HostNetwork(), work, dicom_port=dicom_port, http_port=http_port, modalities=modalities,
-                   dicomweb=False, stable_age_s=stable_age_s, config=orthanc_routing_config(work))
+                   dicomweb=dicomweb, stable_age_s=stable_age_s, config=config)
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -152,7 +158,7 @@ def run_demo(cfg: DemoConfig, echo=print) -> DemoReport:
     orthanc: Orthanc | None = None
     if cfg.orthanc:
         orthanc = demo_orthanc(run_dir / "orthanc", http_port=free_port(), dicom_port=free_port(),
-                               labelqa_port=lq_port, stable_age_s=1)
+                               labelqa_port=lq_port, stable_age_s=1, dicomweb=cfg.viewer)
         dest = Destination(name="orthanc", kind="dicom", ae_title=orthanc.aet, host="127.0.0.1",
                            port=orthanc.dicom_port)
     else:
@@ -182,6 +188,9 @@ def run_demo(cfg: DemoConfig, echo=print) -> DemoReport:
     for spec in service_components(settings):
         svc.add(spec)
     audit_service = cast(AuditService, svc.components[0])  # service_components' only component
+    viewer = None
+    if cfg.viewer and orthanc is None:
+        raise DemoError("--viewer shows the results in OHIF over Orthanc's DICOMweb: add --orthanc")
     try:
         if archive is not None:
             archive.start()
@@ -229,9 +238,22 @@ def run_demo(cfg: DemoConfig, echo=print) -> DemoReport:
             report.outputs["outbox"] = outbox.counts()
         report.timings_s["total"] = time.perf_counter() - t_start
         report.outputs["worklist"] = f"http://127.0.0.1:{api_port}/review"
-        if cfg.keep_running:
+        if cfg.viewer and orthanc is not None:
+            from service.demo.viewer import ViewerError, ViewerServer, study_url
+
+            try:
+                viewer = ViewerServer(orthanc.url).start()
+            except ViewerError as e:
+                raise DemoError(str(e)) from None
+            flagged = [r["study_uid"] for r in report.rows if r["verdict"] in FLAGGED] or [
+                r["study_uid"] for r in report.rows]
+            report.outputs["viewer"] = study_url(viewer.url, flagged[0]) if flagged else viewer.url
+        if cfg.keep_running or viewer is not None:
             echo(_render(report))
             echo(f"worklist: http://127.0.0.1:{api_port}/review")
+            if viewer is not None:
+                echo(f"OHIF (a flagged study): {report.outputs['viewer']}")
+                echo(f"OHIF study list: {viewer.url}/")
             if reviewer_token:
                 echo(f"reviewer token: {reviewer_token}")
                 echo("(log in as 'reviewer' with that token; the API takes it as 'Authorization: Bearer <token>')")
@@ -242,6 +264,8 @@ def run_demo(cfg: DemoConfig, echo=print) -> DemoReport:
             except KeyboardInterrupt:
                 pass
     finally:
+        if viewer is not None:
+            viewer.stop()
         svc.stop()
         if orthanc is not None:
             orthanc.stop()
@@ -314,7 +338,12 @@ def _html_reports(report: DemoReport, run_dir: Path) -> None:
         from dicom_io.results.report_html import render_html
     except ImportError:
         render_html = None
-    srs = [o for o in report.outputs.get("result_files", []) if o.get("modality") == "SR"]
+    import pydicom
+
+    from dicom_io.results.series import SR_SERIES_NUMBER
+
+    srs = [o for o in report.outputs.get("result_files", []) if o.get("modality") == "SR"
+           and pydicom.dcmread(o["path"], stop_before_pixels=True).get("SeriesNumber") == SR_SERIES_NUMBER]
     for o in srs:
         if render_html is None:
             break
@@ -391,7 +420,8 @@ def _render(report: DemoReport) -> str:
     if "orthanc" in o:
         a = o["orthanc"]
         lines.append(f"in Orthanc: {a['sr']} SR, {a['sc']} heatmap SC, {a['kos']} KOS; see {a['url']}"
-                     + ("" if report.settings.get("keep_running") else " (run with --keep-running to browse it)"))
+                     + ("" if report.settings.get("keep_running") or report.settings.get("viewer")
+                        else " (run with --keep-running to browse it)"))
     if "html_report" in o:
         lines.append(f"HTML report: {o['html_report']}")
     ex = report.executor

@@ -374,9 +374,9 @@ class ReviewStore:
                 result = json.loads(result_json) if result_json else {}
                 args = (job_id, study_uid, result.get("rows", []), result.get("outputs", []))
                 try:
-                    self.index_audit(*args, audited_at=finished_at or time.time())
+                    self.index_audit(*args, audited_at=finished_at or time.time(), report_uid=result.get("report_uid"))
                 except IntegrityError:  # another process indexed the same rows just now: upsert again
-                    self.index_audit(*args, audited_at=finished_at or time.time())
+                    self.index_audit(*args, audited_at=finished_at or time.time(), report_uid=result.get("report_uid"))
                 n += 1
             top = max([since] + [float(j[3] or 0.0) for j in new_jobs])
             with Session(self.engine) as s, s.begin():
@@ -389,10 +389,12 @@ class ReviewStore:
             return n
 
     def index_audit(self, job_id: int, study_uid: str, rows: Sequence[dict[str, Any]],
-                    outputs: Sequence[dict[str, Any]] = (), *, audited_at: float | None = None) -> int:
+                    outputs: Sequence[dict[str, Any]] = (), *, audited_at: float | None = None,
+                    report_uid: str | None = None) -> int:
         """Upsert the rows of one finished audit of ``study_uid``; returns the number of rows indexed."""
         audited_at = time.time() if audited_at is None else audited_at
-        report = next((o for o in outputs if o.get("modality") == "SR"), None)  # the QA report, as the writer said
+        if report_uid is None:  # an audit recorded before its job named the QA report: its first SR
+            report_uid = next((o["sop_instance_uid"] for o in outputs if o.get("modality") == "SR"), None)
         context = self._image_context([str(r.get("image_uid")) for r in rows if r.get("image_uid")])
         with Session(self.engine) as s, s.begin():
             existing = {(r.annotation_uid, r.segment_number, r.content_path, r.frame_key): r
@@ -436,7 +438,7 @@ class ReviewStore:
                 rec.study_date = ctx.get("study_date")
                 rec.series_uid = ctx.get("series_uid")
                 rec.series_description = ctx.get("series_description")
-                rec.report_uid = report.get("sop_instance_uid") if report else None
+                rec.report_uid = report_uid
                 rec.heatmap_uid = row.get("heatmap_uid")
                 rec.extra_json = json.dumps(extra) if extra else None
                 rec.current = True
@@ -686,7 +688,7 @@ class ReviewStore:
                     raise DecisionError(f"corrected_mask is only for SEG masks; item {item_id} is an SR label")
                 if not json.loads(item.extra_json or "{}").get("suggestion_uid"):
                     raise DecisionError(f"item {item_id} has no suggested mask (labelqa writes one for each "
-                                        "suspected mask error)")
+                                        "suspected mask error over an image with plane geometry)")
                 if not item.segment_number:
                     raise DecisionError(f"the SEG of item {item_id} has no segment of {item.given_label!r}: "
                                         "accepting the suggestion would add a segment, which is not supported")

@@ -172,7 +172,12 @@ def test_given_vocabulary_codes_are_written_and_unknown_labels_refused(tmp_path)
 def test_dicomize_output_passes_dciodvfy_and_round_trips(tmp_path, kind):
     data = _folder(tmp_path / "ds", n=1, split=False)
     dicomize(data, tmp_path / "sr", image_kind=kind, sample=1)
-    dicomize(data, tmp_path / "seg", image_kind=kind, seg=True, sample=1, body_part="LEG")
+    if kind == "mr":
+        dicomize(data, tmp_path / "seg", image_kind=kind, seg=True, sample=1, body_part="LEG")
+    else:  # a SEG only over images with plane geometry: the default kind under SEGs is MR
+        with pytest.raises(DicomizeError, match="plane geometry"):
+            dicomize(data, tmp_path / "bad", image_kind=kind, seg=True, sample=1)
+        dicomize(data, tmp_path / "seg", seg=True, sample=1, body_part="LEG")
     files = sorted((tmp_path / "sr").rglob("*.dcm")) + sorted((tmp_path / "seg").rglob("*.dcm"))
     assert sorted(f.name.split("_")[0] for f in files) == ["IMG", "IMG", "SEG", "SR"]
     for f in files:
@@ -188,6 +193,8 @@ def test_dicomize_output_passes_dciodvfy_and_round_trips(tmp_path, kind):
     sop = {"sc": "1.2.840.10008.5.1.4.1.1.7", "dx": "1.2.840.10008.5.1.4.1.1.1.1", "mr": "1.2.840.10008.5.1.4.1.1.4"}
     img = next((tmp_path / "sr").rglob("IMG_*.dcm"))
     assert pydicom.dcmread(img, stop_before_pixels=True).SOPClassUID == sop[kind]
+    seg_img = pydicom.dcmread(next((tmp_path / "seg").rglob("IMG_*.dcm")), stop_before_pixels=True)
+    assert seg_img.SOPClassUID == sop["mr"] and "FrameOfReferenceUID" in seg_img and "PixelSpacing" in seg_img
 
 
 @pytest.mark.slow

@@ -30,7 +30,7 @@ def _by_modality(paths: list[Path], modality: str) -> list[Path]:
 @requires_dciodvfy
 def test_every_result_object_passes_dciodvfy(written):
     _, paths, _ = written
-    assert {p.name.split("_")[0] for p in paths} == {"SR", "SC", "KO"}
+    assert {p.name.split("_")[0] for p in paths} == {"SR", "ROI", "SC", "KO"}
     for p in paths:
         r = subprocess.run(["dciodvfy", str(p)], capture_output=True, text=True)
         errors = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("Error")]
@@ -77,8 +77,11 @@ def test_sr_has_the_required_tid1500_content(written):
     for g in groups:
         names = {cv for _, cv, _ in _items(g.ContentSequence)}
         assert {"112039", "112040", "121071", "111001", "111003"} <= names  # tracking id/UID, finding, algorithm
-        params = [it.TextValue for vt, cv, it in _items(g.ContentSequence) if cv == "111002"]
-        assert f"bundle_hash={ALGORITHM.bundle_hash}" in params
+    # the algorithm's parameters are stated once, in the study summary (the last group), not in every group
+    params = [[it.TextValue for _, cv, it in _items(g.ContentSequence) if cv == "111002"] for g in groups]
+    assert params[:-1] == [[]] * (len(groups) - 1)
+    assert f"bundle_hash={ALGORITHM.bundle_hash}" in params[-1]
+    assert "agreement_threshold=0.5" in params[-1]
     seg_group = groups[0]
     segs = [it for vt, _, it in _items(seg_group.ContentSequence)
             if vt == "IMAGE" and "ReferencedSegmentNumber" in it.ReferencedSOPSequence[0]]
@@ -140,8 +143,9 @@ def test_heatmap_sc_is_rgb_burned_in_same_study_own_series(written):
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == audited[0].image_uid
     px = sc.pixel_array
     assert px.shape[2] == 3 and px.std() > 0
-    # the warning band (yellow text) is burned into the top rows
-    band = px[:14]
+    # the warning line (yellow text) is burned into the band below the image, away from viewers' top controls
+    assert not ((px[:14, ..., 0] > 200) & (px[:14, ..., 1] > 200) & (px[:14, ..., 2] < 80)).any()
+    band = px[-30:-16]
     assert ((band[..., 0] > 200) & (band[..., 1] > 200) & (band[..., 2] < 80)).sum() > 20
 
 
@@ -312,3 +316,78 @@ def test_member_panel_sc_shows_every_member_beside_the_consensus(tmp_path):
     (path,) = save_results([panel], tmp_path)
     r = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
     assert [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("Error")] == []
+
+
+@requires_dcmtk
+def test_dsr2html_prints_concept_names_with_their_values(written):
+    """Every container is SEPARATE: dcmtk's HTML (and OHIF's text view) name each value."""
+    from html import unescape
+
+    _, paths, audited = written
+    (sr,) = _by_modality(paths, "SR")
+    r = subprocess.run(["dsr2html", str(sr)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    import re
+
+    text = re.sub(r"\s+", " ", unescape(re.sub(r"<[^>]+>", " ", r.stdout)))
+    assert f"Given label: {audited[0].given_code().meaning}" in text
+    assert f"Model consensus label: {audited[0].consensus_code().meaning}" in text
+    assert "Consensus probability of the given label: 0.07 {score}" in text
+    assert "Number of ensemble members disagreeing: 3" in text
+    assert text.count(f"bundle_hash={ALGORITHM.bundle_hash}") == 1  # the parameters once, in the summary
+
+
+def test_drawn_sr_draws_each_flag_on_its_source_image(written):
+    """The SR that viewers draw: rooted at 126000, one planar ROI group per flag with tracking id and UID, a
+    closed SCOORD outline selected from the source image on the heatmap's hot region, five values at most."""
+    from dicom_io.results.roi_sr import MAX_VALUES
+    from dicom_io.results.shapes import hot_region
+
+    datasets, _, audited = written
+    (drawn,) = [ds for ds in datasets if ds.get("SeriesNumber") == 9908]
+    report = next(ds for ds in datasets if ds.get("SeriesNumber") == 9901)
+    assert drawn.ConceptNameCodeSequence[0].CodeValue == "126000"
+    assert drawn.SeriesDescription == "labelqa flags on the images: 1 suspected error, 1 hard case"
+    (measurements,) = [it for it in drawn.ContentSequence if it.ConceptNameCodeSequence[0].CodeValue == "126010"]
+    groups = list(measurements.ContentSequence)
+    assert len(groups) == 1  # the one suspected label error; hard cases and consistent ones are not drawn
+    items = _items(groups[0].ContentSequence)
+    assert {"112039", "112040", "121071"} <= {cv for _, cv, _ in items}
+    (scoord,) = [it for vt, _, it in items if vt == "SCOORD"]
+    assert scoord.GraphicType == "POLYLINE" and scoord.ConceptNameCodeSequence[0].CodeValue == "111030"
+    pts = np.asarray(scoord.GraphicData, float).reshape(-1, 2)
+    assert np.array_equal(pts[0], pts[-1])  # closed
+    assert scoord.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == audited[0].image_uid
+    # the outline encloses the hot region of the 16 x 16 heatmap, scaled to the 128 x 128 image
+    rows, cols = np.nonzero(hot_region(audited[0].heatmap))
+    assert pts[:, 0].min() == 8 * cols.min() and pts[:, 0].max() == 8 * (cols.max() + 1)
+    assert pts[:, 1].min() == 8 * rows.min() and pts[:, 1].max() == 8 * (rows.max() + 1)
+    nums = [it for vt, _, it in items if vt == "NUM"]
+    assert 1 <= len(nums) <= MAX_VALUES
+    units = {it.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue for it in nums}
+    assert units <= {"%", "{score}"}
+    # every container SEPARATE; the QA report links it
+    containers = [it for it in _walk(drawn) if it.get("ValueType") == "CONTAINER"]
+    assert drawn.ContinuityOfContent == "SEPARATE" and all(c.ContinuityOfContent == "SEPARATE" for c in containers)
+    links = [it for it in _walk(report) if it.get("ValueType") == "COMPOSITE"
+             and it.ConceptNameCodeSequence[0].CodeValue == codes.FLAGS_DRAWN.value]
+    assert [ln.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for ln in links] == [drawn.SOPInstanceUID]
+
+
+def test_no_drawn_sr_without_a_shape():
+    """A 126000 report with a group without a shape crashes OHIF 3.13: without any shape, none is written."""
+    from dicom_io.results.roi_sr import drawn_flags_sr
+
+    sources, annotations, audited = make_study()
+    audited[0].heatmap = None  # the one flag has nothing to draw
+    datasets = write_results(sources, annotations, audited, ALGORITHM, COHORT)
+    assert [ds.SeriesNumber for ds in datasets if ds.Modality == "SR"] == [9901]
+    with pytest.raises(ValueError, match="no flag has a shape"):
+        drawn_flags_sr([], algorithm=ALGORITHM, series_instance_uid="1.2.3", series_number=9908,
+                       sop_instance_uid="1.2.3.4", device_uid="1.2.3.5", manufacturer="labelqa")
+
+
+def _walk(ds):
+    for it in ds.get("ContentSequence") or []:
+        yield it
+        yield from _walk(it)

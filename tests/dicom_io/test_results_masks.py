@@ -125,8 +125,10 @@ def ct_study(tmp_path_factory) -> dict:
 
 
 def _kind(datasets, kind: str) -> list[pydicom.Dataset]:
-    return [ds for ds in datasets if {"SR": ds.Modality == "SR", "KO": ds.Modality == "KO",
-                                      "SEG": ds.Modality == "SEG", "SC": ds.Modality == "OT"}[kind]]
+    return [ds for ds in datasets if {"SR": ds.Modality == "SR" and ds.SeriesNumber == 9901,
+                                      "ROI": ds.Modality == "SR" and ds.SeriesNumber == 9908,
+                                      "KO": ds.Modality == "KO", "SEG": ds.Modality == "SEG",
+                                      "SC": ds.Modality == "OT"}[kind]]
 
 
 def _dciodvfy_errors(p: Path) -> list[str]:
@@ -136,9 +138,9 @@ def _dciodvfy_errors(p: Path) -> list[str]:
 
 def test_objects_written(ct_study):
     ds = ct_study["datasets"]
-    assert [len(_kind(ds, k)) for k in ("SC", "SEG", "KO", "SR")] == [2, 1, 1, 1]  # 2 flagged masks
-    assert ds[-1].Modality == "SR"
-    assert {p.name.split("_")[0] for p in ct_study["paths"]} == {"SR", "SC", "SEG", "KO"}
+    assert [len(_kind(ds, k)) for k in ("SC", "SEG", "KO", "SR", "ROI")] == [2, 1, 1, 1, 1]  # 2 flagged masks
+    assert [d.SeriesNumber for d in ds[-2:]] == [9901, 9908]  # the QA report, then the flags drawn
+    assert {p.name.split("_")[0] for p in ct_study["paths"]} == {"SR", "ROI", "SC", "SEG", "KO"}
 
 
 @requires_dciodvfy
@@ -268,7 +270,7 @@ def test_overlay_sc_shows_given_consensus_and_disagreement(ct_study):
     assert count(GIVEN_RGB, 5) > 100 and count(CONSENSUS_RGB, 5) > 100
     # the missing part (columns 60-89 of rows 30-59) is tinted red: more red than green or blue there
     scale = 256 / 128
-    band = 30  # the heatmap band height above the picture
+    band = 0  # the picture starts at the top; the text band is below it
     r0, r1, c0, c1 = (int(v * scale) for v in (32, 58, 62, 88))
     patch = px[band + r0 : band + r1, c0:c1]
     assert (patch[..., 0] > patch[..., 1] + 60).mean() > 0.9
@@ -281,7 +283,8 @@ def test_kos_selects_flagged_images_overlays_and_suggestion(ct_study):
            if it.ValueType in ("IMAGE", "COMPOSITE")}
     flagged = {m.image_uid for m in ct_study["masks"] if m.flagged}
     others = {ds.SOPInstanceUID for ds in ct_study["datasets"] if ds.Modality in ("OT", "SEG")}
-    assert sel == flagged | others
+    (drawn,) = _kind(ct_study["datasets"], "ROI")
+    assert sel == flagged | others | {drawn.SOPInstanceUID}
 
 
 def test_uids_are_deterministic_and_change_with_the_results(ct_study):
@@ -354,8 +357,8 @@ def test_multi_frame_source_flagged_frame_is_named_everywhere(tmp_path):
 
 
 @requires_dciodvfy
-def test_dicomized_sc_study_round_trip_without_given_masks(tmp_path):
-    """A dicomized SC study (no Frame of Reference): overlay (given read back from the SEG), suggestion, KOS."""
+def _dicomized_mask_study(tmp_path):
+    """A dicomized MR study (image + SEG) and one flagged mask on it, its given mask left to be read back."""
     rng = np.random.default_rng(0)
     vocab = Vocabulary.from_class_names(["vessel"])
     mask = _rect((40, 48), 10, 10, 30, 30).astype(np.uint8)
@@ -370,15 +373,51 @@ def test_dicomized_sc_study_round_trip_without_given_masks(tmp_path):
                                 agreement=0.95, priority=2.0, score=0.9, consensus=shifted,
                                 regions=_regions(sample.given_mask, shifted), given=None)
     files = {pydicom.dcmread(p).SOPInstanceUID: pydicom.dcmread(p) for p in study.glob("*.dcm")}
+    return m, files, shifted
+
+
+def test_dicomized_study_round_trip_without_given_masks(tmp_path):
+    """A dicomized MR study (plane geometry): overlay (given read back from the SEG), suggestion SEG, KOS, drawn SR."""
+    m, files, shifted = _dicomized_mask_study(tmp_path)
     datasets = write_results({m.image_uid: files[m.image_uid]}, {m.annotation_uid: files[m.annotation_uid]}, [],
                              ALGORITHM, masks=[m])
-    assert [len(_kind(datasets, k)) for k in ("SC", "SEG", "KO", "SR")] == [1, 1, 1, 1]
+    assert [len(_kind(datasets, k)) for k in ("SC", "SEG", "KO", "SR", "ROI")] == [1, 1, 1, 1, 1]
     for p in save_results(datasets, tmp_path / "out"):
         assert _dciodvfy_errors(p) == [], p.name
     (sugg,) = _kind(datasets, "SEG")
+    assert "PixelMeasuresSequence" in sugg.SharedFunctionalGroupsSequence[0]  # a viewer can place it
     back = hd.seg.segread(next((tmp_path / "out").glob("SEG_*.dcm")))
     px = back.get_pixels_by_source_instance([m.image_uid], segment_numbers=[1], ignore_spatial_locations=True)
     assert np.array_equal(px[0, ..., 0] > 0, shifted)
+
+
+def test_no_suggestion_seg_over_an_image_without_plane_geometry(tmp_path):
+    """A hospital's SEG over a Secondary Capture without geometry: no suggestion SEG (a viewer could not place
+    it); the overlay SC carries the suggestion and the QA report says so."""
+    from dicom_io.results.seg_out import NO_GEOMETRY_NOTE
+    from dicom_io.results.sr import read_report
+
+    m, files, _ = _dicomized_mask_study(tmp_path)
+    image = copy.deepcopy(files[m.image_uid])
+    for kw in ("FrameOfReferenceUID", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
+        del image[kw]
+    datasets = write_results({m.image_uid: image}, {m.annotation_uid: files[m.annotation_uid]}, [], ALGORITHM,
+                             masks=[m])
+    assert [len(_kind(datasets, k)) for k in ("SC", "SEG", "KO", "SR", "ROI")] == [1, 0, 1, 1, 1]
+    (sr,) = _kind(datasets, "SR")
+    (item,) = read_report(sr)["masks"]
+    assert item["suggestion_uid"] is None
+    notes = [it.TextValue for it in _walk(sr) if it.get("ValueType") == "TEXT"
+             and it.ConceptNameCodeSequence[0].CodeValue == codes.SUGGESTION_NOT_AS_SEG.value]
+    assert notes == [NO_GEOMETRY_NOTE]
+    for p in save_results(datasets, tmp_path / "out"):
+        assert _dciodvfy_errors(p) == [], p.name
+
+
+def _walk(ds):
+    for it in ds.get("ContentSequence") or []:
+        yield it
+        yield from _walk(it)
 
 
 def test_mask_kinds_and_verdicts_match_models_verdict():

@@ -46,13 +46,15 @@ def test_real_ct_and_dcmqi_seg_give_valid_results_that_read_back(tmp_path):
                              {a.annotation_uid: loaded[a.annotation_uid] for a in audited}, audited, ALGORITHM,
                              heatmaps_for_hard_cases=True)
     paths = save_results(datasets, tmp_path)
-    assert sorted(ds.Modality for ds in datasets) == ["KO", "OT", "OT", "SR"]
+    assert sorted(ds.Modality for ds in datasets) == ["KO", "OT", "OT", "SR", "SR"]  # QA report, flags drawn
+    assert sorted(p.name.split("_")[0] for p in paths if p.name.startswith(("SR_", "ROI_"))) == ["ROI", "SR"]
     for p in paths:
         r = subprocess.run(["dciodvfy", str(p)], capture_output=True, text=True)
         assert [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("Error")] == [], p.name
     sr = next(p for p in paths if p.name.startswith("SR_"))
-    r = subprocess.run(["dsrdump", "-v", str(sr)], capture_output=True, text=True)
-    assert not [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("E:")]
+    for p in (sr, next(p for p in paths if p.name.startswith("ROI_"))):
+        r = subprocess.run(["dsrdump", "-v", str(p)], capture_output=True, text=True)
+        assert not [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("E:")]
     items = read_report(pydicom.dcmread(sr))["items"]
     assert [(it["annotation_uid"], it["segment_number"], it["source_image_uid"], it["verdict"]) for it in items] == [
         (a.annotation_uid, a.segment_number, a.image_uid, a.verdict) for a in audited]

@@ -233,3 +233,20 @@ def _value(item: pydicom.Dataset) -> str:
 def _groups(sr: pydicom.Dataset) -> list[pydicom.Dataset]:
     (container,) = [it for it in sr.ContentSequence if _value(it) == "126010"]
     return list(container.ContentSequence)
+
+
+def test_no_corrected_seg_over_images_without_plane_geometry(ct_study, tmp_path):  # noqa: F811
+    """An accepted suggestion rebuilds the SEG; over images a viewer cannot place it on, none is written."""
+    import copy
+
+    cts, seg = ct_study["cts"], ct_study["seg"]
+    liver0 = ct_study["masks"][0]
+    flat = {}
+    for ds in cts:
+        ds = copy.deepcopy(ds)
+        del ds.ImagePositionPatient
+        flat[ds.SOPInstanceUID] = ds
+    fix = Correction(None, segment_number=liver0.segment_number, mask=liver0.consensus, image_uid=liver0.image_uid)
+    with pytest.raises(RevisionError, match="no plane geometry"):
+        corrected_annotation(pydicom.dcmread(_save(seg, tmp_path / "seg.dcm")), [fix], REVIEWER, key=[9],
+                             sources=flat)

@@ -94,7 +94,7 @@ def test_warning_statuses_count_as_delivered_and_failures_are_retried(result_fil
 
     infos = {i.sop_instance_uid: i for i in (file_info(p) for p in result_files)}
     uids = sorted(infos)
-    answers = dict(zip(uids, (0xB000, 0xB007, 0xA700), strict=True))
+    answers = dict(zip(uids, (0xB000, 0xB007, 0xA700, 0x0000), strict=True))  # QA report, drawn flags, SC, KOS
     seen: list[str] = []
     associations: list[int] = []
 
@@ -116,7 +116,7 @@ def test_warning_statuses_count_as_delivered_and_failures_are_retried(result_fil
         Dest.port = port
         box = Outbox(make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}"), [Dest], settings=OutboxSettings())
         box.enqueue(result_files)
-        assert box.deliver_once("warn") == 2
+        assert box.deliver_once("warn") == 3
         rows = {r["sop_instance_uid"]: r for r in box.list()}
         for uid, status in answers.items():
             assert rows[uid]["last_status"] == status

@@ -21,7 +21,7 @@ import pydicom
 import pytest
 
 from dicom_io.annotations import ISSUE_CODES, read_studies, read_study
-from dicom_io.dicomize import StudyItem, _image, write_studies
+from dicom_io.dicomize import DicomizeError, StudyItem, _image, write_studies
 from dicom_io.vocabulary import Vocabulary
 from tests.conftest import SHARED_DATA
 
@@ -506,10 +506,12 @@ def test_dicomized_mask_seg_passes_dciodvfy(tmp_path):
     vocab = Vocabulary.from_class_names(["vessel"])
     mask = _blobs((32, 32), 1, seed=13)[0] == 1
     img = (rng.random((32, 32)) * 255).astype(np.uint8)
-    for kind in ("sc", "mr"):
-        out = tmp_path / kind
-        write_studies([StudyItem("a.png", "vessel", "vessel", lambda: img, mask=mask.astype(np.uint8),
-                                 mask_classes=["vessel"])], out, vocabulary=vocab, dataset_name="t", image_kind=kind)
+    items = [StudyItem("a.png", "vessel", "vessel", lambda: img, mask=mask.astype(np.uint8), mask_classes=["vessel"])]
+    with pytest.raises(DicomizeError, match="plane geometry"):  # no SEG over an SC: viewers cannot place it
+        write_studies(items, tmp_path / "sc", vocabulary=vocab, dataset_name="t", image_kind="sc")
+    for kind in (None, "mr"):
+        out = tmp_path / str(kind)
+        write_studies(items, out, vocabulary=vocab, dataset_name="t", image_kind=kind)
         seg = next(out.rglob("SEG_*.dcm"))
         r = subprocess.run(["dciodvfy", str(seg)], capture_output=True, text=True, timeout=60)
         errors = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("Error")]

@@ -68,13 +68,15 @@ def test_audit_dicom_writes_one_valid_sr_per_study_and_kos_sc_for_flags(audited)
     files = sorted((audited / "out" / "dicom").glob("*.dcm"))
     by_mod: dict[str, list] = {}
     for p in files:
-        by_mod.setdefault(pydicom.dcmread(p, stop_before_pixels=True).Modality, []).append(p)
+        ds = pydicom.dcmread(p, stop_before_pixels=True)
+        by_mod.setdefault("ROI" if ds.SeriesNumber == 9908 else ds.Modality, []).append(p)  # the drawn flags: SR too
     assert len(by_mod["SR"]) == doc["studies"]
     flagged = [it for it in doc["items"] if it["verdict"] == "suspected_label_error"]
     assert flagged, "with 25% flipped labels some annotation should be flagged"
     studies_flagged = {it["study_uid"] for it in flagged}
     assert len(by_mod.get("KO", [])) == len(studies_flagged)
     assert len(by_mod.get("OT", [])) == len(flagged)  # one heatmap per suspected error (all are candidates)
+    assert len(by_mod.get("ROI", [])) == len(studies_flagged)  # each flag drawn on its image (hot heatmap region)
     verdicts = {}
     for p in by_mod["SR"]:
         for it in read_report(pydicom.dcmread(p))["items"]:
@@ -89,7 +91,7 @@ def test_audit_dicom_outputs_pass_dciodvfy_and_dsrdump(audited):
         r = subprocess.run(["dciodvfy", str(p)], capture_output=True, text=True)
         errors = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("Error")]
         assert errors == [], f"{p.name}: {errors}"
-        if p.name.startswith("SR_"):
+        if p.name.startswith(("SR_", "ROI_")):
             r = subprocess.run(["dsrdump", "-v", str(p)], capture_output=True, text=True)
             assert r.returncode == 0 and not [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("E:")]
 

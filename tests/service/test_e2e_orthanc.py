@@ -47,12 +47,14 @@ def _copy_studies(small, uids: list[str], dest: Path) -> Path:
 
 
 def _labelqa_series(orthanc, study_uid: str) -> dict[str, list[str]]:
-    """Modality -> instance ids of labelqa's own series in the study, as Orthanc has them."""
+    """Modality -> instance ids of labelqa's own series in the study, as Orthanc has them ("ROI": the SR that
+    draws the flags, series 9908; "SR": the QA report)."""
     out: dict[str, list[str]] = {}
     for s in orthanc.study_series(study_uid):
         tags = s["MainDicomTags"]
-        if tags.get("Manufacturer") == "labelqa" and 9901 <= int(tags.get("SeriesNumber") or 0) <= 9909:
-            out.setdefault(tags["Modality"], []).extend(s["Instances"])
+        number = int(tags.get("SeriesNumber") or 0)
+        if tags.get("Manufacturer") == "labelqa" and 9901 <= number <= 9909:
+            out.setdefault("ROI" if number == 9908 else tags["Modality"], []).extend(s["Instances"])
     return out
 
 
