@@ -23,6 +23,8 @@ __all__ = [
     "CORRECTED_LABEL", "ERROR_CONFIRMED", "LABEL_CONFIRMED", "REVIEWER_UNSURE", "DECISION_CODES", "UNIT_ONE",
     "UNIT_MM", "UNIT_MM2", "UNIT_MM3", "UNIT_PERCENT", "UNIT_SCORE", "UNIT_COUNT", "UNIT_PIXELS", "QUALITY_ISSUE",
     "ALL_CODES", "label_code", "CORRECTED_MASK", "MEMBERS_DISAGREEING_SHARE", "REGION_AREA", "REGION_VOLUME",
+    "PREDICTED_DICE", "GIVEN_MASK_VOLUME", "CONSENSUS_MASK_VOLUME", "DISAGREEMENT_VOLUME", "FIRST_SLICE", "LAST_SLICE",
+    "KEY_SLICE_OVERLAY",
     "FLAGS_DRAWN", "SUGGESTION_NOT_AS_SEG", "IMAGING_MEASUREMENT_REPORT", "GIVEN_LABEL_PROBABILITY",
     "MODELS_LABEL_PROBABILITY", "MODELS_SALIENCY_AGREEMENT", "DICE_WITH_MODELS", "HD95_TO_MODELS",
 ]
@@ -105,6 +107,13 @@ MEMBERS_DISAGREEING_SHARE = _c("LQA-0322", "Models disagreeing with the label")
 """The share (percent) of ensemble members whose prediction differs from the annotation."""
 REGION_AREA = _c("LQA-0323", "Area of this region")
 REGION_VOLUME = _c("LQA-0324", "Volume of this region")
+PREDICTED_DICE = _c("LQA-0340", "Predicted Dice coefficient of the given mask")
+GIVEN_MASK_VOLUME = _c("LQA-0341", "Volume of the given mask")
+CONSENSUS_MASK_VOLUME = _c("LQA-0342", "Volume of the model consensus mask")
+DISAGREEMENT_VOLUME = _c("LQA-0343", "Volume of disagreement with the model consensus")
+FIRST_SLICE = _c("LQA-0344", "First slice of the given mask")
+LAST_SLICE = _c("LQA-0345", "Last slice of the given mask")
+KEY_SLICE_OVERLAY = _c("LQA-0406", "Mask overlay on a key slice")
 GIVEN_LABEL_PROBABILITY = _c("LQA-0330", "Probability of the given label")
 MODELS_LABEL_PROBABILITY = _c("LQA-0331", "Probability of the models' label")
 MODELS_SALIENCY_AGREEMENT = _c("LQA-0332", "Saliency agreement of the models")

@@ -11,8 +11,8 @@ from pydicom.sr.coding import Code
 from dicom_io import codes
 from dicom_io.results.uids import digest
 
-__all__ = ["VERDICTS", "MASK_VERDICTS", "MASK_ERROR_KINDS", "REGION_KEYS", "as_code", "AlgorithmInfo",
-           "AuditedAnnotation", "AuditedMask"]
+__all__ = ["VERDICTS", "MASK_VERDICTS", "MASK_ERROR_KINDS", "REGION_KEYS", "VOLUME_REGION_KEYS", "as_code",
+           "AlgorithmInfo", "AuditedAnnotation", "AuditedMask", "AuditedVolumeMask"]
 
 VERDICTS = tuple(codes.VERDICT_CODES)
 """The verdict values a result record may carry (``models.verdict.Verdict``'s values)."""
@@ -26,6 +26,11 @@ MASK_ERROR_KINDS = tuple(codes.MASK_ERROR_KIND_CODES)
 REGION_KEYS = ("kind", "area_px", "area_mm2", "bbox")
 """Keys of a region dict: kind (a mask error kind), area in pixels and mm2, bbox (r0, c0, r1, c1),
 rows r0..r1-1 and columns c0..c1-1 of the source frame (exclusive ends, as numpy slices)."""
+
+
+VOLUME_REGION_KEYS = ("kind", "voxels", "volume_mm3", "bbox", "slices", "center_mm")
+"""Keys of a 3-D region dict: kind, voxel count, volume in mm3, bbox (z0, y0, x0, z1, y1, x1; exclusive ends
+on the series' grid), slices (first, last; inclusive), center_mm (x, y, z patient coordinates, LPS) or None."""
 
 
 def as_code(label: Any) -> Code:
@@ -203,4 +208,92 @@ class AuditedMask:
             "consensus": None if self.consensus is None else [list(self.consensus.shape),
                                                                digest(np.packbits(self.consensus))],
             "regions": [[r["kind"], int(r["area_px"]), [int(v) for v in r["bbox"]]] for r in self.regions],
+        }
+
+
+@dataclass
+class AuditedVolumeMask:
+    """One audited segment of a SEG over a series (a 3-D mask): its provenance and the detector's word on it.
+
+    ``slice_uids[k]`` / ``slice_frames[k]``: the source image (and 1-based frame of a multi-frame image, else
+    None) of slice k of the series' grid, as :class:`dicom_io.geometry.ImageVolume` orders them.
+    ``consensus`` / ``given``: bool (slices, rows, columns) on that grid (``given`` None: not kept).
+    ``key_slices``: the slices where the given mask and the consensus differ most, worst first;
+    ``slice_range``: the given mask's first and last slice. Volumes in mm3, distances in mm; ``regions``:
+    dicts with :data:`VOLUME_REGION_KEYS`. ``predicted_dice``: the detector's estimate of the given mask's
+    Dice against the (unknown) truth. ``segment_number`` None: the SEG has no segment of the class.
+    """
+
+    study_uid: str
+    annotation_uid: str
+    annotation_sop_class_uid: str
+    series_uid: str
+    class_name: str
+    verdict: str
+    kind: str | None
+    dice: float | None
+    hd95_mm: float | None
+    agreement: float | None
+    priority: float
+    slice_uids: tuple[str, ...]
+    slice_frames: tuple[int | None, ...]
+    spacing: tuple[float, float, float]
+    score: float | None = None
+    predicted_dice: float | None = None
+    given_mm3: float | None = None
+    consensus_mm3: float | None = None
+    segment_number: int | None = None
+    class_code: Any = None
+    key_slices: tuple[int, ...] = ()
+    slice_range: tuple[int, int] | None = None
+    regions: list[dict[str, Any]] = field(default_factory=list)
+    consensus: np.ndarray | None = None
+    given: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.verdict not in MASK_VERDICTS:
+            raise ValueError(f"unknown mask verdict {self.verdict!r}; expected one of {MASK_VERDICTS}")
+        if self.kind is not None and self.kind not in MASK_ERROR_KINDS:
+            raise ValueError(f"unknown mask error kind {self.kind!r}; expected one of {MASK_ERROR_KINDS}")
+        if len(self.slice_uids) != len(self.slice_frames) or not self.slice_uids:
+            raise ValueError("slice_uids and slice_frames name every slice of the series' grid, once each")
+        shape = (len(self.slice_uids),)
+        for name in ("consensus", "given"):
+            m = getattr(self, name)
+            if m is not None:
+                m = np.asarray(m, bool)
+                if m.ndim != 3 or m.shape[:1] != shape:
+                    raise ValueError(f"{name} must be (slices, rows, columns) with {shape[0]} slices, got {m.shape}")
+                setattr(self, name, m)
+        if self.consensus is not None and self.given is not None and self.consensus.shape != self.given.shape:
+            raise ValueError(f"consensus {self.consensus.shape} and given {self.given.shape} differ in shape")
+        for r in self.regions:
+            missing = [k for k in VOLUME_REGION_KEYS if k not in r]
+            if missing or (r["kind"] is not None and r["kind"] not in MASK_ERROR_KINDS):
+                raise ValueError(f"region {r!r}: needs {VOLUME_REGION_KEYS} with a known kind")
+        if any(not 0 <= k < shape[0] for k in self.key_slices):
+            raise ValueError(f"key slices {self.key_slices} outside the {shape[0]} slices")
+
+    @property
+    def flagged(self) -> bool:
+        return self.verdict in codes.FLAGGED_VERDICTS
+
+    def class_concept(self) -> Code:
+        return as_code(self.class_code if self.class_code is not None else self.class_name)
+
+    def slice_source(self, k: int) -> tuple[str, int | None]:
+        """The source image (and frame) of slice ``k``."""
+        return self.slice_uids[k], self.slice_frames[k]
+
+    def key(self) -> dict[str, Any]:
+        """What identifies the audited segment and its result, for deterministic UIDs."""
+        return {
+            "annotation": [self.annotation_uid, self.segment_number, self.series_uid],
+            "class": [self.class_name, str(self.class_concept())],
+            "verdict": [self.verdict, self.kind],
+            "scores": [_round(self.dice), _round(self.hd95_mm), _round(self.agreement), _round(self.priority),
+                       _round(self.score), _round(self.predicted_dice)],
+            "consensus": None if self.consensus is None else [list(self.consensus.shape),
+                                                               digest(np.packbits(self.consensus))],
+            "key_slices": list(self.key_slices),
         }

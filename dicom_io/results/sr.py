@@ -42,11 +42,11 @@ from dicom_io import codes
 from dicom_io.results.geometry import library_header
 
 if TYPE_CHECKING:
-    from dicom_io.results.records import AlgorithmInfo, AuditedAnnotation, AuditedMask
+    from dicom_io.results.records import AlgorithmInfo, AuditedAnnotation, AuditedMask, AuditedVolumeMask
 
 __all__ = [
     "SERIES_DESCRIPTION", "algorithm_identification", "separate_containers", "measurement_group", "region_text",
-    "mask_group", "summary_group", "qa_report_sr", "read_report",
+    "mask_group", "volume_region_text", "volume_group", "summary_group", "qa_report_sr", "read_report",
 ]
 
 SERIES_DESCRIPTION = "labelqa annotation QA report"
@@ -248,8 +248,98 @@ def mask_group(
     return group
 
 
+def volume_region_text(i: int, r: dict) -> str:
+    """One 3-D region of disagreement as a line: kind, size, slices, box and centre."""
+    kind = (r.get("kind") or "disagreement").replace("_", " ")
+    z0, y0, x0, z1, y1, x1 = (int(v) for v in r["bbox"])
+    first, last = (int(v) for v in r["slices"])
+    size = f"{float(r['volume_mm3']):.1f} mm3 ({int(r['voxels'])} voxels)" if r.get("volume_mm3") is not None \
+        else f"{int(r['voxels'])} voxels"
+    where = ""
+    if r.get("center_mm") is not None:
+        x, y, z = (float(v) for v in r["center_mm"])
+        where = f", centre ({x:.1f}, {y:.1f}, {z:.1f}) mm patient (LPS)"
+    return (f"region {i}: {kind}, {size}, slices {first + 1}-{last + 1}, rows {y0}-{y1 - 1}, columns {x0}-{x1 - 1}"
+            f"{where}")
+
+
+def volume_group(
+    item: AuditedVolumeMask,
+    annotation: Dataset,
+    overlays: Sequence[Dataset],
+    suggestion: tuple[Dataset, int] | None,
+    tracking_uid: str,
+    tracking_id: str,
+    algorithm_id,
+):
+    """The measurement group of one audited segment of a SEG over a series (TID 1411 on the segment and its
+    series): Dice, HD95 (mm) and volumes (mm3) against the consensus, the predicted Dice, the slice range,
+    the regions with their slices, the key-slice overlays and the suggestion SEG."""
+    import math
+
+    import highdicom as hd
+
+    def finite(v: float | None) -> bool:
+        return v is not None and math.isfinite(v)
+
+    overlay_refs = [hd.sr.SourceImageForMeasurement(o.SOPClassUID, o.SOPInstanceUID) for o in overlays] or None
+    measurements = []
+    if finite(item.dice):
+        measurements.append(_measurement(codes.DICE_TO_CONSENSUS, float(item.dice), overlay_refs))  # type: ignore[arg-type]
+        overlay_refs = None
+    if finite(item.predicted_dice):
+        measurements.append(_measurement(codes.PREDICTED_DICE, float(item.predicted_dice)))  # type: ignore[arg-type]
+    if finite(item.hd95_mm):
+        measurements.append(_measurement(codes.HD95_TO_CONSENSUS, float(item.hd95_mm), unit=codes.UNIT_MM))  # type: ignore[arg-type]
+    if finite(item.given_mm3):
+        measurements.append(_measurement(codes.GIVEN_MASK_VOLUME, float(item.given_mm3), unit=codes.UNIT_MM3))  # type: ignore[arg-type]
+    if finite(item.consensus_mm3):
+        measurements.append(_measurement(codes.CONSENSUS_MASK_VOLUME, float(item.consensus_mm3),  # type: ignore[arg-type]
+                                         unit=codes.UNIT_MM3))
+    if finite(item.agreement):
+        measurements.append(_measurement(codes.MASK_AGREEMENT, float(item.agreement)))  # type: ignore[arg-type]
+    measurements.append(_measurement(codes.REANNOTATION_PRIORITY, item.priority, overlay_refs))
+    if finite(item.score):
+        measurements.append(_measurement(codes.MASK_ERROR_SCORE, float(item.score)))  # type: ignore[arg-type]
+    measurements.append(_measurement(codes.N_DISAGREEMENT_REGIONS, len(item.regions), unit=codes.UNIT_COUNT))
+    volumes = [float(r["volume_mm3"]) for r in item.regions if r.get("volume_mm3") is not None]
+    if item.regions and len(volumes) == len(item.regions):
+        measurements.append(_measurement(codes.DISAGREEMENT_VOLUME, sum(volumes), unit=codes.UNIT_MM3))
+    if item.slice_range is not None:
+        measurements.append(_measurement(codes.FIRST_SLICE, item.slice_range[0] + 1, unit=codes.UNIT_COUNT))
+        measurements.append(_measurement(codes.LAST_SLICE, item.slice_range[1] + 1, unit=codes.UNIT_COUNT))
+    qualitative = [hd.sr.QualitativeEvaluation(codes.GIVEN_LABEL, item.class_concept())]
+    if item.kind is not None:
+        qualitative.append(hd.sr.QualitativeEvaluation(codes.MASK_ERROR_KIND, codes.MASK_ERROR_KIND_CODES[item.kind]))
+    tracking = hd.sr.TrackingIdentifier(uid=tracking_uid, identifier=tracking_id)
+    finding = codes.VERDICT_CODES[item.verdict]
+    series = hd.sr.SourceSeriesForSegmentation(item.series_uid)
+    group: hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations | hd.sr.MeasurementsAndQualitativeEvaluations
+    if item.segment_number is not None:
+        segment = hd.sr.ReferencedSegment(
+            sop_class_uid=annotation.SOPClassUID, sop_instance_uid=annotation.SOPInstanceUID,
+            segment_number=int(item.segment_number), source_series=series)
+        group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking, referenced_segment=segment, finding_type=finding,
+            algorithm_id=algorithm_id, measurements=measurements, qualitative_evaluations=qualitative)
+    else:  # the SEG has no segment of this class: the group names the SEG
+        group = hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking, finding_type=finding, algorithm_id=algorithm_id,
+            measurements=measurements, qualitative_evaluations=qualitative)
+        group[0].ContentSequence.append(_composite(codes.ANNOTATION_OBJECT, annotation))
+    for i, r in enumerate(item.regions, start=1):
+        group[0].ContentSequence.append(hd.sr.TextContentItem(
+            name=codes.DISAGREEMENT_REGION, value=volume_region_text(i, r)[:1024],
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+    for o in overlays:
+        group[0].ContentSequence.append(_composite(codes.KEY_SLICE_OVERLAY, o))
+    if suggestion is not None:
+        group[0].ContentSequence.append(_composite(codes.SUGGESTED_CORRECTION, suggestion[0]))
+    return group
+
+
 def summary_group(audited: Sequence[AuditedAnnotation], cohort_findings: Sequence[str], tracking_uid: str,
-                  algorithm_id, masks: Sequence[AuditedMask] = (), drawn: Dataset | None = None):
+                  algorithm_id, masks: Sequence[AuditedMask | AuditedVolumeMask] = (), drawn: Dataset | None = None):
     """TID 1501 group for the whole study: counts per verdict, the cohort findings, the algorithm with its
     parameters and the SR that draws the flags (``drawn``, a COMPOSITE LQA-0404), each stated once."""
     import highdicom as hd
@@ -302,6 +392,10 @@ def qa_report_sr(
     suggestion_notes: dict[int, str] | None = None,
     drawn: Dataset | None = None,
     series_description: str = SERIES_DESCRIPTION,
+    volumes: Sequence[AuditedVolumeMask] = (),
+    volume_tracking_uids: Sequence[str] = (),
+    volume_overlays: dict[int, list[Dataset]] | None = None,
+    volume_suggestions: dict[int, tuple[Dataset, int]] | None = None,
 ) -> Dataset:
     """The Comprehensive 3D SR (TID 1500) for one study's audited annotations (and masks: ``overlays``,
     ``suggestions`` and ``suggestion_notes`` by index into ``masks``); ``drawn``: the SR that draws the
@@ -340,8 +434,14 @@ def qa_report_sr(
                 suggestion_notes.get(i),
             )
         )
-    groups.append(summary_group(audited, cohort_findings, summary_uid, algorithm_identification(algorithm), masks,
-                                drawn))
+    volume_overlays = volume_overlays or {}
+    volume_suggestions = volume_suggestions or {}
+    for i, v in enumerate(volumes):
+        groups.append(volume_group(v, annotations[v.annotation_uid], volume_overlays.get(i, []),
+                                   volume_suggestions.get(i), volume_tracking_uids[i], f"segment {i + 1}",
+                                   algorithm_id))
+    groups.append(summary_group(audited, cohort_findings, summary_uid, algorithm_identification(algorithm),
+                                [*masks, *volumes], drawn))
     observer = hd.sr.ObserverContext(
         observer_type=dcm.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -349,7 +449,8 @@ def qa_report_sr(
         ),
     )
     library_images = [h for h in (library_header(ds) for ds in sources.values()) if h is not None]
-    library_images += list(heatmaps.values()) + list(overlays.values())
+    key_overlays = [o for os in volume_overlays.values() for o in os]
+    library_images += list(heatmaps.values()) + list(overlays.values()) + key_overlays
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=codes.ANNOTATION_QUALITY_AUDIT,
@@ -357,8 +458,9 @@ def qa_report_sr(
         title=codes.ANNOTATION_QUALITY_AUDIT,
         referenced_images=library_images,
     )
-    suggestion_segs = list({ds.SOPInstanceUID: ds for ds, _ in suggestions.values()}.values())
-    evidence = (list(sources.values()) + list(heatmaps.values()) + list(overlays.values())
+    suggestion_segs = list({ds.SOPInstanceUID: ds for ds, _ in [*suggestions.values(),
+                                                                 *volume_suggestions.values()]}.values())
+    evidence = (list(sources.values()) + list(heatmaps.values()) + list(overlays.values()) + key_overlays
                 + list(annotations.values()) + suggestion_segs + ([drawn] if drawn is not None else []))
     sr = hd.sr.Comprehensive3DSR(
         evidence=evidence,
