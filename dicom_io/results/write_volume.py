@@ -17,6 +17,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 from pydicom.dataset import Dataset
 
 from dicom_io.results.records import AlgorithmInfo, AuditedMask, AuditedVolumeMask
@@ -103,7 +104,11 @@ def write_volume_results(
     for ann, idx in by_annotation.items():
         first = volumes[idx[0]]
         names = list(dict.fromkeys(volumes[i].class_name for i in idx))
-        masks = {name: next(volumes[i].consensus for i in idx if volumes[i].class_name == name) for name in names}
+        masks: dict[str, np.ndarray] = {}
+        for i in idx:
+            consensus = volumes[i].consensus
+            if consensus is not None:
+                masks.setdefault(volumes[i].class_name, consensus)
         numbers = {volumes[i].class_name: volumes[i].segment_number for i in idx
                    if volumes[i].segment_number is not None}
         try:
