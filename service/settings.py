@@ -45,6 +45,9 @@ class AuditSettings(BaseModel):
     parametric_maps: bool = Field(
         False, description="Also write each heatmap's raw saliency as a Parametric Map (sources with a Frame of "
         "Reference; for viewers that show them, e.g. OHIF >= 3.9, Weasis, Slicer).")
+    key_slices: int = Field(
+        3, ge=1, le=50, description="Volumes: overlay Secondary Captures per flagged segment, on the slices where "
+        "the given mask and the models' consensus differ most.")
     member_panels: bool = Field(
         False, description="Also write, beside each heatmap SC, one SC with every ensemble member's map.")
 

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 from models.verdict import FLAGGED
 
-__all__ = ["AuditRow", "LabelRow", "MaskRow", "RegionRow", "row_from_dict", "is_mask_row"]
+__all__ = ["AuditRow", "LabelRow", "MaskRow", "RegionRow", "VolumeRow", "row_from_dict", "is_mask_row"]
 
 
 def _num(v: Any) -> float | None:
@@ -117,8 +117,37 @@ class MaskRow(AuditRow):
         return d
 
 
+@dataclass
+class VolumeRow(MaskRow):
+    """One audited segment of a SEG over a series (a 3-D mask): one review item per (SEG, segment).
+
+    ``image_uid`` / ``frame``: the worst key slice's source (where a viewer opens); ``slices``: every slice
+    of the series' grid as [source UID, frame]; ``key_slices``: slice indices, worst first;
+    ``slice_range``: the given mask's first and last slice; volumes in mm3; ``regions_3d``: the 3-D regions
+    of disagreement (kind, voxels, volume_mm3, bbox, slices, center_mm); ``regions`` (2-D) stays empty.
+    """
+
+    kind_of_row: ClassVar[str] = "volume"
+
+    dims: int = 3
+    series_uid: str = ""
+    predicted_dice: float | None = None
+    given_mm3: float | None = None
+    consensus_mm3: float | None = None
+    slice_range: list[int] | None = None
+    key_slices: list[int] = field(default_factory=list)
+    slices: list[list[Any]] = field(default_factory=list)
+    regions_3d: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("predicted_dice", "given_mm3", "consensus_mm3"):
+            setattr(self, name, _num(getattr(self, name)))
+
+
 _LABEL_FIELDS = {f.name for f in fields(LabelRow)}
 _MASK_FIELDS = {f.name for f in fields(MaskRow)}
+_VOLUME_FIELDS = {f.name for f in fields(VolumeRow)}
 
 
 def is_mask_row(row: Mapping[str, Any] | AuditRow) -> bool:
@@ -130,6 +159,10 @@ def is_mask_row(row: Mapping[str, Any] | AuditRow) -> bool:
 
 def row_from_dict(d: Mapping[str, Any]) -> LabelRow | MaskRow:
     """A stored verdict row (``to_dict``) as its type; keys it does not know are ignored."""
+    if is_mask_row(d) and int(d.get("dims") or 2) == 3:
+        kw = {k: v for k, v in d.items() if k in _VOLUME_FIELDS}
+        kw["class_name"] = str(d["class"])
+        return VolumeRow(**kw)
     if is_mask_row(d):
         kw = {k: v for k, v in d.items() if k in _MASK_FIELDS}
         kw["class_name"] = str(d["class"])

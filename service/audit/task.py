@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
 
@@ -48,12 +48,13 @@ class ResultOptions:
     heatmaps_for_hard_cases: bool = False
     parametric_maps: bool = False
     member_panels: bool = False
+    key_slices: int = 3
 
     @classmethod
     def from_settings(cls, audit: Any) -> ResultOptions:
         """From ``service.settings.AuditSettings`` (or anything with the same fields)."""
-        return cls(**{f: bool(getattr(audit, f, False)) for f in ("heatmaps_for_hard_cases", "parametric_maps",
-                                                                  "member_panels")})
+        base = cls()
+        return cls(**{f.name: getattr(audit, f.name, getattr(base, f.name)) for f in fields(cls)})
 
 
 @dataclass

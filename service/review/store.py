@@ -245,11 +245,15 @@ def decode_cursor(cursor: str) -> tuple[float, int]:
 
 
 def frame_key(row: dict[str, Any]) -> str:
-    """What tells the rows of one SEG segment apart: its source image and frame (a segment spans many
-    frames, each one item), and the class when the SEG has no segment of it; '' for SR rows."""
+    """What tells the rows of one SEG segment apart: its source image and frame (a 2-D audit: a segment spans
+    many frames, each one item) or its series (a 3-D audit: one item per segment), and the class when the
+    SEG has no segment of it; '' for SR rows."""
     if str(row.get("source") or "sr") != "seg" or not row.get("image_uid"):
         return ""
-    key = f"{row['image_uid']}/{int(row.get('frame') or 0)}"
+    if int(row.get("dims") or 2) == 3:  # a segment of a SEG over a series: one item for the whole segment
+        key = f"series/{row.get('series_uid')}"
+    else:
+        key = f"{row['image_uid']}/{int(row.get('frame') or 0)}"
     if not row.get("segment_number"):
         key += f"#{row.get('class') or row.get('given_label') or ''}"
     return key[:160]
