@@ -114,3 +114,10 @@ def test_every_labelqa_command_in_the_readme_exists():
                 if second not in _commands(_help(sub)):
                     missing.append(f"{sub} {second}")
     assert not missing, f"README names commands that `labelqa --help` does not list: {missing}"
+
+
+def test_every_benchmark_script_has_a_row_in_the_benchmarks_readme():
+    readme = (REPO / "benchmarks" / "README.md").read_text()
+    scripts = sorted(p.name for p in (REPO / "benchmarks").iterdir() if p.suffix in (".py", ".sh"))
+    missing = [s for s in scripts if f"[{s}]({s})" not in readme]
+    assert not missing, f"benchmarks/README.md has no row for {missing}"
