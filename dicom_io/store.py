@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import (
+    Connection,
     Engine,
     Float,
     ForeignKey,
@@ -288,7 +289,7 @@ class StudyStore:
         self.engine = engine or make_engine(url, sqlite_synchronous="NORMAL")
         ensure_schema(self.engine)
         self._db_lock = threading.Lock()  # one writer at a time (SQLite); cheap for others too
-        self._wconn = None
+        self._wconn: Connection | None = None
         self._sop_locks = [threading.Lock() for _ in range(64)]
         self._known_series: set[str] = set()
         self._known_studies: set[str] = set()
@@ -360,7 +361,7 @@ class StudyStore:
     def _final_path(self, h: Header) -> Path:
         return self.data_dir / self._rel_path(h)
 
-    def _writer(self):
+    def _writer(self) -> Connection:
         """The one connection that writes the index (call with ``_db_lock`` held)."""
         if self._wconn is None or self._wconn.closed:
             self._wconn = self.engine.connect()
