@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from dicom_io.geometry import Geometry, ImageVolume
 
 __all__ = [
-    "IssueCode", "ISSUE_CODES", "Provenance", "Sample", "IssueRecord", "AnnotationSet", "LabelRecord",
+    "IssueCode", "ISSUE_CODES", "IssueDict", "Provenance", "Sample", "IssueRecord", "AnnotationSet", "LabelRecord",
     "UNREADABLE_FILE", "UNSUPPORTED_SOP_CLASS", "UNKNOWN_CODE", "NO_LABEL", "MISSING_REFERENCE",
     "NO_IMAGE_REFERENCE", "UNREADABLE_PIXELS", "CONFLICTING_LABELS", "MALFORMED_ANNOTATION", "OTHER_STUDY",
     "MaskProvenance", "MaskSample", "MaskRecord", "NO_PLANE_GEOMETRY", "INCONSISTENT_GEOMETRY", "IRREGULAR_SPACING",
@@ -216,6 +216,10 @@ class MaskVolume:
         }
 
 
+IssueDict = dict[str, str | None]
+"""An issue record as plain data (``IssueRecord.to_dict``): code, message, annotation_uid, image_uid, ..."""
+
+
 @dataclass
 class IssueRecord:
     """Something in the study that could not become a sample, and why."""
@@ -225,7 +229,7 @@ class IssueRecord:
     annotation_uid: str | None = None
     image_uid: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> IssueDict:
         return asdict(self)
 
 

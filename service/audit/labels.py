@@ -13,11 +13,12 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
 from dicom_io.annotations import Sample, read_study
+from dicom_io.annotations.records import IssueDict
 from dicom_io.results import AuditedAnnotation, ResultSet, write_results
 from dicom_io.study import Study
 from dicom_io.vocabulary import Vocabulary
@@ -34,6 +35,9 @@ from service.audit.task import (
     register,
 )
 
+if TYPE_CHECKING:  # torch and MONAI come with them: only the model step needs them loaded
+    from models.bundle import LabelBundle, SampleVerdict
+
 __all__ = ["LabelInput", "LabelBatch", "LabelResult", "LabelTask", "LABEL_TASK"]
 
 log = logging.getLogger("labelqa.audit")
@@ -45,7 +49,7 @@ class LabelInput:
 
     study: Study
     samples: list[Sample] = field(default_factory=list)
-    issues: list[dict[str, Any]] = field(default_factory=list)
+    issues: list[IssueDict] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -67,17 +71,17 @@ class LabelBatch:
 class LabelResult:
     """The model step's output: a verdict per image of the batch, in order, and cohort findings."""
 
-    verdicts: list[Any]  # models.bundle.SampleVerdict (scores, Grad-CAM heatmaps)
+    verdicts: list[SampleVerdict]  # scores, Grad-CAM heatmaps
     cohort: dict[tuple[str, str], str] = field(default_factory=dict)  # (annotator, class) -> finding
     seconds: float = 0.0
-    worker: dict[str, Any] | None = None  # where it ran, when not in this process (node id, pid)
+    worker: dict[str, object] | None = None  # where it ran, when not in this process (node id, pid)
 
 
 def _image_size(bundle: Bundle) -> int:
     return int(bundle.meta["image_size"])
 
 
-def _cohort_text(bundle: Any, batch: LabelBatch, **kw: Any) -> dict[tuple[str, str], str]:
+def _cohort_text(bundle: LabelBundle, batch: LabelBatch, *, batch_size: int, device: str) -> dict[tuple[str, str], str]:
     """Systematic-disagreement findings per (annotator, given class), as one sentence each.
 
     Only computed when the annotations come from more than one annotator (it costs a second pass).
@@ -85,7 +89,7 @@ def _cohort_text(bundle: Any, batch: LabelBatch, **kw: Any) -> dict[tuple[str, s
     if len(set(batch.groups)) < 2:
         return {}
     try:
-        found = bundle.cohort_findings(batch.images, batch.given, batch.groups, **kw)
+        found = bundle.cohort_findings(batch.images, batch.given, batch.groups, batch_size=batch_size, device=device)
     except Exception as e:  # noqa: BLE001 - optional; the verdicts stand without it
         log.warning("cohort findings unavailable: %s", e)
         return {}
@@ -129,7 +133,7 @@ class LabelTask:
         return LabelBatch(images, [s.label for s in samples],
                           [s.provenance.observer or "unknown observer" for s in samples])
 
-    def infer(self, bundle: Any, batch: LabelBatch, *, device: str, batch_size: int) -> LabelResult:
+    def infer(self, bundle: LabelBundle, batch: LabelBatch, *, device: str, batch_size: int) -> LabelResult:
         t0 = time.perf_counter()
         verdicts = bundle.audit(batch.images, batch.given, batch_size=batch_size, device=device)
         log.info("audited %d annotation(s) in %.1f s", len(batch), time.perf_counter() - t0)
@@ -190,7 +194,7 @@ class LabelTask:
             sa.datasets, sa.rows = written, list(rows)
         return out
 
-    def warm_up(self, bundle: Any, device: str) -> None:
+    def warm_up(self, bundle: LabelBundle, device: str) -> None:
         size = _image_size(bundle)
         bundle.audit(np.zeros((1, size, size), np.float32), [bundle.class_names[0]], batch_size=1, device=device)
 

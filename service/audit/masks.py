@@ -15,11 +15,12 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
 from dicom_io.annotations import MaskSample, read_study
+from dicom_io.annotations.records import IssueDict
 from dicom_io.results import AuditedMask, ResultSet, write_results
 from dicom_io.study import Study
 from dicom_io.vocabulary import Vocabulary
@@ -35,6 +36,10 @@ from service.audit.task import (
     register,
 )
 
+if TYPE_CHECKING:  # torch and MONAI come with them: only the model step needs them loaded
+    from models.seg.bundle import SegBundle
+    from models.seg.detector import MaskVerdict
+
 __all__ = ["MaskInput", "MaskBatch", "MaskResult", "MaskTask", "MASK_TASK"]
 
 log = logging.getLogger("labelqa.audit")
@@ -46,7 +51,7 @@ class MaskInput:
 
     study: Study
     frames: list[list[MaskSample]] = field(default_factory=list)
-    issues: list[dict[str, Any]] = field(default_factory=list)
+    issues: list[IssueDict] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -68,12 +73,12 @@ class MaskBatch:
 class MaskResult:
     """The mask model step's output: per frame of the batch, in order, a verdict per class of the bundle."""
 
-    verdicts: list[list[Any]]  # models.seg MaskVerdict (consensus mask, regions, Dice, HD95)
+    verdicts: list[list[MaskVerdict]]  # consensus mask, regions, Dice, HD95
     seconds: float = 0.0
-    worker: dict[str, Any] | None = None  # where it ran, when not in this process (node id, pid)
+    worker: dict[str, object] | None = None  # where it ran, when not in this process (node id, pid)
 
 
-def _finite(x: Any) -> float | None:
+def _finite(x: float | None) -> float | None:
     return float(x) if x is not None and np.isfinite(x) else None
 
 
@@ -107,7 +112,7 @@ class MaskTask:
         return MaskBatch([g[0].pixels for g in groups], [{m.class_name: m.given_mask for m in g} for g in groups],
                          [g[0].spacing for g in groups])
 
-    def infer(self, bundle: Any, batch: MaskBatch, *, device: str, batch_size: int) -> MaskResult:
+    def infer(self, bundle: SegBundle, batch: MaskBatch, *, device: str, batch_size: int) -> MaskResult:
         t0 = time.perf_counter()
         verdicts = bundle.audit(batch.images, batch.given, batch.spacings, device=device)
         log.info("audited %d mask(s) on %d frame(s) in %.1f s", sum(map(len, batch.given)), len(batch),
@@ -163,7 +168,7 @@ class MaskTask:
             sa.datasets, sa.rows = written, list(rows)
         return out
 
-    def warm_up(self, bundle: Any, device: str) -> None:
+    def warm_up(self, bundle: SegBundle, device: str) -> None:
         size = int(bundle.meta["image_size"])
         bundle.audit([np.zeros((size, size), np.float32)], [{}], [None], device=device)
 

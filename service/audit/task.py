@@ -23,11 +23,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
 
+from dicom_io.annotations.records import IssueDict
 from dicom_io.results import AlgorithmInfo, ResultSet
 from dicom_io.study import Study, open_study
-from dicom_io.vocabulary import Vocabulary, load_vocabulary
+from dicom_io.vocabulary import CodedConcept, Vocabulary, load_vocabulary
 from models.bundles import Bundle
 from service.audit.rows import AuditRow
+from service.settings import AuditSettings
 
 __all__ = [
     "LABEL_NOT_IN_BUNDLE", "ResultOptions", "StudyAudit", "TaskInput", "AuditTask", "InferFn", "register",
@@ -51,7 +53,7 @@ class ResultOptions:
     key_slices: int = 3
 
     @classmethod
-    def from_settings(cls, audit: Any) -> ResultOptions:
+    def from_settings(cls, audit: AuditSettings) -> ResultOptions:
         """From ``service.settings.AuditSettings`` (or anything with the same fields)."""
         base = cls()
         return cls(**{f.name: getattr(audit, f.name, getattr(base, f.name)) for f in fields(cls)})
@@ -64,7 +66,7 @@ class StudyAudit:
     study_uid: str | None
     datasets: ResultSet = field(default_factory=ResultSet)
     rows: list[AuditRow] = field(default_factory=list)
-    issues: list[dict[str, Any]] = field(default_factory=list)
+    issues: list[IssueDict] = field(default_factory=list)
 
     @property
     def report_uid(self) -> str | None:
@@ -76,7 +78,7 @@ class TaskInput(Protocol):
     it came from (the write step takes its datasets from there) and issues."""
 
     study: Study
-    issues: list[dict[str, Any]]
+    issues: list[IssueDict]
 
     def __len__(self) -> int: ...
 
@@ -157,7 +159,7 @@ def resolve_vocabulary(bundle: Bundle, bundle_path: Path | str | None = None,
     return Vocabulary.from_class_names(list(bundle.class_names))
 
 
-def class_code(vocabulary: Vocabulary, name: str) -> Any:
+def class_code(vocabulary: Vocabulary, name: str) -> CodedConcept | str:
     """The vocabulary's code for a class name (the name itself when the vocabulary has none)."""
     try:
         return vocabulary.code_for(name)
@@ -168,7 +170,7 @@ def class_code(vocabulary: Vocabulary, name: str) -> Any:
 def algorithm_info(bundle: Bundle) -> AlgorithmInfo:
     """TID 4019 description of a bundle: name, version, content hash, grid, classes, thresholds, members."""
     meta = bundle.meta
-    params: dict[str, Any] = {"image_size": meta.get("image_size"), "classes": ",".join(bundle.class_names)}
+    params: dict[str, object] = {"image_size": meta.get("image_size"), "classes": ",".join(bundle.class_names)}
     for k, v in sorted(dict(meta.get("thresholds") or {}).items()):
         if k == "precision_steps":  # the ranking's step functions: in the bundle, too long for the SR
             continue
@@ -224,13 +226,14 @@ def warm_up(bundle: Any, device: str = "auto") -> None:
 class StudyAuditor:
     """The audit wing as the runtime sees it (:class:`service.runtime.pipeline.Auditor`); :data:`AUDITOR`."""
 
-    def vocabulary(self, bundle: Bundle, bundle_path: Path | str | None, vocabulary: Any) -> Vocabulary:
+    def vocabulary(self, bundle: Bundle, bundle_path: Path | str | None,
+                   vocabulary: Vocabulary | Path | str | None) -> Vocabulary:
         return resolve_vocabulary(bundle, bundle_path, vocabulary)
 
     def warm_up(self, bundle: Any, device: str) -> None:
         warm_up(bundle, device)
 
-    def audit(self, files: Sequence[Path], bundle: Bundle, vocabulary: Vocabulary, *, settings: Any,
+    def audit(self, files: Sequence[Path], bundle: Bundle, vocabulary: Vocabulary, *, settings: AuditSettings,
               infer_fn: InferFn | None = None) -> StudyAudit:
         """One study's audit with the ``[audit]`` settings (device, batch size, result options)."""
         return audit_study(files, bundle, vocabulary, device=settings.device, batch_size=settings.batch_size,

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from dicom_io.annotations import read_study
-from dicom_io.annotations.records import MaskVolume
+from dicom_io.annotations.records import IssueDict, MaskVolume
 from dicom_io.geometry import ImageVolume
 from dicom_io.results import AuditedVolumeMask, ResultSet, write_volume_results
 from dicom_io.study import Study
@@ -60,7 +60,7 @@ class VolumeInput:
 
     study: Study
     cases: list[VolumeCase] = field(default_factory=list)
-    issues: list[dict[str, Any]] = field(default_factory=list)
+    issues: list[IssueDict] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.cases)
@@ -86,10 +86,10 @@ class VolumeResult:
 
     verdicts: list[list[Any]]  # models.volume.detector.VolumeVerdict
     seconds: float = 0.0
-    worker: dict[str, Any] | None = None
+    worker: dict[str, object] | None = None
 
 
-def _finite(x: Any) -> float | None:
+def _finite(x: float | None) -> float | None:
     return float(x) if x is not None and np.isfinite(x) else None
 
 
