@@ -29,14 +29,16 @@ from service.audit.rows import LabelRow
 from service.audit.task import (
     LABEL_NOT_IN_BUNDLE,
     ResultOptions,
+    StepResult,
     StudyAudit,
     algorithm_info,
     class_code,
+    per_study,
     register,
 )
 
 if TYPE_CHECKING:  # torch and MONAI come with them: only the model step needs them loaded
-    from models.bundle import LabelBundle, SampleVerdict
+    from models.bundle import LabelBundle
 
 __all__ = ["LabelInput", "LabelBatch", "LabelResult", "LabelTask", "LABEL_TASK"]
 
@@ -68,13 +70,11 @@ class LabelBatch:
 
 
 @dataclass
-class LabelResult:
-    """The model step's output: a verdict per image of the batch, in order, and cohort findings."""
+class LabelResult(StepResult):
+    """The model step's output: a ``SampleVerdict`` per image of the batch (scores, Grad-CAM heatmaps), in
+    order, and the cohort findings per (annotator, class)."""
 
-    verdicts: list[SampleVerdict]  # scores, Grad-CAM heatmaps
-    cohort: dict[tuple[str, str], str] = field(default_factory=dict)  # (annotator, class) -> finding
-    seconds: float = 0.0
-    worker: dict[str, object] | None = None  # where it ran, when not in this process (node id, pid)
+    cohort: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 def _image_size(bundle: Bundle) -> int:
@@ -138,22 +138,16 @@ class LabelTask:
         verdicts = bundle.audit(batch.images, batch.given, batch_size=batch_size, device=device)
         log.info("audited %d annotation(s) in %.1f s", len(batch), time.perf_counter() - t0)
         cohort = _cohort_text(bundle, batch, batch_size=batch_size, device=device)
-        return LabelResult(list(verdicts), cohort, time.perf_counter() - t0)
+        return LabelResult(list(verdicts), time.perf_counter() - t0, cohort=cohort)
 
     def write(self, inputs: Sequence[LabelInput], result: LabelResult | None, bundle: Bundle,
               vocabulary: Vocabulary, options: ResultOptions) -> list[StudyAudit]:
-        out = [StudyAudit(li.study.uid, issues=list(li.issues)) for li in inputs]
-        n = sum(len(li) for li in inputs)
-        if n == 0:
-            return out
-        if not isinstance(result, LabelResult) or len(result.verdicts) != n:
-            got = len(result.verdicts) if isinstance(result, LabelResult) else type(result).__name__
-            raise ValueError(f"the model step returned {got} verdicts for {n} labels")
+        out = []
         algorithm = algorithm_info(bundle)
-        start = 0
-        for li, sa in zip(inputs, out, strict=True):
-            pairs = list(zip(li.samples, result.verdicts[start:start + len(li)], strict=True))
-            start += len(li)
+        cohort = result.cohort if isinstance(result, LabelResult) else {}
+        for li, sa, verdicts in per_study(inputs, result):
+            out.append(sa)
+            pairs = list(zip(li.samples, verdicts, strict=True))
             if not pairs:
                 continue
             audited, rows = [], []
@@ -184,7 +178,7 @@ class LabelTask:
                 raise ValueError(f"study {sa.study_uid}: files of {missing} not found among the inputs")
             observers = {s.provenance.observer or "unknown observer" for s, _ in pairs}
             labels = {v.given_label for _, v in pairs}
-            findings = [text for (grp, cls), text in result.cohort.items() if grp in observers and cls in labels]
+            findings = [text for (grp, cls), text in cohort.items() if grp in observers and cls in labels]
             written: ResultSet = write_results(
                 li.study.datasets(a.image_uid for a in audited), li.study.datasets(a.annotation_uid for a in audited),
                 audited, algorithm, findings, heatmaps_for_hard_cases=options.heatmaps_for_hard_cases,

@@ -30,15 +30,16 @@ from service.audit.rows import MaskRow, RegionRow
 from service.audit.task import (
     LABEL_NOT_IN_BUNDLE,
     ResultOptions,
+    StepResult,
     StudyAudit,
     algorithm_info,
     class_code,
+    per_study,
     register,
 )
 
 if TYPE_CHECKING:  # torch and MONAI come with them: only the model step needs them loaded
     from models.seg.bundle import SegBundle
-    from models.seg.detector import MaskVerdict
 
 __all__ = ["MaskInput", "MaskBatch", "MaskResult", "MaskTask", "MASK_TASK"]
 
@@ -69,13 +70,9 @@ class MaskBatch:
         return len(self.images)
 
 
-@dataclass
-class MaskResult:
-    """The mask model step's output: per frame of the batch, in order, a verdict per class of the bundle."""
-
-    verdicts: list[list[MaskVerdict]]  # consensus mask, regions, Dice, HD95
-    seconds: float = 0.0
-    worker: dict[str, object] | None = None  # where it ran, when not in this process (node id, pid)
+class MaskResult(StepResult):
+    """The mask model step's output: per frame of the batch, in order, a ``MaskVerdict`` per class of the bundle
+    (consensus mask, regions, Dice, HD95)."""
 
 
 def _finite(x: float | None) -> float | None:
@@ -121,18 +118,10 @@ class MaskTask:
 
     def write(self, inputs: Sequence[MaskInput], result: MaskResult | None, bundle: Bundle,
               vocabulary: Vocabulary, options: ResultOptions) -> list[StudyAudit]:
-        out = [StudyAudit(mi.study.uid, issues=list(mi.issues)) for mi in inputs]
-        n = sum(len(mi) for mi in inputs)
-        if n == 0:
-            return out
-        if not isinstance(result, MaskResult) or len(result.verdicts) != n:
-            got = len(result.verdicts) if isinstance(result, MaskResult) else type(result).__name__
-            raise ValueError(f"the model step returned {got} frames of verdicts for {n}")
+        out = []
         algorithm = algorithm_info(bundle)
-        start = 0
-        for mi, sa in zip(inputs, out, strict=True):
-            verdicts = result.verdicts[start:start + len(mi)]
-            start += len(mi)
+        for mi, sa, verdicts in per_study(inputs, result):
+            out.append(sa)
             if not mi.frames:
                 continue
             audited, rows = [], []

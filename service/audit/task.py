@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
@@ -32,7 +32,8 @@ from service.audit.rows import AuditRow
 from service.settings import AuditSettings
 
 __all__ = [
-    "LABEL_NOT_IN_BUNDLE", "ResultOptions", "StudyAudit", "TaskInput", "AuditTask", "InferFn", "register",
+    "LABEL_NOT_IN_BUNDLE", "ResultOptions", "StudyAudit", "TaskInput", "StepResult", "per_study", "AuditTask",
+    "InferFn", "register",
     "task_for", "registered_tasks", "resolve_vocabulary", "class_code", "algorithm_info", "audit_inputs", "audit_study",
     "model_step", "warm_up", "StudyAuditor", "AUDITOR",
 ]
@@ -83,11 +84,40 @@ class TaskInput(Protocol):
     def __len__(self) -> int: ...
 
 
+InputT = TypeVar("InputT", bound=TaskInput)
+
+
+@dataclass
+class StepResult:
+    """What a model step returns: one entry per item of its batch, in order (a task's verdict type, or a
+    list of them per image or volume), how long it took and where it ran when not in this process."""
+
+    verdicts: list[Any]
+    seconds: float = 0.0
+    worker: dict[str, object] | None = None
+
+
+def per_study(inputs: Sequence[InputT], result: StepResult | None) -> Iterator[tuple[InputT, StudyAudit, list[Any]]]:
+    """Each input with a new :class:`StudyAudit` (its issues) and its share of the step's ``verdicts``, in order.
+
+    Raises
+    ------
+    ValueError
+        The step returned another number of results than the inputs have items.
+    """
+    n = sum(len(i) for i in inputs)
+    got = 0 if result is None else len(result.verdicts)
+    if got != n:
+        raise ValueError(f"the model step returned {got} results for {n} items")
+    start = 0
+    for i in inputs:
+        share = [] if result is None else result.verdicts[start:start + len(i)]
+        start += len(i)
+        yield i, StudyAudit(i.study.uid, issues=list(i.issues)), share
+
+
 InferFn = Callable[[Any], Any]
 """The model step run elsewhere (a Ray actor): a task's batch in, its result out."""
-
-
-InputT = TypeVar("InputT", bound=TaskInput)
 
 
 class AuditTask(Protocol[InputT]):

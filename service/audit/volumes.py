@@ -33,9 +33,11 @@ from service.audit.rows import VolumeRow
 from service.audit.task import (
     LABEL_NOT_IN_BUNDLE,
     ResultOptions,
+    StepResult,
     StudyAudit,
     algorithm_info,
     class_code,
+    per_study,
     register,
 )
 
@@ -80,13 +82,8 @@ class VolumeBatch:
         return len(self.images)
 
 
-@dataclass
-class VolumeResult:
-    """The model step's output: per volume of the batch, in order, a verdict per class of the bundle."""
-
-    verdicts: list[list[Any]]  # models.volume.detector.VolumeVerdict
-    seconds: float = 0.0
-    worker: dict[str, object] | None = None
+class VolumeResult(StepResult):
+    """The model step's output: per volume of the batch, in order, a ``VolumeVerdict`` per class of the bundle."""
 
 
 def _finite(x: float | None) -> float | None:
@@ -148,18 +145,10 @@ class VolumeTask:
 
     def write(self, inputs: Sequence[VolumeInput], result: VolumeResult | None, bundle: Bundle,
               vocabulary: Vocabulary, options: ResultOptions) -> list[StudyAudit]:
-        out = [StudyAudit(vi.study.uid, issues=list(vi.issues)) for vi in inputs]
-        n = sum(len(vi) for vi in inputs)
-        if n == 0:
-            return out
-        if not isinstance(result, VolumeResult) or len(result.verdicts) != n:
-            got = len(result.verdicts) if isinstance(result, VolumeResult) else type(result).__name__
-            raise ValueError(f"the model step returned {got} volumes of verdicts for {n}")
+        out = []
         algorithm = algorithm_info(bundle)
-        start = 0
-        for vi, sa in zip(inputs, out, strict=True):
-            verdicts = result.verdicts[start:start + len(vi)]
-            start += len(vi)
+        for vi, sa, verdicts in per_study(inputs, result):
+            out.append(sa)
             if not vi.cases:
                 continue
             audited: list[AuditedVolumeMask] = []
