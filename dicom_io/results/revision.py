@@ -373,12 +373,16 @@ def _seg_with_masks(original: Dataset, masks: Sequence[Correction], sources: Map
     stored = len(frames) - len(added)  # the frames of the images the SEG refers to come first
     fractional = kind == hd.seg.SegmentationTypeValues.FRACTIONAL
     top = int(original.get("MaximumFractionalValue", 255) or 255)
+    dtype = np.uint16 if fractional else np.uint8
     try:
         known = pixels_on_source_frames(seg, frames[:stored], numbers, rescale_fractional=False)
     except ValueError as e:
         raise RevisionError(f"SEG {uid}: {e}") from None
-    pixels = np.zeros((len(frames), *known.shape[1:]), np.uint16 if fractional else np.uint8)
-    pixels[:stored] = known
+    if added:  # one copy of the pixels at a time: a SEG over a long series with many segments is large
+        pixels = np.zeros((len(frames), *known.shape[1:]), dtype)
+        pixels[:stored] = known
+    else:
+        pixels = known.astype(dtype, copy=False)
     del known
     replaced: dict[int, int] = {}
     whole: set[int] = set()
@@ -410,7 +414,11 @@ def _seg_with_masks(original: Dataset, masks: Sequence[Correction], sources: Map
     for k, n in replaced.items():
         note = MASK_VOLUME_REPLACED_NOTE if k in whole else MASK_REPLACED_NOTE.format(n=n)
         descriptions[k].SegmentDescription = note[:64]
-    array = pixels.astype(np.float32) / top if fractional else pixels.astype(bool)
+    if fractional:
+        array = pixels.astype(np.float32) / top
+    else:  # 0/1 bytes are bools: no second copy
+        np.minimum(pixels, 1, out=pixels)
+        array = pixels.view(bool)
     software = original.get("SoftwareVersions") or "1"
     versions: Any = software if isinstance(software, str) else tuple(str(v) for v in software)
     try:
