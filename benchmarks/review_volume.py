@@ -2,12 +2,12 @@
 (cold: the series' grid from its headers and the segment read over it; warm: from the packed cache),
 and accepting the suggestion (the corrected SEG rebuilt over the whole series).
 
-A synthetic CT (``--slices`` x ``--size`` x ``--size``) with ``--segments`` ellipsoid segments is written
-with ``write_volume_study`` into a study store; segment 1 is flagged (its consensus two slices lower),
-the others are consistent; ``write_volume_results`` writes the real result objects and a finished job
-holds the ``VolumeRow``s, as the volume audit task would. The review then runs in a fresh child process
-(its peak RSS, ``VmHWM``, is its own) through the HTTP app in-process (FastAPI's TestClient: the
-server's work, no network). Writes JSON with the command that made it.
+A synthetic CT (``--slices`` x ``--size`` x ``--size``) with ``--segments`` ellipsoid segments side by
+side (none overlapping, as organs) is written with ``write_volume_study`` into a study store; segment 1
+is flagged (its consensus two slices lower), the others are consistent; ``write_volume_results`` writes
+the real result objects and a finished job holds the ``VolumeRow``s, as the volume audit task would.
+The review then runs in a fresh child process (its peak RSS, ``VmHWM``, is its own) through the HTTP
+app in-process (FastAPI's TestClient: the server's work, no network). Writes JSON with the command that made it.
 
     .venv/bin/python benchmarks/review_volume.py --slices 100 --size 512 --segments 10 \\
         --out benchmarks/results/review_volume.json
@@ -59,10 +59,13 @@ def _build(folder: Path, slices: int, size: int, segments: int, seed: int = 0) -
     image = rng.normal(40, 30, (slices, size, size)).astype(np.int16)
     zz, yy, xx = np.ogrid[:slices, :size, :size]
     masks = {}
-    for k in range(segments):
-        c = rng.uniform(0.3, 0.7, 3) * (slices, size, size)
-        r = rng.uniform(0.08, 0.15, 3) * (slices, size, size)
-        masks[f"organ{k + 1}"] = ((zz - c[0]) / r[0]) ** 2 + ((yy - c[1]) / r[1]) ** 2 + ((xx - c[2]) / r[2]) ** 2 <= 1
+    across = int(np.ceil(np.sqrt(segments)))
+    cell = size / across
+    for k in range(segments):  # organs side by side, as in a multi-organ CT SEG: no two overlap
+        cy, cx = cell * (k // across + 0.5), cell * (k % across + 0.5)
+        cz, rz = slices * rng.uniform(0.4, 0.6), slices * rng.uniform(0.2, 0.3)
+        ry, rx = cell * rng.uniform(0.3, 0.45), cell * rng.uniform(0.3, 0.45)
+        masks[f"organ{k + 1}"] = ((zz - cz) / rz) ** 2 + ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
     head_to_feet = [[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]]
     geometry = Geometry.from_components(image.shape, (1.5, 0.8, 0.8), (-200.0, -200.0, 100.0), head_to_feet)
     vocab = Vocabulary.from_class_names(list(masks))

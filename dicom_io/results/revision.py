@@ -372,18 +372,11 @@ def _seg_with_masks(original: Dataset, masks: Sequence[Correction], sources: Map
     at_frame = {f: i for i, f in enumerate(frames)}
     stored = len(frames) - len(added)  # the frames of the images the SEG refers to come first
     fractional = kind == hd.seg.SegmentationTypeValues.FRACTIONAL
+    labelmap = kind == hd.seg.SegmentationTypeValues.LABELMAP
     top = int(original.get("MaximumFractionalValue", 255) or 255)
-    dtype = np.uint16 if fractional else np.uint8
-    try:
-        known = pixels_on_source_frames(seg, frames[:stored], numbers, rescale_fractional=False)
-    except ValueError as e:
-        raise RevisionError(f"SEG {uid}: {e}") from None
-    if added:  # one copy of the pixels at a time: a SEG over a long series with many segments is large
-        pixels = np.zeros((len(frames), *known.shape[1:]), dtype)
-        pixels[:stored] = known
-    else:
-        pixels = known.astype(dtype, copy=False)
-    del known
+    size = (int(original.Rows), int(original.Columns))
+    # every correction as (segment index, frame index, plane), all checked before any pixel is read
+    edits: list[tuple[int, int, np.ndarray]] = []
     replaced: dict[int, int] = {}
     whole: set[int] = set()
     for c in masks:
@@ -402,23 +395,57 @@ def _seg_with_masks(original: Dataset, masks: Sequence[Correction], sources: Map
         for at, plane in planes:
             if at not in at_frame:
                 raise RevisionError(f"SEG {uid} does not refer to source image {at[0]} frame {at[1]}")
-            if plane.shape != pixels.shape[1:3]:
-                raise RevisionError(f"mask {plane.shape} does not fit source frame {pixels.shape[1:3]} of SEG {uid}")
-            i = at_frame[at]
-            pixels[i, :, :, k] = plane * (top if fractional else 1)
-            if kind == hd.seg.SegmentationTypeValues.LABELMAP:  # one segment per pixel: the new mask wins
-                for j in range(len(numbers)):
-                    if j != k:
-                        pixels[i, :, :, j][plane] = 0
+            if plane.shape != size:
+                raise RevisionError(f"mask {plane.shape} does not fit source frame {size} of SEG {uid}")
+            edits.append((k, at_frame[at], plane))
             replaced[k] = replaced.get(k, 0) + 1
     for k, n in replaced.items():
         note = MASK_VOLUME_REPLACED_NOTE if k in whole else MASK_REPLACED_NOTE.format(n=n)
         descriptions[k].SegmentDescription = note[:64]
-    if fractional:
-        array = pixels.astype(np.float32) / top
-    else:  # 0/1 bytes are bools: no second copy
-        np.minimum(pixels, 1, out=pixels)
-        array = pixels.view(bool)
+
+    def segment(j: int) -> np.ndarray:
+        """Segment ``j``'s stored values on every frame with the corrections applied (one segment in memory:
+        a SEG over a long series with many segments is large)."""
+        try:
+            known = pixels_on_source_frames(seg, frames[:stored], [numbers[j]], rescale_fractional=False)
+        except ValueError as e:
+            raise RevisionError(f"SEG {uid}: {e}") from None
+        out = np.zeros((len(frames), *size), np.uint16 if fractional else np.uint8)
+        out[:stored] = known[..., 0]
+        del known
+        for k, i, plane in edits:  # in order: a later correction wins
+            if k == j:
+                out[i] = plane * (top if fractional else 1)
+            elif labelmap:  # one segment per pixel: the corrected mask takes its pixels
+                out[i][plane] = 0
+        return out
+
+    array: np.ndarray
+    done = 0  # segments in the label map so far
+    if not fractional and len(numbers) > 1:  # label-map style: one byte per pixel, not one per pixel and segment
+        lm = np.zeros((len(frames), *size), np.uint8 if max(numbers) < 256 else np.uint16)
+        pending: np.ndarray | None = None
+        for j, n in enumerate(numbers):
+            m = segment(j) > 0
+            if lm[m].any():  # overlapping segments (a binary SEG may have them): stacked after all
+                pending = m
+                break
+            lm[m] = n
+            done += 1
+        if pending is None:
+            array = lm
+        else:
+            array = np.zeros((len(frames), *size, len(numbers)), bool)
+            for j in range(done):
+                array[..., j] = lm == numbers[j]
+            del lm
+            array[..., done] = pending
+            done += 1
+    else:
+        array = np.zeros((len(frames), *size, len(numbers)), np.float32 if fractional else bool)
+    if array.ndim == 4:
+        for j in range(done, len(numbers)):
+            array[..., j] = segment(j) / top if fractional else segment(j) > 0
     software = original.get("SoftwareVersions") or "1"
     versions: Any = software if isinstance(software, str) else tuple(str(v) for v in software)
     try:

@@ -1112,13 +1112,13 @@ class ReviewService:
         if src is None:
             raise RevisionError(f"annotation {item['annotation_uid']} is not in the store")
         original = pydicom.dcmread(src)
-        sources = {}
+        sources = dict(extra_sources)  # headers are enough to rebuild a SEG over them
         if any(f.mask is not None for f in fixes):  # the SEG is rebuilt from its source images
             for series in original.get("ReferencedSeriesSequence") or []:
                 for ref in series.get("ReferencedInstanceSequence") or []:
-                    if (p := self.instance_path(str(ref.ReferencedSOPInstanceUID))) is not None:
-                        sources[str(ref.ReferencedSOPInstanceUID)] = pydicom.dcmread(p)
-            sources.update({u: h for u, h in extra_sources.items() if u not in sources})
+                    uid = str(ref.ReferencedSOPInstanceUID)
+                    if uid not in sources and (p := self.instance_path(uid)) is not None:
+                        sources[uid] = pydicom.dcmread(p)
         previous = [pydicom.dcmread(before[-1][1], stop_before_pixels=True)] if before else []
         version = 1 + len({p for _, p in before})
         return corrected_annotation(original, fixes, reviewer, predecessors=previous,

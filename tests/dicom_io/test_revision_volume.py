@@ -1,7 +1,7 @@
 """A reviewer's whole-segment correction of a SEG over a series (``Correction`` with ``slices``).
 
-A CT-like series with real geometry and a SEG over it (liver, spleen) are written with
-``write_volume_study``; the SEG is then made to look like one from a tool that leaves empty slices out
+A CT-like series with real geometry and a SEG over it (liver, spleen; apart or overlapping) are written
+with ``write_volume_study``; the SEG is then made to look like one from a tool that leaves empty slices out
 of its references. Replacing the liver by a mask two slices lower must give a SEG, rebuilt with highdicom
 from the series' headers, whose liver is that mask voxel for voxel (on slices the original never
 referred to as well), whose spleen is unchanged, and that passes dciodvfy.
@@ -35,12 +35,14 @@ SHAPE = (8, 24, 20)
 REVIEWER = Reviewer("Doe^Jane", "labelqa QA", datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC))
 
 
-@pytest.fixture
-def case(tmp_path):
+@pytest.fixture(params=["apart", "overlapping"])
+def case(request, tmp_path):
     liver = np.zeros(SHAPE, bool)
     liver[2:5, 4:14, 3:12] = True
     spleen = np.zeros(SHAPE, bool)
     spleen[3:6, 15:21, 13:18] = True
+    if request.param == "overlapping":  # a binary SEG's segments may overlap: no label map then
+        spleen[3:6, 10:21, 8:18] = True
     image = np.where(liver, 60.0, 0.0) + np.where(spleen, 40.0, 0.0) - 20.0
     head_to_feet = [[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]]
     geometry = Geometry.from_components(SHAPE, (3.0, 0.9, 0.9), (-10.0, -10.0, 40.0), head_to_feet, "1.2.3.44")

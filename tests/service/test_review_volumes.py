@@ -242,7 +242,7 @@ def test_slice_pictures_are_the_segments_on_that_slice(volumes, mask_template): 
     slices = c.get(f"/api/items/{liver['id']}", headers=_bearer(READER)).json()["slices"]
     worst = liver["key_slices"][0]
     h = _bearer(READER)
-    for k in sorted({0, 2, worst, 8, 9, 11}):
+    for k in sorted({0, worst, 5, 9}):  # nothing, the worst, both masks, the suggestion only
         given = _overlay(c.get(f"/api/items/{liver['id']}/mask.png", params={"slice": k}, headers=h))
         assert np.array_equal(given, truth["liver"][k]), k
         suggested = _overlay(c.get(f"/api/items/{liver['id']}/suggestion.png", params={"slice": k}, headers=h))
