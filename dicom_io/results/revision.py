@@ -4,9 +4,10 @@
   reviewer's. For an SR the coded finding at the audited content item is replaced, the reviewer is
   added as person observer (TID 1002), the document is VERIFIED by the reviewer and its Predecessor
   Documents Sequence (PS3.3 C.17.2) names the annotation it supersedes. For a SEG the audited
-  segment's Segmented Property Type (and label) is replaced, and/or its mask on one source frame (a
-  reviewer accepted labelqa's suggested mask): the SEG is then rebuilt with highdicom from the same
-  source images, every other segment and frame as it was. Both go into labelqa's reviewed-label
+  segment's Segmented Property Type (and label) is replaced, and/or its mask on one source frame or,
+  for a segment audited in 3-D, on every slice of its series (a reviewer accepted labelqa's
+  suggested mask): the SEG is then rebuilt with highdicom from the same source images, every other
+  segment and frame as it was. Both go into labelqa's reviewed-label
   series (``REVIEWED_LABEL_SERIES_NUMBER``): an annotation like any other (the reviewer's), so
   labelqa's reader reads it and a PACS that routes it back has the correction audited too.
 - :func:`verified_report`: the study's QA report SR reissued with, in each reviewed measurement
@@ -39,8 +40,8 @@ from dicom_io.results.uids import derived_uid, digest
 from dicom_io.sop import SEG_STORAGE
 
 __all__ = [
-    "MASK_CORRECTIONS", "MASK_REPLACED_NOTE", "Reviewer", "ReviewedItem", "Correction", "corrected_annotation",
-    "verified_report", "RevisionError",
+    "MASK_CORRECTIONS", "MASK_REPLACED_NOTE", "MASK_VOLUME_REPLACED_NOTE", "Reviewer", "ReviewedItem", "Correction",
+    "corrected_annotation", "verified_report", "RevisionError",
 ]
 
 REVIEWED_SERIES_DESCRIPTION = "labelqa reviewed labels"
@@ -200,10 +201,12 @@ def _person_observer(name: str) -> list[Dataset]:
 @dataclass(frozen=True, eq=False)
 class Correction:
     """One correction of an annotation object: the SR content item or SEG segment, and its new label
-    and/or (SEG) its new mask on one source frame.
+    and/or (SEG) its new mask on one source frame or on every slice of a series.
 
     ``mask``: bool (rows, columns) on the grid of source image ``image_uid``, 1-based ``frame`` (None:
-    a single-frame image); ``label`` None keeps the label.
+    a single-frame image); or, with ``slices`` (the series' slices as (SOP Instance UID, frame or
+    None), in the order of the mask's first axis), bool (slices, rows, columns): the segment's whole
+    mask over the series, which replaces it on every one of those slices. ``label`` None keeps the label.
     """
 
     label: Any = None  # a Code / CodedConcept / class name
@@ -212,6 +215,7 @@ class Correction:
     mask: np.ndarray | None = None
     image_uid: str | None = None
     frame: int | None = None
+    slices: tuple[tuple[str, int | None], ...] | None = None
 
     def key(self) -> list[Any]:
         """What identifies the correction, for deterministic UIDs (a label-only one as before masks existed)."""
@@ -221,6 +225,8 @@ class Correction:
         if self.mask is not None:
             out += [self.image_uid or "", self.frame or 0, list(np.shape(self.mask)),
                     digest(np.packbits(np.asarray(self.mask, bool)))]
+        if self.slices is not None:
+            out += [digest([[u, f or 0] for u, f in self.slices])]
         return out
 
 
@@ -240,8 +246,9 @@ def corrected_annotation(
     corrected concept; the document is VERIFIED by ``reviewer`` and names ``original`` and
     ``predecessors`` (earlier corrected versions) in its Predecessor Documents Sequence. SEG: each
     correction's segment gets its label as Segmented Property Type (a SEG has no predecessor
-    attribute), and its mask, when given, on its source frame (:func:`_seg_with_masks`: ``sources``,
-    the SEG's source images by SOP Instance UID, are needed then). ``key`` (anything JSON-able) makes
+    attribute), and its mask, when given, on its source frame or over its series (:func:`_seg_with_masks`:
+    ``sources``, the SEG's source images by SOP Instance UID, and for a whole-segment correction every
+    slice of the series, are needed then). ``key`` (anything JSON-able) makes
     the UIDs: same key and corrections, same UIDs. With no corrections but ``predecessors``, the
     result restores the original labels and masks (a reviewer took a correction back). Raises
     RevisionError when a path, segment, source frame or source image does not exist, or a mask does
@@ -319,12 +326,16 @@ def corrected_annotation(
 MASK_REPLACED_NOTE = "mask: labelqa suggestion accepted in review on {n} frame(s)"
 """Segment Description (LO, 64 characters) of a segment whose mask a reviewer replaced."""
 
+MASK_VOLUME_REPLACED_NOTE = "mask: labelqa suggestion accepted in review over the series"
+"""Segment Description of a segment whose whole mask over its series a reviewer replaced."""
+
 
 def _seg_with_masks(original: Dataset, masks: Sequence[Correction], sources: Mapping[str, Dataset], *,
                     sop_instance_uid: str, series_instance_uid: str, instance_number: int, when: str) -> Dataset:
     """``original`` rebuilt (highdicom) from its source images with each correction's mask on its
-    segment and source frame; every other segment and frame as stored (binary, fractional and
-    label-map SEGs). A frame the original omitted (the mask was empty there) is added."""
+    segment and source frame (or, with ``slices``, on every slice of its series); every other segment
+    and frame as stored (binary, fractional and label-map SEGs). A frame the original omitted (the mask
+    was empty there) is added, and so is a slice of the series the original did not refer to at all."""
     import highdicom as hd
 
     from dicom_io.results.geometry import has_plane_geometry
@@ -341,46 +352,100 @@ def _seg_with_masks(original: Dataset, masks: Sequence[Correction], sources: Map
                         if int(item.SegmentNumber) in numbers]  # a label map's background (0) is highdicom's own
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         raise RevisionError(f"SEG {uid} cannot be read for a mask correction: {e}") from None
-    missing = [u for u in refs if u not in sources]
+    # a whole-segment correction covers every slice of its series: slices the SEG never referenced (tools
+    # omit empty slices from a SEG and from its references) become source images of the corrected SEG
+    added = list(dict.fromkeys(u for c in masks if c.slices is not None for u, f in c.slices
+                               if f is None and u not in refs))
+    missing = [u for u in refs + added if u not in sources]
     if missing:
         raise RevisionError(f"source image(s) {', '.join(missing)} of SEG {uid} are not in the store")
-    flat = [u for u in refs if not has_plane_geometry(sources[u])]
+    flat = [u for u in refs + added if not has_plane_geometry(sources[u])]
     if flat:
         raise RevisionError(f"source image(s) {', '.join(flat)} of SEG {uid} have no plane geometry: a SEG over them "
                             "cannot be placed by a viewer, so no corrected SEG is written")
-    images = [clean_header(sources[u]) for u in refs]
+    images = [clean_header(sources[u]) for u in refs + added]
     frames: list[tuple[str, int | None]] = []
     for ds in images:
         n = n_frames(ds)
         frames += [(str(ds.SOPInstanceUID), None)] if n == 1 else [(str(ds.SOPInstanceUID), f) for f in
                                                                      range(1, n + 1)]
+    at_frame = {f: i for i, f in enumerate(frames)}
+    stored = len(frames) - len(added)  # the frames of the images the SEG refers to come first
     fractional = kind == hd.seg.SegmentationTypeValues.FRACTIONAL
+    labelmap = kind == hd.seg.SegmentationTypeValues.LABELMAP
     top = int(original.get("MaximumFractionalValue", 255) or 255)
-    try:
-        pixels = pixels_on_source_frames(seg, frames, numbers, rescale_fractional=False).astype(np.uint16 if fractional
-                                                                                                 else np.uint8)
-    except ValueError as e:
-        raise RevisionError(f"SEG {uid}: {e}") from None
+    size = (int(original.Rows), int(original.Columns))
+    # every correction as (segment index, frame index, plane), all checked before any pixel is read
+    edits: list[tuple[int, int, np.ndarray]] = []
     replaced: dict[int, int] = {}
+    whole: set[int] = set()
     for c in masks:
         if c.segment_number is None or int(c.segment_number) not in numbers:
             raise RevisionError(f"segment {c.segment_number} is not in SEG {uid}")
-        at = (str(c.image_uid), None if c.frame is None else int(c.frame))
-        if at not in frames:
-            raise RevisionError(f"SEG {uid} does not refer to source image {c.image_uid} frame {c.frame}")
+        k = numbers.index(int(c.segment_number))
         m = np.asarray(c.mask, bool)
-        if m.shape != pixels.shape[1:3]:
-            raise RevisionError(f"mask {m.shape} does not fit source frame {pixels.shape[1:3]} of SEG {uid}")
-        i, k = frames.index(at), numbers.index(int(c.segment_number))
-        pixels[i, :, :, k] = m * (top if fractional else 1)
-        if kind == hd.seg.SegmentationTypeValues.LABELMAP:  # one segment per pixel: the new mask wins
-            for j in range(len(numbers)):
-                if j != k:
-                    pixels[i, :, :, j][m] = 0
-        replaced[k] = replaced.get(k, 0) + 1
+        if c.slices is not None:
+            if m.ndim != 3 or m.shape[0] != len(c.slices):
+                raise RevisionError(f"mask {m.shape} of segment {c.segment_number} does not have one plane for each "
+                                    f"of the {len(c.slices)} slices of its series")
+            planes = [((str(u), None if f is None else int(f)), m[z]) for z, (u, f) in enumerate(c.slices)]
+            whole.add(k)
+        else:
+            planes = [((str(c.image_uid), None if c.frame is None else int(c.frame)), m)]
+        for at, plane in planes:
+            if at not in at_frame:
+                raise RevisionError(f"SEG {uid} does not refer to source image {at[0]} frame {at[1]}")
+            if plane.shape != size:
+                raise RevisionError(f"mask {plane.shape} does not fit source frame {size} of SEG {uid}")
+            edits.append((k, at_frame[at], plane))
+            replaced[k] = replaced.get(k, 0) + 1
     for k, n in replaced.items():
-        descriptions[k].SegmentDescription = MASK_REPLACED_NOTE.format(n=n)[:64]
-    array = pixels.astype(np.float32) / top if fractional else pixels.astype(bool)
+        note = MASK_VOLUME_REPLACED_NOTE if k in whole else MASK_REPLACED_NOTE.format(n=n)
+        descriptions[k].SegmentDescription = note[:64]
+
+    def segment(j: int) -> np.ndarray:
+        """Segment ``j``'s stored values on every frame with the corrections applied (one segment in memory:
+        a SEG over a long series with many segments is large)."""
+        try:
+            known = pixels_on_source_frames(seg, frames[:stored], [numbers[j]], rescale_fractional=False)
+        except ValueError as e:
+            raise RevisionError(f"SEG {uid}: {e}") from None
+        out = np.zeros((len(frames), *size), np.uint16 if fractional else np.uint8)
+        out[:stored] = known[..., 0]
+        del known
+        for k, i, plane in edits:  # in order: a later correction wins
+            if k == j:
+                out[i] = plane * (top if fractional else 1)
+            elif labelmap:  # one segment per pixel: the corrected mask takes its pixels
+                out[i][plane] = 0
+        return out
+
+    array: np.ndarray
+    done = 0  # segments in the label map so far
+    if not fractional and len(numbers) > 1:  # label-map style: one byte per pixel, not one per pixel and segment
+        lm = np.zeros((len(frames), *size), np.uint8 if max(numbers) < 256 else np.uint16)
+        pending: np.ndarray | None = None
+        for j, n in enumerate(numbers):
+            m = segment(j) > 0
+            if lm[m].any():  # overlapping segments (a binary SEG may have them): stacked after all
+                pending = m
+                break
+            lm[m] = n
+            done += 1
+        if pending is None:
+            array = lm
+        else:
+            array = np.zeros((len(frames), *size, len(numbers)), bool)
+            for j in range(done):
+                array[..., j] = lm == numbers[j]
+            del lm
+            array[..., done] = pending
+            done += 1
+    else:
+        array = np.zeros((len(frames), *size, len(numbers)), np.float32 if fractional else bool)
+    if array.ndim == 4:
+        for j in range(done, len(numbers)):
+            array[..., j] = segment(j) / top if fractional else segment(j) > 0
     software = original.get("SoftwareVersions") or "1"
     versions: Any = software if isinstance(software, str) else tuple(str(v) for v in software)
     try:

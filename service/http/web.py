@@ -14,6 +14,9 @@ JSON (bearer token or session cookie + CSRF header):
 - ``GET /api/review/stats``: flag precision, errors per review, efficacy curve.
 - Pictures for the item view: ``/api/items/{id}/image.png`` (``wc``/``ww`` window), ``heatmap.png``,
   ``mask.png`` (SEG: the given segment as an overlay), ``suggestion.png`` (a flagged mask: the suggested one).
+  A volume item (a segment audited in 3-D: ``dims`` 3) takes ``slice=k`` on the three (0-based, the
+  k-th of its ``slices``; default the worst key slice); a slice out of range, or one asked of a 2-D
+  item, is a 422 that says so.
 
 Pages (session cookie, CSRF token in every form): ``/login``, ``/review`` (worklist), ``/review/items/{id}``.
 """
@@ -35,6 +38,7 @@ from pydantic import BaseModel, Field
 
 from service.http.auth import CSRF_FIELD, SESSION_COOKIE, Auth, LoginRequired, Principal, safe_next
 from service.review import Decision, DecisionError, ReviewService, WorklistFilter, why_flagged
+from service.review.volume import VolumeItemError, is_volume_item, opening_slice, slice_source
 
 __all__ = [
     "HERE", "TEMPLATES", "STATIC", "EXPORT_FIELDS", "DecisionBody", "install", "export_csv_text", "json_response",
@@ -170,6 +174,29 @@ class _Pictures:
             raise HTTPException(422, f"cannot read the suggested mask: {e}") from None
         return self.png(self.outline(m, (0, 200, 255, 50), (0, 230, 255, 255)))
 
+    def at_slice(self, item: dict[str, Any], k: int | None) -> dict[str, Any]:
+        """The item on slice ``k`` of its series (a volume item; None: where its page opens); 422 for a
+        slice out of range or asked of a one-frame item."""
+        if k is None and not is_volume_item(item):
+            return item
+        try:
+            uid, frame = slice_source(item, opening_slice(item) if k is None else k)
+        except VolumeItemError as e:
+            raise HTTPException(e.status, str(e)) from None
+        return {**item, "image_uid": uid, "frame": frame}
+
+    def volume_mask(self, item: dict[str, Any], k: int | None, suggested: bool) -> Response:
+        """The given (or suggested) segment of a volume item on slice ``k``, drawn as the 2-D ones are."""
+        k = opening_slice(item) if k is None else k
+        try:
+            m = (self.review.volume_masks.suggested if suggested else self.review.volume_masks.given)(item, k)
+        except VolumeItemError as e:
+            raise HTTPException(e.status, f"cannot read the {'suggested' if suggested else 'given'} mask: {e}") \
+                from None
+        if suggested:
+            return self.png(self.outline(m, (0, 200, 255, 50), (0, 230, 255, 255)))
+        return self.png(self.outline(m, (255, 40, 40, 110), (255, 220, 0, 255)))
+
     @staticmethod
     def outline(m: Any, fill: tuple[int, ...], edge: tuple[int, ...]) -> Any:
         """An RGBA overlay of a bool mask: ``fill`` inside, ``edge`` on its boundary."""
@@ -283,23 +310,33 @@ def install(app: FastAPI, review: ReviewService, auth: Auth, *, stats_extra: Any
     def stats(_p: Principal = Depends(reviewer)) -> dict[str, Any]:
         return synced().stats()
 
+    slice_q = Query(None, ge=0, le=100000, alias="slice",
+                    description="A volume item: the slice (0-based, in its series' order); default the worst.")
+
     @api.get("/items/{item_id}/image.png", response_class=Response, summary="The source frame (windowed)")
-    def image(item_id: int, wc: float | None = None, ww: float | None = None,
+    def image(item_id: int, wc: float | None = None, ww: float | None = None, k: int | None = slice_q,
               _p: Principal = Depends(reviewer)) -> Response:
-        return pics.image(item_or_404(item_id), wc, ww)
+        it = item_or_404(item_id)
+        return pics.image(pics.at_slice(it, k) if k is not None or is_volume_item(it) else it, wc, ww)
 
     @api.get("/items/{item_id}/heatmap.png", response_class=Response, summary="The heatmap overlay (SC)")
     def heatmap(item_id: int, _p: Principal = Depends(reviewer)) -> Response:
         return pics.heatmap(item_or_404(item_id))
 
     @api.get("/items/{item_id}/mask.png", response_class=Response, summary="The given SEG mask as an overlay")
-    def mask(item_id: int, _p: Principal = Depends(reviewer)) -> Response:
-        return pics.mask(item_or_404(item_id))
+    def mask(item_id: int, k: int | None = slice_q, _p: Principal = Depends(reviewer)) -> Response:
+        it = item_or_404(item_id)
+        if is_volume_item(it):
+            return pics.volume_mask(it, k, suggested=False)
+        return pics.mask(pics.at_slice(it, k))
 
     @api.get("/items/{item_id}/suggestion.png", response_class=Response,
              summary="The suggested mask of a flagged SEG mask as an overlay")
-    def suggestion(item_id: int, _p: Principal = Depends(reviewer)) -> Response:
-        return pics.suggestion(item_or_404(item_id))
+    def suggestion(item_id: int, k: int | None = slice_q, _p: Principal = Depends(reviewer)) -> Response:
+        it = item_or_404(item_id)
+        if is_volume_item(it) and it.get("suggestion_uid"):
+            return pics.volume_mask(it, k, suggested=True)
+        return pics.suggestion(pics.at_slice(it, k))
 
     app.include_router(api)
 
@@ -366,15 +403,22 @@ def install(app: FastAPI, review: ReviewService, auth: Auth, *, stats_extra: Any
 
     @web.get("/review/items/{item_id}")
     def item_page(request: Request, item_id: int, verdict: str | None = "flagged", status: str | None = None,
-                  saved: str | None = None, p: Principal = Depends(page)) -> Response:
+                  saved: str | None = None, k: int | None = Query(None, ge=0, le=100000, alias="slice"),
+                  p: Principal = Depends(page)) -> Response:
         it = item_or_404(item_id)
+        volume = None
+        if is_volume_item(it):  # a segment over a series: the page scrolls through its slices
+            n = len(it.get("slices") or [])
+            start = k if k is not None and k < n else opening_slice(it)
+            volume = {"n": n, "start": start, "key": [int(x) for x in it.get("key_slices") or [] if 0 <= int(x) < n],
+                      "range": it.get("slice_range"), "regions": it.get("regions_3d") or []}
         f = _filter(verdict, None, None, None, None, None, None, status)
         prev, nxt = review.store.neighbours(item_id, f)
         query = {k: v for k, v in dict(verdict=f.verdict or "any", status=f.status).items() if v is not None}
         return render("item.html", request, p, item=it, why=why_flagged(it), prev_id=prev, next_id=nxt,
                       labels=review.class_names(), query=query, saved=saved,
                       members=sorted((it.get("member_probs") or {}).items()),
-                      trail=review.store.trail(item_id, 20))
+                      trail=review.store.trail(item_id, 20), volume=volume)
 
     @web.post("/review/items/{item_id}/decision")
     def item_decide(request: Request, item_id: int, decision: str = Form(...),

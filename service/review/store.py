@@ -2,11 +2,12 @@
 
 Three tables on the service database (on ``dicom_io.db.Base``; migration 0002):
 
-- ``annotations_audited``: one row per audited annotation (SR content item, or SEG segment on one
-  source frame: ``frame_key``, migration 0003), kept in step with the newest finished audit of each
-  study by :meth:`ReviewStore.sync` (it reads the job table incrementally, so it needs no hook in the
-  pipeline and catches up after a restart). Indexed on ``priority`` (with the id as tie-break) so the
-  worklist pages by keyset at 100,000 rows.
+- ``annotations_audited``: one row per audited annotation (SR content item, SEG segment on one
+  source frame: ``frame_key``, migration 0003, or SEG segment audited in 3-D over its series, whose
+  slices, key slices and volumes are in its extra JSON: :mod:`service.review.volume`), kept in step
+  with the newest finished audit of each study by :meth:`ReviewStore.sync` (it reads the job table
+  incrementally, so it needs no hook in the pipeline and catches up after a restart). Indexed on
+  ``priority`` (with the id as tie-break) so the worklist pages by keyset at 100,000 rows.
 - ``review_decisions``: the current decision per annotation ("label_wrong" with a corrected label
   and/or, for a flagged mask, ``corrected_mask`` "suggestion" (migration 0004), "label_right",
   "unsure"), who made it and when, and the state of its write-back to the PACS.
@@ -53,6 +54,7 @@ from dicom_io.db import Base, ensure_schema
 from dicom_io.results import find_saved, save_results
 from dicom_io.results.revision import MASK_CORRECTIONS as REVISION_MASK_CORRECTIONS
 from models.verdict import FLAGGED, Verdict
+from service.review.volume import VolumeMasks, is_volume_item, volume_correction, volume_extra, volume_item_fields
 
 log = logging.getLogger("labelqa.review")
 
@@ -259,7 +261,8 @@ def frame_key(row: dict[str, Any]) -> str:
     return key[:160]
 
 
-def _item_dict(r: AuditedRow, d: DecisionRow | None) -> dict[str, Any]:
+def _item_dict(r: AuditedRow, d: DecisionRow | None, *, slices: bool = True) -> dict[str, Any]:
+    """An item as the API gives it; ``slices`` False leaves a volume item's per-slice list out (worklist pages)."""
     extra = json.loads(r.extra_json) if r.extra_json else {}
     return {
         "id": r.id,
@@ -294,6 +297,7 @@ def _item_dict(r: AuditedRow, d: DecisionRow | None) -> dict[str, Any]:
         "mask_kind": extra.get("kind"),
         "dice": extra.get("dice"),
         "suggestion_uid": extra.get("suggestion_uid"),
+        **volume_item_fields(extra, slices=slices),
         "decision": _decision_dict(d) if d is not None else None,
     }
 
@@ -423,6 +427,7 @@ class ReviewStore:
                 extra = {k: row[k] for k in ("member_probs", "kind", "dice") if row.get(k) is not None}
                 if row.get("suggestion_uid") and is_mask_row(row):
                     extra["suggestion_uid"] = row["suggestion_uid"]
+                extra.update(volume_extra(row))  # a segment audited in 3-D: its slices, key slices, volumes
                 rec.image_uid = row.get("image_uid")
                 rec.frame = row.get("frame")
                 rec.source = str(row.get("source") or "sr")
@@ -440,7 +445,7 @@ class ReviewStore:
                 rec.score = row.get("score")
                 rec.modality = ctx.get("modality")
                 rec.study_date = ctx.get("study_date")
-                rec.series_uid = ctx.get("series_uid")
+                rec.series_uid = ctx.get("series_uid") or row.get("series_uid")
                 rec.series_description = ctx.get("series_description")
                 rec.report_uid = report_uid
                 rec.heatmap_uid = row.get("heatmap_uid")
@@ -575,7 +580,7 @@ class ReviewStore:
             total = self._count(s, f, conds) if with_total else -1
         more = len(rows) > limit
         rows = rows[:limit]
-        items = [_item_dict(r, d) for r, d in rows]
+        items = [_item_dict(r, d, slices=False) for r, d in rows]
         nxt = encode_cursor(rows[-1][0].priority, rows[-1][0].id) if more and rows else None
         return WorklistPage(items=items, total=total, next_cursor=nxt, offset=offset)
 
@@ -890,6 +895,8 @@ class ReviewService:
         self.organization = organization
         self.display_names = display_names or {}
         self._wb_lock = threading.Lock()
+        self.volume_masks = VolumeMasks(self)
+        """The given and suggested masks of volume items, slice by slice (read once per segment, cached)."""
 
     @classmethod
     def from_settings(cls, settings: Any, engine: Engine, *, jobs: Any = None, outbox: Any = None) -> ReviewService:
@@ -1082,12 +1089,17 @@ class ReviewService:
 
         parts = [x for x in self.store.find(item["annotation_uid"]) if x["current"] and x["decision"]]
         fixes = []
+        extra_sources: dict[str, Any] = {}  # a whole-segment correction: the headers of its series' slices
         for x in parts:
             dx = x["decision"]
             if dx["decision"] != Decision.LABEL_WRONG:
                 continue
             label = self._code(dx["corrected_label"]) if dx["corrected_label"] else None
-            if dx.get("corrected_mask") == "suggestion":
+            if dx.get("corrected_mask") == "suggestion" and is_volume_item(x):  # the whole segment, every slice
+                fix, headers = volume_correction(self.volume_masks, x, label)
+                fixes.append(fix)
+                extra_sources.update(headers)
+            elif dx.get("corrected_mask") == "suggestion":
                 fixes.append(Correction(label, x["content_path"], x["segment_number"], mask=self.suggested_mask(x),
                                         image_uid=x["image_uid"], frame=x["frame"]))
             elif label is not None:
@@ -1100,12 +1112,13 @@ class ReviewService:
         if src is None:
             raise RevisionError(f"annotation {item['annotation_uid']} is not in the store")
         original = pydicom.dcmread(src)
-        sources = {}
+        sources = dict(extra_sources)  # headers are enough to rebuild a SEG over them
         if any(f.mask is not None for f in fixes):  # the SEG is rebuilt from its source images
             for series in original.get("ReferencedSeriesSequence") or []:
                 for ref in series.get("ReferencedInstanceSequence") or []:
-                    if (p := self.instance_path(str(ref.ReferencedSOPInstanceUID))) is not None:
-                        sources[str(ref.ReferencedSOPInstanceUID)] = pydicom.dcmread(p)
+                    uid = str(ref.ReferencedSOPInstanceUID)
+                    if uid not in sources and (p := self.instance_path(uid)) is not None:
+                        sources[uid] = pydicom.dcmread(p)
         previous = [pydicom.dcmread(before[-1][1], stop_before_pixels=True)] if before else []
         version = 1 + len({p for _, p in before})
         return corrected_annotation(original, fixes, reviewer, predecessors=previous,
