@@ -39,7 +39,7 @@ TABLE_MODULES: tuple[str, ...] = (
     "dicom_io.store",  # patients, studies, series, instances, store_events
     "dicom_io.outbox",  # outbox_items
     "service.runtime.jobs",  # audit_jobs
-    "service.review",  # annotations_audited, review_decisions, review_decision_audit, review_sync
+    "service.review.tables",  # annotations_audited, review_decisions, review_decision_audit, review_sync
 )
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent

@@ -18,6 +18,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -453,6 +454,21 @@ class JobStore:
         with Session(self.engine) as s:
             row = s.scalars(q.limit(1)).first()
             return _to_job(row) if row is not None else None
+
+    def finished_marker(self) -> tuple[float | None, int]:
+        """(newest finish time, number) of the finished audits: it changes whenever one finishes."""
+        with Session(self.engine) as s:
+            newest, n = s.execute(select(func.max(AuditJobRow.finished_at), func.count())
+                                  .where(AuditJobRow.state == DONE)).one()
+        return newest, int(n)
+
+    def finished_since(self, since: float) -> Sequence[Job]:
+        """The finished audits with their results, finished at or after ``since``, in the order they finished
+        (two workers may finish a newer job first: readers keep a high-water mark, not the last id)."""
+        q = (select(AuditJobRow).where(AuditJobRow.state == DONE, AuditJobRow.finished_at >= since)
+             .order_by(AuditJobRow.finished_at, AuditJobRow.id))
+        with Session(self.engine) as s:
+            return [_to_job(r) for r in s.scalars(q)]
 
     def counts(self) -> dict[str, int]:
         """Number of jobs per state (every state present, zeros included)."""
