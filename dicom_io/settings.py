@@ -90,8 +90,12 @@ class StoreSettings(BaseModel):
     )
 
     max_inflated_mb: int = Field(
-        1024, ge=1, description="A Deflated Explicit VR instance that inflates beyond this (MiB) is refused "
-        "with 0xA700 before it is held in memory.",
+        64, ge=1, description="A Deflated Explicit VR instance that inflates beyond this (MiB) is refused with "
+        "0xA700 (it is checked while it inflates, a chunk at a time, and never held whole).",
+    )
+    inflate_budget_mb: int = Field(
+        16, ge=1, description="Inflated bytes (MiB) that all associations together may hold while they check "
+        "deflated instances; one that finds it used up for 10 s is refused with 0xA700.",
     )
 
     def resolved_database_url(self) -> str:

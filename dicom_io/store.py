@@ -49,6 +49,7 @@ from dicom_io.db import Base, ensure_schema, insert_ignore, make_engine
 from dicom_io.part10 import (  # noqa: F401 - re-exported: the listener maps these errors to statuses
     UID_RE,
     Header,
+    InflateBudget,
     InvalidInstance,
     MissingUID,
     SOPClassMismatch,
@@ -271,10 +272,13 @@ class StudyStore:
         engine: Engine | None = None,
         reconcile: bool = True,
         fsync_directory: bool = True,
-        max_inflated_mb: int = 1024,
+        max_inflated_mb: int = 64,
+        inflate_budget_mb: int = 16,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.max_inflated_bytes = int(max_inflated_mb) * 2**20
+        self.inflate_budget = InflateBudget(int(inflate_budget_mb) * 2**20)
+        """Inflated bytes that all concurrent ``put`` calls may hold while checking deflated instances."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         shared_index = bool(database_url) and not str(database_url).startswith("sqlite")
         self._lock_fd: int | None = _lock_data_dir(self.data_dir, shared=shared_index)  # before anything else
@@ -387,7 +391,7 @@ class StudyStore:
         Raises an ``InvalidInstance`` subclass when the bytes cannot be stored as sent, OSError /
         SQLAlchemyError when the disk or the index fail (nothing is indexed then).
         """
-        h = read_header(raw, max_inflated_bytes=self.max_inflated_bytes)
+        h = read_header(raw, max_inflated_bytes=self.max_inflated_bytes, budget=self.inflate_budget)
         if expected_sop_class_uid and h.sop_class_uid != expected_sop_class_uid:
             raise SOPClassMismatch(
                 f"dataset SOP Class {h.sop_class_uid} differs from the request's {expected_sop_class_uid}"
@@ -585,8 +589,8 @@ class StudyStore:
             if rel in rows and rel not in stale_paths and rel not in rolled:
                 continue
             raw = p.read_bytes()
-            try:
-                h = read_header(raw)
+            try:  # a file once accepted is indexed whatever it inflates to (the walk holds a chunk at a time)
+                h = read_header(raw, max_inflated_bytes=1 << 62, budget=self.inflate_budget)
             except InvalidInstance as e:
                 log.warning("reconcile: unreadable file %s left unindexed (%s)", rel, e.reason)
                 rep.files_unreadable.append(rel)
