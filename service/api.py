@@ -83,6 +83,8 @@ class StudyAuditResponse(BaseModel):
     bundle_hash: str | None = None
     verdicts: list[dict[str, Any]] = Field(default_factory=list, description="One row per audited annotation.")
     outputs: list[dict[str, Any]] = Field(default_factory=list, description="Result objects (SR, SC, KOS) written.")
+    issues: list[dict[str, Any]] = Field(default_factory=list, description="What could not be read, or was odd and "
+                                         "normalised (code, message, annotation or image UID).")
 
 
 class Queued(BaseModel):
@@ -241,6 +243,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
             study_uid=study_uid, state=latest.state, reason=latest.reason, job=_summary(latest),
             result_job_id=result_job.id if result_job is not None else None,
             bundle_hash=res.get("bundle_hash"), verdicts=res.get("rows", []), outputs=res.get("outputs", []),
+            issues=res.get("issues", []),
         )
 
     @app.post("/studies/{study_uid}/audit", response_model=Queued, status_code=202, dependencies=[Depends(admin)],

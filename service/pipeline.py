@@ -235,7 +235,7 @@ class Pipeline:
             state=DONE, n_samples=len(rows), n_flagged=n_flagged,
             result={
                 "inputs": inputs, "rows": rows, "outputs": outputs, "audit_s": audit_s,
-                "bundle_hash": getattr(bundle, "content_hash", None),
+                "bundle_hash": getattr(bundle, "content_hash", None), "issues": sa.issues,
             },
         )
 

@@ -27,6 +27,7 @@ from dicom_io.annotations.records import (
     MALFORMED_ANNOTATION,
     MISSING_REFERENCE,
     NO_IMAGE_REFERENCE,
+    ODD_HEADER_VALUE,
     OTHER_STUDY,
     UNREADABLE_FILE,
     UNREADABLE_PIXELS,
@@ -40,6 +41,7 @@ from dicom_io.annotations.records import (
     Provenance,
     Sample,
 )
+from dicom_io.header import odd_values
 from dicom_io.sop import SEG_STORAGE, SR_STORAGE, is_non_image
 
 __all__ = ["read_study", "read_studies", "SR_SOP_CLASSES", "SEG_SOP_CLASSES"]
@@ -105,10 +107,14 @@ def _read_headers(files: list[Path], issues: list[IssueRecord]) -> list[_Instanc
                 ds = pydicom.dcmread(p, stop_before_pixels=True)
             except InvalidDicomError:  # no preamble / file meta (older writers): read the data set as is
                 ds = pydicom.dcmread(p, stop_before_pixels=True, force=True)
-            _ = str(ds.SOPInstanceUID), str(ds.SOPClassUID)
+            uid, _ = str(ds.SOPInstanceUID), str(ds.SOPClassUID)
         except Exception as e:  # pydicom raises assorted errors on damaged files
             issues.append(IssueRecord(UNREADABLE_FILE, f"{p.name}: not a readable DICOM instance ({e})"))
             continue
+        image = _is_image(ds)
+        for odd in odd_values(ds):  # the results are written with these normalised or left out
+            issues.append(IssueRecord(ODD_HEADER_VALUE, odd.message(uid), None if image else uid,
+                                      uid if image else None))
         out.append(_Instance(p, ds))
     return out
 

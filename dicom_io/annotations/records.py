@@ -17,6 +17,7 @@ __all__ = [
     "IssueCode", "ISSUE_CODES", "Provenance", "Sample", "IssueRecord", "AnnotationSet", "LabelRecord",
     "UNREADABLE_FILE", "UNSUPPORTED_SOP_CLASS", "UNKNOWN_CODE", "NO_LABEL", "MISSING_REFERENCE",
     "NO_IMAGE_REFERENCE", "UNREADABLE_PIXELS", "CONFLICTING_LABELS", "MALFORMED_ANNOTATION", "OTHER_STUDY",
+    "ODD_HEADER_VALUE",
     "MaskProvenance", "MaskSample", "MaskRecord",
 ]
 
@@ -34,6 +35,7 @@ class IssueCode(StrEnum):
     CONFLICTING_LABELS = "conflicting_labels"
     MALFORMED_ANNOTATION = "malformed_annotation"
     OTHER_STUDY = "other_study"
+    ODD_HEADER_VALUE = "odd_header_value"
 
 
 UNREADABLE_FILE = IssueCode.UNREADABLE_FILE
@@ -46,6 +48,7 @@ UNREADABLE_PIXELS = IssueCode.UNREADABLE_PIXELS
 CONFLICTING_LABELS = IssueCode.CONFLICTING_LABELS
 MALFORMED_ANNOTATION = IssueCode.MALFORMED_ANNOTATION
 OTHER_STUDY = IssueCode.OTHER_STUDY
+ODD_HEADER_VALUE = IssueCode.ODD_HEADER_VALUE
 ISSUE_CODES = tuple(IssueCode)
 
 
