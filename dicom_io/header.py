@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -28,6 +29,14 @@ _ISO_DATE = re.compile(r"^(\d{4})[-./](\d{2})[-./](\d{2})$")
 _COLON_TIME = re.compile(r"^(\d{2}):(\d{2})(?::(\d{2})(\.\d{1,6})?)?$")
 _ISO_DATETIME = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2})(?::(\d{2})(\.\d{1,6})?)?$")
 _SEXES = ("M", "F", "O")
+_PATIENT_SEX = 0x00100040
+
+
+def _dictionary_vr(tag: int) -> str:
+    try:
+        return dictionary_VR(tag)
+    except KeyError:  # a private or unknown tag
+        return "UN"
 
 
 @dataclass(frozen=True)
@@ -94,8 +103,12 @@ def _check(vr: str, value: Any) -> tuple[bool, str | None]:
 def odd_values(ds: Dataset) -> list[OddValue]:
     """The odd top-level date, time and date-time values and Patient's Sex of ``ds``, in tag order."""
     out: list[OddValue] = []
-    for elem in ds:
-        vr = elem.VR
+    for tag in list(ds.keys()):
+        raw = ds.get_item(tag)  # not converted: a long sequence is not parsed for nothing
+        vr = raw.VR if raw is not None and raw.VR else _dictionary_vr(tag)
+        if vr not in ("DA", "TM", "DT") and tag != _PATIENT_SEX:
+            continue
+        elem = ds[tag]
         if vr in ("DA", "TM", "DT"):
             try:
                 odd, replacement = _check(vr, elem.value)

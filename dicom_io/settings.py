@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-__all__ = ["Destination", "ListenerSettings", "OutboxSettings", "StoreSettings"]
+__all__ = ["Destination", "ListenerSettings", "OutboxSettings", "SegSettings", "StoreSettings"]
 
 
 class ListenerSettings(BaseModel):
@@ -103,6 +103,22 @@ class StoreSettings(BaseModel):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'index.sqlite').resolve()}"
+
+
+class SegSettings(BaseModel):
+    """Bounds on the work one SEG may cause (audits and the review's mask pictures); ``[seg]``.
+
+    A SEG beyond them is not read: the audit records a ``too_large`` issue and goes on with the rest
+    of the study, and the review's ``mask.png`` answers 422.
+    """
+
+    max_segments: int = Field(
+        1000, ge=1, description="Segments a SEG may declare (its Segment Sequence); more: not read."
+    )
+    max_pixels: int = Field(
+        1 << 28, ge=1, description="Pixels a SEG may decode (frames x rows x columns), and pixels its masks may "
+        "expand to, each; more: not read.",
+    )
 
 
 class Destination(BaseModel):

@@ -206,12 +206,14 @@ def _study_input(aset: Any, by_uid: dict[str, Path], classes: set[str]) -> Study
     return si
 
 
-def read_study_input(files: Iterable[Path], bundle: Any, vocabulary: Any) -> StudyInput:
-    """Read step: one study's files -> the samples to audit (``bundle``: class names and ``prepare_frame``)."""
+def read_study_input(files: Iterable[Path], bundle: Any, vocabulary: Any, *, seg_limits: Any = None) -> StudyInput:
+    """Read step: one study's files -> the samples to audit (``bundle``: class names and ``prepare_frame``;
+    ``seg_limits``: the ``[seg]`` bounds on one SEG)."""
     from dicom_io.annotations import read_study
 
     by_uid = _headers(Path(f) for f in files)
-    aset = read_study([by_uid[u] for u in by_uid], vocabulary, pixel_transform=bundle.prepare_frame)
+    aset = read_study([by_uid[u] for u in by_uid], vocabulary, pixel_transform=bundle.prepare_frame,
+                      seg_limits=seg_limits)
     return _study_input(aset, by_uid, set(bundle.class_names))
 
 
@@ -364,18 +366,20 @@ def _cohort_text(bundle: Any, images: np.ndarray, given: list[str], groups: list
 
 def audit_study(files: Iterable[Path], bundle: Any, vocabulary: Any, *, device: str = "auto", batch_size: int = 64,
                 heatmaps_for_hard_cases: bool = False, parametric_maps: bool = False, member_panels: bool = False,
-                infer_fn: InferFn | None = None) -> StudyAudit:
+                infer_fn: InferFn | None = None, seg_limits: Any = None) -> StudyAudit:
     """Audit one study's files: result datasets (SR/SC/KOS, and SEG/SC for masks), verdict rows, issues.
 
     A segmentation bundle audits the study's SEG masks (:func:`audit_masks`); a label bundle its
     labels. ``infer_fn`` runs the model step elsewhere (default: with ``bundle`` here); then ``bundle``
-    needs only its description (class names, input size, thresholds), not its weights.
+    needs only its description (class names, input size, thresholds), not its weights. ``seg_limits``
+    (``[seg]``) bounds the work of one SEG: one beyond it is a ``too_large`` issue.
     """
     files = [Path(f) for f in files]
     if is_segmentation(bundle):
-        sa = audit_masks(files, bundle, vocabulary, device=device, infer_fn=infer_fn)
+        sa = audit_masks(files, bundle, vocabulary, device=device, infer_fn=infer_fn, seg_limits=seg_limits)
     else:
-        (sa,) = _infer_and_write([read_study_input(files, bundle, vocabulary)], bundle, vocabulary, infer_fn,
+        (sa,) = _infer_and_write([read_study_input(files, bundle, vocabulary, seg_limits=seg_limits)], bundle,
+                                 vocabulary, infer_fn,
                                  device=device, batch_size=batch_size, heatmaps_for_hard_cases=heatmaps_for_hard_cases,
                                  parametric_maps=parametric_maps, member_panels=member_panels)
     for issue in sa.issues:
@@ -388,7 +392,7 @@ def _finite(x: Any) -> float | None:
 
 
 def audit_masks(files: Iterable[Path], bundle: Any, vocabulary: Any, *, device: str = "auto",
-                infer_fn: InferFn | None = None) -> StudyAudit:
+                infer_fn: InferFn | None = None, seg_limits: Any = None) -> StudyAudit:
     """Audit the SEG masks of one study with a segmentation bundle.
 
     Every (source frame, class of the bundle) a SEG refers to is one mask: the given mask (empty when
@@ -401,7 +405,8 @@ def audit_masks(files: Iterable[Path], bundle: Any, vocabulary: Any, *, device: 
     from dicom_io.annotations import read_study
 
     by_uid = _headers(Path(f) for f in files)
-    aset = read_study([by_uid[u] for u in by_uid], vocabulary, masks=True, mask_classes=list(bundle.class_names))
+    aset = read_study([by_uid[u] for u in by_uid], vocabulary, masks=True, mask_classes=list(bundle.class_names),
+                      seg_limits=seg_limits)
     return _infer_and_write_masks(read_mask_input(aset, by_uid, list(bundle.class_names)), bundle, vocabulary,
                                   infer_fn, device=device)
 

@@ -204,7 +204,8 @@ class Pipeline:
         t0 = time.perf_counter()
         a = self.settings.audit
         sa = audit_study(files, bundle, vocabulary, device=a.device, batch_size=a.batch_size,
-                         heatmaps_for_hard_cases=a.heatmaps_for_hard_cases, infer_fn=infer_fn)
+                         heatmaps_for_hard_cases=a.heatmaps_for_hard_cases, infer_fn=infer_fn,
+                         seg_limits=self.settings.seg)
         datasets = sa.datasets
         audit_s = time.perf_counter() - t0
         rows = verdict_rows(sa.rows)

@@ -917,6 +917,13 @@ class ReviewService:
 
     _settings: Any = None
 
+    @property
+    def seg_limits(self) -> Any:
+        """The ``[seg]`` bounds on reading one SEG (the defaults without settings)."""
+        from dicom_io.settings import SegSettings
+
+        return self._settings.seg if self._settings is not None else SegSettings()
+
     # ---------------------------------------------------------------- vocabulary
 
     def vocabulary(self) -> Any:

@@ -22,9 +22,10 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from dicom_io.settings import Destination, ListenerSettings, OutboxSettings, StoreSettings
+from dicom_io.settings import Destination, ListenerSettings, OutboxSettings, SegSettings, StoreSettings
 
-__all__ = ["ListenerSettings", "StoreSettings", "AuditSettings", "Destination", "OutboxSettings", "ApiSettings",
+__all__ = ["ListenerSettings", "StoreSettings", "SegSettings", "AuditSettings", "Destination", "OutboxSettings",
+           "ApiSettings",
            "Settings", "load_settings", "settings_reference_markdown"]
 
 DEFAULT_CONFIG_FILE = Path("labelqa.toml")
@@ -115,6 +116,7 @@ class Settings(BaseSettings):
     listener: ListenerSettings = Field(default_factory=ListenerSettings, description="DICOM listener.")
     store: StoreSettings = Field(default_factory=StoreSettings, description="Study store and index.")
     audit: AuditSettings = Field(default_factory=AuditSettings, description="Audit jobs.")
+    seg: SegSettings = Field(default_factory=SegSettings, description="Bounds on reading one SEG.")
     executor: ExecutorSettings = Field(default_factory=ExecutorSettings, description="Where audits run.")
     outbox: OutboxSettings = Field(default_factory=OutboxSettings, description="Result delivery.")
     api: ApiSettings = Field(default_factory=ApiSettings, description="HTTP API.")

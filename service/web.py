@@ -149,13 +149,18 @@ class _Pictures:
             raise HTTPException(404, "this annotation has no mask")
         import highdicom as hd
 
+        from dicom_io.annotations.seg import seg_limit_issue
         from dicom_io.results.seg_out import pixels_on_source_frames
 
+        ds = self.dataset(item["annotation_uid"])
+        over = seg_limit_issue(ds, self.review.seg_limits)  # from the header: bounded time whatever the SEG
+        if over:
+            raise HTTPException(422, f"cannot draw the mask: the SEG is too large ({over})")
         try:
-            seg = hd.seg.Segmentation.from_dataset(self.dataset(item["annotation_uid"]), copy=True)
+            seg = hd.seg.Segmentation.from_dataset(ds, copy=True)
             px = pixels_on_source_frames(seg, [(item["image_uid"], item["frame"])], [int(item["segment_number"])])
-        except (ValueError, KeyError, AttributeError) as e:
-            raise HTTPException(422, f"cannot read the mask: {e}") from None
+        except Exception as e:  # noqa: BLE001 - highdicom raises many kinds for SEGs it cannot draw
+            raise HTTPException(422, f"cannot draw the mask: {type(e).__name__}: {e}"[:500]) from None
         return self.png(self.outline(px[0, ..., 0] > 0, (255, 40, 40, 110), (255, 220, 0, 255)))
 
     def suggestion(self, item: dict[str, Any]) -> Response:

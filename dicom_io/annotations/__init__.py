@@ -18,6 +18,7 @@ from dicom_io.annotations.records import (
     NO_LABEL,
     ODD_HEADER_VALUE,
     OTHER_STUDY,
+    TOO_LARGE,
     UNKNOWN_CODE,
     UNREADABLE_FILE,
     UNREADABLE_PIXELS,
@@ -36,5 +37,5 @@ __all__ = [
     "read_study", "read_studies", "SR_SOP_CLASSES", "SEG_SOP_CLASSES", "IssueCode", "ISSUE_CODES", "Provenance",
     "Sample", "IssueRecord", "AnnotationSet", "LabelRecord", "UNREADABLE_FILE", "UNSUPPORTED_SOP_CLASS",
     "UNKNOWN_CODE", "NO_LABEL", "MISSING_REFERENCE", "NO_IMAGE_REFERENCE", "UNREADABLE_PIXELS", "CONFLICTING_LABELS",
-    "MALFORMED_ANNOTATION", "OTHER_STUDY", "ODD_HEADER_VALUE", "MaskSample", "MaskProvenance",
+    "MALFORMED_ANNOTATION", "OTHER_STUDY", "ODD_HEADER_VALUE", "TOO_LARGE", "MaskSample", "MaskProvenance",
 ]

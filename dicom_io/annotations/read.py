@@ -29,6 +29,7 @@ from dicom_io.annotations.records import (
     NO_IMAGE_REFERENCE,
     ODD_HEADER_VALUE,
     OTHER_STUDY,
+    TOO_LARGE,
     UNREADABLE_FILE,
     UNREADABLE_PIXELS,
     UNSUPPORTED_SOP_CLASS,
@@ -42,6 +43,7 @@ from dicom_io.annotations.records import (
     Sample,
 )
 from dicom_io.header import odd_values
+from dicom_io.settings import SegSettings
 from dicom_io.sop import SEG_STORAGE, SR_STORAGE, is_non_image
 
 __all__ = ["read_study", "read_studies", "SR_SOP_CLASSES", "SEG_SOP_CLASSES"]
@@ -128,6 +130,7 @@ def read_studies(
     pixel_transform: Callable[[np.ndarray], np.ndarray] | None = None,
     masks: bool = False,
     mask_classes: Sequence[str] | None = None,
+    seg_limits: SegSettings | None = None,
 ) -> list[AnnotationSet]:
     """``read_study`` for every study found under ``paths`` (unreadable files: a study_uid None set)."""
     issues: list[IssueRecord] = []
@@ -140,7 +143,8 @@ def read_studies(
         groups[str(inst.ds.get("StudyInstanceUID", ""))].append(inst)
     sets = [
         _read_instances(insts, [], vocabulary, image_size=image_size, load_pixels=load_pixels,
-                        pixel_transform=pixel_transform, masks=masks, mask_classes=mask_classes)
+                        pixel_transform=pixel_transform, masks=masks, mask_classes=mask_classes,
+                        seg_limits=seg_limits)
         for _, insts in sorted(groups.items())
     ]
     if issues:
@@ -157,6 +161,7 @@ def read_study(
     pixel_transform: Callable[[np.ndarray], np.ndarray] | None = None,
     masks: bool = False,
     mask_classes: Sequence[str] | None = None,
+    seg_limits: SegSettings | None = None,
 ) -> AnnotationSet:
     """Labelled samples and issue records of one study (files or folders).
 
@@ -172,6 +177,8 @@ def read_study(
     the native-grid source pixels (``image_size``/``pixel_transform`` do not apply: models resize
     image and mask together) and the given mask on the source grid (empty when the class has no pixel
     there). The class-label ``samples`` are read as without it.
+
+    ``seg_limits`` (``[seg]``) bounds the work of one SEG: one beyond it is a ``too_large`` issue.
     """
     issues: list[IssueRecord] = []
     try:
@@ -179,7 +186,8 @@ def read_study(
     except Exception as e:  # never let a study stop on us
         return AnnotationSet(None, [], [IssueRecord(UNREADABLE_FILE, f"cannot list the study files: {e}")])
     return _read_instances(instances, issues, vocabulary, image_size=image_size, load_pixels=load_pixels,
-                           pixel_transform=pixel_transform, masks=masks, mask_classes=mask_classes)
+                           pixel_transform=pixel_transform, masks=masks, mask_classes=mask_classes,
+                           seg_limits=seg_limits)
 
 
 def _read_instances(
@@ -192,10 +200,12 @@ def _read_instances(
     pixel_transform: Callable[[np.ndarray], np.ndarray] | None = None,
     masks: bool = False,
     mask_classes: Sequence[str] | None = None,
+    seg_limits: SegSettings | None = None,
 ) -> AnnotationSet:
     try:
         return _read_instances_unguarded(instances, issues, vocabulary, image_size=image_size, load_pixels=load_pixels,
-                                         pixel_transform=pixel_transform, masks=masks, mask_classes=mask_classes)
+                                         pixel_transform=pixel_transform, masks=masks, mask_classes=mask_classes,
+                                         seg_limits=seg_limits)
     except Exception as e:  # a bug or an input nobody foresaw: say so, do not stop the caller
         log.exception("reading a study failed")
         study = str(instances[0].ds.get("StudyInstanceUID", "")) if instances else None
@@ -216,6 +226,7 @@ def _read_instances_unguarded(
     pixel_transform: Callable[[np.ndarray], np.ndarray] | None = None,
     masks: bool = False,
     mask_classes: Sequence[str] | None = None,
+    seg_limits: SegSettings | None = None,
 ) -> AnnotationSet:
     if not instances:
         return AnnotationSet(None, [], issues)
@@ -252,18 +263,23 @@ def _read_instances_unguarded(
 
                 recs, iss = read_sr(ds, vocabulary)
             elif sop in SEG_SOP_CLASSES:
-                from dicom_io.annotations.seg import read_seg, read_seg_masks
+                from dicom_io.annotations.seg import read_seg, read_seg_masks, seg_limit_issue
                 from dicom_io.results.series import REVIEWED_LABEL_SERIES_NUMBER, is_own_output_dataset
 
                 if is_own_output_dataset(ds) and str(ds.get("SeriesNumber")) != str(REVIEWED_LABEL_SERIES_NUMBER):
                     continue  # labelqa's suggested-correction SEG: a result, not an annotation (a reviewer's is)
+                over = seg_limit_issue(ds, seg_limits)
+                if over:  # decided from the header: nothing of it is decoded
+                    issues.append(IssueRecord(TOO_LARGE, f"SEG not read: {over}", uid))
+                    continue
                 import pydicom
 
                 full_seg = pydicom.dcmread(inst.path)
-                recs, iss = read_seg(full_seg, vocabulary, series_images=series_images)
+                recs, iss = read_seg(full_seg, vocabulary, series_images=series_images, limits=seg_limits)
                 if masks:
                     mrecs, miss = read_seg_masks(full_seg, vocabulary, series_images=series_images,
-                                                 classes=None if mask_classes is None else list(mask_classes))
+                                                 classes=None if mask_classes is None else list(mask_classes),
+                                                 limits=seg_limits)
                     mask_records.extend(mrecs)
                     seen = {(i.code, i.message, i.annotation_uid) for i in iss}
                     iss = [*iss, *(i for i in miss if (i.code, i.message, i.annotation_uid) not in seen)]

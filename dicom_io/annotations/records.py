@@ -17,7 +17,7 @@ __all__ = [
     "IssueCode", "ISSUE_CODES", "Provenance", "Sample", "IssueRecord", "AnnotationSet", "LabelRecord",
     "UNREADABLE_FILE", "UNSUPPORTED_SOP_CLASS", "UNKNOWN_CODE", "NO_LABEL", "MISSING_REFERENCE",
     "NO_IMAGE_REFERENCE", "UNREADABLE_PIXELS", "CONFLICTING_LABELS", "MALFORMED_ANNOTATION", "OTHER_STUDY",
-    "ODD_HEADER_VALUE",
+    "ODD_HEADER_VALUE", "TOO_LARGE",
     "MaskProvenance", "MaskSample", "MaskRecord",
 ]
 
@@ -36,6 +36,7 @@ class IssueCode(StrEnum):
     MALFORMED_ANNOTATION = "malformed_annotation"
     OTHER_STUDY = "other_study"
     ODD_HEADER_VALUE = "odd_header_value"
+    TOO_LARGE = "too_large"
 
 
 UNREADABLE_FILE = IssueCode.UNREADABLE_FILE
@@ -49,6 +50,7 @@ CONFLICTING_LABELS = IssueCode.CONFLICTING_LABELS
 MALFORMED_ANNOTATION = IssueCode.MALFORMED_ANNOTATION
 OTHER_STUDY = IssueCode.OTHER_STUDY
 ODD_HEADER_VALUE = IssueCode.ODD_HEADER_VALUE
+TOO_LARGE = IssueCode.TOO_LARGE
 ISSUE_CODES = tuple(IssueCode)
 
 
