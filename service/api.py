@@ -1,6 +1,7 @@
 """The HTTP API: health, Prometheus metrics, audit jobs and per-study audit results.
 
-FastAPI app served by uvicorn on 127.0.0.1 by default. When ``[auth] users`` or ``[api] token`` are
+FastAPI app served by uvicorn on 127.0.0.1 by default; every request must name an allowed host
+(``service.http_guard``: 400 otherwise). When ``[auth] users`` or ``[api] token`` are
 set, every endpoint except ``/health`` needs a user
 (``Authorization: Bearer <token>``, or the review workbench's session cookie; see ``service.auth``);
 re-running an audit needs the admin role. With a review service in the context the app also serves
@@ -49,6 +50,8 @@ class ApiContext:
     version: str = "0"
     auth: Any = None  # service.auth.Auth; default: the legacy [api] token as the one admin
     review: Any = None  # service.review.ReviewService: the review workbench (worklist, decisions, export)
+    allowed_hosts: list[str] | None = None  # Host header values answered (service.http_guard.allowed_hosts);
+    # default: the loopback names only
 
 
 class JobSummary(BaseModel):
@@ -141,6 +144,14 @@ def outbox_counts(outbox: Any) -> dict[str, Any]:
     return {"present": True, **states}
 
 
+@dataclass
+class _Loopback:
+    """API settings of a loopback-only app (for ``allowed_hosts``)."""
+
+    host: str = "127.0.0.1"
+    allowed_hosts: tuple[str, ...] = ()
+
+
 def create_app(ctx: ApiContext) -> FastAPI:
     """The FastAPI application over ``ctx``."""
     # The schema and the reference page need a login like everything else (not FastAPI's open
@@ -155,6 +166,13 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
     if ctx.auth is None:
         ctx.auth = Auth(api_token=ctx.token)
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+    from service.http_guard import allowed_hosts
+
+    # DNS rebinding: a request naming another host (a page elsewhere, re-pointed at us) gets 400
+    hosts = ctx.allowed_hosts if ctx.allowed_hosts is not None else allowed_hosts(_Loopback())
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts, www_redirect=False)
     auth = ctx.auth.require("reviewer")
     admin = ctx.auth.require("admin")
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -56,6 +57,7 @@ from models.verdict import FLAGGED, Verdict
 log = logging.getLogger("labelqa.review")
 
 __all__ = [
+    "MAX_ID",
     "Decision",
     "DecisionError",
     "DecisionOutcome",
@@ -225,6 +227,10 @@ class DecisionOutcome:
     action: str  # created | changed | unchanged
 
 
+MAX_ID = 2**63 - 1
+"""The largest item id (a signed 64-bit integer in the database)."""
+
+
 def encode_cursor(priority: float, item_id: int) -> str:
     """An opaque keyset cursor (the last item of a page)."""
     return base64.urlsafe_b64encode(json.dumps([priority, item_id]).encode()).decode().rstrip("=")
@@ -235,7 +241,10 @@ def decode_cursor(cursor: str) -> tuple[float, int]:
     try:
         pad = "=" * (-len(cursor) % 4)
         p, i = json.loads(base64.urlsafe_b64decode(cursor + pad))
-        return float(p), int(i)
+        p, i = float(p), int(i)
+        if not math.isfinite(p) or not 0 <= i <= MAX_ID:  # what the database can compare
+            raise ValueError("out of range")
+        return p, i
     except (ValueError, TypeError) as e:
         raise DecisionError(f"malformed cursor {cursor!r}") from e
 

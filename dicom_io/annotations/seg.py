@@ -331,17 +331,17 @@ def read_seg(
                 continue
         frame = arr[i]
         if seg_type == "LABELMAP":
-            present = _labelmap_values(frame, segments)
+            hits = _labelmap_values(frame, segments)
         else:
-            n = _frame_segment(ds, i, nframes)
-            if n is None:
+            sn = _frame_segment(ds, i, nframes)
+            if sn is None:
                 unreferenced += 1
                 continue
             hit = frame.size and (frame.max() >= threshold if seg_type == "FRACTIONAL" else frame.max() > 0)
-            present = [n] if hit else []
+            hits = [sn] if hit else []
         for ref in refs:
             g = groups[ref]
-            for n in present:
+            for n in hits:
                 g.setdefault(n, []).append(i)
     if unreferenced:
         issues.append(
@@ -465,16 +465,16 @@ def _frame_classes(
                 hit.setdefault(c, []).append(n)
         return {c: (expand(np.isin(frame, hit[c]) if len(hit[c]) > 1 else frame == hit[c][0]) if c in hit else None,
                     ns) for c, ns in named.items()}
-    n = _frame_segment(ds, i, arr.shape[0])
-    if n is None:
+    sn = _frame_segment(ds, i, arr.shape[0])
+    if sn is None:
         return None
-    m = expand(_mask(frame, n, seg_type, threshold))
-    c = segments.get(n, ("", None))[1]
+    m = expand(_mask(frame, sn, seg_type, threshold))
+    c = segments.get(sn, ("", None))[1]
     if c is None:
         if m.any():
-            unknown.add(n)
+            unknown.add(sn)
         return {}
-    return {c: (m, [n])}
+    return {c: (m, [sn])}
 
 
 def read_seg_masks(
@@ -596,8 +596,8 @@ def read_seg_masks(
                         counts = np.bincount(f.ravel())
                         for n in areas:
                             areas[n] += int(counts[n]) if n < len(counts) else 0
-                    elif (n := _frame_segment(ds, j - 1, nframes)) in areas:
-                        areas[n] += int(np.count_nonzero(_mask(f, n, seg_type, threshold)))
+                    elif (sn := _frame_segment(ds, j - 1, nframes)) is not None and sn in areas:
+                        areas[sn] += int(np.count_nonzero(_mask(f, sn, seg_type, threshold)))
             main = max(numbers, key=lambda n: (areas[n], -n)) if numbers else None
             records.append(MaskRecord(cls, uid, sop, image_uid, frame, mask, tuple(numbers),
                                       tuple(sorted(set(seg_frames))), main, observer, spacing,

@@ -40,6 +40,7 @@ TABLE_MODULES: tuple[str, ...] = (
     "dicom_io.outbox",  # outbox_items
     "service.jobs",  # audit_jobs
     "service.review",  # annotations_audited, review_decisions, review_decision_audit, review_sync
+    "service.sessions",  # revoked_sessions
 )
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent
