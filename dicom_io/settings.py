@@ -93,6 +93,10 @@ class StoreSettings(BaseModel):
         64, ge=1, description="A Deflated Explicit VR instance that inflates beyond this (MiB) is refused with "
         "0xA700 (it is checked while it inflates, a chunk at a time, and never held whole).",
     )
+    gateway_lease_s: float = Field(
+        30.0, gt=0, description="With a shared database_url: a gateway that has not renewed its lease for this "
+        "long is taken for dead (its unfinished files are reconciled, its studies taken over); renewed every third.",
+    )
     inflate_budget_mb: int = Field(
         16, ge=1, description="Inflated bytes (MiB) that all associations together may hold while they check "
         "deflated instances; one that finds it used up for 10 s is refused with 0xA700.",

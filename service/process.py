@@ -83,6 +83,7 @@ class Service:
             fsync_directory=settings.store.fsync_directory,
             max_inflated_mb=settings.store.max_inflated_mb,
             inflate_budget_mb=settings.store.inflate_budget_mb,
+            gateway_lease_s=settings.store.gateway_lease_s,
         )
         self.listener = Listener(settings.listener, self.store)
         self.components: list[Component] = []

@@ -37,6 +37,7 @@ from dicom_io.db import Base, is_postgresql, make_engine
 # Modules that declare tables on dicom_io.db.Base: every table of the service database.
 TABLE_MODULES: tuple[str, ...] = (
     "dicom_io.store",  # patients, studies, series, instances, store_events
+    "dicom_io.gateways",  # store_gateways
     "dicom_io.outbox",  # outbox_items
     "service.jobs",  # audit_jobs
     "service.review",  # annotations_audited, review_decisions, review_decision_audit, review_sync
