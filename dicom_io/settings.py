@@ -39,6 +39,15 @@ class ListenerSettings(BaseModel):
         description="Also accept private or unknown SOP classes as storage (every public storage SOP class, "
         "retired ones included, is always accepted).",
     )
+    whole_study_aes: list[str] = Field(
+        default_factory=list, description="Calling AE titles that send each study whole over one association (a "
+        "routing rule): the release of such an association completes the studies it carried, without the quiet "
+        "period.",
+    )
+    accept_mpps: bool = Field(
+        True, description="Accept Modality Performed Procedure Steps (N-CREATE, N-SET): COMPLETED completes the "
+        "study once the instances it names are stored.",
+    )
     tls_cert: Path | None = Field(None, description="PEM certificate: enables DICOM TLS when set.")
     tls_key: Path | None = Field(None, description="PEM private key for tls_cert.")
     tls_ca: Path | None = Field(None, description="PEM CA bundle used to verify client certificates.")
@@ -150,7 +159,8 @@ class OutboxSettings(BaseModel):
     max_attempts: int = Field(10, ge=1, description="Attempts before an item is dead-lettered.")
     backoff_base_s: float = Field(2.0, gt=0, description="First retry delay; doubles each attempt.")
     backoff_max_s: float = Field(300.0, gt=0, description="Longest retry delay.")
-    poll_interval_s: float = Field(1.0, gt=0, description="How often the sender looks for due items.")
+    poll_interval_s: float = Field(1.0, gt=0, description="How often the sender looks for due items (results of "
+                                   "this process wake it at once).")
     batch_size: int = Field(64, ge=1, description="Objects sent per association (or STOW-RS request).")
     jitter: float = Field(0.25, ge=0, le=1, description="Retry delays vary randomly by +- this fraction.")
     connect_timeout_s: float = Field(10.0, gt=0, description="TCP connect timeout towards a destination (seconds).")

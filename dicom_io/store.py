@@ -368,6 +368,16 @@ class StudyStore:
             rows = c.execute(q.order_by(InstanceRow.series_uid, InstanceRow.sop_instance_uid)).all()
         return [InstanceRecord(r[0], r[1], r[2], r[3], self.data_dir / r[4], r[5], r[6]) for r in rows]
 
+    def studies_of(self, sop_instance_uids: Iterable[str]) -> set[str]:
+        """The studies of the indexed instances among ``sop_instance_uids``."""
+        uids = sorted(set(sop_instance_uids))
+        out: set[str] = set()
+        with self.engine.connect() as c:
+            for i in range(0, len(uids), 500):
+                q = select(InstanceRow.study_uid).where(InstanceRow.sop_instance_uid.in_(uids[i:i + 500]))
+                out |= set(c.execute(q).scalars())
+        return out
+
     def events(self, kind: str | None = None) -> list[dict]:
         """Store events (replacements, stability, reconciliation) as dicts, oldest first."""
         q = select(StoreEventRow).order_by(StoreEventRow.id)
