@@ -7,13 +7,16 @@ to Orthanc by C-STORE. Studies are made by ``dicomize`` from the demo's syntheti
 
 - latency: from the last instance of a study received by labelqa (its index's ``received_at``) to
   the SR visible in Orthanc (REST polled every 50 ms), for a 1-image and a 50-image study, median
-  of ``--repeats`` (new studies each time: different seeds);
+  of ``--repeats`` (new studies each time: different seeds), for each way the study becomes complete
+  (``--signals``): ``none`` (the quiet period), ``release`` (sent by a calling AE listed in
+  ``[listener] whole_study_aes``: the association's release completes it), ``rest`` (the sender posts
+  ``/studies/<uid>/complete`` once ``storescu`` returned);
 - throughput: ``--throughput-studies`` one-image studies sent in one association; studies/hour
   from the first instance received to the last SR stored in Orthanc.
 
-The model bundle is the demo's (``labelqa demo`` settings, cached under ``--work``). The quiet period
-that makes a study "stable" is part of the latency: ``--stable-after`` (default: the embedded
-default, 5 s) is recorded in the JSON.
+The model bundle is the demo's (``labelqa demo`` settings, cached under ``--work``). Without a
+signal the quiet period that makes a study "stable" is part of the latency: ``--stable-after``
+(default: the embedded default, 5 s) is recorded in the JSON.
 
     python benchmarks/latency.py --out benchmarks/results/latency.json
 
@@ -81,11 +84,22 @@ def first_received(engine, study_uids: list[str]) -> float | None:
         return c.execute(q).scalar()
 
 
-def send(ns, src: Path, port: int) -> None:
-    r = ns.run(["storescu", "-aet", "BENCH", "-aec", "LABELQA", "-R", "+sd", "+r", "+sp", "*.dcm", "127.0.0.1",
+ROUTER_AE = "ROUTER"  # listed in [listener] whole_study_aes
+TOKEN = "Bench7latencyQx3Zr"
+
+
+def send(ns, src: Path, port: int, aet: str = "BENCH") -> None:
+    r = ns.run(["storescu", "-aet", aet, "-aec", "LABELQA", "-R", "+sd", "+r", "+sp", "*.dcm", "127.0.0.1",
                 str(port), str(src)], timeout=600)
     if r.returncode != 0:
         raise RuntimeError(f"storescu failed: {r.stderr[-1000:]}")
+
+
+def say_complete(ns, api_port: int, study_uid: str) -> None:
+    r = ns.run(["curl", "-s", "-f", "-X", "POST", "-H", f"Authorization: Bearer {TOKEN}",
+                f"http://127.0.0.1:{api_port}/studies/{study_uid}/complete"], timeout=60)
+    if r.returncode != 0:
+        raise RuntimeError(f"POST /studies/{study_uid}/complete failed: {r.stdout} {r.stderr}")
 
 
 def wait_all_sr(orthanc, uids: list[str], timeout: float) -> float:
@@ -111,6 +125,8 @@ def main() -> int:
     ap.add_argument("--big", type=int, default=50, help="Images in the large study.")
     ap.add_argument("--throughput-studies", type=int, default=100)
     ap.add_argument("--stable-after", type=float, default=StoreSettings().stable_after_s)
+    ap.add_argument("--signals", default="none,release,rest",
+                    help="How studies become complete: none (quiet period), release, rest (comma-separated).")
     args = ap.parse_args()
     cmdline = " ".join([Path(sys.executable).name, *sys.argv])
     args.work.mkdir(parents=True, exist_ok=True)
@@ -125,16 +141,17 @@ def main() -> int:
     run = args.work / "run"
     if run.exists():
         shutil.rmtree(run)
-    o_dicom, o_http, lq_port = free_port(), free_port(), free_port()
+    o_dicom, o_http, lq_port, lq_api = free_port(), free_port(), free_port(), free_port()
+    signals = [x.strip() for x in args.signals.split(",") if x.strip()]
     orthanc = start_orthanc(ns, run / "orthanc", o_dicom, o_http, dicomweb=False,
                             modalities={"labelqa": ["LABELQA", "127.0.0.1", lq_port]})
     data_dir = run / "labelqa"
     toml = run / "labelqa.toml"
     toml.write_text(
         f'[store]\ndata_dir = "{data_dir}"\nstable_after_s = {args.stable_after}\n'
-        f'[listener]\nport = {lq_port}\n'
+        f'[listener]\nport = {lq_port}\nwhole_study_aes = ["{ROUTER_AE}"]\n'
         f'[audit]\nbundle = "{bundle}"\nvocabulary = "{data.vocabulary}"\n'
-        f'[api]\nenabled = false\n'
+        f'[api]\nport = {lq_api}\ntoken = "{TOKEN}"\n'
         f'[[outbox.destinations]]\nname = "orthanc"\nae_title = "ORTHANC"\nhost = "127.0.0.1"\nport = {o_dicom}\n'
     )
     log = open(run / "serve.log", "w")  # noqa: SIM115
@@ -145,17 +162,22 @@ def main() -> int:
         ns.wait_port(lq_port, 120)
         engine = make_engine(f"sqlite:///{data_dir / 'index.sqlite'}")
         time.sleep(3)  # workers warm (bundle loaded) before the first study
-        latency: dict[str, list[float]] = {}
-        for n in (1, args.big):
-            key = f"{n}_image_study"
-            latency[key] = []
-            for rep in range(args.repeats):
-                src, (uid,) = make_study_set(args.work, cfg, n, seed=10_000 + 100 * n + rep, one_study=True)
-                send(ns, src, lq_port)
-                t_sr = wait_all_sr(orthanc, [uid], 600)
-                t_last = last_received(engine, uid)
-                latency[key].append(t_sr - t_last)
-                print(f"{key} #{rep + 1}: {t_sr - t_last:.2f} s")
+        latency: dict[str, dict[str, list[float]]] = {}
+        for k, signal in enumerate(signals):
+            latency[signal] = {}
+            for n in (1, args.big):
+                key = f"{n}_image_study"
+                latency[signal][key] = []
+                for rep in range(args.repeats):
+                    seed = 10_000 + 1000 * k + 100 * n + rep
+                    src, (uid,) = make_study_set(args.work, cfg, n, seed=seed, one_study=True)
+                    send(ns, src, lq_port, aet=ROUTER_AE if signal == "release" else "BENCH")
+                    if signal == "rest":
+                        say_complete(ns, lq_api, uid)
+                    t_sr = wait_all_sr(orthanc, [uid], 600)
+                    t_last = last_received(engine, uid)
+                    latency[signal][key].append(t_sr - t_last)
+                    print(f"{signal} {key} #{rep + 1}: {t_sr - t_last:.2f} s")
         src, uids = make_study_set(args.work, cfg, args.throughput_studies, seed=77, one_study=False)
         send(ns, src, lq_port)
         t_end = wait_all_sr(orthanc, uids, 3600)
@@ -168,9 +190,14 @@ def main() -> int:
             "settings": {"stable_after_s": args.stable_after, "workers": 1, "batch_size": 64,
                          "bundle": {"archs": cfg.archs, "image_size": cfg.image_size, "train_images": cfg.train_images,
                                     "epochs": cfg.epochs}, "repeats": args.repeats},
-            "latency_s": {k: {"median": statistics.median(v), "min": min(v), "max": max(v), "runs": v}
-                          for k, v in latency.items()},
-            "latency_minus_quiet_period_s": {k: statistics.median(v) - args.stable_after for k, v in latency.items()},
+            "latency_s": {sig: {k: {"median": statistics.median(v), "min": min(v), "max": max(v), "runs": v}
+                                for k, v in by.items()} for sig, by in latency.items()},
+            "latency_minus_quiet_period_s": {k: statistics.median(v) - args.stable_after
+                                             for k, v in latency.get("none", {}).items()},
+            "signals": {"none": "the quiet period ([store] stable_after_s)",
+                        "release": "the release of a whole-study router's association ([listener] whole_study_aes)",
+                        "rest": "POST /studies/<uid>/complete after the last instance was acknowledged"},
+            "target_with_signal_s": 2.0,
             "throughput": {"studies": len(uids), "seconds": span, "studies_per_hour": 3600 * len(uids) / span},
             "target": "MONAI Deploy guideline for emergency cases: under 10 minutes per study",
         }

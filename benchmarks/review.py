@@ -86,7 +86,7 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
     engine = make_engine(db)
 
     class U:
-        name, role, token, display_name = "bench", "reviewer", "bench-token-0123", None
+        name, role, token, display_name = "bench", "reviewer", "Bn8Tq3Wz6Xk1Lm5P", None
 
     auth = Auth([U()])
     review = ReviewService(engine, jobs=JobStore(engine), data_dir=work)
@@ -95,7 +95,7 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
     server = ApiServer(app, "127.0.0.1", port)
     server.start()
     base = f"http://127.0.0.1:{port}"
-    h = {"Authorization": "Bearer bench-token-0123"}
+    h = {"Authorization": "Bearer Bn8Tq3Wz6Xk1Lm5P"}
     rng = random.Random(1)
     out: dict[str, Any] = {}
     with httpx.Client(base_url=base, headers=h, timeout=30) as c:
@@ -106,7 +106,7 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
                            ).json()["next_cursor"]
         # a browser session for the HTML page
         sess = httpx.Client(base_url=base, timeout=30)
-        sess.post("/login", data={"name": "bench", "token": "bench-token-0123"})
+        sess.post("/login", data={"name": "bench", "token": "Bn8Tq3Wz6Xk1Lm5P"})
         uid_of = {}
         cases = {
             "worklist_first_page": lambda: c.get("/api/worklist", params={"limit": 50}),

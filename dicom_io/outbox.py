@@ -143,6 +143,7 @@ class Outbox:
         self.senders = senders or {"dicom": dicom_sender(self.cfg), "dicomweb": dicomweb_sender(self.cfg)}
         self.clock = clock
         self._rng = random.Random()
+        self._wake = {name: threading.Event() for name in self.destinations}  # set by enqueue: send now
         ensure_schema(engine)
 
     # ---- enqueue -------------------------------------------------------------------------------
@@ -188,6 +189,8 @@ class Outbox:
                     row.last_error, row.last_status, row.delivered_at, row.updated_at = None, None, None, now
                     s.flush()
                     ids.append(row.id)
+        for name in names:  # the destination's worker sends now instead of at its next poll
+            self._wake[name].set()
         log.info("outbox: %d object(s) queued for %s", len(infos), ", ".join(names) or "no destination")
         return ids
 
@@ -332,7 +335,10 @@ class Outbox:
             if sent:
                 continue
             wait = self._next_due_in(name)
-            stop.wait(self.cfg.poll_interval_s if wait is None else min(self.cfg.poll_interval_s, wait))
+            woken = self._wake[name].wait(self.cfg.poll_interval_s if wait is None else
+                                          min(self.cfg.poll_interval_s, wait))
+            if woken:
+                self._wake[name].clear()
 
     def run_forever(self, stop_event: threading.Event) -> None:
         """Deliver until ``stop_event`` is set: one worker thread per destination (no head-of-line blocking)."""
@@ -341,6 +347,8 @@ class Outbox:
         for t in threads:
             t.start()
         stop_event.wait()
+        for event in self._wake.values():  # the workers see the stop at once
+            event.set()
         for t in threads:
             t.join(timeout=max(30.0, self.cfg.dimse_timeout_s))
 

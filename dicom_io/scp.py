@@ -16,6 +16,11 @@ Statuses (PS3.4 Annex B.2.3):
 | 0xC001  | cannot understand: a UID missing or unindexable, or the request lacks one     |
 | 0xC002  | cannot understand: the listener failed unexpectedly (logged with a trace)    |
 
+A study is complete after the store's quiet period, or as soon as a sender says so: an MPPS set
+COMPLETED (``dicom_io.mpps``: the Modality Performed Procedure Step SOP class is accepted too), or the
+release of an association from a calling AE listed in ``whole_study_aes`` (a router that sends each
+study whole over one association) completes the studies it carried.
+
 Associations are refused (A-ASSOCIATE-RJ) for an unknown called AE title, a calling AE title or
 host outside the allow-lists, too many simultaneous associations, and while shutting down. Below the
 free-space watermark C-ECHO still succeeds and C-STORE answers 0xA700. A C-STORE request whose
@@ -48,13 +53,15 @@ from pynetdicom import (
 )
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.service_class import StorageServiceClass
-from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # Verification is generated at import time
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at import time
     _STORAGE_CLASSES,
+    ModalityPerformedProcedureStep,
     Verification,
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_io import reactor
+from dicom_io.mpps import MppsScp
 from dicom_io.part10 import InvalidInstance, MissingUID, SOPClassMismatch, TooLarge, UnreadableDataset, part10_bytes
 from dicom_io.settings import ListenerSettings
 from dicom_io.store import StudyStore
@@ -179,12 +186,13 @@ def _status(code: int, comment: str | None = None) -> Dataset:
 
 
 class _AssocStats:
-    __slots__ = ("calling_ae", "host", "stored", "duplicate", "replaced", "failed", "started")
+    __slots__ = ("calling_ae", "host", "stored", "duplicate", "replaced", "failed", "started", "studies")
 
     def __init__(self, calling_ae: str, host: str) -> None:
         self.calling_ae, self.host = calling_ae, host
         self.stored = self.duplicate = self.replaced = self.failed = 0
         self.started = time.monotonic()
+        self.studies: set[str] = set()  # the studies this association stored instances of
 
 
 class Listener:
@@ -211,6 +219,10 @@ class Listener:
         ae.add_supported_context(Verification, ts)
         for uid in storage_sop_classes():
             ae.add_supported_context(uid, ts)
+        self.mpps = MppsScp(self._complete) if self.cfg.accept_mpps else None
+        if self.mpps is not None:
+            ae.add_supported_context(ModalityPerformedProcedureStep, ts)
+        self._whole_study_aes = {a.strip() for a in self.cfg.whole_study_aes}
         self.ae = ae
 
     @property
@@ -230,6 +242,8 @@ class Listener:
             (evt.EVT_RELEASED, self._on_closed),
             (evt.EVT_ABORTED, self._on_closed),
         ]
+        if self.mpps is not None:
+            handlers += [(evt.EVT_N_CREATE, self._on_n_create), (evt.EVT_N_SET, self._on_n_set)]
         if self.cfg.accept_unknown_sop_classes:
             _config.UNRESTRICTED_STORAGE_SERVICE = True  # process-wide; affects only the SCP side
         handlers.append((evt.EVT_DIMSE_RECV, self._on_dimse_recv))
@@ -371,11 +385,39 @@ class Listener:
         assert rq is not None  # rejected in answer to a request
         log.info("association rejected from %s (AE %s)", a.requestor.address, rq.calling_ae_title)
 
+    def _complete(self, studies: set[str], instances: set[str]) -> None:
+        """A sender says these studies (or the studies of these instances) are complete."""
+        if not studies and instances:  # no study named: the studies of the instances already stored
+            studies = self.store.studies_of(instances)
+        for study in sorted(studies):
+            how = self.store.complete(study, expected=instances)
+            log.info("study %s: completion signalled (%s)", study, how)
+
+    def _on_n_create(self, event: evt.Event) -> tuple[int, Dataset | None]:
+        assert self.mpps is not None
+        req = event.request
+        uid = str(getattr(req, "AffectedSOPInstanceUID", "") or "")
+        if not uid:
+            return 0x0106, None
+        return self.mpps.on_n_create(uid, event.attribute_list)
+
+    def _on_n_set(self, event: evt.Event) -> tuple[int, Dataset | None]:
+        assert self.mpps is not None
+        uid = str(getattr(event.request, "RequestedSOPInstanceUID", "") or "")
+        return self.mpps.on_n_set(uid, event.modification_list)
+
     def _on_closed(self, event: evt.Event) -> None:
         with self._stats_lock:
             st = self._stats.pop(id(event.assoc), None)
         if st is None:
             return
+        if event.event is evt.EVT_RELEASED and st.studies and st.calling_ae.strip() in self._whole_study_aes:
+            for study in sorted(st.studies):  # a whole-study router has sent all of each study: complete
+                try:
+                    log.info("study %s: complete at the release of %s's association (%s)", study, st.calling_ae,
+                             self.store.complete(study))
+                except Exception:  # noqa: BLE001 - the quiet period still completes it
+                    log.exception("study %s: completing at association release failed", study)
         log.info(
             "association %s from %s (AE %s): %d stored, %d duplicate, %d replaced, %d failed in %.1f s",
             event.event.name.removeprefix("EVT_").lower(),
@@ -430,5 +472,6 @@ class Listener:
             return _status(code, f"internal error: {type(e).__name__}")
         if st:
             setattr(st, res.status, getattr(st, res.status) + 1)
+            st.studies.add(res.study_uid)
         log.debug("C-STORE %s sop=%s study=%s", res.status, res.sop_instance_uid, res.study_uid)
         return STATUS_SUCCESS

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-__all__ = ["Destination", "ListenerSettings", "OutboxSettings", "StoreSettings"]
+__all__ = ["Destination", "ListenerSettings", "OutboxSettings", "SegSettings", "StoreSettings"]
 
 
 class ListenerSettings(BaseModel):
@@ -38,6 +38,15 @@ class ListenerSettings(BaseModel):
         False,
         description="Also accept private or unknown SOP classes as storage (every public storage SOP class, "
         "retired ones included, is always accepted).",
+    )
+    whole_study_aes: list[str] = Field(
+        default_factory=list, description="Calling AE titles that send each study whole over one association (a "
+        "routing rule): the release of such an association completes the studies it carried, without the quiet "
+        "period.",
+    )
+    accept_mpps: bool = Field(
+        True, description="Accept Modality Performed Procedure Steps (N-CREATE, N-SET): COMPLETED completes the "
+        "study once the instances it names are stored.",
     )
     tls_cert: Path | None = Field(None, description="PEM certificate: enables DICOM TLS when set.")
     tls_key: Path | None = Field(None, description="PEM private key for tls_cert.")
@@ -90,8 +99,16 @@ class StoreSettings(BaseModel):
     )
 
     max_inflated_mb: int = Field(
-        1024, ge=1, description="A Deflated Explicit VR instance that inflates beyond this (MiB) is refused "
-        "with 0xA700 before it is held in memory.",
+        64, ge=1, description="A Deflated Explicit VR instance that inflates beyond this (MiB) is refused with "
+        "0xA700 (it is checked while it inflates, a chunk at a time, and never held whole).",
+    )
+    gateway_lease_s: float = Field(
+        30.0, gt=0, description="With a shared database_url: a gateway that has not renewed its lease for this "
+        "long is taken for dead (its unfinished files are reconciled, its studies taken over); renewed every third.",
+    )
+    inflate_budget_mb: int = Field(
+        16, ge=1, description="Inflated bytes (MiB) that all associations together may hold while they check "
+        "deflated instances; one that finds it used up for 10 s is refused with 0xA700.",
     )
 
     def resolved_database_url(self) -> str:
@@ -99,6 +116,22 @@ class StoreSettings(BaseModel):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'index.sqlite').resolve()}"
+
+
+class SegSettings(BaseModel):
+    """Bounds on the work one SEG may cause (audits and the review's mask pictures); ``[seg]``.
+
+    A SEG beyond them is not read: the audit records a ``too_large`` issue and goes on with the rest
+    of the study, and the review's ``mask.png`` answers 422.
+    """
+
+    max_segments: int = Field(
+        1000, ge=1, description="Segments a SEG may declare (its Segment Sequence); more: not read."
+    )
+    max_pixels: int = Field(
+        1 << 28, ge=1, description="Pixels a SEG may decode (frames x rows x columns), and pixels its masks may "
+        "expand to, each; more: not read.",
+    )
 
 
 class Destination(BaseModel):
@@ -126,7 +159,8 @@ class OutboxSettings(BaseModel):
     max_attempts: int = Field(10, ge=1, description="Attempts before an item is dead-lettered.")
     backoff_base_s: float = Field(2.0, gt=0, description="First retry delay; doubles each attempt.")
     backoff_max_s: float = Field(300.0, gt=0, description="Longest retry delay.")
-    poll_interval_s: float = Field(1.0, gt=0, description="How often the sender looks for due items.")
+    poll_interval_s: float = Field(1.0, gt=0, description="How often the sender looks for due items (results of "
+                                   "this process wake it at once).")
     batch_size: int = Field(64, ge=1, description="Objects sent per association (or STOW-RS request).")
     jitter: float = Field(0.25, ge=0, le=1, description="Retry delays vary randomly by +- this fraction.")
     connect_timeout_s: float = Field(10.0, gt=0, description="TCP connect timeout towards a destination (seconds).")

@@ -7,10 +7,16 @@ the patient/study/series/instance rows are committed; only then does ``put`` ret
 the source of truth: ``reconcile`` (run at start-up) removes leftovers of interrupted writes
 (``*.tmp``), drops index rows whose file is gone and indexes files that have no row.
 
-A study becomes *stable* after ``stable_after_s`` seconds without a new instance; subscribers get a
-``StudyStable`` event from the store's timer thread. A late instance re-opens the study and it is
-emitted again (``reopened=True``). Study state is in the index, so a restart re-emits studies whose
-stable event was never delivered.
+A study becomes *stable* after ``stable_after_s`` seconds without a new instance, or at once when a
+sender says it is complete (:meth:`StudyStore.complete`); subscribers get a ``StudyStable`` event
+from the store's timer thread. A late instance re-opens the study and it is emitted again
+(``reopened=True``). Study state is in the index, so a restart re-emits studies whose stable event
+was never delivered.
+
+Several gateways may share the data dir and a PostgreSQL index (``dicom_io.gateways``): a starting
+gateway's reconciliation never touches what a live one may be writing, and a study is declared
+stable only by the gateway that stored its latest instance (a dead gateway's studies are taken
+over), never before its quiet period has passed since that instance.
 
 Logs carry UIDs only, never patient names or IDs.
 """
@@ -20,12 +26,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import math
 import os
 import re
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,9 +54,12 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from dicom_io.db import Base, ensure_schema, insert_ignore, make_engine
+from dicom_io.faults import pause_point
+from dicom_io.gateways import GatewayRegistry, new_gateway_id
 from dicom_io.part10 import (  # noqa: F401 - re-exported: the listener maps these errors to statuses
     UID_RE,
     Header,
+    InflateBudget,
     InvalidInstance,
     MissingUID,
     SOPClassMismatch,
@@ -142,6 +152,7 @@ class StudyRow(Base):
     state: Mapped[str] = mapped_column(String(16), default="receiving")  # receiving | stable
     stable_count: Mapped[int] = mapped_column(Integer, default=0)
     stable_at: Mapped[float | None] = mapped_column(Float)
+    receiver: Mapped[str | None] = mapped_column(String(32))  # the gateway that stored the latest instance
 
 
 class SeriesRow(Base):
@@ -182,7 +193,9 @@ class StoreEventRow(Base):
     detail: Mapped[str | None] = mapped_column(Text)
 
 
-_TMP_RE = re.compile(r"^\.(?P<final>.+\.dcm)\.(?P<size>[0-9]+)\.(?P<sha>[0-9a-f]{32})\.[0-9a-f]+\.tmp$")
+# .<final>.<size>.<sha256[:32]>.<gateway id>-<random>.tmp (older versions: no gateway id)
+_TMP_RE = re.compile(
+    r"^\.(?P<final>.+\.dcm)\.(?P<size>[0-9]+)\.(?P<sha>[0-9a-f]{32})\.(?:(?P<gw>[0-9a-f]{12})-)?[0-9a-f]+\.tmp$")
 
 # prepared statements of the hot path (plain SQL: no ORM overhead per instance)
 _SQL_LOOKUP = text("SELECT sha256, path, study_uid FROM instances WHERE sop_instance_uid = :sop")
@@ -196,7 +209,8 @@ _SQL_UPDATE_INSTANCE = text(
     "UPDATE instances SET series_uid = :series, study_uid = :study, sop_class_uid = :cls, transfer_syntax_uid = :ts,"
     " path = :path, size = :size, sha256 = :sha, received_at = :now, calling_ae = :ae WHERE sop_instance_uid = :sop"
 )
-_SQL_TOUCH_STUDY = text("UPDATE studies SET last_received = :now, state = 'receiving' WHERE study_uid = :study")
+_SQL_TOUCH_STUDY = text(
+    "UPDATE studies SET last_received = :now, state = 'receiving', receiver = :gw WHERE study_uid = :study")
 
 
 # --------------------------------------------------------------------------------------------
@@ -272,13 +286,20 @@ class StudyStore:
         engine: Engine | None = None,
         reconcile: bool = True,
         fsync_directory: bool = True,
-        max_inflated_mb: int = 1024,
+        max_inflated_mb: int = 64,
+        inflate_budget_mb: int = 16,
+        gateway_lease_s: float = 30.0,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.max_inflated_bytes = int(max_inflated_mb) * 2**20
+        self.inflate_budget = InflateBudget(int(inflate_budget_mb) * 2**20)
+        """Inflated bytes that all concurrent ``put`` calls may hold while checking deflated instances."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         shared_index = bool(database_url) and not str(database_url).startswith("sqlite")
         self._lock_fd: int | None = _lock_data_dir(self.data_dir, shared=shared_index)  # before anything else
+        self.gateway_id = new_gateway_id()
+        """This store's id among the gateways of a shared index (in its temp file names and ``receiver``)."""
+        self.gateway_lease_s = float(gateway_lease_s)
         self.studies_dir = self.data_dir / "studies"
         self.studies_dir.mkdir(parents=True, exist_ok=True)
         self.stable_after_s = float(stable_after_s)
@@ -288,6 +309,11 @@ class StudyStore:
         # rows a power cut may have lost (see dicom_io.db.make_engine).
         self.engine = engine or make_engine(url, sqlite_synchronous="NORMAL")
         ensure_schema(self.engine)
+        # other gateways exist only beside a shared index (SQLite: one service per data dir, flock'd)
+        self._gateways = GatewayRegistry(self.engine, self.gateway_id, gateway_lease_s) if shared_index else None
+        self._gateway_thread: threading.Thread | None = None
+        self._gateway_stop = threading.Event()
+        self._reconcile_again_at: float | None = None  # wall time of a second pass over deferred files
         self._db_lock = threading.Lock()  # one writer at a time (SQLite); cheap for others too
         self._wconn: Connection | None = None
         self._sop_locks = [threading.Lock() for _ in range(64)]
@@ -298,6 +324,8 @@ class StudyStore:
         self._deadlines: dict[str, float] = {}  # study uid -> monotonic time it becomes stable
         self._emit_failures: dict[str, int] = {}  # study uid -> failed deliveries of its stable event
         self._owed: dict[str, set[int]] = {}  # study uid -> subscribers (by index) that still owe handling
+        self._complete_now: set[str] = set()  # studies a sender said are complete: no quiet period
+        self._expected: dict[str, set[str]] = {}  # study uid -> SOP instances to wait for before completing
         self.retry_base_s, self.retry_max_s = 1.0, 60.0
         self.last_error: str | None = None
         """Why the store is degraded (a stable event that could not be handled), or None."""
@@ -340,6 +368,16 @@ class StudyStore:
         with self.engine.connect() as c:
             rows = c.execute(q.order_by(InstanceRow.series_uid, InstanceRow.sop_instance_uid)).all()
         return [InstanceRecord(r[0], r[1], r[2], r[3], self.data_dir / r[4], r[5], r[6]) for r in rows]
+
+    def studies_of(self, sop_instance_uids: Iterable[str]) -> set[str]:
+        """The studies of the indexed instances among ``sop_instance_uids``."""
+        uids = sorted(set(sop_instance_uids))
+        out: set[str] = set()
+        with self.engine.connect() as c:
+            for i in range(0, len(uids), 500):
+                q = select(InstanceRow.study_uid).where(InstanceRow.sop_instance_uid.in_(uids[i:i + 500]))
+                out |= set(c.execute(q).scalars())
+        return out
 
     def events(self, kind: str | None = None) -> list[dict]:
         """Store events (replacements, stability, reconciliation) as dicts, oldest first."""
@@ -388,7 +426,7 @@ class StudyStore:
         Raises an ``InvalidInstance`` subclass when the bytes cannot be stored as sent, OSError /
         SQLAlchemyError when the disk or the index fail (nothing is indexed then).
         """
-        h = read_header(raw, max_inflated_bytes=self.max_inflated_bytes)
+        h = read_header(raw, max_inflated_bytes=self.max_inflated_bytes, budget=self.inflate_budget)
         if expected_sop_class_uid and h.sop_class_uid != expected_sop_class_uid:
             raise SOPClassMismatch(
                 f"dataset SOP Class {h.sop_class_uid} differs from the request's {expected_sop_class_uid}"
@@ -417,7 +455,7 @@ class StudyStore:
         if status == "replaced":
             log.info("replaced sop=%s study=%s (different bytes)", h.sop_instance_uid, h.study_uid)
         if status != "duplicate":
-            self._touch_study(h.study_uid)
+            self._touch_study(h.study_uid, h.sop_instance_uid)
         return PutResult(status, h.sop_instance_uid, h.study_uid, h.series_uid, final)
 
     def _write_file(self, final: Path, raw: bytes, digest: str) -> None:
@@ -428,7 +466,7 @@ class StudyStore:
         even when ``fsync_directory`` is off and the rename itself did not reach the disk.
         """
         _makedirs_durable(final.parent, self.studies_dir)
-        tmp = final.parent / f".{final.name}.{len(raw)}.{digest[:32]}.{uuid.uuid4().hex[:8]}.tmp"
+        tmp = final.parent / f".{final.name}.{len(raw)}.{digest[:32]}.{self.gateway_id}-{uuid.uuid4().hex[:8]}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
             view = memoryview(raw)
@@ -448,13 +486,17 @@ class StudyStore:
     def _recover_tmp(self, tmp: Path) -> Path | None:
         """Roll a complete temp file forward to its final name; None (and removed) when it is partial."""
         m = _TMP_RE.match(tmp.name)
-        if m:
-            raw = tmp.read_bytes()
-            if len(raw) == int(m["size"]) and hashlib.sha256(raw).hexdigest().startswith(m["sha"]):
-                final = tmp.parent / m["final"]
-                os.replace(tmp, final)
-                _fsync_dir(final.parent)
-                return final
+        try:
+            if m:
+                raw = tmp.read_bytes()
+                if len(raw) == int(m["size"]) and hashlib.sha256(raw).hexdigest().startswith(m["sha"]):
+                    final = tmp.parent / m["final"]
+                    os.replace(tmp, final)
+                    _fsync_dir(final.parent)
+                    return final
+        except FileNotFoundError:  # another gateway starting at the same moment rolled it forward
+            moved = tmp.parent / m["final"] if m else None
+            return moved if moved is not None and moved.is_file() else None
         tmp.unlink(missing_ok=True)
         return None
 
@@ -472,6 +514,7 @@ class StudyStore:
             "sha": digest,
             "now": now,
             "ae": calling_ae,
+            "gw": self.gateway_id,
         }
         with self._db_lock:
             c = self._writer()
@@ -489,6 +532,7 @@ class StudyStore:
                                 last_received=now,
                                 state="receiving",
                                 stable_count=0,
+                                receiver=self.gateway_id,
                             )
                         )
                 if h.series_uid not in self._known_series:
@@ -548,15 +592,36 @@ class StudyStore:
 
     # ---------------------------------------------------------------- reconciliation
 
-    def reconcile(self) -> ReconcileReport:
-        """Make the index agree with the files: drop temp leftovers, stale rows; index orphan files."""
+    def reconcile(self, *, second_pass: bool = False) -> ReconcileReport:
+        """Make the index agree with the files: drop temp leftovers, stale rows; index orphan files.
+
+        Beside live gateways on a shared index nothing they may be writing is touched: their temp files
+        (named with their gateway id) are left, and files without a row that are younger than the
+        gateway lease are left for a second pass one lease later (they may be renamed but not yet
+        indexed). Rows are read before the files are listed, so a row committed meanwhile is never
+        taken for stale; a row is removed only while it still names the missing file. The second pass
+        defers nothing further: what is still young then belongs to a gateway that is writing it.
+        """
         rep = ReconcileReport()
+        live = self._gateways.live_others() if self._gateways is not None else set()
+        if self._gateways is not None and self._timer is not None:  # a pass while this gateway runs: its own
+            live.add(self.gateway_id)  # writes in progress are left alone too
+        with self.engine.connect() as c:
+            q = select(InstanceRow.sop_instance_uid, InstanceRow.path, InstanceRow.size)
+            rows = {r.path: r for r in c.execute(q)}
+        pause_point("reconcile")  # tests: another gateway ingests here
+        listed_at = time.time()
         on_disk: dict[str, Path] = {}
         rolled: set[str] = set()
+        deferred = 0
         for dirpath, _dirs, files in os.walk(self.studies_dir):
             for name in sorted(files, key=lambda n: not n.endswith(".tmp")):  # temp files first
                 p = Path(dirpath) / name
                 if name.endswith(".tmp"):
+                    m = _TMP_RE.match(name)
+                    if live and (m is None or m["gw"] is None or m["gw"] in live):
+                        deferred += 1  # a live gateway's write in progress (or an old one's: cannot tell)
+                        continue
                     final = self._recover_tmp(p)
                     if final is None:
                         rep.tmp_removed += 1
@@ -566,54 +631,41 @@ class StudyStore:
                     on_disk[final.relative_to(self.data_dir).as_posix()] = final
                 elif name.endswith(".dcm"):
                     on_disk[p.relative_to(self.data_dir).as_posix()] = p
-        with self.engine.connect() as c:
-            q = select(InstanceRow.sop_instance_uid, InstanceRow.path, InstanceRow.size)
-            rows = {r.path: r for r in c.execute(q)}
         now = time.time()
-        stale = [r for path, r in rows.items() if path not in on_disk or on_disk[path].stat().st_size != r.size]
+        stale = [r for path, r in rows.items() if path not in on_disk]  # the file is gone
         if stale:
             with self._db_lock, self.engine.begin() as c:
                 for r in stale:
-                    c.execute(delete(InstanceRow).where(InstanceRow.sop_instance_uid == r.sop_instance_uid))
+                    gone = c.execute(delete(InstanceRow).where(
+                        InstanceRow.sop_instance_uid == r.sop_instance_uid, InstanceRow.path == r.path,
+                        InstanceRow.size == r.size)).rowcount
+                    if not gone:  # replaced meanwhile: the row names another file now
+                        continue
+                    rep.rows_removed += 1
                     c.execute(
                         insert(StoreEventRow).values(
                             at=now, kind="reconcile_row_removed", sop_instance_uid=r.sop_instance_uid, detail=r.path
                         )
                     )
-            rep.rows_removed = len(stale)
-        stale_paths = {r.path for r in stale}
         for rel, p in sorted(on_disk.items()):
-            if rel in rows and rel not in stale_paths and rel not in rolled:
-                continue
-            raw = p.read_bytes()
             try:
-                h = read_header(raw)
-            except InvalidInstance as e:
-                log.warning("reconcile: unreadable file %s left unindexed (%s)", rel, e.reason)
-                rep.files_unreadable.append(rel)
+                if rel in rows and rel not in rolled and p.stat().st_size == rows[rel].size:
+                    continue
+            except FileNotFoundError:  # replaced meanwhile
                 continue
-            if self._final_path(h) != p:
-                log.warning("reconcile: file %s is not where its UIDs say; left unindexed", rel)
-                rep.files_unreadable.append(rel)
-                continue
-            with self.engine.connect() as c:
-                old = c.execute(
-                    select(InstanceRow.sha256, InstanceRow.path, InstanceRow.study_uid).where(
-                        InstanceRow.sop_instance_uid == h.sop_instance_uid
-                    )
-                ).first()
-            self._index(h, rel, len(raw), hashlib.sha256(raw).hexdigest(), None, old)
-            with self._db_lock, self.engine.begin() as c:
-                c.execute(
-                    insert(StoreEventRow).values(
-                        at=now,
-                        kind="reconcile_file_indexed",
-                        study_uid=h.study_uid,
-                        sop_instance_uid=h.sop_instance_uid,
-                        detail=rel,
-                    )
-                )
-            rep.files_indexed += 1
+            if live and rel not in rolled:
+                try:
+                    young = p.stat().st_mtime > listed_at - self.gateway_lease_s
+                except FileNotFoundError:
+                    continue
+                if young:  # maybe a live gateway's, renamed but not yet indexed
+                    deferred += 1
+                    continue
+            self._reconcile_file(rel, p, rep, now)
+        if deferred and not second_pass:
+            self._reconcile_again_at = time.time() + self.gateway_lease_s
+            log.info("reconcile: %d file(s) live gateways may be writing left for a second pass in %.0f s",
+                     deferred, self.gateway_lease_s)
         if rep.tmp_removed or rep.tmp_recovered or rep.rows_removed or rep.files_indexed or rep.files_unreadable:
             log.info(
                 "reconcile: %d complete temp files rolled forward, removed %d partial ones and %d stale rows; "
@@ -626,6 +678,49 @@ class StudyStore:
             )
         return rep
 
+    def _reconcile_file(self, rel: str, p: Path, rep: ReconcileReport, now: float) -> None:
+        """Index one file found without a matching row (its row added, or updated to match the file)."""
+        from sqlalchemy.exc import IntegrityError
+
+        try:
+            raw = p.read_bytes()
+        except FileNotFoundError:  # replaced meanwhile
+            return
+        try:  # a file once accepted is indexed whatever it inflates to (the walk holds a chunk at a time)
+            h = read_header(raw, max_inflated_bytes=1 << 62, budget=self.inflate_budget)
+        except InvalidInstance as e:
+            log.warning("reconcile: unreadable file %s left unindexed (%s)", rel, e.reason)
+            rep.files_unreadable.append(rel)
+            return
+        if self._final_path(h) != p:
+            log.warning("reconcile: file %s is not where its UIDs say; left unindexed", rel)
+            rep.files_unreadable.append(rel)
+            return
+        digest = hashlib.sha256(raw).hexdigest()
+        with self.engine.connect() as c:
+            old = c.execute(
+                select(InstanceRow.sha256, InstanceRow.path, InstanceRow.study_uid).where(
+                    InstanceRow.sop_instance_uid == h.sop_instance_uid
+                )
+            ).first()
+        if old is not None and old.path == rel and old.sha256 == digest:
+            return  # indexed meanwhile (by the gateway that wrote it)
+        try:
+            self._index(h, rel, len(raw), digest, None, old)
+        except IntegrityError:  # another gateway indexed it at this very moment
+            return
+        with self._db_lock, self.engine.begin() as c:
+            c.execute(
+                insert(StoreEventRow).values(
+                    at=now,
+                    kind="reconcile_file_indexed",
+                    study_uid=h.study_uid,
+                    sop_instance_uid=h.sop_instance_uid,
+                    detail=rel,
+                )
+            )
+        rep.files_indexed += 1
+
     # ---------------------------------------------------------------- stability
 
     def subscribe(self, callback: Callable[[StudyStable], None]) -> None:
@@ -635,28 +730,85 @@ class StudyStore:
         """
         self._subscribers.append(callback)
 
-    def _touch_study(self, study_uid: str) -> None:
+    def _touch_study(self, study_uid: str, sop_instance_uid: str | None = None) -> None:
         with self._cv:
+            expected = self._expected.get(study_uid)
+            if expected is not None and sop_instance_uid is not None:
+                expected.discard(sop_instance_uid)
+                if not expected:  # the last instance a sender announced has arrived: complete now
+                    del self._expected[study_uid]
+                    self._complete_now.add(study_uid)
+                    self._deadlines[study_uid] = time.monotonic()
+                    self._cv.notify()
+                    return
+            if study_uid in self._complete_now:
+                self._deadlines[study_uid] = time.monotonic()
+                self._cv.notify()
+                return
             new = study_uid not in self._deadlines
             self._deadlines[study_uid] = time.monotonic() + self.stable_after_s
             if new:  # a later deadline for a pending study needs no wake-up: the timer re-checks
                 self._cv.notify()
 
-    def _load_pending(self) -> None:
-        """Schedule studies the index says are still receiving (e.g. after a restart)."""
+    def complete(self, study_uid: str, expected: Iterable[str] = ()) -> str:
+        """A sender says ``study_uid`` is complete: emit it as stable now, without the quiet period.
+
+        ``expected``: SOP Instance UIDs the sender names as part of the study (e.g. an MPPS): the study
+        is complete once the last of them is stored (at once when they all are). Returns ``unknown``
+        (no instance of the study is stored and none is expected), ``complete`` (already stable, no
+        new instance since), ``waiting`` (for expected instances) or ``completing``.
+        """
         with self.engine.connect() as c:
-            rows = c.execute(select(StudyRow.study_uid, StudyRow.last_received).where(StudyRow.state == "receiving"))
-            now_wall, now_mono = time.time(), time.monotonic()
+            state = c.execute(select(StudyRow.state).where(StudyRow.study_uid == study_uid)).scalar()
+            missing = set(expected)
+            if missing:
+                stored = c.execute(select(InstanceRow.sop_instance_uid).where(
+                    InstanceRow.sop_instance_uid.in_(sorted(missing)))).scalars()
+                missing -= set(stored)
+        if missing:
             with self._cv:
-                for uid, last in rows:
-                    wait = max(0.0, last + self.stable_after_s - now_wall)
-                    self._deadlines.setdefault(uid, now_mono + wait)
+                self._expected[study_uid] = missing
+            log.info("study %s: complete once %d more instance(s) arrive", study_uid, len(missing))
+            return "waiting"
+        if state is None:
+            return "unknown"
+        if state != "receiving":
+            return "complete"
+        with self._cv:
+            self._complete_now.add(study_uid)
+            self._deadlines[study_uid] = time.monotonic()
+            self._cv.notify()
+        log.info("study %s: complete by the sender's word", study_uid)
+        return "completing"
+
+    def _live_others(self, *, refresh: bool = False) -> set[str]:
+        return self._gateways.live_others(refresh=refresh) if self._gateways is not None else set()
+
+    def _load_pending(self) -> None:
+        """Schedule the studies still receiving that no live gateway is receiving (after a restart, or the
+        studies of a gateway that died)."""
+        live = self._live_others(refresh=True)
+        with self.engine.connect() as c:
+            rows = c.execute(select(StudyRow.study_uid, StudyRow.last_received, StudyRow.receiver).where(
+                StudyRow.state == "receiving")).all()
+        now_wall, now_mono = time.time(), time.monotonic()
+        with self._cv:
+            for uid, last, receiver in rows:
+                if receiver is not None and receiver in live:
+                    continue  # that gateway declares it complete
+                wait = max(0.0, last + self.stable_after_s - now_wall)
+                self._deadlines.setdefault(uid, now_mono + wait)
 
     def start(self) -> None:
-        """Start the stability timer thread (idempotent)."""
+        """Start the stability timer thread (idempotent); with a shared index, register this gateway."""
         if self._timer is not None and self._timer.is_alive():
             return
         self._stopping = False
+        if self._gateways is not None:
+            self._gateways.renew()
+            self._gateway_stop.clear()
+            self._gateway_thread = threading.Thread(target=self._gateway_loop, name="labelqa-gateway", daemon=True)
+            self._gateway_thread.start()
         self._timer = threading.Thread(target=self._timer_loop, name="labelqa-stability", daemon=True)
         self._timer.start()
 
@@ -668,6 +820,27 @@ class StudyStore:
         if self._timer is not None:
             self._timer.join(timeout=10)
             self._timer = None
+        if self._gateway_thread is not None:
+            self._gateway_stop.set()
+            self._gateway_thread.join(timeout=10)
+            self._gateway_thread = None
+            try:
+                self._gateways.deregister()  # type: ignore[union-attr]  # set with the thread
+            except Exception as e:  # noqa: BLE001 - its lease runs out anyway
+                log.warning("gateway %s: could not deregister (%s)", self.gateway_id, type(e).__name__)
+
+    def _gateway_loop(self) -> None:
+        """Renew the lease, take over the studies of dead gateways, and run the deferred second reconcile."""
+        assert self._gateways is not None
+        while not self._gateway_stop.wait(self.gateway_lease_s / 3):
+            try:
+                self._gateways.renew()
+                self._load_pending()  # studies whose gateway died (its lease ran out) are ours now
+                if self._reconcile_again_at is not None and time.time() >= self._reconcile_again_at:
+                    self._reconcile_again_at = None
+                    self.reconcile(second_pass=True)
+            except Exception as e:  # noqa: BLE001 - the database may be down for a while: try again
+                log.warning("gateway %s: lease renewal failed (%s: %s)", self.gateway_id, type(e).__name__, e)
 
     def close(self) -> None:
         """Stop the timer and release the database connections."""
@@ -705,16 +878,40 @@ class StudyStore:
                         self._deadlines.setdefault(uid, time.monotonic() + self.retry_max_s / 4)
 
     def _emit_stable(self, study_uid: str) -> None:
-        """Deliver a stable event, then mark the study stable (so a crash in between re-emits)."""
+        """Deliver a stable event, then mark the study stable (so a crash in between re-emits).
+
+        Never before the quiet period has passed since the study's latest instance (whichever gateway
+        stored it), unless a sender said it is complete; a study a live gateway is receiving is left to
+        it; one whose gateway died is claimed first (one taker).
+        """
         now = time.time()
         with self.engine.connect() as c:
             row = c.execute(
-                select(StudyRow.state, StudyRow.stable_count, StudyRow.last_received).where(
+                select(StudyRow.state, StudyRow.stable_count, StudyRow.last_received, StudyRow.receiver).where(
                     StudyRow.study_uid == study_uid
                 )
             ).first()
         if row is None or row.state != "receiving":
+            self._complete_now.discard(study_uid)
             return
+        if study_uid not in self._complete_now:
+            if row.receiver not in (None, self.gateway_id) and row.receiver in self._live_others():
+                return  # another gateway stored its latest instance: that one declares it complete
+            wait = row.last_received + self.stable_after_s - now
+            if wait > 0:  # an instance arrived since this deadline was set (here or at another gateway)
+                with self._cv:
+                    self._deadlines[study_uid] = min(self._deadlines.get(study_uid, math.inf),
+                                                     time.monotonic() + wait)
+                    self._cv.notify()
+                return
+        if row.receiver != self.gateway_id and self._gateways is not None:
+            with self._db_lock, self.engine.begin() as c:
+                claimed = c.execute(update(StudyRow).where(
+                    StudyRow.study_uid == study_uid, StudyRow.last_received == row.last_received,
+                    StudyRow.receiver == row.receiver if row.receiver is not None else StudyRow.receiver.is_(None),
+                ).values(receiver=self.gateway_id)).rowcount
+            if not claimed:  # changed meanwhile: whoever changed it has its own deadline
+                return
         instances = self.instances(study_uid)
         event = StudyStable(study_uid, instances, reopened=row.stable_count > 0)
         log.info("study stable study=%s instances=%d reopened=%s", study_uid, len(instances), event.reopened)
@@ -745,6 +942,7 @@ class StudyStore:
             return
         self._owed.pop(study_uid, None)
         self._emit_failures.pop(study_uid, None)
+        self._complete_now.discard(study_uid)
         if not self._emit_failures:
             self.last_error = None
         with self._db_lock, self.engine.begin() as c:

@@ -59,13 +59,24 @@ class AuditService:
         if settings.api.enabled:
             from service.http.api import ApiContext, ApiServer, create_app
             from service.http.auth import Auth
+            from service.http.guard import RefusedSettings, allowed_hosts, open_api_problem
             from service.review import ReviewService
 
+            error, warning = open_api_problem(settings)
+            if error:
+                raise RefusedSettings(error)
+            if warning:
+                log.warning(warning)
+            try:
+                auth = Auth.from_settings(settings, self.engine)
+            except ValueError as e:  # a weak token, a duplicate user: refused at start with the reason
+                raise RefusedSettings(str(e)) from None
             token = settings.api.token.get_secret_value() if settings.api.token else None
             self.review = ReviewService.from_settings(settings, self.engine, jobs=self.jobs, outbox=self.outbox)
             ctx = ApiContext(jobs=self.jobs, token=token, pipeline=self.pipeline, store=service.store,
                              listener=service.listener, outbox=self.outbox, metrics=self.metrics,
-                             version=_version(), auth=Auth.from_settings(settings), review=self.review)
+                             version=_version(), auth=auth, review=self.review,
+                             allowed_hosts=allowed_hosts(settings.api))
             self.api = ApiServer(create_app(ctx), settings.api.host, settings.api.port)
 
     def start(self) -> None:

@@ -22,9 +22,10 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from dicom_io.settings import Destination, ListenerSettings, OutboxSettings, StoreSettings
+from dicom_io.settings import Destination, ListenerSettings, OutboxSettings, SegSettings, StoreSettings
 
-__all__ = ["ListenerSettings", "StoreSettings", "AuditSettings", "Destination", "OutboxSettings", "ApiSettings",
+__all__ = ["ListenerSettings", "StoreSettings", "SegSettings", "AuditSettings", "Destination", "OutboxSettings",
+           "ApiSettings",
            "Settings", "load_settings", "settings_reference_markdown"]
 
 DEFAULT_CONFIG_FILE = Path("labelqa.toml")
@@ -85,7 +86,16 @@ class ApiSettings(BaseModel):
     enabled: bool = Field(True, description="Serve the HTTP API beside the DICOM listener.")
     host: str = Field("127.0.0.1", description="Address the HTTP API binds.")
     port: int = Field(8787, ge=1, le=65535, description="Port of the HTTP API.")
-    token: SecretStr | None = Field(None, description="If set, requests need 'Authorization: Bearer <token>'.")
+    token: SecretStr | None = Field(None, description="If set, requests need 'Authorization: Bearer <token>' "
+                                    "(an admin named api); at least 16 random characters.")
+    allowed_hosts: list[str] = Field(
+        default_factory=list, description="Host names the API answers to besides its bind address, localhost, "
+        "127.0.0.1 and [::1] (*.example.org for a domain); a request naming any other Host gets 400.",
+    )
+    allow_open: bool = Field(
+        False, description="Serve on a non-loopback host with no [auth] users and no [api] token (everybody an "
+        "anonymous reviewer), with a warning; off: such settings refuse to start.",
+    )
 
 
 class ReviewUser(BaseModel):
@@ -95,7 +105,8 @@ class ReviewUser(BaseModel):
                       description="Login name; decisions are attributed to it.")
     role: Literal["reviewer", "admin"] = Field("reviewer", description="reviewer (decide) or admin (also re-run, "
                                                "retract, read the trail).")
-    token: SecretStr = Field(description="Secret: the password at the login page and the API bearer token.")
+    token: SecretStr = Field(description="Secret: the password at the login page and the API bearer token; at "
+                             "least 16 random characters.")
     display_name: str | None = Field(None, max_length=64, description="Person name (DICOM PN, e.g. Doe^Jane) "
                                      "written as the verifying observer; default: the login name.")
 
@@ -110,6 +121,10 @@ class AuthSettings(BaseModel):
     cookie_secure: bool = Field(False, description="Mark the session cookie Secure (serve over HTTPS).")
     organization: str = Field("labelqa QA", max_length=64,
                               description="Verifying Organization written into reissued, verified QA reports.")
+    max_failures: int = Field(5, ge=1, description="Wrong logins or bearer tokens per client (and per user) "
+                              "within failure_window_s that lock it out (429).")
+    failure_window_s: float = Field(300.0, gt=0, description="The window in which failures are counted (seconds).")
+    lockout_s: float = Field(300.0, gt=0, description="How long a locked-out client or user waits (seconds).")
 
 
 class Settings(BaseSettings):
@@ -123,6 +138,7 @@ class Settings(BaseSettings):
     listener: ListenerSettings = Field(default_factory=ListenerSettings, description="DICOM listener.")
     store: StoreSettings = Field(default_factory=StoreSettings, description="Study store and index.")
     audit: AuditSettings = Field(default_factory=AuditSettings, description="Audit jobs.")
+    seg: SegSettings = Field(default_factory=SegSettings, description="Bounds on reading one SEG.")
     executor: ExecutorSettings = Field(default_factory=ExecutorSettings, description="Where audits run.")
     outbox: OutboxSettings = Field(default_factory=OutboxSettings, description="Result delivery.")
     api: ApiSettings = Field(default_factory=ApiSettings, description="HTTP API.")

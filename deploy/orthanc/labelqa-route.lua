@@ -5,6 +5,14 @@
 -- modality "labelqa" (declared in DicomModalities). labelqa audits the annotations and stores its
 -- results (QA report SR, heatmap Secondary Captures, "Quality Issue" KOS) back into the same study.
 --
+-- Once the send job has succeeded, tell labelqa that the study is complete (POST
+-- /studies/<uid>/complete on its HTTP API): it audits at once instead of waiting for its own quiet
+-- period (which stays as the fallback if this call fails). Set LABELQA_API (and LABELQA_TOKEN when
+-- labelqa has users or a token) in a script listed before this one in "LuaScripts", e.g.
+--   LABELQA_API = 'http://127.0.0.1:8787'
+--   LABELQA_TOKEN = '...'            -- a labelqa user's token (16+ random characters)
+-- or leave LABELQA_API unset to rely on the quiet period alone.
+--
 -- Results coming back make the study stable again; they are recognised (Manufacturer "labelqa",
 -- Series Number 9901-9909) and never routed again, and a study is only re-routed when its other
 -- series changed.
@@ -13,7 +21,8 @@
 local LABELQA_MODALITY = 'labelqa'
 local LABELQA_MANUFACTURER = 'labelqa'
 
-local routed = {}  -- study id -> fingerprint of the series last routed (lost on restart: harmless)
+local routed = {}   -- study id -> fingerprint of the series last routed (lost on restart: harmless)
+local sending = {}  -- send job id -> Study Instance UID (to say it is complete once sent)
 
 -- labelqa's result series: Manufacturer "labelqa" and Series Number 9901-9909 (SR, heatmaps, KOS, ...).
 local function isOurs(series)
@@ -49,8 +58,38 @@ function OnStableStudy(studyId, tags, metadata)
   local ok, answer = pcall(RestApiPost, '/modalities/' .. LABELQA_MODALITY .. '/store', DumpJson(request, true))
   if ok and answer ~= nil then
     routed[studyId] = fingerprint
+    local job = ParseJson(answer)['ID']
+    if job ~= nil and tags ~= nil and tags['StudyInstanceUID'] ~= nil then
+      sending[job] = tags['StudyInstanceUID']
+    end
     print('labelqa: study ' .. studyId .. ' (' .. #resources .. ' series) queued for sending to ' .. LABELQA_MODALITY)
   else
     print('labelqa: could not route study ' .. studyId .. ' (see the error above); it is routed again when it changes')
   end
+end
+
+-- The send job is done: every instance is stored in labelqa. Say the study is complete.
+function OnJobSuccess(jobId)
+  local study = sending[jobId]
+  if study == nil then
+    return
+  end
+  sending[jobId] = nil
+  if LABELQA_API == nil or LABELQA_API == '' then
+    return  -- labelqa's quiet period completes the study
+  end
+  local headers = { ['Content-Type'] = 'application/json' }
+  if LABELQA_TOKEN ~= nil and LABELQA_TOKEN ~= '' then
+    headers['Authorization'] = 'Bearer ' .. LABELQA_TOKEN
+  end
+  local ok, err = pcall(HttpPost, LABELQA_API .. '/studies/' .. study .. '/complete', '{}', headers)
+  if ok then
+    print('labelqa: study ' .. study .. ' sent; labelqa told it is complete')
+  else
+    print('labelqa: study ' .. study .. ' sent; telling labelqa failed (' .. tostring(err) .. '), its quiet period applies')
+  end
+end
+
+function OnJobFailure(jobId)
+  sending[jobId] = nil  -- not all sent: labelqa's quiet period decides, and the study is routed again when it changes
 end

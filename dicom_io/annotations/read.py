@@ -25,7 +25,9 @@ from dicom_io.annotations.records import (
     MALFORMED_ANNOTATION,
     MISSING_REFERENCE,
     NO_IMAGE_REFERENCE,
+    ODD_HEADER_VALUE,
     OTHER_STUDY,
+    TOO_LARGE,
     UNREADABLE_PIXELS,
     UNSUPPORTED_SOP_CLASS,
     AnnotationSet,
@@ -38,6 +40,8 @@ from dicom_io.annotations.records import (
     Provenance,
     Sample,
 )
+from dicom_io.header import odd_values
+from dicom_io.settings import SegSettings
 from dicom_io.sop import SEG_STORAGE, SR_STORAGE, is_non_image
 from dicom_io.study import Study, StudyFile, open_studies, open_study
 
@@ -66,6 +70,7 @@ def read_studies(
     masks: bool = False,
     mask_classes: Sequence[str] | None = None,
     volumes: bool = False,
+    seg_limits: SegSettings | None = None,
 ) -> list[AnnotationSet]:
     """``read_study`` for every study found under ``paths`` (unreadable files: a study_uid None set), or for
     each of the given studies."""
@@ -74,7 +79,8 @@ def read_studies(
     else:
         studies = open_studies(paths)  # type: ignore[arg-type]  # files or folders
     return [read_study(s, vocabulary, image_size=image_size, load_pixels=load_pixels, pixel_transform=pixel_transform,
-                       masks=masks, mask_classes=mask_classes, volumes=volumes) for s in studies]
+                       masks=masks, mask_classes=mask_classes, volumes=volumes, seg_limits=seg_limits)
+            for s in studies]
 
 
 def read_study(
@@ -87,6 +93,7 @@ def read_study(
     masks: bool = False,
     mask_classes: Sequence[str] | None = None,
     volumes: bool = False,
+    seg_limits: SegSettings | None = None,
 ) -> AnnotationSet:
     """Labelled samples and issue records of one study (a :class:`~dicom_io.study.Study`, files or folders).
 
@@ -110,13 +117,17 @@ def read_study(
     slice, tilted slice, mixed spacing, duplicate positions) is an issue record for that SEG. A SEG
     over one image or over images without plane geometry is a 2-D annotation: no volume, no issue.
     The frame-by-frame ``samples`` and ``mask_samples`` are read as without it.
+
+    ``seg_limits`` (``[seg]``) bounds the work of one SEG: one beyond it is a ``too_large`` issue. Header
+    values pydicom cannot convert (dates, times, Patient's Sex) are ``odd_header_value`` issues: the
+    results are written with them normalised or left out.
     """
     study = paths if isinstance(paths, Study) else open_study(paths)
     if study.uid is None and not study.files:
         return AnnotationSet(None, [], list(study.issues))
     return _read_instances(list(study), list(study.issues), vocabulary, image_size=image_size, load_pixels=load_pixels,
                            pixel_transform=pixel_transform, masks=masks, mask_classes=mask_classes,
-                           volumes=volumes)
+                           volumes=volumes, seg_limits=seg_limits)
 
 
 def _read_instances(
@@ -130,11 +141,12 @@ def _read_instances(
     masks: bool = False,
     mask_classes: Sequence[str] | None = None,
     volumes: bool = False,
+    seg_limits: SegSettings | None = None,
 ) -> AnnotationSet:
     try:
         return _read_instances_unguarded(instances, issues, vocabulary, image_size=image_size, load_pixels=load_pixels,
                                          pixel_transform=pixel_transform, masks=masks, mask_classes=mask_classes,
-                                         volumes=volumes)
+                                         volumes=volumes, seg_limits=seg_limits)
     except Exception as e:  # a bug or an input nobody foresaw: say so, do not stop the caller
         log.exception("reading a study failed")
         study = str(instances[0].dataset.get("StudyInstanceUID", "")) if instances else None
@@ -156,6 +168,7 @@ def _read_instances_unguarded(
     masks: bool = False,
     mask_classes: Sequence[str] | None = None,
     volumes: bool = False,
+    seg_limits: SegSettings | None = None,
 ) -> AnnotationSet:
     if not instances:
         return AnnotationSet(None, [], issues)
@@ -177,6 +190,10 @@ def _read_instances_unguarded(
     for inst in instances:
         ds = inst.dataset
         uid, sop = str(ds.SOPInstanceUID), str(ds.SOPClassUID)
+        image = _is_image(ds)
+        for odd in odd_values(ds):  # the results are written with these normalised or left out
+            issues.append(IssueRecord(ODD_HEADER_VALUE, odd.message(uid), None if image else uid,
+                                      uid if image else None))
         if str(ds.get("StudyInstanceUID", "")) != study_uid:
             issues.append(
                 IssueRecord(
@@ -193,13 +210,18 @@ def _read_instances_unguarded(
 
                 recs, iss = read_sr(ds, vocabulary)
             elif sop in SEG_SOP_CLASSES:
-                from dicom_io.annotations.seg import read_seg, read_seg_masks
+                from dicom_io.annotations.seg import read_seg, read_seg_masks, seg_limit_issue
 
+                over = seg_limit_issue(ds, seg_limits)
+                if over:  # decided from the header: nothing of it is decoded
+                    issues.append(IssueRecord(TOO_LARGE, f"SEG not read: {over}", uid))
+                    continue
                 full_seg = ds
-                recs, iss = read_seg(full_seg, vocabulary, series_images=series_images)
+                recs, iss = read_seg(full_seg, vocabulary, series_images=series_images, limits=seg_limits)
                 if masks:
                     mrecs, miss = read_seg_masks(full_seg, vocabulary, series_images=series_images,
-                                                 classes=None if mask_classes is None else list(mask_classes))
+                                                 classes=None if mask_classes is None else list(mask_classes),
+                                                 limits=seg_limits)
                     mask_records.extend(mrecs)
                     seen = {(i.code, i.message, i.annotation_uid) for i in iss}
                     iss = [*iss, *(i for i in miss if (i.code, i.message, i.annotation_uid) not in seen)]

@@ -23,6 +23,8 @@ __all__ = [
     "NO_IMAGE_REFERENCE", "UNREADABLE_PIXELS", "CONFLICTING_LABELS", "MALFORMED_ANNOTATION", "OTHER_STUDY",
     "MaskProvenance", "MaskSample", "MaskRecord", "NO_PLANE_GEOMETRY", "INCONSISTENT_GEOMETRY", "IRREGULAR_SPACING",
     "MISSING_SLICE", "DUPLICATE_POSITION", "SINGLE_SLICE", "MaskVolumeProvenance", "MaskVolume",
+    "ODD_HEADER_VALUE", "TOO_LARGE",
+    "MaskProvenance", "MaskSample", "MaskRecord",
 ]
 
 
@@ -52,6 +54,8 @@ class IssueCode(StrEnum):
     """Two slices of one series at the same position."""
     SINGLE_SLICE = "single_slice"
     """A series of one slice is not a volume (its SEG is read frame by frame)."""
+    ODD_HEADER_VALUE = "odd_header_value"
+    TOO_LARGE = "too_large"
 
 
 UNREADABLE_FILE = IssueCode.UNREADABLE_FILE
@@ -70,6 +74,8 @@ IRREGULAR_SPACING = IssueCode.IRREGULAR_SPACING
 MISSING_SLICE = IssueCode.MISSING_SLICE
 DUPLICATE_POSITION = IssueCode.DUPLICATE_POSITION
 SINGLE_SLICE = IssueCode.SINGLE_SLICE
+ODD_HEADER_VALUE = IssueCode.ODD_HEADER_VALUE
+TOO_LARGE = IssueCode.TOO_LARGE
 ISSUE_CODES = tuple(IssueCode)
 
 

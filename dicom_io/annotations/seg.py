@@ -12,6 +12,12 @@ vocabulary's ``seg.absent_class`` when set.
 
 A SEG whose frames carry no source frame reference (e.g. TILED_FULL slide-microscopy SEGs) but that
 references exactly one source image labels that whole image (frame None, no masks kept).
+
+The work one SEG may cause is bounded (``[seg]``, :class:`dicom_io.settings.SegSettings`): the
+segments it declares and the pixels it decodes are checked from its header before anything is
+decoded (:func:`seg_limit_issue`), and the pixels its masks expand to are counted as they are made;
+beyond either, the SEG is a ``too_large`` issue record. A label map is expanded per class present
+in a frame, never per segment it declares.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from dicom_io.annotations.records import (
     MALFORMED_ANNOTATION,
     NO_IMAGE_REFERENCE,
     NO_LABEL,
+    TOO_LARGE,
     UNKNOWN_CODE,
     UNREADABLE_PIXELS,
     IssueRecord,
@@ -34,9 +41,11 @@ from dicom_io.annotations.records import (
     MaskRecord,
 )
 from dicom_io.annotations.sr import _code_of
+from dicom_io.settings import SegSettings
 
 __all__ = [
     "RLE_LOSSLESS", "DEFLATED_IMAGE_FRAME", "segment_frames", "read_seg", "seg_pixel_spacing", "read_seg_masks",
+    "seg_limit_issue",
 ]
 
 
@@ -143,6 +152,69 @@ def _frame_segment(ds: Any, i: int, nframes: int) -> int | None:
     return None
 
 
+_SEGMENT_SEQUENCE = 0x00620002
+_SEGMENT_ITEM_BYTES = 8192  # far more than one Segment Sequence item takes, codes and description included
+
+
+def seg_limit_issue(ds: Any, limits: SegSettings | None = None) -> str | None:
+    """Why a SEG is beyond ``limits`` (``[seg]``), from its header alone; None when it is within them.
+
+    The Segment Sequence is not even parsed when its size alone says it holds too many segments.
+    """
+    from pydicom.dataelem import RawDataElement
+
+    limits = limits or SegSettings()
+    elem = ds.get_item(_SEGMENT_SEQUENCE) if _SEGMENT_SEQUENCE in ds else None
+    if isinstance(elem, RawDataElement) and elem.value is not None:
+        if len(elem.value) > limits.max_segments * _SEGMENT_ITEM_BYTES:
+            return (f"its Segment Sequence takes {len(elem.value)} bytes, more than {limits.max_segments} segments "
+                    "([seg] max_segments) can")
+    if elem is not None:
+        n = len(ds.SegmentSequence or [])
+        if n > limits.max_segments:
+            return f"it declares {n} segments, more than [seg] max_segments = {limits.max_segments}"
+    try:
+        frames, rows, cols = (int(ds.get(k, d) or d) for k, d in (("NumberOfFrames", 1), ("Rows", 0),
+                                                                   ("Columns", 0)))
+    except (TypeError, ValueError):
+        return None  # a malformed header: the reader says so
+    if frames * rows * cols > limits.max_pixels:
+        return (f"{frames} frame(s) of {rows} x {cols} pixels ({frames * rows * cols}) are more than "
+                f"[seg] max_pixels = {limits.max_pixels}")
+    return None
+
+
+class _OverLimit(Exception):
+    """Expanding a SEG's masks would pass ``[seg] max_pixels``."""
+
+
+class _Expansion:
+    """The pixels expanded into masks while reading one SEG, against ``[seg] max_pixels``."""
+
+    __slots__ = ("left", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.left = self.limit = int(limit)
+
+    def __call__(self, mask: np.ndarray) -> np.ndarray:
+        self.left -= mask.size
+        if self.left < 0:
+            raise _OverLimit(f"its masks expand to more than [seg] max_pixels = {self.limit} pixels")
+        return mask
+
+
+def _mask(frame: np.ndarray, n: int, seg_type: str, threshold: float) -> np.ndarray:
+    """Segment ``n``'s pixels in one SEG frame (a label map's value n; a binary or fractional frame's own)."""
+    if seg_type == "LABELMAP":
+        return frame == n
+    return frame >= threshold if seg_type == "FRACTIONAL" else frame > 0
+
+
+def _labelmap_values(frame: np.ndarray, segments: dict[int, Any]) -> list[int]:
+    """The described segments (not 0) whose value occurs in a label-map frame, ascending."""
+    return [n for v in np.unique(frame) if (n := int(v)) != 0 and n in segments]
+
+
 def segment_frames(ds: Any) -> dict[int, list[tuple[str, int | None]]]:
     """Segment number -> source (image UID, frame) of the SEG frames of that segment (header only).
 
@@ -199,20 +271,26 @@ def _segment_classes(ds: Any, vocabulary: Any | None, issues: list[IssueRecord])
 
 
 def read_seg(
-    path: Path | Any, vocabulary: Any | None, *, series_images: dict[str, list[str]] | None = None
+    path: Path | Any, vocabulary: Any | None, *, series_images: dict[str, list[str]] | None = None,
+    limits: SegSettings | None = None,
 ) -> tuple[list[LabelRecord], list[IssueRecord]]:
     """Label records (with masks) and issue records of one SEG file (or dataset).
 
     ``series_images`` (series UID -> single-frame image UIDs in the study): images of a series the SEG
     references but that no SEG frame names (tools such as dcmqi omit empty slices from the SEG and
-    its references) count as referenced with no segment present.
+    its references) count as referenced with no segment present. A SEG beyond ``limits`` (``[seg]``)
+    gives a ``too_large`` issue record and no label.
     """
     import pydicom
 
+    limits = limits or SegSettings()
     ds = pydicom.dcmread(path) if isinstance(path, (str, Path)) else path
     uid, sop = str(ds.SOPInstanceUID), str(ds.SOPClassUID)
     issues: list[IssueRecord] = []
     seg_type = str(ds.get("SegmentationType", "BINARY")).upper()
+    over = seg_limit_issue(ds, limits)
+    if over:
+        return [], [IssueRecord(TOO_LARGE, f"SEG not read: {over}", uid)]
     if not ds.get("SegmentSequence"):
         return [], [IssueRecord(MALFORMED_ANNOTATION, "SEG has no Segment Sequence", uid)]
 
@@ -231,13 +309,15 @@ def read_seg(
             *issues,
             IssueRecord(MALFORMED_ANNOTATION, f"{arr.shape[0]} frames decoded, {nframes} declared", uid),
         ]
+    threshold = 0.0
     if seg_type == "FRACTIONAL":
         maxv = float(ds.get("MaximumFractionalValue", 255) or 255)
         threshold = (vocabulary.seg.min_fraction if vocabulary is not None else 0.5) * maxv
     referenced = _referenced_instances(ds)
 
-    # frame groups: (image uid, frame) -> segment number -> mask
-    groups: dict[tuple[str, int | None], dict[int, np.ndarray]] = defaultdict(dict)
+    # frame groups: (image uid, frame) -> segment number -> the SEG frames (0-based) where it has pixels;
+    # the masks themselves are made only for the groups that become a record
+    groups: dict[tuple[str, int | None], dict[int, list[int]]] = defaultdict(dict)
     unreferenced = 0
     whole_image = None
     for i in range(nframes):
@@ -251,18 +331,18 @@ def read_seg(
                 continue
         frame = arr[i]
         if seg_type == "LABELMAP":
-            present = {int(v): frame == v for v in np.unique(frame) if int(v) in segments and int(v) != 0}
+            hits = _labelmap_values(frame, segments)
         else:
-            n = _frame_segment(ds, i, nframes)
-            if n is None:
+            sn = _frame_segment(ds, i, nframes)
+            if sn is None:
                 unreferenced += 1
                 continue
-            mask = frame >= threshold if seg_type == "FRACTIONAL" else frame > 0
-            present = {n: mask} if mask.any() else {}
+            hit = frame.size and (frame.max() >= threshold if seg_type == "FRACTIONAL" else frame.max() > 0)
+            hits = [sn] if hit else []
         for ref in refs:
             g = groups[ref]
-            for n, m in present.items():
-                g[n] = (g[n] | m) if n in g and g[n].shape == m.shape else m
+            for n in hits:
+                g.setdefault(n, []).append(i)
     if unreferenced:
         issues.append(
             IssueRecord(NO_IMAGE_REFERENCE, f"{unreferenced} SEG frame(s) name no source image (frame) or segment", uid)
@@ -279,37 +359,47 @@ def read_seg(
             groups[(ref_uid, None)] = {}
 
     observer = _observer(ds)
+    expand = _Expansion(limits.max_pixels)
     records: list[LabelRecord] = []
     unknown_present: set[int] = set()
     empty_without_class = 0
-    for (image_uid, frame), present in groups.items():
-        classes = {c for n in present if (c := segments.get(n, ("", None))[1]) is not None}
-        unknown_present.update(n for n in present if segments.get(n, ("", None))[1] is None)
-        if not present:
-            absent = vocabulary.seg.absent_class if vocabulary is not None else None
-            if absent is None:
-                empty_without_class += 1
+    try:
+        for (image_uid, frame), present in groups.items():
+            classes = {c for n in present if (c := segments.get(n, ("", None))[1]) is not None}
+            unknown_present.update(n for n in present if segments.get(n, ("", None))[1] is None)
+            if not present:
+                absent = vocabulary.seg.absent_class if vocabulary is not None else None
+                if absent is None:
+                    empty_without_class += 1
+                    continue
+                records.append(LabelRecord(absent, uid, sop, "seg", image_uid, frame, None, None, observer, {}))
                 continue
-            records.append(LabelRecord(absent, uid, sop, "seg", image_uid, frame, None, None, observer, {}))
-            continue
-        if len(classes) > 1:
-            where = f"image {image_uid}" + ("" if frame is None else f" frame {frame}")
-            issues.append(
-                IssueRecord(
-                    CONFLICTING_LABELS,
-                    f"{where}: segments of different classes present: {', '.join(sorted(classes))}",
-                    uid,
-                    image_uid,
+            if len(classes) > 1:
+                where = f"image {image_uid}" + ("" if frame is None else f" frame {frame}")
+                issues.append(
+                    IssueRecord(
+                        CONFLICTING_LABELS,
+                        f"{where}: segments of different classes present: {', '.join(sorted(classes))}",
+                        uid,
+                        image_uid,
+                    )
                 )
-            )
-            continue
-        if not classes:
-            continue  # only unknown segments here; reported once below
-        cls = classes.pop()
-        mine = [n for n in present if segments[n][1] == cls]
-        best = max(mine, key=lambda n: int(present[n].sum()))
-        masks = None if whole_image == image_uid and frame is None else {n: m.astype(bool) for n, m in present.items()}
-        records.append(LabelRecord(cls, uid, sop, "seg", image_uid, frame, None, best, observer, masks))
+                continue
+            if not classes:
+                continue  # only unknown segments here; reported once below
+            cls = classes.pop()
+            masks: dict[int, np.ndarray] = {}
+            for n, frames in present.items():
+                m = expand(_mask(arr[frames[0]], n, seg_type, threshold))
+                for j in frames[1:]:
+                    m = m | expand(_mask(arr[j], n, seg_type, threshold))
+                masks[n] = m.astype(bool, copy=False)
+            mine = [n for n in present if segments[n][1] == cls]
+            best = max(mine, key=lambda n: int(masks[n].sum()))
+            kept = None if whole_image == image_uid and frame is None else masks
+            records.append(LabelRecord(cls, uid, sop, "seg", image_uid, frame, None, best, observer, kept))
+    except _OverLimit as e:
+        return [], [*issues, IssueRecord(TOO_LARGE, f"SEG not read: {e}", uid)]
     for n in sorted(unknown_present):
         if n not in segments:
             issues.append(
@@ -353,18 +443,38 @@ def _frame_position(ds: Any, i: int) -> tuple[float, float, float] | None:
         return None
 
 
-def _frame_masks(
-    ds: Any, arr: np.ndarray, i: int, seg_type: str, threshold: float, segments: dict[int, Any]
-) -> dict[int, np.ndarray] | None:
-    """Segment number -> bool mask of SEG frame ``i`` (0-based); empty masks kept (the segment is named
-    there); None when the frame names no segment (binary/fractional without Segment Identification)."""
+def _frame_classes(
+    ds: Any, arr: np.ndarray, i: int, seg_type: str, threshold: float, segments: dict[int, Any],
+    named: dict[str, list[int]], expand: _Expansion, unknown: set[int],
+) -> dict[str, tuple[np.ndarray | None, list[int]]] | None:
+    """Class -> (its mask in SEG frame ``i`` (0-based), None when it has no pixel there; its segments).
+
+    A label-map frame names every class of ``named`` and is expanded once per class present in it; a
+    binary or fractional frame names its own segment's class; None when the frame names no segment
+    (binary/fractional without Segment Identification). Segments present without a class go to
+    ``unknown``.
+    """
     frame = arr[i]
     if seg_type == "LABELMAP":
-        return {n: frame == n for n in segments if n != 0}
-    n = _frame_segment(ds, i, arr.shape[0])
-    if n is None:
+        hit: dict[str, list[int]] = {}
+        for n in _labelmap_values(frame, segments):
+            c = segments[n][1]
+            if c is None:
+                unknown.add(n)
+            else:
+                hit.setdefault(c, []).append(n)
+        return {c: (expand(np.isin(frame, hit[c]) if len(hit[c]) > 1 else frame == hit[c][0]) if c in hit else None,
+                    ns) for c, ns in named.items()}
+    sn = _frame_segment(ds, i, arr.shape[0])
+    if sn is None:
         return None
-    return {n: (frame >= threshold) if seg_type == "FRACTIONAL" else (frame > 0)}
+    m = expand(_mask(frame, sn, seg_type, threshold))
+    c = segments.get(sn, ("", None))[1]
+    if c is None:
+        if m.any():
+            unknown.add(sn)
+        return {}
+    return {c: (m, [sn])}
 
 
 def read_seg_masks(
@@ -373,6 +483,7 @@ def read_seg_masks(
     *,
     series_images: dict[str, list[str]] | None = None,
     classes: list[str] | tuple[str, ...] | None = None,
+    limits: SegSettings | None = None,
 ) -> tuple[list[MaskRecord], list[IssueRecord]]:
     """Masks of one SEG per (source image frame, class), on the SEG grid, and issue records.
 
@@ -383,14 +494,19 @@ def read_seg_masks(
     classes present in a frame but not expected (e.g. the absent class) are added. A class with no
     pixel in a frame gets an all-False mask. Segments of the same class are united; FRACTIONAL pixels
     count from ``seg.min_fraction`` of the Maximum Fractional Value on; LABELMAP pixel values are
-    segment numbers. Never raises for a broken SEG.
+    segment numbers. A SEG beyond ``limits`` (``[seg]``) gives a ``too_large`` issue record and no
+    mask. Never raises for a broken SEG.
     """
     import pydicom
 
+    limits = limits or SegSettings()
     ds = pydicom.dcmread(path) if isinstance(path, (str, Path)) else path
     uid, sop = str(ds.SOPInstanceUID), str(ds.SOPClassUID)
     issues: list[IssueRecord] = []
     seg_type = str(ds.get("SegmentationType", "BINARY")).upper()
+    over = seg_limit_issue(ds, limits)
+    if over:
+        return [], [IssueRecord(TOO_LARGE, f"SEG not read: {over}", uid)]
     if not ds.get("SegmentSequence"):
         return [], [IssueRecord(MALFORMED_ANNOTATION, "SEG has no Segment Sequence", uid)]
     segments = _segment_classes(ds, vocabulary, issues)
@@ -409,31 +525,35 @@ def read_seg_masks(
         maxv = float(ds.get("MaximumFractionalValue", 255) or 255)
         threshold = (vocabulary.seg.min_fraction if vocabulary is not None else 0.5) * maxv
     grid = (int(arr.shape[1]), int(arr.shape[2]))
+    seg_classes = [c for _, c in segments.values() if c is not None]
+    of_class = {c: sorted(n for n, (_, k) in segments.items() if k == c) for c in set(seg_classes)}
+    named = {c: ns for c, ns in ((c, [n for n in ns if n != 0]) for c, ns in of_class.items()) if ns}
 
     # (image uid, frame) -> class -> [mask, segment numbers, SEG frame numbers (1-based)]
     groups: dict[tuple[str, int | None], dict[str, list[Any]]] = {}
     unreferenced = 0
     unknown: set[int] = set()
-    for i in range(nframes):
-        refs = _source_refs(ds, i)
-        present = _frame_masks(ds, arr, i, seg_type, threshold, segments)
-        if not refs or present is None:
-            unreferenced += 1
-            continue
-        for ref in refs:
-            g = groups.setdefault(ref, {})
-            for n, m in present.items():
-                cls = segments.get(n, ("", None))[1]
-                if cls is None:
-                    if m.any():
-                        unknown.add(n)
-                    continue
-                entry = g.setdefault(cls, [np.zeros(grid, bool), [], []])
-                entry[0] = entry[0] | m
-                if n not in entry[1]:
-                    entry[1].append(n)
-                if m.any() or seg_type != "LABELMAP":
-                    entry[2].append(i + 1)
+    expand = _Expansion(limits.max_pixels)
+    try:
+        for i in range(nframes):
+            refs = _source_refs(ds, i)
+            present = _frame_classes(ds, arr, i, seg_type, threshold, segments, named, expand, unknown) if refs \
+                else None
+            if present is None:
+                unreferenced += 1
+                continue
+            for ref in refs:
+                g = groups.setdefault(ref, {})
+                for cls, (m, numbers) in present.items():
+                    entry = g.get(cls)
+                    if entry is None:
+                        entry = g[cls] = [expand(np.zeros(grid, bool)), [], []]
+                    if m is not None:
+                        entry[0] = entry[0] | m
+                        entry[2].append(i + 1)
+                    entry[1].extend(n for n in numbers if n not in entry[1])
+    except _OverLimit as e:
+        return [], [*issues, IssueRecord(TOO_LARGE, f"SEG not read: {e}", uid)]
     if unreferenced:
         issues.append(IssueRecord(
             NO_IMAGE_REFERENCE, f"{unreferenced} SEG frame(s) name no source image frame or segment: no masks read "
@@ -455,7 +575,6 @@ def read_seg_masks(
         if not any(k[0] == ref_uid for k in groups):
             groups[(ref_uid, None)] = {}
 
-    seg_classes = [c for _, c in segments.values() if c is not None]
     if classes is not None:
         expected = list(classes)
     elif vocabulary is not None:
@@ -463,7 +582,6 @@ def read_seg_masks(
         expected = [c for c in vocabulary.class_names if c != absent]
     else:
         expected = list(dict.fromkeys(seg_classes))
-    of_class = {c: sorted(n for n, (_, k) in segments.items() if k == c) for c in set(seg_classes)}
     observer, spacing = _observer(ds), seg_pixel_spacing(ds)
     records: list[MaskRecord] = []
     for (image_uid, frame), g in groups.items():
@@ -473,9 +591,13 @@ def read_seg_masks(
             areas = {n: 0 for n in numbers}
             if len(numbers) > 1:  # the main segment: the largest area in this frame
                 for j in seg_frames:
-                    for n, m in (_frame_masks(ds, arr, j - 1, seg_type, threshold, segments) or {}).items():
-                        if n in areas:
-                            areas[n] += int(m.sum())
+                    f = arr[j - 1]
+                    if seg_type == "LABELMAP":
+                        counts = np.bincount(f.ravel())
+                        for n in areas:
+                            areas[n] += int(counts[n]) if n < len(counts) else 0
+                    elif (sn := _frame_segment(ds, j - 1, nframes)) is not None and sn in areas:
+                        areas[sn] += int(np.count_nonzero(_mask(f, sn, seg_type, threshold)))
             main = max(numbers, key=lambda n: (areas[n], -n)) if numbers else None
             records.append(MaskRecord(cls, uid, sop, image_uid, frame, mask, tuple(numbers),
                                       tuple(sorted(set(seg_frames))), main, observer, spacing,

@@ -20,6 +20,7 @@ from pydicom import uid
 from pydicom.dataset import Dataset
 
 from dicom_io import codes
+from dicom_io.header import normalised
 from dicom_io.results.geometry import has_plane_geometry
 from dicom_io.results.records import AlgorithmInfo, AuditedAnnotation, AuditedMask
 from dicom_io.results.seg_out import NO_GEOMETRY_NOTE
@@ -42,8 +43,10 @@ log = logging.getLogger("dicom_io.results")
 
 
 def clean_header(ds: Dataset) -> Dataset:
-    """A shallow copy without header values that real files carry but highdicom rejects (an empty
-    SpecificCharacterSet means the default repertoire); the given dataset is left as it is."""
+    """A shallow copy without header values that real files carry but highdicom rejects: odd dates,
+    times and sexes (``dicom_io.header``: normalised or emptied), an empty SpecificCharacterSet (the
+    default repertoire); the given dataset is left as it is."""
+    ds = normalised(ds)
     if "SpecificCharacterSet" not in ds or ds.SpecificCharacterSet:
         return ds
     out = Dataset()

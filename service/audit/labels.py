@@ -20,6 +20,7 @@ import numpy as np
 from dicom_io.annotations import Sample, read_study
 from dicom_io.annotations.records import IssueDict
 from dicom_io.results import AuditedAnnotation, ResultSet, write_results
+from dicom_io.settings import SegSettings
 from dicom_io.study import Study
 from dicom_io.vocabulary import Vocabulary
 from models.bundles import LABELS, Bundle
@@ -111,9 +112,10 @@ class LabelTask:
     dimension: ClassVar[int] = 2
     verdicts: ClassVar[tuple[str, ...]] = LABEL_VERDICTS
 
-    def read(self, study: Study, bundle: Bundle, vocabulary: Vocabulary) -> LabelInput:
+    def read(self, study: Study, bundle: Bundle, vocabulary: Vocabulary, *,
+             seg_limits: SegSettings | None = None) -> LabelInput:
         size = _image_size(bundle)
-        aset = read_study(study, vocabulary, pixel_transform=lambda a: to_model_input(a, size))
+        aset = read_study(study, vocabulary, pixel_transform=lambda a: to_model_input(a, size), seg_limits=seg_limits)
         classes = set(bundle.class_names)
         li = LabelInput(study, issues=[i.to_dict() for i in aset.issues])
         for s in aset.samples:

@@ -22,6 +22,7 @@ import numpy as np
 from dicom_io.annotations import MaskSample, read_study
 from dicom_io.annotations.records import IssueDict
 from dicom_io.results import AuditedMask, ResultSet, write_results
+from dicom_io.settings import SegSettings
 from dicom_io.study import Study
 from dicom_io.vocabulary import Vocabulary
 from models.bundles import SEGMENTATION, Bundle
@@ -86,9 +87,10 @@ class MaskTask:
     dimension: ClassVar[int] = 2
     verdicts: ClassVar[tuple[str, ...]] = MASK_VERDICTS
 
-    def read(self, study: Study, bundle: Bundle, vocabulary: Vocabulary) -> MaskInput:
+    def read(self, study: Study, bundle: Bundle, vocabulary: Vocabulary, *,
+             seg_limits: SegSettings | None = None) -> MaskInput:
         classes = list(bundle.class_names)
-        aset = read_study(study, vocabulary, masks=True, mask_classes=classes)
+        aset = read_study(study, vocabulary, masks=True, mask_classes=classes, seg_limits=seg_limits)
         mi = MaskInput(study, issues=[i.to_dict() for i in aset.issues])
         frames: dict[tuple[str, str, int | None], list[MaskSample]] = {}
         for m in aset.mask_samples:

@@ -25,6 +25,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 from dicom_io.annotations.records import IssueDict
 from dicom_io.results import AlgorithmInfo, ResultSet
+from dicom_io.settings import SegSettings
 from dicom_io.study import Study, open_study
 from dicom_io.vocabulary import CodedConcept, Vocabulary, load_vocabulary
 from models.bundles import Bundle
@@ -130,8 +131,10 @@ class AuditTask(Protocol[InputT]):
     verdicts: ClassVar[tuple[str, ...]]
     """The verdicts this task gives (flagged, hard case, consistent)."""
 
-    def read(self, study: Study, bundle: Bundle, vocabulary: Vocabulary) -> InputT:
-        """The study's annotations of this kind that the bundle can judge; issues for the others."""
+    def read(self, study: Study, bundle: Bundle, vocabulary: Vocabulary, *,
+             seg_limits: SegSettings | None = None) -> InputT:
+        """The study's annotations of this kind that the bundle can judge; issues for the others
+        (``seg_limits``: the ``[seg]`` bounds on reading one SEG)."""
         ...
 
     def batch(self, inputs: Sequence[InputT], bundle: Bundle) -> Any:
@@ -227,7 +230,7 @@ def audit_inputs(task: AuditTask[InputT], inputs: Sequence[InputT], bundle: Bund
 
 def audit_study(study: Study | Iterable[Path], bundle: Bundle, vocabulary: Vocabulary, *, device: str = "auto",
                 batch_size: int = 64, options: ResultOptions = ResultOptions(),
-                infer_fn: InferFn | None = None) -> StudyAudit:
+                seg_limits: SegSettings | None = None, infer_fn: InferFn | None = None) -> StudyAudit:
     """Audit one study (a :class:`~dicom_io.study.Study` or its files) with the bundle's task.
 
     ``infer_fn`` runs the model step elsewhere (default: with ``bundle`` here); then ``bundle`` needs
@@ -236,7 +239,8 @@ def audit_study(study: Study | Iterable[Path], bundle: Bundle, vocabulary: Vocab
     if not isinstance(study, Study):
         study = open_study([Path(f) for f in study])
     task = task_for(bundle)
-    (sa,) = audit_inputs(task, [task.read(study, bundle, vocabulary)], bundle, vocabulary, infer_fn=infer_fn,
+    (sa,) = audit_inputs(task, [task.read(study, bundle, vocabulary, seg_limits=seg_limits)], bundle, vocabulary,
+                         infer_fn=infer_fn,
                          device=device, batch_size=batch_size, options=options)
     for issue in sa.issues:
         log.info("study %s: %s (%s)", sa.study_uid, issue.get("code"), issue.get("message"))
@@ -264,10 +268,11 @@ class StudyAuditor:
         warm_up(bundle, device)
 
     def audit(self, files: Sequence[Path], bundle: Bundle, vocabulary: Vocabulary, *, settings: AuditSettings,
-              infer_fn: InferFn | None = None) -> StudyAudit:
-        """One study's audit with the ``[audit]`` settings (device, batch size, result options)."""
+              seg_limits: SegSettings | None = None, infer_fn: InferFn | None = None) -> StudyAudit:
+        """One study's audit with the ``[audit]`` settings (device, batch size, result options) and the
+        ``[seg]`` bounds."""
         return audit_study(files, bundle, vocabulary, device=settings.device, batch_size=settings.batch_size,
-                           options=ResultOptions.from_settings(settings), infer_fn=infer_fn)
+                           options=ResultOptions.from_settings(settings), seg_limits=seg_limits, infer_fn=infer_fn)
 
     def model_step(self, bundle: Any, batch: Any, *, device: str, batch_size: int) -> Any:
         return model_step(bundle, batch, device=device, batch_size=batch_size)

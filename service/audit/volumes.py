@@ -25,6 +25,7 @@ from dicom_io.annotations import read_study
 from dicom_io.annotations.records import IssueDict, MaskVolume
 from dicom_io.geometry import ImageVolume
 from dicom_io.results import AuditedVolumeMask, ResultSet, write_volume_results
+from dicom_io.settings import SegSettings
 from dicom_io.study import Study
 from dicom_io.vocabulary import Vocabulary
 from models.bundles import SEGMENTATION, Bundle
@@ -97,9 +98,10 @@ class VolumeTask:
     dimension: ClassVar[int] = 3
     verdicts: ClassVar[tuple[str, ...]] = MASK_VERDICTS
 
-    def read(self, study: Study, bundle: Bundle, vocabulary: Vocabulary) -> VolumeInput:
+    def read(self, study: Study, bundle: Bundle, vocabulary: Vocabulary, *,
+             seg_limits: SegSettings | None = None) -> VolumeInput:
         classes = list(bundle.class_names)
-        aset = read_study(study, vocabulary, volumes=True)
+        aset = read_study(study, vocabulary, volumes=True, seg_limits=seg_limits)
         vi = VolumeInput(study, issues=[i.to_dict() for i in aset.issues])
         cases: dict[tuple[str, str], VolumeCase] = {}
         for m in aset.mask_volumes:

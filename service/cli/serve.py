@@ -31,6 +31,7 @@ def serve(
         raise typer.Exit(2) from None
     configure_logging(settings.log_level)
     from dicom_io.store import DataDirLocked
+    from service.http.guard import RefusedSettings
 
     try:
         from service.serve import service_components  # audit jobs, workers, outbox sender, HTTP API
@@ -39,6 +40,9 @@ def serve(
     except DataDirLocked as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
+    except RefusedSettings as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
     except OSError as e:
         typer.echo(
             f"error: cannot start the listener on {settings.listener.host}:{settings.listener.port}: {e}", err=True

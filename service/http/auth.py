@@ -3,7 +3,10 @@
 Users come from the settings (``[auth] users``: name, role reviewer|admin, token). The legacy ``[api]
 token`` is an admin named "api". Login is *on* when at least one of them exists; then every endpoint
 but ``/health`` (and the login page and static files) needs a user. With login off, everybody is the
-reviewer "anonymous" (attributed as such), which suits a single-user demo.
+reviewer "anonymous" (attributed as such, never an admin), which suits a single-user demo. Tokens
+must look random (``service.http.guard.token_weakness``); wrong tokens and logins are counted per
+client and per user, and a few within a window lock the key out for a while (429,
+``service.http.ratelimit``). Logout ends the session on the server (``service.http.sessions``).
 
 - JSON API: ``Authorization: Bearer <token>``; missing or wrong -> 401, wrong role -> 403.
 - Browser: ``POST /login`` with name + token sets an HMAC-signed session cookie (HttpOnly,
@@ -20,6 +23,7 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 import secrets
 import time
 from collections.abc import Callable, Iterable
@@ -30,13 +34,18 @@ from urllib.parse import urlsplit
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from service.http.guard import token_weakness
+from service.http.ratelimit import FailureLimiter
+from service.http.sessions import SessionRevocations
+
 SESSION_COOKIE = "labelqa_session"
 CSRF_HEADER = "X-CSRF-Token"
 CSRF_FIELD = "csrf_token"
 ROLES = ("reviewer", "admin")
 _BEARER = HTTPBearer(auto_error=False, description="A user's token ([auth] users, or [api] token).")
 
-__all__ = ["Auth", "Principal", "LoginRequired", "SESSION_COOKIE", "CSRF_HEADER", "CSRF_FIELD", "ROLES"]
+__all__ = ["Auth", "Principal", "LoginRequired", "SESSION_COOKIE", "CSRF_HEADER", "CSRF_FIELD", "ROLES", "client_key",
+           "safe_next"]
 
 
 @dataclass(frozen=True)
@@ -77,18 +86,21 @@ class Auth:
     """Authentication and authorisation for the API and the web pages."""
 
     def __init__(self, users: Iterable[Any] = (), *, api_token: str | None = None, session_secret: str | None = None,
-                 max_age_s: int = 43200, cookie_secure: bool = False) -> None:
+                 max_age_s: int = 43200, cookie_secure: bool = False, limiter: FailureLimiter | None = None,
+                 revocations: SessionRevocations | None = None) -> None:
         self.users: dict[str, _User] = {}
         for u in users:
             token = _secret_value(u.token)
             if u.role not in ROLES:
                 raise ValueError(f"user {u.name!r}: role must be one of {ROLES}")
-            if len(token) < 8:
-                raise ValueError(f"user {u.name!r}: token must be at least 8 characters")
+            if weak := token_weakness(token, u.name):
+                raise ValueError(f"user {u.name!r}: the token {weak}")
             if u.name in self.users:
                 raise ValueError(f"user {u.name!r} is listed twice")
             self.users[u.name] = _User(u.name, u.role, token, u.display_name or u.name)
         if api_token:
+            if weak := token_weakness(api_token):
+                raise ValueError(f"[api] token: it {weak}")
             self.users.setdefault("api", _User("api", "admin", api_token, "api"))
         tokens = [u.token for u in self.users.values()]
         if len(set(tokens)) != len(tokens):
@@ -102,15 +114,22 @@ class Auth:
         self._key = hashlib.sha256(b"labelqa-session\x00" + key.encode()).digest()
         self.max_age_s = int(max_age_s)
         self.cookie_secure = cookie_secure
+        self.limiter = limiter or FailureLimiter()
+        """Wrong tokens and logins per client and per user (429 once locked out)."""
+        self.revocations = revocations or SessionRevocations()
+        """Sessions ended by logout."""
 
     @classmethod
-    def from_settings(cls, settings: Any) -> Auth:
-        """The Auth of a ``service.settings.Settings``."""
+    def from_settings(cls, settings: Any, engine: Any = None) -> Auth:
+        """The Auth of a ``service.settings.Settings``; with ``engine`` (the service database) logouts are
+        recorded there, for every gateway."""
         a = settings.auth
         token = settings.api.token.get_secret_value() if settings.api.token else None
         secret = a.session_secret.get_secret_value() if a.session_secret else None
         return cls(a.users, api_token=token, session_secret=secret, max_age_s=a.session_max_age_s,
-                   cookie_secure=a.cookie_secure)
+                   cookie_secure=a.cookie_secure,
+                   limiter=FailureLimiter(a.max_failures, a.failure_window_s, a.lockout_s),
+                   revocations=SessionRevocations(engine))
 
     @property
     def enabled(self) -> bool:
@@ -162,7 +181,15 @@ class Auth:
             return None
         if not isinstance(data, dict) or time.time() - float(data.get("t", 0)) > self.max_age_s:
             return None
+        if self.revocations.is_revoked(_session_id(data)):
+            return None
         return data
+
+    def revoke(self, value: str | None) -> None:
+        """End the session of a cookie value on the server (logout): it is refused from now on."""
+        data = self.read_session(value)
+        if data is not None:
+            self.revocations.revoke(_session_id(data), float(data.get("t", 0)) + self.max_age_s)
 
     def set_cookie(self, response: Any, value: str) -> None:
         response.set_cookie(SESSION_COOKIE, value, max_age=self.max_age_s, httponly=True, samesite="strict",
@@ -184,24 +211,37 @@ class Auth:
             return None
         name = str(data.get("u", ""))
         if not self.enabled:
-            return Principal("anonymous", "admin", "anonymous", "open", str(data.get("c")))
+            return Principal("anonymous", "reviewer", "anonymous", "open", str(data.get("c")))
         u = self.users.get(name)
         if u is None:
             return None
         return Principal(u.name, u.role, u.display_name, "session", str(data.get("c")))
 
     def _open(self) -> Principal:
-        return Principal("anonymous", "admin", "anonymous", "open")
+        return Principal("anonymous", "reviewer", "anonymous", "open")
+
+    def locked_out(self, keys: list[str]) -> None:
+        """Raise 429 (with Retry-After) when one of ``keys`` is locked out after failed credentials."""
+        wait = self.limiter.retry_after(keys)
+        if wait is not None:
+            raise HTTPException(429, f"too many failed logins or tokens; try again in {math.ceil(wait)} s",
+                                headers={"Retry-After": str(math.ceil(wait))})
 
     def require(self, role: str = "reviewer") -> Callable[[Request], Principal]:
         """A FastAPI dependency for the JSON API: 401 without valid credentials, 403 without ``role``."""
 
         def dep(request: Request, _creds: HTTPAuthorizationCredentials | None = Depends(_BEARER)) -> Principal:
+            bearer = bool(request.headers.get("authorization"))
+            client = client_key(request)
+            if bearer:
+                self.locked_out([client])
             p = self.principal(request)
             if p is None:
-                if not self.enabled and not request.headers.get("authorization"):
+                if not self.enabled and not bearer:
                     p = self._open()
                 else:
+                    if bearer:
+                        self.limiter.fail([client], "bearer token")
                     raise HTTPException(401, "login needed: send 'Authorization: Bearer <token>'",
                                         headers={"WWW-Authenticate": "Bearer"})
             if not p.can(role):
@@ -246,6 +286,16 @@ class Auth:
             return  # login off, no browser session and no Origin: a script (curl, httpx), not a forged form
         if not sent or not p.csrf or not hmac.compare_digest(sent.encode(), p.csrf.encode()):
             raise HTTPException(403, "missing or wrong CSRF token")
+
+
+def _session_id(data: dict[str, Any]) -> str:
+    """A session's id: a hash of its per-session secret (the CSRF token), which is never stored."""
+    return hashlib.sha256(f"{data.get('u')}\x00{data.get('c')}\x00{data.get('t')}".encode()).hexdigest()
+
+
+def client_key(request: Request) -> str:
+    """The rate-limit key of a request's client (its address)."""
+    return f"client {request.client.host if request.client else 'unknown'}"
 
 
 def safe_next(url: str | None) -> str:

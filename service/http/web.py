@@ -28,31 +28,38 @@ import io
 import json
 import logging
 from collections import OrderedDict
-from pathlib import Path
-from typing import Any, Literal
+from pathlib import Path as FilePath
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
-from service.http.auth import CSRF_FIELD, SESSION_COOKIE, Auth, LoginRequired, Principal, safe_next
-from service.review import Decision, DecisionError, ReviewService, WorklistFilter, why_flagged
+from service.http.auth import CSRF_FIELD, SESSION_COOKIE, Auth, LoginRequired, Principal, client_key, safe_next
+from service.review import MAX_ID, Decision, DecisionError, ReviewService, WorklistFilter, why_flagged
 from service.review.volume import VolumeItemError, is_volume_item, opening_slice, slice_source
 
 __all__ = [
-    "HERE", "TEMPLATES", "STATIC", "EXPORT_FIELDS", "DecisionBody", "install", "export_csv_text", "json_response",
+    "HERE", "TEMPLATES", "STATIC", "EXPORT_FIELDS", "ItemId", "ItemIdQuery", "DecisionBody", "install", "safe_cell",
+    "export_csv_text", "json_response",
 ]
 
 log = logging.getLogger("labelqa.web")
 
-HERE = Path(__file__).resolve().parent
+HERE = FilePath(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
 EXPORT_FIELDS = ["annotation_uid", "segment_number", "content_path", "study_uid", "image_uid", "given_label",
                  "consensus_label", "verdict", "priority", "agreement", "p_given", "score", "decision",
                  "corrected_label", "corrected_mask", "final_label", "comment", "reviewer", "decided_at",
                  "writeback_state"]
+
+
+ItemId = Annotated[int, Path(ge=1, le=MAX_ID, description="A worklist item id.")]
+ItemIdQuery = Annotated[int | None, Query(ge=1, le=MAX_ID, description="A worklist item id.")]
+# characters that make a spreadsheet read a cell as a formula (OWASP CSV injection)
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 class DecisionBody(BaseModel):
@@ -64,7 +71,8 @@ class DecisionBody(BaseModel):
     comment: str | None = Field(None, max_length=4000)
     segment_number: int | None = Field(None, ge=1, description="Which segment of a SEG (when it has several).")
     content_path: str | None = Field(None, max_length=128, description="Which content item of an SR.")
-    item_id: int | None = Field(None, ge=1, description="The worklist item id (alternative to the two above).")
+    item_id: int | None = Field(None, ge=1, le=MAX_ID, description="The worklist item id (alternative to the two "
+                                "above).")
 
 
 def _templates() -> Any:
@@ -153,13 +161,18 @@ class _Pictures:
             raise HTTPException(404, "this annotation has no mask")
         import highdicom as hd
 
+        from dicom_io.annotations.seg import seg_limit_issue
         from dicom_io.results.seg_out import pixels_on_source_frames
 
+        ds = self.dataset(item["annotation_uid"])
+        over = seg_limit_issue(ds, self.review.seg_limits)  # from the header: bounded time whatever the SEG
+        if over:
+            raise HTTPException(422, f"cannot draw the mask: the SEG is too large ({over})")
         try:
-            seg = hd.seg.Segmentation.from_dataset(self.dataset(item["annotation_uid"]), copy=True)
+            seg = hd.seg.Segmentation.from_dataset(ds, copy=True)
             px = pixels_on_source_frames(seg, [(item["image_uid"], item["frame"])], [int(item["segment_number"])])
-        except (ValueError, KeyError, AttributeError) as e:
-            raise HTTPException(422, f"cannot read the mask: {e}") from None
+        except Exception as e:  # noqa: BLE001 - highdicom raises many kinds for SEGs it cannot draw
+            raise HTTPException(422, f"cannot draw the mask: {type(e).__name__}: {e}"[:500]) from None
         return self.png(self.outline(px[0, ..., 0] > 0, (255, 40, 40, 110), (255, 220, 0, 255)))
 
     def suggestion(self, item: dict[str, Any]) -> Response:
@@ -255,7 +268,7 @@ def install(app: FastAPI, review: ReviewService, auth: Auth, *, stats_extra: Any
         return {"items": pg.items, "total": pg.total, "next_cursor": pg.next_cursor, "offset": pg.offset}
 
     @api.get("/items/{item_id}", summary="One audited annotation with its decision and why it was flagged")
-    def item(item_id: int, _p: Principal = Depends(reviewer)) -> dict[str, Any]:
+    def item(item_id: ItemId, _p: Principal = Depends(reviewer)) -> dict[str, Any]:
         it = item_or_404(item_id)
         prev, nxt = review.store.neighbours(item_id)
         return {**it, "why": why_flagged(it), "previous_id": prev, "next_id": nxt, "labels": review.class_names()}
@@ -283,7 +296,7 @@ def install(app: FastAPI, review: ReviewService, auth: Auth, *, stats_extra: Any
                 "action": out.action, **out.decision}
 
     @api.delete("/annotations/{annotation_uid}/decision", summary="Retract a decision (admin)")
-    def retract(annotation_uid: str, item_id: int | None = None, p: Principal = Depends(admin)) -> dict[str, Any]:
+    def retract(annotation_uid: str, item_id: ItemIdQuery = None, p: Principal = Depends(admin)) -> dict[str, Any]:
         try:
             row = review.resolve(annotation_uid, item_id=item_id)
         except LookupError as e:
@@ -293,7 +306,7 @@ def install(app: FastAPI, review: ReviewService, auth: Auth, *, stats_extra: Any
         return {"retracted": review.store.retract(row["id"], p.name)}
 
     @api.get("/decisions/trail", summary="Every decision made or changed, newest first (admin)")
-    def trail(item_id: int | None = None, limit: int = Query(1000, ge=1, le=100000),
+    def trail(item_id: ItemIdQuery = None, limit: int = Query(1000, ge=1, le=100000),
               _p: Principal = Depends(admin)) -> dict[str, Any]:
         return {"trail": review.store.trail(item_id, limit)}
 
@@ -314,17 +327,17 @@ def install(app: FastAPI, review: ReviewService, auth: Auth, *, stats_extra: Any
                     description="A volume item: the slice (0-based, in its series' order); default the worst.")
 
     @api.get("/items/{item_id}/image.png", response_class=Response, summary="The source frame (windowed)")
-    def image(item_id: int, wc: float | None = None, ww: float | None = None, k: int | None = slice_q,
+    def image(item_id: ItemId, wc: float | None = None, ww: float | None = None, k: int | None = slice_q,
               _p: Principal = Depends(reviewer)) -> Response:
         it = item_or_404(item_id)
         return pics.image(pics.at_slice(it, k) if k is not None or is_volume_item(it) else it, wc, ww)
 
     @api.get("/items/{item_id}/heatmap.png", response_class=Response, summary="The heatmap overlay (SC)")
-    def heatmap(item_id: int, _p: Principal = Depends(reviewer)) -> Response:
+    def heatmap(item_id: ItemId, _p: Principal = Depends(reviewer)) -> Response:
         return pics.heatmap(item_or_404(item_id))
 
     @api.get("/items/{item_id}/mask.png", response_class=Response, summary="The given SEG mask as an overlay")
-    def mask(item_id: int, k: int | None = slice_q, _p: Principal = Depends(reviewer)) -> Response:
+    def mask(item_id: ItemId, k: int | None = slice_q, _p: Principal = Depends(reviewer)) -> Response:
         it = item_or_404(item_id)
         if is_volume_item(it):
             return pics.volume_mask(it, k, suggested=False)
@@ -332,7 +345,7 @@ def install(app: FastAPI, review: ReviewService, auth: Auth, *, stats_extra: Any
 
     @api.get("/items/{item_id}/suggestion.png", response_class=Response,
              summary="The suggested mask of a flagged SEG mask as an overlay")
-    def suggestion(item_id: int, k: int | None = slice_q, _p: Principal = Depends(reviewer)) -> Response:
+    def suggestion(item_id: ItemId, k: int | None = slice_q, _p: Principal = Depends(reviewer)) -> Response:
         it = item_or_404(item_id)
         if is_volume_item(it) and it.get("suggestion_uid"):
             return pics.volume_mask(it, k, suggested=True)
@@ -364,10 +377,21 @@ def install(app: FastAPI, review: ReviewService, auth: Auth, *, stats_extra: Any
         origin = request.headers.get("origin")
         if origin and origin != f"{request.url.scheme}://{request.url.netloc}":
             raise HTTPException(403, "cross-site login refused")
+        known = name.strip() in auth.users  # only a user's own name is ever logged (never a token typed there)
+        keys = [client_key(request), *([f"user {name.strip()}"] if known else [])]
+        try:
+            auth.locked_out(keys)
+        except HTTPException as e:
+            page = render("login.html", request, None, next=safe_next(next), error=str(e.detail))
+            page.status_code, page.headers["Retry-After"] = 429, (e.headers or {}).get("Retry-After", "60")
+            return page
         u = auth.login(name, token)
         if u is None:
-            log.info("review: failed login for %r", name[:64])
+            auth.limiter.fail(keys, "login")
+            log.info("review: failed login for %s from %s", f"user {name.strip()}" if known else "an unknown name",
+                     keys[0].removeprefix("client "))
             return render("login.html", request, None, next=safe_next(next), error="wrong name or token")
+        auth.limiter.succeed(keys)
         resp = RedirectResponse(safe_next(next), status_code=303)
         auth.set_cookie(resp, auth.make_session(u.name))
         return resp
@@ -375,6 +399,7 @@ def install(app: FastAPI, review: ReviewService, auth: Auth, *, stats_extra: Any
     @web.post("/logout")
     def logout(request: Request, csrf_token: str | None = Form(None), p: Principal = Depends(page)) -> Response:
         auth.check_csrf(request, p, csrf_token)
+        auth.revoke(request.cookies.get(SESSION_COOKIE))  # refused from now on, even if a copy was kept
         resp = RedirectResponse("/login", status_code=303)
         resp.delete_cookie(SESSION_COOKIE, path="/")
         return resp
@@ -402,7 +427,7 @@ def install(app: FastAPI, review: ReviewService, auth: Auth, *, stats_extra: Any
                       decisions=[d.value for d in Decision])
 
     @web.get("/review/items/{item_id}")
-    def item_page(request: Request, item_id: int, verdict: str | None = "flagged", status: str | None = None,
+    def item_page(request: Request, item_id: ItemId, verdict: str | None = "flagged", status: str | None = None,
                   saved: str | None = None, k: int | None = Query(None, ge=0, le=100000, alias="slice"),
                   p: Principal = Depends(page)) -> Response:
         it = item_or_404(item_id)
@@ -421,7 +446,7 @@ def install(app: FastAPI, review: ReviewService, auth: Auth, *, stats_extra: Any
                       trail=review.store.trail(item_id, 20), volume=volume)
 
     @web.post("/review/items/{item_id}/decision")
-    def item_decide(request: Request, item_id: int, decision: str = Form(...),
+    def item_decide(request: Request, item_id: ItemId, decision: str = Form(...),
                     corrected_label: str | None = Form(None), corrected_mask: str | None = Form(None),
                     comment: str | None = Form(None), csrf_token: str | None = Form(None),
                     verdict: str | None = Form("flagged"), status: str | None = Form(None), go: str = Form("next"),
@@ -456,13 +481,21 @@ def install(app: FastAPI, review: ReviewService, auth: Auth, *, stats_extra: Any
         return RedirectResponse(f"/login?next={quote(exc.next_url, safe='/')}", status_code=303)
 
 
+def safe_cell(v: Any) -> Any:
+    """A CSV cell that no spreadsheet runs as a formula: text starting with =, +, -, @, tab or CR gets a
+    leading apostrophe (OWASP); numbers and everything else are left as they are."""
+    if isinstance(v, str) and v.startswith(_FORMULA_START):
+        return "'" + v
+    return v
+
+
 def export_csv_text(rows: list[dict[str, Any]]) -> str:
-    """The export rows as CSV text (header always present)."""
+    """The export rows as CSV text (header always present); text cells neutralised by :func:`safe_cell`."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=EXPORT_FIELDS, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for r in rows:
-        w.writerow(r)
+        w.writerow({k: safe_cell(v) for k, v in r.items()})
     return buf.getvalue()
 
 

@@ -37,9 +37,11 @@ from dicom_io.db import Base, is_postgresql, make_engine
 # Modules that declare tables on dicom_io.db.Base: every table of the service database.
 TABLE_MODULES: tuple[str, ...] = (
     "dicom_io.store",  # patients, studies, series, instances, store_events
+    "dicom_io.gateways",  # store_gateways
     "dicom_io.outbox",  # outbox_items
     "service.runtime.jobs",  # audit_jobs
     "service.review.tables",  # annotations_audited, review_decisions, review_decision_audit, review_sync
+    "service.http.sessions",  # revoked_sessions
 )
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent

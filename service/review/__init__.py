@@ -8,7 +8,7 @@ store, the write-back and the item pictures' sources), ``volume`` (items of segm
 """
 
 from service.review.decisions import DecisionOutcome
-from service.review.items import WorklistFilter, WorklistPage, frame_key, why_flagged
+from service.review.items import MAX_ID, WorklistFilter, WorklistPage, frame_key, why_flagged
 from service.review.metrics import ReviewCollector
 from service.review.store import ReviewStore
 from service.review.tables import (
@@ -24,5 +24,5 @@ from service.review.writeback import ReviewService
 __all__ = [
     "Decision", "DecisionError", "DecisionOutcome", "ReviewStore", "ReviewService", "ReviewCollector",
     "WorklistFilter", "WorklistPage", "AuditedRow", "DecisionRow", "DecisionAuditRow", "why_flagged", "frame_key",
-    "MASK_CORRECTIONS",
+    "MASK_CORRECTIONS", "MAX_ID",
 ]

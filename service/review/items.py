@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,7 @@ from service.review.tables import (
 )
 from service.review.volume import volume_item_fields
 
-__all__ = ["WorklistFilter", "WorklistPage", "encode_cursor", "decode_cursor", "frame_key", "item_dict",
+__all__ = ["MAX_ID", "WorklistFilter", "WorklistPage", "encode_cursor", "decode_cursor", "frame_key", "item_dict",
            "decision_dict", "why_flagged"]
 
 
@@ -47,6 +48,10 @@ class WorklistPage:
     offset: int = 0
 
 
+MAX_ID = 2**63 - 1
+"""The largest item id (a signed 64-bit integer in the database)."""
+
+
 def encode_cursor(priority: float, item_id: int) -> str:
     """An opaque keyset cursor (the last item of a page)."""
     return base64.urlsafe_b64encode(json.dumps([priority, item_id]).encode()).decode().rstrip("=")
@@ -57,7 +62,10 @@ def decode_cursor(cursor: str) -> tuple[float, int]:
     try:
         pad = "=" * (-len(cursor) % 4)
         p, i = json.loads(base64.urlsafe_b64decode(cursor + pad))
-        return float(p), int(i)
+        p, i = float(p), int(i)
+        if not math.isfinite(p) or not 0 <= i <= MAX_ID:  # what the database can compare
+            raise ValueError("out of range")
+        return p, i
     except (ValueError, TypeError) as e:
         raise DecisionError(f"malformed cursor {cursor!r}") from e
 

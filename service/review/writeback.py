@@ -13,6 +13,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from dicom_io.results import find_saved, save_results
+from dicom_io.settings import SegSettings
 from service.review.decisions import DecisionOutcome
 from service.review.store import ReviewStore
 from service.review.tables import Decision, DecisionError
@@ -57,6 +58,11 @@ class ReviewService:
         return svc
 
     _settings: Any = None
+
+    @property
+    def seg_limits(self) -> SegSettings:
+        """The ``[seg]`` bounds on reading one SEG (the defaults without settings)."""
+        return self._settings.seg if self._settings is not None else SegSettings()
 
     # ---------------------------------------------------------------- vocabulary
 

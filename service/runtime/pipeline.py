@@ -197,7 +197,8 @@ class Pipeline:
             return Outcome(state=NO_ANNOTATIONS, reason="the study has no stored instances", n_samples=0)
         inputs = sorted(r.sop_instance_uid for r in theirs)
         t0 = time.perf_counter()
-        sa = self.auditor.audit(files, bundle, vocabulary, settings=self.settings.audit, infer_fn=infer_fn)
+        sa = self.auditor.audit(files, bundle, vocabulary, settings=self.settings.audit,
+                                seg_limits=self.settings.seg, infer_fn=infer_fn)
         audit_s = time.perf_counter() - t0
         rows = verdict_rows(r.to_dict() for r in sa.rows)
         if not rows:
@@ -217,7 +218,7 @@ class Pipeline:
             result={
                 "inputs": inputs, "rows": rows, "outputs": outputs, "audit_s": audit_s,
                 "report_uid": sa.datasets.report_uid, "kos_uid": sa.datasets.kos_uid,
-                "bundle_hash": bundle.content_hash,
+                "bundle_hash": bundle.content_hash, "issues": sa.issues,
             },
         )
 

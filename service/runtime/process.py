@@ -82,6 +82,8 @@ class Service:
             settings.store.stable_after_s,
             fsync_directory=settings.store.fsync_directory,
             max_inflated_mb=settings.store.max_inflated_mb,
+            inflate_budget_mb=settings.store.inflate_budget_mb,
+            gateway_lease_s=settings.store.gateway_lease_s,
         )
         self.listener = Listener(settings.listener, self.store)
         self.components: list[Component] = []

@@ -279,3 +279,145 @@ def test_every_real_shared_file_is_stored(listener_factory):
     assert uids <= {r.sop_instance_uid for r in store.instances()}
     # the slide-microscopy files whose file meta names another instance UID are stored under their own
     assert any("differs from the dataset's" in (e["detail"] or "") for e in store.events("nonconforming"))
+
+
+def _bomb(path: Path, inflated_mib: int) -> Path:
+    """A real Deflated Explicit VR Little Endian instance of about 1 MB inflating to ``inflated_mib`` MiB.
+
+    The CT header (UIDs first, as a real file) and then a private OB element of zeros, deflated as a
+    stream so that the test never holds the inflated bytes itself.
+    """
+    if path.exists():
+        return path
+    ds = pydicom.dcmread(CT, stop_before_pixels=True)
+    ds.SOPInstanceUID = generate_uid()
+    head = DicomBytesIO()
+    head.is_little_endian, head.is_implicit_VR = True, False
+    write_dataset(head, ds)
+    payload = inflated_mib * 2**20 - len(head.getvalue()) - 36
+    creator = b"LABELQA TEST"
+    tail = (b"\xe1\x7f\x10\x00LO" + len(creator).to_bytes(2, "little") + creator
+            + b"\xe1\x7f\x00\x10OB\x00\x00" + payload.to_bytes(4, "little"))
+    comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+    parts = [comp.compress(head.getvalue() + tail)]
+    zeros = b"\x00" * 2**24
+    left = payload
+    while left:
+        n = min(left, len(zeros))
+        parts.append(comp.compress(zeros[:n]))
+        left -= n
+    parts.append(comp.flush())
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = "1.2.840.10008.1.2.1.99"
+    out = io.BytesIO()
+    out.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(out, meta, enforce_standard=True)
+    path.write_bytes(out.getvalue() + b"".join(parts))
+    return path
+
+
+def _peak_rss_mb(pid: int) -> float:
+    """The process's peak resident set size (VmHWM in /proc/<pid>/status), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024 / 1e6
+    raise AssertionError("no VmHWM in /proc status")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("at_once", [1, 3])
+def test_deflate_bomb_leaves_the_listener_memory_flat(tmp_path_factory, at_once):
+    """With the default settings, 1 MB bombs inflating to 1000 MiB each (one, or three on three
+    associations at once) raise the peak RSS of a real ``labelqa serve`` by less than 100 MB; each is
+    refused with 0xA700, and a small deflated instance sent afterwards is stored."""
+    import threading
+
+    from tests.dicom_io.test_listener import Serve
+
+    cache = tmp_path_factory.getbasetemp() / "bombs"
+    cache.mkdir(exist_ok=True)
+    bombs = [_bomb(cache / f"bomb{i}.dcm", 1000) for i in range(at_once)]
+    assert all(b.stat().st_size < 1.1e6 for b in bombs)
+    work = tmp_path_factory.mktemp("serve")
+    srv = Serve(work).start()
+    try:
+        assert srv.proc is not None
+        warm = _deflated_file(work / "warm.dcm", payload_mb=1)  # the code paths of a deflated store, warmed
+        assert _send_files_raw(srv.port, [warm]) == [0x0000]
+        before = _peak_rss_mb(srv.proc.pid)
+        statuses: list[list[int]] = [[] for _ in bombs]
+
+        def send(i: int) -> None:
+            statuses[i] = _send_files_raw(srv.port, [bombs[i]], aet=f"SENDER{i + 1}")
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(len(bombs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        after = _peak_rss_mb(srv.proc.pid)
+        small = _deflated_file(work / "small.dcm", payload_mb=1)
+        assert _send_files_raw(srv.port, [small]) == [0x0000]
+        assert after - before < 100, f"peak RSS {before:.0f} MB -> {after:.0f} MB"
+        assert statuses == [[0xA700]] * len(bombs)
+        assert "reason=too_large" in srv.log()
+        assert set(srv.rows()) == {str(pydicom.dcmread(f).SOPInstanceUID) for f in (warm, small)}
+    finally:
+        srv.stop()
+        srv.close()
+
+
+def _nested_defined_length(depth: int) -> bytes:
+    """Content Sequence elements nested ``depth`` deep, every sequence and item with a defined length
+    (explicit VR little endian; built by hand: pydicom takes minutes to write thousands of levels)."""
+    body = b"\x08\x00\x00\x01SH\x02\x001 "  # (0008,0100) Code Value "1"
+    for _ in range(depth):
+        item = b"\xfe\xff\x00\xe0" + len(body).to_bytes(4, "little") + body
+        body = b"\x40\x00\x30\xa7SQ\x00\x00" + len(item).to_bytes(4, "little") + item
+    return body
+
+
+def test_deeply_nested_defined_length_sequences_are_refused_cleanly(listener_factory, tmp_path):
+    """5000 sequences nested with defined lengths (pydicom's default): refused like undefined ones;
+    20 levels (real SRs nest a few) are stored."""
+    lst, store = listener_factory()
+    files = []
+    for depth in (5000, 20):
+        ds = pydicom.dcmread(CT, stop_before_pixels=True)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        p = tmp_path / f"nested{depth}.dcm"
+        ds.save_as(p, enforce_file_format=True)
+        p.write_bytes(p.read_bytes() + _nested_defined_length(depth))  # the last element, as tags go
+        files.append(p)
+    assert len(pydicom.dcmread(files[1]).ContentSequence[0].ContentSequence) == 1
+    assert _send_files_raw(lst.port, files) == [0xC000, 0x0000]
+    assert [r.sop_instance_uid for r in store.instances()] == [str(pydicom.dcmread(files[1]).SOPInstanceUID)]
+    assert echoscu(lst.port).returncode == 0
+
+
+def test_deflated_header_is_read_while_inflating_and_the_budget_is_shared(tmp_path):
+    """The identifying values behind a 3 MiB element (many inflate steps) are read as pydicom reads
+    them; a truncated stream is unreadable; walks that find the process-wide budget used up are refused."""
+    from dicom_io.part10 import INFLATE_CHUNK, InflateBudget, TooLarge, UnreadableDataset, read_header
+
+    f = _deflated_file(tmp_path / "d.dcm", payload_mb=3)
+    raw = f.read_bytes()
+    ds = pydicom.dcmread(f)
+    h = read_header(raw)
+    assert 3 * 2**20 > 10 * INFLATE_CHUNK
+    assert (h.sop_instance_uid, h.study_uid, h.series_uid) == (ds.SOPInstanceUID, ds.StudyInstanceUID,
+                                                               ds.SeriesInstanceUID)
+    assert (h.patient_name, h.study_date, h.modality) == (str(ds.PatientName), ds.StudyDate, ds.Modality)
+    with pytest.raises(UnreadableDataset):
+        read_header(raw[:-2000])
+    with pytest.raises(TooLarge, match="max_inflated_mb"):
+        read_header(raw, max_inflated_bytes=2**20)
+    budget = InflateBudget(3 * INFLATE_CHUNK, wait_s=0.2)
+    budget.acquire(2 * INFLATE_CHUNK)  # another association inflating
+    with pytest.raises(TooLarge, match="inflate_budget_mb"):
+        read_header(raw, budget=budget)
+    budget.release(2 * INFLATE_CHUNK)
+    assert read_header(raw, budget=budget).sop_instance_uid == h.sop_instance_uid
+    assert budget.in_use == 0

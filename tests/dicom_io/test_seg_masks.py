@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import io
 import json
 import shutil
 import subprocess
@@ -516,3 +517,107 @@ def test_dicomized_mask_seg_passes_dciodvfy(tmp_path):
         r = subprocess.run(["dciodvfy", str(seg)], capture_output=True, text=True, timeout=60)
         errors = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("Error")]
         assert errors == [], errors
+
+
+# ---- bounded work per SEG ----------------------------------------------------------------------------
+
+
+def _labelmap_declaring(cts, pixels: np.ndarray, classes: list[str], path: Path, *,
+                        sop_instance_uid: str | None = None) -> Path:
+    """A label-map SEG over ``cts`` whose Segment Sequence declares ``len(classes)`` segments (segment n of
+    class ``classes[n - 1]``: liver or spleen) and whose frames are ``pixels`` (uint8/uint16 label values).
+
+    highdicom makes the object with two segments; the Segment Sequence is then written as bytes (pydicom
+    takes minutes to write tens of thousands of items).
+    """
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    seg = _seg(cts, (np.arange(pixels[0].size).reshape(pixels[0].shape) % 3)[None].repeat(len(cts), 0)
+               .astype(np.uint8), "LABELMAP", descs=[_desc(1, "Liver", "10200004"), _desc(2, "Spleen", "78961009")])
+    templates = {}
+    for item in seg.SegmentSequence:
+        if int(item.SegmentNumber) in (1, 2):
+            buf = DicomBytesIO()
+            buf.is_little_endian, buf.is_implicit_VR = True, False
+            write_dataset(buf, item)
+            templates[str(item.SegmentLabel).lower()] = buf.getvalue()
+    key = b"\x62\x00\x04\x00US\x02\x00"  # (0062,0004) Segment Number, US, 2 bytes
+    items = []
+    for n, cls in enumerate(classes, start=1):
+        body = templates[cls]
+        k = body.index(key) + len(key)
+        body = body[:k] + n.to_bytes(2, "little") + body[k + 2:]
+        items.append(b"\xfe\xff\x00\xe0" + len(body).to_bytes(4, "little") + body)
+    value = b"".join(items)
+    bits = pixels.dtype.itemsize * 8
+    seg.BitsAllocated, seg.BitsStored, seg.HighBit = bits, bits, bits - 1
+    seg.PixelData = pixels.astype(f"<u{pixels.dtype.itemsize}").tobytes()
+    seg["SegmentSequence"].is_undefined_length = False
+    if sop_instance_uid:
+        seg.SOPInstanceUID = seg.file_meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    out = io.BytesIO()
+    seg.save_as(out, enforce_file_format=True)
+    raw = out.getvalue()
+    head = b"\x62\x00\x02\x00SQ\x00\x00"
+    at = raw.index(head)
+    old = int.from_bytes(raw[at + 8 : at + 12], "little")
+    path.write_bytes(raw[:at] + head + len(value).to_bytes(4, "little") + value + raw[at + 12 + old:])
+    return path
+
+
+def test_label_map_declaring_65535_segments_is_refused_from_its_header(tmp_path):
+    """A 12 MB label-map SEG declaring 65,535 segments (every value present) is a too_large issue
+    decided from its header; the study's other SEG is read as usual."""
+    cts = _ct_series(16)
+    values = np.random.default_rng(0).integers(0, 65536, size=(16, 128, 128), dtype=np.uint16)
+    folder = _write(tmp_path / "study", *cts, _seg(cts, _blobs((128, 128), 16), "LABELMAP"))
+    big = _labelmap_declaring(cts, values, ["liver", "spleen"] * 32767 + ["liver"], folder / "big.dcm")
+    assert big.stat().st_size > 11e6
+    a = read_study(folder, VOCAB, masks=True)
+    big_uid = str(pydicom.dcmread(big, stop_before_pixels=True).SOPInstanceUID)
+    too_large = [i for i in a.issues if i.code == "too_large"]
+    assert [(i.annotation_uid, "max_segments" in i.message) for i in too_large] == [(big_uid, True)]
+    assert all(s.provenance.annotation_uid != big_uid for s in [*a.samples, *a.mask_samples])
+    assert len(a.mask_samples) == 16 * 2 and "too_large" in ISSUE_CODES
+
+
+def test_seg_beyond_the_pixel_bounds_is_refused(tmp_path):
+    """Decoded pixels beyond [seg] max_pixels: refused from the header; masks that would expand beyond
+    it: refused while reading. Within both, the same SEG reads."""
+    from dicom_io.settings import SegSettings
+
+    cts = _ct_series(3)
+    folder = _write(tmp_path, *cts, _seg(cts, _blobs((128, 128), 3, seed=1), "LABELMAP"))
+    decoded = 3 * 128 * 128
+    for limit, why in [(decoded - 1, "max_pixels"), (decoded + 128 * 128, "expand")]:
+        a = read_study(folder, VOCAB, masks=True, seg_limits=SegSettings(max_pixels=limit))
+        assert [i.code for i in a.issues if i.code == "too_large"] == ["too_large"] * len(
+            [i for i in a.issues if i.code == "too_large"]) and a.mask_samples == []
+        assert any(why in i.message for i in a.issues if i.code == "too_large"), a.issues
+    a = read_study(folder, VOCAB, masks=True, seg_limits=SegSettings(max_pixels=20 * decoded))
+    assert len(a.mask_samples) == 3 * 2 and not [i for i in a.issues if i.code == "too_large"]
+
+
+def test_label_map_expands_per_class_not_per_declared_segment(tmp_path):
+    """200 segments (100 liver, 100 spleen), all present on each frame: the masks are exact, read within a
+    pixel bound that one mask per declared segment would pass 12 times over."""
+    from dicom_io.settings import SegSettings
+
+    cts = _ct_series(4)
+    rng = np.random.default_rng(1)
+    pixels = np.zeros((4, 128, 128), np.uint8)
+    pixels[:, :, :64] = rng.integers(1, 101, size=(4, 128, 64))  # liver values, left half
+    pixels[:, 32:96, 64:] = rng.integers(101, 201, size=(4, 64, 64))  # spleen values, a block on the right
+    folder = _write(tmp_path, *cts)
+    _labelmap_declaring(cts, pixels, ["liver"] * 100 + ["spleen"] * 100, folder / "seg.dcm")
+    frame = 128 * 128
+    limits = SegSettings(max_pixels=4 * frame * 200 // 12)
+    a = read_study(folder, VOCAB, masks=True, seg_limits=limits)
+    assert not [i for i in a.issues if i.code == "too_large"], a.issues
+    got = _by(a)
+    for ct, px in zip(cts, pixels, strict=True):
+        liver, spleen = got[(ct.SOPInstanceUID, "liver")], got[(ct.SOPInstanceUID, "spleen")]
+        assert np.array_equal(liver.given_mask, (px >= 1) & (px <= 100))
+        assert np.array_equal(spleen.given_mask, px >= 101)
+        assert liver.provenance.segment_numbers == tuple(range(1, 101))

@@ -39,11 +39,15 @@ def _done_job(jobs: JobStore, study: str = STUDY) -> int:
     return j.id
 
 
+TOKEN = "Sk3t9Qw2Lz7Xc4Vb"
+
+
 def _client(jobs, tmp_path, token=None, pipeline=True):
     s = Settings(store={"data_dir": tmp_path})
     pipe = Pipeline(s, jobs, auditor=AUDITOR) if pipeline else None
     metrics = Metrics(jobs, instances_received=lambda: 7)
-    return TestClient(create_app(ApiContext(jobs=jobs, token=token, pipeline=pipe, metrics=metrics)))
+    return TestClient(create_app(ApiContext(jobs=jobs, token=token, pipeline=pipe, metrics=metrics)),
+                      base_url="http://127.0.0.1:8787")
 
 
 def test_health_reports_components(jobs, tmp_path):
@@ -70,6 +74,9 @@ def test_study_audit_returns_verdicts_of_latest_done_job(jobs, tmp_path):
 def test_post_queues_a_rerun_and_jobs_lists_it(jobs, tmp_path):
     _done_job(jobs)
     c = _client(jobs, tmp_path)
+    assert c.post(f"/studies/{STUDY}/audit").status_code == 403  # login off: the anonymous caller is a reviewer
+    c = _client(jobs, tmp_path, token=TOKEN)
+    c.headers["Authorization"] = f"Bearer {TOKEN}"
     r = c.post(f"/studies/{STUDY}/audit")
     assert r.status_code == 202
     assert r.json()["job"]["state"] == QUEUED and r.json()["job"]["trigger"] == "api"
@@ -92,13 +99,14 @@ def test_metrics_are_prometheus_text(jobs, tmp_path):
 
 
 def test_bearer_token_protects_everything_but_health(jobs, tmp_path):
-    c = _client(jobs, tmp_path, token="s3cret")
+    c = _client(jobs, tmp_path, token=TOKEN)
     for path in ("/jobs", "/metrics", f"/studies/{STUDY}/audit", "/openapi.json", "/docs", "/redoc"):
         assert c.get(path).status_code in (401, 404), path
+    for path in ("/jobs", "/metrics", f"/studies/{STUDY}/audit", "/redoc"):  # fewer than lock a client out
         assert c.get(path, headers={"Authorization": "Bearer wrong"}).status_code in (401, 404), path
     assert c.get("/openapi.json").status_code == 401 and c.get("/docs").status_code == 401
     assert c.post(f"/studies/{STUDY}/audit").status_code == 401
-    ok = {"Authorization": "Bearer s3cret"}
+    ok = {"Authorization": f"Bearer {TOKEN}"}
     assert c.get("/jobs", headers=ok).status_code == 200
     assert c.get("/health").status_code == 200
     assert c.get("/openapi.json", headers=ok).json()["info"]["title"] == "labelqa"

@@ -24,14 +24,14 @@ def test_help_lists_subcommands():
 
 def test_config_show_layers_toml_env(tmp_path):
     cfg = tmp_path / "labelqa.toml"
-    cfg.write_text('[listener]\nport = 10400\nae_title = "FROMTOML"\n[api]\ntoken = "s3cret"\n')
+    cfg.write_text('[listener]\nport = 10400\nae_title = "FROMTOML"\n[api]\ntoken = "Sk3t9Qw2Lz7Xc4Vb"\n')
     r = run("config", "show", "--config", str(cfg), LABELQA_LISTENER__AE_TITLE="FROMENV")
     assert r.returncode == 0, r.stderr
     shown = json.loads(r.stdout)
     assert shown["listener"]["port"] == 10400
     assert shown["listener"]["ae_title"] == "FROMENV"  # env beats file
     assert shown["listener"]["host"] == "127.0.0.1"  # safe default
-    assert "s3cret" not in r.stdout  # secrets masked
+    assert "Sk3t9Qw2Lz7Xc4Vb" not in r.stdout  # secrets masked
 
 
 def test_config_show_reads_cwd_labelqa_toml(tmp_path):

@@ -169,5 +169,62 @@ def test_orthanc_routes_annotated_studies_and_gets_results_back(small_demo, tmp_
         ns.stop()
 
 
+def test_orthanc_says_a_routed_study_is_complete_and_labelqa_audits_without_waiting(small_demo, tmp_path):
+    """labelqa's quiet period is ten minutes here: the routed studies are audited only because the
+    routing script, once Orthanc's send job succeeded, posted /studies/<uid>/complete (with a token)."""
+    from service.demo.peers import NetNamespace, start_orthanc
+
+    ns = NetNamespace()
+    o_dicom, o_http, lq_port, lq_api = free_port(), free_port(), free_port(), free_port()
+    token = "Or7hancR0uterTk9x"
+    data_dir = tmp_path / "labelqa"
+    cfg = tmp_path / "labelqa.toml"
+    cfg.write_text(
+        f'[store]\ndata_dir = "{data_dir}"\nstable_after_s = 600.0\n'
+        f'[listener]\nport = {lq_port}\nmin_free_disk_mb = 0\n'
+        f'[audit]\nbundle = "{small_demo.bundle}"\nvocabulary = "{small_demo.data.vocabulary}"\ndevice = "cpu"\n'
+        f'[api]\nport = {lq_api}\n'
+        f'[[auth.users]]\nname = "orthanc"\nrole = "reviewer"\ntoken = "{token}"\n'
+        f'[outbox]\nbackoff_base_s = 0.5\nbackoff_max_s = 2.0\npoll_interval_s = 0.2\n'
+        f'[[outbox.destinations]]\nname = "orthanc"\nae_title = "ORTHANC"\nhost = "127.0.0.1"\nport = {o_dicom}\n'
+    )
+    settings = tmp_path / "labelqa-settings.lua"  # listed before the routing script: its settings
+    settings.write_text(f"LABELQA_API = 'http://127.0.0.1:{lq_api}'\nLABELQA_TOKEN = '{token}'\n")
+    jobs = JobStore(make_engine(f"sqlite:///{data_dir / 'index.sqlite'}"))
+    routed = sorted({r["study_uid"] for r in small_demo.data.manifest})[:3]
+    log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 - closed in finally
+    serve = ns.popen([*labelqa_cmd(), "serve", "--config", str(cfg)], env=labelqa_env(), stdout=log,
+                     stderr=subprocess.STDOUT)
+    orthanc = None
+    try:
+        ns.wait_port(lq_port, timeout=60)
+        ns.wait_port(lq_api, timeout=60)
+        orthanc = start_orthanc(
+            ns, tmp_path / "orthanc", o_dicom, o_http, modalities={"labelqa": ["LABELQA", "127.0.0.1", lq_port]},
+            dicomweb=False, extra_config={"LuaScripts": [str(settings), str(LUA)], "StableAge": 1},
+        )
+        src = _copy_studies(small_demo, routed, tmp_path / "routed")
+        r = ns.run(["storescu", "-aet", "MODALITY", "-aec", "ORTHANC", "-R", "+sd", "+r", "+sp", "*.dcm",
+                    "127.0.0.1", str(o_dicom), str(src)])
+        assert r.returncode == 0, r.stderr
+        _wait(lambda: all((j := jobs.latest_for_study(u)) and j.state == DONE for u in routed), 180,
+              "routed studies audited (only the completion signal can start them: the quiet period is 10 min)")
+        _wait(lambda: all(_labelqa_series(orthanc, u).get("SR") for u in routed), 60, "QA reports in Orthanc")
+        text = (tmp_path / "serve.log").read_text()
+        assert text.count("complete by the sender's word") >= len(routed), text[-3000:]
+    finally:
+        if serve.poll() is None:
+            serve.send_signal(signal.SIGTERM)
+            try:
+                serve.wait(30)
+            except subprocess.TimeoutExpired:
+                serve.kill()
+                serve.wait()
+        log.close()
+        if orthanc is not None:
+            orthanc.stop()
+        ns.stop()
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))

@@ -178,3 +178,111 @@ def test_two_gateways_on_one_postgresql_store_once_and_audit_each_study_once(sma
                 proc.wait()
         archive.stop()
         engine.dispose()
+
+
+def _rendezvous_read(fifo: Path, timeout: float) -> None:
+    """Wait until the process at the pause point writes into ``fifo`` (it is there)."""
+    got: list[bytes] = []
+    t = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        fifo.open("wb").close()  # let our own reader go
+        raise AssertionError(f"the process never reached the pause point {fifo.name}")
+
+
+def test_gateway_starting_during_anothers_ingest_loses_no_row_and_declares_nothing_stable(pg_url, tmp_path):
+    """Gateway B starts ten times while gateway A ingests (two ``labelqa serve`` on one PostgreSQL, one
+    data dir). B is stopped at a pause point in the middle of its start-up reconciliation while A
+    stores a batch, then B finishes starting while A goes on receiving the same studies.
+
+    A's quiet period is long (nothing of A's is due during the test) and B's short, so that B
+    declaring any of A's studies stable shows at once: a starting gateway must leave the studies a
+    live gateway is receiving to that gateway. Asserted: every instance acknowledged is indexed once
+    (rows == files == sent), no stable event at all."""
+    from sqlalchemy import func, select
+
+    from dicom_io.db import make_engine
+    from dicom_io.store import InstanceRow, StoreEventRow
+    from tests.dicom_io.test_listener import make_ct_series, storescu
+
+    data_dir = tmp_path / "shared-data"
+    pause = tmp_path / "pause"
+    pause.mkdir()
+    paused, resume = pause / "reconcile.paused", pause / "reconcile.resume"
+    os.mkfifo(paused)
+    os.mkfifo(resume)
+
+    def config(name: str, port: int, stable_after_s: float) -> Path:
+        cfg = tmp_path / f"{name}.toml"
+        cfg.write_text(f'[store]\ndata_dir = "{data_dir}"\ndatabase_url = "{pg_url}"\n'
+                       f'stable_after_s = {stable_after_s}\n'
+                       f'[listener]\nport = {port}\nmin_free_disk_mb = 0\n[api]\nenabled = false\n')
+        return cfg
+
+    def serve(name: str, cfg: Path, **env: str) -> subprocess.Popen:
+        log = open(tmp_path / f"{name}.log", "ab")  # noqa: SIM115 - closed after Popen
+        proc = subprocess.Popen([*labelqa_cmd(), "serve", "--config", str(cfg)], stdout=log, stderr=subprocess.STDOUT,
+                                env=labelqa_env(**env), start_new_session=True)
+        log.close()
+        return proc
+
+    def stop(proc: subprocess.Popen) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    port_a, port_b = free_port(), free_port()
+    a = serve("a", config("a", port_a, 600.0))
+    cfg_b = config("b", port_b, 1.0)
+    engine = make_engine(pg_url)
+    sent = 0
+    b: subprocess.Popen | None = None
+    try:
+        wait_for(lambda: _listening(port_a) or a.poll() is not None, 180, "gateway A")
+        assert a.poll() is None, (tmp_path / "a.log").read_text()[-3000:]
+        for cycle in range(10):
+            study = f"1.2.826.0.1.3680043.8.498.77.{cycle + 1}"
+            batches = [make_ct_series(tmp_path / f"c{cycle}" / f"s{k}", 4, study=study) for k in range(3)]
+            other = make_ct_series(tmp_path / f"c{cycle}" / "other", 4)  # a second study, begun while B starts
+
+            def send(files: list[Path]) -> int:
+                r = storescu(port_a, files)
+                assert r.returncode == 0, r.stderr[-2000:]
+                return len(files)
+
+            sent += send(batches[0])
+            b = serve("b", cfg_b, LABELQA_TEST_PAUSE=str(pause))
+            _rendezvous_read(paused, 180)  # B is in the middle of its reconciliation: A ingests now
+            sent += send(batches[1] + other)
+            resume.write_bytes(b"1")
+            log_b = tmp_path / "b.log"
+
+            def up(proc: subprocess.Popen = b, log: Path = log_b, starts: int = cycle + 1) -> bool:
+                return proc.poll() is not None or log.read_text().count("listening on") >= starts
+
+            wait_for(up, 180, "B up")
+            assert b.poll() is None, log_b.read_text()[-3000:]
+            sent += send(batches[2])  # A goes on with the same study while B runs
+            stop(b)
+            assert b.returncode == 0, log_b.read_text()[-3000:]
+            b = None
+        with engine.connect() as c:
+            rows = c.execute(select(func.count()).select_from(InstanceRow)).scalar_one()
+            stable = c.execute(select(StoreEventRow.study_uid, StoreEventRow.detail).where(
+                StoreEventRow.kind == "stable")).all()
+            removed = c.execute(select(func.count()).select_from(StoreEventRow).where(
+                StoreEventRow.kind == "reconcile_row_removed")).scalar_one()
+        files = len(list((data_dir / "studies").rglob("*.dcm")))
+        # every acknowledged instance indexed once; no study declared stable (A's quiet period never passed,
+        # and B left A's studies to A)
+        assert (rows, files, removed, len(stable)) == (sent, sent, 0, 0), stable
+    finally:
+        if b is not None:
+            stop(b)
+        stop(a)
+        engine.dispose()

@@ -32,6 +32,8 @@ from tests.conftest import wait_for
 
 pytestmark = pytest.mark.slow
 
+TOKEN = "Pq8wLx3Zk6Tn1Vr4"
+
 
 def _wait(cond, timeout: float, what: str, step: float = 0.1):
     return wait_for(cond, timeout, what, step)
@@ -71,7 +73,8 @@ def _split_pair_study(small, tmp: Path) -> tuple[str, Path, Path]:
 def test_late_instance_reruns_and_own_results_do_not(small_demo, tmp_path):
     archive = LocalArchive(tmp_path / "archive", free_port())
     archive.start()
-    s = _settings(tmp_path, small_demo.bundle, small_demo.data.vocabulary, archive.port)
+    s = _settings(tmp_path, small_demo.bundle, small_demo.data.vocabulary, archive.port, api={"token": TOKEN})
+    auth = {"Authorization": f"Bearer {TOKEN}"}  # re-running an audit needs the admin role
     svc = Service(s)
     for spec in service_components(s):
         svc.add(spec)
@@ -108,12 +111,12 @@ def test_late_instance_reruns_and_own_results_do_not(small_demo, tmp_path):
         assert len(jobs.list(study_uid=study)) == n_jobs
 
         # A re-run through the API with nothing changed gives identical result UIDs.
-        r = httpx.post(f"http://127.0.0.1:{s.api.port}/studies/{study}/audit", timeout=10)
+        r = httpx.post(f"http://127.0.0.1:{s.api.port}/studies/{study}/audit", headers=auth, timeout=10)
         assert r.status_code == 202
         j3 = _wait(lambda: (j := jobs.latest_for_study(study, (DONE,))) and j.id != j2.id and j, 120, "re-run")
         assert sorted(o["sop_instance_uid"] for o in j3.result["outputs"]) == sorted(
             o["sop_instance_uid"] for o in j2.result["outputs"])
-        body = httpx.get(f"http://127.0.0.1:{s.api.port}/studies/{study}/audit", timeout=10).json()
+        body = httpx.get(f"http://127.0.0.1:{s.api.port}/studies/{study}/audit", headers=auth, timeout=10).json()
         assert body["result_job_id"] == j3.id and len(body["verdicts"]) == 2
 
         # Delivered to the archive: the SR of every audit, in the audited study.
@@ -136,7 +139,7 @@ def test_late_instance_reruns_and_own_results_do_not(small_demo, tmp_path):
         assert health["status"] == "ok", health
         assert health["listener"]["running"] is True and health["model"]["models_loaded"] is True
         assert health["outbox"]["present"] is True
-        metrics = httpx.get(f"http://127.0.0.1:{s.api.port}/metrics", timeout=10).text
+        metrics = httpx.get(f"http://127.0.0.1:{s.api.port}/metrics", headers=auth, timeout=10).text
         assert 'labelqa_jobs{state="no_annotations"} 1.0' in metrics
         assert "labelqa_audit_duration_seconds_count 3.0" in metrics
         assert "labelqa_audit_latency_seconds_count 2.0" in metrics  # the API re-run has no "last instance"

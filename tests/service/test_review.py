@@ -27,8 +27,8 @@ from service.runtime.jobs import DONE, JobStore
 from tests.conftest import record_finished_audit
 
 CLASSES = ["square", "disc"]
-READER = ("reader", "reader-token-1")
-ADMIN = ("boss", "admin-token-1")
+READER = ("reader", "Rq7xLm2p9Kt4Wz8v")
+ADMIN = ("boss", "B3nHc8sQ1dVy6Tf0")
 
 
 @dataclass

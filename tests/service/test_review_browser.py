@@ -31,7 +31,7 @@ from tests.conftest import have, wait_for
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
-REVIEWER = ("rita", "rita-secret-token")
+REVIEWER = ("rita", "Xw4kP9zR2mN7cL5q")
 
 pytestmark = [
     pytest.mark.slow, pytest.mark.browser, pytest.mark.dcmtk,

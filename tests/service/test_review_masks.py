@@ -253,3 +253,36 @@ def test_reviewer_accepts_the_suggested_mask_with_the_key_a(masked, tmp_path):
     assert (d["decision"], d["corrected_mask"], d["corrected_label"], d["reviewer"]) == \
         ("label_wrong", "suggestion", None, READER[0])
     assert d["writeback_state"] == "done" and len(outbox.list()) == 2
+
+
+def test_mask_picture_of_a_seg_it_cannot_draw_is_a_clear_422(masked):
+    """The item's SEG replaced (same UID) by one highdicom cannot draw: a fractional SEG whose Maximum
+    Fractional Value is 0, then a label map declaring 65,535 segments (refused from its header, before
+    highdicom parses it). Each answers 422 with the reason; a fresh app each time (pictures are cached)."""
+    import highdicom as hd
+
+    from tests.dicom_io.test_seg_masks import _labelmap_declaring
+    from tests.service.test_review import _app
+
+    c, review, _ = _app(masked)
+    item = next(i for i in c.get("/api/worklist?verdict=any", headers=_bearer(READER)).json()["items"]
+                if i["source"] == "seg")
+    path = review.instance_path(item["annotation_uid"])
+    cts = [pydicom.dcmread(p) for p in _sources(review, item)]
+    pixels = np.zeros((len(cts), *SHAPE, 2), np.float32)
+    pixels[:, 30:60, 30:60, 0] = 0.8
+    frac = hd.seg.Segmentation(
+        source_images=cts, pixel_array=pixels, segmentation_type="FRACTIONAL", max_fractional_value=255,
+        segment_descriptions=[hd.seg.SegmentDescription.from_dataset(d) for d in pydicom.dcmread(path).SegmentSequence],
+        series_instance_uid=hd.UID(), series_number=300,
+        sop_instance_uid=item["annotation_uid"], instance_number=1, manufacturer="annotator",
+        manufacturer_model_name="hand", software_versions="1", device_serial_number="1")
+    frac.MaximumFractionalValue = 0
+    frac.save_as(path, enforce_file_format=True)
+    r = c.get(f"/api/items/{item['id']}/mask.png", headers=_bearer(READER))
+    assert r.status_code == 422 and r.json()["detail"].startswith("cannot draw the mask"), r.text
+    _labelmap_declaring(cts, np.zeros((len(cts), *SHAPE), np.uint16), ["liver", "spleen"] * 32767 + ["liver"], path,
+                        sop_instance_uid=item["annotation_uid"])
+    c, review, _ = _app(masked)
+    r = c.get(f"/api/items/{item['id']}/mask.png", headers=_bearer(READER))
+    assert r.status_code == 422 and "max_segments" in r.json()["detail"], r.text

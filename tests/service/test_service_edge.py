@@ -146,7 +146,8 @@ def test_health_reports_dead_letters_and_store_errors(tmp_path):
     assert box.counts()["dead"] == 1
     store = StudyStore(tmp_path / "data")
     try:
-        client = TestClient(create_app(ApiContext(jobs=jobs, outbox=box, store=store, version="t")))
+        client = TestClient(create_app(ApiContext(jobs=jobs, outbox=box, store=store, version="t")),
+                            base_url="http://127.0.0.1:8787")
         h = client.get("/health").json()
         assert h["status"] == "degraded"
         assert any("dead-lettered" in r for r in h["reasons"])
