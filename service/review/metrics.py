@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import Engine, and_, func, or_, select
 from sqlalchemy.orm import Session
@@ -15,9 +15,6 @@ from service.review.tables import (
     Decision,
     DecisionRow,
 )
-
-if TYPE_CHECKING:
-    from service.review.store import ReviewStore
 
 __all__ = ["LoopStats", "ReviewCollector"]
 
@@ -86,7 +83,7 @@ class LoopStats:
 class ReviewCollector:
     """Prometheus gauges of the review loop, read at scrape time (register on the service's registry)."""
 
-    def __init__(self, store: ReviewStore) -> None:
+    def __init__(self, store: LoopStats) -> None:
         self.store = store
 
     def describe(self) -> list:
