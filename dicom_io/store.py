@@ -46,6 +46,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from dicom_io.db import Base, ensure_schema, insert_ignore, make_engine
+from dicom_io.hooks import checkpoint
 from dicom_io.part10 import (  # noqa: F401 - re-exported: the listener maps these errors to statuses
     UID_RE,
     Header,
@@ -434,6 +435,7 @@ class StudyStore:
             while view:
                 n = os.write(fd, view)
                 view = view[n:]
+            checkpoint("store-before-fsync")  # test hook (dicom_io.hooks); inert unless configured
             os.fsync(fd)
         except BaseException:
             os.close(fd)
