@@ -3,9 +3,10 @@
 A test that needs a moment (an audit in the middle of its model step, a batch the peer confirmed
 but the outbox has not recorded, a received file written but not yet fsync'd) makes that moment
 happen instead of polling for it and hoping the window is still open. It sets
-``LABELQA_TEST_HOOKS`` to a directory in the environment of the process under test. Each time
-that process reaches a point, say ``model-step``, the ``k``-th arrival (counted across every
-process sharing the directory) creates ``<dir>/model-step.<k>.reached`` and waits until
+``LABELQA_TEST_HOOKS`` to a directory in the environment of the process under test and arms the
+points it needs there (``<dir>/<name>.armed``; the other points pass). Each time that process
+reaches an armed point, say ``model-step``, the ``k``-th arrival (counted across every process
+sharing the directory) creates ``<dir>/model-step.<k>.reached`` and waits until
 ``<dir>/model-step.<k>.release`` or ``<dir>/model-step.release`` (every arrival) exists, at most
 ``LABELQA_TEST_HOOKS_TIMEOUT_S`` seconds (default 600; then it goes on, with a warning). Plain
 files work across processes, network namespaces and the Ray worker nodes of one machine. Without
@@ -33,7 +34,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 __all__ = ["ENV", "TIMEOUT_ENV", "POINTS", "checkpoint", "HookDir"]
@@ -46,11 +47,19 @@ POINTS = ("store-before-fsync", "outbox-after-send", "job-start", "model-step")
 
 
 def checkpoint(name: str) -> None:
-    """Hold here while a test asks to (see the module docstring); returns at once when not configured."""
+    """Hold here while a test asks to (see the module docstring); returns at once when not configured.
+
+    Parameters
+    ----------
+    name
+        The point, one of :data:`POINTS`.
+    """
     root = os.environ.get(ENV)
     if not root:
         return
     d = Path(root)
+    if not (d / f"{name}.armed").exists():
+        return
     k = 1
     while True:  # this arrival's number: the first <name>.<k>.reached this call creates
         try:
@@ -68,18 +77,28 @@ def checkpoint(name: str) -> None:
 
 
 class HookDir:
-    """A test's side of the hook files in ``path``: pass ``env()`` to the process under test, wait for
-    an arrival, act, release it.
+    """A test's side of the hook files in ``path``: arm points, pass ``env()`` to the process under
+    test, wait for an arrival, act, release it.
 
     Parameters
     ----------
     path
         The directory (created here); one per process or node whose points are counted together.
+    points
+        The points to arm now (the others let every arrival pass).
     """
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, points: Iterable[str] = ()) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
+        for name in points:
+            self.arm(name)
+
+    def arm(self, name: str) -> None:
+        """Make arrivals at point ``name`` hold (arm before the process under test can reach it)."""
+        if name not in POINTS:
+            raise ValueError(f"no test hook named {name!r}; the points are {', '.join(POINTS)}")
+        (self.path / f"{name}.armed").touch()
 
     def env(self) -> dict[str, str]:
         """The environment variable that arms the points of a process started with it."""
@@ -91,10 +110,22 @@ class HookDir:
 
     def wait_reached(self, name: str, k: int = 1, timeout: float = 600.0,
                      alive: Callable[[], str | None] | None = None) -> None:
-        """Wait until the ``k``-th arrival at ``name`` holds there (AssertionError after ``timeout`` s).
+        """Wait until the ``k``-th arrival at ``name`` holds there.
 
-        ``alive``: an optional ``() -> str | None`` checked while waiting; a string (e.g. "the service
-        exited: <log>") ends the wait at once with that message.
+        Parameters
+        ----------
+        name, k
+            The point and the arrival (1 is the first).
+        timeout
+            Seconds to wait at most.
+        alive
+            Checked while waiting: a string (e.g. "the service exited: <log>") ends the wait at once
+            with that message; None goes on waiting.
+
+        Raises
+        ------
+        AssertionError
+            When the process under test died or ``timeout`` passed first.
         """
         target = self.path / f"{name}.{k}.reached"
         deadline = time.monotonic() + timeout

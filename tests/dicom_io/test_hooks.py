@@ -12,10 +12,15 @@ from dicom_io.hooks import ENV, POINTS, TIMEOUT_ENV, HookDir, checkpoint
 from harness.commands import labelqa_env
 
 
-def test_a_point_is_inert_without_the_variable(tmp_path, monkeypatch):
+def test_a_point_is_inert_without_the_variable_and_unless_armed(tmp_path, monkeypatch):
+    hooks = HookDir(tmp_path, ["model-step"])
     monkeypatch.delenv(ENV, raising=False)
     checkpoint("model-step")  # returns at once, writes nothing
-    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setenv(ENV, str(tmp_path))
+    checkpoint("job-start")  # not armed: passes
+    assert hooks.arrivals("model-step") == hooks.arrivals("job-start") == 0
+    with pytest.raises(ValueError, match="no test hook named"):
+        hooks.arm("model_step")
 
 
 def test_every_point_is_named_in_the_code_it_holds(repo):
@@ -25,7 +30,7 @@ def test_every_point_is_named_in_the_code_it_holds(repo):
 
 
 def test_another_process_holds_until_released_and_arrivals_are_counted(tmp_path):
-    hooks = HookDir(tmp_path / "hooks")
+    hooks = HookDir(tmp_path / "hooks", ["job-start"])
     hooks.let_pass("job-start", 1)
     script = "from dicom_io.hooks import checkpoint\nfor _ in range(2):\n    checkpoint('job-start')\nprint('done')\n"
     proc = subprocess.Popen([sys.executable, "-c", script], env=labelqa_env(**hooks.env()), stdout=subprocess.PIPE,
@@ -45,7 +50,7 @@ def test_another_process_holds_until_released_and_arrivals_are_counted(tmp_path)
 
 
 def test_threads_get_distinct_arrivals_and_release_all_lets_every_one_go(tmp_path, monkeypatch):
-    hooks = HookDir(tmp_path / "hooks")
+    hooks = HookDir(tmp_path / "hooks", ["outbox-after-send"])
     monkeypatch.setenv(ENV, str(hooks.path))
     threads = [threading.Thread(target=checkpoint, args=("outbox-after-send",)) for _ in range(4)]
     for t in threads:
@@ -60,6 +65,7 @@ def test_threads_get_distinct_arrivals_and_release_all_lets_every_one_go(tmp_pat
 
 
 def test_a_forgotten_release_times_out_and_goes_on(tmp_path, monkeypatch):
+    HookDir(tmp_path, ["store-before-fsync"])
     monkeypatch.setenv(ENV, str(tmp_path))
     monkeypatch.setenv(TIMEOUT_ENV, "0.05")
     checkpoint("store-before-fsync")
