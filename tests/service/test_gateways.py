@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dicom_io.hooks import HookDir
 from harness.commands import labelqa_cmd, labelqa_env
 from service.demo.peers import LocalArchive, free_port
 from service.runtime.jobs import DONE, FAILED, JobStore
@@ -85,6 +86,8 @@ def test_two_gateways_on_one_postgresql_store_once_and_audit_each_study_once(sma
     archive.start()
     data_dir = tmp_path / "shared-data"  # one data dir on shared storage, as several gateways need
     gateways = []
+    # each gateway's first job holds at the job-start hook until both hold one: both audit, by construction
+    hooks = [HookDir(tmp_path / f"hooks{g}", ["job-start"]) for g in range(2)]
     for g in range(2):
         port, api = free_port(), free_port()
         cfg = tmp_path / f"gateway{g}.toml"
@@ -99,7 +102,7 @@ def test_two_gateways_on_one_postgresql_store_once_and_audit_each_study_once(sma
             f'port = {archive.port}\n')
         log = open(tmp_path / f"gateway{g}.log", "wb")  # noqa: SIM115 - closed after Popen
         proc = subprocess.Popen([*labelqa_cmd(), "serve", "--config", str(cfg)], stdout=log, stderr=subprocess.STDOUT,
-                                env=labelqa_env(OMP_NUM_THREADS="1"), start_new_session=True)
+                                env=labelqa_env(OMP_NUM_THREADS="1", **hooks[g].env()), start_new_session=True)
         log.close()
         gateways.append((proc, port))
     engine = make_engine(pg_url)
@@ -141,6 +144,11 @@ def test_two_gateways_on_one_postgresql_store_once_and_audit_each_study_once(sma
             c = jobs.counts()
             return c["queued"] == 0 and c["running"] == 0 and c[DONE] + c[FAILED] + c[NO_ANNOTATIONS] >= len(studies)
 
+        for g, (proc, _) in enumerate(gateways):
+            hooks[g].wait_reached("job-start", 1, timeout=600, alive=lambda g=g, pr=proc: None if pr.poll() is None
+                                  else (tmp_path / f"gateway{g}.log").read_text()[-3000:])
+        for h in hooks:
+            h.release("job-start")
         wait_for(all_final, 1800, "every study audited", step=0.5)
         t_audit = time.perf_counter() - t_send
         done = [j for j in jobs.list(limit=100000) if j.state == DONE]
@@ -167,6 +175,8 @@ def test_two_gateways_on_one_postgresql_store_once_and_audit_each_study_once(sma
         srs = [r for r in archive.store.instances() if r.modality == "SR"]
         assert sorted(r.path.parent.parent.name for r in srs) == sorted(by_study), "one SR per study in the archive"
     finally:
+        for h in hooks:  # nothing stays held when the test failed half-way
+            h.release("job-start")
         for proc, _ in gateways:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
