@@ -468,7 +468,7 @@ def test_kill9_mid_transfer_restart_resend_is_complete_and_consistent(tmp_path):
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        hooks.wait_reached("store-before-fsync", 41, timeout=180,
+        hooks.wait_reached("store-before-fsync", 41, timeout=600,
                            alive=lambda: None if srv.proc.poll() is None else f"serve exited:\n{srv.log()}")
         half_written = list(srv.data.rglob("*.tmp"))
         srv.stop(signal.SIGKILL)
@@ -518,11 +518,11 @@ def test_stability_two_bursts_one_event_late_instance_reopens(listener_factory, 
     assert storescu(lst.port, files[:3]).returncode == 0
     time.sleep(0.5)  # less than the quiet period
     assert storescu(lst.port, files[3:5]).returncode == 0
-    wait_for(lambda: got, 30, "the stable event")
+    wait_for(lambda: got, 120, "the stable event")
     assert store.wait_idle(20)
     assert [(e.study_uid, len(e.instances), e.reopened) for e in got] == [(study, 5, False)]
     assert storescu(lst.port, files[5:]).returncode == 0  # late instance re-opens the study
-    wait_for(lambda: len(got) > 1, 30, "the second stable event")
+    wait_for(lambda: len(got) > 1, 120, "the second stable event")
     assert store.wait_idle(20)
     assert [(len(e.instances), e.reopened) for e in got] == [(5, False), (6, True)]
 
@@ -567,13 +567,13 @@ def test_shutdown_lets_running_association_finish(listener_factory, tmp_path, mo
 
     t = threading.Thread(target=send)
     t.start()
-    hooks.wait_reached("store-before-fsync", 1, timeout=120)
+    hooks.wait_reached("store-before-fsync", 1, timeout=600)
     stopper = threading.Thread(target=lst.stop, kwargs={"grace_s": 120})
     stopper.start()
-    wait_for(lambda: echoscu(lst.port).returncode != 0, 60, "the stopping listener to refuse new peers")
+    wait_for(lambda: echoscu(lst.port).returncode != 0, 180, "the stopping listener to refuse new peers")
     hooks.release("store-before-fsync")
-    stopper.join(180)
-    t.join(timeout=60)
+    stopper.join(300)
+    t.join(timeout=300)
     assert not stopper.is_alive() and not t.is_alive()
     assert out["r"].returncode == 0, out["r"].stdout + out["r"].stderr
     assert len(store.instances()) == 60

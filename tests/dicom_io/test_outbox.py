@@ -152,18 +152,18 @@ def test_down_destination_is_delivered_once_when_up_and_never_blocks_the_other(s
                 max_attempts=100, poll_interval_s=0.2, connect_timeout_s=2.0)
     scp_b = start_storescp(ns, tmp_path / "rx_b", port_b)
     scp_a = None
-    sender = ns.popen([*labelqa_cmd(), "outbox", "send", "--timeout", "60", "--config", str(cfg)],
+    sender = ns.popen([*labelqa_cmd(), "outbox", "send", "--timeout", "600", "--config", str(cfg)],
                       env=labelqa_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        t_b = _wait(lambda: len(scp_b.received()) >= len(results), 30, "destination b")
+        t_b = _wait(lambda: len(scp_b.received()) >= len(results), 300, "destination b")
         # a stays down until it has been retried with backoff (a second failed attempt on every row)
-        _wait(lambda: all(r["attempts"] >= 2 for r in box.list(destination="a")), 60, "a retried")
+        _wait(lambda: all(r["attempts"] >= 2 for r in box.list(destination="a")), 300, "a retried")
         rows_a = box.list(destination="a")
         assert {r["state"] for r in rows_a} == {PENDING}
         assert all(r["last_error"] for r in rows_a)
         assert scp_b.received() and sender.poll() is None
         scp_a = start_storescp(ns, tmp_path / "rx_a", port_a)
-        out, _ = sender.communicate(timeout=60)
+        out, _ = sender.communicate(timeout=600)
         assert sender.returncode == 0, out
         assert sorted(_received_uids(scp_a)) == want  # exactly once per SOP Instance UID
         assert sorted(_received_uids(scp_b)) == want
@@ -206,14 +206,14 @@ def test_kill_9_during_delivery_then_restart_loses_nothing(study_files, tmp_path
     box.enqueue(files)
     cfg = _toml(tmp_path / "labelqa.toml", tmp_path, dests, db_url, batch_size=10, poll_interval_s=0.2)
     scp = start_storescp(ns, tmp_path / "rx", port)
-    cmd = [*labelqa_cmd(), "outbox", "send", "--timeout", "200", "--config", str(cfg)]
+    cmd = [*labelqa_cmd(), "outbox", "send", "--timeout", "600", "--config", str(cfg)]
     # two batches go through; the peer confirms the third, and the sender holds at the outbox-after-send
     # hook before recording it: the kill lands there, not wherever a poll happened to notice deliveries
     hooks = HookDir(tmp_path / "hooks", ["outbox-after-send"])
     hooks.let_pass("outbox-after-send", 2)
     try:
         sender = ns.popen(cmd, env=labelqa_env(**hooks.env()), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        hooks.wait_reached("outbox-after-send", 3, timeout=180,
+        hooks.wait_reached("outbox-after-send", 3, timeout=600,
                            alive=lambda: None if sender.poll() is None else f"the sender exited {sender.returncode}")
         os.kill(sender.pid, signal.SIGKILL)
         sender.wait()
@@ -222,7 +222,7 @@ def test_kill_9_during_delivery_then_restart_loses_nothing(study_files, tmp_path
         assert at_kill >= 30 and counts[DELIVERED] <= 20, (at_kill, counts)  # the confirmed third batch is not recorded
         restart = ns.popen(cmd, env=labelqa_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
-            out, _ = restart.communicate(timeout=240)
+            out, _ = restart.communicate(timeout=660)
         except subprocess.TimeoutExpired:
             restart.kill()
             out, _ = restart.communicate()
@@ -256,8 +256,8 @@ def test_orthanc_receives_results_by_c_store_and_stow_rs_in_the_audited_study(st
         box.enqueue(src + results, destination="pacs")
         box.enqueue(results, destination="web")
         cfg = _toml(tmp_path / "labelqa.toml", tmp_path, [pacs, web], db_url, poll_interval_s=0.2)
-        r = ns.run([*labelqa_cmd(), "outbox", "send", "--timeout", "60", "--config", str(cfg)],
-                   env=labelqa_env(), timeout=120)
+        r = ns.run([*labelqa_cmd(), "outbox", "send", "--timeout", "300", "--config", str(cfg)],
+                   env=labelqa_env(), timeout=360)
         assert r.returncode == 0, r.stdout + r.stderr
         assert box.counts() == {PENDING: 0, DELIVERED: len(src) + 2 * len(results), DEAD: 0}
         found = orthanc.find_instances(study_uid)

@@ -190,12 +190,12 @@ def test_stability_two_bursts_one_event_and_late_instance_reopens(tmp_path, db_u
         time.sleep(0.2)  # a pause shorter than the quiet period
         for _ in range(2):
             store.put(ct_copy(study))
-        wait_for(lambda: got, 30, "the stable event")
+        wait_for(lambda: got, 120, "the stable event")
         assert store.wait_idle(5)
         assert [(e.study_uid, len(e.instances), e.reopened) for e in got] == [(study, 5, False)]
         assert all(r.path.is_file() for r in got[0].instances)
         store.put(ct_copy(study))  # late instance
-        wait_for(lambda: len(got) > 1, 30, "the second stable event")
+        wait_for(lambda: len(got) > 1, 120, "the second stable event")
         assert store.wait_idle(5)
         assert [(len(e.instances), e.reopened) for e in got] == [(5, False), (6, True)]
     finally:
@@ -213,7 +213,7 @@ def test_restart_re_emits_studies_never_emitted(tmp_path, db_url):
     s2.subscribe(got.append)
     s2.start()
     try:
-        wait_for(lambda: got, 30, "the re-emitted stable event")
+        wait_for(lambda: got, 120, "the re-emitted stable event")
         assert s2.wait_idle(5)
         assert [(e.study_uid, len(e.instances)) for e in got] == [(study, 1)]
     finally:
@@ -243,7 +243,7 @@ def test_failing_subscriber_does_not_stop_others(store):
     store.start()
     study = generate_uid()
     store.put(ct_copy(study))
-    wait_for(lambda: len(bad_calls) >= 3, 30, "several retries of the failing subscriber")
+    wait_for(lambda: len(bad_calls) >= 3, 120, "several retries of the failing subscriber")
     assert got == [study]  # the healthy subscriber got it once, retries go only to the failing one
     assert study not in store.stable_studies()  # not complete until every subscriber took it
     assert store.last_error and "boom" in store.last_error

@@ -104,9 +104,9 @@ def test_late_instance_reruns_and_own_results_do_not(small_demo, tmp_path):
             (echo / Path(o["path"]).name).write_bytes(Path(o["path"]).read_bytes())
         send_studies(echo, "127.0.0.1", port, "LABELQA")
         _wait(lambda: svc.store.instances(study) and len(svc.store.instances(study)) == 4 + len(j2.result["outputs"]),
-              30, "echo stored")
+              180, "echo stored")
         # the store records a study stable only after every subscriber (the pipeline) took the event
-        _wait(lambda: _stable_events(svc.store, study) > n_stable, 60, "the echo's stable event handled")
+        _wait(lambda: _stable_events(svc.store, study) > n_stable, 180, "the echo's stable event handled")
         assert len(jobs.list(study_uid=study)) == n_jobs
 
         # A re-run through the API with nothing changed gives identical result UIDs.
@@ -119,7 +119,7 @@ def test_late_instance_reruns_and_own_results_do_not(small_demo, tmp_path):
         assert body["result_job_id"] == j3.id and len(body["verdicts"]) == 2
 
         # Delivered to the archive: the SR of every audit, in the audited study.
-        _wait(lambda: audit.outbox.counts().get("pending", 0) == 0, 60, "delivery")
+        _wait(lambda: audit.outbox.counts().get("pending", 0) == 0, 180, "delivery")
         got = {r.sop_instance_uid for r in archive.store.instances(study)}
         assert set(sr1) | set(sr2) <= got
 
@@ -132,7 +132,7 @@ def test_late_instance_reruns_and_own_results_do_not(small_demo, tmp_path):
         import pydicom
 
         ct_study = str(pydicom.dcmread(ct, stop_before_pixels=True).StudyInstanceUID)
-        j = _wait(lambda: jobs.latest_for_study(ct_study), 30, "no-annotation record")
+        j = _wait(lambda: jobs.latest_for_study(ct_study), 180, "no-annotation record")
         assert j.state == NO_ANNOTATIONS and "no SEG or SR" in j.reason
         health = httpx.get(f"http://127.0.0.1:{s.api.port}/health", timeout=10).json()
         assert health["status"] == "ok", health
@@ -183,9 +183,9 @@ def test_kill_during_job_then_restart_completes_exactly_once(small_demo, tmp_pat
             (src / uid / f.name).write_bytes(f.read_bytes())
     proc = serve(**hooks.env())  # its first job holds at the job-start hook: claimed, running, not audited
     try:
-        _wait(lambda: _listening(s.listener.port), 60, "listener")
+        _wait(lambda: _listening(s.listener.port), 180, "listener")
         send_studies(src, "127.0.0.1", s.listener.port, "LABELQA")
-        hooks.wait_reached("job-start", 1, timeout=180, alive=exited)
+        hooks.wait_reached("job-start", 1, timeout=600, alive=exited)
         (killed,) = jobs.list(state=RUNNING)  # one worker: the job held in the middle
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
@@ -201,7 +201,7 @@ def test_kill_during_job_then_restart_completes_exactly_once(small_demo, tmp_pat
             srs = [p for p in (Path(s.store.data_dir) / "results" / uid).glob("*.dcm")]
             outputs = done[0].id and jobs.get(done[0].id).result["outputs"]
             assert len(srs) == len(outputs)
-        _wait(lambda: all(sum(r.modality == "SR" for r in archive.store.instances(u)) == 1 for u in studies), 60,
+        _wait(lambda: all(sum(r.modality == "SR" for r in archive.store.instances(u)) == 1 for u in studies), 180,
               "one SR per study delivered")
     finally:
         if proc.poll() is None:
