@@ -30,6 +30,7 @@ from sqlalchemy import Engine, Float, Integer, String, Text, UniqueConstraint, f
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from dicom_io.db import Base, ensure_schema, is_postgresql
+from dicom_io.hooks import checkpoint
 from dicom_io.scu import AssociationError, FileInfo, StoreOutcome, file_info, store_files
 from dicom_io.settings import OutboxSettings
 
@@ -290,6 +291,8 @@ class Outbox:
                 outcomes = sender(dest, files)
             except (AssociationError, OSError) as e:
                 batch_error = str(e) or type(e).__name__
+            else:
+                checkpoint("outbox-after-send")  # test hook (dicom_io.hooks); inert unless configured
         now = self.clock()
         by_uid = {r.sop_instance_uid: r for r in rows}
         delivered = 0

@@ -54,8 +54,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from dicom_io.db import Base, ensure_schema, insert_ignore, make_engine
-from dicom_io.faults import pause_point
 from dicom_io.gateways import GatewayRegistry, new_gateway_id
+from dicom_io.hooks import checkpoint
 from dicom_io.part10 import (  # noqa: F401 - re-exported: the listener maps these errors to statuses
     UID_RE,
     Header,
@@ -473,6 +473,7 @@ class StudyStore:
             while view:
                 n = os.write(fd, view)
                 view = view[n:]
+            checkpoint("store-before-fsync")  # test hook (dicom_io.hooks); inert unless configured
             os.fsync(fd)
         except BaseException:
             os.close(fd)
@@ -609,7 +610,8 @@ class StudyStore:
         with self.engine.connect() as c:
             q = select(InstanceRow.sop_instance_uid, InstanceRow.path, InstanceRow.size)
             rows = {r.path: r for r in c.execute(q)}
-        pause_point("reconcile")  # tests: another gateway ingests here
+        if not second_pass:
+            checkpoint("reconcile")  # test hook (dicom_io.hooks): another gateway ingests here
         listed_at = time.time()
         on_disk: dict[str, Path] = {}
         rolled: set[str] = set()

@@ -63,6 +63,7 @@ class RayNode:
     resources: dict[str, float]
     log: Path
     node_id: str | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)  # what this node's environment adds to the cluster's
 
     def pids(self) -> list[int]:
         return _session_pids(self.proc.pid)
@@ -109,7 +110,7 @@ class RayCluster:
         return f"127.0.0.1:{self.port}"
 
     def _start(self, name: str, args: list[str], resources: dict[str, float], timeout: float,
-               attempts: int = 3) -> RayNode:
+               attempts: int = 3, extra_env: dict[str, str] | None = None) -> RayNode:
         """Start one node; a ``ray start`` that gives up during start-up is started again (``attempts`` in all).
 
         Ray waits a fixed 30 s for a new raylet to register with the GCS; on a loaded 2-core machine that
@@ -119,7 +120,8 @@ class RayCluster:
         """
         for attempt in range(1, attempts + 1):
             try:
-                return self._start_once(name if attempt == 1 else f"{name}-{attempt}", args, resources, timeout)
+                return self._start_once(name if attempt == 1 else f"{name}-{attempt}", args, resources, timeout,
+                                        extra_env or {})
             except _StartupGaveUp as e:
                 node = e.node
                 node.kill()
@@ -129,13 +131,15 @@ class RayCluster:
                 time.sleep(2.0 * attempt)
         raise AssertionError("unreachable")
 
-    def _start_once(self, name: str, args: list[str], resources: dict[str, float], timeout: float) -> RayNode:
+    def _start_once(self, name: str, args: list[str], resources: dict[str, float], timeout: float,
+                    extra_env: dict[str, str]) -> RayNode:
         log = self.temp_dir / f"{name}.log"
         with open(log, "wb") as fh:
             proc = subprocess.Popen(self.ns.cmd([str(RAY_BIN), "start", "--block", "--disable-usage-stats",
                                                  "--node-ip-address", "127.0.0.1", *args]),
-                                    stdout=fh, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
-        node = RayNode(name, proc, resources, log)
+                                    stdout=fh, stderr=subprocess.STDOUT, env={**self.env, **extra_env},
+                                    start_new_session=True)
+        node = RayNode(name, proc, resources, log, extra_env=dict(extra_env))
         self.nodes.append(node)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -171,9 +175,11 @@ class RayCluster:
                            dict(resources or {}), timeout)
 
     def add_worker(self, name: str, resources: dict[str, float], num_cpus: int = 1,
-                   timeout: float = 180.0) -> RayNode:
+                   timeout: float = 180.0, env: dict[str, str] | None = None) -> RayNode:
+        """Start a worker node; ``env`` adds to its environment (its raylet's, so its workers' and actors'),
+        e.g. the test hooks of :mod:`dicom_io.hooks` for this node only."""
         return self._start(name, ["--address", self.address, "--num-cpus", str(num_cpus),
-                                  "--resources", json.dumps(resources)], resources, timeout)
+                                  "--resources", json.dumps(resources)], resources, timeout, extra_env=env)
 
     def alive_node_ids(self, expect: set[str] | None = None, timeout: float = 120.0) -> set[str]:
         """Node ids the GCS reports alive (a driver script in the namespace asks; with ``expect``, it

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from dicom_io.hooks import checkpoint
 from service.runtime.jobs import DONE, FAILED, FINAL_STATES, Job, JobStore, owner_id
 
 __all__ = ["Outcome", "WorkerContext", "JobFunction", "JobRetry", "Executor", "InProcessExecutor"]
@@ -193,6 +194,7 @@ class InProcessExecutor:
         log.info("job %d: audit of study %s started (attempt %d)", job.id, job.study_uid, job.attempts)
         retry: str | None = None
         try:
+            checkpoint("job-start")  # test hook (dicom_io.hooks); inert unless configured
             outcome = self.fn(job, ctx)
             if outcome.state not in FINAL_STATES:
                 outcome = Outcome(state=FAILED, reason=f"job function returned state {outcome.state!r}")

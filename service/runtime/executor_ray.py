@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from dicom_io.hooks import checkpoint
 from models.bundles import BundleInfo, load_bundle, read_bundle_info
 from service.runtime.auditor import Auditor
 from service.runtime.executor import InProcessExecutor, JobRetry, Outcome, WorkerContext
@@ -123,6 +124,7 @@ class AuditActor:
     def infer(self, batch: Any) -> Any:
         """The bundle's task's model step for a batch of arrays (labels: scores, heatmaps; masks: consensus,
         Dice, regions)."""
+        checkpoint("model-step")  # test hook (dicom_io.hooks); inert unless configured
         result = self.auditor.model_step(self.bundle, batch, device=self.device, batch_size=self.batch_size)
         result.worker = self.info()
         return result

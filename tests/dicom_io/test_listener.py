@@ -18,11 +18,12 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
+from dicom_io.hooks import HookDir
 from dicom_io.scp import storage_sop_classes
 from dicom_io.store import UID_RE, StudyStable, check_structure
 from harness.commands import labelqa_cmd, labelqa_env
 from service.demo.peers import free_port
-from tests.conftest import requires_dcmtk
+from tests.conftest import requires_dcmtk, wait_for
 
 pytestmark = [requires_dcmtk, pytest.mark.dcmtk]
 
@@ -454,7 +455,11 @@ def test_unknown_calling_or_called_ae_is_rejected(server, tmp_path):
 @pytest.mark.slow
 def test_kill9_mid_transfer_restart_resend_is_complete_and_consistent(tmp_path):
     files = make_ct_series(tmp_path / "study", 300)
-    srv = Serve(tmp_path).start()
+    # 40 instances are stored; the 41st holds at the store-before-fsync hook (bytes in a temp file, not
+    # fsync'd, renamed or indexed, no answer sent): the kill lands mid-transfer by construction
+    hooks = HookDir(tmp_path / "hooks", ["store-before-fsync"])
+    hooks.let_pass("store-before-fsync", 40)
+    srv = Serve(tmp_path, **hooks.env()).start()
     sender = None
     try:
         sender = subprocess.Popen(
@@ -463,17 +468,18 @@ def test_kill9_mid_transfer_restart_resend_is_complete_and_consistent(tmp_path):
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 120
-        while len(srv.rows()) < 40 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        hooks.wait_reached("store-before-fsync", 41, timeout=600,
+                           alive=lambda: None if srv.proc.poll() is None else f"serve exited:\n{srv.log()}")
+        half_written = list(srv.data.rglob("*.tmp"))
         srv.stop(signal.SIGKILL)
         sender.wait(timeout=120)
         before = srv.rows()
-        assert 40 <= len(before) < 300, "the kill did not land mid-transfer"
+        assert len(before) == 40 and len(half_written) == 1
         # nothing half-written is indexed: every row's file is complete
         for _uid, (path, sha, size) in before.items():
             data = (srv.data / path).read_bytes()
             assert len(data) == size and hashlib.sha256(data).hexdigest() == sha
+        hooks.release("store-before-fsync")  # the restarted service runs through
         srv.start()  # restart: leftovers cleaned, index reconciled
         assert not list(srv.data.rglob("*.tmp"))
         # re-send everything as raw file bytes (dcmtk re-encodes pydicom's files slightly, so use
@@ -512,12 +518,12 @@ def test_stability_two_bursts_one_event_late_instance_reopens(listener_factory, 
     assert storescu(lst.port, files[:3]).returncode == 0
     time.sleep(0.5)  # less than the quiet period
     assert storescu(lst.port, files[3:5]).returncode == 0
+    wait_for(lambda: got, 120, "the stable event")
     assert store.wait_idle(20)
-    time.sleep(0.2)
     assert [(e.study_uid, len(e.instances), e.reopened) for e in got] == [(study, 5, False)]
     assert storescu(lst.port, files[5:]).returncode == 0  # late instance re-opens the study
+    wait_for(lambda: len(got) > 1, 120, "the second stable event")
     assert store.wait_idle(20)
-    time.sleep(0.2)
     assert [(len(e.instances), e.reopened) for e in got] == [(5, False), (6, True)]
 
 
@@ -547,9 +553,13 @@ def test_host_allow_list_disk_watermark_and_tcp_nodelay(listener_factory, caplog
     assert "not in allowed_hosts" in text and "min_free_disk_mb" in text
 
 
-def test_shutdown_lets_running_association_finish(listener_factory, tmp_path):
+def test_shutdown_lets_running_association_finish(listener_factory, tmp_path, monkeypatch):
     lst, store = listener_factory()
     files = make_ct_series(tmp_path / "b", 60)
+    # the association's first C-STORE holds at the store-before-fsync hook while the listener stops
+    hooks = HookDir(tmp_path / "hooks", ["store-before-fsync"])
+    for k, v in hooks.env().items():
+        monkeypatch.setenv(k, v)
     out: dict = {}
 
     def send():
@@ -557,11 +567,14 @@ def test_shutdown_lets_running_association_finish(listener_factory, tmp_path):
 
     t = threading.Thread(target=send)
     t.start()
-    deadline = time.monotonic() + 60
-    while not store.instances() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    lst.stop(grace_s=60)
-    t.join(timeout=60)
+    hooks.wait_reached("store-before-fsync", 1, timeout=600)
+    stopper = threading.Thread(target=lst.stop, kwargs={"grace_s": 120})
+    stopper.start()
+    wait_for(lambda: echoscu(lst.port).returncode != 0, 180, "the stopping listener to refuse new peers")
+    hooks.release("store-before-fsync")
+    stopper.join(300)
+    t.join(timeout=300)
+    assert not stopper.is_alive() and not t.is_alive()
     assert out["r"].returncode == 0, out["r"].stdout + out["r"].stderr
     assert len(store.instances()) == 60
     assert echoscu(lst.port).returncode != 0  # no longer listening

@@ -24,6 +24,7 @@ from dicom_io.store import (
     StudyStore,
     UnreadableDataset,
 )
+from tests.conftest import wait_for
 
 CT = Path(get_testdata_file("CT_small.dcm"))
 
@@ -175,24 +176,30 @@ def test_concurrent_puts_nothing_lost_nothing_duplicated(store):
     assert len(list(store.study_dir(study).rglob("*.dcm"))) == 60
 
 
-def test_stability_two_bursts_one_event_and_late_instance_reopens(store):
+def test_stability_two_bursts_one_event_and_late_instance_reopens(tmp_path, db_url):
+    # a quiet period 5x the pause between the bursts (plus the puts' fsyncs): a stalled machine does not
+    # split the study; the events themselves are waited for, not slept for
+    store = StudyStore(tmp_path / "data", db_url, stable_after_s=1.0)
     got: list[StudyStable] = []
     store.subscribe(got.append)
     store.start()
-    study = generate_uid()
-    for _ in range(3):
-        store.put(ct_copy(study))
-    time.sleep(0.2)  # shorter than the quiet period (0.4 s)
-    for _ in range(2):
-        store.put(ct_copy(study))
-    assert store.wait_idle(5)
-    time.sleep(0.1)
-    assert [(e.study_uid, len(e.instances), e.reopened) for e in got] == [(study, 5, False)]
-    assert all(r.path.is_file() for r in got[0].instances)
-    store.put(ct_copy(study))  # late instance
-    assert store.wait_idle(5)
-    time.sleep(0.1)
-    assert [(len(e.instances), e.reopened) for e in got] == [(5, False), (6, True)]
+    try:
+        study = generate_uid()
+        for _ in range(3):
+            store.put(ct_copy(study))
+        time.sleep(0.2)  # a pause shorter than the quiet period
+        for _ in range(2):
+            store.put(ct_copy(study))
+        wait_for(lambda: got, 120, "the stable event")
+        assert store.wait_idle(5)
+        assert [(e.study_uid, len(e.instances), e.reopened) for e in got] == [(study, 5, False)]
+        assert all(r.path.is_file() for r in got[0].instances)
+        store.put(ct_copy(study))  # late instance
+        wait_for(lambda: len(got) > 1, 120, "the second stable event")
+        assert store.wait_idle(5)
+        assert [(len(e.instances), e.reopened) for e in got] == [(5, False), (6, True)]
+    finally:
+        store.close()
 
 
 def test_restart_re_emits_studies_never_emitted(tmp_path, db_url):
@@ -206,8 +213,8 @@ def test_restart_re_emits_studies_never_emitted(tmp_path, db_url):
     s2.subscribe(got.append)
     s2.start()
     try:
+        wait_for(lambda: got, 120, "the re-emitted stable event")
         assert s2.wait_idle(5)
-        time.sleep(0.1)
         assert [(e.study_uid, len(e.instances)) for e in got] == [(study, 1)]
     finally:
         s2.close()
@@ -224,8 +231,10 @@ def test_restart_re_emits_studies_never_emitted(tmp_path, db_url):
 
 def test_failing_subscriber_does_not_stop_others(store):
     got: list[str] = []
+    bad_calls: list[str] = []
 
-    def bad(_e):
+    def bad(e):
+        bad_calls.append(e.study_uid)
         raise RuntimeError("boom")
 
     store.subscribe(bad)
@@ -234,10 +243,7 @@ def test_failing_subscriber_does_not_stop_others(store):
     store.start()
     study = generate_uid()
     store.put(ct_copy(study))
-    deadline = time.monotonic() + 10
-    while not got and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(1.0)  # several retries of the failing one
+    wait_for(lambda: len(bad_calls) >= 3, 120, "several retries of the failing subscriber")
     assert got == [study]  # the healthy subscriber got it once, retries go only to the failing one
     assert study not in store.stable_studies()  # not complete until every subscriber took it
     assert store.last_error and "boom" in store.last_error

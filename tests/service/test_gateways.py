@@ -24,6 +24,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dicom_io.hooks import HookDir
+from dicom_io.results.series import SR_SERIES_NUMBER
 from harness.commands import labelqa_cmd, labelqa_env
 from service.demo.peers import LocalArchive, free_port
 from service.runtime.jobs import DONE, FAILED, JobStore
@@ -85,6 +87,8 @@ def test_two_gateways_on_one_postgresql_store_once_and_audit_each_study_once(sma
     archive.start()
     data_dir = tmp_path / "shared-data"  # one data dir on shared storage, as several gateways need
     gateways = []
+    # each gateway's first job holds at the job-start hook until both hold one: both audit, by construction
+    hooks = [HookDir(tmp_path / f"hooks{g}", ["job-start"]) for g in range(2)]
     for g in range(2):
         port, api = free_port(), free_port()
         cfg = tmp_path / f"gateway{g}.toml"
@@ -99,7 +103,7 @@ def test_two_gateways_on_one_postgresql_store_once_and_audit_each_study_once(sma
             f'port = {archive.port}\n')
         log = open(tmp_path / f"gateway{g}.log", "wb")  # noqa: SIM115 - closed after Popen
         proc = subprocess.Popen([*labelqa_cmd(), "serve", "--config", str(cfg)], stdout=log, stderr=subprocess.STDOUT,
-                                env=labelqa_env(OMP_NUM_THREADS="1"), start_new_session=True)
+                                env=labelqa_env(OMP_NUM_THREADS="1", **hooks[g].env()), start_new_session=True)
         log.close()
         gateways.append((proc, port))
     engine = make_engine(pg_url)
@@ -141,6 +145,11 @@ def test_two_gateways_on_one_postgresql_store_once_and_audit_each_study_once(sma
             c = jobs.counts()
             return c["queued"] == 0 and c["running"] == 0 and c[DONE] + c[FAILED] + c[NO_ANNOTATIONS] >= len(studies)
 
+        for g, (proc, _) in enumerate(gateways):
+            hooks[g].wait_reached("job-start", 1, timeout=600, alive=lambda g=g, pr=proc: None if pr.poll() is None
+                                  else (tmp_path / f"gateway{g}.log").read_text()[-3000:])
+        for h in hooks:
+            h.release("job-start")
         wait_for(all_final, 1800, "every study audited", step=0.5)
         t_audit = time.perf_counter() - t_send
         done = [j for j in jobs.list(limit=100000) if j.state == DONE]
@@ -164,9 +173,11 @@ def test_two_gateways_on_one_postgresql_store_once_and_audit_each_study_once(sma
         with engine.connect() as c:
             rows = c.execute(select(OutboxItem.state, OutboxItem.attempts)).all()
         assert {(s, a) for s, a in rows} == {("delivered", 1)}, "each result object sent once"
-        srs = [r for r in archive.store.instances() if r.modality == "SR"]
+        srs = [r for r in archive.store.instances() if r.modality == "SR" and r.series_number == SR_SERIES_NUMBER]
         assert sorted(r.path.parent.parent.name for r in srs) == sorted(by_study), "one SR per study in the archive"
     finally:
+        for h in hooks:  # nothing stays held when the test failed half-way
+            h.release("job-start")
         for proc, _ in gateways:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -180,20 +191,9 @@ def test_two_gateways_on_one_postgresql_store_once_and_audit_each_study_once(sma
         engine.dispose()
 
 
-def _rendezvous_read(fifo: Path, timeout: float) -> None:
-    """Wait until the process at the pause point writes into ``fifo`` (it is there)."""
-    got: list[bytes] = []
-    t = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
-    t.start()
-    t.join(timeout)
-    if t.is_alive():
-        fifo.open("wb").close()  # let our own reader go
-        raise AssertionError(f"the process never reached the pause point {fifo.name}")
-
-
 def test_gateway_starting_during_anothers_ingest_loses_no_row_and_declares_nothing_stable(pg_url, tmp_path):
     """Gateway B starts ten times while gateway A ingests (two ``labelqa serve`` on one PostgreSQL, one
-    data dir). B is stopped at a pause point in the middle of its start-up reconciliation while A
+    data dir). B is held at the `reconcile` test hook in the middle of its start-up reconciliation while A
     stores a batch, then B finishes starting while A goes on receiving the same studies.
 
     A's quiet period is long (nothing of A's is due during the test) and B's short, so that B
@@ -207,11 +207,7 @@ def test_gateway_starting_during_anothers_ingest_loses_no_row_and_declares_nothi
     from tests.dicom_io.test_listener import make_ct_series, storescu
 
     data_dir = tmp_path / "shared-data"
-    pause = tmp_path / "pause"
-    pause.mkdir()
-    paused, resume = pause / "reconcile.paused", pause / "reconcile.resume"
-    os.mkfifo(paused)
-    os.mkfifo(resume)
+    hooks = HookDir(tmp_path / "hooks", ["reconcile"])
 
     def config(name: str, port: int, stable_after_s: float) -> Path:
         cfg = tmp_path / f"{name}.toml"
@@ -256,10 +252,12 @@ def test_gateway_starting_during_anothers_ingest_loses_no_row_and_declares_nothi
                 return len(files)
 
             sent += send(batches[0])
-            b = serve("b", cfg_b, LABELQA_TEST_PAUSE=str(pause))
-            _rendezvous_read(paused, 180)  # B is in the middle of its reconciliation: A ingests now
-            sent += send(batches[1] + other)
-            resume.write_bytes(b"1")
+            k = hooks.arrivals("reconcile") + 1
+            b = serve("b", cfg_b, **hooks.env())
+            hooks.wait_reached("reconcile", k, 180,
+                               alive=lambda p=b: "gateway B exited" if p.poll() is not None else None)
+            sent += send(batches[1] + other)  # B is in the middle of its reconciliation: A ingests now
+            hooks.release("reconcile", k)
             log_b = tmp_path / "b.log"
 
             def up(proc: subprocess.Popen = b, log: Path = log_b, starts: int = cycle + 1) -> bool:

@@ -12,6 +12,7 @@ import pytest
 from dicom_io.db import make_engine
 from service.runtime.executor import InProcessExecutor, Outcome
 from service.runtime.jobs import DONE, FAILED, QUEUED, RUNNING, SUPERSEDED, JobStore, owner_id
+from tests.conftest import wait_for
 
 
 @pytest.fixture
@@ -63,12 +64,11 @@ def test_concurrent_claims_from_threads_never_share_a_job(url):
 
 
 def test_expired_lease_is_requeued_and_finish_by_old_owner_is_refused(url):
-    js = JobStore(make_engine(url), lease_s=0.2)
+    js = JobStore(make_engine(url), lease_s=60)
     j = js.enqueue("1.2.3")
     js.claim("w1")
     assert js.requeue_stale() == []  # lease still valid
-    time.sleep(0.3)
-    assert js.requeue_stale() == [j.id]
+    assert js.requeue_stale(now=time.time() + 61) == [j.id]  # the sweep a minute later
     again = js.claim("w2")
     assert again.id == j.id and again.attempts == 2
     assert not js.finish(j.id, "w1", DONE), "the old owner lost its lease"
@@ -88,12 +88,11 @@ def test_startup_requeues_jobs_of_a_dead_local_process(url):
 
 
 def test_too_many_attempts_fail_with_reason(url):
-    js = JobStore(make_engine(url), lease_s=0.01, max_attempts=2)
+    js = JobStore(make_engine(url), lease_s=60, max_attempts=2)
     j = js.enqueue("1.2.3")
     for _ in range(2):
         js.claim("w")
-        time.sleep(0.02)
-        js.requeue_stale()
+        js.requeue_stale(now=time.time() + 61)  # each lease has run out
     job = js.get(j.id)
     assert job.state == FAILED and "2 attempts" in job.reason
 
@@ -132,9 +131,7 @@ def test_executor_runs_each_job_once_and_keeps_models_warm(url):
         ex.notify()
     js.enqueue("1.2.bad")
     ex.notify()
-    deadline = time.time() + 20
-    while js.pending() and time.time() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: not js.pending(), 60, "every job run")
     ex.stop()
     assert sorted(loads) == [0, 1]
     assert sorted(runs) == sorted([f"1.2.{i}" for i in range(6)] + ["1.2.bad"])

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
@@ -20,6 +19,8 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from dicom_io.db import make_engine
+from dicom_io.hooks import HookDir
+from dicom_io.results.series import SR_SERIES_NUMBER
 from harness.commands import labelqa_cmd, labelqa_env
 from service.demo import send_studies
 from service.demo.dicomize import dicomize
@@ -87,27 +88,30 @@ def test_late_instance_reruns_and_own_results_do_not(small_demo, tmp_path):
         send_studies(first, "127.0.0.1", port, "LABELQA")
         j1 = _wait(lambda: jobs.latest_for_study(study, (DONE,)), 120, "first audit")
         assert j1.n_samples == 1
-        sr1 = [o["sop_instance_uid"] for o in j1.result["outputs"] if o["modality"] == "SR"]
-        assert len(sr1) == 1
+        sr1 = j1.result["report_uid"]
+        assert sr1 in {o["sop_instance_uid"] for o in j1.result["outputs"] if o["modality"] == "SR"}
 
         # A late instance (a second annotated image) re-opens the study: audit again, supersede.
         send_studies(late, "127.0.0.1", port, "LABELQA")
         j2 = _wait(lambda: (j := jobs.latest_for_study(study, (DONE,))) and j.id != j1.id and j, 120, "re-audit")
         assert j2.n_samples == 2 and j2.trigger == "reopened"
         assert jobs.get(j1.id).superseded_by == j2.id
-        sr2 = [o["sop_instance_uid"] for o in j2.result["outputs"] if o["modality"] == "SR"]
-        assert len(sr2) == 1 and sr2 != sr1, "changed results get new UIDs"
+        sr2 = j2.result["report_uid"]
+        assert sr2 in {o["sop_instance_uid"] for o in j2.result["outputs"]} and sr2 != sr1, \
+            "changed results get new UIDs"
 
         # The results echoed back (a PACS routing the whole study again) do not start an audit.
         n_jobs = len(jobs.list(study_uid=study))
+        n_stable = _stable_events(svc.store, study)
         echo = tmp_path / "echo"
         echo.mkdir()
         for o in j2.result["outputs"]:
             (echo / Path(o["path"]).name).write_bytes(Path(o["path"]).read_bytes())
         send_studies(echo, "127.0.0.1", port, "LABELQA")
         _wait(lambda: svc.store.instances(study) and len(svc.store.instances(study)) == 4 + len(j2.result["outputs"]),
-              30, "echo stored")
-        time.sleep(2.0)  # > quiet period: the stable event has been handled
+              180, "echo stored")
+        # the store records a study stable only after every subscriber (the pipeline) took the event
+        _wait(lambda: _stable_events(svc.store, study) > n_stable, 180, "the echo's stable event handled")
         assert len(jobs.list(study_uid=study)) == n_jobs
 
         # A re-run through the API with nothing changed gives identical result UIDs.
@@ -120,7 +124,7 @@ def test_late_instance_reruns_and_own_results_do_not(small_demo, tmp_path):
         assert body["result_job_id"] == j3.id and len(body["verdicts"]) == 2
 
         # Delivered to the archive: the SR of every audit, in the audited study.
-        _wait(lambda: audit.outbox.counts().get("pending", 0) == 0, 60, "delivery")
+        _wait(lambda: audit.outbox.counts().get("pending", 0) == 0, 180, "delivery")
         got = {r.sop_instance_uid for r in archive.store.instances(study)}
         assert set(sr1) | set(sr2) <= got
 
@@ -133,7 +137,7 @@ def test_late_instance_reruns_and_own_results_do_not(small_demo, tmp_path):
         import pydicom
 
         ct_study = str(pydicom.dcmread(ct, stop_before_pixels=True).StudyInstanceUID)
-        j = _wait(lambda: jobs.latest_for_study(ct_study), 30, "no-annotation record")
+        j = _wait(lambda: jobs.latest_for_study(ct_study), 180, "no-annotation record")
         assert j.state == NO_ANNOTATIONS and "no SEG or SR" in j.reason
         health = httpx.get(f"http://127.0.0.1:{s.api.port}/health", timeout=10).json()
         assert health["status"] == "ok", health
@@ -163,13 +167,17 @@ def test_kill_during_job_then_restart_completes_exactly_once(small_demo, tmp_pat
         f'[[outbox.destinations]]\nname = "archive"\nae_title = "ARCHIVE"\nhost = "127.0.0.1"\nport = {archive.port}\n'
     )
     log_path = tmp_path / "serve.log"
+    hooks = HookDir(tmp_path / "hooks", ["job-start"])
 
-    def serve() -> subprocess.Popen:
+    def serve(**env: str) -> subprocess.Popen:
         log = open(log_path, "a")  # noqa: SIM115 - closed right after Popen
         p = subprocess.Popen([*labelqa_cmd(), "serve", "--config", str(cfg)], stdout=log, stderr=subprocess.STDOUT,
-                             env=labelqa_env(), start_new_session=True)
+                             env=labelqa_env(**env), start_new_session=True)
         log.close()
         return p
+
+    def exited() -> str | None:
+        return None if proc.poll() is None else f"serve exited {proc.returncode}: {log_path.read_text()[-3000:]}"
 
     jobs = JobStore(make_engine(s.store.resolved_database_url()))
     studies = sorted({r["study_uid"] for r in small_demo.data.manifest})[:4]
@@ -178,17 +186,17 @@ def test_kill_during_job_then_restart_completes_exactly_once(small_demo, tmp_pat
         (src / uid).mkdir(parents=True)
         for f in (small_demo.data.studies_dir / uid).glob("*.dcm"):
             (src / uid / f.name).write_bytes(f.read_bytes())
-    proc = serve()
+    proc = serve(**hooks.env())  # its first job holds at the job-start hook: claimed, running, not audited
     try:
-        _wait(lambda: _listening(s.listener.port), 60, "listener")
+        _wait(lambda: _listening(s.listener.port), 180, "listener")
         send_studies(src, "127.0.0.1", s.listener.port, "LABELQA")
-        running = _wait(lambda: [j for j in jobs.list(state=RUNNING)], 120, "a running job", step=0.02)
+        hooks.wait_reached("job-start", 1, timeout=600, alive=exited)
+        (killed,) = jobs.list(state=RUNNING)  # one worker: the job held in the middle
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
-        killed = running[0]
         assert jobs.get(killed.id).state == RUNNING  # left behind by the dead process
 
-        proc = serve()
+        proc = serve()  # no hooks: runs through
         _wait(lambda: all((j := jobs.latest_for_study(u)) and j.state == DONE for u in studies), 180,
               "every study audited after the restart")
         assert jobs.get(killed.id).state == DONE and jobs.get(killed.id).attempts == 2
@@ -198,7 +206,8 @@ def test_kill_during_job_then_restart_completes_exactly_once(small_demo, tmp_pat
             srs = [p for p in (Path(s.store.data_dir) / "results" / uid).glob("*.dcm")]
             outputs = done[0].id and jobs.get(done[0].id).result["outputs"]
             assert len(srs) == len(outputs)
-        _wait(lambda: all(sum(r.modality == "SR" for r in archive.store.instances(u)) == 1 for u in studies), 60,
+        _wait(lambda: all(sum(r.modality == "SR" and r.series_number == SR_SERIES_NUMBER
+                                    for r in archive.store.instances(u)) == 1 for u in studies), 180,
               "one SR per study delivered")
     finally:
         if proc.poll() is None:
@@ -209,6 +218,10 @@ def test_kill_during_job_then_restart_completes_exactly_once(small_demo, tmp_pat
                 proc.kill()
                 proc.wait()
         archive.stop()
+
+
+def _stable_events(store, study: str) -> int:
+    return sum(e["study_uid"] == study for e in store.events("stable"))
 
 
 def _listening(port: int) -> bool:
