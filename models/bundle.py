@@ -298,6 +298,10 @@ def load_bundle(path: str | Path) -> Bundle:
 
     path = Path(path)
     meta = read_bundle_meta(path)
+    if meta.get("task") == "segmentation" and meta.get("dims") == 3:  # 3-D segmenters: models.volume.bundle
+        from models.volume.bundle import load_volume_bundle
+
+        return load_volume_bundle(path)  # type: ignore[return-value]
     if meta.get("task") == "segmentation":  # segmenters: models.seg.bundle (callers branch on .meta["task"])
         from models.seg.bundle import load_seg_bundle
 
