@@ -46,6 +46,9 @@ RayOpt = typer.Option(
     help="Run the cross-fit fits as Ray tasks on this cluster (HOST:PORT of the head, ray://..., or auto), one GPU "
          "each when the cluster has GPUs; default: here, one after another.")
 TaskOpt = typer.Option("labels", "--task", help="labels (class labels) or segmentation (DIR/images + DIR/masks).")
+DimsOpt = typer.Option(None, "--dims", help="--task segmentation: 2 (images) or 3 (volumes: NIfTI/NRRD/MHA, "
+                       "imagesTr/ + labelsTr/ + dataset.json or images/ + masks/); default 3 for volumes, else 2.")
+PatchOpt = typer.Option(None, "--patch", help="--dims 3: patch size, one edge or slices,rows,columns (default 24).")
 SEG_DEFAULT_SIZE, SEG_DEFAULT_EPOCHS = 64, 20
 
 
@@ -104,11 +107,21 @@ def evaluate(
     budgets: str = typer.Option("0.05,0.1,0.2", "--budgets", help="--retrain: review budgets, fractions of the "
                                 "training set."),
     test_fraction: float = typer.Option(0.25, "--test-fraction", help="--retrain: clean held-out test split."),
+    dims: int | None = DimsOpt,
+    patch: str | None = PatchOpt,
 ) -> None:
     """Corrupt labels (or masks), fit the ensemble, score, compare with baselines; write DIR/results.json.
 
     With --retrain: the review loop closed offline (models/retrain.py); DIR/retrain.json."""
     _setup(threads)
+    if task == "segmentation" and _volumes(dims, dataset):
+        from service.cli_volume import evaluate_volumes_cmd, parse_patch
+
+        evaluate_volumes_cmd(dataset, out, noise_rate=noise_rate, seed=seed, folds=_vol_folds(folds),
+                             archs=_vol_archs(archs), epochs=epochs, batch_size=_given(batch_size, BatchOpt),
+                             lr=_given(lr, LrOpt), patch=parse_patch(patch), device=device, progress=progress,
+                             map_fn=_ray_map(ray, progress))
+        return
     if task == "segmentation":
         _evaluate_seg(dataset, out, noise_rate, seed, folds, image_size, archs, epochs, batch_size, lr, device,
                       progress)
@@ -204,9 +217,19 @@ def train(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     ray: str | None = RayOpt,
     task: str = TaskOpt,
+    dims: int | None = DimsOpt,
+    patch: str | None = PatchOpt,
 ) -> None:
     """Fit the ensemble on annotated data (labels, or masks with --task segmentation) and write a model bundle."""
     _setup(threads)
+    if task == "segmentation" and _volumes(dims, dataset):
+        from service.cli_volume import parse_patch, train_volumes_cmd
+
+        train_volumes_cmd(dataset, out, archs=_vol_archs(archs), folds=_vol_folds(folds), epochs=epochs, seed=seed,
+                          mode=mode, device=device, batch_size=_given(batch_size, BatchOpt), lr=_given(lr, LrOpt),
+                          patch=parse_patch(patch), verdicts=verdicts, progress=progress,
+                          map_fn=_ray_map(ray, progress))
+        return
     if task == "segmentation":
         from models.data import DatasetError
         from models.seg.bundle import train_seg_bundle
@@ -255,6 +278,7 @@ def audit(
              "class has >= min_class_size (100) labels, else the bundle's), bundle, or batch. DICOM audits "
              "always use the bundle's cut, the one their SR records."),
     threads: int = ThreadsOpt,
+    dims: int | None = DimsOpt,
 ) -> None:
     """Score new data with a bundle: per-sample verdicts (its members never saw these samples)."""
     _setup(threads)
@@ -275,6 +299,13 @@ def audit(
     from models.bundle import BundleError, audit_dataset
     from models.data import DatasetError
 
+    if _bundle_task(bundle) == "segmentation" and (_bundle_dims(bundle) == 3 or dims == 3):
+        if _bundle_dims(bundle) != 3:
+            _fail(f"--dims 3 needs a 3-D segmentation bundle; {bundle} is a 2-D one")
+        from service.cli_volume import audit_volumes_cmd
+
+        audit_volumes_cmd(bundle, dataset, out, device=device)  # type: ignore[arg-type]
+        return
     if _bundle_task(bundle) == "segmentation":
         from models.seg.bundle import audit_seg_dataset
 
@@ -299,6 +330,37 @@ def _bundle_task(bundle: Path) -> str:
     except (OSError, ValueError):
         return "labels"
     return "segmentation" if isinstance(meta, dict) and meta.get("task") == "segmentation" else "labels"
+
+
+def _bundle_dims(bundle: Path) -> int:
+    """3 for a 3-D segmentation bundle, else 2 (errors are left to the loader)."""
+    try:
+        meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    except (OSError, ValueError):
+        return 2
+    return 3 if isinstance(meta, dict) and meta.get("dims") == 3 else 2
+
+
+def _volumes(dims: int | None, dataset: Path | None) -> bool:
+    """--task segmentation: whether the volume branch (service.cli_volume) runs."""
+    from service.cli_volume import resolve_dims
+
+    return resolve_dims(dims, dataset) == 3
+
+
+def _vol_folds(folds: int) -> int:
+    from service.cli_volume import VOLUME_DEFAULT_FOLDS
+
+    return VOLUME_DEFAULT_FOLDS if folds == FoldsOpt.default else folds
+
+
+def _vol_archs(archs: str) -> tuple[str, ...] | None:
+    return None if archs == ArchsOpt.default else tuple(a.strip() for a in archs.split(",") if a.strip())
+
+
+def _given(value, option):
+    """The option's value when the user gave one, else None (the volume defaults apply)."""
+    return None if value == option.default else value
 
 
 def register(app: typer.Typer) -> None:

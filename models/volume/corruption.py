@@ -175,27 +175,29 @@ def _applicable_binary(b: np.ndarray, op: str) -> bool:
 
 def _blob(shape: tuple[int, ...], spacing: Spacing, volume_mm3: float, avoid: np.ndarray,
           rng: np.random.Generator) -> np.ndarray:
-    from scipy.ndimage import binary_dilation
+    """An ellipsoid of about ``MIN_CHANGE x volume_mm3`` (at least 8% of the grid's extent) centred where it
+    keeps clear of ``avoid`` (grown by two voxels) and of the grid's border; smaller where there is no room."""
+    from scipy.ndimage import binary_dilation, distance_transform_edt
 
     ext_mm = [n * s for n, s in zip(shape, spacing, strict=True)]
     r = max(np.cbrt(3 * MIN_CHANGE * max(volume_mm3, 1.0) / (4 * np.pi)) * rng.uniform(1.0, 1.3),
             0.08 * min(ext_mm), 1.5 * max(spacing))
     r = min(r, 0.3 * max(ext_mm))
     near = binary_dilation(avoid, structure=_CONN, iterations=2) if avoid.any() else avoid
-    best = None
+    room = distance_transform_edt(~near, sampling=spacing) if near.any() else np.full(shape, np.inf)
     zz, yy, xx = np.ogrid[:shape[0], :shape[1], :shape[2]]
-    for _ in range(40):
-        radii = [max(r * rng.uniform(0.75, 1.25), 0.75 * s) for s in spacing]
-        c = [rng.uniform(0, n) for n in shape]
-        e = (((zz - c[0]) * spacing[0] / radii[0]) ** 2 + ((yy - c[1]) * spacing[1] / radii[1]) ** 2
-             + ((xx - c[2]) * spacing[2] / radii[2]) ** 2) <= 1.0
-        if not e.any():
-            continue
-        if not np.any(e & near):
-            return e
-        if best is None or (e & ~near).sum() > (best & ~near).sum():
-            best = e
-    return (best if best is not None else np.zeros(shape, bool)) & ~near
+    for g, n, s in zip((zz, yy, xx), shape, spacing, strict=True):  # keep inside the grid too
+        room = np.minimum(room, np.minimum(g + 1, n - g) * s)
+    ok = np.flatnonzero(room.ravel() >= r)
+    if len(ok):
+        centre = np.unravel_index(int(ok[int(rng.integers(len(ok)))]), shape)
+    else:
+        centre = np.unravel_index(int(np.argmax(room)), shape)
+        r = max(float(room[centre]), 0.75 * max(spacing))
+    radii = [r * rng.uniform(0.8, 1.0) for _ in spacing]
+    e = (((zz - centre[0]) * spacing[0] / radii[0]) ** 2 + ((yy - centre[1]) * spacing[1] / radii[1]) ** 2
+         + ((xx - centre[2]) * spacing[2] / radii[2]) ** 2) <= 1.0
+    return e & ~near
 
 
 def corrupt_binary(b: np.ndarray, op: str, rng: np.random.Generator, spacing: Spacing = (1.0, 1.0, 1.0),

@@ -71,8 +71,10 @@ class VolumeDetectorConfig:
     min_region_frac: float = 0.02
     """Difference components below max(min_region_voxels, this share of the segment) are boundary noise."""
     max_regions: int = 10
-    shift_gain: float = 0.2
-    """A shift explains a mask when shifting it raises its Dice with the consensus by at least this."""
+    shift_gain: float = 0.1
+    shift_share: float = 0.5
+    """A shift explains a mask (Dice with the consensus below 0.9) when moving it by the centroids' offset
+    raises that Dice by at least ``shift_gain`` and by ``shift_share`` of what it lacks (1 - Dice)."""
     slice_frac: float = 0.1
     """A slice holds a structure when its area there is at least this share of its largest slice."""
     margin_frac: float = 0.5
@@ -359,15 +361,16 @@ def unit_features(member_masks: np.ndarray, pbar: np.ndarray, cons: np.ndarray, 
 
 
 def _best_shift(g: np.ndarray, c: np.ndarray) -> tuple[float, tuple[int, int, int]]:
-    """Dice gain of moving ``g`` onto ``c`` by the shift of their centroids (and its in-plane / across-slices parts)."""
+    """Dice gain of moving ``g`` onto ``c``: the offset of their centroids, its in-plane and across-slices parts,
+    and their neighbours within one voxel (a moved mask may have lost voxels, which biases its centroid)."""
     d0 = _dice(g, c)
     cg = np.array(np.nonzero(g)).mean(1)
     cc = np.array(np.nonzero(c)).mean(1)
     d = np.rint(cc - cg).astype(int)
+    starts = {(int(d[0]), int(d[1]), int(d[2])), (int(d[0]), 0, 0), (0, int(d[1]), int(d[2]))}
+    cands = {(a + i, b + j, e + k) for a, b, e in starts for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)}
     best, best_d = 0.0, (0, 0, 0)
-    for cand in {(int(d[0]), int(d[1]), int(d[2])), (int(d[0]), 0, 0), (0, int(d[1]), int(d[2]))}:
-        if cand == (0, 0, 0):
-            continue
+    for cand in sorted(cands - {(0, 0, 0)}):
         gain = _dice(shift_mask(g, cand), c) - d0
         if gain > best:
             best, best_d = gain, cand
@@ -393,9 +396,10 @@ def volume_regions(given: np.ndarray, consensus: np.ndarray, geometry: Geometry,
     size = max(int(g.sum()), int(c.sum()))
     min_vox = max(cfg.min_region_voxels, int(np.ceil(cfg.min_region_frac * size)))
     shift_kind: MaskErrorKind | None = None
-    if g.sum() >= min_vox and c.sum() >= min_vox and _dice(g, c) < 0.8:
+    d0 = _dice(g, c)
+    if g.sum() >= min_vox and c.sum() >= min_vox and d0 < 0.9:
         gain, (dz, dy, dx) = _best_shift(g, c)
-        if gain >= cfg.shift_gain:
+        if gain >= max(cfg.shift_gain, cfg.shift_share * (1.0 - d0)):
             sz, sy, sx = geometry.spacing
             shift_kind = MaskErrorKind.SHIFTED_SLICES if abs(dz) * sz > np.hypot(dy * sy, dx * sx) \
                 else MaskErrorKind.SHIFTED

@@ -6,7 +6,8 @@ model spacing). Every (member, fold) fit is one :class:`VolumeFitTask`, a pickla
 ``map`` by default; Ray through ``service.executor_ray.ray_map``) and collects the out-of-fold
 probabilities: with K folds every case is predicted by members that never saw any voxel of it
 (nor, with ``groups``, any case of its group). Training: patches drawn by MONAI's
-``RandCropByPosNegLabeld`` (foreground-centred with probability ``pos_fraction``), Dice + BCE on one
+``RandCropByLabelClassesd``, centred on a segment with probability ``pos_fraction`` (each segment
+alike, so a small one is seen as often as a large one) and on background otherwise; Dice + BCE on one
 sigmoid channel per segment, AdamW with a one-cycle schedule, a mild intensity scale and shift.
 Inference: ``monai.inferers.sliding_window_inference`` (Gaussian blending) slab by slab, stored as
 :class:`~models.volume.probs.CaseProbs`. Seeded, so a CPU fit is reproducible.
@@ -48,7 +49,7 @@ class VolumeTrainConfig:
     patch: tuple[int, int, int] = (24, 24, 24)
     """Patch (slices, rows, columns) on the model grid; each edge a multiple of the members' down-sampling."""
     pos_fraction: float = 2 / 3
-    """Share of patches centred on a foreground voxel (``RandCropByPosNegLabeld`` pos / (pos + neg))."""
+    """Share of patches centred on a segment's voxel (split evenly over the segments), the rest on background."""
     lr: float = 5e-3
     weight_decay: float = 1e-4
     augment: bool = True
@@ -180,8 +181,7 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 def run_volume_fit_task(task: VolumeFitTask) -> VolumeMemberResult:
     """Train one 3-D member from scratch on patches and predict its held-out cases (deterministic in the seed)."""
     from monai.losses import DiceLoss
-    from monai.transforms import RandCropByPosNegLabeld
-    from monai.transforms.utils import map_binary_to_indices
+    from monai.transforms import RandCropByLabelClassesd
 
     from models.train import resolve_device
 
@@ -191,16 +191,17 @@ def run_volume_fit_task(task: VolumeFitTask) -> VolumeMemberResult:
     torch.manual_seed(task.seed)
     model = build_volume_segmenter(task.arch, task.n_classes).to(dev)
     gen = torch.Generator().manual_seed(task.seed + 1)
-    pos = cfg.pos_fraction
-    crop = RandCropByPosNegLabeld(keys=["image", "label"], label_key="label", spatial_size=cfg.patch, pos=pos,
-                                  neg=1.0 - pos, num_samples=1, fg_indices_key="fg", bg_indices_key="bg")
+    k = task.n_classes
+    ratios = [1.0 - cfg.pos_fraction] + [cfg.pos_fraction / k] * k  # background, then each segment alike
+    crop = RandCropByLabelClassesd(keys=["image", "label"], label_key="label", spatial_size=cfg.patch, ratios=ratios,
+                                   num_classes=k + 1, num_samples=1, indices_key="idx", warn=False)
     crop.set_random_state(task.seed + 2)
     samples = []
     for i in task.train_idx:
         img = pad_to(task.data.images[i][None], cfg.patch)
-        lab = pad_to(task.data.targets[i].astype(np.float32), cfg.patch)
-        fg, bg = map_binary_to_indices(lab.any(0, keepdims=True), None, 0.0)
-        samples.append({"image": img, "label": lab, "fg": fg, "bg": bg})
+        lab = pad_to(task.data.targets[i], cfg.patch)
+        idx = [np.flatnonzero(~lab.any(0))] + [np.flatnonzero(lab[c]) for c in range(k)]
+        samples.append({"image": img, "label": lab.astype(np.float32), "idx": idx})
     n = len(samples)
     bs = max(2, min(cfg.batch_size, n))
     steps_per_epoch = max(cfg.min_steps_per_epoch, math.ceil(n / bs))
