@@ -81,6 +81,8 @@ class VolumeDetectorConfig:
     margin_min: int = 4
     """A segment's box: the given mask and the members' support, grown by this share of its extent (>= voxels)."""
     key_slices: int = 3
+    sim_max_voxels: int = 1_000_000
+    """The simulated wrong masks of a larger box are made on every f-th voxel (f per axis) to keep them cheap."""
     predictor_alpha: float = 1e-3
     error_prior_min: float = 0.02
     """The share of errors the predictor assumes is at least this (the cut may estimate none)."""
@@ -538,27 +540,8 @@ def _score_unit(i: int, c: int, probs: CaseProbs, given: GivenMasks, geometry: G
     sims_d: list[float] = []
     if simulate:
         rng = np.random.default_rng(cfg.seg.seed * 1_000_003 + 7_919 * i + c)
-        free_c = ~oc if oc is not None else None
-        for op in BINARY_OPS:  # the cut: wrong masks made from the consensus
-            wm = corrupt_binary(cons, op, rng, geometry.spacing, free=free_c)
-            if wm is not None:
-                d = (2.0 * float((cons & wm).sum()) + smooth) / (float(cons.sum()) + float(wm.sum()) + smooth)
-                sims_s.append((1.0 - d) / (dis + cfg.seg.eps))
-        if oc is not None and oc.any():
-            wm = cons | oc
-            if np.any(wm != cons):
-                d = (2.0 * float((cons & wm).sum()) + smooth) / (float(cons.sum()) + float(wm.sum()) + smooth)
-                sims_s.append((1.0 - d) / (dis + cfg.seg.eps))
-        free_g = ~og if og is not None else None
-        for op in BINARY_OPS:  # the Dice predictor: wrong masks made from the given one
-            wm = corrupt_binary(g, op, rng, geometry.spacing, free=free_g)
-            if wm is not None:
-                sims_f.append(unit_features(mm, pbar, cons, wm, ag_d, ag_p, smooth))
-                sims_d.append(_dice(wm, g))
-        if og is not None and og.any() and g.any():
-            wm = g | og
-            sims_f.append(unit_features(mm, pbar, cons, wm, ag_d, ag_p, smooth))
-            sims_d.append(_dice(wm, g))
+        sims_s, sims_f, sims_d = _simulate(mm, pbar, cons, g, oc, og, geometry.spacing, dis, ag_d, ag_p, smooth, rng,
+                                           cfg)
     vox = geometry.voxel_mm3
     numbers = {"suspicion": susp, "mask_dice": md, "member_disagreement": dis, "dice_members": dice_m,
                "dice_consensus": _dice(cons, g), "dice_mean_prob": _soft_dice(pbar, g, smooth),
@@ -577,6 +560,43 @@ def _score_unit(i: int, c: int, probs: CaseProbs, given: GivenMasks, geometry: G
         consensus_slices=(int(cz[0]) + box[0], int(cz[-1]) + box[0]) if len(cz) else None,
         key_slices=key, regions=regions, roi=box, consensus=cons if keep_arrays else None)
     return _Unit(numbers, feats, sims_s, sims_f, sims_d, v)
+
+
+def _simulate(mm: np.ndarray, pbar: np.ndarray, cons: np.ndarray, g: np.ndarray, oc: np.ndarray | None,
+              og: np.ndarray | None, spacing: Spacing, dis: float, ag_d: float, ag_p: float, smooth: float,
+              rng: np.random.Generator, cfg: VolumeDetectorConfig) -> tuple[list[float], list[np.ndarray], list[float]]:
+    """Wrong masks for one unit: the consensus corrupted by every operation (their suspicion, for the cut) and
+    the given mask corrupted likewise (their features and Dice with it, for the Dice predictor). A box above
+    ``sim_max_voxels`` is subsampled (every f-th voxel per axis) first: the numbers are ratios of volumes."""
+    f = int(np.ceil((cons.size / cfg.sim_max_voxels) ** (1 / 3))) if cons.size > cfg.sim_max_voxels else 1
+    if f > 1:
+        sub = (slice(None, None, f),) * 3
+        mm, pbar, cons, g = mm[(slice(None),) + sub], pbar[sub], cons[sub], g[sub]
+        oc = None if oc is None else oc[sub]
+        og = None if og is None else og[sub]
+        spacing = (spacing[0] * f, spacing[1] * f, spacing[2] * f)
+        smooth = max(1.0, smooth / f**3)
+
+    def dice_s(a: np.ndarray, b: np.ndarray) -> float:
+        return (2.0 * float((a & b).sum()) + smooth) / (float(a.sum()) + float(b.sum()) + smooth)
+
+    sims_s: list[float] = []
+    sims_f: list[np.ndarray] = []
+    sims_d: list[float] = []
+    wrong = [corrupt_binary(cons, op, rng, spacing, free=None if oc is None else ~oc) for op in BINARY_OPS]
+    if oc is not None and oc.any():
+        wrong.append(cons | oc)  # another segment's structure added: the wrong segment type
+    for wm in wrong:
+        if wm is not None and np.any(wm != cons):
+            sims_s.append((1.0 - dice_s(cons, wm)) / (dis + cfg.seg.eps))
+    wrong = [corrupt_binary(g, op, rng, spacing, free=None if og is None else ~og) for op in BINARY_OPS]
+    if og is not None and og.any() and g.any():
+        wrong.append(g | og)
+    for wm in wrong:
+        if wm is not None and np.any(wm != g):
+            sims_f.append(unit_features(mm, pbar, cons, wm, ag_d, ag_p, smooth))
+            sims_d.append(_dice(wm, g))
+    return sims_s, sims_f, sims_d
 
 
 def _label_map_given(labels: list[np.ndarray]) -> GivenMasks:
