@@ -43,7 +43,8 @@ def _segresnet(k: int, f: int, levels: int) -> nn.Module:
     from monai.networks.nets import SegResNet
 
     return SegResNet(spatial_dims=3, in_channels=1, out_channels=k, init_filters=f, blocks_down=(1,) * levels,
-                     blocks_up=(1,) * (levels - 1), norm=("group", {"num_groups": min(4, f)}))
+                     blocks_up=(1,) * (levels - 1), norm=("group", {"num_groups": min(4, f)}))  # 4 filters, groups of
+    # one: the smaller synthetic segment stayed at Dice 0 in 1 of 3 folds (twice); 8 filters, groups of two: never
 
 
 def _attention(k: int, ch: tuple[int, ...]) -> nn.Module:
@@ -63,8 +64,8 @@ def _dynunet(k: int, f: tuple[int, ...]) -> nn.Module:
 VOLUME_ARCHITECTURES: dict[str, VolumeMemberSpec] = {s.name: s for s in [
     VolumeMemberSpec("unet3d-tiny", "unet", lambda k: _unet(k, (8, 16, 32, 64)), 8,
                      "MONAI UNet 3-D, residual units, batch norm, 8-64 channels"),
-    VolumeMemberSpec("segresnet3d-tiny", "segresnet", lambda k: _segresnet(k, 4, 4), 8,
-                     "MONAI SegResNet 3-D, 4 initial filters, one block per level"),
+    VolumeMemberSpec("segresnet3d-tiny", "segresnet", lambda k: _segresnet(k, 8, 4), 8,
+                     "MONAI SegResNet 3-D, 8 initial filters (groups of 2), one block per level"),
     VolumeMemberSpec("attentionunet3d-tiny", "attentionunet", lambda k: _attention(k, (4, 8, 16, 32)), 8,
                      "MONAI AttentionUnet 3-D, attention gates, 4-32 channels"),
     VolumeMemberSpec("dynunet3d-tiny", "dynunet", lambda k: _dynunet(k, (4, 8, 16, 32)), 8,
