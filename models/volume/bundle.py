@@ -22,7 +22,14 @@ import numpy as np
 from models.bundle import BUNDLE_FORMAT, BundleError, _content_hash, _sha256, member_file, read_bundle_meta
 from models.seg.detector import SegThresholds
 from models.volume.data import Geometry, Spacing, VolumeDataset
-from models.volume.detector import DicePredictor, VolumeDetectorConfig, VolumeScores, VolumeVerdict, score_volumes
+from models.volume.detector import (
+    DicePredictor,
+    GivenMasks,
+    VolumeDetectorConfig,
+    VolumeScores,
+    VolumeVerdict,
+    score_volumes,
+)
 from models.volume.ensemble import DEFAULT_VOLUME_ARCHS, VOLUME_ARCHITECTURES, build_volume_segmenter
 from models.volume.probs import CaseProbs
 from models.volume.train import VolumeTrainConfig
@@ -104,7 +111,7 @@ class VolumeBundle:
                 raise ValueError(f"volume {i}: expected (slices, rows, columns), got {vol.shape}")
             masks = self._masks(i, vol.shape, g, k)
             probs = self.predict(vol, geos[i], device=device)
-            sc = score_volumes([probs], lambda _i, c, masks=masks: masks[c], [geos[i]], class_names=self.class_names,
+            sc = score_volumes([probs], masks, [geos[i]], class_names=self.class_names,
                                archs=self.archs, thresholds=self.thresholds, predictor=self.predictor,
                                cfg=self.detector, keep_arrays=keep_arrays)
             for v in sc.verdicts:
@@ -112,25 +119,24 @@ class VolumeBundle:
             out.append(sc.verdicts)
         return out
 
-    def _masks(self, i: int, shape: tuple[int, ...], g: dict[str, np.ndarray] | np.ndarray, k: int) -> list[np.ndarray]:
+    def _masks(self, i: int, shape: tuple[int, ...], g: dict[str, np.ndarray] | np.ndarray, k: int) -> GivenMasks:
+        """The given masks checked and read on demand (a label map is compared per segment when scored)."""
         if isinstance(g, dict):
             unknown = sorted(set(g) - set(self.class_names))
             if unknown:
                 raise ValueError(f"volume {i}: segments {unknown} are not in the bundle's vocabulary "
                                  f"{self.class_names}")
-            masks = []
-            for name in self.class_names:
-                m = np.asarray(g.get(name, np.zeros(shape, bool)), bool)
-                if m.shape != shape:
-                    raise ValueError(f"volume {i}: mask {name!r} is {m.shape}, the volume {shape}")
-                masks.append(m)
-            return masks
+            for name, m in g.items():
+                if np.shape(m) != shape:
+                    raise ValueError(f"volume {i}: mask {name!r} is {np.shape(m)}, the volume {shape}")
+            names = self.class_names
+            return lambda _i, c: np.asarray(g[names[c]], bool) if names[c] in g else np.zeros(shape, bool)
         lab = np.asarray(g)
         if lab.shape != shape:
             raise ValueError(f"volume {i}: label map {lab.shape}, the volume {shape}")
         if int(lab.max(initial=0)) > k or int(lab.min(initial=0)) < 0:
             raise ValueError(f"volume {i}: label values up to {int(lab.max(initial=0))}, the bundle has {k} segments")
-        return [lab == c for c in range(1, k + 1)]
+        return lambda _i, c: lab == c + 1
 
 
 def load_volume_bundle(path: str | Path) -> VolumeBundle:

@@ -336,16 +336,17 @@ def _surface(preds: list[np.ndarray], given: np.ndarray, spacing: Spacing,
         elif pe:
             both.append(j)
     if both:
-        yp = torch.from_numpy(np.stack([preds[j] for j in both])[:, None].astype(np.float32))
-        yg = torch.from_numpy(np.repeat(given[None, None], len(both), 0).astype(np.float32))
+        yg = torch.from_numpy(given[None, None].astype(np.float32))
         sp = [float(s) for s in spacing]
         tol = cfg.nsd_tolerance_voxels * float(np.mean(spacing))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            hd[both] = compute_hausdorff_distance(yp, yg, include_background=True, percentile=95,
-                                                  spacing=sp).numpy()[:, 0]
-            nsd[both] = compute_surface_dice(yp, yg, class_thresholds=[tol], include_background=True,
-                                             spacing=sp).numpy()[:, 0]
+            for j in both:  # one at a time: a large segment's box holds tens of millions of voxels
+                yp = torch.from_numpy(preds[j][None, None].astype(np.float32))
+                hd[j] = float(compute_hausdorff_distance(yp, yg, include_background=True, percentile=95,
+                                                         spacing=sp)[0, 0])
+                nsd[j] = float(compute_surface_dice(yp, yg, class_thresholds=[tol], include_background=True,
+                                                    spacing=sp)[0, 0])
     return np.nan_to_num(hd, nan=diag, posinf=diag), np.nan_to_num(nsd, nan=0.0)
 
 

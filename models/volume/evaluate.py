@@ -142,7 +142,7 @@ def _score_2d(probs2d: np.ndarray, case: np.ndarray, noisy: list[np.ndarray], da
     from models.seg.detector import SegDetectorConfig, score_masks
 
     labs, _ = slice_stack([np.asarray(m, np.int64) for m in noisy], 0)
-    sp = {tuple(c.geometry.spacing[1:]) for c in data.cases}
+    sp = {(c.geometry.spacing[1], c.geometry.spacing[2]) for c in data.cases}
     t0 = time.time()
     vs = score_masks(np.asarray(probs2d, np.float32), labs, sp.pop() if len(sp) == 1 else None,
                      class_names=data.class_names, archs=archs, cfg=SegDetectorConfig(seed=seed), keep_arrays=False)

@@ -93,7 +93,7 @@ class CaseProbs:
         boxes: list[Box | None] = []
         data: list[np.ndarray | None] = []
         for c in range(k):
-            b = bounding_box((q[:, c] >= lvl).any(0))
+            b = bounding_box(np.asarray((q[:, c] >= lvl).any(0)))
             boxes.append(b)
             data.append(None if b is None else np.ascontiguousarray(
                 np.where(q[:, c][(slice(None),) + box_slices(b)] >= lvl, q[:, c][(slice(None),) + box_slices(b)], 0)))

@@ -196,7 +196,7 @@ def run_volume_fit_task(task: VolumeFitTask) -> VolumeMemberResult:
     crop = RandCropByLabelClassesd(keys=["image", "label"], label_key="label", spatial_size=cfg.patch, ratios=ratios,
                                    num_classes=k + 1, num_samples=1, indices_key="idx", warn=False)
     crop.set_random_state(task.seed + 2)
-    samples = []
+    samples: list[dict] = []
     for i in task.train_idx:
         img = pad_to(task.data.images[i][None], cfg.patch)
         lab = pad_to(task.data.targets[i], cfg.patch)
