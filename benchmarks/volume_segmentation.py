@@ -24,7 +24,6 @@ METHODS = ("labelqa", "labelqa_2d", "cleanlab_slices", "cleanlab_volume", "dual_
 
 
 def _settings(a: argparse.Namespace):
-    from models.seg.detector import SegDetectorConfig
     from models.volume.detector import VolumeDetectorConfig
     from models.volume.evaluate import VolumeEvalSettings
     from models.volume.train import VolumeTrainConfig
@@ -36,7 +35,7 @@ def _settings(a: argparse.Namespace):
         epochs=a.epochs, device=a.device, max_cases=a.max_cases,
         spacing=tuple(float(s) for s in a.spacing.split(",")) if a.spacing else None,  # type: ignore[arg-type]
         train=VolumeTrainConfig(epochs=a.epochs, patch=patch, batch_size=a.batch_size),  # type: ignore[arg-type]
-        detector=VolumeDetectorConfig(seg=SegDetectorConfig(seed=a.seed)), baseline_2d=not a.no_2d,
+        detector=VolumeDetectorConfig.for_seed(a.seed), baseline_2d=not a.no_2d,
         epochs_2d=a.epochs_2d)
 
 

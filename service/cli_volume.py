@@ -59,7 +59,6 @@ def evaluate_volumes_cmd(dataset: Path, out: Path, *, noise_rate: float, seed: i
                          patch: tuple[int, int, int] | None, device: str, progress: bool, map_fn=None) -> None:
     """``labelqa evaluate --task segmentation --dims 3``: results.json with ``dims``, methods, ``predicted_dice``."""
     from models.data import DatasetError
-    from models.seg.detector import SegDetectorConfig
     from models.volume.detector import VolumeDetectorConfig
     from models.volume.ensemble import DEFAULT_VOLUME_ARCHS
     from models.volume.evaluate import VolumeEvalSettings, run_volume_evaluation, volume_summary_table
@@ -71,7 +70,7 @@ def evaluate_volumes_cmd(dataset: Path, out: Path, *, noise_rate: float, seed: i
                                   patch=patch or base.patch)
         s = VolumeEvalSettings(dataset=str(dataset), noise_rate=noise_rate, seed=seed, folds=folds,
                                archs=archs or DEFAULT_VOLUME_ARCHS, epochs=epochs, device=device, train=train,
-                               detector=VolumeDetectorConfig(seg=SegDetectorConfig(seed=seed)))
+                               detector=VolumeDetectorConfig.for_seed(seed))
         results = run_volume_evaluation(s, out, progress=progress, map_fn=map_fn, extra={"command": _command()})
     except (DatasetError, ValueError) as e:
         _fail(str(e))
@@ -84,7 +83,6 @@ def train_volumes_cmd(dataset: Path, out: Path, *, archs: tuple[str, ...] | None
                       patch: tuple[int, int, int] | None, verdicts: Path | None, progress: bool, map_fn=None) -> None:
     """``labelqa train --task segmentation --dims 3``: a 3-D segmentation bundle."""
     from models.data import DatasetError
-    from models.seg.detector import SegDetectorConfig
     from models.volume.bundle import train_volume_bundle
     from models.volume.detector import VolumeDetectorConfig
     from models.volume.ensemble import DEFAULT_VOLUME_ARCHS
@@ -96,7 +94,7 @@ def train_volumes_cmd(dataset: Path, out: Path, *, archs: tuple[str, ...] | None
                                 patch=patch or base.patch)
         path = train_volume_bundle(dataset, out, archs=archs or DEFAULT_VOLUME_ARCHS, folds=folds, epochs=epochs,
                                    seed=seed, mode=mode, device=device, cfg=cfg,
-                                   detector=VolumeDetectorConfig(seg=SegDetectorConfig(seed=seed)), map_fn=map_fn,
+                                   detector=VolumeDetectorConfig.for_seed(seed), map_fn=map_fn,
                                    progress=progress, verdicts_out=verdicts)
     except (DatasetError, ValueError) as e:
         _fail(str(e))

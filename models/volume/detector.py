@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from itertools import combinations
 
 import numpy as np
@@ -61,8 +61,12 @@ GivenMasks = Callable[[int, int], np.ndarray]
 class VolumeDetectorConfig:
     """Detector constants, fixed before any evaluated data set's corruption records are seen."""
 
-    seg: SegDetectorConfig = field(default_factory=SegDetectorConfig)
-    """Shared with the 2-D detector: threshold, eps, dual_dice, min_agreement, the cut's tail constants, seed."""
+    seg: SegDetectorConfig = field(default_factory=lambda: SegDetectorConfig(simulate_from="given"))
+    """Shared with the 2-D detector: threshold, eps, dual_dice, min_agreement, the cut's tail constants, seed,
+    and what the simulated wrong masks are made from (here the given masks; see docs/volumes.md)."""
+    statistic: str = "predicted_dice"
+    """What the cut is learnt on: ``predicted_dice`` (1 - the predicted Dice) or ``suspicion`` (the 2-D detector's
+    statistic); chosen on the development run, docs/volumes.md."""
     smooth_mm3: float = 50.0
     """Dice smoothing in mm3 (a 3.7 mm cube): an empty vs a nearly empty segment is no error."""
     nsd_tolerance_voxels: float = 1.0
@@ -86,6 +90,15 @@ class VolumeDetectorConfig:
     predictor_alpha: float = 1e-3
     error_prior_min: float = 0.02
     """The share of errors the predictor assumes is at least this (the cut may estimate none)."""
+
+    def __post_init__(self) -> None:
+        if self.statistic not in ("predicted_dice", "suspicion"):
+            raise ValueError(f"statistic must be predicted_dice or suspicion, not {self.statistic!r}")
+
+    @classmethod
+    def for_seed(cls, seed: int, **kw) -> VolumeDetectorConfig:
+        """The defaults with the shared detector's seed set (simulations, mixture fits)."""
+        return cls(seg=SegDetectorConfig(seed=seed, simulate_from="given"), **kw)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -134,8 +147,10 @@ class VolumeVerdict:
     score: float
     """Estimated probability that the mask is wrong (local precision of the learned cut)."""
     suspicion: float
+    """The 2-D detector's statistic: (1 - Dice_s(consensus, given)) / (the members' disagreement + eps)."""
     priority: float
     cut: float
+    """The cut on ``statistic`` for this segment's class."""
     predicted_dice: float
     """Predicted Dice of the given mask against the (unknown) truth."""
     dice_members: dict[str, float]
@@ -157,6 +172,8 @@ class VolumeVerdict:
     key_slices: list[int] = field(default_factory=list)
     """Slices where consensus and given mask differ most (largest first)."""
     regions: list[VolumeRegion] = field(default_factory=list)
+    statistic: float = float("nan")
+    """What the cut applies to: 1 - predicted Dice (``statistic = predicted_dice``, the default) or the suspicion."""
     distance_unit: str = "mm"
     roi: Box | None = None
     """The box (on the volume's grid) the segment was scored in; ``consensus`` covers it."""
@@ -473,12 +490,21 @@ def volume_regions(given: np.ndarray, consensus: np.ndarray, geometry: Geometry,
 
 
 @dataclass
+class _Sims:
+    """Simulated wrong masks of one unit, made from one source (the consensus or the given mask)."""
+
+    suspicion: list[float] = field(default_factory=list)
+    features: list[np.ndarray] = field(default_factory=list)
+    dice: list[float] = field(default_factory=list)
+    """Dice of each wrong mask with the mask it was made from."""
+
+
+@dataclass
 class _Unit:
     numbers: dict
     features: np.ndarray
-    sim_suspicion: list[float]
-    sim_features: list[np.ndarray]
-    sim_dice: list[float]
+    from_consensus: _Sims
+    from_given: _Sims
     verdict: VolumeVerdict
 
 
@@ -536,13 +562,10 @@ def _score_unit(i: int, c: int, probs: CaseProbs, given: GivenMasks, geometry: G
     key = [int(z) + box[0] for z in np.argsort(-diff, kind="stable")[:cfg.key_slices] if diff[z] > 0]
     gz = np.flatnonzero(g.any(axis=(1, 2)))
     cz = np.flatnonzero(cons.any(axis=(1, 2)))
-    sims_s: list[float] = []
-    sims_f: list[np.ndarray] = []
-    sims_d: list[float] = []
+    sims_c, sims_g = _Sims(), _Sims()
     if simulate:
         rng = np.random.default_rng(cfg.seg.seed * 1_000_003 + 7_919 * i + c)
-        sims_s, sims_f, sims_d = _simulate(mm, pbar, cons, g, oc, og, geometry.spacing, dis, ag_d, ag_p, smooth, rng,
-                                           cfg)
+        sims_c, sims_g = _simulate(mm, pbar, cons, g, oc, og, geometry.spacing, dis, ag_d, ag_p, smooth, rng, cfg)
     vox = geometry.voxel_mm3
     numbers = {"suspicion": susp, "mask_dice": md, "member_disagreement": dis, "dice_members": dice_m,
                "dice_consensus": _dice(cons, g), "dice_mean_prob": _soft_dice(pbar, g, smooth),
@@ -560,15 +583,15 @@ def _score_unit(i: int, c: int, probs: CaseProbs, given: GivenMasks, geometry: G
         given_slices=(int(gz[0]) + box[0], int(gz[-1]) + box[0]) if len(gz) else None,
         consensus_slices=(int(cz[0]) + box[0], int(cz[-1]) + box[0]) if len(cz) else None,
         key_slices=key, regions=regions, roi=box, consensus=cons if keep_arrays else None)
-    return _Unit(numbers, feats, sims_s, sims_f, sims_d, v)
+    return _Unit(numbers, feats, sims_c, sims_g, v)
 
 
 def _simulate(mm: np.ndarray, pbar: np.ndarray, cons: np.ndarray, g: np.ndarray, oc: np.ndarray | None,
               og: np.ndarray | None, spacing: Spacing, dis: float, ag_d: float, ag_p: float, smooth: float,
-              rng: np.random.Generator, cfg: VolumeDetectorConfig) -> tuple[list[float], list[np.ndarray], list[float]]:
-    """Wrong masks for one unit: the consensus corrupted by every operation (their suspicion, for the cut) and
-    the given mask corrupted likewise (their features and Dice with it, for the Dice predictor). A box above
-    ``sim_max_voxels`` is subsampled (every f-th voxel per axis) first: the numbers are ratios of volumes."""
+              rng: np.random.Generator, cfg: VolumeDetectorConfig) -> tuple[_Sims, _Sims]:
+    """Wrong masks for one unit: the consensus and the given mask, each corrupted by every operation (and
+    another segment's structure added), scored like a given mask (suspicion, features, Dice with the source).
+    A box above ``sim_max_voxels`` is subsampled (every f-th voxel per axis) first: the numbers are ratios."""
     f = int(np.ceil((cons.size / cfg.sim_max_voxels) ** (1 / 3))) if cons.size > cfg.sim_max_voxels else 1
     if f > 1:
         sub = (slice(None, None, f),) * 3
@@ -578,26 +601,21 @@ def _simulate(mm: np.ndarray, pbar: np.ndarray, cons: np.ndarray, g: np.ndarray,
         spacing = (spacing[0] * f, spacing[1] * f, spacing[2] * f)
         smooth = max(1.0, smooth / f**3)
 
-    def dice_s(a: np.ndarray, b: np.ndarray) -> float:
-        return (2.0 * float((a & b).sum()) + smooth) / (float(a.sum()) + float(b.sum()) + smooth)
+    def wrong_masks(src: np.ndarray, other: np.ndarray | None) -> _Sims:
+        out = _Sims()
+        made = [corrupt_binary(src, op, rng, spacing, free=None if other is None else ~other) for op in BINARY_OPS]
+        if other is not None and other.any() and src.any():
+            made.append(src | other)  # another segment's structure added: the wrong segment type
+        for wm in made:
+            if wm is None or not np.any(wm != src):
+                continue
+            d_s = (2.0 * float((cons & wm).sum()) + smooth) / (float(cons.sum()) + float(wm.sum()) + smooth)
+            out.suspicion.append((1.0 - d_s) / (dis + cfg.seg.eps))
+            out.features.append(unit_features(mm, pbar, cons, wm, ag_d, ag_p, smooth))
+            out.dice.append(_dice(wm, src))
+        return out
 
-    sims_s: list[float] = []
-    sims_f: list[np.ndarray] = []
-    sims_d: list[float] = []
-    wrong = [corrupt_binary(cons, op, rng, spacing, free=None if oc is None else ~oc) for op in BINARY_OPS]
-    if oc is not None and oc.any():
-        wrong.append(cons | oc)  # another segment's structure added: the wrong segment type
-    for wm in wrong:
-        if wm is not None and np.any(wm != cons):
-            sims_s.append((1.0 - dice_s(cons, wm)) / (dis + cfg.seg.eps))
-    wrong = [corrupt_binary(g, op, rng, spacing, free=None if og is None else ~og) for op in BINARY_OPS]
-    if og is not None and og.any() and g.any():
-        wrong.append(g | og)
-    for wm in wrong:
-        if wm is not None and np.any(wm != g):
-            sims_f.append(unit_features(mm, pbar, cons, wm, ag_d, ag_p, smooth))
-            sims_d.append(_dice(wm, g))
-    return sims_s, sims_f, sims_d
+    return wrong_masks(cons, oc), wrong_masks(g, og)
 
 
 def _label_map_given(labels: list[np.ndarray]) -> GivenMasks:
@@ -668,16 +686,28 @@ def score_volumes(probs: list[CaseProbs], given: list[np.ndarray] | GivenMasks, 
         agreement_dice=np.array([u.numbers["agreement_dice"] for u in units]),
         agreement_prob=np.array([u.numbers["agreement_prob"] for u in units]),
         features=np.stack([u.features for u in units]))
-    if thresholds is None:
-        sim_u = np.array([j for j, u in enumerate(units) for _s in u.sim_suspicion], np.int64)
-        sim_s = np.array([s for u in units for s in u.sim_suspicion], np.float64)
-        thresholds = learn_seg_cut(None, None, cfg.seg, arr.as_seg_units(), simulated=(sim_u, sim_s))
-    cuts = np.array(thresholds.class_cuts)[arr.cls]
-    flagged = arr.suspicion >= cuts
-    if predictor is None:
-        predictor = _fit_predictor(units, flagged, thresholds, cfg)
+    def sims(u: _Unit) -> _Sims:
+        return u.from_given if cfg.seg.simulate_from == "given" else u.from_consensus
+
+    if predictor is None or (thresholds is None and cfg.statistic == "suspicion"):
+        sim_u = np.array([j for j, u in enumerate(units) for _s in sims(u).suspicion], np.int64)
+        sim_s = np.array([x for u in units for x in sims(u).suspicion], np.float64)
+        first = learn_seg_cut(None, None, cfg.seg, arr.as_seg_units(), simulated=(sim_u, sim_s))
+        if predictor is None:  # the masks this cut flags are left out of the predictor's training
+            predictor = _fit_predictor(units, arr.suspicion >= np.array(first.class_cuts)[arr.cls], first, cfg)
+        if thresholds is None and cfg.statistic == "suspicion":
+            thresholds = first
     pred = predictor.predict(arr.features)
-    score = precision_from_steps(arr.suspicion, arr.cls, thresholds.precision_steps)
+    stat = 1.0 - pred if cfg.statistic == "predicted_dice" else arr.suspicion
+    if thresholds is None:
+        sim_u = np.array([j for j, u in enumerate(units) for _f in sims(u).features], np.int64)
+        feats = [f for u in units for f in sims(u).features]
+        sim_s = 1.0 - predictor.predict(np.stack(feats)) if feats else np.zeros(0)
+        thresholds = learn_seg_cut(None, None, cfg.seg, replace(arr, suspicion=stat).as_seg_units(),
+                                   simulated=(sim_u, sim_s))
+    cuts = np.array(thresholds.class_cuts)[arr.cls]
+    flagged = stat >= cuts
+    score = precision_from_steps(stat, arr.cls, thresholds.precision_steps)
     unanimous = np.all(arr.dice_members < cfg.seg.dual_dice, axis=0)
     dual = unanimous & (arr.agreement_dice >= thresholds.dual_agreement)
     out = []
@@ -690,7 +720,8 @@ def score_volumes(probs: list[CaseProbs], given: list[np.ndarray] | GivenMasks, 
         else:
             v.verdict = Verdict.CONSISTENT
             v.kind = None
-        v.score = float(score[j]) + 1e-6 * min(float(arr.suspicion[j]), 100.0)
+        v.score = float(score[j]) + 1e-6 * min(float(stat[j]), 100.0)
+        v.statistic = float(stat[j])
         v.cut = float(cuts[j])
         v.predicted_dice = float(pred[j])
         v.priority = (1.0 - float(pred[j])) * float(arr.agreement_prob[j])
@@ -711,10 +742,10 @@ def _fit_predictor(units: list[_Unit], flagged: np.ndarray, th: SegThresholds,
         xs.append(u.features)
         ys.append(1.0)
         ws.append(1.0 - prior)
-        for f, d in zip(u.sim_features, u.sim_dice, strict=True):
+        for f, d in zip(u.from_given.features, u.from_given.dice, strict=True):
             xs.append(f)
             ys.append(d)
-            ws.append(prior / max(len(u.sim_features), 1))
+            ws.append(prior / max(len(u.from_given.features), 1))
     if not xs:
         return DicePredictor(list(FEATURES), [[] for _ in FEATURES], [0.0] * len(FEATURES), [1.0] * len(FEATURES),
                              [0.0] * len(FEATURES), 1.0, 0)

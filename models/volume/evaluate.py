@@ -216,8 +216,12 @@ def _region_metrics(sc: VolumeScores, noisy: list[np.ndarray], clean: list[np.nd
 
 def compare_volume_methods(data: VolumeDataset, noisy: list[np.ndarray], records: list[VolumeCorruption],
                            probs: list[CaseProbs], archs: list[str], s: VolumeEvalSettings, *,
-                           probs2d: dict | None = None, progress: bool = False) -> tuple[dict, VolumeScores]:
+                           probs2d: dict | None = None, cache_2d: Path | None = None,
+                           progress: bool = False) -> tuple[dict, VolumeScores]:
     """Score the given (noisy) masks from saved out-of-fold probabilities and compare every method with the truth.
+
+    ``cache_2d``: where the 2-D baseline's per-unit flags and scores are kept (read when the file exists,
+    written after scoring ``probs2d`` otherwise), so re-scoring the 3-D detector skips the 2-D one.
 
     The detector reads only ``probs`` and ``noisy`` (and the geometry); the clean masks and the
     corruption records enter the metrics only."""
@@ -267,10 +271,16 @@ def compare_volume_methods(data: VolumeDataset, noisy: list[np.ndarray], records
         "random": (rnd_flag, rnd),
     }
     info_2d: dict = {}
-    if probs2d is not None:
+    if cache_2d is not None and Path(cache_2d).is_file():  # the 2-D detector's per-unit result of an earlier scoring
+        with np.load(cache_2d) as z:
+            methods["labelqa_2d"] = (z["flags"], z["scores"])
+            info_2d = json.loads(str(z["info"]))
+    elif probs2d is not None:
         f2, s2, info_2d = _score_2d(probs2d["probs"], probs2d["case"], noisy, data, probs2d["archs"], s.seed)
         methods["labelqa_2d"] = (f2, s2)
         info_2d["fit_s"] = probs2d.get("fit_s")
+        if cache_2d is not None:
+            np.savez(cache_2d, flags=f2, scores=s2, info=np.array(json.dumps(info_2d)))
     out: dict = {"methods": {}}
     for name, (fl, scr) in methods.items():
         out["methods"][name] = _method(fl, scr, truth, unit_kind)
@@ -365,6 +375,7 @@ def evaluate_volumes(data: VolumeDataset, s: VolumeEvalSettings, out_dir: Path |
                                 probs=np.clip(np.rint(probs2d["probs"] * 255), 0, 255).astype(np.uint8),
                                 case=probs2d["case"], archs=np.array(probs2d["archs"]), fit_s=probs2d["fit_s"])
     res, sc = compare_volume_methods(data, noisy, records, fit.probs, list(fit.archs), s, probs2d=probs2d,
+                                     cache_2d=None if out_dir is None else out_dir / "scores_2d.npz",
                                      progress=progress)
     predict_s = sum(m.history.get("predict_s", 0.0) for m in fit.members)
     train_s = sum(m.history.get("train_s", 0.0) for m in fit.members)
@@ -402,12 +413,12 @@ def rescore_volume_run(run_dir: str | Path, data: VolumeDataset, s: VolumeEvalSe
         raise ValueError(f"{run_dir}: the saved masks differ from seed {s.seed} / rate {s.noise_rate}'s corruption")
     probs2d = None
     p2 = run_dir / "oof_probs_2d.npz"
-    if p2.is_file():
+    if p2.is_file() and not (run_dir / "scores_2d.npz").is_file():
         with np.load(p2) as z:
             probs2d = {"probs": z["probs"].astype(np.float32) / 255.0, "case": z["case"],
                        "archs": [str(a) for a in z["archs"]], "fit_s": float(z["fit_s"])}
     res, _sc = compare_volume_methods(data, noisy, records, probs, [str(a) for a in extra["archs"]], s,
-                                      probs2d=probs2d, progress=progress)
+                                      probs2d=probs2d, cache_2d=run_dir / "scores_2d.npz", progress=progress)
     return {"task": "segmentation", "dims": 3, "settings": s.to_dict(), "n_cases": len(data),
             "class_names": data.class_names, "rescored_from": str(run_dir),
             "corruptions": [r.to_row() for r in records], **res}
