@@ -160,13 +160,20 @@ def predict_volume(nets: list[torch.nn.Module], image: np.ndarray, n_classes: in
             a, b = max(0, z - ctx), min(z_all, z_end + ctx)
             x = torch.from_numpy(np.ascontiguousarray(image[a:b], np.float32))[None, None].to(dev)
             acc: torch.Tensor | None = None
-            for net in nets:
-                out = sliding_window_inference(x, cfg.patch, cfg.sw_batch_size, net, overlap=cfg.overlap,
-                                               mode="gaussian")
-                p = torch.sigmoid(torch.as_tensor(out).float())
-                acc = p if acc is None else acc + p
+            for net in nets:  # in place: a slab of a CT with 20 segments is a gigabyte of float32
+                out = torch.as_tensor(sliding_window_inference(x, cfg.patch, cfg.sw_batch_size, net,
+                                                               overlap=cfg.overlap, mode="gaussian")).float()
+                out.sigmoid_()
+                if acc is None:
+                    acc = out
+                else:
+                    acc += out
+                del out
             assert acc is not None
-            builder.add(z, (acc / len(nets))[0, :, z - a:z_end - a].cpu().numpy())
+            if len(nets) > 1:
+                acc /= len(nets)
+            builder.add(z, acc[0, :, z - a:z_end - a].cpu().numpy())
+            del acc
             z = z_end
     return builder.build()
 
