@@ -266,3 +266,26 @@ def test_cli_train_audit_evaluate_volumes(tmp_path):
 
 def test_binary_ops_are_the_detectors_simulation_family():
     assert set(BINARY_OPS) | {"wrong_class"} == set(VOLUME_CORRUPTIONS)
+
+
+@pytest.mark.slow
+def test_fits_go_through_map_fn_as_picklable_tasks():
+    """What Ray needs (``service.executor_ray.ray_map``): every (member, fold) fit a picklable task, results too."""
+    import pickle
+
+    data = make_volume_set(6, (16, 16, 16), seed=9)
+    seen = []
+
+    def remote_like(fn, tasks):
+        out = []
+        for t in tasks:
+            seen.append((t.arch, t.fold))
+            out.append(pickle.loads(pickle.dumps(fn(pickle.loads(pickle.dumps(t))))))
+        return out[::-1]  # any order
+
+    fit = fit_volume_segmenters([c.image for c in data.cases], [c.labels for c in data.cases],
+                                [c.geometry.spacing for c in data.cases], n_classes=2, folds=2,
+                                cfg=VolumeTrainConfig(epochs=1, patch=(16, 16, 16), min_steps_per_epoch=2),
+                                device="cpu", map_fn=remote_like, progress=False)
+    assert sorted(seen) == sorted((a, f) for a in fit.archs for f in range(2))
+    assert all(p.n_members == 3 for p in fit.probs) and [m.fold for m in fit.members] == [0, 1] * 3
