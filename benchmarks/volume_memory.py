@@ -104,12 +104,11 @@ def stage_score() -> dict:
     sc = score_volumes([probs], [given], [geo], keep_arrays=False)
     t_score = time.perf_counter() - t1
     planted = {4: "drop_component", 5: "drop_slices", 6: "erode", 7: "extra_slices", 8: "shift"}
-    # one case cannot teach a per-segment cut (one unit per class): a real audit takes the bundle's; the
-    # numbers below show what the detector sees in the planted segments against the others
+    # one case cannot teach the cut or the Dice predictor (one unit per class, no clean pool): a real audit
+    # takes the bundle's. What the detector sees in the planted segments against the others:
     rows = [{"segment": v.class_index, "planted": planted.get(v.class_index),
-             "dice_consensus": round(v.dice_consensus, 3), "predicted_dice": round(v.predicted_dice, 3),
-             "regions": sorted({str(r.kind) for r in v.regions}), "hd95_consensus_mm": round(v.hd95_consensus, 2)}
-            for v in sc.verdicts]
+             "dice_consensus": round(v.dice_consensus, 3), "regions": sorted({str(r.kind) for r in v.regions}),
+             "hd95_consensus_mm": round(v.hd95_consensus, 2)} for v in sc.verdicts]
     return {"stage": "score", "shape": list(SHAPE), "segments": K, "members": M,
             "full_float32_probabilities_gb": round(M * K * float(np.prod(SHAPE)) * 4 / 2**30, 2),
             "stored_probabilities_mb": round(stored_mb, 1), "slab_depth": depth,
