@@ -148,15 +148,20 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--stage", choices=["score", "infer", "both"], default="both")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "volume_memory.json")
+    ap.add_argument("--update", action="store_true", help="re-run --stage STAGE into the existing --out file")
     a = ap.parse_args(argv)
-    if a.stage != "both":
+    if a.stage != "both" and not a.update:
         print(json.dumps(stage_score() if a.stage == "score" else stage_infer()))
         return 0
     out = {"command": "PYTHONPATH=$PWD nice -n 10 .venv/bin/python benchmarks/volume_memory.py", "stages": []}
-    for st in ("score", "infer"):
+    if a.update:
+        out = json.loads(a.out.read_text())
+        out.setdefault("updated", []).append(f"--stage {a.stage} --update")
+    for st in ("score", "infer") if a.stage == "both" else (a.stage,):
         p = subprocess.run([sys.executable, __file__, "--stage", st], capture_output=True, text=True, check=True)
-        out["stages"].append(json.loads(p.stdout.strip().splitlines()[-1]))
-        print(out["stages"][-1])
+        row = json.loads(p.stdout.strip().splitlines()[-1])
+        out["stages"] = [r for r in out["stages"] if r["stage"] != st] + [row]
+        print(row)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(out, indent=2))
     print(f"wrote {a.out}")
