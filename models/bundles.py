@@ -8,7 +8,8 @@ Layout (the MONAI bundle layout)::
     BUNDLE/models/*.pt             the members' state dicts
 
 The metadata's ``task`` says what the bundle audits: ``labels`` (class labels of images,
-:mod:`models.bundle`) or ``segmentation`` (masks, :mod:`models.seg.bundle`), and ``dims`` in how
+:mod:`models.bundle`) or ``segmentation`` (masks: :mod:`models.seg.bundle` in 2-D, :mod:`models.volume.bundle`
+3-D), and ``dims`` in how
 many dimensions. :func:`load_bundle` finds the loader for a (task, dims) pair in :data:`LOADERS`;
 adding a kind of bundle is one line there and a module with its loader. :class:`BundleInfo` is what
 a bundle says about itself without its weights (what reading and writing a study's results need);
@@ -38,6 +39,7 @@ SEGMENTATION = "segmentation"
 LOADERS: dict[tuple[str, int], str] = {
     (LABELS, 2): "models.bundle:load_label_bundle",
     (SEGMENTATION, 2): "models.seg.bundle:load_seg_bundle",
+    (SEGMENTATION, 3): "models.volume.bundle:load_volume_bundle",
 }
 """(task, dims) -> ``module:function`` that loads such a bundle (imported when first needed)."""
 

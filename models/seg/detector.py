@@ -346,21 +346,27 @@ def _simulated_suspicion(units: SegUnits, n_classes: int, cfg: SegDetectorConfig
     return np.asarray(idx_out, np.int64), np.asarray(s_out, np.float64)
 
 
-def learn_seg_cut(probs: np.ndarray, given: np.ndarray, cfg: SegDetectorConfig | None = None,
-                  units: SegUnits | None = None) -> SegThresholds:
+def learn_seg_cut(probs: np.ndarray | None, given: np.ndarray | None, cfg: SegDetectorConfig | None = None,
+                  units: SegUnits | None = None, *,
+                  simulated: tuple[np.ndarray, np.ndarray] | None = None) -> SegThresholds:
     """labelqa's per-class suspicion cut from simulated corruptions of out-of-fold predictions (no ground truth).
 
     Parameters
     ----------
-    probs : (members, N, K, H, W) out-of-fold sigmoid probabilities.
-    given : the given masks, (N, H, W) label maps or (N, K, H, W) channels.
+    probs : (members, N, K, H, W) out-of-fold sigmoid probabilities (None when ``units`` are given).
+    given : the given masks, (N, H, W) label maps or (N, K, H, W) channels (None when ``units`` are given).
+    units : the units' numbers, when already computed (the cut reads ``cls``, ``suspicion``,
+        ``dice_members`` and ``agreement_dice``).
+    simulated : (unit index, suspicion) of simulated wrong masks made by the caller (e.g. 3-D
+        corruptions of volumes); default: this module's 2-D corruptions of each unit's consensus.
     """
     from models.agreement import gmm_threshold
 
     cfg = cfg or SegDetectorConfig()
-    k = int(np.asarray(probs).shape[2])
-    units = units or unit_scores(probs, given, cfg)
-    sim_u, sim_s = _simulated_suspicion(units, k, cfg)
+    if units is None:
+        units = unit_scores(probs, given, cfg)  # type: ignore[arg-type]
+    k = int(np.asarray(probs).shape[2]) if probs is not None else int(units.cls.max(initial=-1)) + 1
+    sim_u, sim_s = simulated if simulated is not None else _simulated_suspicion(units, k, cfg)
     sim_cls = units.cls[sim_u] if len(sim_u) else np.zeros(0, np.int64)
     # each unit's simulations weigh 1 in total, so structure-rich units do not dominate
     per_unit = np.bincount(sim_u, minlength=len(units.cls)).astype(np.float64)

@@ -50,6 +50,9 @@ RayOpt = typer.Option(
     help="Run the cross-fit fits as Ray tasks on this cluster (HOST:PORT of the head, ray://..., or auto), one GPU "
          "each when the cluster has GPUs; default: here, one after another.")
 TaskOpt = typer.Option("labels", "--task", help="labels (class labels) or segmentation (DIR/images + DIR/masks).")
+DimsOpt = typer.Option(None, "--dims", help="--task segmentation: 2 (images) or 3 (volumes: NIfTI/NRRD/MHA, "
+                       "imagesTr/ + labelsTr/ + dataset.json or images/ + masks/); default 3 for volumes, else 2.")
+PatchOpt = typer.Option(None, "--patch", help="--dims 3: patch size, one edge or slices,rows,columns (default 24).")
 SEG_DEFAULT_SIZE, SEG_DEFAULT_EPOCHS = 64, 20
 
 
@@ -108,12 +111,14 @@ def evaluate(
     budgets: str = typer.Option("0.05,0.1,0.2", "--budgets", help="--retrain: review budgets, fractions of the "
                                 "training set."),
     test_fraction: float = typer.Option(0.25, "--test-fraction", help="--retrain: clean held-out test split."),
+    dims: int | None = DimsOpt,
+    patch: str | None = PatchOpt,
 ) -> None:
     """Corrupt labels (or masks), fit the ensemble, score, compare with baselines; write DIR/results.json.
 
     With --retrain: the review loop closed offline (models/retrain.py); DIR/retrain.json."""
     _setup(threads)
-    _task(task).evaluate(SimpleNamespace(**locals()))
+    _task(task, dims, dataset).evaluate(SimpleNamespace(**locals()))
 
 
 def _evaluate_labels(o: SimpleNamespace) -> None:
@@ -205,10 +210,13 @@ def train(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     ray: str | None = RayOpt,
     task: str = TaskOpt,
+    dims: int | None = DimsOpt,
+    patch: str | None = PatchOpt,
 ) -> None:
-    """Fit the ensemble on annotated data (labels, or masks with --task segmentation) and write a model bundle."""
+    """Fit the ensemble on annotated data (labels, masks with --task segmentation, volumes with --dims 3) and
+    write a model bundle."""
     _setup(threads)
-    _task(task).train(SimpleNamespace(**locals()))
+    _task(task, dims, dataset).train(SimpleNamespace(**locals()))
 
 
 def _train_masks(o: SimpleNamespace) -> None:
@@ -282,8 +290,8 @@ def audit(
 
     try:
         info = read_bundle_info(bundle)
-        summary = _task(info.task).audit_dataset(info, dataset, out, device=device, batch_size=batch_size,
-                                                 cut_from=cut_from or "auto")
+        summary = _task(info.task, info.dimension).audit_dataset(info, dataset, out, device=device,
+                                                                 batch_size=batch_size, cut_from=cut_from or "auto")
     except (DatasetError, BundleError, ValueError) as e:
         _fail(str(e))
     typer.echo(json.dumps(summary, indent=2))
@@ -310,17 +318,66 @@ class _TaskCommands:
     audit_dataset: Callable[..., Any]
 
 
+def _train_volumes(o: SimpleNamespace) -> None:
+    from service.cli.volumes import train_volumes_cmd
+
+    train_volumes_cmd(o.dataset, o.out, archs=_given_archs(o.archs), folds=_volume_folds(o.folds), epochs=o.epochs,
+                      seed=o.seed, mode=o.mode, device=o.device, batch_size=_given(o.batch_size, BatchOpt),
+                      lr=_given(o.lr, LrOpt), patch=o.patch, verdicts=o.verdicts, progress=o.progress,
+                      map_fn=_ray_map(o.ray, o.progress))
+
+
+def _evaluate_volumes(o: SimpleNamespace) -> None:
+    from service.cli.volumes import evaluate_volumes_cmd
+
+    evaluate_volumes_cmd(o.dataset, o.out, noise_rate=o.noise_rate, seed=o.seed, folds=_volume_folds(o.folds),
+                         archs=_given_archs(o.archs), epochs=o.epochs, batch_size=_given(o.batch_size, BatchOpt),
+                         lr=_given(o.lr, LrOpt), patch=o.patch, device=o.device, progress=o.progress,
+                         map_fn=_ray_map(o.ray, o.progress))
+
+
+def _audit_volumes(info: Any, dataset: Path, out: Path, *, device: str, batch_size: int, cut_from: str) -> Any:
+    from models.volume.bundle import audit_volume_dataset
+
+    return audit_volume_dataset(info.path, dataset, out, device=device)
+
+
+def _volume_folds(folds: int) -> int:
+    from service.cli.volumes import VOLUME_DEFAULT_FOLDS
+
+    return VOLUME_DEFAULT_FOLDS if folds == FoldsOpt.default else folds
+
+
+def _given_archs(archs: str) -> tuple[str, ...] | None:
+    return None if archs == ArchsOpt.default else tuple(a.strip() for a in archs.split(",") if a.strip())
+
+
+def _given(value: Any, option: Any) -> Any:
+    """The option's value when the user gave one, else None (the volume defaults apply)."""
+    return None if value == option.default else value
+
+
 TASKS = {
-    "labels": _TaskCommands(_train_labels, _evaluate_labels, _audit_labels),
-    "segmentation": _TaskCommands(_train_masks, _evaluate_masks, _audit_masks),
+    ("labels", 2): _TaskCommands(_train_labels, _evaluate_labels, _audit_labels),
+    ("segmentation", 2): _TaskCommands(_train_masks, _evaluate_masks, _audit_masks),
+    ("segmentation", 3): _TaskCommands(_train_volumes, _evaluate_volumes, _audit_volumes),
 }
-"""The CLI's choice list of ``--task``: the commands of each kind of annotation."""
+"""``--task`` and ``--dims``: the commands of each kind of annotation (the bundle's task and dims for audits)."""
 
 
-def _task(name: str) -> _TaskCommands:
-    if name not in TASKS:
-        _fail(f"--task must be one of {', '.join(TASKS)}, not {name!r}")
-    return TASKS[name]
+def _task(name: str, dims: int | None, dataset: Path | None = None) -> _TaskCommands:
+    """The commands for ``--task name --dims dims``; without ``--dims``, 3 when ``dataset`` holds volumes."""
+    names = sorted({t for t, _ in TASKS})
+    if name not in names:
+        _fail(f"--task must be one of {', '.join(names)}, not {name!r}")
+    if dims is None:
+        from service.cli.volumes import holds_volumes
+
+        dims = 3 if (name, 3) in TASKS and holds_volumes(dataset) else 2
+    if (name, dims) not in TASKS:
+        _fail(f"--dims {dims} is not offered for --task {name} (offered: "
+              f"{', '.join(str(d) for t, d in sorted(TASKS) if t == name)})")
+    return TASKS[(name, dims)]
 
 
 def register(app: typer.Typer) -> None:
