@@ -10,10 +10,14 @@ import typer
 
 DatasetOpt = typer.Option(..., "--dataset", help="Image folder (root/<class>/* or root/<split>/<class>/*), "
                           "CSV (path,label) or npz (images/labels or MedMNIST-style).")
-ImageSizeOpt = typer.Option(64, "--image-size", min=16, help="Square input size in pixels (greyscale).")
+ImageSizeOpt = typer.Option(None, "--image-size", min=16, help="Square input size in pixels (greyscale); default 64 "
+                            "for labels, chosen from the masks for --task segmentation (models/seg/recipe.py).")
+LABEL_SIZE, LABEL_EPOCHS = 64, 12
 ArchsOpt = typer.Option("densenet121,resnet18,efficientnet-b0", "--archs",
                         help="Comma-separated ensemble members (see models/ensemble.py ARCHITECTURES).")
-EpochsOpt = typer.Option(12, "--epochs", min=1, help="Maximum epochs per member (early stopping on a held-out 10%).")
+EpochsOpt = typer.Option(None, "--epochs", min=1, help="Maximum epochs per member (labels: default 12, early "
+                         "stopping on a held-out 10%; --task segmentation: chosen from the data set size, "
+                         "models/seg/recipe.py).")
 SeedOpt = typer.Option(0, "--seed", help="Seed for folds, noise, initialisation and augmentation.")
 DeviceOpt = typer.Option("auto", "--device", help="auto (cuda if present), cpu, cuda, cuda:N.")
 ModeOpt = typer.Option("crossfit", "--mode", help="crossfit (K folds, out-of-fold scores) or insample.")
@@ -46,15 +50,12 @@ RayOpt = typer.Option(
     help="Run the cross-fit fits as Ray tasks on this cluster (HOST:PORT of the head, ray://..., or auto), one GPU "
          "each when the cluster has GPUs; default: here, one after another.")
 TaskOpt = typer.Option("labels", "--task", help="labels (class labels) or segmentation (DIR/images + DIR/masks).")
-SEG_DEFAULT_SIZE, SEG_DEFAULT_EPOCHS = 64, 20
-
-
-def _seg_defaults(archs: str, image_size: int, epochs: int) -> tuple[tuple[str, ...], int, int]:
-    """--task segmentation: the label defaults of --archs/--image-size/--epochs become the segmenters' own."""
+def _seg_defaults(archs: str) -> tuple[str, ...]:
+    """--task segmentation: the label default of --archs becomes the segmenters' own (--image-size and
+    --epochs left out are chosen from the data: models.seg.recipe)."""
     from models.seg.ensemble import DEFAULT_SEG_ARCHS
 
-    names = DEFAULT_SEG_ARCHS if archs == ArchsOpt.default else tuple(a.strip() for a in archs.split(",") if a.strip())
-    return names, image_size, SEG_DEFAULT_EPOCHS if epochs == EpochsOpt.default else epochs
+    return DEFAULT_SEG_ARCHS if archs == ArchsOpt.default else tuple(a.strip() for a in archs.split(",") if a.strip())
 
 
 CutOpt = typer.Option("simulated_flips", "--cut",
@@ -82,10 +83,10 @@ def evaluate(
     seed: int = SeedOpt,
     mode: str = ModeOpt,
     folds: int = FoldsOpt,
-    image_size: int = ImageSizeOpt,
+    image_size: int | None = ImageSizeOpt,
     max_samples: int | None = MaxOpt,
     archs: str = ArchsOpt,
-    epochs: int = EpochsOpt,
+    epochs: int | None = EpochsOpt,
     batch_size: int = BatchOpt,
     lr: float = LrOpt,
     device: str = DeviceOpt,
@@ -116,7 +117,8 @@ def evaluate(
     if task != "labels":
         _fail(f"--task must be labels or segmentation, not {task!r}")
     if retrain:
-        _retrain(dataset, out, noise_rate, noise_model, seed, folds, image_size, max_samples, archs, epochs,
+        _retrain(dataset, out, noise_rate, noise_model, seed, folds, image_size or LABEL_SIZE, max_samples, archs,
+                 epochs or LABEL_EPOCHS,
                  batch_size, lr, device, saliency_weight, cut, budgets, test_fraction)
         return
     from models.data import DatasetError
@@ -126,9 +128,9 @@ def evaluate(
 
     try:
         s = EvalSettings(dataset=str(dataset), noise_rate=noise_rate, noise_model=noise_model, seed=seed, mode=mode,
-                         folds=folds, image_size=image_size, max_samples=max_samples,
+                         folds=folds, image_size=image_size or LABEL_SIZE, max_samples=max_samples,
                          archs=tuple(a.strip() for a in archs.split(",") if a.strip()), device=device,
-                         train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr),
+                         train=TrainConfig(epochs=epochs or LABEL_EPOCHS, batch_size=batch_size, lr=lr),
                          detector=DetectorConfig(saliency_weight=saliency_weight, cut=cut), repeats=repeats)
         results = run_evaluation(s, out, progress=progress, plots=plots, map_fn=_ray_map(ray, progress))
     except (DatasetError, ValueError) as e:  # RayUnavailable is a ValueError
@@ -137,18 +139,18 @@ def evaluate(
     typer.echo(f"wrote {out / 'results.json'}")
 
 
-def _evaluate_seg(dataset: Path, out: Path, noise_rate: float, seed: int, folds: int, image_size: int, archs: str,
-                  epochs: int, batch_size: int, lr: float, device: str, progress: bool) -> None:
+def _evaluate_seg(dataset: Path, out: Path, noise_rate: float, seed: int, folds: int, image_size: int | None,
+                  archs: str, epochs: int | None, batch_size: int, lr: float, device: str, progress: bool) -> None:
     from models.data import DatasetError
     from models.seg.detector import SegDetectorConfig
     from models.seg.evaluate import SegEvalSettings, run_seg_evaluation, seg_summary_table
     from models.seg.train import SegTrainConfig
 
-    names, size, ep = _seg_defaults(archs, image_size, epochs)
+    names = _seg_defaults(archs)
     try:
-        s = SegEvalSettings(dataset=str(dataset), noise_rate=noise_rate, seed=seed, image_size=size, folds=folds,
-                            archs=names, epochs=ep, device=device,
-                            train=SegTrainConfig(epochs=ep, batch_size=min(batch_size, 16), lr=lr if lr != LrOpt.default
+        s = SegEvalSettings(dataset=str(dataset), noise_rate=noise_rate, seed=seed, image_size=image_size, folds=folds,
+                            archs=names, epochs=epochs, device=device,
+                            train=SegTrainConfig(batch_size=min(batch_size, 16), lr=lr if lr != LrOpt.default
                                                  else SegTrainConfig().lr),
                             detector=SegDetectorConfig(seed=seed))
         results = run_seg_evaluation(s, out, progress=progress)
@@ -184,9 +186,9 @@ def _retrain(dataset: Path, out: Path, noise_rate: float, noise_model: str, seed
 def train(
     dataset: Path = DatasetOpt,
     out: Path = typer.Option(..., "--out", help="Bundle directory to write."),
-    image_size: int = ImageSizeOpt,
+    image_size: int | None = ImageSizeOpt,
     archs: str = ArchsOpt,
-    epochs: int = EpochsOpt,
+    epochs: int | None = EpochsOpt,
     seed: int = SeedOpt,
     device: str = DeviceOpt,
     mode: str = ModeOpt,
@@ -212,11 +214,10 @@ def train(
         from models.seg.bundle import train_seg_bundle
         from models.seg.train import SegTrainConfig
 
-        names, size, ep = _seg_defaults(archs, image_size, epochs)
         try:
-            path = train_seg_bundle(dataset, out, image_size=size, archs=names, folds=folds, epochs=ep, seed=seed,
-                                    mode=mode, device=device, progress=progress, verdicts_out=verdicts,
-                                    cfg=SegTrainConfig(epochs=ep, batch_size=min(batch_size, 16)))
+            path = train_seg_bundle(dataset, out, image_size=image_size, archs=_seg_defaults(archs), folds=folds,
+                                    epochs=epochs, seed=seed, mode=mode, device=device, progress=progress,
+                                    verdicts_out=verdicts, cfg=SegTrainConfig(batch_size=min(batch_size, 16)))
         except (DatasetError, ValueError) as e:
             _fail(str(e))
         typer.echo(f"wrote bundle {path}")
@@ -229,8 +230,9 @@ def train(
     from models.train import TrainConfig
 
     try:
-        path = train_bundle(dataset, out, image_size=image_size, archs=archs, seed=seed, device=device, mode=mode,
-                            folds=folds, train_cfg=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr),
+        path = train_bundle(dataset, out, image_size=image_size or LABEL_SIZE, archs=archs, seed=seed, device=device,
+                            mode=mode, folds=folds,
+                            train_cfg=TrainConfig(epochs=epochs or LABEL_EPOCHS, batch_size=batch_size, lr=lr),
                             detector=DetectorConfig(cut=cut), max_samples=max_samples, progress=progress,
                             verdicts_out=verdicts, repeats=repeats, map_fn=_ray_map(ray, progress))
     except (DatasetError, ValueError) as e:  # RayUnavailable is a ValueError
