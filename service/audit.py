@@ -147,8 +147,8 @@ def algorithm_info(bundle: Any) -> Any:
     if hasattr(thresholds, "to_dict"):
         thresholds = thresholds.to_dict()
     for k, v in sorted(thresholds.items()):
-        if k == "precision_steps":  # the ranking's step functions: in the bundle, too long for the SR
-            continue
+        if k in ("precision_steps", "score_knots", "competence"):  # in the bundle; too long for the SR (the
+            continue  # competence is stated as "cannot judge" findings)
         params[f"threshold.{k}"] = json.dumps(v, separators=(",", ":")) if isinstance(v, (dict, list)) else v
     archs = getattr(bundle, "archs", None)
     if archs:
@@ -459,6 +459,8 @@ def write_mask_results(mi: MaskInput, result: MaskResult, bundle: Any, vocabular
     sa = StudyAudit(mi.study_uid, issues=list(mi.issues))
     if len(result.verdicts) != len(mi.frames):
         raise ValueError(f"the model step returned {len(result.verdicts)} frames of verdicts for {len(mi.frames)}")
+    th: Any = getattr(bundle, "thresholds", None)
+    unjudged: dict[str, str] = th.cannot_judge(list(bundle.class_names)) if hasattr(th, "cannot_judge") else {}
     audited = []
     for g, vs in zip(mi.frames, result.verdicts, strict=True):
         by_class = {v.class_name: v for v in vs}
@@ -483,12 +485,15 @@ def write_mask_results(mi: MaskInput, result: MaskResult, bundle: Any, vocabular
                 "given_area_px": int(v.given_area_px), "consensus_area_px": int(v.consensus_area_px),
                 "regions": [{k: r[k] for k in ("kind", "area_px", "area_mm2")} | {"bbox": list(r["bbox"])}
                             for r in regions],
+                **({"cannot_judge": unjudged[m.class_name]} if m.class_name in unjudged else {}),
             })
     needed = {a.image_uid for a in audited} | {a.annotation_uid for a in audited}
     loaded = {u: pydicom.dcmread(mi.by_uid[u]) for u in needed}
     sources = {a.image_uid: loaded[a.image_uid] for a in audited}
     annotations = {a.annotation_uid: loaded[a.annotation_uid] for a in audited}
-    sa.datasets = write_results(sources, annotations, [], algorithm_info(bundle), masks=audited)
+    present = {m.class_name for g in mi.frames for m in g}
+    sa.datasets = write_results(sources, annotations, [], algorithm_info(bundle), masks=audited,
+                                cannot_judge=[t for c, t in unjudged.items() if c in present])
     return sa
 
 
@@ -530,6 +535,8 @@ def audit_dicom_dir(bundle_path: Path | str, dicom_dir: Path | str, out_dir: Pat
         "bundle": {"path": str(bundle_path), "content_hash": bundle.content_hash,
                    "version": getattr(bundle, "version", None) or bundle.meta.get("version")},
         "studies": sum(1 for sa in audits if sa.study_uid), "annotations": len(items), "verdicts": counts,
+        **({"cannot_judge": cj} if (cj := sorted({str(r["cannot_judge"]) for r in items if r.get("cannot_judge")}))
+           else {}),
         "objects": written, "issues": [dict(i, study_uid=sa.study_uid) for sa in audits for i in sa.issues],
         "seconds": round(time.perf_counter() - t0, 2),
     }

@@ -63,6 +63,7 @@ def write_results(
     member_panels: bool = False,
     manufacturer: str = MANUFACTURER,
     masks: Sequence[AuditedMask] = (),
+    cannot_judge: Sequence[str] = (),
 ) -> list[Dataset]:
     """The result objects of one study: heatmap SCs, mask overlay SCs, suggested-correction SEGs, then the
     KOS (if anything is flagged), then the SR.
@@ -71,6 +72,8 @@ def write_results(
     gets an overlay SC (given outline, consensus outline, disagreement in colour) when its given and
     consensus masks are known (``given`` None: read from its SEG), and its consensus goes into a
     suggested-correction SEG; its source frame is selected in the KOS.
+
+    ``cannot_judge``: one sentence per class whose masks the models cannot judge (the SR summary states each).
 
     Heatmap SCs are made for suspected label errors with a heatmap (and for hard cases when asked);
     ``parametric_maps`` adds a Parametric Map of the raw saliency beside each SC where the source
@@ -100,7 +103,7 @@ def write_results(
     run_key = digest(
         study_uid, algorithm.bundle_hash, algorithm.name, algorithm.version, algorithm.parameters,
         [a.key() for a in audited], list(cohort_findings), heatmaps_for_hard_cases,
-        *([[m.key() for m in masks]] if masks else []),
+        *([[m.key() for m in masks]] if masks else []), *([list(cannot_judge)] if cannot_judge else []),
     )  # parametric_maps is left out on purpose: adding maps keeps the SR/SC/KOS UIDs
     heat_series = derived_uid(run_key, "series", "heatmap")
     heatmaps: dict[int, Dataset] = {}
@@ -203,6 +206,7 @@ def write_results(
             mask_tracking_uids=[derived_uid(run_key, "tracking", "mask", i) for i in range(len(masks))],
             overlays=overlays,
             suggestions=suggestions,
+            cannot_judge=cannot_judge,
         )
     )
     log.info("results for study %s: %d heatmap(s), %d mask overlay(s), %d suggested SEG(s), %s KOS, 1 SR",
