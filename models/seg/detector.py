@@ -198,15 +198,15 @@ class MaskVerdict:
     given_area_px: int
     consensus_area_px: int
     distance_unit: str
-    raw_score: float = 0.0
-    """The mask score the cut is on (``SegDetectorConfig.score``): higher is more suspicious."""
-    judged: bool = True
-    """False: the ensemble cannot judge this class here (models.seg.competence); the mask is never flagged."""
     regions: list[MaskRegion] = field(default_factory=list)
     consensus: np.ndarray | None = None
     """The consensus mask (bool, scored grid): a plausible correction."""
     prob: np.ndarray | None = None
     """The mean probability map (float32, scored grid)."""
+    raw_score: float = 0.0
+    """The mask score the cut is on (``SegDetectorConfig.score``): higher is more suspicious."""
+    judged: bool = True
+    """False: the ensemble cannot judge this class here (models.seg.competence); the mask is never flagged."""
 
     @property
     def flagged(self) -> bool:

@@ -204,6 +204,8 @@ def test_cli_train_audit_evaluate_segmentation(tmp_path):
     assert r.exit_code == 0, r.output
     summary = json.loads((tmp_path / "a" / "audit.json").read_text())
     assert summary["task"] == "segmentation" and summary["n_masks"] == 24
+    assert [c["class_name"] for c in summary["competence"]] == ["disc", "box"] and "cannot_judge" in summary
+    assert set(summary["member_median_dice_here"]) <= {"disc", "box"}
     assert len((tmp_path / "a" / "verdicts.csv").read_text().splitlines()) == 25
     r = CliRunner().invoke(app, ["evaluate", "--task", "segmentation", "--dataset", str(tmp_path / "data"), "--out",
                                  str(tmp_path / "e"), "--image-size", "32", "--epochs", "1", "--folds", "2",
@@ -211,6 +213,8 @@ def test_cli_train_audit_evaluate_segmentation(tmp_path):
     assert r.exit_code == 0, r.output
     res = json.loads((tmp_path / "e" / "results.json").read_text())
     assert res["task"] == "segmentation" and len(res["corruptions"]) == 3
+    assert {"median_dice", "member_median_dice", "judged"} <= set(res["competence"][0])
+    assert "members' median out-of-fold Dice" in r.output and (tmp_path / "e" / "predictions.npz").is_file()
     for name in ("labelqa", "dual_consistency", "cleanlab_softmin", "single_model_dice", "mean_prob_dice", "random"):
         assert {"f1", "auprc", "precision", "recall", "per_kind"} <= set(res["methods"][name])
     assert {"labelqa", "cleanlab"} <= set(res["pixel"]) and "efficacy" in res
@@ -257,7 +261,7 @@ def test_weak_members_cannot_judge_and_flag_nothing(discs):
     assert comp["judged"] is False and comp["median_dice"] < 0.5
     text = th.cannot_judge(["lesion"])["lesion"]
     assert text.startswith("the models cannot judge 'lesion' masks here: median out-of-fold Dice 0.")
-    verdicts = score_masks(probs, noisy, class_names=["lesion"], thresholds=th, keep_arrays=False)
+    verdicts = score_masks(probs, noisy, class_names=["lesion"], thresholds=th, keep_arrays=False, distances=False)
     assert not any(v.verdict == Verdict.SUSPECTED_MASK_ERROR for v in verdicts)
     assert not any(v.judged for v in verdicts)
 
@@ -267,7 +271,7 @@ def test_flags_track_the_planted_count_where_the_members_are_competent(discs):
     probs = _members(d.masks, weak=False)
     th = learn_seg_cut(probs, noisy, class_names=["disc"])
     assert th.competence[0]["judged"] is True and th.competence[0]["median_dice"] > 0.9
-    verdicts = score_masks(probs, noisy, class_names=["disc"], thresholds=th, keep_arrays=False)
+    verdicts = score_masks(probs, noisy, class_names=["disc"], thresholds=th, keep_arrays=False, distances=False)
     flags = np.array([v.verdict == Verdict.SUSPECTED_MASK_ERROR for v in verdicts])
     planted = len(rec)
     assert 0.5 <= flags.sum() / planted <= 2.0, (flags.sum(), planted, th.estimated_errors_per_class)
