@@ -14,7 +14,8 @@ __all__ = [
     "SCHEME", "SCHEME_VERSION", "SCHEME_NAME", "SCHEME_RESPONSIBLE", "ANNOTATION_QUALITY_AUDIT",
     "SUSPECTED_ANNOTATION_ERROR", "HARD_CASE", "CONSISTENT_ANNOTATION", "AUDIT_SUMMARY", "SUSPECTED_MASK_ERROR",
     "VERDICT_CODES", "FLAGGED_VERDICTS", "GIVEN_LABEL", "CONSENSUS_LABEL", "SYSTEMATIC_DISAGREEMENT",
-    "MASK_ERROR_KIND", "DISAGREEMENT_REGION", "MISSING_STRUCTURE", "SPURIOUS_STRUCTURE", "BOUNDARY_TOO_TIGHT",
+    "MASK_ERROR_KIND", "DISAGREEMENT_REGION", "MODELS_CANNOT_JUDGE",
+    "MISSING_STRUCTURE", "SPURIOUS_STRUCTURE", "BOUNDARY_TOO_TIGHT",
     "BOUNDARY_TOO_LOOSE", "SHIFTED_MASK", "WRONG_SEGMENT_TYPE", "MISSING_SLICES", "EXTRA_SLICES", "SHIFTED_SLICES",
     "MASK_ERROR_KIND_CODES", "SALIENCY_AGREEMENT",
     "P_GIVEN_LABEL", "REANNOTATION_PRIORITY", "N_MEMBERS_DISAGREEING", "N_MEMBERS", "CONSENSUS_PROBABILITY",
@@ -71,6 +72,9 @@ CONSENSUS_LABEL = _c("LQA-0202", "Model consensus label")
 SYSTEMATIC_DISAGREEMENT = _c("LQA-0203", "Systematic disagreement (cohort finding)")
 MASK_ERROR_KIND = _c("LQA-0204", "Segmentation mask error kind")
 DISAGREEMENT_REGION = _c("LQA-0205", "Region of disagreement with the model consensus")
+MODELS_CANNOT_JUDGE = _c("LQA-0206", "Models cannot judge masks of this class")
+"""A TEXT item of the study summary: the ensemble was not competent for a class (too weak on its
+masks), so none of that class's masks is flagged; the text names the class and the evidence."""
 
 # Mask error kinds (values of LQA-0204; the values of ``models.verdict.MaskErrorKind``).
 MISSING_STRUCTURE = _c("LQA-0501", "Missing structure")

@@ -134,6 +134,10 @@ def render_html(sr_path: Path, heatmap_dirs: Iterable[Path] = ()) -> str:
     for name, value in report["summary"].items():
         parts.append(f"<li>{e(name)}: {_fmt(value)}</li>")
     parts.append("</ul>")
+    if report.get("cannot_judge"):
+        parts.append("<h2>Masks the models cannot judge</h2><ul>")
+        parts += [f"<li class='warn'>{e(t)}</li>" for t in report["cannot_judge"]]
+        parts.append("</ul>")
     if report["cohort_findings"]:
         parts.append("<h2>Systematic disagreement (cohort findings)</h2><ul>")
         parts += [f"<li>{e(t)}</li>" for t in report["cohort_findings"]]

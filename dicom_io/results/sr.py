@@ -25,8 +25,9 @@ disagreement regions (the Dice names the overlay SC as its ``Source of Measureme
 per region, and a COMPOSITE reference to the suggested-correction SEG.
 
 One more TID 1501 group summarises the study: counts per verdict (with the suspected mask error
-count whenever masks were audited), each systematic-disagreement (cohort) finding once, the
-algorithm's parameters and a COMPOSITE reference to the SR that draws the flags (``roi_sr``).
+count whenever masks were audited), each systematic-disagreement (cohort) finding once, each
+"cannot judge" finding (LQA-0206: the models are too weak on a class's masks to flag any of them),
+the algorithm's parameters and a COMPOSITE reference to the SR that draws the flags (``roi_sr``).
 Every container is SEPARATE, so text views print each value with its concept name.
 """
 
@@ -339,9 +340,11 @@ def volume_group(
 
 
 def summary_group(audited: Sequence[AuditedAnnotation], cohort_findings: Sequence[str], tracking_uid: str,
-                  algorithm_id, masks: Sequence[AuditedMask | AuditedVolumeMask] = (), drawn: Dataset | None = None):
-    """TID 1501 group for the whole study: counts per verdict, the cohort findings, the algorithm with its
-    parameters and the SR that draws the flags (``drawn``, a COMPOSITE LQA-0404), each stated once."""
+                  algorithm_id, masks: Sequence[AuditedMask | AuditedVolumeMask] = (), drawn: Dataset | None = None,
+                  cannot_judge: Sequence[str] = ()):
+    """TID 1501 group for the whole study: counts per verdict, the cohort findings, the classes the models
+    cannot judge, the algorithm with its parameters and the SR that draws the flags (``drawn``, a COMPOSITE
+    LQA-0404), each stated once."""
     import highdicom as hd
 
     counts = {v: 0 for v in codes.VERDICT_CODES}
@@ -357,14 +360,15 @@ def summary_group(audited: Sequence[AuditedAnnotation], cohort_findings: Sequenc
         algorithm_id=algorithm_id,
         measurements=[_measurement(codes.VERDICT_COUNT_CODES[v], n, unit=codes.UNIT_COUNT) for v, n in counts.items()],
     )
-    for text in cohort_findings:
-        group[0].ContentSequence.append(
-            hd.sr.TextContentItem(
-                name=codes.SYSTEMATIC_DISAGREEMENT,
-                value=str(text),
-                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    for name, texts in ((codes.SYSTEMATIC_DISAGREEMENT, cohort_findings), (codes.MODELS_CANNOT_JUDGE, cannot_judge)):
+        for text in texts:
+            group[0].ContentSequence.append(
+                hd.sr.TextContentItem(
+                    name=name,
+                    value=str(text),
+                    relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+                )
             )
-        )
     if drawn is not None:
         group[0].ContentSequence.append(_composite(codes.FLAGS_DRAWN, drawn))
     return group
@@ -396,10 +400,12 @@ def qa_report_sr(
     volume_tracking_uids: Sequence[str] = (),
     volume_overlays: dict[int, list[Dataset]] | None = None,
     volume_suggestions: dict[int, tuple[Dataset, int]] | None = None,
+    cannot_judge: Sequence[str] = (),
 ) -> Dataset:
     """The Comprehensive 3D SR (TID 1500) for one study's audited annotations (and masks: ``overlays``,
     ``suggestions`` and ``suggestion_notes`` by index into ``masks``); ``drawn``: the SR that draws the
-    flags, referenced from the summary group. Every container is SEPARATE (:func:`separate_containers`)."""
+    flags, referenced from the summary group; ``cannot_judge``: one sentence per class the models
+    cannot judge. Every container is SEPARATE (:func:`separate_containers`)."""
     import highdicom as hd
     from pydicom.sr.codedict import codes as dcm
 
@@ -441,7 +447,7 @@ def qa_report_sr(
                                    volume_suggestions.get(i), volume_tracking_uids[i], f"segment {i + 1}",
                                    algorithm_id))
     groups.append(summary_group(audited, cohort_findings, summary_uid, algorithm_identification(algorithm),
-                                [*masks, *volumes], drawn))
+                                [*masks, *volumes], drawn, cannot_judge))
     observer = hd.sr.ObserverContext(
         observer_type=dcm.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -483,7 +489,8 @@ def read_report(ds: Dataset) -> dict:
     consensus_label, measurements: {meaning: value}, source_image_uid, annotation_uid, segment_number,
     heatmap_uid}], "masks": [{tracking_uid, tracking_id, verdict, verdict_code, class_label, kind,
     measurements, source_image_uid, frame, annotation_uid, segment_number, overlay_uid,
-    suggestion_uid, regions: [str]}], "summary": {meaning: value}, "cohort_findings": [str]}``.
+    suggestion_uid, regions: [str]}], "summary": {meaning: value}, "cohort_findings": [str],
+    "cannot_judge": [str]}``.
     """
     import highdicom as hd
 
@@ -495,15 +502,17 @@ def read_report(ds: Dataset) -> dict:
     mask_items: list[dict] = []
     summary: dict = {}
     cohort: list[str] = []
+    cannot: list[str] = []
     groups = list(content.get_volumetric_roi_measurement_groups()) + list(content.get_image_measurement_groups())
     for g in groups:
         finding = g.finding_type
         measurements = {m.name.meaning: float(m.value) for m in g.get_measurements()}
         if finding is not None and finding.value == codes.AUDIT_SUMMARY.value:
             summary = measurements
-            cohort = [str(it.TextValue) for it in g[0].ContentSequence
-                      if it.ValueType == "TEXT" and it.ConceptNameCodeSequence[0].CodeValue
-                      == codes.SYSTEMATIC_DISAGREEMENT.value]
+            texts = [(it.ConceptNameCodeSequence[0].CodeValue, str(it.TextValue)) for it in g[0].ContentSequence
+                     if it.ValueType == "TEXT"]
+            cohort = [t for c, t in texts if c == codes.SYSTEMATIC_DISAGREEMENT.value]
+            cannot = [t for c, t in texts if c == codes.MODELS_CANNOT_JUDGE.value]
             continue
         qual = {q.name.value: Code(q.value.value, q.value.scheme_designator, q.value.meaning)
                 for q in g.get_qualitative_evaluations()}
@@ -545,7 +554,8 @@ def read_report(ds: Dataset) -> dict:
     items.sort(key=lambda it: _tracking_order(it["tracking_id"]))
     mask_items.sort(key=lambda it: _tracking_order(it["tracking_id"]))
     title = sr.ConceptNameCodeSequence[0].CodeMeaning
-    return {"title": title, "items": items, "masks": mask_items, "summary": summary, "cohort_findings": cohort}
+    return {"title": title, "items": items, "masks": mask_items, "summary": summary, "cohort_findings": cohort,
+            "cannot_judge": cannot}
 
 
 def _read_mask_group(g, finding, measurements: dict, qual: dict, meaning_to_verdict: dict) -> dict:

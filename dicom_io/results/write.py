@@ -94,6 +94,7 @@ def write_results(
     member_panels: bool = False,
     manufacturer: str = MANUFACTURER,
     masks: Sequence[AuditedMask] = (),
+    cannot_judge: Sequence[str] = (),
 ) -> ResultSet:
     """The result objects of one study: heatmap SCs, mask overlay SCs, suggested-correction SEGs, then the
     KOS (if anything is flagged), then the QA report SR, then (when a flag has a shape) the SR that draws
@@ -104,6 +105,8 @@ def write_results(
     gets an overlay SC (given outline, consensus outline, disagreement in colour) when its given and
     consensus masks are known (``given`` None: read from its SEG), and its consensus goes into a
     suggested-correction SEG; its source frame is selected in the KOS.
+
+    ``cannot_judge``: one sentence per class whose masks the models cannot judge (the SR summary states each).
 
     Heatmap SCs are made for suspected label errors with a heatmap (and for hard cases when asked);
     ``parametric_maps`` adds a Parametric Map of the raw saliency beside each SC where the source
@@ -133,7 +136,7 @@ def write_results(
     run_key = digest(
         study_uid, algorithm.bundle_hash, algorithm.name, algorithm.version, algorithm.parameters,
         [a.key() for a in audited], list(cohort_findings), heatmaps_for_hard_cases,
-        *([[m.key() for m in masks]] if masks else []),
+        *([[m.key() for m in masks]] if masks else []), *([list(cannot_judge)] if cannot_judge else []),
     )  # parametric_maps is left out on purpose: adding maps keeps the SR/SC/KOS UIDs
     heat_series = derived_uid(run_key, "series", "heatmap")
     found = found_text(sum(a.verdict in codes.FLAGGED_VERDICTS for a in audited), sum(m.flagged for m in masks),
@@ -256,6 +259,7 @@ def write_results(
             suggestion_notes=suggestion_notes,
             drawn=drawn,
             series_description=f"labelqa QA: {found}",
+            cannot_judge=cannot_judge,
         )
     )
     report_uid = str(out[-1].SOPInstanceUID)

@@ -148,35 +148,49 @@ def load_seg_bundle(info: BundleInfo | str | Path) -> SegBundle:
     return SegBundle(info, members)
 
 
-def train_seg_bundle(dataset_dir: str | Path | None, out: str | Path, *, image_size: int = 64,
-                     archs: str | tuple[str, ...] = DEFAULT_SEG_ARCHS, folds: int = 4, epochs: int = 20,
+def train_seg_bundle(dataset_dir: str | Path | None, out: str | Path, *, image_size: int | None = None,
+                     archs: str | tuple[str, ...] = DEFAULT_SEG_ARCHS, folds: int = 4, epochs: int | None = None,
                      seed: int = 0, mode: str = "crossfit", device: str = "auto", cfg: SegTrainConfig | None = None,
                      detector: SegDetectorConfig | None = None, data=None, map_fn=None, progress: bool = True,
                      verdicts_out: str | Path | None = None) -> Path:
-    """Fit the segmenters on ``DIR/images`` + ``DIR/masks`` (or ``data``, a ``SegDataset``), learn the cut from
-    their out-of-fold probabilities, write a bundle at ``out``. ``verdicts_out``: also write the training
-    masks' own audit there (out-of-fold with crossfit), kept outside the bundle (stems can carry identifiers)."""
+    """Fit the segmenters on ``DIR/images`` + ``DIR/masks`` (or ``data``, a ``SegDataset``), learn the cut and
+    the members' competence per class from their out-of-fold probabilities, write a bundle at ``out``.
+    ``image_size`` / ``epochs`` left out are chosen from the data (``models.seg.recipe``). ``verdicts_out``:
+    also write the training masks' own audit there (out-of-fold with crossfit), kept outside the bundle
+    (stems can carry identifiers)."""
     import monai
     import torch
 
     from models import __version__
-    from models.seg.data import load_segmentation_dataset
+    from models.seg.data import dataset_from_items, fold_groups, read_segmentation_items
     from models.seg.ensemble import parse_seg_archs
+    from models.seg.recipe import seg_recipe
     from models.seg.train import fit_segmenters
 
     detector = detector or SegDetectorConfig(seed=seed)
+    cfg = cfg or SegTrainConfig()
     if data is None:
         if dataset_dir is None:
             raise ValueError("give a data set folder or data")
-        data = load_segmentation_dataset(dataset_dir, image_size)
+        items, class_names = read_segmentation_items(dataset_dir)
+        recipe = seg_recipe([lab for _s, _im, lab in items], folds=folds if mode == "crossfit" else 1,
+                            batch_size=cfg.batch_size, min_steps_per_epoch=cfg.min_steps_per_epoch,
+                            n_classes=len(class_names), image_size=image_size, epochs=epochs)
+        data = dataset_from_items(items, class_names, recipe.image_size, dataset_dir)
+    else:
+        recipe = seg_recipe([], n_images=len(data), folds=folds if mode == "crossfit" else 1,
+                            batch_size=cfg.batch_size, min_steps_per_epoch=cfg.min_steps_per_epoch,
+                            image_size=image_size or data.images.shape[1], epochs=epochs)
+    image_size = recipe.image_size
     if data.images.shape[1:] != (image_size, image_size):
         raise ValueError(f"data are {data.images.shape[1:]}, the bundle grid is {image_size}")
     names = parse_seg_archs(archs)
-    groups = [s.split("@")[0] for s in data.stems]
-    fit = fit_segmenters(data.images, data.masks, n_classes=data.n_classes, archs=names, folds=folds, epochs=epochs,
-                         cfg=cfg, mode=mode, seed=seed, groups=groups if len(set(groups)) >= folds else None,
+    groups = fold_groups(data)
+    fit = fit_segmenters(data.images, data.masks, n_classes=data.n_classes, archs=names, folds=folds,
+                         epochs=recipe.epochs, cfg=cfg, mode=mode, seed=seed,
+                         groups=groups if len(set(groups)) >= folds else None,
                          device=device, map_fn=map_fn, progress=progress)
-    th = learn_seg_cut(fit.probs, data.masks, detector)
+    th = learn_seg_cut(fit.probs, data.masks, detector, archs=list(names), class_names=data.class_names)
     out = Path(out)
     (out / "models").mkdir(parents=True, exist_ok=True)
     members = []
@@ -200,7 +214,8 @@ def train_seg_bundle(dataset_dir: str | Path | None, out: str | Path, *, image_s
                                  "num_channels": data.n_classes, "channel_def": dict(enumerate(data.class_names))}}},
         "fit_mode": mode, "folds": fit.n_folds, "members": members, "thresholds": th.to_dict(),
         "detector": detector.to_dict(), "train": fit.cfg.to_dict(),
-        "training": {"n_images": len(data), "seed": seed, "dataset": str(dataset_dir) if dataset_dir else None},
+        "training": {"n_images": len(data), "seed": seed, "dataset": str(dataset_dir) if dataset_dir else None,
+                     "recipe": recipe.to_dict()},
     }
     write_bundle_configs(out, meta, {"members": [{"arch": m["arch"], "file": m["file"]} for m in members],
                                      "builder": "models.seg.ensemble.build_segmenter(arch, n_classes)"})
@@ -209,8 +224,15 @@ def train_seg_bundle(dataset_dir: str | Path | None, out: str | Path, *, image_s
                          thresholds=th, cfg=detector, keep_arrays=False)
         write_seg_verdicts(Path(verdicts_out), [[v for v in vs if v.index == i] for i in range(len(data))],
                            data.stems, {"bundle": str(out), "mode": mode,
-                                        "scores": "out-of-fold" if mode == "crossfit" else "in-sample"})
+                                        "scores": "out-of-fold" if mode == "crossfit" else "in-sample",
+                                        **_competence_summary(th, data.class_names)})
     return out
+
+
+def _competence_summary(th: SegThresholds, class_names: list[str]) -> dict:
+    """The competence per class and the "cannot judge" sentences, for ``audit.json``."""
+    return {"competence": th.competence, "cannot_judge": sorted(th.cannot_judge(class_names).values()),
+            "estimated_errors_per_class": dict(zip(class_names, th.estimated_errors_per_class, strict=False))}
 
 
 def write_seg_verdicts(out: Path, verdicts: list[list[MaskVerdict]], stems: list[str], extra: dict) -> dict:
@@ -226,11 +248,11 @@ def write_seg_verdicts(out: Path, verdicts: list[list[MaskVerdict]], stems: list
     with open(out / "verdicts.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["id", "class", "verdict", "kind", "score", "priority", "dice_consensus", "hd95_consensus",
-                    "agreement_prob", "dual_consistency", "n_regions"])
+                    "agreement_prob", "dual_consistency", "n_regions", "judged"])
         for stem, v in flat:
             w.writerow([stem, v.class_name, str(v.verdict), v.kind or "", f"{v.score:.4f}", f"{v.priority:.4f}",
                         f"{v.dice_consensus:.4f}", f"{v.hd95_consensus:.2f}", f"{v.agreement_prob:.4f}",
-                        int(v.dual_consistency), len(v.regions)])
+                        int(v.dual_consistency), len(v.regions), int(v.judged)])
     with open(out / "verdicts.jsonl", "w") as f:
         for stem, v in flat:
             f.write(json.dumps({"id": stem, **v.to_row()}) + "\n")
@@ -263,6 +285,12 @@ def audit_seg_dataset(bundle_path: str | Path, dataset: str | Path, out: str | P
             if v.flagged and v.consensus is not None:
                 png = out / "consensus" / f"{stem}_{v.class_name}.png"
                 Image.fromarray(v.consensus.astype(np.uint8) * 255).save(png)
+    here = {}
+    for c, name in enumerate(bundle.class_names):
+        vs = [v for per in verdicts for v in per if v.class_index == c + 1 and v.given_area_px > 0]
+        if vs:
+            here[name] = {a: round(float(np.median([v.dice_members[a] for v in vs])), 4) for a in bundle.archs}
     return write_seg_verdicts(out, verdicts, [s for s, _im, _lab in items],
                               {"bundle": str(bundle_path), "bundle_hash": bundle.content_hash, "dataset": str(dataset),
-                               "grid": "native"})
+                               "grid": "native", **_competence_summary(bundle.thresholds, bundle.class_names),
+                               "member_median_dice_here": here})

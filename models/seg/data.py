@@ -20,8 +20,7 @@ from models.data import IMAGE_SUFFIXES, DatasetError, read_image_file
 from models.preprocess import resize_image, size_hw, to_grey, to_model_input
 
 __all__ = ["SegDataset", "load_segmentation_dataset", "read_segmentation_items", "read_label_map", "resize_label_map",
-           "load_retina",
-           "tile_dataset", "RETINA_SETS", "default_data_root"]
+           "load_retina", "tile_dataset", "fold_groups", "dataset_from_items", "RETINA_SETS", "default_data_root"]
 
 
 @dataclass
@@ -161,6 +160,12 @@ def load_segmentation_dataset(path: str | Path, image_size: int | None = None) -
         without ``image_size``.
     """
     items, class_names = read_segmentation_items(path)
+    return dataset_from_items(items, class_names, image_size, path)
+
+
+def dataset_from_items(items: list[tuple[str, np.ndarray, np.ndarray]], class_names: list[str],
+                       image_size: int | None = None, path: str | Path = "the data set") -> SegDataset:
+    """:func:`read_segmentation_items`' output on one grid (``None``: the native size, which all must share)."""
     out_i = [im for _s, im, _lab in items]
     out_m = [lab for _s, _im, lab in items]
     if image_size is not None:
@@ -237,3 +242,23 @@ def tile_dataset(ds: SegDataset, tile: int) -> SegDataset:
                 ms.append(ds.masks[i, y:y + tile, x:x + tile])
                 st.append(f"{ds.stems[i]}@{y},{x}")
     return SegDataset(np.stack(ims), np.stack(ms), list(ds.class_names), st, ds.spacing)
+
+
+def fold_groups(ds: SegDataset, key=None) -> list[str]:
+    """The cross-fitting group of every sample: its source image (the stem before ``@`` for tiles, or
+    ``key(stem)``); groups whose images are identical (same pixels on the model grid, all samples)
+    are merged, so that a duplicate pair never sits on both sides of a fold (BUSI has one)."""
+    import hashlib
+
+    base = [(key(s) if key is not None else s.split("@")[0]) for s in ds.stems]
+    members: dict[str, list[int]] = {}
+    for i, g in enumerate(base):
+        members.setdefault(g, []).append(i)
+    first: dict[bytes, str] = {}
+    alias: dict[str, str] = {}
+    for g in sorted(members):
+        h = hashlib.sha1()
+        for i in sorted(members[g], key=lambda j: ds.stems[j]):
+            h.update(np.ascontiguousarray(ds.images[i]).tobytes())
+        alias[g] = first.setdefault(h.digest(), g)
+    return [alias[g] for g in base]

@@ -41,7 +41,8 @@ from models.seg.train import to_channels
 from models.verdict import MASK_VERDICTS, MaskErrorKind, Verdict
 
 __all__ = ["SegDetectorConfig", "SegThresholds", "MaskRegion", "MaskVerdict", "SegUnits", "score_masks",
-           "learn_seg_cut", "unit_scores", "mask_regions", "SEG_VERDICTS"]
+           "learn_seg_cut", "unit_scores", "mask_regions", "SEG_VERDICTS", "SCORES", "softmin_quality",
+           "mask_features", "combine_score"]
 
 SEG_VERDICTS = MASK_VERDICTS
 
@@ -67,8 +68,22 @@ class SegDetectorConfig:
     tail_floor: float = 0.3
     tail_min_count: int = 5
     count_z: float = 0.5
-    simulate_from: str = "consensus"
-    """What the simulated wrong masks corrupt: ``consensus`` (the members' own mask) or ``given``."""
+    simulate_from: str = "given"
+    """What the simulated wrong masks corrupt for the error count: ``given`` (the masks as drawn) or
+    ``consensus`` (the members' own masks). The competence check always corrupts the given masks."""
+    score: str = "blend"
+    """The mask score the cut is on: ``suspicion``, ``softmin`` (cleanlab's softmin on the mean
+    probabilities) or ``blend`` (the mean of the two's ranks within the class: docs/segmentation.md)."""
+    softmin_temperature: float = 0.1
+    """cleanlab's default temperature."""
+    min_dice: float = 0.5
+    """Competence: the members' median out-of-fold Dice with a class's masks must reach this."""
+    min_detection: float = 0.6
+    """Competence: the share of simulated wrong masks scoring above the ``detection_quantile`` of the given
+    masks' scores (a wrong mask would rank in their top 10%) must reach this."""
+    detection_quantile: float = 0.9
+    flag_margin: float = 2.0
+    """At most (estimated wrong masks + flag_margin x sqrt(estimate) + 1) flags per class."""
     nsd_tolerance_px: float = 1.0
     """Normalised-surface-Dice tolerance in pixels (times the mean spacing when a spacing is given)."""
     min_region_px: int = 4
@@ -85,6 +100,8 @@ class SegDetectorConfig:
             raise ValueError(f"numerator must be dice or confident, not {self.numerator!r}")
         if self.simulate_from not in ("consensus", "given"):
             raise ValueError(f"simulate_from must be consensus or given, not {self.simulate_from!r}")
+        if self.score not in SCORES:
+            raise ValueError(f"score must be one of {', '.join(SCORES)}, not {self.score!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -102,6 +119,12 @@ class SegThresholds:
     dual_agreement: float
     dual_how: str
     n_units: int = 0
+    score: str = "suspicion"
+    """Which mask score the cuts and steps are on (``SegDetectorConfig.score``; older bundles: suspicion)."""
+    score_knots: list[dict[str, list[float]]] = field(default_factory=list)
+    """Per class, per feature of a blended score: its quantiles on the learning data (the ranks' scale)."""
+    competence: list[dict] = field(default_factory=list)
+    """Per class, :class:`~models.seg.competence.ClassCompetence` as a dict (empty: judged, older bundles)."""
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -113,6 +136,20 @@ class SegThresholds:
         d = dict(d)
         d["class_cuts"] = [float("inf") if c is None else float(c) for c in d["class_cuts"]]
         return cls(**d)
+
+    def judged(self, k: int) -> list[bool]:
+        """Per class (0..k-1): whether the ensemble may flag its masks."""
+        return [bool(self.competence[c].get("judged", True)) if c < len(self.competence) else True for c in range(k)]
+
+    def cannot_judge(self, class_names: list[str]) -> dict[str, str]:
+        """Class name -> the "cannot judge" sentence, for the classes the ensemble may not flag."""
+        from models.seg.competence import ClassCompetence
+
+        out = {}
+        for c, name in enumerate(class_names):
+            if c < len(self.competence) and not self.competence[c].get("judged", True):
+                out[name] = ClassCompetence.from_dict({**self.competence[c], "class_name": name}).finding() or ""
+        return out
 
 
 @dataclass
@@ -166,6 +203,10 @@ class MaskVerdict:
     """The consensus mask (bool, scored grid): a plausible correction."""
     prob: np.ndarray | None = None
     """The mean probability map (float32, scored grid)."""
+    raw_score: float = 0.0
+    """The mask score the cut is on (``SegDetectorConfig.score``): higher is more suspicious."""
+    judged: bool = True
+    """False: the ensemble cannot judge this class here (models.seg.competence); the mask is never flagged."""
 
     @property
     def flagged(self) -> bool:
@@ -271,6 +312,12 @@ class SegUnits:
     prob: np.ndarray
     unanimous: np.ndarray
     """(U, H, W) bool: pixels where every member's mask says the same."""
+    softmin: np.ndarray | None = None
+    """1 - cleanlab's softmin quality of the given mask on the mean probability map (higher: more suspicious)."""
+    logit_lo: np.ndarray | None = None
+    """(U, H, W) the smallest member log-odds of "inside" per pixel (probabilities clipped to [1e-3, 1 - 1e-3])."""
+    logit_hi: np.ndarray | None = None
+    """(U, H, W) the largest member log-odds of "inside" per pixel."""
 
 
 def unit_scores(probs: np.ndarray, given: np.ndarray, cfg: SegDetectorConfig | None = None) -> SegUnits:
@@ -293,6 +340,9 @@ def unit_scores(probs: np.ndarray, given: np.ndarray, cfg: SegDetectorConfig | N
     md = soft_dice(cons, g, sm).reshape(-1)
     dis = 1.0 - _prob_agreement(probs, sm).reshape(-1)
     unan = (member_masks.all(0) | (~member_masks).all(0)).reshape(n * k, h, w)
+    pc = np.clip(probs, 1e-3, 1.0 - 1e-3)
+    logit = np.log(pc) - np.log1p(-pc)
+    lo, hi = logit.min(axis=0), logit.max(axis=0)
     num = _numerator(cons.reshape(n * k, h, w), g.reshape(n * k, h, w), unan, md, sm, cfg)
     return SegUnits(
         image=np.repeat(np.arange(n), k), cls=np.tile(np.arange(k), n), suspicion=num / (dis + cfg.eps),
@@ -301,7 +351,9 @@ def unit_scores(probs: np.ndarray, given: np.ndarray, cfg: SegDetectorConfig | N
         dice_consensus=_hard_dice(cons, g).reshape(-1), dice_mean_prob=sd.reshape(-1),
         agreement_dice=np.asarray(ag_d).reshape(-1), agreement_prob=1.0 - dis,
         given=g.reshape(n * k, h, w), consensus=cons.reshape(n * k, h, w), prob=pbar.reshape(n * k, h, w),
-        unanimous=unan)
+        unanimous=unan, logit_lo=lo.reshape(n * k, h, w), logit_hi=hi.reshape(n * k, h, w),
+        softmin=1.0 - softmin_quality(pbar.reshape(n * k, h, w), g.reshape(n * k, h, w),
+                                                      cfg.softmin_temperature))
 
 
 def _numerator(cons: np.ndarray, given: np.ndarray, unan: np.ndarray, mask_dice: np.ndarray | None, sm: float,
@@ -314,42 +366,130 @@ def _numerator(cons: np.ndarray, given: np.ndarray, unan: np.ndarray, mask_dice:
     return diff / ((cons | given).sum(axis=(-1, -2)) + sm)
 
 
-def _simulated_suspicion(units: SegUnits, n_classes: int, cfg: SegDetectorConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(unit index, suspicion) of every simulated wrong mask: each unit's consensus (or given) mask
-    corrupted by each applicable operation and scored against the same mean probabilities."""
-    rng = np.random.default_rng(cfg.seed + 3_000_017)
-    sm = _smooth_px(units.prob.shape, cfg)
-    src_all = units.consensus if cfg.simulate_from == "consensus" else units.given
-    idx_out, s_out = [], []
+def softmin_quality(prob: np.ndarray, given: np.ndarray, temperature: float = 0.1) -> np.ndarray:
+    """cleanlab's ``softmin`` mask quality (``cleanlab.segmentation.rank``) of bool masks ``given`` (U, ...)
+    on probability maps ``prob`` (U, ...) of any spatial dimension: the pixels' self-confidence (p where
+    the mask says inside, 1 - p outside) averaged with weights softmax(-confidence / temperature)."""
+    p = np.asarray(prob, np.float64).reshape(len(prob), -1)
+    sc = np.where(np.asarray(given, bool).reshape(len(p), -1), p, 1.0 - p)
+    if sc.shape[1] == 0:
+        return np.ones(len(sc))
+    w = np.exp(-(sc - sc.min(axis=1, keepdims=True)) / temperature)
+    return (sc * w).sum(axis=1) / w.sum(axis=1)
+
+
+SCORES: dict[str, tuple[str, ...]] = {"suspicion": ("suspicion",), "softmin": ("softmin",), "evidence": ("evidence",),
+                                      "blend": ("suspicion", "evidence"),
+                                      "blend_softmin": ("suspicion", "softmin"),
+                                      "blend3": ("suspicion", "evidence", "softmin")}
+"""Mask scores -> the features they combine (one feature: itself; several: the mean of their ranks)."""
+KNOTS = 201
+
+
+def mask_features(units: SegUnits, idx: np.ndarray, masks: np.ndarray, cfg: SegDetectorConfig) -> dict[str, np.ndarray]:
+    """The features of ``masks`` (S, ...) bool, each judged against the probabilities of unit ``idx[s]``
+    (the given masks themselves with ``idx = arange(U)``): one code path for real and simulated masks."""
+    idx = np.asarray(idx, np.int64)
+    flat = (len(idx), -1, 1)  # soft Dice sums the last two axes: one axis of all pixels, any dimension
+    sm = max(1.0, cfg.smooth * float(np.prod(units.prob.shape[1:])))
+    masks = np.asarray(masks, bool).reshape(flat)
+    num = _numerator(units.consensus[idx].reshape(flat), masks, units.unanimous[idx].reshape(flat), None, sm, cfg)
+    out = {"suspicion": num / (units.member_disagreement[idx] + cfg.eps),
+           "softmin": 1.0 - softmin_quality(units.prob[idx], masks[..., 0], cfg.softmin_temperature)}
+    if units.logit_lo is not None and units.logit_hi is not None:
+        w = masks[..., 0]
+        lo, hi = units.logit_lo[idx].reshape(w.shape), units.logit_hi[idx].reshape(w.shape)
+        against = np.clip(np.where(w, -hi, lo), 0.0, None).sum(axis=1)  # every member's log-odds against the mask
+        size = w.sum(axis=1) + units.consensus[idx].reshape(w.shape).sum(axis=1) + sm
+        out["evidence"] = against / np.sqrt(size)
+    return out
+
+
+def _knots(feats: dict[str, np.ndarray], cls: np.ndarray, k: int, score: str) -> list[dict[str, list[float]]]:
+    """Per class, the quantiles of each feature of a blended score on the observed masks."""
+    if len(SCORES[score]) < 2:
+        return []
+    q = np.linspace(0.0, 1.0, KNOTS)
+    out = []
+    for c in range(k):
+        sel = cls == c
+        out.append({f: ([float(x) for x in np.quantile(feats[f][sel], q)] if sel.any() else [0.0, 1.0])
+                    for f in SCORES[score]})
+    return out
+
+
+def _squash(x: np.ndarray) -> np.ndarray:
+    """A monotone map of scores >= 0 into [0, 1) that keeps large ones apart (a tie-break)."""
+    return x / (1.0 + np.abs(x))
+
+
+def combine_score(feats: dict[str, np.ndarray], cls: np.ndarray, score: str,
+                  knots: list[dict[str, list[float]]]) -> np.ndarray:
+    """The mask score from its features: the feature itself, or the mean of the features' ranks in their
+    class (rank = position among the learning data's masks, from ``knots``), plus a 1e-6 tie-break."""
+    names = SCORES[score]
+    if len(names) == 1:
+        return np.asarray(feats[names[0]], np.float64)
+    out = np.zeros(len(cls))
+    for c in np.unique(cls):
+        sel = cls == c
+        kn = knots[int(c)] if int(c) < len(knots) else {}
+        for f in names:
+            xs = np.asarray(kn.get(f, [0.0, 1.0]), np.float64)
+            ys = np.linspace(0.0, 1.0, len(xs))
+            xs, first = np.unique(xs, return_index=True)  # ties in the data: the lowest rank of a tie
+            out[sel] += np.interp(feats[f][sel], xs, ys[first]) / len(names)
+    return out + 1e-6 * _squash(np.asarray(feats[names[0]], np.float64))
+
+
+def _simulated_masks(units: SegUnits, n_classes: int, source: np.ndarray, cfg: SegDetectorConfig,
+                     salt: int) -> tuple[np.ndarray, np.ndarray]:
+    """(unit index, bool mask) of every simulated wrong mask: each unit's ``source`` mask corrupted by each
+    applicable operation of ``models.seg.corruption`` (wrong class: another class's ``source`` added)."""
+    rng = np.random.default_rng(cfg.seed + salt)
+    idx_out, masks = [], []
     by_image: dict[int, list[int]] = {}
     for u, i in enumerate(units.image):
         by_image.setdefault(int(i), []).append(u)
     for u in range(len(units.image)):
-        src = src_all[u].astype(np.int64)
-        sims = []
+        src = source[u].astype(np.int64)
         for op in CORRUPTIONS:
             if op == "wrong_class":
-                others = [v for v in by_image[int(units.image[u])] if v != u and src_all[v].any()]
+                others = [v for v in by_image[int(units.image[u])] if v != u and source[v].any()]
                 if n_classes < 2 or not others:
                     continue
-                other = src_all[others[int(rng.integers(len(others)))]] & ~src_all[u]
+                other = source[others[int(rng.integers(len(others)))]] & ~source[u]
                 if not other.any():
                     continue
-                sims.append(src_all[u] | other)
+                wm = source[u] | other
             elif applicable(src, op, 1):
-                sims.append(_apply(src, op, rng, 1)[0] > 0)
-        for wm in sims:
-            if np.any(wm != src_all[u]):
+                wm = _apply(src, op, rng, 1)[0] > 0
+            else:
+                continue
+            if np.any(wm != source[u]):
                 idx_out.append(u)
-                num = float(_numerator(units.consensus[u], wm, units.unanimous[u], None, sm, cfg))
-                s_out.append(num / (units.member_disagreement[u] + cfg.eps))
-    return np.asarray(idx_out, np.int64), np.asarray(s_out, np.float64)
+                masks.append(wm)
+    shape = (0,) + tuple(source.shape[1:])
+    return np.asarray(idx_out, np.int64), (np.stack(masks) if masks else np.zeros(shape, bool))
+
+
+def _flag_cap(n_err: float, margin: float) -> int:
+    return int(np.floor(n_err + margin * np.sqrt(max(n_err, 0.0)) + 1.0)) if n_err > 0 else 0
 
 
 def learn_seg_cut(probs: np.ndarray | None, given: np.ndarray | None, cfg: SegDetectorConfig | None = None,
-                  units: SegUnits | None = None, *,
+                  units: SegUnits | None = None, *, archs: list[str] | None = None,
+                  class_names: list[str] | None = None,
                   simulated: tuple[np.ndarray, np.ndarray] | None = None) -> SegThresholds:
-    """labelqa's per-class suspicion cut from simulated corruptions of out-of-fold predictions (no ground truth).
+    """labelqa's per-class cut and the ensemble's competence from out-of-fold predictions (no ground truth).
+
+    Every unit's given mask is corrupted by each planted-error operation and scored against the same
+    probabilities (the simulated wrong masks). Per class: the competence (``models.seg.competence``:
+    median out-of-fold Dice, member agreement, the share of simulated wrong masks scoring in the top
+    10% of the given masks); the number of wrong masks from the upper tail (min over cuts of #observed
+    above / P(simulated above), as ``models.detector.simulated_flip_cut``); each unit's local precision
+    from the least concave majorant; the flags maximise the estimated F1, at most the estimated count
+    + ``flag_margin`` x its square root + 1 per class.
 
     Parameters
     ----------
@@ -361,29 +501,59 @@ def learn_seg_cut(probs: np.ndarray | None, given: np.ndarray | None, cfg: SegDe
         corruptions of volumes); default: this module's 2-D corruptions of each unit's consensus.
     """
     from models.agreement import gmm_threshold
+    from models.seg.competence import class_competence
 
     cfg = cfg or SegDetectorConfig()
-    if units is None:
-        units = unit_scores(probs, given, cfg)  # type: ignore[arg-type]
-    k = int(np.asarray(probs).shape[2]) if probs is not None else int(units.cls.max(initial=-1)) + 1
-    sim_u, sim_s = simulated if simulated is not None else _simulated_suspicion(units, k, cfg)
+    if simulated is not None:  # the caller's statistic (units.suspicion) and its own simulated wrong masks
+        if units is None:
+            raise ValueError("learn_seg_cut(simulated=...) needs the units")
+        k = int(units.cls.max(initial=-1)) + 1
+        obs = np.asarray(units.suspicion, np.float64)
+        sim_u, sim_s = (np.asarray(a) for a in simulated)
+        knots: list[dict[str, list[float]]] = []
+        g_idx, g_score = sim_u, sim_s
+        judge_competence = False
+    else:
+        k = int(np.asarray(probs).shape[2])
+        units = units or unit_scores(probs, given, cfg)  # type: ignore[arg-type]
+        feats = mask_features(units, np.arange(len(units.cls)), units.given, cfg)
+        knots = _knots(feats, units.cls, k, cfg.score)
+        obs = combine_score(feats, units.cls, cfg.score, knots)
+        g_idx, g_masks = _simulated_masks(units, k, units.given, cfg, 3_000_017)
+        g_score = combine_score(mask_features(units, g_idx, g_masks, cfg), units.cls[g_idx], cfg.score, knots)
+        if cfg.simulate_from == "given":
+            sim_u, sim_s = g_idx, g_score
+        else:
+            sim_u, c_masks = _simulated_masks(units, k, units.consensus, cfg, 3_000_019)
+            sim_s = combine_score(mask_features(units, sim_u, c_masks, cfg), units.cls[sim_u], cfg.score, knots)
+        judge_competence = True
     sim_cls = units.cls[sim_u] if len(sim_u) else np.zeros(0, np.int64)
     # each unit's simulations weigh 1 in total, so structure-rich units do not dominate
     per_unit = np.bincount(sim_u, minlength=len(units.cls)).astype(np.float64)
     sim_w = 1.0 / np.maximum(per_unit[sim_u], 1.0) if len(sim_u) else np.zeros(0)
+    names = list(class_names) if class_names is not None else [f"class_{c}" for c in range(1, k + 1)]
     n = len(units.cls)
     prec = np.zeros(n)
     steps: list[list[list[float]]] = []
     errors: list[float] = []
+    competence = []
     for c in range(k):
         idx = np.flatnonzero(units.cls == c)
+        gsel = units.cls[g_idx] == c
+        rate = (float(np.mean(g_score[gsel] > np.quantile(obs[idx], cfg.detection_quantile)))
+                if gsel.any() and len(idx) else None)
+        if judge_competence:
+            has = np.asarray(units.given[idx].reshape(len(idx), -1).any(axis=1), bool)
+            competence.append(class_competence(
+                names[c], units.dice_members[:, idx], units.agreement_dice[idx], has, rate, min_dice=cfg.min_dice,
+                min_detection=cfg.min_detection, archs=archs).to_dict())
         sel = sim_cls == c
         if not len(idx) or not sel.any():
             steps.append([])
             errors.append(0.0)
             continue
-        order = idx[np.argsort(-units.suspicion[idx], kind="stable")]
-        s_sorted = units.suspicion[order]
+        order = idx[np.argsort(-obs[idx], kind="stable")]
+        s_sorted = obs[order]
         o = np.argsort(sim_s[sel], kind="stable")
         sim, w = sim_s[sel][o], sim_w[sel][o]
         w_above = np.concatenate([np.cumsum(w[::-1])[::-1], [0.0]]) / w.sum()
@@ -401,18 +571,26 @@ def learn_seg_cut(probs: np.ndarray | None, given: np.ndarray | None, cfg: SegDe
             else:
                 st[-1][0] = float(sv)
         steps.append(st)
-    order = np.argsort(-(prec + 1e-9 * units.suspicion), kind="stable")
+    order = np.argsort(-(prec + 1e-9 * _squash(obs)), kind="stable")
     est_tp = np.cumsum(prec[order])
     total = sum(errors)
     n_flag = int(np.argmax(2 * est_tp / (np.arange(1, n + 1) + max(total, 1e-12)))) + 1 if total > 0 and n else 0
     flags = np.zeros(n, bool)
     flags[order[:n_flag]] = True
     flags &= prec > 0
-    cuts = [float(units.suspicion[flags & (units.cls == c)].min()) if np.any(flags & (units.cls == c))
-            else float("inf") for c in range(k)]
+    cuts = []
+    for c in range(k):
+        fc = flags & (units.cls == c)
+        cap = _flag_cap(errors[c], cfg.flag_margin)
+        if fc.sum() > cap:  # never more flags than the estimated count allows
+            top = np.flatnonzero(fc)[np.argsort(-obs[fc], kind="stable")]
+            flags[top[cap:]] = False
+            fc = flags & (units.cls == c)
+        cuts.append(float(obs[fc].min()) if fc.any() else float("inf"))
     unanimous = np.all(units.dice_members < cfg.dual_dice, axis=0)
     tau, how = gmm_threshold(units.agreement_dice[unanimous], default=0.5, seed=cfg.seed)
-    return SegThresholds(cuts, steps, [float(e) for e in errors], float(tau), how, n)
+    return SegThresholds(cuts, steps, [float(e) for e in errors], float(tau), how, n,
+                         cfg.score if judge_competence else "statistic", knots, competence)
 
 
 def _shift_gain(g: np.ndarray, c: np.ndarray, cfg: SegDetectorConfig) -> tuple[float, tuple[int, int]]:
@@ -488,7 +666,7 @@ def mask_regions(given: np.ndarray, consensus: np.ndarray, *, other_consensus: n
 def score_masks(oof_probs: np.ndarray, given_masks: np.ndarray, spacing: tuple[float, float] | None = None, *,
                 class_names: list[str] | None = None, archs: list[str] | tuple[str, ...] | None = None,
                 thresholds: SegThresholds | None = None, cfg: SegDetectorConfig | None = None,
-                keep_arrays: bool = True) -> list[MaskVerdict]:
+                keep_arrays: bool = True, distances: bool = True) -> list[MaskVerdict]:
     """One :class:`MaskVerdict` per (image, class), image-major.
 
     Parameters
@@ -498,6 +676,7 @@ def score_masks(oof_probs: np.ndarray, given_masks: np.ndarray, spacing: tuple[f
     spacing : (row, col) pixel spacing in mm: HD95 in mm, areas in mm2.
     thresholds : a learned cut (a bundle's); ``None`` learns it here from these probabilities.
     keep_arrays : attach the consensus mask and mean probability map to each verdict.
+    distances : compute HD95 and surface Dice (the slow part; ``False``: NaN, e.g. to re-score a benchmark).
     """
     cfg = cfg or SegDetectorConfig()
     probs = np.asarray(oof_probs, np.float32)
@@ -507,16 +686,24 @@ def score_masks(oof_probs: np.ndarray, given_masks: np.ndarray, spacing: tuple[f
     if len(names) != k or len(arch_names) != m:
         raise ValueError(f"{len(names)} class names for {k} classes / {len(arch_names)} names for {m} members")
     units = unit_scores(probs, given_masks, cfg)
-    th = thresholds or learn_seg_cut(probs, given_masks, cfg, units)
+    th = thresholds or learn_seg_cut(probs, given_masks, cfg, units, archs=arch_names, class_names=names)
     if len(th.class_cuts) != k:
         raise ValueError(f"the cut has {len(th.class_cuts)} classes, the probabilities {k}")
-    score = precision_from_steps(units.suspicion, units.cls, th.precision_steps)
+    raw = combine_score(mask_features(units, np.arange(n * k), units.given, cfg), units.cls, th.score,
+                        th.score_knots)
+    score = precision_from_steps(raw, units.cls, th.precision_steps)
     cuts = np.array(th.class_cuts)[units.cls]
-    flagged = units.suspicion >= cuts
+    judged = np.array(th.judged(k))[units.cls]
+    flagged = raw >= cuts
     member_masks = (probs > cfg.threshold).reshape(m, n * k, *probs.shape[3:])
     unit_mm = "mm" if spacing else "px"
-    hd_m, nsd_m = zip(*[_surface_metrics(member_masks[j], units.given, spacing, cfg) for j in range(m)], strict=True)
-    hd_c, nsd_c = _surface_metrics(units.consensus, units.given, spacing, cfg)
+    if distances:
+        hd_m, nsd_m = zip(*[_surface_metrics(member_masks[j], units.given, spacing, cfg) for j in range(m)],
+                          strict=True)
+        hd_c, nsd_c = _surface_metrics(units.consensus, units.given, spacing, cfg)
+    else:
+        nan = np.full(n * k, np.nan)
+        hd_m, nsd_m, hd_c, nsd_c = [nan] * m, [nan] * m, nan, nan
     unanimous = np.all(units.dice_members < cfg.dual_dice, axis=0)
     dual = unanimous & (units.agreement_dice >= th.dual_agreement)
     cons_img = units.consensus.reshape(n, k, *units.consensus.shape[1:])
@@ -528,7 +715,7 @@ def score_masks(oof_probs: np.ndarray, given_masks: np.ndarray, spacing: tuple[f
         if flagged[u]:
             wrong = 1.0 - units.mask_dice[u]  # the models disagree with the mask more than with each other?
             agree = units.member_disagreement[u] < wrong and units.agreement_dice[u] >= cfg.min_agreement
-            verdict = Verdict.SUSPECTED_MASK_ERROR if agree else Verdict.HARD_CASE
+            verdict = Verdict.SUSPECTED_MASK_ERROR if agree and judged[u] else Verdict.HARD_CASE
         else:
             verdict = Verdict.CONSISTENT
         oc: np.ndarray | None = None
@@ -541,7 +728,7 @@ def score_masks(oof_probs: np.ndarray, given_masks: np.ndarray, spacing: tuple[f
         out.append(MaskVerdict(
             index=i, class_index=c + 1, class_name=names[c], verdict=verdict,
             kind=kind if verdict != Verdict.CONSISTENT else None,
-            score=float(score[u]) + 1e-6 * min(s, 100.0), suspicion=s,
+            score=float(score[u]) + 1e-6 * float(_squash(raw[u])), suspicion=s,
             priority=(1.0 - float(units.mask_dice[u])) * float(units.agreement_prob[u]),
             cut=float(cuts[u]),
             dice_members={a: float(units.dice_members[j, u]) for j, a in enumerate(arch_names)},
@@ -550,6 +737,7 @@ def score_masks(oof_probs: np.ndarray, given_masks: np.ndarray, spacing: tuple[f
             dice_consensus=float(units.dice_consensus[u]), hd95_consensus=float(hd_c[u]), nsd_consensus=float(nsd_c[u]),
             agreement_dice=float(units.agreement_dice[u]), agreement_prob=float(units.agreement_prob[u]),
             dual_consistency=bool(dual[u]), given_area_px=int(units.given[u].sum()),
-            consensus_area_px=int(units.consensus[u].sum()), distance_unit=unit_mm, regions=regions,
+            consensus_area_px=int(units.consensus[u].sum()), distance_unit=unit_mm, raw_score=float(raw[u]),
+            judged=bool(judged[u]), regions=regions,
             consensus=units.consensus[u] if keep_arrays else None, prob=units.prob[u] if keep_arrays else None))
     return out

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -122,6 +122,8 @@ class MaskTask:
               vocabulary: Vocabulary, options: ResultOptions) -> list[StudyAudit]:
         out = []
         algorithm = algorithm_info(bundle)
+        th: Any = getattr(bundle, "thresholds", None)
+        unjudged: dict[str, str] = th.cannot_judge(list(bundle.class_names)) if hasattr(th, "cannot_judge") else {}
         for mi, sa, verdicts in per_study(inputs, result):
             out.append(sa)
             if not mi.frames:
@@ -148,10 +150,12 @@ class MaskTask:
                         score=v.score, given_area_px=int(v.given_area_px), consensus_area_px=int(v.consensus_area_px),
                         regions=[RegionRow(r["kind"], int(r["area_px"]), _finite(r.get("area_mm2")),
                                            [int(b) for b in r["bbox"]]) for r in regions],
+                        cannot_judge=unjudged.get(m.class_name),
                     ))
             written: ResultSet = write_results(
                 mi.study.datasets(a.image_uid for a in audited), mi.study.datasets(a.annotation_uid for a in audited),
-                [], algorithm, masks=audited)
+                [], algorithm, masks=audited,
+                cannot_judge=[t for c, t in unjudged.items() if c in {m.class_name for g in mi.frames for m in g}])
             for i, row in enumerate(rows):
                 row.overlay_uid = written.overlays.get(i)
                 if i in written.suggestions:

@@ -57,6 +57,8 @@ def audit_dicom_dir(bundle_path: Path | str, dicom_dir: Path | str, out_dir: Pat
         "bundle": {"path": str(bundle_path), "content_hash": bundle.content_hash, "version": bundle.version},
         "task": bundle.task, "dims": bundle.dimension,
         "studies": sum(1 for sa in audits if sa.study_uid), "annotations": len(items), "verdicts": counts,
+        **({"cannot_judge": cj} if (cj := sorted({str(r["cannot_judge"]) for r in items if r.get("cannot_judge")}))
+           else {}),
         "objects": written, "issues": [dict(i, study_uid=sa.study_uid) for sa in audits for i in sa.issues],
         "seconds": round(time.perf_counter() - t0, 2),
     }

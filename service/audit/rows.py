@@ -103,6 +103,8 @@ class MaskRow(AuditRow):
     overlay_uid: str | None = None
     suggestion_uid: str | None = None
     suggestion_segment: int | None = None
+    cannot_judge: str | None = None
+    """The "cannot judge" sentence when the bundle's members are too weak on this class (never flagged then)."""
 
     def __post_init__(self) -> None:
         self.source = "seg"

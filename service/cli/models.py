@@ -14,10 +14,14 @@ import typer
 
 DatasetOpt = typer.Option(..., "--dataset", help="Image folder (root/<class>/* or root/<split>/<class>/*), "
                           "CSV (path,label) or npz (images/labels or MedMNIST-style).")
-ImageSizeOpt = typer.Option(64, "--image-size", min=16, help="Square input size in pixels (greyscale).")
+ImageSizeOpt = typer.Option(None, "--image-size", min=16, help="Square input size in pixels (greyscale); default 64 "
+                            "for labels, chosen from the masks for --task segmentation (models/seg/recipe.py).")
+LABEL_SIZE, LABEL_EPOCHS, VOLUME_EPOCHS = 64, 12, 12
 ArchsOpt = typer.Option("densenet121,resnet18,efficientnet-b0", "--archs",
                         help="Comma-separated ensemble members (see models/ensemble.py ARCHITECTURES).")
-EpochsOpt = typer.Option(12, "--epochs", min=1, help="Maximum epochs per member (early stopping on a held-out 10%).")
+EpochsOpt = typer.Option(None, "--epochs", min=1, help="Maximum epochs per member (labels: default 12, early "
+                         "stopping on a held-out 10%; --task segmentation: chosen from the data set size, "
+                         "models/seg/recipe.py).")
 SeedOpt = typer.Option(0, "--seed", help="Seed for folds, noise, initialisation and augmentation.")
 DeviceOpt = typer.Option("auto", "--device", help="auto (cuda if present), cpu, cuda, cuda:N.")
 ModeOpt = typer.Option("crossfit", "--mode", help="crossfit (K folds, out-of-fold scores) or insample.")
@@ -53,15 +57,14 @@ TaskOpt = typer.Option("labels", "--task", help="labels (class labels) or segmen
 DimsOpt = typer.Option(None, "--dims", help="--task segmentation: 2 (images) or 3 (volumes: NIfTI/NRRD/MHA, "
                        "imagesTr/ + labelsTr/ + dataset.json or images/ + masks/); default 3 for volumes, else 2.")
 PatchOpt = typer.Option(None, "--patch", help="--dims 3: patch size, one edge or slices,rows,columns (default 24).")
-SEG_DEFAULT_SIZE, SEG_DEFAULT_EPOCHS = 64, 20
 
 
-def _seg_defaults(archs: str, image_size: int, epochs: int) -> tuple[tuple[str, ...], int, int]:
-    """--task segmentation: the label defaults of --archs/--image-size/--epochs become the segmenters' own."""
+def _seg_defaults(archs: str) -> tuple[str, ...]:
+    """--task segmentation: the label default of --archs becomes the segmenters' own (--image-size and
+    --epochs left out are chosen from the data: models.seg.recipe)."""
     from models.seg.ensemble import DEFAULT_SEG_ARCHS
 
-    names = DEFAULT_SEG_ARCHS if archs == ArchsOpt.default else tuple(a.strip() for a in archs.split(",") if a.strip())
-    return names, image_size, SEG_DEFAULT_EPOCHS if epochs == EpochsOpt.default else epochs
+    return DEFAULT_SEG_ARCHS if archs == ArchsOpt.default else tuple(a.strip() for a in archs.split(",") if a.strip())
 
 
 CutOpt = typer.Option("simulated_flips", "--cut",
@@ -89,10 +92,10 @@ def evaluate(
     seed: int = SeedOpt,
     mode: str = ModeOpt,
     folds: int = FoldsOpt,
-    image_size: int = ImageSizeOpt,
+    image_size: int | None = ImageSizeOpt,
     max_samples: int | None = MaxOpt,
     archs: str = ArchsOpt,
-    epochs: int = EpochsOpt,
+    epochs: int | None = EpochsOpt,
     batch_size: int = BatchOpt,
     lr: float = LrOpt,
     device: str = DeviceOpt,
@@ -133,9 +136,10 @@ def _evaluate_labels(o: SimpleNamespace) -> None:
 
     try:
         s = EvalSettings(dataset=str(o.dataset), noise_rate=o.noise_rate, noise_model=o.noise_model, seed=o.seed,
-                         mode=o.mode, folds=o.folds, image_size=o.image_size, max_samples=o.max_samples,
+                         mode=o.mode, folds=o.folds, image_size=o.image_size or LABEL_SIZE,
+                         max_samples=o.max_samples,
                          archs=tuple(a.strip() for a in o.archs.split(",") if a.strip()), device=o.device,
-                         train=TrainConfig(epochs=o.epochs, batch_size=o.batch_size, lr=o.lr),
+                         train=TrainConfig(epochs=o.epochs or LABEL_EPOCHS, batch_size=o.batch_size, lr=o.lr),
                          detector=DetectorConfig(saliency_weight=o.saliency_weight, cut=o.cut), repeats=o.repeats)
         results = run_evaluation(s, o.out, progress=o.progress, plots=o.plots, map_fn=_ray_map(o.ray, o.progress))
     except (DatasetError, ValueError) as e:  # RayUnavailable is a ValueError
@@ -151,12 +155,12 @@ def _evaluate_masks(o: SimpleNamespace) -> None:
     from models.seg.evaluate import SegEvalSettings, run_seg_evaluation, seg_summary_table
     from models.seg.train import SegTrainConfig
 
-    names, size, ep = _seg_defaults(o.archs, o.image_size, o.epochs)
+    names = _seg_defaults(o.archs)
     try:
         lr = o.lr if o.lr != LrOpt.default else SegTrainConfig().lr
-        s = SegEvalSettings(dataset=str(o.dataset), noise_rate=o.noise_rate, seed=o.seed, image_size=size,
-                            folds=o.folds, archs=names, epochs=ep, device=o.device,
-                            train=SegTrainConfig(epochs=ep, batch_size=min(o.batch_size, 16), lr=lr),
+        s = SegEvalSettings(dataset=str(o.dataset), noise_rate=o.noise_rate, seed=o.seed, image_size=o.image_size,
+                            folds=o.folds, archs=names, epochs=o.epochs, device=o.device,
+                            train=SegTrainConfig(batch_size=min(o.batch_size, 16), lr=lr),
                             detector=SegDetectorConfig(seed=o.seed))
         results = run_seg_evaluation(s, o.out, progress=o.progress)
     except (DatasetError, ValueError) as e:
@@ -173,12 +177,13 @@ def _retrain(o: SimpleNamespace) -> None:
 
     try:
         rs = RetrainSettings(
-            dataset=str(o.dataset), image_size=o.image_size, max_samples=o.max_samples, test_fraction=o.test_fraction,
+            dataset=str(o.dataset), image_size=o.image_size or LABEL_SIZE, max_samples=o.max_samples,
+            test_fraction=o.test_fraction,
             noise_rate=o.noise_rate, noise_model=o.noise_model,
             budgets=tuple(float(b) for b in o.budgets.split(",") if b.strip()),
             archs=tuple(a.strip() for a in o.archs.split(",") if a.strip()), folds=o.folds, seed=o.seed,
             device=o.device,
-            train=TrainConfig(epochs=o.epochs, batch_size=o.batch_size, lr=o.lr),
+            train=TrainConfig(epochs=o.epochs or LABEL_EPOCHS, batch_size=o.batch_size, lr=o.lr),
             detector=DetectorConfig(saliency_weight=o.saliency_weight, cut=o.cut))
         res = run_retrain(rs, o.out / "retrain.json")
     except (DatasetError, ValueError) as e:
@@ -190,9 +195,9 @@ def _retrain(o: SimpleNamespace) -> None:
 def train(
     dataset: Path = DatasetOpt,
     out: Path = typer.Option(..., "--out", help="Bundle directory to write."),
-    image_size: int = ImageSizeOpt,
+    image_size: int | None = ImageSizeOpt,
     archs: str = ArchsOpt,
-    epochs: int = EpochsOpt,
+    epochs: int | None = EpochsOpt,
     seed: int = SeedOpt,
     device: str = DeviceOpt,
     mode: str = ModeOpt,
@@ -224,11 +229,11 @@ def _train_masks(o: SimpleNamespace) -> None:
     from models.seg.bundle import train_seg_bundle
     from models.seg.train import SegTrainConfig
 
-    names, size, ep = _seg_defaults(o.archs, o.image_size, o.epochs)
     try:
-        path = train_seg_bundle(o.dataset, o.out, image_size=size, archs=names, folds=o.folds, epochs=ep, seed=o.seed,
-                                mode=o.mode, device=o.device, progress=o.progress, verdicts_out=o.verdicts,
-                                cfg=SegTrainConfig(epochs=ep, batch_size=min(o.batch_size, 16)))
+        path = train_seg_bundle(o.dataset, o.out, image_size=o.image_size, archs=_seg_defaults(o.archs),
+                                folds=o.folds, epochs=o.epochs, seed=o.seed, mode=o.mode, device=o.device,
+                                progress=o.progress, verdicts_out=o.verdicts,
+                                cfg=SegTrainConfig(batch_size=min(o.batch_size, 16)))
     except (DatasetError, ValueError) as e:
         _fail(str(e))
     typer.echo(f"wrote bundle {path}")
@@ -241,9 +246,9 @@ def _train_labels(o: SimpleNamespace) -> None:
     from models.train import TrainConfig
 
     try:
-        path = train_bundle(o.dataset, o.out, image_size=o.image_size, archs=o.archs, seed=o.seed, device=o.device,
-                            mode=o.mode, folds=o.folds,
-                            train_cfg=TrainConfig(epochs=o.epochs, batch_size=o.batch_size, lr=o.lr),
+        path = train_bundle(o.dataset, o.out, image_size=o.image_size or LABEL_SIZE, archs=o.archs, seed=o.seed,
+                            device=o.device, mode=o.mode, folds=o.folds,
+                            train_cfg=TrainConfig(epochs=o.epochs or LABEL_EPOCHS, batch_size=o.batch_size, lr=o.lr),
                             detector=DetectorConfig(cut=o.cut), max_samples=o.max_samples, progress=o.progress,
                             verdicts_out=o.verdicts, repeats=o.repeats, map_fn=_ray_map(o.ray, o.progress))
     except (DatasetError, ValueError) as e:  # RayUnavailable is a ValueError
@@ -321,17 +326,18 @@ class _TaskCommands:
 def _train_volumes(o: SimpleNamespace) -> None:
     from service.cli.volumes import train_volumes_cmd
 
-    train_volumes_cmd(o.dataset, o.out, archs=_given_archs(o.archs), folds=_volume_folds(o.folds), epochs=o.epochs,
-                      seed=o.seed, mode=o.mode, device=o.device, batch_size=_given(o.batch_size, BatchOpt),
-                      lr=_given(o.lr, LrOpt), patch=o.patch, verdicts=o.verdicts, progress=o.progress,
-                      map_fn=_ray_map(o.ray, o.progress))
+    train_volumes_cmd(o.dataset, o.out, archs=_given_archs(o.archs), folds=_volume_folds(o.folds),
+                      epochs=o.epochs or VOLUME_EPOCHS, seed=o.seed, mode=o.mode, device=o.device,
+                      batch_size=_given(o.batch_size, BatchOpt), lr=_given(o.lr, LrOpt), patch=o.patch,
+                      verdicts=o.verdicts, progress=o.progress, map_fn=_ray_map(o.ray, o.progress))
 
 
 def _evaluate_volumes(o: SimpleNamespace) -> None:
     from service.cli.volumes import evaluate_volumes_cmd
 
     evaluate_volumes_cmd(o.dataset, o.out, noise_rate=o.noise_rate, seed=o.seed, folds=_volume_folds(o.folds),
-                         archs=_given_archs(o.archs), epochs=o.epochs, batch_size=_given(o.batch_size, BatchOpt),
+                         archs=_given_archs(o.archs), epochs=o.epochs or VOLUME_EPOCHS,
+                         batch_size=_given(o.batch_size, BatchOpt),
                          lr=_given(o.lr, LrOpt), patch=o.patch, device=o.device, progress=o.progress,
                          map_fn=_ray_map(o.ray, o.progress))
 

@@ -125,7 +125,7 @@ class WorklistIndex:
                     existing[key] = rec
                 ctx = context.get(str(row.get("image_uid")), {})
                 verdict = str(row.get("verdict"))
-                extra = {k: row[k] for k in ("member_probs", "kind", "dice") if row.get(k) is not None}
+                extra = {k: row[k] for k in ("member_probs", "kind", "dice", "cannot_judge") if row.get(k) is not None}
                 if row.get("suggestion_uid") and is_mask_row(row):
                     extra["suggestion_uid"] = row["suggestion_uid"]
                 extra.update(volume_extra(row))  # a segment audited in 3-D: its slices, key slices, volumes
@@ -348,8 +348,9 @@ class WorklistIndex:
         return list(self.facets()["labels"])
 
     def facets(self) -> dict[str, Any]:
-        """Values offered by the worklist's filters (labels, modalities, verdicts, series); cached until
-        the next audit is indexed."""
+        """Values offered by the worklist's filters (labels, modalities, verdicts, series) and the audits'
+        "cannot judge" findings (mask classes the models were too weak to flag); cached until the next
+        audit is indexed."""
         if self._facets is None:
             with Session(self.engine) as s:
                 a = set(s.scalars(select(AuditedRow.given_label).distinct()))
@@ -357,9 +358,13 @@ class WorklistIndex:
                 mods = sorted(x for x in s.scalars(select(AuditedRow.modality).distinct()) if x)
                 series = s.execute(select(AuditedRow.series_uid, AuditedRow.series_description).distinct()
                                    .limit(200)).all()
+                unjudged = [x for lab in sorted(x for x in a if x) for x in s.scalars(
+                    select(AuditedRow.extra_json).where(AuditedRow.current.is_(True), AuditedRow.given_label == lab,
+                                                        AuditedRow.extra_json.like('%"cannot_judge"%')).limit(1))]
             self._facets = {"labels": sorted(x for x in a | b if x), "modalities": mods,
                             "verdicts": [str(v) for v in Verdict],
-                            "series": [{"uid": u, "description": d} for u, d in series if u]}
+                            "series": [{"uid": u, "description": d} for u, d in series if u],
+                            "cannot_judge": sorted({str(json.loads(x)["cannot_judge"]) for x in unjudged if x})}
         return self._facets
 
     # ---------------------------------------------------------------- deciding

@@ -429,3 +429,26 @@ def test_mask_kinds_and_verdicts_match_models_verdict():
     if not hasattr(verdict, "MaskErrorKind"):
         pytest.skip("models.verdict.MaskErrorKind not there yet")
     assert set(MASK_ERROR_KINDS) == {k.value for k in verdict.MaskErrorKind}
+
+
+def test_cannot_judge_findings_are_stated_in_the_summary_and_the_html(ct_study, tmp_path):
+    """Each class the models cannot judge is one TEXT item (LQA-0206) of the study summary, read back and shown
+    in the HTML report; the SR stays valid, and a report without findings has none."""
+    from dicom_io.results.report_html import render_html
+
+    text = "the models cannot judge 'spleen' masks here: median out-of-fold Dice 0.41 (< 0.5); member agreement 0.3"
+    masks = [copy.copy(m) for m in ct_study["masks"]]
+    for m in masks:
+        if m.class_name == "spleen" and m.verdict == "suspected_mask_error":
+            m.verdict = "hard_case"  # a class the models cannot judge is never flagged
+    datasets = write_results(ct_study["sources"], ct_study["anns"], [], ALGORITHM, masks=masks, cannot_judge=[text])
+    (sr,) = _kind(datasets, "SR")
+    report = read_report(sr)
+    assert report["cannot_judge"] == [text] and report["cohort_findings"] == []
+    paths = save_results(datasets, tmp_path / "out")
+    (sr_path,) = [p for p in paths if p.name.startswith("SR_")]
+    if have("dciodvfy"):
+        assert _dciodvfy_errors(sr_path) == []
+    html = render_html(sr_path)
+    assert "cannot judge &#x27;spleen&#x27; masks here" in html
+    assert read_report(_kind(ct_study["datasets"], "SR")[0])["cannot_judge"] == []

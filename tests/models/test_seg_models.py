@@ -204,6 +204,8 @@ def test_cli_train_audit_evaluate_segmentation(tmp_path):
     assert r.exit_code == 0, r.output
     summary = json.loads((tmp_path / "a" / "audit.json").read_text())
     assert summary["task"] == "segmentation" and summary["n_masks"] == 24
+    assert [c["class_name"] for c in summary["competence"]] == ["disc", "box"] and "cannot_judge" in summary
+    assert set(summary["member_median_dice_here"]) <= {"disc", "box"}
     assert len((tmp_path / "a" / "verdicts.csv").read_text().splitlines()) == 25
     r = CliRunner().invoke(app, ["evaluate", "--task", "segmentation", "--dataset", str(tmp_path / "data"), "--out",
                                  str(tmp_path / "e"), "--image-size", "32", "--epochs", "1", "--folds", "2",
@@ -211,9 +213,127 @@ def test_cli_train_audit_evaluate_segmentation(tmp_path):
     assert r.exit_code == 0, r.output
     res = json.loads((tmp_path / "e" / "results.json").read_text())
     assert res["task"] == "segmentation" and len(res["corruptions"]) == 3
+    assert {"median_dice", "member_median_dice", "judged"} <= set(res["competence"][0])
+    assert "members' median out-of-fold Dice" in r.output and (tmp_path / "e" / "predictions.npz").is_file()
     for name in ("labelqa", "dual_consistency", "cleanlab_softmin", "single_model_dice", "mean_prob_dice", "random"):
         assert {"f1", "auprc", "precision", "recall", "per_kind"} <= set(res["methods"][name])
     assert {"labelqa", "cleanlab"} <= set(res["pixel"]) and "efficacy" in res
     r = CliRunner().invoke(app, ["evaluate", "--task", "segmentation", "--dataset", str(tmp_path / "nope"),
                                  "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "images/ and masks/" in r.output
+
+
+# -- competence, the count, the score: on members made to be competent or weak (fast, no training) --------------
+
+
+def _members(masks: np.ndarray, *, weak: bool, seed: int = 0, m: int = 3) -> np.ndarray:
+    """(m, N, 1, H, W) member probabilities: competent members see the true structure (blurred, with their own
+    smooth noise); weak ones are smooth random fields that know nothing of it (untrained members)."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    n, h, w = masks.shape
+    out = np.zeros((m, n, 1, h, w), np.float32)
+    for j in range(m):
+        for i in range(n):
+            if weak:
+                f = gaussian_filter(rng.random((h, w)), 3)
+                f = (f - f.min()) / (np.ptp(f) + 1e-9)
+            else:
+                f = gaussian_filter((masks[i] > 0).astype(float), 1.0) + gaussian_filter(rng.normal(0, 0.25, (h, w)),
+                                                                                        1.5)
+            out[j, i, 0] = np.clip(f, 0.01, 0.99)
+    return out
+
+
+@pytest.fixture(scope="module")
+def discs():
+    d = make_shape_masks(60, 24, seed=1, n_classes=1)
+    noisy, rec = corrupt_masks(d.masks, 0.1, seed=2)
+    return d, noisy, rec
+
+
+def test_weak_members_cannot_judge_and_flag_nothing(discs):
+    d, noisy, _rec = discs
+    probs = _members(d.masks, weak=True)
+    th = learn_seg_cut(probs, noisy, class_names=["lesion"])
+    comp = th.competence[0]
+    assert comp["judged"] is False and comp["median_dice"] < 0.5
+    text = th.cannot_judge(["lesion"])["lesion"]
+    assert text.startswith("the models cannot judge 'lesion' masks here: median out-of-fold Dice 0.")
+    verdicts = score_masks(probs, noisy, class_names=["lesion"], thresholds=th, keep_arrays=False, distances=False)
+    assert not any(v.verdict == Verdict.SUSPECTED_MASK_ERROR for v in verdicts)
+    assert not any(v.judged for v in verdicts)
+
+
+def test_flags_track_the_planted_count_where_the_members_are_competent(discs):
+    d, noisy, rec = discs
+    probs = _members(d.masks, weak=False)
+    th = learn_seg_cut(probs, noisy, class_names=["disc"])
+    assert th.competence[0]["judged"] is True and th.competence[0]["median_dice"] > 0.9
+    verdicts = score_masks(probs, noisy, class_names=["disc"], thresholds=th, keep_arrays=False, distances=False)
+    flags = np.array([v.verdict == Verdict.SUSPECTED_MASK_ERROR for v in verdicts])
+    planted = len(rec)
+    assert 0.5 <= flags.sum() / planted <= 2.0, (flags.sum(), planted, th.estimated_errors_per_class)
+    est = th.estimated_errors_per_class[0]
+    assert flags.sum() <= est + SegDetectorConfig().flag_margin * np.sqrt(est) + 1  # never above the count + margin
+    truth = (noisy != d.masks).any((1, 2))
+    assert (flags & truth).sum() >= 0.5 * planted
+
+
+@pytest.mark.slow
+def test_cut_unchanged_when_the_truth_is_permuted(discs):
+    from models.seg.evaluate import rescore_predictions
+
+    d, noisy, rec = discs
+    probs = _members(d.masks, weak=False, seed=3)
+    base = {"probs": probs, "noisy": noisy, "clean": d.masks, "records": rec, "settings": {"seed": 0},
+            "spacing": None, "archs": ["a", "b", "c"], "class_names": ["disc"]}
+    perm = np.random.default_rng(0).permutation(len(d.masks))
+    a = rescore_predictions(base)
+    b = rescore_predictions({**base, "clean": d.masks[perm]})  # another truth: the evaluation changes, the cut not
+    for key in ("competence", "estimated_errors_per_class"):
+        assert a[key] == b[key]
+    assert a["methods"]["labelqa"]["n_flagged"] == b["methods"]["labelqa"]["n_flagged"]
+    assert a["unit_scores"]["labelqa_score"] == b["unit_scores"]["labelqa_score"]
+    assert a["methods"]["labelqa"]["f1"] != b["methods"]["labelqa"]["f1"]
+
+
+def test_softmin_is_cleanlabs_score():
+    from cleanlab.segmentation.rank import get_label_quality_scores
+
+    from models.seg.detector import softmin_quality
+
+    rng = np.random.default_rng(4)
+    p = rng.random((5, 12, 10)).astype(np.float32)
+    g = rng.random((5, 12, 10)) > 0.6
+    ours = softmin_quality(p, g)
+    theirs, _ = get_label_quality_scores(g.astype(np.int64), np.stack([1 - p, p], axis=1), method="softmin",
+                                         verbose=False)
+    assert np.allclose(ours, theirs, atol=1e-6)
+    assert softmin_quality(p[:, None], g[:, None]).shape == (5,)  # any spatial dimension
+
+
+def test_recipe_picks_grid_and_epochs_from_the_data():
+    from models.seg.recipe import choose_epochs, seg_recipe
+
+    yy, xx = np.mgrid[:400, :400]
+    big = [((yy - 200) ** 2 + (xx - 200) ** 2 < 120 ** 2).astype(np.int64)] * 10
+    thin = [(np.abs(yy - 200) < 3).astype(np.int64)] * 10  # a 5 px line across a 400 px image
+    assert seg_recipe(big, folds=4).image_size == 64
+    r = seg_recipe(thin, folds=4)
+    assert r.image_size > 64 and "across" in r.size_reason
+    assert seg_recipe(thin, folds=4, image_size=48, epochs=3).image_size == 48
+    few, many = choose_epochs(60)[0], choose_epochs(3000)[0]
+    assert few > many >= 10  # small sets get more epochs, large ones fewer
+
+
+def test_duplicate_images_share_a_fold_group():
+    from models.seg.data import SegDataset, fold_groups
+
+    rng = np.random.default_rng(0)
+    ims = rng.random((4, 8, 8)).astype(np.float32)
+    ims[3] = ims[1]
+    ds = SegDataset(ims, np.zeros((4, 8, 8), np.int64), ["x"], ["a", "b", "c", "d"])
+    g = fold_groups(ds)
+    assert g[1] == g[3] and len(set(g)) == 3

@@ -83,7 +83,8 @@ def test_images_masks_layout_and_msd_labels_forms(tmp_path):
     got = load_volume_dataset(tmp_path / "im")
     assert got.layout == "images_masks" and got.class_names == ["ball", "slab"]
     np.testing.assert_array_equal(got.cases[1].labels, data.cases[1].labels)
-    assert read_labels_map({"0": "background", "1": "Anterior", "2": "Posterior"}) == (["Anterior", "Posterior"], [1, 2])
+    msd = {"0": "background", "1": "Anterior", "2": "Posterior"}
+    assert read_labels_map(msd) == (["Anterior", "Posterior"], [1, 2])
     assert read_labels_map({"background": 0, "liver": 1, "tumour": 2}) == (["liver", "tumour"], [1, 2])
     with pytest.raises(DatasetError, match="region"):
         read_labels_map({"background": 0, "whole": [1, 2]})

@@ -593,3 +593,18 @@ def test_a_seg_segment_on_two_source_frames_is_two_items(tmp_path):
     store.index_audit(2, "1.5", [row("1.5.9.1"), row("1.5.9.2")])
     after = {it["image_uid"]: it["id"] for it in store.worklist().items if it["segment_number"] == 1}
     assert after == before
+
+
+def test_worklist_header_states_the_mask_classes_the_models_cannot_judge(audited):
+    c, review, _ = _app(audited, users=False)
+    text = "the models cannot judge 'lesion <b>' masks here: median out-of-fold Dice 0.41 (< 0.5)"
+    row = {"annotation_uid": "1.9.1", "study_uid": "1.9", "source": "seg", "segment_number": 1, "image_uid": "1.9.2",
+           "frame": None, "class": "lesion <b>", "given_label": "lesion <b>", "verdict": "hard_case", "priority": 0.5,
+           "cannot_judge": text}
+    html = c.get("/review").text
+    assert 'id="cannot-judge"' not in html
+    review.store.index_audit(99, "1.9", [row])
+    html = c.get("/review").text
+    banner = html.split('id="cannot-judge"')[1].split("</ul>")[0]
+    assert "the models cannot judge" in banner and "lesion &lt;b&gt;" in banner and "<b>" not in banner
+    assert review.store.facets()["cannot_judge"] == [text]

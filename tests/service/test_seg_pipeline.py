@@ -107,3 +107,39 @@ def test_demo_segmentation_finds_the_planted_mask_errors(tmp_path):
     assert all(row["kind"] for row in flagged)  # every flag says how the mask is wrong
     kinds = {f["modality"] for f in report["outputs"]["result_files"]}
     assert {"SR", "SEG", "KO"} <= kinds  # QA report, suggested correction, key images
+
+
+@pytest.mark.slow
+def test_a_bundle_too_weak_for_a_class_says_so_in_the_report_and_flags_nothing(seg_studies, tmp_path):
+    """Members trained on noise (no image says where the masks are) cannot judge any class: the QA report's
+    summary states it (LQA-0206) per class, every row carries the sentence, nothing is flagged."""
+    from dicom_io import codes
+    from dicom_io.results.sr import read_report
+    from models.seg.bundle import load_seg_bundle, train_seg_bundle
+    from models.seg.data import SegDataset
+    from models.seg.train import SegTrainConfig
+    from service.audit import audit_dicom_dir
+
+    data, root, _res, _manifest = seg_studies
+    rng = np.random.default_rng(0)
+    noise = SegDataset(rng.random((16, 32, 32)).astype(np.float32),
+                       np.stack([np.roll(data.masks[i % len(data.masks)], rng.integers(32), axis=1)
+                                 for i in range(16)]), list(data.class_names))
+    bundle = train_seg_bundle(None, tmp_path / "bundle", image_size=32, archs="unet-tiny,segresnet-tiny", folds=2,
+                              epochs=1, data=noise, device="cpu", progress=False,
+                              cfg=SegTrainConfig(epochs=1, batch_size=8))
+    unjudged = load_seg_bundle(bundle).thresholds.cannot_judge(data.class_names)
+    assert set(unjudged) == set(data.class_names)
+    summary = audit_dicom_dir(bundle, root / "studies", tmp_path / "out", device="cpu")
+    assert summary["cannot_judge"] == sorted(unjudged.values())
+    assert summary["verdicts"].get("suspected_mask_error", 0) == 0
+    items = json.loads((tmp_path / "out" / "verdicts.json").read_text())["items"]
+    assert all(r["cannot_judge"] == unjudged[r["class"]] for r in items)
+    mods = {}
+    for p in (tmp_path / "out" / "dicom").rglob("*.dcm"):
+        ds = pydicom.dcmread(p)
+        mods[str(ds.Modality)] = mods.get(str(ds.Modality), 0) + 1
+        if ds.Modality == "SR":  # every study has masks of both classes: both sentences in its summary
+            assert sorted(read_report(ds)["cannot_judge"]) == sorted(unjudged.values())
+    assert mods.get("SR") == 12 and "KO" not in mods and "SEG" not in mods
+    assert codes.MODELS_CANNOT_JUDGE in codes.ALL_CODES
