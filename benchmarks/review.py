@@ -75,8 +75,7 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
 
     from dicom_io.db import make_engine
     from service.demo.peers import free_port
-    from service.http.api import ApiContext, ApiServer, create_app
-    from service.http.auth import Auth
+    from service.http import ApiServer, Auth, HttpContext, create_app
     from service.review import ReviewService
     from service.runtime.jobs import JobStore
 
@@ -90,7 +89,7 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
 
     auth = Auth([U()])
     review = ReviewService(engine, jobs=JobStore(engine), data_dir=work)
-    app = create_app(ApiContext(jobs=JobStore(engine), auth=auth, review=review))
+    app = create_app(HttpContext(jobs=JobStore(engine), auth=auth, review=review))
     port = free_port()
     server = ApiServer(app, "127.0.0.1", port)
     server.start()

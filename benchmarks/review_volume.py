@@ -146,27 +146,20 @@ def _child(data_dir: str, vocabulary: str) -> dict:
     """The review, in this (fresh) process."""
     import io
 
-    from fastapi.testclient import TestClient
     from PIL import Image
 
     from dicom_io.db import make_engine
-    from dicom_io.outbox import Outbox
-    from service.http.api import ApiContext, create_app
-    from service.http.auth import Auth
-    from service.review import ReviewService
-    from service.runtime.jobs import JobStore
+    from harness.http import api_client, review_context
     from service.settings import load_settings
 
     s = load_settings(None, {
         "store": {"data_dir": data_dir}, "audit": {"vocabulary": vocabulary},
         "auth": {"users": [{"name": TOKEN[0], "token": TOKEN[1], "role": "reviewer"}]},
         "outbox": {"destinations": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 1}]}})
-    engine = make_engine(f"sqlite:///{Path(data_dir) / 'index.sqlite'}")
-    jobs = JobStore(engine)
-    outbox = Outbox(engine, s.outbox.destinations, settings=s.outbox)
-    review = ReviewService.from_settings(s, engine, jobs=jobs, outbox=outbox)
-    c = TestClient(create_app(ApiContext(jobs=jobs, auth=Auth.from_settings(s), review=review)),
-                   base_url="http://127.0.0.1:8787")
+    ctx = review_context(s, make_engine(f"sqlite:///{Path(data_dir) / 'index.sqlite'}"))
+    assert ctx.review is not None
+    review = ctx.review
+    c = api_client(ctx)
     h = {"Authorization": f"Bearer {TOKEN[1]}"}
     out: dict = {"rss_after_imports_mb": round(_status("VmHWM"), 1)}
 

@@ -9,19 +9,30 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Engine
 
 from service.audit import AUDITOR
+from service.http import ApiServer, Auth, HttpContext, create_app, outbox_counts
+from service.http.guard import RefusedSettings, allowed_hosts, open_api_problem
+from service.review import ReviewService
 from service.runtime.jobs import JobStore
+from service.runtime.metrics import Metrics
 from service.runtime.pipeline import Pipeline
 from service.settings import Settings
 
-__all__ = ["AuditService", "service_components"]
+if TYPE_CHECKING:
+    from dicom_io.outbox import Outbox
+    from dicom_io.scp import Listener
+    from dicom_io.store import StudyStore
+
+__all__ = ["AuditService", "http_context", "service_components"]
 
 log = logging.getLogger("labelqa.serve")
 
 
-def _make_outbox(settings: Settings, engine: Any) -> Any:
+def _make_outbox(settings: Settings, engine: Engine) -> Outbox | None:
     """The results outbox on the service database, or None when it is not available."""
     try:
         from dicom_io.outbox import Outbox
@@ -54,29 +65,17 @@ class AuditService:
         service.store.subscribe(self.pipeline.on_study_stable)
         self._outbox_stop = threading.Event()
         self._outbox_thread: threading.Thread | None = None
-        self.api = None
-        self.review = None
+        self.api: ApiServer | None = None
+        self.review: ReviewService | None = None
         if settings.api.enabled:
-            from service.http.api import ApiContext, ApiServer, create_app
-            from service.http.auth import Auth
-            from service.http.guard import RefusedSettings, allowed_hosts, open_api_problem
-            from service.review import ReviewService
-
             error, warning = open_api_problem(settings)
             if error:
                 raise RefusedSettings(error)
             if warning:
                 log.warning(warning)
-            try:
-                auth = Auth.from_settings(settings, self.engine)
-            except ValueError as e:  # a weak token, a duplicate user: refused at start with the reason
-                raise RefusedSettings(str(e)) from None
-            token = settings.api.token.get_secret_value() if settings.api.token else None
-            self.review = ReviewService.from_settings(settings, self.engine, jobs=self.jobs, outbox=self.outbox)
-            ctx = ApiContext(jobs=self.jobs, token=token, pipeline=self.pipeline, store=service.store,
-                             listener=service.listener, outbox=self.outbox, metrics=self.metrics,
-                             version=_version(), auth=auth, review=self.review,
-                             allowed_hosts=allowed_hosts(settings.api))
+            ctx = http_context(settings, self.engine, self.jobs, outbox=self.outbox, metrics=self.metrics,
+                               pipeline=self.pipeline, store=service.store, listener=service.listener)
+            self.review = ctx.review
             self.api = ApiServer(create_app(ctx), settings.api.host, settings.api.port)
 
     def start(self) -> None:
@@ -112,6 +111,22 @@ class AuditService:
             self.pipeline.stop()
 
 
+def http_context(settings: Settings, engine: Engine, jobs: JobStore, *, outbox: Outbox | None = None,
+                 metrics: Metrics | None = None, pipeline: Pipeline | None = None, store: StudyStore | None = None,
+                 listener: Listener | None = None) -> HttpContext:
+    """The HTTP API's context over these parts, as ``labelqa serve`` builds it: users and tokens from the
+    settings (logouts recorded in ``engine``), the review workbench on the service database, the Host
+    header values of ``[api]``. A weak token or a user listed twice raises :class:`RefusedSettings` with
+    the reason."""
+    try:
+        auth = Auth.from_settings(settings, engine)
+    except ValueError as e:  # a weak token, a duplicate user: refused at start with the reason
+        raise RefusedSettings(str(e)) from None
+    review = ReviewService.from_settings(settings, engine, jobs=jobs, outbox=outbox)
+    return HttpContext(jobs=jobs, auth=auth, pipeline=pipeline, store=store, listener=listener, outbox=outbox,
+                       metrics=metrics, review=review, version=_version(), allowed_hosts=allowed_hosts(settings.api))
+
+
 def _version() -> str:
     try:
         from importlib.metadata import version
@@ -121,10 +136,7 @@ def _version() -> str:
         return "0"
 
 
-def _service_metrics(jobs: JobStore, store: Any, outbox: Any) -> Any:
-    from service.http.api import outbox_counts
-    from service.runtime.metrics import Metrics
-
+def _service_metrics(jobs: JobStore, store: StudyStore, outbox: Outbox | None) -> Metrics:
     def instances() -> float:
         from sqlalchemy import func, select
 

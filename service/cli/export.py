@@ -26,7 +26,7 @@ def export(
 ) -> None:
     """Export the reviewed labels (CSV/JSON) and, with --dicom, a corrected copy of the studies."""
     from dicom_io.db import make_engine
-    from service.http.web import export_csv_text
+    from service.http import export_csv_text
     from service.review import ReviewService
     from service.runtime.jobs import JobStore
     from service.settings import load_settings

@@ -1,9 +1,15 @@
-"""The HTTP wing: the API and the review pages (FastAPI), login and tokens."""
+"""The HTTP wing: the API and the review workbench (FastAPI), login and tokens.
+
+``context`` (the one typed context on ``app.state`` and the role dependencies), ``api`` (the service's
+endpoints; ``create_app`` assembles the app), ``review_api`` (the review's JSON API under /api),
+``pages`` (the review pages), ``pictures`` (the item view's PNGs), ``auth`` (users, tokens, sessions,
+CSRF), ``guard`` (Host header, open API, weak tokens), ``ratelimit``, ``sessions``.
+"""
 
 from service.http.api import (  # noqa: F401
     UID_PATTERN,
-    ApiContext,
     ApiServer,
+    Completion,
     Health,
     JobList,
     JobSummary,
@@ -24,16 +30,9 @@ from service.http.auth import (  # noqa: F401
     LoginRequired,
     Principal,
 )
-from service.http.web import (  # noqa: F401
-    EXPORT_FIELDS,
-    HERE,
-    STATIC,
-    TEMPLATES,
-    DecisionBody,
-    export_csv_text,
-    install,
-    json_response,
-)
+from service.http.context import HttpContext, admin, context, page_user, reviewer  # noqa: F401
+from service.http.pages import HERE, STATIC, TEMPLATES  # noqa: F401
+from service.http.review_api import EXPORT_FIELDS, DecisionBody, export_csv_text, json_response, safe_cell  # noqa: F401
 
 __all__ = [
     "Auth",
@@ -43,12 +42,17 @@ __all__ = [
     "CSRF_HEADER",
     "CSRF_FIELD",
     "ROLES",
+    "HttpContext",
+    "context",
+    "reviewer",
+    "admin",
+    "page_user",
     "UID_PATTERN",
-    "ApiContext",
     "JobSummary",
     "JobList",
     "StudyAuditResponse",
     "Queued",
+    "Completion",
     "Health",
     "outbox_counts",
     "create_app",
@@ -61,7 +65,7 @@ __all__ = [
     "STATIC",
     "EXPORT_FIELDS",
     "DecisionBody",
-    "install",
     "export_csv_text",
+    "safe_cell",
     "json_response",
 ]

@@ -26,13 +26,13 @@ import json
 import math
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from fastapi import Depends, HTTPException, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import HTTPException, Request
+from fastapi.security import HTTPBearer
 
 from service.http.guard import token_weakness
 from service.http.ratelimit import FailureLimiter
@@ -42,10 +42,11 @@ SESSION_COOKIE = "labelqa_session"
 CSRF_HEADER = "X-CSRF-Token"
 CSRF_FIELD = "csrf_token"
 ROLES = ("reviewer", "admin")
-_BEARER = HTTPBearer(auto_error=False, description="A user's token ([auth] users, or [api] token).")
+BEARER = HTTPBearer(auto_error=False, description="A user's token ([auth] users, or [api] token).")
+"""The bearer scheme of the JSON API (it names the scheme in the OpenAPI schema)."""
 
-__all__ = ["Auth", "Principal", "LoginRequired", "SESSION_COOKIE", "CSRF_HEADER", "CSRF_FIELD", "ROLES", "client_key",
-           "safe_next"]
+__all__ = ["Auth", "Principal", "LoginRequired", "SESSION_COOKIE", "CSRF_HEADER", "CSRF_FIELD", "ROLES", "BEARER",
+           "client_key", "safe_next"]
 
 
 @dataclass(frozen=True)
@@ -227,46 +228,41 @@ class Auth:
             raise HTTPException(429, f"too many failed logins or tokens; try again in {math.ceil(wait)} s",
                                 headers={"Retry-After": str(math.ceil(wait))})
 
-    def require(self, role: str = "reviewer") -> Callable[[Request], Principal]:
-        """A FastAPI dependency for the JSON API: 401 without valid credentials, 403 without ``role``."""
+    def authorize(self, request: Request, role: str = "reviewer") -> Principal:
+        """The caller of a JSON API request: 401 without valid credentials (a wrong bearer token counts
+        towards the client's lock-out, 429 once locked out), 403 without ``role``, and the CSRF check of a
+        state-changing request made with the session cookie."""
+        bearer = bool(request.headers.get("authorization"))
+        client = client_key(request)
+        if bearer:
+            self.locked_out([client])
+        p = self.principal(request)
+        if p is None:
+            if not self.enabled and not bearer:
+                p = self._open()
+            else:
+                if bearer:
+                    self.limiter.fail([client], "bearer token")
+                raise HTTPException(401, "login needed: send 'Authorization: Bearer <token>'",
+                                    headers={"WWW-Authenticate": "Bearer"})
+        if not p.can(role):
+            raise HTTPException(403, f"this needs the {role} role; {p.name} is a {p.role}")
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
+            self.check_csrf(request, p, None)
+        return p
 
-        def dep(request: Request, _creds: HTTPAuthorizationCredentials | None = Depends(_BEARER)) -> Principal:
-            bearer = bool(request.headers.get("authorization"))
-            client = client_key(request)
-            if bearer:
-                self.locked_out([client])
-            p = self.principal(request)
-            if p is None:
-                if not self.enabled and not bearer:
-                    p = self._open()
-                else:
-                    if bearer:
-                        self.limiter.fail([client], "bearer token")
-                    raise HTTPException(401, "login needed: send 'Authorization: Bearer <token>'",
-                                        headers={"WWW-Authenticate": "Bearer"})
-            if not p.can(role):
-                raise HTTPException(403, f"this needs the {role} role; {p.name} is a {p.role}")
-            if request.method not in ("GET", "HEAD", "OPTIONS"):
-                self.check_csrf(request, p, None)
-            return p
-
-        return dep
-
-    def page_user(self, role: str = "reviewer") -> Callable[[Request], Principal]:
-        """A dependency for HTML pages: like :meth:`require`, but a missing login redirects to /login."""
-
-        def dep(request: Request) -> Principal:
-            p = self.principal(request)
-            if p is None or p.via == "bearer":
-                if self.enabled:
-                    nxt = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-                    raise LoginRequired(nxt)
-                raise LoginRequired(request.url.path)  # open mode: /login hands out an anonymous session
-            if not p.can(role):
-                raise HTTPException(403, f"this needs the {role} role; {p.name} is a {p.role}")
-            return p
-
-        return dep
+    def page_principal(self, request: Request, role: str = "reviewer") -> Principal:
+        """The caller of an HTML page: like :meth:`authorize`, but a missing login (or a bearer token, which
+        a browser never sends) raises :class:`LoginRequired`, which the app turns into a redirect to /login."""
+        p = self.principal(request)
+        if p is None or p.via == "bearer":
+            if self.enabled:
+                nxt = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                raise LoginRequired(nxt)
+            raise LoginRequired(request.url.path)  # open mode: /login hands out an anonymous session
+        if not p.can(role):
+            raise HTTPException(403, f"this needs the {role} role; {p.name} is a {p.role}")
+        return p
 
     def check_csrf(self, request: Request, p: Principal, form_token: str | None) -> None:
         """Refuse (403) a state-changing request made with the session cookie without our CSRF token or

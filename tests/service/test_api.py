@@ -7,14 +7,14 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dicom_io.db import make_engine
+from harness.http import api_client
 from service.audit import AUDITOR
 from service.demo.peers import free_port
-from service.http.api import ApiContext, ApiServer, create_app
+from service.http import ApiServer, Auth, HttpContext, create_app
 from service.runtime.jobs import DONE, QUEUED, JobStore
 from service.runtime.metrics import Metrics
 from service.runtime.pipeline import Pipeline
@@ -46,8 +46,7 @@ def _client(jobs, tmp_path, token=None, pipeline=True):
     s = Settings(store={"data_dir": tmp_path})
     pipe = Pipeline(s, jobs, auditor=AUDITOR) if pipeline else None
     metrics = Metrics(jobs, instances_received=lambda: 7)
-    return TestClient(create_app(ApiContext(jobs=jobs, token=token, pipeline=pipe, metrics=metrics)),
-                      base_url="http://127.0.0.1:8787")
+    return api_client(HttpContext(jobs=jobs, auth=Auth(api_token=token), pipeline=pipe, metrics=metrics))
 
 
 def test_health_reports_components(jobs, tmp_path):
@@ -147,7 +146,7 @@ def test_any_input_gets_a_clean_answer_never_a_500(jobs, tmp_path, uid, state, l
 
 def test_server_binds_loopback_and_answers(jobs, tmp_path):
     port = free_port()
-    app = create_app(ApiContext(jobs=jobs))
+    app = create_app(HttpContext(jobs=jobs))
     server = ApiServer(app, "127.0.0.1", port)
     server.start()
     try:

@@ -13,12 +13,10 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from fastapi.testclient import TestClient
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from dicom_io.store import StudyStable
-from service.demo.peers import free_port
 from tests.conftest import requires_dcmtk
 from tests.dicom_io.test_listener import make_ct_series, storescu
 
@@ -136,14 +134,15 @@ def test_mpps_completed_after_the_images_completes_at_once(listener_factory, eve
 
 @requires_dcmtk
 def test_rest_complete_audits_without_the_quiet_period(listener_factory, events, tmp_path):
-    from service.http.api import ApiContext, create_app
+    from harness.http import api_client
+    from service.http import HttpContext
     from service.runtime.jobs import JobStore
 
     lst, store = _listen(listener_factory, events)
     images = make_ct_series(tmp_path / "s", 2)
     study = str(pydicom.dcmread(images[0]).StudyInstanceUID)
     assert storescu(lst.port, images).returncode == 0
-    c = TestClient(create_app(ApiContext(jobs=JobStore(store.engine), store=store)), base_url=f"http://127.0.0.1:{free_port()}")
+    c = api_client(HttpContext(jobs=JobStore(store.engine), store=store))
     r = c.post(f"/studies/{study}/complete")
     assert r.status_code == 202 and r.json()["state"] == "completing", r.text
     ev = _next(events)

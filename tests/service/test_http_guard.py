@@ -16,9 +16,9 @@ import subprocess
 import pytest
 
 from harness.commands import labelqa_cmd, labelqa_env
+from service.http import safe_cell
 from service.http.guard import allowed_hosts, open_api_problem, token_weakness
 from service.http.ratelimit import FailureLimiter
-from service.http.web import safe_cell
 from service.settings import load_settings
 from tests.service.test_review import ADMIN, READER, Audited, _app, _bearer, _login, build_audited
 

@@ -142,20 +142,11 @@ def _settings(a: Audited, users: bool = True, destinations: bool = True):
 
 def _app(a: Audited, **kw):
     """(TestClient, ReviewService, Outbox) over the audited workspace, as AuditService wires them."""
-    from dicom_io.outbox import Outbox
-    from service.http.api import ApiContext, create_app
-    from service.http.auth import Auth
-    from service.review import ReviewService
-    from service.runtime.metrics import Metrics
+    from harness.http import api_client, review_context
 
-    s = _settings(a, **kw)
-    engine = make_engine(a.db_url)
-    jobs = JobStore(engine)
-    outbox = Outbox(engine, s.outbox.destinations, settings=s.outbox)
-    review = ReviewService.from_settings(s, engine, jobs=jobs, outbox=outbox)
-    metrics = Metrics(jobs)
-    app = create_app(ApiContext(jobs=jobs, metrics=metrics, auth=Auth.from_settings(s), review=review))
-    return TestClient(app, base_url="http://127.0.0.1:8787"), review, outbox
+    ctx = review_context(_settings(a, **kw), make_engine(a.db_url))
+    assert ctx.review is not None and ctx.outbox is not None
+    return api_client(ctx), ctx.review, ctx.outbox
 
 
 def _bearer(user: tuple[str, str]) -> dict[str, str]:

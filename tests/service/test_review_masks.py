@@ -218,7 +218,7 @@ def test_reviewer_accepts_the_suggested_mask_with_the_key_a(masked, tmp_path):
     from selenium.webdriver.support.ui import WebDriverWait
 
     from service.demo.peers import free_port
-    from service.http.api import ApiServer
+    from service.http import ApiServer
     from tests.service.test_review_browser import _browser
 
     c, review, outbox = _app(masked)

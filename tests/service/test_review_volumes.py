@@ -346,7 +346,7 @@ def test_reviewer_scrolls_a_volume_and_accepts_the_suggestion(volumes, tmp_path)
     from selenium.webdriver.support.ui import WebDriverWait
 
     from service.demo.peers import free_port
-    from service.http.api import ApiServer
+    from service.http import ApiServer
     from tests.service.test_review_browser import _browser
 
     c, review, outbox = _app(volumes)

@@ -125,10 +125,9 @@ def test_complete_study_without_a_job_is_queued_at_start(tmp_path):
 
 
 def test_health_reports_dead_letters_and_store_errors(tmp_path):
-    from fastapi.testclient import TestClient
-
     from dicom_io.outbox import Outbox
-    from service.http.api import ApiContext, create_app
+    from harness.http import api_client
+    from service.http import HttpContext
 
     engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
     jobs = JobStore(engine)
@@ -146,8 +145,7 @@ def test_health_reports_dead_letters_and_store_errors(tmp_path):
     assert box.counts()["dead"] == 1
     store = StudyStore(tmp_path / "data")
     try:
-        client = TestClient(create_app(ApiContext(jobs=jobs, outbox=box, store=store, version="t")),
-                            base_url="http://127.0.0.1:8787")
+        client = api_client(HttpContext(jobs=jobs, outbox=box, store=store, version="t"))
         h = client.get("/health").json()
         assert h["status"] == "degraded"
         assert any("dead-lettered" in r for r in h["reasons"])
