@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-__all__ = ["ClassCompetence", "class_competence"]
+__all__ = ["ClassCompetence", "class_competence", "cannot_judge"]
 
 
 @dataclass
@@ -102,3 +102,13 @@ def class_competence(class_name: str, dice_members: np.ndarray, agreement: np.nd
         rate = "" if detection_rate is None else f", detection rate {100 * detection_rate:.0f}%"
         reason = f"median out-of-fold Dice {md:.2f}, member agreement {ag:.2f}{rate}"
     return ClassCompetence(class_name, not problems, n, int(has.sum()), md, member, ag, detection_rate, reason)
+
+
+def cannot_judge(competence: list[dict] | None, class_names: list[str]) -> dict[str, str]:
+    """Class name -> the "cannot judge" sentence, for the classes whose stored competence (a bundle's
+    ``thresholds.competence``, one dict per class) says the ensemble may not flag them."""
+    out = {}
+    for c, name in enumerate(class_names):
+        if competence and c < len(competence) and not competence[c].get("judged", True):
+            out[name] = ClassCompetence.from_dict({**competence[c], "class_name": name}).finding() or ""
+    return out

@@ -143,13 +143,9 @@ class SegThresholds:
 
     def cannot_judge(self, class_names: list[str]) -> dict[str, str]:
         """Class name -> the "cannot judge" sentence, for the classes the ensemble may not flag."""
-        from models.seg.competence import ClassCompetence
+        from models.seg.competence import cannot_judge
 
-        out = {}
-        for c, name in enumerate(class_names):
-            if c < len(self.competence) and not self.competence[c].get("judged", True):
-                out[name] = ClassCompetence.from_dict({**self.competence[c], "class_name": name}).finding() or ""
-        return out
+        return cannot_judge(self.competence, class_names)
 
 
 @dataclass

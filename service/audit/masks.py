@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
@@ -26,6 +26,7 @@ from dicom_io.settings import SegSettings
 from dicom_io.study import Study
 from dicom_io.vocabulary import Vocabulary
 from models.bundles import SEGMENTATION, Bundle
+from models.seg.competence import cannot_judge
 from models.verdict import MASK_VERDICTS
 from service.audit.rows import MaskRow, RegionRow
 from service.audit.task import (
@@ -122,8 +123,8 @@ class MaskTask:
               vocabulary: Vocabulary, options: ResultOptions) -> list[StudyAudit]:
         out = []
         algorithm = algorithm_info(bundle)
-        th: Any = getattr(bundle, "thresholds", None)
-        unjudged: dict[str, str] = th.cannot_judge(list(bundle.class_names)) if hasattr(th, "cannot_judge") else {}
+        # from the bundle's description: a step run elsewhere (Ray) leaves only that here, no loaded bundle
+        unjudged = cannot_judge(dict(bundle.meta.get("thresholds") or {}).get("competence"), list(bundle.class_names))
         for mi, sa, verdicts in per_study(inputs, result):
             out.append(sa)
             if not mi.frames:

@@ -173,7 +173,7 @@ def test_two_gateways_on_one_postgresql_store_once_and_audit_each_study_once(sma
         with engine.connect() as c:
             rows = c.execute(select(OutboxItem.state, OutboxItem.attempts)).all()
         assert {(s, a) for s, a in rows} == {("delivered", 1)}, "each result object sent once"
-        srs = [r for r in archive.store.instances() if r.modality == "SR" and r.series_number == SR_SERIES_NUMBER]
+        srs = [r for r in archive.store.instances() if r.modality == "SR" and r.series_number == str(SR_SERIES_NUMBER)]
         assert sorted(r.path.parent.parent.name for r in srs) == sorted(by_study), "one SR per study in the archive"
     finally:
         for h in hooks:  # nothing stays held when the test failed half-way
