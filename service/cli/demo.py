@@ -36,6 +36,8 @@ def demo(
     task: str = typer.Option("labels", "--task", help="labels (TID 1500 SR class labels) or segmentation (DICOM SEG "
                              "masks: synthetic shapes, some masks corrupted on purpose; its own smaller sizes unless "
                              "given)."),
+    dims: int = typer.Option(2, "--dims", help="--task segmentation: 2 (one image per study) or 3 (a synthetic CT "
+                             "series per study with one SEG over it, audited per segment by 3-D members)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of the table."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the service's log lines."),
 ) -> None:
@@ -61,7 +63,7 @@ def demo(
                           classes=classes, noise_rate=noise_rate, epochs=epochs, archs=archs, seed=seed,
                           device=device, orthanc=orthanc, sender=sender, timeout_s=timeout, keep_running=keep_running,
                           database_url=database_url, executor=executor, ray_address=ray_address, task=task,
-                          viewer=viewer)
+                          viewer=viewer, dims=dims)
     except DemoError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None

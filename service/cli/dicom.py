@@ -37,11 +37,16 @@ def dicomize_cmd(
         None, "--group-by", help="Regex on the source path; its first group (or match) is the study key."
     ),
     class_names: str | None = typer.Option(None, "--class-names", help="npz: comma-separated names of labels 0..n."),
+    dims: int | None = typer.Option(None, "--dims", help="3: a volume set (NIfTI/NRRD/MHA in the MSD/nnU-Net layout "
+                                    "or images/ + masks/), each case a CT or MR series with one SEG over it; "
+                                    "default 3 when DATASET holds volumes, else 2."),
 ) -> None:
     """Convert an image data set into DICOM studies (image + TID 1500 SR or SEG label each).
 
     A folder with images/ and masks/ (same file stems; mask 0 = background, 255 or 1..K = classes)
     becomes image + DICOM SEG studies; --noise-rate then plants mask errors (recorded in the manifest).
+    A volume set becomes one CT series (--modality MR: an MR series) with real geometry and one SEG per
+    case; --noise-rate plants one 3-D error per chosen case (kind and changed voxels in the manifest).
     """
     from dicom_io.vocabulary import VocabularyError
     from service.demo.dicomize import DicomizeError, dicomize, dicomize_masks, is_mask_dataset
@@ -56,6 +61,27 @@ def dicomize_cmd(
         bar.total = total
         bar.update(done - bar.n)
 
+    if dims not in (None, 2, 3):
+        bar.close()
+        typer.echo(f"error: --dims must be 2 or 3, not {dims}", err=True)
+        raise typer.Exit(2)
+    from service.cli.volumes import holds_volumes
+
+    if dims == 3 or (dims is None and holds_volumes(dataset)):
+        from service.demo.dicomize import dicomize_volumes
+
+        try:
+            r = dicomize_volumes(dataset, out, vocabulary=vocab, modality="MR" if modality.upper() == "MR" else "CT",
+                                 body_part=body_part.upper() if body_part != "CHEST" else None, noise_rate=noise_rate,
+                                 seed=seed, sample=sample, progress=progress)
+        except (DicomizeError, VocabularyError) as e:
+            bar.close()
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        bar.close()
+        typer.echo(f"wrote {r.n_images} series with a SEG each ({r.n_flipped} with a planted 3-D error) to {r.out} "
+                   f"in {r.seconds:.1f} s; manifest: {r.manifest}")
+        return
     if is_mask_dataset(dataset):
         try:
             r = dicomize_masks(dataset, out, vocabulary=vocab, modality=modality.upper(), body_part=body_part.upper(),

@@ -273,6 +273,7 @@ def audit(
              "class has >= min_class_size (100) labels, else the bundle's), bundle, or batch. DICOM audits "
              "always use the bundle's cut, the one their SR records."),
     threads: int = ThreadsOpt,
+    dims: int | None = typer.Option(None, "--dims", help="2 or 3: checked against the bundle's, which decides."),
 ) -> None:
     """Score new data with a bundle: per-sample verdicts (its members never saw these samples)."""
     _setup(threads)
@@ -295,6 +296,8 @@ def audit(
 
     try:
         info = read_bundle_info(bundle)
+        if dims is not None and dims != info.dimension:
+            _fail(f"--dims {dims}, but {bundle} is a {info.dimension}-D {info.task} bundle")
         summary = _task(info.task, info.dimension).audit_dataset(info, dataset, out, device=device,
                                                                  batch_size=batch_size, cut_from=cut_from or "auto")
     except (DatasetError, BundleError, ValueError) as e:

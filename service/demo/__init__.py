@@ -27,10 +27,12 @@ from service.demo.run import (
     send_studies,
     train_demo_bundle,
 )
+from service.demo.volumes import DEMO_VOLUME_ARCHS, VolumeDemo, make_volume_demo_data
 
 __all__ = [
     "DEMO_ARCHS", "REPO", "DemoConfig", "DemoData", "DemoError", "DemoReport", "DemoTask", "demo_config", "demo_task",
     "demo_tasks", "register_demo", "SHAPE_NAMES", "LabelDemo", "make_demo_data", "shapes_npz", "DEMO_SEG_ARCHS",
-    "MaskDemo", "make_seg_demo_data", "demo_orthanc", "dicom_files", "orthanc_routing_config", "quiet_logging",
-    "render_text", "report_json", "run_demo", "send_studies", "train_demo_bundle",
+    "MaskDemo", "make_seg_demo_data", "DEMO_VOLUME_ARCHS", "VolumeDemo", "make_volume_demo_data", "demo_orthanc",
+    "dicom_files", "orthanc_routing_config", "quiet_logging", "render_text", "report_json", "run_demo",
+    "send_studies", "train_demo_bundle",
 ]

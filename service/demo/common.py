@@ -2,8 +2,9 @@
 
 A demo task (:class:`DemoTask`) makes its synthetic studies with planted errors, trains its bundle,
 and turns the audits into the rows the demo prints; :func:`demo_task` finds the one ``--task`` names.
-The label task is :mod:`service.demo.labels`, the mask task :mod:`service.demo.masks`; the loop around
-them (service, sending, waiting, reports) is :mod:`service.demo.run`.
+The label task is :mod:`service.demo.labels`, the mask task :mod:`service.demo.masks` (``--dims 3``:
+:mod:`service.demo.volumes`); the loop around them (service, sending, waiting, reports) is
+:mod:`service.demo.run`.
 """
 
 from __future__ import annotations
@@ -48,13 +49,14 @@ class DemoConfig:
     executor: str = "inprocess"  # inprocess | ray
     ray_address: str | None = None  # HOST:PORT of a Ray head; None with executor "ray": a local Ray
     task: str = "labels"  # labels (SR class labels) | segmentation (SEG masks)
+    dims: int = 2  # segmentation: 2 (one image per study) or 3 (a CT series per study, one SEG over it)
     viewer: bool = False  # with orthanc: serve OHIF over its DICOMweb and keep running
 
     def bundle_key(self) -> str:
         """Cache key of the trained bundle: everything that changes it."""
         parts = {"n": self.train_images, "size": self.image_size, "classes": self.classes, "epochs": self.epochs,
                  "archs": self.archs, "seed": self.seed, "noise": self.noise_rate, "batch": self.batch_size, "v": 4,
-                 "task": self.task}
+                 "task": self.task, "dims": self.dims}
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -84,6 +86,8 @@ class DemoTask(Protocol):
 
     name: ClassVar[str]
     """The ``--task`` value."""
+    dimension: ClassVar[int]
+    """The ``--dims`` value."""
     noun: ClassVar[str]
     """What one row is, plural ("annotations", "masks")."""
     errors: ClassVar[str]
@@ -112,23 +116,26 @@ class DemoTask(Protocol):
         ...
 
 
-_TASKS: dict[str, DemoTask] = {}
+_TASKS: dict[tuple[str, int], DemoTask] = {}
 
 
 def register_demo(task: DemoTask) -> DemoTask:
-    _TASKS[task.name] = task
+    _TASKS[(task.name, task.dimension)] = task
     return task
 
 
 def demo_tasks() -> list[str]:
-    return list(_TASKS)
+    return list(dict.fromkeys(name for name, _ in _TASKS))
 
 
-def demo_task(name: str) -> DemoTask:
-    """The demo task ``--task`` names (DemoError for an unknown one)."""
-    if name not in _TASKS:
-        raise DemoError(f"--task must be one of {', '.join(_TASKS)}, not {name!r}")
-    return _TASKS[name]
+def demo_task(name: str, dims: int = 2) -> DemoTask:
+    """The demo task ``--task name --dims dims`` names (DemoError for an unknown one)."""
+    if (name, 2) not in _TASKS and (name, 3) not in _TASKS:
+        raise DemoError(f"--task must be one of {', '.join(demo_tasks())}, not {name!r}")
+    if (name, dims) not in _TASKS:
+        offered = ", ".join(str(d) for t, d in sorted(_TASKS) if t == name)
+        raise DemoError(f"--dims {dims} is not offered for --task {name} (offered: {offered})")
+    return _TASKS[(name, dims)]
 
 
 def demo_config(**given: Any) -> DemoConfig:
@@ -138,8 +145,9 @@ def demo_config(**given: Any) -> DemoConfig:
     those), so ``--task segmentation`` alone runs the mask demo at its own sizes.
     """
     base = DemoConfig()
-    task = demo_task(str(given.get("task", base.task)))
-    values = {**task.defaults, **{k: v for k, v in given.items() if v != getattr(base, k)}, "task": task.name}
+    task = demo_task(str(given.get("task", base.task)), int(given.get("dims") or base.dims))
+    values = {**task.defaults, **{k: v for k, v in given.items() if v != getattr(base, k)}, "task": task.name,
+              "dims": task.dimension}
     return DemoConfig(**values)
 
 

@@ -11,14 +11,18 @@ import random
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dicom_io.dicomize import DicomizeError, DicomizeResult, StudyItem, write_studies
 from dicom_io.vocabulary import Vocabulary
 
-__all__ = ["dicomize", "dicomize_masks", "is_mask_dataset", "corruption_note", "planted_classes", "DicomizeError",
-           "DicomizeResult"]
+if TYPE_CHECKING:
+    from models.volume.data import VolumeDataset
+
+__all__ = ["dicomize", "dicomize_masks", "dicomize_volumes", "is_mask_dataset", "corruption_note", "planted_classes",
+           "DicomizeError", "DicomizeResult", "VOLUME_MANIFEST_FIELDS"]
 
 
 def _stored(load: Callable[[], np.ndarray]) -> np.ndarray:
@@ -174,3 +178,98 @@ def dicomize_masks(
     ]
     return write_studies(study_items, out, vocabulary=vocabulary, dataset_name=Path(dataset).name,
                          modality=modality, body_part=body_part, vocabulary_path=vocab_path, progress=progress)
+
+
+VOLUME_MANIFEST_FIELDS = ["case", "study_uid", "series_uid", "annotation_uid", "modality", "slices", "rows",
+                          "columns", "spacing_mm", "segments", "mask_corruption", "planted_kind", "changed_voxels"]
+"""The columns of a volume set's ``manifest.csv`` (one row per case: its series and its SEG)."""
+
+
+def dicomize_volumes(
+    dataset: Path | VolumeDataset,
+    out: Path,
+    *,
+    vocabulary: Vocabulary | None = None,
+    modality: str = "CT",
+    body_part: str | None = None,
+    noise_rate: float = 0.0,
+    seed: int = 0,
+    sample: int | None = None,
+    dataset_name: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> DicomizeResult:
+    """Convert a volume set (NIfTI/NRRD/MHA in the MSD/nnU-Net layout or ``images/`` + ``masks/``, or a
+    loaded ``VolumeDataset``) into DICOM studies: per case a CT- or MR-like series with its geometry and
+    one SEG over it (:func:`dicom_io.dicomize_volume.write_volume_study`).
+
+    ``noise_rate`` of the cases get one planted 3-D error in one segment
+    (``models.volume.corruption.corrupt_volumes``: eroded, dilated, shifted in-plane or by slices,
+    slices dropped or added, a component dropped, a blob added, the wrong segment type, in turn),
+    recorded in ``manifest.csv`` (``mask_corruption`` as ``op[changed classes]``, ``planted_kind``,
+    ``changed_voxels``). A segment left empty by the error is left out of the SEG (a missing structure).
+    """
+    import csv
+    import time
+
+    from dicom_io.dicomize_volume import write_volume_study
+    from dicom_io.geometry import Geometry as DicomGeometry
+    from models.data import DatasetError
+    from models.volume.corruption import DEFAULT_VOLUME_KINDS, corrupt_volumes
+    from models.volume.data import VolumeDataset, load_volume_dataset
+
+    t0 = time.perf_counter()
+    if modality.upper() not in ("CT", "MR"):
+        raise DicomizeError(f"volumes are written as CT or MR series, not {modality!r}")
+    try:
+        data = dataset if isinstance(dataset, VolumeDataset) else load_volume_dataset(dataset)
+    except DatasetError as e:
+        raise DicomizeError(str(e)) from None
+    cases = list(data.cases)
+    if sample is not None and sample < len(cases):
+        cases = sorted(random.Random(seed).sample(cases, sample), key=lambda c: c.stem)
+    names = list(data.class_names)
+    try:
+        written, records = corrupt_volumes([c.labels for c in cases], noise_rate, DEFAULT_VOLUME_KINDS, seed=seed,
+                                           n_classes=len(names), spacings=[c.geometry.spacing for c in cases])
+    except ValueError as e:
+        raise DicomizeError(str(e)) from None
+    planted = {r.index: r for r in records}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    vocab_path = None
+    if vocabulary is None:
+        vocabulary = Vocabulary.from_class_names(names)
+        vocab_path = out / "vocabulary.toml"
+        vocabulary.to_toml(vocab_path)
+    unknown = [n for n in names if n not in vocabulary.class_names]
+    if unknown:
+        raise DicomizeError(f"mask classes not in the vocabulary: {', '.join(unknown)}")
+    name = dataset_name or (Path(dataset).name if not isinstance(dataset, VolumeDataset) else "volumes")
+    rows = []
+    for i, case in enumerate(cases):
+        g = case.geometry
+        try:
+            geo = DicomGeometry.from_components(case.image.shape, g.spacing, g.origin, g.matrix[:, ::-1])
+        except ValueError as e:
+            raise DicomizeError(f"{case.stem}: {e}") from None
+        masks = {n: written[i] == k for k, n in enumerate(names, start=1) if np.any(written[i] == k)}
+        vs = write_volume_study(case.image, geo, masks, out, dataset_name=name, case_key=case.stem,
+                                modality=modality.upper(), vocabulary=vocabulary, body_part=body_part)
+        r = planted.get(i)
+        rows.append({
+            "case": case.stem, "study_uid": vs.study_uid, "series_uid": vs.series_uid,
+            "annotation_uid": vs.seg_uid or "", "modality": modality.upper(), "slices": case.image.shape[0],
+            "rows": case.image.shape[1], "columns": case.image.shape[2],
+            "spacing_mm": " ".join(f"{v:g}" for v in g.spacing), "segments": ";".join(masks),
+            "mask_corruption": "" if r is None else corruption_note(r.op, case.labels, written[i], names),
+            "planted_kind": "" if r is None else str(r.kind), "changed_voxels": "" if r is None else r.changed_voxels,
+        })
+        if progress is not None:
+            progress(i + 1, len(cases))
+    manifest = out / "manifest.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=VOLUME_MANIFEST_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    return DicomizeResult(n_images=len(cases), n_flipped=len(records), out=out, manifest=manifest,
+                          vocabulary=vocab_path, seconds=time.perf_counter() - t0)

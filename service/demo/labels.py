@@ -112,6 +112,7 @@ class LabelDemo:
     """The label demo task."""
 
     name: ClassVar[str] = "labels"
+    dimension: ClassVar[int] = 2
     noun: ClassVar[str] = "annotations"
     defaults: ClassVar[dict[str, Any]] = {}
     errors: ClassVar[str] = "label errors"

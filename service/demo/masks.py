@@ -138,6 +138,7 @@ class MaskDemo:
     """The mask demo task (``--task segmentation``)."""
 
     name: ClassVar[str] = "segmentation"
+    dimension: ClassVar[int] = 2
     noun: ClassVar[str] = "masks"
     defaults: ClassVar[dict[str, Any]] = {"studies": 24, "train_images": 64, "image_size": 32, "epochs": 10,
                                            "noise_rate": 0.25, "archs": DEMO_SEG_ARCHS}

@@ -50,7 +50,7 @@ def train_demo_bundle(cfg: DemoConfig, data: DemoData, work: Path, echo: Any = p
     tmp = bundle_dir.with_name(bundle_dir.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
-    demo_task(cfg.task).train_bundle(cfg, data, tmp, echo)
+    demo_task(cfg.task, cfg.dims).train_bundle(cfg, data, tmp, echo)
     tmp.replace(bundle_dir)
     return bundle_dir, False
 
@@ -139,7 +139,7 @@ def run_demo(cfg: DemoConfig, echo=print) -> DemoReport:
     work.mkdir(parents=True, exist_ok=True)
     report = DemoReport(settings={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()})
 
-    task = demo_task(cfg.task)
+    task = demo_task(cfg.task, cfg.dims)
     t0 = time.perf_counter()
     data = task.make_data(cfg, work)
     report.timings_s["make_data"] = time.perf_counter() - t0
@@ -396,7 +396,8 @@ def _summary_line(report: DemoReport) -> str:
     s = report.summary
     p = "n/a" if s.get("precision") is None else f"{s['precision']:.2f}"
     r = "n/a" if s.get("recall") is None else f"{s['recall']:.2f}"
-    task = demo_task(str(s.get("task") or report.settings.get("task") or "labels"))
+    task = demo_task(str(s.get("task") or report.settings.get("task") or "labels"),
+                     int(report.settings.get("dims") or 2))
     what, errors = task.noun, task.errors
     return (f"{s.get('annotations', 0)} {what} in {s.get('studies', 0)} studies; "
             f"{s.get('planted_errors', 0)} planted {errors}; flagged {s.get('flagged_and_planted', 0)} of them, "
@@ -405,7 +406,8 @@ def _summary_line(report: DemoReport) -> str:
 
 def _render(report: DemoReport) -> str:
     """The table and where things went, as text."""
-    lines = demo_task(str(report.settings.get("task") or "labels")).render_rows(report)
+    lines = demo_task(str(report.settings.get("task") or "labels"),
+                      int(report.settings.get("dims") or 2)).render_rows(report)
     lines += ["", _summary_line(report)]
     o = report.outputs
     files = o.get("result_files", [])
