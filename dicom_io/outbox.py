@@ -257,6 +257,8 @@ class Outbox:
                         row.sop_instance_uid, row.destination, row.attempts, error)
             return True
         row.next_attempt_at = now + backoff_delay(row.attempts, self.cfg, self._rng)
+        log.info("outbox: %s -> %s not delivered (attempt %d: %s); next try in %.1f s", row.sop_instance_uid,
+                 row.destination, row.attempts, error, row.next_attempt_at - now)
         return False
 
     def deliver_once(self, name: str) -> int:
