@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 __all__ = ["REPO", "DEMO_ARCHS", "DemoError", "DemoConfig", "DemoData", "DemoReport", "DemoTask", "register_demo",
-           "demo_task", "demo_tasks", "demo_config", "tally"]
+           "demo_task", "demo_tasks", "demo_config", "tally", "unaudited_mask_rows"]
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_ARCHS = "densenet-tiny,resnet-tiny,efficientnet-tiny"
@@ -149,6 +149,17 @@ def demo_config(**given: Any) -> DemoConfig:
     values = {**task.defaults, **{k: v for k, v in given.items() if v != getattr(base, k)}, "task": task.name,
               "dims": task.dimension}
     return DemoConfig(**values)
+
+
+def unaudited_mask_rows(report: DemoReport, uid: str, manifest_row: dict[str, str], class_names: list[str],
+                        job: Any, planted_in: set[str]) -> None:
+    """One row per class of a study whose audit did not finish (its state, or "missing", as the verdict)."""
+    note = manifest_row.get("mask_corruption") or None
+    for cls in class_names:
+        report.rows.append({"study_uid": uid, "annotation_uid": manifest_row.get("annotation_uid"), "class": cls,
+                            "verdict": job.state if job else "missing", "kind": None, "dice": None,
+                            "planted_error": cls in planted_in, "planted": note,
+                            "reason": job.reason if job else None})
 
 
 def tally(report: DemoReport, n_studies: int, task: str) -> None:

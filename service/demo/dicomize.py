@@ -99,6 +99,21 @@ def dicomize(
                          group_by=group_by, vocabulary_path=vocab_path, progress=progress)
 
 
+def _mask_vocabulary(out: Path, names: list[str], vocabulary: Vocabulary | None) -> tuple[Vocabulary, Path | None]:
+    """The vocabulary the SEGs use: the one given (every mask class must be in it), else one derived from the
+    class names and written to ``out/vocabulary.toml`` (its path returned)."""
+    out.mkdir(parents=True, exist_ok=True)
+    vocab_path = None
+    if vocabulary is None:
+        vocabulary = Vocabulary.from_class_names(names)
+        vocab_path = out / "vocabulary.toml"
+        vocabulary.to_toml(vocab_path)
+    unknown = [n for n in names if n not in vocabulary.class_names]
+    if unknown:
+        raise DicomizeError(f"mask classes not in the vocabulary: {', '.join(unknown)}")
+    return vocabulary, vocab_path
+
+
 def is_mask_dataset(dataset: Path) -> bool:
     """A segmentation data set: ``DIR/images`` and ``DIR/masks`` with the same file stems."""
     return (Path(dataset) / "images").is_dir() and (Path(dataset) / "masks").is_dir()
@@ -162,15 +177,7 @@ def dicomize_masks(
     except ValueError as e:
         raise DicomizeError(str(e)) from None
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    vocab_path = None
-    if vocabulary is None:
-        vocabulary = Vocabulary.from_class_names(names)
-        vocab_path = out / "vocabulary.toml"
-        vocabulary.to_toml(vocab_path)
-    unknown = [n for n in names if n not in vocabulary.class_names]
-    if unknown:
-        raise DicomizeError(f"mask classes not in the vocabulary: {', '.join(unknown)}")
+    vocabulary, vocab_path = _mask_vocabulary(out, names, vocabulary)
     study_items = [
         StudyItem(f"images/{stem}", "", "", partial(_stored, partial(np.asarray, im)), mask=written[i],
                   mask_classes=names, mask_corruption=notes[i])
@@ -235,15 +242,7 @@ def dicomize_volumes(
         raise DicomizeError(str(e)) from None
     planted = {r.index: r for r in records}
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    vocab_path = None
-    if vocabulary is None:
-        vocabulary = Vocabulary.from_class_names(names)
-        vocab_path = out / "vocabulary.toml"
-        vocabulary.to_toml(vocab_path)
-    unknown = [n for n in names if n not in vocabulary.class_names]
-    if unknown:
-        raise DicomizeError(f"mask classes not in the vocabulary: {', '.join(unknown)}")
+    vocabulary, vocab_path = _mask_vocabulary(out, names, vocabulary)
     name = dataset_name or (Path(dataset).name if not isinstance(dataset, VolumeDataset) else "volumes")
     rows = []
     for i, case in enumerate(cases):

@@ -19,7 +19,15 @@ from typing import Any, ClassVar
 import numpy as np
 
 from models.verdict import FLAGGED
-from service.demo.common import DemoConfig, DemoData, DemoError, DemoReport, register_demo, tally
+from service.demo.common import (
+    DemoConfig,
+    DemoData,
+    DemoError,
+    DemoReport,
+    register_demo,
+    tally,
+    unaudited_mask_rows,
+)
 
 __all__ = ["DEMO_VOLUME_ARCHS", "VolumeDemo", "make_volume_demo_data"]
 
@@ -101,11 +109,7 @@ def _collect(report: DemoReport, jobs: Any, data: DemoData, study_uids: list[str
         planted_in = planted_classes(note)
         result = (job.result or {}) if job is not None else {}
         if job is None or job.state != DONE:
-            for cls in data.class_names:
-                report.rows.append({"study_uid": uid, "annotation_uid": m.get("annotation_uid"), "class": cls,
-                                    "verdict": job.state if job else "missing", "kind": None, "dice": None,
-                                    "planted_error": cls in planted_in, "planted": note or None,
-                                    "reason": job.reason if job else None})
+            unaudited_mask_rows(report, uid, m, data.class_names, job, planted_in)
             continue
         for row in result.get("rows", []):
             cls = str(row.get("class"))
