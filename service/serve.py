@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
@@ -25,7 +25,8 @@ from service.settings import Settings
 if TYPE_CHECKING:
     from dicom_io.outbox import Outbox
     from dicom_io.scp import Listener
-    from dicom_io.store import StudyStore
+    from dicom_io.store import StudyStable, StudyStore
+    from service.runtime.process import ComponentSpec, Service
 
 __all__ = ["AuditService", "http_context", "service_components"]
 
@@ -50,7 +51,7 @@ class AuditService:
     survive restarts) but no worker runs until a bundle is configured.
     """
 
-    def __init__(self, service: Any) -> None:
+    def __init__(self, service: Service) -> None:
         from dicom_io.db import make_engine
 
         settings: Settings = service.settings
@@ -62,7 +63,12 @@ class AuditService:
         self.metrics = _service_metrics(self.jobs, service.store, self.outbox)
         self.pipeline = Pipeline(settings, self.jobs, auditor=AUDITOR, store=service.store, outbox=self.outbox,
                                  metrics=self.metrics)
-        service.store.subscribe(self.pipeline.on_study_stable)
+        pipeline = self.pipeline
+
+        def on_stable(event: StudyStable) -> None:  # the store's subscribers return nothing
+            pipeline.on_study_stable(event)
+
+        service.store.subscribe(on_stable)
         self._outbox_stop = threading.Event()
         self._outbox_thread: threading.Thread | None = None
         self.api: ApiServer | None = None
@@ -157,9 +163,9 @@ def _service_metrics(jobs: JobStore, store: StudyStore, outbox: Outbox | None) -
                    outbox_failed=failed if outbox is not None else None)
 
 
-def service_components(settings: Settings) -> list[Any]:
+def service_components(settings: Settings) -> list[ComponentSpec]:
     """The components ``labelqa serve`` plugs into ``run_service``: the audit service."""
-    def build(service: Any) -> AuditService:  # a factory (a class would pass for a component itself)
+    def build(service: Service) -> AuditService:  # a factory (a class would pass for a component itself)
         return AuditService(service)
 
     return [build]

@@ -23,9 +23,17 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # annotation-only types; the writeback module imports this one
+    from pydicom.dataset import Dataset
+    from pydicom.sr.coding import Code
+
+    from dicom_io.geometry import ImageVolume
+    from dicom_io.results.revision import Correction
+    from service.review.writeback import ReviewService
 
 log = logging.getLogger("labelqa.review")
 
@@ -119,7 +127,7 @@ def slice_source(item: Mapping[str, Any], k: int) -> tuple[str, int | None]:
 class _Grid:
     """A series' grid, read from its headers, and the slice of the grid each item slice is."""
 
-    volume: Any  # dicom_io.geometry.ImageVolume without pixels
+    volume: ImageVolume  # without pixels
     order: np.ndarray  # item slice k -> slice of ``volume``
 
 
@@ -151,14 +159,14 @@ class VolumeMasks:
     several requests ask for at once is read once.
     """
 
-    def __init__(self, review: Any, *, max_bytes: int = 256 << 20, max_grids: int = 8) -> None:
+    def __init__(self, review: ReviewService, *, max_bytes: int = 256 << 20, max_grids: int = 8) -> None:
         self.review = review
         self.max_bytes = max_bytes
         self.max_grids = max_grids
-        self._masks: OrderedDict[tuple[Any, ...], _Packed] = OrderedDict()
+        self._masks: OrderedDict[tuple[str, int, str], _Packed] = OrderedDict()
         self._grids: OrderedDict[str, _Grid] = OrderedDict()
         self._lock = threading.Lock()
-        self._loading: dict[tuple[Any, ...], threading.Lock] = {}
+        self._loading: dict[tuple[str, int, str], threading.Lock] = {}
 
     # ------------------------------------------------------------------ the series' grid
 
@@ -189,7 +197,7 @@ class VolumeMasks:
                 out[u] = p
         return out
 
-    def headers(self, item: Mapping[str, Any]) -> dict[str, Any]:
+    def headers(self, item: Mapping[str, Any]) -> dict[str, Dataset]:
         """The headers (no pixel data) of every instance the item's slices are in, by SOP Instance UID."""
         import pydicom
 
@@ -314,7 +322,8 @@ class VolumeMasks:
         return self._segment(item, str(item["suggestion_uid"]), self._suggestion_segment(item))
 
 
-def volume_correction(masks: VolumeMasks, item: Mapping[str, Any], label: Any) -> tuple[Any, dict[str, Any]]:
+def volume_correction(masks: VolumeMasks, item: Mapping[str, Any],
+                      label: Code | str | None) -> tuple[Correction, dict[str, Dataset]]:
     """The correction that replaces the whole segment of a volume item by its suggestion, and the headers of
     every slice of its series (the corrected SEG is rebuilt over them): (``Correction``, {UID: header}).
     Raises ``RevisionError`` when the suggestion or the series cannot be read."""
