@@ -277,7 +277,7 @@ class JobStore:
                 continue
         return None
 
-    def _running_values(self, owner: str, now: float) -> dict[str, Any]:
+    def _running_values(self, owner: str, now: float) -> dict[str, object]:
         return {"state": RUNNING, "owner": owner, "lease_until": now + self.lease_s, "started_at": now,
                 "finished_at": None, "attempts": AuditJobRow.attempts + 1}
 
@@ -398,8 +398,8 @@ class JobStore:
                 continue
             why = "lease expired" if expired else "owner process gone"
             if attempts >= self.max_attempts:
-                values: dict[str, Any] = {"state": FAILED, "finished_at": now,
-                                          "reason": f"gave up after {attempts} attempts ({why})"}
+                values: dict[str, object] = {"state": FAILED, "finished_at": now,
+                                             "reason": f"gave up after {attempts} attempts ({why})"}
             else:
                 values = {"state": QUEUED, "reason": f"re-queued: {why}"}
             # Only if nobody touched the job since we read it (its owner may finish or renew it now).
