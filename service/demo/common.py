@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+if TYPE_CHECKING:  # annotation-only types
+    from service.runtime.jobs import JobStore
 
 __all__ = ["REPO", "DEMO_ARCHS", "DemoError", "DemoConfig", "DemoData", "DemoReport", "DemoTask", "register_demo",
            "demo_task", "demo_tasks", "demo_config", "tally"]
@@ -103,11 +107,11 @@ class DemoTask(Protocol):
         """One line on the studies made."""
         ...
 
-    def train_bundle(self, cfg: DemoConfig, data: DemoData, out: Path, echo: Any) -> Path:
+    def train_bundle(self, cfg: DemoConfig, data: DemoData, out: Path, echo: Callable[[str], None]) -> Path:
         """Fit the demo's bundle into ``out`` (a fresh folder)."""
         ...
 
-    def collect(self, report: DemoReport, jobs: Any, data: DemoData, study_uids: list[str]) -> None:
+    def collect(self, report: DemoReport, jobs: JobStore, data: DemoData, study_uids: list[str]) -> None:
         """One report row per audited annotation, with whether its error was planted; the summary."""
         ...
 

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import csv
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from models.verdict import FLAGGED
 from service.demo.common import DemoConfig, DemoData, DemoError, DemoReport, register_demo, tally
+
+if TYPE_CHECKING:  # annotation-only types
+    from service.runtime.jobs import JobStore
 
 __all__ = ["SHAPE_NAMES", "LabelDemo", "make_demo_data", "shapes_npz"]
 
@@ -66,7 +70,7 @@ def make_demo_data(cfg: DemoConfig, work: Path) -> DemoData:
     return DemoData(studies_dir, manifest, Path(vocab), train_npz, names)
 
 
-def _train(cfg: DemoConfig, data: DemoData, out: Path, echo: Any) -> Path:
+def _train(cfg: DemoConfig, data: DemoData, out: Path, echo: Callable[[str], None]) -> Path:
     from models.bundle import train_bundle
     from models.train import TrainConfig
 
@@ -77,7 +81,7 @@ def _train(cfg: DemoConfig, data: DemoData, out: Path, echo: Any) -> Path:
                              device=cfg.device, mode="crossfit", folds=3, train_cfg=train_cfg, progress=False))
 
 
-def _collect(report: DemoReport, jobs: Any, data: DemoData, study_uids: list[str]) -> None:
+def _collect(report: DemoReport, jobs: JobStore, data: DemoData, study_uids: list[str]) -> None:
     from service.runtime.jobs import DONE
 
     by_ann = {r["annotation_uid"]: r for r in data.manifest}
@@ -126,10 +130,10 @@ class LabelDemo:
                 f"{', '.join(data.class_names)}; TID 1500 SR labels, {n_planted} flipped on purpose) in "
                 f"{data.studies_dir}")
 
-    def train_bundle(self, cfg: DemoConfig, data: DemoData, out: Path, echo: Any) -> Path:
+    def train_bundle(self, cfg: DemoConfig, data: DemoData, out: Path, echo: Callable[[str], None]) -> Path:
         return _train(cfg, data, out, echo)
 
-    def collect(self, report: DemoReport, jobs: Any, data: DemoData, study_uids: list[str]) -> None:
+    def collect(self, report: DemoReport, jobs: JobStore, data: DemoData, study_uids: list[str]) -> None:
         _collect(report, jobs, data, study_uids)
 
     def render_rows(self, report: DemoReport) -> list[str]:

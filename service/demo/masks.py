@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import csv
 import shutil
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from models.verdict import FLAGGED
 from service.demo.common import DEMO_ARCHS, DemoConfig, DemoData, DemoError, DemoReport, register_demo, tally
+
+if TYPE_CHECKING:  # annotation-only types
+    from service.runtime.jobs import JobStore
 
 __all__ = ["DEMO_SEG_ARCHS", "MaskDemo", "make_seg_demo_data"]
 
@@ -70,7 +74,7 @@ def make_seg_demo_data(cfg: DemoConfig, work: Path) -> DemoData:
     return DemoData(studies_dir, manifest, vocab_path, train_dir, names)
 
 
-def _train(cfg: DemoConfig, data: DemoData, out: Path, echo: Any) -> Path:
+def _train(cfg: DemoConfig, data: DemoData, out: Path, echo: Callable[[str], None]) -> Path:
     """Fit the demo's segmenters (3-fold crossfit: the cut comes from out-of-fold masks) into ``out``."""
     from models.seg.bundle import train_seg_bundle
     from models.seg.data import SegDataset
@@ -87,7 +91,7 @@ def _train(cfg: DemoConfig, data: DemoData, out: Path, echo: Any) -> Path:
     return Path(path)
 
 
-def _collect(report: DemoReport, jobs: Any, data: DemoData, study_uids: list[str]) -> None:
+def _collect(report: DemoReport, jobs: JobStore, data: DemoData, study_uids: list[str]) -> None:
     """One row per audited mask: verdict, kind, Dice to the consensus, planted or not."""
     from service.demo.dicomize import planted_classes
     from service.runtime.jobs import DONE
@@ -153,10 +157,10 @@ class MaskDemo:
                 f"{', '.join(data.class_names)}; DICOM SEG masks, {n_planted} corrupted on purpose) in "
                 f"{data.studies_dir}")
 
-    def train_bundle(self, cfg: DemoConfig, data: DemoData, out: Path, echo: Any) -> Path:
+    def train_bundle(self, cfg: DemoConfig, data: DemoData, out: Path, echo: Callable[[str], None]) -> Path:
         return _train(cfg, data, out, echo)
 
-    def collect(self, report: DemoReport, jobs: Any, data: DemoData, study_uids: list[str]) -> None:
+    def collect(self, report: DemoReport, jobs: JobStore, data: DemoData, study_uids: list[str]) -> None:
         _collect(report, jobs, data, study_uids)
 
     def render_rows(self, report: DemoReport) -> list[str]:

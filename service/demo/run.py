@@ -35,6 +35,7 @@ from service.demo.common import REPO, DemoConfig, DemoData, DemoError, DemoRepor
 
 if TYPE_CHECKING:
     from service.demo.peers import LocalArchive, Orthanc
+    from service.runtime.jobs import JobStore
 
 __all__ = ["train_demo_bundle", "dicom_files", "send_studies", "orthanc_routing_config", "demo_orthanc", "run_demo",
            "render_text", "report_json", "quiet_logging"]
@@ -42,7 +43,8 @@ __all__ = ["train_demo_bundle", "dicom_files", "send_studies", "orthanc_routing_
 log = logging.getLogger("labelqa.demo")
 
 
-def train_demo_bundle(cfg: DemoConfig, data: DemoData, work: Path, echo: Any = print) -> tuple[Path, bool]:
+def train_demo_bundle(cfg: DemoConfig, data: DemoData, work: Path,
+                      echo: Callable[[str], None] = print) -> tuple[Path, bool]:
     """The demo's bundle, trained once per settings (cached under the data dir); (path, was_cached)."""
     bundle_dir = work / "bundles" / cfg.bundle_key()
     if (bundle_dir / "configs" / "metadata.json").is_file():
@@ -129,7 +131,7 @@ def demo_orthanc(work: Path, *, http_port: int, dicom_port: int, labelqa_port: i
 def run_demo(cfg: DemoConfig, echo=print) -> DemoReport:
     """Run the demo end to end; returns the report (rows per annotation, summary, outputs, timings)."""
     from service.demo.peers import LocalArchive, OrthancError, free_port
-    from service.runtime.jobs import DONE, FAILED, NO_ANNOTATIONS, JobStore
+    from service.runtime.jobs import DONE, FAILED, NO_ANNOTATIONS
     from service.runtime.process import Service
     from service.serve import AuditService, service_components
     from service.settings import Destination, load_settings
@@ -295,7 +297,7 @@ def _forget_demo_jobs(database_url: str, study_uids: list[str]) -> None:
         engine.dispose()
 
 
-def _executor_report(executor: Any, jobs: Any, study_uids: list[str]) -> dict[str, Any]:
+def _executor_report(executor: Any, jobs: JobStore, study_uids: list[str]) -> dict[str, Any]:
     """Which executor ran the audits, on how many nodes, and how many audits each node ran."""
     import socket
 
@@ -312,7 +314,7 @@ def _executor_report(executor: Any, jobs: Any, study_uids: list[str]) -> dict[st
     return {"kind": kind, "nodes": nodes, "jobs_by_node": by_node, "address": status.get("address")}
 
 
-def _all_audited(jobs: Any, study_uids: list[str], final: tuple[str, ...]) -> bool:
+def _all_audited(jobs: JobStore, study_uids: list[str], final: tuple[str, ...]) -> bool:
     for uid in study_uids:
         j = jobs.latest_for_study(uid)
         if j is None or j.state not in final:
