@@ -13,9 +13,14 @@ import json
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:  # annotation-only types
+    from pydicom.dataset import Dataset
+
+    from service.review import ReviewService
 
 
 def export(
@@ -60,7 +65,7 @@ def export(
         typer.echo(f"wrote {n_files} file(s) ({n_fixed} corrected annotation object(s)) under {dicom}", err=True)
 
 
-def corrected_copy(review: Any, dest: Path) -> tuple[int, int]:
+def corrected_copy(review: ReviewService, dest: Path) -> tuple[int, int]:
     """Copy every stored study to ``dest/<study>/``, corrected annotation objects in place of the originals.
 
     Returns (files written, annotation objects replaced).
@@ -69,9 +74,10 @@ def corrected_copy(review: Any, dest: Path) -> tuple[int, int]:
     from dicom_io.results.series import is_own_output
     from dicom_io.store import StudyStore
 
+    assert review.data_dir is not None  # a review service made from the settings has the data dir
     store = StudyStore(review.data_dir, review.engine.url.render_as_string(hide_password=False), 3600.0,
                        engine=review.engine, reconcile=False)
-    corrected: dict[str, Any] = {}  # annotation UID -> the corrected object (a written file, or a Dataset)
+    corrected: dict[str, Path | Dataset] = {}  # annotation UID -> the corrected object (a written file, or a Dataset)
     for row in review.store.export_rows():
         uid = row["annotation_uid"]
         if uid in corrected:

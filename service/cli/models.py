@@ -8,9 +8,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
+
+if TYPE_CHECKING:  # annotation-only types
+    from models.bundles import BundleInfo
 
 DatasetOpt = typer.Option(..., "--dataset", help="Image folder (root/<class>/* or root/<split>/<class>/*), "
                           "CSV (path,label) or npz (images/labels or MedMNIST-style).")
@@ -305,13 +308,15 @@ def audit(
     typer.echo(json.dumps(summary, indent=2))
 
 
-def _audit_labels(info: Any, dataset: Path, out: Path, *, device: str, batch_size: int, cut_from: str) -> Any:
+def _audit_labels(info: BundleInfo, dataset: Path, out: Path, *, device: str, batch_size: int,
+                  cut_from: str) -> dict[str, object]:
     from models.bundle import audit_dataset
 
     return audit_dataset(info.path, dataset, out, device=device, batch_size=batch_size, cut_from=cut_from)
 
 
-def _audit_masks(info: Any, dataset: Path, out: Path, *, device: str, batch_size: int, cut_from: str) -> Any:
+def _audit_masks(info: BundleInfo, dataset: Path, out: Path, *, device: str, batch_size: int,
+                 cut_from: str) -> dict[str, object]:
     from models.seg.bundle import audit_seg_dataset
 
     return audit_seg_dataset(info.path, dataset, out, device=device)
@@ -323,7 +328,7 @@ class _TaskCommands:
 
     train: Callable[[SimpleNamespace], None]
     evaluate: Callable[[SimpleNamespace], None]
-    audit_dataset: Callable[..., Any]
+    audit_dataset: Callable[..., dict[str, object]]  # its summary, printed as JSON
 
 
 def _train_volumes(o: SimpleNamespace) -> None:
@@ -345,7 +350,8 @@ def _evaluate_volumes(o: SimpleNamespace) -> None:
                          map_fn=_ray_map(o.ray, o.progress))
 
 
-def _audit_volumes(info: Any, dataset: Path, out: Path, *, device: str, batch_size: int, cut_from: str) -> Any:
+def _audit_volumes(info: BundleInfo, dataset: Path, out: Path, *, device: str, batch_size: int,
+                   cut_from: str) -> dict[str, object]:
     from models.volume.bundle import audit_volume_dataset
 
     return audit_volume_dataset(info.path, dataset, out, device=device)

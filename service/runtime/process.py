@@ -42,7 +42,7 @@ ComponentSpec = Component | Callable[["Service"], Component]
 class _ThreadComponent:
     """Adapter: run ``target(stop_event)`` in a thread; stop sets the event and joins."""
 
-    def __init__(self, name: str, target: Callable[[threading.Event], Any]) -> None:
+    def __init__(self, name: str, target: Callable[[threading.Event], object]) -> None:
         self.name, self.target = name, target
         self.stop_event = threading.Event()
         self.thread: threading.Thread | None = None
@@ -63,7 +63,7 @@ class _ThreadComponent:
             self.thread.join(timeout=30)
 
 
-def thread_component(name: str, target: Callable[[threading.Event], Any]) -> Component:
+def thread_component(name: str, target: Callable[[threading.Event], object]) -> Component:
     """Wrap a ``run_forever(stop_event)`` style function as a component."""
     return _ThreadComponent(name, target)
 
