@@ -11,8 +11,10 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, func, select
 
+from dicom_io.db import make_engine
+from dicom_io.store import InstanceRow
 from service.audit import AUDITOR
 from service.http import ApiServer, Auth, HttpContext, create_app, outbox_counts
 from service.http.guard import RefusedSettings, allowed_hosts, open_api_problem
@@ -52,8 +54,6 @@ class AuditService:
     """
 
     def __init__(self, service: Service) -> None:
-        from dicom_io.db import make_engine
-
         settings: Settings = service.settings
         self.settings = settings
         self.service = service
@@ -144,10 +144,6 @@ def _version() -> str:
 
 def _service_metrics(jobs: JobStore, store: StudyStore, outbox: Outbox | None) -> Metrics:
     def instances() -> float:
-        from sqlalchemy import func, select
-
-        from dicom_io.store import InstanceRow
-
         with store.engine.connect() as c:
             return float(c.execute(select(func.count()).select_from(InstanceRow)).scalar_one())
 

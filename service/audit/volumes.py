@@ -30,6 +30,7 @@ from dicom_io.study import Study
 from dicom_io.vocabulary import Vocabulary
 from models.bundles import SEGMENTATION, Bundle
 from models.verdict import MASK_VERDICTS
+from models.volume.data import Geometry, Spacing
 from service.audit.rows import VolumeRow
 from service.audit.task import (
     LABEL_NOT_IN_BUNDLE,
@@ -138,8 +139,6 @@ class VolumeTask:
             directions=[tuple(float(v) for v in g.direction[:, ::-1].ravel()) for g in geos])
 
     def infer(self, bundle: VolumeBundle, batch: VolumeBatch, *, device: str, batch_size: int) -> VolumeResult:
-        from models.volume.data import Geometry, Spacing
-
         t0 = time.perf_counter()
         geometries: list[Geometry | Spacing] = [
             Geometry(spacing=s, origin=o, direction=d)
@@ -221,8 +220,6 @@ class VolumeTask:
         return audited, rows
 
     def warm_up(self, bundle: VolumeBundle, device: str) -> None:
-        from models.volume.data import Geometry
-
         size = tuple(int(s) for s in bundle.meta.get("patch_size") or (16, 16, 16))
         bundle.audit([np.zeros(size, np.float32)], [{}], [Geometry()], device=device)
 

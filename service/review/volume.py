@@ -26,13 +26,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pydicom
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from dicom_io.annotations.seg_volume import read_seg_volumes
+from dicom_io.results.revision import Correction, RevisionError
+from dicom_io.results.seg_out import suggestion_segment_label
+from dicom_io.store import InstanceRow
+from dicom_io.volumes import series_volume
 
 if TYPE_CHECKING:  # annotation-only types; the writeback module imports this one
     from pydicom.dataset import Dataset
     from pydicom.sr.coding import Code
 
     from dicom_io.geometry import ImageVolume
-    from dicom_io.results.revision import Correction
     from service.review.writeback import ReviewService
 
 log = logging.getLogger("labelqa.review")
@@ -172,10 +180,6 @@ class VolumeMasks:
 
     def paths(self, uids: Sequence[str]) -> dict[str, Path]:
         """Stored files of instances (one query to the study store's index; result objects as a fallback)."""
-        from sqlalchemy import select
-        from sqlalchemy.orm import Session
-
-        from dicom_io.store import InstanceRow
 
         out: dict[str, Path] = {}
         data_dir = self.review.data_dir
@@ -199,8 +203,6 @@ class VolumeMasks:
 
     def headers(self, item: Mapping[str, Any]) -> dict[str, Dataset]:
         """The headers (no pixel data) of every instance the item's slices are in, by SOP Instance UID."""
-        import pydicom
-
         uids = [str(u) for u, _ in item.get("slices") or []]
         paths = self.paths(uids)
         missing = [u for u in dict.fromkeys(uids) if u not in paths]
@@ -211,8 +213,6 @@ class VolumeMasks:
 
     def grid(self, item: Mapping[str, Any]) -> _Grid:
         """The item's series as a volume without pixels (its geometry) and where each item slice lies on it."""
-        from dicom_io.volumes import series_volume
-
         slices = item.get("slices") or []
         if not slices:
             raise VolumeItemError(f"item {item.get('id')} has no slices")
@@ -241,8 +241,6 @@ class VolumeMasks:
 
     def _segment(self, item: Mapping[str, Any], seg_uid: str, segment: int) -> _Packed:
         """Segment ``segment`` of SEG ``seg_uid`` on the item's series, packed (read once, then cached)."""
-        from dicom_io.annotations.seg_volume import read_seg_volumes
-
         key = (seg_uid, int(segment), hashlib.sha256(json.dumps(item.get("slices") or []).encode()).hexdigest())
         with self._lock:
             hit = self._masks.get(key)
@@ -282,9 +280,6 @@ class VolumeMasks:
     def _suggestion_segment(self, item: Mapping[str, Any]) -> int:
         if item.get("suggestion_segment"):
             return int(item["suggestion_segment"])
-        import pydicom
-
-        from dicom_io.results.seg_out import suggestion_segment_label
 
         path = self.review.instance_path(item["suggestion_uid"])
         if path is None:
@@ -327,8 +322,6 @@ def volume_correction(masks: VolumeMasks, item: Mapping[str, Any],
     """The correction that replaces the whole segment of a volume item by its suggestion, and the headers of
     every slice of its series (the corrected SEG is rebuilt over them): (``Correction``, {UID: header}).
     Raises ``RevisionError`` when the suggestion or the series cannot be read."""
-    from dicom_io.results.revision import Correction, RevisionError
-
     try:
         mask = masks.suggested_volume(item)
         headers = masks.headers(item)

@@ -14,6 +14,7 @@ from sqlalchemy import ColumnElement, Engine, Select, func, select, tuple_, upda
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from dicom_io.store import InstanceRow, SeriesRow, StudyRow
 from models.verdict import FLAGGED, Verdict
 from service.audit.rows import is_mask_row
 from service.review.items import (
@@ -203,8 +204,6 @@ class WorklistIndex:
         if not image_uids:
             return {}
         try:
-            from dicom_io.store import InstanceRow, SeriesRow, StudyRow
-
             with self.engine.connect() as c:
                 q = (select(InstanceRow.sop_instance_uid, SeriesRow.modality, StudyRow.study_date,
                             SeriesRow.series_uid, SeriesRow.description)

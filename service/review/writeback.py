@@ -5,16 +5,28 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pydicom
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from dicom_io.results import find_saved, save_results
+from dicom_io.results.revision import (
+    Correction,
+    ReviewedItem,
+    Reviewer,
+    RevisionError,
+    corrected_annotation,
+    verified_report,
+)
+from dicom_io.results.seg_out import read_suggestion
 from dicom_io.settings import SegSettings
+from dicom_io.store import InstanceRow
+from dicom_io.vocabulary import Vocabulary, load_vocabulary
 from service.review.decisions import DecisionOutcome
 from service.review.store import ReviewStore
 from service.review.tables import Decision, DecisionError
@@ -25,8 +37,6 @@ if TYPE_CHECKING:  # annotation-only types
     from pydicom.sr.coding import Code
 
     from dicom_io.outbox import Outbox
-    from dicom_io.results.revision import Reviewer
-    from dicom_io.vocabulary import Vocabulary
     from service.runtime.jobs import JobStore
     from service.settings import Settings
 
@@ -82,8 +92,6 @@ class ReviewService:
     def vocabulary(self) -> Vocabulary | None:
         """The label vocabulary (configured file, the bundle's own, else the labels seen), loaded once."""
         if self._vocabulary is None:
-            from dicom_io.vocabulary import Vocabulary, load_vocabulary
-
             vocab = None
             s = self._settings
             if s is not None:
@@ -127,7 +135,6 @@ class ReviewService:
         """The stored file of an instance (the study store's index), or None."""
         if not sop_instance_uid or self.data_dir is None:
             return None
-        from dicom_io.store import InstanceRow
 
         with Session(self.engine) as s:
             rel = s.scalar(select(InstanceRow.path).where(InstanceRow.sop_instance_uid == sop_instance_uid))
@@ -170,10 +177,6 @@ class ReviewService:
         return n
 
     def _reviewer(self, name: str, at: float) -> Reviewer:
-        from datetime import datetime
-
-        from dicom_io.results.revision import Reviewer
-
         return Reviewer(self.display_names.get(name, name), self.organization,
                         datetime.fromtimestamp(at, tz=UTC))
 
@@ -182,10 +185,6 @@ class ReviewService:
 
         Returns the decision dict after the write-back (state done or failed), None when there is none.
         """
-        import pydicom
-
-        from dicom_io.results.revision import ReviewedItem, RevisionError, verified_report
-
         with self._wb_lock:
             item = self.store.item(item_id)
             if item is None or item["decision"] is None:
@@ -251,10 +250,6 @@ class ReviewService:
     def _corrected_version(self, item: dict[str, Any], reviewer: Reviewer, d: dict[str, Any]) -> Dataset | None:
         """The next version of the annotation object with every current correction on it, or None when
         it needs none (no correction now, and none written before)."""
-        import pydicom
-
-        from dicom_io.results.revision import Correction, RevisionError, corrected_annotation
-
         parts = [x for x in self.store.find(item["annotation_uid"]) if x["current"] and x["decision"]]
         fixes = []
         extra_sources: dict[str, Dataset] = {}  # a whole-segment correction: the headers of its series' slices
@@ -295,11 +290,6 @@ class ReviewService:
     def suggested_mask(self, item: dict[str, Any]) -> np.ndarray:
         """The suggested (consensus) mask of a flagged SEG mask item on its source frame: bool (rows,
         columns), read from the audit's suggestion SEG (never recomputed). RevisionError when there is none."""
-        import pydicom
-
-        from dicom_io.results.revision import RevisionError
-        from dicom_io.results.seg_out import read_suggestion
-
         uid = item.get("suggestion_uid")
         if not uid:
             raise RevisionError(f"item {item['id']} has no suggested mask")

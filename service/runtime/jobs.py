@@ -40,7 +40,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, aliased, mapped_column
 
-from dicom_io.db import Base, ensure_schema, is_postgresql
+from dicom_io.db import Base, ensure_schema, is_postgresql, make_engine
 
 __all__ = [
     "QUEUED", "RUNNING", "DONE", "FAILED", "NO_ANNOTATIONS", "SUPERSEDED", "STATES", "FINAL_STATES", "AuditJobRow",
@@ -486,6 +486,4 @@ class JobStore:
 
 def open_jobs(database_url: str, lease_s: float = 600.0) -> JobStore:
     """The job store on the service database (engine from :func:`dicom_io.db.make_engine`)."""
-    from dicom_io.db import make_engine
-
     return JobStore(make_engine(database_url), lease_s=lease_s)

@@ -30,6 +30,7 @@ from models.bundles import Bundle, load_bundle
 from models.verdict import FLAGGED
 from service.runtime.auditor import Auditor, InferFn
 from service.runtime.executor import Executor, InProcessExecutor, Outcome, WorkerContext
+from service.runtime.executor_ray import RayExecutor
 from service.runtime.jobs import DONE, NO_ANNOTATIONS, Job, JobStore
 from service.settings import Settings
 
@@ -99,8 +100,6 @@ class Pipeline:
         self.metrics = metrics
         self.results_dir = Path(settings.store.data_dir) / "results"
         if executor is None and settings.executor.kind == "ray":
-            from service.runtime.executor_ray import RayExecutor
-
             executor = RayExecutor(jobs, self, settings.executor)
         self.executor: Executor = executor or InProcessExecutor(
             jobs, self.run_job, workers=settings.audit.workers, warmup=self.warmup,

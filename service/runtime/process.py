@@ -20,6 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from dicom_io.scp import Listener
 from dicom_io.store import StudyStable, StudyStore
+from service.migrations import upgrade
 from service.settings import Settings
 
 __all__ = ["Component", "ComponentSpec", "thread_component", "Service", "configure_logging", "run_service"]
@@ -72,8 +73,6 @@ class Service:
     """The store, the listener and the plugged-in components of one labelqa process."""
 
     def __init__(self, settings: Settings) -> None:
-        from service.migrations import upgrade
-
         self.settings = settings
         upgrade(settings.store.resolved_database_url())  # the schema first (Alembic), then its users
         self.store = StudyStore(
