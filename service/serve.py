@@ -38,7 +38,7 @@ log = logging.getLogger("labelqa.serve")
 def _make_outbox(settings: Settings, engine: Engine) -> Outbox | None:
     """The results outbox on the service database, or None when it is not available."""
     try:
-        from dicom_io.outbox import Outbox
+        from dicom_io.outbox import Outbox  # guarded: without it results are written locally only
     except ImportError:
         log.warning("no results outbox available: results are written locally only")
         return None

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from service.settings import load_settings
+
 if TYPE_CHECKING:  # annotation-only types
     from pydicom.dataset import Dataset
 
@@ -30,11 +32,11 @@ def export(
     dicom: Path | None = typer.Option(None, "--dicom", help="Also write a corrected copy of the stored studies here."),
 ) -> None:
     """Export the reviewed labels (CSV/JSON) and, with --dicom, a corrected copy of the studies."""
+    # imported when the command runs, not at the top: keeps `labelqa --help` fast
     from dicom_io.db import make_engine
     from service.http import export_csv_text
     from service.review import ReviewService
     from service.runtime.jobs import JobStore
-    from service.settings import load_settings
 
     try:
         settings = load_settings(config)
@@ -70,6 +72,7 @@ def corrected_copy(review: ReviewService, dest: Path) -> tuple[int, int]:
 
     Returns (files written, annotation objects replaced).
     """
+    # imported when the command runs, not at the top: keeps `labelqa --help` fast
     from dicom_io.results.revision import RevisionError
     from dicom_io.results.series import is_own_output
     from dicom_io.store import StudyStore

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from models.verdict import FLAGGED
+
 if TYPE_CHECKING:  # annotation-only types
     from service.runtime.jobs import JobStore
 
@@ -157,8 +159,6 @@ def demo_config(**given: Any) -> DemoConfig:
 
 def tally(report: DemoReport, n_studies: int, task: str) -> None:
     """The report's summary from its rows: verdict counts, planted errors found and missed, false alarms."""
-    from models.verdict import FLAGGED
-
     counts: dict[str, int] = {}
     tp = fp = fn = 0
     for r in report.rows:

@@ -15,8 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from models.corruption import check_noise_rate, corrupt_labels
+from models.synthetic import make_shapes
 from models.verdict import FLAGGED
 from service.demo.common import DemoConfig, DemoData, DemoError, DemoReport, register_demo, tally
+from service.demo.dicomize import dicomize
+from service.runtime.jobs import DONE
 
 if TYPE_CHECKING:  # annotation-only types
     from service.runtime.jobs import JobStore
@@ -30,9 +34,6 @@ def shapes_npz(path: Path, n: int, cfg: DemoConfig, seed: int, noise_rate: float
     """Synthetic shape images as an npz data set; ``noise_rate`` of the labels flipped to another class."""
     import numpy as np
 
-    from models.corruption import corrupt_labels
-    from models.synthetic import make_shapes
-
     data = make_shapes(n, n_classes=cfg.classes, size=cfg.image_size, seed=seed)
     names = list(SHAPE_NAMES[: cfg.classes])
     images = (np.clip(data.images, 0, 1) * 255).round().astype(np.uint8)
@@ -44,9 +45,6 @@ def shapes_npz(path: Path, n: int, cfg: DemoConfig, seed: int, noise_rate: float
 
 def make_demo_data(cfg: DemoConfig, work: Path) -> DemoData:
     """Training images (clean labels) and the DICOM studies to audit (some labels flipped)."""
-    from models.corruption import check_noise_rate
-    from service.demo.dicomize import dicomize
-
     if not 2 <= cfg.classes <= len(SHAPE_NAMES):
         raise DemoError(f"--classes must be between 2 and {len(SHAPE_NAMES)}")
     try:
@@ -71,6 +69,7 @@ def make_demo_data(cfg: DemoConfig, work: Path) -> DemoData:
 
 
 def _train(cfg: DemoConfig, data: DemoData, out: Path, echo: Callable[[str], None]) -> Path:
+    # torch and MONAI: loaded only when the demo trains its bundle
     from models.bundle import train_bundle
     from models.train import TrainConfig
 
@@ -82,8 +81,6 @@ def _train(cfg: DemoConfig, data: DemoData, out: Path, echo: Callable[[str], Non
 
 
 def _collect(report: DemoReport, jobs: JobStore, data: DemoData, study_uids: list[str]) -> None:
-    from service.runtime.jobs import DONE
-
     by_ann = {r["annotation_uid"]: r for r in data.manifest}
     for uid in study_uids:
         job = jobs.latest_for_study(uid)

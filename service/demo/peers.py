@@ -41,6 +41,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dicom_io.scp import Listener
+from dicom_io.settings import ListenerSettings
+from dicom_io.store import StudyStore
+
 if TYPE_CHECKING:
     from dicom_io.scp import Listener
     from dicom_io.store import StudyStore
@@ -359,10 +363,6 @@ class LocalArchive:
     listener: Listener
 
     def __init__(self, root: Path, port: int, ae_title: str = "ARCHIVE") -> None:
-        from dicom_io.scp import Listener
-        from dicom_io.settings import ListenerSettings
-        from dicom_io.store import StudyStore
-
         self.store = StudyStore(root, None, 3600.0)
         self.listener = Listener(
             ListenerSettings(host="127.0.0.1", port=port, ae_title=ae_title, min_free_disk_mb=0), self.store)

@@ -19,8 +19,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from models.corruption import check_noise_rate
 from models.verdict import FLAGGED
+from models.volume.corruption import DEFAULT_VOLUME_KINDS, corrupt_volumes
+from models.volume.data import Geometry, VolumeCase, VolumeDataset
+from models.volume.synthetic import make_volume_set
 from service.demo.common import DemoConfig, DemoData, DemoError, DemoReport, register_demo, tally
+from service.demo.dicomize import DicomizeError, dicomize_volumes, planted_classes
+from service.runtime.jobs import DONE
 
 if TYPE_CHECKING:  # annotation-only types
     from service.runtime.jobs import JobStore
@@ -36,11 +42,6 @@ SPACING = (2.0, 1.0, 1.0)
 
 def make_volume_demo_data(cfg: DemoConfig, work: Path) -> DemoData:
     """Training volumes (a quarter of the masks wrong) and the DICOM studies (CT series + SEG) to audit."""
-    from models.corruption import check_noise_rate
-    from models.volume.corruption import DEFAULT_VOLUME_KINDS, corrupt_volumes
-    from models.volume.synthetic import make_volume_set
-    from service.demo.dicomize import DicomizeError, dicomize_volumes
-
     try:
         check_noise_rate(cfg.noise_rate)
     except ValueError as e:
@@ -72,8 +73,8 @@ def make_volume_demo_data(cfg: DemoConfig, work: Path) -> DemoData:
 
 def _train(cfg: DemoConfig, data: DemoData, out: Path, echo: Callable[[str], None]) -> Path:
     """Fit the demo's 3-D members (3-fold crossfit by case: the cut comes from out-of-fold masks) into ``out``."""
+    # torch and MONAI: loaded only when the demo trains its bundle
     from models.volume.bundle import train_volume_bundle
-    from models.volume.data import Geometry, VolumeCase, VolumeDataset
     from models.volume.train import VolumeTrainConfig
 
     z = np.load(data.train_npz)
@@ -94,9 +95,6 @@ def _train(cfg: DemoConfig, data: DemoData, out: Path, echo: Callable[[str], Non
 
 def _collect(report: DemoReport, jobs: JobStore, data: DemoData, study_uids: list[str]) -> None:
     """One row per audited segment: verdict, kind, Dice to the consensus, predicted Dice, planted or not."""
-    from service.demo.dicomize import planted_classes
-    from service.runtime.jobs import DONE
-
     by_study = {r["study_uid"]: r for r in data.manifest}
     for uid in study_uids:
         job = jobs.latest_for_study(uid)

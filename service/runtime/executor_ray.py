@@ -130,7 +130,7 @@ class AuditActor:
     """A Ray actor holding one loaded bundle (on its GPU, or the CPU): the model step of audits."""
 
     def __init__(self, archive: bytes, auditor: Auditor, device: str = "auto", batch_size: int = 64) -> None:
-        from models.train import resolve_device
+        from models.train import resolve_device  # torch: only on the Ray actor, which runs the model step
 
         self._dir = tempfile.mkdtemp(prefix="labelqa-bundle-")
         with tarfile.open(fileobj=io.BytesIO(archive), mode="r") as tar:
