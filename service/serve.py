@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, func, select
 
+from dicom_io.db import make_engine
+from dicom_io.store import InstanceRow
 from service.audit import AUDITOR
 from service.http import ApiServer, Auth, HttpContext, create_app, outbox_counts
 from service.http.guard import RefusedSettings, allowed_hosts, open_api_problem
@@ -25,7 +27,8 @@ from service.settings import Settings
 if TYPE_CHECKING:
     from dicom_io.outbox import Outbox
     from dicom_io.scp import Listener
-    from dicom_io.store import StudyStore
+    from dicom_io.store import StudyStable, StudyStore
+    from service.runtime.process import ComponentSpec, Service
 
 __all__ = ["AuditService", "http_context", "service_components"]
 
@@ -35,7 +38,7 @@ log = logging.getLogger("labelqa.serve")
 def _make_outbox(settings: Settings, engine: Engine) -> Outbox | None:
     """The results outbox on the service database, or None when it is not available."""
     try:
-        from dicom_io.outbox import Outbox
+        from dicom_io.outbox import Outbox  # guarded: without it results are written locally only
     except ImportError:
         log.warning("no results outbox available: results are written locally only")
         return None
@@ -50,9 +53,7 @@ class AuditService:
     survive restarts) but no worker runs until a bundle is configured.
     """
 
-    def __init__(self, service: Any) -> None:
-        from dicom_io.db import make_engine
-
+    def __init__(self, service: Service) -> None:
         settings: Settings = service.settings
         self.settings = settings
         self.service = service
@@ -62,7 +63,12 @@ class AuditService:
         self.metrics = _service_metrics(self.jobs, service.store, self.outbox)
         self.pipeline = Pipeline(settings, self.jobs, auditor=AUDITOR, store=service.store, outbox=self.outbox,
                                  metrics=self.metrics)
-        service.store.subscribe(self.pipeline.on_study_stable)
+        pipeline = self.pipeline
+
+        def on_stable(event: StudyStable) -> None:  # the store's subscribers return nothing
+            pipeline.on_study_stable(event)
+
+        service.store.subscribe(on_stable)
         self._outbox_stop = threading.Event()
         self._outbox_thread: threading.Thread | None = None
         self.api: ApiServer | None = None
@@ -138,10 +144,6 @@ def _version() -> str:
 
 def _service_metrics(jobs: JobStore, store: StudyStore, outbox: Outbox | None) -> Metrics:
     def instances() -> float:
-        from sqlalchemy import func, select
-
-        from dicom_io.store import InstanceRow
-
         with store.engine.connect() as c:
             return float(c.execute(select(func.count()).select_from(InstanceRow)).scalar_one())
 
@@ -157,9 +159,9 @@ def _service_metrics(jobs: JobStore, store: StudyStore, outbox: Outbox | None) -
                    outbox_failed=failed if outbox is not None else None)
 
 
-def service_components(settings: Settings) -> list[Any]:
+def service_components(settings: Settings) -> list[ComponentSpec]:
     """The components ``labelqa serve`` plugs into ``run_service``: the audit service."""
-    def build(service: Any) -> AuditService:  # a factory (a class would pass for a component itself)
+    def build(service: Service) -> AuditService:  # a factory (a class would pass for a component itself)
         return AuditService(service)
 
     return [build]

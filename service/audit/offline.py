@@ -69,7 +69,7 @@ def audit_dicom_dir(bundle_path: Path | str, dicom_dir: Path | str, out_dir: Pat
     return summary
 
 
-def _json(v: Any) -> Any:
+def _json(v: object) -> object:
     if isinstance(v, np.generic):
         return v.item()
     return str(v)

@@ -13,14 +13,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, SupportsFloat
 
 from models.verdict import FLAGGED
 
 __all__ = ["AuditRow", "LabelRow", "MaskRow", "RegionRow", "VolumeRow", "row_from_dict", "is_mask_row"]
 
 
-def _num(v: Any) -> float | None:
+def _num(v: SupportsFloat | str | None) -> float | None:
     """A finite float, or None (NaN and infinities are not JSON)."""
     if v is None:
         return None
@@ -138,7 +138,7 @@ class VolumeRow(MaskRow):
     consensus_mm3: float | None = None
     slice_range: list[int] | None = None
     key_slices: list[int] = field(default_factory=list)
-    slices: list[list[Any]] = field(default_factory=list)
+    slices: list[list[str | int | None]] = field(default_factory=list)  # [source UID, frame or None]
     regions_3d: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -152,7 +152,7 @@ _MASK_FIELDS = {f.name for f in fields(MaskRow)}
 _VOLUME_FIELDS = {f.name for f in fields(VolumeRow)}
 
 
-def is_mask_row(row: Mapping[str, Any] | AuditRow) -> bool:
+def is_mask_row(row: Mapping[str, object] | AuditRow) -> bool:
     """Whether a verdict row (typed, or as stored) is an audited mask rather than a class label."""
     if isinstance(row, AuditRow):
         return isinstance(row, MaskRow)

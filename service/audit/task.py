@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
@@ -30,6 +30,7 @@ from dicom_io.study import Study, open_study
 from dicom_io.vocabulary import CodedConcept, Vocabulary, load_vocabulary
 from models.bundles import Bundle
 from service.audit.rows import AuditRow
+from service.runtime.auditor import InferFn
 from service.settings import AuditSettings
 
 __all__ = [
@@ -117,10 +118,6 @@ def per_study(inputs: Sequence[InputT], result: StepResult | None) -> Iterator[t
         yield i, StudyAudit(i.study.uid, issues=list(i.issues)), share
 
 
-InferFn = Callable[[Any], Any]
-"""The model step run elsewhere (a Ray actor): a task's batch in, its result out."""
-
-
 class AuditTask(Protocol[InputT]):
     """One kind of annotation, audited: read -> batch -> model step -> write (see the module docstring)."""
 
@@ -137,7 +134,7 @@ class AuditTask(Protocol[InputT]):
         (``seg_limits``: the ``[seg]`` bounds on reading one SEG)."""
         ...
 
-    def batch(self, inputs: Sequence[InputT], bundle: Bundle) -> Any:
+    def batch(self, inputs: Sequence[InputT], bundle: Bundle) -> object:
         """The inputs' model inputs, in order, as arrays (what travels to a Ray actor)."""
         ...
 
@@ -247,12 +244,12 @@ def audit_study(study: Study | Iterable[Path], bundle: Bundle, vocabulary: Vocab
     return sa
 
 
-def model_step(bundle: Any, batch: Any, *, device: str = "auto", batch_size: int = 64) -> Any:
+def model_step(bundle: Bundle, batch: object, *, device: str = "auto", batch_size: int = 64) -> StepResult:
     """The model step for a loaded bundle's task (in process, or on a Ray actor)."""
     return task_for(bundle).infer(bundle, batch, device=device, batch_size=batch_size)
 
 
-def warm_up(bundle: Any, device: str = "auto") -> None:
+def warm_up(bundle: Bundle, device: str = "auto") -> None:
     """The bundle's task's warm-up inference."""
     task_for(bundle).warm_up(bundle, device)
 
@@ -264,7 +261,7 @@ class StudyAuditor:
                    vocabulary: Vocabulary | Path | str | None) -> Vocabulary:
         return resolve_vocabulary(bundle, bundle_path, vocabulary)
 
-    def warm_up(self, bundle: Any, device: str) -> None:
+    def warm_up(self, bundle: Bundle, device: str) -> None:
         warm_up(bundle, device)
 
     def audit(self, files: Sequence[Path], bundle: Bundle, vocabulary: Vocabulary, *, settings: AuditSettings,
@@ -274,7 +271,7 @@ class StudyAuditor:
         return audit_study(files, bundle, vocabulary, device=settings.device, batch_size=settings.batch_size,
                            options=ResultOptions.from_settings(settings), seg_limits=seg_limits, infer_fn=infer_fn)
 
-    def model_step(self, bundle: Any, batch: Any, *, device: str, batch_size: int) -> Any:
+    def model_step(self, bundle: Bundle, batch: object, *, device: str, batch_size: int) -> StepResult:
         return model_step(bundle, batch, device=device, batch_size=batch_size)
 
 

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -30,6 +30,7 @@ from dicom_io.study import Study
 from dicom_io.vocabulary import Vocabulary
 from models.bundles import SEGMENTATION, Bundle
 from models.verdict import MASK_VERDICTS
+from models.volume.data import Geometry, Spacing
 from service.audit.rows import VolumeRow
 from service.audit.task import (
     LABEL_NOT_IN_BUNDLE,
@@ -41,6 +42,9 @@ from service.audit.task import (
     per_study,
     register,
 )
+
+if TYPE_CHECKING:  # torch and MONAI come with it: only the model step needs them loaded
+    from models.volume.bundle import VolumeBundle
 
 __all__ = ["VolumeCase", "VolumeInput", "VolumeBatch", "VolumeResult", "VolumeTask", "VOLUME_TASK"]
 
@@ -134,13 +138,13 @@ class VolumeTask:
             spacings=[g.spacing for g in geos], origins=[g.origin for g in geos],
             directions=[tuple(float(v) for v in g.direction[:, ::-1].ravel()) for g in geos])
 
-    def infer(self, bundle: Any, batch: VolumeBatch, *, device: str, batch_size: int) -> VolumeResult:
-        from models.volume.data import Geometry
-
+    def infer(self, bundle: VolumeBundle, batch: VolumeBatch, *, device: str, batch_size: int) -> VolumeResult:
         t0 = time.perf_counter()
-        geometries = [Geometry(spacing=s, origin=o, direction=d)
-                      for s, o, d in zip(batch.spacings, batch.origins, batch.directions, strict=True)]
-        verdicts = bundle.audit(batch.images, batch.given, geometries, device=device)
+        geometries: list[Geometry | Spacing] = [
+            Geometry(spacing=s, origin=o, direction=d)
+            for s, o, d in zip(batch.spacings, batch.origins, batch.directions, strict=True)]
+        given: list[dict[str, np.ndarray] | np.ndarray] = list(batch.given)
+        verdicts = bundle.audit(batch.images, given, geometries, device=device)
         log.info("audited %d segment(s) of %d volume(s) in %.1f s", sum(map(len, verdicts)), len(batch),
                  time.perf_counter() - t0)
         return VolumeResult(list(verdicts), time.perf_counter() - t0)
@@ -215,9 +219,7 @@ class VolumeTask:
             ))
         return audited, rows
 
-    def warm_up(self, bundle: Any, device: str) -> None:
-        from models.volume.data import Geometry
-
+    def warm_up(self, bundle: VolumeBundle, device: str) -> None:
         size = tuple(int(s) for s in bundle.meta.get("patch_size") or (16, 16, 16))
         bundle.audit([np.zeros(size, np.float32)], [{}], [Geometry()], device=device)
 

@@ -51,6 +51,7 @@ def config_reference() -> None:
 @config_app.command("api-reference")
 def config_api_reference() -> None:
     """Print the HTTP API reference (every endpoint, its parameters and responses) as Markdown."""
+    # imported when the command runs, not at the top: keeps `labelqa --help` fast
     from service.http.api import api_reference_markdown
 
     typer.echo(api_reference_markdown(), nl=False)

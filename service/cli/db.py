@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from service.settings import load_settings
+
 ConfigOpt = typer.Option(None, "--config", "-c", help="labelqa.toml to read (default: ./labelqa.toml).")
 UrlOpt = typer.Option(None, "--database-url", help="Database URL (default: [store] database_url of the settings).")
 
@@ -14,8 +16,6 @@ db_app = typer.Typer(help="The service database: apply and inspect schema migrat
 
 
 def _url(config: Path | None, database_url: str | None) -> str:
-    from service.settings import load_settings
-
     if database_url:
         return database_url
     try:
@@ -39,6 +39,7 @@ def db_upgrade(
     """Migrate the database to the newest schema (the service also does this at start-up)."""
     from sqlalchemy.exc import OperationalError
 
+    # imported when the command runs, not at the top: keeps `labelqa --help` fast
     from service.migrations import upgrade
 
     url = _url(config, database_url)
@@ -55,6 +56,7 @@ def db_current(config: Path | None = ConfigOpt, database_url: str | None = UrlOp
     """Print the database's revision and whether it is the newest one (exit 1 when behind)."""
     from sqlalchemy.exc import OperationalError
 
+    # imported when the command runs, not at the top: keeps `labelqa --help` fast
     from service.migrations import current, head
 
     url = _url(config, database_url)
@@ -73,6 +75,7 @@ def db_current(config: Path | None = ConfigOpt, database_url: str | None = UrlOp
 @db_app.command("revision")
 def db_revision(message: str = typer.Option(..., "--message", "-m", help="What the revision changes.")) -> None:
     """Write a new migration from the models (autogenerate; for developers adding tables)."""
+    # imported when the command runs, not at the top: keeps `labelqa --help` fast
     from service.migrations import new_revision
 
     path = new_revision(message)

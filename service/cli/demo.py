@@ -44,6 +44,7 @@ def demo(
     """Run the whole loop on embedded defaults: annotated studies, a small bundle, the service, flagged labels."""
     import sys
 
+    # imported when the command runs, not at the top: keeps `labelqa --help` fast
     from service.demo import DemoError, demo_config, quiet_logging, render_text, report_json, run_demo
 
     if sender not in ("auto", "storescu", "pynetdicom"):

@@ -9,6 +9,7 @@ import typer
 
 
 def _load_vocab(path: Path | None):
+    # imported when the command runs, not at the top: keeps `labelqa --help` fast
     from dicom_io.vocabulary import VocabularyError, load_vocabulary
 
     if path is None:
@@ -48,6 +49,7 @@ def dicomize_cmd(
     A volume set becomes one CT series (--modality MR: an MR series) with real geometry and one SEG per
     case; --noise-rate plants one 3-D error per chosen case (kind and changed voxels in the manifest).
     """
+    # imported when the command runs, not at the top: keeps `labelqa --help` fast
     from dicom_io.vocabulary import VocabularyError
     from service.demo.dicomize import DicomizeError, dicomize, dicomize_masks, is_mask_dataset
 
@@ -65,10 +67,11 @@ def dicomize_cmd(
         bar.close()
         typer.echo(f"error: --dims must be 2 or 3, not {dims}", err=True)
         raise typer.Exit(2)
+    # imported when the command runs, not at the top: keeps `labelqa --help` fast
     from service.cli.volumes import holds_volumes
 
     if dims == 3 or (dims is None and holds_volumes(dataset)):
-        from service.demo.dicomize import dicomize_volumes
+        from service.demo.dicomize import dicomize_volumes  # as above: only when the command runs
 
         try:
             r = dicomize_volumes(dataset, out, vocabulary=vocab, modality="MR" if modality.upper() == "MR" else "CT",
@@ -132,6 +135,7 @@ def inspect_cmd(
     records of every study under PATH."""
     import warnings
 
+    # imported when the command runs, not at the top: keeps `labelqa --help` fast
     from dicom_io.annotations import read_studies
 
     warnings.filterwarnings("ignore", module="pydicom")  # odd values in foreign files: issues say what matters

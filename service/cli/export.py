@@ -13,9 +13,16 @@ import json
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import typer
+
+from service.settings import load_settings
+
+if TYPE_CHECKING:  # annotation-only types
+    from pydicom.dataset import Dataset
+
+    from service.review import ReviewService
 
 
 def export(
@@ -25,11 +32,11 @@ def export(
     dicom: Path | None = typer.Option(None, "--dicom", help="Also write a corrected copy of the stored studies here."),
 ) -> None:
     """Export the reviewed labels (CSV/JSON) and, with --dicom, a corrected copy of the studies."""
+    # imported when the command runs, not at the top: keeps `labelqa --help` fast
     from dicom_io.db import make_engine
     from service.http import export_csv_text
     from service.review import ReviewService
     from service.runtime.jobs import JobStore
-    from service.settings import load_settings
 
     try:
         settings = load_settings(config)
@@ -60,18 +67,20 @@ def export(
         typer.echo(f"wrote {n_files} file(s) ({n_fixed} corrected annotation object(s)) under {dicom}", err=True)
 
 
-def corrected_copy(review: Any, dest: Path) -> tuple[int, int]:
+def corrected_copy(review: ReviewService, dest: Path) -> tuple[int, int]:
     """Copy every stored study to ``dest/<study>/``, corrected annotation objects in place of the originals.
 
     Returns (files written, annotation objects replaced).
     """
+    # imported when the command runs, not at the top: keeps `labelqa --help` fast
     from dicom_io.results.revision import RevisionError
     from dicom_io.results.series import is_own_output
     from dicom_io.store import StudyStore
 
+    assert review.data_dir is not None  # a review service made from the settings has the data dir
     store = StudyStore(review.data_dir, review.engine.url.render_as_string(hide_password=False), 3600.0,
                        engine=review.engine, reconcile=False)
-    corrected: dict[str, Any] = {}  # annotation UID -> the corrected object (a written file, or a Dataset)
+    corrected: dict[str, Path | Dataset] = {}  # annotation UID -> the corrected object (a written file, or a Dataset)
     for row in review.store.export_rows():
         uid = row["annotation_uid"]
         if uid in corrected:

@@ -8,9 +8,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
+
+if TYPE_CHECKING:  # annotation-only types
+    from models.bundles import BundleInfo
 
 DatasetOpt = typer.Option(..., "--dataset", help="Image folder (root/<class>/* or root/<split>/<class>/*), "
                           "CSV (path,label) or npz (images/labels or MedMNIST-style).")
@@ -62,6 +65,7 @@ PatchOpt = typer.Option(None, "--patch", help="--dims 3: patch size, one edge or
 def _seg_defaults(archs: str) -> tuple[str, ...]:
     """--task segmentation: the label default of --archs becomes the segmenters' own (--image-size and
     --epochs left out are chosen from the data: models.seg.recipe)."""
+    # imported when the command runs, not at the top: keeps `labelqa --help` fast
     from models.seg.ensemble import DEFAULT_SEG_ARCHS
 
     return DEFAULT_SEG_ARCHS if archs == ArchsOpt.default else tuple(a.strip() for a in archs.split(",") if a.strip())
@@ -75,6 +79,7 @@ def _ray_map(address: str | None, progress: bool):
     """The fits' map function for ``--ray ADDRESS`` (None: the builtin one, in this process)."""
     if address is None:
         return None
+    # imported when the command runs, not at the top: keeps `labelqa --help` fast
     from service.runtime.executor_ray import ray_map
 
     try:
@@ -129,6 +134,7 @@ def _evaluate_labels(o: SimpleNamespace) -> None:
     if o.retrain:
         _retrain(o)
         return
+    # imported when the command runs, not at the top: keeps `labelqa --help` fast
     from models.data import DatasetError
     from models.detector import DetectorConfig
     from models.evaluate import EvalSettings, run_evaluation, summary_table
@@ -150,6 +156,7 @@ def _evaluate_labels(o: SimpleNamespace) -> None:
 
 def _evaluate_masks(o: SimpleNamespace) -> None:
     """``labelqa evaluate --task segmentation``: planted mask errors."""
+    # imported when the command runs, not at the top: keeps `labelqa --help` fast
     from models.data import DatasetError
     from models.seg.detector import SegDetectorConfig
     from models.seg.evaluate import SegEvalSettings, run_seg_evaluation, seg_summary_table
@@ -170,6 +177,7 @@ def _evaluate_masks(o: SimpleNamespace) -> None:
 
 
 def _retrain(o: SimpleNamespace) -> None:
+    # imported when the command runs, not at the top: keeps `labelqa --help` fast
     from models.data import DatasetError
     from models.detector import DetectorConfig
     from models.retrain import RetrainSettings, run_retrain, summary_table
@@ -225,6 +233,7 @@ def train(
 
 
 def _train_masks(o: SimpleNamespace) -> None:
+    # imported when the command runs, not at the top: keeps `labelqa --help` fast
     from models.data import DatasetError
     from models.seg.bundle import train_seg_bundle
     from models.seg.train import SegTrainConfig
@@ -240,6 +249,7 @@ def _train_masks(o: SimpleNamespace) -> None:
 
 
 def _train_labels(o: SimpleNamespace) -> None:
+    # imported when the command runs, not at the top: keeps `labelqa --help` fast
     from models.bundle import train_bundle
     from models.data import DatasetError
     from models.detector import DetectorConfig
@@ -279,6 +289,7 @@ def audit(
     _setup(threads)
     if (dataset is None) == (dicom is None):
         _fail("give exactly one of --dataset PATH or --dicom DIR")
+    # imported when the command runs, not at the top: keeps `labelqa --help` fast
     from models.detector import CUT_FROM
 
     if cut_from is not None and cut_from not in CUT_FROM:
@@ -286,11 +297,12 @@ def audit(
     if dicom is not None and cut_from not in (None, "bundle"):
         _fail("--cut-from applies to --dataset audits; DICOM audits use the bundle's cut (recorded in the SR)")
     if dicom is not None:
-        from service.audit import audit_dicom_dir  # offline DICOM audit
+        from service.audit import audit_dicom_dir  # offline DICOM audit; here: keeps `labelqa --help` fast
 
         summary = audit_dicom_dir(bundle, dicom, out, vocabulary=vocabulary, device=device, batch_size=batch_size)
         typer.echo(json.dumps(summary, indent=2, default=str))
         return
+    # imported when the command runs, not at the top: keeps `labelqa --help` fast
     from models.bundles import BundleError, read_bundle_info
     from models.data import DatasetError
 
@@ -305,13 +317,17 @@ def audit(
     typer.echo(json.dumps(summary, indent=2))
 
 
-def _audit_labels(info: Any, dataset: Path, out: Path, *, device: str, batch_size: int, cut_from: str) -> Any:
+def _audit_labels(info: BundleInfo, dataset: Path, out: Path, *, device: str, batch_size: int,
+                  cut_from: str) -> dict[str, object]:
+    # imported when the command runs, not at the top: keeps `labelqa --help` fast
     from models.bundle import audit_dataset
 
     return audit_dataset(info.path, dataset, out, device=device, batch_size=batch_size, cut_from=cut_from)
 
 
-def _audit_masks(info: Any, dataset: Path, out: Path, *, device: str, batch_size: int, cut_from: str) -> Any:
+def _audit_masks(info: BundleInfo, dataset: Path, out: Path, *, device: str, batch_size: int,
+                 cut_from: str) -> dict[str, object]:
+    # imported when the command runs, not at the top: keeps `labelqa --help` fast
     from models.seg.bundle import audit_seg_dataset
 
     return audit_seg_dataset(info.path, dataset, out, device=device)
@@ -323,10 +339,11 @@ class _TaskCommands:
 
     train: Callable[[SimpleNamespace], None]
     evaluate: Callable[[SimpleNamespace], None]
-    audit_dataset: Callable[..., Any]
+    audit_dataset: Callable[..., dict[str, object]]  # its summary, printed as JSON
 
 
 def _train_volumes(o: SimpleNamespace) -> None:
+    # imported when the command runs, not at the top: keeps `labelqa --help` fast
     from service.cli.volumes import train_volumes_cmd
 
     train_volumes_cmd(o.dataset, o.out, archs=_given_archs(o.archs), folds=_volume_folds(o.folds),
@@ -336,6 +353,7 @@ def _train_volumes(o: SimpleNamespace) -> None:
 
 
 def _evaluate_volumes(o: SimpleNamespace) -> None:
+    # imported when the command runs, not at the top: keeps `labelqa --help` fast
     from service.cli.volumes import evaluate_volumes_cmd
 
     evaluate_volumes_cmd(o.dataset, o.out, noise_rate=o.noise_rate, seed=o.seed, folds=_volume_folds(o.folds),
@@ -345,13 +363,16 @@ def _evaluate_volumes(o: SimpleNamespace) -> None:
                          map_fn=_ray_map(o.ray, o.progress))
 
 
-def _audit_volumes(info: Any, dataset: Path, out: Path, *, device: str, batch_size: int, cut_from: str) -> Any:
+def _audit_volumes(info: BundleInfo, dataset: Path, out: Path, *, device: str, batch_size: int,
+                   cut_from: str) -> dict[str, object]:
+    # imported when the command runs, not at the top: keeps `labelqa --help` fast
     from models.volume.bundle import audit_volume_dataset
 
     return audit_volume_dataset(info.path, dataset, out, device=device)
 
 
 def _volume_folds(folds: int) -> int:
+    # imported when the command runs, not at the top: keeps `labelqa --help` fast
     from service.cli.volumes import VOLUME_DEFAULT_FOLDS
 
     return VOLUME_DEFAULT_FOLDS if folds == FoldsOpt.default else folds
@@ -380,6 +401,7 @@ def _task(name: str, dims: int | None, dataset: Path | None = None) -> _TaskComm
     if name not in names:
         _fail(f"--task must be one of {', '.join(names)}, not {name!r}")
     if dims is None:
+        # imported when the command runs, not at the top: keeps `labelqa --help` fast
         from service.cli.volumes import holds_volumes
 
         dims = 3 if (name, 3) in TASKS and holds_volumes(dataset) else 2

@@ -6,22 +6,24 @@ from pathlib import Path
 
 import typer
 
+from service.settings import load_settings
+
 ConfigOpt = typer.Option(None, "--config", "-c", help="labelqa.toml to read (default: ./labelqa.toml).")
 
 outbox_app = typer.Typer(help="The durable results outbox: list, retry, enqueue, send.", no_args_is_help=True)
 
 
 def _outbox(config: Path | None):
+    # imported when the command runs, not at the top: keeps `labelqa --help` fast
     from dicom_io.db import make_engine
     from dicom_io.outbox import Outbox
-    from service.settings import load_settings
 
     try:
         s = load_settings(config)
     except FileNotFoundError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
-    from service.migrations import upgrade
+    from service.migrations import upgrade  # as above: only when the command runs
 
     engine = make_engine(s.store.resolved_database_url())
     upgrade(engine)

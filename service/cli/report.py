@@ -15,6 +15,7 @@ def report(
     ),
 ) -> None:
     """Render a QA report SR as HTML for QA officers (verdicts, scores, heatmaps inline, dsr2html)."""
+    # imported when the command runs, not at the top: keeps `labelqa --help` fast
     from dicom_io.results.report_html import render_html
 
     if not sr.is_file():

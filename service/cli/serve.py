@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from service.settings import load_settings
+
 
 def serve(
     host: str | None = typer.Option(None, "--host", help="Address to bind (default 127.0.0.1)."),
@@ -17,8 +19,8 @@ def serve(
     """Run the service until SIGTERM: DICOM listener + durable store, audit workers, outbox, HTTP API."""
     from pydantic import ValidationError
 
+    # imported when the command runs, not at the top: keeps `labelqa --help` fast
     from service.runtime.process import configure_logging, run_service
-    from service.settings import load_settings
 
     overrides = {"listener": {"host": host, "port": port, "ae_title": ae_title}, "store": {"data_dir": data_dir}}
     try:
@@ -30,6 +32,7 @@ def serve(
         typer.echo(f"error: invalid settings:\n{e}", err=True)
         raise typer.Exit(2) from None
     configure_logging(settings.log_level)
+    # imported when the command runs, not at the top: keeps `labelqa --help` fast
     from dicom_io.store import DataDirLocked
     from service.http.guard import RefusedSettings
 

@@ -25,6 +25,7 @@ def _fail(msg: str) -> None:
 
 def holds_volumes(dataset: Path | None) -> bool:
     """Whether ``dataset`` is a folder of volumes (NIfTI/NRRD/MHA; what ``--dims`` defaults to)."""
+    # imported when the command runs, not at the top: keeps `labelqa --help` fast
     from models.volume.data import is_volume_dataset
 
     return dataset is not None and Path(dataset).is_dir() and is_volume_dataset(dataset)
@@ -54,6 +55,7 @@ def evaluate_volumes_cmd(dataset: Path, out: Path, *, noise_rate: float, seed: i
                          patch: str | None, device: str, progress: bool, map_fn=None) -> None:
     """``labelqa evaluate --task segmentation --dims 3``: results.json with ``dims``, methods, ``predicted_dice``."""
     size = parse_patch(patch)
+    # imported when the command runs, not at the top: keeps `labelqa --help` fast
     from models.data import DatasetError
     from models.volume.detector import VolumeDetectorConfig
     from models.volume.ensemble import DEFAULT_VOLUME_ARCHS
@@ -79,6 +81,7 @@ def train_volumes_cmd(dataset: Path, out: Path, *, archs: tuple[str, ...] | None
                       patch: str | None, verdicts: Path | None, progress: bool, map_fn=None) -> None:
     """``labelqa train --task segmentation --dims 3``: a 3-D segmentation bundle."""
     size = parse_patch(patch)
+    # imported when the command runs, not at the top: keeps `labelqa --help` fast
     from models.data import DatasetError
     from models.volume.bundle import train_volume_bundle
     from models.volume.detector import VolumeDetectorConfig

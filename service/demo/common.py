@@ -11,9 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from models.verdict import FLAGGED
+
+if TYPE_CHECKING:  # annotation-only types
+    from service.runtime.jobs import JobStore
 
 __all__ = ["REPO", "DEMO_ARCHS", "DemoError", "DemoConfig", "DemoData", "DemoReport", "DemoTask", "register_demo",
            "demo_task", "demo_tasks", "demo_config", "tally", "unaudited_mask_rows"]
@@ -103,11 +109,11 @@ class DemoTask(Protocol):
         """One line on the studies made."""
         ...
 
-    def train_bundle(self, cfg: DemoConfig, data: DemoData, out: Path, echo: Any) -> Path:
+    def train_bundle(self, cfg: DemoConfig, data: DemoData, out: Path, echo: Callable[[str], None]) -> Path:
         """Fit the demo's bundle into ``out`` (a fresh folder)."""
         ...
 
-    def collect(self, report: DemoReport, jobs: Any, data: DemoData, study_uids: list[str]) -> None:
+    def collect(self, report: DemoReport, jobs: JobStore, data: DemoData, study_uids: list[str]) -> None:
         """One report row per audited annotation, with whether its error was planted; the summary."""
         ...
 
@@ -164,8 +170,6 @@ def unaudited_mask_rows(report: DemoReport, uid: str, manifest_row: dict[str, st
 
 def tally(report: DemoReport, n_studies: int, task: str) -> None:
     """The report's summary from its rows: verdict counts, planted errors found and missed, false alarms."""
-    from models.verdict import FLAGGED
-
     counts: dict[str, int] = {}
     tp = fp = fn = 0
     for r in report.rows:

@@ -16,7 +16,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from dicom_io.dicomize import DicomizeError, DicomizeResult, StudyItem, write_studies
+from dicom_io.dicomize_volume import write_volume_study
+from dicom_io.geometry import Geometry as DicomGeometry
 from dicom_io.vocabulary import Vocabulary
+from models.corruption import corrupt_labels
+from models.data import DatasetError, scan_dataset
+from models.preprocess import to_stored_grey
+from models.seg.corruption import corrupt_masks
+from models.seg.data import read_segmentation_items
+from models.volume.corruption import DEFAULT_VOLUME_KINDS, corrupt_volumes
+from models.volume.data import VolumeDataset, load_volume_dataset
 
 if TYPE_CHECKING:
     from models.volume.data import VolumeDataset
@@ -26,8 +35,6 @@ __all__ = ["dicomize", "dicomize_masks", "dicomize_volumes", "is_mask_dataset", 
 
 
 def _stored(load: Callable[[], np.ndarray]) -> np.ndarray:
-    from models.preprocess import to_stored_grey
-
     return to_stored_grey(load())
 
 
@@ -65,8 +72,6 @@ def dicomize(
     DicomizeError
         The data set cannot be read, a label is not in the vocabulary, or a setting is out of range.
     """
-    from models.corruption import corrupt_labels
-    from models.data import DatasetError, scan_dataset
     try:
         items = scan_dataset(Path(dataset), class_names=class_names)
     except DatasetError as e:
@@ -151,10 +156,6 @@ def dicomize_masks(
     recorded in the manifest's ``mask_corruption`` as ``op[changed classes]``. Images of different
     sizes are corrupted per size group (the rate holds in each).
     """
-    from models.data import DatasetError
-    from models.seg.corruption import corrupt_masks
-    from models.seg.data import read_segmentation_items
-
     try:
         items, names = read_segmentation_items(dataset)
     except DatasetError as e:
@@ -217,12 +218,6 @@ def dicomize_volumes(
     """
     import csv
     import time
-
-    from dicom_io.dicomize_volume import write_volume_study
-    from dicom_io.geometry import Geometry as DicomGeometry
-    from models.data import DatasetError
-    from models.volume.corruption import DEFAULT_VOLUME_KINDS, corrupt_volumes
-    from models.volume.data import VolumeDataset, load_volume_dataset
 
     t0 = time.perf_counter()
     if modality.upper() not in ("CT", "MR"):

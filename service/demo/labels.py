@@ -11,11 +11,19 @@ from __future__ import annotations
 
 import csv
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from models.corruption import check_noise_rate, corrupt_labels
+from models.synthetic import make_shapes
 from models.verdict import FLAGGED
 from service.demo.common import DemoConfig, DemoData, DemoError, DemoReport, register_demo, tally
+from service.demo.dicomize import dicomize
+from service.runtime.jobs import DONE
+
+if TYPE_CHECKING:  # annotation-only types
+    from service.runtime.jobs import JobStore
 
 __all__ = ["SHAPE_NAMES", "LabelDemo", "make_demo_data", "shapes_npz"]
 
@@ -25,9 +33,6 @@ SHAPE_NAMES = ("square", "disc", "bar", "cross")  # models.synthetic.shape_mask 
 def shapes_npz(path: Path, n: int, cfg: DemoConfig, seed: int, noise_rate: float = 0.0) -> list[str]:
     """Synthetic shape images as an npz data set; ``noise_rate`` of the labels flipped to another class."""
     import numpy as np
-
-    from models.corruption import corrupt_labels
-    from models.synthetic import make_shapes
 
     data = make_shapes(n, n_classes=cfg.classes, size=cfg.image_size, seed=seed)
     names = list(SHAPE_NAMES[: cfg.classes])
@@ -40,9 +45,6 @@ def shapes_npz(path: Path, n: int, cfg: DemoConfig, seed: int, noise_rate: float
 
 def make_demo_data(cfg: DemoConfig, work: Path) -> DemoData:
     """Training images (clean labels) and the DICOM studies to audit (some labels flipped)."""
-    from models.corruption import check_noise_rate
-    from service.demo.dicomize import dicomize
-
     if not 2 <= cfg.classes <= len(SHAPE_NAMES):
         raise DemoError(f"--classes must be between 2 and {len(SHAPE_NAMES)}")
     try:
@@ -66,7 +68,8 @@ def make_demo_data(cfg: DemoConfig, work: Path) -> DemoData:
     return DemoData(studies_dir, manifest, Path(vocab), train_npz, names)
 
 
-def _train(cfg: DemoConfig, data: DemoData, out: Path, echo: Any) -> Path:
+def _train(cfg: DemoConfig, data: DemoData, out: Path, echo: Callable[[str], None]) -> Path:
+    # torch and MONAI: loaded only when the demo trains its bundle
     from models.bundle import train_bundle
     from models.train import TrainConfig
 
@@ -77,9 +80,7 @@ def _train(cfg: DemoConfig, data: DemoData, out: Path, echo: Any) -> Path:
                              device=cfg.device, mode="crossfit", folds=3, train_cfg=train_cfg, progress=False))
 
 
-def _collect(report: DemoReport, jobs: Any, data: DemoData, study_uids: list[str]) -> None:
-    from service.runtime.jobs import DONE
-
+def _collect(report: DemoReport, jobs: JobStore, data: DemoData, study_uids: list[str]) -> None:
     by_ann = {r["annotation_uid"]: r for r in data.manifest}
     for uid in study_uids:
         job = jobs.latest_for_study(uid)
@@ -126,10 +127,10 @@ class LabelDemo:
                 f"{', '.join(data.class_names)}; TID 1500 SR labels, {n_planted} flipped on purpose) in "
                 f"{data.studies_dir}")
 
-    def train_bundle(self, cfg: DemoConfig, data: DemoData, out: Path, echo: Any) -> Path:
+    def train_bundle(self, cfg: DemoConfig, data: DemoData, out: Path, echo: Callable[[str], None]) -> Path:
         return _train(cfg, data, out, echo)
 
-    def collect(self, report: DemoReport, jobs: Any, data: DemoData, study_uids: list[str]) -> None:
+    def collect(self, report: DemoReport, jobs: JobStore, data: DemoData, study_uids: list[str]) -> None:
         _collect(report, jobs, data, study_uids)
 
     def render_rows(self, report: DemoReport) -> list[str]:

@@ -11,12 +11,20 @@ from __future__ import annotations
 
 import csv
 import shutil
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from dicom_io.dicomize import StudyItem, write_studies
+from dicom_io.vocabulary import Vocabulary
+from models.corruption import check_noise_rate
+from models.preprocess import to_stored_grey
+from models.seg.corruption import corrupt_masks
+from models.seg.data import SegDataset
+from models.seg.synthetic import make_shape_masks
 from models.verdict import FLAGGED
 from service.demo.common import (
     DEMO_ARCHS,
@@ -28,6 +36,11 @@ from service.demo.common import (
     tally,
     unaudited_mask_rows,
 )
+from service.demo.dicomize import corruption_note, planted_classes
+from service.runtime.jobs import DONE
+
+if TYPE_CHECKING:  # annotation-only types
+    from service.runtime.jobs import JobStore
 
 __all__ = ["DEMO_SEG_ARCHS", "MaskDemo", "make_seg_demo_data"]
 
@@ -36,14 +49,6 @@ DEMO_SEG_ARCHS = "unet-tiny,segresnet-tiny,attentionunet-tiny"
 
 def make_seg_demo_data(cfg: DemoConfig, work: Path) -> DemoData:
     """Training set (images/ + masks/, some masks wrong) and the DICOM studies (image + SEG) to audit."""
-    from dicom_io.dicomize import StudyItem, write_studies
-    from dicom_io.vocabulary import Vocabulary
-    from models.corruption import check_noise_rate
-    from models.preprocess import to_stored_grey
-    from models.seg.corruption import corrupt_masks
-    from models.seg.synthetic import make_shape_masks
-    from service.demo.dicomize import corruption_note
-
     try:
         check_noise_rate(cfg.noise_rate)
     except ValueError as e:
@@ -79,10 +84,10 @@ def make_seg_demo_data(cfg: DemoConfig, work: Path) -> DemoData:
     return DemoData(studies_dir, manifest, vocab_path, train_dir, names)
 
 
-def _train(cfg: DemoConfig, data: DemoData, out: Path, echo: Any) -> Path:
+def _train(cfg: DemoConfig, data: DemoData, out: Path, echo: Callable[[str], None]) -> Path:
     """Fit the demo's segmenters (3-fold crossfit: the cut comes from out-of-fold masks) into ``out``."""
+    # torch and MONAI: loaded only when the demo trains its bundle
     from models.seg.bundle import train_seg_bundle
-    from models.seg.data import SegDataset
     from models.seg.train import SegTrainConfig
 
     z = np.load(data.train_npz)
@@ -96,11 +101,8 @@ def _train(cfg: DemoConfig, data: DemoData, out: Path, echo: Any) -> Path:
     return Path(path)
 
 
-def _collect(report: DemoReport, jobs: Any, data: DemoData, study_uids: list[str]) -> None:
+def _collect(report: DemoReport, jobs: JobStore, data: DemoData, study_uids: list[str]) -> None:
     """One row per audited mask: verdict, kind, Dice to the consensus, planted or not."""
-    from service.demo.dicomize import planted_classes
-    from service.runtime.jobs import DONE
-
     by_study = {r["study_uid"]: r for r in data.manifest}
     for uid in study_uids:
         job = jobs.latest_for_study(uid)
@@ -158,10 +160,10 @@ class MaskDemo:
                 f"{', '.join(data.class_names)}; DICOM SEG masks, {n_planted} corrupted on purpose) in "
                 f"{data.studies_dir}")
 
-    def train_bundle(self, cfg: DemoConfig, data: DemoData, out: Path, echo: Any) -> Path:
+    def train_bundle(self, cfg: DemoConfig, data: DemoData, out: Path, echo: Callable[[str], None]) -> Path:
         return _train(cfg, data, out, echo)
 
-    def collect(self, report: DemoReport, jobs: Any, data: DemoData, study_uids: list[str]) -> None:
+    def collect(self, report: DemoReport, jobs: JobStore, data: DemoData, study_uids: list[str]) -> None:
         _collect(report, jobs, data, study_uids)
 
     def render_rows(self, report: DemoReport) -> list[str]:

@@ -36,10 +36,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from dicom_io.scp import Listener
+from dicom_io.settings import ListenerSettings
+from dicom_io.store import StudyStore
 
 if TYPE_CHECKING:
     from dicom_io.scp import Listener
@@ -247,8 +251,8 @@ class Orthanc(Peer):
     """
 
     def __init__(self, ns: Network, work: Path, *, dicom_port: int, http_port: int, aet: str = "ORTHANC",
-                 modalities: dict[str, Any] | None = None, dicomweb: bool = True, stable_age_s: float | None = None,
-                 config: dict[str, Any] | None = None) -> None:
+                 modalities: Mapping[str, object] | None = None, dicomweb: bool = True,
+                 stable_age_s: float | None = None, config: Mapping[str, object] | None = None) -> None:
         self.work = Path(work)
         super().__init__(ns, None, dicom_port, self.work / "orthanc.log")
         self.dicom_port, self.http_port, self.aet = dicom_port, http_port, aet
@@ -256,10 +260,10 @@ class Orthanc(Peer):
         self.extra_config = dict(config or {})
         self.url = f"http://127.0.0.1:{http_port}"
 
-    def config(self) -> dict[str, Any]:
+    def config(self) -> dict[str, object]:
         """The Orthanc configuration file's content."""
         web_plugin = ORTHANC_PLUGINS / "libOrthancDicomWeb.so"
-        config: dict[str, Any] = {
+        config: dict[str, object] = {
             "Name": "labelqa-local",
             "StorageDirectory": str(self.work / "storage"),
             "IndexDirectory": str(self.work / "index"),
@@ -310,7 +314,7 @@ class Orthanc(Peer):
     def stop(self, timeout: float = 30.0) -> None:
         super().stop(timeout)
 
-    def rest(self, method: str, path: str, body: Any = None, timeout: float = 60.0) -> Any:
+    def rest(self, method: str, path: str, body: object = None, timeout: float = 60.0) -> Any:
         """Call Orthanc's REST API (from inside ``ns``) and return the decoded JSON (None when empty)."""
         data = None if body is None else json.dumps(body).encode()
         try:
@@ -344,8 +348,8 @@ class Orthanc(Peer):
 
 
 def start_orthanc(ns: Network, tmpdir: Path, dicom_port: int, http_port: int,
-                  modalities: dict[str, list[Any]] | None = None, aet: str = "ORTHANC",
-                  dicomweb: bool = True, extra_config: dict[str, Any] | None = None) -> Orthanc:
+                  modalities: dict[str, list[str | int]] | None = None, aet: str = "ORTHANC",
+                  dicomweb: bool = True, extra_config: dict[str, object] | None = None) -> Orthanc:
     """A started :class:`Orthanc` in ``ns`` under ``tmpdir`` (``StableAge`` 2 s unless ``extra_config`` sets it)."""
     return Orthanc(ns, tmpdir, dicom_port=dicom_port, http_port=http_port, aet=aet, modalities=modalities,
                    dicomweb=dicomweb, stable_age_s=2, config=extra_config).start()
@@ -359,10 +363,6 @@ class LocalArchive:
     listener: Listener
 
     def __init__(self, root: Path, port: int, ae_title: str = "ARCHIVE") -> None:
-        from dicom_io.scp import Listener
-        from dicom_io.settings import ListenerSettings
-        from dicom_io.store import StudyStore
-
         self.store = StudyStore(root, None, 3600.0)
         self.listener = Listener(
             ListenerSettings(host="127.0.0.1", port=port, ae_title=ae_title, min_free_disk_mb=0), self.store)

@@ -29,12 +29,20 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from dicom_io.results.series import is_own_output
+from dicom_io.db import make_engine
+from dicom_io.results.series import SR_SERIES_NUMBER, is_own_output
+from dicom_io.scu import file_info, store_files
 from models.verdict import FLAGGED
 from service.demo.common import REPO, DemoConfig, DemoData, DemoError, DemoReport, demo_task
+from service.demo.peers import HostNetwork, LocalArchive, Orthanc, OrthancError, free_port
+from service.demo.viewer import ViewerError, ViewerServer, study_url
+from service.migrations import upgrade
+from service.runtime.jobs import DONE, FAILED, NO_ANNOTATIONS, AuditJobRow
+from service.runtime.process import Service
+from service.settings import Destination, load_settings
 
-if TYPE_CHECKING:
-    from service.demo.peers import LocalArchive, Orthanc
+if TYPE_CHECKING:  # annotation-only types
+    from service.runtime.jobs import JobStore
 
 __all__ = ["train_demo_bundle", "dicom_files", "send_studies", "orthanc_routing_config", "demo_orthanc", "run_demo",
            "render_text", "report_json", "quiet_logging"]
@@ -42,7 +50,8 @@ __all__ = ["train_demo_bundle", "dicom_files", "send_studies", "orthanc_routing_
 log = logging.getLogger("labelqa.demo")
 
 
-def train_demo_bundle(cfg: DemoConfig, data: DemoData, work: Path, echo: Any = print) -> tuple[Path, bool]:
+def train_demo_bundle(cfg: DemoConfig, data: DemoData, work: Path,
+                      echo: Callable[[str], None] = print) -> tuple[Path, bool]:
     """The demo's bundle, trained once per settings (cached under the data dir); (path, was_cached)."""
     bundle_dir = work / "bundles" / cfg.bundle_key()
     if (bundle_dir / "configs" / "metadata.json").is_file():
@@ -76,7 +85,6 @@ def send_studies(root: Path, host: str, port: int, called_ae: str, calling_ae: s
         if r.returncode != 0:
             raise DemoError(f"storescu failed ({r.returncode}): {r.stderr.strip()[-500:]}")
         return {"method": "dcmtk storescu", "files": len(files), "seconds": time.perf_counter() - t0}
-    from dicom_io.scu import file_info, store_files
 
     infos = [file_info(p) for p in files]
     outcomes = store_files(infos, host=host, port=port, called_ae=called_ae, calling_ae=calling_ae)
@@ -111,8 +119,6 @@ def demo_orthanc(work: Path, *, http_port: int, dicom_port: int, labelqa_port: i
                  sender_ae: str = "LABELQADEMO", stable_age_s: int = 2, dicomweb: bool = False) -> Orthanc:
     """The demo's Orthanc (not started), on this machine's loopback, routing annotated studies to labelqa
     (``dicomweb``: with its DICOMweb plugin at ``/dicom-web``, for a web viewer)."""
-    from service.demo.peers import HostNetwork, Orthanc
-
     modalities = {
         "labelqa": {"AET": labelqa_ae, "Host": "127.0.0.1", "Port": labelqa_port, "AllowEcho": True,
                     "AllowStore": True},
@@ -128,11 +134,7 @@ def demo_orthanc(work: Path, *, http_port: int, dicom_port: int, labelqa_port: i
 # -- the run ---------------------------------------------------------------------------------------
 def run_demo(cfg: DemoConfig, echo=print) -> DemoReport:
     """Run the demo end to end; returns the report (rows per annotation, summary, outputs, timings)."""
-    from service.demo.peers import LocalArchive, OrthancError, free_port
-    from service.runtime.jobs import DONE, FAILED, NO_ANNOTATIONS, JobStore
-    from service.runtime.process import Service
-    from service.serve import AuditService, service_components
-    from service.settings import Destination, load_settings
+    from service.serve import AuditService, service_components  # highdicom: loaded only when the demo runs
 
     t_start = time.perf_counter()
     work = Path(cfg.data_dir).resolve()
@@ -239,8 +241,6 @@ def run_demo(cfg: DemoConfig, echo=print) -> DemoReport:
         report.timings_s["total"] = time.perf_counter() - t_start
         report.outputs["worklist"] = f"http://127.0.0.1:{api_port}/review"
         if cfg.viewer and orthanc is not None:
-            from service.demo.viewer import ViewerError, ViewerServer, study_url
-
             try:
                 viewer = ViewerServer(orthanc.url).start()
             except ViewerError as e:
@@ -280,10 +280,6 @@ def _forget_demo_jobs(database_url: str, study_uids: list[str]) -> None:
     from sqlalchemy import delete
     from sqlalchemy.exc import SQLAlchemyError
 
-    from dicom_io.db import make_engine
-    from service.migrations import upgrade
-    from service.runtime.jobs import AuditJobRow
-
     engine = make_engine(database_url)
     try:
         upgrade(engine)
@@ -295,7 +291,7 @@ def _forget_demo_jobs(database_url: str, study_uids: list[str]) -> None:
         engine.dispose()
 
 
-def _executor_report(executor: Any, jobs: Any, study_uids: list[str]) -> dict[str, Any]:
+def _executor_report(executor: Any, jobs: JobStore, study_uids: list[str]) -> dict[str, Any]:
     """Which executor ran the audits, on how many nodes, and how many audits each node ran."""
     import socket
 
@@ -312,7 +308,7 @@ def _executor_report(executor: Any, jobs: Any, study_uids: list[str]) -> dict[st
     return {"kind": kind, "nodes": nodes, "jobs_by_node": by_node, "address": status.get("address")}
 
 
-def _all_audited(jobs: Any, study_uids: list[str], final: tuple[str, ...]) -> bool:
+def _all_audited(jobs: JobStore, study_uids: list[str], final: tuple[str, ...]) -> bool:
     for uid in study_uids:
         j = jobs.latest_for_study(uid)
         if j is None or j.state not in final:
@@ -335,12 +331,10 @@ def _html_reports(report: DemoReport, run_dir: Path) -> None:
     pages: dict[str, str] = {}
     render_html: Callable[[Path, Iterable[Path]], str] | None
     try:
-        from dicom_io.results.report_html import render_html
+        from dicom_io.results.report_html import render_html  # guarded: without it the report stays text
     except ImportError:
         render_html = None
     import pydicom
-
-    from dicom_io.results.series import SR_SERIES_NUMBER
 
     srs = [o for o in report.outputs.get("result_files", []) if o.get("modality") == "SR"
            and pydicom.dcmread(o["path"], stop_before_pixels=True).get("SeriesNumber") == SR_SERIES_NUMBER]

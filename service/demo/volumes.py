@@ -13,12 +13,17 @@ from __future__ import annotations
 
 import csv
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from models.corruption import check_noise_rate
 from models.verdict import FLAGGED
+from models.volume.corruption import DEFAULT_VOLUME_KINDS, corrupt_volumes
+from models.volume.data import Geometry, VolumeCase, VolumeDataset
+from models.volume.synthetic import make_volume_set
 from service.demo.common import (
     DemoConfig,
     DemoData,
@@ -28,6 +33,11 @@ from service.demo.common import (
     tally,
     unaudited_mask_rows,
 )
+from service.demo.dicomize import DicomizeError, dicomize_volumes, planted_classes
+from service.runtime.jobs import DONE
+
+if TYPE_CHECKING:  # annotation-only types
+    from service.runtime.jobs import JobStore
 
 __all__ = ["DEMO_VOLUME_ARCHS", "VolumeDemo", "make_volume_demo_data"]
 
@@ -40,11 +50,6 @@ SPACING = (2.0, 1.0, 1.0)
 
 def make_volume_demo_data(cfg: DemoConfig, work: Path) -> DemoData:
     """Training volumes (a quarter of the masks wrong) and the DICOM studies (CT series + SEG) to audit."""
-    from models.corruption import check_noise_rate
-    from models.volume.corruption import DEFAULT_VOLUME_KINDS, corrupt_volumes
-    from models.volume.synthetic import make_volume_set
-    from service.demo.dicomize import DicomizeError, dicomize_volumes
-
     try:
         check_noise_rate(cfg.noise_rate)
     except ValueError as e:
@@ -74,10 +79,10 @@ def make_volume_demo_data(cfg: DemoConfig, work: Path) -> DemoData:
     return DemoData(studies_dir, manifest, res.vocabulary, train_npz, list(audit.class_names))
 
 
-def _train(cfg: DemoConfig, data: DemoData, out: Path, echo: Any) -> Path:
+def _train(cfg: DemoConfig, data: DemoData, out: Path, echo: Callable[[str], None]) -> Path:
     """Fit the demo's 3-D members (3-fold crossfit by case: the cut comes from out-of-fold masks) into ``out``."""
+    # torch and MONAI: loaded only when the demo trains its bundle
     from models.volume.bundle import train_volume_bundle
-    from models.volume.data import Geometry, VolumeCase, VolumeDataset
     from models.volume.train import VolumeTrainConfig
 
     z = np.load(data.train_npz)
@@ -96,11 +101,8 @@ def _train(cfg: DemoConfig, data: DemoData, out: Path, echo: Any) -> Path:
     return Path(path)
 
 
-def _collect(report: DemoReport, jobs: Any, data: DemoData, study_uids: list[str]) -> None:
+def _collect(report: DemoReport, jobs: JobStore, data: DemoData, study_uids: list[str]) -> None:
     """One row per audited segment: verdict, kind, Dice to the consensus, predicted Dice, planted or not."""
-    from service.demo.dicomize import planted_classes
-    from service.runtime.jobs import DONE
-
     by_study = {r["study_uid"]: r for r in data.manifest}
     for uid in study_uids:
         job = jobs.latest_for_study(uid)
@@ -163,10 +165,10 @@ class VolumeDemo:
                 f"with {', '.join(data.class_names)} and one SEG over it; {n_planted} SEGs with a planted 3-D error) "
                 f"in {data.studies_dir}")
 
-    def train_bundle(self, cfg: DemoConfig, data: DemoData, out: Path, echo: Any) -> Path:
+    def train_bundle(self, cfg: DemoConfig, data: DemoData, out: Path, echo: Callable[[str], None]) -> Path:
         return _train(cfg, data, out, echo)
 
-    def collect(self, report: DemoReport, jobs: Any, data: DemoData, study_uids: list[str]) -> None:
+    def collect(self, report: DemoReport, jobs: JobStore, data: DemoData, study_uids: list[str]) -> None:
         _collect(report, jobs, data, study_uids)
 
     def render_rows(self, report: DemoReport) -> list[str]:

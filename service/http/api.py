@@ -85,9 +85,9 @@ class StudyAuditResponse(BaseModel):
     job: JobSummary = Field(description="The newest job of the study.")
     result_job_id: int | None = Field(None, description="The job whose results are shown (newest finished audit).")
     bundle_hash: str | None = None
-    verdicts: list[dict[str, Any]] = Field(default_factory=list, description="One row per audited annotation.")
-    outputs: list[dict[str, Any]] = Field(default_factory=list, description="Result objects (SR, SC, KOS) written.")
-    issues: list[dict[str, Any]] = Field(default_factory=list, description="What could not be read, or was odd and "
+    verdicts: list[dict[str, object]] = Field(default_factory=list, description="One row per audited annotation.")
+    outputs: list[dict[str, object]] = Field(default_factory=list, description="Result objects (SR, SC, KOS) written.")
+    issues: list[dict[str, object]] = Field(default_factory=list, description="What could not be read, or was odd and "
                                          "normalised (code, message, annotation or image UID).")
 
 
@@ -103,10 +103,10 @@ class Completion(BaseModel):
 
 class Health(BaseModel):
     status: str = Field(description="ok when every present component is healthy, else degraded.")
-    listener: dict[str, Any]
-    database: dict[str, Any]
-    outbox: dict[str, Any]
-    model: dict[str, Any]
+    listener: dict[str, object]
+    database: dict[str, object]
+    outbox: dict[str, object]
+    model: dict[str, object]
     version: str
     reasons: list[str] = Field(default_factory=list, description="Why the status is degraded (empty when ok).")
 
@@ -115,13 +115,13 @@ def _summary(job: Job) -> JobSummary:
     return JobSummary(**job.summary())
 
 
-def _listener_status(listener: Listener | None) -> dict[str, Any]:
+def _listener_status(listener: Listener | None) -> dict[str, object]:
     if listener is None:
         return {"present": False}
     return {"present": True, "running": listener._server is not None, "port": listener.port}  # set while serving
 
 
-def outbox_counts(outbox: Outbox | None) -> dict[str, Any]:
+def outbox_counts(outbox: Outbox | None) -> dict[str, int | bool]:
     """Items of the outbox per state (pending, delivered, dead), or ``{"present": False}`` without one."""
     if outbox is None:
         return {"present": False}
@@ -144,17 +144,18 @@ def reference_page(request: Request) -> HTMLResponse:
 
 @router.get("/health", response_model=Health, summary="Liveness and readiness of every component")
 def health(response: Response, ctx: HttpContext = Depends(context)) -> Health:
-    db: dict[str, Any] = {"ok": True}
+    db: dict[str, object] = {"ok": True}
     try:
         db["jobs"] = ctx.jobs.counts()
     except Exception as e:  # noqa: BLE001
         db = {"ok": False, "error": type(e).__name__}
     listener = _listener_status(ctx.listener)
+    outbox: dict[str, object]
     try:
-        outbox = outbox_counts(ctx.outbox)
+        outbox = dict(outbox_counts(ctx.outbox))
     except Exception as e:  # noqa: BLE001
         outbox = {"present": True, "error": type(e).__name__}
-    model: dict[str, Any] = {"present": False}
+    model: dict[str, object] = {"present": False}
     if ctx.pipeline is not None:
         bundle = ctx.pipeline.settings.audit.bundle
         model = {"present": True, "bundle": str(bundle) if bundle else None, **ctx.pipeline.executor.status()}

@@ -28,7 +28,7 @@ import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from fastapi import HTTPException, Request
@@ -37,6 +37,13 @@ from fastapi.security import HTTPBearer
 from service.http.guard import token_weakness
 from service.http.ratelimit import FailureLimiter
 from service.http.sessions import SessionRevocations
+
+if TYPE_CHECKING:  # annotation-only types
+    from pydantic import SecretStr
+    from sqlalchemy import Engine
+    from starlette.responses import Response
+
+    from service.settings import ReviewUser, Settings
 
 SESSION_COOKIE = "labelqa_session"
 CSRF_HEADER = "X-CSRF-Token"
@@ -79,15 +86,16 @@ class LoginRequired(Exception):
         self.next_url = next_url
 
 
-def _secret_value(v: Any) -> str:
+def _secret_value(v: SecretStr | str) -> str:
     return v.get_secret_value() if hasattr(v, "get_secret_value") else str(v)
 
 
 class Auth:
     """Authentication and authorisation for the API and the web pages."""
 
-    def __init__(self, users: Iterable[Any] = (), *, api_token: str | None = None, session_secret: str | None = None,
-                 max_age_s: int = 43200, cookie_secure: bool = False, limiter: FailureLimiter | None = None,
+    def __init__(self, users: Iterable[ReviewUser] = (), *, api_token: str | None = None,
+                 session_secret: str | None = None, max_age_s: int = 43200, cookie_secure: bool = False,
+                 limiter: FailureLimiter | None = None,
                  revocations: SessionRevocations | None = None) -> None:
         self.users: dict[str, _User] = {}
         for u in users:
@@ -121,7 +129,7 @@ class Auth:
         """Sessions ended by logout."""
 
     @classmethod
-    def from_settings(cls, settings: Any, engine: Any = None) -> Auth:
+    def from_settings(cls, settings: Settings, engine: Engine | None = None) -> Auth:
         """The Auth of a ``service.settings.Settings``; with ``engine`` (the service database) logouts are
         recorded there, for every gateway."""
         a = settings.auth
@@ -192,7 +200,7 @@ class Auth:
         if data is not None:
             self.revocations.revoke(_session_id(data), float(data.get("t", 0)) + self.max_age_s)
 
-    def set_cookie(self, response: Any, value: str) -> None:
+    def set_cookie(self, response: Response, value: str) -> None:
         response.set_cookie(SESSION_COOKIE, value, max_age=self.max_age_s, httponly=True, samesite="strict",
                             secure=self.cookie_secure, path="/")
 

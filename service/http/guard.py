@@ -15,9 +15,12 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
-__all__ = ["MIN_TOKEN_LENGTH", "RefusedSettings", "allowed_hosts", "api_exposed", "open_api_problem",
+if TYPE_CHECKING:  # annotation-only types
+    from service.settings import Settings
+
+__all__ = ["MIN_TOKEN_LENGTH", "RefusedSettings", "ApiBinding", "allowed_hosts", "api_exposed", "open_api_problem",
            "token_weakness"]
 
 MIN_TOKEN_LENGTH = 16
@@ -39,12 +42,20 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def api_exposed(api: Any) -> bool:
+class ApiBinding(Protocol):
+    """What the Host checks read of ``[api]`` (:class:`service.settings.ApiSettings`): the bound address (and
+    ``allowed_hosts``, the extra Host names answered, where it has them)."""
+
+    @property
+    def host(self) -> str: ...
+
+
+def api_exposed(api: ApiBinding) -> bool:
     """Whether the API binds something other than loopback (``[api] host``)."""
     return not _is_loopback(str(api.host))
 
 
-def allowed_hosts(api: Any) -> list[str]:
+def allowed_hosts(api: ApiBinding) -> list[str]:
     """The Host header values (without port) the API answers: loopback names, the bound address unless
     it is a wildcard (0.0.0.0, ::), and ``[api] allowed_hosts``."""
     out = list(_LOOPBACK_NAMES)
@@ -60,7 +71,7 @@ def allowed_hosts(api: Any) -> list[str]:
     return out
 
 
-def open_api_problem(settings: Any) -> tuple[str | None, str | None]:
+def open_api_problem(settings: Settings) -> tuple[str | None, str | None]:
     """(error, warning) about an API reachable from the network with no login: the error when it must not
     start, the warning when ``[api] allow_open`` says it may."""
     api = settings.api

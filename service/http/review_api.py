@@ -25,6 +25,7 @@ import csv
 import io
 import json
 import logging
+from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
@@ -116,7 +117,7 @@ def worklist(
     offset: int = Query(0, ge=0, le=10**7),
     _p: Principal = Depends(reviewer),
     review: ReviewService = Depends(review_service),
-) -> dict[str, Any]:
+) -> dict[str, object]:
     r = synced(review)
     try:
         pg = r.store.worklist(worklist_filter(verdict, label, modality, date_from, date_to, series_uid, study_uid,
@@ -129,7 +130,7 @@ def worklist(
 
 @router.get("/items/{item_id}", summary="One audited annotation with its decision and why it was flagged")
 def item(item_id: ItemId, _p: Principal = Depends(reviewer),
-         review: ReviewService = Depends(review_service)) -> dict[str, Any]:
+         review: ReviewService = Depends(review_service)) -> dict[str, object]:
     it = item_or_404(review, item_id)
     prev, nxt = review.store.neighbours(item_id)
     return {**it, "why": why_flagged(it), "previous_id": prev, "next_id": nxt, "labels": review.class_names()}
@@ -137,7 +138,7 @@ def item(item_id: ItemId, _p: Principal = Depends(reviewer),
 
 @router.get("/annotations/{annotation_uid}", summary="The audited rows of an annotation object")
 def annotation(annotation_uid: str, _p: Principal = Depends(reviewer),
-               review: ReviewService = Depends(review_service)) -> dict[str, Any]:
+               review: ReviewService = Depends(review_service)) -> dict[str, object]:
     rows = synced(review).store.find(annotation_uid)
     if not rows:
         raise HTTPException(404, f"annotation {annotation_uid} has not been audited")
@@ -146,7 +147,7 @@ def annotation(annotation_uid: str, _p: Principal = Depends(reviewer),
 
 @router.post("/annotations/{annotation_uid}/decision", summary="Record a decision (idempotent)")
 def decide(annotation_uid: str, body: DecisionBody, p: Principal = Depends(reviewer),
-           review: ReviewService = Depends(review_service)) -> dict[str, Any]:
+           review: ReviewService = Depends(review_service)) -> dict[str, object]:
     r = synced(review)
     try:
         row = r.resolve(annotation_uid, item_id=body.item_id, segment_number=body.segment_number,
@@ -163,7 +164,7 @@ def decide(annotation_uid: str, body: DecisionBody, p: Principal = Depends(revie
 
 @router.delete("/annotations/{annotation_uid}/decision", summary="Retract a decision (admin)")
 def retract(annotation_uid: str, item_id: ItemIdQuery = None, p: Principal = Depends(admin),
-            review: ReviewService = Depends(review_service)) -> dict[str, Any]:
+            review: ReviewService = Depends(review_service)) -> dict[str, object]:
     try:
         row = review.resolve(annotation_uid, item_id=item_id)
     except LookupError as e:
@@ -175,7 +176,7 @@ def retract(annotation_uid: str, item_id: ItemIdQuery = None, p: Principal = Dep
 
 @router.get("/decisions/trail", summary="Every decision made or changed, newest first (admin)")
 def trail(item_id: ItemIdQuery = None, limit: int = Query(1000, ge=1, le=100000),
-          _p: Principal = Depends(admin), review: ReviewService = Depends(review_service)) -> dict[str, Any]:
+          _p: Principal = Depends(admin), review: ReviewService = Depends(review_service)) -> dict[str, object]:
     return {"trail": review.store.trail(item_id, limit)}
 
 
@@ -186,12 +187,13 @@ def export_csv(_p: Principal = Depends(reviewer), review: ReviewService = Depend
 
 
 @router.get("/export.json", summary="The reviewed label set as JSON")
-def export_json(_p: Principal = Depends(reviewer), review: ReviewService = Depends(review_service)) -> dict[str, Any]:
+def export_json(_p: Principal = Depends(reviewer),
+                review: ReviewService = Depends(review_service)) -> dict[str, object]:
     return {"rows": synced(review).store.export_rows()}
 
 
 @router.get("/review/stats", summary="The loop measured: flag precision, errors per review, efficacy")
-def stats(_p: Principal = Depends(reviewer), review: ReviewService = Depends(review_service)) -> dict[str, Any]:
+def stats(_p: Principal = Depends(reviewer), review: ReviewService = Depends(review_service)) -> dict[str, object]:
     return synced(review).stats()
 
 
@@ -232,7 +234,7 @@ def suggestion(item_id: ItemId, k: int | None = _SLICE, _p: Principal = Depends(
     return pics.suggestion(pics.at_slice(it, k))
 
 
-def safe_cell(v: Any) -> Any:
+def safe_cell(v: object) -> object:
     """A CSV cell that no spreadsheet runs as a formula: text starting with =, +, -, @, tab or CR gets a
     leading apostrophe (OWASP); numbers and everything else are left as they are."""
     if isinstance(v, str) and v.startswith(_FORMULA_START):
@@ -240,7 +242,7 @@ def safe_cell(v: Any) -> Any:
     return v
 
 
-def export_csv_text(rows: list[dict[str, Any]]) -> str:
+def export_csv_text(rows: Iterable[Mapping[str, object]]) -> str:
     """The export rows as CSV text (header always present); text cells neutralised by :func:`safe_cell`."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=EXPORT_FIELDS, extrasaction="ignore", lineterminator="\n")
@@ -250,6 +252,6 @@ def export_csv_text(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def json_response(data: Any) -> JSONResponse:
+def json_response(data: object) -> JSONResponse:
     """``data`` as a JSON response, with whatever JSON cannot hold (dates, paths) as text."""
     return JSONResponse(json.loads(json.dumps(data, default=str)))

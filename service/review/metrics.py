@@ -25,9 +25,9 @@ class LoopStats:
     """The loop's numbers from the decisions (a part of :class:`service.review.ReviewStore`)."""
 
     engine: Engine
-    _stats: tuple[Any, dict[str, Any]] | None
+    _stats: tuple[object, dict[str, Any]] | None
 
-    _stamp: Callable[[Session], tuple[Any, ...]]  # the worklist's change stamp
+    _stamp: Callable[[Session], tuple[object, ...]]  # the worklist's change stamp
 
     def loop_stats(self, fractions: Sequence[float] = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)) -> dict[str, Any]:
         """Flag precision and errors confirmed per review from real decisions, and the efficacy curve.

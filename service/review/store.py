@@ -35,5 +35,5 @@ class ReviewStore(WorklistIndex, DecisionLog, LoopStats):
         self._last_seen_max = ()
         self._facets: dict[str, Any] | None = None  # distinct labels / modalities / series; reset on indexing
         self._gen = 0  # bumped on every write through this store (cache stamps)
-        self._counts: dict[tuple[Any, ...], int] = {}
-        self._stats: tuple[Any, dict[str, Any]] | None = None
+        self._counts: dict[tuple[object, ...], int] = {}
+        self._stats: tuple[object, dict[str, Any]] | None = None

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from enum import StrEnum
-from typing import Any
 
 from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
@@ -141,7 +140,7 @@ class ReviewSyncRow(Base):
 # -- query shapes ----------------------------------------------------------------------------------
 
 
-def text_or_none(v: Any) -> str | None:
+def text_or_none(v: object) -> str | None:
     return None if v is None else str(v)
 
 

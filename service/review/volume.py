@@ -23,9 +23,25 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pydicom
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from dicom_io.annotations.seg_volume import read_seg_volumes
+from dicom_io.results.revision import Correction, RevisionError
+from dicom_io.results.seg_out import suggestion_segment_label
+from dicom_io.store import InstanceRow
+from dicom_io.volumes import series_volume
+
+if TYPE_CHECKING:  # annotation-only types; the writeback module imports this one
+    from pydicom.dataset import Dataset
+    from pydicom.sr.coding import Code
+
+    from dicom_io.geometry import ImageVolume
+    from service.review.writeback import ReviewService
 
 log = logging.getLogger("labelqa.review")
 
@@ -119,7 +135,7 @@ def slice_source(item: Mapping[str, Any], k: int) -> tuple[str, int | None]:
 class _Grid:
     """A series' grid, read from its headers, and the slice of the grid each item slice is."""
 
-    volume: Any  # dicom_io.geometry.ImageVolume without pixels
+    volume: ImageVolume  # without pixels
     order: np.ndarray  # item slice k -> slice of ``volume``
 
 
@@ -151,23 +167,19 @@ class VolumeMasks:
     several requests ask for at once is read once.
     """
 
-    def __init__(self, review: Any, *, max_bytes: int = 256 << 20, max_grids: int = 8) -> None:
+    def __init__(self, review: ReviewService, *, max_bytes: int = 256 << 20, max_grids: int = 8) -> None:
         self.review = review
         self.max_bytes = max_bytes
         self.max_grids = max_grids
-        self._masks: OrderedDict[tuple[Any, ...], _Packed] = OrderedDict()
+        self._masks: OrderedDict[tuple[str, int, str], _Packed] = OrderedDict()
         self._grids: OrderedDict[str, _Grid] = OrderedDict()
         self._lock = threading.Lock()
-        self._loading: dict[tuple[Any, ...], threading.Lock] = {}
+        self._loading: dict[tuple[str, int, str], threading.Lock] = {}
 
     # ------------------------------------------------------------------ the series' grid
 
     def paths(self, uids: Sequence[str]) -> dict[str, Path]:
         """Stored files of instances (one query to the study store's index; result objects as a fallback)."""
-        from sqlalchemy import select
-        from sqlalchemy.orm import Session
-
-        from dicom_io.store import InstanceRow
 
         out: dict[str, Path] = {}
         data_dir = self.review.data_dir
@@ -189,10 +201,8 @@ class VolumeMasks:
                 out[u] = p
         return out
 
-    def headers(self, item: Mapping[str, Any]) -> dict[str, Any]:
+    def headers(self, item: Mapping[str, Any]) -> dict[str, Dataset]:
         """The headers (no pixel data) of every instance the item's slices are in, by SOP Instance UID."""
-        import pydicom
-
         uids = [str(u) for u, _ in item.get("slices") or []]
         paths = self.paths(uids)
         missing = [u for u in dict.fromkeys(uids) if u not in paths]
@@ -203,8 +213,6 @@ class VolumeMasks:
 
     def grid(self, item: Mapping[str, Any]) -> _Grid:
         """The item's series as a volume without pixels (its geometry) and where each item slice lies on it."""
-        from dicom_io.volumes import series_volume
-
         slices = item.get("slices") or []
         if not slices:
             raise VolumeItemError(f"item {item.get('id')} has no slices")
@@ -233,8 +241,6 @@ class VolumeMasks:
 
     def _segment(self, item: Mapping[str, Any], seg_uid: str, segment: int) -> _Packed:
         """Segment ``segment`` of SEG ``seg_uid`` on the item's series, packed (read once, then cached)."""
-        from dicom_io.annotations.seg_volume import read_seg_volumes
-
         key = (seg_uid, int(segment), hashlib.sha256(json.dumps(item.get("slices") or []).encode()).hexdigest())
         with self._lock:
             hit = self._masks.get(key)
@@ -274,9 +280,6 @@ class VolumeMasks:
     def _suggestion_segment(self, item: Mapping[str, Any]) -> int:
         if item.get("suggestion_segment"):
             return int(item["suggestion_segment"])
-        import pydicom
-
-        from dicom_io.results.seg_out import suggestion_segment_label
 
         path = self.review.instance_path(item["suggestion_uid"])
         if path is None:
@@ -314,12 +317,11 @@ class VolumeMasks:
         return self._segment(item, str(item["suggestion_uid"]), self._suggestion_segment(item))
 
 
-def volume_correction(masks: VolumeMasks, item: Mapping[str, Any], label: Any) -> tuple[Any, dict[str, Any]]:
+def volume_correction(masks: VolumeMasks, item: Mapping[str, Any],
+                      label: Code | str | None) -> tuple[Correction, dict[str, Dataset]]:
     """The correction that replaces the whole segment of a volume item by its suggestion, and the headers of
     every slice of its series (the corrected SEG is rebuilt over them): (``Correction``, {UID: header}).
     Raises ``RevisionError`` when the suggestion or the series cannot be read."""
-    from dicom_io.results.revision import Correction, RevisionError
-
     try:
         mask = masks.suggested_volume(item)
         headers = masks.headers(item)

@@ -10,10 +10,11 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Engine, func, select, tuple_, update
+from sqlalchemy import ColumnElement, Engine, Select, func, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from dicom_io.store import InstanceRow, SeriesRow, StudyRow
 from models.verdict import FLAGGED, Verdict
 from service.audit.rows import is_mask_row
 from service.review.items import (
@@ -50,7 +51,7 @@ class WorklistIndex:
     _last_seen_max: tuple[float | None, int] | tuple[()]
     _facets: dict[str, Any] | None
     _gen: int
-    _counts: dict[tuple[Any, ...], int]
+    _counts: dict[tuple[object, ...], int]
 
     # ---------------------------------------------------------------- indexing audits
 
@@ -203,8 +204,6 @@ class WorklistIndex:
         if not image_uids:
             return {}
         try:
-            from dicom_io.store import InstanceRow, SeriesRow, StudyRow
-
             with self.engine.connect() as c:
                 q = (select(InstanceRow.sop_instance_uid, SeriesRow.modality, StudyRow.study_date,
                             SeriesRow.series_uid, SeriesRow.description)
@@ -219,9 +218,10 @@ class WorklistIndex:
 
     # ---------------------------------------------------------------- reading
 
-    def _filtered(self, f: WorklistFilter) -> Any:
+    def _filtered(self, f: WorklistFilter
+                  ) -> tuple[Select[AuditedRow, DecisionRow], list[ColumnElement[bool]]]:
         q = select(AuditedRow, DecisionRow).outerjoin(DecisionRow, DecisionRow.item_id == AuditedRow.id)
-        conds: list[Any] = []
+        conds: list[ColumnElement[bool]] = []
         if not f.include_stale:
             conds.append(AuditedRow.current.is_(True))
         if f.verdict == "flagged":
@@ -285,12 +285,12 @@ class WorklistIndex:
         nxt = encode_cursor(rows[-1][0].priority, rows[-1][0].id) if more and rows else None
         return WorklistPage(items=items, total=total, next_cursor=nxt, offset=offset)
 
-    def _stamp(self, s: Session) -> tuple[Any, ...]:
+    def _stamp(self, s: Session) -> tuple[object, ...]:
         """Changes whenever the indexed audits or the decisions change (also from another process)."""
         return (self._gen, s.scalar(select(func.max(DecisionAuditRow.id))), s.scalar(select(func.max(AuditedRow.id))),
                 s.scalar(select(ReviewSyncRow.last_finished_at).where(ReviewSyncRow.id == 1)))
 
-    def _count(self, s: Session, f: WorklistFilter, conds: list[Any]) -> int:
+    def _count(self, s: Session, f: WorklistFilter, conds: list[ColumnElement[bool]]) -> int:
         """The number of items under a filter, cached until the next change (counting 100k rows is the slow part)."""
         stamp = self._stamp(s)
         k = (stamp, f.verdict, f.label, f.modality, f.date_from, f.date_to, f.series_uid, f.study_uid, f.status,

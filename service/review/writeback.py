@@ -5,19 +5,40 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import pydicom
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from dicom_io.results import find_saved, save_results
+from dicom_io.results.revision import (
+    Correction,
+    ReviewedItem,
+    Reviewer,
+    RevisionError,
+    corrected_annotation,
+    verified_report,
+)
+from dicom_io.results.seg_out import read_suggestion
 from dicom_io.settings import SegSettings
+from dicom_io.store import InstanceRow
+from dicom_io.vocabulary import Vocabulary, load_vocabulary
 from service.review.decisions import DecisionOutcome
 from service.review.store import ReviewStore
 from service.review.tables import Decision, DecisionError
 from service.review.volume import VolumeMasks, is_volume_item, volume_correction
+
+if TYPE_CHECKING:  # annotation-only types
+    from pydicom.dataset import Dataset
+    from pydicom.sr.coding import Code
+
+    from dicom_io.outbox import Outbox
+    from service.runtime.jobs import JobStore
+    from service.settings import Settings
 
 __all__ = ["ReviewService"]
 
@@ -32,8 +53,9 @@ class ReviewService:
     write-back interrupted by a crash is still "pending" in the table and :meth:`resume` redoes it.
     """
 
-    def __init__(self, engine: Engine, *, jobs: Any = None, data_dir: Path | None = None, outbox: Any = None,
-                 deliver: bool = True, vocabulary: Any = None, organization: str = "labelqa QA",
+    def __init__(self, engine: Engine, *, jobs: JobStore | None = None, data_dir: Path | None = None,
+                 outbox: Outbox | None = None, deliver: bool = True, vocabulary: Vocabulary | None = None,
+                 organization: str = "labelqa QA",
                  display_names: dict[str, str] | None = None) -> None:
         self.store = ReviewStore(engine)
         self.engine = engine
@@ -49,7 +71,8 @@ class ReviewService:
         """The given and suggested masks of volume items, slice by slice (read once per segment, cached)."""
 
     @classmethod
-    def from_settings(cls, settings: Any, engine: Engine, *, jobs: Any = None, outbox: Any = None) -> ReviewService:
+    def from_settings(cls, settings: Settings, engine: Engine, *, jobs: JobStore | None = None,
+                      outbox: Outbox | None = None) -> ReviewService:
         names = {u.name: (u.display_name or u.name) for u in settings.auth.users}
         svc = cls(engine, jobs=jobs, data_dir=Path(settings.store.data_dir), outbox=outbox,
                   deliver=bool(settings.outbox.destinations), organization=settings.auth.organization,
@@ -57,7 +80,7 @@ class ReviewService:
         svc._settings = settings
         return svc
 
-    _settings: Any = None
+    _settings: Settings | None = None
 
     @property
     def seg_limits(self) -> SegSettings:
@@ -66,11 +89,9 @@ class ReviewService:
 
     # ---------------------------------------------------------------- vocabulary
 
-    def vocabulary(self) -> Any:
+    def vocabulary(self) -> Vocabulary | None:
         """The label vocabulary (configured file, the bundle's own, else the labels seen), loaded once."""
         if self._vocabulary is None:
-            from dicom_io.vocabulary import Vocabulary, load_vocabulary
-
             vocab = None
             s = self._settings
             if s is not None:
@@ -96,7 +117,7 @@ class ReviewService:
         names = list(v.class_names) if v is not None else []
         return names + [x for x in self.store.labels() if x not in names]
 
-    def _code(self, label: str) -> Any:
+    def _code(self, label: str) -> Code | str:
         v = self.vocabulary()
         try:
             return v.code_for(label).to_pydicom() if v is not None else label
@@ -114,7 +135,6 @@ class ReviewService:
         """The stored file of an instance (the study store's index), or None."""
         if not sop_instance_uid or self.data_dir is None:
             return None
-        from dicom_io.store import InstanceRow
 
         with Session(self.engine) as s:
             rel = s.scalar(select(InstanceRow.path).where(InstanceRow.sop_instance_uid == sop_instance_uid))
@@ -156,11 +176,7 @@ class ReviewService:
                 n += 1
         return n
 
-    def _reviewer(self, name: str, at: float) -> Any:
-        from datetime import datetime
-
-        from dicom_io.results.revision import Reviewer
-
+    def _reviewer(self, name: str, at: float) -> Reviewer:
         return Reviewer(self.display_names.get(name, name), self.organization,
                         datetime.fromtimestamp(at, tz=UTC))
 
@@ -169,10 +185,6 @@ class ReviewService:
 
         Returns the decision dict after the write-back (state done or failed), None when there is none.
         """
-        import pydicom
-
-        from dicom_io.results.revision import ReviewedItem, RevisionError, verified_report
-
         with self._wb_lock:
             item = self.store.item(item_id)
             if item is None or item["decision"] is None:
@@ -235,16 +247,12 @@ class ReviewService:
                          if (p := (x["decision"].get("writeback") or {}).get("corrected_path")) and Path(p).is_file())
         return written[-1][1] if written else None
 
-    def _corrected_version(self, item: dict[str, Any], reviewer: Any, d: dict[str, Any]) -> Any:
+    def _corrected_version(self, item: dict[str, Any], reviewer: Reviewer, d: dict[str, Any]) -> Dataset | None:
         """The next version of the annotation object with every current correction on it, or None when
         it needs none (no correction now, and none written before)."""
-        import pydicom
-
-        from dicom_io.results.revision import Correction, RevisionError, corrected_annotation
-
         parts = [x for x in self.store.find(item["annotation_uid"]) if x["current"] and x["decision"]]
         fixes = []
-        extra_sources: dict[str, Any] = {}  # a whole-segment correction: the headers of its series' slices
+        extra_sources: dict[str, Dataset] = {}  # a whole-segment correction: the headers of its series' slices
         for x in parts:
             dx = x["decision"]
             if dx["decision"] != Decision.LABEL_WRONG:
@@ -279,14 +287,9 @@ class ReviewService:
         return corrected_annotation(original, fixes, reviewer, predecessors=previous,
                                     key=[item["id"], d["version"], version], instance_number=version, sources=sources)
 
-    def suggested_mask(self, item: dict[str, Any]) -> Any:
+    def suggested_mask(self, item: dict[str, Any]) -> np.ndarray:
         """The suggested (consensus) mask of a flagged SEG mask item on its source frame: bool (rows,
         columns), read from the audit's suggestion SEG (never recomputed). RevisionError when there is none."""
-        import pydicom
-
-        from dicom_io.results.revision import RevisionError
-        from dicom_io.results.seg_out import read_suggestion
-
         uid = item.get("suggestion_uid")
         if not uid:
             raise RevisionError(f"item {item['id']} has no suggested mask")

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 from dicom_io.hooks import checkpoint
 from service.runtime.jobs import DONE, FAILED, FINAL_STATES, Job, JobStore, owner_id
@@ -23,6 +23,8 @@ from service.runtime.jobs import DONE, FAILED, FINAL_STATES, Job, JobStore, owne
 __all__ = ["Outcome", "WorkerContext", "JobFunction", "JobRetry", "Executor", "InProcessExecutor"]
 
 log = logging.getLogger("labelqa.executor")
+
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -42,13 +44,13 @@ class WorkerContext:
 
     index: int
     owner: str
-    cache: dict[str, Any] = field(default_factory=dict)
+    cache: dict[str, object] = field(default_factory=dict)
 
-    def cached(self, key: str, load: Callable[[], Any]) -> Any:
+    def cached(self, key: str, load: Callable[[], _T]) -> _T:
         """Return ``cache[key]``, loading it once with ``load()``."""
         if key not in self.cache:
             self.cache[key] = load()
-        return self.cache[key]
+        return cast(_T, self.cache[key])  # what ``load`` gave for this key
 
 
 JobFunction = Callable[[Job, WorkerContext], Outcome]
@@ -74,7 +76,7 @@ class Executor(Protocol):
     def stop(self, timeout: float = 30.0) -> None:
         """Stop taking jobs; give running jobs up to ``timeout`` seconds, then hand them back to the queue."""
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> dict[str, object]:
         """JSON-ready state for /health: workers, busy workers, whether models are loaded."""
 
 
@@ -144,7 +146,7 @@ class InProcessExecutor:
                 # Still running after the grace period: hand it back so the next start runs it again.
                 self.jobs.release(job_id, ctx.owner, "service stopped during the job")
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> dict[str, object]:
         return {
             "kind": "in-process",
             "workers": self.n_workers,

@@ -33,13 +33,19 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from types import ModuleType
+from typing import TYPE_CHECKING, Protocol, TypedDict, TypeVar
 
 from dicom_io.hooks import checkpoint
+from dicom_io.vocabulary import Vocabulary
 from models.bundles import BundleInfo, load_bundle, read_bundle_info
-from service.runtime.auditor import Auditor
+from service.runtime.auditor import Auditor, StepOutput
 from service.runtime.executor import InProcessExecutor, JobRetry, Outcome, WorkerContext
 from service.runtime.jobs import Job, JobStore
+from service.settings import ExecutorSettings
+
+if TYPE_CHECKING:  # annotation-only: the pipeline imports this module
+    from service.runtime.pipeline import Pipeline
 
 __all__ = [
     "RayUnavailable", "connect", "cluster_nodes", "bundle_archive", "AuditActor", "actor_count",
@@ -52,11 +58,35 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+class ActorInfo(TypedDict):
+    """Where an audit actor runs and which bundle it holds (:meth:`AuditActor.info`)."""
+
+    node_id: str
+    hostname: str
+    pid: int
+    device: str
+    gpu_ids: list[str]
+    content_hash: str
+
+
+class _RemoteMethod(Protocol):
+    def remote(self, *args: object) -> object: ...  # a Ray ObjectRef
+
+
+class _ActorHandle(Protocol):
+    """A Ray handle of an :class:`AuditActor`, as used here: its methods are called with ``.remote``."""
+
+    @property
+    def info(self) -> _RemoteMethod: ...
+    @property
+    def infer(self) -> _RemoteMethod: ...
+
+
 class RayUnavailable(ValueError):
     """Ray is not installed, or the cluster given cannot be reached / cannot place an actor; says what to do."""
 
 
-def _ray() -> Any:
+def _ray() -> ModuleType:
     try:
         import ray
     except ImportError:
@@ -70,7 +100,7 @@ def connect(address: str | None, namespace: str = "labelqa") -> bool:
     ray = _ray()
     if ray.is_initialized():
         return False
-    kw: dict[str, Any] = {} if address else {"include_dashboard": False}  # a new local instance only
+    kw: dict[str, object] = {} if address else {"include_dashboard": False}  # a new local instance only
     try:
         ray.init(address=address, namespace=namespace, log_to_driver=False, configure_logging=False, **kw)
     except (ConnectionError, RuntimeError, ValueError) as e:
@@ -80,7 +110,7 @@ def connect(address: str | None, namespace: str = "labelqa") -> bool:
     return True
 
 
-def cluster_nodes() -> list[dict[str, Any]]:
+def cluster_nodes() -> list[dict[str, object]]:
     """The live nodes of the connected cluster (id, address, resources)."""
     ray = _ray()
     return [{"node_id": n["NodeID"], "address": n.get("NodeManagerAddress"), "resources": n.get("Resources", {})}
@@ -100,7 +130,7 @@ class AuditActor:
     """A Ray actor holding one loaded bundle (on its GPU, or the CPU): the model step of audits."""
 
     def __init__(self, archive: bytes, auditor: Auditor, device: str = "auto", batch_size: int = 64) -> None:
-        from models.train import resolve_device
+        from models.train import resolve_device  # torch: only on the Ray actor, which runs the model step
 
         self._dir = tempfile.mkdtemp(prefix="labelqa-bundle-")
         with tarfile.open(fileobj=io.BytesIO(archive), mode="r") as tar:
@@ -113,20 +143,20 @@ class AuditActor:
         import ray
 
         ctx = ray.get_runtime_context()
-        self._where = {"node_id": ctx.get_node_id(), "hostname": socket.gethostname(), "pid": os.getpid(),
+        self._where: ActorInfo = {"node_id": ctx.get_node_id(), "hostname": socket.gethostname(), "pid": os.getpid(),
                        "device": self.device, "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
                        "content_hash": self.bundle.content_hash}
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> ActorInfo:
         """Where this actor runs and which bundle it holds."""
-        return dict(self._where)
+        return self._where.copy()
 
-    def infer(self, batch: Any) -> Any:
+    def infer(self, batch: object) -> StepOutput:
         """The bundle's task's model step for a batch of arrays (labels: scores, heatmaps; masks: consensus,
         Dice, regions)."""
         checkpoint("model-step")  # test hook (dicom_io.hooks); inert unless configured
         result = self.auditor.model_step(self.bundle, batch, device=self.device, batch_size=self.batch_size)
-        result.worker = self.info()
+        result.worker = dict(self.info())
         return result
 
 
@@ -143,12 +173,12 @@ class _ActorPool:
 
     def __init__(self, stop: threading.Event) -> None:
         self._cv = threading.Condition()
-        self._free: list[Any] = []
+        self._free: list[_ActorHandle] = []
         self._stop = stop
-        self.ready: dict[int, dict[str, Any]] = {}  # id(handle) -> its info(), while it answers
+        self.ready: dict[int, ActorInfo] = {}  # id(handle) -> its info(), while it answers
         self.errors: list[str] = []
 
-    def acquire(self) -> Any | None:
+    def acquire(self) -> _ActorHandle | None:
         """A free actor, waiting for one; None when the executor stops."""
         with self._cv:
             while not self._free:
@@ -157,17 +187,17 @@ class _ActorPool:
                 self._cv.wait(0.5)
             return self._free.pop(0)
 
-    def release(self, handle: Any) -> None:
+    def release(self, handle: _ActorHandle) -> None:
         with self._cv:
             self._free.append(handle)
             self._cv.notify()
 
-    def watch(self, handle: Any) -> None:
+    def watch(self, handle: _ActorHandle) -> None:
         """Return ``handle`` to the pool once it answers (after a (re)start, possibly on another node)."""
         self.ready.pop(id(handle), None)
         threading.Thread(target=self._watch, args=(handle,), name="labelqa-ray-watch", daemon=True).start()
 
-    def _watch(self, handle: Any) -> None:
+    def _watch(self, handle: _ActorHandle) -> None:
         ray = _ray()
         while not self._stop.is_set():
             ref = handle.info.remote()
@@ -196,7 +226,7 @@ class _ActorPool:
             return
 
 
-def actor_count(settings: Any, cluster: dict[str, float], num_gpus: float) -> int:
+def actor_count(settings: ExecutorSettings, cluster: dict[str, float], num_gpus: float) -> int:
     """Actors to start: ``settings.actors``, else one per unit of the per-actor resources in the cluster."""
     if settings.actors:
         return int(settings.actors)
@@ -213,19 +243,19 @@ class RayExecutor:
     vocabulary and the audit options; its ``audit_job`` does the read and write steps here).
     """
 
-    def __init__(self, jobs: JobStore, pipeline: Any, settings: Any, *, poll_s: float = 2.0) -> None:
+    def __init__(self, jobs: JobStore, pipeline: Pipeline, settings: ExecutorSettings, *, poll_s: float = 2.0) -> None:
         self.jobs = jobs
         self.pipeline = pipeline
-        self.settings = settings  # service.settings.ExecutorSettings
+        self.settings = settings
         self.poll_s = poll_s
         self._stop = threading.Event()
         self._pool = _ActorPool(self._stop)
-        self._actors: list[Any] = []
-        self._archive: Any = None  # ObjectRef of the bundle bytes
+        self._actors: list[_ActorHandle] = []
+        self._archive: object = None  # ObjectRef of the bundle bytes
         self._inner: InProcessExecutor | None = None
         self._connected = False
         self.card: BundleInfo | None = None
-        self.vocabulary: Any = None
+        self.vocabulary: Vocabulary | None = None
         self.jobs_by_node: Counter[str] = Counter()
         self._in_flight: dict[int, str] = {}  # job id -> node id of the actor running its model step
         self._lock = threading.Lock()
@@ -251,7 +281,7 @@ class RayExecutor:
                         {k: v for k, v in cluster.items() if not k.startswith("node:")})
         # kept referenced for the executor's life: an actor restarted on another node reads it again
         self._archive = archive = ray.put(bundle_archive(audit.bundle))
-        opts: dict[str, Any] = {"num_cpus": self.settings.num_cpus, "max_restarts": -1, "max_task_retries": 0,
+        opts: dict[str, object] = {"num_cpus": self.settings.num_cpus, "max_restarts": -1, "max_task_retries": 0,
                                 "max_concurrency": 1}
         if num_gpus:
             opts["num_gpus"] = num_gpus
@@ -296,7 +326,7 @@ class RayExecutor:
             ray.shutdown()
             self._connected = False
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> dict[str, object]:
         inner = self._inner.status() if self._inner is not None else {}
         try:
             nodes = len(cluster_nodes()) if _ray().is_initialized() else 0
@@ -318,10 +348,11 @@ class RayExecutor:
         actor = self._pool.acquire()
         if actor is None:
             raise JobRetry("the service is stopping")
-        where: dict[str, Any] = {}
+        where: dict[str, object] = {}
 
-        def remote_infer(batch: Any) -> Any:
-            node = self._pool.ready.get(id(actor), {}).get("node_id", "?")
+        def remote_infer(batch: object) -> StepOutput:
+            info = self._pool.ready.get(id(actor))
+            node = "?" if info is None else info["node_id"]
             self._in_flight[job.id] = node
             try:
                 result = self._call(actor, batch)
@@ -330,6 +361,7 @@ class RayExecutor:
             where.update(result.worker or {})
             return result
 
+        assert self.card is not None and self.vocabulary is not None  # set by start(), before any job runs
         try:
             outcome = self.pipeline.audit_job(job, self.card, self.vocabulary, infer_fn=remote_infer)
         except _WorkerLost as e:
@@ -343,10 +375,10 @@ class RayExecutor:
             if outcome.result is not None:
                 outcome.result["worker"] = where
             with self._lock:
-                self.jobs_by_node[where["node_id"]] += 1
+                self.jobs_by_node[str(where["node_id"])] += 1
         return outcome
 
-    def _call(self, actor: Any, batch: Any) -> Any:
+    def _call(self, actor: _ActorHandle, batch: object) -> StepOutput:
         """The model step on ``actor``: the batch's arrays go through the object store."""
         ray = _ray()
         try:
@@ -395,7 +427,7 @@ class RayMap:
             gpus = self.num_gpus
             if gpus is None:
                 gpus = 1.0 if ray.cluster_resources().get("GPU", 0.0) >= 1 else 0.0
-            opts: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": gpus, "max_retries": 3}
+            opts: dict[str, object] = {"num_cpus": self.num_cpus, "num_gpus": gpus, "max_retries": 3}
             if self.resources:
                 opts["resources"] = dict(self.resources)
             task = ray.remote(_call_fn).options(**opts)
@@ -417,6 +449,8 @@ class RayMap:
         return [r for r, _ in out]
 
 
-def ray_map(address: str | None, **kw: Any) -> RayMap:
+def ray_map(address: str | None, *, num_cpus: float = 1.0, num_gpus: float | None = None,
+            resources: dict[str, float] | None = None, progress: bool = False, namespace: str = "labelqa") -> RayMap:
     """The Ray-task ``map_fn`` for ``labelqa train|evaluate --ray ADDRESS`` (see :class:`RayMap`)."""
-    return RayMap(address, **kw)
+    return RayMap(address, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources, progress=progress,
+                  namespace=namespace)

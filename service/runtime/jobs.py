@@ -40,7 +40,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, aliased, mapped_column
 
-from dicom_io.db import Base, ensure_schema, is_postgresql
+from dicom_io.db import Base, ensure_schema, is_postgresql, make_engine
 
 __all__ = [
     "QUEUED", "RUNNING", "DONE", "FAILED", "NO_ANNOTATIONS", "SUPERSEDED", "STATES", "FINAL_STATES", "AuditJobRow",
@@ -277,7 +277,7 @@ class JobStore:
                 continue
         return None
 
-    def _running_values(self, owner: str, now: float) -> dict[str, Any]:
+    def _running_values(self, owner: str, now: float) -> dict[str, object]:
         return {"state": RUNNING, "owner": owner, "lease_until": now + self.lease_s, "started_at": now,
                 "finished_at": None, "attempts": AuditJobRow.attempts + 1}
 
@@ -398,8 +398,8 @@ class JobStore:
                 continue
             why = "lease expired" if expired else "owner process gone"
             if attempts >= self.max_attempts:
-                values: dict[str, Any] = {"state": FAILED, "finished_at": now,
-                                          "reason": f"gave up after {attempts} attempts ({why})"}
+                values: dict[str, object] = {"state": FAILED, "finished_at": now,
+                                             "reason": f"gave up after {attempts} attempts ({why})"}
             else:
                 values = {"state": QUEUED, "reason": f"re-queued: {why}"}
             # Only if nobody touched the job since we read it (its owner may finish or renew it now).
@@ -486,6 +486,4 @@ class JobStore:
 
 def open_jobs(database_url: str, lease_s: float = 600.0) -> JobStore:
     """The job store on the service database (engine from :func:`dicom_io.db.make_engine`)."""
-    from dicom_io.db import make_engine
-
     return JobStore(make_engine(database_url), lease_s=lease_s)

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
-from service.runtime.jobs import Job
+from service.runtime.jobs import Job, JobStore
 
 __all__ = ["LATENCY_BUCKETS", "Metrics"]
 
@@ -62,7 +61,7 @@ class Metrics:
 
     def __init__(
         self,
-        jobs: Any = None,
+        jobs: JobStore | None = None,
         *,
         instances_received: Callable[[], float] | None = None,
         outbox_depth: Callable[[], float] | None = None,

@@ -18,24 +18,32 @@ import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
+from dicom_io.annotations.records import IssueDict
 from dicom_io.results import save_results
 from dicom_io.results.series import is_own_output
 from dicom_io.sop import is_annotation
+from dicom_io.store import StudyStable, StudyStore
+from dicom_io.vocabulary import Vocabulary
 from models.bundles import Bundle, load_bundle
 from models.verdict import FLAGGED
 from service.runtime.auditor import Auditor, InferFn
 from service.runtime.executor import Executor, InProcessExecutor, Outcome, WorkerContext
+from service.runtime.executor_ray import RayExecutor
 from service.runtime.jobs import DONE, NO_ANNOTATIONS, Job, JobStore
 from service.settings import Settings
+
+if TYPE_CHECKING:  # annotation-only types
+    from dicom_io.outbox import Outbox
+    from service.runtime.metrics import Metrics
 
 __all__ = ["verdict_rows", "unaudited_reason", "Pipeline"]
 
 log = logging.getLogger("labelqa.pipeline")
 
 
-def verdict_rows(rows: Iterable[Any]) -> list[dict[str, Any]]:
+def verdict_rows(rows: Iterable[object]) -> list[dict[str, object]]:
     """Verdict rows (``to_dict()`` of the audit's typed rows) as plain JSON-ready dicts (NaN -> None)."""
     out = []
     for r in rows:
@@ -44,7 +52,7 @@ def verdict_rows(rows: Iterable[Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _plain(v: Any) -> Any:
+def _plain(v: object) -> object:
     if hasattr(v, "item") and callable(v.item) and getattr(v, "ndim", 1) == 0:
         v = v.item()
     if isinstance(v, float) and not math.isfinite(v):
@@ -58,7 +66,7 @@ def _plain(v: Any) -> Any:
     return str(v)
 
 
-def unaudited_reason(issues: list[dict[str, Any]]) -> str:
+def unaudited_reason(issues: list[IssueDict]) -> str:
     """Why a study with annotation objects gave nothing to audit: its read issues, summarised."""
     if not issues:
         return "no annotation in the study could be read with the vocabulary"
@@ -78,10 +86,10 @@ class Pipeline:
         settings: Settings,
         jobs: JobStore,
         *,
-        store: Any = None,
-        outbox: Any = None,
+        store: StudyStore | None = None,
+        outbox: Outbox | None = None,
         auditor: Auditor,
-        metrics: Any = None,
+        metrics: Metrics | None = None,
         executor: Executor | None = None,
     ) -> None:
         self.settings = settings
@@ -92,8 +100,6 @@ class Pipeline:
         self.metrics = metrics
         self.results_dir = Path(settings.store.data_dir) / "results"
         if executor is None and settings.executor.kind == "ray":
-            from service.runtime.executor_ray import RayExecutor
-
             executor = RayExecutor(jobs, self, settings.executor)
         self.executor: Executor = executor or InProcessExecutor(
             jobs, self.run_job, workers=settings.audit.workers, warmup=self.warmup,
@@ -114,8 +120,6 @@ class Pipeline:
         """
         if self.store is None or not hasattr(self.store, "stable_studies"):
             return 0
-        from dicom_io.store import StudyStable
-
         handled = 0
         for uid in sorted(set(self.store.stable_studies()) - self.jobs.studies_with_jobs()):
             instances = self.store.instances(uid)
@@ -131,7 +135,7 @@ class Pipeline:
         self.executor.stop(timeout)
 
     # -- events --------------------------------------------------------------------------------
-    def on_study_stable(self, event: Any) -> Job | None:
+    def on_study_stable(self, event: StudyStable) -> Job | None:
         """Handle a ``StudyStable`` event: queue an audit, record why not, or ignore our own echo."""
         study = event.study_uid
         if self.metrics is not None:
@@ -167,7 +171,7 @@ class Pipeline:
             raise RuntimeError("no model bundle configured: set [audit] bundle (made by `labelqa train`)")
         return load_bundle(Path(self.settings.audit.bundle))
 
-    def load_vocabulary(self, bundle: Bundle) -> Any:
+    def load_vocabulary(self, bundle: Bundle) -> Vocabulary:
         """The label vocabulary: the configured file, the bundle's own file, or the bundle's class names."""
         return self.auditor.vocabulary(bundle, self.settings.audit.bundle, self.settings.audit.vocabulary)
 
@@ -186,7 +190,7 @@ class Pipeline:
         vocabulary = ctx.cached("vocabulary", lambda: self.load_vocabulary(bundle))
         return self.audit_job(job, bundle, vocabulary)
 
-    def audit_job(self, job: Job, bundle: Bundle, vocabulary: Any, infer_fn: InferFn | None = None) -> Outcome:
+    def audit_job(self, job: Job, bundle: Bundle, vocabulary: Vocabulary, infer_fn: InferFn | None = None) -> Outcome:
         """Audit one study: read its files, infer (here, or ``infer_fn``: a remote worker), write the
         result objects and enqueue them for delivery. ``bundle`` needs to be loaded only when
         ``infer_fn`` is None; the read and write steps use its description."""

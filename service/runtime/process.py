@@ -20,6 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from dicom_io.scp import Listener
 from dicom_io.store import StudyStable, StudyStore
+from service.migrations import upgrade
 from service.settings import Settings
 
 __all__ = ["Component", "ComponentSpec", "thread_component", "Service", "configure_logging", "run_service"]
@@ -42,7 +43,7 @@ ComponentSpec = Component | Callable[["Service"], Component]
 class _ThreadComponent:
     """Adapter: run ``target(stop_event)`` in a thread; stop sets the event and joins."""
 
-    def __init__(self, name: str, target: Callable[[threading.Event], Any]) -> None:
+    def __init__(self, name: str, target: Callable[[threading.Event], object]) -> None:
         self.name, self.target = name, target
         self.stop_event = threading.Event()
         self.thread: threading.Thread | None = None
@@ -63,7 +64,7 @@ class _ThreadComponent:
             self.thread.join(timeout=30)
 
 
-def thread_component(name: str, target: Callable[[threading.Event], Any]) -> Component:
+def thread_component(name: str, target: Callable[[threading.Event], object]) -> Component:
     """Wrap a ``run_forever(stop_event)`` style function as a component."""
     return _ThreadComponent(name, target)
 
@@ -72,8 +73,6 @@ class Service:
     """The store, the listener and the plugged-in components of one labelqa process."""
 
     def __init__(self, settings: Settings) -> None:
-        from service.migrations import upgrade
-
         self.settings = settings
         upgrade(settings.store.resolved_database_url())  # the schema first (Alembic), then its users
         self.store = StudyStore(
