@@ -16,9 +16,10 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+from pydicom.dataset import Dataset
 
 from dicom_io.annotations.records import (
     CONFLICTING_LABELS,
@@ -37,6 +38,7 @@ from dicom_io.annotations.records import (
     MaskProvenance,
     MaskRecord,
     MaskSample,
+    MaskVolume,
     Provenance,
     Sample,
 )
@@ -44,6 +46,10 @@ from dicom_io.header import odd_values
 from dicom_io.settings import SegSettings
 from dicom_io.sop import SEG_STORAGE, SR_STORAGE, is_non_image
 from dicom_io.study import Study, StudyFile, open_studies, open_study
+
+if TYPE_CHECKING:
+    from dicom_io.geometry import ImageVolume
+    from dicom_io.vocabulary import Vocabulary
 
 __all__ = ["read_study", "read_studies", "SR_SOP_CLASSES", "SEG_SOP_CLASSES"]
 
@@ -54,7 +60,7 @@ SR_SOP_CLASSES = SR_STORAGE
 SEG_SOP_CLASSES = SEG_STORAGE
 
 
-def _is_image(ds: Any) -> bool:
+def _is_image(ds: Dataset) -> bool:
     if is_non_image(str(ds.get("SOPClassUID", ""))):
         return False
     return "Rows" in ds and "Columns" in ds
@@ -62,7 +68,7 @@ def _is_image(ds: Any) -> bool:
 
 def read_studies(
     paths: list[Study] | Iterable[Path] | Path | str,
-    vocabulary: Any | None,
+    vocabulary: Vocabulary | None,
     *,
     image_size: int | None = None,
     load_pixels: bool = True,
@@ -85,7 +91,7 @@ def read_studies(
 
 def read_study(
     paths: Study | Iterable[Path] | Path | str,
-    vocabulary: Any | None,
+    vocabulary: Vocabulary | None,
     *,
     image_size: int | None = None,
     load_pixels: bool = True,
@@ -133,7 +139,7 @@ def read_study(
 def _read_instances(
     instances: list[StudyFile],
     issues: list[IssueRecord],
-    vocabulary: Any | None,
+    vocabulary: Vocabulary | None,
     *,
     image_size: int | None,
     load_pixels: bool,
@@ -160,7 +166,7 @@ def _read_instances(
 def _read_instances_unguarded(
     instances: list[StudyFile],
     issues: list[IssueRecord],
-    vocabulary: Any | None,
+    vocabulary: Vocabulary | None,
     *,
     image_size: int | None,
     load_pixels: bool,
@@ -177,10 +183,10 @@ def _read_instances_unguarded(
         counts[str(inst.dataset.get("StudyInstanceUID", ""))] += 1
     study_uid = max(counts, key=lambda k: counts[k])
     images: dict[str, StudyFile] = {}
-    seg_headers: dict[str, Any] = {}
+    seg_headers: dict[str, Dataset] = {}
     records: list[LabelRecord] = []
     mask_records: list[MaskRecord] = []
-    seg_datasets: dict[str, Any] = {}
+    seg_datasets: dict[str, Dataset] = {}
     series_images: dict[str, list[str]] = defaultdict(list)
     for inst in instances:
         ds = inst.dataset
@@ -252,8 +258,8 @@ def _read_instances_unguarded(
 
     samples = _attach(records, images, study_uid, vocabulary, issues, image_size, load_pixels, pixel_transform)
     mask_samples = _attach_masks(mask_records, images, study_uid, issues, load_pixels) if masks else []
-    image_volumes: dict[str, Any] = {}
-    mask_volumes: list[Any] = []
+    image_volumes: dict[str, ImageVolume] = {}
+    mask_volumes: list[MaskVolume] = []
     if volumes:
         image_volumes, mask_volumes = _read_volumes(seg_datasets, images, study_uid, vocabulary, issues, load_pixels)
     return AnnotationSet(study_uid, samples, issues, mask_samples, image_volumes, mask_volumes)
@@ -262,7 +268,7 @@ def _read_instances_unguarded(
 _TWO_D = (IssueCode.SINGLE_SLICE, IssueCode.NO_PLANE_GEOMETRY)
 
 
-def _referenced_slices(seg: Any, series: str, images: dict[str, StudyFile]) -> int:
+def _referenced_slices(seg: Dataset, series: str, images: dict[str, StudyFile]) -> int:
     """How many image frames of ``series`` a SEG refers to (per-frame source references and the Referenced
     Series Sequence; a referenced multi-frame image counts all its frames)."""
     from dicom_io.annotations.seg import _source_refs
@@ -280,13 +286,13 @@ def _referenced_slices(seg: Any, series: str, images: dict[str, StudyFile]) -> i
 
 
 def _read_volumes(
-    segs: dict[str, Any],
+    segs: dict[str, Dataset],
     images: dict[str, StudyFile],
     study_uid: str,
-    vocabulary: Any | None,
+    vocabulary: Vocabulary | None,
     issues: list[IssueRecord],
     load_pixels: bool,
-) -> tuple[dict[str, Any], list[Any]]:
+) -> tuple[dict[str, ImageVolume], list[MaskVolume]]:
     """Per SEG: the series it is over as a volume (read once per series) and its segments as mask volumes."""
     from dataclasses import replace
 
@@ -294,11 +300,11 @@ def _read_volumes(
     from dicom_io.volumes import series_volume
 
     series_of_image = {uid: str(inst.dataset.get("SeriesInstanceUID", "")) for uid, inst in images.items()}
-    members: dict[str, list[Any]] = defaultdict(list)
+    members: dict[str, list[Dataset]] = defaultdict(list)
     for uid, inst in images.items():
         members[series_of_image[uid]].append(inst.dataset)
 
-    def load(header: Any) -> Any:  # the study's own dataset: every file is parsed once
+    def load(header: Dataset) -> Dataset:  # the study's own dataset: every file is parsed once
         return images[str(header.SOPInstanceUID)].dataset
 
     said = {(i.code, i.message, i.annotation_uid) for i in issues}
@@ -308,9 +314,9 @@ def _read_volumes(
             said.add((i.code, i.message, i.annotation_uid))
             issues.append(i)
 
-    read: dict[str, Any] = {}
-    out_volumes: dict[str, Any] = {}
-    out_masks: list[Any] = []
+    read: dict[str, tuple[ImageVolume | None, list[IssueRecord]]] = {}
+    out_volumes: dict[str, ImageVolume] = {}
+    out_masks: list[MaskVolume] = []
     for seg_uid, ds in segs.items():
         try:
             candidates = seg_series_uids(ds, series_of_image)
@@ -347,7 +353,7 @@ def _read_volumes(
 
 
 def _resolve_segment_references(
-    records: list[LabelRecord], seg_headers: dict[str, Any], issues: list[IssueRecord]
+    records: list[LabelRecord], seg_headers: dict[str, Dataset], issues: list[IssueRecord]
 ) -> list[LabelRecord]:
     """Replace SR records that name a SEG segment by one record per image frame that segment covers."""
     from dataclasses import replace
@@ -391,7 +397,7 @@ def _attach(
     records: list[LabelRecord],
     images: dict[str, StudyFile],
     study_uid: str,
-    vocabulary: Any | None,
+    vocabulary: Vocabulary | None,
     issues: list[IssueRecord],
     image_size: int | None,
     load_pixels: bool,
@@ -498,7 +504,7 @@ def _to_source_grid(
 
 
 def _grid_offset(
-    hdr: Any, frame: int | None, seg_position: tuple[float, float, float] | None, spacing: tuple[float, float]
+    hdr: Dataset, frame: int | None, seg_position: tuple[float, float, float] | None, spacing: tuple[float, float]
 ) -> tuple[int, int] | None:
     """(row, column) of the SEG frame's first pixel on the source frame, from both Image Positions and the
     source's orientation; None when either position is unknown or the offset is not a whole pixel."""

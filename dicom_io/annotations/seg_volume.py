@@ -100,8 +100,10 @@ def _decode(ds: Dataset, indices: Sequence[int]) -> Iterator[tuple[int, np.ndarr
 
 def _orientation(ds: Dataset) -> np.ndarray | None:
     po = _fg(ds, 0, "PlaneOrientationSequence")
+    if po is None:
+        return None
     try:
-        v = np.asarray([float(x) for x in po[0].ImageOrientationPatient], float)
+        v = np.asarray([float(x) for x in po[0].ImageOrientationPatient], dtype=np.float64)
     except (AttributeError, IndexError, TypeError, ValueError):
         return None
     return v if v.shape == (6,) else None
@@ -109,6 +111,8 @@ def _orientation(ds: Dataset) -> np.ndarray | None:
 
 def _slice_thickness(ds: Dataset) -> float | None:
     pm = _fg(ds, 0, "PixelMeasuresSequence")
+    if pm is None:
+        return None
     for name in ("SpacingBetweenSlices", "SliceThickness"):
         try:
             v = float(pm[0].get(name))
