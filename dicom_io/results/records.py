@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 from pydicom.sr.coding import Code
 
 from dicom_io import codes
 from dicom_io.results.uids import digest
-from dicom_io.vocabulary import CodedConcept
 
 if TYPE_CHECKING:
+    import highdicom as hd
+
     from dicom_io.annotations.records import MaskSample
+    from dicom_io.vocabulary import CodedConcept
 
 __all__ = ["VERDICTS", "MASK_VERDICTS", "MASK_ERROR_KINDS", "REGION_KEYS", "VOLUME_REGION_KEYS", "as_code",
            "CodedLabel", "AlgorithmInfo", "AuditedAnnotation", "AuditedMask", "AuditedVolumeMask"]
@@ -37,8 +39,9 @@ VOLUME_REGION_KEYS = ("kind", "voxels", "volume_mm3", "bbox", "slices", "center_
 on the series' grid), slices (first, last; inclusive), center_mm (x, y, z patient coordinates, LPS) or None."""
 
 
-CodedLabel = Code | CodedConcept | str
-"""A class as the result writers take it: a pydicom ``Code``, a vocabulary ``CodedConcept`` or a plain name."""
+CodedLabel: TypeAlias = "Code | CodedConcept | hd.sr.CodedConcept | str"
+"""A class as the result writers take it: a pydicom ``Code``, a vocabulary or highdicom ``CodedConcept``, or a
+plain name."""
 
 
 def as_code(label: object) -> Code:
