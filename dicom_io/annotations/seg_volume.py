@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -49,6 +49,9 @@ from dicom_io.annotations.seg import (
 )
 from dicom_io.geometry import Geometry, ImageVolume
 from dicom_io.volumes import ORIENTATION_TOLERANCE, SPACING_RTOL, grid_geometry
+
+if TYPE_CHECKING:
+    from dicom_io.vocabulary import Vocabulary
 
 __all__ = ["GRID_TOLERANCE", "seg_series_uids", "read_seg_volumes"]
 
@@ -166,7 +169,7 @@ def _resample(seg_geometry: Geometry, occupancy: np.ndarray, target: Geometry, t
 def read_seg_volumes(
     seg: Dataset | Path | str,
     volume: ImageVolume,
-    vocabulary: Any | None,
+    vocabulary: Vocabulary | None,
     *,
     study_uid: str | None = None,
     study_images: Collection[str] = (),
