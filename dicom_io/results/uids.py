@@ -1,7 +1,7 @@
 """Deterministic UIDs for result objects.
 
 The same study audited with the same model bundle gives the same results and therefore the same
-UIDs: a re-sent study re-sends identical objects instead of making duplicates. Any change in the
+UIDs: a re-sent study re-sends identical objects instead of making duplicates. A change in the
 inputs, the bundle or the results gives new UIDs. UIDs live under the ``2.25`` root (PS3.5 B.2):
 the decimal value of 128 bits of a SHA-256 digest.
 """
