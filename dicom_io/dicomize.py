@@ -39,6 +39,7 @@ from pydicom import uid
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
+from dicom_io.codes import label_code
 from dicom_io.vocabulary import Vocabulary
 
 if TYPE_CHECKING:
@@ -435,7 +436,6 @@ def _segment_concepts(vocabulary: Vocabulary, name: str) -> hd.sr.CodedConcept:
     for c in vocabulary.classes:
         if c.name == name:
             return (c.segment_property_types[0] if c.segment_property_types else c.code).to_highdicom()
-    from dicom_io.codes import label_code
 
     code = label_code(name, name[:64])
     return hd.sr.CodedConcept(code.value, code.scheme_designator, code.meaning)

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from dicom_io.codes import label_code
+
 if TYPE_CHECKING:
     import highdicom as hd
     from pydicom.sr.coding import Code
@@ -206,8 +208,6 @@ class Vocabulary(BaseModel):
     @classmethod
     def from_class_names(cls, names: list[str] | tuple[str, ...], *, absent_class: str | None = None) -> Vocabulary:
         """A vocabulary with local codes (scheme 99LABELQA, value LBL-<8 hex of the name>) for each class."""
-        from dicom_io.codes import label_code
-
         entries = []
         try:
             for name in names:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydicom.dataset import Dataset
 
+from dicom_io import pixels as px
 from dicom_io.annotations.records import (
     CONFLICTING_LABELS,
     MALFORMED_ANNOTATION,
@@ -42,7 +43,10 @@ from dicom_io.annotations.records import (
     Provenance,
     Sample,
 )
+from dicom_io.annotations.seg import _source_refs, read_seg, read_seg_masks, seg_limit_issue, segment_frames
+from dicom_io.annotations.sr import read_sr
 from dicom_io.header import odd_values
+from dicom_io.pixels import _fg_item, n_frames
 from dicom_io.settings import SegSettings
 from dicom_io.sop import SEG_STORAGE, SR_STORAGE, is_non_image
 from dicom_io.study import Study, StudyFile, open_studies, open_study
@@ -212,12 +216,8 @@ def _read_instances_unguarded(
             continue
         try:
             if sop in SR_SOP_CLASSES:
-                from dicom_io.annotations.sr import read_sr
-
                 recs, iss = read_sr(ds, vocabulary)
             elif sop in SEG_SOP_CLASSES:
-                from dicom_io.annotations.seg import read_seg, read_seg_masks, seg_limit_issue
-
                 over = seg_limit_issue(ds, seg_limits)
                 if over:  # decided from the header: nothing of it is decoded
                     issues.append(IssueRecord(TOO_LARGE, f"SEG not read: {over}", uid))
@@ -271,8 +271,6 @@ _TWO_D = (IssueCode.SINGLE_SLICE, IssueCode.NO_PLANE_GEOMETRY)
 def _referenced_slices(seg: Dataset, series: str, images: dict[str, StudyFile]) -> int:
     """How many image frames of ``series`` a SEG refers to (per-frame source references and the Referenced
     Series Sequence; a referenced multi-frame image counts all its frames)."""
-    from dicom_io.annotations.seg import _source_refs
-    from dicom_io.pixels import n_frames
 
     uids: set[str] = set()
     for item in seg.get("ReferencedSeriesSequence") or []:
@@ -296,6 +294,7 @@ def _read_volumes(
     """Per SEG: the series it is over as a volume (read once per series) and its segments as mask volumes."""
     from dataclasses import replace
 
+    # import cycle: dicom_io.volumes imports dicom_io.annotations, whose package imports this module
     from dicom_io.annotations.seg_volume import read_seg_volumes, seg_series_uids
     from dicom_io.volumes import series_volume
 
@@ -358,8 +357,6 @@ def _resolve_segment_references(
     """Replace SR records that name a SEG segment by one record per image frame that segment covers."""
     from dataclasses import replace
 
-    from dicom_io.annotations.seg import segment_frames
-
     out = []
     for r in records:
         if r.via_segment is None:
@@ -403,8 +400,6 @@ def _attach(
     load_pixels: bool,
     pixel_transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> list[Sample]:
-    from dicom_io import pixels as px
-
     # One label per image frame: duplicates collapse, disagreement is a conflict.
     by_key: dict[tuple[str, int | None], list[LabelRecord]] = defaultdict(list)
     for r in records:
@@ -508,8 +503,6 @@ def _grid_offset(
 ) -> tuple[int, int] | None:
     """(row, column) of the SEG frame's first pixel on the source frame, from both Image Positions and the
     source's orientation; None when either position is unknown or the offset is not a whole pixel."""
-    from dicom_io.pixels import _fg_item
-
     if seg_position is None:
         return None
     index = 0 if frame is None else frame - 1
@@ -536,7 +529,6 @@ def _attach_masks(
     load_pixels: bool,
 ) -> list[MaskSample]:
     """Mask records + their source frames -> mask samples on the source grid (one per frame and class)."""
-    from dicom_io import pixels as px
 
     said = {(i.code, i.annotation_uid, i.image_uid) for i in issues}
 

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydicom.dataset import Dataset
 
+from dicom_io.pixels import frame_to_float
+
 if TYPE_CHECKING:
     from PIL import ImageDraw
 
@@ -30,8 +32,6 @@ _BAND_H = 30
 
 def source_frame_float(ds: Dataset, frame: int | None = None) -> np.ndarray:
     """The (1-based) frame of a source image as float32 (H, W) in [0, 1], windowed as the models saw it."""
-    from dicom_io.pixels import frame_to_float
-
     return frame_to_float(ds, frame)
 
 

@@ -33,9 +33,12 @@ from pydicom.sr.coding import Code
 from pydicom.uid import UID
 
 from dicom_io import codes
+from dicom_io.results.geometry import has_plane_geometry
 from dicom_io.results.records import CodedLabel, as_code
+from dicom_io.results.seg_out import complete_seg_header, n_frames, pixels_on_source_frames
 from dicom_io.results.series import MANUFACTURER, REVIEWED_LABEL_SERIES_NUMBER
 from dicom_io.results.uids import derived_uid, digest
+from dicom_io.results.write import clean_header
 from dicom_io.sop import SEG_STORAGE
 
 __all__ = [
@@ -336,10 +339,6 @@ def _seg_with_masks(original: Dataset, masks: Sequence[Correction], sources: Map
     and frame as stored (binary, fractional and label-map SEGs). A frame the original omitted (the mask
     was empty there) is added, and so is a slice of the series the original did not refer to at all."""
     import highdicom as hd
-
-    from dicom_io.results.geometry import has_plane_geometry
-    from dicom_io.results.seg_out import complete_seg_header, n_frames, pixels_on_source_frames
-    from dicom_io.results.write import clean_header
 
     uid = str(original.SOPInstanceUID)
     try:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydicom.dataset import Dataset
 
+from dicom_io.results.geometry import has_plane_geometry
 from dicom_io.results.uids import derived_uid
 
 log = logging.getLogger("dicom_io.results")
@@ -110,8 +111,6 @@ def suggested_segs(
     consensus is not on its source frame's grid."""
     import highdicom as hd
     from pydicom.sr.codedict import codes as dcm
-
-    from dicom_io.results.geometry import has_plane_geometry
 
     groups: dict[str, list[int]] = {}
     for i, m in enumerate(masks):
