@@ -16,9 +16,9 @@ used on its own, e.g. a test's store or the demo's stand-in archive).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal, cast
 
-from sqlalchemy import Connection, Engine, Table, create_engine, event, inspect
+from sqlalchemy import Connection, Engine, Insert, Table, create_engine, event, inspect
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Session
 
@@ -83,13 +83,13 @@ def is_postgresql(bind: Engine | Connection | Session) -> bool:
     return b.dialect.name == "postgresql"
 
 
-def insert_ignore(bind: Engine | Connection | Session, table: Any) -> Any:
+def insert_ignore(bind: Engine | Connection | Session, table: Table | type[Base]) -> Insert:
     """``INSERT ... ON CONFLICT DO NOTHING`` into ``table`` (a Table or mapped class) on either dialect.
 
     Two gateways on one database may create the same patient, study or series row at once; the
     second insert then does nothing instead of failing.
     """
-    t: Table = getattr(table, "__table__", table)
+    t = cast(Table, getattr(table, "__table__", table))  # a mapped class stands for its table
     b = bind.get_bind() if isinstance(bind, Session) else bind
     dialect = postgresql if b.dialect.name == "postgresql" else sqlite
     return dialect.insert(t).on_conflict_do_nothing()

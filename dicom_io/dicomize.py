@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pydicom
@@ -39,7 +39,11 @@ from pydicom import uid
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
+from dicom_io.codes import label_code
 from dicom_io.vocabulary import Vocabulary
+
+if TYPE_CHECKING:
+    import highdicom as hd
 
 __all__ = [
     "SC_IMAGE_STORAGE", "DX_PRESENTATION_STORAGE", "MR_IMAGE_STORAGE", "IMAGE_KINDS", "MANIFEST_COLUMNS",
@@ -424,7 +428,7 @@ def _seg(image: Dataset, concept, label: str, mask: np.ndarray, *, dataset_name:
     )
 
 
-def _segment_concepts(vocabulary: Vocabulary, name: str) -> Any:
+def _segment_concepts(vocabulary: Vocabulary, name: str) -> hd.sr.CodedConcept:
     """Segmented Property Type of class ``name``: its first segment property type, else its code, else
     a local label code (99LABELQA) when the vocabulary does not know it."""
     import highdicom as hd
@@ -432,7 +436,6 @@ def _segment_concepts(vocabulary: Vocabulary, name: str) -> Any:
     for c in vocabulary.classes:
         if c.name == name:
             return (c.segment_property_types[0] if c.segment_property_types else c.code).to_highdicom()
-    from dicom_io.codes import label_code
 
     code = label_code(name, name[:64])
     return hd.sr.CodedConcept(code.value, code.scheme_designator, code.meaning)

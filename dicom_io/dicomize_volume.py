@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydicom import uid
@@ -37,6 +37,9 @@ from dicom_io.dicomize import (
 )
 from dicom_io.geometry import Geometry
 from dicom_io.vocabulary import Vocabulary
+
+if TYPE_CHECKING:
+    import highdicom as hd
 
 __all__ = ["VOLUME_IMAGE_CLASSES", "VolumeStudy", "encode_values", "volume_slices", "series_seg",
            "write_volume_study"]
@@ -194,7 +197,7 @@ def series_seg(
     series_number: int = 200,
     series_description: str = "dicomized masks",
     manufacturer: str = "labelqa",
-    algorithm: Any | None = None,
+    algorithm: hd.AlgorithmIdentificationSequence | None = None,
     content_label: str | None = None,
     content_description: str | None = None,
     segment_label_prefix: str = "",

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from dicom_io.pixels import voi_window
+
 if TYPE_CHECKING:
     import highdicom as hd
     import SimpleITK as sitk
@@ -163,8 +165,6 @@ class ImageVolume:
     def unit(self, window: tuple[float, float] | None = None) -> np.ndarray:
         """The array as float32 in [0, 1]: through ``window`` (centre, width), else the series' own
         window, else its 0.5-99.5 percentile range; MONOCHROME1 inverted."""
-        from dicom_io.pixels import voi_window
-
         if self.array.size == 0:
             return np.zeros(self.array.shape, np.float32)
         w = window or self.window

@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import date
-from typing import Any
 
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
@@ -82,7 +81,7 @@ def _fix(vr: str, v: str) -> str | None:
     return fixed if _valid(vr, fixed) else None
 
 
-def _check(vr: str, value: Any) -> tuple[bool, str | None]:
+def _check(vr: str, value: object) -> tuple[bool, str | None]:
     """(odd, replacement) of one element value (a string, or several)."""
     values = list(value) if isinstance(value, (MultiValue, list, tuple)) else [value]
     out: list[str] = []

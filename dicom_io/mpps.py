@@ -20,7 +20,6 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from pydicom.dataset import Dataset
 
@@ -58,7 +57,7 @@ class MppsScp:
     """The N-CREATE / N-SET handlers of the MPPS SOP class; ``complete(studies, instances)`` is called
     when a step is COMPLETED."""
 
-    def __init__(self, complete: Callable[[set[str], set[str]], Any]) -> None:
+    def __init__(self, complete: Callable[[set[str], set[str]], object]) -> None:
         self._complete = complete
         self._steps: dict[str, MppsStep] = {}
         self._lock = threading.Lock()

@@ -23,7 +23,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 from pydicom.dataset import Dataset
 from sqlalchemy import Engine, Float, Integer, String, Text, UniqueConstraint, func, select, update
@@ -32,7 +31,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from dicom_io.db import Base, ensure_schema, is_postgresql
 from dicom_io.hooks import checkpoint
 from dicom_io.scu import AssociationError, FileInfo, StoreOutcome, file_info, store_files
-from dicom_io.settings import OutboxSettings
+from dicom_io.settings import Destination, OutboxSettings
 
 __all__ = [
     "DEAD", "DELIVERED", "PENDING", "OutboxItem", "backoff_delay", "Sender", "dicom_sender", "dicomweb_sender",
@@ -73,13 +72,15 @@ def backoff_delay(attempts: int, cfg: OutboxSettings, rng: random.Random | None 
     return max(0.0, base * (1.0 + r))
 
 
-Sender = Callable[[Any, Sequence[FileInfo]], list[StoreOutcome]]
+Sender = Callable[[Destination, Sequence[FileInfo]], list[StoreOutcome]]
 
 
 def dicom_sender(cfg: OutboxSettings) -> Sender:
     """Send a batch to a DICOM destination over one association (``dicom_io.scu``)."""
 
-    def send(dest: Any, files: Sequence[FileInfo]) -> list[StoreOutcome]:
+    def send(dest: Destination, files: Sequence[FileInfo]) -> list[StoreOutcome]:
+        if dest.host is None or dest.port is None or dest.ae_title is None:
+            raise TypeError(f"DICOM destination {dest.name!r} needs host, port and ae_title")
         return store_files(
             files, host=dest.host, port=int(dest.port), called_ae=dest.ae_title, calling_ae=cfg.calling_ae_title,
             connect_timeout_s=cfg.connect_timeout_s, dimse_timeout_s=cfg.dimse_timeout_s,
@@ -93,11 +94,13 @@ def dicom_sender(cfg: OutboxSettings) -> Sender:
 def dicomweb_sender(cfg: OutboxSettings) -> Sender:
     """Send a batch to a DICOMweb destination with one STOW-RS request (dicomweb-client)."""
 
-    def send(dest: Any, files: Sequence[FileInfo]) -> list[StoreOutcome]:
+    def send(dest: Destination, files: Sequence[FileInfo]) -> list[StoreOutcome]:
         import requests
         from dicomweb_client.api import DICOMwebClient
         from pydicom import dcmread
 
+        if dest.url is None:
+            raise TypeError(f"DICOMweb destination {dest.name!r} needs a url")
         client = DICOMwebClient(url=dest.url)
         try:
             rsp = client.store_instances(datasets=[dcmread(f.path) for f in files])
@@ -130,7 +133,7 @@ class Outbox:
     def __init__(
         self,
         engine: Engine,
-        destinations: Iterable[Any],
+        destinations: Iterable[Destination],
         *,
         settings: OutboxSettings | None = None,
         spool_dir: Path | None = None,
@@ -196,7 +199,7 @@ class Outbox:
         return ids
 
     # ---- inspection ----------------------------------------------------------------------------
-    def list(self, state: str | None = None, destination: str | None = None) -> list[dict[str, Any]]:
+    def list(self, state: str | None = None, destination: str | None = None) -> list[dict[str, object]]:
         """Rows as dicts (id, destination, sop_instance_uid, sop_class_uid, state, attempts, last_error...)."""
         q = select(OutboxItem).order_by(OutboxItem.id)
         if state:
@@ -372,7 +375,7 @@ class Outbox:
         return self.counts()
 
 
-def _row_dict(r: OutboxItem) -> dict[str, Any]:
+def _row_dict(r: OutboxItem) -> dict[str, object]:
     return {
         "id": r.id, "destination": r.destination, "sop_instance_uid": r.sop_instance_uid,
         "sop_class_uid": r.sop_class_uid, "transfer_syntax_uid": r.transfer_syntax_uid, "path": r.path,

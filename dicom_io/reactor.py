@@ -29,7 +29,10 @@ import ssl
 import threading
 import time
 import weakref
-from typing import Any, cast
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    from pynetdicom.dul import DULServiceProvider
 
 __all__ = ["attach", "install"]
 
@@ -43,7 +46,7 @@ class _ReactorTime:
         self.max_wait_s = max_wait_s
         self.cap_s = cap_s  # cap on the other sleeps of the module (None: unchanged)
 
-    def __getattr__(self, name: str) -> Any:
+    def __getattr__(self, name: str) -> object:
         return getattr(time, name)
 
     def sleep(self, seconds: float) -> None:
@@ -57,7 +60,7 @@ class _ReactorTime:
 class _DulWait:
     """Wait of a DUL thread: until its socket is readable, a primitive is queued to send, or timeout."""
 
-    def __init__(self, dul: Any) -> None:
+    def __init__(self, dul: DULServiceProvider) -> None:
         self._dul = weakref.ref(dul)
         self._r, self._w = socket.socketpair()
         self._r.setblocking(False)
@@ -132,13 +135,13 @@ def install(max_wait_s: float, requestor_sleep_s: float = 0.0002) -> bool:
         if isinstance(current, _ReactorTime):
             current.max_wait_s, current.cap_s = max_wait_s, cap
         elif current is time:
-            mod.time = cast(Any, _ReactorTime(max_wait_s, cap))  # type: ignore[attr-defined]  # duck-types time
+            mod.time = _ReactorTime(max_wait_s, cap)  # type: ignore[attr-defined]  # duck-types time
         else:
             ok = False
     return ok
 
 
-def attach(assoc: Any) -> bool:
+def attach(assoc: object) -> bool:
     """Make an accepted association's two loops wait on events (call before ``assoc.start()``)."""
     dul = getattr(assoc, "dul", None)
     dimse = getattr(assoc, "dimse", None)
@@ -153,9 +156,9 @@ def attach(assoc: Any) -> bool:
         and callable(send_pdu)
     ):
         return False
-    dul_wait = _DulWait(dul)
+    dul_wait = _DulWait(cast("DULServiceProvider", dul))  # duck-typed above
 
-    def send_pdu_and_wake(primitive: Any) -> None:
+    def send_pdu_and_wake(primitive: object) -> None:
         send_pdu(primitive)
         dul_wait.wake()
 

@@ -38,7 +38,7 @@ import ssl
 import threading
 import time
 from io import BytesIO
-from typing import Any, cast
+from typing import cast
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID_dictionary
@@ -133,7 +133,9 @@ class _Server(ThreadedAssociationServer):
             client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
         return client, address
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
+    def process_request_thread(
+        self, request: socket.socket | tuple[bytes, socket.socket], client_address: tuple[str, int] | str
+    ) -> None:
         if isinstance(request, ssl.SSLSocket):
             previous = request.gettimeout()
             try:

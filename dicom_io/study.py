@@ -16,7 +16,8 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+from pydicom.dataset import Dataset
 
 from dicom_io.annotations.records import UNREADABLE_FILE, IssueRecord
 from dicom_io.results.series import is_own_output_dataset
@@ -34,7 +35,7 @@ class StudyFile:
     """One parsed instance: where it is and its dataset (large values loaded on first use)."""
 
     path: Path
-    dataset: Any  # pydicom Dataset
+    dataset: Dataset
 
     @property
     def sop_instance_uid(self) -> str:
@@ -67,14 +68,14 @@ class Study:
     def __len__(self) -> int:
         return len(self.files)
 
-    def dataset(self, sop_instance_uid: str) -> Any:
+    def dataset(self, sop_instance_uid: str) -> Dataset:
         """The dataset of an instance of this study (KeyError when it is not here)."""
         return self.files[sop_instance_uid].dataset
 
     def path(self, sop_instance_uid: str) -> Path:
         return self.files[sop_instance_uid].path
 
-    def datasets(self, sop_instance_uids: Iterable[str]) -> dict[str, Any]:
+    def datasets(self, sop_instance_uids: Iterable[str]) -> dict[str, Dataset]:
         """SOP Instance UID -> dataset for the given UIDs (KeyError names the first one missing)."""
         return {u: self.dataset(u) for u in sop_instance_uids}
 

@@ -21,10 +21,17 @@ from __future__ import annotations
 
 import json
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from dicom_io.codes import label_code
+
+if TYPE_CHECKING:
+    import highdicom as hd
+    from pydicom.sr.coding import Code
 
 __all__ = [
     "LOCAL_SCHEME", "VocabularyError", "CodedConcept", "ClassEntry", "SegMapping", "Vocabulary", "load_vocabulary",
@@ -62,13 +69,13 @@ class CodedConcept(BaseModel):
     def key(self) -> tuple[str, str]:
         return (self.scheme.upper(), self.value)
 
-    def to_pydicom(self) -> Any:
+    def to_pydicom(self) -> Code:
         """As a ``pydicom.sr.coding.Code``."""
         from pydicom.sr.coding import Code
 
         return Code(self.value, self.scheme, self.meaning, scheme_version=self.scheme_version)
 
-    def to_highdicom(self) -> Any:
+    def to_highdicom(self) -> hd.sr.CodedConcept:
         """As a ``highdicom.sr.CodedConcept`` (imports highdicom)."""
         import highdicom as hd
 
@@ -201,8 +208,6 @@ class Vocabulary(BaseModel):
     @classmethod
     def from_class_names(cls, names: list[str] | tuple[str, ...], *, absent_class: str | None = None) -> Vocabulary:
         """A vocabulary with local codes (scheme 99LABELQA, value LBL-<8 hex of the name>) for each class."""
-        from dicom_io.codes import label_code
-
         entries = []
         try:
             for name in names:
@@ -215,14 +220,14 @@ class Vocabulary(BaseModel):
             raise VocabularyError(_format_errors(e, where)) from None
 
     @classmethod
-    def from_data(cls, data: dict[str, Any], source: str = "vocabulary") -> Vocabulary:
+    def from_data(cls, data: Mapping[str, object], source: str = "vocabulary") -> Vocabulary:
         """Validate a parsed vocabulary document; VocabularyError names the offending entry."""
         try:
             return cls.model_validate(data)
         except ValidationError as e:
             raise VocabularyError(_format_errors(e, source, data)) from None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return self.model_dump(mode="json", exclude_none=True)
 
     def to_json(self, path: Path | str) -> None:

@@ -36,6 +36,9 @@ from dicom_io.annotations.records import (
     IssueRecord,
 )
 from dicom_io.geometry import Geometry, ImageVolume
+from dicom_io.pixels import PixelError, _fg_item, _first, modality_values, n_frames
+from dicom_io.sop import is_non_image
+from dicom_io.study import open_study
 
 if TYPE_CHECKING:
     pass
@@ -93,8 +96,6 @@ def _float(v: Any) -> float | None:
 def planes_of(ds: Dataset) -> list[Plane]:
     """The planes of one image: one for a single-frame image, one per frame for a multi-frame image
     (Plane Position / Orientation and Pixel Measures from the per-frame, else shared functional groups)."""
-    from dicom_io.pixels import _fg_item, n_frames
-
     uid = str(ds.SOPInstanceUID)
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     for_uid = str(ds.get("FrameOfReferenceUID", "") or "") or None
@@ -219,8 +220,6 @@ def stack_planes(planes: Sequence[Plane], what: str) -> tuple[list[int], Geometr
 
 
 def _window_of(ds: Dataset) -> tuple[float, float] | None:
-    from dicom_io.pixels import _fg_item, _first
-
     fvoi = _fg_item(ds, 0, "FrameVOILUTSequence")
     src = fvoi if fvoi is not None and "WindowCenter" in fvoi else ds
     c, w = _first(src.get("WindowCenter")), _first(src.get("WindowWidth"))
@@ -259,8 +258,6 @@ def series_volume(
     ordered = [planes[i] for i in order]
     array = np.zeros((0, 0, 0), np.float32)
     if load_pixels:
-        from dicom_io.pixels import PixelError, modality_values
-
         array = np.zeros(geometry.shape, np.float32)
         full: dict[str, Dataset] = {}  # multi-frame images stay loaded while their frames are read
         for k, p in enumerate(ordered):
@@ -309,9 +306,6 @@ def read_series_volumes(
 ) -> tuple[list[ImageVolume], list[IssueRecord]]:
     """Every image series under ``paths`` (files or folders) as a volume, with the issue records of the
     series (and files) that are not one. Non-image instances (SEG, SR, ...) are skipped."""
-    from dicom_io.sop import is_non_image
-    from dicom_io.study import open_study
-
     series: dict[str, list[Dataset]] = {}
     study = open_study(paths)  # non-DICOM files are skipped, unreadable ones said
     issues: list[IssueRecord] = list(study.issues)

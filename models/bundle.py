@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from models import __version__
 from models.bundles import (
     LABELS,
     BundleError,
@@ -28,17 +29,23 @@ from models.bundles import (
     sha256_file,
     write_bundle_configs,
 )
+from models.data import load_dataset, stratified_subsample
 from models.detector import (
     CUT_FROM,
     VERDICTS,
     DetectorConfig,
     Scores,
     Thresholds,
+    agreements,
     batch_cut_ok,
     refit_cut,
+    score_fit,
     score_samples,
 )
-from models.ensemble import ARCHITECTURES, build_model
+from models.ensemble import ARCHITECTURES, build_model, check_input_size, parse_archs
+from models.gradcam import member_cams, normalise_maps
+from models.preprocess import to_model_input
+from models.train import TrainConfig, fit_ensemble, predict_probs, resolve_device
 
 if TYPE_CHECKING:
     from torch import nn
@@ -102,8 +109,6 @@ class LabelBundle:
 
     def prepare_frame(self, image: np.ndarray) -> np.ndarray:
         """One image (any size, grey or colour) -> this bundle's model input (``models.preprocess``)."""
-        from models.preprocess import to_model_input
-
         return to_model_input(image, self.image_size)
 
     def _prepare(self, images: np.ndarray | list[np.ndarray]) -> np.ndarray:
@@ -117,8 +122,6 @@ class LabelBundle:
 
     def predict(self, images: np.ndarray, *, batch_size: int = 64, device: str = "auto") -> dict[str, np.ndarray]:
         """Per-architecture probabilities (mean over its fold models, and its seeds with ``repeats``)."""
-        from models.train import predict_probs, resolve_device
-
         dev = resolve_device(device)
         images = self._prepare(images)
         out = {}
@@ -138,8 +141,6 @@ class LabelBundle:
             mh = {a: maps[a][pos[i]] for a in self.archs} if i in pos else None
             heat = None
             if mh is not None:
-                from models.gradcam import normalise_maps
-
                 heat = normalise_maps(np.mean(list(mh.values()), axis=0)[None])[0]
             ag = sc.agreement[i]
             out.append(SampleVerdict(
@@ -161,10 +162,6 @@ class LabelBundle:
         holds; needs every class with >= ``min_class_size`` labels, else ValueError); ``auto`` does
         so when the batch is large enough and uses the bundle's cut otherwise.
         ``Scores.cut_source`` and ``Scores.n_estimated_errors`` say which was used."""
-        from models.detector import agreements
-        from models.gradcam import member_cams
-        from models.train import resolve_device
-
         lookup = {c: i for i, c in enumerate(self.class_names)}
         unknown = sorted({g for g in given if g not in lookup})
         if unknown:
@@ -229,7 +226,6 @@ def save_bundle(out: Path, fit, class_names: list[str], image_size: int, thresho
                         "sha256": sha256_file(f),
                         "cam_layer": m.cam_layer, "cam_size": m.cam_size,
                         "description": ARCHITECTURES[m.arch].description})
-    from models import __version__
 
     meta = {
         "task": LABELS, "dims": 2,
@@ -283,11 +279,6 @@ def train_bundle(dataset, out, *, image_size: int = 64, archs="densenet121,resne
     it, which is how a data set's existing annotations are checked. It is kept out of the bundle, whose
     files may be shared: sample ids are file names, which can carry identifiers.
     ``map_fn``: where the member fits run (``models.train.fit_ensemble``; e.g. Ray tasks)."""
-    from models.data import load_dataset, stratified_subsample
-    from models.detector import score_fit
-    from models.ensemble import check_input_size, parse_archs
-    from models.train import TrainConfig, fit_ensemble, resolve_device
-
     check_input_size(parse_archs(archs), image_size)  # before any data is read
 
     train_cfg = train_cfg or TrainConfig()
@@ -346,8 +337,6 @@ def audit_dataset(bundle_path, dataset, out, *, device: str = "auto", batch_size
 
     ``cut_from`` (``LabelBundle.score``): by default a data set large enough (every class >= the detector's
     ``min_class_size``) gets its own error count and cut (benchmarks/batch_cut.py)."""
-    from models.data import load_dataset
-
     info = read_bundle_info(bundle_path)
     if info.task != LABELS:
         raise BundleError(f"{bundle_path}: a {info.task} bundle, not a label bundle")

@@ -121,7 +121,7 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def content_hash(meta: Mapping[str, Any]) -> str:
+def content_hash(meta: Mapping[str, object]) -> str:
     """The sha256 of the metadata without its own ``content_hash`` (keys sorted)."""
     body = {k: v for k, v in meta.items() if k != "content_hash"}
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
@@ -154,7 +154,7 @@ def read_bundle_info(path: str | Path) -> BundleInfo:
     return info
 
 
-def member_file(path: Path, m: Mapping[str, Any]) -> Path:
+def member_file(path: Path, m: Mapping[str, object]) -> Path:
     """A member's weights file, checked against the sha256 the metadata records."""
     f = Path(path) / str(m["file"])
     if not f.is_file():
@@ -164,7 +164,7 @@ def member_file(path: Path, m: Mapping[str, Any]) -> Path:
     return f
 
 
-def write_bundle_configs(out: Path, meta: dict[str, Any], inference: Mapping[str, Any]) -> dict[str, Any]:
+def write_bundle_configs(out: Path, meta: Mapping[str, object], inference: Mapping[str, object]) -> dict[str, object]:
     """Write ``configs/metadata.json`` (with ``format`` and its content hash) and ``configs/inference.json``;
     returns the metadata as written. The member files must already be in ``out/models``."""
     out = Path(out)

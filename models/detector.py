@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from models.agreement import gmm_threshold, map_agreement
 from models.verdict import LABEL_VERDICTS, Verdict
 
 __all__ = [
@@ -220,8 +221,6 @@ def calibrated_count(p: np.ndarray, given: np.ndarray, thr: np.ndarray, calibrat
 def fit_thresholds(probs: dict[str, np.ndarray], given: np.ndarray, agreement: np.ndarray, unanimous: np.ndarray,
                    cfg: DetectorConfig, seed: int = 0) -> Thresholds:
     """Learn member weights, class thresholds, the score cut and tau from out-of-sample predictions."""
-    from models.agreement import gmm_threshold
-
     w = member_weights(probs, given, cfg.weak_margin, cfg.weighting)
     pw = weighted_mean(probs, w)
     thr = class_thresholds(pw, given)
@@ -465,7 +464,7 @@ def candidate_maps(fit, images: np.ndarray, scores_pre: Scores, cand: np.ndarray
                    ) -> tuple[dict[str, np.ndarray], int]:
     """Grad-CAM maps (per arch, aligned with ``cand``) of the consensus class, from the member of each
     sample's fold (crossfit: a member that never saw the sample). Returns (maps, grid)."""
-    from models.gradcam import member_cams
+    from models.gradcam import member_cams  # imports torch: the detector itself runs without it
 
     grid = max(m.cam_size for m in fit.members)
     maps = {a: np.zeros((len(cand), grid, grid), dtype=np.float32) for a in fit.archs}
@@ -480,8 +479,6 @@ def candidate_maps(fit, images: np.ndarray, scores_pre: Scores, cand: np.ndarray
 
 
 def agreements(maps: dict[str, np.ndarray], n_cand: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    from models.agreement import map_agreement
-
     out = np.full((3, n_cand), np.nan)
     archs = list(maps)
     for i in range(n_cand):

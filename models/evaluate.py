@@ -15,10 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from models import baselines
 from models.corruption import corrupt_labels
 from models.data import LabelledImages, load_dataset, stratified_subsample
-from models.detector import DetectorConfig, Scores, score_fit
+from models.detector import DetectorConfig, Scores, fit_thresholds, score_fit, score_samples
 from models.ensemble import DEFAULT_ARCHS, check_input_size, parse_archs
+from models.plots import write_plots
 from models.train import TrainConfig, fit_ensemble, resolve_device
 
 __all__ = [
@@ -89,8 +91,6 @@ def efficacy_curve(scores: np.ndarray, truth: np.ndarray, fractions: np.ndarray)
 def compare_methods(probs: dict[str, np.ndarray], noisy: np.ndarray, flipped: np.ndarray, sc: Scores, th,
                     seed: int) -> dict:
     """Every method and baseline on the same member probabilities; metrics against the planted flips."""
-    from models import baselines
-
     ag, sp, iou = sc.agreement, sc.spearman, sc.iou
     conf_f, conf_s = baselines.confidence(sc.p_mean, noisy)
     vote_f, vote_s = baselines.vote(probs, sc.p_mean, noisy)
@@ -157,8 +157,6 @@ def rescore_labels(probs: dict[str, np.ndarray], noisy: np.ndarray, flipped: np.
                    seed: int = 0, *, agreement: np.ndarray | None = None, spearman: np.ndarray | None = None,
                    iou: np.ndarray | None = None, groups: list[str] | None = None) -> dict:
     """The detector and every baseline on given out-of-sample probabilities and (given, planted) labels."""
-    from models.detector import fit_thresholds, score_samples
-
     if agreement is None:
         agreement = np.full(len(noisy), np.nan)
     n_dis = np.sum([p.argmax(1) != noisy for p in probs.values()], axis=0)
@@ -246,8 +244,6 @@ def run_evaluation(s: EvalSettings, out_dir: Path, *, progress: bool = False, pl
                       candidates=cand, maps=np.stack([maps[a] for a in fit.archs]).astype(np.float16) if len(cand)
                       else np.zeros((len(fit.archs), 0, 1, 1), dtype=np.float16))
     if plots:
-        from models.plots import write_plots
-
         t0 = time.perf_counter()
         write_plots(out_dir, methods, flipped, efficacy, data, sc, cand, maps)
         timing["plots"] = time.perf_counter() - t0
@@ -319,8 +315,6 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m models.evaluate``: the flags of ``labelqa evaluate`` without the service package (for a
     bare GPU machine that has torch, MONAI and cleanlab but not the DICOM stack)."""
     import argparse
-
-    from models.train import TrainConfig
 
     ap = argparse.ArgumentParser(prog="python -m models.evaluate", description=main.__doc__)
     ap.add_argument("--dataset", required=True)

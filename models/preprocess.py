@@ -93,5 +93,5 @@ def resize_mask(mask: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
 
 
 def to_model_input(img: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
-    """Any image array -> the model input: grey float32 in [0, 1] on the (size x size) grid."""
+    """An (H, W) or (H, W, C) image array -> the model input: grey float32 in [0, 1] on the (size x size) grid."""
     return np.clip(resize_image(to_grey(img), size), 0.0, 1.0)

@@ -17,15 +17,18 @@ import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 
 from models.corruption import corrupt_labels
 from models.data import LabelledImages, load_dataset, stratified_subsample
 from models.detector import DetectorConfig, score_fit
-from models.ensemble import parse_archs
+from models.ensemble import MemberSpec, parse_archs
 from models.train import TrainConfig, fit_ensemble, predict_probs, resolve_device, train_member
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +53,7 @@ class RetrainSettings:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=6, batch_size=32, lr=3e-3))
     detector: DetectorConfig = field(default_factory=DetectorConfig)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         d = asdict(self)
         d["train"], d["detector"] = self.train.to_dict(), self.detector.to_dict()
         d["budgets"], d["archs"] = list(self.budgets), list(self.archs)
@@ -77,8 +80,17 @@ def simulate_review(noisy: np.ndarray, truth: np.ndarray, order: np.ndarray, bud
     return cleaned, int(np.sum(noisy[reviewed] != truth[reviewed]))
 
 
-def _test_accuracy(specs: list[Any], images: np.ndarray, labels: np.ndarray, test_images: np.ndarray,
-                   test_labels: np.ndarray, n_classes: int, cfg: TrainConfig, seed: int, device: Any) -> dict[str, Any]:
+class _Accuracy(TypedDict):
+    """Test accuracy of the ensemble trained on one label set: mean-probability and per member."""
+
+    accuracy: float
+    member_accuracy: dict[str, float]
+    train_s: float
+
+
+def _test_accuracy(specs: list[MemberSpec], images: np.ndarray, labels: np.ndarray, test_images: np.ndarray,
+                   test_labels: np.ndarray, n_classes: int, cfg: TrainConfig, seed: int,
+                   device: torch.device) -> _Accuracy:
     """Train every member on (images, labels), average their test probabilities; accuracy per member and mean."""
     probs = []
     per = {}
@@ -116,7 +128,7 @@ def run_retrain(s: RetrainSettings, out: Path | None = None, *, data: LabelledIm
     order_lqa = np.argsort(-np.asarray(sc.priority, dtype=np.float64), kind="stable")
     order_rnd = np.random.default_rng(s.seed + 31).permutation(n)
 
-    def acc(labels: np.ndarray) -> dict[str, Any]:
+    def acc(labels: np.ndarray) -> _Accuracy:
         return _test_accuracy(specs, train.images, labels, test.images, test.labels, n_classes, s.train, s.seed,
                               device)
 

@@ -424,12 +424,15 @@ class FitTask:
     seed: int
 
 
-MapFn = Callable[[Callable[[FitTask], Any], Sequence[FitTask]], list[Any]]
+_MemberFit = tuple[FittedMember, np.ndarray, np.ndarray, float, float]
+"""One member fit: (member, fold indices, probabilities, train s, predict s)."""
+
+MapFn = Callable[[Callable[[FitTask], _MemberFit], Sequence[FitTask]], list[_MemberFit]]
 """``map_fn(fn, tasks) -> [fn(t) for t in tasks]`` in order, run anywhere (default: here, one after another;
 ``service.runtime.executor_ray.ray_map``: one Ray task per fit). ``fn`` is picklable and holds the training data."""
 
 
-def local_map(fn: Callable[[FitTask], Any], tasks: Sequence[FitTask]) -> list[Any]:
+def local_map(fn: Callable[[FitTask], _MemberFit], tasks: Sequence[FitTask]) -> list[_MemberFit]:
     """The default ``map_fn``: the builtin map, in this process."""
     return list(map(fn, tasks))
 
@@ -500,7 +503,7 @@ def _fit_once(specs: list[MemberSpec], images: np.ndarray, labels: np.ndarray, n
 def _fit_member(task: FitTask, *, specs: list[MemberSpec], images: np.ndarray, labels: np.ndarray, n_classes: int,
                 cfg: TrainConfig, fold: np.ndarray, keep: np.ndarray, crossfit: bool, n_folds: int,
                 device: str | torch.device, progress: bool, repeat: int
-                ) -> tuple[FittedMember, np.ndarray, np.ndarray, float, float]:
+                ) -> _MemberFit:
     """Train one member on the other folds, predict its own: (member, fold indices, probs, train s, predict s)."""
     dev = resolve_device(device) if isinstance(device, str) else device
     spec, k = specs[task.member], task.fold

@@ -16,10 +16,12 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+from pydicom.dataset import Dataset
 
+from dicom_io import pixels as px
 from dicom_io.annotations.records import (
     CONFLICTING_LABELS,
     MALFORMED_ANNOTATION,
@@ -37,13 +39,21 @@ from dicom_io.annotations.records import (
     MaskProvenance,
     MaskRecord,
     MaskSample,
+    MaskVolume,
     Provenance,
     Sample,
 )
+from dicom_io.annotations.seg import _source_refs, read_seg, read_seg_masks, seg_limit_issue, segment_frames
+from dicom_io.annotations.sr import read_sr
 from dicom_io.header import odd_values
+from dicom_io.pixels import _fg_item, n_frames
 from dicom_io.settings import SegSettings
 from dicom_io.sop import SEG_STORAGE, SR_STORAGE, is_non_image
 from dicom_io.study import Study, StudyFile, open_studies, open_study
+
+if TYPE_CHECKING:
+    from dicom_io.geometry import ImageVolume
+    from dicom_io.vocabulary import Vocabulary
 
 __all__ = ["read_study", "read_studies", "SR_SOP_CLASSES", "SEG_SOP_CLASSES"]
 
@@ -54,7 +64,7 @@ SR_SOP_CLASSES = SR_STORAGE
 SEG_SOP_CLASSES = SEG_STORAGE
 
 
-def _is_image(ds: Any) -> bool:
+def _is_image(ds: Dataset) -> bool:
     if is_non_image(str(ds.get("SOPClassUID", ""))):
         return False
     return "Rows" in ds and "Columns" in ds
@@ -62,7 +72,7 @@ def _is_image(ds: Any) -> bool:
 
 def read_studies(
     paths: list[Study] | Iterable[Path] | Path | str,
-    vocabulary: Any | None,
+    vocabulary: Vocabulary | None,
     *,
     image_size: int | None = None,
     load_pixels: bool = True,
@@ -85,7 +95,7 @@ def read_studies(
 
 def read_study(
     paths: Study | Iterable[Path] | Path | str,
-    vocabulary: Any | None,
+    vocabulary: Vocabulary | None,
     *,
     image_size: int | None = None,
     load_pixels: bool = True,
@@ -133,7 +143,7 @@ def read_study(
 def _read_instances(
     instances: list[StudyFile],
     issues: list[IssueRecord],
-    vocabulary: Any | None,
+    vocabulary: Vocabulary | None,
     *,
     image_size: int | None,
     load_pixels: bool,
@@ -160,7 +170,7 @@ def _read_instances(
 def _read_instances_unguarded(
     instances: list[StudyFile],
     issues: list[IssueRecord],
-    vocabulary: Any | None,
+    vocabulary: Vocabulary | None,
     *,
     image_size: int | None,
     load_pixels: bool,
@@ -177,10 +187,10 @@ def _read_instances_unguarded(
         counts[str(inst.dataset.get("StudyInstanceUID", ""))] += 1
     study_uid = max(counts, key=lambda k: counts[k])
     images: dict[str, StudyFile] = {}
-    seg_headers: dict[str, Any] = {}
+    seg_headers: dict[str, Dataset] = {}
     records: list[LabelRecord] = []
     mask_records: list[MaskRecord] = []
-    seg_datasets: dict[str, Any] = {}
+    seg_datasets: dict[str, Dataset] = {}
     series_images: dict[str, list[str]] = defaultdict(list)
     for inst in instances:
         ds = inst.dataset
@@ -206,12 +216,8 @@ def _read_instances_unguarded(
             continue
         try:
             if sop in SR_SOP_CLASSES:
-                from dicom_io.annotations.sr import read_sr
-
                 recs, iss = read_sr(ds, vocabulary)
             elif sop in SEG_SOP_CLASSES:
-                from dicom_io.annotations.seg import read_seg, read_seg_masks, seg_limit_issue
-
                 over = seg_limit_issue(ds, seg_limits)
                 if over:  # decided from the header: nothing of it is decoded
                     issues.append(IssueRecord(TOO_LARGE, f"SEG not read: {over}", uid))
@@ -252,8 +258,8 @@ def _read_instances_unguarded(
 
     samples = _attach(records, images, study_uid, vocabulary, issues, image_size, load_pixels, pixel_transform)
     mask_samples = _attach_masks(mask_records, images, study_uid, issues, load_pixels) if masks else []
-    image_volumes: dict[str, Any] = {}
-    mask_volumes: list[Any] = []
+    image_volumes: dict[str, ImageVolume] = {}
+    mask_volumes: list[MaskVolume] = []
     if volumes:
         image_volumes, mask_volumes = _read_volumes(seg_datasets, images, study_uid, vocabulary, issues, load_pixels)
     return AnnotationSet(study_uid, samples, issues, mask_samples, image_volumes, mask_volumes)
@@ -262,11 +268,9 @@ def _read_instances_unguarded(
 _TWO_D = (IssueCode.SINGLE_SLICE, IssueCode.NO_PLANE_GEOMETRY)
 
 
-def _referenced_slices(seg: Any, series: str, images: dict[str, StudyFile]) -> int:
+def _referenced_slices(seg: Dataset, series: str, images: dict[str, StudyFile]) -> int:
     """How many image frames of ``series`` a SEG refers to (per-frame source references and the Referenced
     Series Sequence; a referenced multi-frame image counts all its frames)."""
-    from dicom_io.annotations.seg import _source_refs
-    from dicom_io.pixels import n_frames
 
     uids: set[str] = set()
     for item in seg.get("ReferencedSeriesSequence") or []:
@@ -280,25 +284,26 @@ def _referenced_slices(seg: Any, series: str, images: dict[str, StudyFile]) -> i
 
 
 def _read_volumes(
-    segs: dict[str, Any],
+    segs: dict[str, Dataset],
     images: dict[str, StudyFile],
     study_uid: str,
-    vocabulary: Any | None,
+    vocabulary: Vocabulary | None,
     issues: list[IssueRecord],
     load_pixels: bool,
-) -> tuple[dict[str, Any], list[Any]]:
+) -> tuple[dict[str, ImageVolume], list[MaskVolume]]:
     """Per SEG: the series it is over as a volume (read once per series) and its segments as mask volumes."""
     from dataclasses import replace
 
+    # import cycle: dicom_io.volumes imports dicom_io.annotations, whose package imports this module
     from dicom_io.annotations.seg_volume import read_seg_volumes, seg_series_uids
     from dicom_io.volumes import series_volume
 
     series_of_image = {uid: str(inst.dataset.get("SeriesInstanceUID", "")) for uid, inst in images.items()}
-    members: dict[str, list[Any]] = defaultdict(list)
+    members: dict[str, list[Dataset]] = defaultdict(list)
     for uid, inst in images.items():
         members[series_of_image[uid]].append(inst.dataset)
 
-    def load(header: Any) -> Any:  # the study's own dataset: every file is parsed once
+    def load(header: Dataset) -> Dataset:  # the study's own dataset: every file is parsed once
         return images[str(header.SOPInstanceUID)].dataset
 
     said = {(i.code, i.message, i.annotation_uid) for i in issues}
@@ -308,9 +313,9 @@ def _read_volumes(
             said.add((i.code, i.message, i.annotation_uid))
             issues.append(i)
 
-    read: dict[str, Any] = {}
-    out_volumes: dict[str, Any] = {}
-    out_masks: list[Any] = []
+    read: dict[str, tuple[ImageVolume | None, list[IssueRecord]]] = {}
+    out_volumes: dict[str, ImageVolume] = {}
+    out_masks: list[MaskVolume] = []
     for seg_uid, ds in segs.items():
         try:
             candidates = seg_series_uids(ds, series_of_image)
@@ -347,12 +352,10 @@ def _read_volumes(
 
 
 def _resolve_segment_references(
-    records: list[LabelRecord], seg_headers: dict[str, Any], issues: list[IssueRecord]
+    records: list[LabelRecord], seg_headers: dict[str, Dataset], issues: list[IssueRecord]
 ) -> list[LabelRecord]:
     """Replace SR records that name a SEG segment by one record per image frame that segment covers."""
     from dataclasses import replace
-
-    from dicom_io.annotations.seg import segment_frames
 
     out = []
     for r in records:
@@ -391,14 +394,12 @@ def _attach(
     records: list[LabelRecord],
     images: dict[str, StudyFile],
     study_uid: str,
-    vocabulary: Any | None,
+    vocabulary: Vocabulary | None,
     issues: list[IssueRecord],
     image_size: int | None,
     load_pixels: bool,
     pixel_transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> list[Sample]:
-    from dicom_io import pixels as px
-
     # One label per image frame: duplicates collapse, disagreement is a conflict.
     by_key: dict[tuple[str, int | None], list[LabelRecord]] = defaultdict(list)
     for r in records:
@@ -498,12 +499,10 @@ def _to_source_grid(
 
 
 def _grid_offset(
-    hdr: Any, frame: int | None, seg_position: tuple[float, float, float] | None, spacing: tuple[float, float]
+    hdr: Dataset, frame: int | None, seg_position: tuple[float, float, float] | None, spacing: tuple[float, float]
 ) -> tuple[int, int] | None:
     """(row, column) of the SEG frame's first pixel on the source frame, from both Image Positions and the
     source's orientation; None when either position is unknown or the offset is not a whole pixel."""
-    from dicom_io.pixels import _fg_item
-
     if seg_position is None:
         return None
     index = 0 if frame is None else frame - 1
@@ -530,7 +529,6 @@ def _attach_masks(
     load_pixels: bool,
 ) -> list[MaskSample]:
     """Mask records + their source frames -> mask samples on the source grid (one per frame and class)."""
-    from dicom_io import pixels as px
 
     said = {(i.code, i.annotation_uid, i.image_uid) for i in issues}
 

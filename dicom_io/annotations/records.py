@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -148,7 +148,7 @@ class MaskSample:
     def is_empty(self) -> bool:
         return not bool(self.given_mask.any())
 
-    def to_json_dict(self) -> dict[str, Any]:
+    def to_json_dict(self) -> dict[str, object]:
         p = self.provenance
         return {
             "class": self.class_name,
@@ -204,7 +204,7 @@ class MaskVolume:
         """Number of voxels in the mask."""
         return int(np.count_nonzero(self.mask))
 
-    def to_json_dict(self) -> dict[str, Any]:
+    def to_json_dict(self) -> dict[str, object]:
         """The entry `labelqa inspect --json` prints for this segment."""
         p = self.provenance
         return {
@@ -254,9 +254,9 @@ class AnnotationSet:
     mask_volumes: list[MaskVolume] = field(default_factory=list)
     """Filled by ``read_study(..., volumes=True)``: one per (SEG over a series, segment)."""
 
-    def to_json_dict(self) -> dict[str, Any]:
+    def to_json_dict(self) -> dict[str, object]:
         """The shape `labelqa inspect --json` prints for one study."""
-        return {
+        out: dict[str, object] = {
             "study_uid": self.study_uid,
             "samples": [
                 {
@@ -269,8 +269,12 @@ class AnnotationSet:
                 for s in self.samples
             ],
             "issues": [{"code": i.code, "message": i.message, "annotation_uid": i.annotation_uid} for i in self.issues],
-        } | ({"mask_samples": [m.to_json_dict() for m in self.mask_samples]} if self.mask_samples else {}) | (
-            {"mask_volumes": [m.to_json_dict() for m in self.mask_volumes]} if self.mask_volumes else {})
+        }
+        if self.mask_samples:
+            out["mask_samples"] = [m.to_json_dict() for m in self.mask_samples]
+        if self.mask_volumes:
+            out["mask_volumes"] = [m.to_json_dict() for m in self.mask_volumes]
+        return out
 
 
 @dataclass

@@ -23,10 +23,13 @@ in a frame, never per segment it declares.
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
 
 from dicom_io.annotations.records import (
     CONFLICTING_LABELS,
@@ -43,13 +46,16 @@ from dicom_io.annotations.records import (
 from dicom_io.annotations.sr import _code_of
 from dicom_io.settings import SegSettings
 
+if TYPE_CHECKING:
+    from dicom_io.vocabulary import Vocabulary
+
 __all__ = [
     "RLE_LOSSLESS", "DEFLATED_IMAGE_FRAME", "segment_frames", "read_seg", "seg_pixel_spacing", "read_seg_masks",
     "seg_limit_issue",
 ]
 
 
-def _fg(ds: Any, i: int, name: str) -> Any:
+def _fg(ds: Dataset, i: int, name: str) -> Sequence | None:
     pffg = ds.get("PerFrameFunctionalGroupsSequence")
     if pffg is not None and len(pffg) > i and name in pffg[i]:
         return pffg[i].get(name)
@@ -59,7 +65,7 @@ def _fg(ds: Any, i: int, name: str) -> Any:
     return None
 
 
-def _source_refs(ds: Any, i: int) -> list[tuple[str, int | None]]:
+def _source_refs(ds: Dataset, i: int) -> list[tuple[str, int | None]]:
     out: list[tuple[str, int | None]] = []
     for der in _fg(ds, i, "DerivationImageSequence") or []:
         for src in der.get("SourceImageSequence") or []:
@@ -75,7 +81,7 @@ def _source_refs(ds: Any, i: int) -> list[tuple[str, int | None]]:
     return out
 
 
-def _referenced_instances(ds: Any) -> list[str]:
+def _referenced_instances(ds: Dataset) -> list[str]:
     uids = []
     for series in ds.get("ReferencedSeriesSequence") or []:
         for inst in series.get("ReferencedInstanceSequence") or []:
@@ -105,7 +111,7 @@ def _packbits(data: bytes) -> bytes:
     return bytes(out)
 
 
-def _seg_pixels(ds: Any) -> np.ndarray:
+def _seg_pixels(ds: Dataset) -> np.ndarray:
     """All SEG frames; 1-bit RLE and Deflated Image Frame Compression are decoded here when pydicom cannot."""
     try:
         return ds.pixel_array
@@ -134,11 +140,12 @@ def _seg_pixels(ds: Any) -> np.ndarray:
     return np.stack(frames)
 
 
-def _frame_segment(ds: Any, i: int, nframes: int) -> int | None:
+def _frame_segment(ds: Dataset, i: int, nframes: int) -> int | None:
     """The segment number of SEG frame ``i`` (0-based); TILED_FULL without per-frame groups: by frame order."""
     sid = _fg(ds, i, "SegmentIdentificationSequence")
     try:
-        return int(sid[0].ReferencedSegmentNumber)
+        if sid is not None:
+            return int(sid[0].ReferencedSegmentNumber)
     except (TypeError, IndexError, AttributeError, ValueError):
         pass
     if (
@@ -156,7 +163,7 @@ _SEGMENT_SEQUENCE = 0x00620002
 _SEGMENT_ITEM_BYTES = 8192  # far more than one Segment Sequence item takes, codes and description included
 
 
-def seg_limit_issue(ds: Any, limits: SegSettings | None = None) -> str | None:
+def seg_limit_issue(ds: Dataset, limits: SegSettings | None = None) -> str | None:
     """Why a SEG is beyond ``limits`` (``[seg]``), from its header alone; None when it is within them.
 
     The Segment Sequence is not even parsed when its size alone says it holds too many segments.
@@ -182,6 +189,16 @@ def seg_limit_issue(ds: Any, limits: SegSettings | None = None) -> str | None:
         return (f"{frames} frame(s) of {rows} x {cols} pixels ({frames * rows * cols}) are more than "
                 f"[seg] max_pixels = {limits.max_pixels}")
     return None
+
+
+@dataclass(slots=True)
+class _ClassInFrame:
+    """One class in one source frame of a SEG: its mask on the SEG grid, its segment numbers, the SEG
+    frames (1-based) that hold it."""
+
+    mask: np.ndarray
+    numbers: list[int] = field(default_factory=list)
+    seg_frames: list[int] = field(default_factory=list)
 
 
 class _OverLimit(Exception):
@@ -210,12 +227,12 @@ def _mask(frame: np.ndarray, n: int, seg_type: str, threshold: float) -> np.ndar
     return frame >= threshold if seg_type == "FRACTIONAL" else frame > 0
 
 
-def _labelmap_values(frame: np.ndarray, segments: dict[int, Any]) -> list[int]:
+def _labelmap_values(frame: np.ndarray, segments: dict[int, tuple[str, str | None]]) -> list[int]:
     """The described segments (not 0) whose value occurs in a label-map frame, ascending."""
     return [n for v in np.unique(frame) if (n := int(v)) != 0 and n in segments]
 
 
-def segment_frames(ds: Any) -> dict[int, list[tuple[str, int | None]]]:
+def segment_frames(ds: Dataset) -> dict[int, list[tuple[str, int | None]]]:
     """Segment number -> source (image UID, frame) of the SEG frames of that segment (header only).
 
     Label-map SEGs (no per-frame segment) map every segment to every referenced frame.
@@ -240,12 +257,14 @@ def segment_frames(ds: Any) -> dict[int, list[tuple[str, int | None]]]:
     return dict(out)
 
 
-def _observer(ds: Any) -> str | None:
+def _observer(ds: Dataset) -> str | None:
     name = ds.get("ContentCreatorName")
     return str(name) if name else None
 
 
-def _segment_classes(ds: Any, vocabulary: Any | None, issues: list[IssueRecord]) -> dict[int, tuple[str, str | None]]:
+def _segment_classes(
+    ds: Dataset, vocabulary: Vocabulary | None, issues: list[IssueRecord]
+) -> dict[int, tuple[str, str | None]]:
     """Segment number -> (description for messages, class name or None) of the Segment Sequence."""
     uid = str(ds.SOPInstanceUID)
     segments: dict[int, tuple[str, str | None]] = {}
@@ -271,7 +290,7 @@ def _segment_classes(ds: Any, vocabulary: Any | None, issues: list[IssueRecord])
 
 
 def read_seg(
-    path: Path | Any, vocabulary: Any | None, *, series_images: dict[str, list[str]] | None = None,
+    path: Path | str | Dataset, vocabulary: Vocabulary | None, *, series_images: dict[str, list[str]] | None = None,
     limits: SegSettings | None = None,
 ) -> tuple[list[LabelRecord], list[IssueRecord]]:
     """Label records (with masks) and issue records of one SEG file (or dataset).
@@ -421,7 +440,7 @@ def read_seg(
     return records, issues
 
 
-def seg_pixel_spacing(ds: Any) -> tuple[float, float] | None:
+def seg_pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
     """(row, column) Pixel Spacing of the SEG frames (shared, else first per-frame Pixel Measures), or None."""
     pm = _fg(ds, 0, "PixelMeasuresSequence")
     try:
@@ -433,9 +452,11 @@ def seg_pixel_spacing(ds: Any) -> tuple[float, float] | None:
     return None
 
 
-def _frame_position(ds: Any, i: int) -> tuple[float, float, float] | None:
+def _frame_position(ds: Dataset, i: int) -> tuple[float, float, float] | None:
     """Image Position (Patient) of SEG frame ``i`` (0-based), or None."""
     pp = _fg(ds, i, "PlanePositionSequence")
+    if pp is None:
+        return None
     try:
         v = pp[0].ImagePositionPatient
         return float(v[0]), float(v[1]), float(v[2])
@@ -444,7 +465,7 @@ def _frame_position(ds: Any, i: int) -> tuple[float, float, float] | None:
 
 
 def _frame_classes(
-    ds: Any, arr: np.ndarray, i: int, seg_type: str, threshold: float, segments: dict[int, Any],
+    ds: Dataset, arr: np.ndarray, i: int, seg_type: str, threshold: float, segments: dict[int, tuple[str, str | None]],
     named: dict[str, list[int]], expand: _Expansion, unknown: set[int],
 ) -> dict[str, tuple[np.ndarray | None, list[int]]] | None:
     """Class -> (its mask in SEG frame ``i`` (0-based), None when it has no pixel there; its segments).
@@ -478,8 +499,8 @@ def _frame_classes(
 
 
 def read_seg_masks(
-    path: Path | Any,
-    vocabulary: Any | None,
+    path: Path | str | Dataset,
+    vocabulary: Vocabulary | None,
     *,
     series_images: dict[str, list[str]] | None = None,
     classes: list[str] | tuple[str, ...] | None = None,
@@ -529,8 +550,8 @@ def read_seg_masks(
     of_class = {c: sorted(n for n, (_, k) in segments.items() if k == c) for c in set(seg_classes)}
     named = {c: ns for c, ns in ((c, [n for n in ns if n != 0]) for c, ns in of_class.items()) if ns}
 
-    # (image uid, frame) -> class -> [mask, segment numbers, SEG frame numbers (1-based)]
-    groups: dict[tuple[str, int | None], dict[str, list[Any]]] = {}
+    # (image uid, frame) -> class -> its mask, segment numbers and SEG frame numbers there
+    groups: dict[tuple[str, int | None], dict[str, _ClassInFrame]] = {}
     unreferenced = 0
     unknown: set[int] = set()
     expand = _Expansion(limits.max_pixels)
@@ -547,11 +568,11 @@ def read_seg_masks(
                 for cls, (m, numbers) in present.items():
                     entry = g.get(cls)
                     if entry is None:
-                        entry = g[cls] = [expand(np.zeros(grid, bool)), [], []]
+                        entry = g[cls] = _ClassInFrame(expand(np.zeros(grid, bool)))
                     if m is not None:
-                        entry[0] = entry[0] | m
-                        entry[2].append(i + 1)
-                    entry[1].extend(n for n in numbers if n not in entry[1])
+                        entry.mask = entry.mask | m
+                        entry.seg_frames.append(i + 1)
+                    entry.numbers.extend(n for n in numbers if n not in entry.numbers)
     except _OverLimit as e:
         return [], [*issues, IssueRecord(TOO_LARGE, f"SEG not read: {e}", uid)]
     if unreferenced:
@@ -586,7 +607,9 @@ def read_seg_masks(
     records: list[MaskRecord] = []
     for (image_uid, frame), g in groups.items():
         for cls in [*expected, *(c for c in g if c not in expected and classes is None)]:
-            mask, numbers, seg_frames = g.get(cls) or (np.zeros(grid, bool), of_class.get(cls, []), [])
+            entry = g.get(cls)
+            mask, numbers, seg_frames = ((entry.mask, entry.numbers, entry.seg_frames) if entry is not None
+                                         else (np.zeros(grid, bool), of_class.get(cls, []), []))
             numbers = sorted(numbers)
             areas = {n: 0 for n in numbers}
             if len(numbers) > 1:  # the main segment: the largest area in this frame

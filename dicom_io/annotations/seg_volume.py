@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -49,6 +49,9 @@ from dicom_io.annotations.seg import (
 )
 from dicom_io.geometry import Geometry, ImageVolume
 from dicom_io.volumes import ORIENTATION_TOLERANCE, SPACING_RTOL, grid_geometry
+
+if TYPE_CHECKING:
+    from dicom_io.vocabulary import Vocabulary
 
 __all__ = ["GRID_TOLERANCE", "seg_series_uids", "read_seg_volumes"]
 
@@ -100,8 +103,10 @@ def _decode(ds: Dataset, indices: Sequence[int]) -> Iterator[tuple[int, np.ndarr
 
 def _orientation(ds: Dataset) -> np.ndarray | None:
     po = _fg(ds, 0, "PlaneOrientationSequence")
+    if po is None:
+        return None
     try:
-        v = np.asarray([float(x) for x in po[0].ImageOrientationPatient], float)
+        v = np.asarray([float(x) for x in po[0].ImageOrientationPatient], dtype=np.float64)
     except (AttributeError, IndexError, TypeError, ValueError):
         return None
     return v if v.shape == (6,) else None
@@ -109,6 +114,8 @@ def _orientation(ds: Dataset) -> np.ndarray | None:
 
 def _slice_thickness(ds: Dataset) -> float | None:
     pm = _fg(ds, 0, "PixelMeasuresSequence")
+    if pm is None:
+        return None
     for name in ("SpacingBetweenSlices", "SliceThickness"):
         try:
             v = float(pm[0].get(name))
@@ -162,7 +169,7 @@ def _resample(seg_geometry: Geometry, occupancy: np.ndarray, target: Geometry, t
 def read_seg_volumes(
     seg: Dataset | Path | str,
     volume: ImageVolume,
-    vocabulary: Any | None,
+    vocabulary: Vocabulary | None,
     *,
     study_uid: str | None = None,
     study_images: Collection[str] = (),

@@ -18,9 +18,11 @@ labelqa's own results (document title 99LABELQA LQA-0001, see ``dicom_io.codes``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
+from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
 
 from dicom_io.annotations.records import (
     CONFLICTING_LABELS,
@@ -32,6 +34,9 @@ from dicom_io.annotations.records import (
     LabelRecord,
 )
 from dicom_io.sop import SEG_STORAGE, is_non_image
+
+if TYPE_CHECKING:
+    from dicom_io.vocabulary import Vocabulary
 
 __all__ = ["MEASUREMENT_GROUP", "FINDING", "FINDING_NAMES", "STRUCTURAL_NAMES", "OWN_RESULT_TITLE", "read_sr"]
 
@@ -68,7 +73,7 @@ STRUCTURAL_NAMES = {
 OWN_RESULT_TITLE = ("99LABELQA", "LQA-0001")
 
 
-def _code_of(seq: Any) -> tuple[str, str, str] | None:
+def _code_of(seq: Sequence | None) -> tuple[str, str, str] | None:
     """(scheme, value, meaning) of the first item of a code sequence, or None."""
     if not seq:
         return None
@@ -83,14 +88,14 @@ def _code_of(seq: Any) -> tuple[str, str, str] | None:
 @dataclass
 class _Item:
     path: str
-    ds: Any
+    ds: Dataset
     value_type: str
     name: tuple[str, str, str] | None
     parent_is_group: bool = False
     children: list[_Item] = field(default_factory=list)
 
 
-def _tree(ds: Any, path: str) -> list[_Item]:
+def _tree(ds: Dataset, path: str) -> list[_Item]:
     out = []
     seq = ds.get("ContentSequence") or []
     for i, item in enumerate(seq, start=1):
@@ -157,7 +162,7 @@ def _segment_refs(items: list[_Item]) -> list[tuple[str, tuple[int, ...]]]:
     return refs
 
 
-def _observer(ds: Any, root_items: list[_Item]) -> str | None:
+def _observer(ds: Dataset, root_items: list[_Item]) -> str | None:
     for it in root_items:
         if it.name and (it.name[0], it.name[1]) == ("DCM", "121008") and it.ds.get("PersonName"):
             return str(it.ds.PersonName)
@@ -177,7 +182,9 @@ def _observer(ds: Any, root_items: list[_Item]) -> str | None:
     return None
 
 
-def _labels(group: _Item | None, items: list[_Item], vocabulary: Any | None) -> tuple[list[tuple[str, str]], list[str]]:
+def _labels(
+    group: _Item | None, items: list[_Item], vocabulary: Vocabulary | None
+) -> tuple[list[tuple[str, str]], list[str]]:
     """(label, content path) pairs resolved in ``items``, and descriptions of unknown finding codes."""
     resolved: list[tuple[str, str]] = []
     findings: list[tuple[str, str]] = []
@@ -210,7 +217,7 @@ def _labels(group: _Item | None, items: list[_Item], vocabulary: Any | None) -> 
     return resolved, unknown
 
 
-def read_sr(ds: Any, vocabulary: Any | None) -> tuple[list[LabelRecord], list[IssueRecord]]:
+def read_sr(ds: Dataset, vocabulary: Vocabulary | None) -> tuple[list[LabelRecord], list[IssueRecord]]:
     """Label records and issue records of one SR dataset."""
     uid, sop = str(ds.SOPInstanceUID), str(ds.SOPClassUID)
     title = _code_of(ds.get("ConceptNameCodeSequence"))

@@ -9,10 +9,16 @@ Same patient and study as the source, its own series; ``SourceImageSequence`` po
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydicom.dataset import Dataset
+
+from dicom_io.pixels import frame_to_float
+
+if TYPE_CHECKING:
+    from PIL import ImageDraw
 
 __all__ = [
     "NOT_FOR_DIAGNOSIS", "source_frame_float", "burn_in_band", "render_overlay", "render_panel", "heatmap_sc",
@@ -26,12 +32,10 @@ _BAND_H = 30
 
 def source_frame_float(ds: Dataset, frame: int | None = None) -> np.ndarray:
     """The (1-based) frame of a source image as float32 (H, W) in [0, 1], windowed as the models saw it."""
-    from dicom_io.pixels import frame_to_float
-
     return frame_to_float(ds, frame)
 
 
-def burn_in_band(draw: Any, top: int, width: int, caption: str = "") -> None:
+def burn_in_band(draw: ImageDraw.ImageDraw, top: int, width: int, caption: str = "") -> None:
     """Write the warning line and ``caption``, centred, into the band of ``_BAND_H`` rows from row ``top``
     of a picture ``width`` pixels wide."""
     from PIL import ImageFont
@@ -104,7 +108,7 @@ def _orientation(source: Dataset) -> tuple[str, str]:
     if iop is not None and len(iop) == 6:
         letters = (("L", "R"), ("P", "A"), ("H", "F"))
 
-        def axis(vec: Any) -> str:
+        def axis(vec: Sequence[float]) -> str:
             i = int(np.argmax(np.abs(vec)))
             return letters[i][0] if vec[i] > 0 else letters[i][1]
 

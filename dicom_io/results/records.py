@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 from pydicom.sr.coding import Code
@@ -11,8 +11,14 @@ from pydicom.sr.coding import Code
 from dicom_io import codes
 from dicom_io.results.uids import digest
 
+if TYPE_CHECKING:
+    import highdicom as hd
+
+    from dicom_io.annotations.records import MaskSample
+    from dicom_io.vocabulary import CodedConcept
+
 __all__ = ["VERDICTS", "MASK_VERDICTS", "MASK_ERROR_KINDS", "REGION_KEYS", "VOLUME_REGION_KEYS", "as_code",
-           "AlgorithmInfo", "AuditedAnnotation", "AuditedMask", "AuditedVolumeMask"]
+           "CodedLabel", "AlgorithmInfo", "AuditedAnnotation", "AuditedMask", "AuditedVolumeMask"]
 
 VERDICTS = tuple(codes.VERDICT_CODES)
 """The verdict values a result record may carry (``models.verdict.Verdict``'s values)."""
@@ -33,7 +39,12 @@ VOLUME_REGION_KEYS = ("kind", "voxels", "volume_mm3", "bbox", "slices", "center_
 on the series' grid), slices (first, last; inclusive), center_mm (x, y, z patient coordinates, LPS) or None."""
 
 
-def as_code(label: Any) -> Code:
+CodedLabel: TypeAlias = "Code | CodedConcept | hd.sr.CodedConcept | str"
+"""A class as the result writers take it: a pydicom ``Code``, a vocabulary or highdicom ``CodedConcept``, or a
+plain name."""
+
+
+def as_code(label: object) -> Code:
     """A pydicom ``Code`` for a label given as a Code, a CodedConcept-like object or a plain name."""
     if isinstance(label, Code):
         return label
@@ -56,7 +67,7 @@ class AlgorithmInfo:
     name: str
     version: str
     bundle_hash: str
-    parameters: dict[str, Any] = field(default_factory=dict)
+    parameters: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass
@@ -72,8 +83,8 @@ class AuditedAnnotation:
     annotation_sop_class_uid: str
     source: str  # "seg" or "sr"
     image_uid: str
-    given_label: Any
-    consensus_label: Any
+    given_label: CodedLabel
+    consensus_label: CodedLabel
     verdict: str
     agreement: float | None
     p_given: float
@@ -100,7 +111,7 @@ class AuditedAnnotation:
     def consensus_code(self) -> Code:
         return as_code(self.consensus_label)
 
-    def key(self) -> dict[str, Any]:
+    def key(self) -> dict[str, object]:
         """What identifies the audited item and its result, for deterministic UIDs."""
         return {
             "annotation": [self.annotation_uid, self.segment_number, self.content_path],
@@ -149,7 +160,7 @@ class AuditedMask:
     segment_numbers: tuple[int, ...] = ()
     seg_frames: tuple[int, ...] = ()
     image_sop_class_uid: str | None = None
-    class_code: Any = None
+    class_code: CodedLabel | None = None
     consensus: np.ndarray | None = None
     given: np.ndarray | None = None
     regions: list[dict[str, Any]] = field(default_factory=list)
@@ -177,10 +188,10 @@ class AuditedMask:
             self.segment_number = self.segment_numbers[0]
 
     @classmethod
-    def from_sample(cls, sample: Any, **detector: Any) -> AuditedMask:
+    def from_sample(cls, sample: MaskSample, **detector: Any) -> AuditedMask:
         """From a ``dicom_io.annotations.MaskSample`` and the detector's fields (verdict, kind, dice...)."""
         p = sample.provenance
-        fields = {
+        fields: dict[str, Any] = {  # the constructor's keywords; the detector's override them
             "study_uid": p.study_uid, "annotation_uid": p.annotation_uid,
             "annotation_sop_class_uid": p.annotation_sop_class_uid, "image_uid": p.image_uid,
             "class_name": sample.class_name, "frame": p.frame, "segment_number": p.segment_number,
@@ -196,7 +207,7 @@ class AuditedMask:
     def flagged(self) -> bool:
         return self.verdict in codes.FLAGGED_VERDICTS
 
-    def key(self) -> dict[str, Any]:
+    def key(self) -> dict[str, object]:
         """What identifies the audited mask and its result, for deterministic UIDs."""
         return {
             "annotation": [self.annotation_uid, self.segment_number, list(self.segment_numbers)],
@@ -243,7 +254,7 @@ class AuditedVolumeMask:
     given_mm3: float | None = None
     consensus_mm3: float | None = None
     segment_number: int | None = None
-    class_code: Any = None
+    class_code: CodedLabel | None = None
     key_slices: tuple[int, ...] = ()
     slice_range: tuple[int, int] | None = None
     regions: list[dict[str, Any]] = field(default_factory=list)
@@ -285,7 +296,7 @@ class AuditedVolumeMask:
         """The source image (and frame) of slice ``k``."""
         return self.slice_uids[k], self.slice_frames[k]
 
-    def key(self) -> dict[str, Any]:
+    def key(self) -> dict[str, object]:
         """What identifies the audited segment and its result, for deterministic UIDs."""
         return {
             "annotation": [self.annotation_uid, self.segment_number, self.series_uid],

@@ -25,7 +25,6 @@ import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -34,9 +33,12 @@ from pydicom.sr.coding import Code
 from pydicom.uid import UID
 
 from dicom_io import codes
-from dicom_io.results.records import as_code
+from dicom_io.results.geometry import has_plane_geometry
+from dicom_io.results.records import CodedLabel, as_code
+from dicom_io.results.seg_out import complete_seg_header, n_frames, pixels_on_source_frames
 from dicom_io.results.series import MANUFACTURER, REVIEWED_LABEL_SERIES_NUMBER
 from dicom_io.results.uids import derived_uid, digest
+from dicom_io.results.write import clean_header
 from dicom_io.sop import SEG_STORAGE
 
 __all__ = [
@@ -81,7 +83,7 @@ class ReviewedItem:
     annotation_uid: str
     segment_number: int | None
     decision: str  # label_wrong | label_right | unsure
-    corrected_label: Any | None  # a Code / CodedConcept / class name (label_wrong only)
+    corrected_label: CodedLabel | None  # label_wrong only
     comment: str | None
     reviewer: str
     corrected_mask: str | None = None  # "suggestion": the suggested mask was accepted (label_wrong only)
@@ -209,7 +211,7 @@ class Correction:
     mask over the series, which replaces it on every one of those slices. ``label`` None keeps the label.
     """
 
-    label: Any = None  # a Code / CodedConcept / class name
+    label: CodedLabel | None = None
     content_path: str | None = None
     segment_number: int | None = None
     mask: np.ndarray | None = None
@@ -217,11 +219,11 @@ class Correction:
     frame: int | None = None
     slices: tuple[tuple[str, int | None], ...] | None = None
 
-    def key(self) -> list[Any]:
+    def key(self) -> list[str | int | list[int]]:
         """What identifies the correction, for deterministic UIDs (a label-only one as before masks existed)."""
         code = as_code(self.label) if self.label is not None else None
-        out: list[Any] = [self.content_path or "", self.segment_number or 0, code.value if code else "",
-                          code.scheme_designator if code else ""]
+        out: list[str | int | list[int]] = [self.content_path or "", self.segment_number or 0,
+                                            code.value if code else "", code.scheme_designator if code else ""]
         if self.mask is not None:
             out += [self.image_uid or "", self.frame or 0, list(np.shape(self.mask)),
                     digest(np.packbits(np.asarray(self.mask, bool)))]
@@ -236,7 +238,7 @@ def corrected_annotation(
     reviewer: Reviewer,
     *,
     predecessors: Sequence[Dataset] = (),
-    key: Any = None,
+    key: object = None,
     instance_number: int = 1,
     sources: Mapping[str, Dataset] | None = None,
 ) -> Dataset:
@@ -337,10 +339,6 @@ def _seg_with_masks(original: Dataset, masks: Sequence[Correction], sources: Map
     and frame as stored (binary, fractional and label-map SEGs). A frame the original omitted (the mask
     was empty there) is added, and so is a slice of the series the original did not refer to at all."""
     import highdicom as hd
-
-    from dicom_io.results.geometry import has_plane_geometry
-    from dicom_io.results.seg_out import complete_seg_header, n_frames, pixels_on_source_frames
-    from dicom_io.results.write import clean_header
 
     uid = str(original.SOPInstanceUID)
     try:
@@ -447,7 +445,7 @@ def _seg_with_masks(original: Dataset, masks: Sequence[Correction], sources: Map
         for j in range(done, len(numbers)):
             array[..., j] = segment(j) / top if fractional else segment(j) > 0
     software = original.get("SoftwareVersions") or "1"
-    versions: Any = software if isinstance(software, str) else tuple(str(v) for v in software)
+    versions: str | tuple[str, ...] = software if isinstance(software, str) else tuple(str(v) for v in software)
     try:
         out = hd.seg.Segmentation(
             source_images=images,
@@ -460,7 +458,7 @@ def _seg_with_masks(original: Dataset, masks: Sequence[Correction], sources: Map
             instance_number=instance_number,
             manufacturer=MANUFACTURER,
             manufacturer_model_name=str(original.get("ManufacturerModelName") or "labelqa review")[:64],
-            software_versions=versions,
+            software_versions=versions,  # type: ignore[arg-type]  # highdicom annotates tuple[str]: any length works
             device_serial_number=str(original.get("DeviceSerialNumber") or "0")[:64],
             fractional_type=seg.segmentation_fractional_type if fractional else None,
             max_fractional_value=top,
@@ -559,7 +557,7 @@ def verified_report(
     reviewer: Reviewer,
     *,
     previous: Sequence[Dataset] = (),
-    key: Any = None,
+    key: object = None,
     instance_number: int | None = None,
 ) -> Dataset:
     """The QA report SR ``report`` reissued VERIFIED by ``reviewer`` with the ``decisions`` in its groups.
@@ -586,7 +584,7 @@ def verified_report(
     if missing:
         raise RevisionError(f"the QA report has no measurement group for {missing}")
 
-    def decision_key(d: ReviewedItem) -> tuple[Any, ...]:
+    def decision_key(d: ReviewedItem) -> tuple[str | int, ...]:
         k = (d.annotation_uid, d.segment_number or 0, d.decision, str(d.corrected_label or ""), d.comment or "",
              d.reviewer)
         return k if d.corrected_mask is None and d.image_uid is None else (*k, d.corrected_mask or "",

@@ -34,6 +34,7 @@ from pydicom.sr.coding import Code
 from dicom_io import codes
 from dicom_io.results.geometry import library_header
 from dicom_io.results.shapes import hot_region, largest_component, region_outline, scale_outline
+from dicom_io.results.sr import separate_containers
 
 if TYPE_CHECKING:
     from dicom_io.results.records import AlgorithmInfo, AuditedAnnotation, AuditedMask
@@ -237,8 +238,6 @@ def drawn_flags_sr(
     container SEPARATE). Raises ValueError without flags: a drawn report is written only with shapes."""
     import highdicom as hd
     from pydicom.sr.codedict import codes as dcm
-
-    from dicom_io.results.sr import separate_containers
 
     if not flags:
         raise ValueError("no flag has a shape: a drawn report needs at least one")

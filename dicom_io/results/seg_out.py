@@ -23,11 +23,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydicom.dataset import Dataset
 
+from dicom_io.results.geometry import has_plane_geometry
 from dicom_io.results.uids import derived_uid
 
 log = logging.getLogger("dicom_io.results")
 
 if TYPE_CHECKING:
+    import highdicom as hd
+    from pydicom.sequence import Sequence as DicomSequence
+
     from dicom_io.results.records import AlgorithmInfo, AuditedMask
 
 __all__ = [
@@ -80,9 +84,11 @@ def _original_segment(annotation: Dataset | None, number: int | None) -> Dataset
     return None
 
 
-def _concept(seq: Any) -> Any:
+def _concept(seq: DicomSequence | None) -> hd.sr.CodedConcept | None:
     import highdicom as hd
 
+    if seq is None:
+        return None
     try:
         c = seq[0]
         return hd.sr.CodedConcept(str(c.CodeValue), str(c.CodingSchemeDesignator), str(c.CodeMeaning))
@@ -105,8 +111,6 @@ def suggested_segs(
     consensus is not on its source frame's grid."""
     import highdicom as hd
     from pydicom.sr.codedict import codes as dcm
-
-    from dicom_io.results.geometry import has_plane_geometry
 
     groups: dict[str, list[int]] = {}
     for i, m in enumerate(masks):
@@ -191,7 +195,7 @@ def suggested_segs(
 
 
 def pixels_on_source_frames(
-    seg: Any,
+    seg: hd.seg.Segmentation,
     frames: Sequence[tuple[str, int | None]],
     segment_numbers: Sequence[int] | None = None,
     *,

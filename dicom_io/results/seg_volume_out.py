@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydicom.dataset import Dataset
 
+from dicom_io.codes import label_code
 from dicom_io.results.seg_out import (
     CONTENT_DESCRIPTION,
     CONTENT_LABEL,
@@ -58,8 +59,6 @@ def suggestion_seg_volume(
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes as dcm
-
-    from dicom_io.codes import label_code
 
     by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
     missing = sorted(set(slice_uids) - set(by_uid))

@@ -13,7 +13,10 @@ export and the demo.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 __all__ = [
     "MANUFACTURER",
@@ -53,7 +56,7 @@ OWN_SERIES_NUMBERS = frozenset(RESERVED_SERIES_NUMBERS) - {REVIEWED_LABEL_SERIES
 """The series of labelqa's own results: the reserved block but the reviewed annotations."""
 
 
-def is_own_output(manufacturer: Any, series_number: Any) -> bool:
+def is_own_output(manufacturer: object, series_number: object) -> bool:
     """Whether an instance with this Manufacturer and Series Number is one of labelqa's result objects (a
     reviewer's corrected annotation is not: it is an annotation)."""
     if str(manufacturer or "").strip() != MANUFACTURER:
@@ -64,7 +67,7 @@ def is_own_output(manufacturer: Any, series_number: Any) -> bool:
         return False
 
 
-def is_own_output_dataset(ds: Any) -> bool:
+def is_own_output_dataset(ds: Dataset) -> bool:
     """:func:`is_own_output` on a pydicom dataset (header only is enough)."""
     return is_own_output(ds.get("Manufacturer", ""), ds.get("SeriesNumber"))
 

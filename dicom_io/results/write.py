@@ -20,10 +20,16 @@ from pydicom import uid
 from pydicom.dataset import Dataset
 
 from dicom_io import codes
+from dicom_io.annotations.seg import read_seg_masks
 from dicom_io.header import normalised
 from dicom_io.results.geometry import has_plane_geometry
+from dicom_io.results.heatmap import heatmap_sc
+from dicom_io.results.kos import quality_issue_kos
+from dicom_io.results.overlay import mask_overlay_sc
+from dicom_io.results.pmap import saliency_map
 from dicom_io.results.records import AlgorithmInfo, AuditedAnnotation, AuditedMask
-from dicom_io.results.seg_out import NO_GEOMETRY_NOTE
+from dicom_io.results.roi_sr import DrawnFlag, drawn_flags_sr, label_flag, mask_flag
+from dicom_io.results.seg_out import NO_GEOMETRY_NOTE, suggested_segs
 from dicom_io.results.series import (
     DRAWN_SR_SERIES_NUMBER,
     HEATMAP_SERIES_NUMBER,
@@ -35,6 +41,7 @@ from dicom_io.results.series import (
     SUGGESTION_SEG_SERIES_NUMBER,
     found_text,
 )
+from dicom_io.results.sr import qa_report_sr
 from dicom_io.results.uids import derived_uid, digest
 
 __all__ = ["clean_header", "ResultSet", "write_results", "save_results", "find_saved", "file_kind"]
@@ -115,10 +122,6 @@ def write_results(
     Raises ValueError when a record refers to a source image or annotation that was not given, or when
     the records span more than one study.
     """
-    from dicom_io.results.heatmap import heatmap_sc
-    from dicom_io.results.kos import quality_issue_kos
-    from dicom_io.results.sr import qa_report_sr
-
     if not audited and not masks:
         raise ValueError("no audited annotations: nothing to report")
     every: list[AuditedAnnotation | AuditedMask] = [*audited, *masks]
@@ -180,8 +183,6 @@ def write_results(
                 series_description=heat_description,
             ))
     if parametric_maps:
-        from dicom_io.results.pmap import saliency_map
-
         pm_series = derived_uid(run_key, "series", "pmap")
         for i in heatmaps:
             a = audited[i]
@@ -277,8 +278,6 @@ def write_results(
 
 def _given_from_seg(seg: Dataset, m: AuditedMask, shape: tuple[int, int]) -> np.ndarray | None:
     """The given mask of ``m`` read back from its SEG (its segment numbers on its source frame), or None."""
-    from dicom_io.annotations.seg import read_seg_masks
-
     try:
         records, _ = read_seg_masks(seg, None)
     except Exception:  # a SEG we cannot read again: no overlay rather than no results
@@ -305,9 +304,6 @@ def _mask_objects(
 ) -> tuple[dict[int, Dataset], dict[int, tuple[Dataset, int]], list[Dataset]]:
     """Overlay SCs (by mask index), suggestion (SEG, segment number) by mask index, and the suggestion SEGs;
     ``givens`` receives the given mask of each flagged mask on its source grid (by mask index)."""
-    from dicom_io.results.overlay import mask_overlay_sc
-    from dicom_io.results.seg_out import suggested_segs
-
     flagged = [i for i, m in enumerate(masks) if m.flagged]
     overlays: dict[int, Dataset] = {}
     overlay_description = f"labelqa mask overlays (NOT FOR DIAGNOSIS): {found_text(0, len(flagged))}"
@@ -350,8 +346,6 @@ def _drawn_flags(
     found: str,
 ) -> Dataset | None:
     """The SR drawing every flag that has a shape (``roi_sr``), or None when none has."""
-    from dicom_io.results.roi_sr import DrawnFlag, drawn_flags_sr, label_flag, mask_flag
-
     flags: list[DrawnFlag] = []
     for i, a in enumerate(audited):
         if a.verdict in codes.FLAGGED_VERDICTS:

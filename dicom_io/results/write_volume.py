@@ -20,7 +20,11 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from pydicom.dataset import Dataset
 
+from dicom_io.results.kos import quality_issue_kos
+from dicom_io.results.overlay import mask_overlay_sc
 from dicom_io.results.records import AlgorithmInfo, AuditedMask, AuditedVolumeMask
+from dicom_io.results.roi_sr import DrawnFlag, drawn_flags_sr, mask_flag
+from dicom_io.results.seg_volume_out import suggestion_seg_volume
 from dicom_io.results.series import (
     DRAWN_SR_SERIES_NUMBER,
     KOS_SERIES_NUMBER,
@@ -29,6 +33,7 @@ from dicom_io.results.series import (
     SR_SERIES_NUMBER,
     SUGGESTION_SEG_SERIES_NUMBER,
 )
+from dicom_io.results.sr import qa_report_sr
 from dicom_io.results.uids import derived_uid, digest
 from dicom_io.results.write import ResultSet, clean_header, found_text
 
@@ -69,12 +74,6 @@ def write_volume_results(
     overlay and ``suggestions`` its segment in the suggestion SEG (by index into ``volumes``).
     Raises ValueError for an empty list, records of more than one study, or a source not given.
     """
-    from dicom_io.results.kos import quality_issue_kos
-    from dicom_io.results.overlay import mask_overlay_sc
-    from dicom_io.results.roi_sr import DrawnFlag, drawn_flags_sr, mask_flag
-    from dicom_io.results.seg_volume_out import suggestion_seg_volume
-    from dicom_io.results.sr import qa_report_sr
-
     if not volumes:
         raise ValueError("no audited segments: nothing to report")
     studies = {v.study_uid for v in volumes}

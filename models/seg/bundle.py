@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models import __version__
 from models.bundles import (
     SEGMENTATION,
     BundleError,
@@ -28,9 +29,13 @@ from models.bundles import (
     sha256_file,
     write_bundle_configs,
 )
-from models.seg.detector import MaskVerdict, SegDetectorConfig, SegThresholds, learn_seg_cut, score_masks
-from models.seg.ensemble import DEFAULT_SEG_ARCHS, SEG_ARCHITECTURES, build_segmenter
-from models.seg.train import SegTrainConfig
+from models.preprocess import resize_image, to_grey, to_model_input
+from models.seg.data import dataset_from_items, fold_groups, read_segmentation_items
+from models.seg.detector import SEG_VERDICTS, MaskVerdict, SegDetectorConfig, SegThresholds, learn_seg_cut, score_masks
+from models.seg.ensemble import DEFAULT_SEG_ARCHS, SEG_ARCHITECTURES, build_segmenter, parse_seg_archs
+from models.seg.recipe import seg_recipe
+from models.seg.train import SegTrainConfig, fit_segmenters, predict_seg_probs
+from models.train import resolve_device
 
 __all__ = ["SegBundle", "train_seg_bundle", "load_seg_bundle", "audit_seg_dataset", "write_seg_verdicts"]
 
@@ -64,9 +69,6 @@ class SegBundle:
 
     def predict(self, images: np.ndarray, *, device: str = "auto", batch_size: int = 32) -> np.ndarray:
         """(archs, N, K, S, S) probabilities for model-grid images (N, S, S): each arch's mean over its folds."""
-        from models.seg.train import predict_seg_probs
-        from models.train import resolve_device
-
         dev = resolve_device(device)
         out = []
         for a in self.archs:
@@ -92,8 +94,6 @@ class SegBundle:
         ValueError
             Unknown class names, a mask whose size differs from its image, unequal list lengths.
         """
-        from models.preprocess import resize_image, to_grey, to_model_input
-
         if len(images) != len(given):
             raise ValueError(f"{len(images)} images but {len(given)} mask sets")
         spacings = spacings if spacings is not None else [None] * len(images)
@@ -160,12 +160,6 @@ def train_seg_bundle(dataset_dir: str | Path | None, out: str | Path, *, image_s
     (stems can carry identifiers)."""
     import monai
     import torch
-
-    from models import __version__
-    from models.seg.data import dataset_from_items, fold_groups, read_segmentation_items
-    from models.seg.ensemble import parse_seg_archs
-    from models.seg.recipe import seg_recipe
-    from models.seg.train import fit_segmenters
 
     detector = detector or SegDetectorConfig(seed=seed)
     cfg = cfg or SegTrainConfig()
@@ -240,8 +234,6 @@ def write_seg_verdicts(out: Path, verdicts: list[list[MaskVerdict]], stems: list
     number and region) and ``out/audit.json`` (counts); returns the summary."""
     import csv
 
-    from models.seg.detector import SEG_VERDICTS
-
     out.mkdir(parents=True, exist_ok=True)
     flat = [(stems[i], v) for i, vs in enumerate(verdicts) for v in vs]
     flat.sort(key=lambda sv: -sv[1].score)
@@ -267,8 +259,6 @@ def audit_seg_dataset(bundle_path: str | Path, dataset: str | Path, out: str | P
     writes verdicts.csv / verdicts.jsonl / audit.json and the consensus of every flagged mask as
     ``consensus/<id>_<class>.png`` (a suggested correction)."""
     from PIL import Image
-
-    from models.seg.data import read_segmentation_items
 
     bundle = load_seg_bundle(bundle_path)
     items, names = read_segmentation_items(dataset)

@@ -35,7 +35,9 @@ from itertools import combinations
 
 import numpy as np
 
+from models.agreement import gmm_threshold
 from models.detector import _concave_majorant_slopes, _tail_count, precision_from_steps
+from models.seg.competence import cannot_judge, class_competence
 from models.seg.corruption import CORRUPTIONS, _apply, applicable
 from models.seg.train import to_channels
 from models.verdict import MASK_VERDICTS, MaskErrorKind, Verdict
@@ -143,8 +145,6 @@ class SegThresholds:
 
     def cannot_judge(self, class_names: list[str]) -> dict[str, str]:
         """Class name -> the "cannot judge" sentence, for the classes the ensemble may not flag."""
-        from models.seg.competence import cannot_judge
-
         return cannot_judge(self.competence, class_names)
 
 
@@ -496,9 +496,6 @@ def learn_seg_cut(probs: np.ndarray | None, given: np.ndarray | None, cfg: SegDe
     simulated : (unit index, suspicion) of simulated wrong masks made by the caller (e.g. 3-D
         corruptions of volumes); default: this module's 2-D corruptions of each unit's consensus.
     """
-    from models.agreement import gmm_threshold
-    from models.seg.competence import class_competence
-
     cfg = cfg or SegDetectorConfig()
     if simulated is not None:  # the caller's statistic (units.suspicion) and its own simulated wrong masks
         if units is None:

@@ -31,11 +31,12 @@ import numpy as np
 
 from models.evaluate import _auprc, _prf, efficacy_curve
 from models.seg.corruption import DEFAULT_KINDS, MaskCorruption, corrupt_masks
-from models.seg.data import SegDataset
-from models.seg.detector import MaskVerdict, SegDetectorConfig, score_masks, soft_dice
+from models.seg.data import SegDataset, dataset_from_items, fold_groups, read_segmentation_items
+from models.seg.detector import MaskVerdict, SegDetectorConfig, learn_seg_cut, score_masks, soft_dice
 from models.seg.ensemble import DEFAULT_SEG_ARCHS
+from models.seg.recipe import seg_recipe
 from models.seg.train import SegFit, SegTrainConfig, fit_segmenters, to_channels
-from models.verdict import Verdict
+from models.verdict import MaskErrorKind, Verdict
 
 __all__ = ["SegEvalSettings", "evaluate_segmentation", "run_seg_evaluation", "compare_seg_methods",
            "seg_summary_table", "fit_for_evaluation", "save_predictions", "load_predictions", "rescore_predictions",
@@ -203,8 +204,6 @@ def compare_seg_methods(probs: np.ndarray, noisy: np.ndarray, clean: np.ndarray,
 def rescore_predictions(d: dict, cfg: SegDetectorConfig | None = None) -> dict:
     """Score saved out-of-fold predictions (:func:`load_predictions`) with this checkout's detector and every
     baseline: the comparison, the learned cut's estimated error counts and the members' competence per class."""
-    from models.seg.detector import learn_seg_cut
-
     cfg = cfg or SegDetectorConfig(seed=int(d["settings"].get("seed", 0)))
     t0 = time.time()
     th = learn_seg_cut(d["probs"], d["noisy"], cfg, archs=d["archs"], class_names=d["class_names"])
@@ -248,8 +247,6 @@ def save_predictions(path: Path, fit: SegFit, data: SegDataset, noisy: np.ndarra
 def load_predictions(path: Path) -> dict:
     """What :func:`save_predictions` wrote: ``probs`` float32, masks, stems, archs, class names, records
     (:class:`MaskCorruption`), settings (dict), and any extra arrays."""
-    from models.verdict import MaskErrorKind
-
     with np.load(path, allow_pickle=False) as z:
         d = {k: z[k] for k in z.files}
     d["probs"] = d["probs"].astype(np.float32)
@@ -274,7 +271,6 @@ def evaluate_segmentation(data: SegDataset, s: SegEvalSettings, out_dir: Path | 
     noisy, records, fit, t_fit = fit_for_evaluation(data, s, groups=groups, map_fn=map_fn, progress=progress)
     if out_dir is not None:
         save_predictions(Path(out_dir) / "predictions.npz", fit, data, noisy, records, s)
-    from models.seg.detector import learn_seg_cut
 
     th = learn_seg_cut(fit.probs, noisy, s.detector, archs=list(fit.archs), class_names=data.class_names)
     verdicts = score_masks(fit.probs, noisy, data.spacing, class_names=data.class_names, archs=fit.archs,
@@ -309,9 +305,6 @@ def run_seg_evaluation(s: SegEvalSettings, out_dir: Path, *, progress: bool = Tr
     (``models.seg.recipe``) and evaluate; duplicate images share a fold (``models.seg.data.fold_groups``)."""
     import logging
     from dataclasses import replace
-
-    from models.seg.data import dataset_from_items, fold_groups, read_segmentation_items
-    from models.seg.recipe import seg_recipe
 
     if s.dataset is None:
         raise ValueError("a segmentation evaluation needs a data set folder")

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from models.seg.ensemble import DEFAULT_SEG_ARCHS, build_segmenter, parse_seg_archs
+from models.train import resolve_device
 
 __all__ = ["SegTrainConfig", "SegFitTask", "SegMemberResult", "SegFit", "fit_segmenters", "run_fit_task",
            "to_channels", "predict_seg_probs", "seg_folds", "FIT_MODES"]
@@ -132,8 +133,6 @@ def predict_seg_probs(model: torch.nn.Module, images: np.ndarray, *, batch_size:
 def run_fit_task(task: SegFitTask) -> SegMemberResult:
     """Train one member from scratch and predict its held-out samples (deterministic in ``task.seed``)."""
     from monai.losses import DiceLoss
-
-    from models.train import resolve_device
 
     dev = resolve_device(task.device)
     torch.manual_seed(task.seed)

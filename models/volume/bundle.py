@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models import __version__
 from models.bundles import (
     SEGMENTATION,
     BundleError,
@@ -28,8 +29,9 @@ from models.bundles import (
     sha256_file,
     write_bundle_configs,
 )
-from models.seg.detector import SegThresholds
-from models.volume.data import Geometry, Spacing, VolumeDataset
+from models.seg.detector import SEG_VERDICTS, SegThresholds
+from models.train import resolve_device
+from models.volume.data import Geometry, Spacing, VolumeDataset, load_volume_dataset, write_volume
 from models.volume.detector import (
     DicePredictor,
     GivenMasks,
@@ -38,9 +40,15 @@ from models.volume.detector import (
     VolumeVerdict,
     score_volumes,
 )
-from models.volume.ensemble import DEFAULT_VOLUME_ARCHS, VOLUME_ARCHITECTURES, build_volume_segmenter
-from models.volume.probs import CaseProbs
-from models.volume.train import VolumeTrainConfig
+from models.volume.ensemble import (
+    DEFAULT_VOLUME_ARCHS,
+    VOLUME_ARCHITECTURES,
+    build_volume_segmenter,
+    parse_volume_archs,
+)
+from models.volume.preprocess import model_spacing
+from models.volume.probs import CaseProbs, merge_members
+from models.volume.train import VolumeTrainConfig, fit_volume_segmenters, predict_volume, prepare_volumes
 
 __all__ = ["VOLUME_DIMS", "VolumeBundle", "train_volume_bundle", "save_volume_bundle", "load_volume_bundle",
            "audit_volume_dataset", "write_volume_verdicts"]
@@ -80,10 +88,6 @@ class VolumeBundle:
 
     def predict(self, image: np.ndarray, geometry: Geometry, *, device: str = "auto") -> CaseProbs:
         """Every architecture's probabilities (mean over its folds) for one native volume (Z, Y, X)."""
-        from models.train import resolve_device
-        from models.volume.probs import merge_members
-        from models.volume.train import predict_volume, prepare_volumes
-
         dev = resolve_device(device)
         prep = prepare_volumes([image], None, [geometry.spacing], len(self.class_names), self.spacing)
         parts = [predict_volume([m.model for m in self.members if m.arch == a], prep.images[0],  # type: ignore[misc]
@@ -181,8 +185,6 @@ def save_volume_bundle(out: str | Path, fit, data: VolumeDataset, scores: Volume
     import monai
     import torch
 
-    from models import __version__
-
     out = Path(out)
     (out / "configs").mkdir(parents=True, exist_ok=True)
     (out / "models").mkdir(parents=True, exist_ok=True)
@@ -231,11 +233,6 @@ def train_volume_bundle(dataset_dir: str | Path | None, out: str | Path, *,
     their out-of-fold probabilities, write a bundle at ``out``. ``spacing``: the model spacing (default:
     the data set's median; volumes already on it are not resampled). ``verdicts_out``: also write the
     training masks' own audit there (out-of-fold with crossfit), outside the bundle."""
-    from models.volume.data import load_volume_dataset
-    from models.volume.ensemble import parse_volume_archs
-    from models.volume.preprocess import model_spacing
-    from models.volume.train import fit_volume_segmenters
-
     detector = detector or VolumeDetectorConfig()
     if data is None:
         if dataset_dir is None:
@@ -266,8 +263,6 @@ def write_volume_verdicts(out: Path, verdicts: list[list[VolumeVerdict]], stems:
     number and region) and ``out/audit.json`` (counts); returns the summary."""
     import csv
 
-    from models.seg.detector import SEG_VERDICTS
-
     out.mkdir(parents=True, exist_ok=True)
     flat = [(stems[i], v) for i, vs in enumerate(verdicts) for v in vs]
     flat.sort(key=lambda sv: -sv[1].score)
@@ -295,8 +290,6 @@ def audit_volume_dataset(bundle_path: str | Path, dataset: str | Path, out: str 
     """Audit a volume data set (MSD / nnU-Net layout or images/ + masks/) with a 3-D bundle; writes
     verdicts.csv / verdicts.jsonl / audit.json and the consensus of every flagged segment as
     ``consensus/<id>_<segment>.nii.gz`` on the volume's grid (a suggested correction)."""
-    from models.volume.data import load_volume_dataset, write_volume
-
     bundle = load_volume_bundle(bundle_path)
     data = load_volume_dataset(dataset)
     unknown = sorted(set(data.class_names) - set(bundle.class_names))

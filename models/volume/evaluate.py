@@ -37,11 +37,13 @@ from pathlib import Path
 
 import numpy as np
 
+from models.seg.detector import SegDetectorConfig, score_masks
 from models.seg.ensemble import DEFAULT_SEG_ARCHS
 from models.seg.evaluate import _method
+from models.seg.train import SegTrainConfig, fit_segmenters
 from models.verdict import Verdict
 from models.volume.corruption import DEFAULT_VOLUME_KINDS, VolumeCorruption, corrupt_volumes
-from models.volume.data import Spacing, VolumeDataset
+from models.volume.data import Spacing, VolumeDataset, load_volume_dataset
 from models.volume.detector import VolumeDetectorConfig, VolumeScores, score_volumes, volume_regions
 from models.volume.ensemble import DEFAULT_VOLUME_ARCHS
 from models.volume.preprocess import model_spacing, normalise_intensity
@@ -125,8 +127,6 @@ def _cleanlab(pbars: list[list[np.ndarray]], given: list[np.ndarray], k: int) ->
 
 def _fit_2d(data: VolumeDataset, noisy: list[np.ndarray], s: VolumeEvalSettings, map_fn, progress: bool) -> dict:
     """labelqa's 2-D members cross-fitted on the slices (whole cases per fold): out-of-fold probabilities."""
-    from models.seg.train import SegTrainConfig, fit_segmenters
-
     ims, case = slice_stack([normalise_intensity(c.image) for c in data.cases], 0.0)
     labs, _ = slice_stack([np.asarray(m, np.int64) for m in noisy], 0)
     t0 = time.time()
@@ -139,8 +139,6 @@ def _fit_2d(data: VolumeDataset, noisy: list[np.ndarray], s: VolumeEvalSettings,
 def _score_2d(probs2d: np.ndarray, case: np.ndarray, noisy: list[np.ndarray], data: VolumeDataset, archs: list[str],
               seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
     """Per unit (case-major): flagged when any slice is a suspected error, score = the highest slice score."""
-    from models.seg.detector import SegDetectorConfig, score_masks
-
     labs, _ = slice_stack([np.asarray(m, np.int64) for m in noisy], 0)
     sp = {(c.geometry.spacing[1], c.geometry.spacing[2]) for c in data.cases}
     t0 = time.time()
@@ -427,8 +425,6 @@ def rescore_volume_run(run_dir: str | Path, data: VolumeDataset, s: VolumeEvalSe
 def run_volume_evaluation(s: VolumeEvalSettings, out_dir: Path, *, progress: bool = True, map_fn=None,
                           extra: dict | None = None) -> dict:
     """Load ``s.dataset`` (MSD / nnU-Net layout or images/ + masks/ of volumes) and evaluate."""
-    from models.volume.data import load_volume_dataset
-
     if s.dataset is None:
         raise ValueError("a volume evaluation needs a data set folder")
     data = load_volume_dataset(s.dataset, max_cases=s.max_cases)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from models.seg.train import FIT_MODES, seg_folds
+from models.train import resolve_device
 from models.volume.data import Spacing
 from models.volume.ensemble import (
     DEFAULT_VOLUME_ARCHS,
@@ -189,8 +190,6 @@ def run_volume_fit_task(task: VolumeFitTask) -> VolumeMemberResult:
     """Train one 3-D member from scratch on patches and predict its held-out cases (deterministic in the seed)."""
     from monai.losses import DiceLoss
     from monai.transforms import RandCropByLabelClassesd
-
-    from models.train import resolve_device
 
     t0 = time.perf_counter()
     dev = resolve_device(task.device)
