@@ -22,6 +22,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from dicom_io import pixels as px
+from dicom_io import study as _study  # the module, not its names: dicom_io.study imports this package's records
 from dicom_io.annotations.records import (
     CONFLICTING_LABELS,
     MALFORMED_ANNOTATION,
@@ -49,10 +50,10 @@ from dicom_io.header import odd_values
 from dicom_io.pixels import _fg_item, n_frames
 from dicom_io.settings import SegSettings
 from dicom_io.sop import SEG_STORAGE, SR_STORAGE, is_non_image
-from dicom_io.study import Study, StudyFile, open_studies, open_study
 
 if TYPE_CHECKING:
     from dicom_io.geometry import ImageVolume
+    from dicom_io.study import Study, StudyFile
     from dicom_io.vocabulary import Vocabulary
 
 __all__ = ["read_study", "read_studies", "SR_SOP_CLASSES", "SEG_SOP_CLASSES"]
@@ -84,10 +85,10 @@ def read_studies(
 ) -> list[AnnotationSet]:
     """``read_study`` for every study found under ``paths`` (unreadable files: a study_uid None set), or for
     each of the given studies."""
-    if isinstance(paths, list) and paths and all(isinstance(s, Study) for s in paths):
+    if isinstance(paths, list) and paths and all(isinstance(s, _study.Study) for s in paths):
         studies: list[Study] = list(paths)
     else:
-        studies = open_studies(paths)  # type: ignore[arg-type]  # files or folders
+        studies = _study.open_studies(paths)  # type: ignore[arg-type]  # files or folders
     return [read_study(s, vocabulary, image_size=image_size, load_pixels=load_pixels, pixel_transform=pixel_transform,
                        masks=masks, mask_classes=mask_classes, volumes=volumes, seg_limits=seg_limits)
             for s in studies]
@@ -132,7 +133,7 @@ def read_study(
     values pydicom cannot convert (dates, times, Patient's Sex) are ``odd_header_value`` issues: the
     results are written with them normalised or left out.
     """
-    study = paths if isinstance(paths, Study) else open_study(paths)
+    study = paths if isinstance(paths, _study.Study) else _study.open_study(paths)
     if study.uid is None and not study.files:
         return AnnotationSet(None, [], list(study.issues))
     return _read_instances(list(study), list(study.issues), vocabulary, image_size=image_size, load_pixels=load_pixels,
