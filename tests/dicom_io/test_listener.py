@@ -360,6 +360,9 @@ def _send_files_raw(port: int, files: list[Path], aet: str = "PYNETDICOM") -> li
 
     metas = [read_file_meta_info(f) for f in files]
     ae = AE(ae_title=aet)
+    # outcomes, not moments: on a loaded 2-core machine one C-STORE answer (an fsync) took over pynetdicom's
+    # default 30 s DIMSE timeout once, and the association was aborted under the test
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 600
     for cls, ts in sorted({(str(m.MediaStorageSOPClassUID), str(m.TransferSyntaxUID)) for m in metas}):
         ae.add_requested_context(cls, ts)
     statuses = []
