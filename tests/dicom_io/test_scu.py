@@ -66,10 +66,12 @@ def test_storescp_receives_sr_sc_kos_byte_equal(result_files, tmp_path):
             from pathlib import Path
             from dicom_io.scu import file_info, store_files
             files = [file_info(Path(p)) for p in {[str(p) for p in result_files]!r}]
-            out = store_files(files, host="127.0.0.1", port={port}, called_ae="STORESCP")
+            # timeouts a loaded 2-core machine cannot outlast (an answer once took over the default 60 s)
+            out = store_files(files, host="127.0.0.1", port={port}, called_ae="STORESCP", connect_timeout_s=300,
+                              acse_timeout_s=300, dimse_timeout_s=600)
             print(json.dumps([[o.sop_instance_uid, o.delivered, o.status, o.error] for o in out]))
         """)
-        r = ns.run([sys.executable, "-c", script], env=labelqa_env(), timeout=120)
+        r = ns.run([sys.executable, "-c", script], env=labelqa_env(), timeout=1200)
         assert r.returncode == 0, r.stderr
         outcomes = json.loads(r.stdout.strip().splitlines()[-1])
         assert all(delivered and status == 0 for _, delivered, status, _ in outcomes), outcomes
@@ -167,7 +169,8 @@ def test_dicom_tls_to_storescp_with_mutual_authentication(result_files, tmp_path
             from pathlib import Path
             from dicom_io.scu import AssociationError, file_info, store_files
             files = [file_info(Path(p)) for p in {[str(p) for p in result_files]!r}]
-            kw = dict(host="127.0.0.1", port={port}, called_ae="STORESCP", tls=True)
+            kw = dict(host="127.0.0.1", port={port}, called_ae="STORESCP", tls=True, connect_timeout_s=300,
+                      acse_timeout_s=300, dimse_timeout_s=600)  # timeouts a loaded machine cannot outlast
             try:
                 store_files(files, **kw)  # system CAs do not know our CA: refused
                 untrusted = "sent"
@@ -177,7 +180,7 @@ def test_dicom_tls_to_storescp_with_mutual_authentication(result_files, tmp_path
                               tls_key={str(pki["client.key"])!r}, **kw)
             print(json.dumps({{"untrusted": untrusted, "ok": [o.delivered for o in out]}}))
         """)
-        r = ns.run([sys.executable, "-c", script], env=labelqa_env(), timeout=120)
+        r = ns.run([sys.executable, "-c", script], env=labelqa_env(), timeout=1200)
         assert r.returncode == 0, r.stderr[-3000:]
         res = json.loads(r.stdout.strip().splitlines()[-1])
         assert res["untrusted"] == "refused"
