@@ -10,7 +10,6 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -27,7 +26,7 @@ log = logging.getLogger("labelqa.audit")
 
 def audit_dicom_dir(bundle_path: Path | str, dicom_dir: Path | str, out_dir: Path | str, *,
                     vocabulary: Path | str | None = None, device: str = "auto", batch_size: int = 64,
-                    options: ResultOptions = ResultOptions()) -> dict[str, Any]:
+                    options: ResultOptions = ResultOptions()) -> dict[str, object]:
     """Audit every study under ``dicom_dir`` offline: ``out_dir/dicom/*.dcm`` + ``out_dir/verdicts.json``.
 
     Returns the summary written into verdicts.json (without the per-annotation items).

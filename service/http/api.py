@@ -133,7 +133,7 @@ router = APIRouter()
 
 
 @router.get("/openapi.json", dependencies=[Depends(reviewer)], include_in_schema=False)
-def openapi_schema(request: Request) -> dict[str, Any]:
+def openapi_schema(request: Request) -> dict[str, object]:
     return request.app.openapi()
 
 

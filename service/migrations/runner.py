@@ -23,7 +23,6 @@ import tempfile
 import threading
 from importlib import import_module
 from pathlib import Path
-from typing import Any
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -114,7 +113,7 @@ def head() -> str:
     return rev
 
 
-def schema_diff(bind: str | Engine) -> list[Any]:
+def schema_diff(bind: str | Engine) -> list[object]:
     """Alembic autogenerate's differences between the database and the models ([] when they agree)."""
     engine, own = _engine(bind)
     try:

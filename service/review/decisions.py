@@ -142,7 +142,7 @@ class DecisionLog:
         self._gen += 1
         return True
 
-    def set_writeback(self, item_id: int, state: str, detail: dict[str, Any] | None = None) -> None:
+    def set_writeback(self, item_id: int, state: str, detail: dict[str, object] | None = None) -> None:
         """Record the outcome of a decision's write-back."""
         with Session(self.engine) as s, s.begin():
             s.execute(update(DecisionRow).where(DecisionRow.item_id == item_id).values(
@@ -161,7 +161,7 @@ class DecisionLog:
                              .order_by(AuditedRow.priority.desc(), AuditedRow.id.desc())).all()
         return [item_dict(r, d) for r, d in rows]
 
-    def trail(self, item_id: int | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+    def trail(self, item_id: int | None = None, limit: int = 1000) -> list[dict[str, object]]:
         """The decision trail, newest first."""
         q = select(DecisionAuditRow).order_by(DecisionAuditRow.id.desc()).limit(limit)
         if item_id is not None:

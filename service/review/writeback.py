@@ -192,7 +192,7 @@ class ReviewService:
             d = item["decision"]
             if d["writeback_state"] != "pending":
                 return d
-            detail: dict[str, Any] = {"version": d["version"]}
+            detail: dict[str, object] = {"version": d["version"]}
             try:
                 if self.data_dir is None:
                     raise RevisionError("no data dir: nothing can be written")
@@ -313,5 +313,5 @@ class ReviewService:
                 found.append((x["decision"]["decided_at"], Path(p)))
         return [p for _, p in sorted(found)]
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> dict[str, object]:
         return self.store.loop_stats()

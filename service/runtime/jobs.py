@@ -120,7 +120,7 @@ class Job:
             return None
         return self.started_at - self.created_at
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> dict[str, object]:
         """JSON-ready description without the full result."""
         return {
             "id": self.id,
