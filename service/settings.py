@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -172,17 +172,18 @@ class Settings(BaseSettings):
 _CONFIG_PATH_OVERRIDE: Path | None = None
 
 
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def _deep_merge(base: dict[str, object], over: dict[str, object]) -> dict[str, object]:
     out = dict(base)
     for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
+        prev = out.get(k)
+        if isinstance(v, dict) and isinstance(prev, dict):
+            out[k] = _deep_merge(prev, v)
         else:
             out[k] = v
     return out
 
 
-def load_settings(config: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+def load_settings(config: Path | None = None, overrides: dict[str, object] | None = None) -> Settings:
     """Load settings from file + environment, then apply CLI overrides (nested dict, None = unset).
 
     Raises FileNotFoundError when an explicitly given config file does not exist.
@@ -202,8 +203,8 @@ def load_settings(config: Path | None = None, overrides: dict[str, Any] | None =
         _CONFIG_PATH_OVERRIDE = None
 
 
-def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def _drop_none(d: dict[str, object]) -> dict[str, object]:
+    out: dict[str, object] = {}
     for k, v in d.items():
         if isinstance(v, dict):
             sub = _drop_none(v)

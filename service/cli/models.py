@@ -8,9 +8,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypeVar
 
 import typer
+from typer.models import OptionInfo
 
 if TYPE_CHECKING:  # annotation-only types
     from models.bundles import BundleInfo
@@ -382,7 +383,10 @@ def _given_archs(archs: str) -> tuple[str, ...] | None:
     return None if archs == ArchsOpt.default else tuple(a.strip() for a in archs.split(",") if a.strip())
 
 
-def _given(value: Any, option: Any) -> Any:
+_V = TypeVar("_V")
+
+
+def _given(value: _V, option: OptionInfo) -> _V | None:
     """The option's value when the user gave one, else None (the volume defaults apply)."""
     return None if value == option.default else value
 

@@ -26,7 +26,6 @@ import threading
 import urllib.parse
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 __all__ = [
     "OHIF_PACKAGE", "OHIF_VERSION", "ViewerError", "ohif_home", "ohif_dist", "install_ohif", "app_config",
@@ -144,7 +143,7 @@ _HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authoriz
 class _Handler(SimpleHTTPRequestHandler):
     server: _Server
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
         log.debug("viewer: " + format, *args)
 
     def end_headers(self) -> None:

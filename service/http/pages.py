@@ -52,7 +52,7 @@ def templates() -> Environment:
 _ENV = templates()
 
 
-def render(ctx: HttpContext, name: str, request: Request, p: Principal | None, **values: Any) -> HTMLResponse:
+def render(ctx: HttpContext, name: str, request: Request, p: Principal | None, **values: object) -> HTMLResponse:
     """Template ``name`` with ``values`` and what every page shows (the user, the CSRF token, whether login
     is on), with :data:`PAGE_HEADERS`."""
     html = _ENV.get_template(name).render(request=request, user=p, csrf=p.csrf if p else None,
