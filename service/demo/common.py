@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from models.verdict import FLAGGED
+from service.demo.dicomize import planted_classes
+from service.runtime.jobs import DONE
 
 if TYPE_CHECKING:  # annotation-only types
     from service.runtime.jobs import JobStore
 
 __all__ = ["REPO", "DEMO_ARCHS", "DemoError", "DemoConfig", "DemoData", "DemoReport", "DemoTask", "register_demo",
-           "demo_task", "demo_tasks", "demo_config", "tally", "unaudited_mask_rows"]
+           "demo_task", "demo_tasks", "demo_config", "tally", "unaudited_mask_rows", "collect_mask_rows"]
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_ARCHS = "densenet-tiny,resnet-tiny,efficientnet-tiny"
@@ -166,6 +168,35 @@ def unaudited_mask_rows(report: DemoReport, uid: str, manifest_row: dict[str, st
                             "verdict": job.state if job else "missing", "kind": None, "dice": None,
                             "planted_error": cls in planted_in, "planted": note,
                             "reason": job.reason if job else None})
+
+
+def collect_mask_rows(report: DemoReport, jobs: JobStore, data: DemoData, study_uids: list[str], task: str,
+                      extra: Callable[[dict[str, Any], dict[str, str], bool], dict[str, Any]]) -> None:
+    """One report row per audited mask (2-D: per class and frame; 3-D: per segment) with its verdict, kind,
+    Dice to the consensus and whether its error was planted (the manifest's ``mask_corruption``), plus
+    ``extra(row, manifest_row, planted)``; a study whose audit did not finish gets a row per class."""
+    by_study = {r["study_uid"]: r for r in data.manifest}
+    for uid in study_uids:
+        job = jobs.latest_for_study(uid)
+        m = by_study.get(uid, {})
+        note = m.get("mask_corruption", "")
+        planted_in = planted_classes(note)
+        result = (job.result or {}) if job is not None else {}
+        if job is None or job.state != DONE:
+            unaudited_mask_rows(report, uid, m, data.class_names, job, planted_in)
+            continue
+        for row in result.get("rows", []):
+            cls = str(row.get("class"))
+            planted = cls in planted_in
+            report.rows.append({
+                "study_uid": uid, "annotation_uid": row.get("annotation_uid"),
+                "segment_number": row.get("segment_number"), "class": cls, "given_label": cls,
+                "verdict": str(row.get("verdict")), "kind": row.get("kind"), "dice": row.get("dice"),
+                "agreement": row.get("agreement"), "priority": row.get("priority"), "planted_error": planted,
+                "planted": (note or None) if planted else None, **extra(row, m, planted),
+            })
+        report.outputs.setdefault("result_files", []).extend(result.get("outputs", []))
+    tally(report, len(study_uids), task)
 
 
 def tally(report: DemoReport, n_studies: int, task: str) -> None:

@@ -32,12 +32,10 @@ from service.demo.common import (
     DemoData,
     DemoError,
     DemoReport,
+    collect_mask_rows,
     register_demo,
-    tally,
-    unaudited_mask_rows,
 )
-from service.demo.dicomize import corruption_note, planted_classes
-from service.runtime.jobs import DONE
+from service.demo.dicomize import corruption_note
 
 if TYPE_CHECKING:  # annotation-only types
     from service.runtime.jobs import JobStore
@@ -101,31 +99,9 @@ def _train(cfg: DemoConfig, data: DemoData, out: Path, echo: Callable[[str], Non
     return Path(path)
 
 
-def _collect(report: DemoReport, jobs: JobStore, data: DemoData, study_uids: list[str]) -> None:
-    """One row per audited mask: verdict, kind, Dice to the consensus, planted or not."""
-    by_study = {r["study_uid"]: r for r in data.manifest}
-    for uid in study_uids:
-        job = jobs.latest_for_study(uid)
-        m = by_study.get(uid, {})
-        planted_in = planted_classes(m.get("mask_corruption", ""))
-        result = (job.result or {}) if job is not None else {}
-        if job is None or job.state != DONE:
-            unaudited_mask_rows(report, uid, m, data.class_names, job, planted_in)
-            continue
-        for row in result.get("rows", []):
-            cls = str(row.get("class"))
-            planted = cls in planted_in
-            verdict = str(row.get("verdict"))
-            report.rows.append({
-                "study_uid": uid, "annotation_uid": row.get("annotation_uid"), "image_uid": row.get("image_uid"),
-                "segment_number": row.get("segment_number"), "class": cls, "given_label": cls,
-                "verdict": verdict, "kind": row.get("kind"), "dice": row.get("dice"),
-                "agreement": row.get("agreement"), "priority": row.get("priority"),
-                "regions": len(row.get("regions") or []), "planted_error": planted,
-                "planted": (m.get("mask_corruption") or None) if planted else None,
-            })
-        report.outputs.setdefault("result_files", []).extend(result.get("outputs", []))
-    tally(report, len(study_uids), MaskDemo.name)
+def _mask_row_extra(row: dict[str, Any], _manifest_row: dict[str, str], _planted: bool) -> dict[str, Any]:
+    """What a 2-D mask row adds: its source frame and the number of regions of disagreement."""
+    return {"image_uid": row.get("image_uid"), "regions": len(row.get("regions") or [])}
 
 
 def _render_rows(report: DemoReport) -> list[str]:
@@ -164,7 +140,7 @@ class MaskDemo:
         return _train(cfg, data, out, echo)
 
     def collect(self, report: DemoReport, jobs: JobStore, data: DemoData, study_uids: list[str]) -> None:
-        _collect(report, jobs, data, study_uids)
+        collect_mask_rows(report, jobs, data, study_uids, self.name, _mask_row_extra)
 
     def render_rows(self, report: DemoReport) -> list[str]:
         return _render_rows(report)

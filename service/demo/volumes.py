@@ -29,12 +29,10 @@ from service.demo.common import (
     DemoData,
     DemoError,
     DemoReport,
+    collect_mask_rows,
     register_demo,
-    tally,
-    unaudited_mask_rows,
 )
-from service.demo.dicomize import DicomizeError, dicomize_volumes, planted_classes
-from service.runtime.jobs import DONE
+from service.demo.dicomize import DicomizeError, dicomize_volumes
 
 if TYPE_CHECKING:  # annotation-only types
     from service.runtime.jobs import JobStore
@@ -101,33 +99,12 @@ def _train(cfg: DemoConfig, data: DemoData, out: Path, echo: Callable[[str], Non
     return Path(path)
 
 
-def _collect(report: DemoReport, jobs: JobStore, data: DemoData, study_uids: list[str]) -> None:
-    """One row per audited segment: verdict, kind, Dice to the consensus, predicted Dice, planted or not."""
-    by_study = {r["study_uid"]: r for r in data.manifest}
-    for uid in study_uids:
-        job = jobs.latest_for_study(uid)
-        m = by_study.get(uid, {})
-        note = m.get("mask_corruption", "")
-        planted_in = planted_classes(note)
-        result = (job.result or {}) if job is not None else {}
-        if job is None or job.state != DONE:
-            unaudited_mask_rows(report, uid, m, data.class_names, job, planted_in)
-            continue
-        for row in result.get("rows", []):
-            cls = str(row.get("class"))
-            planted = cls in planted_in
-            report.rows.append({
-                "study_uid": uid, "case": m.get("case"), "annotation_uid": row.get("annotation_uid"),
-                "segment_number": row.get("segment_number"), "class": cls, "given_label": cls,
-                "verdict": str(row.get("verdict")), "kind": row.get("kind"), "dice": row.get("dice"),
-                "predicted_dice": row.get("predicted_dice"), "agreement": row.get("agreement"),
-                "priority": row.get("priority"), "key_slices": row.get("key_slices"),
-                "slice_range": row.get("slice_range"), "regions": len(row.get("regions_3d") or []),
-                "planted_error": planted, "planted": note if planted else None,
-                "planted_kind": (m.get("planted_kind") or None) if planted else None,
-            })
-        report.outputs.setdefault("result_files", []).extend(result.get("outputs", []))
-    tally(report, len(study_uids), VolumeDemo.name)
+def _volume_row_extra(row: dict[str, Any], manifest_row: dict[str, str], planted: bool) -> dict[str, Any]:
+    """What a segment's row adds: its case, predicted Dice, key slices, slice range, 3-D regions, planted kind."""
+    return {"case": manifest_row.get("case"), "predicted_dice": row.get("predicted_dice"),
+            "key_slices": row.get("key_slices"), "slice_range": row.get("slice_range"),
+            "regions": len(row.get("regions_3d") or []),
+            "planted_kind": (manifest_row.get("planted_kind") or None) if planted else None}
 
 
 def _render_rows(report: DemoReport) -> list[str]:
@@ -169,7 +146,7 @@ class VolumeDemo:
         return _train(cfg, data, out, echo)
 
     def collect(self, report: DemoReport, jobs: JobStore, data: DemoData, study_uids: list[str]) -> None:
-        _collect(report, jobs, data, study_uids)
+        collect_mask_rows(report, jobs, data, study_uids, self.name, _volume_row_extra)
 
     def render_rows(self, report: DemoReport) -> list[str]:
         return _render_rows(report)
