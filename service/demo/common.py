@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -21,7 +21,7 @@ from service.demo.dicomize import planted_classes
 from service.runtime.jobs import DONE
 
 if TYPE_CHECKING:  # annotation-only types
-    from service.runtime.jobs import JobStore
+    from service.runtime.jobs import Job, JobStore
 
 __all__ = ["REPO", "DEMO_ARCHS", "DemoError", "DemoConfig", "DemoData", "DemoReport", "DemoTask", "register_demo",
            "demo_task", "demo_tasks", "demo_config", "tally", "unaudited_mask_rows", "collect_mask_rows"]
@@ -86,7 +86,7 @@ class DemoReport:
     outputs: dict[str, Any] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
-    executor: dict[str, Any] = field(default_factory=dict)  # kind, nodes, jobs_by_node
+    executor: dict[str, object] = field(default_factory=dict)  # kind, nodes, jobs_by_node
 
 
 class DemoTask(Protocol):
@@ -160,7 +160,7 @@ def demo_config(**given: Any) -> DemoConfig:
 
 
 def unaudited_mask_rows(report: DemoReport, uid: str, manifest_row: dict[str, str], class_names: list[str],
-                        job: Any, planted_in: set[str]) -> None:
+                        job: Job | None, planted_in: set[str]) -> None:
     """One row per class of a study whose audit did not finish (its state, or "missing", as the verdict)."""
     note = manifest_row.get("mask_corruption") or None
     for cls in class_names:
@@ -171,7 +171,7 @@ def unaudited_mask_rows(report: DemoReport, uid: str, manifest_row: dict[str, st
 
 
 def collect_mask_rows(report: DemoReport, jobs: JobStore, data: DemoData, study_uids: list[str], task: str,
-                      extra: Callable[[dict[str, Any], dict[str, str], bool], dict[str, Any]]) -> None:
+                      extra: Callable[[Mapping[str, object], dict[str, str], bool], dict[str, object]]) -> None:
     """One report row per audited mask (2-D: per class and frame; 3-D: per segment) with its verdict, kind,
     Dice to the consensus and whether its error was planted (the manifest's ``mask_corruption``), plus
     ``extra(row, manifest_row, planted)``; a study whose audit did not finish gets a row per class."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -99,9 +99,10 @@ def _train(cfg: DemoConfig, data: DemoData, out: Path, echo: Callable[[str], Non
     return Path(path)
 
 
-def _mask_row_extra(row: dict[str, Any], _manifest_row: dict[str, str], _planted: bool) -> dict[str, Any]:
+def _mask_row_extra(row: Mapping[str, object], _manifest_row: dict[str, str], _planted: bool) -> dict[str, object]:
     """What a 2-D mask row adds: its source frame and the number of regions of disagreement."""
-    return {"image_uid": row.get("image_uid"), "regions": len(row.get("regions") or [])}
+    regions = row.get("regions")
+    return {"image_uid": row.get("image_uid"), "regions": len(regions) if isinstance(regions, list) else 0}
 
 
 def _render_rows(report: DemoReport) -> list[str]:

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 from dicom_io.db import make_engine
 from dicom_io.results.series import SR_SERIES_NUMBER, is_own_output
@@ -42,6 +42,7 @@ from service.runtime.process import Service
 from service.settings import Destination, load_settings
 
 if TYPE_CHECKING:  # annotation-only types
+    from service.runtime.executor import Executor
     from service.runtime.jobs import JobStore
 
 __all__ = ["train_demo_bundle", "dicom_files", "send_studies", "orthanc_routing_config", "demo_orthanc", "run_demo",
@@ -69,8 +70,16 @@ def dicom_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*.dcm") if p.is_file())
 
 
+class Sent(TypedDict):
+    """What :func:`send_studies` did: the client used, the files sent, the seconds it took."""
+
+    method: str
+    files: int
+    seconds: float
+
+
 def send_studies(root: Path, host: str, port: int, called_ae: str, calling_ae: str = "LABELQADEMO",
-                 sender: str = "auto") -> dict[str, Any]:
+                 sender: str = "auto") -> Sent:
     """C-STORE every DICOM file under ``root``: dcmtk storescu (TCP_NODELAY) when installed, else pynetdicom."""
     files = dicom_files(root)
     if not files:
@@ -95,7 +104,7 @@ def send_studies(root: Path, host: str, port: int, called_ae: str, calling_ae: s
 
 
 # -- a local Orthanc -------------------------------------------------------------------------------
-def orthanc_routing_config(work: Path) -> dict[str, Any]:
+def orthanc_routing_config(work: Path) -> dict[str, object]:
     """``deploy/orthanc/orthanc.json`` (labelqa's routing example) for a throw-away Orthanc under ``work``.
 
     Orthanc listens on all interfaces; this configuration refuses remote HTTP and only accepts DICOM
@@ -291,7 +300,7 @@ def _forget_demo_jobs(database_url: str, study_uids: list[str]) -> None:
         engine.dispose()
 
 
-def _executor_report(executor: Any, jobs: JobStore, study_uids: list[str]) -> dict[str, Any]:
+def _executor_report(executor: Executor, jobs: JobStore, study_uids: list[str]) -> dict[str, object]:
     """Which executor ran the audits, on how many nodes, and how many audits each node ran."""
     import socket
 
@@ -304,7 +313,8 @@ def _executor_report(executor: Any, jobs: JobStore, study_uids: list[str]) -> di
             continue
         node = (job.result.get("worker") or {}).get("node_id") or socket.gethostname()
         by_node[node] = by_node.get(node, 0) + 1
-    nodes = int(status.get("nodes") or 1) if kind == "ray" else 1
+    n = status.get("nodes")
+    nodes = int(n) if kind == "ray" and isinstance(n, int | float | str) and n else 1
     return {"kind": kind, "nodes": nodes, "jobs_by_node": by_node, "address": status.get("address")}
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import csv
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -99,11 +99,11 @@ def _train(cfg: DemoConfig, data: DemoData, out: Path, echo: Callable[[str], Non
     return Path(path)
 
 
-def _volume_row_extra(row: dict[str, Any], manifest_row: dict[str, str], planted: bool) -> dict[str, Any]:
+def _volume_row_extra(row: Mapping[str, object], manifest_row: dict[str, str], planted: bool) -> dict[str, object]:
     """What a segment's row adds: its case, predicted Dice, key slices, slice range, 3-D regions, planted kind."""
     return {"case": manifest_row.get("case"), "predicted_dice": row.get("predicted_dice"),
             "key_slices": row.get("key_slices"), "slice_range": row.get("slice_range"),
-            "regions": len(row.get("regions_3d") or []),
+            "regions": len(r) if isinstance(r := row.get("regions_3d"), list) else 0,
             "planted_kind": (manifest_row.get("planted_kind") or None) if planted else None}
 
 
