@@ -21,7 +21,7 @@ import torch
 from models.seg.ensemble import DEFAULT_SEG_ARCHS, build_segmenter, parse_seg_archs
 from models.train import resolve_device
 
-__all__ = ["SegTrainConfig", "SegFitTask", "SegMemberResult", "SegFit", "fit_segmenters", "run_fit_task",
+__all__ = ["task_seed", "SegTrainConfig", "SegFitTask", "SegMemberResult", "SegFit", "fit_segmenters", "run_fit_task",
            "to_channels", "predict_seg_probs", "seg_folds", "FIT_MODES"]
 
 FIT_MODES = ("crossfit", "insample")
@@ -202,7 +202,8 @@ class SegFit:
         return out
 
 
-def _task_seed(seed: int, arch: str, fold: int) -> int:
+def task_seed(seed: int, arch: str, fold: int) -> int:
+    """The seed of one (member, fold) fit: the same for a given run seed wherever the fit runs (2-D or 3-D)."""
     return (seed * 1_000_003 + zlib.crc32(arch.encode()) + 7_927 * fold) % (2**31 - 1)
 
 
@@ -251,7 +252,7 @@ def fit_segmenters(images: np.ndarray, masks: np.ndarray, *, n_classes: int | No
     else:
         fold_of = np.zeros(n, np.int64)
         splits = [(0, np.arange(n), np.arange(n))]
-    tasks = [SegFitTask(a, f, k, images, targets, tr, te, cfg, _task_seed(seed, a, f), device)
+    tasks = [SegFitTask(a, f, k, images, targets, tr, te, cfg, task_seed(seed, a, f), device)
              for a in names for f, tr, te in splits]
     from tqdm import tqdm
 

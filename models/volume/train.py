@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import math
 import time
-import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
-from models.seg.train import FIT_MODES, seg_folds
+from models.seg.train import FIT_MODES, seg_folds, task_seed
 from models.train import resolve_device
 from models.volume.data import Spacing
 from models.volume.ensemble import (
@@ -282,10 +281,6 @@ class VolumeFit:
         return out
 
 
-def _task_seed(seed: int, arch: str, fold: int) -> int:
-    return (seed * 1_000_003 + zlib.crc32(arch.encode()) + 7_927 * fold) % (2**31 - 1)
-
-
 def fit_volume_segmenters(images: list[np.ndarray], labels: list[np.ndarray], spacings: list[Spacing],
                           *, n_classes: int, archs: str | tuple[str, ...] | list[str] = DEFAULT_VOLUME_ARCHS,
                           folds: int = 3, epochs: int | None = None, cfg: VolumeTrainConfig | None = None,
@@ -327,7 +322,7 @@ def fit_volume_segmenters(images: list[np.ndarray], labels: list[np.ndarray], sp
     else:
         fold_of = np.zeros(n, np.int64)
         splits = [(0, np.arange(n), np.arange(n))]
-    tasks = [VolumeFitTask(a, f, n_classes, data, tr, te, cfg, _task_seed(seed, a, f), device)
+    tasks = [VolumeFitTask(a, f, n_classes, data, tr, te, cfg, task_seed(seed, a, f), device)
              for a in names for f, tr, te in splits]
     from tqdm import tqdm
 
