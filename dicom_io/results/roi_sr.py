@@ -34,7 +34,7 @@ from pydicom.sr.coding import Code
 from dicom_io import codes
 from dicom_io.results.geometry import library_header
 from dicom_io.results.shapes import hot_region, largest_component, region_outline, scale_outline
-from dicom_io.results.sr import separate_containers
+from dicom_io.results.sr import comprehensive_3d_sr, separate_containers
 
 if TYPE_CHECKING:
     from dicom_io.results.records import AlgorithmInfo, AuditedAnnotation, AuditedMask
@@ -259,7 +259,7 @@ def drawn_flags_sr(
         title=codes.IMAGING_MEASUREMENT_REPORT,
         referenced_images=library or None,
     )
-    return hd.sr.Comprehensive3DSR(
+    return comprehensive_3d_sr(
         evidence=list(sources.values()),
         content=separate_containers(report[0]),
         series_instance_uid=series_instance_uid,

@@ -26,6 +26,7 @@ from dicom_io.results.geometry import has_plane_geometry
 from dicom_io.results.heatmap import heatmap_sc
 from dicom_io.results.kos import quality_issue_kos
 from dicom_io.results.overlay import mask_overlay_sc
+from dicom_io.results.pause import with_gc_paused
 from dicom_io.results.pmap import saliency_map
 from dicom_io.results.records import AlgorithmInfo, AuditedAnnotation, AuditedMask
 from dicom_io.results.roi_sr import DrawnFlag, drawn_flags_sr, label_flag, mask_flag
@@ -89,6 +90,7 @@ class ResultSet(list[Dataset]):
         self.suggestions: dict[int, tuple[str, int]] = dict(suggestions or {})
 
 
+@with_gc_paused
 def write_results(
     source_images: Mapping[str, Dataset],
     annotation_datasets: Mapping[str, Dataset],

@@ -22,6 +22,7 @@ from pydicom.dataset import Dataset
 
 from dicom_io.results.kos import quality_issue_kos
 from dicom_io.results.overlay import mask_overlay_sc
+from dicom_io.results.pause import with_gc_paused
 from dicom_io.results.records import AlgorithmInfo, AuditedMask, AuditedVolumeMask
 from dicom_io.results.roi_sr import DrawnFlag, drawn_flags_sr, mask_flag
 from dicom_io.results.seg_volume_out import suggestion_seg_volume
@@ -57,6 +58,7 @@ def slice_view(v: AuditedVolumeMask, k: int) -> AuditedMask:
     )
 
 
+@with_gc_paused
 def write_volume_results(
     source_images: Mapping[str, Dataset],
     annotation_datasets: Mapping[str, Dataset],

@@ -16,12 +16,12 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dicom_io.annotations.records import IssueDict
-from dicom_io.results import save_results
+from dicom_io.results import ResultSet, save_results
 from dicom_io.results.series import is_own_output
 from dicom_io.sop import is_annotation
 from dicom_io.store import StudyStable, StudyStore
@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # annotation-only types
     from dicom_io.outbox import Outbox
     from service.runtime.metrics import Metrics
 
-__all__ = ["verdict_rows", "unaudited_reason", "Pipeline"]
+__all__ = ["verdict_rows", "unaudited_reason", "delivery_order", "Pipeline"]
 
 log = logging.getLogger("labelqa.pipeline")
 
@@ -76,6 +76,13 @@ def unaudited_reason(issues: list[IssueDict]) -> str:
     first = str(issues[0].get("message", ""))[:200]
     summary = ", ".join(f"{n} {code}" for code, n in sorted(counts.items(), key=lambda kv: -kv[1]))
     return f"no annotation could be audited: {summary} (first: {first})"
+
+
+def delivery_order(datasets: ResultSet, paths: Sequence[Path]) -> list[Path]:
+    """The saved result files in the order they go to the PACS: the QA report first (what a reader
+    opens first arrives first), then the rest as written."""
+    first = [p for ds, p in zip(datasets, paths, strict=True) if str(ds.SOPInstanceUID) == datasets.report_uid]
+    return first + [p for p in paths if p not in first]
 
 
 class Pipeline:
@@ -215,7 +222,7 @@ class Pipeline:
                     "modality": str(getattr(ds, "Modality", "")), "path": str(p)}
                    for ds, p in zip(sa.datasets, paths, strict=True)]
         if self.outbox is not None and paths and self.settings.outbox.destinations:
-            self.outbox.enqueue(paths)
+            self.outbox.enqueue(delivery_order(sa.datasets, paths))
         n_flagged = sum(1 for r in sa.rows if r.verdict in FLAGGED)
         return Outcome(
             state=DONE, n_samples=len(rows), n_flagged=n_flagged,

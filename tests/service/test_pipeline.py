@@ -20,12 +20,15 @@ from pydicom.data import get_testdata_file
 
 from dicom_io.db import make_engine
 from dicom_io.hooks import HookDir
+from dicom_io.results import save_results, write_results
 from dicom_io.results.series import SR_SERIES_NUMBER
 from harness.commands import labelqa_cmd, labelqa_env
+from harness.studies import ALGORITHM, COHORT, make_study
 from service.demo import send_studies
 from service.demo.dicomize import dicomize
 from service.demo.peers import LocalArchive, free_port
 from service.runtime.jobs import DONE, NO_ANNOTATIONS, RUNNING, JobStore
+from service.runtime.pipeline import delivery_order
 from service.runtime.process import Service
 from service.serve import service_components
 from service.settings import load_settings
@@ -69,6 +72,16 @@ def _split_pair_study(small, tmp: Path) -> tuple[str, Path, Path]:
             (d / name).write_bytes((out / study / name).read_bytes())
         parts.append(d)
     return study, parts[0], parts[1]
+
+
+def test_the_qa_report_is_delivered_first(tmp_path):
+    written = write_results(*make_study(), ALGORITHM, COHORT)
+    paths = save_results(written, tmp_path)
+    assert len(paths) > 2 and paths[0].name.startswith("SC_"), "the writer puts the heatmaps first"
+    order = delivery_order(written, paths)
+    assert order[0].name == f"SR_{written.report_uid}.dcm"
+    assert sorted(order) == sorted(paths) and len(order) == len(paths)
+    assert [p for p in order[1:]] == [p for p in paths if p != order[0]], "the rest keep the writing order"
 
 
 def test_late_instance_reruns_and_own_results_do_not(small_demo, tmp_path):
