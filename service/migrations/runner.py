@@ -18,9 +18,11 @@ Adding tables (e.g. the review decisions of ``service/review/``):
 
 from __future__ import annotations
 
+import logging
 import re
 import tempfile
 import threading
+import time
 from importlib import import_module
 from pathlib import Path
 
@@ -30,6 +32,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, MetaData, text
+from sqlalchemy.exc import OperationalError
 
 from dicom_io.db import Base, is_postgresql, make_engine
 
@@ -46,6 +49,11 @@ TABLE_MODULES: tuple[str, ...] = (
 MIGRATIONS_DIR = Path(__file__).resolve().parent
 _LOCK_KEY = 0x6C61_6265_6C71_61  # "labelqa": pg_advisory_xact_lock key of schema upgrades
 _THREAD_LOCK = threading.Lock()  # Alembic's ``context`` is process-global: one migration at a time per process
+SQLITE_LOCK_WAIT_S = 600.0
+"""How long an SQLite upgrade waits for another process's write lock (each try waits SQLite's own busy
+timeout, 30 s, inside SQLite; a gateway starting on a loaded machine beside another's migration)."""
+
+log = logging.getLogger("labelqa.migrations")
 
 
 def target_metadata() -> MetaData:
@@ -81,18 +89,30 @@ def upgrade(bind: str | Engine, revision: str = "head") -> str | None:
     initial revision only creates what is missing.
     """
     engine, own = _engine(bind)
+    deadline = time.monotonic() + SQLITE_LOCK_WAIT_S
     try:
-        with _THREAD_LOCK, engine.connect() as conn:
-            if is_postgresql(conn):
-                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
-            else:  # SQLite's driver begins no transaction before DDL: take the write lock first
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-            command.upgrade(alembic_config(conn), revision)
-            conn.commit()
+        while True:
+            try:
+                _upgrade_once(engine, revision)
+                break
+            except OperationalError as e:  # SQLite: another process kept the write lock past the busy timeout
+                if engine.dialect.name != "sqlite" or "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                log.warning("schema upgrade: the database is locked by another process; waiting for it")
         return current(engine)
     finally:
         if own:
             engine.dispose()
+
+
+def _upgrade_once(engine: Engine, revision: str) -> None:
+    with _THREAD_LOCK, engine.connect() as conn:
+        if is_postgresql(conn):
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
+        else:  # SQLite's driver begins no transaction before DDL: take the write lock first
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        command.upgrade(alembic_config(conn), revision)
+        conn.commit()
 
 
 def current(bind: str | Engine) -> str | None:

@@ -5,10 +5,12 @@ Every test runs on SQLite and on a real PostgreSQL (``db_url``).
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 import subprocess
 
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import create_engine, inspect
 
 from dicom_io.db import Base, make_engine
 from harness.commands import labelqa_cmd, labelqa_env
@@ -37,6 +39,33 @@ def test_a_database_made_by_create_all_is_taken_over(db_url):
     assert upgrade(engine) == head()
     assert schema_diff(engine) == []
     engine.dispose()
+
+
+def test_an_sqlite_upgrade_waits_out_a_lock_held_past_the_busy_timeout(tmp_path):
+    """Another process holds SQLite's write lock longer than the busy timeout (a loaded machine): the
+    upgrade says so and tries again instead of failing. The lock is let go when the warning is logged."""
+    path = tmp_path / "index.sqlite"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 0.2})
+    released: list[str] = []
+
+    class LetGo(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "locked by another process" in record.getMessage() and not released:
+                holder.execute("COMMIT")
+                released.append(record.getMessage())
+
+    handler = LetGo(logging.WARNING)
+    logging.getLogger("labelqa.migrations").addHandler(handler)
+    try:
+        assert upgrade(engine) == head()
+    finally:
+        logging.getLogger("labelqa.migrations").removeHandler(handler)
+        holder.close()
+        engine.dispose()
+    assert len(released) == 1
+    assert schema_diff(f"sqlite:///{path}") == []
 
 
 @pytest.mark.slow
