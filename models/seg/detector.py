@@ -78,6 +78,8 @@ class SegDetectorConfig:
     probabilities) or ``blend`` (the mean of the two's ranks within the class: docs/segmentation.md)."""
     softmin_temperature: float = 0.1
     """cleanlab's default temperature."""
+    pixel_confidence: float = 0.5
+    """``wrong_pixels``: a pixel counts when every member's probability of the other label exceeds this."""
     min_dice: float = 0.5
     """Competence: the members' median out-of-fold Dice with a class's masks must reach this."""
     min_detection: float = 0.6
@@ -377,7 +379,11 @@ def softmin_quality(prob: np.ndarray, given: np.ndarray, temperature: float = 0.
 SCORES: dict[str, tuple[str, ...]] = {"suspicion": ("suspicion",), "softmin": ("softmin",), "evidence": ("evidence",),
                                       "blend": ("suspicion", "evidence"),
                                       "blend_softmin": ("suspicion", "softmin"),
-                                      "blend3": ("suspicion", "evidence", "softmin")}
+                                      "blend3": ("suspicion", "evidence", "softmin"),
+                                      "wrong_pixels": ("wrong_pixels",),
+                                      "blend_pixels": ("suspicion", "evidence", "wrong_pixels"),
+                                      "blend_pixels2": ("suspicion", "wrong_pixels"),
+                                      "blend_pixels_sqrt": ("suspicion", "evidence", "wrong_pixels_sqrt")}
 """Mask scores -> the features they combine (one feature: itself; several: the mean of their ranks)."""
 KNOTS = 201
 
@@ -398,6 +404,11 @@ def mask_features(units: SegUnits, idx: np.ndarray, masks: np.ndarray, cfg: SegD
         against = np.clip(np.where(w, -hi, lo), 0.0, None).sum(axis=1)  # every member's log-odds against the mask
         size = w.sum(axis=1) + units.consensus[idx].reshape(w.shape).sum(axis=1) + sm
         out["evidence"] = against / np.sqrt(size)
+        margin = np.where(w, -hi, lo)  # the least convinced member's log-odds of the other label
+        conf = float(np.clip(cfg.pixel_confidence, 1e-3, 1.0 - 1e-3))
+        wrong = (margin > np.log(conf) - np.log1p(-conf)).sum(axis=1).astype(np.float64)
+        out["wrong_pixels"] = wrong
+        out["wrong_pixels_sqrt"] = wrong / np.sqrt(size)
     return out
 
 
