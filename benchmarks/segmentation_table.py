@@ -21,8 +21,8 @@ CLEANLAB = ("cleanlab_softmin", "cleanlab_num_pixel_issues")
 BASELINES = ("dual_consistency", "cleanlab_softmin", "cleanlab_num_pixel_issues", "mean_prob_dice",
              "single_model_dice")
 DEV_SEEDS = (0,)
-FRESH_RUNS = frozenset({f"{s}_0.1_s{seed}" for s in ("drive", "chase", "hc18", "busi") for seed in (1, 2)}
-                       | {"drive_0.05_s2", "busi_0.05_s2"})
+FRESH_RUNS = frozenset({f"{s}_0.1_s{seed}" for s in ("drive", "chase", "hc18") for seed in (1, 2)}
+                       | {"drive_0.05_s2", "busi_0.05_s2", "busi_0.1_s2"})
 """Runs fitted after the mask score with confidently wrong pixels was chosen (never seen by any choice)."""
 
 
