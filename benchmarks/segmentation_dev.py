@@ -12,7 +12,12 @@ the class is judged, against cleanlab's two scores on the same probabilities. JS
 ``--variants pixels`` compares the mask scores with a count of confidently wrong pixels (``wrong_pixels``:
 pixels where every member's probability of the other label exceeds ``pixel_confidence``) against the
 current score (JSON: ``dev/variants_pixels.json``). The choice was fixed before any run was scored (see
-``PIXEL_RULE``).
+``PIXEL_RULE``). ``--after-choice`` scores any run (held-out and fresh ones too) with the earlier score and
+the chosen one only, for the record of what the change did there; nothing is chosen from it.
+
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/segmentation_dev.py --after-choice \
+        --out benchmarks/results/segmentation/dev/pixels_after_choice.json \
+        benchmarks/results/seg_predictions/*_s[12].npz
 """
 
 from __future__ import annotations
@@ -85,8 +90,14 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "segmentation" / "dev"
                     / "variants.json")
     ap.add_argument("--variants", choices=sorted(SETS_OF_VARIANTS), default="score")
+    ap.add_argument("--after-choice", action="store_true",
+                    help="the earlier and the chosen score on any run (no choice made)")
     a = ap.parse_args()
     variants = SETS_OF_VARIANTS[a.variants]
+    if a.after_choice:
+        variants = {"blend (before)": PIXEL_VARIANTS["blend (current)"],
+                    "blend + wrong pixels / sqrt(size) (chosen)": PIXEL_VARIANTS[
+                        "blend + wrong pixels / sqrt(size) (p > 0.5)"]}
     from models.evaluate import _auprc
     from models.seg.detector import SegDetectorConfig, learn_seg_cut, score_masks
     from models.seg.evaluate import _cleanlab_scores, load_predictions
@@ -97,7 +108,7 @@ def main() -> int:
                             + " ".join(str(p) for p in sys.argv[1:]), "variants": variants, "runs": {}}
     for f in a.predictions:
         d = load_predictions(f)
-        if int(d["settings"]["seed"]) != 0:
+        if int(d["settings"]["seed"]) != 0 and not a.after_choice:
             raise SystemExit(f"{f}: not a development run (seed 0 only)")
         truth = (d["noisy"] != d["clean"]).any((1, 2))
         g = to_channels(d["noisy"], 1)
@@ -124,7 +135,7 @@ def main() -> int:
         print(f.stem, run["cleanlab_softmin"], run["cleanlab_num_pixel_issues"],
               {k: (round(v["auprc"] or 0, 3), v["flags"], v["judged"]) for k, v in run["variants"].items()},
               flush=True)
-    if a.variants == "pixels":
+    if a.variants == "pixels" and not a.after_choice:
         out["choice"] = choose(out["runs"], variants)
         print(json.dumps(out["choice"], indent=1))
     a.out.parent.mkdir(parents=True, exist_ok=True)
