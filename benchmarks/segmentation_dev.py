@@ -106,6 +106,10 @@ def main() -> int:
 
     out: dict = {"command": "PYTHONPATH=$PWD .venv/bin/python benchmarks/segmentation_dev.py "
                             + " ".join(str(p) for p in sys.argv[1:]), "variants": variants, "runs": {}}
+    if a.after_choice and a.out.exists():  # runs added as they are fitted: keep the earlier ones and their commands
+        prev = json.loads(a.out.read_text())
+        out["runs"] = prev.get("runs", {})
+        out["commands"] = prev.get("commands", [prev["command"]]) + [out["command"]]
     for f in a.predictions:
         d = load_predictions(f)
         if int(d["settings"]["seed"]) != 0 and not a.after_choice:
@@ -118,7 +122,7 @@ def main() -> int:
                      "cleanlab_num_pixel_issues": _auprc(1 - _cleanlab_scores(pbar, g, "num_pixel_issues")[0], truth),
                      "variants": {}}
         for name, kw in variants.items():
-            cfg = SegDetectorConfig(seed=0, **kw)
+            cfg = SegDetectorConfig(seed=int(d["settings"]["seed"]), **kw)  # as the benchmark: the run's seed
             th = learn_seg_cut(d["probs"], d["noisy"], cfg, class_names=d["class_names"])
             vs = score_masks(d["probs"], d["noisy"], thresholds=th, cfg=cfg, keep_arrays=False, distances=False)
             flags = np.array([v.verdict == Verdict.SUSPECTED_MASK_ERROR for v in vs])
