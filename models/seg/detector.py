@@ -73,11 +73,16 @@ class SegDetectorConfig:
     simulate_from: str = "given"
     """What the simulated wrong masks corrupt for the error count: ``given`` (the masks as drawn) or
     ``consensus`` (the members' own masks). The competence check always corrupts the given masks."""
-    score: str = "blend"
-    """The mask score the cut is on: ``suspicion``, ``softmin`` (cleanlab's softmin on the mean
-    probabilities) or ``blend`` (the mean of the two's ranks within the class: docs/segmentation.md)."""
+    score: str = "blend_pixels_sqrt"
+    """The mask score the cut is on, a key of ``SCORES``: one feature (``suspicion``, ``evidence``,
+    ``softmin``: cleanlab's softmin on the mean probabilities, ``wrong_pixels``) or the mean of several
+    features' ranks within the class; the default blends the suspicion, the evidence and the count of
+    confidently wrong pixels (docs/segmentation.md)."""
     softmin_temperature: float = 0.1
     """cleanlab's default temperature."""
+    pixel_confidence: float = 0.5
+    """``wrong_pixels``: a pixel counts when every member's probability of the other label (than the mask's)
+    exceeds this."""
     min_dice: float = 0.5
     """Competence: the members' median out-of-fold Dice with a class's masks must reach this."""
     min_detection: float = 0.6
@@ -377,14 +382,27 @@ def softmin_quality(prob: np.ndarray, given: np.ndarray, temperature: float = 0.
 SCORES: dict[str, tuple[str, ...]] = {"suspicion": ("suspicion",), "softmin": ("softmin",), "evidence": ("evidence",),
                                       "blend": ("suspicion", "evidence"),
                                       "blend_softmin": ("suspicion", "softmin"),
-                                      "blend3": ("suspicion", "evidence", "softmin")}
-"""Mask scores -> the features they combine (one feature: itself; several: the mean of their ranks)."""
+                                      "blend3": ("suspicion", "evidence", "softmin"),
+                                      "wrong_pixels": ("wrong_pixels",),
+                                      "blend_pixels": ("suspicion", "evidence", "wrong_pixels"),
+                                      "blend_pixels2": ("suspicion", "wrong_pixels"),
+                                      "blend_pixels_sqrt": ("suspicion", "evidence", "wrong_pixels_sqrt")}
+"""Mask scores -> the features they combine (one feature: itself; several: the mean of their ranks).
+``blend_pixels*`` add the count of confidently wrong pixels (``wrong_pixels``, or divided by the square root
+of the size as the evidence: ``wrong_pixels_sqrt``); ``blend_pixels_sqrt`` is the default."""
 KNOTS = 201
 
 
 def mask_features(units: SegUnits, idx: np.ndarray, masks: np.ndarray, cfg: SegDetectorConfig) -> dict[str, np.ndarray]:
     """The features of ``masks`` (S, ...) bool, each judged against the probabilities of unit ``idx[s]``
-    (the given masks themselves with ``idx = arange(U)``): one code path for real and simulated masks."""
+    (the given masks themselves with ``idx = arange(U)``): one code path for real and simulated masks, any
+    spatial dimension.
+
+    ``suspicion``, ``softmin``, and with the members' log-odds: ``evidence`` (the least convinced member's
+    log-odds against the mask, summed over the pixels where every member is against it, divided by
+    sqrt(|mask| + |consensus| + smoothing)), ``wrong_pixels`` (how many pixels every member puts on the
+    other side of the mask with probability > ``pixel_confidence``) and ``wrong_pixels_sqrt`` (that count
+    divided by the same square root)."""
     idx = np.asarray(idx, np.int64)
     flat = (len(idx), -1, 1)  # soft Dice sums the last two axes: one axis of all pixels, any dimension
     sm = max(1.0, cfg.smooth * float(np.prod(units.prob.shape[1:])))
@@ -395,9 +413,14 @@ def mask_features(units: SegUnits, idx: np.ndarray, masks: np.ndarray, cfg: SegD
     if units.logit_lo is not None and units.logit_hi is not None:
         w = masks[..., 0]
         lo, hi = units.logit_lo[idx].reshape(w.shape), units.logit_hi[idx].reshape(w.shape)
-        against = np.clip(np.where(w, -hi, lo), 0.0, None).sum(axis=1)  # every member's log-odds against the mask
+        margin = np.where(w, -hi, lo)  # the least convinced member's log-odds of the other label than the mask's
+        against = np.clip(margin, 0.0, None).sum(axis=1)  # > 0 where every member is against the mask
         size = w.sum(axis=1) + units.consensus[idx].reshape(w.shape).sum(axis=1) + sm
         out["evidence"] = against / np.sqrt(size)
+        conf = float(np.clip(cfg.pixel_confidence, 1e-3, 1.0 - 1e-3))
+        wrong = (margin > np.log(conf) - np.log1p(-conf)).sum(axis=1).astype(np.float64)
+        out["wrong_pixels"] = wrong
+        out["wrong_pixels_sqrt"] = wrong / np.sqrt(size)
     return out
 
 

@@ -299,6 +299,68 @@ def test_cut_unchanged_when_the_truth_is_permuted(discs):
     assert a["methods"]["labelqa"]["f1"] != b["methods"]["labelqa"]["f1"]
 
 
+def test_wrong_pixels_counts_the_pixels_every_member_is_confidently_against():
+    from models.seg.detector import mask_features, unit_scores
+
+    d = make_shape_masks(8, 24, seed=5, n_classes=1)
+    probs = _members(d.masks, weak=False, seed=6)
+    cfg = SegDetectorConfig()
+    units = unit_scores(probs, d.masks, cfg)
+    idx = np.arange(len(units.cls))
+    # the consensus itself: no pixel where every member is against it
+    assert np.all(mask_features(units, idx, units.consensus, cfg)["wrong_pixels"] == 0)
+    # blobs far from every structure, ever larger: the count grows with them (every member says background there)
+    far = (units.prob < 0.02) & ~units.consensus
+    counts = []
+    for r in (1, 2, 3, 4):
+        masks = units.consensus.copy()
+        for u in idx:
+            ys, xs = np.nonzero(far[u])
+            cy, cx = ys[len(ys) // 2], xs[len(xs) // 2]
+            yy, xx = np.mgrid[:24, :24]
+            masks[u] |= ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r) & far[u]
+        counts.append(mask_features(units, idx, masks, cfg)["wrong_pixels"])
+    counts = np.stack(counts)
+    assert np.all(np.diff(counts, axis=0) >= 0) and np.all(counts[-1] > counts[0])
+    # a stricter confidence counts no more pixels
+    strict = mask_features(units, idx, masks, SegDetectorConfig(pixel_confidence=0.9))["wrong_pixels"]
+    assert np.all(strict <= counts[-1])
+    # by hand: inside the mask every member says outside (p < 0.5), or outside it every member says inside
+    lo, hi = units.logit_lo.reshape(len(idx), -1), units.logit_hi.reshape(len(idx), -1)
+    g = units.given.reshape(len(idx), -1)
+    manual = ((g & (hi < 0)) | (~g & (lo > 0))).sum(axis=1)
+    assert np.array_equal(mask_features(units, idx, units.given, cfg)["wrong_pixels"], manual)
+
+
+def test_mask_features_are_the_same_for_volumes():
+    """One code path for any spatial dimension: a volume's features equal those of the same voxels laid out in 2-D."""
+    from dataclasses import replace
+
+    from models.seg.detector import combine_score, mask_features, unit_scores
+
+    rng = np.random.default_rng(7)
+    n, dz, h, w = 4, 3, 10, 12
+    vols = np.zeros((n, dz, h, w), np.int64)
+    vols[:, 1:, 2:7, 3:9] = 1
+    probs = np.clip(vols[None, :, None].astype(np.float32) * 0.9 + rng.normal(0, 0.2, (3, n, 1, dz, h, w)),
+                    0.01, 0.99).astype(np.float32)
+    flat = unit_scores(probs.reshape(3, n, 1, dz * h, w), vols.reshape(n, dz * h, w))
+    vol = replace(flat, **{f: getattr(flat, f).reshape(n, dz, h, w)
+                           for f in ("given", "consensus", "prob", "unanimous", "logit_lo", "logit_hi")})
+    wrong = vols.astype(bool).copy()
+    wrong[:2, 0, :4, :4] = True  # a spurious block on two volumes
+    idx = np.arange(n)
+    cfg = SegDetectorConfig()
+    f2, f3 = mask_features(flat, idx, wrong.reshape(n, dz * h, w), cfg), mask_features(vol, idx, wrong, cfg)
+    assert set(f3) >= {"suspicion", "evidence", "wrong_pixels", "softmin"}
+    for key in f2:
+        assert np.allclose(f2[key], f3[key]), key
+    assert np.all(f3["wrong_pixels"][:2] > f3["wrong_pixels"][2:])
+    score = SegDetectorConfig().score
+    knots = [{k: list(np.quantile(f3[k], np.linspace(0, 1, 11))) for k in f3}]
+    assert combine_score(f3, np.zeros(n, np.int64), score, knots).shape == (n,)
+
+
 def test_softmin_is_cleanlabs_score():
     from cleanlab.segmentation.rank import get_label_quality_scores
 
