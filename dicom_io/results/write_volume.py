@@ -67,6 +67,7 @@ def write_volume_results(
     *,
     key_slices: int = KEY_SLICES,
     manufacturer: str = MANUFACTURER,
+    cannot_judge: Sequence[str] = (),
 ) -> ResultSet:
     """The result objects of one study's audited segments: key-slice overlay SCs, suggestion SEGs, the KOS
     (if a segment is flagged), the QA report SR, and the drawn flags SR (when one has a shape).
@@ -74,6 +75,7 @@ def write_volume_results(
     ``source_images`` must hold every slice of every audited segment's series. Returns a
     :class:`~dicom_io.results.write.ResultSet` whose ``overlays`` name each flagged segment's worst-slice
     overlay and ``suggestions`` its segment in the suggestion SEG (by index into ``volumes``).
+    ``cannot_judge``: one sentence per class whose masks the models cannot judge (the SR summary states each).
     Raises ValueError for an empty list, records of more than one study, or a source not given.
     """
     if not volumes:
@@ -91,7 +93,7 @@ def write_volume_results(
     sources = {u: clean_header(ds) for u, ds in source_images.items()}
     annotations = {u: clean_header(ds) for u, ds in annotation_datasets.items()}
     run_key = digest(study_uid, algorithm.bundle_hash, algorithm.name, algorithm.version, algorithm.parameters,
-                     [v.key() for v in volumes], key_slices)
+                     [v.key() for v in volumes], key_slices, *([list(cannot_judge)] if cannot_judge else []))
     flagged = [i for i, v in enumerate(volumes) if v.flagged]
     found = found_text(0, len(flagged), sum(v.verdict == "hard_case" for v in volumes))
 
@@ -186,7 +188,7 @@ def write_volume_results(
         device_uid=derived_uid("labelqa-device", algorithm.name, algorithm.bundle_hash), manufacturer=manufacturer,
         drawn=drawn, series_description=f"labelqa QA: {found}", volumes=volumes,
         volume_tracking_uids=[derived_uid(run_key, "tracking", "segment", i) for i in range(len(volumes))],
-        volume_overlays=overlays, volume_suggestions=suggestions)
+        volume_overlays=overlays, volume_suggestions=suggestions, cannot_judge=cannot_judge)
     out.append(report)
     if drawn is not None:
         out.append(drawn)

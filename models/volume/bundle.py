@@ -38,6 +38,7 @@ from models.volume.detector import (
     VolumeDetectorConfig,
     VolumeScores,
     VolumeVerdict,
+    competence_summary,
     score_volumes,
 )
 from models.volume.ensemble import (
@@ -254,7 +255,8 @@ def train_volume_bundle(dataset_dir: str | Path | None, out: str | Path, *,
     if verdicts_out is not None:
         write_volume_verdicts(Path(verdicts_out), sc.by_case(len(data)), data.stems,
                               {"bundle": str(path), "mode": mode,
-                               "scores": "out-of-fold" if mode == "crossfit" else "in-sample"})
+                               "scores": "out-of-fold" if mode == "crossfit" else "in-sample",
+                               **competence_summary(sc.thresholds, data.class_names)})
     return path
 
 
@@ -269,12 +271,13 @@ def write_volume_verdicts(out: Path, verdicts: list[list[VolumeVerdict]], stems:
     with open(out / "verdicts.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["id", "segment", "verdict", "kind", "score", "priority", "predicted_dice", "dice_consensus",
-                    "hd95_consensus_mm", "given_mm3", "consensus_mm3", "agreement_prob", "key_slices", "n_regions"])
+                    "hd95_consensus_mm", "given_mm3", "consensus_mm3", "agreement_prob", "key_slices", "n_regions",
+                    "judged"])
         for stem, v in flat:
             w.writerow([stem, v.class_name, str(v.verdict), v.kind or "", f"{v.score:.4f}", f"{v.priority:.4f}",
                         f"{v.predicted_dice:.4f}", f"{v.dice_consensus:.4f}", f"{v.hd95_consensus:.2f}",
                         f"{v.given_mm3:.1f}", f"{v.consensus_mm3:.1f}", f"{v.agreement_prob:.4f}",
-                        " ".join(str(z) for z in v.key_slices), len(v.regions)])
+                        " ".join(str(z) for z in v.key_slices), len(v.regions), int(v.judged)])
     with open(out / "verdicts.jsonl", "w") as f:
         for stem, v in flat:
             f.write(json.dumps({"id": stem, **v.to_row()}) + "\n")
@@ -308,6 +311,11 @@ def audit_volume_dataset(bundle_path: str | Path, dataset: str | Path, out: str 
                              v.consensus_volume(case.shape).astype(np.uint8), case.geometry)
             v.consensus = None
         verdicts.append(vs)
-    return write_volume_verdicts(out, verdicts, data.stems, {"bundle": str(bundle_path),
-                                                             "bundle_hash": bundle.content_hash,
-                                                             "dataset": str(dataset), "grid": "native"})
+    here = {}  # the members' median Dice with the given masks audited here (the bundle's competence is its training's)
+    for c, name in enumerate(bundle.class_names):
+        drawn = [v for per in verdicts for v in per if v.class_index == c + 1 and v.given_voxels > 0]
+        if drawn:
+            here[name] = {a: round(float(np.median([v.dice_members[a] for v in drawn])), 4) for a in bundle.archs}
+    return write_volume_verdicts(out, verdicts, data.stems, {
+        "bundle": str(bundle_path), "bundle_hash": bundle.content_hash, "dataset": str(dataset), "grid": "native",
+        **competence_summary(bundle.thresholds, bundle.class_names), "member_median_dice_here": here})

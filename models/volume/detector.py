@@ -17,6 +17,11 @@ the case) are read one segment at a time, in a box around the given mask and the
   volumes; the same verdict rule: above the cut a ``suspected_mask_error`` when the members disagree
   with each other less than with the mask and their masks agree (mean pairwise Dice >=
   ``min_agreement``), else a ``hard_case``;
+- the **competence** per class, learnt with the cut (:func:`volume_competence`, the 2-D check of
+  ``models.seg.competence`` on 3-D units): when the members' median out-of-fold Dice with the given
+  masks or the share of simulated wrong masks they would rank among the top 10% is too low, the
+  class is not judged: none of its segments is a ``suspected_mask_error`` (above the cut a
+  ``hard_case``), and the thresholds carry the "cannot judge" sentence for the reports;
 - the **kind** and the **regions**: 3-D connected components of consensus-vs-given difference, each
   typed (missing / spurious structure, boundary too tight / loose, shifted in-plane or across slices,
   missing or extra slices, wrong segment type) with voxel count, volume in mm3, box in voxels and in
@@ -40,6 +45,7 @@ from itertools import combinations
 import numpy as np
 
 from models.detector import precision_from_steps
+from models.seg.competence import class_competence
 from models.seg.detector import SegDetectorConfig, SegThresholds, SegUnits, learn_seg_cut
 from models.verdict import MaskErrorKind, Verdict
 from models.volume.corruption import BINARY_OPS, corrupt_binary, shift_mask
@@ -47,7 +53,8 @@ from models.volume.data import Geometry, Spacing
 from models.volume.probs import Box, CaseProbs, bounding_box, box_slices, union_box
 
 __all__ = ["VolumeDetectorConfig", "VolumeRegion", "VolumeVerdict", "VolumeUnits", "VolumeScores", "DicePredictor",
-           "FEATURES", "score_volumes", "volume_regions", "unit_features", "GivenMasks"]
+           "FEATURES", "score_volumes", "volume_regions", "unit_features", "GivenMasks", "volume_competence",
+           "competence_summary"]
 
 FEATURES = ("dice_consensus", "soft_dice", "dice_member_mean", "dice_member_min", "dice_member_max",
             "agreement_dice", "agreement_prob", "log_volume_ratio", "dice_x_agreement")
@@ -179,6 +186,8 @@ class VolumeVerdict:
     """The box (on the volume's grid) the segment was scored in; ``consensus`` covers it."""
     consensus: np.ndarray | None = None
     """The consensus mask on ``roi`` (bool): a plausible correction."""
+    judged: bool = True
+    """False: the ensemble cannot judge this segment's class here (``models.seg.competence``); never flagged."""
 
     @property
     def flagged(self) -> bool:
@@ -528,7 +537,7 @@ def _otherunion_box(i: int, c: int, k: int, box: Box, probs: CaseProbs, given: G
 
 def _score_unit(i: int, c: int, probs: CaseProbs, given: GivenMasks, geometry: Geometry, names: list[str],
                 archs: list[str], cfg: VolumeDetectorConfig, given_boxes: list[Box | None], keep_arrays: bool,
-                simulate: bool) -> _Unit:
+                simulate: bool, distances: bool = True) -> _Unit:
     thr = cfg.seg.threshold
     k = probs.n_classes
     m = probs.n_members
@@ -555,7 +564,8 @@ def _score_unit(i: int, c: int, probs: CaseProbs, given: GivenMasks, geometry: G
     dis = 1.0 - ag_p
     susp = (1.0 - md) / (dis + cfg.seg.eps)
     feats = unit_features(mm, pbar, cons, g, ag_d, ag_p, smooth)
-    hd, nsd = _surface([mm[j] for j in range(m)] + [cons], g, geometry.spacing, cfg)
+    hd, nsd = (_surface([mm[j] for j in range(m)] + [cons], g, geometry.spacing, cfg) if distances
+               else (np.full(m + 1, np.nan), np.full(m + 1, np.nan)))
     regions, kind, _ = volume_regions(g, cons, geometry, (box[0], box[1], box[2]), other_consensus=oc,
                                       other_given=og, cfg=cfg)
     diff = (cons != g).sum(axis=(1, 2))
@@ -626,7 +636,7 @@ def score_volumes(probs: list[CaseProbs], given: list[np.ndarray] | GivenMasks, 
                   class_names: list[str] | None = None, archs: list[str] | tuple[str, ...] | None = None,
                   thresholds: SegThresholds | None = None, predictor: DicePredictor | None = None,
                   cfg: VolumeDetectorConfig | None = None, keep_arrays: bool = False,
-                  progress: bool = False) -> VolumeScores:
+                  progress: bool = False, distances: bool = True) -> VolumeScores:
     """One :class:`VolumeVerdict` per (case, segment), case-major.
 
     Parameters
@@ -635,8 +645,11 @@ def score_volumes(probs: list[CaseProbs], given: list[np.ndarray] | GivenMasks, 
     given : the given masks: per case a label map (Z, Y, X) (0 background, 1..K), or a function
         ``given(case, segment)`` -> bool (Z, Y, X) (overlapping segments, masks read on demand).
     geometries : per case its grid (spacing for mm, origin and direction for patient coordinates).
-    thresholds, predictor : a learned cut and Dice predictor (a bundle's); ``None`` learns them here.
+    thresholds, predictor : a learned cut and Dice predictor (a bundle's); ``None`` learns them here, and
+        with the cut the ensemble's competence per class (``thresholds.competence``; a class the given
+        thresholds do not judge is never flagged).
     keep_arrays : keep each unit's consensus mask (on its box) as a suggested correction.
+    distances : compute HD95 and surface Dice (the slow part; ``False``: NaN, e.g. to re-score a benchmark).
 
     Raises
     ------
@@ -673,7 +686,7 @@ def score_volumes(probs: list[CaseProbs], given: list[np.ndarray] | GivenMasks, 
         gboxes = [bounding_box(get(i, c)) for c in range(k)]
         for c in range(k):
             units.append(_score_unit(i, c, probs[i], get, geometries[i], names, arch_names, cfg, gboxes,
-                                     keep_arrays, simulate))
+                                     keep_arrays, simulate, distances))
         secs.append(time.perf_counter() - t0)
     arr = VolumeUnits(
         image=np.repeat(np.arange(n), k), cls=np.tile(np.arange(k), n),
@@ -686,13 +699,20 @@ def score_volumes(probs: list[CaseProbs], given: list[np.ndarray] | GivenMasks, 
         agreement_dice=np.array([u.numbers["agreement_dice"] for u in units]),
         agreement_prob=np.array([u.numbers["agreement_prob"] for u in units]),
         features=np.stack([u.features for u in units]))
-    def sims(u: _Unit) -> _Sims:
-        return u.from_given if cfg.seg.simulate_from == "given" else u.from_consensus
 
+    def simulated(source: str, statistic: str) -> tuple[np.ndarray, np.ndarray]:
+        """(unit index, statistic) of the wrong masks simulated from ``source`` (given or consensus)."""
+        made = [u.from_given if source == "given" else u.from_consensus for u in units]
+        sim_u = np.array([j for j, sm in enumerate(made) for _s in sm.suspicion], np.int64)
+        if statistic == "suspicion":
+            return sim_u, np.array([x for sm in made for x in sm.suspicion], np.float64)
+        feats = [f for sm in made for f in sm.features]
+        return sim_u, 1.0 - predictor.predict(np.stack(feats)) if feats else np.zeros(0)  # type: ignore[union-attr]
+
+    learn = thresholds is None
     if predictor is None or (thresholds is None and cfg.statistic == "suspicion"):
-        sim_u = np.array([j for j, u in enumerate(units) for _s in sims(u).suspicion], np.int64)
-        sim_s = np.array([x for u in units for x in sims(u).suspicion], np.float64)
-        first = learn_seg_cut(None, None, cfg.seg, arr.as_seg_units(), simulated=(sim_u, sim_s))
+        first = learn_seg_cut(None, None, cfg.seg, arr.as_seg_units(),
+                              simulated=simulated(cfg.seg.simulate_from, "suspicion"))
         if predictor is None:  # the masks this cut flags are left out of the predictor's training
             predictor = _fit_predictor(units, arr.suspicion >= np.array(first.class_cuts)[arr.cls], first, cfg)
         if thresholds is None and cfg.statistic == "suspicion":
@@ -700,11 +720,13 @@ def score_volumes(probs: list[CaseProbs], given: list[np.ndarray] | GivenMasks, 
     pred = predictor.predict(arr.features)
     stat = 1.0 - pred if cfg.statistic == "predicted_dice" else arr.suspicion
     if thresholds is None:
-        sim_u = np.array([j for j, u in enumerate(units) for _f in sims(u).features], np.int64)
-        feats = [f for u in units for f in sims(u).features]
-        sim_s = 1.0 - predictor.predict(np.stack(feats)) if feats else np.zeros(0)
         thresholds = learn_seg_cut(None, None, cfg.seg, replace(arr, suspicion=stat).as_seg_units(),
-                                   simulated=(sim_u, sim_s))
+                                   simulated=simulated(cfg.seg.simulate_from, cfg.statistic))
+    if learn:  # the ensemble's competence per class, learnt with the cut (a bundle keeps it)
+        has = np.array([u.verdict.given_voxels > 0 for u in units])
+        thresholds = replace(thresholds, competence=volume_competence(
+            arr, has, stat, *simulated("given", cfg.statistic), class_names=names, archs=arch_names, cfg=cfg))
+    judged = np.array(thresholds.judged(k))[arr.cls]
     cuts = np.array(thresholds.class_cuts)[arr.cls]
     flagged = stat >= cuts
     score = precision_from_steps(stat, arr.cls, thresholds.precision_steps)
@@ -716,10 +738,11 @@ def score_volumes(probs: list[CaseProbs], given: list[np.ndarray] | GivenMasks, 
         if flagged[j]:
             agree = (arr.member_disagreement[j] < 1.0 - arr.mask_dice[j]
                      and arr.agreement_dice[j] >= cfg.seg.min_agreement)
-            v.verdict = Verdict.SUSPECTED_MASK_ERROR if agree else Verdict.HARD_CASE
+            v.verdict = Verdict.SUSPECTED_MASK_ERROR if agree and judged[j] else Verdict.HARD_CASE
         else:
             v.verdict = Verdict.CONSISTENT
             v.kind = None
+        v.judged = bool(judged[j])
         v.score = float(score[j]) + 1e-6 * min(float(stat[j]), 100.0)
         v.statistic = float(stat[j])
         v.cut = float(cuts[j])
@@ -728,6 +751,43 @@ def score_volumes(probs: list[CaseProbs], given: list[np.ndarray] | GivenMasks, 
         v.dual_consistency = bool(dual[j])
         out.append(v)
     return VolumeScores(out, thresholds, predictor, arr, secs)
+
+
+def volume_competence(units: VolumeUnits, has_structure: np.ndarray, statistic: np.ndarray, sim_unit: np.ndarray,
+                      sim_statistic: np.ndarray, *, class_names: list[str], archs: list[str],
+                      cfg: VolumeDetectorConfig) -> list[dict]:
+    """Per class, whether the ensemble can judge its masks here (``models.seg.competence``), without ground truth.
+
+    The 2-D check on 3-D units: the members' median out-of-fold Dice with the given masks that have a
+    structure (``has_structure``), their median pairwise Dice, and the detection rate: the share of the
+    class's simulated wrong masks (``sim_unit``: the unit each was made from; ``sim_statistic``: scored with
+    the statistic the cut is on) above the ``detection_quantile`` of the given masks' ``statistic``. The
+    thresholds are the 2-D ones (``cfg.seg.min_dice``, ``cfg.seg.min_detection``).
+
+    Returns
+    -------
+    One :class:`~models.seg.competence.ClassCompetence` dict per class (``SegThresholds.competence``).
+    """
+    out = []
+    stat = np.asarray(statistic, np.float64)
+    sim_unit, sim_statistic = np.asarray(sim_unit, np.int64), np.asarray(sim_statistic, np.float64)
+    sim_cls = units.cls[sim_unit] if len(sim_unit) else np.zeros(0, np.int64)
+    for c, name in enumerate(class_names):
+        idx = np.flatnonzero(units.cls == c)
+        sel = sim_cls == c
+        rate = (float(np.mean(sim_statistic[sel] > np.quantile(stat[idx], cfg.seg.detection_quantile)))
+                if sel.any() and len(idx) else None)
+        out.append(class_competence(name, units.dice_members[:, idx], units.agreement_dice[idx],
+                                    np.asarray(has_structure, bool)[idx], rate, min_dice=cfg.seg.min_dice,
+                                    min_detection=cfg.seg.min_detection, archs=list(archs)).to_dict())
+    return out
+
+
+def competence_summary(th: SegThresholds, class_names: list[str]) -> dict:
+    """The members' competence per class (``models.seg.competence``, learnt with the cut), the "cannot judge"
+    sentences and the estimated wrong masks per class, for ``audit.json`` and ``results.json``."""
+    return {"competence": th.competence, "cannot_judge": sorted(th.cannot_judge(class_names).values()),
+            "estimated_errors_per_class": dict(zip(class_names, th.estimated_errors_per_class, strict=False))}
 
 
 def _fit_predictor(units: list[_Unit], flagged: np.ndarray, th: SegThresholds,

@@ -44,7 +44,13 @@ from models.seg.train import SegTrainConfig, fit_segmenters
 from models.verdict import Verdict
 from models.volume.corruption import DEFAULT_VOLUME_KINDS, VolumeCorruption, corrupt_volumes
 from models.volume.data import Spacing, VolumeDataset, load_volume_dataset
-from models.volume.detector import VolumeDetectorConfig, VolumeScores, score_volumes, volume_regions
+from models.volume.detector import (
+    VolumeDetectorConfig,
+    VolumeScores,
+    competence_summary,
+    score_volumes,
+    volume_regions,
+)
 from models.volume.ensemble import DEFAULT_VOLUME_ARCHS
 from models.volume.preprocess import model_spacing, normalise_intensity
 from models.volume.probs import CaseProbs, box_slices, load_case_probs, save_case_probs
@@ -242,7 +248,15 @@ def compare_volume_methods(data: VolumeDataset, noisy: list[np.ndarray], records
     dual_flag = np.array([v.dual_consistency for v in vs])
     single = member_dice[0]
     mean_sd = sc.units.dice_mean_prob
-    pbars = [[probs[i].dense(c).mean(0) for c in range(k)] for i in range(n)]
+    pbars: list[list[np.ndarray]] = []
+    dice_clean = np.ones((len(archs), n * k))  # ground truth: each member's Dice with the clean mask
+    for i in range(n):
+        pbars.append([])
+        for c in range(k):
+            p = probs[i].dense(c)
+            pbars[i].append(p.mean(0))
+            t = clean[i] == c + 1
+            dice_clean[:, i * k + c] = [_dice(p[j] > s.detector.seg.threshold, t) for j in range(len(p))]
     t1 = time.time()
     cl_slice, cl_vol = _cleanlab(pbars, [np.asarray(m) for m in noisy], k)
     t_cl = time.time() - t1
@@ -309,6 +323,13 @@ def compare_volume_methods(data: VolumeDataset, noisy: list[np.ndarray], records
     }
     out["regions"] = _region_metrics(sc, noisy, clean, data, truth, s.region_iou, s.detector)
     out["cut"] = sc.thresholds.to_dict()
+    out.update(competence_summary(sc.thresholds, data.class_names))
+    has = np.array([np.any(clean[i] == c + 1) for i in range(n) for c in range(k)])
+    cls = np.tile(np.arange(k), n)
+    out["member_dice_vs_clean"] = {
+        "median": [float(np.median(dice_clean[:, (cls == c) & has].mean(0))) if ((cls == c) & has).any() else None
+                   for c in range(k)],
+        "note": "ground truth: the members' out-of-fold Dice with the clean masks that have a structure"}
     out["n_units"], out["n_corrupted_units"] = int(n * k), int(truth.sum())
     out["timing"] = {"score_s": round(t_score, 1),
                      "score_s_per_volume_mean": round(float(np.mean(sc.seconds_per_case)), 4),
@@ -446,4 +467,11 @@ def volume_summary_table(results: dict) -> str:
     reg = results.get("regions", {})
     if reg:
         lines.append(f"regions (IoU >= {reg['iou_threshold']}): recall {reg['recall']}, precision {reg['precision']}")
+    est = results.get("estimated_errors_per_class", {})
+    for c in results.get("competence", []):
+        dice = ", ".join(f"{a} {v:.2f}" for a, v in c.get("member_median_dice", {}).items())
+        state = "judged" if c["judged"] else "NOT JUDGED"
+        n_err = est.get(c["class_name"])
+        lines.append(f"{c['class_name']}: members' median out-of-fold Dice {dice or 'n/a'}; {state}: {c['reason']}"
+                     + ("" if n_err is None else f"; estimated wrong masks {n_err:.1f}"))
     return "\n".join(lines)

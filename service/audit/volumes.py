@@ -8,7 +8,8 @@ volume (patches, sliding windows) and the detector per (case, segment): Dice, HD
 the consensus, the predicted Dice, the kind, 3-D regions, the key slices. Write: one QA report group
 per segment, a suggestion SEG over the series, overlays on the key slices, the KOS
 (:func:`dicom_io.results.write_volume_results`), and a :class:`~service.audit.rows.VolumeRow` per
-segment (one review item each).
+segment (one review item each). A class the bundle's members cannot judge (its thresholds'
+competence, learnt with the cut) is stated in the QA report's summary (LQA-0206) and on each of its rows.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from dicom_io.settings import SegSettings
 from dicom_io.study import Study
 from dicom_io.vocabulary import Vocabulary
 from models.bundles import SEGMENTATION, Bundle
+from models.seg.competence import cannot_judge
 from models.verdict import MASK_VERDICTS
 from models.volume.data import Geometry, Spacing
 from service.audit.rows import VolumeRow
@@ -153,6 +155,8 @@ class VolumeTask:
               vocabulary: Vocabulary, options: ResultOptions) -> list[StudyAudit]:
         out = []
         algorithm = algorithm_info(bundle)
+        # from the bundle's description: a step run elsewhere (Ray) leaves only that here, no loaded bundle
+        unjudged = cannot_judge(dict(bundle.meta.get("thresholds") or {}).get("competence"), list(bundle.class_names))
         for vi, sa, verdicts in per_study(inputs, result):
             out.append(sa)
             if not vi.cases:
@@ -160,13 +164,14 @@ class VolumeTask:
             audited: list[AuditedVolumeMask] = []
             rows: list[VolumeRow] = []
             for case, vs in zip(vi.cases, verdicts, strict=True):
-                audited_case, rows_case = self._case(vi.study, case, vs, vocabulary)
+                audited_case, rows_case = self._case(vi.study, case, vs, vocabulary, unjudged)
                 audited += audited_case
                 rows += rows_case
             slices = {u for a in audited for u in a.slice_uids}
             written: ResultSet = write_volume_results(
                 vi.study.datasets(slices), vi.study.datasets({a.annotation_uid for a in audited}), audited, algorithm,
-                key_slices=options.key_slices)
+                key_slices=options.key_slices,
+                cannot_judge=[t for c, t in unjudged.items() if c in {a.class_name for a in audited}])
             for i, row in enumerate(rows):
                 row.overlay_uid = written.overlays.get(i)
                 if i in written.suggestions:
@@ -174,8 +179,8 @@ class VolumeTask:
             sa.datasets, sa.rows = written, list(rows)
         return out
 
-    def _case(self, study: Study, case: VolumeCase, verdicts: Sequence[Any], vocabulary: Vocabulary
-              ) -> tuple[list[AuditedVolumeMask], list[VolumeRow]]:
+    def _case(self, study: Study, case: VolumeCase, verdicts: Sequence[Any], vocabulary: Vocabulary,
+              unjudged: dict[str, str]) -> tuple[list[AuditedVolumeMask], list[VolumeRow]]:
         vol = case.volume
         shape = vol.shape
         slice_uids, slice_frames = tuple(vol.slice_uids), tuple(vol.slice_frames)
@@ -216,6 +221,7 @@ class VolumeTask:
                 key_slices=list(key), slices=[[u, f] for u, f in zip(slice_uids, slice_frames, strict=True)],
                 regions_3d=[{**r, "bbox": list(r["bbox"]), "slices": list(r["slices"]),
                              "center_mm": list(r["center_mm"])} for r in regions],
+                cannot_judge=unjudged.get(v.class_name),
             ))
         return audited, rows
 

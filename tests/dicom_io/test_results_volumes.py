@@ -141,3 +141,20 @@ def test_records_off_the_grid_are_refused():
                           class_name="x", verdict="consistent", kind=None, dice=1.0, hd95_mm=0.0, agreement=1.0,
                           priority=0.0, slice_uids=("a", "b"), slice_frames=(None, None), spacing=(1, 1, 1),
                           consensus=np.zeros((3, 4, 4), bool))
+
+
+def test_cannot_judge_findings_are_stated_in_the_summary(audited):
+    """Each class the models cannot judge is one TEXT item (LQA-0206) of the QA report's summary; an audit
+    without one states none, and the finding is part of the run's identity (new UIDs)."""
+    from dicom_io.results.sr import read_report
+
+    text = "the models cannot judge 'spleen' masks here: median out-of-fold Dice 0.31 (< 0.5); member agreement 0.4"
+    sources = {str(ds.SOPInstanceUID): ds for ds in (pydicom.dcmread(p) for p in audited["study"].image_paths)}
+    seg = {audited["study"].seg_uid: pydicom.dcmread(audited["study"].seg_path)}
+    again = write_volume_results(sources, seg, audited["records"], ALGORITHM, key_slices=3, cannot_judge=[text])
+    (report,) = [d for d in again if d.Modality == "SR" and str(d.SOPInstanceUID) == again.report_uid]
+    assert read_report(report)["cannot_judge"] == [text]
+    assert "LQA-0206" in str(report.to_json_dict())
+    before = pydicom.dcmread(_by_prefix(audited["paths"], "SR")[0])
+    assert read_report(before)["cannot_judge"] == []
+    assert again.report_uid != audited["written"].report_uid

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from models.bundles import BundleError, load_bundle
+from models.seg.detector import SegDetectorConfig
 from models.verdict import MaskErrorKind, Verdict
 from models.volume.corruption import (
     BINARY_OPS,
@@ -104,6 +105,7 @@ def test_regions_type_each_planted_kind_against_the_right_consensus(op):
 
 N_CASES, RATE, FOLDS = 36, 0.25, 3
 CFG = VolumeTrainConfig(epochs=20, patch=(16, 16, 16), lr=1e-2)
+DETECTOR = VolumeDetectorConfig(seg=SegDetectorConfig(simulate_from="given", min_detection=0.0))
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +116,13 @@ def planted():
     noisy, rec = corrupt_volumes(clean, RATE, DEFAULT_VOLUME_KINDS, seed=0, n_classes=2)
     fit = fit_volume_segmenters([c.image for c in data.cases], noisy, [c.geometry.spacing for c in data.cases],
                                 n_classes=2, folds=FOLDS, cfg=CFG, seed=0, device="cpu", progress=False)
+    # A quarter of the cases carry a planted error (one of each kind needs nine), so about a sixth of a class's
+    # masks are wrong: the 90th percentile of the given masks then lies among the real errors, and the
+    # competence check's detection rate (a simulated error in the top 10%) understates what these members find
+    # (for the ball 0.54 with a median out-of-fold Dice of 0.98; docs/volumes.md). It is switched off here; the
+    # median-Dice criterion stays, and the check itself is tested in test_volume_competence.py.
     sc = score_volumes(fit.probs, noisy, [c.geometry for c in data.cases], class_names=data.class_names,
-                       archs=fit.archs, keep_arrays=True)
+                       archs=fit.archs, keep_arrays=True, cfg=DETECTOR)
     return data, noisy, rec, fit, sc
 
 
@@ -169,7 +176,7 @@ def test_the_cut_and_the_predicted_dice_never_see_the_truth(planted):
     perm = np.random.default_rng(0).permutation(N_CASES)
     shuffled = VolumeDataset([type(c)(c.stem, c.image, data.cases[int(p)].labels, c.geometry)
                               for c, p in zip(data.cases, perm, strict=True)], data.class_names)
-    s = VolumeEvalSettings(baseline_2d=False)
+    s = VolumeEvalSettings(baseline_2d=False, detector=DETECTOR)
     res, sc2 = compare_volume_methods(shuffled, noisy, rec, fit.probs, list(fit.archs), s)
     assert res["cut"] == sc.thresholds.to_dict()
     assert [v.verdict for v in sc2.verdicts] == [v.verdict for v in sc.verdicts]
@@ -201,7 +208,7 @@ def test_bundle_round_trip_audits_volumes_and_refuses_tampering(planted, tmp_pat
     data, noisy, _rec, fit, sc = planted
     from models.volume.bundle import VolumeBundle, load_volume_bundle, save_volume_bundle
 
-    path = save_volume_bundle(tmp_path / "b", fit, data, sc, VolumeDetectorConfig())
+    path = save_volume_bundle(tmp_path / "b", fit, data, sc, DETECTOR)
     meta = json.loads((path / "configs" / "metadata.json").read_text())
     assert meta["task"] == "segmentation" and meta["dims"] == 3 and meta["patch"] == [16, 16, 16]
     assert "spacing" in meta and meta["members"][0]["sha256"]
