@@ -17,7 +17,6 @@ from dicom_io.results import write_results
 from dicom_io.results.pause import gc_paused
 from harness.studies import ALGORITHM, COHORT, make_study
 
-
 CLOCK = ("InstanceCreationDate", "InstanceCreationTime", "ContentDate", "ContentTime")
 
 
