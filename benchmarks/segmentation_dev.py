@@ -57,7 +57,27 @@ PIXEL_RULE = (
     "development runs is at least the current score's (blend). Among the eligible, the one with the highest mean "
     "AUPRC over the judged development runs becomes the default, if that mean is above the current score's; "
     "otherwise the current score stays. The held-out runs (seeds 1, 2) and the new runs are scored only after.")
-SETS_OF_VARIANTS = {"score": VARIANTS, "pixels": PIXEL_VARIANTS}
+AUTO_VARIANTS: dict[str, dict] = {
+    "blend_pixels_sqrt (current)": {"score": "blend_pixels_sqrt"},
+    "blend_pixels (raw count)": {"score": "blend_pixels"},
+    "blend (no pixel count)": {"score": "blend"},
+    "auto, by detection rate": {"score": "auto", "auto_by": "detection"},
+    "auto, by AUROC": {"score": "auto", "auto_by": "auroc"},
+}
+AUTO_RULE = (
+    "Fixed and committed before any auto variant was scored. The mask score is chosen per class without ground "
+    "truth among blend_pixels_sqrt (the current default), blend_pixels (the raw count) and blend: the one under "
+    "which the simulated wrong masks of the class (the given masks corrupted, as for the cut) rank highest among "
+    "the given masks, either by the detection rate (share of simulated wrong masks above the 90th percentile of "
+    "the given masks' scores) or by the AUROC of simulated against given masks (each unit's simulations weigh 1); "
+    "ties go to the earlier candidate. Judged development runs: drive, chase, hc18 at 5% and 10%, seed 0. An "
+    "auto variant is eligible when flags / planted lies in [0.5, 2] on every judged development run, every BUSI "
+    "development run (the weak one included) stays 'cannot judge', and its mean F1 and its mean AUPRC over the "
+    "judged development runs are each at least the current default's. Among the eligible, the one with the "
+    "highest mean AUPRC (then mean F1) replaces the default; if none is eligible, the default stays. The fixed "
+    "candidates are scored alongside for the record only. The held-out runs (seeds 1, 2), the earlier fresh runs "
+    "and the new seed-3 runs are scored only after the choice is committed.")
+SETS_OF_VARIANTS = {"score": VARIANTS, "pixels": PIXEL_VARIANTS, "auto": AUTO_VARIANTS}
 
 
 def choose(runs: dict, variants: dict[str, dict], current: str = "blend (current)") -> dict:
