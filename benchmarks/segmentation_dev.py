@@ -104,6 +104,34 @@ def choose(runs: dict, variants: dict[str, dict], current: str = "blend (current
     return out
 
 
+def choose_auto(runs: dict, variants: dict[str, dict], current: str = "blend_pixels_sqrt (current)") -> dict:
+    """Apply ``AUTO_RULE`` to the development runs' numbers: each variant's means and eligibility, the choice."""
+    judged = [r for r in runs if not r.startswith("busi")]
+    busi = [r for r in runs if r.startswith("busi")]
+    out: dict = {"rule": AUTO_RULE, "judged_runs": judged, "variants": {}}
+    for name in variants:
+        v = {r: runs[r]["variants"][name] for r in runs}
+        out["variants"][name] = {
+            "mean_auprc": float(np.mean([v[r]["auprc"] or 0.0 for r in judged])),
+            "mean_f1": float(np.mean([v[r]["f1"] for r in judged])),
+            "flags_ok": all(0.5 <= v[r]["flags_per_planted"] <= 2.0 for r in judged),
+            "busi_cannot_judge": all(not v[r]["judged"] for r in busi),
+            "ahead_of_cleanlab_runs": int(sum((v[r]["auprc"] or 0.0) >= max(runs[r]["cleanlab_softmin"],
+                                                                             runs[r]["cleanlab_num_pixel_issues"])
+                                              for r in judged)),
+            "chosen_per_run": {r: v[r].get("class_scores") for r in runs}}
+    cur = out["variants"][current]
+    autos = [n for n in variants if variants[n].get("score") == "auto"]
+    for name in autos:
+        m = out["variants"][name]
+        m["eligible"] = (m["flags_ok"] and m["busi_cannot_judge"] and m["mean_f1"] >= cur["mean_f1"] - 1e-12
+                         and m["mean_auprc"] >= cur["mean_auprc"] - 1e-12)
+    eligible = [n for n in autos if out["variants"][n]["eligible"]]
+    out["choice"] = max(eligible, key=lambda n: (out["variants"][n]["mean_auprc"], out["variants"][n]["mean_f1"]),
+                        default=current)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("predictions", nargs="+", type=Path)
@@ -154,13 +182,17 @@ def main() -> int:
                 "flags": int(flags.sum()), "flags_per_planted": float(flags.sum() / max(truth.sum(), 1)),
                 "f1": 2 * prec * rec / (prec + rec) if tp else 0.0,
                 "estimated_errors": th.estimated_errors_per_class[0], "judged": th.competence[0]["judged"],
-                "median_dice": th.competence[0]["median_dice"], "detection_rate": th.competence[0]["detection_rate"]}
+                "median_dice": th.competence[0]["median_dice"], "detection_rate": th.competence[0]["detection_rate"],
+                "class_scores": th.class_scores or None, "score_selection": th.score_selection or None}
         out["runs"][f.stem] = run
         print(f.stem, run["cleanlab_softmin"], run["cleanlab_num_pixel_issues"],
               {k: (round(v["auprc"] or 0, 3), v["flags"], v["judged"]) for k, v in run["variants"].items()},
               flush=True)
     if a.variants == "pixels" and not a.after_choice:
         out["choice"] = choose(out["runs"], variants)
+        print(json.dumps(out["choice"], indent=1))
+    if a.variants == "auto" and not a.after_choice:
+        out["choice"] = choose_auto(out["runs"], variants)
         print(json.dumps(out["choice"], indent=1))
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(out, indent=2))
