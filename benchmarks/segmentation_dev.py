@@ -15,6 +15,10 @@ current score (JSON: ``dev/variants_pixels.json``). The choice was fixed before 
 ``PIXEL_RULE``). ``--after-choice`` scores any run (held-out and fresh ones too) with the earlier score and
 the chosen one only, for the record of what the change did there; nothing is chosen from it.
 
+``--variants auto`` compares the mask score chosen per class from the simulated wrong masks (``score="auto"``)
+with the fixed candidates (JSON: ``dev/variants_auto.json``; the rule, ``AUTO_RULE``, was committed first).
+With ``--after-choice`` it scores the same variants on any run, for the record (``dev/auto_after_choice.json``).
+
     PYTHONPATH=$PWD .venv/bin/python benchmarks/segmentation_dev.py --after-choice \
         --out benchmarks/results/segmentation/dev/pixels_after_choice.json \
         benchmarks/results/seg_predictions/*_s[12].npz
@@ -142,7 +146,9 @@ def main() -> int:
                     help="the earlier and the chosen score on any run (no choice made)")
     a = ap.parse_args()
     variants = SETS_OF_VARIANTS[a.variants]
-    if a.after_choice:
+    if a.after_choice and a.variants == "auto":  # the rejected auto scores beside the kept default, for the record
+        variants = AUTO_VARIANTS
+    elif a.after_choice:
         variants = {"blend (before)": PIXEL_VARIANTS["blend (current)"],
                     "blend + wrong pixels / sqrt(size) (chosen)": PIXEL_VARIANTS[
                         "blend + wrong pixels / sqrt(size) (p > 0.5)"]}
