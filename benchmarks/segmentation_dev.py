@@ -15,6 +15,10 @@ current score (JSON: ``dev/variants_pixels.json``). The choice was fixed before 
 ``PIXEL_RULE``). ``--after-choice`` scores any run (held-out and fresh ones too) with the earlier score and
 the chosen one only, for the record of what the change did there; nothing is chosen from it.
 
+``--variants auto`` compares the mask score chosen per class from the simulated wrong masks (``score="auto"``)
+with the fixed candidates (JSON: ``dev/variants_auto.json``; the rule, ``AUTO_RULE``, was committed first).
+With ``--after-choice`` it scores the same variants on any run, for the record (``dev/auto_after_choice.json``).
+
     PYTHONPATH=$PWD .venv/bin/python benchmarks/segmentation_dev.py --after-choice \
         --out benchmarks/results/segmentation/dev/pixels_after_choice.json \
         benchmarks/results/seg_predictions/*_s[12].npz
@@ -57,7 +61,27 @@ PIXEL_RULE = (
     "development runs is at least the current score's (blend). Among the eligible, the one with the highest mean "
     "AUPRC over the judged development runs becomes the default, if that mean is above the current score's; "
     "otherwise the current score stays. The held-out runs (seeds 1, 2) and the new runs are scored only after.")
-SETS_OF_VARIANTS = {"score": VARIANTS, "pixels": PIXEL_VARIANTS}
+AUTO_VARIANTS: dict[str, dict] = {
+    "blend_pixels_sqrt (current)": {"score": "blend_pixels_sqrt"},
+    "blend_pixels (raw count)": {"score": "blend_pixels"},
+    "blend (no pixel count)": {"score": "blend"},
+    "auto, by detection rate": {"score": "auto", "auto_by": "detection"},
+    "auto, by AUROC": {"score": "auto", "auto_by": "auroc"},
+}
+AUTO_RULE = (
+    "Fixed and committed before any auto variant was scored. The mask score is chosen per class without ground "
+    "truth among blend_pixels_sqrt (the current default), blend_pixels (the raw count) and blend: the one under "
+    "which the simulated wrong masks of the class (the given masks corrupted, as for the cut) rank highest among "
+    "the given masks, either by the detection rate (share of simulated wrong masks above the 90th percentile of "
+    "the given masks' scores) or by the AUROC of simulated against given masks (each unit's simulations weigh 1); "
+    "ties go to the earlier candidate. Judged development runs: drive, chase, hc18 at 5% and 10%, seed 0. An "
+    "auto variant is eligible when flags / planted lies in [0.5, 2] on every judged development run, every BUSI "
+    "development run (the weak one included) stays 'cannot judge', and its mean F1 and its mean AUPRC over the "
+    "judged development runs are each at least the current default's. Among the eligible, the one with the "
+    "highest mean AUPRC (then mean F1) replaces the default; if none is eligible, the default stays. The fixed "
+    "candidates are scored alongside for the record only. The held-out runs (seeds 1, 2), the earlier fresh runs "
+    "and the new seed-3 runs are scored only after the choice is committed.")
+SETS_OF_VARIANTS = {"score": VARIANTS, "pixels": PIXEL_VARIANTS, "auto": AUTO_VARIANTS}
 
 
 def choose(runs: dict, variants: dict[str, dict], current: str = "blend (current)") -> dict:
@@ -84,6 +108,34 @@ def choose(runs: dict, variants: dict[str, dict], current: str = "blend (current
     return out
 
 
+def choose_auto(runs: dict, variants: dict[str, dict], current: str = "blend_pixels_sqrt (current)") -> dict:
+    """Apply ``AUTO_RULE`` to the development runs' numbers: each variant's means and eligibility, the choice."""
+    judged = [r for r in runs if not r.startswith("busi")]
+    busi = [r for r in runs if r.startswith("busi")]
+    out: dict = {"rule": AUTO_RULE, "judged_runs": judged, "variants": {}}
+    for name in variants:
+        v = {r: runs[r]["variants"][name] for r in runs}
+        out["variants"][name] = {
+            "mean_auprc": float(np.mean([v[r]["auprc"] or 0.0 for r in judged])),
+            "mean_f1": float(np.mean([v[r]["f1"] for r in judged])),
+            "flags_ok": all(0.5 <= v[r]["flags_per_planted"] <= 2.0 for r in judged),
+            "busi_cannot_judge": all(not v[r]["judged"] for r in busi),
+            "ahead_of_cleanlab_runs": int(sum((v[r]["auprc"] or 0.0) >= max(runs[r]["cleanlab_softmin"],
+                                                                             runs[r]["cleanlab_num_pixel_issues"])
+                                              for r in judged)),
+            "chosen_per_run": {r: v[r].get("class_scores") for r in runs}}
+    cur = out["variants"][current]
+    autos = [n for n in variants if variants[n].get("score") == "auto"]
+    for name in autos:
+        m = out["variants"][name]
+        m["eligible"] = (m["flags_ok"] and m["busi_cannot_judge"] and m["mean_f1"] >= cur["mean_f1"] - 1e-12
+                         and m["mean_auprc"] >= cur["mean_auprc"] - 1e-12)
+    eligible = [n for n in autos if out["variants"][n]["eligible"]]
+    out["choice"] = max(eligible, key=lambda n: (out["variants"][n]["mean_auprc"], out["variants"][n]["mean_f1"]),
+                        default=current)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("predictions", nargs="+", type=Path)
@@ -94,7 +146,9 @@ def main() -> int:
                     help="the earlier and the chosen score on any run (no choice made)")
     a = ap.parse_args()
     variants = SETS_OF_VARIANTS[a.variants]
-    if a.after_choice:
+    if a.after_choice and a.variants == "auto":  # the rejected auto scores beside the kept default, for the record
+        variants = AUTO_VARIANTS
+    elif a.after_choice:
         variants = {"blend (before)": PIXEL_VARIANTS["blend (current)"],
                     "blend + wrong pixels / sqrt(size) (chosen)": PIXEL_VARIANTS[
                         "blend + wrong pixels / sqrt(size) (p > 0.5)"]}
@@ -134,13 +188,17 @@ def main() -> int:
                 "flags": int(flags.sum()), "flags_per_planted": float(flags.sum() / max(truth.sum(), 1)),
                 "f1": 2 * prec * rec / (prec + rec) if tp else 0.0,
                 "estimated_errors": th.estimated_errors_per_class[0], "judged": th.competence[0]["judged"],
-                "median_dice": th.competence[0]["median_dice"], "detection_rate": th.competence[0]["detection_rate"]}
+                "median_dice": th.competence[0]["median_dice"], "detection_rate": th.competence[0]["detection_rate"],
+                "class_scores": th.class_scores or None, "score_selection": th.score_selection or None}
         out["runs"][f.stem] = run
         print(f.stem, run["cleanlab_softmin"], run["cleanlab_num_pixel_issues"],
               {k: (round(v["auprc"] or 0, 3), v["flags"], v["judged"]) for k, v in run["variants"].items()},
               flush=True)
     if a.variants == "pixels" and not a.after_choice:
         out["choice"] = choose(out["runs"], variants)
+        print(json.dumps(out["choice"], indent=1))
+    if a.variants == "auto" and not a.after_choice:
+        out["choice"] = choose_auto(out["runs"], variants)
         print(json.dumps(out["choice"], indent=1))
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(out, indent=2))

@@ -44,7 +44,7 @@ from models.verdict import MASK_VERDICTS, MaskErrorKind, Verdict
 
 __all__ = ["SegDetectorConfig", "SegThresholds", "MaskRegion", "MaskVerdict", "SegUnits", "score_masks",
            "learn_seg_cut", "unit_scores", "mask_regions", "SEG_VERDICTS", "SCORES", "softmin_quality",
-           "mask_features", "combine_score"]
+           "mask_features", "combine_score", "choose_class_scores"]
 
 SEG_VERDICTS = MASK_VERDICTS
 
@@ -77,7 +77,14 @@ class SegDetectorConfig:
     """The mask score the cut is on, a key of ``SCORES``: one feature (``suspicion``, ``evidence``,
     ``softmin``: cleanlab's softmin on the mean probabilities, ``wrong_pixels``) or the mean of several
     features' ranks within the class; the default blends the suspicion, the evidence and the count of
-    confidently wrong pixels (docs/segmentation.md)."""
+    confidently wrong pixels (docs/segmentation.md). ``auto``: per class, the one of ``auto_candidates``
+    under which the simulated wrong masks rank highest among the given masks (``choose_class_scores``)."""
+    auto_candidates: tuple[str, ...] = ("blend_pixels_sqrt", "blend_pixels", "blend")
+    """``score="auto"``: the scores it chooses from, in order of preference on a tie."""
+    auto_by: str = "detection"
+    """``score="auto"``: how the simulated wrong masks' rank is measured: ``detection`` (the share above the
+    ``detection_quantile`` of the given masks' scores, the competence check's rate) or ``auroc`` (simulated
+    against given masks, each unit's simulations weighing 1)."""
     softmin_temperature: float = 0.1
     """cleanlab's default temperature."""
     pixel_confidence: float = 0.5
@@ -107,8 +114,14 @@ class SegDetectorConfig:
             raise ValueError(f"numerator must be dice or confident, not {self.numerator!r}")
         if self.simulate_from not in ("consensus", "given"):
             raise ValueError(f"simulate_from must be consensus or given, not {self.simulate_from!r}")
-        if self.score not in SCORES:
-            raise ValueError(f"score must be one of {', '.join(SCORES)}, not {self.score!r}")
+        if self.score not in SCORES and self.score != "auto":
+            raise ValueError(f"score must be auto or one of {', '.join(SCORES)}, not {self.score!r}")
+        self.auto_candidates = tuple(self.auto_candidates)
+        bad = [c for c in self.auto_candidates if c not in SCORES]
+        if bad or not self.auto_candidates:
+            raise ValueError(f"auto_candidates must be keys of SCORES, not {list(self.auto_candidates)!r}")
+        if self.auto_by not in ("detection", "auroc"):
+            raise ValueError(f"auto_by must be detection or auroc, not {self.auto_by!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -132,6 +145,14 @@ class SegThresholds:
     """Per class, per feature of a blended score: its quantiles on the learning data (the ranks' scale)."""
     competence: list[dict] = field(default_factory=list)
     """Per class, :class:`~models.seg.competence.ClassCompetence` as a dict (empty: judged, older bundles)."""
+    class_scores: list[str] = field(default_factory=list)
+    """Per class, the mask score ``score="auto"`` chose (empty: ``score`` for every class)."""
+    score_selection: list[dict[str, float]] = field(default_factory=list)
+    """Per class, each candidate's measure of how high the simulated wrong masks rank (``score="auto"``)."""
+
+    def scores(self) -> str | list[str]:
+        """What :func:`combine_score` takes: the one score, or one per class when it was chosen per class."""
+        return list(self.class_scores) if self.class_scores else self.score
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -424,16 +445,19 @@ def mask_features(units: SegUnits, idx: np.ndarray, masks: np.ndarray, cfg: SegD
     return out
 
 
-def _knots(feats: dict[str, np.ndarray], cls: np.ndarray, k: int, score: str) -> list[dict[str, list[float]]]:
-    """Per class, the quantiles of each feature of a blended score on the observed masks."""
-    if len(SCORES[score]) < 2:
+def _knots(feats: dict[str, np.ndarray], cls: np.ndarray, k: int,
+           score: str | list[str]) -> list[dict[str, list[float]]]:
+    """Per class, the quantiles of each feature of a blended score (one per class: a list) on the observed masks."""
+    per_class = [score] * k if isinstance(score, str) else list(score)
+    if all(len(SCORES[s]) < 2 for s in per_class):
         return []
     q = np.linspace(0.0, 1.0, KNOTS)
     out = []
     for c in range(k):
         sel = cls == c
+        names = SCORES[per_class[c]] if len(SCORES[per_class[c]]) > 1 else ()
         out.append({f: ([float(x) for x in np.quantile(feats[f][sel], q)] if sel.any() else [0.0, 1.0])
-                    for f in SCORES[score]})
+                    for f in names})
     return out
 
 
@@ -442,23 +466,85 @@ def _squash(x: np.ndarray) -> np.ndarray:
     return x / (1.0 + np.abs(x))
 
 
-def combine_score(feats: dict[str, np.ndarray], cls: np.ndarray, score: str,
+def combine_score(feats: dict[str, np.ndarray], cls: np.ndarray, score: str | list[str],
                   knots: list[dict[str, list[float]]]) -> np.ndarray:
     """The mask score from its features: the feature itself, or the mean of the features' ranks in their
-    class (rank = position among the learning data's masks, from ``knots``), plus a 1e-6 tie-break."""
-    names = SCORES[score]
-    if len(names) == 1:
-        return np.asarray(feats[names[0]], np.float64)
+    class (rank = position among the learning data's masks, from ``knots``), plus a 1e-6 tie-break.
+    ``score``: a key of ``SCORES``, or one per class (0-based ``cls`` indexes the list)."""
+    cls = np.asarray(cls, np.int64)
+    if isinstance(score, str):
+        names = SCORES[score]
+        if len(names) == 1:
+            return np.asarray(feats[names[0]], np.float64)
     out = np.zeros(len(cls))
     for c in np.unique(cls):
         sel = cls == c
+        names = SCORES[score if isinstance(score, str) else score[int(c)]]
+        first_feat = np.asarray(feats[names[0]][sel], np.float64)
+        if len(names) == 1:
+            out[sel] = first_feat
+            continue
         kn = knots[int(c)] if int(c) < len(knots) else {}
         for f in names:
             xs = np.asarray(kn.get(f, [0.0, 1.0]), np.float64)
             ys = np.linspace(0.0, 1.0, len(xs))
             xs, first = np.unique(xs, return_index=True)  # ties in the data: the lowest rank of a tie
             out[sel] += np.interp(feats[f][sel], xs, ys[first]) / len(names)
-    return out + 1e-6 * _squash(np.asarray(feats[names[0]], np.float64))
+        out[sel] += 1e-6 * _squash(first_feat)
+    return out
+
+
+def _sim_rank(obs: np.ndarray, sim: np.ndarray, sim_w: np.ndarray, by: str, quantile: float) -> float:
+    """How high simulated wrong masks' scores ``sim`` rank among the given masks' ``obs`` (see ``auto_by``)."""
+    if by == "detection":
+        return float(np.mean(sim > np.quantile(obs, quantile)))
+    o = np.sort(obs)
+    below = np.searchsorted(o, sim, side="left") + 0.5 * (np.searchsorted(o, sim, side="right")
+                                                          - np.searchsorted(o, sim, side="left"))
+    return float(np.sum(sim_w * below / len(o)) / np.sum(sim_w))
+
+
+def choose_class_scores(feats: dict[str, np.ndarray], cls: np.ndarray, sim_feats: dict[str, np.ndarray],
+                        sim_unit: np.ndarray, k: int, cfg: SegDetectorConfig
+                        ) -> tuple[list[str], list[dict[str, float]]]:
+    """Per class, the one of ``cfg.auto_candidates`` under which the simulated wrong masks rank highest among
+    the given masks (no ground truth: most given masks are right, so a score that puts the simulated errors
+    above them is one that separates errors from this data's masks).
+
+    Parameters
+    ----------
+    feats : :func:`mask_features` of the given masks (U units); ``cls`` their 0-based classes.
+    sim_feats : :func:`mask_features` of the simulated wrong masks, each judged against unit ``sim_unit[s]``.
+
+    Returns
+    -------
+    (the chosen score per class, per class each candidate's measure); a tie or a class with nothing to
+    compare keeps the earlier candidate.
+    """
+    cls = np.asarray(cls, np.int64)
+    sim_unit = np.asarray(sim_unit, np.int64)
+    sim_cls = cls[sim_unit] if len(sim_unit) else np.zeros(0, np.int64)
+    per_unit = np.bincount(sim_unit, minlength=len(cls)).astype(np.float64)
+    sim_w = 1.0 / np.maximum(per_unit[sim_unit], 1.0) if len(sim_unit) else np.zeros(0)
+    chosen, measures = [], []
+    for c in range(k):
+        sel, ssel = cls == c, sim_cls == c
+        m: dict[str, float] = {}
+        best = cfg.auto_candidates[0]
+        if sel.any() and ssel.any():
+            one = np.zeros(int(sel.sum()), np.int64)
+            for cand in cfg.auto_candidates:
+                fo = {f: feats[f][sel] for f in SCORES[cand]}
+                fs = {f: sim_feats[f][ssel] for f in SCORES[cand]}
+                kn = _knots(fo, one, 1, cand)
+                m[cand] = _sim_rank(combine_score(fo, one, cand, kn),
+                                    combine_score(fs, np.zeros(int(ssel.sum()), np.int64), cand, kn),
+                                    sim_w[ssel], cfg.auto_by, cfg.detection_quantile)
+                if m[cand] > m[best] + 1e-12:
+                    best = cand
+        chosen.append(best)
+        measures.append({a: round(v, 6) for a, v in m.items()})
+    return chosen, measures
 
 
 def _simulated_masks(units: SegUnits, n_classes: int, source: np.ndarray, cfg: SegDetectorConfig,
@@ -520,6 +606,7 @@ def learn_seg_cut(probs: np.ndarray | None, given: np.ndarray | None, cfg: SegDe
         corruptions of volumes); default: this module's 2-D corruptions of each unit's consensus.
     """
     cfg = cfg or SegDetectorConfig()
+    selection: list[dict[str, float]] = []
     if simulated is not None:  # the caller's statistic (units.suspicion) and its own simulated wrong masks
         if units is None:
             raise ValueError("learn_seg_cut(simulated=...) needs the units")
@@ -533,15 +620,19 @@ def learn_seg_cut(probs: np.ndarray | None, given: np.ndarray | None, cfg: SegDe
         k = int(np.asarray(probs).shape[2])
         units = units or unit_scores(probs, given, cfg)  # type: ignore[arg-type]
         feats = mask_features(units, np.arange(len(units.cls)), units.given, cfg)
-        knots = _knots(feats, units.cls, k, cfg.score)
-        obs = combine_score(feats, units.cls, cfg.score, knots)
         g_idx, g_masks = _simulated_masks(units, k, units.given, cfg, 3_000_017)
-        g_score = combine_score(mask_features(units, g_idx, g_masks, cfg), units.cls[g_idx], cfg.score, knots)
+        g_feats = mask_features(units, g_idx, g_masks, cfg)
+        score: str | list[str] = cfg.score
+        if cfg.score == "auto":
+            score, selection = choose_class_scores(feats, units.cls, g_feats, g_idx, k, cfg)
+        knots = _knots(feats, units.cls, k, score)
+        obs = combine_score(feats, units.cls, score, knots)
+        g_score = combine_score(g_feats, units.cls[g_idx], score, knots)
         if cfg.simulate_from == "given":
             sim_u, sim_s = g_idx, g_score
         else:
             sim_u, c_masks = _simulated_masks(units, k, units.consensus, cfg, 3_000_019)
-            sim_s = combine_score(mask_features(units, sim_u, c_masks, cfg), units.cls[sim_u], cfg.score, knots)
+            sim_s = combine_score(mask_features(units, sim_u, c_masks, cfg), units.cls[sim_u], score, knots)
         judge_competence = True
     sim_cls = units.cls[sim_u] if len(sim_u) else np.zeros(0, np.int64)
     # each unit's simulations weigh 1 in total, so structure-rich units do not dominate
@@ -605,8 +696,9 @@ def learn_seg_cut(probs: np.ndarray | None, given: np.ndarray | None, cfg: SegDe
         cuts.append(float(obs[fc].min()) if fc.any() else float("inf"))
     unanimous = np.all(units.dice_members < cfg.dual_dice, axis=0)
     tau, how = gmm_threshold(units.agreement_dice[unanimous], default=0.5, seed=cfg.seed)
+    per_class = [] if simulated is not None or isinstance(score, str) else list(score)
     return SegThresholds(cuts, steps, [float(e) for e in errors], float(tau), how, n,
-                         cfg.score if judge_competence else "statistic", knots, competence)
+                         cfg.score if judge_competence else "statistic", knots, competence, per_class, selection)
 
 
 def _shift_gain(g: np.ndarray, c: np.ndarray, cfg: SegDetectorConfig) -> tuple[float, tuple[int, int]]:
@@ -705,7 +797,9 @@ def score_masks(oof_probs: np.ndarray, given_masks: np.ndarray, spacing: tuple[f
     th = thresholds or learn_seg_cut(probs, given_masks, cfg, units, archs=arch_names, class_names=names)
     if len(th.class_cuts) != k:
         raise ValueError(f"the cut has {len(th.class_cuts)} classes, the probabilities {k}")
-    raw = combine_score(mask_features(units, np.arange(n * k), units.given, cfg), units.cls, th.score,
+    if th.class_scores and len(th.class_scores) != k:
+        raise ValueError(f"the cut chose scores for {len(th.class_scores)} classes, the probabilities have {k}")
+    raw = combine_score(mask_features(units, np.arange(n * k), units.given, cfg), units.cls, th.scores(),
                         th.score_knots)
     score = precision_from_steps(raw, units.cls, th.precision_steps)
     cuts = np.array(th.class_cuts)[units.cls]

@@ -216,6 +216,7 @@ def rescore_predictions(d: dict, cfg: SegDetectorConfig | None = None) -> dict:
             "class_names": d["class_names"], "grid": list(d["probs"].shape[3:]),
             "corruptions": [r.to_row() for r in d["records"]],
             "competence": th.competence, "estimated_errors_per_class": th.estimated_errors_per_class,
+            "class_scores": th.class_scores or [th.score] * len(th.class_cuts), "score_selection": th.score_selection,
             "score_seconds": round(t_score, 1), **res}
 
 

@@ -399,3 +399,80 @@ def test_duplicate_images_share_a_fold_group():
     ds = SegDataset(ims, np.zeros((4, 8, 8), np.int64), ["x"], ["a", "b", "c", "d"])
     g = fold_groups(ds)
     assert g[1] == g[3] and len(set(g)) == 3
+
+
+def test_auto_score_picks_the_candidate_under_which_simulated_errors_rank_highest():
+    """Per class, the score that puts the simulated wrong masks highest among the given masks is chosen."""
+    from models.seg.detector import choose_class_scores
+
+    rng = np.random.default_rng(11)
+    n, s = 200, 300  # units (two classes, alternating) and simulated wrong masks
+    cls = np.tile([0, 1], n // 2)
+    sim_unit = rng.integers(0, n, s)
+    sim_cls = cls[sim_unit]
+    feats = {f: rng.random(n) for f in ("suspicion", "evidence", "wrong_pixels", "wrong_pixels_sqrt")}
+    sim = {f: rng.random(s) for f in feats}  # as the given masks: nothing separates them ...
+    # ... except the raw count for class 0 and the count / sqrt(size) for class 1
+    sim["wrong_pixels"] = np.where(sim_cls == 0, 1.0 + rng.random(s), sim["wrong_pixels"])
+    sim["wrong_pixels_sqrt"] = np.where(sim_cls == 1, 1.0 + rng.random(s), sim["wrong_pixels_sqrt"])
+    for by in ("detection", "auroc"):
+        cfg = SegDetectorConfig(score="auto", auto_by=by)
+        chosen, measures = choose_class_scores(feats, cls, sim, sim_unit, 2, cfg)
+        assert chosen == ["blend_pixels", "blend_pixels_sqrt"], by
+        assert set(measures[0]) == set(cfg.auto_candidates)
+        assert measures[0]["blend_pixels"] > measures[0]["blend_pixels_sqrt"] > 0
+        # a tie (nothing separates anything) keeps the first candidate, the default
+        flat, _ = choose_class_scores(feats, cls, {f: np.full(s, 0.5) for f in feats}, sim_unit, 2, cfg)
+        assert flat == [cfg.auto_candidates[0]] * 2
+    with pytest.raises(ValueError, match="auto_by"):
+        SegDetectorConfig(score="auto", auto_by="f1")
+    with pytest.raises(ValueError, match="auto_candidates"):
+        SegDetectorConfig(score="auto", auto_candidates=("auto",))
+
+
+def test_auto_score_is_stored_in_the_thresholds_and_reused_when_scoring(discs):
+    """The chosen score travels with the cut (as a bundle stores it) and scoring uses it, not the config's."""
+    from models.seg.detector import SegThresholds
+
+    d, noisy, _rec = discs
+    probs = _members(d.masks, weak=False, seed=3)
+    cfg = SegDetectorConfig(score="auto")
+    th = learn_seg_cut(probs, noisy, cfg)
+    assert th.score == "auto" and len(th.class_scores) == 1 and th.class_scores[0] in cfg.auto_candidates
+    assert set(th.score_selection[0]) == set(cfg.auto_candidates)
+    assert max(th.score_selection[0].values()) == th.score_selection[0][th.class_scores[0]]
+    back = SegThresholds.from_dict(json.loads(json.dumps(th.to_dict())))
+    assert back.class_scores == th.class_scores and back.score_knots == th.score_knots
+    inside = score_masks(probs, noisy, cfg=cfg, keep_arrays=False, distances=False)
+    stored = score_masks(probs, noisy, thresholds=back, cfg=SegDetectorConfig(score="suspicion"), keep_arrays=False,
+                         distances=False)
+    assert [v.raw_score for v in stored] == [v.raw_score for v in inside]
+    assert [v.verdict for v in stored] == [v.verdict for v in inside]
+    # the same as fixing the chosen score from the start
+    fixed = score_masks(probs, noisy, cfg=SegDetectorConfig(score=th.class_scores[0]), keep_arrays=False,
+                        distances=False)
+    assert np.allclose([v.raw_score for v in fixed], [v.raw_score for v in inside])
+    assert [v.verdict for v in fixed] == [v.verdict for v in inside]
+    # an older cut without per-class scores still scores with its one score
+    older = {k: v for k, v in th.to_dict().items() if k not in ("class_scores", "score_selection")}
+    old = SegThresholds.from_dict(older | {"score": th.class_scores[0]})
+    assert [v.raw_score for v in score_masks(probs, noisy, thresholds=old, keep_arrays=False, distances=False)] == \
+        [v.raw_score for v in fixed]
+
+
+@pytest.mark.slow
+def test_auto_score_unchanged_when_the_truth_is_permuted(discs):
+    from models.seg.evaluate import rescore_predictions
+
+    d, noisy, rec = discs
+    probs = _members(d.masks, weak=False, seed=3)
+    base = {"probs": probs, "noisy": noisy, "clean": d.masks, "records": rec, "settings": {"seed": 0},
+            "spacing": None, "archs": ["a", "b", "c"], "class_names": ["disc"]}
+    perm = np.random.default_rng(0).permutation(len(d.masks))
+    cfg = SegDetectorConfig(score="auto")
+    a = rescore_predictions(base, cfg)
+    b = rescore_predictions({**base, "clean": d.masks[perm]}, cfg)
+    for key in ("competence", "estimated_errors_per_class", "class_scores"):
+        assert a[key] == b[key]
+    assert a["unit_scores"]["labelqa_score"] == b["unit_scores"]["labelqa_score"]
+    assert a["methods"]["labelqa"]["f1"] != b["methods"]["labelqa"]["f1"]
