@@ -44,7 +44,7 @@ from models.verdict import MASK_VERDICTS, MaskErrorKind, Verdict
 
 __all__ = ["SegDetectorConfig", "SegThresholds", "MaskRegion", "MaskVerdict", "SegUnits", "score_masks",
            "learn_seg_cut", "unit_scores", "mask_regions", "SEG_VERDICTS", "SCORES", "softmin_quality",
-           "mask_features", "combine_score", "choose_class_scores"]
+           "mask_features", "combine_score", "choose_class_scores", "confident_thresholds"]
 
 SEG_VERDICTS = MASK_VERDICTS
 
@@ -340,6 +340,9 @@ class SegUnits:
     """(U, H, W) the smallest member log-odds of "inside" per pixel (probabilities clipped to [1e-3, 1 - 1e-3])."""
     logit_hi: np.ndarray | None = None
     """(U, H, W) the largest member log-odds of "inside" per pixel."""
+    confident_thresholds: np.ndarray | None = None
+    """(K, 2) per class, confident learning's thresholds on the mean probability from the given masks:
+    [mean P(outside) over the pixels given outside, mean P(inside) over the pixels given inside]."""
 
 
 def unit_scores(probs: np.ndarray, given: np.ndarray, cfg: SegDetectorConfig | None = None) -> SegUnits:
@@ -375,7 +378,37 @@ def unit_scores(probs: np.ndarray, given: np.ndarray, cfg: SegDetectorConfig | N
         given=g.reshape(n * k, h, w), consensus=cons.reshape(n * k, h, w), prob=pbar.reshape(n * k, h, w),
         unanimous=unan, logit_lo=lo.reshape(n * k, h, w), logit_hi=hi.reshape(n * k, h, w),
         softmin=1.0 - softmin_quality(pbar.reshape(n * k, h, w), g.reshape(n * k, h, w),
-                                                      cfg.softmin_temperature))
+                                                      cfg.softmin_temperature),
+        confident_thresholds=confident_thresholds(pbar.reshape(n * k, h, w), g.reshape(n * k, h, w),
+                                                  np.tile(np.arange(k), n), k))
+
+
+def confident_thresholds(prob: np.ndarray, given: np.ndarray, cls: np.ndarray, k: int) -> np.ndarray:
+    """Confident learning's per-class thresholds for each class's binary problem (inside / outside its mask):
+    the mean self-confidence of each given label over the pixels that carry it, on the mean probability.
+
+    Parameters
+    ----------
+    prob : (U, ...) mean probability of "inside" per unit, any spatial dimension.
+    given : (U, ...) bool, the given masks (the observed ones: simulated masks reuse these thresholds).
+    cls : (U,) 0-based class of each unit; ``k`` the number of classes.
+
+    Returns
+    -------
+    (k, 2): [threshold of "outside" (mean 1 - p where the mask says outside), threshold of "inside" (mean p
+    where it says inside)]; 0.5 for a label no pixel of the class carries.
+    """
+    p = np.asarray(prob, np.float64).reshape(len(prob), -1)
+    g = np.asarray(given, bool).reshape(len(p), -1)
+    cls = np.asarray(cls, np.int64)
+    out = np.full((k, 2), 0.5)
+    for c in range(k):
+        pc, gc = p[cls == c], g[cls == c]
+        if (~gc).any():
+            out[c, 0] = float((1.0 - pc[~gc]).mean())
+        if gc.any():
+            out[c, 1] = float(pc[gc].mean())
+    return out
 
 
 def _numerator(cons: np.ndarray, given: np.ndarray, unan: np.ndarray, mask_dice: np.ndarray | None, sm: float,
@@ -407,10 +440,17 @@ SCORES: dict[str, tuple[str, ...]] = {"suspicion": ("suspicion",), "softmin": ("
                                       "wrong_pixels": ("wrong_pixels",),
                                       "blend_pixels": ("suspicion", "evidence", "wrong_pixels"),
                                       "blend_pixels2": ("suspicion", "wrong_pixels"),
-                                      "blend_pixels_sqrt": ("suspicion", "evidence", "wrong_pixels_sqrt")}
+                                      "blend_pixels_sqrt": ("suspicion", "evidence", "wrong_pixels_sqrt"),
+                                      "blend_pixels_sqrt_cl": ("suspicion", "evidence", "wrong_pixels_sqrt",
+                                                               "cl_pixels"),
+                                      "blend_pixels_sqrt_cl_sqrt": ("suspicion", "evidence", "wrong_pixels_sqrt",
+                                                                    "cl_pixels_sqrt"),
+                                      "blend_cl": ("suspicion", "evidence", "cl_pixels"),
+                                      "blend_cl_sqrt": ("suspicion", "evidence", "cl_pixels_sqrt")}
 """Mask scores -> the features they combine (one feature: itself; several: the mean of their ranks).
 ``blend_pixels*`` add the count of confidently wrong pixels (``wrong_pixels``, or divided by the square root
-of the size as the evidence: ``wrong_pixels_sqrt``); ``blend_pixels_sqrt`` is the default."""
+of the size as the evidence: ``wrong_pixels_sqrt``); ``blend_pixels_sqrt`` is the default. ``*_cl*`` use the
+count of pixels wrong under confident learning's per-class thresholds (``cl_pixels``, ``cl_pixels_sqrt``)."""
 KNOTS = 201
 
 
@@ -423,7 +463,10 @@ def mask_features(units: SegUnits, idx: np.ndarray, masks: np.ndarray, cfg: SegD
     log-odds against the mask, summed over the pixels where every member is against it, divided by
     sqrt(|mask| + |consensus| + smoothing)), ``wrong_pixels`` (how many pixels every member puts on the
     other side of the mask with probability > ``pixel_confidence``) and ``wrong_pixels_sqrt`` (that count
-    divided by the same square root)."""
+    divided by the same square root); with the mean probability: ``cl_pixels``, the pixels wrong under
+    confident learning's thresholds (``units.confident_thresholds``, from the given masks and reused
+    unchanged for any other mask: the other label's mean probability reaches its threshold, and the mask's
+    label's is below its own or below the other's) and ``cl_pixels_sqrt`` (divided by the same square root)."""
     idx = np.asarray(idx, np.int64)
     flat = (len(idx), -1, 1)  # soft Dice sums the last two axes: one axis of all pixels, any dimension
     sm = max(1.0, cfg.smooth * float(np.prod(units.prob.shape[1:])))
@@ -442,6 +485,19 @@ def mask_features(units: SegUnits, idx: np.ndarray, masks: np.ndarray, cfg: SegD
         wrong = (margin > np.log(conf) - np.log1p(-conf)).sum(axis=1).astype(np.float64)
         out["wrong_pixels"] = wrong
         out["wrong_pixels_sqrt"] = wrong / np.sqrt(size)
+        if units.prob.size:
+            th = units.confident_thresholds
+            if th is None:
+                k = int(units.cls.max(initial=-1)) + 1
+                th = confident_thresholds(units.prob, units.given, units.cls, k)
+            t_out, t_in = (th[units.cls[idx], j][:, None] for j in (0, 1))
+            p = units.prob[idx].reshape(w.shape).astype(np.float64)
+            # self-confidence of the mask's label and the other label's probability, with their thresholds
+            own, other = np.where(w, p, 1.0 - p), np.where(w, 1.0 - p, p)
+            t_own, t_other = np.where(w, t_in, t_out), np.where(w, t_out, t_in)
+            cl = (other >= t_other) & ((own < t_own) | (other > own))
+            out["cl_pixels"] = cl.sum(axis=1).astype(np.float64)
+            out["cl_pixels_sqrt"] = out["cl_pixels"] / np.sqrt(size)
     return out
 
 

@@ -332,6 +332,48 @@ def test_wrong_pixels_counts_the_pixels_every_member_is_confidently_against():
     assert np.array_equal(mask_features(units, idx, units.given, cfg)["wrong_pixels"], manual)
 
 
+def test_cl_pixels_follow_confident_learning_thresholds():
+    """The pixels wrong under confident learning's per-class thresholds: none for the consensus, more for
+    ever larger confidently wrong blobs, the thresholds taken from the given masks and kept for other masks."""
+    from models.seg.detector import confident_thresholds, mask_features, unit_scores
+
+    d = make_shape_masks(8, 24, seed=5, n_classes=1)
+    probs = _members(d.masks, weak=False, seed=6)
+    cfg = SegDetectorConfig()
+    units = unit_scores(probs, d.masks, cfg)
+    idx = np.arange(len(units.cls))
+    th = units.confident_thresholds
+    g = units.given.reshape(len(idx), -1)
+    p = units.prob.reshape(len(idx), -1).astype(np.float64)
+    assert np.allclose(th[0], [(1 - p[~g]).mean(), p[g].mean()]) and np.all(th > 0.5)
+    assert np.array_equal(th, confident_thresholds(units.prob, units.given, units.cls, 1))
+    assert np.all(mask_features(units, idx, units.consensus, cfg)["cl_pixels"] == 0)
+    far = (units.prob < 0.02) & ~units.consensus
+    counts = []
+    for r in (1, 2, 3, 4):
+        masks = units.consensus.copy()
+        for u in idx:
+            ys, xs = np.nonzero(far[u])
+            cy, cx = ys[len(ys) // 2], xs[len(xs) // 2]
+            yy, xx = np.mgrid[:24, :24]
+            masks[u] |= ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r) & far[u]
+        f = mask_features(units, idx, masks, cfg)
+        counts.append(f["cl_pixels"])
+        # divided by the evidence's square root of the size, as wrong_pixels_sqrt
+        assert np.allclose(f["cl_pixels_sqrt"] * f["wrong_pixels"], f["wrong_pixels_sqrt"] * f["cl_pixels"])
+    counts = np.stack(counts)
+    assert np.all(np.diff(counts, axis=0) >= 0) and np.all(counts[-1] > counts[0])
+    # the blob's pixels are all wrong under the thresholds: the count grows by the blob's area
+    added = (masks & ~units.consensus).reshape(len(idx), -1).sum(axis=1)
+    assert np.array_equal(counts[-1], added)
+    # by hand on the given masks: the other label reaches its threshold and is the more likely one
+    manual = ((g & (1 - p >= th[0, 0]) & ((p < th[0, 1]) | (1 - p > p)))
+              | (~g & (p >= th[0, 1]) & ((1 - p < th[0, 0]) | (p > 1 - p)))).sum(axis=1)
+    assert np.array_equal(mask_features(units, idx, units.given, cfg)["cl_pixels"], manual)
+    # the thresholds are the given masks': scoring other masks leaves them as they were
+    assert np.array_equal(units.confident_thresholds, th)
+
+
 def test_mask_features_are_the_same_for_volumes():
     """One code path for any spatial dimension: a volume's features equal those of the same voxels laid out in 2-D."""
     from dataclasses import replace
@@ -352,10 +394,11 @@ def test_mask_features_are_the_same_for_volumes():
     idx = np.arange(n)
     cfg = SegDetectorConfig()
     f2, f3 = mask_features(flat, idx, wrong.reshape(n, dz * h, w), cfg), mask_features(vol, idx, wrong, cfg)
-    assert set(f3) >= {"suspicion", "evidence", "wrong_pixels", "softmin"}
+    assert set(f3) >= {"suspicion", "evidence", "wrong_pixels", "softmin", "cl_pixels", "cl_pixels_sqrt"}
     for key in f2:
         assert np.allclose(f2[key], f3[key]), key
     assert np.all(f3["wrong_pixels"][:2] > f3["wrong_pixels"][2:])
+    assert np.all(f3["cl_pixels"][:2] > f3["cl_pixels"][2:])
     score = SegDetectorConfig().score
     knots = [{k: list(np.quantile(f3[k], np.linspace(0, 1, 11))) for k in f3}]
     assert combine_score(f3, np.zeros(n, np.int64), score, knots).shape == (n,)
