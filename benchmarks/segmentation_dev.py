@@ -21,7 +21,8 @@ With ``--after-choice`` it scores the same variants on any run, for the record (
 
 ``--variants clpix`` adds (or puts in place of the wrong-pixel count) the count of pixels wrong under confident
 learning's per-class thresholds (``cl_pixels``; JSON: ``dev/variants_clpix.json``; the rule, ``CLPIX_RULE``,
-was committed first). With ``--after-choice`` it scores the default and the committed choice on any run.
+was committed first; it kept the default). With ``--after-choice`` it scores the kept default and the rejected
+candidates on any run, for the record (``dev/clpix_after_choice.json``).
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/segmentation_dev.py --after-choice \
         --out benchmarks/results/segmentation/dev/pixels_after_choice.json \
@@ -171,12 +172,8 @@ def main() -> int:
     variants = SETS_OF_VARIANTS[a.variants]
     if a.after_choice and a.variants == "auto":  # the rejected auto scores beside the kept default, for the record
         variants = AUTO_VARIANTS
-    elif a.after_choice and a.variants == "clpix":  # the default and the committed choice (read from the dev JSON)
-        dev = json.loads((Path(__file__).parent / "results" / "segmentation" / "dev" / "variants_clpix.json")
-                         .read_text())
-        chosen = dev["choice"]["choice"]
-        variants = {"blend_pixels_sqrt (current)": CLPIX_VARIANTS["blend_pixels_sqrt (current)"]}
-        variants[chosen] = CLPIX_VARIANTS[chosen]
+    elif a.after_choice and a.variants == "clpix":  # the committed choice (the default kept), and for the record
+        variants = CLPIX_VARIANTS  # the rejected candidates beside it
     elif a.after_choice:
         variants = {"blend (before)": PIXEL_VARIANTS["blend (current)"],
                     "blend + wrong pixels / sqrt(size) (chosen)": PIXEL_VARIANTS[
