@@ -23,10 +23,12 @@ BASELINES = ("dual_consistency", "cleanlab_softmin", "cleanlab_num_pixel_issues"
 DEV_SEEDS = (0,)
 FRESH_RUNS = frozenset({f"{s}_0.1_s{seed}" for s in ("drive", "chase", "hc18") for seed in (1, 2)}
                        | {"drive_0.05_s2", "busi_0.05_s2", "busi_0.1_s2"}
-                       | {"hc18_0.05_s3", "hc18_0.1_s3", "chase_0.05_s3", "drive_0.05_s3"})
+                       | {"hc18_0.05_s3", "hc18_0.1_s3", "chase_0.05_s3", "drive_0.05_s3"}
+                       | {"hc18_0.05_s4", "hc18_0.1_s4", "chase_0.05_s4", "drive_0.05_s4"})
 """Runs fitted after the mask score with confidently wrong pixels was chosen (never seen by any choice); the
 seed-3 runs were fitted while the per-class choice of the score (tried and rejected) was decided, and scored
-only after that decision was committed."""
+only after that decision was committed; the seed-4 runs likewise for the count of pixels wrong under confident
+learning's thresholds (tried and rejected)."""
 
 
 def split_of(run: str, seed: int) -> str:
