@@ -107,9 +107,9 @@ CLPIX_RULE = (
 SETS_OF_VARIANTS = {"score": VARIANTS, "pixels": PIXEL_VARIANTS, "auto": AUTO_VARIANTS, "clpix": CLPIX_VARIANTS}
 
 
-def choose(runs: dict, variants: dict[str, dict], current: str = "blend (current)", rule: str = PIXEL_RULE) -> dict:
-    """Apply ``PIXEL_RULE`` (or ``CLPIX_RULE``, the same test) to the development runs' numbers: each variant's
-    means and eligibility, the choice."""
+def _variant_means(runs: dict, variants: dict[str, dict], rule: str, *, per_run: bool = False) -> dict:
+    """Each variant's numbers over the development runs: mean AUPRC and F1 over the judged runs, whether
+    flags / planted stays in [0.5, 2] on each, whether BUSI stays "cannot judge", runs ahead of cleanlab."""
     judged = [r for r in runs if not r.startswith("busi")]
     busi = [r for r in runs if r.startswith("busi")]
     out: dict = {"rule": rule, "judged_runs": judged, "variants": {}}
@@ -122,10 +122,22 @@ def choose(runs: dict, variants: dict[str, dict], current: str = "blend (current
             "busi_cannot_judge": all(not v[r]["judged"] for r in busi),
             "ahead_of_cleanlab_runs": int(sum((v[r]["auprc"] or 0.0) >= max(runs[r]["cleanlab_softmin"],
                                                                              runs[r]["cleanlab_num_pixel_issues"])
-                                              for r in judged))}
+                                              for r in judged)),
+            **({"chosen_per_run": {r: v[r].get("class_scores") for r in runs}} if per_run else {})}
+    return out
+
+
+def _eligible(m: dict, cur: dict) -> bool:
+    return m["flags_ok"] and m["busi_cannot_judge"] and m["mean_f1"] >= cur["mean_f1"] - 1e-12
+
+
+def choose(runs: dict, variants: dict[str, dict], current: str = "blend (current)", rule: str = PIXEL_RULE) -> dict:
+    """Apply ``PIXEL_RULE`` (or ``CLPIX_RULE``, the same test) to the development runs' numbers: each variant's
+    means and eligibility, the choice."""
+    out = _variant_means(runs, variants, rule)
     cur = out["variants"][current]
     for _name, m in out["variants"].items():
-        m["eligible"] = m["flags_ok"] and m["busi_cannot_judge"] and m["mean_f1"] >= cur["mean_f1"] - 1e-12
+        m["eligible"] = _eligible(m, cur)
     best = max((n for n, m in out["variants"].items() if m["eligible"]), key=lambda n: out["variants"][n]["mean_auprc"],
                default=current)
     out["choice"] = best if out["variants"][best]["mean_auprc"] > cur["mean_auprc"] else current
@@ -134,26 +146,12 @@ def choose(runs: dict, variants: dict[str, dict], current: str = "blend (current
 
 def choose_auto(runs: dict, variants: dict[str, dict], current: str = "blend_pixels_sqrt (current)") -> dict:
     """Apply ``AUTO_RULE`` to the development runs' numbers: each variant's means and eligibility, the choice."""
-    judged = [r for r in runs if not r.startswith("busi")]
-    busi = [r for r in runs if r.startswith("busi")]
-    out: dict = {"rule": AUTO_RULE, "judged_runs": judged, "variants": {}}
-    for name in variants:
-        v = {r: runs[r]["variants"][name] for r in runs}
-        out["variants"][name] = {
-            "mean_auprc": float(np.mean([v[r]["auprc"] or 0.0 for r in judged])),
-            "mean_f1": float(np.mean([v[r]["f1"] for r in judged])),
-            "flags_ok": all(0.5 <= v[r]["flags_per_planted"] <= 2.0 for r in judged),
-            "busi_cannot_judge": all(not v[r]["judged"] for r in busi),
-            "ahead_of_cleanlab_runs": int(sum((v[r]["auprc"] or 0.0) >= max(runs[r]["cleanlab_softmin"],
-                                                                             runs[r]["cleanlab_num_pixel_issues"])
-                                              for r in judged)),
-            "chosen_per_run": {r: v[r].get("class_scores") for r in runs}}
+    out = _variant_means(runs, variants, AUTO_RULE, per_run=True)
     cur = out["variants"][current]
     autos = [n for n in variants if variants[n].get("score") == "auto"]
     for name in autos:
         m = out["variants"][name]
-        m["eligible"] = (m["flags_ok"] and m["busi_cannot_judge"] and m["mean_f1"] >= cur["mean_f1"] - 1e-12
-                         and m["mean_auprc"] >= cur["mean_auprc"] - 1e-12)
+        m["eligible"] = _eligible(m, cur) and m["mean_auprc"] >= cur["mean_auprc"] - 1e-12
     eligible = [n for n in autos if out["variants"][n]["eligible"]]
     out["choice"] = max(eligible, key=lambda n: (out["variants"][n]["mean_auprc"], out["variants"][n]["mean_f1"]),
                         default=current)
