@@ -299,6 +299,18 @@ def test_cut_unchanged_when_the_truth_is_permuted(discs):
     assert a["methods"]["labelqa"]["f1"] != b["methods"]["labelqa"]["f1"]
 
 
+def _with_far_blobs(units, idx: np.ndarray, r: int) -> np.ndarray:
+    """Each unit's consensus plus a disc of radius ``r`` where every member says background (p < 0.02)."""
+    far = (units.prob < 0.02) & ~units.consensus
+    masks = units.consensus.copy()
+    yy, xx = np.mgrid[:24, :24]
+    for u in idx:
+        ys, xs = np.nonzero(far[u])
+        cy, cx = ys[len(ys) // 2], xs[len(xs) // 2]
+        masks[u] |= ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r) & far[u]
+    return masks
+
+
 def test_wrong_pixels_counts_the_pixels_every_member_is_confidently_against():
     from models.seg.detector import mask_features, unit_scores
 
@@ -310,15 +322,9 @@ def test_wrong_pixels_counts_the_pixels_every_member_is_confidently_against():
     # the consensus itself: no pixel where every member is against it
     assert np.all(mask_features(units, idx, units.consensus, cfg)["wrong_pixels"] == 0)
     # blobs far from every structure, ever larger: the count grows with them (every member says background there)
-    far = (units.prob < 0.02) & ~units.consensus
     counts = []
     for r in (1, 2, 3, 4):
-        masks = units.consensus.copy()
-        for u in idx:
-            ys, xs = np.nonzero(far[u])
-            cy, cx = ys[len(ys) // 2], xs[len(xs) // 2]
-            yy, xx = np.mgrid[:24, :24]
-            masks[u] |= ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r) & far[u]
+        masks = _with_far_blobs(units, idx, r)
         counts.append(mask_features(units, idx, masks, cfg)["wrong_pixels"])
     counts = np.stack(counts)
     assert np.all(np.diff(counts, axis=0) >= 0) and np.all(counts[-1] > counts[0])
@@ -348,15 +354,9 @@ def test_cl_pixels_follow_confident_learning_thresholds():
     assert np.allclose(th[0], [(1 - p[~g]).mean(), p[g].mean()]) and np.all(th > 0.5)
     assert np.array_equal(th, confident_thresholds(units.prob, units.given, units.cls, 1))
     assert np.all(mask_features(units, idx, units.consensus, cfg)["cl_pixels"] == 0)
-    far = (units.prob < 0.02) & ~units.consensus
     counts = []
     for r in (1, 2, 3, 4):
-        masks = units.consensus.copy()
-        for u in idx:
-            ys, xs = np.nonzero(far[u])
-            cy, cx = ys[len(ys) // 2], xs[len(xs) // 2]
-            yy, xx = np.mgrid[:24, :24]
-            masks[u] |= ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r) & far[u]
+        masks = _with_far_blobs(units, idx, r)
         f = mask_features(units, idx, masks, cfg)
         counts.append(f["cl_pixels"])
         # divided by the evidence's square root of the size, as wrong_pixels_sqrt
