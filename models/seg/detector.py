@@ -44,7 +44,7 @@ from models.verdict import MASK_VERDICTS, MaskErrorKind, Verdict
 
 __all__ = ["SegDetectorConfig", "SegThresholds", "MaskRegion", "MaskVerdict", "SegUnits", "score_masks",
            "learn_seg_cut", "unit_scores", "mask_regions", "SEG_VERDICTS", "SCORES", "softmin_quality",
-           "mask_features", "combine_score", "choose_class_scores", "confident_thresholds"]
+           "mask_features", "features_of", "combine_score", "choose_class_scores", "confident_thresholds"]
 
 SEG_VERDICTS = MASK_VERDICTS
 
@@ -454,7 +454,17 @@ count of pixels wrong under confident learning's per-class thresholds (``cl_pixe
 KNOTS = 201
 
 
-def mask_features(units: SegUnits, idx: np.ndarray, masks: np.ndarray, cfg: SegDetectorConfig) -> dict[str, np.ndarray]:
+def features_of(score: str | list[str], cfg: SegDetectorConfig | None = None) -> set[str]:
+    """The features :func:`combine_score` reads for ``score`` (one name, or one per class; ``auto``: every
+    candidate's of ``cfg``)."""
+    names = [score] if isinstance(score, str) else list(score)
+    if "auto" in names:
+        names = [n for n in names if n != "auto"] + list((cfg or SegDetectorConfig()).auto_candidates)
+    return {f for n in names for f in SCORES[n]}
+
+
+def mask_features(units: SegUnits, idx: np.ndarray, masks: np.ndarray, cfg: SegDetectorConfig,
+                  wanted: set[str] | None = None) -> dict[str, np.ndarray]:
     """The features of ``masks`` (S, ...) bool, each judged against the probabilities of unit ``idx[s]``
     (the given masks themselves with ``idx = arange(U)``): one code path for real and simulated masks, any
     spatial dimension.
@@ -466,14 +476,19 @@ def mask_features(units: SegUnits, idx: np.ndarray, masks: np.ndarray, cfg: SegD
     divided by the same square root); with the mean probability: ``cl_pixels``, the pixels wrong under
     confident learning's thresholds (``units.confident_thresholds``, from the given masks and reused
     unchanged for any other mask: the other label's mean probability reaches its threshold, and the mask's
-    label's is below its own or below the other's) and ``cl_pixels_sqrt`` (divided by the same square root)."""
+    label's is below its own or below the other's) and ``cl_pixels_sqrt`` (divided by the same square root).
+    ``wanted``: only these features (and what they are computed from; default: all of them)."""
+    def want(*names: str) -> bool:
+        return wanted is None or any(n in wanted for n in names)
+
     idx = np.asarray(idx, np.int64)
     flat = (len(idx), -1, 1)  # soft Dice sums the last two axes: one axis of all pixels, any dimension
     sm = max(1.0, cfg.smooth * float(np.prod(units.prob.shape[1:])))
     masks = np.asarray(masks, bool).reshape(flat)
     num = _numerator(units.consensus[idx].reshape(flat), masks, units.unanimous[idx].reshape(flat), None, sm, cfg)
-    out = {"suspicion": num / (units.member_disagreement[idx] + cfg.eps),
-           "softmin": 1.0 - softmin_quality(units.prob[idx], masks[..., 0], cfg.softmin_temperature)}
+    out = {"suspicion": num / (units.member_disagreement[idx] + cfg.eps)}
+    if want("softmin"):
+        out["softmin"] = 1.0 - softmin_quality(units.prob[idx], masks[..., 0], cfg.softmin_temperature)
     if units.logit_lo is not None and units.logit_hi is not None:
         w = masks[..., 0]
         lo, hi = units.logit_lo[idx].reshape(w.shape), units.logit_hi[idx].reshape(w.shape)
@@ -485,7 +500,7 @@ def mask_features(units: SegUnits, idx: np.ndarray, masks: np.ndarray, cfg: SegD
         wrong = (margin > np.log(conf) - np.log1p(-conf)).sum(axis=1).astype(np.float64)
         out["wrong_pixels"] = wrong
         out["wrong_pixels_sqrt"] = wrong / np.sqrt(size)
-        if units.prob.size:
+        if units.prob.size and want("cl_pixels", "cl_pixels_sqrt"):
             th = units.confident_thresholds
             if th is None:
                 k = int(units.cls.max(initial=-1)) + 1
@@ -675,9 +690,10 @@ def learn_seg_cut(probs: np.ndarray | None, given: np.ndarray | None, cfg: SegDe
     else:
         k = int(np.asarray(probs).shape[2])
         units = units or unit_scores(probs, given, cfg)  # type: ignore[arg-type]
-        feats = mask_features(units, np.arange(len(units.cls)), units.given, cfg)
+        wanted = features_of(cfg.score, cfg)
+        feats = mask_features(units, np.arange(len(units.cls)), units.given, cfg, wanted)
         g_idx, g_masks = _simulated_masks(units, k, units.given, cfg, 3_000_017)
-        g_feats = mask_features(units, g_idx, g_masks, cfg)
+        g_feats = mask_features(units, g_idx, g_masks, cfg, wanted)
         score: str | list[str] = cfg.score
         if cfg.score == "auto":
             score, selection = choose_class_scores(feats, units.cls, g_feats, g_idx, k, cfg)
@@ -688,7 +704,7 @@ def learn_seg_cut(probs: np.ndarray | None, given: np.ndarray | None, cfg: SegDe
             sim_u, sim_s = g_idx, g_score
         else:
             sim_u, c_masks = _simulated_masks(units, k, units.consensus, cfg, 3_000_019)
-            sim_s = combine_score(mask_features(units, sim_u, c_masks, cfg), units.cls[sim_u], score, knots)
+            sim_s = combine_score(mask_features(units, sim_u, c_masks, cfg, wanted), units.cls[sim_u], score, knots)
         judge_competence = True
     sim_cls = units.cls[sim_u] if len(sim_u) else np.zeros(0, np.int64)
     # each unit's simulations weigh 1 in total, so structure-rich units do not dominate
@@ -855,8 +871,8 @@ def score_masks(oof_probs: np.ndarray, given_masks: np.ndarray, spacing: tuple[f
         raise ValueError(f"the cut has {len(th.class_cuts)} classes, the probabilities {k}")
     if th.class_scores and len(th.class_scores) != k:
         raise ValueError(f"the cut chose scores for {len(th.class_scores)} classes, the probabilities have {k}")
-    raw = combine_score(mask_features(units, np.arange(n * k), units.given, cfg), units.cls, th.scores(),
-                        th.score_knots)
+    raw = combine_score(mask_features(units, np.arange(n * k), units.given, cfg, features_of(th.scores(), cfg)),
+                        units.cls, th.scores(), th.score_knots)
     score = precision_from_steps(raw, units.cls, th.precision_steps)
     cuts = np.array(th.class_cuts)[units.cls]
     judged = np.array(th.judged(k))[units.cls]
