@@ -446,11 +446,14 @@ SCORES: dict[str, tuple[str, ...]] = {"suspicion": ("suspicion",), "softmin": ("
                                       "blend_pixels_sqrt_cl_sqrt": ("suspicion", "evidence", "wrong_pixels_sqrt",
                                                                     "cl_pixels_sqrt"),
                                       "blend_cl": ("suspicion", "evidence", "cl_pixels"),
-                                      "blend_cl_sqrt": ("suspicion", "evidence", "cl_pixels_sqrt")}
+                                      "blend_cl_sqrt": ("suspicion", "evidence", "cl_pixels_sqrt"),
+                                      "evidence_pixels_sqrt": ("evidence", "wrong_pixels_sqrt")}
 """Mask scores -> the features they combine (one feature: itself; several: the mean of their ranks).
 ``blend_pixels*`` add the count of confidently wrong pixels (``wrong_pixels``, or divided by the square root
 of the size as the evidence: ``wrong_pixels_sqrt``); ``blend_pixels_sqrt`` is the default. ``*_cl*`` use the
-count of pixels wrong under confident learning's per-class thresholds (``cl_pixels``, ``cl_pixels_sqrt``)."""
+count of pixels wrong under confident learning's per-class thresholds (``cl_pixels``, ``cl_pixels_sqrt``).
+``evidence_pixels_sqrt`` leaves the suspicion out (a candidate of ``benchmarks/segmentation_dev.py --variants
+evidence``)."""
 KNOTS = 201
 
 
