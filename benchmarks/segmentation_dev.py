@@ -29,6 +29,13 @@ candidates on any run, for the record (``dev/clpix_after_choice.json``).
 are every saved run of seeds 0-4 (all had been looked at when the candidates were picked); the fresh seed-5 and
 seed-6 runs are scored with ``--after-choice`` only after the choice (``dev/evidence_after_choice.json``).
 
+``--orders`` scores the worklist's order (the mask priority) before and after ``PRIORITY_RULE`` with the default
+cut, beside the cut's score, the evidence and cleanlab's two scores (JSON: ``dev/priority_orders.json`` for seeds
+0-4, ``dev/priority_orders_test.json`` for the fresh seeds 5 and 6):
+
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/segmentation_dev.py --orders \
+        --out benchmarks/results/segmentation/dev/priority_orders.json benchmarks/results/seg_predictions/*_s[0-4]*.npz
+
     PYTHONPATH=$PWD .venv/bin/python benchmarks/segmentation_dev.py --after-choice \
         --out benchmarks/results/segmentation/dev/pixels_after_choice.json \
         benchmarks/results/seg_predictions/*_s[12].npz
@@ -226,6 +233,33 @@ def _best_baseline_f1(stem: str) -> float | None:
     return max(float(m["f1"]) for n, m in methods.items() if not n.startswith("labelqa"))
 
 
+def priority_orders(f: Path) -> dict:
+    """One saved run under the default cut: the AUPRC of the worklist's order before (``(1 - Dice of the consensus)
+    x agreement``) and now (``PRIORITY_RULE``), of the cut's score and of the evidence, beside cleanlab's two."""
+    from models.evaluate import _auprc
+    from models.seg.detector import SegDetectorConfig, learn_seg_cut, mask_features, score_masks, unit_scores
+    from models.seg.evaluate import _cleanlab_scores, load_predictions
+    from models.seg.train import to_channels
+
+    d = load_predictions(f)
+    truth = (d["noisy"] != d["clean"]).any((1, 2))
+    cfg = SegDetectorConfig(seed=int(d["settings"]["seed"]))
+    units = unit_scores(d["probs"], d["noisy"], cfg)
+    th = learn_seg_cut(d["probs"], d["noisy"], cfg, units, class_names=d["class_names"])
+    vs = score_masks(d["probs"], d["noisy"], thresholds=th, cfg=cfg, keep_arrays=False, distances=False)
+    ev = mask_features(units, np.arange(len(units.cls)), units.given, cfg, {"evidence"})["evidence"]
+    pbar, g = d["probs"].mean(0), to_channels(d["noisy"], 1)
+    out = {"priority": _auprc(np.array([v.priority for v in vs]), truth),
+           "priority_before": _auprc((1.0 - units.mask_dice) * units.agreement_prob, truth),
+           "score": _auprc(np.array([v.score for v in vs]), truth), "evidence": _auprc(ev, truth),
+           "cleanlab_softmin": _auprc(1 - _cleanlab_scores(pbar, g)[0], truth),
+           "cleanlab_num_pixel_issues": _auprc(1 - _cleanlab_scores(pbar, g, "num_pixel_issues")[0], truth),
+           "judged": th.competence[0]["judged"]}
+    best = max(out["cleanlab_softmin"], out["cleanlab_num_pixel_issues"])
+    out["ahead_of_cleanlab"] = {k: bool(out[k] >= best) for k in ("priority", "priority_before", "score", "evidence")}
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("predictions", nargs="+", type=Path)
@@ -234,7 +268,22 @@ def main() -> int:
     ap.add_argument("--variants", choices=sorted(SETS_OF_VARIANTS), default="score")
     ap.add_argument("--after-choice", action="store_true",
                     help="the earlier and the chosen score on any run (no choice made)")
+    ap.add_argument("--orders", action="store_true",
+                    help="the worklist orders before and after PRIORITY_RULE on each run (no choice made)")
     a = ap.parse_args()
+    if a.orders:
+        res = {"rule": PRIORITY_RULE, "command": "PYTHONPATH=$PWD .venv/bin/python benchmarks/segmentation_dev.py "
+               + " ".join(str(p) for p in sys.argv[1:]), "runs": {}}
+        for f in a.predictions:
+            res["runs"][f.stem] = r = priority_orders(f)
+            print(f.stem, {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}, flush=True)
+        judged = [r for r in res["runs"].values() if r["judged"]]
+        res["ahead_of_cleanlab_judged_runs"] = {k: f"{sum(r['ahead_of_cleanlab'][k] for r in judged)}/{len(judged)}"
+                                                for k in ("priority", "priority_before", "score", "evidence")}
+        print(res["ahead_of_cleanlab_judged_runs"])
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(res, indent=2))
+        return 0
     variants = SETS_OF_VARIANTS[a.variants]
     if a.after_choice and a.variants == "auto":  # the rejected auto scores beside the kept default, for the record
         variants = AUTO_VARIANTS

@@ -44,7 +44,8 @@ from models.verdict import MASK_VERDICTS, MaskErrorKind, Verdict
 
 __all__ = ["SegDetectorConfig", "SegThresholds", "MaskRegion", "MaskVerdict", "SegUnits", "score_masks",
            "learn_seg_cut", "unit_scores", "mask_regions", "SEG_VERDICTS", "SCORES", "softmin_quality",
-           "mask_features", "features_of", "combine_score", "choose_class_scores", "confident_thresholds"]
+           "mask_features", "features_of", "combine_score", "choose_class_scores", "confident_thresholds",
+           "evidence_rank", "PRIORITY_LEVEL"]
 
 SEG_VERDICTS = MASK_VERDICTS
 
@@ -206,7 +207,8 @@ class MaskVerdict:
     suspicion: float
     """(1 - Dice of consensus and given mask) / (the members' disagreement + eps)."""
     priority: float
-    """Re-annotation priority: (1 - Dice with the consensus) x the members' agreement (wrong, and they agree)."""
+    """Re-annotation priority, the worklist's order: 2 for a suspected mask error, 1 for a hard case, 0 otherwise,
+    plus the evidence against the mask ranked within its class (:func:`evidence_rank`, in [0, 1))."""
     cut: float
     dice_members: dict[str, float]
     hd95_members: dict[str, float]
@@ -846,6 +848,33 @@ def mask_regions(given: np.ndarray, consensus: np.ndarray, *, other_consensus: n
     return regions[:cfg.max_regions], max(by_kind, key=lambda kk: by_kind[kk])
 
 
+PRIORITY_LEVEL = {Verdict.SUSPECTED_MASK_ERROR: 2.0, Verdict.HARD_CASE: 1.0, Verdict.CONSISTENT: 0.0}
+"""The verdict's part of a mask's priority: suspected errors first, then hard cases, then the rest."""
+
+
+def evidence_rank(evidence: np.ndarray | None, cls: np.ndarray, knots: list[dict[str, list[float]]]) -> np.ndarray:
+    """The evidence against each mask as its rank in its class among the learning data's masks (the cut's
+    ``knots`` of ``evidence``; without them a monotone squash), scaled into [0, 0.999] with a 1e-6 tie-break:
+    the within-verdict part of the priority, comparable across classes.
+
+    The evidence alone ranks the planted wrong masks best of labelqa's features on the saved benchmark runs
+    (``benchmarks/segmentation_dev.py``, ``PRIORITY_RULE``), while the cut keeps the blended score."""
+    cls = np.asarray(cls, np.int64)
+    if evidence is None:
+        return np.zeros(len(cls))
+    ev = np.asarray(evidence, np.float64)
+    out = np.asarray(_squash(np.clip(ev, 0.0, None)), np.float64)
+    for c in np.unique(cls):
+        kn = knots[int(c)] if int(c) < len(knots) else {}
+        if "evidence" not in kn:
+            continue
+        sel = cls == c
+        xs = np.asarray(kn["evidence"], np.float64)
+        xs, first = np.unique(xs, return_index=True)
+        out[sel] = np.interp(ev[sel], xs, np.linspace(0.0, 1.0, len(kn["evidence"]))[first])
+    return 0.999 * out + 1e-6 * np.asarray(_squash(np.clip(ev, 0.0, None)), np.float64)
+
+
 def score_masks(oof_probs: np.ndarray, given_masks: np.ndarray, spacing: tuple[float, float] | None = None, *,
                 class_names: list[str] | None = None, archs: list[str] | tuple[str, ...] | None = None,
                 thresholds: SegThresholds | None = None, cfg: SegDetectorConfig | None = None,
@@ -874,8 +903,8 @@ def score_masks(oof_probs: np.ndarray, given_masks: np.ndarray, spacing: tuple[f
         raise ValueError(f"the cut has {len(th.class_cuts)} classes, the probabilities {k}")
     if th.class_scores and len(th.class_scores) != k:
         raise ValueError(f"the cut chose scores for {len(th.class_scores)} classes, the probabilities have {k}")
-    raw = combine_score(mask_features(units, np.arange(n * k), units.given, cfg, features_of(th.scores(), cfg)),
-                        units.cls, th.scores(), th.score_knots)
+    feats = mask_features(units, np.arange(n * k), units.given, cfg, features_of(th.scores(), cfg) | {"evidence"})
+    raw = combine_score(feats, units.cls, th.scores(), th.score_knots)
     score = precision_from_steps(raw, units.cls, th.precision_steps)
     cuts = np.array(th.class_cuts)[units.cls]
     judged = np.array(th.judged(k))[units.cls]
@@ -893,6 +922,7 @@ def score_masks(oof_probs: np.ndarray, given_masks: np.ndarray, spacing: tuple[f
     dual = unanimous & (units.agreement_dice >= th.dual_agreement)
     cons_img = units.consensus.reshape(n, k, *units.consensus.shape[1:])
     given_img = units.given.reshape(n, k, *units.given.shape[1:])
+    ev_rank = evidence_rank(feats.get("evidence"), units.cls, th.score_knots)
     out = []
     for u in range(n * k):
         i, c = int(units.image[u]), int(units.cls[u])
@@ -914,8 +944,7 @@ def score_masks(oof_probs: np.ndarray, given_masks: np.ndarray, spacing: tuple[f
             index=i, class_index=c + 1, class_name=names[c], verdict=verdict,
             kind=kind if verdict != Verdict.CONSISTENT else None,
             score=float(score[u]) + 1e-6 * float(_squash(raw[u])), suspicion=s,
-            priority=(1.0 - float(units.mask_dice[u])) * float(units.agreement_prob[u]),
-            cut=float(cuts[u]),
+            priority=PRIORITY_LEVEL[verdict] + float(ev_rank[u]), cut=float(cuts[u]),
             dice_members={a: float(units.dice_members[j, u]) for j, a in enumerate(arch_names)},
             hd95_members={a: float(hd_m[j][u]) for j, a in enumerate(arch_names)},
             nsd_members={a: float(nsd_m[j][u]) for j, a in enumerate(arch_names)},

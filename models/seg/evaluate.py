@@ -145,7 +145,8 @@ def compare_seg_methods(probs: np.ndarray, noisy: np.ndarray, clean: np.ndarray,
     rnd_flag = np.zeros(n * k, bool)
     rnd_flag[np.argsort(-rnd)[: int(lq_flag.sum())]] = True
     methods = {
-        "labelqa": (lq_flag, lq_score),
+        "labelqa": (lq_flag, np.array([v.priority for v in verdicts])),  # the worklist's order
+        "labelqa_score": (lq_flag, lq_score),
         "labelqa_raw": (lq_flag, lq_raw),
         "labelqa_suspicion": (lq_flag, np.array([v.suspicion for v in verdicts])),
         "dual_consistency": (dual_flag, (1 - member_dice.max(0)) * agree),

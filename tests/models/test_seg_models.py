@@ -281,6 +281,32 @@ def test_flags_track_the_planted_count_where_the_members_are_competent(discs):
     assert (flags & truth).sum() >= 0.5 * planted
 
 
+def test_priority_orders_suspected_errors_then_hard_cases_then_the_rest_each_by_the_evidence(discs):
+    """The worklist's order: the verdict first, then the evidence against the mask ranked in its class."""
+    from models.seg.detector import PRIORITY_LEVEL, evidence_rank, mask_features, unit_scores
+
+    d, noisy, _rec = discs
+    probs = _members(d.masks, weak=False)
+    th = learn_seg_cut(probs, noisy, class_names=["disc"])
+    verdicts = score_masks(probs, noisy, class_names=["disc"], thresholds=th, keep_arrays=False, distances=False)
+    units = unit_scores(probs, noisy)
+    ev = mask_features(units, np.arange(len(units.cls)), units.given, SegDetectorConfig(), {"evidence"})["evidence"]
+    pr = np.array([v.priority for v in verdicts])
+    level = np.array([PRIORITY_LEVEL[v.verdict] for v in verdicts])
+    assert {Verdict.SUSPECTED_MASK_ERROR, Verdict.CONSISTENT} <= {v.verdict for v in verdicts}
+    assert np.array_equal(np.floor(pr), level)  # every suspected error above every hard case above the rest
+    for lv in np.unique(level):  # within a verdict, more evidence against the mask never ranks lower
+        sel = level == lv
+        o = np.argsort(ev[sel], kind="stable")
+        assert np.all(np.diff(pr[sel][o]) >= -1e-12)
+    # the rank comes from the cut's knots: the same mask scored alone keeps its priority
+    one = score_masks(probs[:, :1], noisy[:1], thresholds=th, keep_arrays=False, distances=False)[0]
+    assert one.priority == pytest.approx(verdicts[0].priority, abs=1e-9)
+    # without knots (a statistic's cut) the evidence is squashed monotonically into [0, 1)
+    r = evidence_rank(np.array([0.0, 1.0, 5.0]), np.zeros(3, np.int64), [])
+    assert np.all(np.diff(r) > 0) and r[0] == 0.0 and r[-1] < 1.0
+
+
 @pytest.mark.slow
 def test_cut_unchanged_when_the_truth_is_permuted(discs):
     from models.seg.evaluate import rescore_predictions
