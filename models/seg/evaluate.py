@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from models.bundles import SEGMENTATION
 from models.evaluate import _auprc, _prf, efficacy_curve
 from models.seg.corruption import DEFAULT_KINDS, MaskCorruption, corrupt_masks
 from models.seg.data import SegDataset, dataset_from_items, fold_groups, read_segmentation_items
@@ -213,7 +214,7 @@ def rescore_predictions(d: dict, cfg: SegDetectorConfig | None = None) -> dict:
     t_score = time.time() - t0
     res = compare_seg_methods(d["probs"], d["noisy"], d["clean"], verdicts, d["records"],
                               int(d["settings"].get("seed", 0)), cfg)
-    return {"task": "segmentation", "settings": d["settings"], "detector": cfg.to_dict(),
+    return {"task": SEGMENTATION, "settings": d["settings"], "detector": cfg.to_dict(),
             "class_names": d["class_names"], "grid": list(d["probs"].shape[3:]),
             "corruptions": [r.to_row() for r in d["records"]],
             "competence": th.competence, "estimated_errors_per_class": th.estimated_errors_per_class,
@@ -279,7 +280,7 @@ def evaluate_segmentation(data: SegDataset, s: SegEvalSettings, out_dir: Path | 
                            thresholds=th, cfg=s.detector)
     res = compare_seg_methods(fit.probs, noisy, data.masks, verdicts, records, s.seed, s.detector)
     res.pop("unit_scores")
-    results = {"task": "segmentation", "settings": s.to_dict(), "n_images": len(data), "class_names": data.class_names,
+    results = {"task": SEGMENTATION, "settings": s.to_dict(), "n_images": len(data), "class_names": data.class_names,
                "grid": list(data.images.shape[1:]), "corruptions": [r.to_row() for r in records],
                "competence": th.competence, "estimated_errors_per_class": th.estimated_errors_per_class, **res,
                "timing_s": {"fit": round(t_fit, 1), "total": round(time.time() - t0, 1)}, **(extra or {})}

@@ -6,6 +6,7 @@ segment) unit is scored by:
 
 - ``labelqa``: the 3-D detector's verdict (``suspected_mask_error``) and score (``models.volume.detector``);
 - ``labelqa_predicted_dice``: the same run's predicted Dice as a ranking (flag: predicted Dice < 0.7);
+- ``labelqa_priority``: labelqa's flags in the worklist's order (the verdicts' ``priority``);
 - ``dual_consistency``: the paper's rule (every member's Dice < 0.5 and the members agree);
 - ``labelqa_2d``: labelqa's own 2-D mask detector (``models.seg``) on the same volumes slice by slice
   (2-D members cross-fitted on the slices, whole cases per fold); a segment is flagged when any of
@@ -37,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models.bundles import SEGMENTATION
 from models.seg.detector import SegDetectorConfig, score_masks
 from models.seg.ensemble import DEFAULT_SEG_ARCHS
 from models.seg.evaluate import _method
@@ -275,6 +277,7 @@ def compare_volume_methods(data: VolumeDataset, noisy: list[np.ndarray], records
     methods: dict[str, tuple[np.ndarray, np.ndarray]] = {
         "labelqa": (lq_flag, lq_score),
         "labelqa_predicted_dice": (pred < s.good_dice, 1.0 - pred),
+        "labelqa_priority": (lq_flag, np.array([v.priority for v in vs])),  # the worklist's order
         "dual_consistency": (dual_flag, (1 - member_dice.max(0)) * sc.units.agreement_dice),
         "cleanlab_slices": (cl_flags(cl_slice), 1.0 - cl_slice),
         "cleanlab_volume": (cl_flags(cl_vol), 1.0 - cl_vol),
@@ -399,7 +402,7 @@ def evaluate_volumes(data: VolumeDataset, s: VolumeEvalSettings, out_dir: Path |
     predict_s = sum(m.history.get("predict_s", 0.0) for m in fit.members)
     train_s = sum(m.history.get("train_s", 0.0) for m in fit.members)
     results = {
-        "task": "segmentation", "dims": 3, "settings": s.to_dict(), "n_cases": len(data),
+        "task": SEGMENTATION, "dims": 3, "settings": s.to_dict(), "n_cases": len(data),
         "class_names": data.class_names, "model_spacing": list(spacing), "resampled": not same,
         "shapes": {"min": np.min([c.shape for c in data.cases], 0).tolist(),
                    "max": np.max([c.shape for c in data.cases], 0).tolist()},
@@ -438,7 +441,7 @@ def rescore_volume_run(run_dir: str | Path, data: VolumeDataset, s: VolumeEvalSe
                        "archs": [str(a) for a in z["archs"]], "fit_s": float(z["fit_s"])}
     res, _sc = compare_volume_methods(data, noisy, records, probs, [str(a) for a in extra["archs"]], s,
                                       probs2d=probs2d, cache_2d=run_dir / "scores_2d.npz", progress=progress)
-    return {"task": "segmentation", "dims": 3, "settings": s.to_dict(), "n_cases": len(data),
+    return {"task": SEGMENTATION, "dims": 3, "settings": s.to_dict(), "n_cases": len(data),
             "class_names": data.class_names, "rescored_from": str(run_dir),
             "corruptions": [r.to_row() for r in records], **res}
 

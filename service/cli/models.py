@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, TypeVar
 import typer
 from typer.models import OptionInfo
 
+from models.bundles import LABELS, SEGMENTATION
+
 if TYPE_CHECKING:  # annotation-only types
     from models.bundles import BundleInfo
 
@@ -392,9 +394,9 @@ def _given(value: _V, option: OptionInfo) -> _V | None:
 
 
 TASKS = {
-    ("labels", 2): _TaskCommands(_train_labels, _evaluate_labels, _audit_labels),
-    ("segmentation", 2): _TaskCommands(_train_masks, _evaluate_masks, _audit_masks),
-    ("segmentation", 3): _TaskCommands(_train_volumes, _evaluate_volumes, _audit_volumes),
+    (LABELS, 2): _TaskCommands(_train_labels, _evaluate_labels, _audit_labels),
+    (SEGMENTATION, 2): _TaskCommands(_train_masks, _evaluate_masks, _audit_masks),
+    (SEGMENTATION, 3): _TaskCommands(_train_volumes, _evaluate_volumes, _audit_volumes),
 }
 """``--task`` and ``--dims``: the commands of each kind of annotation (the bundle's task and dims for audits)."""
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from models.bundles import LABELS
 from models.corruption import check_noise_rate, corrupt_labels
 from models.synthetic import make_shapes
 from models.verdict import FLAGGED
@@ -112,7 +113,7 @@ def _collect(report: DemoReport, jobs: JobStore, data: DemoData, study_uids: lis
 class LabelDemo:
     """The label demo task."""
 
-    name: ClassVar[str] = "labels"
+    name: ClassVar[str] = LABELS
     dimension: ClassVar[int] = 2
     noun: ClassVar[str] = "annotations"
     defaults: ClassVar[dict[str, Any]] = {}

@@ -20,6 +20,7 @@ import numpy as np
 
 from dicom_io.dicomize import StudyItem, write_studies
 from dicom_io.vocabulary import Vocabulary
+from models.bundles import SEGMENTATION
 from models.corruption import check_noise_rate
 from models.preprocess import to_stored_grey
 from models.seg.corruption import corrupt_masks
@@ -121,7 +122,7 @@ def _render_rows(report: DemoReport) -> list[str]:
 class MaskDemo:
     """The mask demo task (``--task segmentation``)."""
 
-    name: ClassVar[str] = "segmentation"
+    name: ClassVar[str] = SEGMENTATION
     dimension: ClassVar[int] = 2
     noun: ClassVar[str] = "masks"
     defaults: ClassVar[dict[str, Any]] = {"studies": 24, "train_images": 64, "image_size": 32, "epochs": 10,

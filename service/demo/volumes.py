@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from models.bundles import SEGMENTATION
 from models.corruption import check_noise_rate
 from models.verdict import FLAGGED
 from models.volume.corruption import DEFAULT_VOLUME_KINDS, corrupt_volumes
@@ -126,7 +127,7 @@ def _render_rows(report: DemoReport) -> list[str]:
 class VolumeDemo:
     """The volume demo task (``--task segmentation --dims 3``)."""
 
-    name: ClassVar[str] = "segmentation"
+    name: ClassVar[str] = SEGMENTATION
     dimension: ClassVar[int] = 3
     noun: ClassVar[str] = "segments"
     defaults: ClassVar[dict[str, Any]] = {"studies": 18, "train_images": 36, "image_size": 24, "epochs": 20,
