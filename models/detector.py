@@ -7,7 +7,9 @@ Three rules live here, all computed from the same member probabilities and maps:
   (mean pairwise Pearson >= tau). tau is chosen without ground truth: a 2-component Gaussian mixture
   on the agreement of the unanimous candidates (fallback: fixed 0.5 with < 10 candidates).
 - ``alc`` priority (active label cleaning, Bernhardt et al. 2022): ``CE(p, given)/log K -
-  max(0, H(p)/log K - 0.30)``.
+  max(0, H(p)/log K - 0.30)``, kept as a baseline (``Scores.alc``). The worklist's ``priority`` is labelqa's
+  score, which ranks the planted flips at least as well on 37 of 48 saved benchmark runs
+  (``benchmarks/worklist_order.py``).
 - ``labelqa``: members more than ``weak_margin`` below the best member's agreement with the given
   labels are dropped, the others weighted by accuracy above chance (p_w: the weighted mean). The cut
   comes from **simulated flips on out-of-sample predictions** (``cut="simulated_flips"``): a
@@ -153,6 +155,9 @@ class Scores:
     cohorts: list[dict] = field(default_factory=list)
     cut_source: str = "fit"  # where the cut came from: fit (these data), bundle, or batch (re-estimated)
     n_estimated_errors: int | None = None
+    alc: np.ndarray | None = None
+    """Active label cleaning's priority (:func:`alc_priority`), kept as a baseline; ``priority`` (the worklist's
+    order) is labelqa's score."""
 
     @property
     def candidates(self) -> np.ndarray:
@@ -428,7 +433,8 @@ def score_samples(probs: dict[str, np.ndarray], given: np.ndarray, agreement: np
     nan = np.full(n, np.nan)
     return Scores(given, probs, p_mean, pw, consensus, p_mean[np.arange(n), consensus], p_mean[np.arange(n), given],
                   n_dis, len(archs), agreement, nan if spearman is None else spearman, nan if iou is None else iou,
-                  alc_priority(p_mean, given, cfg.alc_entropy_offset), score, verdict, dual, flag, cohorts)
+                  score.copy(), score, verdict, dual, flag, cohorts,
+                  alc=alc_priority(p_mean, given, cfg.alc_entropy_offset))
 
 
 def _cohort_step(flag: np.ndarray, score: np.ndarray, unanimous: np.ndarray, given: np.ndarray, groups: list[str],

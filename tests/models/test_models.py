@@ -324,6 +324,38 @@ def test_agreement_priority_and_threshold():
     assert gmm_threshold(vals[:3])[0] == 0.5
 
 
+def test_label_worklist_order_is_labelqas_score_and_alc_is_kept_as_a_baseline():
+    """The worklist ranks labels by labelqa's score (the ranking the benchmarks measure); active label
+    cleaning's priority stays available as ``Scores.alc`` and is what the ``alc`` baseline ranks by."""
+    from models.detector import fit_thresholds, score_samples
+    from models.evaluate import compare_methods
+
+    rng = np.random.default_rng(0)
+    n, k = 120, 3
+    truth = rng.integers(0, k, n)
+    given = truth.copy()
+    flipped = np.zeros(n, bool)
+    flipped[rng.choice(n, 12, replace=False)] = True
+    given[flipped] = (truth[flipped] + 1) % k
+    probs = {}
+    for j, a in enumerate(("m0", "m1", "m2")):
+        logits = np.eye(k)[truth] * 2.0 + np.random.default_rng(j).normal(0, 1.5, (n, k))
+        probs[a] = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    cfg, ag = DetectorConfig(), np.full(n, np.nan)
+    n_dis = np.sum([p.argmax(1) != given for p in probs.values()], axis=0)
+    th = fit_thresholds(probs, given, ag, n_dis == len(probs), cfg, seed=0)
+    sc = score_samples(probs, given, ag, th, cfg)
+    assert np.array_equal(sc.priority, sc.score)
+    p_mean = np.mean(list(probs.values()), axis=0)
+    assert np.allclose(sc.alc, alc_priority(p_mean, given, cfg.alc_entropy_offset))
+    m = compare_methods(probs, given, flipped, sc, th, 0)["methods"]
+    assert m["labelqa_priority"]["auprc"] == pytest.approx(m["labelqa"]["auprc"])
+    from models.evaluate import _auprc
+
+    assert _auprc(sc.alc, flipped) != pytest.approx(_auprc(sc.score, flipped))  # the two orders differ here
+    assert m["alc"]["auprc"] == pytest.approx(_auprc(sc.alc, flipped))  # the baseline ranks by ALC, not the score
+
+
 @pytest.mark.slow
 def test_train_audits_its_own_labels_out_of_fold(tmp_path):
     """`labelqa train --verdicts DIR`: the data scientist's check of an existing data set — every label judged
