@@ -196,7 +196,8 @@ def compare_seg_methods(probs: np.ndarray, noisy: np.ndarray, clean: np.ndarray,
                      "score": "1 - self-confidence; flags: find_label_issues"},
     }
     out["n_units"], out["n_corrupted_units"] = int(n * k), int(truth.sum())
-    out["unit_scores"] = {"labelqa_score": lq_score.tolist(), "labelqa_raw": lq_raw.tolist(),
+    out["unit_scores"] = {"labelqa_priority": [v.priority for v in verdicts],
+                          "labelqa_score": lq_score.tolist(), "labelqa_raw": lq_raw.tolist(),
                           "labelqa_suspicion": [v.suspicion for v in verdicts],
                           "cleanlab_softmin": (1.0 - cl_img).tolist(),
                           "mean_prob_dice": (1.0 - np.array([v.dice_consensus for v in verdicts])).tolist()}
