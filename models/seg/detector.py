@@ -208,7 +208,9 @@ class MaskVerdict:
     """(1 - Dice of consensus and given mask) / (the members' disagreement + eps)."""
     priority: float
     """Re-annotation priority, the worklist's order: 2 for a suspected mask error, 1 for a hard case, 0 otherwise,
-    plus the evidence against the mask ranked within its class (:func:`evidence_rank`, in [0, 1))."""
+    plus the evidence against the mask ranked within its class (:func:`evidence_rank`, in [0, 1)). For a class
+    the models cannot judge (``judged`` false): 0.999 x the softmin mask score (cleanlab's quality, computed here),
+    which does not need members that agree."""
     cut: float
     dice_members: dict[str, float]
     hd95_members: dict[str, float]
@@ -903,7 +905,8 @@ def score_masks(oof_probs: np.ndarray, given_masks: np.ndarray, spacing: tuple[f
         raise ValueError(f"the cut has {len(th.class_cuts)} classes, the probabilities {k}")
     if th.class_scores and len(th.class_scores) != k:
         raise ValueError(f"the cut chose scores for {len(th.class_scores)} classes, the probabilities have {k}")
-    feats = mask_features(units, np.arange(n * k), units.given, cfg, features_of(th.scores(), cfg) | {"evidence"})
+    feats = mask_features(units, np.arange(n * k), units.given, cfg,
+                          features_of(th.scores(), cfg) | {"evidence", "softmin"})
     raw = combine_score(feats, units.cls, th.scores(), th.score_knots)
     score = precision_from_steps(raw, units.cls, th.precision_steps)
     cuts = np.array(th.class_cuts)[units.cls]
@@ -923,6 +926,7 @@ def score_masks(oof_probs: np.ndarray, given_masks: np.ndarray, spacing: tuple[f
     cons_img = units.consensus.reshape(n, k, *units.consensus.shape[1:])
     given_img = units.given.reshape(n, k, *units.given.shape[1:])
     ev_rank = evidence_rank(feats.get("evidence"), units.cls, th.score_knots)
+    unjudged_order = 0.999 * np.clip(np.asarray(feats["softmin"], np.float64), 0.0, 1.0)
     out = []
     for u in range(n * k):
         i, c = int(units.image[u]), int(units.cls[u])
@@ -944,7 +948,8 @@ def score_masks(oof_probs: np.ndarray, given_masks: np.ndarray, spacing: tuple[f
             index=i, class_index=c + 1, class_name=names[c], verdict=verdict,
             kind=kind if verdict != Verdict.CONSISTENT else None,
             score=float(score[u]) + 1e-6 * float(_squash(raw[u])), suspicion=s,
-            priority=PRIORITY_LEVEL[verdict] + float(ev_rank[u]), cut=float(cuts[u]),
+            priority=(PRIORITY_LEVEL[verdict] + float(ev_rank[u])) if judged[u] else float(unjudged_order[u]),
+            cut=float(cuts[u]),
             dice_members={a: float(units.dice_members[j, u]) for j, a in enumerate(arch_names)},
             hd95_members={a: float(hd_m[j][u]) for j, a in enumerate(arch_names)},
             nsd_members={a: float(nsd_m[j][u]) for j, a in enumerate(arch_names)},

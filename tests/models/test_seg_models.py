@@ -264,6 +264,11 @@ def test_weak_members_cannot_judge_and_flag_nothing(discs):
     verdicts = score_masks(probs, noisy, class_names=["lesion"], thresholds=th, keep_arrays=False, distances=False)
     assert not any(v.verdict == Verdict.SUSPECTED_MASK_ERROR for v in verdicts)
     assert not any(v.judged for v in verdicts)
+    # where the models cannot judge, the worklist's order is the softmin mask score (it needs no agreeing members)
+    from models.seg.detector import softmin_quality
+
+    want = 0.999 * (1.0 - softmin_quality(probs.mean(0)[:, 0], noisy > 0))
+    assert np.allclose([v.priority for v in verdicts], want)
 
 
 def test_flags_track_the_planted_count_where_the_members_are_competent(discs):
