@@ -344,17 +344,10 @@ def main() -> int:
         print(f.stem, run["cleanlab_softmin"], run["cleanlab_num_pixel_issues"],
               {k: (round(v["auprc"] or 0, 3), v["flags"], v["judged"]) for k, v in run["variants"].items()},
               flush=True)
-    if a.variants == "pixels" and not a.after_choice:
-        out["choice"] = choose(out["runs"], variants)
-        print(json.dumps(out["choice"], indent=1))
-    if a.variants == "auto" and not a.after_choice:
-        out["choice"] = choose_auto(out["runs"], variants)
-        print(json.dumps(out["choice"], indent=1))
-    if a.variants == "evidence" and not a.after_choice:
-        out["choice"] = choose_evidence(out["runs"], variants)
-        print(json.dumps(out["choice"], indent=1))
-    if a.variants == "clpix" and not a.after_choice:
-        out["choice"] = choose(out["runs"], variants, "blend_pixels_sqrt (current)", CLPIX_RULE)
+    choosers = {"pixels": choose, "auto": choose_auto, "evidence": choose_evidence,
+                "clpix": lambda runs, v: choose(runs, v, "blend_pixels_sqrt (current)", CLPIX_RULE)}
+    if a.variants in choosers and not a.after_choice:  # each set's committed rule applied to the development runs
+        out["choice"] = choosers[a.variants](out["runs"], variants)
         print(json.dumps(out["choice"], indent=1))
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(out, indent=2))
