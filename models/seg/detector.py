@@ -207,10 +207,11 @@ class MaskVerdict:
     suspicion: float
     """(1 - Dice of consensus and given mask) / (the members' disagreement + eps)."""
     priority: float
-    """Re-annotation priority, the worklist's order: 2 for a suspected mask error, 1 for a hard case, 0 otherwise,
-    plus the evidence against the mask ranked within its class (:func:`evidence_rank`, in [0, 1)). For a class
-    the models cannot judge (``judged`` false): 0.999 x the softmin mask score (cleanlab's quality, computed here),
-    which does not need members that agree."""
+    """Re-annotation priority in [0, 1), the worklist's order: (level + r) / 3, level 2 for a suspected mask error,
+    1 for a hard case, 0 otherwise, r the evidence against the mask ranked within its class (:func:`evidence_rank`,
+    in [0, 1)): suspected errors from 2/3 up, hard cases from 1/3. For a class the models cannot judge (``judged``
+    false): 0.999 x the softmin mask score (cleanlab's quality, computed here) / 3, which does not need members
+    that agree. Labels' priority (their score) and volumes' lie in [0, 1] too."""
     cut: float
     dice_members: dict[str, float]
     hd95_members: dict[str, float]
@@ -948,7 +949,7 @@ def score_masks(oof_probs: np.ndarray, given_masks: np.ndarray, spacing: tuple[f
             index=i, class_index=c + 1, class_name=names[c], verdict=verdict,
             kind=kind if verdict != Verdict.CONSISTENT else None,
             score=float(score[u]) + 1e-6 * float(_squash(raw[u])), suspicion=s,
-            priority=(PRIORITY_LEVEL[verdict] + float(ev_rank[u])) if judged[u] else float(unjudged_order[u]),
+            priority=((PRIORITY_LEVEL[verdict] + float(ev_rank[u])) if judged[u] else float(unjudged_order[u])) / 3.0,
             cut=float(cuts[u]),
             dice_members={a: float(units.dice_members[j, u]) for j, a in enumerate(arch_names)},
             hd95_members={a: float(hd_m[j][u]) for j, a in enumerate(arch_names)},
