@@ -906,8 +906,7 @@ def score_masks(oof_probs: np.ndarray, given_masks: np.ndarray, spacing: tuple[f
         raise ValueError(f"the cut has {len(th.class_cuts)} classes, the probabilities {k}")
     if th.class_scores and len(th.class_scores) != k:
         raise ValueError(f"the cut chose scores for {len(th.class_scores)} classes, the probabilities have {k}")
-    feats = mask_features(units, np.arange(n * k), units.given, cfg,
-                          features_of(th.scores(), cfg) | {"evidence", "softmin"})
+    feats = mask_features(units, np.arange(n * k), units.given, cfg, features_of(th.scores(), cfg) | {"evidence"})
     raw = combine_score(feats, units.cls, th.scores(), th.score_knots)
     score = precision_from_steps(raw, units.cls, th.precision_steps)
     cuts = np.array(th.class_cuts)[units.cls]
@@ -927,7 +926,11 @@ def score_masks(oof_probs: np.ndarray, given_masks: np.ndarray, spacing: tuple[f
     cons_img = units.consensus.reshape(n, k, *units.consensus.shape[1:])
     given_img = units.given.reshape(n, k, *units.given.shape[1:])
     ev_rank = evidence_rank(feats.get("evidence"), units.cls, th.score_knots)
-    unjudged_order = 0.999 * np.clip(np.asarray(feats["softmin"], np.float64), 0.0, 1.0)
+    unjudged_order = np.zeros(n * k)  # the softmin mask score, only where a class cannot be judged
+    if (~judged).any():
+        off = np.flatnonzero(~judged)
+        unjudged_order[off] = 0.999 * np.clip(
+            1.0 - softmin_quality(units.prob[off], units.given[off], cfg.softmin_temperature), 0.0, 1.0)
     out = []
     for u in range(n * k):
         i, c = int(units.image[u]), int(units.cls[u])
