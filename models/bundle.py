@@ -323,7 +323,7 @@ def write_verdicts(out: Path, data, class_names: list[str], sc, extra: dict) -> 
             w.writerow([data.ids[i], data.groups[i], given[i], class_names[sc.consensus[i]],
                         f"{sc.consensus_prob[i]:.4f}", f"{sc.p_given[i]:.4f}", int(sc.n_disagree[i]),
                         "" if not np.isfinite(ag) else f"{ag:.4f}", f"{sc.priority[i]:.4f}", f"{sc.score[i]:.4f}",
-                        sc.verdict[i], "" if sc.alc is None else f"{sc.alc[i]:.4f}"])
+                        sc.verdict[i], f"{sc.alc[i]:.4f}"])
     counts = {str(v): int(np.sum(sc.verdict == v)) for v in VERDICTS}
     summary = {**extra, "n_samples": len(sc.given), "verdicts": counts,
                "cohort_findings": [dict(c, given_class=class_names[c["given_class"]]) for c in sc.cohorts]}

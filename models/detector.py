@@ -148,6 +148,9 @@ class Scores:
     spearman: np.ndarray
     iou: np.ndarray
     priority: np.ndarray
+    """The worklist's order: labelqa's score."""
+    alc: np.ndarray
+    """Active label cleaning's priority (:func:`alc_priority`), kept as a baseline."""
     score: np.ndarray
     verdict: np.ndarray
     dual_flag: np.ndarray
@@ -155,9 +158,6 @@ class Scores:
     cohorts: list[dict] = field(default_factory=list)
     cut_source: str = "fit"  # where the cut came from: fit (these data), bundle, or batch (re-estimated)
     n_estimated_errors: int | None = None
-    alc: np.ndarray | None = None
-    """Active label cleaning's priority (:func:`alc_priority`), kept as a baseline; ``priority`` (the worklist's
-    order) is labelqa's score."""
 
     @property
     def candidates(self) -> np.ndarray:
@@ -433,8 +433,8 @@ def score_samples(probs: dict[str, np.ndarray], given: np.ndarray, agreement: np
     nan = np.full(n, np.nan)
     return Scores(given, probs, p_mean, pw, consensus, p_mean[np.arange(n), consensus], p_mean[np.arange(n), given],
                   n_dis, len(archs), agreement, nan if spearman is None else spearman, nan if iou is None else iou,
-                  score.copy(), score, verdict, dual, flag, cohorts,
-                  alc=alc_priority(p_mean, given, cfg.alc_entropy_offset))
+                  score.copy(), alc_priority(p_mean, given, cfg.alc_entropy_offset), score, verdict, dual, flag,
+                  cohorts)
 
 
 def _cohort_step(flag: np.ndarray, score: np.ndarray, unanimous: np.ndarray, given: np.ndarray, groups: list[str],

@@ -95,8 +95,7 @@ def compare_methods(probs: dict[str, np.ndarray], noisy: np.ndarray, flipped: np
     conf_f, conf_s = baselines.confidence(sc.p_mean, noisy)
     vote_f, vote_s = baselines.vote(probs, sc.p_mean, noisy)
     cl_f, cl_s, n_cl = baselines.cleanlab_issues(sc.p_mean, noisy)
-    alc = sc.alc if sc.alc is not None else sc.priority
-    alc_f = baselines.top_n(alc, n_cl)
+    alc_f = baselines.top_n(sc.alc, n_cl)
     rnd_s = baselines.random_scores(len(noisy), seed)
     rnd_f = baselines.top_n(rnd_s, n_cl)
     dual_s = np.where(sc.unanimous, 1.0 + np.nan_to_num(ag, nan=0.0), 1.0 - sc.p_given)
@@ -106,7 +105,7 @@ def compare_methods(probs: dict[str, np.ndarray], noisy: np.ndarray, flipped: np
         "vote": (vote_f, vote_s),
         "confidence": (conf_f, conf_s),
         "cleanlab": (cl_f, cl_s),
-        "alc": (alc_f, alc),
+        "alc": (alc_f, sc.alc),
         "random": (rnd_f, rnd_s),
         "labelqa_priority": (sc.labelqa_flag, sc.priority),  # the worklist's order
     }
@@ -133,7 +132,7 @@ def compare_methods(probs: dict[str, np.ndarray], noisy: np.ndarray, flipped: np
 
     fractions = np.round(np.linspace(0, 0.3, 31), 4)
     efficacy = {"fraction_reviewed": fractions.tolist(),
-                "alc": efficacy_curve(alc, flipped, fractions),
+                "alc": efficacy_curve(sc.alc, flipped, fractions),
                 "labelqa_priority": efficacy_curve(sc.priority, flipped, fractions),
                 "labelqa": efficacy_curve(sc.score, flipped, fractions),
                 "random": efficacy_curve(rnd_s, flipped, fractions)}
@@ -284,7 +283,7 @@ def _write_samples_csv(path: Path, data: LabelledImages, noisy: np.ndarray, flip
                         int(flipped[i]), data.class_names[sc.consensus[i]], f"{sc.p_given[i]:.4f}",
                         int(sc.n_disagree[i]), "" if not np.isfinite(sc.agreement[i]) else f"{sc.agreement[i]:.4f}",
                         f"{sc.priority[i]:.4f}", f"{sc.score[i]:.4f}", sc.verdict[i], int(sc.dual_flag[i]),
-                        "" if sc.alc is None else f"{sc.alc[i]:.4f}"])
+                        f"{sc.alc[i]:.4f}"])
 
 
 def summary_table(results: dict) -> str:
