@@ -29,6 +29,7 @@ from models.verdict import LABEL_VERDICTS
 from service.audit.rows import LabelRow
 from service.audit.task import (
     LABEL_NOT_IN_BUNDLE,
+    AuditTask,
     ResultOptions,
     StepResult,
     StudyAudit,
@@ -39,7 +40,7 @@ from service.audit.task import (
 )
 
 if TYPE_CHECKING:  # torch and MONAI come with them: only the model step needs them loaded
-    from models.bundle import LabelBundle
+    from models.bundle import LabelBundle, SampleVerdict
 
 __all__ = ["LabelInput", "LabelBatch", "LabelResult", "LabelTask", "LABEL_TASK"]
 
@@ -71,7 +72,7 @@ class LabelBatch:
 
 
 @dataclass
-class LabelResult(StepResult):
+class LabelResult(StepResult["SampleVerdict"]):
     """The model step's output: a ``SampleVerdict`` per image of the batch (scores, Grad-CAM heatmaps), in
     order, and the cohort findings per (annotator, class)."""
 
@@ -195,4 +196,4 @@ class LabelTask:
         bundle.audit(np.zeros((1, size, size), np.float32), [bundle.class_names[0]], batch_size=1, device=device)
 
 
-LABEL_TASK = register(LabelTask())
+LABEL_TASK: AuditTask[LabelInput, LabelBatch, LabelBundle, LabelResult] = register(LabelTask())

@@ -31,6 +31,7 @@ from models.verdict import MASK_VERDICTS
 from service.audit.rows import MaskRow, RegionRow
 from service.audit.task import (
     LABEL_NOT_IN_BUNDLE,
+    AuditTask,
     ResultOptions,
     StepResult,
     StudyAudit,
@@ -42,6 +43,7 @@ from service.audit.task import (
 
 if TYPE_CHECKING:  # torch and MONAI come with them: only the model step needs them loaded
     from models.seg.bundle import SegBundle
+    from models.seg.detector import MaskVerdict
 
 __all__ = ["MaskInput", "MaskBatch", "MaskResult", "MaskTask", "MASK_TASK"]
 
@@ -72,7 +74,7 @@ class MaskBatch:
         return len(self.images)
 
 
-class MaskResult(StepResult):
+class MaskResult(StepResult["list[MaskVerdict]"]):
     """The mask model step's output: per frame of the batch, in order, a ``MaskVerdict`` per class of the bundle
     (consensus mask, regions, Dice, HD95)."""
 
@@ -169,4 +171,4 @@ class MaskTask:
         bundle.audit([np.zeros((size, size), np.float32)], [{}], [None], device=device)
 
 
-MASK_TASK = register(MaskTask())
+MASK_TASK: AuditTask[MaskInput, MaskBatch, SegBundle, MaskResult] = register(MaskTask())

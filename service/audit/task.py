@@ -21,7 +21,7 @@ import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast
 
 from dicom_io.annotations.records import IssueDict
 from dicom_io.results import AlgorithmInfo, ResultSet
@@ -87,19 +87,29 @@ class TaskInput(Protocol):
 
 
 InputT = TypeVar("InputT", bound=TaskInput)
+"""A task's read-step output (one study's annotations of its kind)."""
+BatchT = TypeVar("BatchT")
+"""A task's model inputs (arrays; what travels to a Ray actor)."""
+BundleT = TypeVar("BundleT", bound=Bundle, contravariant=True)
+"""The loaded bundle a task's model step needs (its kind's subclass of :class:`models.bundles.Bundle`)."""
+ResultT = TypeVar("ResultT", bound="StepResult[Any]")
+"""A task's model-step output (its subclass of :class:`StepResult`)."""
+VerdictT = TypeVar("VerdictT")
+"""What a model step gives per batch item: a verdict, or a list of them (per class of an image or volume)."""
 
 
 @dataclass
-class StepResult:
+class StepResult(Generic[VerdictT]):
     """What a model step returns: one entry per item of its batch, in order (a task's verdict type, or a
     list of them per image or volume), how long it took and where it ran when not in this process."""
 
-    verdicts: list[Any]
+    verdicts: list[VerdictT]
     seconds: float = 0.0
     worker: dict[str, object] | None = None
 
 
-def per_study(inputs: Sequence[InputT], result: StepResult | None) -> Iterator[tuple[InputT, StudyAudit, list[Any]]]:
+def per_study(inputs: Sequence[InputT], result: StepResult[VerdictT] | None
+              ) -> Iterator[tuple[InputT, StudyAudit, list[VerdictT]]]:
     """Each input with a new :class:`StudyAudit` (its issues) and its share of the step's ``verdicts``, in order.
 
     Raises
@@ -113,13 +123,16 @@ def per_study(inputs: Sequence[InputT], result: StepResult | None) -> Iterator[t
         raise ValueError(f"the model step returned {got} results for {n} items")
     start = 0
     for i in inputs:
-        share = [] if result is None else result.verdicts[start:start + len(i)]
+        share: list[VerdictT] = [] if result is None else result.verdicts[start:start + len(i)]
         start += len(i)
         yield i, StudyAudit(i.study.uid, issues=list(i.issues)), share
 
 
-class AuditTask(Protocol[InputT]):
-    """One kind of annotation, audited: read -> batch -> model step -> write (see the module docstring)."""
+class AuditTask(Protocol[InputT, BatchT, BundleT, ResultT]):
+    """One kind of annotation, audited: read -> batch -> model step -> write (see the module docstring).
+
+    Typed by what flows between the steps: the read step's ``InputT``, the batch ``BatchT``, the loaded
+    bundle ``BundleT`` the model step needs and its result ``ResultT``."""
 
     name: ClassVar[str]
     """The bundle ``task`` this audits (``labels``, ``segmentation``)."""
@@ -134,38 +147,43 @@ class AuditTask(Protocol[InputT]):
         (``seg_limits``: the ``[seg]`` bounds on reading one SEG)."""
         ...
 
-    def batch(self, inputs: Sequence[InputT], bundle: Bundle) -> object:
+    def batch(self, inputs: Sequence[InputT], bundle: Bundle) -> BatchT:
         """The inputs' model inputs, in order, as arrays (what travels to a Ray actor)."""
         ...
 
-    def infer(self, bundle: Any, batch: Any, *, device: str, batch_size: int) -> Any:
+    def infer(self, bundle: BundleT, batch: BatchT, *, device: str, batch_size: int) -> ResultT:
         """The model step with a loaded bundle: a result per item of the batch, in order."""
         ...
 
-    def write(self, inputs: Sequence[InputT], result: Any, bundle: Bundle, vocabulary: Vocabulary,
+    def write(self, inputs: Sequence[InputT], result: ResultT | None, bundle: Bundle, vocabulary: Vocabulary,
               options: ResultOptions) -> list[StudyAudit]:
         """Each study's result objects and verdict rows (``result`` None when there was nothing to infer)."""
         ...
 
-    def warm_up(self, bundle: Any, device: str) -> None:
+    def warm_up(self, bundle: BundleT, device: str) -> None:
         """One tiny inference, so that the first study does not pay for lazy initialisation."""
         ...
 
 
-_REGISTRY: dict[tuple[str, int], AuditTask[Any]] = {}
+AnyTask = AuditTask[Any, Any, Any, Any]
+"""A registered task of any kind (the registry holds every kind; a caller gets the one its bundle names)."""
+
+_REGISTRY: dict[tuple[str, int], AnyTask] = {}
+
+TaskT = TypeVar("TaskT", bound=AnyTask)
 
 
-def register(task: AuditTask[InputT]) -> AuditTask[InputT]:
+def register(task: TaskT) -> TaskT:
     """Make ``task`` the audit of bundles with its (name, dimension); returns it."""
     _REGISTRY[(task.name, task.dimension)] = task
     return task
 
 
-def registered_tasks() -> list[AuditTask[Any]]:
+def registered_tasks() -> list[AnyTask]:
     return list(_REGISTRY.values())
 
 
-def task_for(bundle: Bundle) -> AuditTask[Any]:
+def task_for(bundle: Bundle) -> AnyTask:
     """The audit task of a bundle (ValueError when no task audits its kind)."""
     try:
         return _REGISTRY[(bundle.task, int(bundle.dimension))]
@@ -213,15 +231,17 @@ def algorithm_info(bundle: Bundle) -> AlgorithmInfo:
                          parameters=params)
 
 
-def audit_inputs(task: AuditTask[InputT], inputs: Sequence[InputT], bundle: Bundle, vocabulary: Vocabulary, *,
-                 infer_fn: InferFn | None = None, device: str = "auto",
+def audit_inputs(task: AuditTask[InputT, BatchT, BundleT, ResultT], inputs: Sequence[InputT], bundle: BundleT,
+                 vocabulary: Vocabulary, *, infer_fn: InferFn | None = None, device: str = "auto",
                  batch_size: int = 64, options: ResultOptions = ResultOptions()) -> list[StudyAudit]:
-    """One model step over every input of ``inputs`` (here, or with ``infer_fn``), then each study's results."""
-    result = None
+    """One model step over every input of ``inputs`` (here, or with ``infer_fn``), then each study's results.
+
+    ``infer_fn`` (a Ray actor's step) returns what this task's :meth:`AuditTask.infer` returned there."""
+    result: ResultT | None = None
     if sum(len(i) for i in inputs):
         batch = task.batch(inputs, bundle)
-        result = infer_fn(batch) if infer_fn is not None else task.infer(bundle, batch, device=device,
-                                                                       batch_size=batch_size)
+        result = (cast(ResultT, infer_fn(batch)) if infer_fn is not None
+                  else task.infer(bundle, batch, device=device, batch_size=batch_size))
     return task.write(inputs, result, bundle, vocabulary, options)
 
 

@@ -36,6 +36,7 @@ from models.volume.data import Geometry, Spacing
 from service.audit.rows import VolumeRow
 from service.audit.task import (
     LABEL_NOT_IN_BUNDLE,
+    AuditTask,
     ResultOptions,
     StepResult,
     StudyAudit,
@@ -47,6 +48,7 @@ from service.audit.task import (
 
 if TYPE_CHECKING:  # torch and MONAI come with it: only the model step needs them loaded
     from models.volume.bundle import VolumeBundle
+    from models.volume.detector import VolumeVerdict
 
 __all__ = ["VolumeCase", "VolumeInput", "VolumeBatch", "VolumeResult", "VolumeTask", "VOLUME_TASK"]
 
@@ -89,7 +91,7 @@ class VolumeBatch:
         return len(self.images)
 
 
-class VolumeResult(StepResult):
+class VolumeResult(StepResult["list[VolumeVerdict]"]):
     """The model step's output: per volume of the batch, in order, a ``VolumeVerdict`` per class of the bundle."""
 
 
@@ -179,7 +181,7 @@ class VolumeTask:
             sa.datasets, sa.rows = written, list(rows)
         return out
 
-    def _case(self, study: Study, case: VolumeCase, verdicts: Sequence[Any], vocabulary: Vocabulary,
+    def _case(self, study: Study, case: VolumeCase, verdicts: Sequence[VolumeVerdict], vocabulary: Vocabulary,
               unjudged: dict[str, str]) -> tuple[list[AuditedVolumeMask], list[VolumeRow]]:
         vol = case.volume
         shape = vol.shape
@@ -230,4 +232,4 @@ class VolumeTask:
         bundle.audit([np.zeros(size, np.float32)], [{}], [Geometry()], device=device)
 
 
-VOLUME_TASK = register(VolumeTask())
+VOLUME_TASK: AuditTask[VolumeInput, VolumeBatch, VolumeBundle, VolumeResult] = register(VolumeTask())
