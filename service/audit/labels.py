@@ -40,7 +40,7 @@ from service.audit.task import (
 )
 
 if TYPE_CHECKING:  # torch and MONAI come with them: only the model step needs them loaded
-    from models.bundle import LabelBundle, SampleVerdict
+    from models.bundle import LabelBundle, SampleVerdict  # noqa: F401 - SampleVerdict: in a quoted base class
 
 __all__ = ["LabelInput", "LabelBatch", "LabelResult", "LabelTask", "LABEL_TASK"]
 

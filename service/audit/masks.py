@@ -43,7 +43,7 @@ from service.audit.task import (
 
 if TYPE_CHECKING:  # torch and MONAI come with them: only the model step needs them loaded
     from models.seg.bundle import SegBundle
-    from models.seg.detector import MaskVerdict
+    from models.seg.detector import MaskVerdict  # noqa: F401 - in a quoted base class
 
 __all__ = ["MaskInput", "MaskBatch", "MaskResult", "MaskTask", "MASK_TASK"]
 
