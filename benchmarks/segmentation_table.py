@@ -4,7 +4,8 @@ Seed 0 of every set and rate was the development split (the method was chosen on
 are the evaluation split: ``eval`` for the runs that existed when the current mask score was chosen
 (they had been scored with the earlier one), ``fresh`` for those fitted after (``FRESH_RUNS``); ``test`` for
 the six runs fitted as the test of the mask priority, the order labelqa's AUPRC measures (``TEST_RUNS``), and
-``later`` for the runs fitted after it (seeds 5-8).
+``later`` for the runs fitted after it (seeds 5-10). The summary adds, per set, the paired AUPRC difference
+to each cleanlab score over the judged runs (mean, bootstrap 95% interval, runs at least level).
 Writes ``benchmarks/results/segmentation/summary.json`` (per set and split: the targets met or not,
 with the numbers) and prints the markdown tables.
 
@@ -130,6 +131,18 @@ def kinds_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def paired(a: list[float], b: list[float], n_boot: int = 10000, seed: int = 0) -> dict:
+    """labelqa's AUPRC minus a baseline's over the same runs: mean, a bootstrap 95% interval of the mean (runs
+    resampled), and on how many runs labelqa is at least level."""
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    if not len(d):
+        return {"n": 0}
+    boot = np.random.default_rng(seed).choice(d, (n_boot, len(d))).mean(axis=1)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return {"n": int(len(d)), "mean": float(d.mean()), "ci95": [float(lo), float(hi)],
+            "at_least_level": int((d >= 0).sum()), "min": float(d.min()), "max": float(d.max())}
+
+
 def summary(rows: list[dict]) -> dict:
     out: dict = {}
     for x in rows:
@@ -148,6 +161,10 @@ def summary(rows: list[dict]) -> dict:
         d["judged"] = f"{len(judged)}/{len(d['runs'])}"
         d["flags_per_planted_in_0.5_2_where_judged"] = (
             f"{sum(0.5 <= (r['flags_per_planted'] or 0) <= 2 for r in judged)}/{len(judged)}")
+        # the set-level view of the per-seed target: the paired AUPRC difference over the judged runs
+        d["auprc_minus_cleanlab_where_judged"] = {
+            name: paired([r["auprc"] or 0.0 for r in judged], [r[key] or 0.0 for r in judged])
+            for name, key in (("softmin", "auprc_cleanlab_softmin"), ("num_pixel_issues", "auprc_cleanlab_npi"))}
     return out
 
 
