@@ -88,6 +88,13 @@ class SegDetectorConfig:
     against given masks, each unit's simulations weighing 1)."""
     softmin_temperature: float = 0.1
     """cleanlab's default temperature."""
+    shape_check: str = "off"
+    """Whether the worklist's order trusts a flag whose suggested mask (the consensus) is shaped unlike the class's
+    masks: ``off``; ``mad``: atypical when the consensus's solidity (area over convex hull) lies more than
+    ``shape_threshold`` robust standard deviations (1.4826 x MAD) below the median of the given masks' solidities;
+    ``quantile``: below their ``shape_threshold`` quantile (0.005, 0.01 or 0.05). An atypical flagged mask keeps its
+    verdict and ranks by its evidence among the masks not flagged (``priority``)."""
+    shape_threshold: float = 3.0
     pixel_confidence: float = 0.5
     """``wrong_pixels``: a pixel counts when every member's probability of the other label (than the mask's)
     exceeds this."""
@@ -123,6 +130,11 @@ class SegDetectorConfig:
             raise ValueError(f"auto_candidates must be keys of SCORES, not {list(self.auto_candidates)!r}")
         if self.auto_by not in ("detection", "auroc"):
             raise ValueError(f"auto_by must be detection or auroc, not {self.auto_by!r}")
+        if self.shape_check not in ("off", "mad", "quantile"):
+            raise ValueError(f"shape_check must be off, mad or quantile, not {self.shape_check!r}")
+        if self.shape_check == "quantile" and self.shape_threshold not in SHAPE_QUANTILES:
+            raise ValueError(f"shape_check quantile takes a shape_threshold of {SHAPE_QUANTILES}, "
+                             f"not {self.shape_threshold!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -150,6 +162,9 @@ class SegThresholds:
     """Per class, the mask score ``score="auto"`` chose (empty: ``score`` for every class)."""
     score_selection: list[dict[str, float]] = field(default_factory=list)
     """Per class, each candidate's measure of how high the simulated wrong masks rank (``score="auto"``)."""
+    shape_reference: list[dict[str, float]] = field(default_factory=list)
+    """Per class, the solidity of the learning data's non-empty given masks (:func:`shape_reference`: median,
+    robust standard deviation, low quantiles); empty: not learned (older bundles, 3-D), no shape check."""
 
     def scores(self) -> str | list[str]:
         """What :func:`combine_score` takes: the one score, or one per class when it was chosen per class."""
@@ -234,6 +249,11 @@ class MaskVerdict:
     """The mask score the cut is on (``SegDetectorConfig.score``): higher is more suspicious."""
     judged: bool = True
     """False: the ensemble cannot judge this class here (models.seg.competence); the mask is never flagged."""
+    consensus_solidity: float | None = None
+    """The suggested mask's solidity (area over convex hull area), for flagged masks when the shape check is on."""
+    shape_typical: bool | None = None
+    """Whether the suggested mask is shaped like the class's masks (``SegDetectorConfig.shape_check``); False: the
+    flag stands but ranks among the masks not flagged; None: not checked."""
 
     @property
     def flagged(self) -> bool:
@@ -777,8 +797,10 @@ def learn_seg_cut(probs: np.ndarray | None, given: np.ndarray | None, cfg: SegDe
     unanimous = np.all(units.dice_members < cfg.dual_dice, axis=0)
     tau, how = gmm_threshold(units.agreement_dice[unanimous], default=0.5, seed=cfg.seed)
     per_class = [] if simulated is not None or isinstance(score, str) else list(score)
+    shapes = shape_reference(units.given, units.cls, k) if judge_competence else []
     return SegThresholds(cuts, steps, [float(e) for e in errors], float(tau), how, n,
-                         cfg.score if judge_competence else "statistic", knots, competence, per_class, selection)
+                         cfg.score if judge_competence else "statistic", knots, competence, per_class, selection,
+                         shapes)
 
 
 def _shift_gain(g: np.ndarray, c: np.ndarray, cfg: SegDetectorConfig) -> tuple[float, tuple[int, int]]:
@@ -849,6 +871,58 @@ def mask_regions(given: np.ndarray, consensus: np.ndarray, *, other_consensus: n
     for reg in regions:
         by_kind[reg.kind] = by_kind.get(reg.kind, 0) + reg.area_px
     return regions[:cfg.max_regions], max(by_kind, key=lambda kk: by_kind[kk])
+
+
+SHAPE_QUANTILES = (0.005, 0.01, 0.05)
+"""The quantiles of the given masks' solidities a :class:`SegThresholds` keeps (``shape_check="quantile"``)."""
+
+
+def solidity(mask: np.ndarray) -> float:
+    """A 2-D mask's area over the area of the convex hull of its pixel squares (1 for a convex shape; lower for
+    two blobs joined, a crescent, a tree). 1.0 for fewer than 3 pixels or a degenerate hull."""
+    from scipy.ndimage import binary_erosion
+    from scipy.spatial import ConvexHull, QhullError
+
+    m = np.asarray(mask, bool)
+    n = int(m.sum())
+    if n < 3 or m.ndim != 2:
+        return 1.0
+    ys, xs = np.nonzero(m & ~binary_erosion(m))  # the boundary spans the same hull
+    pts = np.concatenate([np.stack([ys + dy, xs + dx], axis=1) for dy in (0, 1) for dx in (0, 1)]).astype(np.float64)
+    try:
+        hull = float(ConvexHull(pts).volume)
+    except (QhullError, ValueError):
+        return 1.0
+    return float(min(n / hull, 1.0)) if hull > 0 else 1.0
+
+
+def shape_reference(given: np.ndarray, cls: np.ndarray, k: int) -> list[dict[str, float]]:
+    """Per class, the solidity of its non-empty given masks (U, H, W): median, robust standard deviation
+    (1.4826 x median absolute deviation), the :data:`SHAPE_QUANTILES` and how many masks; empty for 3-D masks."""
+    g = np.asarray(given, bool)
+    if g.ndim != 3:
+        return []
+    out: list[dict[str, float]] = []
+    for c in range(k):
+        sol = np.array([solidity(m) for m in g[cls == c] if m.any()])
+        if not len(sol):
+            out.append({})
+            continue
+        med = float(np.median(sol))
+        ref = {"median": med, "mad": float(1.4826 * np.median(np.abs(sol - med))), "n": float(len(sol))}
+        ref.update({f"q{q:g}": float(np.quantile(sol, q)) for q in SHAPE_QUANTILES})
+        out.append(ref)
+    return out
+
+
+def shape_atypical(sol: float, ref: dict[str, float], cfg: SegDetectorConfig) -> bool:
+    """Whether a suggested mask's solidity lies below the class's masks' (``cfg.shape_check``; False when off or
+    the class has no reference)."""
+    if cfg.shape_check == "off" or not ref:
+        return False
+    if cfg.shape_check == "mad":
+        return sol < ref["median"] - cfg.shape_threshold * max(ref["mad"], 1e-6)
+    return sol < ref[f"q{cfg.shape_threshold:g}"]
 
 
 PRIORITY_LEVEL = {Verdict.SUSPECTED_MASK_ERROR: 2.0, Verdict.HARD_CASE: 1.0, Verdict.CONSISTENT: 0.0}
@@ -931,6 +1005,13 @@ def score_masks(oof_probs: np.ndarray, given_masks: np.ndarray, spacing: tuple[f
         off = np.flatnonzero(~judged)
         unjudged_order[off] = 0.999 * np.clip(
             1.0 - softmin_quality(units.prob[off], units.given[off], cfg.softmin_temperature), 0.0, 1.0)
+    sol = np.full(n * k, np.nan)  # the suggested masks' solidity, where a flag's place in the order depends on it
+    typical = np.ones(n * k, bool)
+    if cfg.shape_check != "off" and th.shape_reference:
+        for f in np.flatnonzero(flagged & judged):
+            ref = th.shape_reference[int(units.cls[f])] if int(units.cls[f]) < len(th.shape_reference) else {}
+            sol[f] = solidity(units.consensus[f])
+            typical[f] = not shape_atypical(float(sol[f]), ref, cfg)
     out = []
     for u in range(n * k):
         i, c = int(units.image[u]), int(units.cls[u])
@@ -952,7 +1033,8 @@ def score_masks(oof_probs: np.ndarray, given_masks: np.ndarray, spacing: tuple[f
             index=i, class_index=c + 1, class_name=names[c], verdict=verdict,
             kind=kind if verdict != Verdict.CONSISTENT else None,
             score=float(score[u]) + 1e-6 * float(_squash(raw[u])), suspicion=s,
-            priority=((PRIORITY_LEVEL[verdict] + float(ev_rank[u])) if judged[u] else float(unjudged_order[u])) / 3.0,
+            priority=(((PRIORITY_LEVEL[verdict] if typical[u] else 0.0) + float(ev_rank[u])) if judged[u]
+                      else float(unjudged_order[u])) / 3.0,
             cut=float(cuts[u]),
             dice_members={a: float(units.dice_members[j, u]) for j, a in enumerate(arch_names)},
             hd95_members={a: float(hd_m[j][u]) for j, a in enumerate(arch_names)},
@@ -962,5 +1044,7 @@ def score_masks(oof_probs: np.ndarray, given_masks: np.ndarray, spacing: tuple[f
             dual_consistency=bool(dual[u]), given_area_px=int(units.given[u].sum()),
             consensus_area_px=int(units.consensus[u].sum()), distance_unit=unit_mm, raw_score=float(raw[u]),
             judged=bool(judged[u]), regions=regions,
+            consensus_solidity=None if np.isnan(sol[u]) else float(sol[u]),
+            shape_typical=None if np.isnan(sol[u]) else bool(typical[u]),
             consensus=units.consensus[u] if keep_arrays else None, prob=units.prob[u] if keep_arrays else None))
     return out
