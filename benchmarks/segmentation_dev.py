@@ -160,7 +160,7 @@ UNJUDGED_RULE = (
     "(0.17-0.76) against 0.16-0.48 for PRIORITY_RULE's order. Judged classes are unchanged. Adopted; test: BUSI at 5% "
     "and 10%, seeds 6 and 7, fitted after this commit.")
 SHAPE_VARIANTS: dict[str, dict] = {
-    "off (current)": {"shape_check": "off"},
+    "off (current)": {"shape_check": "off"},  # the default before SHAPE_RULE; "mad 3" after
     "mad 3": {"shape_check": "mad", "shape_threshold": 3.0},
     "mad 4": {"shape_check": "mad", "shape_threshold": 4.0},
     "mad 5": {"shape_check": "mad", "shape_threshold": 5.0},

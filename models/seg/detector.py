@@ -88,9 +88,9 @@ class SegDetectorConfig:
     against given masks, each unit's simulations weighing 1)."""
     softmin_temperature: float = 0.1
     """cleanlab's default temperature."""
-    shape_check: str = "off"
+    shape_check: str = "mad"
     """Whether the worklist's order trusts a flag whose suggested mask (the consensus) is shaped unlike the class's
-    masks: ``off``; ``mad``: atypical when the consensus's solidity (area over convex hull) lies more than
+    masks (``SHAPE_RULE`` in benchmarks/segmentation_dev.py chose ``mad``, 3): ``off``; ``mad``: atypical when the consensus's solidity (area over convex hull) lies more than
     ``shape_threshold`` robust standard deviations (1.4826 x MAD) below the median of the given masks' solidities;
     ``quantile``: below their ``shape_threshold`` quantile (0.005, 0.01 or 0.05). An atypical flagged mask keeps its
     verdict and ranks by its evidence among the masks not flagged (``priority``)."""
