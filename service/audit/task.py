@@ -220,8 +220,8 @@ def algorithm_info(bundle: Bundle) -> AlgorithmInfo:
     meta = bundle.meta
     params: dict[str, object] = {"image_size": meta.get("image_size"), "classes": ",".join(bundle.class_names)}
     for k, v in sorted(dict(meta.get("thresholds") or {}).items()):
-        if k in ("precision_steps", "score_knots", "competence"):  # in the bundle; too long for the SR (the
-            continue  # competence is stated as "cannot judge" findings)
+        if k in ("precision_steps", "score_knots", "competence", "shape_reference"):  # in the bundle; too long for
+            continue  # the SR (the competence is stated as "cannot judge" findings)
         params[f"threshold.{k}"] = json.dumps(v, separators=(",", ":")) if isinstance(v, (dict, list)) else v
     archs = list(dict.fromkeys(str(m["arch"]) for m in meta.get("members", [])))
     if archs:
