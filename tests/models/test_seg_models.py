@@ -551,3 +551,40 @@ def test_auto_score_unchanged_when_the_truth_is_permuted(discs):
         assert a[key] == b[key]
     assert a["unit_scores"]["labelqa_score"] == b["unit_scores"]["labelqa_score"]
     assert a["methods"]["labelqa"]["f1"] != b["methods"]["labelqa"]["f1"]
+
+
+def test_a_flag_whose_suggested_mask_is_shaped_unlike_the_class_ranks_among_the_rest():
+    """Two heads joined: every member segments both, the annotation holds one (as its protocol asks). The flag
+    stands, but the worklist ranks it by its evidence among the masks not flagged (``shape_check``)."""
+    from models.seg.detector import SegThresholds, shape_atypical, shape_reference, solidity
+
+    rng = np.random.default_rng(4)
+    n, h = 40, 32
+    given = np.zeros((n, h, h), np.int64)
+    for i in range(n):
+        given[i] = _disc(h, rng.uniform(5, 8), rng.uniform(10, 22), rng.uniform(10, 22))
+    given[0] = _disc(h, 5, 16, 8)
+    seen = given.copy()  # what the members see
+    seen[0] = given[0] | _disc(h, 5, 16, 19)  # a second head touching the annotated one
+    assert solidity(given[1] > 0) > 0.85 and solidity(seen[0] > 0) < 0.85 and solidity(np.eye(2, dtype=bool)) == 1.0
+    probs = _members(seen, weak=False, seed=5)
+    th = learn_seg_cut(probs, given, class_names=["head"])
+    ref = th.shape_reference[0]
+    assert ref["n"] == n and ref["median"] > 0.85
+    assert th.shape_reference == shape_reference(to_channels(given, 1)[:, 0], np.zeros(n, np.int64), 1)
+    assert SegThresholds.from_dict(th.to_dict()).shape_reference == th.shape_reference  # kept in the bundle
+    assert shape_atypical(solidity(seen[0] > 0), ref, SegDetectorConfig())
+    assert not shape_atypical(solidity(given[3] > 0), ref, SegDetectorConfig())
+    assert not shape_atypical(0.0, ref, SegDetectorConfig(shape_check="off"))
+
+    on = score_masks(probs, given, class_names=["head"], thresholds=th, keep_arrays=False, distances=False)
+    off = score_masks(probs, given, class_names=["head"], thresholds=th, keep_arrays=False, distances=False,
+                      cfg=SegDetectorConfig(shape_check="off"))
+    assert off[0].verdict == Verdict.SUSPECTED_MASK_ERROR and off[0].priority >= 2 / 3
+    assert on[0].verdict == off[0].verdict  # the flag stands
+    assert on[0].shape_typical is False
+    assert on[0].consensus_solidity == pytest.approx(solidity(probs.mean(0)[0, 0] > 0.5))  # the suggested mask's
+    assert on[0].priority < 1 / 3 and on[0].priority == pytest.approx(off[0].priority - 2 / 3)
+    for a, b in zip(on[1:], off[1:], strict=True):  # every other mask keeps its place
+        assert a.priority == b.priority and a.shape_typical in (None, True)
+    assert off[0].shape_typical is None and off[0].consensus_solidity is None  # not checked when off
