@@ -22,6 +22,9 @@ give:
   from the least concave majorant, and the flags maximise the estimated F1.
   A flagged unit is a ``suspected_mask_error`` when the members disagree with each other less than
   with the mask (1 - probability-map agreement < s), else a ``hard_case``;
+- the **priority**, the worklist's order: the verdict's level, then the evidence against the mask ranked in its
+  class; a flag whose suggested mask is shaped unlike the class's masks (its solidity far below the given masks')
+  keeps its verdict and ranks at the level of the masks not flagged;
 - the **regions**: connected components of consensus-vs-given difference, each with a
   :class:`~models.verdict.MaskErrorKind` (a whole structure missing or spurious, a boundary too
   tight or too loose, a shift found by cross-correlation, another class's structure), its area,
@@ -90,10 +93,11 @@ class SegDetectorConfig:
     """cleanlab's default temperature."""
     shape_check: str = "mad"
     """Whether the worklist's order trusts a flag whose suggested mask (the consensus) is shaped unlike the class's
-    masks (``SHAPE_RULE`` in benchmarks/segmentation_dev.py chose ``mad``, 3): ``off``; ``mad``: atypical when the consensus's solidity (area over convex hull) lies more than
-    ``shape_threshold`` robust standard deviations (1.4826 x MAD) below the median of the given masks' solidities;
-    ``quantile``: below their ``shape_threshold`` quantile (0.005, 0.01 or 0.05). An atypical flagged mask keeps its
-    verdict and ranks by its evidence among the masks not flagged (``priority``)."""
+    masks (``SHAPE_RULE`` in benchmarks/segmentation_dev.py chose ``mad`` with 3): ``off``; ``mad``: atypical when
+    the consensus's solidity (area over convex hull) lies more than ``shape_threshold`` robust standard deviations
+    (1.4826 x MAD) below the median of the given masks' solidities; ``quantile``: below their ``shape_threshold``
+    quantile (0.005, 0.01 or 0.05). An atypical flagged mask keeps its verdict and ranks by its evidence among the
+    masks not flagged (``priority``)."""
     shape_threshold: float = 3.0
     pixel_confidence: float = 0.5
     """``wrong_pixels``: a pixel counts when every member's probability of the other label (than the mask's)
@@ -224,7 +228,8 @@ class MaskVerdict:
     priority: float
     """Re-annotation priority in [0, 1), the worklist's order: (level + r) / 3, level 2 for a suspected mask error,
     1 for a hard case, 0 otherwise, r the evidence against the mask ranked within its class (:func:`evidence_rank`,
-    in [0, 1)): suspected errors from 2/3 up, hard cases from 1/3. For a class the models cannot judge (``judged``
+    in [0, 1)): suspected errors from 2/3 up, hard cases from 1/3; a flag whose suggested mask is shaped unlike the
+    class's masks (``shape_typical`` false) at level 0, among the rest. For a class the models cannot judge (``judged``
     false): 0.999 x the softmin mask score (cleanlab's quality, computed here) / 3, which does not need members
     that agree. Labels' priority (their score) and volumes' lie in [0, 1] too."""
     cut: float
