@@ -153,7 +153,7 @@ class MaskTask:
                         score=v.score, given_area_px=int(v.given_area_px), consensus_area_px=int(v.consensus_area_px),
                         regions=[RegionRow(r["kind"], int(r["area_px"]), _finite(r.get("area_mm2")),
                                            [int(b) for b in r["bbox"]]) for r in regions],
-                        cannot_judge=unjudged.get(m.class_name),
+                        cannot_judge=unjudged.get(m.class_name), shape_typical=v.shape_typical,
                     ))
             written: ResultSet = write_results(
                 mi.study.datasets(a.image_uid for a in audited), mi.study.datasets(a.annotation_uid for a in audited),

@@ -105,6 +105,9 @@ class MaskRow(AuditRow):
     suggestion_segment: int | None = None
     cannot_judge: str | None = None
     """The "cannot judge" sentence when the bundle's members are too weak on this class (never flagged then)."""
+    shape_typical: bool | None = None
+    """False: the flag's suggested mask is shaped unlike the class's masks, so the flag ranks among the masks not
+    flagged (``models.seg.detector.SegDetectorConfig.shape_check``); None: not checked (not flagged)."""
 
     def __post_init__(self) -> None:
         self.source = "seg"

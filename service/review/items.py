@@ -120,6 +120,7 @@ def item_dict(r: AuditedRow, d: DecisionRow | None, *, slices: bool = True) -> d
         "member_probs": extra.get("member_probs"),
         "mask_kind": extra.get("kind"),
         "dice": extra.get("dice"),
+        "shape_atypical": extra.get("shape_typical") is False,
         "suggestion_uid": extra.get("suggestion_uid"),
         **volume_item_fields(extra, slices=slices),
         "decision": decision_dict(d) if d is not None else None,

@@ -126,7 +126,8 @@ class WorklistIndex:
                     existing[key] = rec
                 ctx = context.get(str(row.get("image_uid")), {})
                 verdict = str(row.get("verdict"))
-                extra = {k: row[k] for k in ("member_probs", "kind", "dice", "cannot_judge") if row.get(k) is not None}
+                extra = {k: row[k] for k in ("member_probs", "kind", "dice", "cannot_judge", "shape_typical")
+                         if row.get(k) is not None}
                 if row.get("suggestion_uid") and is_mask_row(row):
                     extra["suggestion_uid"] = row["suggestion_uid"]
                 extra.update(volume_extra(row))  # a segment audited in 3-D: its slices, key slices, volumes

@@ -599,3 +599,17 @@ def test_worklist_header_states_the_mask_classes_the_models_cannot_judge(audited
     banner = html.split('id="cannot-judge"')[1].split("</ul>")[0]
     assert "the models cannot judge" in banner and "lesion &lt;b&gt;" in banner and "<b>" not in banner
     assert review.store.facets()["cannot_judge"] == [text]
+
+
+def test_a_flag_whose_suggested_mask_is_shaped_unlike_the_class_says_so_on_its_page(audited):
+    c, review, _ = _app(audited, users=False)
+    base = {"study_uid": "1.8", "source": "seg", "segment_number": 1, "frame": None, "class": "head",
+            "given_label": "head", "verdict": "suspected_mask_error", "kind": "boundary_too_tight", "dice": 0.6}
+    review.store.index_audit(98, "1.8", [
+        {**base, "annotation_uid": "1.8.1", "image_uid": "1.8.2", "priority": 0.2, "shape_typical": False},
+        {**base, "annotation_uid": "1.8.3", "image_uid": "1.8.4", "priority": 0.9, "shape_typical": True}])
+    items = {it["annotation_uid"]: it for it in review.store.worklist().items if it["study_uid"] == "1.8"}
+    assert items["1.8.1"]["shape_atypical"] is True and items["1.8.3"]["shape_atypical"] is False
+    page = c.get(f"/review/items/{items['1.8.1']['id']}")
+    assert page.status_code == 200 and 'id="shape-note"' in page.text
+    assert 'id="shape-note"' not in c.get(f"/review/items/{items['1.8.3']['id']}").text
