@@ -161,12 +161,8 @@ UNJUDGED_RULE = (
     "and 10%, seeds 6 and 7, fitted after this commit.")
 SHAPE_VARIANTS: dict[str, dict] = {
     "off (current)": {"shape_check": "off"},  # the default before SHAPE_RULE; "mad 3" after
-    "mad 3": {"shape_check": "mad", "shape_threshold": 3.0},
-    "mad 4": {"shape_check": "mad", "shape_threshold": 4.0},
-    "mad 5": {"shape_check": "mad", "shape_threshold": 5.0},
-    "quantile 0.005": {"shape_check": "quantile", "shape_threshold": 0.005},
-    "quantile 0.01": {"shape_check": "quantile", "shape_threshold": 0.01},
-    "quantile 0.05": {"shape_check": "quantile", "shape_threshold": 0.05},
+    **{f"{how} {t:g}": {"shape_check": how, "shape_threshold": t}
+       for how, ts in (("mad", (3.0, 4.0, 5.0)), ("quantile", (0.005, 0.01, 0.05))) for t in ts},
 }
 SHAPE_RULE = (
     "Fixed and committed before the fresh runs it names were scored. Disclosure: written after these candidates' "
