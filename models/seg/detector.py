@@ -881,6 +881,16 @@ def mask_regions(given: np.ndarray, consensus: np.ndarray, *, other_consensus: n
 SHAPE_QUANTILES = (0.005, 0.01, 0.05)
 """The quantiles of the given masks' solidities a :class:`SegThresholds` keeps (``shape_check="quantile"``)."""
 
+SHAPE_MIN_MASKS = 20
+"""The fewest non-empty given masks of a class whose solidities make a shape reference: with fewer, the median and
+its spread say little about how the class's masks are drawn, and no flag of the class is checked (every saved
+benchmark run has at least 81)."""
+
+SHAPE_MIN_SPREAD = 0.005
+"""The least robust standard deviation of the given masks' solidities that ``shape_check="mad"`` uses: a class of
+near-identical shapes (drawn from a template) would otherwise call any slightly uneven suggested mask atypical. Below
+every real set's spread (HC18's fetal heads, the most uniform, 0.009), so it changes no saved benchmark run."""
+
 
 def solidity(mask: np.ndarray) -> float:
     """A 2-D mask's area over the area of the convex hull of its pixel squares (1 for a convex shape; lower for
@@ -920,13 +930,18 @@ def shape_reference(given: np.ndarray, cls: np.ndarray, k: int) -> list[dict[str
     return out
 
 
+def shape_checkable(ref: dict[str, float]) -> bool:
+    """Whether a class's shape reference holds enough masks (:data:`SHAPE_MIN_MASKS`) to check flags against."""
+    return bool(ref) and ref.get("n", 0.0) >= SHAPE_MIN_MASKS
+
+
 def shape_atypical(sol: float, ref: dict[str, float], cfg: SegDetectorConfig) -> bool:
     """Whether a suggested mask's solidity lies below the class's masks' (``cfg.shape_check``; False when off or
-    the class has no reference)."""
-    if cfg.shape_check == "off" or not ref:
+    the class has no reference of at least :data:`SHAPE_MIN_MASKS` masks)."""
+    if cfg.shape_check == "off" or not shape_checkable(ref):
         return False
     if cfg.shape_check == "mad":
-        return sol < ref["median"] - cfg.shape_threshold * max(ref["mad"], 1e-6)
+        return sol < ref["median"] - cfg.shape_threshold * max(ref["mad"], SHAPE_MIN_SPREAD)
     return sol < ref[f"q{cfg.shape_threshold:g}"]
 
 
@@ -1015,6 +1030,8 @@ def score_masks(oof_probs: np.ndarray, given_masks: np.ndarray, spacing: tuple[f
     if cfg.shape_check != "off" and th.shape_reference:
         for f in np.flatnonzero(flagged & judged):
             ref = th.shape_reference[int(units.cls[f])] if int(units.cls[f]) < len(th.shape_reference) else {}
+            if not shape_checkable(ref):
+                continue  # too few masks to say what the class's shapes are: not checked
             sol[f] = solidity(units.consensus[f])
             typical[f] = not shape_atypical(float(sol[f]), ref, cfg)
     out = []

@@ -588,3 +588,33 @@ def test_a_flag_whose_suggested_mask_is_shaped_unlike_the_class_ranks_among_the_
     for a, b in zip(on[1:], off[1:], strict=True):  # every other mask keeps its place
         assert a.priority == b.priority and a.shape_typical in (None, True)
     assert off[0].shape_typical is None and off[0].consensus_solidity is None  # not checked when off
+
+
+def test_the_shape_check_needs_enough_masks_and_a_spread_to_judge_a_shape():
+    """A class with fewer than SHAPE_MIN_MASKS masks gets no shape check (its flags keep their place and say
+    "not checked"); a class of near-identical shapes is not held to a spread finer than SHAPE_MIN_SPREAD."""
+    from models.seg.detector import SHAPE_MIN_MASKS, SHAPE_MIN_SPREAD, shape_atypical, shape_checkable, solidity
+
+    rng = np.random.default_rng(4)
+    n, h = SHAPE_MIN_MASKS - 1, 32
+    given = np.zeros((n, h, h), np.int64)
+    for i in range(n):
+        given[i] = _disc(h, rng.uniform(5, 8), rng.uniform(10, 22), rng.uniform(10, 22))
+    given[0] = _disc(h, 5, 16, 8)
+    seen = given.copy()
+    seen[0] = given[0] | _disc(h, 5, 16, 19)  # the two joined heads of the test above
+    probs = _members(seen, weak=False, seed=5)
+    th = learn_seg_cut(probs, given, class_names=["head"])
+    ref = th.shape_reference[0]
+    assert ref["n"] == n and not shape_checkable(ref)
+    assert not shape_atypical(solidity(seen[0] > 0), ref, SegDetectorConfig())  # would be atypical with 20 masks
+    assert shape_atypical(solidity(seen[0] > 0), {**ref, "n": float(SHAPE_MIN_MASKS)}, SegDetectorConfig())
+    on = score_masks(probs, given, class_names=["head"], thresholds=th, keep_arrays=False, distances=False)
+    off = score_masks(probs, given, class_names=["head"], thresholds=th, keep_arrays=False, distances=False,
+                      cfg=SegDetectorConfig(shape_check="off"))
+    assert on[0].verdict == Verdict.SUSPECTED_MASK_ERROR and on[0].priority == off[0].priority >= 2 / 3
+    assert on[0].shape_typical is None and on[0].consensus_solidity is None  # not checked
+
+    template = {"median": 0.96, "mad": 0.0, "n": 100.0}  # every mask the same disc
+    assert not shape_atypical(0.96 - 2 * SHAPE_MIN_SPREAD, template, SegDetectorConfig())  # within 3 x the floor
+    assert shape_atypical(0.96 - 4 * SHAPE_MIN_SPREAD, template, SegDetectorConfig())
